@@ -1,0 +1,442 @@
+//! The guarded CUDA runtime: open a device without ever panicking, load the embedded kernel
+//! images, time with events, capture graphs. Everything CUDA goes through cudarc's driver API,
+//! dlopen'ed at run time (the binary links no CUDA library), so this module always compiles
+//! and CPU-only CI type-checks it.
+//!
+//! [`Gpu::open`] checks, in this order, and stops at the first problem with one sentence
+//! (`Error::Gpu`, exit code 4):
+//! 1. libcuda.so.1 can be loaded: "no NVIDIA driver found ...". Checked before anything else:
+//!    cudarc *panics* when it cannot load the library, so this probe is what keeps a machine
+//!    without a driver (CI) from crashing.
+//! 2. the driver initialises and has the device: "no CUDA-capable GPU detected ...", or the
+//!    driver's own error; a driver lacking an entry point we use is named as too old.
+//! 3. the GPU is compute capability 7.0 or newer: `unsupported GPU <name> (sm_XY) ...`.
+//! 4. the binary has kernels: `this binary was built without CUDA kernels: <why>; ...`.
+//! 5. every embedded module has an image for this GPU and loads ([`crate::kernels::select`]).
+//!
+//! Why the hardware checks come before the kernels check: each message names the most
+//! fundamental obstacle. On a machine with no driver or no GPU, "install the CUDA toolchain and
+//! rebuild" would be a fix that fixes nothing; there the missing hardware is the news. On a GPU
+//! machine running a binary built without a compiler, step 4 says so, with the fix.
+//!
+//! All work runs on the one stream [`Gpu::stream`], so cudarc's cross-stream event tracking is
+//! switched off at open (it would record events around every launch and break graph capture).
+//! Code that adds a second stream must synchronise by hand.
+use crate::error::{Error, Result};
+use crate::kernels::{self, Image};
+use cudarc::driver::{
+    result, sys, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaModule, CudaStream,
+    DriverError,
+};
+use cudarc::nvrtc::Ptx;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[cfg(test)]
+mod tests;
+
+/// What a run header and every GPU test failure print about the device.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    /// Compute capability (major, minor), e.g. (9, 0).
+    pub cc: (i32, i32),
+    /// Streaming multiprocessors.
+    pub sms: i32,
+    /// Total device memory in bytes.
+    pub mem_bytes: usize,
+    /// The CUDA version the driver supports, from cuDriverGetVersion, e.g. "13.0".
+    pub driver_version: String,
+    /// Largest dynamic shared memory per block after opt-in, in bytes (see [`set_max_dynamic_smem`]).
+    pub smem_optin: i32,
+}
+
+impl std::fmt::Display for DeviceInfo {
+    /// One line, e.g. `NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.6 GiB, driver CUDA 13.0`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let gib = self.mem_bytes as f64 / (1u64 << 30) as f64;
+        write!(
+            f,
+            "{}, sm_{}{}, {} SMs, {gib:.1} GiB, driver CUDA {}",
+            self.name, self.cc.0, self.cc.1, self.sms, self.driver_version
+        )
+    }
+}
+
+/// An open device with every embedded kernel module loaded.
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    /// The stream all work runs on (a real stream, not the legacy default one: capturable).
+    pub stream: Arc<CudaStream>,
+    pub info: DeviceInfo,
+    modules: BTreeMap<&'static str, (Arc<CudaModule>, Image)>,
+}
+
+/// Set once libcuda has been found: only then may error formatting ask the driver for text.
+static DRIVER_LOADED: AtomicBool = AtomicBool::new(false);
+
+/// Entry points needed before we know whether there is a GPU (error text and cuInit).
+const SYMBOLS_INIT: &[&str] = &[
+    "cuInit",
+    "cuGetErrorName",
+    "cuGetErrorString",
+    "cuDriverGetVersion",
+    "cuDeviceGetCount",
+];
+/// Everything else cudarc (with cuda-12090 bindings) calls for what this program does: context,
+/// device queries, modules, launches, memory, events, graphs. All exist since CUDA 12.0
+/// (driver R525). Checked up front because cudarc panics on the first call to a missing one.
+const SYMBOLS_USED: &[&str] = &[
+    "cuDeviceGet",
+    "cuDeviceGetName",
+    "cuDeviceTotalMem_v2",
+    "cuDeviceGetAttribute",
+    "cuDevicePrimaryCtxRetain",
+    "cuDevicePrimaryCtxRelease_v2",
+    "cuCtxSetCurrent",
+    "cuCtxGetCurrent",
+    "cuCtxSynchronize",
+    "cuModuleLoadData",
+    "cuModuleUnload",
+    "cuModuleGetFunction",
+    "cuFuncGetAttribute",
+    "cuFuncSetAttribute",
+    "cuLaunchKernel",
+    "cuStreamCreate",
+    "cuStreamDestroy_v2",
+    "cuStreamSynchronize",
+    "cuStreamWaitEvent",
+    "cuStreamBeginCapture_v2",
+    "cuStreamEndCapture",
+    "cuGraphInstantiateWithFlags",
+    "cuGraphUpload",
+    "cuGraphLaunch",
+    "cuGraphExecDestroy",
+    "cuGraphDestroy",
+    "cuEventCreate",
+    "cuEventRecord",
+    "cuEventSynchronize",
+    "cuEventElapsedTime",
+    "cuEventQuery",
+    "cuEventDestroy_v2",
+    "cuMemAlloc_v2",
+    "cuMemFree_v2",
+    "cuMemAllocAsync",
+    "cuMemFreeAsync",
+    "cuMemcpyHtoDAsync_v2",
+    "cuMemcpyDtoHAsync_v2",
+    "cuMemcpyDtoDAsync_v2",
+    "cuMemsetD8Async",
+    "cuMemGetInfo_v2",
+];
+
+impl Gpu {
+    /// Opens device `ordinal` and loads every embedded kernel module. Never panics; see the module
+    /// docs for the order of checks and their messages.
+    pub fn open(ordinal: usize) -> Result<Gpu> {
+        // 1. The driver library. cudarc panics (it does not return Err) when it cannot load it.
+        // SAFETY: only dlopens the candidate library names and closes them again.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(Error::Gpu(
+                "no NVIDIA driver found (libcuda.so.1 could not be loaded)".into(),
+            ));
+        }
+        if let Some(s) = missing_symbol(SYMBOLS_INIT) {
+            return Err(Error::Gpu(format!(
+                "the CUDA driver library (libcuda.so.1) lacks {s}: it is not a usable NVIDIA driver"
+            )));
+        }
+
+        // From here on, error messages may ask the driver for its text (cuGetErrorString).
+        DRIVER_LOADED.store(true, Ordering::Relaxed);
+
+        // 2. Driver initialisation and the device.
+        guarded("initialising the CUDA driver", result::init)?;
+        let driver_version = guarded("querying the driver version", || {
+            let mut v = 0;
+            // SAFETY: one out-pointer to a live integer.
+            unsafe { sys::cuDriverGetVersion(&mut v) }
+                .result()
+                .map(|_| v)
+        })?;
+        let driver_version = format!("{}.{}", driver_version / 1000, driver_version % 1000 / 10);
+        if let Some(s) = missing_symbol(SYMBOLS_USED) {
+            return Err(Error::Gpu(format!(
+                "the NVIDIA driver (CUDA {driver_version}) is too old: libcuda.so.1 lacks {s}; \
+                 this binary needs a driver for CUDA 12.0 or newer (R525+)"
+            )));
+        }
+        let count = guarded("counting CUDA devices", CudaContext::device_count)?;
+        if count <= 0 {
+            return Err(Error::Gpu(
+                "no CUDA-capable GPU detected (the driver reports 0 devices)".into(),
+            ));
+        }
+        if ordinal >= count as usize {
+            return Err(Error::Gpu(format!(
+                "GPU {ordinal} was asked for but the driver sees {count} CUDA device(s) (ordinals 0..{})",
+                count - 1
+            )));
+        }
+        let ctx = guarded(&format!("creating a CUDA context on GPU {ordinal}"), || {
+            CudaContext::new(ordinal)
+        })?;
+        let attr = |a: sys::CUdevice_attribute, what: &str| {
+            guarded(&format!("querying the {what}"), || ctx.attribute(a))
+        };
+        let info = DeviceInfo {
+            ordinal,
+            name: guarded("querying the GPU name", || ctx.name())?,
+            cc: guarded("querying the compute capability", || {
+                ctx.compute_capability()
+            })?,
+            sms: attr(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+                "SM count",
+            )?,
+            mem_bytes: guarded("querying the GPU memory size", || ctx.total_mem())?,
+            driver_version,
+            smem_optin: attr(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+                "shared memory opt-in limit",
+            )?,
+        };
+
+        // 3. The architecture.
+        let (maj, min) = info.cc;
+        if maj < 7 {
+            return Err(Error::Gpu(format!(
+                "unsupported GPU {} (sm_{maj}{min}): needs compute capability 7.0 or newer",
+                info.name
+            )));
+        }
+
+        // 4. The kernels.
+        if let Some(why) = kernels::MISSING {
+            return Err(Error::Gpu(format!(
+                "this binary was built without CUDA kernels: {why}; run `bash scripts/install-cuda-toolchain.sh` and rebuild"
+            )));
+        }
+
+        // One stream for everything; single-stream code needs no per-buffer events.
+        // SAFETY: all work is issued on `stream` (see the module docs).
+        unsafe { ctx.disable_event_tracking() };
+        let stream = guarded("creating a CUDA stream", || ctx.new_stream())?;
+
+        // 5. One image per module for this architecture.
+        let mut modules = BTreeMap::new();
+        for m in kernels::MODULES {
+            let Some(image) = kernels::select(m, maj, min) else {
+                let archs: Vec<String> =
+                    m.cubins.iter().map(|(sm, _)| format!("sm_{sm}")).collect();
+                return Err(Error::Gpu(format!(
+                    "no kernel image for {} (sm_{maj}{min}) in this binary: module {} was compiled by {} for {} and compute_90 PTX",
+                    info.name,
+                    m.name,
+                    kernels::COMPILER,
+                    archs.join(", ")
+                )));
+            };
+            let what = format!(
+                "loading kernel module {} ({image}) on {}",
+                m.name, info.name
+            );
+            let loaded = guarded(&what, || match image {
+                Image::Cubin { bytes, .. } => ctx.load_module(Ptx::from_binary(bytes.to_vec())),
+                Image::Ptx(text) => ctx.load_module(Ptx::from_src(text)),
+            })
+            .map_err(|e| match (image, &e) {
+                (Image::Ptx(_), Error::Gpu(msg)) if msg.contains("CUDA_ERROR_UNSUPPORTED_PTX_VERSION") => Error::Gpu(format!(
+                    "{msg}; the driver (CUDA {}) is older than the compiler of the PTX ({}): update the NVIDIA driver",
+                    info.driver_version,
+                    kernels::COMPILER
+                )),
+                _ => e,
+            })?;
+            modules.insert(m.name, (loaded, image));
+        }
+        Ok(Gpu {
+            ctx,
+            stream,
+            info,
+            modules,
+        })
+    }
+
+    /// The kernel `name` from module `module` (the stem of `kernels/<module>.cu`).
+    pub fn function(&self, module: &str, name: &str) -> Result<CudaFunction> {
+        let Some((m, _)) = self.modules.get(module) else {
+            let have: Vec<&str> = self.modules.keys().copied().collect();
+            return Err(Error::Gpu(format!(
+                "no kernel module `{module}` in this binary (embedded: {}); is kernels/{module}.cu missing?",
+                have.join(", ")
+            )));
+        };
+        m.load_function(name).map_err(|e| {
+            if e.0 == sys::CUresult::CUDA_ERROR_NOT_FOUND {
+                Error::Gpu(format!(
+                    "kernel `{name}` not found in module `{module}` (kernels/{module}.cu): missing, or not extern \"C\""
+                ))
+            } else {
+                Gpu::err(&format!("looking up kernel `{name}` in module `{module}`"), e)
+            }
+        })
+    }
+
+    /// The image loaded for `module` (e.g. to print "sm_90 SASS" in a run header).
+    pub fn image(&self, module: &str) -> Option<Image> {
+        self.modules.get(module).map(|(_, i)| *i)
+    }
+
+    /// A new event-pair timer on this device.
+    pub fn timer(&self) -> Result<Timer> {
+        Timer::new(&self.ctx)
+    }
+
+    /// Waits for all work on [`Gpu::stream`].
+    pub fn sync(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| Gpu::err("waiting for the GPU", e))
+    }
+
+    /// A cudarc error as one `Error::Gpu` sentence: `<what>: CUDA_ERROR_X: driver text`.
+    /// Out of memory reads `out of GPU memory while <what> (...)`; no device reads `no
+    /// CUDA-capable GPU detected (...)`.
+    pub fn err(what: &str, e: DriverError) -> Error {
+        use sys::CUresult as R;
+        let code = describe(e);
+        Error::Gpu(match e.0 {
+            R::CUDA_ERROR_OUT_OF_MEMORY => format!("out of GPU memory while {what} ({code})"),
+            R::CUDA_ERROR_NO_DEVICE => {
+                format!("no CUDA-capable GPU detected ({:?} while {what})", e.0)
+            }
+            R::CUDA_ERROR_SYSTEM_DRIVER_MISMATCH | R::CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE => {
+                format!("the NVIDIA driver cannot run this program while {what} ({code}): update or reinstall the driver")
+            }
+            _ => format!("{what}: {code}"),
+        })
+    }
+}
+
+/// "CUDA_ERROR_X (text from the driver)"; the text only when the driver is loaded.
+fn describe(e: DriverError) -> String {
+    let name = format!("{:?}", e.0);
+    if !DRIVER_LOADED.load(Ordering::Relaxed) {
+        return name;
+    }
+    match std::panic::catch_unwind(|| e.error_string().map(|s| s.to_string_lossy().into_owned())) {
+        Ok(Ok(text)) => format!("{name}: {text}"),
+        _ => name,
+    }
+}
+
+/// Runs a cudarc call, turning both its errors and any panic (cudarc panics on a missing
+/// driver symbol) into `Error::Gpu`.
+fn guarded<T>(what: &str, f: impl FnOnce() -> std::result::Result<T, DriverError>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(|e| Gpu::err(what, e)),
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::Gpu(format!(
+                "the CUDA driver library failed while {what}: {msg}"
+            )))
+        }
+    }
+}
+
+/// The first of `names` that libcuda does not export, if any. Call only after
+/// `is_culib_present()` returned true.
+fn missing_symbol(names: &[&'static str]) -> Option<&'static str> {
+    // SAFETY: culib() loads the library is_culib_present() found (no panic), and we only look
+    // symbols up, never call them through this type.
+    let lib = unsafe { sys::culib() };
+    names
+        .iter()
+        .copied()
+        .find(|n| unsafe { lib.get::<unsafe extern "C" fn()>(n.as_bytes()) }.is_err())
+}
+
+/// GPU-side timing with a pair of CUDA events (created with CU_EVENT_DEFAULT: `None` would
+/// create them with timing disabled).
+pub struct Timer {
+    start: CudaEvent,
+    stop: CudaEvent,
+}
+
+impl Timer {
+    pub fn new(ctx: &Arc<CudaContext>) -> Result<Timer> {
+        let ev = || {
+            ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| Gpu::err("creating a CUDA event", e))
+        };
+        Ok(Timer {
+            start: ev()?,
+            stop: ev()?,
+        })
+    }
+
+    /// Marks the start on `stream` (does not wait).
+    pub fn start(&self, stream: &CudaStream) -> Result<()> {
+        self.start
+            .record(stream)
+            .map_err(|e| Gpu::err("recording a timing event", e))
+    }
+
+    /// Marks the end on `stream`, waits for it and returns the milliseconds since `start`.
+    pub fn stop(&self, stream: &CudaStream) -> Result<f32> {
+        self.stop
+            .record(stream)
+            .map_err(|e| Gpu::err("recording a timing event", e))?;
+        self.stop
+            .synchronize()
+            .map_err(|e| Gpu::err("waiting for a timing event", e))?;
+        self.start
+            .elapsed_ms(&self.stop)
+            .map_err(|e| Gpu::err("reading a timing event", e))
+    }
+}
+
+/// Records everything `body` issues on `stream` into a CUDA graph, instantiates and uploads it;
+/// replay with `graph.launch()`. The capture is always ended, also when `body` fails (its error
+/// is returned). Do not allocate inside `body`. Turns off cudarc's event tracking for `ctx`
+/// (already off for a context from [`Gpu::open`]); buffers used in the graph should be allocated
+/// after that, i.e. from a `Gpu`.
+pub fn capture<F>(ctx: &Arc<CudaContext>, stream: &Arc<CudaStream>, body: F) -> Result<CudaGraph>
+where
+    F: FnOnce(&Arc<CudaStream>) -> Result<()>,
+{
+    // SAFETY: single-stream use (see the module docs).
+    unsafe { ctx.disable_event_tracking() };
+    stream
+        .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .map_err(|e| Gpu::err("starting a CUDA graph capture", e))?;
+    let r = body(stream);
+    let g = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+    r?;
+    let g = g
+        .map_err(|e| Gpu::err("ending a CUDA graph capture", e))?
+        .ok_or_else(|| Error::Gpu("the CUDA graph capture recorded no work".into()))?;
+    g.upload()
+        .map_err(|e| Gpu::err("uploading a CUDA graph", e))?;
+    Ok(g)
+}
+
+/// Allows launches of `f` with up to `bytes` of dynamic shared memory; required above 48 KB.
+/// The device's limit is [`DeviceInfo::smem_optin`] (96 KB V100, 163 KB A100, 99 KB RTX 4090,
+/// 227 KB H100).
+pub fn set_max_dynamic_smem(f: &CudaFunction, bytes: u32) -> Result<()> {
+    let v = i32::try_from(bytes).map_err(|_| {
+        Error::Gpu(format!(
+            "{bytes} bytes of shared memory is not a valid request"
+        ))
+    })?;
+    f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, v)
+        .map_err(|e| Gpu::err(&format!("allowing {bytes} bytes of dynamic shared memory (above the device's opt-in limit?)"), e))
+}
