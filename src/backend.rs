@@ -1,0 +1,288 @@
+//! The op interface `main.rs` trains with. One method per GPU kernel family; the CPU reference
+//! (`cpu::Cpu`) implements every method by composing plain loops, and that composition is the
+//! specification the CUDA kernels are checked against.
+//!
+//! Conventions (all backends):
+//! - Activations are NHWC (`Shape`), channels contiguous. Conv weights are OHWI:
+//!   `w[co][ky][kx][ci]`, i.e. a `cout × 9·cin` matrix with K = (ky, kx, ci).
+//! - `Buf` holds floats (the CPU uses `T` = f32 or f64; a GPU may store f16 or f32 as it likes);
+//!   `upload`/`download` always speak f32 on the host side.
+//! - Every layer's input is `a = GELU(u)` with `u = pre(x)` applied per channel to the stored
+//!   tensor `x` (see `Pre`). This is where a GPU fuses BN-apply + GELU into the conv prologue.
+//! - Shapes are passed explicitly and asserted; a wrong shape is a programming error (panic),
+//!   never silent mis-indexing.
+use crate::error::Result;
+
+/// NHWC shape of an activation tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+}
+
+impl Shape {
+    pub const fn new(n: usize, h: usize, w: usize, c: usize) -> Shape {
+        Shape { n, h, w, c }
+    }
+    /// Number of elements.
+    pub const fn len(&self) -> usize {
+        self.n * self.h * self.w * self.c
+    }
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Positions per channel (N·H·W): the BatchNorm statistics count.
+    pub const fn count(&self) -> usize {
+        self.n * self.h * self.w
+    }
+    /// After a 2×2 stride-2 max-pool (floor: an odd last row/column is dropped).
+    pub const fn pooled(&self) -> Shape {
+        Shape::new(self.n, self.h / 2, self.w / 2, self.c)
+    }
+    pub const fn with_c(&self, c: usize) -> Shape {
+        Shape::new(self.n, self.h, self.w, c)
+    }
+}
+
+/// The per-channel affine map a layer applies to its stored input before GELU:
+/// `a = GELU(u)`.
+pub enum Pre<'a, B: Backend + ?Sized> {
+    /// `u = x + bias[c]`: the whitening conv's output and its trainable bias.
+    Bias(&'a B::Buf),
+    /// `u = (x − mean[c])·invstd[c] + beta[c]`: BatchNorm with scale fixed at 1.
+    /// `bn` is `[mean(c) | invstd(c)]` as written by `bn_stats` or `bn_eval`.
+    Bn { bn: &'a B::Buf, beta: &'a B::Buf },
+}
+
+impl<B: Backend + ?Sized> Clone for Pre<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend + ?Sized> Copy for Pre<'_, B> {}
+
+/// Image normalisation: `(pixel/255 − mean[c]) / std[c]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Norm {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// One tensor updated by Nesterov SGD (PyTorch semantics, decay coupled through the gradient):
+/// `g ← g + wd·p; m ← μ·m + g; p ← p − lr·(g + μ·m)`. `m` starts at zero.
+pub struct SgdParam<'a, B: Backend + ?Sized> {
+    pub p: &'a mut B::Buf,
+    pub g: &'a B::Buf,
+    pub m: &'a mut B::Buf,
+    pub lr: f32,
+    pub wd: f32,
+}
+
+/// One conv weight (`rows = cout`, `cols = 9·cin`) updated by Muon.
+pub struct MuonParam<'a, B: Backend + ?Sized> {
+    pub w: &'a mut B::Buf,
+    pub g: &'a B::Buf,
+    pub m: &'a mut B::Buf,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+pub trait Backend {
+    /// Float tensor.
+    type Buf;
+    /// Byte tensor: the u8 dataset, labels, pooling argmax indices.
+    type Bytes;
+    /// 32-bit word tensor: packed augmentation words (`aug::pack`).
+    type Words;
+
+    /// One line naming the device, for logs.
+    fn describe(&self) -> String;
+
+    // ---- memory -------------------------------------------------------------------------
+    fn zeros(&mut self, n: usize) -> Result<Self::Buf>;
+    fn upload(&mut self, host: &[f32]) -> Result<Self::Buf>;
+    fn download(&mut self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    fn upload_bytes(&mut self, host: &[u8]) -> Result<Self::Bytes>;
+    fn byte_zeros(&mut self, n: usize) -> Result<Self::Bytes>;
+    fn upload_words(&mut self, host: &[u32]) -> Result<Self::Words>;
+    /// Overwrite an existing word buffer (same length), e.g. the per-epoch augmentation plan.
+    fn write_words(&mut self, dst: &mut Self::Words, host: &[u32]) -> Result<()>;
+    /// Wait for all queued work (a no-op on the CPU).
+    fn sync(&mut self) -> Result<()>;
+
+    // ---- whitening initialisation --------------------------------------------------------
+    /// Uncentered covariance of every 2×2 patch (stride 1) of the first `n` images, normalised
+    /// and not augmented: `Σ = XᵀX / (n·31·31)` over 12-vectors ordered (dy, dx, c), the
+    /// order of the OHWI stem weights.
+    /// Row-major 12×12, accumulated in at least f32, returned to the host as f64.
+    fn patch_cov(&mut self, images: &Self::Bytes, n: usize, norm: Norm) -> Result<Vec<f64>>;
+
+    // ---- forward -------------------------------------------------------------------------
+    /// The stem: for each of the `n` words `aug[offset..offset + n]` (image index, shift,
+    /// mirror: `aug::unpack`),
+    /// build the augmented, normalised 32×32×3 view (reflect-indexed shift, then mirror) and
+    /// apply the 2×2 whitening conv `w` (`cw × 2×2×3`, OHWI, no bias): `out` is
+    /// `Shape(n, 31, 31, cw)`. `images` holds `total` images of 32×32×3 u8, NHWC.
+    #[allow(clippy::too_many_arguments)]
+    fn stem(
+        &mut self,
+        images: &Self::Bytes,
+        total: usize,
+        aug: &Self::Words,
+        offset: usize,
+        n: usize,
+        norm: Norm,
+        w: &Self::Buf,
+        cw: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// 3×3 "same" conv (pad 1, stride 1, no bias) of `a = GELU(pre(x))` with OHWI weights
+    /// `w` (`cout × 3×3×xs.c`). With `pool`, a 2×2 stride-2 max-pool follows (floor) and
+    /// `argmax` receives, per pooled element, the window position 0..3 (`dy·2 + dx`) of the
+    /// first maximum. `y` is `xs.with_c(cout)`, or its `pooled()` shape with `pool`.
+    #[allow(clippy::too_many_arguments)]
+    fn conv3x3(
+        &mut self,
+        x: &Self::Buf,
+        xs: Shape,
+        pre: Pre<'_, Self>,
+        w: &Self::Buf,
+        cout: usize,
+        pool: bool,
+        y: &mut Self::Buf,
+        argmax: &mut Self::Bytes,
+    ) -> Result<()>;
+
+    /// Training-mode BatchNorm statistics of `y` over N·H·W: writes `bn = [mean | invstd]`
+    /// with the biased variance, `invstd = 1/√(var + eps)`, and blends the running statistics
+    /// `running ← momentum·running + (1 − momentum)·batch` using the unbiased variance.
+    fn bn_stats(
+        &mut self,
+        y: &Self::Buf,
+        ys: Shape,
+        eps: f32,
+        momentum: f32,
+        running_mean: &mut Self::Buf,
+        running_var: &mut Self::Buf,
+        bn: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Eval-mode BatchNorm: `bn = [running_mean | 1/√(running_var + eps)]`.
+    fn bn_eval(
+        &mut self,
+        running_mean: &Self::Buf,
+        running_var: &Self::Buf,
+        eps: f32,
+        bn: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// The head: `a = GELU(pre(x))`, global max over H×W per channel → `feat` (n × c), with
+    /// `argmax` the flat position h·W + w of the first maximum; then
+    /// `logits = scale · feat · wᵀ` with `w` (`classes × c`).
+    #[allow(clippy::too_many_arguments)]
+    fn head(
+        &mut self,
+        x: &Self::Buf,
+        xs: Shape,
+        pre: Pre<'_, Self>,
+        w: &Self::Buf,
+        classes: usize,
+        scale: f32,
+        feat: &mut Self::Buf,
+        argmax: &mut Self::Bytes,
+        logits: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Label-smoothed cross-entropy summed over the batch. Example i has label
+    /// `labels[aug::unpack(aug[offset + i]).index]`; its target is `(1 − s)·onehot + s/classes`.
+    /// Writes `dlogits = softmax − target` and adds `[loss sum, correct count]` into `acc`
+    /// (2 floats; accumulating on the device avoids a host sync per step).
+    #[allow(clippy::too_many_arguments)]
+    fn xent(
+        &mut self,
+        logits: &Self::Buf,
+        labels: &Self::Bytes,
+        aug: &Self::Words,
+        offset: usize,
+        n: usize,
+        classes: usize,
+        smoothing: f32,
+        dlogits: &mut Self::Buf,
+        acc: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// `acc += weight · logits` (test-time augmentation).
+    fn axpy(&mut self, acc: &mut Self::Buf, x: &Self::Buf, weight: f32) -> Result<()>;
+
+    // ---- backward ------------------------------------------------------------------------
+    /// Backward of `head`: `dw = scale · dlogitsᵀ·feat` and `da` (shape `xs`, the gradient
+    /// w.r.t. `a = GELU(pre(x))`): `scale · dlogits·w` routed to each channel's argmax, zero
+    /// elsewhere.
+    #[allow(clippy::too_many_arguments)]
+    fn head_bwd(
+        &mut self,
+        dlogits: &Self::Buf,
+        feat: &Self::Buf,
+        argmax: &Self::Bytes,
+        w: &Self::Buf,
+        xs: Shape,
+        classes: usize,
+        scale: f32,
+        dw: &mut Self::Buf,
+        da: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Backward of `a = GELU(pre(x))` given `da`: with `du = da·GELU′(u)`, writes the shift
+    /// gradient `dshift[c] = Σ du` (the BN beta or the whitening bias) and, when `dx` is given,
+    /// the gradient w.r.t. `x`: `x + bias` passes `du` through; BN (batch statistics, scale 1)
+    /// gives `invstd·(du − mean(du) − x̂·mean(du·x̂))`.
+    fn pre_bwd(
+        &mut self,
+        da: &Self::Buf,
+        x: &Self::Buf,
+        xs: Shape,
+        pre: Pre<'_, Self>,
+        dshift: &mut Self::Buf,
+        dx: Option<&mut Self::Buf>,
+    ) -> Result<()>;
+
+    /// Backward of `conv3x3` given `dy` (the gradient w.r.t. its output `y`, pooled when
+    /// `pool`): unpools through `argmax`, writes the weight gradient `dw` and, when `da` is
+    /// given, the gradient w.r.t. the conv input `a` (shape `xs`).
+    #[allow(clippy::too_many_arguments)]
+    fn conv3x3_bwd(
+        &mut self,
+        x: &Self::Buf,
+        xs: Shape,
+        pre: Pre<'_, Self>,
+        w: &Self::Buf,
+        cout: usize,
+        pool: bool,
+        argmax: &Self::Bytes,
+        dy: &Self::Buf,
+        dw: &mut Self::Buf,
+        da: Option<&mut Self::Buf>,
+    ) -> Result<()>;
+
+    // ---- optimisers ----------------------------------------------------------------------
+    /// Nesterov SGD over several tensors (one multi-tensor launch on a GPU).
+    fn sgd(&mut self, params: &mut [SgdParam<'_, Self>], momentum: f32) -> Result<()>;
+
+    /// Muon over several conv weights. Per tensor: `m ← μ·m + g`; `u = g + μ·m`;
+    /// `w ← w·√rows/‖w‖_F`; `X = u/(‖u‖_F + 1e-7)`, then `ns_steps` Newton–Schulz iterations
+    /// `A = X·Xᵀ; B = b·A + c·A·A; X ← a·X + B·X` with (a,b,c) = (3.4445, −4.7750, 2.0315);
+    /// `w ← w − lr·X`. Requires rows ≤ cols.
+    fn muon(
+        &mut self,
+        params: &mut [MuonParam<'_, Self>],
+        lr: f32,
+        momentum: f32,
+        ns_steps: usize,
+    ) -> Result<()>;
+}
+
+/// Newton–Schulz quintic coefficients (a, b, c) of airbench94_muon.
+pub const NS_COEFFS: (f32, f32, f32) = (3.4445, -4.7750, 2.0315);
