@@ -1,0 +1,487 @@
+//! speedrun: CIFAR-10 to 94% on one NVIDIA GPU, in the line of hlb-CIFAR10 and airbench94_muon.
+//!
+//! This file is the recipe: hyperparameters, the network, one training step as a sequence of
+//! op calls, the run and its evaluation. It trains on any `Backend`: the hand-written CUDA
+//! kernels (`cargo run --release`) or the plain-Rust CPU reference (`cargo run --release --
+//! --cpu`, a reduced configuration that finishes in minutes on two cores).
+//! Records and how they are measured: README.md. No GPU record has been measured yet.
+use cifar::aug;
+use cifar::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape};
+use cifar::cpu::Cpu;
+use cifar::data::Split;
+use cifar::{cli, data, download, report, whiten, Error, Result};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+
+// ---------------------------------------------------------------------------------------------
+// Hyperparameters
+
+/// airbench94_muon ("recipe A" in ../shared/docs/RECIPE.md). The loss is summed over the batch,
+/// so the SGD rates are rates for that sum. Weight decay is coupled through the gradient with
+/// `λ = weight_decay / lr₀` per group, i.e. each step decays by `weight_decay·lr_t/lr₀`.
+const HYP: Hyp = Hyp {
+    batch_size: 2000,
+    epochs: 8,
+    train_images: 50_000,
+    test_images: 10_000,
+    widths: [64, 256, 256],
+    whiten_eps: 5e-4,
+    whiten_images: 5000,
+    whiten_bias_epochs: 3, // then the whitening bias freezes (75 steps)
+    bn_momentum: 0.6,      // running ← 0.6·running + 0.4·batch (PyTorch momentum 0.4)
+    bn_eps: 1e-12,
+    label_smoothing: 0.2,
+    sgd_momentum: 0.85, // Nesterov, for the biases and the head
+    bias_lr: 0.053,     // BN biases and the whitening bias
+    head_lr: 0.67,
+    weight_decay: 0.004, // 2e-6 × batch 2000
+    muon_lr: 0.24,       // the six 3×3 convs
+    muon_momentum: 0.6,  // Nesterov
+    ns_steps: 3,
+    max_shift: 2, // translate by up to ±2 px (reflect padding); mirror alternates per epoch
+    tta_level: 2, // 6 views
+};
+
+/// `--cpu`: the same recipe, narrow and on a subset, so that two cores finish in minutes.
+/// A 10× smaller batch takes 10× more steps per epoch: Muon's rate and the weight decay are
+/// per step, so they shrink by the batch ratio to keep their per-epoch effect.
+const CPU_HYP: Hyp = Hyp {
+    batch_size: 200,
+    epochs: 5,
+    train_images: 10_000,
+    test_images: 2_000,
+    widths: [32, 64, 64],
+    whiten_images: 2_000,
+    muon_lr: 0.24 * 0.1,
+    weight_decay: 0.004 * 0.1,
+    ..HYP
+};
+
+/// Per-channel mean and std of the training images on a [0, 1] scale.
+const NORM: Norm = Norm { mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616] };
+
+#[derive(Clone, Copy, Debug)]
+struct Hyp {
+    batch_size: usize,
+    epochs: usize,
+    train_images: usize, // the first this many training images (all 50,000 for the recipe)
+    test_images: usize,  // the first this many images of the test file
+    widths: [usize; 3],  // channels of the three conv groups
+    whiten_eps: f64,
+    whiten_images: usize,
+    whiten_bias_epochs: usize,
+    bn_momentum: f32,
+    bn_eps: f32,
+    label_smoothing: f32,
+    sgd_momentum: f32,
+    bias_lr: f32,
+    head_lr: f32,
+    weight_decay: f32,
+    muon_lr: f32,
+    muon_momentum: f32,
+    ns_steps: usize,
+    max_shift: i32,
+    tta_level: usize,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network: 2×2 whitening conv (+ bias, GELU), three groups of conv → pool → BN → GELU → conv →
+// BN → GELU with Dirac-initialised 3×3 convs and no residuals, a global max-pool and a linear
+// head whose logits are divided by its width.
+
+const WHITEN: usize = 24; // ±12 eigenvectors of the 2×2 patch covariance
+const CLASSES: usize = 10;
+
+/// (cin, cout, pool) of the six 3×3 convs; conv l reads activation x[l] and writes x[l + 1].
+fn layers(h: &Hyp) -> [(usize, usize, bool); 6] {
+    let [w1, w2, w3] = h.widths;
+    [(WHITEN, w1, true), (w1, w1, false), (w1, w2, true), (w2, w2, false), (w2, w3, true), (w3, w3, false)]
+}
+
+/// Shapes of x[0] (stem output) .. x[6] (head input) for `n` images.
+fn shapes(h: &Hyp, n: usize) -> [Shape; 7] {
+    let mut s = [Shape::new(n, 31, 31, WHITEN); 7];
+    for (l, (_, cout, pool)) in layers(h).into_iter().enumerate() {
+        s[l + 1] = if pool { s[l].with_c(cout).pooled() } else { s[l].with_c(cout) };
+    }
+    s
+}
+
+/// Trainable state. Conv weights are OHWI; `beta[l]` and the running statistics belong to the
+/// BatchNorm of conv l's output. Also used for gradients and momentum buffers (same shapes).
+struct Params<B: Backend> {
+    whiten_b: B::Buf,
+    conv: Vec<B::Buf>,
+    beta: Vec<B::Buf>,
+    head: B::Buf,
+}
+
+struct Net<B: Backend> {
+    p: Params<B>,
+    whiten_w: B::Buf, // frozen; set from the data at the start of the timed run
+    run_mean: Vec<B::Buf>,
+    run_var: Vec<B::Buf>,
+}
+
+fn zeros_like<B: Backend>(b: &mut B, h: &Hyp) -> Result<Params<B>> {
+    Ok(Params {
+        whiten_b: b.zeros(WHITEN)?,
+        conv: layers(h).iter().map(|&(ci, co, _)| b.zeros(co * 9 * ci)).collect::<Result<_>>()?,
+        beta: layers(h).iter().map(|&(_, co, _)| b.zeros(co)).collect::<Result<_>>()?,
+        head: b.zeros(CLASSES * h.widths[2])?,
+    })
+}
+
+fn init_net<B: Backend>(b: &mut B, h: &Hyp, rng: &mut StdRng) -> Result<Net<B>> {
+    let mut p = zeros_like(b, h)?;
+    for (l, &(cin, cout, _)) in layers(h).iter().enumerate() {
+        let bound = 1.0 / ((9 * cin) as f32).sqrt(); // PyTorch's default conv init
+        let mut w: Vec<f32> = (0..cout * 9 * cin).map(|_| rng.random_range(-bound..bound)).collect();
+        for i in 0..cin.min(cout) {
+            // Dirac: filter i starts as the identity on input channel i
+            w[i * 9 * cin..][..9 * cin].fill(0.0);
+            w[(i * 9 + 4) * cin + i] = 1.0;
+        }
+        p.conv[l] = b.upload(&w)?;
+    }
+    let c = h.widths[2];
+    let bound = 1.0 / (c as f32).sqrt();
+    let head: Vec<f32> = (0..CLASSES * c).map(|_| rng.random_range(-bound..bound)).collect();
+    let std = report::std_dev(&head.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    p.head = b.upload(&head.iter().map(|&v| v / std as f32).collect::<Vec<_>>())?; // unit std
+    let bound = 1.0 / 12f32.sqrt();
+    p.whiten_b = b.upload(&(0..WHITEN).map(|_| rng.random_range(-bound..bound)).collect::<Vec<_>>())?;
+    let ones = |b: &mut B, n| b.upload(&vec![1.0; n]);
+    Ok(Net {
+        whiten_w: b.zeros(WHITEN * 12)?,
+        run_mean: layers(h).iter().map(|&(_, co, _)| b.zeros(co)).collect::<Result<_>>()?,
+        run_var: layers(h).iter().map(|&(_, co, _)| ones(b, co)).collect::<Result<_>>()?,
+        p,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// One training step
+
+/// Activations and their gradients for a batch of `n`. `bn[k]` is `[mean | invstd]` of x[k]
+/// (k = 1..=6; bn[0] is unused: x[0] is followed by the whitening bias, not a BatchNorm).
+struct Acts<B: Backend> {
+    n: usize,
+    s: [Shape; 7],
+    x: Vec<B::Buf>,
+    argmax: Vec<B::Bytes>,
+    bn: Vec<B::Buf>,
+    feat: B::Buf,
+    head_argmax: B::Bytes,
+    logits: B::Buf,
+    dlogits: B::Buf,
+    ga: Vec<B::Buf>, // gradient w.r.t. GELU(pre(x[k]))
+    gx: Vec<B::Buf>, // gradient w.r.t. x[k]
+    loss_acc: B::Buf, // [loss sum, correct] since the last read
+}
+
+fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize) -> Result<Acts<B>> {
+    let s = shapes(h, n);
+    let c = h.widths[2];
+    let bufs = |b: &mut B| s.iter().map(|s| b.zeros(s.len())).collect::<Result<Vec<_>>>();
+    Ok(Acts {
+        n,
+        s,
+        x: bufs(b)?,
+        argmax: (0..6).map(|l| b.byte_zeros(if layers(h)[l].2 { s[l + 1].len() } else { 0 })).collect::<Result<_>>()?,
+        bn: s.iter().map(|s| b.zeros(2 * s.c)).collect::<Result<_>>()?,
+        feat: b.zeros(n * c)?,
+        head_argmax: b.byte_zeros(n * c)?,
+        logits: b.zeros(n * CLASSES)?,
+        dlogits: b.zeros(n * CLASSES)?,
+        ga: bufs(b)?,
+        gx: bufs(b)?,
+        loss_acc: b.zeros(2)?,
+    })
+}
+
+/// The map in front of x[k]'s GELU: the whitening bias for k = 0, BatchNorm after that.
+fn pre<'a, B: Backend>(net: &'a Net<B>, bn: &'a [B::Buf], k: usize) -> Pre<'a, B> {
+    if k == 0 {
+        Pre::Bias(&net.p.whiten_b)
+    } else {
+        Pre::Bn { bn: &bn[k], beta: &net.p.beta[k - 1] }
+    }
+}
+
+/// Images of the dataset on the device.
+struct DevData<B: Backend> {
+    images: B::Bytes,
+    labels: B::Bytes,
+    n: usize,
+}
+
+/// Forward pass on `n = a.n` examples given by `words[offset..]`. Training mode takes BatchNorm
+/// statistics from the batch (and updates the running ones); eval mode expects `a.bn` to hold
+/// the running statistics already (`bn_eval`).
+#[allow(clippy::too_many_arguments)]
+fn forward<B: Backend>(
+    b: &mut B,
+    h: &Hyp,
+    net: &mut Net<B>,
+    a: &mut Acts<B>,
+    d: &DevData<B>,
+    words: &B::Words,
+    offset: usize,
+    train: bool,
+) -> Result<()> {
+    b.stem(&d.images, d.n, words, offset, a.n, NORM, &net.whiten_w, WHITEN, &mut a.x[0])?;
+    for (l, (_, cout, pool)) in layers(h).into_iter().enumerate() {
+        let (x_in, x_out) = a.x.split_at_mut(l + 1);
+        let (bn_in, bn_out) = a.bn.split_at_mut(l + 1);
+        b.conv3x3(&x_in[l], a.s[l], pre(net, bn_in, l), &net.p.conv[l], cout, pool, &mut x_out[0], &mut a.argmax[l])?;
+        if train {
+            let (rm, rv) = (&mut net.run_mean[l], &mut net.run_var[l]);
+            b.bn_stats(&x_out[0], a.s[l + 1], h.bn_eps, h.bn_momentum, rm, rv, &mut bn_out[0])?;
+        }
+    }
+    let scale = 1.0 / h.widths[2] as f32;
+    let pre6 = pre(net, &a.bn, 6);
+    b.head(&a.x[6], a.s[6], pre6, &net.p.head, CLASSES, scale, &mut a.feat, &mut a.head_argmax, &mut a.logits)
+}
+
+/// Backward pass from `a.dlogits` into `g`; the whitening bias only while it trains.
+fn backward<B: Backend>(b: &mut B, h: &Hyp, net: &Net<B>, a: &mut Acts<B>, g: &mut Params<B>, bias_trains: bool) -> Result<()> {
+    let scale = 1.0 / h.widths[2] as f32;
+    b.head_bwd(&a.dlogits, &a.feat, &a.head_argmax, &net.p.head, a.s[6], CLASSES, scale, &mut g.head, &mut a.ga[6])?;
+    for (l, (_, cout, pool)) in layers(h).into_iter().enumerate().rev() {
+        let k = l + 1;
+        b.pre_bwd(&a.ga[k], &a.x[k], a.s[k], pre(net, &a.bn, k), &mut g.beta[l], Some(&mut a.gx[k]))?;
+        let da = if l > 0 || bias_trains { Some(&mut a.ga[l]) } else { None };
+        let w = &net.p.conv[l];
+        b.conv3x3_bwd(&a.x[l], a.s[l], pre(net, &a.bn, l), w, cout, pool, &a.argmax[l], &a.gx[k], &mut g.conv[l], da)?;
+    }
+    if bias_trains {
+        b.pre_bwd(&a.ga[0], &a.x[0], a.s[0], pre(net, &a.bn, 0), &mut g.whiten_b, None)?;
+    }
+    Ok(())
+}
+
+/// Step t of `total`: forward, loss, backward, then Nesterov SGD for the biases and the head
+/// and Muon for the convs, every rate decaying linearly to zero.
+#[allow(clippy::too_many_arguments)]
+fn train_step<B: Backend>(
+    b: &mut B,
+    h: &Hyp,
+    net: &mut Net<B>,
+    opt: &mut (Params<B>, Params<B>), // (gradients, momentum)
+    a: &mut Acts<B>,
+    d: &DevData<B>,
+    words: &B::Words,
+    offset: usize,
+    (t, total, bias_steps): (usize, usize, usize),
+) -> Result<()> {
+    forward(b, h, net, a, d, words, offset, true)?;
+    b.xent(&a.logits, &d.labels, words, offset, a.n, CLASSES, h.label_smoothing, &mut a.dlogits, &mut a.loss_acc)?;
+    let bias_trains = t < bias_steps;
+    let (g, m) = opt;
+    backward(b, h, net, a, g, bias_trains)?;
+
+    let r = rates(h, t, total, bias_steps);
+    let wd = |lr0: f32| h.weight_decay / lr0;
+    let p = &mut net.p;
+    let mut sgd = vec![SgdParam { p: &mut p.head, g: &g.head, m: &mut m.head, lr: r.head, wd: wd(h.head_lr) }];
+    for ((p, g), m) in p.beta.iter_mut().zip(&g.beta).zip(&mut m.beta) {
+        sgd.push(SgdParam { p, g, m, lr: r.bias, wd: wd(h.bias_lr) });
+    }
+    if let Some(lr) = r.whiten_bias {
+        sgd.push(SgdParam { p: &mut p.whiten_b, g: &g.whiten_b, m: &mut m.whiten_b, lr, wd: wd(h.bias_lr) });
+    }
+    b.sgd(&mut sgd, h.sgd_momentum)?;
+    let mut muon: Vec<MuonParam<B>> = p
+        .conv
+        .iter_mut()
+        .zip(&g.conv)
+        .zip(&mut m.conv)
+        .zip(layers(h))
+        .map(|(((w, g), m), (cin, cout, _))| MuonParam { w, g, m, rows: cout, cols: 9 * cin })
+        .collect();
+    b.muon(&mut muon, r.muon, h.muon_momentum, h.ns_steps)
+}
+
+/// Learning rates of step t: linear decay to zero over the run; the whitening bias decays
+/// over its own `bias_steps` and is frozen (None) afterwards.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Rates {
+    muon: f32,
+    bias: f32,
+    head: f32,
+    whiten_bias: Option<f32>,
+}
+
+fn rates(h: &Hyp, t: usize, total: usize, bias_steps: usize) -> Rates {
+    let decay = 1.0 - t as f32 / total as f32;
+    Rates {
+        muon: h.muon_lr * decay,
+        bias: h.bias_lr * decay,
+        head: h.head_lr * decay,
+        whiten_bias: (t < bias_steps).then(|| h.bias_lr * (1.0 - t as f32 / bias_steps as f32)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A run: whitening init, training, TTA evaluation (all timed), and its evaluation
+
+/// Test-set accuracy with test-time augmentation: the weighted logits of the views are summed.
+fn evaluate<B: Backend>(b: &mut B, h: &Hyp, net: &mut Net<B>, test: &DevData<B>, labels: &[u8]) -> Result<usize> {
+    let mut correct = 0;
+    let mut a: Option<Acts<B>> = None;
+    for start in (0..test.n).step_by(h.batch_size) {
+        let n = h.batch_size.min(test.n - start);
+        if a.as_ref().is_none_or(|a| a.n != n) {
+            let mut fresh = acts(b, h, n)?;
+            for l in 0..6 {
+                b.bn_eval(&net.run_mean[l], &net.run_var[l], h.bn_eps, &mut fresh.bn[l + 1])?;
+            }
+            a = Some(fresh);
+        }
+        let a = a.as_mut().expect("allocated above");
+        let mut sum = b.zeros(n * CLASSES)?;
+        for (sy, sx, flip, weight) in aug::tta_views(h.tta_level) {
+            let words = b.upload_words(&aug::view_words(start, n, sy, sx, flip))?;
+            forward(b, h, net, a, test, &words, 0, false)?;
+            b.axpy(&mut sum, &a.logits, weight)?;
+        }
+        let logits = b.download(&sum)?;
+        for (i, row) in logits.chunks(CLASSES).enumerate() {
+            let pred = (0..CLASSES).fold(0, |best, k| if row[k] > row[best] { k } else { best });
+            correct += (pred == labels[start + i] as usize) as usize;
+        }
+    }
+    Ok(correct)
+}
+
+/// Trains one network from `seed` and evaluates it. `epoch_line` receives the per-epoch
+/// numbers; the time it takes (and the reading of the loss) is excluded from the timer.
+fn run<B: Backend>(
+    b: &mut B,
+    h: &Hyp,
+    train: &DevData<B>,
+    test: &DevData<B>,
+    test_labels: &[u8],
+    seed: u64,
+    epoch_line: &mut dyn FnMut(report::Epoch),
+) -> Result<report::Run> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut net = init_net(b, h, &mut rng)?;
+    let mut opt = (zeros_like(b, h)?, zeros_like(b, h)?);
+    let mut a = acts(b, h, h.batch_size)?;
+    let steps_per_epoch = train.n / h.batch_size;
+    let total = h.epochs * steps_per_epoch;
+    let bias_steps = h.whiten_bias_epochs * steps_per_epoch;
+    let mut words = b.upload_words(&vec![0; train.n])?;
+    let flips = aug::flip_bits(&mut rng, train.n);
+    b.sync()?;
+
+    let mut timed = 0.0;
+    let mut clock = Instant::now();
+    let cov = b.patch_cov(&train.images, h.whiten_images.min(train.n), NORM)?;
+    let (w, _eigenvalues) = whiten::filters(&cov, h.whiten_eps);
+    net.whiten_w = b.upload(&w)?;
+    for epoch in 0..h.epochs {
+        b.write_words(&mut words, &aug::epoch_words(&mut rng, epoch, &flips, h.max_shift))?;
+        for k in 0..steps_per_epoch {
+            let t = epoch * steps_per_epoch + k;
+            train_step(b, h, &mut net, &mut opt, &mut a, train, &words, k * h.batch_size, (t, total, bias_steps))?;
+        }
+        b.sync()?;
+        timed += clock.elapsed().as_secs_f64();
+        let acc = b.download(&a.loss_acc)?;
+        a.loss_acc = b.zeros(2)?;
+        let seen = (steps_per_epoch * h.batch_size) as f64;
+        let line = report::Epoch { epoch: epoch + 1, train_loss: acc[0] as f64 / seen, train_acc: acc[1] as f64 / seen, seconds: timed };
+        if !line.train_loss.is_finite() {
+            return Err(Error::Diverged(format!("the training loss is {} after epoch {} (step {})", line.train_loss, epoch + 1, (epoch + 1) * steps_per_epoch)));
+        }
+        epoch_line(line);
+        clock = Instant::now();
+    }
+    let correct = evaluate(b, h, &mut net, test, test_labels)?;
+    b.sync()?;
+    timed += clock.elapsed().as_secs_f64();
+    Ok(report::Run { seed, correct, tested: test.n, seconds: timed, fingerprint: fingerprint(b, &net)? })
+}
+
+/// A hash of every trained parameter, to show that a seed reproduces a run bit for bit.
+fn fingerprint<B: Backend>(b: &mut B, net: &Net<B>) -> Result<u64> {
+    let p = &net.p;
+    let mut all = vec![b.download(&p.whiten_b)?, b.download(&p.head)?];
+    for t in p.conv.iter().chain(&p.beta).chain(&net.run_mean).chain(&net.run_var) {
+        all.push(b.download(t)?);
+    }
+    Ok(report::fnv1a(all.iter().flat_map(|v| v.iter().flat_map(|x| x.to_bits().to_le_bytes()))))
+}
+
+fn upload_split<B: Backend>(b: &mut B, s: &Split, n: usize) -> Result<DevData<B>> {
+    let n = n.min(s.len());
+    Ok(DevData { images: b.upload_bytes(&s.images[..n * data::IMAGE_BYTES])?, labels: b.upload_bytes(&s.labels[..n])?, n })
+}
+
+// ---------------------------------------------------------------------------------------------
+// main
+
+fn main() {
+    let result = cli::parse(std::env::args().skip(1)).and_then(real_main);
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(e.exit_code());
+    }
+}
+
+fn real_main(args: cli::Args) -> Result<()> {
+    if args.help {
+        println!("{}", cli::HELP);
+        return Ok(());
+    }
+    if !args.cpu {
+        let hint = "This trainer needs an NVIDIA GPU; `cargo run --release -- --cpu` trains the CPU reference instead";
+        let gpu = cifar::gpu::Gpu::open(0).map_err(|e| match e {
+            Error::Gpu(m) => Error::Gpu(format!("{m}. {hint}")),
+            other => other,
+        })?;
+        return Err(Error::Gpu(format!(
+            "found {}, but the GPU trainer is not implemented yet (issue: GPU kernels). {hint}",
+            gpu.info
+        )));
+    }
+    let h = CPU_HYP;
+    let (train, test) = load_data(&args)?;
+    let mut b = Cpu::<f32>::with_threads(args.threads.unwrap_or_else(cifar::cpu::par::default_threads));
+    println!("{}", report::header(&b.describe()));
+    println!("recipe: --cpu reduced configuration: {h:?}");
+    let dtrain = upload_split(&mut b, &train, h.train_images)?;
+    let dtest = upload_split(&mut b, &test, h.test_images)?;
+    println!("train: {} of the {} images of {}", dtrain.n, train.len(), train.name);
+    let test_desc = report::describe_test(&test.name, dtest.n, test.len());
+    let mut runs = Vec::new();
+    for i in 0..args.runs {
+        let seed = args.seed + i as u64;
+        println!("{}", report::EPOCH_HEADER);
+        let r = run(&mut b, &h, &dtrain, &dtest, &test.labels[..dtest.n], seed, &mut |e| println!("{e}"))?;
+        println!("{}", r.line("cpu-reference", &test_desc));
+        runs.push(r);
+    }
+    if runs.len() > 1 {
+        println!("{}", report::summary(&runs, &test_desc));
+    }
+    Ok(())
+}
+
+fn load_data(args: &cli::Args) -> Result<(Split, Split)> {
+    let paths = data::resolve(args.data_dir.as_deref(), args.test_file.as_deref());
+    if !args.no_download {
+        let url = std::env::var(download::URL_ENV).unwrap_or_else(|_| download::URL.to_string());
+        download::ensure(&paths.dir, &url, download::MD5)?;
+    }
+    Ok((data::load_train(&paths.dir)?, data::load_test(&paths.test_file)?))
+}
+
+#[cfg(test)]
+#[path = "tests/recipe/mod.rs"]
+mod recipe_tests;

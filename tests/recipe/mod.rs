@@ -1,0 +1,159 @@
+//! Tests of the recipe in main.rs, run on the CPU reference: the recipe's numbers, the whole
+//! network's gradients against finite differences, determinism, and a real learning run.
+use super::*;
+use cifar::testing::{check, randn};
+
+impl Clone for Params<Cpu<f64>> {
+    fn clone(&self) -> Self {
+        Params { whiten_b: self.whiten_b.clone(), conv: self.conv.clone(), beta: self.beta.clone(), head: self.head.clone() }
+    }
+}
+
+/// `n` random images (every byte value possible) with random labels.
+fn synthetic<B: Backend>(b: &mut B, n: usize, seed: u64) -> (DevData<B>, Vec<u8>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let images: Vec<u8> = (0..n * data::IMAGE_BYTES).map(|_| rng.random()).collect();
+    let labels: Vec<u8> = (0..n).map(|_| rng.random_range(0..10)).collect();
+    let d = DevData { images: b.upload_bytes(&images).unwrap(), labels: b.upload_bytes(&labels).unwrap(), n };
+    (d, labels)
+}
+
+#[test]
+fn recipe_shapes_and_parameter_count_match_airbench94_muon() {
+    let s = shapes(&HYP, 2000);
+    let want = [(31, 24), (15, 64), (15, 64), (7, 256), (7, 256), (3, 256), (3, 256)];
+    for (k, (hw, c)) in want.into_iter().enumerate() {
+        assert_eq!(s[k], Shape::new(2000, hw, hw, c), "x[{k}]");
+    }
+    let conv: usize = layers(&HYP).iter().map(|&(ci, co, _)| co * 9 * ci).sum();
+    let bn: usize = layers(&HYP).iter().map(|&(_, co, _)| co).sum();
+    assert_eq!((conv, bn), (1_967_616, 1_152));
+    assert_eq!(conv + bn + CLASSES * HYP.widths[2] + WHITEN, 1_971_352, "trainable parameters (RECIPE.md §3.1)");
+    assert_eq!(HYP.train_images / HYP.batch_size * HYP.epochs, 200, "steps");
+}
+
+#[test]
+fn learning_rates_follow_the_recipe_appendix() {
+    // RECIPE.md appendix: t = 0, 74, 75, 199 of 200 with the bias training for 75 steps
+    let r = |t| rates(&HYP, t, 200, 75);
+    let close = |a: f32, b: f32| (a - b).abs() < 1e-6;
+    assert!(close(r(0).muon, 0.24) && close(r(0).bias, 0.053) && close(r(0).head, 0.67));
+    assert!(close(r(0).whiten_bias.unwrap(), 0.053));
+    assert!(close(r(74).whiten_bias.unwrap(), 0.053 / 75.0));
+    assert_eq!(r(75).whiten_bias, None, "the whitening bias freezes after 75 steps");
+    assert!(close(r(75).muon, 0.15) && close(r(150).head, 0.1675));
+    assert!(close(r(199).muon, 0.0012) && close(r(199).bias, 0.000265));
+}
+
+#[test]
+fn init_is_dirac_and_head_has_unit_std() {
+    let mut b = Cpu::<f64>::with_threads(1);
+    let net = init_net(&mut b, &HYP, &mut StdRng::seed_from_u64(1)).unwrap();
+    for (l, &(cin, cout, _)) in layers(&HYP).iter().enumerate() {
+        let w = &net.p.conv[l];
+        for o in 0..cin.min(cout) {
+            for k in 0..9 * cin {
+                assert_eq!(w[o * 9 * cin + k], if k == 4 * cin + o { 1.0 } else { 0.0 }, "conv {l} filter {o}");
+            }
+        }
+        let bound = 1.0 / ((9 * cin) as f64).sqrt();
+        let rest = &w[cin.min(cout) * 9 * cin..];
+        assert!(rest.iter().all(|v| v.abs() <= bound), "conv {l}: random filters within ±{bound}");
+        assert!(rest.is_empty() || rest.iter().any(|&v| v != 0.0), "conv {l}: random filters are not all zero");
+    }
+    let std = report::std_dev(&net.p.head);
+    assert!((std - 1.0).abs() < 1e-6, "head std {std}");
+}
+
+/// The whole network (stem → six convs with pools and BatchNorm → head → label-smoothed loss)
+/// against central differences, in f64, for every trainable tensor.
+#[test]
+fn whole_network_gradients_match_finite_differences() {
+    let h = Hyp { batch_size: 3, widths: [8, 8, 16], ..CPU_HYP };
+    let mut b = Cpu::<f64>::with_threads(2);
+    let (d, _) = synthetic(&mut b, 5, 7);
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut net = init_net(&mut b, &h, &mut rng).unwrap();
+    let cov = b.patch_cov(&d.images, d.n, NORM).unwrap();
+    net.whiten_w = b.upload(&whiten::filters(&cov, h.whiten_eps).0).unwrap();
+    for (l, beta) in net.p.beta.iter_mut().enumerate() {
+        *beta = randn(beta.len(), 10 + l as u64).iter().map(|v| 0.3 * v).collect();
+    }
+    let flips = aug::flip_bits(&mut rng, d.n);
+    let words = aug::epoch_words(&mut rng, 1, &flips, 2);
+    let mut a = acts(&mut b, &h, h.batch_size).unwrap();
+    let mut loss = |b: &mut Cpu<f64>, net: &mut Net<Cpu<f64>>, a: &mut Acts<Cpu<f64>>| {
+        a.loss_acc = vec![0.0; 2];
+        forward(b, &h, net, a, &d, &words, 1, true).unwrap();
+        b.xent(&a.logits, &d.labels, &words, 1, a.n, CLASSES, h.label_smoothing, &mut a.dlogits, &mut a.loss_acc).unwrap();
+        a.loss_acc[0]
+    };
+    let l0 = loss(&mut b, &mut net, &mut a);
+    assert!(l0.is_finite() && l0 > 0.0);
+    let mut g = zeros_like(&mut b, &h).unwrap();
+    backward(&mut b, &h, &net, &mut a, &mut g, true).unwrap();
+
+    type Field = fn(&mut Params<Cpu<f64>>) -> &mut Vec<f64>;
+    let mut tensors: Vec<(String, Field, usize)> = vec![
+        ("whitening bias".into(), |p| &mut p.whiten_b, 24),
+        ("head".into(), |p| &mut p.head, 40),
+    ];
+    let conv: [Field; 6] = [|p| &mut p.conv[0], |p| &mut p.conv[1], |p| &mut p.conv[2], |p| &mut p.conv[3], |p| &mut p.conv[4], |p| &mut p.conv[5]];
+    let beta: [Field; 6] = [|p| &mut p.beta[0], |p| &mut p.beta[1], |p| &mut p.beta[2], |p| &mut p.beta[3], |p| &mut p.beta[4], |p| &mut p.beta[5]];
+    for l in 0..6 {
+        tensors.push((format!("conv {l} weight"), conv[l], 25));
+        tensors.push((format!("BN {l} bias"), beta[l], 16));
+    }
+    for (name, field, samples) in tensors {
+        let x = field(&mut net.p).clone();
+        let grad = field(&mut g).clone();
+        let base = net.p.clone();
+        check(&name, &x, &grad, samples, |xp| {
+            *field(&mut net.p) = xp.to_vec();
+            let l = loss(&mut b, &mut net, &mut a);
+            net.p = base.clone();
+            l
+        });
+    }
+}
+
+/// A tiny configuration that runs in well under a second.
+const TINY: Hyp = Hyp {
+    batch_size: 8,
+    epochs: 2,
+    train_images: 32,
+    test_images: 16,
+    widths: [16, 16, 16],
+    whiten_images: 32,
+    whiten_bias_epochs: 1,
+    ..CPU_HYP
+};
+
+fn tiny_run(seed: u64, threads: usize) -> report::Run {
+    let mut b = Cpu::<f32>::with_threads(threads);
+    let (train, _) = synthetic(&mut b, TINY.train_images, 1);
+    let (test, labels) = synthetic(&mut b, TINY.test_images, 2);
+    run(&mut b, &TINY, &train, &test, &labels, seed, &mut |_| {}).unwrap()
+}
+
+#[test]
+fn same_seed_gives_bit_identical_runs_on_any_thread_count() {
+    let a = tiny_run(5, 1);
+    let b = tiny_run(5, 3);
+    assert_eq!(a.fingerprint, b.fingerprint, "same seed, different thread counts");
+    assert_eq!(a.correct, b.correct);
+    let c = tiny_run(6, 2);
+    assert_ne!(a.fingerprint, c.fingerprint, "a different seed must give a different run");
+}
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_error() {
+    let h = Hyp { head_lr: 1e30, bias_lr: 1e30, ..TINY };
+    let mut b = Cpu::<f32>::with_threads(1);
+    let (train, _) = synthetic(&mut b, h.train_images, 1);
+    let (test, labels) = synthetic(&mut b, h.test_images, 2);
+    match run(&mut b, &h, &train, &test, &labels, 0, &mut |_| {}) {
+        Err(Error::Diverged(m)) => assert!(m.contains("after epoch"), "{m}"),
+        other => panic!("expected a divergence error, got {other:?}"),
+    }
+}
