@@ -176,8 +176,8 @@ struct Acts<B: Backend> {
     head_argmax: B::Bytes,
     logits: B::Buf,
     dlogits: B::Buf,
-    ga: Vec<B::Buf>, // gradient w.r.t. GELU(pre(x[k]))
-    gx: Vec<B::Buf>, // gradient w.r.t. x[k]
+    ga: Vec<B::Buf>,  // gradient w.r.t. GELU(pre(x[k]))
+    gx: Vec<B::Buf>,  // gradient w.r.t. x[k]
     loss_acc: B::Buf, // [loss sum, correct] since the last read
 }
 
@@ -247,7 +247,14 @@ fn forward<B: Backend>(
 }
 
 /// Backward pass from `a.dlogits` into `g`; the whitening bias only while it trains.
-fn backward<B: Backend>(b: &mut B, h: &Hyp, net: &Net<B>, a: &mut Acts<B>, g: &mut Params<B>, bias_trains: bool) -> Result<()> {
+fn backward<B: Backend>(
+    b: &mut B,
+    h: &Hyp,
+    net: &Net<B>,
+    a: &mut Acts<B>,
+    g: &mut Params<B>,
+    bias_trains: bool,
+) -> Result<()> {
     let scale = 1.0 / h.widths[2] as f32;
     b.head_bwd(&a.dlogits, &a.feat, &a.head_argmax, &net.p.head, a.s[6], CLASSES, scale, &mut g.head, &mut a.ga[6])?;
     for (l, (_, cout, pool)) in layers(h).into_iter().enumerate().rev() {
@@ -395,9 +402,19 @@ fn run<B: Backend>(
         let acc = b.download(&a.loss_acc)?;
         a.loss_acc = b.zeros(2)?;
         let seen = (steps_per_epoch * h.batch_size) as f64;
-        let line = report::Epoch { epoch: epoch + 1, train_loss: acc[0] as f64 / seen, train_acc: acc[1] as f64 / seen, seconds: timed };
+        let line = report::Epoch {
+            epoch: epoch + 1,
+            train_loss: acc[0] as f64 / seen,
+            train_acc: acc[1] as f64 / seen,
+            seconds: timed,
+        };
         if !line.train_loss.is_finite() {
-            return Err(Error::Diverged(format!("the training loss is {} after epoch {} (step {})", line.train_loss, epoch + 1, (epoch + 1) * steps_per_epoch)));
+            return Err(Error::Diverged(format!(
+                "the training loss is {} after epoch {} (step {})",
+                line.train_loss,
+                epoch + 1,
+                (epoch + 1) * steps_per_epoch
+            )));
         }
         epoch_line(line);
         clock = Instant::now();
@@ -420,7 +437,11 @@ fn fingerprint<B: Backend>(b: &mut B, net: &Net<B>) -> Result<u64> {
 
 fn upload_split<B: Backend>(b: &mut B, s: &Split, n: usize) -> Result<DevData<B>> {
     let n = n.min(s.len());
-    Ok(DevData { images: b.upload_bytes(&s.images[..n * data::IMAGE_BYTES])?, labels: b.upload_bytes(&s.labels[..n])?, n })
+    Ok(DevData {
+        images: b.upload_bytes(&s.images[..n * data::IMAGE_BYTES])?,
+        labels: b.upload_bytes(&s.labels[..n])?,
+        n,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -475,9 +496,9 @@ fn real_main(args: cli::Args) -> Result<()> {
 
 fn load_data(args: &cli::Args) -> Result<(Split, Split)> {
     let paths = data::resolve(args.data_dir.as_deref(), args.test_file.as_deref());
-    if !args.no_download {
-        let url = std::env::var(download::URL_ENV).unwrap_or_else(|_| download::URL.to_string());
-        download::ensure(&paths.dir, &url, download::MD5)?;
+    // Only the default folder is ever downloaded into: a folder the user named must hold the data.
+    if paths.dir_is_default && !args.no_download {
+        download::ensure(&paths.dir, &download::url(), download::MD5)?;
     }
     Ok((data::load_train(&paths.dir)?, data::load_test(&paths.test_file)?))
 }

@@ -159,6 +159,7 @@ pub trait Backend {
     /// Training-mode BatchNorm statistics of `y` over N·H·W: writes `bn = [mean | invstd]`
     /// with the biased variance, `invstd = 1/√(var + eps)`, and blends the running statistics
     /// `running ← momentum·running + (1 − momentum)·batch` using the unbiased variance.
+    #[allow(clippy::too_many_arguments)]
     fn bn_stats(
         &mut self,
         y: &Self::Buf,
@@ -275,13 +276,7 @@ pub trait Backend {
     /// `w ← w·√rows/‖w‖_F`; `X = u/(‖u‖_F + 1e-7)`, then `ns_steps` Newton–Schulz iterations
     /// `A = X·Xᵀ; B = b·A + c·A·A; X ← a·X + B·X` with (a,b,c) = (3.4445, −4.7750, 2.0315);
     /// `w ← w − lr·X`. Requires rows ≤ cols.
-    fn muon(
-        &mut self,
-        params: &mut [MuonParam<'_, Self>],
-        lr: f32,
-        momentum: f32,
-        ns_steps: usize,
-    ) -> Result<()>;
+    fn muon(&mut self, params: &mut [MuonParam<'_, Self>], lr: f32, momentum: f32, ns_steps: usize) -> Result<()>;
 }
 
 /// Newton–Schulz quintic coefficients (a, b, c) of airbench94_muon.

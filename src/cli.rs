@@ -33,9 +33,9 @@ pub struct Args {
     pub help: bool,
 }
 
-fn number<T: std::str::FromStr>(flag: &str, v: Option<String>, min: T) -> Result<T>
+fn number<T>(flag: &str, v: Option<String>, min: T) -> Result<T>
 where
-    T: PartialOrd + std::fmt::Display,
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
 {
     let v = v.ok_or_else(|| Error::Usage(format!("{flag} needs a value")))?;
     let n: T = v.parse().map_err(|_| Error::Usage(format!("{flag} expects a whole number, got {v:?}")))?;

@@ -19,13 +19,8 @@ pub const RECORD_BYTES: usize = 3073;
 /// Images per training batch file (and in the official test file).
 pub const RECORDS_PER_BATCH: usize = 10_000;
 /// The five training batches, in the order they are read.
-pub const TRAIN_FILES: [&str; 5] = [
-    "data_batch_1.bin",
-    "data_batch_2.bin",
-    "data_batch_3.bin",
-    "data_batch_4.bin",
-    "data_batch_5.bin",
-];
+pub const TRAIN_FILES: [&str; 5] =
+    ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
 /// The official test batch.
 pub const TEST_FILE: &str = "test_batch.bin";
 /// Where the trainer looks for (and downloads) the dataset by default, relative to the working
@@ -80,10 +75,7 @@ impl Split {
 /// Name and size only: the pixels would be megabytes of numbers.
 impl std::fmt::Debug for Split {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Split")
-            .field("name", &self.name)
-            .field("len", &self.len())
-            .finish_non_exhaustive()
+        f.debug_struct("Split").field("name", &self.name).field("len", &self.len()).finish_non_exhaustive()
     }
 }
 
@@ -103,12 +95,7 @@ pub struct DataPaths {
 /// [`DEFAULT_DIR`]. The test file: the flag, then `$CIFAR10_TEST`, then `<folder>/test_batch.bin`.
 /// An environment variable set to the empty string counts as unset.
 pub fn resolve(dir_flag: Option<&Path>, test_flag: Option<&Path>) -> DataPaths {
-    resolve_with(
-        dir_flag,
-        test_flag,
-        std::env::var_os(DIR_ENV),
-        std::env::var_os(TEST_ENV),
-    )
+    resolve_with(dir_flag, test_flag, std::env::var_os(DIR_ENV), std::env::var_os(TEST_ENV))
 }
 
 /// [`resolve`] with the environment values passed in.
@@ -130,28 +117,16 @@ fn resolve_with(
         (None, Some(env)) => env,
         (None, None) => dir.join(TEST_FILE),
     };
-    DataPaths {
-        dir,
-        test_file,
-        dir_is_default,
-    }
+    DataPaths { dir, test_file, dir_is_default }
 }
 
 /// The five training batches of `dir`, 50,000 images in file order. Each batch must hold
 /// exactly 10,000 records.
 pub fn load_train(dir: &Path) -> Result<Split> {
     // Check that every file is there before reading any, so the message names all that are missing.
-    let missing: Vec<&str> = TRAIN_FILES
-        .iter()
-        .copied()
-        .filter(|f| !dir.join(f).exists())
-        .collect();
+    let missing: Vec<&str> = TRAIN_FILES.iter().copied().filter(|f| !dir.join(f).exists()).collect();
     if !missing.is_empty() {
-        let what = if missing.len() == 1 {
-            "training batch"
-        } else {
-            "training batches"
-        };
+        let what = if missing.len() == 1 { "training batch" } else { "training batches" };
         let verb = if missing.len() == 1 { "is" } else { "are" };
         return Err(Error::Data(format!(
             "CIFAR-10 {what} {} {verb} missing from {}; {}",
@@ -164,18 +139,9 @@ pub fn load_train(dir: &Path) -> Result<Split> {
     let mut images = Vec::with_capacity(total * IMAGE_BYTES);
     let mut labels = Vec::with_capacity(total);
     for f in TRAIN_FILES {
-        read_records(
-            &dir.join(f),
-            Some(RECORDS_PER_BATCH),
-            &mut images,
-            &mut labels,
-        )?;
+        read_records(&dir.join(f), Some(RECORDS_PER_BATCH), &mut images, &mut labels)?;
     }
-    Ok(Split {
-        images,
-        labels,
-        name: format!("{} (data_batch_1..5.bin)", dir.display()),
-    })
+    Ok(Split { images, labels, name: format!("{} (data_batch_1..5.bin)", dir.display()) })
 }
 
 /// A test file: any file of whole records (the official one has 10,000; for example
@@ -189,23 +155,16 @@ pub fn load_file(path: &Path) -> Result<Split> {
     let mut images = Vec::new();
     let mut labels = Vec::new();
     read_records(path, None, &mut images, &mut labels)?;
-    Ok(Split {
-        images,
-        labels,
-        name: path.display().to_string(),
-    })
+    Ok(Split { images, labels, name: path.display().to_string() })
 }
 
 /// For tests and CI: the project's shared copy `<CARGO_MANIFEST_DIR>/../shared/cifar10/cifar-10-batches-bin`
 /// if it exists with all six files, else [`DEFAULT_DIR`] under the manifest dir if complete, else None.
 pub fn find_local_dataset() -> Option<PathBuf> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    [
-        manifest.join("../shared/cifar10/cifar-10-batches-bin"),
-        manifest.join(DEFAULT_DIR),
-    ]
-    .into_iter()
-    .find(|dir| is_complete(dir))
+    [manifest.join("../shared/cifar10/cifar-10-batches-bin"), manifest.join(DEFAULT_DIR)]
+        .into_iter()
+        .find(|dir| is_complete(dir))
 }
 
 /// True when `dir` holds all six batch files (as regular files; sizes are not checked).
@@ -226,17 +185,11 @@ pub fn check_size(path: &Path, len: u64, expect: Option<usize>) -> Result<usize>
             Some(n) => format!("{n} records of {RECORD_BYTES} bytes"),
             None => format!("whole records of {RECORD_BYTES} bytes"),
         };
-        return Err(Error::Data(format!(
-            "CIFAR-10 file {} is empty (0 bytes); expected {expected}",
-            path.display()
-        )));
+        return Err(Error::Data(format!("CIFAR-10 file {} is empty (0 bytes); expected {expected}", path.display())));
     }
     if len % RECORD_BYTES as u64 != 0 {
         let expected = match expect {
-            Some(n) => format!(
-                "{} bytes ({n} records of {RECORD_BYTES} bytes)",
-                n * RECORD_BYTES
-            ),
+            Some(n) => format!("{} bytes ({n} records of {RECORD_BYTES} bytes)", n * RECORD_BYTES),
             None => format!("a multiple of {RECORD_BYTES} bytes (whole records)"),
         };
         return Err(Error::Data(format!(
@@ -244,12 +197,8 @@ pub fn check_size(path: &Path, len: u64, expect: Option<usize>) -> Result<usize>
             path.display()
         )));
     }
-    let count = usize::try_from(len / RECORD_BYTES as u64).map_err(|_| {
-        Error::Data(format!(
-            "CIFAR-10 file {} is too large ({len} bytes)",
-            path.display()
-        ))
-    })?;
+    let count = usize::try_from(len / RECORD_BYTES as u64)
+        .map_err(|_| Error::Data(format!("CIFAR-10 file {} is too large ({len} bytes)", path.display())))?;
     if let Some(n) = expect {
         if count != n {
             return Err(Error::Data(format!(
@@ -265,33 +214,19 @@ pub fn check_size(path: &Path, len: u64, expect: Option<usize>) -> Result<usize>
 const WHERE_HINT: &str = "the trainer downloads the dataset into the default folder data/cifar-10-batches-bin when it is absent (unless --no-download), or --data-dir / CIFAR10_DIR can point at a folder that holds it (and --test-file / CIFAR10_TEST at a test file)";
 
 /// Maps `path`, validates it and appends its images (NHWC) and labels.
-fn read_records(
-    path: &Path,
-    expect: Option<usize>,
-    images: &mut Vec<u8>,
-    labels: &mut Vec<u8>,
-) -> Result<()> {
+fn read_records(path: &Path, expect: Option<usize>, images: &mut Vec<u8>, labels: &mut Vec<u8>) -> Result<()> {
     let file = File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            Error::Data(format!(
-                "CIFAR-10 file {} is missing; {WHERE_HINT}",
-                path.display()
-            ))
+            Error::Data(format!("CIFAR-10 file {} is missing; {WHERE_HINT}", path.display()))
         } else {
             Error::Data(format!("cannot open CIFAR-10 file {}: {e}", path.display()))
         }
     })?;
-    let meta = file.metadata().map_err(|e| {
-        Error::Data(format!(
-            "cannot read the size of CIFAR-10 file {}: {e}",
-            path.display()
-        ))
-    })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::Data(format!("cannot read the size of CIFAR-10 file {}: {e}", path.display())))?;
     if !meta.is_file() {
-        return Err(Error::Data(format!(
-            "CIFAR-10 file {} is not a regular file (a directory?)",
-            path.display()
-        )));
+        return Err(Error::Data(format!("CIFAR-10 file {} is not a regular file (a directory?)", path.display())));
     }
     // Checked before mapping: a zero-length mapping is an error in itself.
     let count = check_size(path, meta.len(), expect)?;
@@ -322,10 +257,7 @@ fn read_records(
     images.reserve(count * IMAGE_BYTES);
     let start = images.len();
     images.resize(start + count * IMAGE_BYTES, 0);
-    for (rec, out) in map
-        .chunks_exact(RECORD_BYTES)
-        .zip(images[start..].chunks_exact_mut(IMAGE_BYTES))
-    {
+    for (rec, out) in map.chunks_exact(RECORD_BYTES).zip(images[start..].chunks_exact_mut(IMAGE_BYTES)) {
         labels.push(rec[0]);
         let (r, gb) = rec[1..].split_at(PLANE);
         let (g, b) = gb.split_at(PLANE);
@@ -350,14 +282,7 @@ mod tests {
         let tenv = || Some(OsString::from("/env/test.bin"));
 
         let p = resolve_with(Some(flag), Some(tflag), env(), tenv());
-        assert_eq!(
-            p,
-            DataPaths {
-                dir: flag.into(),
-                test_file: tflag.into(),
-                dir_is_default: false
-            }
-        );
+        assert_eq!(p, DataPaths { dir: flag.into(), test_file: tflag.into(), dir_is_default: false });
 
         let p = resolve_with(None, None, env(), tenv());
         assert_eq!(p.dir, PathBuf::from("/env/dir"));

@@ -32,10 +32,7 @@ const PROGRESS_STEP: u64 = 4 << 20;
 
 /// `$CIFAR10_URL` when set and non-empty, else [`URL`].
 pub fn url() -> String {
-    std::env::var(URL_ENV)
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| URL.to_string())
+    std::env::var(URL_ENV).ok().filter(|u| !u.is_empty()).unwrap_or_else(|| URL.to_string())
 }
 
 /// Make sure `dir` holds the six batch files. If all are present: `Ok(false)`, nothing done.
@@ -47,8 +44,7 @@ pub fn url() -> String {
 /// overwritten). Any failure leaves no partial files: no half-written archive, no temp folder,
 /// no `dir`.
 pub fn ensure(dir: &Path, url: &str, md5: &str) -> Result<bool> {
-    let (present, missing): (Vec<&str>, Vec<&str>) =
-        data::all_files().partition(|f| dir.join(f).is_file());
+    let (present, missing): (Vec<&str>, Vec<&str>) = data::all_files().partition(|f| dir.join(f).is_file());
     if missing.is_empty() {
         return Ok(false);
     }
@@ -67,9 +63,7 @@ pub fn ensure(dir: &Path, url: &str, md5: &str) -> Result<bool> {
     }
     let md5 = md5.trim().to_ascii_lowercase();
     if md5.len() != 32 || !md5.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Error::Data(format!(
-            "expected MD5 '{md5}' is not 32 hexadecimal digits"
-        )));
+        return Err(Error::Data(format!("expected MD5 '{md5}' is not 32 hexadecimal digits")));
     }
 
     let parent = match dir.parent() {
@@ -134,10 +128,7 @@ fn create_parents(parent: &Path, guard: &mut Guard) -> Result<()> {
             Ok(()) => guard.created.push(d),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => {
-                return Err(Error::Data(format!(
-                    "cannot create folder {} for the CIFAR-10 download: {e}",
-                    d.display()
-                )))
+                return Err(Error::Data(format!("cannot create folder {} for the CIFAR-10 download: {e}", d.display())))
             }
         }
     }
@@ -214,36 +205,25 @@ fn fetch(url: &str, dest: &Path, md5: &str) -> Result<()> {
         return Err(Error::Data(format!(
             "download of {url} failed with HTTP status {}{}",
             status.as_u16(),
-            status
-                .canonical_reason()
-                .map(|r| format!(" {r}"))
-                .unwrap_or_default()
+            status.canonical_reason().map(|r| format!(" {r}")).unwrap_or_default()
         )));
     }
     let total = response.body().content_length();
     let mut body = response.into_body().into_reader();
-    let file = File::create(dest)
-        .map_err(|e| Error::Data(format!("cannot create {}: {e}", dest.display())))?;
+    let file = File::create(dest).map_err(|e| Error::Data(format!("cannot create {}: {e}", dest.display())))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let mut hasher = Md5::new();
     let mut buf = vec![0u8; 256 << 10];
     let mut got: u64 = 0;
     let mut next_report = 0;
     let progress = |got: u64| match total {
-        Some(t) if t > 0 => eprint!(
-            "\r  {} / {} ({:.0}%)   ",
-            fmt_mib(got),
-            fmt_mib(t),
-            100.0 * got as f64 / t as f64
-        ),
+        Some(t) if t > 0 => eprint!("\r  {} / {} ({:.0}%)   ", fmt_mib(got), fmt_mib(t), 100.0 * got as f64 / t as f64),
         _ => eprint!("\r  {}   ", fmt_mib(got)),
     };
     let incomplete = |got: u64, why: &dyn std::fmt::Display| {
         eprintln!();
         let of = total.map(|t| format!(" of {t}")).unwrap_or_default();
-        Error::Data(format!(
-            "download of {url} was truncated or interrupted after {got}{of} bytes: {why}"
-        ))
+        Error::Data(format!("download of {url} was truncated or interrupted after {got}{of} bytes: {why}"))
     };
     loop {
         let n = match body.read(&mut buf) {
@@ -253,8 +233,7 @@ fn fetch(url: &str, dest: &Path, md5: &str) -> Result<()> {
             Err(e) => return Err(incomplete(got, &e)),
         };
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|e| Error::Data(format!("cannot write {}: {e}", dest.display())))?;
+        out.write_all(&buf[..n]).map_err(|e| Error::Data(format!("cannot write {}: {e}", dest.display())))?;
         got += n as u64;
         if got >= next_report {
             progress(got);
@@ -272,11 +251,7 @@ fn fetch(url: &str, dest: &Path, md5: &str) -> Result<()> {
         .map_err(|e| e.into_error())
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::Data(format!("cannot write {}: {e}", dest.display())))?;
-    let digest: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     if digest != md5 {
         return Err(Error::Data(format!(
             "the archive downloaded from {url} has MD5 checksum {digest}, expected {md5}: the download is corrupt or not the CIFAR-10 binary archive"
@@ -287,12 +262,8 @@ fn fetch(url: &str, dest: &Path, md5: &str) -> Result<()> {
 
 /// Unpacks the .tar.gz `archive` into `into`.
 fn extract(archive: &Path, into: &Path, url: &str) -> Result<()> {
-    let file = File::open(archive).map_err(|e| {
-        Error::Data(format!(
-            "cannot open the downloaded archive {}: {e}",
-            archive.display()
-        ))
-    })?;
+    let file = File::open(archive)
+        .map_err(|e| Error::Data(format!("cannot open the downloaded archive {}: {e}", archive.display())))?;
     let gz = flate2::read::GzDecoder::new(std::io::BufReader::with_capacity(1 << 20, file));
     let mut tar = tar::Archive::new(gz);
     tar.set_preserve_permissions(false);
@@ -305,9 +276,7 @@ fn extract(archive: &Path, into: &Path, url: &str) -> Result<()> {
             msg.push_str(&format!(": {s}"));
             source = s.source();
         }
-        Error::Data(format!(
-            "cannot unpack the archive downloaded from {url}: {msg}"
-        ))
+        Error::Data(format!("cannot unpack the archive downloaded from {url}: {msg}"))
     })
 }
 
@@ -318,11 +287,7 @@ fn check_extracted(dir: &Path, url: &str) -> Result<()> {
         let meta = fs::metadata(&path)
             .ok()
             .filter(|m| m.is_file())
-            .ok_or_else(|| {
-                Error::Data(format!(
-                    "the archive downloaded from {url} has no {ARCHIVE_DIR}/{f}"
-                ))
-            })?;
+            .ok_or_else(|| Error::Data(format!("the archive downloaded from {url} has no {ARCHIVE_DIR}/{f}")))?;
         let expect = (f != data::TEST_FILE).then_some(data::RECORDS_PER_BATCH);
         // Named as in the archive, not by the temporary path.
         let shown = Path::new(ARCHIVE_DIR).join(f);
@@ -338,10 +303,7 @@ fn check_extracted(dir: &Path, url: &str) -> Result<()> {
 /// (an existing folder holding none of the batches) file by file, never replacing a file.
 fn install(extracted: &Path, dir: &Path) -> Result<()> {
     let fail = |e: std::io::Error| {
-        Error::Data(format!(
-            "cannot move the extracted CIFAR-10 files into {}: {e}",
-            dir.display()
-        ))
+        Error::Data(format!("cannot move the extracted CIFAR-10 files into {}: {e}", dir.display()))
     };
     if !dir.exists() {
         return fs::rename(extracted, dir).map_err(fail);

@@ -25,7 +25,8 @@ pub fn describe_test(file: &str, used: usize, available: usize) -> String {
     }
 }
 
-pub const EPOCH_HEADER: &str = "| epoch | train loss | train acc | time (s) |\n|------:|-----------:|----------:|---------:|";
+pub const EPOCH_HEADER: &str =
+    "| epoch | train loss | train acc | time (s) |\n|------:|-----------:|----------:|---------:|";
 
 /// One row of the per-epoch table. `seconds` is timed time so far.
 #[derive(Clone, Copy, Debug)]
@@ -38,7 +39,14 @@ pub struct Epoch {
 
 impl fmt::Display for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "| {:>5} | {:>10.4} | {:>8.2}% | {:>8.2} |", self.epoch, self.train_loss, 100.0 * self.train_acc, self.seconds)
+        write!(
+            f,
+            "| {:>5} | {:>10.4} | {:>8.2}% | {:>8.2} |",
+            self.epoch,
+            self.train_loss,
+            100.0 * self.train_acc,
+            self.seconds
+        )
     }
 }
 
@@ -124,7 +132,10 @@ mod tests {
             .map(|&(correct, seconds)| Run { seed: 0, correct, tested: 10000, seconds, fingerprint: 0 })
             .collect();
         let s = summary(&runs, "x");
-        assert!(s.contains("mean 94.000") && s.contains("runs >= 94%: 1/2") && s.contains("time s:     mean 2.500"), "{s}");
+        assert!(
+            s.contains("mean 94.000") && s.contains("runs >= 94%: 1/2") && s.contains("time s:     mean 2.500"),
+            "{s}"
+        );
     }
 
     #[test]

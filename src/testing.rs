@@ -51,11 +51,40 @@ pub fn check(what: &str, x: &[f64], grad: &[f64], samples: usize, mut f: impl Fn
         let num = numeric(i, H);
         if !close(grad[i], num) {
             let fine = numeric(i, H / 100.0);
-            assert!(close(grad[i], fine), "{what}[{i}]: analytic {} vs numeric {num} (h = {H}) and {fine} (h = {})", grad[i], H / 100.0);
+            assert!(
+                close(grad[i], fine),
+                "{what}[{i}]: analytic {} vs numeric {num} (h = {H}) and {fine} (h = {})",
+                grad[i],
+                H / 100.0
+            );
             kinks += 1;
         }
         checked += 1;
     }
     assert!(checked >= samples.min(x.len()), "{what}: only {checked} coordinates checked");
     assert!(4 * kinks <= checked, "{what}: {kinks} of {checked} coordinates only matched at h/100");
+}
+
+/// Environment variable that turns a missing dataset from "skipped" into a test failure
+/// (`.ci/run` sets it: CI has the data, so a test there must never skip silently).
+pub const REQUIRE_DATA_ENV: &str = "CIFAR10_REQUIRED";
+
+/// The real CIFAR-10 folder for tests that need it (`data::find_local_dataset`: the project's
+/// shared copy, else the downloaded `data/` folder). When neither exists the test reports itself
+/// skipped on stderr with the reason and gets `None`, unless `$CIFAR10_REQUIRED=1`, which makes
+/// it fail instead.
+pub fn real_dataset(test: &str) -> Option<std::path::PathBuf> {
+    if let Some(dir) = crate::data::find_local_dataset() {
+        return Some(dir);
+    }
+    let why = format!(
+        "the real CIFAR-10 was found neither in ../shared/cifar10/cifar-10-batches-bin nor in {} \
+         (run `cargo run --release -- --cpu` once to download it)",
+        crate::data::DEFAULT_DIR
+    );
+    if std::env::var(REQUIRE_DATA_ENV).as_deref() == Ok("1") {
+        panic!("{test}: {why}, and {REQUIRE_DATA_ENV}=1 forbids skipping");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    None
 }

@@ -18,7 +18,10 @@ pub fn eigh(a: &[f64], n: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
         v[i * n + i] = 1.0;
     }
     for _sweep in 0..100 {
-        let off: f64 = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| m[i * n + j].powi(2)).sum();
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| m[i * n + j].powi(2))
+            .sum();
         let diag: f64 = (0..n).map(|i| m[i * n + i].powi(2)).sum();
         if off <= 1e-30 * diag || off == 0.0 {
             break;

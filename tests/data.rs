@@ -1,9 +1,10 @@
 //! The CIFAR-10 loader: planar -> NHWC conversion, validation errors, path resolution, and the
-//! real dataset (which must be present unless CIFAR10_ALLOW_MISSING=1).
+//! real dataset (skipped with the reason when absent, unless CIFAR10_REQUIRED=1).
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use cifar::data::{self, DataPaths, Split, IMAGE_BYTES, RECORD_BYTES, TEST_FILE, TRAIN_FILES};
+use cifar::testing::real_dataset;
 use cifar::Error;
 use rand::{Rng, SeedableRng};
 
@@ -54,11 +55,7 @@ fn data_err(r: Result<Split, Error>) -> String {
     match r {
         Err(Error::Data(m)) => m,
         Err(other) => panic!("expected Error::Data, got {other:?}"),
-        Ok(s) => panic!(
-            "expected an error, loaded {} images from {}",
-            s.len(),
-            s.name
-        ),
+        Ok(s) => panic!("expected an error, loaded {} images from {}", s.len(), s.name),
     }
 }
 
@@ -162,11 +159,7 @@ fn size_not_whole_records_is_rejected() {
 
     // Same for a training batch, which states the size it expected.
     write_train_batches(&t.0);
-    fs::write(
-        t.0.join("data_batch_2.bin"),
-        vec![1u8; 10_000 * RECORD_BYTES - 1],
-    )
-    .unwrap();
+    fs::write(t.0.join("data_batch_2.bin"), vec![1u8; 10_000 * RECORD_BYTES - 1]).unwrap();
     let m = data_err(data::load_train(&t.0));
     assert_contains(&m, &["data_batch_2.bin", "30729999 bytes", "30730000"]);
 }
@@ -175,20 +168,11 @@ fn size_not_whole_records_is_rejected() {
 fn training_batch_with_9999_records_is_rejected() {
     let t = TempDir::new("count");
     write_train_batches(&t.0);
-    fs::write(
-        t.0.join("data_batch_4.bin"),
-        vec![1u8; 9_999 * RECORD_BYTES],
-    )
-    .unwrap();
+    fs::write(t.0.join("data_batch_4.bin"), vec![1u8; 9_999 * RECORD_BYTES]).unwrap();
     let m = data_err(data::load_train(&t.0));
     assert_contains(&m, &["data_batch_4.bin", "9999 records", "10000"]);
     // The same file is fine as a test file: any number of whole records.
-    assert_eq!(
-        data::load_test(&t.0.join("data_batch_4.bin"))
-            .unwrap()
-            .len(),
-        9_999
-    );
+    assert_eq!(data::load_test(&t.0.join("data_batch_4.bin")).unwrap().len(), 9_999);
 }
 
 #[test]
@@ -247,85 +231,31 @@ fn resolve_precedence_flag_env_default() {
     };
 
     set(None, None);
-    assert_eq!(
-        data::resolve(None, None),
-        paths(
-            data::DEFAULT_DIR,
-            "data/cifar-10-batches-bin/test_batch.bin",
-            true
-        )
-    );
-    assert_eq!(
-        data::resolve(Some(dir_flag), None),
-        paths("/from/flag", "/from/flag/test_batch.bin", false)
-    );
-    assert_eq!(
-        data::resolve(None, Some(test_flag)),
-        paths(data::DEFAULT_DIR, "/from/flag/t.bin", true)
-    );
+    assert_eq!(data::resolve(None, None), paths(data::DEFAULT_DIR, "data/cifar-10-batches-bin/test_batch.bin", true));
+    assert_eq!(data::resolve(Some(dir_flag), None), paths("/from/flag", "/from/flag/test_batch.bin", false));
+    assert_eq!(data::resolve(None, Some(test_flag)), paths(data::DEFAULT_DIR, "/from/flag/t.bin", true));
 
     set(Some("/from/env"), None);
-    assert_eq!(
-        data::resolve(None, None),
-        paths("/from/env", "/from/env/test_batch.bin", false)
-    );
-    assert_eq!(
-        data::resolve(Some(dir_flag), None),
-        paths("/from/flag", "/from/flag/test_batch.bin", false)
-    );
+    assert_eq!(data::resolve(None, None), paths("/from/env", "/from/env/test_batch.bin", false));
+    assert_eq!(data::resolve(Some(dir_flag), None), paths("/from/flag", "/from/flag/test_batch.bin", false));
 
     set(Some("/from/env"), Some("/env/test.bin"));
-    assert_eq!(
-        data::resolve(None, None),
-        paths("/from/env", "/env/test.bin", false)
-    );
-    assert_eq!(
-        data::resolve(Some(dir_flag), Some(test_flag)),
-        paths("/from/flag", "/from/flag/t.bin", false)
-    );
-    assert_eq!(
-        data::resolve(Some(dir_flag), None),
-        paths("/from/flag", "/env/test.bin", false)
-    );
+    assert_eq!(data::resolve(None, None), paths("/from/env", "/env/test.bin", false));
+    assert_eq!(data::resolve(Some(dir_flag), Some(test_flag)), paths("/from/flag", "/from/flag/t.bin", false));
+    assert_eq!(data::resolve(Some(dir_flag), None), paths("/from/flag", "/env/test.bin", false));
 
     set(None, Some("/env/test.bin"));
-    assert_eq!(
-        data::resolve(None, None),
-        paths(data::DEFAULT_DIR, "/env/test.bin", true)
-    );
+    assert_eq!(data::resolve(None, None), paths(data::DEFAULT_DIR, "/env/test.bin", true));
 
     // Empty values count as unset.
     set(Some(""), Some(""));
-    assert_eq!(
-        data::resolve(None, None),
-        paths(
-            data::DEFAULT_DIR,
-            "data/cifar-10-batches-bin/test_batch.bin",
-            true
-        )
-    );
+    assert_eq!(data::resolve(None, None), paths(data::DEFAULT_DIR, "data/cifar-10-batches-bin/test_batch.bin", true));
     set(None, None);
-}
-
-/// The real dataset, or a panic unless CIFAR10_ALLOW_MISSING=1.
-fn real_dataset() -> Option<PathBuf> {
-    match data::find_local_dataset() {
-        Some(d) => Some(d),
-        None if std::env::var("CIFAR10_ALLOW_MISSING").as_deref() == Ok("1") => {
-            eprintln!("CIFAR-10 not found; skipped because CIFAR10_ALLOW_MISSING=1");
-            None
-        }
-        None => panic!(
-            "the real CIFAR-10 dataset was not found in ../shared/cifar10/cifar-10-batches-bin or {} \
-             (relative to the crate); provide it or set CIFAR10_ALLOW_MISSING=1 to skip this test",
-            data::DEFAULT_DIR
-        ),
-    }
 }
 
 #[test]
 fn real_training_set() {
-    let Some(dir) = real_dataset() else { return };
+    let Some(dir) = real_dataset("real_training_set") else { return };
     let s = data::load_train(&dir).unwrap();
     assert_eq!(s.len(), 50_000);
     assert_eq!(s.labels[..10], [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]);
@@ -344,17 +274,13 @@ fn real_training_set() {
     let expect = [0.491400, 0.482158, 0.446531];
     for c in 0..3 {
         let mean = sums[c] as f64 / n / 255.0;
-        assert!(
-            (mean - expect[c]).abs() < 1e-5,
-            "channel {c}: mean {mean}, expected {}",
-            expect[c]
-        );
+        assert!((mean - expect[c]).abs() < 1e-5, "channel {c}: mean {mean}, expected {}", expect[c]);
     }
 }
 
 #[test]
 fn real_test_set_and_partial_prefix() {
-    let Some(dir) = real_dataset() else { return };
+    let Some(dir) = real_dataset("real_test_set_and_partial_prefix") else { return };
     let test = data::load_test(&dir.join(TEST_FILE)).unwrap();
     assert_eq!(test.len(), 10_000);
     assert_eq!(test.labels[..10], [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]);
@@ -362,9 +288,7 @@ fn real_test_set_and_partial_prefix() {
     let partial = dir.join("../partial/test_first1000.bin");
     // The project's shared copy has it; a fresh download into data/ does not.
     let shared = dir.ends_with("shared/cifar10/cifar-10-batches-bin");
-    if !partial.exists()
-        && (!shared || std::env::var("CIFAR10_ALLOW_MISSING").as_deref() == Ok("1"))
-    {
+    if !partial.exists() && (!shared || std::env::var(cifar::testing::REQUIRE_DATA_ENV).as_deref() != Ok("1")) {
         eprintln!("{} not found; prefix check skipped", partial.display());
         return;
     }
@@ -372,8 +296,5 @@ fn real_test_set_and_partial_prefix() {
     assert_eq!(p.len(), 1_000);
     let first = test.subset(1_000);
     assert_eq!(p.labels, first.labels);
-    assert!(
-        p.images == first.images,
-        "partial/test_first1000.bin differs from the first 1000 test images"
-    );
+    assert!(p.images == first.images, "partial/test_first1000.bin differs from the first 1000 test images");
 }

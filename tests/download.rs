@@ -38,10 +38,7 @@ impl TempDir {
             for e in fs::read_dir(d).unwrap() {
                 let e = e.unwrap();
                 let m = e.metadata().unwrap();
-                out.insert((
-                    e.path().strip_prefix(root).unwrap().to_path_buf(),
-                    if m.is_dir() { 0 } else { m.len() },
-                ));
+                out.insert((e.path().strip_prefix(root).unwrap().to_path_buf(), if m.is_dir() { 0 } else { m.len() }));
                 if m.is_dir() {
                     walk(root, &e.path(), out);
                 }
@@ -82,15 +79,13 @@ fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
     h.set_size(0);
     h.set_mode(0o755);
     h.set_cksum();
-    tar.append_data(&mut h, "cifar-10-batches-bin/", std::io::empty())
-        .unwrap();
+    tar.append_data(&mut h, "cifar-10-batches-bin/", std::io::empty()).unwrap();
     for (name, bytes) in files {
         let mut h = tar::Header::new_gnu();
         h.set_size(bytes.len() as u64);
         h.set_mode(0o644);
         h.set_cksum();
-        tar.append_data(&mut h, format!("cifar-10-batches-bin/{name}"), *bytes)
-            .unwrap();
+        tar.append_data(&mut h, format!("cifar-10-batches-bin/{name}"), *bytes).unwrap();
     }
     tar.into_inner().unwrap().finish().unwrap()
 }
@@ -112,10 +107,7 @@ fn good_archive() -> Arc<Vec<u8>> {
 }
 
 fn md5_hex(bytes: &[u8]) -> String {
-    Md5::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -139,10 +131,7 @@ struct Server {
 /// each closed after one response. The thread lives until the test process ends.
 fn serve(b: Behaviour) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!(
-        "http://{}/cifar-10-binary.tar.gz",
-        listener.local_addr().unwrap()
-    );
+    let url = format!("http://{}/cifar-10-binary.tar.gz", listener.local_addr().unwrap());
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
     std::thread::spawn(move || {
@@ -209,10 +198,7 @@ fn data_err(r: Result<bool, Error>) -> String {
 
 fn assert_contains_any(msg: &str, parts: &[&str]) {
     let low = msg.to_lowercase();
-    assert!(
-        parts.iter().any(|p| low.contains(p)),
-        "message {msg:?} should contain one of {parts:?}"
-    );
+    assert!(parts.iter().any(|p| low.contains(p)), "message {msg:?} should contain one of {parts:?}");
 }
 
 /// Runs a failing `ensure` into `<parent>/new/sub/cifar-10-batches-bin` (two folders that do not
@@ -222,17 +208,8 @@ fn fails_cleanly(name: &str, url: &str, md5: &str) -> String {
     let before = t.snapshot();
     let dir = t.0.join("new/sub/cifar-10-batches-bin");
     let msg = data_err(download::ensure(&dir, url, md5));
-    assert!(
-        !dir.exists(),
-        "{} should not exist after a failure",
-        dir.display()
-    );
-    assert_eq!(
-        t.snapshot(),
-        before,
-        "the failure left something behind in {}",
-        t.0.display()
-    );
+    assert!(!dir.exists(), "{} should not exist after a failure", dir.display());
+    assert_eq!(t.snapshot(), before, "the failure left something behind in {}", t.0.display());
     msg
 }
 
@@ -268,20 +245,14 @@ fn good_archive_is_installed_then_not_fetched_again() {
     let mut after = t.snapshot();
     after.retain(|(p, _)| !p.starts_with("data"));
     assert_eq!(after, before, "temporary files left behind");
-    let mut names: Vec<String> = fs::read_dir(t.0.join("data"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let mut names: Vec<String> =
+        fs::read_dir(t.0.join("data")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     assert_eq!(names, ["cifar-10-batches-bin"]);
 
     // Second call: everything present, nothing fetched.
     assert!(!download::ensure(&dir, &server.url, &md5).unwrap());
-    assert_eq!(
-        server.hits.load(Ordering::SeqCst),
-        1,
-        "the second ensure() contacted the server"
-    );
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1, "the second ensure() contacted the server");
 
     // An existing folder holding none of the batches is filled in, its other files kept.
     let dir2 = t.0.join("existing");
@@ -296,10 +267,7 @@ fn good_archive_is_installed_then_not_fetched_again() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.starts_with('.'))
         .collect();
-    assert!(
-        leftovers.is_empty(),
-        "temporary folders left: {leftovers:?}"
-    );
+    assert!(leftovers.is_empty(), "temporary folders left: {leftovers:?}");
 }
 
 #[test]
@@ -335,10 +303,7 @@ fn http_error_status_is_named() {
 #[test]
 fn unreachable_host_leaves_nothing() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!(
-        "http://{}/cifar-10-binary.tar.gz",
-        listener.local_addr().unwrap()
-    );
+    let url = format!("http://{}/cifar-10-binary.tar.gz", listener.local_addr().unwrap());
     drop(listener);
     let msg = fails_cleanly("refused", &url, download::MD5);
     assert!(msg.contains(&url), "{msg}");
@@ -366,10 +331,7 @@ fn archive_with_short_training_batch_leaves_nothing() {
     let md5 = md5_hex(&archive);
     let server = serve(Behaviour::Serve(archive));
     let msg = fails_cleanly("short", &server.url, &md5);
-    assert!(
-        msg.contains("data_batch_2.bin") && msg.contains("9999 records"),
-        "{msg}"
-    );
+    assert!(msg.contains("data_batch_2.bin") && msg.contains("9999 records"), "{msg}");
 }
 
 #[test]
@@ -393,25 +355,15 @@ fn partial_folder_is_refused_and_untouched() {
     }
     let before = t.snapshot();
     let msg = data_err(download::ensure(&dir, &server.url, download::MD5));
-    assert!(
-        msg.contains("data_batch_3.bin") && msg.contains("data_batch_5.bin"),
-        "{msg}"
-    );
+    assert!(msg.contains("data_batch_3.bin") && msg.contains("data_batch_5.bin"), "{msg}");
     assert!(!msg.contains("data_batch_1.bin"), "{msg}");
     assert_eq!(t.snapshot(), before, "the partial folder was modified");
-    assert_eq!(
-        server.hits.load(Ordering::SeqCst),
-        0,
-        "a partial folder must not trigger a download"
-    );
+    assert_eq!(server.hits.load(Ordering::SeqCst), 0, "a partial folder must not trigger a download");
 }
 
 #[test]
 fn default_url_and_env_override() {
-    assert_eq!(
-        download::URL,
-        "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
-    );
+    assert_eq!(download::URL, "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz");
     assert_eq!(download::MD5.len(), 32);
     // The only test here that touches CIFAR10_URL.
     std::env::remove_var(download::URL_ENV);

@@ -17,31 +17,18 @@ fn run(env: &[(&str, &str)]) -> (i32, String) {
     }
     let out = cmd.output().expect("run the speedrun binary");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let code = out
-        .status
-        .code()
-        .unwrap_or_else(|| panic!("killed by a signal; stderr:\n{stderr}"));
+    let code = out.status.code().unwrap_or_else(|| panic!("killed by a signal; stderr:\n{stderr}"));
     (code, stderr)
 }
 
 /// Exit code 4, no panic, and the error is one line on stderr holding `needle` and the `--cpu`
 /// hint.
 fn assert_gpu_error(code: i32, stderr: &str, needle: &str) {
-    assert!(
-        !stderr.contains("panicked"),
-        "the binary panicked:\n{stderr}"
-    );
+    assert!(!stderr.contains("panicked"), "the binary panicked:\n{stderr}");
     assert_eq!(code, 4, "exit code (Error::Gpu is 4); stderr:\n{stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(needle)).collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "one line of stderr should say {needle:?}:\n{stderr}"
-    );
-    assert!(
-        lines[0].contains("--cpu"),
-        "the error line should point to --cpu:\n{stderr}"
-    );
+    assert_eq!(lines.len(), 1, "one line of stderr should say {needle:?}:\n{stderr}");
+    assert!(lines[0].contains("--cpu"), "the error line should point to --cpu:\n{stderr}");
 }
 
 #[test]
@@ -51,11 +38,7 @@ fn assert_gpu_error(code: i32, stderr: &str, needle: &str) {
 )]
 fn no_driver_is_one_clear_sentence() {
     let (code, stderr) = run(&[]);
-    assert_gpu_error(
-        code,
-        &stderr,
-        "no NVIDIA driver found (libcuda.so.1 could not be loaded)",
-    );
+    assert_gpu_error(code, &stderr, "no NVIDIA driver found (libcuda.so.1 could not be loaded)");
     eprintln!("binary said: {}", stderr.trim_end());
 }
 
@@ -136,10 +119,7 @@ struct StubDriver {
 
 impl StubDriver {
     fn build(defines: &[&str]) -> StubDriver {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
         let dir = std::env::temp_dir().join(format!(
             "cifar-stub-libcuda-{}-{nanos}-{}",
             std::process::id(),
@@ -156,12 +136,10 @@ impl StubDriver {
             .arg(&src)
             .args(defines)
             .output()
-            .unwrap_or_else(|e| panic!("gcc is needed for this test (it builds a stub libcuda.so.1 to simulate a driver): {e}"));
-        assert!(
-            out.status.success(),
-            "gcc failed to build the stub driver:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .unwrap_or_else(|e| {
+                panic!("gcc is needed for this test (it builds a stub libcuda.so.1 to simulate a driver): {e}")
+            });
+        assert!(out.status.success(), "gcc failed to build the stub driver:\n{}", String::from_utf8_lossy(&out.stderr));
         for alias in ["libcuda.so", "libcuda.so.12"] {
             std::os::unix::fs::symlink("libcuda.so.1", dir.join(alias)).unwrap();
         }
@@ -194,15 +172,8 @@ fn driver_without_gpu_says_no_gpu() {
     assert!(stderr.contains("CUDA_ERROR_NO_DEVICE"), "{stderr}");
     eprintln!("binary said: {}", stderr.trim_end());
 
-    let (code, stderr) = run_with(
-        &stub,
-        &[("STUB_CUDA_INIT", "0"), ("STUB_CUDA_DEVICES", "0")],
-    );
-    assert_gpu_error(
-        code,
-        &stderr,
-        "no CUDA-capable GPU detected (the driver reports 0 devices)",
-    );
+    let (code, stderr) = run_with(&stub, &[("STUB_CUDA_INIT", "0"), ("STUB_CUDA_DEVICES", "0")]);
+    assert_gpu_error(code, &stderr, "no CUDA-capable GPU detected (the driver reports 0 devices)");
 }
 
 #[test]
@@ -211,11 +182,7 @@ fn fake_gpus_get_clear_sentences() {
     let gpu = [("STUB_CUDA_INIT", "0"), ("STUB_CUDA_DEVICES", "1")];
 
     let (code, stderr) = run_with(&stub, &[gpu[0], gpu[1], ("STUB_CUDA_CC", "61")]);
-    assert_gpu_error(
-        code,
-        &stderr,
-        "unsupported GPU Stub GPU (sm_61): needs compute capability 7.0 or newer",
-    );
+    assert_gpu_error(code, &stderr, "unsupported GPU Stub GPU (sm_61): needs compute capability 7.0 or newer");
     eprintln!("sm_61: {}", stderr.trim_end());
 
     let (code, stderr) = run_with(&stub, &[gpu[0], gpu[1], ("STUB_CUDA_CC", "90")]);
@@ -223,10 +190,7 @@ fn fake_gpus_get_clear_sentences() {
         // A binary without kernels on a machine with a GPU: say so, with the fix.
         Some(_) => {
             assert_gpu_error(code, &stderr, "this binary was built without CUDA kernels");
-            assert!(
-                stderr.contains("scripts/install-cuda-toolchain.sh"),
-                "{stderr}"
-            );
+            assert!(stderr.contains("scripts/install-cuda-toolchain.sh"), "{stderr}");
         }
         // Kernels present: the (failing) load names the module, the image and the driver error.
         None => assert_gpu_error(
@@ -241,14 +205,7 @@ fn fake_gpus_get_clear_sentences() {
 #[test]
 fn driver_lacking_an_entry_point_is_named_too_old() {
     let stub = StubDriver::build(&["-DOLD_DRIVER"]);
-    let (code, stderr) = run_with(
-        &stub,
-        &[("STUB_CUDA_INIT", "0"), ("STUB_CUDA_DEVICES", "1")],
-    );
-    assert_gpu_error(
-        code,
-        &stderr,
-        "the NVIDIA driver (CUDA 12.4) is too old: libcuda.so.1 lacks cuGraphUpload",
-    );
+    let (code, stderr) = run_with(&stub, &[("STUB_CUDA_INIT", "0"), ("STUB_CUDA_DEVICES", "1")]);
+    assert_gpu_error(code, &stderr, "the NVIDIA driver (CUDA 12.4) is too old: libcuda.so.1 lacks cuGraphUpload");
     eprintln!("old driver: {}", stderr.trim_end());
 }

@@ -324,7 +324,11 @@ mod tests {
         ] {
             let x = randn(s.len(), 1);
             let w = randn(cout * 9 * s.c, 2);
-            let aff = Affine::bn_from(&randn(s.c, 3), &randn(s.c, 4).iter().map(|v| v.abs() + 0.5).collect::<Vec<_>>(), &randn(s.c, 5));
+            let aff = Affine::bn_from(
+                &randn(s.c, 3),
+                &randn(s.c, 4).iter().map(|v| v.abs() + 0.5).collect::<Vec<_>>(),
+                &randn(s.c, 5),
+            );
             let want = naive_conv(&act(&x, s, &aff), s, &w, cout);
             for threads in [1, 3] {
                 let mut y = vec![f64::NAN; want.len()];

@@ -5,9 +5,9 @@
 //! Tolerances: `testing::check`.
 use super::conv::{conv3x3, conv3x3_bwd};
 use super::layers::{bn_stats, head, head_bwd, pre_bwd, xent, Affine};
-use crate::testing::{check, randn};
 use crate::aug::{pack, Aug};
 use crate::backend::Shape;
+use crate::testing::{check, randn};
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()

@@ -245,6 +245,7 @@ pub fn xent<T: Real>(
 
 /// Normalised value of channel `c` of pixel (y, x) of the augmented view `a` of `img`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn view<T: Real>(img: &[u8], y: i32, x: i32, c: usize, sy: i32, sx: i32, flip: bool, norm: &[(T, T); 3]) -> T {
     let xx = if flip { IMG as i32 - 1 - x } else { x };
     let p = img[(reflect(y + sy, IMG as i32) * IMG + reflect(xx + sx, IMG as i32)) * 3 + c];
@@ -274,7 +275,7 @@ pub fn stem<T: Real>(
     assert_eq!(out.len(), n * o * o * cw, "stem: out is not {n}×31×31×{cw}");
     let nv = norm_pairs::<T>(norm);
     par::images_mut(out, o * o * cw, threads, |imgs, block| {
-        let mut v = vec![T::ZERO; IMG * IMG * 3];
+        let mut v = [T::ZERO; IMG * IMG * 3];
         for (k, i) in imgs.enumerate() {
             let a = unpack(aug[i]);
             assert!(a.index < total, "stem: image index {} ≥ {total}", a.index);
@@ -321,7 +322,8 @@ pub fn patch_cov<T: Real>(images: &[u8], n: usize, norm: Norm, threads: usize) -
                     for dy in 0..2 {
                         for dx in 0..2 {
                             for c in 0..3 {
-                                v[(dy * 2 + dx) * 3 + c] = view(img, (y + dy) as i32, (x + dx) as i32, c, 0, 0, false, &nv).f64();
+                                v[(dy * 2 + dx) * 3 + c] =
+                                    view(img, (y + dy) as i32, (x + dx) as i32, c, 0, 0, false, &nv).f64();
                             }
                         }
                     }

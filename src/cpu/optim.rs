@@ -66,7 +66,16 @@ pub fn newton_schulz<T: Real>(g: &[T], rows: usize, cols: usize, steps: usize) -
 
 /// One Muon step for one conv weight (`rows = cout`, `cols = 9·cin`); see `Backend::muon`.
 #[allow(clippy::too_many_arguments)]
-pub fn muon<T: Real>(w: &mut [T], g: &[T], m: &mut [T], rows: usize, cols: usize, lr: f32, momentum: f32, steps: usize) {
+pub fn muon<T: Real>(
+    w: &mut [T],
+    g: &[T],
+    m: &mut [T],
+    rows: usize,
+    cols: usize,
+    lr: f32,
+    momentum: f32,
+    steps: usize,
+) {
     assert!(w.len() == rows * cols && g.len() == w.len() && m.len() == w.len(), "muon: length mismatch");
     let mu = T::of(momentum as f64);
     for (m, &g) in m.iter_mut().zip(g) {

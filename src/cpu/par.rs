@@ -16,10 +16,7 @@ pub fn default_threads() -> usize {
 }
 
 fn lanes(n: usize) -> Vec<Range<usize>> {
-    (0..LANES)
-        .map(|l| l * n / LANES..(l + 1) * n / LANES)
-        .filter(|r| !r.is_empty())
-        .collect()
+    (0..LANES).map(|l| l * n / LANES..(l + 1) * n / LANES).filter(|r| !r.is_empty()).collect()
 }
 
 /// Run `jobs` on up to `threads` threads (job i on thread i mod threads).
@@ -42,12 +39,7 @@ fn run<J: Send>(jobs: Vec<J>, threads: usize, f: impl Fn(J) + Sync) {
 
 /// Calls `f(images, out_block)` for each block of images, where `out_block` is the part of
 /// `out` (laid out `per_image` elements per image) belonging to those images.
-pub fn images_mut<T: Send>(
-    out: &mut [T],
-    per_image: usize,
-    threads: usize,
-    f: impl Fn(Range<usize>, &mut [T]) + Sync,
-) {
+pub fn images_mut<T: Send>(out: &mut [T], per_image: usize, threads: usize, f: impl Fn(Range<usize>, &mut [T]) + Sync) {
     assert!(per_image > 0 && out.len() % per_image == 0);
     let n = out.len() / per_image;
     let mut jobs = Vec::new();
@@ -86,12 +78,7 @@ pub fn images_mut2<T: Send, U: Send>(
 
 /// Sums `f(images, acc)` over blocks of `0..n` into one f64 vector of length `len`; each block
 /// starts from zeros and blocks are added in order.
-pub fn reduce(
-    n: usize,
-    len: usize,
-    threads: usize,
-    f: impl Fn(Range<usize>, &mut [f64]) + Sync,
-) -> Vec<f64> {
+pub fn reduce(n: usize, len: usize, threads: usize, f: impl Fn(Range<usize>, &mut [f64]) + Sync) -> Vec<f64> {
     let ranges = lanes(n);
     let mut accs: Vec<Vec<f64>> = ranges.iter().map(|_| vec![0.0; len]).collect();
     let jobs: Vec<(Range<usize>, &mut Vec<f64>)> = ranges.into_iter().zip(accs.iter_mut()).collect();
