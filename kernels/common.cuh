@@ -38,3 +38,45 @@ __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
+
+// ---- shared by the training kernels (conv, norm, stem, head, optim) ---------------------------
+
+// Exact GELU 0.5·u·(1 + erf(u/√2)) and its derivative Φ(u) + u·φ(u), in f32 like the CPU
+// reference (erff differs from libm's by at most a couple of ulp).
+__device__ __forceinline__ float gelu_f(float u) {
+    return 0.5f * u * (1.0f + erff(u * 0.70710678118654752f));
+}
+__device__ __forceinline__ float gelu_grad_f(float u) {
+    const float cdf = 0.5f * (1.0f + erff(u * 0.70710678118654752f));
+    const float pdf = 0.3989422804014327f * expf(-0.5f * u * u);
+    return cdf + u * pdf;
+}
+
+// The per-channel map in front of every GELU (`Pre` in src/backend.rs):
+//   bn != 0:  u = (x − mean[c])·invstd[c] + shift[c]   (BatchNorm, scale 1)
+//   bn == 0:  u = x + shift[c]                          (whitening bias; mean/invstd unused)
+// The form (x − mean)·invstd + shift is the CPU reference's, operation for operation.
+__device__ __forceinline__ float pre_u(float x, float mean, float invstd, float shift, int bn) {
+    return bn ? (x - mean) * invstd + shift : x + shift;
+}
+
+// 8 halves <-> 16 bytes.
+union Half8 {
+    uint4 u;
+    half h[8];
+};
+
+// Block-wide sum of a double over blockDim.x threads (blockDim.x a multiple of 32, ≤ 1024);
+// `scratch` holds 32 doubles. Deterministic. The result is valid in thread 0.
+__device__ __forceinline__ double block_sum_d(double v, double* scratch) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) scratch[w] = v;
+    __syncthreads();
+    double s = 0.0;
+    if (threadIdx.x == 0)
+        for (int i = 0; i < nw; i++) s += scratch[i];
+    return s;
+}

@@ -33,8 +33,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+mod backend;
 #[cfg(test)]
 mod tests;
+
+pub use backend::{Dtype, GBuf, GBytes, GWords};
 
 /// What a run header and every GPU test failure print about the device.
 #[derive(Clone, Debug)]
@@ -72,6 +75,8 @@ pub struct Gpu {
     pub stream: Arc<CudaStream>,
     pub info: DeviceInfo,
     modules: BTreeMap<&'static str, (Arc<CudaModule>, Image)>,
+    /// Kernel handles, workspace and temporaries of the `Backend` ops (src/gpu/backend.rs).
+    ops: backend::OpState,
 }
 
 /// Set once libcuda has been found: only then may error formatting ask the driver for text.
@@ -262,6 +267,7 @@ impl Gpu {
             stream,
             info,
             modules,
+            ops: backend::OpState::default(),
         })
     }
 

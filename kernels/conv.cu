@@ -1,0 +1,461 @@
+// conv.cu: the 3×3 "same" convolution (pad 1, stride 1, no bias) of `a = GELU(pre(x))`, its
+// fused 2×2 max-pool, and both gradients, as implicit GEMMs on tensor cores (nvcuda::wmma
+// 16×16×16, fp16 inputs, fp32 accumulators: one code path for sm_70 .. sm_90).
+//
+// Layouts (src/backend.rs): activations NHWC fp16, C contiguous; weights OHWI fp32
+// (w[co][ky][kx][ci], a cout × K matrix with K = 9·cin, k = (ky·3 + kx)·cin + ci), converted to
+// fp16 while staged into shared memory. The host asserts cin % 8 == 0, cout % 8 == 0 and
+// cin ≤ 512 (every 16-byte chunk of 8 channels then lies inside one tap and is 16-byte aligned).
+//
+// Common tiling: 128 threads (4 warps, 2×2), block tile 64×64, K step 32, each warp 32×32 =
+// 2×2 wmma fragments; the global→shared staging goes through registers with two shared
+// buffers, so the loads of step t+1 overlap the MMAs of step t. The prologue pre + GELU is
+// applied while staging (computed in fp32, rounded once to fp16 for the MMA).
+//
+// Exported kernels:
+//   conv3x3_fwd_f16     y = conv(GELU(pre(x)), w). GEMM M = output pixels, N = cout, K = 9·cin.
+//                       grid (ceil(M/64), ceil(cout/64)). With pool, M enumerates only the
+//                       pixels of complete 2×2 windows (4 consecutive rows = one window, floor
+//                       pooling drops an odd last row/column), the epilogue takes the first
+//                       maximum of the fp32 sums (window order dy·2 + dx) and writes the pooled
+//                       fp16 value and its argmax byte.
+//   conv3x3_dgrad_f16   da = conv(unpool(dy), w flipped and channel-swapped). GEMM M = input
+//                       pixels, N = cin, K = 9·cout (k = tap'·cout + o, tap' = 8 − tap).
+//                       grid (ceil(M/64), ceil(cin/64)). The unpool (through argmax) is fused
+//                       into the A staging.
+//   conv3x3_wgrad_f16   partial dw[z] = Σ_{pixels of slice z} unpool(dy)ᵀ · im2col(GELU(pre(x))).
+//                       GEMM M = cout, N = 9·cin, reduced over N·H·W pixels split into
+//                       gridDim.z slices of `chunk` pixels (a multiple of 32).
+//                       grid (ceil(9·cin/64), ceil(cout/64), slices); out is [slices][cout][9·cin].
+//   wgrad_reduce_f32    dw[i] = Σ_s part[s][i] in slice order (deterministic); 1 thread/element.
+#include <mma.h>
+#include "common.cuh"
+
+using namespace nvcuda;
+
+#define BM 64
+#define BN 64
+#define BK 32
+#define NT 128
+#define LDA 40   // BK + 8 halves: rows of 32 k-values (row stride 80 B, a multiple of 16 B)
+#define LDB 72   // 64 + 8 halves: rows of 64 n- (or m-) values
+#define LDC 68   // BN + 4 floats for the fp32 epilogue tile
+#define MAXC 512
+#define RAW_BYTES 20480  // ≥ 2·2·64·40·2 (A and B, double-buffered) and ≥ 64·68·4 (C)
+
+typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragC;
+
+// Per-channel pre parameters into shared memory (bn == 0: mean 0, invstd 1 and no reads).
+__device__ __forceinline__ void load_pre(const float* pmean, const float* pinv, const float* pshift, int bn, int c,
+                                         float* s_mean, float* s_inv, float* s_shift) {
+    for (int i = threadIdx.x; i < c; i += blockDim.x) {
+        s_mean[i] = bn ? pmean[i] : 0.f;
+        s_inv[i] = bn ? pinv[i] : 1.f;
+        s_shift[i] = pshift[i];
+    }
+}
+
+// 8 consecutive k = (tap, ci..ci+7) of the im2col row of output pixel (n, oy, ox):
+// GELU(pre(x)) at the tapped input pixel, 0 outside the image (padding is in a-space).
+__device__ __forceinline__ uint4 im2col8(const half* __restrict__ x, int n, int oy, int ox, bool ok, int k, int K,
+                                         int cin, int H, int W, const float* s_mean, const float* s_inv,
+                                         const float* s_shift, int bn) {
+    Half8 r;
+    r.u = make_uint4(0u, 0u, 0u, 0u);
+    if (ok && k < K) {
+        const int tap = k / cin, ci = k - tap * cin;
+        const int iy = oy + tap / 3 - 1, ix = ox + tap % 3 - 1;
+        if (iy >= 0 && iy < H && ix >= 0 && ix < W) {
+            Half8 v;
+            v.u = *reinterpret_cast<const uint4*>(x + (((long long)n * H + iy) * W + ix) * cin + ci);
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+                r.h[j] = __float2half(
+                    gelu_f(pre_u(__half2float(v.h[j]), s_mean[ci + j], s_inv[ci + j], s_shift[ci + j], bn)));
+        }
+    }
+    return r.u;
+}
+
+// 8 consecutive fp32 weights → 8 halves (p 32-byte aligned), or zeros when !ok.
+__device__ __forceinline__ uint4 w8(const float* __restrict__ p, bool ok) {
+    Half8 r;
+    r.u = make_uint4(0u, 0u, 0u, 0u);
+    if (ok) {
+        const float4 a = *reinterpret_cast<const float4*>(p);
+        const float4 b = *reinterpret_cast<const float4*>(p + 4);
+        r.h[0] = __float2half(a.x); r.h[1] = __float2half(a.y); r.h[2] = __float2half(a.z); r.h[3] = __float2half(a.w);
+        r.h[4] = __float2half(b.x); r.h[5] = __float2half(b.y); r.h[6] = __float2half(b.z); r.h[7] = __float2half(b.w);
+    }
+    return r.u;
+}
+
+// Channels o..o+7 of the full-resolution output gradient at pixel (n, yy, xx): dy itself, or,
+// with pool, dy of the window routed to the argmax position (0 elsewhere and on a dropped odd
+// last row/column).
+__device__ __forceinline__ uint4 gfull8(const half* __restrict__ dy, const unsigned char* __restrict__ am, int n,
+                                        int yy, int xx, int o, bool ok, int H, int W, int cout, int pool) {
+    Half8 r;
+    r.u = make_uint4(0u, 0u, 0u, 0u);
+    if (!ok || yy < 0 || yy >= H || xx < 0 || xx >= W) return r.u;
+    if (!pool) {
+        r.u = *reinterpret_cast<const uint4*>(dy + (((long long)n * H + yy) * W + xx) * cout + o);
+        return r.u;
+    }
+    const int PH = H >> 1, PW = W >> 1;
+    if (yy >= 2 * PH || xx >= 2 * PW) return r.u;
+    const long long idx = (((long long)n * PH + (yy >> 1)) * PW + (xx >> 1)) * cout + o;
+    const unsigned char want = (unsigned char)(((yy & 1) << 1) | (xx & 1));
+    Half8 d;
+    d.u = *reinterpret_cast<const uint4*>(dy + idx);
+    const uint2 a = *reinterpret_cast<const uint2*>(am + idx);
+    const unsigned char* ab = reinterpret_cast<const unsigned char*>(&a);
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+        if (ab[j] == want) r.h[j] = d.h[j];
+    return r.u;
+}
+
+// ---------------------------------------------------------------------------------------------
+extern "C" __global__ void __launch_bounds__(NT)
+conv3x3_fwd_f16(const half* __restrict__ x, int N, int H, int W, int cin, const float* __restrict__ pmean,
+                const float* __restrict__ pinv, const float* __restrict__ pshift, int bn,
+                const float* __restrict__ w, int cout, int pool, half* __restrict__ y,
+                unsigned char* __restrict__ argmax) {
+    __shared__ __align__(128) unsigned char raw[RAW_BYTES];
+    __shared__ float s_mean[MAXC], s_inv[MAXC], s_shift[MAXC];
+    half* As = reinterpret_cast<half*>(raw);  // [2][BM][LDA]
+    half* Bs = As + 2 * BM * LDA;             // [2][BN][LDA]  (n rows, k contiguous: col_major B)
+    float* Cs = reinterpret_cast<float*>(raw);  // [BM][LDC] after the main loop
+    const int tid = threadIdx.x, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
+    load_pre(pmean, pinv, pshift, bn, cin, s_mean, s_inv, s_shift);
+
+    const int K = 9 * cin, PH = H >> 1, PW = W >> 1;
+    const long long M = pool ? (long long)N * PH * PW * 4 : (long long)N * H * W;
+    const long long m0 = (long long)blockIdx.x * BM;
+    const int n0 = blockIdx.y * BN;
+    // This thread stages rows r and r + 32 (A: pixels, B: output channels) at k offset kc.
+    const int r0 = tid >> 2, kc = (tid & 3) * 8;
+    int an[2], ay[2], ax[2];
+    bool aok[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const long long m = m0 + r0 + 32 * i;
+        aok[i] = m < M;
+        const long long mm = aok[i] ? m : 0;
+        if (pool) {
+            const long long win = mm >> 2;
+            const int pos = (int)(mm & 3);
+            const int per = PH * PW;
+            an[i] = (int)(win / per);
+            const int r = (int)(win - (long long)an[i] * per);
+            ay[i] = 2 * (r / PW) + (pos >> 1);
+            ax[i] = 2 * (r % PW) + (pos & 1);
+        } else {
+            const int per = H * W;
+            an[i] = (int)(mm / per);
+            const int r = (int)(mm - (long long)an[i] * per);
+            ay[i] = r / W;
+            ax[i] = r % W;
+        }
+    }
+    __syncthreads();  // s_mean & co.
+
+    FragC acc[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.f);
+
+    uint4 ra[2], rb[2];
+    auto load = [&](int k0) {
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            ra[i] = im2col8(x, an[i], ay[i], ax[i], aok[i], k0 + kc, K, cin, H, W, s_mean, s_inv, s_shift, bn);
+            const int co = n0 + r0 + 32 * i, k = k0 + kc;
+            const bool ok = co < cout && k < K;
+            rb[i] = w8(w + (ok ? (long long)co * K + k : 0), ok);
+        }
+    };
+    auto store = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            *reinterpret_cast<uint4*>(As + buf * BM * LDA + (r0 + 32 * i) * LDA + kc) = ra[i];
+            *reinterpret_cast<uint4*>(Bs + buf * BN * LDA + (r0 + 32 * i) * LDA + kc) = rb[i];
+        }
+    };
+    const int nk = CEIL_DIV(K, BK);
+    load(0);
+    store(0);
+    __syncthreads();
+    for (int t = 0; t < nk; t++) {
+        const int cur = t & 1;
+        if (t + 1 < nk) load((t + 1) * BK);
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> fa[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::col_major> fb[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+                wmma::load_matrix_sync(fa[i], As + cur * BM * LDA + (wm * 32 + i * 16) * LDA + kk, LDA);
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+                wmma::load_matrix_sync(fb[j], Bs + cur * BN * LDA + (wn * 32 + j * 16) * LDA + kk, LDA);
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+        }
+        if (t + 1 < nk) store(cur ^ 1);
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+            wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * LDC + wn * 32 + j * 16, acc[i][j], LDC,
+                                    wmma::mem_row_major);
+    __syncthreads();
+
+    if (!pool) {
+        for (int e = tid; e < BM * (BN / 8); e += NT) {
+            const int row = e >> 3, cc = (e & 7) * 8;
+            const long long m = m0 + row;
+            const int co = n0 + cc;
+            if (m < M && co < cout) {
+                Half8 o;
+#pragma unroll
+                for (int j = 0; j < 8; j++) o.h[j] = __float2half(Cs[row * LDC + cc + j]);
+                *reinterpret_cast<uint4*>(y + m * cout + co) = o.u;
+            }
+        }
+    } else {
+        for (int e = tid; e < (BM / 4) * BN; e += NT) {
+            const int wi = e / BN, col = e - wi * BN;
+            const long long m = m0 + wi * 4;
+            const int co = n0 + col;
+            if (m < M && co < cout) {
+                float best = Cs[(wi * 4) * LDC + col];
+                unsigned char arg = 0;
+#pragma unroll
+                for (int k = 1; k < 4; k++) {
+                    const float v = Cs[(wi * 4 + k) * LDC + col];
+                    if (v > best) {  // strict: the first maximum wins, as in the reference
+                        best = v;
+                        arg = (unsigned char)k;
+                    }
+                }
+                const long long o = (m >> 2) * cout + co;
+                y[o] = __float2half(best);
+                argmax[o] = arg;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+extern "C" __global__ void __launch_bounds__(NT)
+conv3x3_dgrad_f16(const half* __restrict__ dy, const unsigned char* __restrict__ am, int N, int H, int W, int cin,
+                  int cout, int pool, const float* __restrict__ w, half* __restrict__ da) {
+    __shared__ __align__(128) unsigned char raw[RAW_BYTES];
+    half* As = reinterpret_cast<half*>(raw);  // [2][BM][LDA]  (pixels × k)
+    half* Bs = As + 2 * BM * LDA;             // [2][BK][LDB]  (k × cin, row_major B)
+    float* Cs = reinterpret_cast<float*>(raw);
+    const int tid = threadIdx.x, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
+    const int K = 9 * cout;
+    const long long M = (long long)N * H * W;
+    const long long m0 = (long long)blockIdx.x * BM;
+    const int n0 = blockIdx.y * BN;
+    const int r0 = tid >> 2, kc = (tid & 3) * 8;    // A staging: rows r0, r0+32; k offset kc
+    const int br0 = tid >> 3, bc = (tid & 7) * 8;   // B staging: k rows br0, br0+16; cols bc
+    int an[2], ay[2], ax[2];
+    bool aok[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const long long m = m0 + r0 + 32 * i;
+        aok[i] = m < M;
+        const long long mm = aok[i] ? m : 0;
+        const int per = H * W;
+        an[i] = (int)(mm / per);
+        const int r = (int)(mm - (long long)an[i] * per);
+        ay[i] = r / W;
+        ax[i] = r % W;
+    }
+
+    FragC acc[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.f);
+
+    uint4 ra[2], rb[2];
+    auto load = [&](int k0) {
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int k = k0 + kc;
+            bool ok = aok[i] && k < K;
+            const int tap = ok ? k / cout : 0, o = k - tap * cout;
+            // tap' = tap: the gradient at pixel q + off(tap') times w[o][8 − tap'][i]
+            ra[i] = gfull8(dy, am, an[i], ay[i] + tap / 3 - 1, ax[i] + tap % 3 - 1, o, ok, H, W, cout, pool);
+            const int kb = k0 + br0 + 16 * i, ci = n0 + bc;
+            const bool okb = kb < K && ci < cin;
+            const int tb = okb ? kb / cout : 0, ob = kb - tb * cout;
+            rb[i] = w8(w + (okb ? ((long long)ob * 9 + 8 - tb) * cin + ci : 0), okb);
+        }
+    };
+    auto store = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            *reinterpret_cast<uint4*>(As + buf * BM * LDA + (r0 + 32 * i) * LDA + kc) = ra[i];
+            *reinterpret_cast<uint4*>(Bs + buf * BK * LDB + (br0 + 16 * i) * LDB + bc) = rb[i];
+        }
+    };
+    const int nk = CEIL_DIV(K, BK);
+    load(0);
+    store(0);
+    __syncthreads();
+    for (int t = 0; t < nk; t++) {
+        const int cur = t & 1;
+        if (t + 1 < nk) load((t + 1) * BK);
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> fa[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::row_major> fb[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+                wmma::load_matrix_sync(fa[i], As + cur * BM * LDA + (wm * 32 + i * 16) * LDA + kk, LDA);
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+                wmma::load_matrix_sync(fb[j], Bs + cur * BK * LDB + kk * LDB + wn * 32 + j * 16, LDB);
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+        }
+        if (t + 1 < nk) store(cur ^ 1);
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+            wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * LDC + wn * 32 + j * 16, acc[i][j], LDC,
+                                    wmma::mem_row_major);
+    __syncthreads();
+    for (int e = tid; e < BM * (BN / 8); e += NT) {
+        const int row = e >> 3, cc = (e & 7) * 8;
+        const long long m = m0 + row;
+        const int ci = n0 + cc;
+        if (m < M && ci < cin) {
+            Half8 o;
+#pragma unroll
+            for (int j = 0; j < 8; j++) o.h[j] = __float2half(Cs[row * LDC + cc + j]);
+            *reinterpret_cast<uint4*>(da + m * cin + ci) = o.u;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+extern "C" __global__ void __launch_bounds__(NT)
+conv3x3_wgrad_f16(const half* __restrict__ x, int N, int H, int W, int cin, const float* __restrict__ pmean,
+                  const float* __restrict__ pinv, const float* __restrict__ pshift, int bn,
+                  const half* __restrict__ dy, const unsigned char* __restrict__ am, int cout, int pool,
+                  float* __restrict__ out, int chunk) {
+    __shared__ __align__(128) unsigned char raw[RAW_BYTES];
+    __shared__ float s_mean[MAXC], s_inv[MAXC], s_shift[MAXC];
+    half* As = reinterpret_cast<half*>(raw);  // [2][BK][LDB]  (pixels × cout: col_major A)
+    half* Bs = As + 2 * BK * LDB;             // [2][BK][LDB]  (pixels × k: row_major B)
+    float* Cs = reinterpret_cast<float*>(raw);
+    const int tid = threadIdx.x, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
+    load_pre(pmean, pinv, pshift, bn, cin, s_mean, s_inv, s_shift);
+    __syncthreads();
+
+    const int K = 9 * cin;
+    const long long P = (long long)N * H * W;
+    const long long p_begin = (long long)blockIdx.z * chunk;
+    const long long p_end = min(P, p_begin + chunk);
+    const int o0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int r0 = tid >> 3, cc = (tid & 7) * 8;  // staging rows r0, r0+16 (pixels); cols cc
+
+    FragC acc[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.f);
+
+    uint4 ra[2], rb[2];
+    auto load = [&](long long pb) {
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const long long p = pb + r0 + 16 * i;
+            const bool ok = p < p_end;
+            const int per = H * W;
+            const int n = ok ? (int)(p / per) : 0;
+            const int r = ok ? (int)(p - (long long)n * per) : 0;
+            const int yy = r / W, xx = r % W;
+            const int o = o0 + cc;
+            ra[i] = gfull8(dy, am, n, yy, xx, o, ok && o < cout, H, W, cout, pool);
+            rb[i] = im2col8(x, n, yy, xx, ok, n0 + cc, K, cin, H, W, s_mean, s_inv, s_shift, bn);
+        }
+    };
+    auto store = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            *reinterpret_cast<uint4*>(As + buf * BK * LDB + (r0 + 16 * i) * LDB + cc) = ra[i];
+            *reinterpret_cast<uint4*>(Bs + buf * BK * LDB + (r0 + 16 * i) * LDB + cc) = rb[i];
+        }
+    };
+    const long long span = p_end > p_begin ? p_end - p_begin : 0;
+    const int nk = (int)CEIL_DIV(span, (long long)BK);
+    if (nk > 0) {
+        load(p_begin);
+        store(0);
+    }
+    __syncthreads();
+    for (int t = 0; t < nk; t++) {
+        const int cur = t & 1;
+        if (t + 1 < nk) load(p_begin + (long long)(t + 1) * BK);
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::col_major> fa[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::row_major> fb[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+                wmma::load_matrix_sync(fa[i], As + cur * BK * LDB + kk * LDB + wm * 32 + i * 16, LDB);
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+                wmma::load_matrix_sync(fb[j], Bs + cur * BK * LDB + kk * LDB + wn * 32 + j * 16, LDB);
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+        }
+        if (t + 1 < nk) store(cur ^ 1);
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+            wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * LDC + wn * 32 + j * 16, acc[i][j], LDC,
+                                    wmma::mem_row_major);
+    __syncthreads();
+    float* dst = out + (long long)blockIdx.z * cout * K;
+    for (int e = tid; e < BM * BN; e += NT) {
+        const int row = e / BN, col = e - row * BN;
+        const int o = o0 + row, k = n0 + col;
+        if (o < cout && k < K) dst[(long long)o * K + k] = Cs[row * LDC + col];
+    }
+}
+
+extern "C" __global__ void wgrad_reduce_f32(const float* __restrict__ part, int slices, long long len,
+                                            float* __restrict__ dw) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= len) return;
+    float s = 0.f;
+    for (int z = 0; z < slices; z++) s += part[(long long)z * len + i];
+    dw[i] = s;
+}

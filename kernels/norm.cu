@@ -1,0 +1,128 @@
+// norm.cu: per-channel reductions over N·H·W of NHWC fp16 tensors and the elementwise maps
+// that use them: BatchNorm statistics (training and eval) and the backward of
+// a = GELU(pre(x)) (`pre_bwd` in src/backend.rs). All reductions are two-stage and
+// deterministic: stage 1 writes per-block partial sums, stage 2 adds them in block order in f64.
+//
+// Exported kernels:
+//   chan_reduce_f16   stage 1. grid (blocks, ceil(C/32)), block (32, 8): thread (tx, ty) owns
+//                     channel blockIdx.y·32 + tx and every 8th pixel of the block's slice of
+//                     `chunk` pixels; part is [blocks][2·C]. mode 0: Σx; mode 1: Σ(x − mean)²
+//                     (mean = bn[c]); mode 2: Σdu and Σdu·x̂ (du = da·GELU′(pre(x)), x̂ = (x − mean)·invstd).
+//   bn_finalize_f32   stage 2 of modes 0/1. C threads. stage 0: bn[c] = mean; stage 1:
+//                     bn[C + c] = 1/√(var + eps) (biased var), running stats blended with the
+//                     unbiased var: running ← momentum·running + (1 − momentum)·batch.
+//   bn_eval_f32       bn = [running_mean | 1/√(running_var + eps)]. C threads.
+//   pre_bwd_finalize_f32  stage 2 of mode 2: dshift[c] = Σdu; stats = [Σdu/count | Σdu·x̂/count].
+//   pre_bwd_dx_f16    dx = invstd·(du − mean(du) − x̂·mean(du·x̂)) (BN) or du (bias). 1 thread/element.
+//   cast_f32_f16, cast_f16_f32  storage casts (a host upload is f32). 1 thread/element.
+#include "common.cuh"
+
+extern "C" __global__ void chan_reduce_f16(const half* __restrict__ x, const half* __restrict__ da, long long P, int C,
+                                           long long chunk, int mode, const float* __restrict__ pmean,
+                                           const float* __restrict__ pinv, const float* __restrict__ pshift, int bn,
+                                           float* __restrict__ part) {
+    __shared__ float s0[8][32], s1[8][32];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int c = blockIdx.y * 32 + tx;
+    const long long p0 = (long long)blockIdx.x * chunk;
+    const long long p1 = min(P, p0 + chunk);
+    float a0 = 0.f, a1 = 0.f;
+    if (c < C) {
+        const float mean = (bn && pmean) ? pmean[c] : 0.f;
+        const float inv = (bn && pinv) ? pinv[c] : 1.f;
+        const float shift = pshift ? pshift[c] : 0.f;
+        for (long long p = p0 + ty; p < p1; p += 8) {
+            const float v = __half2float(x[p * C + c]);
+            if (mode == 0) {
+                a0 += v;
+            } else if (mode == 1) {
+                const float d = v - mean;
+                a0 += d * d;
+            } else {
+                const float u = pre_u(v, mean, inv, shift, bn);
+                const float du = __half2float(da[p * C + c]) * gelu_grad_f(u);
+                a0 += du;
+                a1 += du * ((v - mean) * inv);
+            }
+        }
+    }
+    s0[ty][tx] = a0;
+    s1[ty][tx] = a1;
+    __syncthreads();
+    if (ty == 0 && c < C) {
+        float t0 = 0.f, t1 = 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            t0 += s0[j][tx];
+            t1 += s1[j][tx];
+        }
+        part[(long long)blockIdx.x * 2 * C + c] = t0;
+        part[(long long)blockIdx.x * 2 * C + C + c] = t1;
+    }
+}
+
+extern "C" __global__ void bn_finalize_f32(const float* __restrict__ part, int blocks, int C, long long count,
+                                           int stage, float eps, float momentum, float* __restrict__ running_mean,
+                                           float* __restrict__ running_var, float* __restrict__ bn) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    double s = 0.0;
+    for (int b = 0; b < blocks; b++) s += (double)part[(long long)b * 2 * C + c];
+    const double cnt = (double)count, m = (double)momentum;
+    if (stage == 0) {
+        bn[c] = (float)(s / cnt);
+    } else {
+        const double mean = (double)bn[c];
+        const double var = s / cnt;
+        bn[C + c] = (float)(1.0 / sqrt(var + (double)eps));
+        running_mean[c] = (float)(m * (double)running_mean[c] + (1.0 - m) * mean);
+        running_var[c] = (float)(m * (double)running_var[c] + (1.0 - m) * var * cnt / (cnt - 1.0));
+    }
+}
+
+extern "C" __global__ void bn_eval_f32(const float* __restrict__ running_mean, const float* __restrict__ running_var,
+                                       int C, float eps, float* __restrict__ bn) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    bn[c] = running_mean[c];
+    bn[C + c] = (float)(1.0 / sqrt((double)running_var[c] + (double)eps));
+}
+
+extern "C" __global__ void pre_bwd_finalize_f32(const float* __restrict__ part, int blocks, int C, long long count,
+                                                float* __restrict__ dshift, float* __restrict__ stats) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    double s0 = 0.0, s1 = 0.0;
+    for (int b = 0; b < blocks; b++) {
+        s0 += (double)part[(long long)b * 2 * C + c];
+        s1 += (double)part[(long long)b * 2 * C + C + c];
+    }
+    dshift[c] = (float)s0;
+    stats[c] = (float)(s0 / (double)count);
+    stats[C + c] = (float)(s1 / (double)count);
+}
+
+extern "C" __global__ void pre_bwd_dx_f16(const half* __restrict__ da, const half* __restrict__ x, long long len, int C,
+                                          const float* __restrict__ pmean, const float* __restrict__ pinv,
+                                          const float* __restrict__ pshift, int bn, const float* __restrict__ stats,
+                                          half* __restrict__ dx) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= len) return;
+    const int c = (int)(i % C);
+    const float v = __half2float(x[i]);
+    const float mean = bn ? pmean[c] : 0.f, inv = bn ? pinv[c] : 1.f;
+    const float du = __half2float(da[i]) * gelu_grad_f(pre_u(v, mean, inv, pshift[c], bn));
+    const float g = bn ? inv * (du - stats[c] - ((v - mean) * inv) * stats[C + c]) : du;
+    dx[i] = __float2half(g);
+}
+
+// dtype casts, used when a tensor arrives in the other storage type (e.g. a host upload, which is
+// f32, fed to a kernel that reads fp16). 1 thread/element.
+extern "C" __global__ void cast_f32_f16(const float* __restrict__ a, long long len, half* __restrict__ b) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < len) b[i] = __float2half(a[i]);
+}
+extern "C" __global__ void cast_f16_f32(const half* __restrict__ a, long long len, float* __restrict__ b) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < len) b[i] = __half2float(a[i]);
+}

@@ -1,0 +1,193 @@
+// optim.cu: the optimisers (all state f32).
+//
+// Exported kernels:
+//   sgd_nesterov_f32   multi-tensor Nesterov SGD, one launch for up to SGD_MAX tensors passed by
+//                      value (SgdArgs, mirrored in src/gpu/backend.rs): g ← g + wd·p;
+//                      m ← μ·m + g; p ← p − lr·(g + μ·m). grid (x, tensors), block 256,
+//                      grid-stride over each tensor.
+//   muon_momentum_f32  m ← μ·m + g; u = g + μ·m. 1 thread/element.
+//   sumsq_partial_f32  part[b] = Σ x² over a grid-stride slice (f32 per thread, f64 per block).
+//                      block 256.
+//   norm_finalize_f64  out[0] = √Σ part (f64, block order). 1 block of 256 threads.
+//   scale_by_inv_norm_f32  x[i] = u[i]·(1/(‖u‖ + 1e-7)), the factor rounded to f32 as in the reference.
+//   muon_apply_f32     w ← w·(√rows/‖w‖) − lr·X. 1 thread/element.
+//   gemm_nt_f32 / gemm_nn_f32  C = alpha·A·op(B) + beta·D (D may be null when beta == 0):
+//                      A M×K row-major, op(B) = Bᵀ with B N×K row-major (nt) or B K×N row-major
+//                      (nn); f32 in memory, rounded to fp16 when staged, wmma 16×16×16 with f32
+//                      accumulation. 128 threads, tile 64×64×32, grid (ceil(N/64), ceil(M/64)).
+//                      The Newton–Schulz GEMMs (X·Xᵀ, A·A, B·X) of Muon.
+#include <mma.h>
+#include "common.cuh"
+
+using namespace nvcuda;
+
+#define SGD_MAX 16
+struct SgdArgs {
+    float* p[SGD_MAX];
+    const float* g[SGD_MAX];
+    float* m[SGD_MAX];
+    int n[SGD_MAX];
+    float lr[SGD_MAX];
+    float wd[SGD_MAX];
+    int count;
+    float mu;
+};
+
+extern "C" __global__ void sgd_nesterov_f32(SgdArgs a) {
+    const int t = blockIdx.y;
+    if (t >= a.count) return;
+    float* p = a.p[t];
+    const float* g = a.g[t];
+    float* m = a.m[t];
+    const int n = a.n[t];
+    const float lr = a.lr[t], wd = a.wd[t], mu = a.mu;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        const float pv = p[i];
+        const float gv = g[i] + wd * pv;
+        const float mv = mu * m[i] + gv;
+        m[i] = mv;
+        p[i] = pv - lr * (gv + mu * mv);
+    }
+}
+
+extern "C" __global__ void muon_momentum_f32(const float* __restrict__ g, float* __restrict__ m, int n, float mu,
+                                             float* __restrict__ u) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float mv = mu * m[i] + g[i];
+    m[i] = mv;
+    u[i] = g[i] + mu * mv;
+}
+
+extern "C" __global__ void sumsq_partial_f32(const float* __restrict__ x, int n, double* __restrict__ part) {
+    __shared__ double scratch[32];
+    float a = 0.f;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) a += x[i] * x[i];
+    const double s = block_sum_d((double)a, scratch);
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+extern "C" __global__ void norm_finalize_f64(const double* __restrict__ part, int blocks, double* __restrict__ out) {
+    if (threadIdx.x == 0 && blockIdx.x == 0) {
+        double s = 0.0;
+        for (int b = 0; b < blocks; b++) s += part[b];
+        out[0] = sqrt(s);
+    }
+}
+
+extern "C" __global__ void scale_by_inv_norm_f32(const float* __restrict__ u, int n, const double* __restrict__ norm,
+                                                 float* __restrict__ x) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float inv = (float)(1.0 / (norm[0] + 1e-7));
+    x[i] = u[i] * inv;
+}
+
+extern "C" __global__ void muon_apply_f32(float* __restrict__ w, const float* __restrict__ X, int n, int rows,
+                                          const double* __restrict__ wnorm, float lr) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float renorm = (float)(sqrt((double)rows) / wnorm[0]);
+    w[i] = w[i] * renorm - lr * X[i];
+}
+
+// ---------------------------------------------------------------------------------------------
+#define GBM 64
+#define GBN 64
+#define GBK 32
+#define GLD 40  // GBK + 8 (rows of k)
+#define GLDN 72 // GBN + 8 (rows of n)
+#define GLDC 68
+
+template <bool TRANS_B>
+__device__ __forceinline__ void gemm_body(const float* __restrict__ A, const float* __restrict__ B,
+                                          const float* __restrict__ D, float* __restrict__ C, int M, int N, int K,
+                                          float alpha, float beta) {
+    __shared__ __align__(128) unsigned char raw[GBM * GLD * 2 + GBK * GLDN * 2 > GBM * GLDC * 4
+                                                    ? GBM * GLD * 2 + GBK * GLDN * 2
+                                                    : GBM * GLDC * 4];
+    half* As = reinterpret_cast<half*>(raw);  // [GBM][GLD]
+    half* Bs = As + GBM * GLD;                // nt: [GBN][GLD] (col_major B); nn: [GBK][GLDN] (row_major)
+    float* Cs = reinterpret_cast<float*>(raw);
+    const int tid = threadIdx.x, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
+    const int m0 = blockIdx.y * GBM, n0 = blockIdx.x * GBN;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.f);
+    for (int k0 = 0; k0 < K; k0 += GBK) {
+        for (int e = tid; e < GBM * GBK; e += blockDim.x) {
+            const int r = e / GBK, k = e % GBK;
+            const int gm = m0 + r, gk = k0 + k;
+            As[r * GLD + k] = __float2half(gm < M && gk < K ? A[(long long)gm * K + gk] : 0.f);
+        }
+        if (TRANS_B) {
+            for (int e = tid; e < GBN * GBK; e += blockDim.x) {
+                const int r = e / GBK, k = e % GBK;
+                const int gn = n0 + r, gk = k0 + k;
+                Bs[r * GLD + k] = __float2half(gn < N && gk < K ? B[(long long)gn * K + gk] : 0.f);
+            }
+        } else {
+            for (int e = tid; e < GBK * GBN; e += blockDim.x) {
+                const int k = e / GBN, c = e % GBN;
+                const int gn = n0 + c, gk = k0 + k;
+                Bs[k * GLDN + c] = __float2half(gn < N && gk < K ? B[(long long)gk * N + gn] : 0.f);
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < GBK; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> fa[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) wmma::load_matrix_sync(fa[i], As + (wm * 32 + i * 16) * GLD + kk, GLD);
+            if (TRANS_B) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::col_major> fb[2];
+#pragma unroll
+                for (int j = 0; j < 2; j++) wmma::load_matrix_sync(fb[j], Bs + (wn * 32 + j * 16) * GLD + kk, GLD);
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+#pragma unroll
+                    for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+            } else {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::row_major> fb[2];
+#pragma unroll
+                for (int j = 0; j < 2; j++) wmma::load_matrix_sync(fb[j], Bs + kk * GLDN + wn * 32 + j * 16, GLDN);
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+#pragma unroll
+                    for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+            wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * GLDC + wn * 32 + j * 16, acc[i][j], GLDC,
+                                    wmma::mem_row_major);
+    __syncthreads();
+    for (int e = tid; e < GBM * GBN; e += blockDim.x) {
+        const int r = e / GBN, c = e % GBN;
+        const int gm = m0 + r, gn = n0 + c;
+        if (gm < M && gn < N) {
+            const long long o = (long long)gm * N + gn;
+            float v = alpha * Cs[r * GLDC + c];
+            if (beta != 0.f) v += beta * D[o];
+            C[o] = v;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+gemm_nt_f32(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ D,
+            float* __restrict__ C, int M, int N, int K, float alpha, float beta) {
+    gemm_body<true>(A, B, D, C, M, N, K, alpha, beta);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+gemm_nn_f32(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ D,
+            float* __restrict__ C, int M, int N, int K, float alpha, float beta) {
+    gemm_body<false>(A, B, D, C, M, N, K, alpha, beta);
+}

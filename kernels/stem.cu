@@ -1,0 +1,106 @@
+// stem.cu: the network's input side. Images are u8 NHWC 32×32×3; an augmentation word
+// (src/aug.rs: bits 0–19 image index, 20–22 sy+4, 23–25 sx+4, 26 flip) says which image and
+// view. The view's pixel (y, x) is source pixel (reflect(y + sy), reflect(x' + sx)) with
+// x' = 31 − x when flipped, normalised as (p/255 − mean[c]) / std[c] in f32 (the reference's
+// operations, IEEE division).
+//
+// Exported kernels:
+//   stem_fwd_f16      out[n][y][x][f] = Σ_{dy,dx,c} view[y+dy][x+dx][c]·w[f][dy][dx][c] (2×2, no
+//                     padding, 31×31×cw fp16). One thread per (example, output pixel, group of 8
+//                     filters): grid ceil(n·961·cw/8 / 256), block 256. w (cw ≤ 64) is staged in
+//                     shared memory. The host asserts cw % 8 == 0.
+//   patch_cov_f32     partial[b][r·12 + s] = Σ over the images b, b + gridDim.x, ... and their
+//                     31·31 2×2 patches of v[r]·v[s], v ordered (dy, dx, c) (no augmentation).
+//                     grid ≤ 256 blocks, block 160 (threads 0..143 own one (r, s) each); one image
+//                     at a time is normalised into shared memory; f32 within an image, f64 across.
+#include "common.cuh"
+
+__device__ __forceinline__ int reflect32(int i) { return i < 0 ? -i : (i >= 32 ? 62 - i : i); }
+
+__device__ __forceinline__ float norm_px(unsigned char p, int c, const float* nm) {
+    return ((float)p / 255.0f - nm[c]) / nm[3 + c];
+}
+
+extern "C" __global__ void stem_fwd_f16(const unsigned char* __restrict__ images, int total,
+                                        const unsigned int* __restrict__ aug, int n, float m0, float m1, float m2,
+                                        float s0, float s1, float s2, const float* __restrict__ w, int cw,
+                                        half* __restrict__ out) {
+    __shared__ float sw[64 * 12];
+    __shared__ float nm[6];
+    for (int i = threadIdx.x; i < cw * 12; i += blockDim.x) sw[i] = w[i];
+    if (threadIdx.x == 0) {
+        nm[0] = m0; nm[1] = m1; nm[2] = m2;
+        nm[3] = s0; nm[4] = s1; nm[5] = s2;
+    }
+    __syncthreads();
+    const int groups = cw / 8;
+    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long len = (long long)n * 961 * groups;
+    if (t >= len) return;
+    const int g = (int)(t % groups);
+    const long long pix = t / groups;
+    const int i = (int)(pix / 961), r = (int)(pix % 961);
+    const int y = r / 31, x = r % 31;
+    const unsigned int word = aug[i];
+    const int index = (int)(word & 0xFFFFFu);
+    const int sy = (int)((word >> 20) & 7u) - 4, sx = (int)((word >> 23) & 7u) - 4;
+    const bool flip = (word >> 26) & 1u;
+    if (index >= total) {  // the reference asserts; a device cannot: the output becomes NaN
+        Half8 o;
+#pragma unroll
+        for (int j = 0; j < 8; j++) o.h[j] = __float2half(__int_as_float(0x7fc00000));
+        *reinterpret_cast<uint4*>(out + pix * cw + g * 8) = o.u;
+        return;
+    }
+    const unsigned char* img = images + (long long)index * 3072;
+    float v[12];
+#pragma unroll
+    for (int dy = 0; dy < 2; dy++)
+#pragma unroll
+        for (int dx = 0; dx < 2; dx++) {
+            const int xx = flip ? 31 - (x + dx) : x + dx;
+            const unsigned char* p = img + (reflect32(y + dy + sy) * 32 + reflect32(xx + sx)) * 3;
+#pragma unroll
+            for (int c = 0; c < 3; c++) v[(dy * 2 + dx) * 3 + c] = norm_px(p[c], c, nm);
+        }
+    Half8 o;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const float* wf = sw + (g * 8 + j) * 12;
+        float acc = 0.f;
+#pragma unroll
+        for (int k = 0; k < 12; k++) acc += v[k] * wf[k];
+        o.h[j] = __float2half(acc);
+    }
+    *reinterpret_cast<uint4*>(out + pix * cw + g * 8) = o.u;
+}
+
+extern "C" __global__ void patch_cov_f32(const unsigned char* __restrict__ images, int n, float m0, float m1,
+                                         float m2, float s0, float s1, float s2, double* __restrict__ partial) {
+    __shared__ float img[32 * 32 * 3];
+    __shared__ float nm[6];
+    if (threadIdx.x == 0) {
+        nm[0] = m0; nm[1] = m1; nm[2] = m2;
+        nm[3] = s0; nm[4] = s1; nm[5] = s2;
+    }
+    const int t = threadIdx.x;
+    const int r = t / 12, s = t % 12;
+    // (dy, dx, c) of entries r and s
+    const int rdy = r / 6, rdx = (r / 3) & 1, rc = r % 3;
+    const int sdy = s / 6, sdx = (s / 3) & 1, sc = s % 3;
+    double acc = 0.0;
+    for (int i = blockIdx.x; i < n; i += gridDim.x) {
+        __syncthreads();
+        const unsigned char* src = images + (long long)i * 3072;
+        for (int k = t; k < 3072; k += blockDim.x) img[k] = norm_px(src[k], k % 3, nm);
+        __syncthreads();
+        if (t < 144) {
+            float a = 0.f;
+            for (int y = 0; y < 31; y++)
+                for (int x = 0; x < 31; x++)
+                    a += img[((y + rdy) * 32 + x + rdx) * 3 + rc] * img[((y + sdy) * 32 + x + sdx) * 3 + sc];
+            acc += (double)a;
+        }
+    }
+    if (t < 144) partial[(long long)blockIdx.x * 144 + t] = acc;
+}

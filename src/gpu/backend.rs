@@ -1,0 +1,797 @@
+//! `impl Backend for Gpu`: every op of the recipe as launches of the hand-written kernels in
+//! `kernels/` (conv, norm, stem, head, optim). Host code here only checks shapes (each
+//! violated assumption is one `Error::Gpu` sentence, never mis-indexing), picks grids and
+//! workspaces, and launches; all work goes to [`Gpu::stream`] in order.
+//!
+//! Storage: a [`GBuf`] always owns room for `len` f32 values and records how its contents are
+//! stored. Activations and their gradients (stem output, conv outputs, `da`, `dx`) are written
+//! as fp16; parameters, optimizer state, BN statistics, features, logits and the loss
+//! accumulator are f32. `upload` stores f32 and `zeros` stores all-zero bytes (valid as either
+//! type). An op that expects the other type for an input casts it into a temporary first (a
+//! slow path, taken only when tests feed host-uploaded tensors straight to a kernel), and
+//! `download` converts whatever is stored to f32. An fp16 tensor occupies the first 2·len bytes,
+//! so a buffer poisoned with the f32 bit pattern 0x7FC0_7FC0 reads as NaN in both types.
+use super::Gpu;
+use crate::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape, NS_COEFFS};
+use crate::error::{Error, Result};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use half::f16;
+use std::collections::HashMap;
+
+/// How a [`GBuf`]'s bytes are to be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    /// All bytes zero (fresh from `zeros`): reads as 0 in either type.
+    Zero,
+    F32,
+    F16,
+}
+
+/// A float tensor on the device: `len` values stored as `dtype`.
+pub struct GBuf {
+    mem: CudaSlice<f32>,
+    len: usize,
+    dtype: Dtype,
+}
+
+impl GBuf {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+}
+
+/// A byte tensor on the device (u8 images, labels, argmax indices).
+pub struct GBytes {
+    mem: CudaSlice<u8>,
+    len: usize,
+}
+
+impl GBytes {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A u32 tensor on the device (packed augmentation words).
+pub struct GWords {
+    mem: CudaSlice<u32>,
+    len: usize,
+}
+
+impl GWords {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Per-device op state kept in [`Gpu`]: looked-up kernels, a reusable f32 workspace for
+/// reductions and split-K partial sums, and the temporaries of the current op.
+#[derive(Default)]
+pub struct OpState {
+    funcs: HashMap<(&'static str, &'static str), CudaFunction>,
+    ws: Option<CudaSlice<f32>>,
+    tmp: Vec<CudaSlice<f32>>,
+}
+
+/// Kernel arguments are passed as 8-byte words: pointers and `long long` fill them, `int` and
+/// `float` parameters occupy the low 4 bytes (the driver copies exactly the parameter's size
+/// from each address; all supported hosts are little-endian).
+type Arg = u64;
+
+fn int(v: usize, what: &str) -> Result<Arg> {
+    i32::try_from(v)
+        .map(|v| v as u32 as u64)
+        .map_err(|_| Error::Gpu(format!("{what} = {v} does not fit the kernels' 32-bit index")))
+}
+fn flt(v: f32) -> Arg {
+    v.to_bits() as u64
+}
+fn long(v: usize) -> Arg {
+    v as u64
+}
+
+const SGD_MAX: usize = 16;
+
+/// Mirrors `struct SgdArgs` in kernels/optim.cu (passed by value, 584 bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SgdArgs {
+    p: [u64; SGD_MAX],
+    g: [u64; SGD_MAX],
+    m: [u64; SGD_MAX],
+    n: [i32; SGD_MAX],
+    lr: [f32; SGD_MAX],
+    wd: [f32; SGD_MAX],
+    count: i32,
+    mu: f32,
+}
+// SAFETY: plain old data laid out exactly like the C struct.
+unsafe impl DeviceRepr for SgdArgs {}
+
+/// The pointers of a `Pre`: (bn flag, mean, invstd, shift).
+struct PrePtrs {
+    bn: Arg,
+    mean: Arg,
+    inv: Arg,
+    shift: Arg,
+}
+
+fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Gpu(msg()))
+    }
+}
+
+fn check_len(got: usize, want: usize, what: &str) -> Result<()> {
+    check(got == want, || format!("{what} holds {got} values, expected {want}"))
+}
+
+/// Shape rules of the tensor-core conv kernels.
+fn check_channels(op: &str, cin: usize, cout: usize) -> Result<()> {
+    check(cin % 8 == 0 && cout % 8 == 0 && cin > 0 && cout > 0, || {
+        format!("{op}: channel counts must be positive multiples of 8 (16-byte fp16 chunks), got cin {cin}, cout {cout}")
+    })?;
+    check(cin <= 512, || format!("{op}: at most 512 input channels are supported, got {cin}"))
+}
+
+const BLOCK: u32 = 256;
+
+fn blocks(len: usize) -> Result<u32> {
+    u32::try_from(len.div_ceil(BLOCK as usize).max(1))
+        .map_err(|_| Error::Gpu(format!("{len} elements is too many for one launch")))
+}
+
+impl Gpu {
+    fn func(&mut self, module: &'static str, name: &'static str) -> Result<CudaFunction> {
+        if let Some(f) = self.ops.funcs.get(&(module, name)) {
+            return Ok(f.clone());
+        }
+        let f = self.function(module, name)?;
+        self.ops.funcs.insert((module, name), f.clone());
+        Ok(f)
+    }
+
+    /// Launches `module::name` on the stream; launch errors become one sentence.
+    fn launch(
+        &mut self,
+        module: &'static str,
+        name: &'static str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        args: &[Arg],
+    ) -> Result<()> {
+        check(grid.0 > 0 && grid.1 > 0 && grid.2 > 0, || format!("{name}: empty grid {grid:?}"))?;
+        check(grid.1 <= 65535 && grid.2 <= 65535, || format!("{name}: grid {grid:?} exceeds 65535 in y or z"))?;
+        let f = self.func(module, name)?;
+        let mut b = self.stream.launch_builder(&f);
+        for a in args {
+            b.arg(a);
+        }
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: 0 };
+        // SAFETY: argument lists match the kernels' signatures (see kernels/*.cu headers), and
+        // every pointer refers to a live allocation whose length the caller checked.
+        unsafe { b.launch(cfg) }.map_err(|e| Gpu::err(&format!("launching {module}::{name}"), e))?;
+        Ok(())
+    }
+
+    fn launch1d(&mut self, module: &'static str, name: &'static str, len: usize, args: &[Arg]) -> Result<()> {
+        self.launch(module, name, (blocks(len)?, 1, 1), (BLOCK, 1, 1), args)
+    }
+
+    fn ptr<T>(&self, s: &CudaSlice<T>) -> Arg {
+        s.device_ptr(&self.stream).0
+    }
+    fn ptr_mut<T>(&self, s: &mut CudaSlice<T>) -> Arg {
+        s.device_ptr_mut(&self.stream).0
+    }
+
+    fn alloc<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, n: usize, what: &str) -> Result<CudaSlice<T>> {
+        self.stream.alloc_zeros::<T>(n.max(1)).map_err(|e| Gpu::err(&format!("allocating {what}"), e))
+    }
+
+    /// A temporary of `n` f32 slots, alive until the next op starts.
+    fn tmp(&mut self, n: usize) -> Result<Arg> {
+        // SAFETY: every user writes the temporary before reading it.
+        let mut t = unsafe { self.stream.alloc::<f32>(n.max(1)) }.map_err(|e| Gpu::err("allocating a temporary", e))?;
+        let p = self.ptr_mut(&mut t);
+        self.ops.tmp.push(t);
+        Ok(p)
+    }
+
+    /// The shared workspace with room for at least `n` f32 values.
+    fn workspace(&mut self, n: usize) -> Result<Arg> {
+        if self.ops.ws.as_ref().is_none_or(|w| w.len() < n) {
+            self.ops.ws = None;
+            // SAFETY: workspace users write before they read.
+            let w = unsafe { self.stream.alloc::<f32>(n.max(1 << 16)) }
+                .map_err(|e| Gpu::err(&format!("allocating a {n}-float workspace"), e))?;
+            self.ops.ws = Some(w);
+        }
+        let mut w = self.ops.ws.take().expect("allocated above");
+        let p = self.ptr_mut(&mut w);
+        self.ops.ws = Some(w);
+        Ok(p)
+    }
+
+    /// Start of an op: the previous op's temporaries are freed (stream-ordered).
+    fn begin(&mut self) {
+        self.ops.tmp.clear();
+    }
+
+    /// Device pointer of `b` as fp16 (cast into a temporary when it holds f32).
+    fn in_f16(&mut self, b: &GBuf, want: usize, what: &str) -> Result<Arg> {
+        check_len(b.len, want, what)?;
+        let p = self.ptr(&b.mem);
+        if b.dtype != Dtype::F32 {
+            return Ok(p);
+        }
+        let t = self.tmp(want.div_ceil(2))?;
+        self.launch1d("norm", "cast_f32_f16", want, &[p, long(want), t])?;
+        Ok(t)
+    }
+
+    /// Device pointer of `b` as f32 (cast into a temporary when it holds fp16).
+    fn in_f32(&mut self, b: &GBuf, want: usize, what: &str) -> Result<Arg> {
+        check_len(b.len, want, what)?;
+        let p = self.ptr(&b.mem);
+        if b.dtype != Dtype::F16 {
+            return Ok(p);
+        }
+        let t = self.tmp(want)?;
+        self.launch1d("norm", "cast_f16_f32", want, &[p, long(want), t])?;
+        Ok(t)
+    }
+
+    /// Device pointer of an output written entirely as `dtype`.
+    fn out(&mut self, b: &mut GBuf, want: usize, dtype: Dtype, what: &str) -> Result<Arg> {
+        check_len(b.len, want, what)?;
+        b.dtype = dtype;
+        Ok(self.ptr_mut(&mut b.mem))
+    }
+
+    /// Device pointer of an f32 tensor updated in place (converted first if it holds fp16).
+    fn inout_f32(&mut self, b: &mut GBuf, want: usize, what: &str) -> Result<Arg> {
+        check_len(b.len, want, what)?;
+        let p = self.ptr_mut(&mut b.mem);
+        if b.dtype == Dtype::F16 {
+            let t = self.tmp(want)?;
+            self.launch1d("norm", "cast_f16_f32", want, &[p, long(want), t])?;
+            let t_slice = self.ops.tmp.last().expect("just pushed");
+            self.stream
+                .memcpy_dtod(&t_slice.slice(0..want.max(1)), &mut b.mem.slice_mut(0..want.max(1)))
+                .map_err(|e| Gpu::err("copying a cast tensor", e))?;
+        }
+        b.dtype = Dtype::F32;
+        Ok(p)
+    }
+
+    fn pre_ptrs(&mut self, pre: Pre<'_, Gpu>, c: usize, what: &str) -> Result<PrePtrs> {
+        Ok(match pre {
+            Pre::Bias(b) => PrePtrs { bn: 0, mean: 0, inv: 0, shift: self.in_f32(b, c, &format!("{what}: bias"))? },
+            Pre::Bn { bn, beta } => {
+                let p = self.in_f32(bn, 2 * c, &format!("{what}: BN state [mean | invstd]"))?;
+                let shift = self.in_f32(beta, c, &format!("{what}: BN beta"))?;
+                PrePtrs { bn: 1, mean: p, inv: p + 4 * c as u64, shift }
+            }
+        })
+    }
+
+    /// ‖x‖_F (f64) of `n` f32 values at `x` into `out` (a device f64).
+    fn frobenius(&mut self, x: Arg, n: usize, part: Arg, out: Arg) -> Result<()> {
+        let nb = blocks(n)?.min(256);
+        self.launch("optim", "sumsq_partial_f32", (nb, 1, 1), (BLOCK, 1, 1), &[x, int(n, "tensor length")?, part])?;
+        self.launch("optim", "norm_finalize_f64", (1, 1, 1), (32, 1, 1), &[part, nb as u64, out])
+    }
+
+    /// `C = alpha·A·op(B) + beta·D` on f32 matrices (tensor cores, fp16-rounded inputs).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(&mut self, trans_b: bool, a: Arg, b: Arg, d: Arg, c: Arg, m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> Result<()> {
+        let grid = (int(n.div_ceil(64), "GEMM columns")? as u32, int(m.div_ceil(64), "GEMM rows")? as u32, 1);
+        let name = if trans_b { "gemm_nt_f32" } else { "gemm_nn_f32" };
+        let args = [a, b, d, c, int(m, "M")?, int(n, "N")?, int(k, "K")?, flt(alpha), flt(beta)];
+        self.launch("optim", name, grid, (128, 1, 1), &args)
+    }
+}
+
+fn norm_args(norm: Norm) -> [Arg; 6] {
+    [flt(norm.mean[0]), flt(norm.mean[1]), flt(norm.mean[2]), flt(norm.std[0]), flt(norm.std[1]), flt(norm.std[2])]
+}
+
+impl Backend for Gpu {
+    type Buf = GBuf;
+    type Bytes = GBytes;
+    type Words = GWords;
+
+    fn describe(&self) -> String {
+        let img = self.image("conv").map(|i| i.to_string()).unwrap_or_else(|| "no conv image".into());
+        format!("GPU {} ({img}, fp16 activations, fp32 accumulation)", self.info)
+    }
+
+    fn zeros(&mut self, n: usize) -> Result<GBuf> {
+        Ok(GBuf { mem: self.alloc::<f32>(n, "a float tensor")?, len: n, dtype: Dtype::Zero })
+    }
+    fn upload(&mut self, host: &[f32]) -> Result<GBuf> {
+        let mut mem = self.alloc::<f32>(host.len(), "a float tensor")?;
+        if !host.is_empty() {
+            self.stream.memcpy_htod(host, &mut mem).map_err(|e| Gpu::err("uploading a float tensor", e))?;
+        }
+        Ok(GBuf { mem, len: host.len(), dtype: Dtype::F32 })
+    }
+    fn download(&mut self, buf: &GBuf) -> Result<Vec<f32>> {
+        if buf.len == 0 {
+            return Ok(Vec::new());
+        }
+        let err = |e| Gpu::err("downloading a float tensor", e);
+        match buf.dtype {
+            Dtype::Zero | Dtype::F32 => self.stream.clone_dtoh(&buf.mem.slice(0..buf.len)).map_err(err),
+            Dtype::F16 => {
+                // SAFETY: len fp16 values occupy the first 2·len of the 4·len bytes.
+                let v = unsafe { buf.mem.transmute::<u16>(buf.len) }
+                    .ok_or_else(|| Error::Gpu("an fp16 view of a tensor does not fit".into()))?;
+                let h = self.stream.clone_dtoh(&v).map_err(err)?;
+                Ok(h.into_iter().map(|b| f16::from_bits(b).to_f32()).collect())
+            }
+        }
+    }
+    fn upload_bytes(&mut self, host: &[u8]) -> Result<GBytes> {
+        let mut mem = self.alloc::<u8>(host.len(), "a byte tensor")?;
+        if !host.is_empty() {
+            self.stream.memcpy_htod(host, &mut mem).map_err(|e| Gpu::err("uploading bytes", e))?;
+        }
+        Ok(GBytes { mem, len: host.len() })
+    }
+    fn byte_zeros(&mut self, n: usize) -> Result<GBytes> {
+        Ok(GBytes { mem: self.alloc::<u8>(n, "a byte tensor")?, len: n })
+    }
+    fn upload_words(&mut self, host: &[u32]) -> Result<GWords> {
+        let mut mem = self.alloc::<u32>(host.len(), "a word tensor")?;
+        if !host.is_empty() {
+            self.stream.memcpy_htod(host, &mut mem).map_err(|e| Gpu::err("uploading words", e))?;
+        }
+        Ok(GWords { mem, len: host.len() })
+    }
+    fn write_words(&mut self, dst: &mut GWords, host: &[u32]) -> Result<()> {
+        check_len(host.len(), dst.len, "write_words: the host words")?;
+        if !host.is_empty() {
+            self.stream.memcpy_htod(host, &mut dst.mem).map_err(|e| Gpu::err("uploading words", e))?;
+        }
+        Ok(())
+    }
+    fn sync(&mut self) -> Result<()> {
+        Gpu::sync(self)
+    }
+
+    fn patch_cov(&mut self, images: &GBytes, n: usize, norm: Norm) -> Result<Vec<f64>> {
+        self.begin();
+        check(n > 0 && images.len >= n * 3072, || {
+            format!("patch_cov: {n} images asked for, the tensor holds {} bytes ({} images)", images.len, images.len / 3072)
+        })?;
+        let nb = n.min(256);
+        let mut part = self.alloc::<f64>(nb * 144, "patch covariance partial sums")?;
+        let mut args = vec![self.ptr(&images.mem), int(n, "images")?];
+        args.extend(norm_args(norm));
+        args.push(self.ptr_mut(&mut part));
+        self.launch("stem", "patch_cov_f32", (nb as u32, 1, 1), (160, 1, 1), &args)?;
+        let host = self.stream.clone_dtoh(&part).map_err(|e| Gpu::err("downloading the patch covariance", e))?;
+        let count = (n * 31 * 31) as f64;
+        let mut cov = vec![0.0f64; 144];
+        for b in 0..nb {
+            for (c, v) in cov.iter_mut().zip(&host[b * 144..][..144]) {
+                *c += v;
+            }
+        }
+        Ok(cov.into_iter().map(|s| s / count).collect())
+    }
+
+    fn stem(
+        &mut self,
+        images: &GBytes,
+        total: usize,
+        aug: &GWords,
+        offset: usize,
+        n: usize,
+        norm: Norm,
+        w: &GBuf,
+        cw: usize,
+        out: &mut GBuf,
+    ) -> Result<()> {
+        self.begin();
+        check_len(images.len, total * 3072, &format!("stem: images ({total}×32×32×3)"))?;
+        check(aug.len >= offset + n, || format!("stem: words {offset}..{} asked for, {} present", offset + n, aug.len))?;
+        check(cw % 8 == 0 && cw > 0 && cw <= 64, || format!("stem: {cw} filters; must be a multiple of 8, at most 64"))?;
+        if n == 0 {
+            return check_len(out.len, 0, "stem: out");
+        }
+        let wp = self.in_f32(w, cw * 12, "stem: weights")?;
+        let o = self.out(out, n * 961 * cw, Dtype::F16, "stem: out")?;
+        let mut args = vec![self.ptr(&images.mem), int(total, "images")?, self.ptr(&aug.mem) + 4 * offset as u64, int(n, "batch")?];
+        args.extend(norm_args(norm));
+        args.extend([wp, int(cw, "filters")?, o]);
+        self.launch1d("stem", "stem_fwd_f16", n * 961 * cw / 8, &args)
+    }
+
+    fn conv3x3(
+        &mut self,
+        x: &GBuf,
+        xs: Shape,
+        pre: Pre<'_, Self>,
+        w: &GBuf,
+        cout: usize,
+        pool: bool,
+        y: &mut GBuf,
+        argmax: &mut GBytes,
+    ) -> Result<()> {
+        self.begin();
+        let cin = xs.c;
+        check_channels("conv3x3", cin, cout)?;
+        let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
+        let xp = self.in_f16(x, xs.len(), &format!("conv3x3: x {xs:?}"))?;
+        let pp = self.pre_ptrs(pre, cin, "conv3x3")?;
+        let wp = self.in_f32(w, cout * 9 * cin, &format!("conv3x3: weight {cout}×3×3×{cin}"))?;
+        let yp = self.out(y, ys.len(), Dtype::F16, &format!("conv3x3: y {ys:?}"))?;
+        let ap = if pool {
+            check_len(argmax.len, ys.len(), &format!("conv3x3: argmax {ys:?}"))?;
+            self.ptr_mut(&mut argmax.mem)
+        } else {
+            0
+        };
+        let m = if pool { ys.count() * 4 } else { xs.count() };
+        if m == 0 {
+            return Ok(());
+        }
+        let grid = (blocks_of(m, 64)?, cout.div_ceil(64) as u32, 1);
+        let args = [
+            xp,
+            int(xs.n, "batch")?,
+            int(xs.h, "height")?,
+            int(xs.w, "width")?,
+            int(cin, "cin")?,
+            pp.mean,
+            pp.inv,
+            pp.shift,
+            pp.bn,
+            wp,
+            int(cout, "cout")?,
+            pool as u64,
+            yp,
+            ap,
+        ];
+        self.launch("conv", "conv3x3_fwd_f16", grid, (128, 1, 1), &args)
+    }
+
+    fn bn_stats(
+        &mut self,
+        y: &GBuf,
+        ys: Shape,
+        eps: f32,
+        momentum: f32,
+        running_mean: &mut GBuf,
+        running_var: &mut GBuf,
+        bn: &mut GBuf,
+    ) -> Result<()> {
+        self.begin();
+        let c = ys.c;
+        let p = ys.count();
+        check(p > 1, || format!("bn_stats: BatchNorm needs more than one value per channel, {ys:?} has {p}"))?;
+        let yp = self.in_f16(y, ys.len(), &format!("bn_stats: y {ys:?}"))?;
+        let rm = self.inout_f32(running_mean, c, "bn_stats: running mean")?;
+        let rv = self.inout_f32(running_var, c, "bn_stats: running var")?;
+        let bp = self.out(bn, 2 * c, Dtype::F32, "bn_stats: bn [mean | invstd]")?;
+        let nb = p.div_ceil(64).min(512);
+        let chunk = p.div_ceil(nb);
+        let nb = p.div_ceil(chunk);
+        let part = self.workspace(nb * 2 * c)?;
+        let grid = (nb as u32, c.div_ceil(32) as u32, 1);
+        let cc = int(c, "channels")?;
+        let fin = (c.div_ceil(128) as u32, 1, 1);
+        for mode in 0..2u64 {
+            let args = [yp, 0, long(p), cc, long(chunk), mode, bp, 0, 0, mode, part];
+            self.launch("norm", "chan_reduce_f16", grid, (32, 8, 1), &args)?;
+            let args = [part, nb as u64, cc, long(p), mode, flt(eps), flt(momentum), rm, rv, bp];
+            self.launch("norm", "bn_finalize_f32", fin, (128, 1, 1), &args)?;
+        }
+        Ok(())
+    }
+
+    fn bn_eval(&mut self, running_mean: &GBuf, running_var: &GBuf, eps: f32, bn: &mut GBuf) -> Result<()> {
+        self.begin();
+        let c = running_mean.len;
+        let rm = self.in_f32(running_mean, c, "bn_eval: running mean")?;
+        let rv = self.in_f32(running_var, c, "bn_eval: running var")?;
+        let bp = self.out(bn, 2 * c, Dtype::F32, "bn_eval: bn [mean | invstd]")?;
+        if c == 0 {
+            return Ok(());
+        }
+        self.launch1d("norm", "bn_eval_f32", c, &[rm, rv, int(c, "channels")?, flt(eps), bp])
+    }
+
+    fn head(
+        &mut self,
+        x: &GBuf,
+        xs: Shape,
+        pre: Pre<'_, Self>,
+        w: &GBuf,
+        classes: usize,
+        scale: f32,
+        feat: &mut GBuf,
+        argmax: &mut GBytes,
+        logits: &mut GBuf,
+    ) -> Result<()> {
+        self.begin();
+        let (n, c, hw) = (xs.n, xs.c, xs.h * xs.w);
+        check((1..=256).contains(&hw), || format!("head: argmax is a byte, so 1..=256 positions, got {xs:?}"))?;
+        check(c <= 1024, || format!("head: at most 1024 channels, got {c}"))?;
+        let xp = self.in_f16(x, xs.len(), &format!("head: x {xs:?}"))?;
+        let pp = self.pre_ptrs(pre, c, "head")?;
+        let wp = self.in_f32(w, classes * c, "head: weight")?;
+        let fp = self.out(feat, n * c, Dtype::F32, "head: feat")?;
+        check_len(argmax.len, n * c, "head: argmax")?;
+        let ap = self.ptr_mut(&mut argmax.mem);
+        let lp = self.out(logits, n * classes, Dtype::F32, "head: logits")?;
+        if n == 0 {
+            return Ok(());
+        }
+        let args = [xp, int(hw, "positions")?, int(c, "channels")?, pp.mean, pp.inv, pp.shift, pp.bn, wp, int(classes, "classes")?, flt(scale), fp, ap, lp];
+        self.launch("head", "head_fwd_f16", (int(n, "batch")? as u32, 1, 1), (256, 1, 1), &args)
+    }
+
+    fn xent(
+        &mut self,
+        logits: &GBuf,
+        labels: &GBytes,
+        aug: &GWords,
+        offset: usize,
+        n: usize,
+        classes: usize,
+        smoothing: f32,
+        dlogits: &mut GBuf,
+        acc: &mut GBuf,
+    ) -> Result<()> {
+        self.begin();
+        check(classes >= 1, || "xent: no classes".into())?;
+        check(aug.len >= offset + n, || format!("xent: words {offset}..{} asked for, {} present", offset + n, aug.len))?;
+        let lp = self.in_f32(logits, n * classes, "xent: logits")?;
+        let dp = self.out(dlogits, n * classes, Dtype::F32, "xent: dlogits")?;
+        let ap = self.inout_f32(acc, 2, "xent: accumulator [loss, correct]")?;
+        let args = [lp, self.ptr(&labels.mem), self.ptr(&aug.mem) + 4 * offset as u64, int(n, "batch")?, int(classes, "classes")?, flt(smoothing), dp, ap];
+        self.launch("head", "xent_fwd_bwd_f32", (1, 1, 1), (256, 1, 1), &args)
+    }
+
+    fn axpy(&mut self, acc: &mut GBuf, x: &GBuf, weight: f32) -> Result<()> {
+        self.begin();
+        let n = acc.len;
+        let xp = self.in_f32(x, n, "axpy: x")?;
+        let ap = self.inout_f32(acc, n, "axpy: acc")?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.launch1d("head", "axpy_f32", n, &[ap, xp, long(n), flt(weight)])
+    }
+
+    fn head_bwd(
+        &mut self,
+        dlogits: &GBuf,
+        feat: &GBuf,
+        argmax: &GBytes,
+        w: &GBuf,
+        xs: Shape,
+        classes: usize,
+        scale: f32,
+        dw: &mut GBuf,
+        da: &mut GBuf,
+    ) -> Result<()> {
+        self.begin();
+        let (n, c, hw) = (xs.n, xs.c, xs.h * xs.w);
+        let dl = self.in_f32(dlogits, n * classes, "head_bwd: dlogits")?;
+        let fp = self.in_f32(feat, n * c, "head_bwd: feat")?;
+        check_len(argmax.len, n * c, "head_bwd: argmax")?;
+        let wp = self.in_f32(w, classes * c, "head_bwd: weight")?;
+        let dwp = self.out(dw, classes * c, Dtype::F32, "head_bwd: dw")?;
+        let dap = self.out(da, xs.len(), Dtype::F16, &format!("head_bwd: da {xs:?}"))?;
+        let (ni, ci, ki) = (int(n, "batch")?, int(c, "channels")?, int(classes, "classes")?);
+        if classes * c > 0 {
+            self.launch1d("head", "head_bwd_dw_f32", classes * c, &[dl, fp, ni, ci, ki, flt(scale), dwp])?;
+        }
+        if n * c > 0 {
+            let args = [dl, self.ptr(&argmax.mem), wp, ni, int(hw, "positions")?, ci, ki, flt(scale), dap];
+            self.launch1d("head", "head_bwd_da_f16", n * c, &args)?;
+        }
+        Ok(())
+    }
+
+    fn pre_bwd(
+        &mut self,
+        da: &GBuf,
+        x: &GBuf,
+        xs: Shape,
+        pre: Pre<'_, Self>,
+        dshift: &mut GBuf,
+        dx: Option<&mut GBuf>,
+    ) -> Result<()> {
+        self.begin();
+        let (c, p) = (xs.c, xs.count());
+        let dap = self.in_f16(da, xs.len(), &format!("pre_bwd: da {xs:?}"))?;
+        let xp = self.in_f16(x, xs.len(), &format!("pre_bwd: x {xs:?}"))?;
+        let pp = self.pre_ptrs(pre, c, "pre_bwd")?;
+        let dsp = self.out(dshift, c, Dtype::F32, "pre_bwd: dshift")?;
+        let dxp = match dx {
+            Some(d) => Some(self.out(d, xs.len(), Dtype::F16, &format!("pre_bwd: dx {xs:?}"))?),
+            None => None,
+        };
+        if c == 0 {
+            return Ok(());
+        }
+        check(p > 0, || format!("pre_bwd: empty tensor {xs:?}"))?;
+        let nb = p.div_ceil(64).min(512);
+        let chunk = p.div_ceil(nb);
+        let nb = p.div_ceil(chunk);
+        let part = self.workspace(nb * 2 * c + 2 * c)?;
+        let stats = part + 4 * (nb * 2 * c) as u64;
+        let cc = int(c, "channels")?;
+        let args = [xp, dap, long(p), cc, long(chunk), 2, pp.mean, pp.inv, pp.shift, pp.bn, part];
+        self.launch("norm", "chan_reduce_f16", (nb as u32, c.div_ceil(32) as u32, 1), (32, 8, 1), &args)?;
+        let args = [part, nb as u64, cc, long(p), dsp, stats];
+        self.launch("norm", "pre_bwd_finalize_f32", (c.div_ceil(128) as u32, 1, 1), (128, 1, 1), &args)?;
+        if let Some(dxp) = dxp {
+            let args = [dap, xp, long(xs.len()), cc, pp.mean, pp.inv, pp.shift, pp.bn, stats, dxp];
+            self.launch1d("norm", "pre_bwd_dx_f16", xs.len(), &args)?;
+        }
+        Ok(())
+    }
+
+    fn conv3x3_bwd(
+        &mut self,
+        x: &GBuf,
+        xs: Shape,
+        pre: Pre<'_, Self>,
+        w: &GBuf,
+        cout: usize,
+        pool: bool,
+        argmax: &GBytes,
+        dy: &GBuf,
+        dw: &mut GBuf,
+        da: Option<&mut GBuf>,
+    ) -> Result<()> {
+        self.begin();
+        let cin = xs.c;
+        check_channels("conv3x3_bwd", cin, cout)?;
+        let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
+        let k = 9 * cin;
+        let xp = self.in_f16(x, xs.len(), &format!("conv3x3_bwd: x {xs:?}"))?;
+        let pp = self.pre_ptrs(pre, cin, "conv3x3_bwd")?;
+        let wp = self.in_f32(w, cout * k, &format!("conv3x3_bwd: weight {cout}×3×3×{cin}"))?;
+        let dyp = self.in_f16(dy, ys.len(), &format!("conv3x3_bwd: dy {ys:?}"))?;
+        let ap = if pool {
+            check_len(argmax.len, ys.len(), &format!("conv3x3_bwd: argmax {ys:?}"))?;
+            self.ptr(&argmax.mem)
+        } else {
+            0
+        };
+        let dwp = self.out(dw, cout * k, Dtype::F32, "conv3x3_bwd: dw")?;
+        let dap = match da {
+            Some(d) => Some(self.out(d, xs.len(), Dtype::F16, &format!("conv3x3_bwd: da {xs:?}"))?),
+            None => None,
+        };
+        let (ni, hi, wi, ci, co) = (int(xs.n, "batch")?, int(xs.h, "height")?, int(xs.w, "width")?, int(cin, "cin")?, int(cout, "cout")?);
+
+        // Weight gradient: split-K over pixels so that the grid fills the GPU, then a
+        // deterministic reduction of the slices.
+        let p = xs.count();
+        let tiles = k.div_ceil(64) * cout.div_ceil(64);
+        let target = 4 * self.info.sms.max(1) as usize;
+        let slices = target.div_ceil(tiles).clamp(1, p.div_ceil(32).max(1)).min(65535);
+        let chunk = p.div_ceil(slices).div_ceil(32).max(1) * 32;
+        let slices = p.div_ceil(chunk).max(1);
+        let len = cout * k;
+        let out = if slices == 1 { dwp } else { self.workspace(slices * len)? };
+        let grid = (k.div_ceil(64) as u32, cout.div_ceil(64) as u32, slices as u32);
+        let args = [xp, ni, hi, wi, ci, pp.mean, pp.inv, pp.shift, pp.bn, dyp, ap, co, pool as u64, out, int(chunk, "pixel chunk")?];
+        self.launch("conv", "conv3x3_wgrad_f16", grid, (128, 1, 1), &args)?;
+        if slices > 1 {
+            self.launch1d("conv", "wgrad_reduce_f32", len, &[out, slices as u64, long(len), dwp])?;
+        }
+
+        // Input gradient.
+        if let Some(dap) = dap {
+            if p > 0 {
+                let grid = (blocks_of(p, 64)?, cin.div_ceil(64) as u32, 1);
+                let args = [dyp, ap, ni, hi, wi, ci, co, pool as u64, wp, dap];
+                self.launch("conv", "conv3x3_dgrad_f16", grid, (128, 1, 1), &args)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sgd(&mut self, params: &mut [SgdParam<'_, Self>], momentum: f32) -> Result<()> {
+        self.begin();
+        let f = self.func("optim", "sgd_nesterov_f32")?;
+        for group in params.chunks_mut(SGD_MAX) {
+            let mut a = SgdArgs {
+                p: [0; SGD_MAX],
+                g: [0; SGD_MAX],
+                m: [0; SGD_MAX],
+                n: [0; SGD_MAX],
+                lr: [0.0; SGD_MAX],
+                wd: [0.0; SGD_MAX],
+                count: group.len() as i32,
+                mu: momentum,
+            };
+            let mut longest = 1;
+            for (t, q) in group.iter_mut().enumerate() {
+                let n = q.p.len;
+                a.g[t] = self.in_f32(q.g, n, &format!("sgd: gradient of tensor {t}"))?;
+                a.p[t] = self.inout_f32(q.p, n, &format!("sgd: parameter {t}"))?;
+                a.m[t] = self.inout_f32(q.m, n, &format!("sgd: momentum of tensor {t}"))?;
+                a.n[t] = int(n, "tensor length")? as i32;
+                a.lr[t] = q.lr;
+                a.wd[t] = q.wd;
+                longest = longest.max(n);
+            }
+            let cfg = LaunchConfig {
+                grid_dim: (blocks(longest)?.min(1024), group.len() as u32, 1),
+                block_dim: (BLOCK, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&a);
+            // SAFETY: SgdArgs mirrors the kernel's by-value struct; the pointers were checked above.
+            unsafe { b.launch(cfg) }.map_err(|e| Gpu::err("launching optim::sgd_nesterov_f32", e))?;
+        }
+        Ok(())
+    }
+
+    fn muon(&mut self, params: &mut [MuonParam<'_, Self>], lr: f32, momentum: f32, ns_steps: usize) -> Result<()> {
+        self.begin();
+        let (ca, cb, cc) = NS_COEFFS;
+        for (t, q) in params.iter_mut().enumerate() {
+            let (rows, cols) = (q.rows, q.cols);
+            let n = rows * cols;
+            check(rows <= cols && rows > 0, || format!("muon: tensor {t} is {rows}×{cols}; needs 0 < rows ≤ cols"))?;
+            let gp = self.in_f32(q.g, n, &format!("muon: gradient of tensor {t}"))?;
+            let wp = self.inout_f32(q.w, n, &format!("muon: weight {t}"))?;
+            let mp = self.inout_f32(q.m, n, &format!("muon: momentum of tensor {t}"))?;
+            let ni = int(n, "tensor length")?;
+            let u = self.tmp(n)?;
+            let x = self.tmp(n)?;
+            let x2 = self.tmp(n)?;
+            let am = self.tmp(rows * rows)?;
+            let bm = self.tmp(rows * rows)?;
+            // two f64 norms plus up to 256 f64 partials = 516 f32 slots
+            let scal = self.tmp(2 * 258)?;
+            let (unorm, wnorm, part) = (scal, scal + 8, scal + 16);
+            self.launch1d("optim", "muon_momentum_f32", n, &[gp, mp, ni, flt(momentum), u])?;
+            self.frobenius(wp, n, part, wnorm)?;
+            self.frobenius(u, n, part, unorm)?;
+            self.launch1d("optim", "scale_by_inv_norm_f32", n, &[u, ni, unorm, x])?;
+            let (mut cur, mut next) = (x, x2);
+            for _ in 0..ns_steps {
+                self.gemm(true, cur, cur, 0, am, rows, rows, cols, 1.0, 0.0)?;
+                self.gemm(false, am, am, am, bm, rows, rows, rows, cc, cb)?;
+                self.gemm(false, bm, cur, cur, next, rows, cols, rows, 1.0, ca)?;
+                std::mem::swap(&mut cur, &mut next);
+            }
+            self.launch1d("optim", "muon_apply_f32", n, &[wp, cur, ni, int(rows, "rows")?, wnorm, flt(lr)])?;
+        }
+        Ok(())
+    }
+}
+
+fn blocks_of(n: usize, per: usize) -> Result<u32> {
+    u32::try_from(n.div_ceil(per)).map_err(|_| Error::Gpu(format!("{n} rows is too many for one launch")))
+}
