@@ -38,8 +38,7 @@ use std::{env, fs};
 const SASS_ARCHS: &[u32] = &[70, 80, 86, 89, 90];
 /// PTX target (forward compatibility: JIT-compiled by the driver on GPUs newer than sm_90).
 const PTX_ARCH: u32 = 90;
-const FIX: &str =
-    "run `bash scripts/install-cuda-toolchain.sh` (CUDA 12.9 NVRTC from PyPI, no GPU needed)";
+const FIX: &str = "run `bash scripts/install-cuda-toolchain.sh` (CUDA 12.9 NVRTC from PyPI, no GPU needed)";
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
@@ -55,9 +54,8 @@ fn main() {
 
     let kdir = manifest.join("kernels");
     println!("cargo::rerun-if-changed={}", kdir.display()); // files added or removed
-    let mut srcs: Vec<PathBuf> = fs::read_dir(&kdir)
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let mut srcs: Vec<PathBuf> =
+        fs::read_dir(&kdir).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     srcs.retain(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("cu" | "cuh")));
     srcs.sort();
     for s in &srcs {
@@ -67,26 +65,14 @@ fn main() {
     let require = env::var("REQUIRE_CUDA_KERNELS").is_ok_and(|v| v == "1");
 
     let found = find_toolchain(&manifest)
-        .map_err(|looked| {
-            (
-                "no CUDA compiler (NVRTC + CUDA headers) was found at build time".to_string(),
-                looked,
-            )
-        })
+        .map_err(|looked| ("no CUDA compiler (NVRTC + CUDA headers) was found at build time".to_string(), looked))
         .and_then(|tc| match Nvrtc::open(&tc.lib) {
             Ok(n) => Ok((tc, n)),
-            Err(e) => Err((
-                format!("the CUDA compiler could not be loaded at build time ({e})"),
-                String::new(),
-            )),
+            Err(e) => Err((format!("the CUDA compiler could not be loaded at build time ({e})"), String::new())),
         });
     let gen = match found {
         Err((why, looked)) => {
-            let looked = if looked.is_empty() {
-                looked
-            } else {
-                format!(" (looked at {looked})")
-            };
+            let looked = if looked.is_empty() { looked } else { format!(" (looked at {looked})") };
             if require {
                 panic!("REQUIRE_CUDA_KERNELS=1 but {why}{looked}; {FIX}");
             }
@@ -100,10 +86,7 @@ fn main() {
         }
         Ok((tc, nvrtc)) => {
             println!("cargo::rustc-cfg=kernels_built");
-            let mut cus: Vec<&PathBuf> = srcs
-                .iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "cu"))
-                .collect();
+            let mut cus: Vec<&PathBuf> = srcs.iter().filter(|p| p.extension().is_some_and(|e| e == "cu")).collect();
             cus.sort_by_key(|p| stem(p).to_string()); // MODULES sorted by name
             compile_all(&nvrtc, &tc, &kdir, &cus, &srcs, &out)
         }
@@ -117,23 +100,14 @@ fn main() {
 
 /// Compiles every .cu for every target (in parallel), writes the images and the ptxas report,
 /// emits the spill warnings and returns the text of OUT_DIR/kernels.rs.
-fn compile_all(
-    nvrtc: &Nvrtc,
-    tc: &Toolchain,
-    kdir: &Path,
-    cus: &[&PathBuf],
-    all: &[PathBuf],
-    out: &Path,
-) -> String {
+fn compile_all(nvrtc: &Nvrtc, tc: &Toolchain, kdir: &Path, cus: &[&PathBuf], all: &[PathBuf], out: &Path) -> String {
     let (maj, min) = nvrtc.version();
     // NVRTC >= 13 cannot target sm_70 (CUDA 13 dropped offline compilation for Volta).
-    let archs: Vec<u32> = SASS_ARCHS
-        .iter()
-        .copied()
-        .filter(|&a| maj < 13 || a >= 75)
-        .collect();
+    let archs: Vec<u32> = SASS_ARCHS.iter().copied().filter(|&a| maj < 13 || a >= 75).collect();
     if archs.len() != SASS_ARCHS.len() {
-        println!("cargo::warning=NVRTC {maj}.{min} cannot target sm_70: this build has no V100 image; {FIX} for CUDA 12.9");
+        println!(
+            "cargo::warning=NVRTC {maj}.{min} cannot target sm_70: this build has no V100 image; {FIX} for CUDA 12.9"
+        );
     }
     let mut incs = vec![kdir.to_path_buf()];
     incs.extend(tc.includes.iter().cloned());
@@ -141,16 +115,7 @@ fn compile_all(
 
     // Cache key: this script, the compiler, options, targets and every kernel source byte.
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (
-        include_str!("build.rs"),
-        &tc.lib,
-        (maj, min),
-        &archs,
-        PTX_ARCH,
-        base_opts,
-        &incs,
-    )
-        .hash(&mut h);
+    (include_str!("build.rs"), &tc.lib, (maj, min), &archs, PTX_ARCH, base_opts, &incs).hash(&mut h);
     for s in all {
         (s, fs::read(s).unwrap_or_default()).hash(&mut h);
     }
@@ -160,12 +125,7 @@ fn compile_all(
 
     // Jobs: (file index, Some(sm) for a cubin | None for the PTX).
     let jobs: Vec<(usize, Option<u32>)> = (0..cus.len())
-        .flat_map(|i| {
-            archs
-                .iter()
-                .map(move |&a| (i, Some(a)))
-                .chain(std::iter::once((i, None)))
-        })
+        .flat_map(|i| archs.iter().map(move |&a| (i, Some(a))).chain(std::iter::once((i, None))))
         .collect();
     let image = |i: usize, a: Option<u32>| {
         let stem = stem(cus[i]);
@@ -183,9 +143,7 @@ fn compile_all(
         let t0 = std::time::Instant::now();
         let sources: Vec<String> = cus
             .iter()
-            .map(|p| {
-                fs::read_to_string(p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
-            })
+            .map(|p| fs::read_to_string(p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display())))
             .collect();
         let results: Vec<Mutex<Option<Compiled>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
         let next = AtomicUsize::new(0);
@@ -228,21 +186,13 @@ fn compile_all(
                 Ok((img, log)) => {
                     fs::write(out.join(image(i, a)), &img).expect("write kernel image");
                     if let Some(a) = a {
-                        let _ = writeln!(
-                            report,
-                            "=== {}.cu sm_{a}\n{}\n",
-                            stem(cus[i]),
-                            log.trim_end()
-                        );
+                        let _ = writeln!(report, "=== {}.cu sm_{a}\n{}\n", stem(cus[i]), log.trim_end());
                     }
                 }
             }
         }
         if !failures.is_empty() {
-            let text: Vec<String> = failures
-                .iter()
-                .map(|(f, m, t)| format!("{f} ({}): {m}", t.join(", ")))
-                .collect();
+            let text: Vec<String> = failures.iter().map(|(f, m, t)| format!("{f} ({}): {m}", t.join(", "))).collect();
             panic!("CUDA kernel compilation failed:\n\n{}", text.join("\n\n"));
         }
         let mut table = format!(
@@ -277,10 +227,7 @@ fn compile_all(
             shown = t.join("ptxas-report.txt");
         }
     }
-    for u in parse_ptxas(&report)
-        .iter()
-        .filter(|u| u.spill_st + u.spill_ld > 0)
-    {
+    for u in parse_ptxas(&report).iter().filter(|u| u.spill_st + u.spill_ld > 0) {
         println!(
             "cargo::warning=kernel {} ({}, {}) spills registers: {} bytes spill stores, {} bytes spill loads, {} registers (see {})",
             u.kernel, u.file, u.arch, u.spill_st, u.spill_ld, u.regs, shown.display()
@@ -295,10 +242,8 @@ fn compile_all(
     for (i, cu) in cus.iter().enumerate() {
         let stem = stem(cu);
         let inc = |f: String, mac: &str| format!("{mac}!(concat!(env!(\"OUT_DIR\"), \"/{f}\"))");
-        let cubins: Vec<String> = archs
-            .iter()
-            .map(|&a| format!("({a}, {})", inc(image(i, Some(a)), "include_bytes")))
-            .collect();
+        let cubins: Vec<String> =
+            archs.iter().map(|&a| format!("({a}, {})", inc(image(i, Some(a)), "include_bytes"))).collect();
         let _ = writeln!(
             gen,
             "    Module {{\n        name: {stem:?},\n        cubins: &[{}],\n        ptx: {},\n    }},",
@@ -311,9 +256,7 @@ fn compile_all(
 }
 
 fn stem(p: &Path) -> &str {
-    p.file_stem()
-        .and_then(|s| s.to_str())
-        .expect("kernel file names are UTF-8")
+    p.file_stem().and_then(|s| s.to_str()).expect("kernel file names are UTF-8")
 }
 
 /// One kernel x arch line of the ptxas -v logs.
@@ -387,14 +330,8 @@ fn target_dir(out: &Path) -> Option<PathBuf> {
 /// GIT_COMMIT / GIT_DIRTY for the run header, plus rerun triggers on HEAD, the ref and the index.
 fn git_info(manifest: &Path) {
     let git = |args: &[&str]| -> Option<String> {
-        let o = Command::new("git")
-            .args(args)
-            .current_dir(manifest)
-            .output()
-            .ok()?;
-        o.status
-            .success()
-            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        let o = Command::new("git").args(args).current_dir(manifest).output().ok()?;
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     let dirty = match git(&["status", "--porcelain"]) {
@@ -406,23 +343,13 @@ fn git_info(manifest: &Path) {
     // Watch only paths that exist: a missing path makes cargo rerun the script (and rebuild the
     // crate) on every build.
     if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]).map(PathBuf::from) {
-        let common = git(&["rev-parse", "--git-common-dir"])
-            .map(|c| manifest.join(c))
-            .unwrap_or_else(|| dir.clone());
-        let mut watch = vec![
-            dir.join("HEAD"),
-            dir.join("index"),
-            common.join("packed-refs"),
-        ];
+        let common = git(&["rev-parse", "--git-common-dir"]).map(|c| manifest.join(c)).unwrap_or_else(|| dir.clone());
+        let mut watch = vec![dir.join("HEAD"), dir.join("index"), common.join("packed-refs")];
         let head = fs::read_to_string(dir.join("HEAD")).unwrap_or_default();
         if let Some(r) = head.strip_prefix("ref:").map(str::trim) {
             let rp = common.join(r);
             // An unborn branch has no ref file yet: watch its folder for the first commit.
-            watch.push(if rp.exists() {
-                rp
-            } else {
-                rp.parent().map(Path::to_path_buf).unwrap_or(rp)
-            });
+            watch.push(if rp.exists() { rp } else { rp.parent().map(Path::to_path_buf).unwrap_or(rp) });
         }
         for w in watch.into_iter().filter(|w| w.exists()) {
             println!("cargo::rerun-if-changed={}", w.display());
@@ -446,14 +373,7 @@ fn find_toolchain(manifest: &Path) -> Result<Toolchain, String> {
     let mut looked: Vec<String> = vec![]; // for the error message
     let mut check = |place: &str, root: Option<PathBuf>, pip: bool| -> Option<Toolchain> {
         let Some(r) = root else {
-            looked.push(format!(
-                "{place} ({})",
-                if place.starts_with('$') {
-                    "unset"
-                } else {
-                    "none"
-                }
-            ));
+            looked.push(format!("{place} ({})", if place.starts_with('$') { "unset" } else { "none" }));
             return None;
         };
         let cands: Vec<(PathBuf, Vec<PathBuf>)> = if pip {
@@ -462,76 +382,41 @@ fn find_toolchain(manifest: &Path) -> Result<Toolchain, String> {
                     r.join("cuda_nvrtc/lib/libnvrtc.so.12"),
                     vec![r.join("cuda_runtime/include"), r.join("cuda_nvcc/include")],
                 ),
-                (
-                    r.join("cu13/lib/libnvrtc.so.13"),
-                    vec![r.join("cu13/include"), r.join("cu13/include/cccl")],
-                ),
+                (r.join("cu13/lib/libnvrtc.so.13"), vec![r.join("cu13/include"), r.join("cu13/include/cccl")]),
             ]
         } else {
             ["libnvrtc.so.12", "libnvrtc.so.13", "libnvrtc.so"]
                 .iter()
-                .map(|so| {
-                    (
-                        r.join("lib64").join(so),
-                        vec![r.join("include"), r.join("include/cccl")],
-                    )
-                })
+                .map(|so| (r.join("lib64").join(so), vec![r.join("include"), r.join("include/cccl")]))
                 .collect()
         };
         for (lib, incs) in cands {
-            if lib.exists()
-                && incs[0].join("cuda_fp16.h").exists()
-                && incs.iter().any(|i| i.join("crt/mma.h").exists())
+            if lib.exists() && incs[0].join("cuda_fp16.h").exists() && incs.iter().any(|i| i.join("crt/mma.h").exists())
             {
                 let includes = incs.into_iter().filter(|i| i.exists()).collect();
-                return Some(Toolchain {
-                    lib,
-                    includes,
-                    origin: place.to_string(),
-                });
+                return Some(Toolchain { lib, includes, origin: place.to_string() });
             }
         }
-        let state = if r.exists() {
-            "no libnvrtc + headers there"
-        } else {
-            "absent"
-        };
-        let at = if Path::new(place) == r {
-            String::new()
-        } else {
-            format!(" = {}", r.display())
-        };
+        let state = if r.exists() { "no libnvrtc + headers there" } else { "absent" };
+        let at = if Path::new(place) == r { String::new() } else { format!(" = {}", r.display()) };
         looked.push(format!("{place}{at} ({state})"));
         None
     };
     println!("cargo::rerun-if-env-changed=CUDA_PIP_ROOT");
-    if let Some(tc) = check(
-        "$CUDA_PIP_ROOT",
-        env::var_os("CUDA_PIP_ROOT").map(PathBuf::from),
-        true,
-    ) {
+    if let Some(tc) = check("$CUDA_PIP_ROOT", env::var_os("CUDA_PIP_ROOT").map(PathBuf::from), true) {
         return Ok(tc);
     }
     let venv = manifest.join(".cuda-venv");
     // Rerun when the install script finishes or changes the pins. A venv that does not exist
     // yet cannot be watched (a watched path that is missing reruns this script, and rebuilds the
     // crate, on every build): the install script touches build.rs instead.
-    if let Some(w) = [venv.join(".ok"), venv.clone()]
-        .into_iter()
-        .find(|w| w.exists())
-    {
+    if let Some(w) = [venv.join(".ok"), venv.clone()].into_iter().find(|w| w.exists()) {
         println!("cargo::rerun-if-changed={}", w.display());
     }
-    let site = fs::read_dir(venv.join("lib")).ok().and_then(|rd| {
-        rd.flatten()
-            .map(|e| e.path().join("site-packages/nvidia"))
-            .find(|p| p.exists())
-    });
-    if let Some(tc) = check(
-        "./.cuda-venv (PyPI wheels)",
-        site.or_else(|| Some(venv.clone())),
-        true,
-    ) {
+    let site = fs::read_dir(venv.join("lib"))
+        .ok()
+        .and_then(|rd| rd.flatten().map(|e| e.path().join("site-packages/nvidia")).find(|p| p.exists()));
+    if let Some(tc) = check("./.cuda-venv (PyPI wheels)", site.or_else(|| Some(venv.clone())), true) {
         return Ok(tc);
     }
     for v in ["CUDA_HOME", "CUDA_PATH"] {
@@ -542,16 +427,8 @@ fn find_toolchain(manifest: &Path) -> Result<Toolchain, String> {
     }
     // Only now look at PATH, so that PATH changes rerun the script only when it matters.
     println!("cargo::rerun-if-env-changed=PATH");
-    let nvcc = env::var_os("PATH").and_then(|p| {
-        env::split_paths(&p)
-            .map(|d| d.join("nvcc"))
-            .find(|f| f.is_file())
-    });
-    if let Some(tc) = check(
-        "nvcc on PATH",
-        nvcc.and_then(|n| Some(n.parent()?.parent()?.to_path_buf())),
-        false,
-    ) {
+    let nvcc = env::var_os("PATH").and_then(|p| env::split_paths(&p).map(|d| d.join("nvcc")).find(|f| f.is_file()));
+    if let Some(tc) = check("nvcc on PATH", nvcc.and_then(|n| Some(n.parent()?.parent()?.to_path_buf())), false) {
         return Ok(tc);
     }
     if let Some(tc) = check("/usr/local/cuda", Some("/usr/local/cuda".into()), false) {
@@ -607,18 +484,13 @@ impl Nvrtc {
             // SAFETY: loading NVIDIA's NVRTC builtins library; its initialisers are benign.
             .and_then(|p| unsafe { libloading::Library::new(p) }.ok());
         // SAFETY: as above, for libnvrtc itself.
-        let lib = unsafe { libloading::Library::new(path) }
-            .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+        let lib =
+            unsafe { libloading::Library::new(path) }.map_err(|e| format!("cannot load {}: {e}", path.display()))?;
         macro_rules! sym {
             ($n:literal) => {
                 // SAFETY: the declared signature matches nvrtc.h for this symbol.
-                *unsafe { lib.get($n) }.map_err(|e| {
-                    format!(
-                        "{} lacks {}: {e}",
-                        path.display(),
-                        String::from_utf8_lossy($n)
-                    )
-                })?
+                *unsafe { lib.get($n) }
+                    .map_err(|e| format!("{} lacks {}: {e}", path.display(), String::from_utf8_lossy($n)))?
             };
         }
         Ok(Nvrtc {
@@ -646,20 +518,12 @@ impl Nvrtc {
 
     /// Compiles `src` for `sm_<a>` (SASS cubin, with the ptxas -v log) or, for `None`, for
     /// compute_90 (PTX text). Returns (image, log) or the error with the full log.
-    fn compile(
-        &self,
-        src: &str,
-        name: &str,
-        arch: Option<u32>,
-        base: &[&str],
-        incs: &[PathBuf],
-    ) -> Compiled {
+    fn compile(&self, src: &str, name: &str, arch: Option<u32>, base: &[&str], incs: &[PathBuf]) -> Compiled {
         let target = match arch {
             Some(a) => format!("sm_{a}"),
             None => format!("compute_{PTX_ARCH}"),
         };
-        let mut opts: Vec<CString> =
-            vec![CString::new(format!("--gpu-architecture={target}")).unwrap()];
+        let mut opts: Vec<CString> = vec![CString::new(format!("--gpu-architecture={target}")).unwrap()];
         opts.extend(base.iter().map(|o| CString::new(*o).unwrap()));
         if arch.is_some() {
             opts.push(CString::new("--ptxas-options=-v").unwrap());
@@ -677,14 +541,7 @@ impl Nvrtc {
         // matching *Size call; the program is destroyed on every path.
         unsafe {
             let mut p: Prog = std::ptr::null_mut();
-            let rc = (self.create)(
-                &mut p,
-                src_c.as_ptr(),
-                name_c.as_ptr(),
-                0,
-                std::ptr::null(),
-                std::ptr::null(),
-            );
+            let rc = (self.create)(&mut p, src_c.as_ptr(), name_c.as_ptr(), 0, std::ptr::null(), std::ptr::null());
             if rc != 0 {
                 return Err(format!("nvrtcCreateProgram failed with code {rc}"));
             }
@@ -697,14 +554,8 @@ impl Nvrtc {
             if rc != 0 {
                 (self.destroy)(&mut p);
                 // Without the sm_70 deprecation notice the log is the same for every target.
-                let log: Vec<&str> = log
-                    .lines()
-                    .filter(|l| !l.contains("Architectures prior to"))
-                    .collect();
-                return Err(format!(
-                    "NVRTC error {rc}; log:\n{}",
-                    log.join("\n").trim_end()
-                ));
+                let log: Vec<&str> = log.lines().filter(|l| !l.contains("Architectures prior to")).collect();
+                return Err(format!("NVRTC error {rc}; log:\n{}", log.join("\n").trim_end()));
             }
             let mut n = 0usize;
             let img = if arch.is_some() {

@@ -83,21 +83,13 @@ mod tests {
     fn fake() -> Module {
         static B: [&[u8]; 5] = [b"70", b"80", b"86", b"89", b"90"];
         static C: [(u32, &[u8]); 5] = [(70, B[0]), (80, B[1]), (86, B[2]), (89, B[3]), (90, B[4])];
-        Module {
-            name: "fake",
-            cubins: &C,
-            ptx: ".target sm_90",
-        }
+        Module { name: "fake", cubins: &C, ptx: ".target sm_90" }
     }
 
     fn picked(m: &Module, major: i32, minor: i32) -> String {
         match select(m, major, minor) {
             Some(Image::Cubin { sm, bytes }) => {
-                assert_eq!(
-                    bytes,
-                    sm.to_string().as_bytes(),
-                    "image and its sm disagree"
-                );
+                assert_eq!(bytes, sm.to_string().as_bytes(), "image and its sm disagree");
                 format!("sm_{sm}")
             }
             Some(Image::Ptx(_)) => "ptx".into(),
@@ -127,11 +119,7 @@ mod tests {
         }
         // A build without sm_70 (NVRTC 13) has nothing for Volta/Turing: no PTX below 9.0.
         static NO70: [(u32, &[u8]); 1] = [(80, b"80")];
-        let m = Module {
-            name: "no70",
-            cubins: &NO70,
-            ptx: "",
-        };
+        let m = Module { name: "no70", cubins: &NO70, ptx: "" };
         assert_eq!(picked(&m, 7, 5), "none");
         assert_eq!(picked(&m, 8, 9), "sm_80");
         assert_eq!(picked(&m, 9, 0), "ptx");
@@ -145,27 +133,15 @@ mod tests {
     )]
     fn embedded_images_are_well_formed() {
         assert!(MISSING.is_none(), "{MISSING:?}");
-        assert!(
-            !MODULES.is_empty(),
-            "kernels_built is set but MODULES is empty"
-        );
+        assert!(!MODULES.is_empty(), "kernels_built is set but MODULES is empty");
         let (maj, _) = NVRTC_VERSION.expect("NVRTC_VERSION is set when kernels are built");
         for m in MODULES {
             let archs: Vec<u32> = m.cubins.iter().map(|(sm, _)| *sm).collect();
-            let want: Vec<u32> = ARCHS
-                .iter()
-                .copied()
-                .filter(|&a| maj < 13 || a >= 75)
-                .collect();
+            let want: Vec<u32> = ARCHS.iter().copied().filter(|&a| maj < 13 || a >= 75).collect();
             assert_eq!(archs, want, "module {}: cubin archs", m.name);
             for (sm, b) in m.cubins {
                 assert!(b.len() > 64, "module {} sm_{sm}: {} bytes", m.name, b.len());
-                assert_eq!(
-                    &b[..4],
-                    b"\x7fELF",
-                    "module {} sm_{sm}: not an ELF file",
-                    m.name
-                );
+                assert_eq!(&b[..4], b"\x7fELF", "module {} sm_{sm}: not an ELF file", m.name);
                 assert_eq!(b[4], 2, "module {} sm_{sm}: not ELF64", m.name);
                 // e_machine (bytes 18..20, little-endian) = EM_CUDA
                 assert_eq!(
@@ -175,16 +151,8 @@ mod tests {
                     m.name
                 );
             }
-            assert!(
-                m.ptx.lines().any(|l| l.trim() == ".target sm_90"),
-                "module {}: PTX does not target sm_90",
-                m.name
-            );
-            assert!(
-                m.ptx.contains(".version "),
-                "module {}: no PTX .version line",
-                m.name
-            );
+            assert!(m.ptx.lines().any(|l| l.trim() == ".target sm_90"), "module {}: PTX does not target sm_90", m.name);
+            assert!(m.ptx.contains(".version "), "module {}: no PTX .version line", m.name);
             assert!(!m.ptx.contains('\0'), "module {}: NUL in PTX", m.name);
         }
         let names: Vec<&str> = MODULES.iter().map(|m| m.name).collect();
@@ -200,35 +168,17 @@ mod tests {
         ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
     )]
     fn embedded_selection() {
-        assert!(
-            !MODULES.is_empty(),
-            "kernels_built is set but MODULES is empty"
-        );
+        assert!(!MODULES.is_empty(), "kernels_built is set but MODULES is empty");
         for m in MODULES {
             let has70 = m.cubins.iter().any(|(sm, _)| *sm == 70);
-            for (maj, min, want) in [
-                (7, 0, 70),
-                (7, 5, 70),
-                (8, 0, 80),
-                (8, 6, 86),
-                (8, 9, 89),
-                (9, 0, 90),
-            ] {
+            for (maj, min, want) in [(7, 0, 70), (7, 5, 70), (8, 0, 80), (8, 6, 86), (8, 9, 89), (9, 0, 90)] {
                 match select(m, maj, min) {
                     Some(Image::Cubin { sm, bytes }) => {
                         assert_eq!(sm, want, "module {} cc {maj}.{min}", m.name);
                         let (_, b) = m.cubins.iter().find(|(s, _)| *s == want).unwrap();
-                        assert!(
-                            std::ptr::eq(bytes, *b),
-                            "module {} cc {maj}.{min}: wrong bytes",
-                            m.name
-                        );
+                        assert!(std::ptr::eq(bytes, *b), "module {} cc {maj}.{min}: wrong bytes", m.name);
                     }
-                    other => assert!(
-                        !has70 && maj == 7,
-                        "module {} cc {maj}.{min}: got {other:?}",
-                        m.name
-                    ),
+                    other => assert!(!has70 && maj == 7, "module {} cc {maj}.{min}: got {other:?}", m.name),
                 }
             }
             assert!(matches!(select(m, 10, 0), Some(Image::Ptx(p)) if std::ptr::eq(p, m.ptx)));

@@ -193,11 +193,11 @@ fn fake_gpus_get_clear_sentences() {
             assert!(stderr.contains("scripts/install-cuda-toolchain.sh"), "{stderr}");
         }
         // Kernels present: the (failing) load names the module, the image and the driver error.
-        None => assert_gpu_error(
-            code,
-            &stderr,
-            "loading kernel module smoke (sm_90 SASS) on Stub GPU: CUDA_ERROR_NO_BINARY_FOR_GPU",
-        ),
+        None => {
+            let first = cifar::kernels::MODULES[0].name; // modules load in this order
+            let want = format!("loading kernel module {first} (sm_90 SASS) on Stub GPU: CUDA_ERROR_NO_BINARY_FOR_GPU");
+            assert_gpu_error(code, &stderr, &want)
+        }
     }
     eprintln!("sm_90: {}", stderr.trim_end());
 }
