@@ -9,7 +9,8 @@ use cifar::aug;
 use cifar::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape};
 use cifar::cpu::Cpu;
 use cifar::data::Split;
-use cifar::{cli, data, download, report, whiten, Error, Result};
+use cifar::schedule::Progressive;
+use cifar::{cli, data, download, fanout, output, report, whiten, Error, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
@@ -39,8 +40,11 @@ const HYP: Hyp = Hyp {
     muon_lr: 0.24,       // the six 3×3 convs
     muon_momentum: 0.6,  // Nesterov
     ns_steps: 3,
-    max_shift: 2, // translate by up to ±2 px (reflect padding); mirror alternates per epoch
-    tta_level: 2, // 6 views
+    max_shift: 2,           // translate by up to ±2 px (reflect padding); mirror alternates per epoch
+    tta_level: 2,           // 6 views (0: one view, `--no-tta`)
+    prog: Progressive::OFF, // progressive resolution (`--prog-frac/--prog-start/--prog-warmup`)
+    eval_every: 0,          // periodic subset evaluation every this many epochs (`--eval-every`)
+    eval_subset: 1000,      // its images (`--eval-subset`)
 };
 
 /// `--cpu`: the same recipe, narrow and on a subset, so that two cores finish in minutes.
@@ -57,6 +61,69 @@ const CPU_HYP: Hyp = Hyp {
     weight_decay: 0.004 * 0.1,
     ..HYP
 };
+
+/// `--smoke`: one epoch of a narrow net on 1,000 images, to check the whole pipeline in seconds.
+const SMOKE_HYP: Hyp = Hyp {
+    batch_size: 100,
+    epochs: 1,
+    train_images: 1_000,
+    test_images: 500,
+    widths: [16, 32, 32],
+    whiten_images: 1_000,
+    whiten_bias_epochs: 1,
+    muon_lr: 0.24 * 0.05,
+    weight_decay: 0.004 * 0.05,
+    ..HYP
+};
+
+/// `--batch-size B` applied to a configuration whose batch is B₀, with k = B/B₀:
+/// - Muon's rate × k (linear scaling rule: its update has a fixed size per step, so k times
+///   fewer steps need k times larger ones) and the weight decay × k (it acts once per step);
+/// - the SGD rates (biases, head) unchanged: the loss is summed over the batch, so the gradient
+///   already grows with B; as a rate on the mean loss, lr·B, this *is* the linear rule;
+/// - BatchNorm's running-average momentum m → m^k, so the running statistics average over the
+///   same number of images; the optimizers' momenta stay (as in the linear scaling rule: they set
+///   the effective step 1/(1 − μ), which the rates above already account for);
+/// - step counts follow from the unchanged epoch budget: ⌊train_images/B⌋ steps per epoch.
+fn scaled(h: &Hyp, batch: usize) -> Result<Hyp> {
+    if batch > h.train_images {
+        return Err(Error::Usage(format!("--batch-size {batch} exceeds the {} training images", h.train_images)));
+    }
+    let k = batch as f32 / h.batch_size as f32;
+    Ok(Hyp {
+        batch_size: batch,
+        muon_lr: h.muon_lr * k,
+        weight_decay: h.weight_decay * k,
+        bn_momentum: h.bn_momentum.powf(k),
+        ..*h
+    })
+}
+
+/// The derived numbers a run prints at its start.
+fn derived(h: &Hyp) -> String {
+    let steps = h.train_images / h.batch_size;
+    format!(
+        "batch {} | {} steps/epoch x {} epochs = {} steps | Muon lr {:.5} (momentum {}) | SGD lr bias {} head {} \
+         (momentum {}) | weight decay {:.6} | BN momentum {:.5} | whitening bias trains {} steps | \
+         progressive {:?} | TTA level {} | eval every {} epochs on {} images",
+        h.batch_size,
+        steps,
+        h.epochs,
+        steps * h.epochs,
+        h.muon_lr,
+        h.muon_momentum,
+        h.bias_lr,
+        h.head_lr,
+        h.sgd_momentum,
+        h.weight_decay,
+        h.bn_momentum,
+        h.whiten_bias_epochs * steps,
+        h.prog.phases(steps * h.epochs),
+        h.tta_level,
+        h.eval_every,
+        h.eval_subset
+    )
+}
 
 /// Per-channel mean and std of the training images on a [0, 1] scale.
 const NORM: Norm = Norm { mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616] };
@@ -83,6 +150,9 @@ struct Hyp {
     ns_steps: usize,
     max_shift: i32,
     tta_level: usize,
+    prog: Progressive,
+    eval_every: usize,
+    eval_subset: usize,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -99,9 +169,9 @@ fn layers(h: &Hyp) -> [(usize, usize, bool); 6] {
     [(WHITEN, w1, true), (w1, w1, false), (w1, w2, true), (w2, w2, false), (w2, w3, true), (w3, w3, false)]
 }
 
-/// Shapes of x[0] (stem output) .. x[6] (head input) for `n` images.
-fn shapes(h: &Hyp, n: usize) -> [Shape; 7] {
-    let mut s = [Shape::new(n, 31, 31, WHITEN); 7];
+/// Shapes of x[0] (stem output) .. x[6] (head input) for `n` images of `res`×`res` pixels.
+fn shapes(h: &Hyp, n: usize, res: usize) -> [Shape; 7] {
+    let mut s = [Shape::new(n, res - 1, res - 1, WHITEN); 7];
     for (l, (_, cout, pool)) in layers(h).into_iter().enumerate() {
         s[l + 1] = if pool { s[l].with_c(cout).pooled() } else { s[l].with_c(cout) };
     }
@@ -181,8 +251,8 @@ struct Acts<B: Backend> {
     loss_acc: B::Buf, // [loss sum, correct] since the last read
 }
 
-fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize) -> Result<Acts<B>> {
-    let s = shapes(h, n);
+fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize, res: usize) -> Result<Acts<B>> {
+    let s = shapes(h, n, res);
     let c = h.widths[2];
     let bufs = |b: &mut B| s.iter().map(|s| b.zeros(s.len())).collect::<Result<Vec<_>>>();
     Ok(Acts {
@@ -231,7 +301,8 @@ fn forward<B: Backend>(
     offset: usize,
     train: bool,
 ) -> Result<()> {
-    b.stem(&d.images, d.n, words, offset, a.n, NORM, &net.whiten_w, WHITEN, &mut a.x[0])?;
+    let res = a.s[0].h + 1;
+    b.stem_res(&d.images, d.n, words, offset, a.n, NORM, &net.whiten_w, WHITEN, res, &mut a.x[0])?;
     for (l, (_, cout, pool)) in layers(h).into_iter().enumerate() {
         let (x_in, x_out) = a.x.split_at_mut(l + 1);
         let (bn_in, bn_out) = a.bn.split_at_mut(l + 1);
@@ -323,35 +394,45 @@ struct Rates {
 }
 
 fn rates(h: &Hyp, t: usize, total: usize, bias_steps: usize) -> Rates {
-    let decay = 1.0 - t as f32 / total as f32;
+    let warm = h.prog.lr_factor(t, total); // 1 unless just after a resolution change
+    let decay = (1.0 - t as f32 / total as f32) * warm;
     Rates {
         muon: h.muon_lr * decay,
         bias: h.bias_lr * decay,
         head: h.head_lr * decay,
-        whiten_bias: (t < bias_steps).then(|| h.bias_lr * (1.0 - t as f32 / bias_steps as f32)),
+        whiten_bias: (t < bias_steps).then(|| h.bias_lr * (1.0 - t as f32 / bias_steps as f32) * warm),
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // A run: whitening init, training, TTA evaluation (all timed), and its evaluation
 
-/// Test-set accuracy with test-time augmentation: the weighted logits of the views are summed.
-fn evaluate<B: Backend>(b: &mut B, h: &Hyp, net: &mut Net<B>, test: &DevData<B>, labels: &[u8]) -> Result<usize> {
+/// Accuracy on the first `n` test images with test-time augmentation at `tta_level` (0: one
+/// view): the weighted logits of the views are summed. Eval-mode BatchNorm, full resolution.
+fn evaluate<B: Backend>(
+    b: &mut B,
+    h: &Hyp,
+    net: &mut Net<B>,
+    test: &DevData<B>,
+    labels: &[u8],
+    n: usize,
+    tta_level: usize,
+) -> Result<usize> {
     let mut correct = 0;
     let mut a: Option<Acts<B>> = None;
-    for start in (0..test.n).step_by(h.batch_size) {
-        let n = h.batch_size.min(test.n - start);
-        if a.as_ref().is_none_or(|a| a.n != n) {
-            let mut fresh = acts(b, h, n)?;
+    for start in (0..n.min(test.n)).step_by(h.batch_size) {
+        let m = h.batch_size.min(n.min(test.n) - start);
+        if a.as_ref().is_none_or(|a| a.n != m) {
+            let mut fresh = acts(b, h, m, 32)?;
             for l in 0..6 {
                 b.bn_eval(&net.run_mean[l], &net.run_var[l], h.bn_eps, &mut fresh.bn[l + 1])?;
             }
             a = Some(fresh);
         }
         let a = a.as_mut().expect("allocated above");
-        let mut sum = b.zeros(n * CLASSES)?;
-        for (sy, sx, flip, weight) in aug::tta_views(h.tta_level) {
-            let words = b.upload_words(&aug::view_words(start, n, sy, sx, flip))?;
+        let mut sum = b.zeros(m * CLASSES)?;
+        for (sy, sx, flip, weight) in aug::tta_views(tta_level) {
+            let words = b.upload_words(&aug::view_words(start, m, sy, sx, flip))?;
             forward(b, h, net, a, test, &words, 0, false)?;
             b.axpy(&mut sum, &a.logits, weight)?;
         }
@@ -364,8 +445,9 @@ fn evaluate<B: Backend>(b: &mut B, h: &Hyp, net: &mut Net<B>, test: &DevData<B>,
     Ok(correct)
 }
 
-/// Trains one network from `seed` and evaluates it. `epoch_line` receives the per-epoch
-/// numbers; the time it takes (and the reading of the loss) is excluded from the timer.
+/// Trains one network from `seed` and evaluates it. The timer covers the whitening init, every
+/// training step and the final evaluation; `epoch_line` gets the per-epoch numbers, and reading
+/// the loss, printing and the periodic `--eval-every` evaluations are timed separately.
 fn run<B: Backend>(
     b: &mut B,
     h: &Hyp,
@@ -378,15 +460,23 @@ fn run<B: Backend>(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut net = init_net(b, h, &mut rng)?;
     let mut opt = (zeros_like(b, h)?, zeros_like(b, h)?);
-    let mut a = acts(b, h, h.batch_size)?;
     let steps_per_epoch = train.n / h.batch_size;
+    if steps_per_epoch == 0 {
+        return Err(Error::Usage(format!("batch size {} exceeds the {} training images", h.batch_size, train.n)));
+    }
     let total = h.epochs * steps_per_epoch;
     let bias_steps = h.whiten_bias_epochs * steps_per_epoch;
+    // One set of activations per resolution the schedule uses, allocated before the timer.
+    let mut by_res: Vec<(usize, Acts<B>)> = Vec::new();
+    for (_, res) in h.prog.phases(total) {
+        by_res.push((res, acts(b, h, h.batch_size, res)?));
+    }
     let mut words = b.upload_words(&vec![0; train.n])?;
     let flips = aug::flip_bits(&mut rng, train.n);
     b.sync()?;
 
-    let mut timed = 0.0;
+    let wall = Instant::now();
+    let (mut timed, mut eval_seconds) = (0.0, 0.0);
     let mut clock = Instant::now();
     let cov = b.patch_cov(&train.images, h.whiten_images.min(train.n), NORM)?;
     let (w, _eigenvalues) = whiten::filters(&cov, h.whiten_eps);
@@ -395,34 +485,58 @@ fn run<B: Backend>(
         b.write_words(&mut words, &aug::epoch_words(&mut rng, epoch, &flips, h.max_shift))?;
         for k in 0..steps_per_epoch {
             let t = epoch * steps_per_epoch + k;
-            train_step(b, h, &mut net, &mut opt, &mut a, train, &words, k * h.batch_size, (t, total, bias_steps))?;
+            let res = h.prog.resolution(t, total);
+            let a = &mut by_res.iter_mut().find(|(r, _)| *r == res).expect("every phase allocated").1;
+            train_step(b, h, &mut net, &mut opt, a, train, &words, k * h.batch_size, (t, total, bias_steps))?;
         }
         b.sync()?;
         timed += clock.elapsed().as_secs_f64();
-        let acc = b.download(&a.loss_acc)?;
-        a.loss_acc = b.zeros(2)?;
+
+        let mut sums = [0.0f64; 2];
+        for (_, a) in &mut by_res {
+            let acc = b.download(&a.loss_acc)?;
+            sums[0] += acc[0] as f64;
+            sums[1] += acc[1] as f64;
+            a.loss_acc = b.zeros(2)?;
+        }
         let seen = (steps_per_epoch * h.batch_size) as f64;
-        let line = report::Epoch {
-            epoch: epoch + 1,
-            train_loss: acc[0] as f64 / seen,
-            train_acc: acc[1] as f64 / seen,
-            seconds: timed,
-        };
-        if !line.train_loss.is_finite() {
+        let (train_loss, train_acc) = (sums[0] / seen, sums[1] / seen);
+        if !train_loss.is_finite() {
             return Err(Error::Diverged(format!(
-                "the training loss is {} after epoch {} (step {})",
-                line.train_loss,
+                "the training loss is {train_loss} after epoch {} (step {}, seed {seed}); lower the learning rates or check the recipe",
                 epoch + 1,
                 (epoch + 1) * steps_per_epoch
             )));
         }
+        let mut eval_acc = None;
+        if h.eval_every > 0 && (epoch + 1) % h.eval_every == 0 {
+            let started = Instant::now();
+            let n = h.eval_subset.min(test.n);
+            let correct = evaluate(b, h, &mut net, test, test_labels, n, 0)?;
+            b.sync()?;
+            eval_seconds += started.elapsed().as_secs_f64();
+            eval_acc = Some(correct as f64 / n as f64);
+        }
+        let last = (epoch + 1) * steps_per_epoch - 1;
+        let line = report::Epoch {
+            epoch: epoch + 1,
+            step: last + 1,
+            lr: rates(h, last, total, bias_steps).muon as f64,
+            train_loss,
+            train_acc,
+            eval_acc,
+            seconds: timed,
+            eval_seconds,
+            wall: wall.elapsed().as_secs_f64(),
+        };
         epoch_line(line);
         clock = Instant::now();
     }
-    let correct = evaluate(b, h, &mut net, test, test_labels)?;
+    let correct = evaluate(b, h, &mut net, test, test_labels, test.n, h.tta_level)?;
     b.sync()?;
     timed += clock.elapsed().as_secs_f64();
-    Ok(report::Run { seed, correct, tested: test.n, seconds: timed, fingerprint: fingerprint(b, &net)? })
+    let fingerprint = fingerprint(b, &net)?;
+    Ok(report::Run { seed, correct, tested: test.n, seconds: timed, eval_seconds, fingerprint })
 }
 
 /// A hash of every trained parameter, to show that a seed reproduces a run bit for bit.
@@ -448,21 +562,26 @@ fn upload_split<B: Backend>(b: &mut B, s: &Split, n: usize) -> Result<DevData<B>
 // main
 
 fn main() {
-    let result = cli::parse(std::env::args().skip(1)).and_then(real_main);
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let result = cli::parse(raw.clone()).and_then(|args| real_main(args, &raw));
     if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(e.exit_code());
     }
 }
 
-fn real_main(args: cli::Args) -> Result<()> {
+fn real_main(args: cli::Args, raw: &[String]) -> Result<()> {
     if args.help {
         println!("{}", cli::HELP);
         return Ok(());
     }
+    let h = recipe(&args)?;
+    if let Some(devices) = &args.gpus {
+        return fan_out(&args, raw, devices, &h);
+    }
     if !args.cpu {
         let hint = "This trainer needs an NVIDIA GPU; `cargo run --release -- --cpu` trains the CPU reference instead";
-        let gpu = cifar::gpu::Gpu::open(0).map_err(|e| match e {
+        let gpu = cifar::gpu::Gpu::open(args.device).map_err(|e| match e {
             Error::Gpu(m) => Error::Gpu(format!("{m}. {hint}")),
             other => other,
         })?;
@@ -471,27 +590,110 @@ fn real_main(args: cli::Args) -> Result<()> {
             gpu.info
         )));
     }
-    let h = CPU_HYP;
-    let (train, test) = load_data(&args)?;
     let mut b = Cpu::<f32>::with_threads(args.threads.unwrap_or_else(cifar::cpu::par::default_threads));
+    train(&mut b, &h, &args, "cpu-reference")
+}
+
+/// The configuration the flags select: the GPU recipe, `--cpu`'s reduced one or `--smoke`,
+/// rescaled to `--batch-size`, with the progressive schedule and the evaluation policy.
+fn recipe(args: &cli::Args) -> Result<Hyp> {
+    let base = if args.smoke {
+        SMOKE_HYP
+    } else if args.cpu {
+        CPU_HYP
+    } else {
+        HYP
+    };
+    let mut h = match args.batch_size {
+        Some(batch) => scaled(&base, batch)?,
+        None => base,
+    };
+    h.prog = Progressive::new(args.prog_frac, args.prog_start, args.prog_warmup)?;
+    h.eval_every = args.eval_every;
+    h.eval_subset = args.eval_subset;
+    if args.no_tta {
+        h.tta_level = 0;
+    }
+    Ok(h)
+}
+
+/// Loads the data, trains `--runs` seeded runs (or this process's share of them) and reports.
+fn train<B: Backend>(b: &mut B, h: &Hyp, args: &cli::Args, what: &str) -> Result<()> {
+    let (train, test) = load_data(args)?;
     println!("{}", report::header(&b.describe()));
-    println!("recipe: --cpu reduced configuration: {h:?}");
-    let dtrain = upload_split(&mut b, &train, h.train_images)?;
-    let dtest = upload_split(&mut b, &test, h.test_images)?;
+    println!("recipe: {h:?}");
+    println!("derived: {}", derived(h));
+    let dtrain = upload_split(b, &train, h.train_images)?;
+    let dtest = upload_split(b, &test, h.test_images)?;
     println!("train: {} of the {} images of {}", dtrain.n, train.len(), train.name);
     let test_desc = report::describe_test(&test.name, dtest.n, test.len());
-    let mut runs = Vec::new();
-    for i in 0..args.runs {
+    println!("test: {test_desc}");
+    let indices: Vec<usize> = args.only_runs.clone().unwrap_or_else(|| (0..args.runs).collect());
+    let (mut runs, mut points) = (Vec::new(), Vec::new());
+    for &i in &indices {
         let seed = args.seed + i as u64;
-        println!("{}", report::EPOCH_HEADER);
-        let r = run(&mut b, &h, &dtrain, &dtest, &test.labels[..dtest.n], seed, &mut |e| println!("{e}"))?;
-        println!("{}", r.line("cpu-reference", &test_desc));
+        println!("run {} of {} (seed {seed})\n{}", i + 1, args.runs, report::EPOCH_HEADER);
+        let r = run(b, h, &dtrain, &dtest, &test.labels[..dtest.n], seed, &mut |e| {
+            println!("{e}");
+            points.push((i, seed, e));
+        })?;
+        println!("{}", r.line(what, &test_desc));
         runs.push(r);
+        if let Some(csv) = &args.csv {
+            output::atomic_write(csv, output::csv(&points).as_bytes())?;
+            let title = format!("{what}: {} run(s), {}", runs.len(), report::commit());
+            output::atomic_write(&output::svg_path(csv), output::svg(&points, &title).as_bytes())?;
+        }
+    }
+    if let Some(file) = &args.results {
+        // A fan-out child: the parent merges and reports the statistics.
+        let lines: String = runs.iter().map(|r| r.record() + "\n").collect();
+        return output::atomic_write(file, lines.as_bytes());
+    }
+    finish(&runs, &b.describe(), &format!("{h:?}"), &test_desc, args.json.as_deref())
+}
+
+/// The statistics (several runs), the JSON file, and the final greppable line.
+fn finish(
+    runs: &[report::Run],
+    device: &str,
+    config: &str,
+    test_desc: &str,
+    json: Option<&std::path::Path>,
+) -> Result<()> {
+    if let Some(file) = json {
+        output::atomic_write(file, output::json(device, config, test_desc, runs).as_bytes())?;
     }
     if runs.len() > 1 {
-        println!("{}", report::summary(&runs, &test_desc));
+        println!("{}", report::summary(runs, test_desc));
+    }
+    if let [one] = runs {
+        println!("{}", one.verdict(device));
+    } else if !runs.is_empty() {
+        println!("{}", report::Summary::of(runs).verdict(device));
     }
     Ok(())
+}
+
+/// `--gpus`: one child process per device, then the merged statistics.
+fn fan_out(args: &cli::Args, raw: &[String], devices: &[usize], h: &Hyp) -> Result<()> {
+    let exe = std::env::current_exe().map_err(|e| Error::Io(format!("cannot find this program's path: {e}")))?;
+    // Fetch and check the data once here, so that the children never race to download it.
+    let (_, test) = load_data(args)?;
+    let test_desc = report::describe_test(&test.name, h.test_images.min(test.len()), test.len());
+    let what = if args.cpu { "CPU processes" } else { "GPUs" };
+    println!(
+        "{}\nfan-out: {} runs over {} {what} {devices:?}",
+        report::header("fan-out parent"),
+        args.runs,
+        devices.len()
+    );
+    let runs = fanout::run(&exe, raw, devices, args.runs, args.csv.as_deref())?;
+    for r in &runs {
+        println!("{}", r.line("merged", &test_desc));
+    }
+    let device = format!("{} {what} {devices:?}", devices.len());
+    finish(&runs, &device, &format!("{h:?}"), &test_desc, args.json.as_deref())
 }
 
 fn load_data(args: &cli::Args) -> Result<(Split, Split)> {

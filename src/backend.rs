@@ -139,6 +139,33 @@ pub trait Backend {
         out: &mut Self::Buf,
     ) -> Result<()>;
 
+    /// [`Backend::stem`] at resolution `res` (progressive resolution): the augmented 32×32 view is
+    /// resized to `res`×`res` by bilinear interpolation (`cpu::layers::resize_bilinear`) before the
+    /// whitening conv, so `out` is `Shape(n, res − 1, res − 1, cw)`. `res = 32` is `stem`.
+    /// A backend without the resize reports that, rather than training at the wrong size.
+    #[allow(clippy::too_many_arguments)]
+    fn stem_res(
+        &mut self,
+        images: &Self::Bytes,
+        total: usize,
+        aug: &Self::Words,
+        offset: usize,
+        n: usize,
+        norm: Norm,
+        w: &Self::Buf,
+        cw: usize,
+        res: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        if res == 32 {
+            return self.stem(images, total, aug, offset, n, norm, w, cw, out);
+        }
+        Err(crate::Error::Gpu(format!(
+            "{} cannot train at {res} px: progressive resolution (the resizing stem) is not implemented on it",
+            self.describe()
+        )))
+    }
+
     /// 3×3 "same" conv (pad 1, stride 1, no bias) of `a = GELU(pre(x))` with OHWI weights
     /// `w` (`cout × 3×3×xs.c`). With `pool`, a 2×2 stride-2 max-pool follows (floor) and
     /// `argmax` receives, per pooled element, the window position 0..3 (`dy·2 + dx`) of the

@@ -1,4 +1,6 @@
-//! Command-line flags. Hyperparameters are not flags: they live at the top of `main.rs`.
+//! Command-line flags. Hyperparameters are not flags (they live at the top of `main.rs`), except
+//! the few a user sweeps: the batch size, the progressive-resolution schedule and the evaluation
+//! policy, each documented with the rule it applies.
 use crate::error::{Error, Result};
 use std::path::PathBuf;
 
@@ -7,30 +9,106 @@ speedrun: train a small conv net on CIFAR-10 to 94% as fast as the GPU allows
 
 usage: speedrun [flags]            (cargo run --release -- [flags])
 
-  --cpu               train the plain-Rust CPU reference with its reduced configuration
-                      (narrow net, subset of the data) instead of the GPU recipe
+data
   --data-dir DIR      folder with data_batch_1..5.bin and test_batch.bin
-                      (default: $CIFAR10_DIR, else data/cifar-10-batches-bin; downloaded there if absent)
+                      (default: $CIFAR10_DIR, else data/cifar-10-batches-bin, downloaded there if absent)
   --test-file FILE    evaluate on this file of CIFAR-10 records instead of <data-dir>/test_batch.bin
                       (default: $CIFAR10_TEST), e.g. ../shared/cifar10/partial/test_first1000.bin
   --no-download       never download the dataset; fail if it is missing
-  --seed S            seed of the first run (default 0); run i uses S + i
-  --runs N            train N runs and print their statistics (default 1)
+
+device
+  --cpu               train the plain-Rust CPU reference with its reduced configuration
+                      (narrow net, subset of the data) instead of the GPU recipe
+  --smoke             a tiny configuration (1 epoch on 1,000 images) to check the pipeline in seconds
   --threads N         CPU threads for --cpu (default: all; also $CIFAR_CPU_THREADS)
+  --gpus LIST         fan out: one process per listed device (e.g. 0,1,2,3), the --runs split between
+                      them round-robin, statistics merged at the end; with --cpu the \"devices\" are
+                      CPU processes (each gets --threads or all cores)
+
+runs and statistics
+  --seed S            seed of the first run (default 0); run i uses S + i. Same seed, same result:
+                      bit-identical on the CPU path
+  --runs N            train N runs; prints each, then mean ± std, min, max and the fraction >= 94%
+  --json FILE         also write every run and the statistics as JSON
+  --csv FILE          per-epoch curves (epoch, step, lr, train loss/acc, eval acc, times) as CSV,
+                      and FILE with extension .svg: loss and accuracy against time
+
+recipe knobs (derived values are printed at start)
+  --batch-size B      rescale the recipe to batch B: Muon's rate and the weight decay by the linear
+                      scaling rule (x B/B0), SGD rates kept (the loss is summed, so its gradient already
+                      scales with B), BatchNorm's running-average momentum m -> m^(B/B0), step counts
+                      from the unchanged epoch budget (README: \"Batch-size scaling\")
+  --prog-frac F       progressive resolution: the first fraction F of the steps (0 <= F < 1) trains on
+                      downscaled images, growing linearly in 4-px steps to 32 px (default 0: off)
+  --prog-start S      starting resolution as a fraction of 32 px (default 0.75: 24 px)
+  --prog-warmup W     after each resolution change, ramp the learning rates up over W steps (default 0)
+
+evaluation
+  --eval-every K      every K epochs, evaluate on a subset (single view, cheap); its time is reported
+                      in its own column, never inside training time (default 0: off)
+  --eval-subset N     images of the test file used by --eval-every (default 1000)
+  --no-tta            final evaluation with one view instead of the recipe's 6-view TTA
+
   -h, --help          this text
 
 exit status: 0 success, 2 usage, 3 data, 4 GPU, 5 diverged, 6 other I/O";
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Args {
     pub cpu: bool,
+    pub smoke: bool,
     pub data_dir: Option<PathBuf>,
     pub test_file: Option<PathBuf>,
     pub no_download: bool,
     pub seed: u64,
     pub runs: usize,
     pub threads: Option<usize>,
+    pub gpus: Option<Vec<usize>>,
+    pub json: Option<PathBuf>,
+    pub csv: Option<PathBuf>,
+    pub batch_size: Option<usize>,
+    pub prog_frac: f64,
+    pub prog_start: f64,
+    pub prog_warmup: usize,
+    pub eval_every: usize,
+    pub eval_subset: usize,
+    pub no_tta: bool,
     pub help: bool,
+    /// Internal (fan-out child): the device this process uses.
+    pub device: usize,
+    /// Internal (fan-out child): run only these run indices (of 0..runs).
+    pub only_runs: Option<Vec<usize>>,
+    /// Internal (fan-out child): append one `RESULT` line per run to this file.
+    pub results: Option<PathBuf>,
+}
+
+impl Default for Args {
+    fn default() -> Args {
+        Args {
+            cpu: false,
+            smoke: false,
+            data_dir: None,
+            test_file: None,
+            no_download: false,
+            seed: 0,
+            runs: 1,
+            threads: None,
+            gpus: None,
+            json: None,
+            csv: None,
+            batch_size: None,
+            prog_frac: 0.0,
+            prog_start: 0.75,
+            prog_warmup: 0,
+            eval_every: 0,
+            eval_subset: 1000,
+            no_tta: false,
+            help: false,
+            device: 0,
+            only_runs: None,
+            results: None,
+        }
+    }
 }
 
 fn number<T>(flag: &str, v: Option<String>, min: T) -> Result<T>
@@ -38,28 +116,83 @@ where
     T: std::str::FromStr + PartialOrd + std::fmt::Display,
 {
     let v = v.ok_or_else(|| Error::Usage(format!("{flag} needs a value")))?;
-    let n: T = v.parse().map_err(|_| Error::Usage(format!("{flag} expects a whole number, got {v:?}")))?;
+    let n: T = v.parse().map_err(|_| Error::Usage(format!("{flag} expects a number, got {v:?}")))?;
     if n < min {
         return Err(Error::Usage(format!("{flag} must be at least {min}, got {n}")));
     }
     Ok(n)
 }
 
+/// A fraction in `[lo, hi)` (or `(lo, hi]` when `open_low`).
+fn fraction(flag: &str, v: Option<String>, open_low: bool) -> Result<f64> {
+    let x: f64 = number(flag, v, f64::NEG_INFINITY)?;
+    let ok = if open_low { x > 0.0 && x <= 1.0 } else { (0.0..1.0).contains(&x) };
+    if !ok || !x.is_finite() {
+        let range = if open_low { "in (0, 1]" } else { "in [0, 1)" };
+        return Err(Error::Usage(format!("{flag} must be {range}, got {x}")));
+    }
+    Ok(x)
+}
+
+/// A comma-separated list of whole numbers, e.g. `0,1,3`; no duplicates.
+fn list(flag: &str, v: Option<String>) -> Result<Vec<usize>> {
+    let v = v.ok_or_else(|| Error::Usage(format!("{flag} needs a value")))?;
+    let mut out = Vec::new();
+    for part in v.split(',') {
+        let n: usize = part
+            .trim()
+            .parse()
+            .map_err(|_| Error::Usage(format!("{flag} expects a comma-separated list like 0,1, got {v:?}")))?;
+        if out.contains(&n) {
+            return Err(Error::Usage(format!("{flag} lists {n} twice")));
+        }
+        out.push(n);
+    }
+    Ok(out)
+}
+
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args> {
-    let mut a = Args { runs: 1, ..Args::default() };
+    let mut a = Args::default();
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
         let path = |v: Option<String>| v.map(PathBuf::from).ok_or_else(|| Error::Usage(format!("{flag} needs a path")));
         match flag.as_str() {
             "--cpu" => a.cpu = true,
+            "--smoke" => a.smoke = true,
             "--data-dir" => a.data_dir = Some(path(it.next())?),
             "--test-file" => a.test_file = Some(path(it.next())?),
             "--no-download" => a.no_download = true,
             "--seed" => a.seed = number(&flag, it.next(), 0)?,
             "--runs" => a.runs = number(&flag, it.next(), 1)?,
             "--threads" => a.threads = Some(number(&flag, it.next(), 1)?),
+            "--gpus" => a.gpus = Some(list(&flag, it.next())?),
+            "--json" => a.json = Some(path(it.next())?),
+            "--csv" => a.csv = Some(path(it.next())?),
+            "--batch-size" => a.batch_size = Some(number(&flag, it.next(), 1)?),
+            "--prog-frac" => a.prog_frac = fraction(&flag, it.next(), false)?,
+            "--prog-start" => a.prog_start = fraction(&flag, it.next(), true)?,
+            "--prog-warmup" => a.prog_warmup = number(&flag, it.next(), 0)?,
+            "--eval-every" => a.eval_every = number(&flag, it.next(), 0)?,
+            "--eval-subset" => a.eval_subset = number(&flag, it.next(), 1)?,
+            "--no-tta" => a.no_tta = true,
+            "--device" => a.device = number(&flag, it.next(), 0)?,
+            "--only-runs" => a.only_runs = Some(list(&flag, it.next())?),
+            "--results" => a.results = Some(path(it.next())?),
             "-h" | "--help" => a.help = true,
             other => return Err(Error::Usage(format!("unknown flag {other:?} (see --help)"))),
+        }
+    }
+    if let Some(g) = &a.gpus {
+        if g.is_empty() {
+            return Err(Error::Usage("--gpus needs at least one device".into()));
+        }
+        if a.results.is_some() || a.only_runs.is_some() {
+            return Err(Error::Usage("--gpus cannot be combined with the internal child flags".into()));
+        }
+    }
+    if let Some(runs) = &a.only_runs {
+        if let Some(&bad) = runs.iter().find(|&&r| r >= a.runs) {
+            return Err(Error::Usage(format!("--only-runs names run {bad}, but --runs is {}", a.runs)));
         }
     }
     Ok(a)
@@ -80,7 +213,15 @@ mod tests {
         assert_eq!(a.data_dir, Some(PathBuf::from("/d")));
         assert_eq!(a.test_file, Some(PathBuf::from("t.bin")));
         assert_eq!((a.seed, a.runs, a.threads), (7, 3, Some(2)));
-        assert_eq!(p("").unwrap().runs, 1);
+        let d = p("").unwrap();
+        assert_eq!((d.runs, d.prog_frac, d.prog_start, d.eval_every, d.eval_subset), (1, 0.0, 0.75, 0, 1000));
+        let a = p("--batch-size 500 --prog-frac 0.5 --prog-start 0.5 --prog-warmup 10 --eval-every 2 --eval-subset 300 --no-tta --json r.json --csv c.csv --gpus 0,2,1 --smoke").unwrap();
+        assert_eq!((a.batch_size, a.prog_frac, a.prog_start, a.prog_warmup), (Some(500), 0.5, 0.5, 10));
+        assert_eq!((a.eval_every, a.eval_subset, a.no_tta, a.smoke), (2, 300, true, true));
+        assert_eq!((a.json, a.csv), (Some("r.json".into()), Some("c.csv".into())));
+        assert_eq!(a.gpus, Some(vec![0, 2, 1]));
+        let c = p("--runs 4 --only-runs 1,3 --results r.txt --device 2").unwrap();
+        assert_eq!((c.only_runs, c.results, c.device), (Some(vec![1, 3]), Some("r.txt".into()), 2));
     }
 
     #[test]
@@ -89,8 +230,18 @@ mod tests {
             ("--bogus", "unknown flag"),
             ("--runs", "needs a value"),
             ("--runs 0", "at least 1"),
-            ("--seed -3", "whole number"),
+            ("--seed -3", "expects a number"),
             ("--data-dir", "needs a path"),
+            ("--batch-size 0", "at least 1"),
+            ("--prog-frac 1", "in [0, 1)"),
+            ("--prog-frac -0.1", "in [0, 1)"),
+            ("--prog-start 0", "in (0, 1]"),
+            ("--prog-start 1.5", "in (0, 1]"),
+            ("--prog-start nan", "in (0, 1]"),
+            ("--gpus 0,x", "comma-separated"),
+            ("--gpus 1,1", "twice"),
+            ("--eval-subset 0", "at least 1"),
+            ("--runs 2 --only-runs 2", "--runs is 2"),
         ] {
             match p(line) {
                 Err(Error::Usage(m)) => assert!(m.contains(needle), "{line}: {m}"),

@@ -20,9 +20,12 @@ pub mod cpu;
 pub mod data;
 pub mod download;
 pub mod error;
+pub mod fanout;
 pub mod gpu;
 pub mod kernels;
+pub mod output;
 pub mod report;
+pub mod schedule;
 pub mod testing;
 pub mod whiten;
 

@@ -25,57 +25,114 @@ pub fn describe_test(file: &str, used: usize, available: usize) -> String {
     }
 }
 
-pub const EPOCH_HEADER: &str =
-    "| epoch | train loss | train acc | time (s) |\n|------:|-----------:|----------:|---------:|";
+pub const EPOCH_HEADER: &str = "\
+| epoch |  step |      lr | train loss | train acc | eval acc | train s | eval s |
+|------:|------:|--------:|-----------:|----------:|---------:|--------:|-------:|";
 
-/// One row of the per-epoch table. `seconds` is timed time so far.
-#[derive(Clone, Copy, Debug)]
+/// One row of the per-epoch table (and of the CSV curves).
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Epoch {
     pub epoch: usize,
+    /// Optimizer steps done so far.
+    pub step: usize,
+    /// Muon's learning rate at the last step of the epoch (the other groups follow the same decay).
+    pub lr: f64,
     pub train_loss: f64,
     pub train_acc: f64,
+    /// Accuracy of the periodic evaluation (`--eval-every`) after this epoch, if one ran.
+    pub eval_acc: Option<f64>,
+    /// Timed seconds so far: whitening init and training (the final evaluation comes later).
     pub seconds: f64,
+    /// Seconds spent in periodic evaluations so far: never part of `seconds`.
+    pub eval_seconds: f64,
+    /// Wall-clock seconds since the run started (everything, including the printing).
+    pub wall: f64,
 }
 
 impl fmt::Display for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let eval = self.eval_acc.map_or("-".to_string(), |a| format!("{:.2}%", 100.0 * a));
         write!(
             f,
-            "| {:>5} | {:>10.4} | {:>8.2}% | {:>8.2} |",
+            "| {:>5} | {:>5} | {:>7.4} | {:>10.4} | {:>8.2}% | {eval:>8} | {:>7.2} | {:>6.2} |",
             self.epoch,
+            self.step,
+            self.lr,
             self.train_loss,
             100.0 * self.train_acc,
-            self.seconds
+            self.seconds,
+            self.eval_seconds
         )
     }
 }
 
 /// The outcome of one run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Run {
     pub seed: u64,
     pub correct: usize,
     pub tested: usize,
     /// Timed seconds: whitening init, training, final evaluation.
     pub seconds: f64,
+    /// Seconds of periodic evaluation (`--eval-every`), excluded from `seconds`.
+    pub eval_seconds: f64,
     /// Hash of the trained parameters.
     pub fingerprint: u64,
 }
+
+/// The accuracy a run must reach to report a time-to-94%.
+pub const TARGET: f64 = 0.94;
 
 impl Run {
     pub fn accuracy(&self) -> f64 {
         self.correct as f64 / self.tested as f64
     }
+
+    /// One line per run.
     pub fn line(&self, what: &str, test_desc: &str) -> String {
         format!(
-            "{what}: test acc {:.2}% ({}/{}) on {test_desc}; {:.2} s timed; seed {}; params {:016x}",
+            "{what}: test acc {:.2}% ({}/{}) on {test_desc}; {:.3} s timed (+{:.3} s periodic eval, untimed); seed {}; params {:016x}",
             100.0 * self.accuracy(),
             self.correct,
             self.tested,
             self.seconds,
+            self.eval_seconds,
             self.seed,
             self.fingerprint
         )
+    }
+
+    /// The greppable final line: a time-to-94% only when the run reached 94%, else it says so.
+    pub fn verdict(&self, device: &str) -> String {
+        let acc = format!("test acc {:.2}% ({} images)", 100.0 * self.accuracy(), self.tested);
+        let tail = format!("{device}  commit {}", commit());
+        if self.accuracy() >= TARGET {
+            format!("time-to-94%: {:.3} s  {acc}  {tail}", self.seconds)
+        } else {
+            format!("did not reach 94%: {acc} after {:.3} s  {tail}", self.seconds)
+        }
+    }
+
+    /// The line a fan-out child writes per run, parsed back by [`Run::parse`].
+    pub fn record(&self) -> String {
+        format!(
+            "RUN seed={} correct={} tested={} seconds={:e} eval_seconds={:e} fingerprint={:016x}",
+            self.seed, self.correct, self.tested, self.seconds, self.eval_seconds, self.fingerprint
+        )
+    }
+
+    pub fn parse(line: &str) -> Option<Run> {
+        let mut it = line.strip_prefix("RUN ")?.split(' ');
+        let mut field = |name: &str| it.next()?.strip_prefix(name)?.strip_prefix('=').map(str::to_string);
+        let run = Run {
+            seed: field("seed")?.parse().ok()?,
+            correct: field("correct")?.parse().ok()?,
+            tested: field("tested")?.parse().ok()?,
+            seconds: field("seconds")?.parse().ok()?,
+            eval_seconds: field("eval_seconds")?.parse().ok()?,
+            fingerprint: u64::from_str_radix(&field("fingerprint")?, 16).ok()?,
+        };
+        (it.next().is_none() && run.tested > 0 && run.correct <= run.tested).then_some(run)
     }
 }
 
@@ -92,24 +149,80 @@ pub fn std_dev(xs: &[f64]) -> f64 {
     (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (xs.len() - 1) as f64).sqrt()
 }
 
+/// Mean, sample std, min and max.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stats {
+    pub mean: f64,
+    pub std: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stats {
+    pub fn of(xs: &[f64]) -> Stats {
+        Stats {
+            mean: mean(xs),
+            std: std_dev(xs),
+            min: xs.iter().copied().fold(f64::INFINITY, f64::min),
+            max: xs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        }
+    }
+}
+
+/// Statistics over several runs: accuracy in percent, timed seconds, runs at or above 94%.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Summary {
+    pub runs: usize,
+    pub accuracy: Stats,
+    pub seconds: Stats,
+    pub hits: usize,
+}
+
+impl Summary {
+    pub fn of(runs: &[Run]) -> Summary {
+        let acc: Vec<f64> = runs.iter().map(|r| 100.0 * r.accuracy()).collect();
+        let sec: Vec<f64> = runs.iter().map(|r| r.seconds).collect();
+        Summary {
+            runs: runs.len(),
+            accuracy: Stats::of(&acc),
+            seconds: Stats::of(&sec),
+            hits: runs.iter().filter(|r| r.accuracy() >= TARGET).count(),
+        }
+    }
+}
+
+impl Summary {
+    /// The greppable final line of several runs: the mean time-to-94% when the mean accuracy
+    /// reached 94%, else a plain statement that it did not.
+    pub fn verdict(&self, device: &str) -> String {
+        let acc =
+            format!("mean test acc {:.2}% over {} runs ({} reached 94%)", self.accuracy.mean, self.runs, self.hits);
+        let tail = format!("{device}  commit {}", commit());
+        if self.accuracy.mean >= 100.0 * TARGET {
+            format!("time-to-94%: {:.3} s (mean)  {acc}  {tail}", self.seconds.mean)
+        } else {
+            format!("did not reach 94% on average: {acc}, mean {:.3} s  {tail}", self.seconds.mean)
+        }
+    }
+}
+
 pub fn summary(runs: &[Run], test_desc: &str) -> String {
-    let acc: Vec<f64> = runs.iter().map(|r| 100.0 * r.accuracy()).collect();
-    let sec: Vec<f64> = runs.iter().map(|r| r.seconds).collect();
-    let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let hit = acc.iter().filter(|&&a| a >= 94.0).count();
+    let s = Summary::of(runs);
+    let (a, t) = (s.accuracy, s.seconds);
     format!(
-        "summary over {} runs on {test_desc}:\n  accuracy %: mean {:.3} std {:.3} min {:.2} max {:.2}; runs >= 94%: {hit}/{}\n  time s:     mean {:.3} std {:.3} min {:.3} max {:.3}",
-        runs.len(),
-        mean(&acc),
-        std_dev(&acc),
-        min(&acc),
-        max(&acc),
-        runs.len(),
-        mean(&sec),
-        std_dev(&sec),
-        min(&sec),
-        max(&sec)
+        "summary over {} runs on {test_desc}:\n  accuracy %: mean {:.3} ± {:.3} (std), min {:.2}, max {:.2}; runs >= 94%: {}/{} ({:.0}%)\n  time s:     mean {:.3} ± {:.3} (std), min {:.3}, max {:.3}",
+        s.runs,
+        a.mean,
+        a.std,
+        a.min,
+        a.max,
+        s.hits,
+        s.runs,
+        100.0 * s.hits as f64 / s.runs as f64,
+        t.mean,
+        t.std,
+        t.min,
+        t.max
     )
 }
 
@@ -129,11 +242,20 @@ mod tests {
         assert_eq!(std_dev(&[5.0]), 0.0);
         let runs: Vec<Run> = [(9410, 2.0), (9390, 3.0)]
             .iter()
-            .map(|&(correct, seconds)| Run { seed: 0, correct, tested: 10000, seconds, fingerprint: 0 })
+            .map(|&(correct, seconds)| Run {
+                seed: 0,
+                correct,
+                tested: 10000,
+                seconds,
+                eval_seconds: 0.0,
+                fingerprint: 0,
+            })
             .collect();
         let s = summary(&runs, "x");
         assert!(
-            s.contains("mean 94.000") && s.contains("runs >= 94%: 1/2") && s.contains("time s:     mean 2.500"),
+            s.contains("mean 94.000 ± 0.141")
+                && s.contains("runs >= 94%: 1/2 (50%)")
+                && s.contains("time s:     mean 2.500"),
             "{s}"
         );
     }
@@ -146,12 +268,78 @@ mod tests {
 
     #[test]
     fn epoch_row_and_run_line() {
-        let e = Epoch { epoch: 3, train_loss: 1.23456, train_acc: 0.5, seconds: 12.0 };
-        assert_eq!(e.to_string(), "|     3 |     1.2346 |    50.00% |    12.00 |");
-        let r = Run { seed: 4, correct: 1234, tested: 2000, seconds: 9.5, fingerprint: 255 };
+        let mut e = Epoch {
+            epoch: 3,
+            step: 75,
+            lr: 0.15,
+            train_loss: 1.23456,
+            train_acc: 0.5,
+            eval_acc: None,
+            seconds: 12.0,
+            eval_seconds: 0.0,
+            wall: 13.0,
+        };
+        assert_eq!(e.to_string(), "|     3 |    75 |  0.1500 |     1.2346 |    50.00% |        - |   12.00 |   0.00 |");
+        e.eval_acc = Some(0.8125);
+        e.eval_seconds = 1.5;
+        assert_eq!(e.to_string(), "|     3 |    75 |  0.1500 |     1.2346 |    50.00% |   81.25% |   12.00 |   1.50 |");
+        assert_eq!(EPOCH_HEADER.lines().next().unwrap().len(), e.to_string().len(), "header and rows align");
+        let r = Run { seed: 4, correct: 1234, tested: 2000, seconds: 9.5, eval_seconds: 0.25, fingerprint: 255 };
         assert_eq!(
             r.line("cpu", "all 2000 images of t.bin"),
-            "cpu: test acc 61.70% (1234/2000) on all 2000 images of t.bin; 9.50 s timed; seed 4; params 00000000000000ff"
+            "cpu: test acc 61.70% (1234/2000) on all 2000 images of t.bin; 9.500 s timed (+0.250 s periodic eval, untimed); seed 4; params 00000000000000ff"
         );
+    }
+
+    #[test]
+    fn verdict_names_a_time_only_at_94_percent() {
+        let mut r = Run { seed: 0, correct: 9407, tested: 10000, seconds: 2.4137, eval_seconds: 0.0, fingerprint: 1 };
+        let v = r.verdict("GPU: NVIDIA H100 80GB HBM3 sm_90");
+        assert!(
+            v.starts_with(
+                "time-to-94%: 2.414 s  test acc 94.07% (10000 images)  GPU: NVIDIA H100 80GB HBM3 sm_90  commit "
+            ),
+            "{v}"
+        );
+        r.correct = 9399;
+        let v = r.verdict("cpu");
+        assert!(v.starts_with("did not reach 94%: test acc 93.99% (10000 images) after 2.414 s  cpu  commit "), "{v}");
+        assert!(!v.contains("time-to-94%"));
+        let runs = [Run { correct: 9420, ..r.clone() }, Run { correct: 9390, seconds: 3.0, ..r.clone() }];
+        let v = Summary::of(&runs).verdict("gpu");
+        assert!(
+            v.starts_with("time-to-94%: 2.707 s (mean)  mean test acc 94.05% over 2 runs (1 reached 94%)  gpu"),
+            "{v}"
+        );
+        let v = Summary::of(&runs[1..]).verdict("gpu");
+        assert!(
+            v.starts_with(
+                "did not reach 94% on average: mean test acc 93.90% over 1 runs (0 reached 94%), mean 3.000 s"
+            ),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn run_records_round_trip_and_reject_garbage() {
+        let r = Run {
+            seed: 17,
+            correct: 9401,
+            tested: 10000,
+            seconds: 2.0 / 3.0,
+            eval_seconds: 0.125,
+            fingerprint: u64::MAX - 5,
+        };
+        assert_eq!(Run::parse(&r.record()), Some(r.clone()), "{}", r.record());
+        for bad in [
+            "",
+            "RUN",
+            "RUN seed=1",
+            "run seed=1 correct=1 tested=2 seconds=1 eval_seconds=0 fingerprint=0",
+            "RUN seed=1 correct=3 tested=2 seconds=1 eval_seconds=0 fingerprint=0",
+            "RUN seed=1 correct=1 tested=2 seconds=1 eval_seconds=0 fingerprint=0 extra=1",
+        ] {
+            assert_eq!(Run::parse(bad), None, "{bad:?}");
+        }
     }
 }

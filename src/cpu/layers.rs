@@ -266,16 +266,19 @@ pub fn stem<T: Real>(
     norm: Norm,
     w: &[T],
     cw: usize,
+    res: usize,
     out: &mut [T],
     threads: usize,
 ) {
     assert_eq!(images.len(), total * IMG_BYTES, "stem: images is not {total}×32×32×3");
     assert!(aug.len() >= n && w.len() == cw * 12);
-    let o = IMG - 1;
-    assert_eq!(out.len(), n * o * o * cw, "stem: out is not {n}×31×31×{cw}");
+    assert!((2..=IMG).contains(&res), "stem: resolution {res} outside 2..=32");
+    let o = res - 1;
+    assert_eq!(out.len(), n * o * o * cw, "stem: out is not {n}×{o}×{o}×{cw}");
     let nv = norm_pairs::<T>(norm);
     par::images_mut(out, o * o * cw, threads, |imgs, block| {
-        let mut v = [T::ZERO; IMG * IMG * 3];
+        let mut full = [T::ZERO; IMG * IMG * 3];
+        let mut small = [T::ZERO; IMG * IMG * 3];
         for (k, i) in imgs.enumerate() {
             let a = unpack(aug[i]);
             assert!(a.index < total, "stem: image index {} ≥ {total}", a.index);
@@ -283,10 +286,16 @@ pub fn stem<T: Real>(
             for y in 0..IMG {
                 for x in 0..IMG {
                     for c in 0..3 {
-                        v[(y * IMG + x) * 3 + c] = view(img, y as i32, x as i32, c, a.sy, a.sx, a.flip, &nv);
+                        full[(y * IMG + x) * 3 + c] = view(img, y as i32, x as i32, c, a.sy, a.sx, a.flip, &nv);
                     }
                 }
             }
+            let v = if res == IMG {
+                &full
+            } else {
+                resize_bilinear(&full, res, &mut small);
+                &small
+            };
             let dst = &mut block[k * o * o * cw..][..o * o * cw];
             for y in 0..o {
                 for x in 0..o {
@@ -295,7 +304,7 @@ pub fn stem<T: Real>(
                         for dy in 0..2 {
                             for dx in 0..2 {
                                 for c in 0..3 {
-                                    acc += v[((y + dy) * IMG + x + dx) * 3 + c] * w[f * 12 + (dy * 2 + dx) * 3 + c];
+                                    acc += v[((y + dy) * res + x + dx) * 3 + c] * w[f * 12 + (dy * 2 + dx) * 3 + c];
                                 }
                             }
                         }
@@ -305,6 +314,29 @@ pub fn stem<T: Real>(
             }
         }
     });
+}
+
+/// Bilinear downscale of a 32×32×3 image to `res`×`res`×3 (written row-major with row length
+/// `res` at the start of `dst`), sampling at `(i + ½)·32/res − ½` clamped to the edge: PyTorch's
+/// `F.interpolate(mode="bilinear", align_corners=False, antialias=False)`.
+pub fn resize_bilinear<T: Real>(src: &[T], res: usize, dst: &mut [T]) {
+    let taps = |i: usize| {
+        let s = ((i as f64 + 0.5) * IMG as f64 / res as f64 - 0.5).clamp(0.0, (IMG - 1) as f64);
+        let lo = s.floor() as usize;
+        (lo, (lo + 1).min(IMG - 1), T::of(s - lo as f64))
+    };
+    for y in 0..res {
+        let (y0, y1, fy) = taps(y);
+        for x in 0..res {
+            let (x0, x1, fx) = taps(x);
+            for c in 0..3 {
+                let p = |yy: usize, xx: usize| src[(yy * IMG + xx) * 3 + c];
+                let top = p(y0, x0) + (p(y0, x1) - p(y0, x0)) * fx;
+                let bottom = p(y1, x0) + (p(y1, x1) - p(y1, x0)) * fx;
+                dst[(y * res + x) * 3 + c] = top + (bottom - top) * fy;
+            }
+        }
+    }
 }
 
 /// Uncentered covariance of the 2×2 patches of the first `n` images (12×12, patch vectors
@@ -338,4 +370,61 @@ pub fn patch_cov<T: Real>(images: &[u8], n: usize, norm: Norm, threads: usize) -
     });
     let count = (n * o * o) as f64;
     sum.into_iter().map(|s| s / count).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aug::{pack, Aug};
+
+    #[test]
+    fn resize_bilinear_averages_2x2_blocks_at_half_size_and_keeps_constants() {
+        // An image made of 2×2 blocks of distinct values: at 16 px every sample falls midway
+        // between two equal columns and rows, so the result is exactly the block values.
+        let src: Vec<f64> =
+            (0..IMG * IMG * 3).map(|i| ((i / 3 % IMG / 2) * 31 + (i / 3 / IMG / 2) * 7 + i % 3) as f64).collect();
+        let mut dst = vec![f64::NAN; IMG * IMG * 3];
+        resize_bilinear(&src, 16, &mut dst);
+        for y in 0..16 {
+            for x in 0..16 {
+                for c in 0..3 {
+                    assert_eq!(dst[(y * 16 + x) * 3 + c], src[(2 * y * IMG + 2 * x) * 3 + c], "({y},{x},{c})");
+                }
+            }
+        }
+        // A constant image stays constant at any size; 32 px is the identity.
+        let flat = vec![0.25f64; IMG * IMG * 3];
+        resize_bilinear(&flat, 24, &mut dst);
+        assert!(dst[..24 * 24 * 3].iter().all(|&v| (v - 0.25).abs() < 1e-15));
+        resize_bilinear(&src, 32, &mut dst);
+        assert_eq!(dst, src);
+    }
+
+    #[test]
+    fn stem_at_reduced_resolution_is_the_whitening_conv_of_the_resized_view() {
+        let norm = Norm { mean: [0.5; 3], std: [0.25; 3] };
+        let img: Vec<u8> = (0..IMG_BYTES).map(|i| (i * 37 % 251) as u8).collect();
+        let w: Vec<f64> = crate::testing::randn(2 * 12, 4);
+        let aug = [pack(Aug { index: 0, sy: 1, sx: -2, flip: true })];
+        let res = 20;
+        let mut out = vec![f64::NAN; (res - 1) * (res - 1) * 2];
+        stem(&img, 1, &aug, 1, norm, &w, 2, res, &mut out, 1);
+        // By hand: the augmented full view, resized, then the 2×2 conv.
+        let nv = norm_pairs::<f64>(norm);
+        let full: Vec<f64> = (0..IMG * IMG * 3)
+            .map(|i| view(&img, (i / 3 / IMG) as i32, (i / 3 % IMG) as i32, i % 3, 1, -2, true, &nv))
+            .collect();
+        let mut small = vec![0.0; res * res * 3];
+        resize_bilinear(&full, res, &mut small);
+        for (y, x, f) in [(0, 0, 0), (7, 11, 1), (18, 18, 0), (18, 0, 1)] {
+            let mut want = 0.0;
+            for k in 0..12 {
+                let (dy, dx, c) = (k / 6, k / 3 % 2, k % 3);
+                want += small[((y + dy) * res + x + dx) * 3 + c] * w[f * 12 + k];
+            }
+            let got = out[(y * (res - 1) + x) * 2 + f];
+            assert!((got - want).abs() < 1e-12, "({y},{x},{f}): {got} vs {want}");
+        }
+        assert!(out.iter().all(|v| v.is_finite()));
+    }
 }

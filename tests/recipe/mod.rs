@@ -25,7 +25,7 @@ fn synthetic<B: Backend>(b: &mut B, n: usize, seed: u64) -> (DevData<B>, Vec<u8>
 
 #[test]
 fn recipe_shapes_and_parameter_count_match_airbench94_muon() {
-    let s = shapes(&HYP, 2000);
+    let s = shapes(&HYP, 2000, 32);
     let want = [(31, 24), (15, 64), (15, 64), (7, 256), (7, 256), (3, 256), (3, 256)];
     for (k, (hw, c)) in want.into_iter().enumerate() {
         assert_eq!(s[k], Shape::new(2000, hw, hw, c), "x[{k}]");
@@ -86,7 +86,7 @@ fn whole_network_gradients_match_finite_differences() {
     }
     let flips = aug::flip_bits(&mut rng, d.n);
     let words = aug::epoch_words(&mut rng, 1, &flips, 2);
-    let mut a = acts(&mut b, &h, h.batch_size).unwrap();
+    let mut a = acts(&mut b, &h, h.batch_size, 32).unwrap();
     let loss = |b: &mut Cpu<f64>, net: &mut Net<Cpu<f64>>, a: &mut Acts<Cpu<f64>>| {
         a.loss_acc = vec![0.0; 2];
         forward(b, &h, net, a, &d, &words, 1, true).unwrap();
@@ -148,10 +148,16 @@ const TINY: Hyp = Hyp {
 };
 
 fn tiny_run(seed: u64, threads: usize) -> report::Run {
+    tiny_run_with(&TINY, seed, threads).0
+}
+
+fn tiny_run_with(h: &Hyp, seed: u64, threads: usize) -> (report::Run, Vec<report::Epoch>) {
     let mut b = Cpu::<f32>::with_threads(threads);
-    let (train, _) = synthetic(&mut b, TINY.train_images, 1);
-    let (test, labels) = synthetic(&mut b, TINY.test_images, 2);
-    run(&mut b, &TINY, &train, &test, &labels, seed, &mut |_| {}).unwrap()
+    let (train, _) = synthetic(&mut b, h.train_images, 1);
+    let (test, labels) = synthetic(&mut b, h.test_images, 2);
+    let mut epochs = Vec::new();
+    let r = run(&mut b, h, &train, &test, &labels, seed, &mut |e| epochs.push(e)).unwrap();
+    (r, epochs)
 }
 
 #[test]
@@ -212,4 +218,71 @@ fn learns_real_cifar10_far_above_chance() {
     assert_eq!(r.tested, 1_000);
     assert!(epochs.last().unwrap().train_loss < epochs[0].train_loss, "the training loss must fall");
     assert!(r.accuracy() > 0.30, "held-out accuracy {:.2}% is not far above chance (10%)", 100.0 * r.accuracy());
+}
+
+#[test]
+fn batch_size_scaling_derives_rates_momenta_and_steps() {
+    let h = scaled(&HYP, 1000).unwrap();
+    let close = |a: f32, b: f32| (a - b).abs() < 1e-6 * b.abs().max(1.0);
+    assert_eq!(h.batch_size, 1000);
+    assert!(close(h.muon_lr, 0.12), "Muon lr × 1/2: {}", h.muon_lr);
+    assert!(close(h.weight_decay, 0.002), "weight decay × 1/2: {}", h.weight_decay);
+    assert!(close(h.bn_momentum, 0.6f32.sqrt()), "BN momentum 0.6^(1/2): {}", h.bn_momentum);
+    assert_eq!((h.bias_lr, h.head_lr, h.sgd_momentum, h.muon_momentum), (HYP.bias_lr, HYP.head_lr, 0.85, 0.6));
+    assert_eq!((h.epochs, h.whiten_bias_epochs), (8, 3), "the epoch budget is unchanged");
+    let d = derived(&h);
+    assert!(d.contains("batch 1000 | 50 steps/epoch x 8 epochs = 400 steps | Muon lr 0.12000"), "{d}");
+    assert!(d.contains("whitening bias trains 150 steps"), "{d}");
+    // Scaling back recovers the recipe, and the CPU configuration is the same rule from B₀ = 2000.
+    let back = scaled(&h, 2000).unwrap();
+    assert!(close(back.muon_lr, HYP.muon_lr) && close(back.bn_momentum, HYP.bn_momentum));
+    assert!(close(scaled(&HYP, 200).unwrap().muon_lr, CPU_HYP.muon_lr));
+    match scaled(&TINY, 33) {
+        Err(Error::Usage(m)) => assert!(m.contains("exceeds the 32 training images"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn progressive_resolution_trains_at_every_scheduled_size_deterministically() {
+    // 2 epochs × 4 steps: the first half grows from 16 px in 4-px steps, then 32 px.
+    let h = Hyp { prog: Progressive::new(0.5, 0.5, 2).unwrap(), ..TINY };
+    assert_eq!(h.prog.phases(8), vec![(0, 16), (1, 20), (2, 24), (3, 28), (4, 32)]);
+    assert_eq!(shapes(&h, 8, 16)[6], Shape::new(8, 1, 1, 16), "15 → 7 → 3 → 1 px");
+    let r = rates(&h, 2, 8, 4);
+    assert!((r.muon - h.muon_lr * 0.75 * 0.5).abs() < 1e-9, "first step after a change: half the rate");
+    let (a, epochs) = tiny_run_with(&h, 3, 2);
+    assert!(epochs.iter().all(|e| e.train_loss.is_finite()));
+    let (b, _) = tiny_run_with(&h, 3, 1);
+    assert_eq!(a.fingerprint, b.fingerprint, "same seed, same result");
+    assert_ne!(a.fingerprint, tiny_run(3, 2).fingerprint, "the schedule changes the run");
+}
+
+#[test]
+fn periodic_evaluation_is_reported_apart_and_tta_can_be_switched_off() {
+    let h = Hyp { eval_every: 1, eval_subset: 8, ..TINY };
+    let (r, epochs) = tiny_run_with(&h, 0, 2);
+    assert_eq!(epochs.len(), 2);
+    for e in &epochs {
+        let acc = e.eval_acc.expect("evaluated every epoch");
+        assert!((0.0..=1.0).contains(&acc) && (acc * 8.0).fract() == 0.0, "accuracy of 8 images: {acc}");
+    }
+    assert!(epochs[1].eval_seconds > epochs[0].eval_seconds && epochs[0].eval_seconds > 0.0);
+    assert_eq!(r.eval_seconds, epochs[1].eval_seconds, "the run reports the periodic cost apart");
+    // Evaluating does not change training: same parameters as without it.
+    assert_eq!(r.fingerprint, tiny_run(0, 2).fingerprint);
+    let (none, epochs) = tiny_run_with(&TINY, 0, 2);
+    assert!(epochs.iter().all(|e| e.eval_acc.is_none()) && none.eval_seconds == 0.0);
+    // The flags reach the recipe: --no-tta is one view, the rest as given.
+    let args = cli::parse(
+        "--cpu --no-tta --eval-every 2 --eval-subset 300 --prog-frac 0.25 --batch-size 100"
+            .split(' ')
+            .map(String::from),
+    )
+    .unwrap();
+    let h = recipe(&args).unwrap();
+    assert_eq!((h.tta_level, h.eval_every, h.eval_subset, h.batch_size), (0, 2, 300, 100));
+    assert_eq!((h.prog.frac, h.prog.start_px()), (0.25, 24));
+    assert_eq!(aug::tta_views(0).len(), 1);
+    assert_eq!(recipe(&cli::parse([]).unwrap()).unwrap().tta_level, 2, "the recipe's 6 views by default");
 }
