@@ -26,6 +26,7 @@ pub mod kernels;
 pub mod output;
 pub mod report;
 pub mod schedule;
+pub mod selftest;
 pub mod testing;
 pub mod whiten;
 

@@ -309,6 +309,30 @@ impl Gpu {
     }
 }
 
+impl Gpu {
+    /// Uploads `host` stored as fp16 (each value rounded to nearest): an activation-type
+    /// tensor as the kernels write them (tests and benchmarks use it to skip the cast path).
+    pub fn upload_f16(&mut self, host: &[f32]) -> Result<GBuf> {
+        let mut mem = self.alloc::<f32>(host.len(), "a float tensor")?;
+        if !host.is_empty() {
+            let h: Vec<u16> = host.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+            // SAFETY: len fp16 values fit in the 4·len bytes of the allocation.
+            let mut v = unsafe { mem.transmute_mut::<u16>(host.len()) }
+                .ok_or_else(|| Error::Gpu("an fp16 view of a tensor does not fit".into()))?;
+            self.stream.memcpy_htod(&h, &mut v).map_err(|e| Gpu::err("uploading an fp16 tensor", e))?;
+        }
+        Ok(GBuf { mem, len: host.len(), dtype: Dtype::F16 })
+    }
+
+    /// Copies a byte tensor (e.g. pooling argmax indices) to the host.
+    pub fn download_bytes(&mut self, b: &GBytes) -> Result<Vec<u8>> {
+        if b.len == 0 {
+            return Ok(Vec::new());
+        }
+        self.stream.clone_dtoh(&b.mem.slice(0..b.len)).map_err(|e| Gpu::err("downloading a byte tensor", e))
+    }
+}
+
 fn norm_args(norm: Norm) -> [Arg; 6] {
     [flt(norm.mean[0]), flt(norm.mean[1]), flt(norm.mean[2]), flt(norm.std[0]), flt(norm.std[1]), flt(norm.std[2])]
 }

@@ -1,0 +1,966 @@
+//! GPU-vs-CPU self-test of every `Backend` op, one whole training step compared end to end,
+//! and a per-kernel benchmark (`speedrun selftest` / `bench`).
+//!
+//! Inputs: seeded `testing::randn` values (never zeros), every float rounded to fp16 once on the
+//! host, so both backends see identical values and input quantisation never shows up as a kernel
+//! error. GPU outputs are poisoned with NaN before each call (the f32 bit pattern 0x7FC0_7FC0,
+//! whose two halves are fp16 NaNs too, so unwritten elements fail whichever type a kernel stores).
+//! The oracle is `Cpu<f32>`.
+//!
+//! One line per kernel and shape: name, shape, max |err|, relative L2 error ‖g − r‖₂/‖r‖₂,
+//! tolerance (on the relative L2 error) and PASS/FAIL; NaN or Inf in a GPU output fails. With
+//! u = 2⁻¹¹ (fp16 unit roundoff) the tolerances are:
+//! - `TOL_F32` 1e-5: f32 outputs computed from identical fp16-exact inputs in f32 with f32/f64
+//!   sums (BN statistics, head features and logits, loss, optimizer steps): only the order of
+//!   f32 operations and erff/expf ulps differ (≈ 1e-7 per op), 100× margin.
+//! - `TOL_F16_OUT` 2e-3: elementwise results stored as fp16 (stem, head_bwd da, pre_bwd dx):
+//!   the final rounding is ≤ u/2 = 2.4e-4 relative per element (plus BN's cancellation).
+//! - `TOL_CONV` 1e-2: conv outputs and both conv gradients, K up to 2,304 (forward/dgrad) or
+//!   N·H·W up to 61,504 (wgrad): a = GELU(pre(x)) and the fp32 weights are rounded to fp16 for
+//!   the MMA (u each, random-sign over K terms, so ≈ u relative on the sum), the output to fp16
+//!   (u/2), and fp32 accumulation (K·2⁻²⁴ worst case = 1.4e-4); ≈ 1e-3 expected, 10× margin,
+//!   while one dropped tap or a wrong channel gives ≥ 0.3.
+//! - `TOL_NS` 2e-2: Muon's Newton–Schulz update: 3 iterations × 3 GEMMs whose f32 inputs are
+//!   rounded to fp16 (u each), compounded by the quintic's slope (a = 3.4) near zero.
+//! - Whole step, provisional until measured on a GPU (then to be set at 4× the measured error,
+//!   RECIPE/METHOD rule): loss relative difference ≤ 1e-3, logits and BN statistics ≤ 1e-2,
+//!   every parameter gradient ≤ 5e-2 (fp16 errors of ≈ 1e-3 per layer compounded through 7
+//!   layers and BN backward, plus gradients routed differently at near-tied pooling windows),
+//!   updated parameters ≤ 1e-2.
+//! - Argmax outputs (pooling, head) are checked by value, not index: the value at the GPU's
+//!   index must be within the conv tolerance of the window's maximum (ties and near-ties may
+//!   legitimately pick another position); the number of indices differing from the CPU's is
+//!   printed for information.
+use crate::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape};
+use crate::cpu::Cpu;
+use crate::error::{Error, Result};
+use crate::gpu::{GBuf, Gpu, Timer};
+use crate::testing::randn;
+use half::f16;
+use std::io::Write;
+
+const POISON: f32 = f32::from_bits(0x7FC0_7FC0);
+const TOL_F32: f64 = 1e-5;
+const TOL_F16_OUT: f64 = 2e-3;
+const TOL_CONV: f64 = 1e-2;
+const TOL_NS: f64 = 2e-2;
+const TOL_STEP_LOSS: f64 = 1e-3;
+const TOL_STEP_ACT: f64 = 1e-2;
+const TOL_STEP_GRAD: f64 = 5e-2;
+const TOL_STEP_PARAM: f64 = 1e-2;
+
+/// The batch of the per-op checks (the recipe trains with 2000; 64 keeps the CPU reference fast).
+const BATCH: usize = 64;
+const NORM: Norm = Norm { mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616] };
+/// The recipe's six 3×3 convs: (input shape per image h, w, cin; cout; pool).
+const LAYERS: [(usize, usize, usize, usize, bool); 6] = [
+    (31, 31, 24, 64, true),
+    (15, 15, 64, 64, false),
+    (15, 15, 64, 256, true),
+    (7, 7, 256, 256, false),
+    (7, 7, 256, 256, true),
+    (3, 3, 256, 256, false),
+];
+
+fn io(e: std::io::Error) -> Error {
+    Error::Io(format!("writing the self-test report: {e}"))
+}
+
+/// `n` values `scale·randn + offset`, rounded to fp16.
+fn rnd(n: usize, seed: u64, scale: f64, offset: f64) -> Vec<f32> {
+    randn(n, seed).into_iter().map(|v| f16::from_f64(v * scale + offset).to_f32()).collect()
+}
+
+/// Random bytes below `modulus`.
+fn bytes(n: usize, seed: u64, modulus: u32) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 33) as u32 % modulus) as u8
+        })
+        .collect()
+}
+
+/// Augmentation words for `n` examples over `total` images, every shift in −2..=2 and both mirrors.
+fn words(n: usize, total: usize, seed: u64) -> Vec<u32> {
+    let r = bytes(3 * n, seed, 251);
+    (0..n)
+        .map(|i| {
+            crate::aug::pack(crate::aug::Aug {
+                index: (i * 7 + r[3 * i] as usize) % total,
+                sy: (r[3 * i + 1] % 5) as i32 - 2,
+                sx: (r[3 * i + 2] % 5) as i32 - 2,
+                flip: (r[3 * i] ^ r[3 * i + 1]) & 1 == 1,
+            })
+        })
+        .collect()
+}
+
+fn rel_l2(got: &[f32], want: &[f32]) -> (f64, f64, bool) {
+    let (mut d2, mut r2, mut max, mut finite) = (0.0f64, 0.0f64, 0.0f64, true);
+    for (&g, &w) in got.iter().zip(want) {
+        if !g.is_finite() && w.is_finite() {
+            finite = false;
+        }
+        let d = g as f64 - w as f64;
+        d2 += d * d;
+        r2 += (w as f64) * (w as f64);
+        max = max.max(d.abs());
+    }
+    let rel = if r2 > 0.0 { (d2 / r2).sqrt() } else { d2.sqrt() };
+    (max, rel, finite && got.len() == want.len())
+}
+
+fn shape_str(s: Shape) -> String {
+    format!("{}x{}x{}x{}", s.n, s.h, s.w, s.c)
+}
+
+/// The report and the running verdict.
+struct Report<'a> {
+    out: &'a mut dyn Write,
+    ok: bool,
+    lines: usize,
+    failed: usize,
+}
+
+impl Report<'_> {
+    fn line(&mut self, name: &str, shape: &str, got: &[f32], want: &[f32], tol: f64) -> Result<()> {
+        let (max, rel, finite) = rel_l2(got, want);
+        let pass = finite && rel <= tol && !rel.is_nan();
+        self.lines += 1;
+        if !pass {
+            self.ok = false;
+            self.failed += 1;
+        }
+        let verdict = if pass {
+            "PASS"
+        } else if !finite {
+            "FAIL (NaN/Inf or wrong length)"
+        } else {
+            "FAIL"
+        };
+        writeln!(self.out, "{name:<30} {shape:<22} max|err| {max:>10.3e}  relL2 {rel:>10.3e}  tol {tol:>7.1e}  {verdict}")
+            .map_err(io)
+    }
+
+    /// Pooling/argmax check by value: `vals(i, k)` is the reference value of candidate k of
+    /// output i, `cands` candidates each; the GPU's pick must be within `slack` of the maximum.
+    #[allow(clippy::too_many_arguments)]
+    fn argmax(
+        &mut self,
+        name: &str,
+        shape: &str,
+        got: &[u8],
+        want: &[u8],
+        cands: usize,
+        slack: f64,
+        vals: impl Fn(usize, usize) -> f64,
+    ) -> Result<()> {
+        let (mut bad, mut differ) = (0usize, 0usize);
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            differ += (g != w) as usize;
+            let best = (0..cands).map(|k| vals(i, k)).fold(f64::NEG_INFINITY, f64::max);
+            if (g as usize) >= cands || vals(i, g as usize) < best - slack {
+                bad += 1;
+            }
+        }
+        let pass = bad == 0 && got.len() == want.len();
+        self.lines += 1;
+        if !pass {
+            self.ok = false;
+            self.failed += 1;
+        }
+        writeln!(
+            self.out,
+            "{name:<30} {shape:<22} wrong picks {bad} (slack {slack:.1e}), {differ} of {} differ from the CPU at near-ties  {}",
+            got.len(),
+            if pass { "PASS" } else { "FAIL" }
+        )
+        .map_err(io)
+    }
+}
+
+/// The per-layer `Pre` inputs on the host: shift, and (mean, invstd) when BatchNorm.
+struct HostPre {
+    shift: Vec<f32>,
+    bn: Option<Vec<f32>>,
+}
+
+impl HostPre {
+    fn new(c: usize, bn: bool, seed: u64) -> HostPre {
+        let shift = rnd(c, seed, 0.3, 0.0);
+        let bn = bn.then(|| {
+            let mut v = rnd(c, seed + 1, 0.3, 0.0);
+            v.extend(rnd(c, seed + 2, 0.3, 0.0).into_iter().map(|s| f16::from_f32(0.6 + s.abs()).to_f32()));
+            v
+        });
+        HostPre { shift, bn }
+    }
+    fn label(&self) -> &'static str {
+        if self.bn.is_some() {
+            "bn"
+        } else {
+            "bias"
+        }
+    }
+    /// u = pre(x) for channel c (f64, the reference form).
+    fn u(&self, x: f32, c: usize) -> f64 {
+        let n = self.shift.len();
+        match &self.bn {
+            Some(b) => (x as f64 - b[c] as f64) * b[n + c] as f64 + self.shift[c] as f64,
+            None => x as f64 + self.shift[c] as f64,
+        }
+    }
+}
+
+fn gelu64(u: f64) -> f64 {
+    0.5 * u * (1.0 + libm::erf(u * std::f64::consts::FRAC_1_SQRT_2))
+}
+
+/// A `Pre` on backend B from uploaded buffers.
+fn pre_of<'a, B: Backend>(shift: &'a B::Buf, bn: &'a Option<B::Buf>) -> Pre<'a, B> {
+    match bn {
+        Some(bn) => Pre::Bn { bn, beta: shift },
+        None => Pre::Bias(shift),
+    }
+}
+
+fn up_pre<B: Backend>(b: &mut B, p: &HostPre) -> Result<(B::Buf, Option<B::Buf>)> {
+    let s = b.upload(&p.shift)?;
+    let bn = match &p.bn {
+        Some(v) => Some(b.upload(v)?),
+        None => None,
+    };
+    Ok((s, bn))
+}
+
+/// Runs every check; prints one line per kernel/shape and returns whether all passed.
+pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
+    let threads = crate::cpu::par::default_threads();
+    let mut cpu = Cpu::<f32>::with_threads(threads);
+    writeln!(out, "self-test: {} vs {}", gpu.describe(), cpu.describe()).map_err(io)?;
+    let mut r = Report { out, ok: true, lines: 0, failed: 0 };
+
+    check_stem(gpu, &mut cpu, &mut r)?;
+    for (i, &(h, w, cin, cout, pool)) in LAYERS.iter().enumerate() {
+        check_conv(gpu, &mut cpu, &mut r, Shape::new(BATCH, h, w, cin), cout, pool, i > 0, 100 + 10 * i as u64)?;
+    }
+    // odd shapes: sizes not multiples of the tiles, C == H == W, 1×1 images, both Pre variants
+    for (k, &(s, cout, pool, bn)) in [
+        (Shape::new(3, 7, 5, 8), 16, true, true),
+        (Shape::new(2, 9, 9, 16), 8, false, false),
+        (Shape::new(2, 8, 8, 8), 24, true, false),
+        (Shape::new(5, 1, 1, 8), 72, false, true),
+        (Shape::new(1, 6, 6, 40), 136, false, true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        check_conv(gpu, &mut cpu, &mut r, s, cout, pool, bn, 200 + 10 * k as u64)?;
+    }
+    for (k, &(h, w, _, cout, pool)) in LAYERS.iter().enumerate() {
+        let s = if pool { Shape::new(BATCH, h / 2, w / 2, cout) } else { Shape::new(BATCH, h, w, cout) };
+        check_bn(gpu, &mut cpu, &mut r, s, 300 + k as u64)?;
+    }
+    check_bn(gpu, &mut cpu, &mut r, Shape::new(3, 5, 3, 24), 310)?;
+    for (k, &(s, bn, dx)) in [
+        (Shape::new(BATCH, 31, 31, 24), false, false),
+        (Shape::new(BATCH, 31, 31, 24), false, true),
+        (Shape::new(BATCH, 15, 15, 64), true, true),
+        (Shape::new(BATCH, 7, 7, 256), true, true),
+        (Shape::new(BATCH, 3, 3, 256), true, true),
+        (Shape::new(3, 5, 3, 40), true, true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        check_pre_bwd(gpu, &mut cpu, &mut r, s, bn, dx, 400 + 10 * k as u64)?;
+    }
+    check_head(gpu, &mut cpu, &mut r, Shape::new(BATCH, 3, 3, 256), 10, 500)?;
+    check_head(gpu, &mut cpu, &mut r, Shape::new(7, 2, 3, 40), 3, 510)?;
+    check_xent(gpu, &mut cpu, &mut r, BATCH, 10, 600)?;
+    check_xent(gpu, &mut cpu, &mut r, 300, 7, 610)?;
+    check_sgd(gpu, &mut cpu, &mut r, 700)?;
+    for (k, &(rows, cols)) in [(64, 216), (64, 576), (256, 576), (256, 2304), (24, 72), (8, 200)].iter().enumerate() {
+        check_muon(gpu, &mut cpu, &mut r, rows, cols, 800 + 10 * k as u64)?;
+    }
+    check_step(gpu, &mut cpu, &mut r, BATCH, 900)?;
+
+    let (ok, lines, failed) = (r.ok, r.lines, r.failed);
+    writeln!(r.out, "self-test: {lines} checks, {failed} failed: {}", if ok { "PASS" } else { "FAIL" }).map_err(io)?;
+    Ok(ok)
+}
+
+fn check_stem(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report) -> Result<()> {
+    let total = 150;
+    let images = bytes(total * 3072, 11, 256);
+    let (n, cw) = (BATCH, 24);
+    let wds = words(n + 5, total, 12);
+    let w = rnd(cw * 12, 13, 0.5, 0.0);
+    // patch covariance (first 100 images)
+    let ci = cpu.upload_bytes(&images)?;
+    let gi = gpu.upload_bytes(&images)?;
+    let want: Vec<f32> = cpu.patch_cov(&ci, 100, NORM)?.into_iter().map(|v| v as f32).collect();
+    let got: Vec<f32> = gpu.patch_cov(&gi, 100, NORM)?.into_iter().map(|v| v as f32).collect();
+    r.line("patch_cov", "100 images, 12x12", &got, &want, TOL_F32)?;
+    // stem at offset 5
+    let (cwd, gwd) = (cpu.upload_words(&wds)?, gpu.upload_words(&wds)?);
+    let (cw_, gw_) = (cpu.upload(&w)?, gpu.upload(&w)?);
+    let len = n * 31 * 31 * cw;
+    let mut cy = vec![f32::NAN; len];
+    cpu.stem(&ci, total, &cwd, 5, n, NORM, &cw_, cw, &mut cy)?;
+    let mut gy = gpu.upload(&vec![POISON; len])?;
+    gpu.stem(&gi, total, &gwd, 5, n, NORM, &gw_, cw, &mut gy)?;
+    let got = gpu.download(&gy)?;
+    r.line("stem", &shape_str(Shape::new(n, 31, 31, cw)), &got, &cy, TOL_F16_OUT)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_conv(
+    gpu: &mut Gpu,
+    cpu: &mut Cpu<f32>,
+    r: &mut Report,
+    xs: Shape,
+    cout: usize,
+    pool: bool,
+    bn: bool,
+    seed: u64,
+) -> Result<()> {
+    let cin = xs.c;
+    let hp = HostPre::new(cin, bn, seed);
+    let x = rnd(xs.len(), seed + 3, 1.0, 0.0);
+    let w = rnd(cout * 9 * cin, seed + 4, 1.0 / ((9 * cin) as f64).sqrt(), 0.0);
+    let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
+    let fs = xs.with_c(cout);
+    let tag = format!("{}{}", if pool { "pool," } else { "" }, hp.label());
+    let label = |what: &str| format!("conv3x3 {what} [{tag}]");
+    let shape = format!("{}->{}", shape_str(xs), cout);
+
+    // forward
+    let (cx, cw) = (cpu.upload(&x)?, cpu.upload(&w)?);
+    let (cs, cb) = up_pre(cpu, &hp)?;
+    let mut cy = vec![f32::NAN; ys.len()];
+    let mut cam = vec![9u8; if pool { ys.len() } else { 0 }];
+    cpu.conv3x3(&cx, xs, pre_of(&cs, &cb), &cw, cout, pool, &mut cy, &mut cam)?;
+    let (gx, gw) = (gpu.upload_f16(&x)?, gpu.upload(&w)?);
+    let (gs, gb) = up_pre(gpu, &hp)?;
+    let mut gy = gpu.upload(&vec![POISON; ys.len()])?;
+    let mut gam = gpu.upload_bytes(&vec![0xEE; if pool { ys.len() } else { 0 }])?;
+    gpu.conv3x3(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &mut gy, &mut gam)?;
+    let got = gpu.download(&gy)?;
+    r.line(&label("fwd"), &shape, &got, &cy, TOL_CONV)?;
+    if pool {
+        let am = gpu.download_bytes(&gam)?;
+        let mut full = vec![f32::NAN; fs.len()];
+        cpu.conv3x3(&cx, xs, pre_of(&cs, &cb), &cw, cout, false, &mut full, &mut Vec::new())?;
+        let rms = (full.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / full.len() as f64).sqrt();
+        let (ph, pw) = (ys.h, ys.w);
+        let vals = |i: usize, k: usize| {
+            let o = i % cout;
+            let px = (i / cout) % pw;
+            let py = (i / cout / pw) % ph;
+            let n = i / cout / pw / ph;
+            full[((n * xs.h + 2 * py + k / 2) * xs.w + 2 * px + k % 2) * cout + o] as f64
+        };
+        r.argmax(&label("argmax"), &shape, &am, &cam, 4, TOL_CONV * rms, vals)?;
+    }
+
+    // backward, with the CPU's argmax as the common routing
+    let dy = rnd(ys.len(), seed + 5, 1.0, 0.0);
+    let cdy = cpu.upload(&dy)?;
+    let mut cdw = vec![f32::NAN; w.len()];
+    let mut cda = vec![f32::NAN; xs.len()];
+    cpu.conv3x3_bwd(&cx, xs, pre_of(&cs, &cb), &cw, cout, pool, &cam, &cdy, &mut cdw, Some(&mut cda))?;
+    let gdy = gpu.upload_f16(&dy)?;
+    let gam = gpu.upload_bytes(&cam)?;
+    let mut gdw = gpu.upload(&vec![POISON; w.len()])?;
+    let mut gda = gpu.upload(&vec![POISON; xs.len()])?;
+    gpu.conv3x3_bwd(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &gam, &gdy, &mut gdw, Some(&mut gda))?;
+    let got = gpu.download(&gdw)?;
+    r.line(&label("wgrad dw"), &shape, &got, &cdw, TOL_CONV)?;
+    let got = gpu.download(&gda)?;
+    r.line(&label("dgrad da"), &shape, &got, &cda, TOL_CONV)?;
+    // the same without da (the first layer once its bias is frozen): dw must not change
+    let mut gdw2 = gpu.upload(&vec![POISON; w.len()])?;
+    gpu.conv3x3_bwd(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &gam, &gdy, &mut gdw2, None)?;
+    let got2 = gpu.download(&gdw2)?;
+    r.line(&label("wgrad dw (no da)"), &shape, &got2, &got, 0.0)
+}
+
+fn check_bn(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, ys: Shape, seed: u64) -> Result<()> {
+    let c = ys.c;
+    let y = rnd(ys.len(), seed, 2.0, 0.5);
+    let rm = rnd(c, seed + 1, 0.2, 0.0);
+    let rv = rnd(c, seed + 2, 0.2, 1.0).into_iter().map(|v| v.abs() + 0.1).collect::<Vec<_>>();
+    let (eps, mom) = (1e-12f32, 0.6f32);
+    let cy = cpu.upload(&y)?;
+    let (mut crm, mut crv) = (rm.clone(), rv.clone());
+    let mut cbn = vec![f32::NAN; 2 * c];
+    cpu.bn_stats(&cy, ys, eps, mom, &mut crm, &mut crv, &mut cbn)?;
+    let gy = gpu.upload_f16(&y)?;
+    let (mut grm, mut grv) = (gpu.upload(&rm)?, gpu.upload(&rv)?);
+    let mut gbn = gpu.upload(&vec![POISON; 2 * c])?;
+    gpu.bn_stats(&gy, ys, eps, mom, &mut grm, &mut grv, &mut gbn)?;
+    let s = shape_str(ys);
+    let got = gpu.download(&gbn)?;
+    r.line("bn_stats [mean|invstd]", &s, &got, &cbn, TOL_F32)?;
+    let got = gpu.download(&grm)?;
+    r.line("bn_stats running mean", &s, &got, &crm, TOL_F32)?;
+    let got = gpu.download(&grv)?;
+    r.line("bn_stats running var", &s, &got, &crv, TOL_F32)?;
+    // eval mode from the updated running statistics
+    let mut ce = vec![f32::NAN; 2 * c];
+    cpu.bn_eval(&crm, &crv, 1e-5, &mut ce)?;
+    let mut ge = gpu.upload(&vec![POISON; 2 * c])?;
+    gpu.bn_eval(&grm, &grv, 1e-5, &mut ge)?;
+    let got = gpu.download(&ge)?;
+    r.line("bn_eval", &format!("c={c}"), &got, &ce, TOL_F32)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_pre_bwd(
+    gpu: &mut Gpu,
+    cpu: &mut Cpu<f32>,
+    r: &mut Report,
+    xs: Shape,
+    bn: bool,
+    with_dx: bool,
+    seed: u64,
+) -> Result<()> {
+    let c = xs.c;
+    let hp = HostPre::new(c, bn, seed);
+    let x = rnd(xs.len(), seed + 3, 1.0, 0.0);
+    let da = rnd(xs.len(), seed + 4, 0.1, 0.0);
+    let (cs, cb) = up_pre(cpu, &hp)?;
+    let (cx, cda) = (cpu.upload(&x)?, cpu.upload(&da)?);
+    let mut cds = vec![f32::NAN; c];
+    let mut cdx = vec![f32::NAN; xs.len()];
+    cpu.pre_bwd(&cda, &cx, xs, pre_of(&cs, &cb), &mut cds, with_dx.then_some(&mut cdx))?;
+    let (gs, gb) = up_pre(gpu, &hp)?;
+    // da uploaded as f32: exercises the cast path
+    let (gx, gda) = (gpu.upload_f16(&x)?, gpu.upload(&da)?);
+    let mut gds = gpu.upload(&vec![POISON; c])?;
+    let mut gdx = gpu.upload(&vec![POISON; xs.len()])?;
+    gpu.pre_bwd(&gda, &gx, xs, pre_of(&gs, &gb), &mut gds, with_dx.then_some(&mut gdx))?;
+    let s = shape_str(xs);
+    let got = gpu.download(&gds)?;
+    r.line(&format!("pre_bwd dshift [{}]", hp.label()), &s, &got, &cds, TOL_F32 * 10.0)?;
+    if with_dx {
+        let got = gpu.download(&gdx)?;
+        r.line(&format!("pre_bwd dx [{}]", hp.label()), &s, &got, &cdx, TOL_F16_OUT)?;
+    }
+    Ok(())
+}
+
+fn check_head(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, xs: Shape, classes: usize, seed: u64) -> Result<()> {
+    let (n, c, hw) = (xs.n, xs.c, xs.h * xs.w);
+    let hp = HostPre::new(c, true, seed);
+    let x = rnd(xs.len(), seed + 3, 1.0, 0.0);
+    let w = rnd(classes * c, seed + 4, 1.0, 0.0);
+    let scale = 1.0 / c as f32;
+    let (cs, cb) = up_pre(cpu, &hp)?;
+    let (cx, cw) = (cpu.upload(&x)?, cpu.upload(&w)?);
+    let (mut cf, mut cam, mut cl) = (vec![f32::NAN; n * c], vec![0u8; n * c], vec![f32::NAN; n * classes]);
+    cpu.head(&cx, xs, pre_of(&cs, &cb), &cw, classes, scale, &mut cf, &mut cam, &mut cl)?;
+    let (gs, gb) = up_pre(gpu, &hp)?;
+    let (gx, gw) = (gpu.upload_f16(&x)?, gpu.upload(&w)?);
+    let mut gf = gpu.upload(&vec![POISON; n * c])?;
+    let mut gam = gpu.upload_bytes(&vec![0xEE; n * c])?;
+    let mut gl = gpu.upload(&vec![POISON; n * classes])?;
+    gpu.head(&gx, xs, pre_of(&gs, &gb), &gw, classes, scale, &mut gf, &mut gam, &mut gl)?;
+    let s = format!("{} -> {classes}", shape_str(xs));
+    let got = gpu.download(&gf)?;
+    r.line("head feat", &s, &got, &cf, TOL_F32)?;
+    let got = gpu.download(&gl)?;
+    r.line("head logits", &s, &got, &cl, TOL_F32)?;
+    let am = gpu.download_bytes(&gam)?;
+    let vals = |i: usize, p: usize| {
+        let (img, ch) = (i / c, i % c);
+        gelu64(hp.u(x[(img * hw + p) * c + ch], ch))
+    };
+    r.argmax("head argmax", &s, &am, &cam, hw, 1e-6, vals)?;
+
+    // backward with the CPU's features and argmax
+    let dl = rnd(n * classes, seed + 5, 0.5, 0.0);
+    let cdl = cpu.upload(&dl)?;
+    let (mut cdw, mut cda) = (vec![f32::NAN; classes * c], vec![f32::NAN; xs.len()]);
+    cpu.head_bwd(&cdl, &cf, &cam, &cw, xs, classes, scale, &mut cdw, &mut cda)?;
+    let (gdl, gfeat, gam) = (gpu.upload(&dl)?, gpu.upload(&cf)?, gpu.upload_bytes(&cam)?);
+    let mut gdw = gpu.upload(&vec![POISON; classes * c])?;
+    let mut gda = gpu.upload(&vec![POISON; xs.len()])?;
+    gpu.head_bwd(&gdl, &gfeat, &gam, &gw, xs, classes, scale, &mut gdw, &mut gda)?;
+    let got = gpu.download(&gdw)?;
+    r.line("head_bwd dw", &s, &got, &cdw, TOL_F32)?;
+    let got = gpu.download(&gda)?;
+    r.line("head_bwd da", &s, &got, &cda, TOL_F16_OUT)
+}
+
+fn check_xent(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, n: usize, classes: usize, seed: u64) -> Result<()> {
+    let total = n + 40;
+    let labels = bytes(total, seed, classes as u32);
+    let wds = words(n + 3, total, seed + 1);
+    let logits = rnd(n * classes, seed + 2, 3.0, 0.0);
+    let acc0 = vec![1.5f32, 2.0];
+    let (cl, clab, cw) = (cpu.upload(&logits)?, cpu.upload_bytes(&labels)?, cpu.upload_words(&wds)?);
+    let mut cd = vec![f32::NAN; n * classes];
+    let mut cacc = acc0.clone();
+    cpu.xent(&cl, &clab, &cw, 3, n, classes, 0.2, &mut cd, &mut cacc)?;
+    let (gl, glab, gw) = (gpu.upload(&logits)?, gpu.upload_bytes(&labels)?, gpu.upload_words(&wds)?);
+    let mut gd = gpu.upload(&vec![POISON; n * classes])?;
+    let mut gacc = gpu.upload(&acc0)?;
+    gpu.xent(&gl, &glab, &gw, 3, n, classes, 0.2, &mut gd, &mut gacc)?;
+    let s = format!("{n}x{classes}");
+    let got = gpu.download(&gd)?;
+    r.line("xent dlogits", &s, &got, &cd, TOL_F32)?;
+    let got = gpu.download(&gacc)?;
+    r.line("xent [loss, correct] acc", &s, &got, &cacc, TOL_F32)?;
+    // axpy on the same logits
+    let mut ca = rnd(n * classes, seed + 3, 1.0, 0.0);
+    let mut ga = gpu.upload(&ca)?;
+    cpu.axpy(&mut ca, &cl, 0.125)?;
+    gpu.axpy(&mut ga, &gl, 0.125)?;
+    let got = gpu.download(&ga)?;
+    r.line("axpy", &s, &got, &ca, TOL_F32)
+}
+
+fn check_sgd(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, seed: u64) -> Result<()> {
+    // 18 tensors: more than one multi-tensor launch (16 per launch), sizes of the recipe's
+    // biases and head plus odd ones
+    let sizes: Vec<usize> = (0..18).map(|i| [24, 64, 256, 2560, 1, 333][i % 6]).collect();
+    let mut host = Vec::new();
+    for (i, &n) in sizes.iter().enumerate() {
+        let s = seed + 3 * i as u64;
+        host.push((rnd(n, s, 1.0, 0.0), rnd(n, s + 1, 1.0, 0.0), rnd(n, s + 2, 0.5, 0.0)));
+    }
+    let lr = |i: usize| 0.05 + 0.01 * i as f32;
+    let wd = |i: usize| 0.004 / (0.05 + 0.01 * i as f32);
+    let mut cp: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = host.clone();
+    let mut cparams: Vec<SgdParam<Cpu<f32>>> = cp
+        .iter_mut()
+        .enumerate()
+        .map(|(i, (p, g, m))| SgdParam { p, g: &*g, m, lr: lr(i), wd: wd(i) })
+        .collect();
+    cpu.sgd(&mut cparams, 0.85)?;
+    drop(cparams);
+    let mut gp = Vec::new();
+    for (p, g, m) in &host {
+        gp.push((gpu.upload(p)?, gpu.upload(g)?, gpu.upload(m)?));
+    }
+    let mut gparams: Vec<SgdParam<Gpu>> = gp
+        .iter_mut()
+        .enumerate()
+        .map(|(i, (p, g, m))| SgdParam { p, g: &*g, m, lr: lr(i), wd: wd(i) })
+        .collect();
+    gpu.sgd(&mut gparams, 0.85)?;
+    drop(gparams);
+    let (mut gall, mut call, mut gm, mut cm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((p, _, m), (cpp, _, cmm)) in gp.iter().zip(&cp) {
+        gall.extend(gpu.download(p)?);
+        gm.extend(gpu.download(m)?);
+        call.extend_from_slice(cpp);
+        cm.extend_from_slice(cmm);
+    }
+    let s = format!("{} tensors", sizes.len());
+    r.line("sgd params", &s, &gall, &call, TOL_F32)?;
+    r.line("sgd momentum", &s, &gm, &cm, TOL_F32)
+}
+
+fn check_muon(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, rows: usize, cols: usize, seed: u64) -> Result<()> {
+    let n = rows * cols;
+    let w0 = rnd(n, seed, 1.0 / (cols as f64).sqrt(), 0.0);
+    let g = rnd(n, seed + 1, 0.1, 0.0);
+    let m0 = rnd(n, seed + 2, 0.1, 0.0);
+    let (lr, mom, steps) = (0.24f32, 0.6f32, 3);
+    let (mut cw, mut cm) = (w0.clone(), m0.clone());
+    let cg = g.clone();
+    cpu.muon(&mut [MuonParam { w: &mut cw, g: &cg, m: &mut cm, rows, cols }], lr, mom, steps)?;
+    let (mut gw, gg, mut gm) = (gpu.upload(&w0)?, gpu.upload(&g)?, gpu.upload(&m0)?);
+    gpu.muon(&mut [MuonParam { w: &mut gw, g: &gg, m: &mut gm, rows, cols }], lr, mom, steps)?;
+    let s = format!("{rows}x{cols}");
+    let (gwv, gmv) = (gpu.download(&gw)?, gpu.download(&gm)?);
+    r.line("muon momentum", &s, &gmv, &cm, TOL_F32)?;
+    r.line("muon weight", &s, &gwv, &cw, TOL_F32 * 100.0)?;
+    // the Newton–Schulz update alone: (w_new − w·renorm)/lr
+    let fro = w0.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+    let renorm = ((rows as f64).sqrt() / fro) as f32;
+    let upd = |w: &[f32]| -> Vec<f32> { w.iter().zip(&w0).map(|(&a, &b)| (b * renorm - a) / lr).collect() };
+    r.line("muon Newton-Schulz update", &s, &upd(&gwv), &upd(&cw), TOL_NS)
+}
+
+// ---------------------------------------------------------------------------------------------
+// One whole training step, generic over the backend (the sequence of main.rs's train_step).
+
+const WHITEN: usize = 24;
+const CLASSES: usize = 10;
+const STEP_LAYERS: [(usize, usize, bool); 6] =
+    [(24, 64, true), (64, 64, false), (64, 256, true), (256, 256, false), (256, 256, true), (256, 256, false)];
+
+/// Host copies of everything a step starts from.
+struct StepInit {
+    images: Vec<u8>,
+    labels: Vec<u8>,
+    words: Vec<u32>,
+    total: usize,
+    whiten_w: Vec<f32>,
+    whiten_b: Vec<f32>,
+    conv: Vec<Vec<f32>>,
+    beta: Vec<Vec<f32>>,
+    head: Vec<f32>,
+}
+
+/// What a step produced, downloaded: (name, values) in a fixed order, with the tolerance class.
+type StepOut = Vec<(String, f64, Vec<f32>)>;
+
+fn step_init(n: usize, seed: u64) -> StepInit {
+    let total = n + 50;
+    let conv = STEP_LAYERS
+        .iter()
+        .enumerate()
+        .map(|(l, &(cin, cout, _))| {
+            let mut w = rnd(cout * 9 * cin, seed + l as u64, 0.6 / ((9 * cin) as f64).sqrt(), 0.0);
+            for i in 0..cin.min(cout) {
+                w[(i * 9 + 4) * cin + i] += 0.5; // partly Dirac, as the recipe's init
+            }
+            w
+        })
+        .collect();
+    StepInit {
+        images: bytes(total * 3072, seed + 10, 256),
+        labels: bytes(total, seed + 11, CLASSES as u32),
+        words: words(n, total, seed + 12),
+        total,
+        whiten_w: Vec::new(),
+        whiten_b: rnd(WHITEN, seed + 13, 0.3, 0.0),
+        conv,
+        beta: STEP_LAYERS.iter().enumerate().map(|(l, &(_, co, _))| rnd(co, seed + 20 + l as u64, 0.1, 0.0)).collect(),
+        head: rnd(CLASSES * 256, seed + 30, 1.0, 0.0),
+    }
+}
+
+/// forward (training BN) → xent → backward (whitening bias trains) → SGD + Muon, then downloads.
+fn whole_step<B: Backend>(b: &mut B, init: &StepInit, n: usize) -> Result<StepOut> {
+    let up = |b: &mut B, v: &[f32]| b.upload(v);
+    let images = b.upload_bytes(&init.images)?;
+    let labels = b.upload_bytes(&init.labels)?;
+    let words = b.upload_words(&init.words)?;
+    let whiten_w = up(b, &init.whiten_w)?;
+    let mut whiten_b = up(b, &init.whiten_b)?;
+    let mut conv = init.conv.iter().map(|w| up(b, w)).collect::<Result<Vec<_>>>()?;
+    let mut beta = init.beta.iter().map(|w| up(b, w)).collect::<Result<Vec<_>>>()?;
+    let mut head = up(b, &init.head)?;
+    let mut run_mean = STEP_LAYERS.iter().map(|&(_, co, _)| b.zeros(co)).collect::<Result<Vec<_>>>()?;
+    let mut run_var = STEP_LAYERS.iter().map(|&(_, co, _)| up(b, &vec![1.0; co])).collect::<Result<Vec<_>>>()?;
+    let mut s = [Shape::new(n, 31, 31, WHITEN); 7];
+    for (l, &(_, cout, pool)) in STEP_LAYERS.iter().enumerate() {
+        s[l + 1] = if pool { s[l].with_c(cout).pooled() } else { s[l].with_c(cout) };
+    }
+    let mut x = s.iter().map(|s| b.zeros(s.len())).collect::<Result<Vec<_>>>()?;
+    let mut ga = s.iter().map(|s| b.zeros(s.len())).collect::<Result<Vec<_>>>()?;
+    let mut gx = s.iter().map(|s| b.zeros(s.len())).collect::<Result<Vec<_>>>()?;
+    let mut am = (0..6)
+        .map(|l| b.byte_zeros(if STEP_LAYERS[l].2 { s[l + 1].len() } else { 0 }))
+        .collect::<Result<Vec<_>>>()?;
+    let mut bn = s.iter().map(|s| b.zeros(2 * s.c)).collect::<Result<Vec<_>>>()?;
+    let c6 = s[6].c;
+    let mut feat = b.zeros(n * c6)?;
+    let mut ham = b.byte_zeros(n * c6)?;
+    let mut logits = b.zeros(n * CLASSES)?;
+    let mut dlogits = b.zeros(n * CLASSES)?;
+    let mut acc = b.zeros(2)?;
+    let scale = 1.0 / c6 as f32;
+
+    // forward
+    b.stem(&images, init.total, &words, 0, n, NORM, &whiten_w, WHITEN, &mut x[0])?;
+    for (l, &(_, cout, pool)) in STEP_LAYERS.iter().enumerate() {
+        let (xi, xo) = x.split_at_mut(l + 1);
+        let (bi, bo) = bn.split_at_mut(l + 1);
+        let pre = if l == 0 { Pre::Bias(&whiten_b) } else { Pre::Bn { bn: &bi[l], beta: &beta[l - 1] } };
+        b.conv3x3(&xi[l], s[l], pre, &conv[l], cout, pool, &mut xo[0], &mut am[l])?;
+        b.bn_stats(&xo[0], s[l + 1], 1e-12, 0.6, &mut run_mean[l], &mut run_var[l], &mut bo[0])?;
+    }
+    let pre6 = Pre::Bn { bn: &bn[6], beta: &beta[5] };
+    b.head(&x[6], s[6], pre6, &head, CLASSES, scale, &mut feat, &mut ham, &mut logits)?;
+    b.xent(&logits, &labels, &words, 0, n, CLASSES, 0.2, &mut dlogits, &mut acc)?;
+
+    // backward
+    let mut g_conv = init.conv.iter().map(|w| b.zeros(w.len())).collect::<Result<Vec<_>>>()?;
+    let mut g_beta = init.beta.iter().map(|w| b.zeros(w.len())).collect::<Result<Vec<_>>>()?;
+    let mut g_head = b.zeros(init.head.len())?;
+    let mut g_wb = b.zeros(WHITEN)?;
+    b.head_bwd(&dlogits, &feat, &ham, &head, s[6], CLASSES, scale, &mut g_head, &mut ga[6])?;
+    for (l, &(_, cout, pool)) in STEP_LAYERS.iter().enumerate().rev() {
+        let k = l + 1;
+        b.pre_bwd(&ga[k], &x[k], s[k], Pre::Bn { bn: &bn[k], beta: &beta[l] }, &mut g_beta[l], Some(&mut gx[k]))?;
+        let pre = if l == 0 { Pre::Bias(&whiten_b) } else { Pre::Bn { bn: &bn[l], beta: &beta[l - 1] } };
+        b.conv3x3_bwd(&x[l], s[l], pre, &conv[l], cout, pool, &am[l], &gx[k], &mut g_conv[l], Some(&mut ga[l]))?;
+    }
+    b.pre_bwd(&ga[0], &x[0], s[0], Pre::Bias(&whiten_b), &mut g_wb, None)?;
+
+    let mut out: StepOut = Vec::new();
+    let push = |b: &mut B, out: &mut StepOut, name: String, tol: f64, buf: &B::Buf| -> Result<()> {
+        out.push((name, tol, b.download(buf)?));
+        Ok(())
+    };
+    push(b, &mut out, "step loss/correct".into(), TOL_STEP_LOSS, &acc)?;
+    push(b, &mut out, "step logits".into(), TOL_STEP_ACT, &logits)?;
+    for (k, bk) in bn.iter().enumerate().skip(1) {
+        push(b, &mut out, format!("step bn[{k}] mean|invstd"), TOL_STEP_ACT, bk)?;
+    }
+    push(b, &mut out, "step grad head".into(), TOL_STEP_GRAD, &g_head)?;
+    for l in (0..6).rev() {
+        push(b, &mut out, format!("step grad beta[{l}]"), TOL_STEP_GRAD, &g_beta[l])?;
+        push(b, &mut out, format!("step grad conv[{l}]"), TOL_STEP_GRAD, &g_conv[l])?;
+    }
+    push(b, &mut out, "step grad whiten bias".into(), TOL_STEP_GRAD, &g_wb)?;
+
+    // optimizer (fixed rates of step 0 of the recipe)
+    let mut m_head = b.zeros(init.head.len())?;
+    let mut m_beta = init.beta.iter().map(|w| b.zeros(w.len())).collect::<Result<Vec<_>>>()?;
+    let mut m_wb = b.zeros(WHITEN)?;
+    let mut m_conv = init.conv.iter().map(|w| b.zeros(w.len())).collect::<Result<Vec<_>>>()?;
+    {
+        let mut sgd = vec![SgdParam { p: &mut head, g: &g_head, m: &mut m_head, lr: 0.67, wd: 0.004 / 0.67 }];
+        for ((p, g), m) in beta.iter_mut().zip(&g_beta).zip(&mut m_beta) {
+            sgd.push(SgdParam { p, g, m, lr: 0.053, wd: 0.004 / 0.053 });
+        }
+        sgd.push(SgdParam { p: &mut whiten_b, g: &g_wb, m: &mut m_wb, lr: 0.053, wd: 0.004 / 0.053 });
+        b.sgd(&mut sgd, 0.85)?;
+        let mut muon: Vec<MuonParam<B>> = conv
+            .iter_mut()
+            .zip(&g_conv)
+            .zip(&mut m_conv)
+            .zip(STEP_LAYERS)
+            .map(|(((w, g), m), (cin, cout, _))| MuonParam { w, g, m, rows: cout, cols: 9 * cin })
+            .collect();
+        b.muon(&mut muon, 0.24, 0.6, 3)?;
+    }
+    push(b, &mut out, "step updated head".into(), TOL_STEP_PARAM, &head)?;
+    push(b, &mut out, "step updated whiten bias".into(), TOL_STEP_PARAM, &whiten_b)?;
+    for l in 0..6 {
+        push(b, &mut out, format!("step updated beta[{l}]"), TOL_STEP_PARAM, &beta[l])?;
+        push(b, &mut out, format!("step updated conv[{l}]"), TOL_STEP_PARAM, &conv[l])?;
+        push(b, &mut out, format!("step running var[{l}]"), TOL_STEP_ACT, &run_var[l])?;
+    }
+    b.sync()?;
+    Ok(out)
+}
+
+fn check_step(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, n: usize, seed: u64) -> Result<()> {
+    let mut init = step_init(n, seed);
+    // whitening filters from the CPU covariance of the batch's images (same for both)
+    let ci = cpu.upload_bytes(&init.images)?;
+    let cov = cpu.patch_cov(&ci, init.total, NORM)?;
+    let (w, _) = crate::whiten::filters(&cov, 5e-4);
+    init.whiten_w = w.into_iter().map(|v| f16::from_f32(v).to_f32()).collect();
+    let want = whole_step(cpu, &init, n)?;
+    let got = whole_step(gpu, &init, n)?;
+    let shape = format!("batch {n}, recipe widths");
+    for ((name, tol, g), (_, _, w)) in got.iter().zip(&want) {
+        r.line(name, &shape, g, w, *tol)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-kernel benchmark
+
+/// H100 SXM peaks from ../shared/docs/RECIPE.md: dense fp16 tensor-core FLOP/s and HBM bytes/s.
+const PEAK_FLOPS: f64 = 800e12;
+const PEAK_BYTES: f64 = 3.0e12;
+const REPS: usize = 20;
+const WARMUP: usize = 3;
+
+/// Median milliseconds of `REPS` event-timed runs of `f` after `WARMUP` untimed ones.
+fn time_ms(gpu: &mut Gpu, f: &mut dyn FnMut(&mut Gpu) -> Result<()>) -> Result<f64> {
+    for _ in 0..WARMUP {
+        f(gpu)?;
+    }
+    gpu.sync()?;
+    let t = Timer::new(&gpu.ctx)?;
+    let mut ms = Vec::with_capacity(REPS);
+    for _ in 0..REPS {
+        t.start(&gpu.stream)?;
+        f(gpu)?;
+        ms.push(t.stop(&gpu.stream)? as f64);
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    Ok(ms[REPS / 2])
+}
+
+fn bench_line(out: &mut dyn Write, name: &str, shape: &str, ms: f64, flops: f64, bytes: f64) -> Result<()> {
+    let s = ms * 1e-3;
+    let floor_us = (flops / PEAK_FLOPS).max(bytes / PEAK_BYTES) * 1e6;
+    writeln!(
+        out,
+        "{name:<24} {shape:<26} {:>9.1} us  {:>7.1} TFLOP/s  {:>7.1} GB/s  floor {:>8.1} us ({:>5.1}% of floor)",
+        ms * 1e3,
+        flops / s / 1e12,
+        bytes / s / 1e9,
+        floor_us,
+        100.0 * floor_us / (ms * 1e3)
+    )
+    .map_err(io)
+}
+
+/// Times every kernel family at the recipe's shapes for `batch` images and prints time,
+/// achieved TFLOP/s and GB/s, and the floor time at 800 TFLOP/s / 3.0 TB/s (H100 SXM).
+/// Inputs are random (fp16 activations, f32 parameters); nothing is validated here (`run` does).
+pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
+    let n = batch;
+    writeln!(out, "kernel bench on {}: batch {n}, median of {REPS} after {WARMUP} warm-up runs", gpu.describe()).map_err(io)?;
+    // stem
+    let total = n.max(1);
+    let images = gpu.upload_bytes(&bytes(total * 3072, 1, 256))?;
+    let wds = gpu.upload_words(&words(n, total, 2))?;
+    let ww = gpu.upload(&rnd(WHITEN * 12, 3, 0.5, 0.0))?;
+    let mut x0 = gpu.upload_f16(&vec![0.5; n * 961 * WHITEN])?;
+    let ms = time_ms(gpu, &mut |g| g.stem(&images, total, &wds, 0, n, NORM, &ww, WHITEN, &mut x0))?;
+    let flops = (n * 961 * WHITEN * 24) as f64;
+    bench_line(out, "stem", &format!("{n}x32x32x3->24"), ms, flops, (n * 3072 + n * 961 * WHITEN * 2) as f64)?;
+    let nc = total.min(5000);
+    let ms = time_ms(gpu, &mut |g| g.patch_cov(&images, nc, NORM).map(|_| ()))?;
+    bench_line(out, "patch_cov", &format!("{nc} images"), ms, (nc * 961 * 144 * 2) as f64, (nc * 3072) as f64)?;
+
+    for (l, &(h, w, cin, cout, pool)) in LAYERS.iter().enumerate() {
+        let xs = Shape::new(n, h, w, cin);
+        let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
+        let x = gpu.upload_f16(&rnd(xs.len(), 10 + l as u64, 1.0, 0.0))?;
+        let wt = gpu.upload(&rnd(cout * 9 * cin, 20 + l as u64, 0.05, 0.0))?;
+        let shift = gpu.upload(&rnd(cin, 30 + l as u64, 0.1, 0.0))?;
+        let mut bnv = rnd(cin, 40, 0.1, 0.0);
+        bnv.extend(vec![1.0; cin]);
+        let bnb = gpu.upload(&bnv)?;
+        let pre = |l: usize| if l == 0 { Pre::Bias(&shift) } else { Pre::Bn { bn: &bnb, beta: &shift } };
+        let mut y = gpu.upload_f16(&vec![0.0; ys.len()])?;
+        let mut am = gpu.byte_zeros(if pool { ys.len() } else { 0 })?;
+        let computed = if pool { ys.count() * 4 } else { xs.count() };
+        let flops = 2.0 * computed as f64 * cout as f64 * (9 * cin) as f64;
+        let shape = format!("{}->{}{}", shape_str(xs), cout, if pool { " pool" } else { "" });
+        let ms = time_ms(gpu, &mut |g| g.conv3x3(&x, xs, pre(l), &wt, cout, pool, &mut y, &mut am))?;
+        let bytes = (xs.len() * 2 + cout * 9 * cin * 4 + ys.len() * 2 + if pool { ys.len() } else { 0 }) as f64;
+        bench_line(out, &format!("conv3x3 fwd [{l}]"), &shape, ms, flops, bytes)?;
+        let dy = gpu.upload_f16(&rnd(ys.len(), 50 + l as u64, 1.0, 0.0))?;
+        let mut dw = gpu.zeros(cout * 9 * cin)?;
+        let mut da = gpu.zeros(xs.len())?;
+        let full = 2.0 * xs.count() as f64 * cout as f64 * (9 * cin) as f64;
+        let ms = time_ms(gpu, &mut |g| g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, None))?;
+        let bytes = (xs.len() * 2 + ys.len() * 2 + cout * 9 * cin * 4) as f64;
+        bench_line(out, &format!("conv3x3 wgrad [{l}]"), &shape, ms, full, bytes)?;
+        let ms =
+            time_ms(gpu, &mut |g| g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, Some(&mut da)))?;
+        let bytes = (2 * xs.len() * 2 + 2 * ys.len() * 2 + 2 * cout * 9 * cin * 4) as f64;
+        bench_line(out, &format!("conv3x3 wgrad+dgrad [{l}]"), &shape, ms, 2.0 * full, bytes)?;
+
+        // BN statistics and pre_bwd of this conv's output
+        let mut rm = gpu.zeros(cout)?;
+        let mut rv = gpu.upload(&vec![1.0; cout])?;
+        let mut bo = gpu.zeros(2 * cout)?;
+        let ms = time_ms(gpu, &mut |g| g.bn_stats(&y, ys, 1e-12, 0.6, &mut rm, &mut rv, &mut bo))?;
+        bench_line(out, &format!("bn_stats [{l}]"), &shape_str(ys), ms, 3.0 * ys.len() as f64, (2 * ys.len() * 2) as f64)?;
+        let beta = gpu.upload(&rnd(cout, 60, 0.1, 0.0))?;
+        let mut dshift = gpu.zeros(cout)?;
+        let mut dx = gpu.zeros(ys.len())?;
+        let ms = time_ms(gpu, &mut |g| {
+            g.pre_bwd(&dy, &y, ys, Pre::Bn { bn: &bo, beta: &beta }, &mut dshift, Some(&mut dx))
+        })?;
+        bench_line(out, &format!("pre_bwd [{l}]"), &shape_str(ys), ms, 40.0 * ys.len() as f64, (5 * ys.len() * 2) as f64)?;
+    }
+
+    // head, loss, optimizers
+    let xs = Shape::new(n, 3, 3, 256);
+    let x = gpu.upload_f16(&rnd(xs.len(), 70, 1.0, 0.0))?;
+    let hw = gpu.upload(&rnd(CLASSES * 256, 71, 1.0, 0.0))?;
+    let beta = gpu.upload(&rnd(256, 72, 0.1, 0.0))?;
+    let mut bnv = rnd(256, 73, 0.1, 0.0);
+    bnv.extend(vec![1.0; 256]);
+    let bnb = gpu.upload(&bnv)?;
+    let (mut feat, mut ham, mut logits) = (gpu.zeros(n * 256)?, gpu.byte_zeros(n * 256)?, gpu.zeros(n * CLASSES)?);
+    let ms = time_ms(gpu, &mut |g| {
+        g.head(&x, xs, Pre::Bn { bn: &bnb, beta: &beta }, &hw, CLASSES, 1.0 / 256.0, &mut feat, &mut ham, &mut logits)
+    })?;
+    bench_line(out, "head", &shape_str(xs), ms, (n * 256 * (9 * 20 + 20)) as f64, (xs.len() * 2 + n * 256 * 5) as f64)?;
+    let labels = gpu.upload_bytes(&bytes(total, 74, CLASSES as u32))?;
+    let (mut dl, mut acc) = (gpu.zeros(n * CLASSES)?, gpu.zeros(2)?);
+    let ms = time_ms(gpu, &mut |g| g.xent(&logits, &labels, &wds, 0, n, CLASSES, 0.2, &mut dl, &mut acc))?;
+    bench_line(out, "xent", &format!("{n}x{CLASSES}"), ms, (n * CLASSES * 30) as f64, (n * CLASSES * 8) as f64)?;
+    let (mut dw, mut da) = (gpu.zeros(CLASSES * 256)?, gpu.zeros(xs.len())?);
+    let ms = time_ms(gpu, &mut |g| g.head_bwd(&dl, &feat, &ham, &hw, xs, CLASSES, 1.0 / 256.0, &mut dw, &mut da))?;
+    bench_line(out, "head_bwd", &shape_str(xs), ms, (4 * n * 256 * CLASSES) as f64, (xs.len() * 2 + n * 256 * 9) as f64)?;
+
+    let sizes = [CLASSES * 256, 64, 64, 256, 256, 256, 256, WHITEN];
+    let mut st: Vec<(GBuf, GBuf, GBuf)> = Vec::new();
+    for (i, &s) in sizes.iter().enumerate() {
+        st.push((gpu.upload(&rnd(s, 80 + i as u64, 1.0, 0.0))?, gpu.upload(&rnd(s, 90 + i as u64, 1.0, 0.0))?, gpu.zeros(s)?));
+    }
+    let total_sgd: usize = sizes.iter().sum();
+    let ms = time_ms(gpu, &mut |g| {
+        let mut ps: Vec<SgdParam<Gpu>> =
+            st.iter_mut().map(|(p, gr, m)| SgdParam { p, g: &*gr, m, lr: 0.01, wd: 0.01 }).collect();
+        g.sgd(&mut ps, 0.85)
+    })?;
+    bench_line(out, "sgd (8 tensors)", &format!("{total_sgd} values"), ms, (6 * total_sgd) as f64, (5 * 4 * total_sgd) as f64)?;
+    let mut mu: Vec<(GBuf, GBuf, GBuf, usize, usize)> = Vec::new();
+    for (i, &(_, _, cin, cout, _)) in LAYERS.iter().enumerate() {
+        let len = cout * 9 * cin;
+        mu.push((
+            gpu.upload(&rnd(len, 100 + i as u64, 0.02, 0.0))?,
+            gpu.upload(&rnd(len, 110 + i as u64, 0.01, 0.0))?,
+            gpu.zeros(len)?,
+            cout,
+            9 * cin,
+        ));
+    }
+    let ns_flops: f64 =
+        mu.iter().map(|&(_, _, _, r, c)| 3.0 * (4.0 * (r * r * c) as f64 + 2.0 * (r * r * r) as f64)).sum();
+    let ns_bytes: f64 = mu.iter().map(|&(_, _, _, r, c)| (r * c * 4 * 20) as f64).sum();
+    let ms = time_ms(gpu, &mut |g| {
+        let mut ps: Vec<MuonParam<Gpu>> =
+            mu.iter_mut().map(|(w, gr, m, r, c)| MuonParam { w, g: &*gr, m, rows: *r, cols: *c }).collect();
+        g.muon(&mut ps, 0.24, 0.6, 3)
+    })?;
+    bench_line(out, "muon (6 convs, 3 NS)", "recipe weights", ms, ns_flops, ns_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole self-test on the GPU (every op against the CPU reference, then one training
+    /// step end to end).
+    #[test]
+    #[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
+    #[cfg_attr(
+        all(cuda_driver, not(kernels_built)),
+        ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
+    )]
+    fn gpu_matches_cpu_reference() {
+        let mut gpu = match Gpu::open(0) {
+            Ok(g) => g,
+            Err(e) => panic!("{e} (this machine has libcuda.so.1, so a usable GPU is expected)"),
+        };
+        let mut report = Vec::new();
+        let ok = run(&mut gpu, &mut report);
+        let text = String::from_utf8_lossy(&report);
+        eprintln!("{text}");
+        match ok {
+            Ok(true) => {}
+            Ok(false) => panic!("GPU self-test failed: see the FAIL lines above"),
+            Err(e) => panic!("GPU self-test stopped: {e}"),
+        }
+    }
+
+    /// The helpers that need no GPU: the poison is NaN in both storage types, and the
+    /// relative error flags NaN outputs.
+    #[test]
+    fn poison_is_nan_as_f32_and_f16() {
+        assert!(POISON.is_nan());
+        let bits = POISON.to_bits();
+        assert!(f16::from_bits((bits & 0xFFFF) as u16).is_nan());
+        assert!(f16::from_bits((bits >> 16) as u16).is_nan());
+        let (_, rel, finite) = rel_l2(&[1.0, f32::NAN], &[1.0, 2.0]);
+        assert!(!finite || rel.is_nan());
+        let (max, rel, finite) = rel_l2(&[1.0, 2.0], &[1.0, 2.0]);
+        assert!(finite && rel == 0.0 && max == 0.0);
+    }
+}
