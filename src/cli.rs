@@ -7,7 +7,9 @@ use std::path::PathBuf;
 pub const HELP: &str = "\
 speedrun: train a small conv net on CIFAR-10 to 94% as fast as the GPU allows
 
-usage: speedrun [flags]            (cargo run --release -- [flags])
+usage: speedrun [flags]            (cargo run --release -- [flags])   train and time
+       speedrun selftest [flags]   every GPU kernel and one training step against the CPU reference
+       speedrun bench [flags]      per-kernel GPU timings at the recipe's shapes (--batch-size)
 
 data
   --data-dir DIR      folder with data_batch_1..5.bin and test_batch.bin
@@ -21,6 +23,7 @@ device
                       (narrow net, subset of the data) instead of the GPU recipe
   --smoke             a tiny configuration (1 epoch on 1,000 images) to check the pipeline in seconds
   --threads N         CPU threads for --cpu (default: all; also $CIFAR_CPU_THREADS)
+  --device D          the GPU to use (default 0)
   --gpus LIST         fan out: one process per listed device (e.g. 0,1,2,3), the --runs split between
                       them round-robin, statistics merged at the end; with --cpu the \"devices\" are
                       CPU processes (each gets --threads or all cores)
@@ -53,8 +56,17 @@ evaluation
 
 exit status: 0 success, 2 usage, 3 data, 4 GPU, 5 diverged, 6 other I/O";
 
+/// What to do: train (the default), or check or time the GPU kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Train,
+    Selftest,
+    Bench,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Args {
+    pub command: Command,
     pub cpu: bool,
     pub smoke: bool,
     pub data_dir: Option<PathBuf>,
@@ -85,6 +97,7 @@ pub struct Args {
 impl Default for Args {
     fn default() -> Args {
         Args {
+            command: Command::Train,
             cpu: false,
             smoke: false,
             data_dir: None,
@@ -153,7 +166,15 @@ fn list(flag: &str, v: Option<String>) -> Result<Vec<usize>> {
 
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args> {
     let mut a = Args::default();
-    let mut it = args.into_iter();
+    let mut it = args.into_iter().peekable();
+    match it.peek().map(String::as_str) {
+        Some("selftest") => a.command = Command::Selftest,
+        Some("bench") => a.command = Command::Bench,
+        _ => {}
+    }
+    if a.command != Command::Train {
+        it.next();
+    }
     while let Some(flag) = it.next() {
         let path = |v: Option<String>| v.map(PathBuf::from).ok_or_else(|| Error::Usage(format!("{flag} needs a path")));
         match flag.as_str() {
@@ -185,6 +206,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args> {
     if let Some(g) = &a.gpus {
         if g.is_empty() {
             return Err(Error::Usage("--gpus needs at least one device".into()));
+        }
+        if a.command != Command::Train {
+            return Err(Error::Usage(
+                "--gpus fans out training runs; run selftest or bench once per device with --device".into(),
+            ));
         }
         if a.results.is_some() || a.only_runs.is_some() {
             return Err(Error::Usage("--gpus cannot be combined with the internal child flags".into()));
@@ -220,6 +246,9 @@ mod tests {
         assert_eq!((a.eval_every, a.eval_subset, a.no_tta, a.smoke), (2, 300, true, true));
         assert_eq!((a.json, a.csv), (Some("r.json".into()), Some("c.csv".into())));
         assert_eq!(a.gpus, Some(vec![0, 2, 1]));
+        assert_eq!(p("selftest --device 1").unwrap().command, Command::Selftest);
+        assert_eq!(p("bench --batch-size 1000").unwrap().command, Command::Bench);
+        assert_eq!(p("--cpu").unwrap().command, Command::Train);
         let c = p("--runs 4 --only-runs 1,3 --results r.txt --device 2").unwrap();
         assert_eq!((c.only_runs, c.results, c.device), (Some(vec![1, 3]), Some("r.txt".into()), 2));
     }
@@ -242,6 +271,8 @@ mod tests {
             ("--gpus 1,1", "twice"),
             ("--eval-subset 0", "at least 1"),
             ("--runs 2 --only-runs 2", "--runs is 2"),
+            ("--cpu selftest", "unknown flag \"selftest\""),
+            ("bench --gpus 0,1", "once per device"),
         ] {
             match p(line) {
                 Err(Error::Usage(m)) => assert!(m.contains(needle), "{line}: {m}"),
