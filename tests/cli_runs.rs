@@ -11,6 +11,13 @@ fn speedrun(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_speedrun")).args(args).output().expect("the binary starts")
 }
 
+/// The binary on the CPU with the smoke configuration on `dir`, plus `extra` (space-separated).
+fn smoke(dir: &Path, extra: &str) -> Output {
+    let mut args = vec!["--cpu", "--smoke", "--no-download", "--data-dir", dir.to_str().unwrap()];
+    args.extend(extra.split_whitespace());
+    speedrun(&args)
+}
+
 fn text(o: &Output) -> (String, String) {
     (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
@@ -33,25 +40,14 @@ fn smoke_runs_report_statistics_json_and_curves() {
     let Some(dir) = real_dataset("smoke_runs_report_statistics_json_and_curves") else { return };
     let out = scratch("smoke");
     let (json, csv) = (out.join("r.json"), out.join("curves.csv"));
-    let o = speedrun(&[
-        "--cpu",
-        "--smoke",
-        "--no-download",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--runs",
-        "2",
-        "--seed",
-        "5",
-        "--eval-every",
-        "1",
-        "--eval-subset",
-        "100",
-        "--json",
-        json.to_str().unwrap(),
-        "--csv",
-        csv.to_str().unwrap(),
-    ]);
+    let o = smoke(
+        &dir,
+        &format!(
+            "--runs 2 --seed 5 --eval-every 1 --eval-subset 100 --json {} --csv {}",
+            json.display(),
+            csv.display(),
+        ),
+    );
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
     assert!(
@@ -84,27 +80,10 @@ fn smoke_runs_report_statistics_json_and_curves() {
 
     // The same seeds fanned out over two CPU "devices": the same runs, bit for bit.
     let fan = out.join("fan.json");
-    let o = speedrun(&[
-        "--cpu",
-        "--smoke",
-        "--no-download",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--runs",
-        "2",
-        "--seed",
-        "5",
-        "--eval-every",
-        "1",
-        "--eval-subset",
-        "100",
-        "--threads",
-        "1",
-        "--gpus",
-        "0,1",
-        "--json",
-        fan.to_str().unwrap(),
-    ]);
+    let o = smoke(
+        &dir,
+        &format!("--runs 2 --seed 5 --eval-every 1 --eval-subset 100 --threads 1 --gpus 0,1 --json {}", fan.display(),),
+    );
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
     assert!(
@@ -121,22 +100,7 @@ fn smoke_runs_report_statistics_json_and_curves() {
 #[test]
 fn progressive_resolution_and_batch_size_from_the_command_line() {
     let Some(dir) = real_dataset("progressive_resolution_and_batch_size_from_the_command_line") else { return };
-    let o = speedrun(&[
-        "--cpu",
-        "--smoke",
-        "--no-download",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--batch-size",
-        "50",
-        "--prog-frac",
-        "0.5",
-        "--prog-start",
-        "0.5",
-        "--prog-warmup",
-        "2",
-        "--no-tta",
-    ]);
+    let o = smoke(&dir, "--batch-size 50 --prog-frac 0.5 --prog-start 0.5 --prog-warmup 2 --no-tta");
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("derived: batch 50 | 20 steps/epoch x 1 epochs = 20 steps | Muon lr 0.00600"), "{stdout}");
