@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# What a GPU session runs on the lent machine, in order of value (../shared/docs/GPU.md).
+# The machine has no Rust and no network: build here with
+#   REQUIRE_CUDA_KERNELS=1 cargo build --release
+# copy the data into data/cifar-10-batches-bin/ (two batch files per device call), then carry
+# target/release/speedrun and run, e.g.:
+#   bash bench/gpu-session.sh selftest      # every kernel + one training step vs the CPU reference
+#   bash bench/gpu-session.sh bench         # per-kernel timings against their floors
+#   bash bench/gpu-session.sh one           # one timed run with the per-epoch table
+#   bash bench/gpu-session.sh runs 25       # 25 seeded runs: statistics + JSON
+# Every step writes its raw log under $OUT (the device tool brings it back) with the GPU, driver
+# and command at its top; commit those logs verbatim under bench/logs/.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/out}
+mkdir -p "$OUT"
+BIN=./target/release/speedrun
+what=${1:-selftest}
+log="$OUT/$(date -u +%Y%m%d-%H%M%S)-$what.log"
+{
+  echo "# command: bench/gpu-session.sh $*"
+  echo "# date: $(date -u)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || echo "# nvidia-smi unavailable"
+} > "$log"
+case "$what" in
+  selftest) $BIN selftest 2>&1 | tee -a "$log" ;;
+  bench) $BIN bench 2>&1 | tee -a "$log" ;;
+  one) $BIN --no-download --csv "$OUT/curves.csv" 2>&1 | tee -a "$log" ;;
+  runs) $BIN --no-download --runs "${2:-25}" --json "$OUT/runs.json" 2>&1 | tee -a "$log" ;;
+  *) echo "unknown step $what (selftest | bench | one | runs N)" >&2; exit 2 ;;
+esac
+status=${PIPESTATUS[0]}
+echo "# exit status: $status" >> "$log"
+exit "$status"
