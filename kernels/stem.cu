@@ -9,6 +9,11 @@
 //                     padding, 31×31×cw fp16). One thread per (example, output pixel, group of 8
 //                     filters): grid ceil(n·961·cw/8 / 256), block 256. w (cw ≤ 64) is staged in
 //                     shared memory. The host asserts cw % 8 == 0.
+//   stem_res_fwd_f16  the same at resolution res (2..=32, progressive resizing): the 32×32 view is
+//                     downscaled bilinearly (PyTorch align_corners=False, no antialias: source
+//                     coordinate (i + ½)·32/res − ½ clamped to [0, 31]; `cpu::layers::resize_bilinear`)
+//                     before the conv; out is (res−1)×(res−1)×cw. Same launch shape with 961 →
+//                     (res−1)².
 //   patch_cov_f32     partial[b][r·12 + s] = Σ over the images b, b + gridDim.x, ... and their
 //                     31·31 2×2 patches of v[r]·v[s], v ordered (dy, dx, c) (no augmentation).
 //                     grid ≤ 256 blocks, block 160 (threads 0..143 own one (r, s) each); one image
@@ -73,6 +78,85 @@ extern "C" __global__ void stem_fwd_f16(const unsigned char* __restrict__ images
         o.h[j] = __float2half(acc);
     }
     *reinterpret_cast<uint4*>(out + pix * cw + g * 8) = o.u;
+}
+
+// Bilinear taps of output index i at resolution res: (lo, hi, fraction), computed in f64 like
+// the reference, the fraction rounded to f32.
+__device__ __forceinline__ void bilinear_taps(int i, int res, int& lo, int& hi, float& f) {
+    double s = ((double)i + 0.5) * 32.0 / (double)res - 0.5;
+    s = s < 0.0 ? 0.0 : (s > 31.0 ? 31.0 : s);
+    lo = (int)floor(s);
+    hi = lo + 1 < 31 ? lo + 1 : 31;
+    f = (float)(s - (double)lo);
+}
+
+extern "C" __global__ void stem_res_fwd_f16(const unsigned char* __restrict__ images, int total,
+                                            const unsigned int* __restrict__ aug, int n, float m0, float m1, float m2,
+                                            float s0, float s1, float s2, const float* __restrict__ w, int cw, int res,
+                                            half* __restrict__ out) {
+    __shared__ float sw[64 * 12];
+    __shared__ float nm[6];
+    for (int i = threadIdx.x; i < cw * 12; i += blockDim.x) sw[i] = w[i];
+    if (threadIdx.x == 0) {
+        nm[0] = m0; nm[1] = m1; nm[2] = m2;
+        nm[3] = s0; nm[4] = s1; nm[5] = s2;
+    }
+    __syncthreads();
+    const int groups = cw / 8, o = res - 1, per = o * o;
+    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long len = (long long)n * per * groups;
+    if (t >= len) return;
+    const int g = (int)(t % groups);
+    const long long pix = t / groups;
+    const int i = (int)(pix / per), r = (int)(pix % per);
+    const int y = r / o, x = r % o;
+    const unsigned int word = aug[i];
+    const int index = (int)(word & 0xFFFFFu);
+    const int sy = (int)((word >> 20) & 7u) - 4, sx = (int)((word >> 23) & 7u) - 4;
+    const bool flip = (word >> 26) & 1u;
+    if (index >= total) {
+        Half8 h;
+#pragma unroll
+        for (int j = 0; j < 8; j++) h.h[j] = __float2half(__int_as_float(0x7fc00000));
+        *reinterpret_cast<uint4*>(out + pix * cw + g * 8) = h.u;
+        return;
+    }
+    const unsigned char* img = images + (long long)index * 3072;
+    // the augmented, normalised view at full resolution
+    auto view = [&](int vy, int vx, int c) {
+        const int xx = flip ? 31 - vx : vx;
+        return norm_px(img[(reflect32(vy + sy) * 32 + reflect32(xx + sx)) * 3 + c], c, nm);
+    };
+    float v[12];
+#pragma unroll
+    for (int dy = 0; dy < 2; dy++) {
+        int y0, y1;
+        float fy;
+        bilinear_taps(y + dy, res, y0, y1, fy);
+#pragma unroll
+        for (int dx = 0; dx < 2; dx++) {
+            int x0, x1;
+            float fx;
+            bilinear_taps(x + dx, res, x0, x1, fx);
+#pragma unroll
+            for (int c = 0; c < 3; c++) {
+                const float p00 = view(y0, x0, c), p01 = view(y0, x1, c), p10 = view(y1, x0, c), p11 = view(y1, x1, c);
+                const float top = p00 + (p01 - p00) * fx;
+                const float bottom = p10 + (p11 - p10) * fx;
+                v[(dy * 2 + dx) * 3 + c] = top + (bottom - top) * fy;
+            }
+        }
+    }
+    Half8 h;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const float* wf = sw + (g * 8 + j) * 12;
+        float acc = 0.f;
+#pragma unroll
+        for (int k = 0; k < 12; k++) acc += v[k] * wf[k];
+        h.h[j] = __float2half(acc);
+    }
+    *reinterpret_cast<uint4*>(out + pix * cw + g * 8) = h.u;
 }
 
 extern "C" __global__ void patch_cov_f32(const unsigned char* __restrict__ images, int n, float m0, float m1,

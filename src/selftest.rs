@@ -22,6 +22,8 @@
 //!   while one dropped tap or a wrong channel gives ≥ 0.3.
 //! - `TOL_NS` 2e-2: Muon's Newton–Schulz update: 3 iterations × 3 GEMMs whose f32 inputs are
 //!   rounded to fp16 (u each), compounded by the quintic's slope (a = 3.4) near zero.
+//!   `TOL_MUON_W` 5e-3 for the updated weight w·√rows/‖w‖ − lr·X: lr·X is ≈ 0.2 of |w| at these
+//!   scales and carries the NS error (host emulation measured 4e-4).
 //! - Whole step, provisional until measured on a GPU (then to be set at 4× the measured error,
 //!   RECIPE/METHOD rule): loss relative difference ≤ 1e-3, logits and BN statistics ≤ 1e-2,
 //!   every parameter gradient ≤ 5e-2 (fp16 errors of ≈ 1e-3 per layer compounded through 7
@@ -44,6 +46,7 @@ const TOL_F32: f64 = 1e-5;
 const TOL_F16_OUT: f64 = 2e-3;
 const TOL_CONV: f64 = 1e-2;
 const TOL_NS: f64 = 2e-2;
+const TOL_MUON_W: f64 = 5e-3;
 const TOL_STEP_LOSS: f64 = 1e-3;
 const TOL_STEP_ACT: f64 = 1e-2;
 const TOL_STEP_GRAD: f64 = 5e-2;
@@ -313,7 +316,18 @@ fn check_stem(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report) -> Result<()> {
     let mut gy = gpu.upload(&vec![POISON; len])?;
     gpu.stem(&gi, total, &gwd, 5, n, NORM, &gw_, cw, &mut gy)?;
     let got = gpu.download(&gy)?;
-    r.line("stem", &shape_str(Shape::new(n, 31, 31, cw)), &got, &cy, TOL_F16_OUT)
+    r.line("stem", &shape_str(Shape::new(n, 31, 31, cw)), &got, &cy, TOL_F16_OUT)?;
+    // progressive-resolution stems (bilinear downscale of the view first)
+    for res in [24usize, 17] {
+        let len = n * (res - 1) * (res - 1) * cw;
+        let mut cy = vec![f32::NAN; len];
+        cpu.stem_res(&ci, total, &cwd, 5, n, NORM, &cw_, cw, res, &mut cy)?;
+        let mut gy = gpu.upload(&vec![POISON; len])?;
+        gpu.stem_res(&gi, total, &gwd, 5, n, NORM, &gw_, cw, res, &mut gy)?;
+        let got = gpu.download(&gy)?;
+        r.line(&format!("stem_res {res}px"), &shape_str(Shape::new(n, res - 1, res - 1, cw)), &got, &cy, TOL_F16_OUT)?;
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -479,7 +493,7 @@ fn check_head(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, xs: Shape, clas
         let (img, ch) = (i / c, i % c);
         gelu64(hp.u(x[(img * hw + p) * c + ch], ch))
     };
-    r.argmax("head argmax", &s, &am, &cam, hw, 1e-6, vals)?;
+    r.argmax("head argmax", &s, &am, &cam, hw, 1e-5, vals)?;
 
     // backward with the CPU's features and argmax
     let dl = rnd(n * classes, seed + 5, 0.5, 0.0);
@@ -580,7 +594,7 @@ fn check_muon(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, rows: usize, co
     let s = format!("{rows}x{cols}");
     let (gwv, gmv) = (gpu.download(&gw)?, gpu.download(&gm)?);
     r.line("muon momentum", &s, &gmv, &cm, TOL_F32)?;
-    r.line("muon weight", &s, &gwv, &cw, TOL_F32 * 100.0)?;
+    r.line("muon weight", &s, &gwv, &cw, TOL_MUON_W)?;
     // the Newton–Schulz update alone: (w_new − w·renorm)/lr
     let fro = w0.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
     let renorm = ((rows as f64).sqrt() / fro) as f32;

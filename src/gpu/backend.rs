@@ -450,6 +450,39 @@ impl Backend for Gpu {
         self.launch1d("stem", "stem_fwd_f16", n * 961 * cw / 8, &args)
     }
 
+    fn stem_res(
+        &mut self,
+        images: &GBytes,
+        total: usize,
+        aug: &GWords,
+        offset: usize,
+        n: usize,
+        norm: Norm,
+        w: &GBuf,
+        cw: usize,
+        res: usize,
+        out: &mut GBuf,
+    ) -> Result<()> {
+        if res == 32 {
+            return self.stem(images, total, aug, offset, n, norm, w, cw, out);
+        }
+        self.begin();
+        check((2..=32).contains(&res), || format!("stem_res: resolution {res} outside 2..=32"))?;
+        check_len(images.len, total * 3072, &format!("stem_res: images ({total}×32×32×3)"))?;
+        check(aug.len >= offset + n, || format!("stem_res: words {offset}..{} asked for, {} present", offset + n, aug.len))?;
+        check(cw % 8 == 0 && cw > 0 && cw <= 64, || format!("stem_res: {cw} filters; must be a multiple of 8, at most 64"))?;
+        let per = (res - 1) * (res - 1);
+        if n == 0 {
+            return check_len(out.len, 0, "stem_res: out");
+        }
+        let wp = self.in_f32(w, cw * 12, "stem_res: weights")?;
+        let o = self.out(out, n * per * cw, Dtype::F16, "stem_res: out")?;
+        let mut args = vec![self.ptr(&images.mem), int(total, "images")?, self.ptr(&aug.mem) + 4 * offset as u64, int(n, "batch")?];
+        args.extend(norm_args(norm));
+        args.extend([wp, int(cw, "filters")?, int(res, "resolution")?, o]);
+        self.launch1d("stem", "stem_res_fwd_f16", n * per * cw / 8, &args)
+    }
+
     fn conv3x3(
         &mut self,
         x: &GBuf,
