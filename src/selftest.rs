@@ -143,8 +143,11 @@ impl Report<'_> {
         } else {
             "FAIL"
         };
-        writeln!(self.out, "{name:<30} {shape:<22} max|err| {max:>10.3e}  relL2 {rel:>10.3e}  tol {tol:>7.1e}  {verdict}")
-            .map_err(io)
+        writeln!(
+            self.out,
+            "{name:<30} {shape:<22} max|err| {max:>10.3e}  relL2 {rel:>10.3e}  tol {tol:>7.1e}  {verdict}"
+        )
+        .map_err(io)
     }
 
     /// Pooling/argmax check by value: `vals(i, k)` is the reference value of candidate k of
@@ -550,22 +553,16 @@ fn check_sgd(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, seed: u64) -> Re
     let lr = |i: usize| 0.05 + 0.01 * i as f32;
     let wd = |i: usize| 0.004 / (0.05 + 0.01 * i as f32);
     let mut cp: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = host.clone();
-    let mut cparams: Vec<SgdParam<Cpu<f32>>> = cp
-        .iter_mut()
-        .enumerate()
-        .map(|(i, (p, g, m))| SgdParam { p, g: &*g, m, lr: lr(i), wd: wd(i) })
-        .collect();
+    let mut cparams: Vec<SgdParam<Cpu<f32>>> =
+        cp.iter_mut().enumerate().map(|(i, (p, g, m))| SgdParam { p, g: &*g, m, lr: lr(i), wd: wd(i) }).collect();
     cpu.sgd(&mut cparams, 0.85)?;
     drop(cparams);
     let mut gp = Vec::new();
     for (p, g, m) in &host {
         gp.push((gpu.upload(p)?, gpu.upload(g)?, gpu.upload(m)?));
     }
-    let mut gparams: Vec<SgdParam<Gpu>> = gp
-        .iter_mut()
-        .enumerate()
-        .map(|(i, (p, g, m))| SgdParam { p, g: &*g, m, lr: lr(i), wd: wd(i) })
-        .collect();
+    let mut gparams: Vec<SgdParam<Gpu>> =
+        gp.iter_mut().enumerate().map(|(i, (p, g, m))| SgdParam { p, g: &*g, m, lr: lr(i), wd: wd(i) }).collect();
     gpu.sgd(&mut gparams, 0.85)?;
     drop(gparams);
     let (mut gall, mut call, mut gm, mut cm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -672,9 +669,8 @@ fn whole_step<B: Backend>(b: &mut B, init: &StepInit, n: usize) -> Result<StepOu
     let mut x = s.iter().map(|s| b.zeros(s.len())).collect::<Result<Vec<_>>>()?;
     let mut ga = s.iter().map(|s| b.zeros(s.len())).collect::<Result<Vec<_>>>()?;
     let mut gx = s.iter().map(|s| b.zeros(s.len())).collect::<Result<Vec<_>>>()?;
-    let mut am = (0..6)
-        .map(|l| b.byte_zeros(if STEP_LAYERS[l].2 { s[l + 1].len() } else { 0 }))
-        .collect::<Result<Vec<_>>>()?;
+    let mut am =
+        (0..6).map(|l| b.byte_zeros(if STEP_LAYERS[l].2 { s[l + 1].len() } else { 0 })).collect::<Result<Vec<_>>>()?;
     let mut bn = s.iter().map(|s| b.zeros(2 * s.c)).collect::<Result<Vec<_>>>()?;
     let c6 = s[6].c;
     let mut feat = b.zeros(n * c6)?;
@@ -771,7 +767,14 @@ fn check_step(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, n: usize, seed:
     let got = whole_step(gpu, &init, n)?;
     let shape = format!("batch {n}, recipe widths");
     for ((name, tol, g), (_, _, w)) in got.iter().zip(&want) {
-        r.line(name, &shape, g, w, *tol)?;
+        if name == "step loss/correct" && g.len() == 2 && w.len() == 2 {
+            // the loss to TOL_STEP_LOSS; the correct count may differ by one prediction whose
+            // two top logits are within the fp16 error of each other
+            r.line("step loss", &shape, &g[..1], &w[..1], *tol)?;
+            r.line("step correct count (±1)", &shape, &g[1..], &w[1..], 1.0 / (w[1] as f64).max(1.0) + 1e-9)?;
+        } else {
+            r.line(name, &shape, g, w, *tol)?;
+        }
     }
     Ok(())
 }
@@ -822,7 +825,8 @@ fn bench_line(out: &mut dyn Write, name: &str, shape: &str, ms: f64, flops: f64,
 /// Inputs are random (fp16 activations, f32 parameters); nothing is validated here (`run` does).
 pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
     let n = batch;
-    writeln!(out, "kernel bench on {}: batch {n}, median of {REPS} after {WARMUP} warm-up runs", gpu.describe()).map_err(io)?;
+    writeln!(out, "kernel bench on {}: batch {n}, median of {REPS} after {WARMUP} warm-up runs", gpu.describe())
+        .map_err(io)?;
     // stem
     let total = n.max(1);
     let images = gpu.upload_bytes(&bytes(total * 3072, 1, 256))?;
@@ -871,14 +875,28 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
         let mut rv = gpu.upload(&vec![1.0; cout])?;
         let mut bo = gpu.zeros(2 * cout)?;
         let ms = time_ms(gpu, &mut |g| g.bn_stats(&y, ys, 1e-12, 0.6, &mut rm, &mut rv, &mut bo))?;
-        bench_line(out, &format!("bn_stats [{l}]"), &shape_str(ys), ms, 3.0 * ys.len() as f64, (2 * ys.len() * 2) as f64)?;
+        bench_line(
+            out,
+            &format!("bn_stats [{l}]"),
+            &shape_str(ys),
+            ms,
+            3.0 * ys.len() as f64,
+            (2 * ys.len() * 2) as f64,
+        )?;
         let beta = gpu.upload(&rnd(cout, 60, 0.1, 0.0))?;
         let mut dshift = gpu.zeros(cout)?;
         let mut dx = gpu.zeros(ys.len())?;
         let ms = time_ms(gpu, &mut |g| {
             g.pre_bwd(&dy, &y, ys, Pre::Bn { bn: &bo, beta: &beta }, &mut dshift, Some(&mut dx))
         })?;
-        bench_line(out, &format!("pre_bwd [{l}]"), &shape_str(ys), ms, 40.0 * ys.len() as f64, (5 * ys.len() * 2) as f64)?;
+        bench_line(
+            out,
+            &format!("pre_bwd [{l}]"),
+            &shape_str(ys),
+            ms,
+            40.0 * ys.len() as f64,
+            (5 * ys.len() * 2) as f64,
+        )?;
     }
 
     // head, loss, optimizers
@@ -900,12 +918,23 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
     bench_line(out, "xent", &format!("{n}x{CLASSES}"), ms, (n * CLASSES * 30) as f64, (n * CLASSES * 8) as f64)?;
     let (mut dw, mut da) = (gpu.zeros(CLASSES * 256)?, gpu.zeros(xs.len())?);
     let ms = time_ms(gpu, &mut |g| g.head_bwd(&dl, &feat, &ham, &hw, xs, CLASSES, 1.0 / 256.0, &mut dw, &mut da))?;
-    bench_line(out, "head_bwd", &shape_str(xs), ms, (4 * n * 256 * CLASSES) as f64, (xs.len() * 2 + n * 256 * 9) as f64)?;
+    bench_line(
+        out,
+        "head_bwd",
+        &shape_str(xs),
+        ms,
+        (4 * n * 256 * CLASSES) as f64,
+        (xs.len() * 2 + n * 256 * 9) as f64,
+    )?;
 
     let sizes = [CLASSES * 256, 64, 64, 256, 256, 256, 256, WHITEN];
     let mut st: Vec<(GBuf, GBuf, GBuf)> = Vec::new();
     for (i, &s) in sizes.iter().enumerate() {
-        st.push((gpu.upload(&rnd(s, 80 + i as u64, 1.0, 0.0))?, gpu.upload(&rnd(s, 90 + i as u64, 1.0, 0.0))?, gpu.zeros(s)?));
+        st.push((
+            gpu.upload(&rnd(s, 80 + i as u64, 1.0, 0.0))?,
+            gpu.upload(&rnd(s, 90 + i as u64, 1.0, 0.0))?,
+            gpu.zeros(s)?,
+        ));
     }
     let total_sgd: usize = sizes.iter().sum();
     let ms = time_ms(gpu, &mut |g| {
@@ -913,7 +942,14 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
             st.iter_mut().map(|(p, gr, m)| SgdParam { p, g: &*gr, m, lr: 0.01, wd: 0.01 }).collect();
         g.sgd(&mut ps, 0.85)
     })?;
-    bench_line(out, "sgd (8 tensors)", &format!("{total_sgd} values"), ms, (6 * total_sgd) as f64, (5 * 4 * total_sgd) as f64)?;
+    bench_line(
+        out,
+        "sgd (8 tensors)",
+        &format!("{total_sgd} values"),
+        ms,
+        (6 * total_sgd) as f64,
+        (5 * 4 * total_sgd) as f64,
+    )?;
     let mut mu: Vec<(GBuf, GBuf, GBuf, usize, usize)> = Vec::new();
     for (i, &(_, _, cin, cout, _)) in LAYERS.iter().enumerate() {
         let len = cout * 9 * cin;
@@ -962,6 +998,31 @@ mod tests {
             Ok(false) => panic!("GPU self-test failed: see the FAIL lines above"),
             Err(e) => panic!("GPU self-test stopped: {e}"),
         }
+    }
+
+    /// The generic training step the GPU is compared with runs on the CPU reference: every
+    /// shape in it is consistent, every output is finite and written, and it is deterministic.
+    #[test]
+    fn whole_step_sequence_runs_on_the_cpu_reference() {
+        let n = 4;
+        let mut cpu = Cpu::<f32>::with_threads(2);
+        let mut init = step_init(n, 3);
+        let ci = cpu.upload_bytes(&init.images).unwrap();
+        let cov = cpu.patch_cov(&ci, init.total, NORM).unwrap();
+        init.whiten_w = crate::whiten::filters(&cov, 5e-4).0;
+        let a = whole_step(&mut cpu, &init, n).unwrap();
+        let b = whole_step(&mut cpu, &init, n).unwrap();
+        assert_eq!(a.len(), 2 + 6 + 1 + 12 + 1 + 2 + 18);
+        for ((name, _, x), (_, _, y)) in a.iter().zip(&b) {
+            assert!(!x.is_empty() && x.iter().all(|v| v.is_finite()), "{name}: {x:?}");
+            assert_eq!(x, y, "{name}: not deterministic");
+        }
+        let grad_norm =
+            |name: &str| a.iter().find(|(m, _, _)| m == name).unwrap().2.iter().map(|v| v.abs()).sum::<f32>();
+        for l in 0..6 {
+            assert!(grad_norm(&format!("step grad conv[{l}]")) > 0.0, "conv[{l}] got no gradient");
+        }
+        assert!(grad_norm("step grad whiten bias") > 0.0);
     }
 
     /// The helpers that need no GPU: the poison is NaN in both storage types, and the

@@ -14,9 +14,7 @@
 use super::Gpu;
 use crate::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape, NS_COEFFS};
 use crate::error::{Error, Result};
-use cudarc::driver::{
-    CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use half::f16;
 use std::collections::HashMap;
 
@@ -84,6 +82,8 @@ impl GWords {
 pub struct OpState {
     funcs: HashMap<(&'static str, &'static str), CudaFunction>,
     ws: Option<CudaSlice<f32>>,
+    /// a = GELU(pre(x)) in fp16 for the conv being computed (grow-only).
+    act: Option<CudaSlice<f32>>,
     tmp: Vec<CudaSlice<f32>>,
 }
 
@@ -145,7 +145,9 @@ fn check_len(got: usize, want: usize, what: &str) -> Result<()> {
 /// Shape rules of the tensor-core conv kernels.
 fn check_channels(op: &str, cin: usize, cout: usize) -> Result<()> {
     check(cin % 8 == 0 && cout % 8 == 0 && cin > 0 && cout > 0, || {
-        format!("{op}: channel counts must be positive multiples of 8 (16-byte fp16 chunks), got cin {cin}, cout {cout}")
+        format!(
+            "{op}: channel counts must be positive multiples of 8 (16-byte fp16 chunks), got cin {cin}, cout {cout}"
+        )
     })?;
     check(cin <= 512, || format!("{op}: at most 512 input channels are supported, got {cin}"))
 }
@@ -229,6 +231,28 @@ impl Gpu {
         Ok(p)
     }
 
+    /// a = GELU(pre(x)) as fp16 in the activation scratch; returns its pointer and the `Pre`
+    /// pointers that tell the conv kernels their input is already activated (bn = 2).
+    fn activate(&mut self, xp: Arg, xs: Shape, pp: &PrePtrs) -> Result<(Arg, PrePtrs)> {
+        let len = xs.len();
+        let slots = len.div_ceil(2);
+        if self.ops.act.as_ref().is_none_or(|a| a.len() < slots) {
+            self.ops.act = None;
+            // SAFETY: act_f16 writes the first len halves before the conv reads them.
+            let a = unsafe { self.stream.alloc::<f32>(slots.max(1 << 16)) }
+                .map_err(|e| Gpu::err(&format!("allocating the activation scratch ({len} fp16 values)"), e))?;
+            self.ops.act = Some(a);
+        }
+        let mut a = self.ops.act.take().expect("allocated above");
+        let ap = self.ptr_mut(&mut a);
+        self.ops.act = Some(a);
+        if len > 0 {
+            let args = [xp, long(len / 8), int(xs.c, "channels")?, pp.mean, pp.inv, pp.shift, pp.bn, ap];
+            self.launch1d("conv", "act_f16", len / 8, &args)?;
+        }
+        Ok((ap, PrePtrs { bn: 2, mean: 0, inv: 0, shift: 0 }))
+    }
+
     /// Start of an op: the previous op's temporaries are freed (stream-ordered).
     fn begin(&mut self) {
         self.ops.tmp.clear();
@@ -301,7 +325,19 @@ impl Gpu {
 
     /// `C = alpha·A·op(B) + beta·D` on f32 matrices (tensor cores, fp16-rounded inputs).
     #[allow(clippy::too_many_arguments)]
-    fn gemm(&mut self, trans_b: bool, a: Arg, b: Arg, d: Arg, c: Arg, m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> Result<()> {
+    fn gemm(
+        &mut self,
+        trans_b: bool,
+        a: Arg,
+        b: Arg,
+        d: Arg,
+        c: Arg,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
         let grid = (int(n.div_ceil(64), "GEMM columns")? as u32, int(m.div_ceil(64), "GEMM rows")? as u32, 1);
         let name = if trans_b { "gemm_nt_f32" } else { "gemm_nn_f32" };
         let args = [a, b, d, c, int(m, "M")?, int(n, "N")?, int(k, "K")?, flt(alpha), flt(beta)];
@@ -404,7 +440,11 @@ impl Backend for Gpu {
     fn patch_cov(&mut self, images: &GBytes, n: usize, norm: Norm) -> Result<Vec<f64>> {
         self.begin();
         check(n > 0 && images.len >= n * 3072, || {
-            format!("patch_cov: {n} images asked for, the tensor holds {} bytes ({} images)", images.len, images.len / 3072)
+            format!(
+                "patch_cov: {n} images asked for, the tensor holds {} bytes ({} images)",
+                images.len,
+                images.len / 3072
+            )
         })?;
         let nb = n.min(256);
         let mut part = self.alloc::<f64>(nb * 144, "patch covariance partial sums")?;
@@ -437,14 +477,23 @@ impl Backend for Gpu {
     ) -> Result<()> {
         self.begin();
         check_len(images.len, total * 3072, &format!("stem: images ({total}×32×32×3)"))?;
-        check(aug.len >= offset + n, || format!("stem: words {offset}..{} asked for, {} present", offset + n, aug.len))?;
-        check(cw % 8 == 0 && cw > 0 && cw <= 64, || format!("stem: {cw} filters; must be a multiple of 8, at most 64"))?;
+        check(aug.len >= offset + n, || {
+            format!("stem: words {offset}..{} asked for, {} present", offset + n, aug.len)
+        })?;
+        check(cw % 8 == 0 && cw > 0 && cw <= 64, || {
+            format!("stem: {cw} filters; must be a multiple of 8, at most 64")
+        })?;
         if n == 0 {
             return check_len(out.len, 0, "stem: out");
         }
         let wp = self.in_f32(w, cw * 12, "stem: weights")?;
         let o = self.out(out, n * 961 * cw, Dtype::F16, "stem: out")?;
-        let mut args = vec![self.ptr(&images.mem), int(total, "images")?, self.ptr(&aug.mem) + 4 * offset as u64, int(n, "batch")?];
+        let mut args = vec![
+            self.ptr(&images.mem),
+            int(total, "images")?,
+            self.ptr(&aug.mem) + 4 * offset as u64,
+            int(n, "batch")?,
+        ];
         args.extend(norm_args(norm));
         args.extend([wp, int(cw, "filters")?, o]);
         self.launch1d("stem", "stem_fwd_f16", n * 961 * cw / 8, &args)
@@ -469,15 +518,24 @@ impl Backend for Gpu {
         self.begin();
         check((2..=32).contains(&res), || format!("stem_res: resolution {res} outside 2..=32"))?;
         check_len(images.len, total * 3072, &format!("stem_res: images ({total}×32×32×3)"))?;
-        check(aug.len >= offset + n, || format!("stem_res: words {offset}..{} asked for, {} present", offset + n, aug.len))?;
-        check(cw % 8 == 0 && cw > 0 && cw <= 64, || format!("stem_res: {cw} filters; must be a multiple of 8, at most 64"))?;
+        check(aug.len >= offset + n, || {
+            format!("stem_res: words {offset}..{} asked for, {} present", offset + n, aug.len)
+        })?;
+        check(cw % 8 == 0 && cw > 0 && cw <= 64, || {
+            format!("stem_res: {cw} filters; must be a multiple of 8, at most 64")
+        })?;
         let per = (res - 1) * (res - 1);
         if n == 0 {
             return check_len(out.len, 0, "stem_res: out");
         }
         let wp = self.in_f32(w, cw * 12, "stem_res: weights")?;
         let o = self.out(out, n * per * cw, Dtype::F16, "stem_res: out")?;
-        let mut args = vec![self.ptr(&images.mem), int(total, "images")?, self.ptr(&aug.mem) + 4 * offset as u64, int(n, "batch")?];
+        let mut args = vec![
+            self.ptr(&images.mem),
+            int(total, "images")?,
+            self.ptr(&aug.mem) + 4 * offset as u64,
+            int(n, "batch")?,
+        ];
         args.extend(norm_args(norm));
         args.extend([wp, int(cw, "filters")?, int(res, "resolution")?, o]);
         self.launch1d("stem", "stem_res_fwd_f16", n * per * cw / 8, &args)
@@ -512,6 +570,7 @@ impl Backend for Gpu {
         if m == 0 {
             return Ok(());
         }
+        let (xp, pp) = self.activate(xp, xs, &pp)?;
         let grid = (blocks_of(m, 64)?, cout.div_ceil(64) as u32, 1);
         let args = [
             xp,
@@ -604,7 +663,21 @@ impl Backend for Gpu {
         if n == 0 {
             return Ok(());
         }
-        let args = [xp, int(hw, "positions")?, int(c, "channels")?, pp.mean, pp.inv, pp.shift, pp.bn, wp, int(classes, "classes")?, flt(scale), fp, ap, lp];
+        let args = [
+            xp,
+            int(hw, "positions")?,
+            int(c, "channels")?,
+            pp.mean,
+            pp.inv,
+            pp.shift,
+            pp.bn,
+            wp,
+            int(classes, "classes")?,
+            flt(scale),
+            fp,
+            ap,
+            lp,
+        ];
         self.launch("head", "head_fwd_f16", (int(n, "batch")? as u32, 1, 1), (256, 1, 1), &args)
     }
 
@@ -622,11 +695,22 @@ impl Backend for Gpu {
     ) -> Result<()> {
         self.begin();
         check(classes >= 1, || "xent: no classes".into())?;
-        check(aug.len >= offset + n, || format!("xent: words {offset}..{} asked for, {} present", offset + n, aug.len))?;
+        check(aug.len >= offset + n, || {
+            format!("xent: words {offset}..{} asked for, {} present", offset + n, aug.len)
+        })?;
         let lp = self.in_f32(logits, n * classes, "xent: logits")?;
         let dp = self.out(dlogits, n * classes, Dtype::F32, "xent: dlogits")?;
         let ap = self.inout_f32(acc, 2, "xent: accumulator [loss, correct]")?;
-        let args = [lp, self.ptr(&labels.mem), self.ptr(&aug.mem) + 4 * offset as u64, int(n, "batch")?, int(classes, "classes")?, flt(smoothing), dp, ap];
+        let args = [
+            lp,
+            self.ptr(&labels.mem),
+            self.ptr(&aug.mem) + 4 * offset as u64,
+            int(n, "batch")?,
+            int(classes, "classes")?,
+            flt(smoothing),
+            dp,
+            ap,
+        ];
         self.launch("head", "xent_fwd_bwd_f32", (1, 1, 1), (256, 1, 1), &args)
     }
 
@@ -745,7 +829,8 @@ impl Backend for Gpu {
             Some(d) => Some(self.out(d, xs.len(), Dtype::F16, &format!("conv3x3_bwd: da {xs:?}"))?),
             None => None,
         };
-        let (ni, hi, wi, ci, co) = (int(xs.n, "batch")?, int(xs.h, "height")?, int(xs.w, "width")?, int(cin, "cin")?, int(cout, "cout")?);
+        let (ni, hi, wi, ci, co) =
+            (int(xs.n, "batch")?, int(xs.h, "height")?, int(xs.w, "width")?, int(cin, "cin")?, int(cout, "cout")?);
 
         // Weight gradient: split-K over pixels so that the grid fills the GPU, then a
         // deterministic reduction of the slices.
@@ -757,8 +842,25 @@ impl Backend for Gpu {
         let slices = p.div_ceil(chunk).max(1);
         let len = cout * k;
         let out = if slices == 1 { dwp } else { self.workspace(slices * len)? };
+        let (xp, pp) = self.activate(xp, xs, &pp)?;
         let grid = (k.div_ceil(64) as u32, cout.div_ceil(64) as u32, slices as u32);
-        let args = [xp, ni, hi, wi, ci, pp.mean, pp.inv, pp.shift, pp.bn, dyp, ap, co, pool as u64, out, int(chunk, "pixel chunk")?];
+        let args = [
+            xp,
+            ni,
+            hi,
+            wi,
+            ci,
+            pp.mean,
+            pp.inv,
+            pp.shift,
+            pp.bn,
+            dyp,
+            ap,
+            co,
+            pool as u64,
+            out,
+            int(chunk, "pixel chunk")?,
+        ];
         self.launch("conv", "conv3x3_wgrad_f16", grid, (128, 1, 1), &args)?;
         if slices > 1 {
             self.launch1d("conv", "wgrad_reduce_f32", len, &[out, slices as u64, long(len), dwp])?;

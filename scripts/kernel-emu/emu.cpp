@@ -1,0 +1,28 @@
+#include "cuda_fp16.h"
+
+dim3 blockDim, gridDim;
+std::barrier<>* g_block_barrier;
+std::vector<std::barrier<>*> g_warp_barriers;
+double g_xchg[64][32];
+// Runs f for every block of grid sequentially, the block's threads concurrently.
+void launch(dim3 grid, dim3 block, const std::function<void()>& f) {
+    blockDim = block; gridDim = grid;
+    const int nt = block.x * block.y * block.z;
+    std::barrier<> bar(nt);
+    g_block_barrier = &bar;
+    std::vector<std::barrier<>*> wb;
+    for (int w = 0; w < (nt + 31) / 32; w++) wb.push_back(new std::barrier<>(std::min(32, nt - 32 * w)));
+    g_warp_barriers = wb;
+    std::vector<std::thread> th;
+    for (int t = 0; t < nt; t++)
+        th.emplace_back([&, t] {
+            threadIdx.x = t % block.x; threadIdx.y = (t / block.x) % block.y; threadIdx.z = t / (block.x * block.y);
+            for (unsigned z = 0; z < grid.z; z++) for (unsigned y = 0; y < grid.y; y++) for (unsigned x = 0; x < grid.x; x++) {
+                blockIdx.x = x; blockIdx.y = y; blockIdx.z = z;
+                f();
+                bar.arrive_and_wait();
+            }
+        });
+    for (auto& t : th) t.join();
+    for (auto* b : wb) delete b;
+}

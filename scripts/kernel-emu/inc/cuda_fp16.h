@@ -1,0 +1,45 @@
+// Host emulation shim of the CUDA pieces the kernels use (logic checks on a CPU; see ../run.sh).
+#pragma once
+#include <cmath>
+#include <cstring>
+#include <cstdint>
+#include <cassert>
+#include <barrier>
+#include <thread>
+#include <vector>
+#include <functional>
+#include <algorithm>
+typedef _Float16 half;
+struct __half2 { half x, y; };
+inline __half2 __halves2half2(half a, half b) { return {a, b}; }
+inline half __float2half(float f) { return (half)f; }
+inline float __half2float(half h) { return (float)h; }
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(8) uint2 { unsigned x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
+inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
+struct dim3 { unsigned x = 1, y = 1, z = 1; };
+inline thread_local dim3 threadIdx, blockIdx;
+extern dim3 blockDim, gridDim;
+extern std::barrier<>* g_block_barrier;
+inline void __syncthreads() { g_block_barrier->arrive_and_wait(); }
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(x)
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
+inline double __longlong_as_double(long long i) { double f; memcpy(&f, &i, 8); return f; }
+using std::min; using std::max;
+// warp shuffles: per-warp exchange through a shared table and a per-warp barrier
+extern std::vector<std::barrier<>*> g_warp_barriers;
+extern double g_xchg[64][32];
+template <class T> inline T __shfl_xor_sync(unsigned, T v, int o) {
+    const int t = threadIdx.x + threadIdx.y * blockDim.x, w = t / 32, l = t % 32;
+    g_xchg[w][l] = (double)v;
+    g_warp_barriers[w]->arrive_and_wait();
+    T r = (T)g_xchg[w][l ^ o];
+    g_warp_barriers[w]->arrive_and_wait();
+    return r;
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Host emulation of the CUDA kernels, for checking their index logic on a machine without a GPU.
+#
+# The kernels in kernels/*.cu are compiled as plain C++ (g++ ≥ 12, C++20) against a small shim
+# (inc/cuda_fp16.h, inc/mma.h): `half` is _Float16, each block's threads are std::threads with a
+# std::barrier for __syncthreads, __shared__ becomes a function-static (blocks run one after
+# another), warp shuffles go through a per-warp exchange table, and wmma fragments hold the whole
+# 16×16 tile in every lane (load/store assert the 256-bit pointer alignment and ldm rules). The
+# drivers (test_conv.cpp, test_rest.cpp) launch the kernels exactly as src/gpu/backend.rs does
+# and compare against naive f64 references.
+#
+# What this checks: indexing, tiling, the implicit-GEMM mappings, pooling/argmax, split-K,
+# reductions, fp16 rounding points. What it cannot check: real tensor-core fragment layouts,
+# timing, races the barriers would hide, the compiled SASS. It is not a substitute for
+# `speedrun selftest` on a GPU.
+#
+# Usage: bash scripts/kernel-emu/run.sh [--asan]     (about 2–6 minutes on 2 cores)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+kernels="$here/../../kernels"
+out="${TMPDIR:-/tmp}/kernel-emu"
+mkdir -p "$out"
+flags=(-std=c++20 -O2 -g -I"$here/inc" -I"$kernels" -lpthread)
+if [[ "${1:-}" == "--asan" ]]; then flags+=(-fsanitize=address,undefined); fi
+for t in test_rest test_conv; do
+    g++ "$here/emu.cpp" "$here/$t.cpp" -o "$out/$t" "${flags[@]}"
+    echo "== $t"
+    "$out/$t"
+done

@@ -1,0 +1,157 @@
+#include "cuda_fp16.h"
+#include <cstdio>
+#include <random>
+void launch(dim3 grid, dim3 block, const std::function<void()>& f);
+#include "conv.cu"
+
+static std::mt19937 rng(42);
+static std::vector<float> rndv(size_t n, float scale, float off = 0) {
+    std::normal_distribution<float> d(0, 1);
+    std::vector<float> v(n);
+    for (auto& x : v) x = (float)(half)(d(rng) * scale + off);
+    return v;
+}
+static double g64(double u) { return 0.5 * u * (1 + erf(u / sqrt(2.0))); }
+static double relerr(const std::vector<double>& g, const std::vector<double>& w) {
+    double d = 0, r = 0;
+    for (size_t i = 0; i < g.size(); i++) { if (!std::isfinite(g[i])) return INFINITY; d += (g[i] - w[i]) * (g[i] - w[i]); r += w[i] * w[i]; }
+    return sqrt(d / r);
+}
+static int fails = 0;
+static void report(const char* what, int N, int H, int W, int cin, int cout, int pool, int bn, double e, double tol) {
+    printf("%-28s N%d %dx%dx%d->%d pool%d bn%d relL2 %.3e %s\n", what, N, H, W, cin, cout, pool, bn, e, e <= tol ? "PASS" : "FAIL");
+    if (!(e <= tol)) fails++;
+}
+
+static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
+    const int K = 9 * cin;
+    auto x = rndv((size_t)N * H * W * cin, 1.0f);
+    auto w = rndv((size_t)cout * K, 1.0f / sqrtf(K));
+    auto shift = rndv(cin, 0.3f);
+    auto mean = rndv(cin, 0.3f);
+    auto inv = rndv(cin, 0.3f); for (auto& v : inv) v = (float)(half)(0.6f + fabsf(v));
+    std::vector<float> bnbuf(mean); bnbuf.insert(bnbuf.end(), inv.begin(), inv.end());
+    auto u = [&](float xv, int c) { return bn ? ((double)xv - mean[c]) * inv[c] + shift[c] : (double)xv + shift[c]; };
+    std::vector<double> a(x.size());
+    for (size_t i = 0; i < x.size(); i++) a[i] = g64(u(x[i], i % cin));
+    // reference full conv
+    std::vector<double> full((size_t)N * H * W * cout, 0.0);
+    for (int n = 0; n < N; n++) for (int y = 0; y < H; y++) for (int xx = 0; xx < W; xx++) for (int o = 0; o < cout; o++) {
+        double s = 0;
+        for (int ky = 0; ky < 3; ky++) for (int kx = 0; kx < 3; kx++) {
+            int sy = y + ky - 1, sx = xx + kx - 1;
+            if (sy < 0 || sx < 0 || sy >= H || sx >= W) continue;
+            for (int i = 0; i < cin; i++) s += a[(((size_t)n * H + sy) * W + sx) * cin + i] * w[(size_t)o * K + (ky * 3 + kx) * cin + i];
+        }
+        full[(((size_t)n * H + y) * W + xx) * cout + o] = s;
+    }
+    const int PH = H / 2, PW = W / 2;
+    const size_t ylen = pool ? (size_t)N * PH * PW * cout : full.size();
+    std::vector<double> yref(ylen);
+    std::vector<unsigned char> amref(pool ? ylen : 0);
+    if (pool) {
+        for (int n = 0; n < N; n++) for (int py = 0; py < PH; py++) for (int px = 0; px < PW; px++) for (int o = 0; o < cout; o++) {
+            auto at = [&](int k) { return full[(((size_t)n * H + 2 * py + k / 2) * W + 2 * px + k % 2) * cout + o]; };
+            double best = at(0); int arg = 0;
+            for (int k = 1; k < 4; k++) if (at(k) > best) { best = at(k); arg = k; }
+            size_t i = (((size_t)n * PH + py) * PW + px) * cout + o;
+            yref[i] = best; amref[i] = arg;
+        }
+    } else yref = full;
+    // device buffers
+    std::vector<half> xh(x.size()); for (size_t i = 0; i < x.size(); i++) xh[i] = (half)x[i];
+    std::vector<half> yh(ylen, (half)NAN), yh2(ylen, (half)NAN);
+    std::vector<unsigned char> am(pool ? ylen : 8, 0xEE), am2(pool ? ylen : 8, 0xEE);
+    long long M = pool ? (long long)N * PH * PW * 4 : (long long)N * H * W;
+    dim3 grid{(unsigned)((M + 63) / 64), (unsigned)((cout + 63) / 64), 1}, block{128, 1, 1};
+    // as src/gpu/backend.rs does it: act_f16 once, then the conv with bn = 2
+    std::vector<half> ah(x.size(), (half)NAN);
+    long long len8 = (long long)x.size() / 8;
+    launch(dim3{(unsigned)((len8 + 255) / 256), 1, 1}, dim3{256, 1, 1}, [&] { act_f16(xh.data(), len8, cin, bnbuf.data(), bnbuf.data() + cin, shift.data(), bn, ah.data()); });
+    launch(grid, block, [&] { conv3x3_fwd_f16(ah.data(), N, H, W, cin, nullptr, nullptr, nullptr, 2, w.data(), cout, pool, yh.data(), am.data()); });
+    std::vector<double> yg(ylen); for (size_t i = 0; i < ylen; i++) yg[i] = (double)(float)yh[i];
+    report("fwd (act_f16 + conv)", N, H, W, cin, cout, pool, bn, relerr(yg, yref), 1e-2);
+    // the fused prologue must give bit-identical results
+    launch(grid, block, [&] { conv3x3_fwd_f16(xh.data(), N, H, W, cin, bnbuf.data(), bnbuf.data() + cin, shift.data(), bn, w.data(), cout, pool, yh2.data(), am2.data()); });
+    int same = memcmp(yh.data(), yh2.data(), ylen * 2) == 0 && am == am2;
+    printf("  fused prologue bit-identical: %s\n", same ? "PASS" : "FAIL");
+    fails += !same;
+    if (pool) {
+        int bad = 0, differ = 0;
+        double rms = 0; for (double v : full) rms += v * v; rms = sqrt(rms / full.size());
+        for (int n = 0; n < N; n++) for (int py = 0; py < PH; py++) for (int px = 0; px < PW; px++) for (int o = 0; o < cout; o++) {
+            size_t i = (((size_t)n * PH + py) * PW + px) * cout + o;
+            int k = am[i];
+            if (k > 3) { bad++; continue; }
+            double v = full[(((size_t)n * H + 2 * py + k / 2) * W + 2 * px + k % 2) * cout + o];
+            if (v < yref[i] - 1e-2 * rms) bad++;
+            differ += k != amref[i];
+        }
+        printf("  argmax: %d bad, %d differ of %zu %s\n", bad, differ, ylen, bad ? "FAIL" : "PASS");
+        fails += bad > 0;
+    }
+    // backward with the reference argmax
+    auto dy = rndv(ylen, 1.0f);
+    std::vector<double> g((size_t)N * H * W * cout, 0.0);
+    if (pool) {
+        for (int n = 0; n < N; n++) for (int py = 0; py < PH; py++) for (int px = 0; px < PW; px++) for (int o = 0; o < cout; o++) {
+            size_t i = (((size_t)n * PH + py) * PW + px) * cout + o;
+            int k = amref[i];
+            g[(((size_t)n * H + 2 * py + k / 2) * W + 2 * px + k % 2) * cout + o] = dy[i];
+        }
+    } else for (size_t i = 0; i < g.size(); i++) g[i] = dy[i];
+    std::vector<double> dwref((size_t)cout * K, 0.0), daref(x.size(), 0.0);
+    for (int n = 0; n < N; n++) for (int y = 0; y < H; y++) for (int xx = 0; xx < W; xx++) for (int o = 0; o < cout; o++) {
+        double gv = g[(((size_t)n * H + y) * W + xx) * cout + o];
+        if (gv == 0) continue;
+        for (int ky = 0; ky < 3; ky++) for (int kx = 0; kx < 3; kx++) {
+            int sy = y + ky - 1, sx = xx + kx - 1;
+            if (sy < 0 || sx < 0 || sy >= H || sx >= W) continue;
+            for (int i = 0; i < cin; i++) {
+                size_t ai = (((size_t)n * H + sy) * W + sx) * cin + i, wi = (size_t)o * K + (ky * 3 + kx) * cin + i;
+                dwref[wi] += gv * a[ai];
+                daref[ai] += gv * w[wi];
+            }
+        }
+    }
+    std::vector<half> dyh(ylen); for (size_t i = 0; i < ylen; i++) dyh[i] = (half)dy[i];
+    std::vector<unsigned char> amu(amref); if (amu.empty()) amu.resize(8);
+    // wgrad with slices
+    long long P = (long long)N * H * W;
+    for (int slices_target : {1, 3}) {
+        long long chunk = ((P + slices_target - 1) / slices_target + 31) / 32 * 32;
+        int slices = (int)((P + chunk - 1) / chunk);
+        std::vector<float> part((size_t)slices * cout * K, NAN), dw((size_t)cout * K, NAN);
+        dim3 gw{(unsigned)((K + 63) / 64), (unsigned)((cout + 63) / 64), (unsigned)slices};
+        if (slices == 1)  // fused prologue
+            launch(gw, block, [&] { conv3x3_wgrad_f16(xh.data(), N, H, W, cin, bnbuf.data(), bnbuf.data() + cin, shift.data(), bn, dyh.data(), amu.data(), cout, pool, dw.data(), (int)chunk); });
+        else  // activated input, as the backend does
+            launch(gw, block, [&] { conv3x3_wgrad_f16(ah.data(), N, H, W, cin, nullptr, nullptr, nullptr, 2, dyh.data(), amu.data(), cout, pool, part.data(), (int)chunk); });
+        if (slices > 1) {
+            long long len = (long long)cout * K;
+            launch(dim3{(unsigned)((len + 255) / 256), 1, 1}, dim3{256, 1, 1}, [&] { wgrad_reduce_f32(part.data(), slices, len, dw.data()); });
+        }
+        std::vector<double> dwg(dw.begin(), dw.end());
+        char name[64]; snprintf(name, sizeof name, "wgrad (%d slices)", slices);
+        report(name, N, H, W, cin, cout, pool, bn, relerr(dwg, dwref), 1e-2);
+    }
+    std::vector<half> da(x.size(), (half)NAN);
+    dim3 gd{(unsigned)((P + 63) / 64), (unsigned)((cin + 63) / 64), 1};
+    launch(gd, block, [&] { conv3x3_dgrad_f16(dyh.data(), amu.data(), N, H, W, cin, cout, pool, w.data(), da.data()); });
+    std::vector<double> dag(da.size()); for (size_t i = 0; i < da.size(); i++) dag[i] = (double)(float)da[i];
+    report("dgrad", N, H, W, cin, cout, pool, bn, relerr(dag, daref), 1e-2);
+}
+
+int main() {
+    test(2, 7, 5, 8, 16, 1, 1);
+    test(2, 9, 9, 16, 8, 0, 0);
+    test(3, 8, 8, 8, 24, 1, 0);
+    test(5, 1, 1, 8, 72, 0, 1);
+    test(1, 6, 6, 40, 136, 0, 1);
+    test(2, 31, 31, 24, 64, 1, 0);
+    test(2, 15, 15, 64, 256, 1, 1);
+    test(2, 7, 7, 256, 256, 0, 1);
+    test(2, 7, 7, 256, 256, 1, 1);
+    printf("%d failures\n", fails);
+    return fails != 0;
+}

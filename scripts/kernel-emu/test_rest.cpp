@@ -1,0 +1,289 @@
+#include "cuda_fp16.h"
+#include <cstdio>
+#include <random>
+void launch(dim3 grid, dim3 block, const std::function<void()>& f);
+#include "norm.cu"
+#include "stem.cu"
+#include "head.cu"
+#include "optim.cu"
+
+static std::mt19937 rng(7);
+static std::vector<float> rndv(size_t n, float scale, float off = 0) {
+    std::normal_distribution<float> d(0, 1);
+    std::vector<float> v(n);
+    for (auto& x : v) x = (float)(half)(d(rng) * scale + off);
+    return v;
+}
+static double g64(double u) { return 0.5 * u * (1 + erf(u / sqrt(2.0))); }
+static double gg64(double u) { return 0.5 * (1 + erf(u / sqrt(2.0))) + u * exp(-0.5 * u * u) / sqrt(2 * M_PI); }
+template <class A, class B> static double relerr(const A& g, const B& w) {
+    double d = 0, r = 0;
+    for (size_t i = 0; i < g.size(); i++) { double gv = (double)g[i]; if (!std::isfinite(gv)) return INFINITY; d += (gv - (double)w[i]) * (gv - (double)w[i]); r += (double)w[i] * (double)w[i]; }
+    return r > 0 ? sqrt(d / r) : sqrt(d);
+}
+static int fails = 0;
+static void report(const char* what, double e, double tol) {
+    printf("%-36s relL2 %.3e %s\n", what, e, e <= tol ? "PASS" : "FAIL");
+    if (!(e <= tol)) fails++;
+}
+static unsigned blocks(long long n) { return (unsigned)((n + 255) / 256); }
+
+static void test_bn(int N, int H, int W, int C) {
+    long long P = (long long)N * H * W;
+    auto y = rndv(P * C, 2.0f, 0.5f);
+    std::vector<half> yh(y.size()); for (size_t i = 0; i < y.size(); i++) yh[i] = (half)y[i];
+    std::vector<double> mean(C, 0), var(C, 0);
+    for (long long p = 0; p < P; p++) for (int c = 0; c < C; c++) mean[c] += y[p * C + c];
+    for (auto& m : mean) m /= P;
+    for (long long p = 0; p < P; p++) for (int c = 0; c < C; c++) var[c] += (y[p * C + c] - mean[c]) * (y[p * C + c] - mean[c]);
+    for (auto& v : var) v /= P;
+    std::vector<float> rm(C, 0.1f), rv(C, 0.9f), bn(2 * C, NAN);
+    long long nb = std::min((P + 63) / 64, 512LL), chunk = (P + nb - 1) / nb; nb = (P + chunk - 1) / chunk;
+    std::vector<float> part(nb * 2 * C, NAN);
+    for (int mode = 0; mode < 2; mode++) {
+        launch(dim3{(unsigned)nb, (unsigned)((C + 31) / 32), 1}, dim3{32, 8, 1}, [&] { chan_reduce_f16(yh.data(), nullptr, P, C, chunk, mode, bn.data(), nullptr, nullptr, mode, part.data()); });
+        launch(dim3{(unsigned)((C + 127) / 128), 1, 1}, dim3{128, 1, 1}, [&] { bn_finalize_f32(part.data(), (int)nb, C, P, mode, 1e-12f, 0.6f, rm.data(), rv.data(), bn.data()); });
+    }
+    std::vector<double> want(2 * C), wrm(C), wrv(C);
+    for (int c = 0; c < C; c++) { want[c] = mean[c]; want[C + c] = 1 / sqrt(var[c] + 1e-12); wrm[c] = 0.6 * 0.1 + 0.4 * mean[c]; wrv[c] = 0.6 * 0.9 + 0.4 * var[c] * P / (P - 1); }
+    report("bn_stats bn", relerr(bn, want), 1e-5);
+    report("bn_stats running mean", relerr(rm, wrm), 1e-5);
+    report("bn_stats running var", relerr(rv, wrv), 1e-5);
+}
+
+static void test_pre_bwd(int N, int H, int W, int C, int bn) {
+    long long P = (long long)N * H * W, L = P * C;
+    auto x = rndv(L, 1), da = rndv(L, 0.1f), shift = rndv(C, 0.3f), mean = rndv(C, 0.3f), inv = rndv(C, 0.3f);
+    for (auto& v : inv) v = 0.6f + fabsf(v);
+    std::vector<float> bnb(mean); bnb.insert(bnb.end(), inv.begin(), inv.end());
+    std::vector<half> xh(L), dah(L); for (long long i = 0; i < L; i++) { xh[i] = (half)x[i]; dah[i] = (half)da[i]; }
+    std::vector<double> s0(C, 0), s1(C, 0);
+    auto xhat = [&](long long i) { int c = i % C; return bn ? ((double)x[i] - mean[c]) * inv[c] : (double)x[i]; };
+    auto du = [&](long long i) { int c = i % C; return da[i] * gg64(xhat(i) + shift[c]); };
+    for (long long i = 0; i < L; i++) { s0[i % C] += du(i); s1[i % C] += du(i) * xhat(i); }
+    std::vector<double> dxw(L);
+    for (long long i = 0; i < L; i++) { int c = i % C; dxw[i] = bn ? inv[c] * (du(i) - s0[c] / P - xhat(i) * s1[c] / P) : du(i); }
+    long long nb = std::min((P + 63) / 64, 512LL), chunk = (P + nb - 1) / nb; nb = (P + chunk - 1) / chunk;
+    std::vector<float> part(nb * 2 * C + 2 * C, NAN), dshift(C, NAN);
+    float* stats = part.data() + nb * 2 * C;
+    const float* pm = bn ? bnb.data() : nullptr; const float* pi = bn ? bnb.data() + C : nullptr;
+    launch(dim3{(unsigned)nb, (unsigned)((C + 31) / 32), 1}, dim3{32, 8, 1}, [&] { chan_reduce_f16(xh.data(), dah.data(), P, C, chunk, 2, pm, pi, shift.data(), bn, part.data()); });
+    launch(dim3{(unsigned)((C + 127) / 128), 1, 1}, dim3{128, 1, 1}, [&] { pre_bwd_finalize_f32(part.data(), (int)nb, C, P, dshift.data(), stats); });
+    std::vector<half> dx(L, (half)NAN);
+    launch(dim3{blocks(L), 1, 1}, dim3{256, 1, 1}, [&] { pre_bwd_dx_f16(dah.data(), xh.data(), L, C, pm, pi, shift.data(), bn, stats, dx.data()); });
+    std::vector<float> dxf(L); for (long long i = 0; i < L; i++) dxf[i] = (float)dx[i];
+    report(bn ? "pre_bwd dshift [bn]" : "pre_bwd dshift [bias]", relerr(dshift, s0), 1e-4);
+    report(bn ? "pre_bwd dx [bn]" : "pre_bwd dx [bias]", relerr(dxf, dxw), 2e-3);
+}
+
+static int refl(int i) { return i < 0 ? -i : (i >= 32 ? 62 - i : i); }
+static void test_stem() {
+    int total = 20, n = 12, cw = 24;
+    std::vector<unsigned char> img(total * 3072); for (auto& b : img) b = rng() & 255;
+    std::vector<unsigned> words(n + 2);
+    for (auto& w : words) { int idx = rng() % total, sy = rng() % 5 - 2, sx = rng() % 5 - 2, fl = rng() & 1; w = idx | ((sy + 4) << 20) | ((sx + 4) << 23) | (fl << 26); }
+    auto w = rndv(cw * 12, 0.5f);
+    float mn[3] = {0.4914f, 0.4822f, 0.4465f}, sd[3] = {0.2470f, 0.2435f, 0.2616f};
+    std::vector<half> out((size_t)n * 961 * cw, (half)NAN);
+    long long len = (long long)n * 961 * cw / 8;
+    launch(dim3{blocks(len), 1, 1}, dim3{256, 1, 1}, [&] { stem_fwd_f16(img.data(), total, words.data() + 2, n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, out.data()); });
+    std::vector<double> ref(out.size());
+    for (int i = 0; i < n; i++) {
+        unsigned wd = words[i + 2]; int idx = wd & 0xFFFFF, sy = ((wd >> 20) & 7) - 4, sx = ((wd >> 23) & 7) - 4; bool fl = (wd >> 26) & 1;
+        auto v = [&](int y, int x, int c) { int xx = fl ? 31 - x : x; int p = img[idx * 3072 + (refl(y + sy) * 32 + refl(xx + sx)) * 3 + c]; return ((double)p / 255 - mn[c]) / sd[c]; };
+        for (int y = 0; y < 31; y++) for (int x = 0; x < 31; x++) for (int f = 0; f < cw; f++) {
+            double s = 0;
+            for (int dy = 0; dy < 2; dy++) for (int dx = 0; dx < 2; dx++) for (int c = 0; c < 3; c++) s += v(y + dy, x + dx, c) * w[f * 12 + (dy * 2 + dx) * 3 + c];
+            ref[(((size_t)i * 31 + y) * 31 + x) * cw + f] = s;
+        }
+    }
+    std::vector<float> o(out.size()); for (size_t i = 0; i < o.size(); i++) o[i] = (float)out[i];
+    report("stem", relerr(o, ref), 2e-3);
+    // patch covariance of the first 7 images
+    int nc = 7;
+    std::vector<double> partial(nc * 144, NAN);
+    launch(dim3{(unsigned)nc, 1, 1}, dim3{160, 1, 1}, [&] { patch_cov_f32(img.data(), nc, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], partial.data()); });
+    std::vector<double> cov(144, 0), want(144, 0);
+    for (int b = 0; b < nc; b++) for (int k = 0; k < 144; k++) cov[k] += partial[b * 144 + k];
+    for (int i = 0; i < nc; i++) for (int y = 0; y < 31; y++) for (int x = 0; x < 31; x++) {
+        double v[12];
+        for (int dy = 0; dy < 2; dy++) for (int dx = 0; dx < 2; dx++) for (int c = 0; c < 3; c++) v[(dy * 2 + dx) * 3 + c] = ((double)img[i * 3072 + ((y + dy) * 32 + x + dx) * 3 + c] / 255 - mn[c]) / sd[c];
+        for (int r = 0; r < 12; r++) for (int s = 0; s < 12; s++) want[r * 12 + s] += v[r] * v[s];
+    }
+    report("patch_cov", relerr(cov, want), 1e-5);
+}
+
+
+static void test_stem_res(int res) {
+    int total = 9, n = 5, cw = 16, o = res - 1;
+    std::vector<unsigned char> img(total * 3072); for (auto& b : img) b = rng() & 255;
+    std::vector<unsigned> words(n);
+    for (auto& w : words) { int idx = rng() % total, sy = rng() % 5 - 2, sx = rng() % 5 - 2, fl = rng() & 1; w = idx | ((sy + 4) << 20) | ((sx + 4) << 23) | (fl << 26); }
+    auto w = rndv(cw * 12, 0.5f);
+    float mn[3] = {0.4914f, 0.4822f, 0.4465f}, sd[3] = {0.2470f, 0.2435f, 0.2616f};
+    std::vector<half> out((size_t)n * o * o * cw, (half)NAN);
+    long long len = (long long)n * o * o * cw / 8;
+    launch(dim3{blocks(len), 1, 1}, dim3{256, 1, 1}, [&] { stem_res_fwd_f16(img.data(), total, words.data(), n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, res, out.data()); });
+    std::vector<double> ref(out.size());
+    for (int i = 0; i < n; i++) {
+        unsigned wd = words[i]; int idx = wd & 0xFFFFF, sy = ((wd >> 20) & 7) - 4, sx = ((wd >> 23) & 7) - 4; bool fl = (wd >> 26) & 1;
+        auto v = [&](int y, int x, int c) { int xx = fl ? 31 - x : x; int p = img[idx * 3072 + (refl(y + sy) * 32 + refl(xx + sx)) * 3 + c]; return ((double)p / 255 - mn[c]) / sd[c]; };
+        auto taps = [&](int k, int& lo, int& hi, double& f) { double s = std::clamp((k + 0.5) * 32.0 / res - 0.5, 0.0, 31.0); lo = (int)floor(s); hi = std::min(lo + 1, 31); f = s - lo; };
+        auto rv = [&](int y, int x, int c) { int y0, y1, x0, x1; double fy, fx; taps(y, y0, y1, fy); taps(x, x0, x1, fx);
+            double top = v(y0, x0, c) + (v(y0, x1, c) - v(y0, x0, c)) * fx, bot = v(y1, x0, c) + (v(y1, x1, c) - v(y1, x0, c)) * fx; return top + (bot - top) * fy; };
+        for (int y = 0; y < o; y++) for (int x = 0; x < o; x++) for (int f = 0; f < cw; f++) {
+            double s = 0;
+            for (int dy = 0; dy < 2; dy++) for (int dx = 0; dx < 2; dx++) for (int c = 0; c < 3; c++) s += rv(y + dy, x + dx, c) * w[f * 12 + (dy * 2 + dx) * 3 + c];
+            ref[(((size_t)i * o + y) * o + x) * cw + f] = s;
+        }
+    }
+    std::vector<float> of(out.size()); for (size_t i = 0; i < of.size(); i++) of[i] = (float)out[i];
+    char name[64]; snprintf(name, sizeof name, "stem_res %d", res);
+    report(name, relerr(of, ref), 2e-3);
+}
+
+static void test_head(int N, int HW, int C, int classes) {
+    auto x = rndv((size_t)N * HW * C, 1), w = rndv(classes * C, 1), shift = rndv(C, 0.3f), mean = rndv(C, 0.3f), inv = rndv(C, 0.3f);
+    for (auto& v : inv) v = 0.6f + fabsf(v);
+    std::vector<half> xh(x.size()); for (size_t i = 0; i < x.size(); i++) xh[i] = (half)x[i];
+    float scale = 1.0f / C;
+    std::vector<float> feat(N * C, NAN), logits(N * classes, NAN);
+    std::vector<unsigned char> am(N * C, 0xEE);
+    launch(dim3{(unsigned)N, 1, 1}, dim3{256, 1, 1}, [&] { head_fwd_f16(xh.data(), HW, C, mean.data(), inv.data(), shift.data(), 1, w.data(), classes, scale, feat.data(), am.data(), logits.data()); });
+    std::vector<double> fw(N * C), lw(N * classes); std::vector<int> aw(N * C);
+    for (int n = 0; n < N; n++) for (int c = 0; c < C; c++) {
+        double best = -1e300; int arg = 0;
+        for (int p = 0; p < HW; p++) { double v = g64(((double)x[((size_t)n * HW + p) * C + c] - mean[c]) * inv[c] + shift[c]); if (p == 0 || v > best) { best = v; arg = p; } }
+        fw[n * C + c] = best; aw[n * C + c] = arg;
+    }
+    for (int n = 0; n < N; n++) for (int k = 0; k < classes; k++) { double s = 0; for (int c = 0; c < C; c++) s += fw[n * C + c] * w[k * C + c]; lw[n * classes + k] = scale * s; }
+    int differ = 0; for (int i = 0; i < N * C; i++) differ += am[i] != aw[i];
+    report("head feat", relerr(feat, fw), 1e-5);
+    report("head logits", relerr(logits, lw), 1e-5);
+    printf("  head argmax differ %d of %d\n", differ, N * C);
+    // backward
+    auto dl = rndv(N * classes, 0.5f);
+    std::vector<float> dw(classes * C, NAN); std::vector<half> da((size_t)N * HW * C, (half)NAN);
+    launch(dim3{blocks(classes * C), 1, 1}, dim3{256, 1, 1}, [&] { head_bwd_dw_f32(dl.data(), feat.data(), N, C, classes, scale, dw.data()); });
+    launch(dim3{blocks(N * C), 1, 1}, dim3{256, 1, 1}, [&] { head_bwd_da_f16(dl.data(), am.data(), w.data(), N, HW, C, classes, scale, da.data()); });
+    std::vector<double> dww(classes * C, 0), daw(da.size(), 0);
+    for (int k = 0; k < classes; k++) for (int c = 0; c < C; c++) for (int n = 0; n < N; n++) dww[k * C + c] += scale * dl[n * classes + k] * feat[n * C + c];
+    for (int n = 0; n < N; n++) for (int c = 0; c < C; c++) { double g = 0; for (int k = 0; k < classes; k++) g += dl[n * classes + k] * w[k * C + c]; daw[((size_t)n * HW + am[n * C + c]) * C + c] = scale * g; }
+    std::vector<float> daf(da.size()); for (size_t i = 0; i < da.size(); i++) daf[i] = (float)da[i];
+    report("head_bwd dw", relerr(dw, dww), 1e-5);
+    report("head_bwd da", relerr(daf, daw), 2e-3);
+}
+
+static void test_xent(int n, int classes) {
+    int total = n + 10;
+    std::vector<unsigned char> labels(total); for (auto& l : labels) l = rng() % classes;
+    std::vector<unsigned> words(n + 3); for (auto& w : words) w = rng() % total;
+    auto logits = rndv(n * classes, 3);
+    std::vector<float> dl(n * classes, NAN), acc{1.5f, 2.0f};
+    launch(dim3{1, 1, 1}, dim3{256, 1, 1}, [&] { xent_fwd_bwd_f32(logits.data(), labels.data(), words.data() + 3, n, classes, 0.2f, dl.data(), acc.data()); });
+    std::vector<double> dw(n * classes), aw{1.5, 2.0};
+    for (int i = 0; i < n; i++) {
+        int lab = labels[words[i + 3]]; const float* l = &logits[i * classes];
+        double best = l[0]; int arg = 0; for (int k = 1; k < classes; k++) if (l[k] > best) { best = l[k]; arg = k; }
+        double se = 0; for (int k = 0; k < classes; k++) se += exp(l[k] - best);
+        double lse = best + log(se);
+        for (int k = 0; k < classes; k++) { double q = 0.2 / classes + (k == lab ? 0.8 : 0); aw[0] -= q * (l[k] - lse); dw[i * classes + k] = exp(l[k] - lse) - q; }
+        aw[1] += arg == lab;
+    }
+    report("xent dlogits", relerr(dl, dw), 1e-5);
+    report("xent acc", relerr(acc, aw), 1e-6);
+}
+
+static void test_gemm(bool tb, int M, int N, int K) {
+    auto A = rndv(M * K, 1), B = rndv(N * K, 1), D = rndv(M * N, 1);
+    std::vector<float> C(M * N, NAN);
+    launch(dim3{(unsigned)((N + 63) / 64), (unsigned)((M + 63) / 64), 1}, dim3{128, 1, 1}, [&] {
+        if (tb) gemm_nt_f32(A.data(), B.data(), D.data(), C.data(), M, N, K, 0.5f, -2.0f);
+        else gemm_nn_f32(A.data(), B.data(), D.data(), C.data(), M, N, K, 0.5f, -2.0f);
+    });
+    std::vector<double> W(M * N);
+    for (int m = 0; m < M; m++) for (int n = 0; n < N; n++) { double s = 0; for (int k = 0; k < K; k++) s += (double)A[m * K + k] * (tb ? B[n * K + k] : B[k * N + n]); W[m * N + n] = 0.5 * s - 2.0 * D[m * N + n]; }
+    report(tb ? "gemm_nt" : "gemm_nn", relerr(C, W), 1e-5);
+}
+
+struct SgdArgsH { float* p[16]; const float* g[16]; float* m[16]; int n[16]; float lr[16]; float wd[16]; int count; float mu; };
+static void test_sgd() {
+    static_assert(sizeof(SgdArgs) == 584, "SgdArgs size");
+    SgdArgs a{}; std::vector<std::vector<float>> P, G, Mv; std::vector<std::vector<double>> PW, MW;
+    int sizes[5] = {24, 64, 2560, 1, 333};
+    for (int t = 0; t < 5; t++) { P.push_back(rndv(sizes[t], 1)); G.push_back(rndv(sizes[t], 1)); Mv.push_back(rndv(sizes[t], 0.5f)); }
+    for (int t = 0; t < 5; t++) {
+        std::vector<double> pw(sizes[t]), mw(sizes[t]);
+        float lr = 0.05f + 0.01f * t, wd = 0.1f;
+        for (int i = 0; i < sizes[t]; i++) { double g = G[t][i] + wd * P[t][i]; mw[i] = 0.85f * Mv[t][i] + g; pw[i] = P[t][i] - lr * (g + 0.85f * mw[i]); }
+        PW.push_back(pw); MW.push_back(mw);
+        a.p[t] = P[t].data(); a.g[t] = G[t].data(); a.m[t] = Mv[t].data(); a.n[t] = sizes[t]; a.lr[t] = lr; a.wd[t] = wd;
+    }
+    a.count = 5; a.mu = 0.85f;
+    launch(dim3{10, 5, 1}, dim3{256, 1, 1}, [&] { sgd_nesterov_f32(a); });
+    double e = 0; for (int t = 0; t < 5; t++) e = std::max({e, relerr(P[t], PW[t]), relerr(Mv[t], MW[t])});
+    report("sgd", e, 1e-6);
+}
+
+static void test_muon(int rows, int cols) {
+    int n = rows * cols;
+    auto w = rndv(n, 1.0f / sqrtf(cols)), g = rndv(n, 0.1f), m = rndv(n, 0.1f);
+    // reference in double
+    std::vector<double> mw(n), u(n), X(n);
+    for (int i = 0; i < n; i++) { mw[i] = 0.6 * m[i] + g[i]; u[i] = g[i] + 0.6 * mw[i]; }
+    double fu = 0, fw = 0; for (int i = 0; i < n; i++) { fu += u[i] * u[i]; fw += (double)w[i] * w[i]; }
+    fu = sqrt(fu); fw = sqrt(fw);
+    for (int i = 0; i < n; i++) X[i] = u[i] / (fu + 1e-7);
+    const double a = 3.4445, b = -4.7750, c = 2.0315;
+    for (int s = 0; s < 3; s++) {
+        std::vector<double> A(rows * rows, 0), AA(rows * rows, 0), Bm(rows * rows), BX(n, 0);
+        for (int i = 0; i < rows; i++) for (int j = 0; j < rows; j++) for (int k = 0; k < cols; k++) A[i * rows + j] += X[i * cols + k] * X[j * cols + k];
+        for (int i = 0; i < rows; i++) for (int j = 0; j < rows; j++) for (int k = 0; k < rows; k++) AA[i * rows + j] += A[i * rows + k] * A[k * rows + j];
+        for (int i = 0; i < rows * rows; i++) Bm[i] = b * A[i] + c * AA[i];
+        for (int i = 0; i < rows; i++) for (int j = 0; j < cols; j++) for (int k = 0; k < rows; k++) BX[i * cols + j] += Bm[i * rows + k] * X[k * cols + j];
+        for (int i = 0; i < n; i++) X[i] = a * X[i] + BX[i];
+    }
+    std::vector<double> ww(n); double renorm = sqrt((double)rows) / fw;
+    for (int i = 0; i < n; i++) ww[i] = w[i] * renorm - 0.24 * X[i];
+    // device sequence as in src/gpu/backend.rs
+    std::vector<float> uu(n), x1(n), x2(n), A(rows * rows), Bm(rows * rows);
+    std::vector<double> sc(258);
+    double *unorm = &sc[0], *wnorm = &sc[1], *part = &sc[2];
+    launch(dim3{blocks(n), 1, 1}, dim3{256, 1, 1}, [&] { muon_momentum_f32(g.data(), m.data(), n, 0.6f, uu.data()); });
+    auto frob = [&](const float* x, double* out) {
+        unsigned nb = std::min(blocks(n), 256u);
+        launch(dim3{nb, 1, 1}, dim3{256, 1, 1}, [&] { sumsq_partial_f32(x, n, part); });
+        launch(dim3{1, 1, 1}, dim3{32, 1, 1}, [&] { norm_finalize_f64(part, nb, out); });
+    };
+    frob(w.data(), wnorm); frob(uu.data(), unorm);
+    launch(dim3{blocks(n), 1, 1}, dim3{256, 1, 1}, [&] { scale_by_inv_norm_f32(uu.data(), n, unorm, x1.data()); });
+    float *cur = x1.data(), *nxt = x2.data();
+    auto gemm = [&](bool tb, const float* A_, const float* B_, const float* D_, float* C_, int M, int N, int K, float al, float be) {
+        launch(dim3{(unsigned)((N + 63) / 64), (unsigned)((M + 63) / 64), 1}, dim3{128, 1, 1}, [&] { if (tb) gemm_nt_f32(A_, B_, D_, C_, M, N, K, al, be); else gemm_nn_f32(A_, B_, D_, C_, M, N, K, al, be); });
+    };
+    for (int s = 0; s < 3; s++) {
+        gemm(true, cur, cur, nullptr, A.data(), rows, rows, cols, 1, 0);
+        gemm(false, A.data(), A.data(), A.data(), Bm.data(), rows, rows, rows, 2.0315f, -4.7750f);
+        gemm(false, Bm.data(), cur, cur, nxt, rows, cols, rows, 1, 3.4445f);
+        std::swap(cur, nxt);
+    }
+    launch(dim3{blocks(n), 1, 1}, dim3{256, 1, 1}, [&] { muon_apply_f32(w.data(), cur, n, rows, wnorm, 0.24f); });
+    std::vector<double> Xg(n); for (int i = 0; i < n; i++) Xg[i] = cur[i];
+    char name[64];
+    snprintf(name, sizeof name, "muon NS X %dx%d", rows, cols); report(name, relerr(Xg, X), 2e-2);
+    snprintf(name, sizeof name, "muon w %dx%d", rows, cols); report(name, relerr(w, ww), 1e-3);
+    snprintf(name, sizeof name, "muon m %dx%d", rows, cols); report(name, relerr(m, mw), 1e-6);
+}
+
+int main() {
+    test_bn(3, 5, 3, 24); test_bn(4, 15, 15, 64); test_bn(2, 7, 7, 256);
+    test_pre_bwd(3, 5, 3, 40, 1); test_pre_bwd(4, 15, 15, 64, 1); test_pre_bwd(2, 31, 31, 24, 0);
+    test_stem(); test_stem_res(24); test_stem_res(17); test_stem_res(2);
+    test_head(5, 9, 256, 10); test_head(7, 6, 40, 3);
+    test_xent(64, 10); test_xent(300, 7);
+    test_gemm(true, 70, 70, 200); test_gemm(false, 64, 130, 70); test_gemm(false, 8, 8, 8);
+    test_sgd();
+    test_muon(24, 72); test_muon(64, 216); test_muon(8, 200);
+    printf("%d failures\n", fails);
+    return fails != 0;
+}
