@@ -80,7 +80,8 @@ impl GWords {
 /// reductions and split-K partial sums, and the temporaries of the current op.
 #[derive(Default)]
 pub struct OpState {
-    funcs: HashMap<(&'static str, &'static str), CudaFunction>,
+    /// Each kernel with its parameter sizes in bytes (from the embedded PTX), checked at launch.
+    funcs: HashMap<(&'static str, &'static str), (CudaFunction, Option<Vec<u8>>)>,
     ws: Option<CudaSlice<f32>>,
     /// a = GELU(pre(x)) in fp16 for the conv being computed (grow-only).
     act: Option<CudaSlice<f32>>,
@@ -160,13 +161,18 @@ fn blocks(len: usize) -> Result<u32> {
 }
 
 impl Gpu {
-    fn func(&mut self, module: &'static str, name: &'static str) -> Result<CudaFunction> {
+    fn func_params(&mut self, module: &'static str, name: &'static str) -> Result<(CudaFunction, Option<Vec<u8>>)> {
         if let Some(f) = self.ops.funcs.get(&(module, name)) {
             return Ok(f.clone());
         }
         let f = self.function(module, name)?;
-        self.ops.funcs.insert((module, name), f.clone());
-        Ok(f)
+        let params = crate::kernels::module(module).and_then(|m| ptx_params(m.ptx, name));
+        self.ops.funcs.insert((module, name), (f.clone(), params.clone()));
+        Ok((f, params))
+    }
+
+    fn func(&mut self, module: &'static str, name: &'static str) -> Result<CudaFunction> {
+        Ok(self.func_params(module, name)?.0)
     }
 
     /// Launches `module::name` on the stream; launch errors become one sentence.
@@ -180,7 +186,10 @@ impl Gpu {
     ) -> Result<()> {
         check(grid.0 > 0 && grid.1 > 0 && grid.2 > 0, || format!("{name}: empty grid {grid:?}"))?;
         check(grid.1 <= 65535 && grid.2 <= 65535, || format!("{name}: grid {grid:?} exceeds 65535 in y or z"))?;
-        let f = self.func(module, name)?;
+        let (f, params) = self.func_params(module, name)?;
+        if let Some(sizes) = params {
+            check_args(module, name, &sizes, args)?;
+        }
         let mut b = self.stream.launch_builder(&f);
         for a in args {
             b.arg(a);
@@ -948,6 +957,127 @@ impl Backend for Gpu {
             self.launch1d("optim", "muon_apply_f32", n, &[wp, cur, ni, int(rows, "rows")?, wnorm, flt(lr)])?;
         }
         Ok(())
+    }
+}
+
+/// Parameter sizes in bytes of kernel `name` from its PTX `.entry` (`.param .u64 x` → 8,
+/// `.u32`/`.f32` → 4, a by-value `.b8 x[584]` → 584), or None if the entry is not there.
+pub fn ptx_params(ptx: &str, name: &str) -> Option<Vec<u8>> {
+    let head = format!(".entry {name}(");
+    let start = ptx.find(&head)? + head.len();
+    let body = &ptx[start..start + ptx[start..].find(')')?];
+    body.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            if let Some(open) = p.rfind('[') {
+                return p[open + 1..p.len() - 1].parse::<usize>().ok().map(|n| n.min(255) as u8);
+            }
+            let ty = p.split_whitespace().find(|w| {
+                matches!(
+                    *w,
+                    ".u64"
+                        | ".s64"
+                        | ".b64"
+                        | ".f64"
+                        | ".u32"
+                        | ".s32"
+                        | ".b32"
+                        | ".f32"
+                        | ".u16"
+                        | ".b16"
+                        | ".u8"
+                        | ".b8"
+                )
+            })?;
+            Some(match &ty[2..] {
+                "64" => 8,
+                "32" => 4,
+                "16" => 2,
+                _ => 1,
+            })
+        })
+        .collect()
+}
+
+/// The host's argument list against the kernel's parameters: the same count, and every 4-byte
+/// parameter given a value that fits 32 bits (a pointer passed as an `int` would not).
+fn check_args(module: &str, name: &str, sizes: &[u8], args: &[Arg]) -> Result<()> {
+    check(sizes.len() == args.len(), || {
+        format!("{module}::{name} takes {} parameters, the host passed {} (kernels/{module}.cu and src/gpu/backend.rs disagree)", sizes.len(), args.len())
+    })?;
+    for (i, (&sz, &a)) in sizes.iter().zip(args).enumerate() {
+        check(sz == 8 || (sz == 4 && a <= u32::MAX as u64), || {
+            format!("{module}::{name}: parameter {i} is {sz} bytes but the host passed {a:#x} (kernels/{module}.cu and src/gpu/backend.rs disagree)")
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ptx_parameter_lists_are_read() {
+        let ptx = ".visible .entry k(\n\t.param .u64 k_param_0,\n\t.param .u32 k_param_1,\n\t.param .f32 k_param_2\n)\n{\n}\n\
+                   .visible .entry s(\n\t.param .align 8 .b8 s_param_0[584]\n)";
+        assert_eq!(ptx_params(ptx, "k"), Some(vec![8, 4, 4]));
+        assert_eq!(ptx_params(ptx, "s"), Some(vec![255]));
+        assert_eq!(ptx_params(ptx, "missing"), None);
+        assert!(check_args("m", "k", &[8, 4, 4], &[1 << 40, 7, flt(1.5)]).is_ok());
+        let e = check_args("m", "k", &[8, 4, 4], &[1, 2]).unwrap_err().to_string();
+        assert!(e.contains("takes 3 parameters, the host passed 2"), "{e}");
+        let e = check_args("m", "k", &[8, 4, 4], &[1, 1 << 40, 3]).unwrap_err().to_string();
+        assert!(e.contains("parameter 1 is 4 bytes"), "{e}");
+    }
+
+    /// Every kernel the backend launches is in the embedded PTX with the parameter sizes the
+    /// host code assumes (8 for pointers and `long long`, 4 for `int`/`float`).
+    #[test]
+    #[cfg_attr(
+        not(kernels_built),
+        ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
+    )]
+    fn embedded_kernels_have_the_parameters_the_host_passes() {
+        // (module, kernel, sizes: P = 8-byte pointer or long long, I = 4-byte int or float)
+        let table: &[(&str, &str, &str)] = &[
+            ("conv", "conv3x3_fwd_f16", "PIIIIPPPIPIIPP"),
+            ("conv", "conv3x3_dgrad_f16", "PPIIIIIIPP"),
+            ("conv", "conv3x3_wgrad_f16", "PIIIIPPPIPPIIPI"),
+            ("conv", "wgrad_reduce_f32", "PIPP"),
+            ("conv", "act_f16", "PPIPPPIP"),
+            ("norm", "chan_reduce_f16", "PPPIPIPPPIP"),
+            ("norm", "bn_finalize_f32", "PIIPIIIPPP"),
+            ("norm", "bn_eval_f32", "PPIIP"),
+            ("norm", "pre_bwd_finalize_f32", "PIIPPP"),
+            ("norm", "pre_bwd_dx_f16", "PPPIPPPIPP"),
+            ("norm", "cast_f32_f16", "PPP"),
+            ("norm", "cast_f16_f32", "PPP"),
+            ("stem", "stem_fwd_f16", "PIPIIIIIIIPIP"),
+            ("stem", "stem_res_fwd_f16", "PIPIIIIIIIPIIP"),
+            ("stem", "patch_cov_f32", "PIIIIIIIP"),
+            ("head", "head_fwd_f16", "PIIPPPIPIIPPP"),
+            ("head", "head_bwd_dw_f32", "PPIIIIP"),
+            ("head", "head_bwd_da_f16", "PPPIIIIIP"),
+            ("head", "xent_fwd_bwd_f32", "PPPIIIPP"),
+            ("head", "axpy_f32", "PPPI"),
+            ("optim", "muon_momentum_f32", "PPIIP"),
+            ("optim", "sumsq_partial_f32", "PIP"),
+            ("optim", "norm_finalize_f64", "PIP"),
+            ("optim", "scale_by_inv_norm_f32", "PIPP"),
+            ("optim", "muon_apply_f32", "PPIIPI"),
+            ("optim", "gemm_nt_f32", "PPPPIIIII"),
+            ("optim", "gemm_nn_f32", "PPPPIIIII"),
+        ];
+        for &(module, name, sig) in table {
+            let m = crate::kernels::module(module).unwrap_or_else(|| panic!("module {module} not embedded"));
+            let sizes = ptx_params(m.ptx, name).unwrap_or_else(|| panic!("{module}::{name} not in the PTX"));
+            let want: Vec<u8> = sig.chars().map(|c| if c == 'P' { 8 } else { 4 }).collect();
+            assert_eq!(sizes, want, "{module}::{name}");
+        }
+        assert_eq!(ptx_params(crate::kernels::module("optim").unwrap().ptx, "sgd_nesterov_f32"), Some(vec![255]));
+        assert_eq!(std::mem::size_of::<SgdArgs>(), 584);
     }
 }
 
