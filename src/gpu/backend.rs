@@ -76,12 +76,15 @@ impl GWords {
     }
 }
 
+/// A loaded kernel and its parameter sizes (None when its PTX entry could not be read).
+type Kernel = (CudaFunction, Option<Vec<u8>>);
+
 /// Per-device op state kept in [`Gpu`]: looked-up kernels, a reusable f32 workspace for
 /// reductions and split-K partial sums, and the temporaries of the current op.
 #[derive(Default)]
 pub struct OpState {
     /// Each kernel with its parameter sizes in bytes (from the embedded PTX), checked at launch.
-    funcs: HashMap<(&'static str, &'static str), (CudaFunction, Option<Vec<u8>>)>,
+    funcs: HashMap<(&'static str, &'static str), Kernel>,
     ws: Option<CudaSlice<f32>>,
     /// a = GELU(pre(x)) in fp16 for the conv being computed (grow-only).
     act: Option<CudaSlice<f32>>,
@@ -161,7 +164,7 @@ fn blocks(len: usize) -> Result<u32> {
 }
 
 impl Gpu {
-    fn func_params(&mut self, module: &'static str, name: &'static str) -> Result<(CudaFunction, Option<Vec<u8>>)> {
+    fn func_params(&mut self, module: &'static str, name: &'static str) -> Result<Kernel> {
         if let Some(f) = self.ops.funcs.get(&(module, name)) {
             return Ok(f.clone());
         }
@@ -1014,6 +1017,10 @@ fn check_args(module: &str, name: &str, sizes: &[u8], args: &[Arg]) -> Result<()
     Ok(())
 }
 
+fn blocks_of(n: usize, per: usize) -> Result<u32> {
+    u32::try_from(n.div_ceil(per)).map_err(|_| Error::Gpu(format!("{n} rows is too many for one launch")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1079,8 +1086,4 @@ mod tests {
         assert_eq!(ptx_params(crate::kernels::module("optim").unwrap().ptx, "sgd_nesterov_f32"), Some(vec![255]));
         assert_eq!(std::mem::size_of::<SgdArgs>(), 584);
     }
-}
-
-fn blocks_of(n: usize, per: usize) -> Result<u32> {
-    u32::try_from(n.div_ceil(per)).map_err(|_| Error::Gpu(format!("{n} rows is too many for one launch")))
 }
