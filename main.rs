@@ -302,7 +302,7 @@ fn forward<B: Backend>(
     train: bool,
 ) -> Result<()> {
     let res = a.s[0].h + 1;
-    b.stem_res(&d.images, d.n, words, offset, a.n, NORM, &net.whiten_w, WHITEN, res, &mut a.x[0])?;
+    b.stem(&d.images, d.n, words, offset, a.n, NORM, &net.whiten_w, WHITEN, res, &mut a.x[0])?;
     for (l, (_, cout, pool)) in layers(h).into_iter().enumerate() {
         let (x_in, x_out) = a.x.split_at_mut(l + 1);
         let (bn_in, bn_out) = a.bn.split_at_mut(l + 1);

@@ -121,10 +121,11 @@ pub trait Backend {
 
     // ---- forward -------------------------------------------------------------------------
     /// The stem: for each of the `n` words `aug[offset..offset + n]` (image index, shift,
-    /// mirror: `aug::unpack`),
-    /// build the augmented, normalised 32×32×3 view (reflect-indexed shift, then mirror) and
-    /// apply the 2×2 whitening conv `w` (`cw × 2×2×3`, OHWI, no bias): `out` is
-    /// `Shape(n, 31, 31, cw)`. `images` holds `total` images of 32×32×3 u8, NHWC.
+    /// mirror: `aug::unpack`), build the augmented, normalised 32×32×3 view (reflect-indexed
+    /// shift, then mirror); below full resolution (`res` < 32, progressive resolution) resize it
+    /// to `res`×`res` by bilinear interpolation (`cpu::layers::resize_bilinear`); then apply the
+    /// 2×2 whitening conv `w` (`cw × 2×2×3`, OHWI, no bias): `out` is
+    /// `Shape(n, res − 1, res − 1, cw)`. `images` holds `total` images of 32×32×3 u8, NHWC.
     #[allow(clippy::too_many_arguments)]
     fn stem(
         &mut self,
@@ -136,35 +137,9 @@ pub trait Backend {
         norm: Norm,
         w: &Self::Buf,
         cw: usize,
-        out: &mut Self::Buf,
-    ) -> Result<()>;
-
-    /// [`Backend::stem`] at resolution `res` (progressive resolution): the augmented 32×32 view is
-    /// resized to `res`×`res` by bilinear interpolation (`cpu::layers::resize_bilinear`) before the
-    /// whitening conv, so `out` is `Shape(n, res − 1, res − 1, cw)`. `res = 32` is `stem`.
-    /// A backend without the resize reports that, rather than training at the wrong size.
-    #[allow(clippy::too_many_arguments)]
-    fn stem_res(
-        &mut self,
-        images: &Self::Bytes,
-        total: usize,
-        aug: &Self::Words,
-        offset: usize,
-        n: usize,
-        norm: Norm,
-        w: &Self::Buf,
-        cw: usize,
         res: usize,
         out: &mut Self::Buf,
-    ) -> Result<()> {
-        if res == 32 {
-            return self.stem(images, total, aug, offset, n, norm, w, cw, out);
-        }
-        Err(crate::Error::Gpu(format!(
-            "{} cannot train at {res} px: progressive resolution (the resizing stem) is not implemented on it",
-            self.describe()
-        )))
-    }
+    ) -> Result<()>;
 
     /// 3×3 "same" conv (pad 1, stride 1, no bias) of `a = GELU(pre(x))` with OHWI weights
     /// `w` (`cout × 3×3×xs.c`). With `pool`, a 2×2 stride-2 max-pool follows (floor) and

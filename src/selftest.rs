@@ -318,18 +318,18 @@ fn check_stem(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report) -> Result<()> {
     let (cw_, gw_) = (cpu.upload(&w)?, gpu.upload(&w)?);
     let len = n * 31 * 31 * cw;
     let mut cy = vec![f32::NAN; len];
-    cpu.stem(&ci, total, &cwd, 5, n, NORM, &cw_, cw, &mut cy)?;
+    cpu.stem(&ci, total, &cwd, 5, n, NORM, &cw_, cw, 32, &mut cy)?;
     let mut gy = gpu.upload(&vec![POISON; len])?;
-    gpu.stem(&gi, total, &gwd, 5, n, NORM, &gw_, cw, &mut gy)?;
+    gpu.stem(&gi, total, &gwd, 5, n, NORM, &gw_, cw, 32, &mut gy)?;
     let got = gpu.download(&gy)?;
     r.line("stem", &shape_str(Shape::new(n, 31, 31, cw)), &got, &cy, TOL_F16_OUT)?;
     // progressive-resolution stems (bilinear downscale of the view first)
     for res in [24usize, 17] {
         let len = n * (res - 1) * (res - 1) * cw;
         let mut cy = vec![f32::NAN; len];
-        cpu.stem_res(&ci, total, &cwd, 5, n, NORM, &cw_, cw, res, &mut cy)?;
+        cpu.stem(&ci, total, &cwd, 5, n, NORM, &cw_, cw, res, &mut cy)?;
         let mut gy = gpu.upload(&vec![POISON; len])?;
-        gpu.stem_res(&gi, total, &gwd, 5, n, NORM, &gw_, cw, res, &mut gy)?;
+        gpu.stem(&gi, total, &gwd, 5, n, NORM, &gw_, cw, res, &mut gy)?;
         let got = gpu.download(&gy)?;
         r.line(&format!("stem_res {res}px"), &shape_str(Shape::new(n, res - 1, res - 1, cw)), &got, &cy, TOL_F16_OUT)?;
     }
@@ -690,7 +690,7 @@ fn whole_step<B: Backend>(b: &mut B, init: &StepInit, n: usize) -> Result<StepOu
     let scale = 1.0 / c6 as f32;
 
     // forward
-    b.stem(&images, init.total, &words, 0, n, NORM, &whiten_w, WHITEN, &mut x[0])?;
+    b.stem(&images, init.total, &words, 0, n, NORM, &whiten_w, WHITEN, 32, &mut x[0])?;
     for (l, &(_, cout, pool)) in STEP_LAYERS.iter().enumerate() {
         let (xi, xo) = x.split_at_mut(l + 1);
         let (bi, bo) = bn.split_at_mut(l + 1);
@@ -842,7 +842,7 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
     let wds = gpu.upload_words(&words(n, total, 2))?;
     let ww = gpu.upload(&rnd(WHITEN * 12, 3, 0.5, 0.0))?;
     let mut x0 = gpu.upload_f16(&vec![0.5; n * 961 * WHITEN])?;
-    let ms = time_ms(gpu, &mut |g| g.stem(&images, total, &wds, 0, n, NORM, &ww, WHITEN, &mut x0))?;
+    let ms = time_ms(gpu, &mut |g| g.stem(&images, total, &wds, 0, n, NORM, &ww, WHITEN, 32, &mut x0))?;
     let flops = (n * 961 * WHITEN * 24) as f64;
     bench_line(out, "stem", &format!("{n}x32x32x3->24"), ms, flops, (n * 3072 + n * 961 * WHITEN * 2) as f64)?;
     let nc = total.min(5000);

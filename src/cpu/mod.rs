@@ -94,22 +94,6 @@ impl<T: Real> Backend for Cpu<T> {
         norm: Norm,
         w: &Vec<T>,
         cw: usize,
-        out: &mut Vec<T>,
-    ) -> Result<()> {
-        layers::stem(images, total, &aug[offset..offset + n], n, norm, w, cw, 32, out, self.threads);
-        Ok(())
-    }
-
-    fn stem_res(
-        &mut self,
-        images: &Vec<u8>,
-        total: usize,
-        aug: &Vec<u32>,
-        offset: usize,
-        n: usize,
-        norm: Norm,
-        w: &Vec<T>,
-        cw: usize,
         res: usize,
         out: &mut Vec<T>,
     ) -> Result<()> {

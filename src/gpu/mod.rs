@@ -25,8 +25,7 @@
 use crate::error::{Error, Result};
 use crate::kernels::{self, Image};
 use cudarc::driver::{
-    result, sys, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaModule, CudaStream,
-    DriverError,
+    result, sys, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaModule, CudaStream, DriverError,
 };
 use cudarc::nvrtc::Ptx;
 use std::collections::BTreeMap;
@@ -83,13 +82,8 @@ pub struct Gpu {
 static DRIVER_LOADED: AtomicBool = AtomicBool::new(false);
 
 /// Entry points needed before we know whether there is a GPU (error text and cuInit).
-const SYMBOLS_INIT: &[&str] = &[
-    "cuInit",
-    "cuGetErrorName",
-    "cuGetErrorString",
-    "cuDriverGetVersion",
-    "cuDeviceGetCount",
-];
+const SYMBOLS_INIT: &[&str] =
+    &["cuInit", "cuGetErrorName", "cuGetErrorString", "cuDriverGetVersion", "cuDeviceGetCount"];
 /// Everything else cudarc (with cuda-12090 bindings) calls for what this program does: context,
 /// device queries, modules, launches, memory, events, graphs. All exist since CUDA 12.0
 /// (driver R525). Checked up front because cudarc panics on the first call to a missing one.
@@ -144,9 +138,7 @@ impl Gpu {
         // 1. The driver library. cudarc panics (it does not return Err) when it cannot load it.
         // SAFETY: only dlopens the candidate library names and closes them again.
         if !unsafe { sys::is_culib_present() } {
-            return Err(Error::Gpu(
-                "no NVIDIA driver found (libcuda.so.1 could not be loaded)".into(),
-            ));
+            return Err(Error::Gpu("no NVIDIA driver found (libcuda.so.1 could not be loaded)".into()));
         }
         if let Some(s) = missing_symbol(SYMBOLS_INIT) {
             return Err(Error::Gpu(format!(
@@ -162,9 +154,7 @@ impl Gpu {
         let driver_version = guarded("querying the driver version", || {
             let mut v = 0;
             // SAFETY: one out-pointer to a live integer.
-            unsafe { sys::cuDriverGetVersion(&mut v) }
-                .result()
-                .map(|_| v)
+            unsafe { sys::cuDriverGetVersion(&mut v) }.result().map(|_| v)
         })?;
         let driver_version = format!("{}.{}", driver_version / 1000, driver_version % 1000 / 10);
         if let Some(s) = missing_symbol(SYMBOLS_USED) {
@@ -175,9 +165,7 @@ impl Gpu {
         }
         let count = guarded("counting CUDA devices", CudaContext::device_count)?;
         if count <= 0 {
-            return Err(Error::Gpu(
-                "no CUDA-capable GPU detected (the driver reports 0 devices)".into(),
-            ));
+            return Err(Error::Gpu("no CUDA-capable GPU detected (the driver reports 0 devices)".into()));
         }
         if ordinal >= count as usize {
             return Err(Error::Gpu(format!(
@@ -185,22 +173,14 @@ impl Gpu {
                 count - 1
             )));
         }
-        let ctx = guarded(&format!("creating a CUDA context on GPU {ordinal}"), || {
-            CudaContext::new(ordinal)
-        })?;
-        let attr = |a: sys::CUdevice_attribute, what: &str| {
-            guarded(&format!("querying the {what}"), || ctx.attribute(a))
-        };
+        let ctx = guarded(&format!("creating a CUDA context on GPU {ordinal}"), || CudaContext::new(ordinal))?;
+        let attr =
+            |a: sys::CUdevice_attribute, what: &str| guarded(&format!("querying the {what}"), || ctx.attribute(a));
         let info = DeviceInfo {
             ordinal,
             name: guarded("querying the GPU name", || ctx.name())?,
-            cc: guarded("querying the compute capability", || {
-                ctx.compute_capability()
-            })?,
-            sms: attr(
-                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-                "SM count",
-            )?,
+            cc: guarded("querying the compute capability", || ctx.compute_capability())?,
+            sms: attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, "SM count")?,
             mem_bytes: guarded("querying the GPU memory size", || ctx.total_mem())?,
             driver_version,
             smem_optin: attr(
@@ -234,8 +214,7 @@ impl Gpu {
         let mut modules = BTreeMap::new();
         for m in kernels::MODULES {
             let Some(image) = kernels::select(m, maj, min) else {
-                let archs: Vec<String> =
-                    m.cubins.iter().map(|(sm, _)| format!("sm_{sm}")).collect();
+                let archs: Vec<String> = m.cubins.iter().map(|(sm, _)| format!("sm_{sm}")).collect();
                 return Err(Error::Gpu(format!(
                     "no kernel image for {} (sm_{maj}{min}) in this binary: module {} was compiled by {} for {} and compute_90 PTX",
                     info.name,
@@ -244,31 +223,24 @@ impl Gpu {
                     archs.join(", ")
                 )));
             };
-            let what = format!(
-                "loading kernel module {} ({image}) on {}",
-                m.name, info.name
-            );
+            let what = format!("loading kernel module {} ({image}) on {}", m.name, info.name);
             let loaded = guarded(&what, || match image {
                 Image::Cubin { bytes, .. } => ctx.load_module(Ptx::from_binary(bytes.to_vec())),
                 Image::Ptx(text) => ctx.load_module(Ptx::from_src(text)),
             })
             .map_err(|e| match (image, &e) {
-                (Image::Ptx(_), Error::Gpu(msg)) if msg.contains("CUDA_ERROR_UNSUPPORTED_PTX_VERSION") => Error::Gpu(format!(
+                (Image::Ptx(_), Error::Gpu(msg)) if msg.contains("CUDA_ERROR_UNSUPPORTED_PTX_VERSION") => {
+                    Error::Gpu(format!(
                     "{msg}; the driver (CUDA {}) is older than the compiler of the PTX ({}): update the NVIDIA driver",
                     info.driver_version,
                     kernels::COMPILER
-                )),
+                ))
+                }
                 _ => e,
             })?;
             modules.insert(m.name, (loaded, image));
         }
-        Ok(Gpu {
-            ctx,
-            stream,
-            info,
-            modules,
-            ops: backend::OpState::default(),
-        })
+        Ok(Gpu { ctx, stream, info, modules, ops: backend::OpState::default() })
     }
 
     /// The kernel `name` from module `module` (the stem of `kernels/<module>.cu`).
@@ -303,9 +275,7 @@ impl Gpu {
 
     /// Waits for all work on [`Gpu::stream`].
     pub fn sync(&self) -> Result<()> {
-        self.stream
-            .synchronize()
-            .map_err(|e| Gpu::err("waiting for the GPU", e))
+        self.stream.synchronize().map_err(|e| Gpu::err("waiting for the GPU", e))
     }
 
     /// A cudarc error as one `Error::Gpu` sentence: `<what>: CUDA_ERROR_X: driver text`.
@@ -320,7 +290,9 @@ impl Gpu {
                 format!("no CUDA-capable GPU detected ({:?} while {what})", e.0)
             }
             R::CUDA_ERROR_SYSTEM_DRIVER_MISMATCH | R::CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE => {
-                format!("the NVIDIA driver cannot run this program while {what} ({code}): update or reinstall the driver")
+                format!(
+                    "the NVIDIA driver cannot run this program while {what} ({code}): update or reinstall the driver"
+                )
             }
             _ => format!("{what}: {code}"),
         })
@@ -350,9 +322,7 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> std::result::Result<T, DriverError
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(Error::Gpu(format!(
-                "the CUDA driver library failed while {what}: {msg}"
-            )))
+            Err(Error::Gpu(format!("the CUDA driver library failed while {what}: {msg}")))
         }
     }
 }
@@ -363,10 +333,7 @@ fn missing_symbol(names: &[&'static str]) -> Option<&'static str> {
     // SAFETY: culib() loads the library is_culib_present() found (no panic), and we only look
     // symbols up, never call them through this type.
     let lib = unsafe { sys::culib() };
-    names
-        .iter()
-        .copied()
-        .find(|n| unsafe { lib.get::<unsafe extern "C" fn()>(n.as_bytes()) }.is_err())
+    names.iter().copied().find(|n| unsafe { lib.get::<unsafe extern "C" fn()>(n.as_bytes()) }.is_err())
 }
 
 /// GPU-side timing with a pair of CUDA events (created with CU_EVENT_DEFAULT: `None` would
@@ -379,33 +346,21 @@ pub struct Timer {
 impl Timer {
     pub fn new(ctx: &Arc<CudaContext>) -> Result<Timer> {
         let ev = || {
-            ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(|e| Gpu::err("creating a CUDA event", e))
+            ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(|e| Gpu::err("creating a CUDA event", e))
         };
-        Ok(Timer {
-            start: ev()?,
-            stop: ev()?,
-        })
+        Ok(Timer { start: ev()?, stop: ev()? })
     }
 
     /// Marks the start on `stream` (does not wait).
     pub fn start(&self, stream: &CudaStream) -> Result<()> {
-        self.start
-            .record(stream)
-            .map_err(|e| Gpu::err("recording a timing event", e))
+        self.start.record(stream).map_err(|e| Gpu::err("recording a timing event", e))
     }
 
     /// Marks the end on `stream`, waits for it and returns the milliseconds since `start`.
     pub fn stop(&self, stream: &CudaStream) -> Result<f32> {
-        self.stop
-            .record(stream)
-            .map_err(|e| Gpu::err("recording a timing event", e))?;
-        self.stop
-            .synchronize()
-            .map_err(|e| Gpu::err("waiting for a timing event", e))?;
-        self.start
-            .elapsed_ms(&self.stop)
-            .map_err(|e| Gpu::err("reading a timing event", e))
+        self.stop.record(stream).map_err(|e| Gpu::err("recording a timing event", e))?;
+        self.stop.synchronize().map_err(|e| Gpu::err("waiting for a timing event", e))?;
+        self.start.elapsed_ms(&self.stop).map_err(|e| Gpu::err("reading a timing event", e))
     }
 }
 
@@ -429,8 +384,7 @@ where
     let g = g
         .map_err(|e| Gpu::err("ending a CUDA graph capture", e))?
         .ok_or_else(|| Error::Gpu("the CUDA graph capture recorded no work".into()))?;
-    g.upload()
-        .map_err(|e| Gpu::err("uploading a CUDA graph", e))?;
+    g.upload().map_err(|e| Gpu::err("uploading a CUDA graph", e))?;
     Ok(g)
 }
 
@@ -438,11 +392,9 @@ where
 /// The device's limit is [`DeviceInfo::smem_optin`] (96 KB V100, 163 KB A100, 99 KB RTX 4090,
 /// 227 KB H100).
 pub fn set_max_dynamic_smem(f: &CudaFunction, bytes: u32) -> Result<()> {
-    let v = i32::try_from(bytes).map_err(|_| {
-        Error::Gpu(format!(
-            "{bytes} bytes of shared memory is not a valid request"
-        ))
-    })?;
-    f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, v)
-        .map_err(|e| Gpu::err(&format!("allowing {bytes} bytes of dynamic shared memory (above the device's opt-in limit?)"), e))
+    let v = i32::try_from(bytes)
+        .map_err(|_| Error::Gpu(format!("{bytes} bytes of shared memory is not a valid request")))?;
+    f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, v).map_err(|e| {
+        Gpu::err(&format!("allowing {bytes} bytes of dynamic shared memory (above the device's opt-in limit?)"), e)
+    })
 }

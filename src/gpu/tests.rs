@@ -52,11 +52,7 @@ fn check_matmul(gpu: &Gpu, f: &CudaFunction, label: &str) {
     let s = &gpu.stream;
     let (da, db) = (s.clone_htod(&a).unwrap(), s.clone_htod(&b).unwrap());
     let mut dc = s.clone_htod(&vec![f32::NAN; 256]).unwrap();
-    let cfg = LaunchConfig {
-        grid_dim: (1, 1, 1),
-        block_dim: (32, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
     let mut l = s.launch_builder(f);
     l.arg(&da).arg(&db).arg(&mut dc);
     unsafe { l.launch(cfg) }.unwrap_or_else(|e| panic!("{label}: {}", Gpu::err("launching", e)));
@@ -81,76 +77,45 @@ fn check_matmul(gpu: &Gpu, f: &CudaFunction, label: &str) {
 }
 
 #[test]
-#[cfg_attr(
-    not(cuda_driver),
-    ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped"
-)]
+#[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
 #[cfg_attr(
     all(cuda_driver, not(kernels_built)),
     ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
 )]
 fn smoke_kernels_events_graphs() {
     let gpu = open();
-    let expected = kernels::select(
-        kernels::module("smoke").unwrap(),
-        gpu.info.cc.0,
-        gpu.info.cc.1,
-    )
-    .unwrap();
-    assert_eq!(
-        format!("{:?}", gpu.image("smoke").unwrap()),
-        format!("{expected:?}")
-    );
+    let expected = kernels::select(kernels::module("smoke").unwrap(), gpu.info.cc.0, gpu.info.cc.1).unwrap();
+    assert_eq!(format!("{:?}", gpu.image("smoke").unwrap()), format!("{expected:?}"));
 
     // Matrix units: WMMA everywhere, inline mma.sync on sm_80+.
-    check_matmul(
-        &gpu,
-        &gpu.function("smoke", "smoke_wmma_f16").unwrap(),
-        "smoke_wmma_f16",
-    );
-    check_matmul(
-        &gpu,
-        &gpu.function("smoke", "smoke_mma_f16").unwrap(),
-        "smoke_mma_f16",
-    );
+    check_matmul(&gpu, &gpu.function("smoke", "smoke_wmma_f16").unwrap(), "smoke_wmma_f16");
+    check_matmul(&gpu, &gpu.function("smoke", "smoke_mma_f16").unwrap(), "smoke_mma_f16");
 
     // Dynamic shared memory above 48 KB (capped at the device's opt-in limit).
     let scale = gpu.function("smoke", "smoke_scale_f16").unwrap();
     let smem = (gpu.info.smem_optin as u32).min(96 * 1024) & !255;
-    assert!(
-        smem > 48 * 1024,
-        "{}: opt-in limit {} bytes",
-        gpu.info,
-        gpu.info.smem_optin
-    );
+    assert!(smem > 48 * 1024, "{}: opt-in limit {} bytes", gpu.info, gpu.info.smem_optin);
     set_max_dynamic_smem(&scale, smem).unwrap();
     let n = 1_000_003usize; // not a multiple of the per-block tile
     let x0 = values(n, 3);
     let mut x = gpu.stream.clone_htod(&x0).unwrap();
     let per_block = smem as usize / 2;
-    let launch =
-        |x: &mut cudarc::driver::CudaSlice<f16>, s: f32, st: &Arc<CudaStream>| -> Result<()> {
-            let cfg = LaunchConfig {
-                grid_dim: (n.div_ceil(per_block) as u32, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: smem,
-            };
-            let (n, sb) = (n as i32, smem as i32);
-            let mut l = st.launch_builder(&scale);
-            l.arg(x).arg(&s).arg(&n).arg(&sb);
-            unsafe { l.launch(cfg) }
-                .map(|_| ())
-                .map_err(|e| Gpu::err("launching smoke_scale_f16", e))
+    let launch = |x: &mut cudarc::driver::CudaSlice<f16>, s: f32, st: &Arc<CudaStream>| -> Result<()> {
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(per_block) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: smem,
         };
+        let (n, sb) = (n as i32, smem as i32);
+        let mut l = st.launch_builder(&scale);
+        l.arg(x).arg(&s).arg(&n).arg(&sb);
+        unsafe { l.launch(cfg) }.map(|_| ()).map_err(|e| Gpu::err("launching smoke_scale_f16", e))
+    };
     launch(&mut x, 2.0, &gpu.stream).unwrap();
     let got = gpu.stream.clone_dtoh(&x).unwrap();
     for i in 0..n {
         // ×2 is exact in f16 for these magnitudes.
-        assert_eq!(
-            got[i],
-            f16::from_f32(x0[i].to_f32() * 2.0),
-            "x[{i}] after scaling by 2"
-        );
+        assert_eq!(got[i], f16::from_f32(x0[i].to_f32() * 2.0), "x[{i}] after scaling by 2");
     }
 
     // Events: the timer measures something positive.
@@ -175,32 +140,18 @@ fn smoke_kernels_events_graphs() {
     graph.launch().unwrap();
     let got = gpu.stream.clone_dtoh(&x).unwrap();
     for i in (0..n).step_by(997) {
-        assert_eq!(
-            got[i],
-            f16::from_f32(x0[i].to_f32() * 128.0),
-            "x[{i}] after the graph replays"
-        );
+        assert_eq!(got[i], f16::from_f32(x0[i].to_f32() * 128.0), "x[{i}] after the graph replays");
     }
 
     // A failing capture body is reported and the stream is usable afterwards.
-    let e = capture(&gpu.ctx, &gpu.stream, |_| {
-        Err(Error::Gpu("body failed".into()))
-    })
-    .err()
-    .unwrap();
+    let e = capture(&gpu.ctx, &gpu.stream, |_| Err(Error::Gpu("body failed".into()))).err().unwrap();
     assert_eq!(e.to_string(), "GPU error: body failed");
     launch(&mut x, 0.5, &gpu.stream).unwrap();
     gpu.sync().unwrap();
 
     // Clear errors for names that do not exist.
-    let e = gpu
-        .function("smoke", "no_such_kernel")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("`no_such_kernel` not found in module `smoke`"),
-        "{e}"
-    );
+    let e = gpu.function("smoke", "no_such_kernel").unwrap_err().to_string();
+    assert!(e.contains("`no_such_kernel` not found in module `smoke`"), "{e}");
     let e = gpu.function("no_such_module", "x").unwrap_err().to_string();
     assert!(e.contains("no kernel module `no_such_module`"), "{e}");
 }
@@ -208,10 +159,7 @@ fn smoke_kernels_events_graphs() {
 /// The compute_90 PTX JIT-compiles and computes the same as the SASS on sm_90 and newer; on
 /// older GPUs loading it fails cleanly (an error, not a crash).
 #[test]
-#[cfg_attr(
-    not(cuda_driver),
-    ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped"
-)]
+#[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
 #[cfg_attr(
     all(cuda_driver, not(kernels_built)),
     ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
@@ -221,54 +169,29 @@ fn ptx_image() {
     let m = kernels::module("smoke").unwrap();
     let loaded = gpu.ctx.load_module(Ptx::from_src(m.ptx));
     if gpu.info.cc.0 < 9 {
-        let e = loaded
-            .err()
-            .unwrap_or_else(|| panic!("compute_90 PTX loaded on {}", gpu.info));
-        eprintln!(
-            "PTX on {}: refused as expected ({})",
-            gpu.info,
-            Gpu::err("JIT-loading the PTX", e)
-        );
+        let e = loaded.err().unwrap_or_else(|| panic!("compute_90 PTX loaded on {}", gpu.info));
+        eprintln!("PTX on {}: refused as expected ({})", gpu.info, Gpu::err("JIT-loading the PTX", e));
         return;
     }
     let module = loaded.unwrap_or_else(|e| panic!("{}", Gpu::err("JIT-loading the PTX", e)));
     for k in ["smoke_wmma_f16", "smoke_mma_f16"] {
-        check_matmul(
-            &gpu,
-            &module.load_function(k).unwrap(),
-            &format!("{k} (PTX JIT)"),
-        );
+        check_matmul(&gpu, &module.load_function(k).unwrap(), &format!("{k} (PTX JIT)"));
     }
 }
 
 #[test]
 fn error_sentences() {
-    let oom = Gpu::err(
-        "allocating activations",
-        DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY),
-    );
+    let oom = Gpu::err("allocating activations", DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY));
     assert!(matches!(oom, Error::Gpu(_)));
     assert!(
-        oom.to_string().starts_with(
-            "GPU error: out of GPU memory while allocating activations (CUDA_ERROR_OUT_OF_MEMORY"
-        ),
+        oom.to_string()
+            .starts_with("GPU error: out of GPU memory while allocating activations (CUDA_ERROR_OUT_OF_MEMORY"),
         "{oom}"
     );
-    let nodev = Gpu::err(
-        "initialising",
-        DriverError(sys::CUresult::CUDA_ERROR_NO_DEVICE),
-    )
-    .to_string();
+    let nodev = Gpu::err("initialising", DriverError(sys::CUresult::CUDA_ERROR_NO_DEVICE)).to_string();
     assert!(nodev.contains("no CUDA-capable GPU detected"), "{nodev}");
-    let other = Gpu::err(
-        "launching conv",
-        DriverError(sys::CUresult::CUDA_ERROR_LAUNCH_FAILED),
-    )
-    .to_string();
-    assert!(
-        other.starts_with("GPU error: launching conv: CUDA_ERROR_LAUNCH_FAILED"),
-        "{other}"
-    );
+    let other = Gpu::err("launching conv", DriverError(sys::CUresult::CUDA_ERROR_LAUNCH_FAILED)).to_string();
+    assert!(other.starts_with("GPU error: launching conv: CUDA_ERROR_LAUNCH_FAILED"), "{other}");
 }
 
 #[test]
@@ -282,10 +205,7 @@ fn device_info_line() {
         driver_version: "13.0".into(),
         smem_optin: 232_448,
     };
-    assert_eq!(
-        d.to_string(),
-        "NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.6 GiB, driver CUDA 13.0"
-    );
+    assert_eq!(d.to_string(), "NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.6 GiB, driver CUDA 13.0");
 }
 
 /// Without a driver, open() returns the driver sentence (and does not panic).
@@ -295,12 +215,7 @@ fn device_info_line() {
     ignore = "this machine has an NVIDIA driver (libcuda.so.1): the no-driver path cannot be shown here"
 )]
 fn open_without_driver() {
-    let e = Gpu::open(0)
-        .err()
-        .expect("open() must fail without libcuda");
-    assert_eq!(
-        e.to_string(),
-        "GPU error: no NVIDIA driver found (libcuda.so.1 could not be loaded)"
-    );
+    let e = Gpu::open(0).err().expect("open() must fail without libcuda");
+    assert_eq!(e.to_string(), "GPU error: no NVIDIA driver found (libcuda.so.1 could not be loaded)");
     assert_eq!(e.exit_code(), 4);
 }
