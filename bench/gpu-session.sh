@@ -8,6 +8,13 @@
 #   bash bench/gpu-session.sh bench         # per-kernel timings against their floors
 #   bash bench/gpu-session.sh one           # one timed run with the per-epoch table
 #   bash bench/gpu-session.sh runs 25       # 25 seeded runs: statistics + JSON
+#   bash bench/gpu-session.sh first         # selftest, bench and one run in one device call
+#   bash bench/gpu-session.sh airbench 25   # the anchor, same GPU, same images (see below)
+# The anchor: fetch KellerJordan/cifar10-airbench with the search tool's fetch, write its
+# airbench94_muon.py into ./airbench/ (git-ignored, never committed) and carry that folder.
+# This step converts our binary files into its train.pt/test.pt (bench/cifar_to_pt.py), so both
+# trainers see the same 50,000 training and 10,000 test images, and runs it N times after its
+# own warm-up run (its run count is set with sed on a temporary copy).
 # Every step writes its raw log under $OUT (the device tool brings it back) with the GPU, driver
 # and command at its top; commit those logs verbatim under bench/logs/.
 set -uo pipefail
@@ -16,6 +23,8 @@ OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
 BIN=./target/release/speedrun
 what=${1:-selftest}
+case "$what" in selftest|bench|one|runs|first|airbench) ;; *)
+  echo "unknown step $what (selftest | bench | one | runs N | first | airbench N)" >&2; exit 2 ;; esac
 log="$OUT/$(date -u +%Y%m%d-%H%M%S)-$what.log"
 {
   echo "# command: bench/gpu-session.sh $*"
@@ -27,7 +36,13 @@ case "$what" in
   bench) $BIN bench 2>&1 | tee -a "$log" ;;
   one) $BIN --no-download --csv "$OUT/curves.csv" 2>&1 | tee -a "$log" ;;
   runs) $BIN --no-download --runs "${2:-25}" --json "$OUT/runs.json" 2>&1 | tee -a "$log" ;;
-  *) echo "unknown step $what (selftest | bench | one | runs N)" >&2; exit 2 ;;
+  first) { $BIN selftest; echo "# selftest exit status: $?"; $BIN bench; echo "# bench exit status: $?";
+           $BIN --no-download --csv "$OUT/curves.csv"; } 2>&1 | tee -a "$log" ;;
+  airbench)
+    [ -f airbench/airbench94_muon.py ] || { echo "airbench/airbench94_muon.py missing (fetch and carry it)" >&2; exit 2; }
+    python3 bench/cifar_to_pt.py data/cifar-10-batches-bin airbench/cifar10 2>&1 | tee -a "$log"
+    sed -E "s/for run in range\([0-9]+\)/for run in range(${2:-25})/" airbench/airbench94_muon.py > airbench/.run.py
+    (cd airbench && python3 .run.py) 2>&1 | tee -a "$log" ;;
 esac
 status=${PIPESTATUS[0]}
 echo "# exit status: $status" >> "$log"
