@@ -407,21 +407,36 @@ fn rates(h: &Hyp, t: usize, total: usize, bias_steps: usize) -> Rates {
 // ---------------------------------------------------------------------------------------------
 // A run: whitening init, training, TTA evaluation (all timed), and its evaluation
 
-/// Accuracy on the first `n` test images with test-time augmentation at `tta_level` (0: one
-/// view): the weighted logits of the views are summed. Eval-mode BatchNorm, full resolution.
+/// The test-time-augmentation views of the first `n` test images: per view, its augmentation
+/// words (image i at position i) and its weight. Built before the timer starts.
+struct Views<B: Backend> {
+    n: usize,
+    views: Vec<(B::Words, f32)>,
+}
+
+fn views<B: Backend>(b: &mut B, tta_level: usize, n: usize) -> Result<Views<B>> {
+    let mut views = Vec::new();
+    for (sy, sx, flip, weight) in aug::tta_views(tta_level) {
+        views.push((b.upload_words(&aug::view_words(0, n, sy, sx, flip))?, weight));
+    }
+    Ok(Views { n, views })
+}
+
+/// Accuracy on the `v.n` test images of `v` (their views' weighted logits summed).
+/// Eval-mode BatchNorm, full resolution.
 fn evaluate<B: Backend>(
     b: &mut B,
     h: &Hyp,
     net: &mut Net<B>,
     test: &DevData<B>,
     labels: &[u8],
-    n: usize,
-    tta_level: usize,
+    v: &Views<B>,
 ) -> Result<usize> {
     let mut correct = 0;
     let mut a: Option<Acts<B>> = None;
-    for start in (0..n.min(test.n)).step_by(h.batch_size) {
-        let m = h.batch_size.min(n.min(test.n) - start);
+    let n = v.n.min(test.n);
+    for start in (0..n).step_by(h.batch_size) {
+        let m = h.batch_size.min(n - start);
         if a.as_ref().is_none_or(|a| a.n != m) {
             let mut fresh = acts(b, h, m, 32)?;
             for l in 0..6 {
@@ -431,10 +446,9 @@ fn evaluate<B: Backend>(
         }
         let a = a.as_mut().expect("allocated above");
         let mut sum = b.zeros(m * CLASSES)?;
-        for (sy, sx, flip, weight) in aug::tta_views(tta_level) {
-            let words = b.upload_words(&aug::view_words(start, m, sy, sx, flip))?;
-            forward(b, h, net, a, test, &words, 0, false)?;
-            b.axpy(&mut sum, &a.logits, weight)?;
+        for (words, weight) in &v.views {
+            forward(b, h, net, a, test, words, start, false)?;
+            b.axpy(&mut sum, &a.logits, *weight)?;
         }
         let logits = b.download(&sum)?;
         for (i, row) in logits.chunks(CLASSES).enumerate() {
@@ -473,6 +487,8 @@ fn run<B: Backend>(
     }
     let mut words = b.upload_words(&vec![0; train.n])?;
     let flips = aug::flip_bits(&mut rng, train.n);
+    let final_views = views(b, h.tta_level, test.n)?;
+    let subset_views = if h.eval_every > 0 { Some(views(b, 0, h.eval_subset.min(test.n))?) } else { None };
     b.sync()?;
 
     let wall = Instant::now();
@@ -509,13 +525,12 @@ fn run<B: Backend>(
             )));
         }
         let mut eval_acc = None;
-        if h.eval_every > 0 && (epoch + 1) % h.eval_every == 0 {
+        if let Some(v) = subset_views.as_ref().filter(|_| (epoch + 1) % h.eval_every == 0) {
             let started = Instant::now();
-            let n = h.eval_subset.min(test.n);
-            let correct = evaluate(b, h, &mut net, test, test_labels, n, 0)?;
+            let correct = evaluate(b, h, &mut net, test, test_labels, v)?;
             b.sync()?;
             eval_seconds += started.elapsed().as_secs_f64();
-            eval_acc = Some(correct as f64 / n as f64);
+            eval_acc = Some(correct as f64 / v.n as f64);
         }
         let last = (epoch + 1) * steps_per_epoch - 1;
         let line = report::Epoch {
@@ -532,7 +547,7 @@ fn run<B: Backend>(
         epoch_line(line);
         clock = Instant::now();
     }
-    let correct = evaluate(b, h, &mut net, test, test_labels, test.n, h.tta_level)?;
+    let correct = evaluate(b, h, &mut net, test, test_labels, &final_views)?;
     b.sync()?;
     timed += clock.elapsed().as_secs_f64();
     let fingerprint = fingerprint(b, &net)?;
