@@ -591,7 +591,19 @@ fn real_main(args: cli::Args, raw: &[String]) -> Result<()> {
         return Ok(());
     }
     let h = recipe(&args)?;
+    let hint = "This trainer needs an NVIDIA GPU; `cargo run --release -- --cpu` trains the CPU reference instead";
+    let open = |device: usize| {
+        cifar::gpu::Gpu::open(device).map_err(|e| match e {
+            Error::Gpu(m) => Error::Gpu(format!("{m}. {hint}")),
+            other => other,
+        })
+    };
     if let Some(devices) = &args.gpus {
+        if !args.cpu {
+            for &d in devices {
+                drop(open(d)?); // every listed GPU must exist before anything is downloaded or started
+            }
+        }
         return fan_out(&args, raw, devices, &h);
     }
     if args.cpu {
@@ -601,11 +613,7 @@ fn real_main(args: cli::Args, raw: &[String]) -> Result<()> {
         let mut b = Cpu::<f32>::with_threads(args.threads.unwrap_or_else(cifar::cpu::par::default_threads));
         return train(&mut b, &h, &args, "cpu-reference", false);
     }
-    let hint = "This trainer needs an NVIDIA GPU; `cargo run --release -- --cpu` trains the CPU reference instead";
-    let mut gpu = cifar::gpu::Gpu::open(args.device).map_err(|e| match e {
-        Error::Gpu(m) => Error::Gpu(format!("{m}. {hint}")),
-        other => other,
-    })?;
+    let mut gpu = open(args.device)?;
     let mut out = std::io::stdout();
     match args.command {
         cli::Command::Selftest => {

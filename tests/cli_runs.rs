@@ -118,6 +118,7 @@ fn bad_input_exits_with_a_message_and_no_panic() {
         (vec!["--cpu", "--batch-size", "20000"], 2, "exceeds the 10000 training images"),
         (vec!["--cpu", "--data-dir", missing.to_str().unwrap()], 3, "missing from"),
         (vec!["--cpu", "--smoke", "--gpus", "0,1", "--data-dir", missing.to_str().unwrap()], 3, "missing from"),
+        (vec!["--gpus", "0,4096", "--data-dir", missing.to_str().unwrap()], 4, "--cpu"),
     ] {
         let o = speedrun(&args);
         let (_, stderr) = text(&o);
