@@ -994,6 +994,7 @@ mod tests {
         ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
     )]
     fn gpu_matches_cpu_reference() {
+        let _device = crate::gpu::device_test_lock();
         let mut gpu = match Gpu::open(0) {
             Ok(g) => g,
             Err(e) => panic!("{e} (this machine has libcuda.so.1, so a usable GPU is expected)"),

@@ -78,6 +78,16 @@ pub struct Gpu {
     ops: backend::OpState,
 }
 
+/// Held by every test of this crate that opens the device. Cargo runs tests on parallel threads,
+/// and all of them share the device's primary context: a graph capture in one test must not
+/// overlap another test's context-wide work (CUDA may synchronise the context to load a kernel
+/// lazily on first use, which fails and invalidates a capture in progress on any stream).
+#[cfg(test)]
+pub(crate) fn device_test_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Set once libcuda has been found: only then may error formatting ask the driver for text.
 static DRIVER_LOADED: AtomicBool = AtomicBool::new(false);
 

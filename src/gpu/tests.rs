@@ -83,6 +83,7 @@ fn check_matmul(gpu: &Gpu, f: &CudaFunction, label: &str) {
     ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
 )]
 fn smoke_kernels_events_graphs() {
+    let _device = device_test_lock();
     let gpu = open();
     let expected = kernels::select(kernels::module("smoke").unwrap(), gpu.info.cc.0, gpu.info.cc.1).unwrap();
     assert_eq!(format!("{:?}", gpu.image("smoke").unwrap()), format!("{expected:?}"));
@@ -165,6 +166,7 @@ fn smoke_kernels_events_graphs() {
     ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
 )]
 fn ptx_image() {
+    let _device = device_test_lock();
     let gpu = open();
     let m = kernels::module("smoke").unwrap();
     let loaded = gpu.ctx.load_module(Ptx::from_src(m.ptx));
