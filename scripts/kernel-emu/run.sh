@@ -14,7 +14,12 @@
 # timing, races the barriers would hide, the compiled SASS. It is not a substitute for
 # `speedrun selftest` on a GPU.
 #
-# Usage: bash scripts/kernel-emu/run.sh [--asan]     (about 2–6 minutes on 2 cores)
+# --asan adds AddressSanitizer/UBSan (out-of-bounds indexing). --tsan adds ThreadSanitizer: the
+# threads of a block really run concurrently and __syncthreads is a std::barrier, so a shared-
+# memory write and a read (or two writes) of another thread with no __syncthreads between them is
+# reported as a data race (about 15 minutes on 2 cores).
+#
+# Usage: bash scripts/kernel-emu/run.sh [--asan | --tsan]     (about 2–6 minutes on 2 cores)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 kernels="$here/../../kernels"
@@ -22,6 +27,7 @@ out="${TMPDIR:-/tmp}/kernel-emu"
 mkdir -p "$out"
 flags=(-std=c++20 -O2 -g -I"$here/inc" -I"$kernels" -lpthread)
 if [[ "${1:-}" == "--asan" ]]; then flags+=(-fsanitize=address,undefined); fi
+if [[ "${1:-}" == "--tsan" ]]; then flags+=(-O1 -fsanitize=thread); export TSAN_OPTIONS="halt_on_error=1 ${TSAN_OPTIONS:-}"; fi
 for t in test_rest test_conv; do
     g++ "$here/emu.cpp" "$here/$t.cpp" -o "$out/$t" "${flags[@]}"
     echo "== $t"
