@@ -14,7 +14,9 @@
 use super::Gpu;
 use crate::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape, NS_COEFFS};
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use half::f16;
 use std::collections::HashMap;
 
@@ -134,6 +136,18 @@ struct PrePtrs {
     shift: Arg,
 }
 
+/// Makes a grow-only scratch `slot` hold at least `n` f32 values (64 Ki at least), allocated on
+/// `stream`. SAFETY of the uninitialised allocation: every scratch user (workspace reductions,
+/// split-K partials, `act_f16`) writes the values it reads first.
+fn grow(stream: &std::sync::Arc<CudaStream>, slot: &mut Option<CudaSlice<f32>>, n: usize, what: &str) -> Result<()> {
+    if slot.as_ref().is_none_or(|w| w.len() < n) {
+        *slot = None; // free the old one first: the new one may need its room
+        let w = unsafe { stream.alloc::<f32>(n.max(1 << 16)) }.map_err(|e| Gpu::err(what, e))?;
+        *slot = Some(w);
+    }
+    Ok(())
+}
+
 fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
     if ok {
         Ok(())
@@ -230,13 +244,7 @@ impl Gpu {
 
     /// The shared workspace with room for at least `n` f32 values.
     fn workspace(&mut self, n: usize) -> Result<Arg> {
-        if self.ops.ws.as_ref().is_none_or(|w| w.len() < n) {
-            self.ops.ws = None;
-            // SAFETY: workspace users write before they read.
-            let w = unsafe { self.stream.alloc::<f32>(n.max(1 << 16)) }
-                .map_err(|e| Gpu::err(&format!("allocating a {n}-float workspace"), e))?;
-            self.ops.ws = Some(w);
-        }
+        grow(&self.stream, &mut self.ops.ws, n, &format!("allocating a {n}-float workspace"))?;
         let mut w = self.ops.ws.take().expect("allocated above");
         let p = self.ptr_mut(&mut w);
         self.ops.ws = Some(w);
@@ -248,13 +256,8 @@ impl Gpu {
     fn activate(&mut self, xp: Arg, xs: Shape, pp: &PrePtrs) -> Result<(Arg, PrePtrs)> {
         let len = xs.len();
         let slots = len.div_ceil(2);
-        if self.ops.act.as_ref().is_none_or(|a| a.len() < slots) {
-            self.ops.act = None;
-            // SAFETY: act_f16 writes the first len halves before the conv reads them.
-            let a = unsafe { self.stream.alloc::<f32>(slots.max(1 << 16)) }
-                .map_err(|e| Gpu::err(&format!("allocating the activation scratch ({len} fp16 values)"), e))?;
-            self.ops.act = Some(a);
-        }
+        let what = format!("allocating the activation scratch ({len} fp16 values)");
+        grow(&self.stream, &mut self.ops.act, slots, &what)?;
         let mut a = self.ops.act.take().expect("allocated above");
         let ap = self.ptr_mut(&mut a);
         self.ops.act = Some(a);
