@@ -71,13 +71,17 @@ extern "C" __global__ void head_bwd_da_f16(const float* __restrict__ dlogits, co
 }
 
 extern "C" __global__ void xent_fwd_bwd_f32(const float* __restrict__ logits, const unsigned char* __restrict__ labels,
-                                            const unsigned int* __restrict__ aug, int n, int classes,
-                                            float smoothing, float* __restrict__ dlogits, float* __restrict__ acc) {
+                                            const unsigned int* __restrict__ aug, int n, int nlabels,
+                                            int classes, float smoothing, float* __restrict__ dlogits,
+                                            float* __restrict__ acc) {
     __shared__ double scratch[32];
     double loss = 0.0, correct = 0.0;
     const double s = (double)smoothing;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const int label = labels[aug[i] & 0xFFFFFu];
+        const unsigned int index = aug[i] & 0xFFFFFu;
+        // The reference asserts on a bad index or label; a kernel cannot, so the loss becomes NaN
+        // (the run's divergence check then stops it) and nothing out of bounds is read.
+        const int label = index < (unsigned int)nlabels ? labels[index] : classes;
         const float* l = logits + (long long)i * classes;
         double best = (double)l[0];
         int arg = 0;
@@ -89,7 +93,7 @@ extern "C" __global__ void xent_fwd_bwd_f32(const float* __restrict__ logits, co
         double se = 0.0;
         for (int k = 0; k < classes; k++) se += exp((double)l[k] - best);
         const double lse = best + log(se);
-        if (label >= classes) {  // the reference asserts; here the loss becomes NaN
+        if (label >= classes) {
             loss += __longlong_as_double(0x7ff8000000000000ll);
             continue;
         }

@@ -180,7 +180,7 @@ static void test_xent(int n, int classes) {
     std::vector<unsigned> words(n + 3); for (auto& w : words) w = rng() % total;
     auto logits = rndv(n * classes, 3);
     std::vector<float> dl(n * classes, NAN), acc{1.5f, 2.0f};
-    launch(dim3{1, 1, 1}, dim3{256, 1, 1}, [&] { xent_fwd_bwd_f32(logits.data(), labels.data(), words.data() + 3, n, classes, 0.2f, dl.data(), acc.data()); });
+    launch(dim3{1, 1, 1}, dim3{256, 1, 1}, [&] { xent_fwd_bwd_f32(logits.data(), labels.data(), words.data() + 3, n, total, classes, 0.2f, dl.data(), acc.data()); });
     std::vector<double> dw(n * classes), aw{1.5, 2.0};
     for (int i = 0; i < n; i++) {
         int lab = labels[words[i + 3]]; const float* l = &logits[i * classes];
@@ -192,6 +192,11 @@ static void test_xent(int n, int classes) {
     }
     report("xent dlogits", relerr(dl, dw), 1e-5);
     report("xent acc", relerr(acc, aw), 1e-6);
+    // An image index past the labels: no out-of-bounds read, and the loss turns NaN.
+    words[3 + n / 2] = total;
+    std::vector<float> bad{0.f, 0.f};
+    launch(dim3{1, 1, 1}, dim3{256, 1, 1}, [&] { xent_fwd_bwd_f32(logits.data(), labels.data(), words.data() + 3, n, total, classes, 0.2f, dl.data(), bad.data()); });
+    report("xent bad index -> NaN loss", std::isnan(bad[0]) ? 0.0 : 1.0, 0.5);
 }
 
 static void test_gemm(bool tb, int M, int N, int K) {
