@@ -388,46 +388,6 @@ fn norm_args(norm: Norm) -> [Arg; 6] {
     [flt(norm.mean[0]), flt(norm.mean[1]), flt(norm.mean[2]), flt(norm.std[0]), flt(norm.std[1]), flt(norm.std[2])]
 }
 
-impl Gpu {
-    /// `Backend::stem` at full resolution (its own kernel: no resize).
-    #[allow(clippy::too_many_arguments)]
-    fn stem_full(
-        &mut self,
-        images: &GBytes,
-        total: usize,
-        aug: &GWords,
-        offset: usize,
-        n: usize,
-        norm: Norm,
-        w: &GBuf,
-        cw: usize,
-        out: &mut GBuf,
-    ) -> Result<()> {
-        self.begin();
-        check_len(images.len, total * 3072, &format!("stem: images ({total}×32×32×3)"))?;
-        check(aug.len >= offset + n, || {
-            format!("stem: words {offset}..{} asked for, {} present", offset + n, aug.len)
-        })?;
-        check(cw % 8 == 0 && cw > 0 && cw <= 64, || {
-            format!("stem: {cw} filters; must be a multiple of 8, at most 64")
-        })?;
-        if n == 0 {
-            return check_len(out.len, 0, "stem: out");
-        }
-        let wp = self.in_f32(w, cw * 12, "stem: weights")?;
-        let o = self.out(out, n * 961 * cw, Dtype::F16, "stem: out")?;
-        let mut args = vec![
-            self.ptr(&images.mem),
-            int(total, "images")?,
-            self.ptr(&aug.mem) + 4 * offset as u64,
-            int(n, "batch")?,
-        ];
-        args.extend(norm_args(norm));
-        args.extend([wp, int(cw, "filters")?, o]);
-        self.launch1d("stem", "stem_fwd_f16", n * 961 * cw / 8, &args)
-    }
-}
-
 impl Backend for Gpu {
     type Buf = GBuf;
     type Bytes = GBytes;
@@ -531,24 +491,21 @@ impl Backend for Gpu {
         res: usize,
         out: &mut GBuf,
     ) -> Result<()> {
-        if res == 32 {
-            return self.stem_full(images, total, aug, offset, n, norm, w, cw, out);
-        }
         self.begin();
-        check((2..=32).contains(&res), || format!("stem_res: resolution {res} outside 2..=32"))?;
-        check_len(images.len, total * 3072, &format!("stem_res: images ({total}×32×32×3)"))?;
+        check((2..=32).contains(&res), || format!("stem: resolution {res} outside 2..=32"))?;
+        check_len(images.len, total * 3072, &format!("stem: images ({total}×32×32×3)"))?;
         check(aug.len >= offset + n, || {
-            format!("stem_res: words {offset}..{} asked for, {} present", offset + n, aug.len)
+            format!("stem: words {offset}..{} asked for, {} present", offset + n, aug.len)
         })?;
         check(cw % 8 == 0 && cw > 0 && cw <= 64, || {
-            format!("stem_res: {cw} filters; must be a multiple of 8, at most 64")
+            format!("stem: {cw} filters; must be a multiple of 8, at most 64")
         })?;
         let per = (res - 1) * (res - 1);
         if n == 0 {
-            return check_len(out.len, 0, "stem_res: out");
+            return check_len(out.len, 0, "stem: out");
         }
-        let wp = self.in_f32(w, cw * 12, "stem_res: weights")?;
-        let o = self.out(out, n * per * cw, Dtype::F16, "stem_res: out")?;
+        let wp = self.in_f32(w, cw * 12, "stem: weights")?;
+        let o = self.out(out, n * per * cw, Dtype::F16, "stem: out")?;
         let mut args = vec![
             self.ptr(&images.mem),
             int(total, "images")?,
@@ -556,8 +513,14 @@ impl Backend for Gpu {
             int(n, "batch")?,
         ];
         args.extend(norm_args(norm));
-        args.extend([wp, int(cw, "filters")?, int(res, "resolution")?, o]);
-        self.launch1d("stem", "stem_res_fwd_f16", n * per * cw / 8, &args)
+        // Full resolution has its own kernel (no resize); below it, the bilinear one.
+        if res == 32 {
+            args.extend([wp, int(cw, "filters")?, o]);
+            self.launch1d("stem", "stem_fwd_f16", n * per * cw / 8, &args)
+        } else {
+            args.extend([wp, int(cw, "filters")?, int(res, "resolution")?, o]);
+            self.launch1d("stem", "stem_res_fwd_f16", n * per * cw / 8, &args)
+        }
     }
 
     fn conv3x3(
