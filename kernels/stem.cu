@@ -26,17 +26,56 @@ __device__ __forceinline__ float norm_px(unsigned char p, int c, const float* nm
     return ((float)p / 255.0f - nm[c]) / nm[3 + c];
 }
 
+// Shared by both stem kernels: the weights and normalisation staged in shared memory (the caller
+// synchronises), the augmentation word decoded, and an 8-filter output group written.
+__device__ __forceinline__ void stem_stage(const float* __restrict__ w, int cw, float m0, float m1, float m2, float s0,
+                                           float s1, float s2, float* sw, float* nm) {
+    for (int i = threadIdx.x; i < cw * 12; i += blockDim.x) sw[i] = w[i];
+    if (threadIdx.x == 0) {
+        nm[0] = m0; nm[1] = m1; nm[2] = m2;
+        nm[3] = s0; nm[4] = s1; nm[5] = s2;
+    }
+}
+
+struct StemAug {
+    int index, sy, sx;
+    bool flip;
+};
+
+__device__ __forceinline__ StemAug stem_word(unsigned int word) {
+    return StemAug{(int)(word & 0xFFFFFu), (int)((word >> 20) & 7u) - 4, (int)((word >> 23) & 7u) - 4,
+                   ((word >> 26) & 1u) != 0};
+}
+
+// The reference asserts on an image index past the dataset; a device cannot: the output is NaN.
+__device__ __forceinline__ void stem_store_nan(half* dst) {
+    Half8 o;
+#pragma unroll
+    for (int j = 0; j < 8; j++) o.h[j] = __float2half(__int_as_float(0x7fc00000));
+    *reinterpret_cast<uint4*>(dst) = o.u;
+}
+
+// Filters g·8 .. g·8+7 applied to the 2×2×3 patch v (order (dy, dx, c)), stored as 8 halves.
+__device__ __forceinline__ void stem_store_dot(const float* v, const float* sw, int g, half* dst) {
+    Half8 o;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const float* wf = sw + (g * 8 + j) * 12;
+        float acc = 0.f;
+#pragma unroll
+        for (int k = 0; k < 12; k++) acc += v[k] * wf[k];
+        o.h[j] = __float2half(acc);
+    }
+    *reinterpret_cast<uint4*>(dst) = o.u;
+}
+
 extern "C" __global__ void stem_fwd_f16(const unsigned char* __restrict__ images, int total,
                                         const unsigned int* __restrict__ aug, int n, float m0, float m1, float m2,
                                         float s0, float s1, float s2, const float* __restrict__ w, int cw,
                                         half* __restrict__ out) {
     __shared__ float sw[64 * 12];
     __shared__ float nm[6];
-    for (int i = threadIdx.x; i < cw * 12; i += blockDim.x) sw[i] = w[i];
-    if (threadIdx.x == 0) {
-        nm[0] = m0; nm[1] = m1; nm[2] = m2;
-        nm[3] = s0; nm[4] = s1; nm[5] = s2;
-    }
+    stem_stage(w, cw, m0, m1, m2, s0, s1, s2, sw, nm);
     __syncthreads();
     const int groups = cw / 8;
     const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -46,18 +85,11 @@ extern "C" __global__ void stem_fwd_f16(const unsigned char* __restrict__ images
     const long long pix = t / groups;
     const int i = (int)(pix / 961), r = (int)(pix % 961);
     const int y = r / 31, x = r % 31;
-    const unsigned int word = aug[i];
-    const int index = (int)(word & 0xFFFFFu);
-    const int sy = (int)((word >> 20) & 7u) - 4, sx = (int)((word >> 23) & 7u) - 4;
-    const bool flip = (word >> 26) & 1u;
-    if (index >= total) {  // the reference asserts; a device cannot: the output becomes NaN
-        Half8 o;
-#pragma unroll
-        for (int j = 0; j < 8; j++) o.h[j] = __float2half(__int_as_float(0x7fc00000));
-        *reinterpret_cast<uint4*>(out + pix * cw + g * 8) = o.u;
-        return;
-    }
-    const unsigned char* img = images + (long long)index * 3072;
+    const StemAug a = stem_word(aug[i]);
+    const int sy = a.sy, sx = a.sx;
+    const bool flip = a.flip;
+    if (a.index >= total) return stem_store_nan(out + pix * cw + g * 8);
+    const unsigned char* img = images + (long long)a.index * 3072;
     float v[12];
 #pragma unroll
     for (int dy = 0; dy < 2; dy++)
@@ -68,16 +100,7 @@ extern "C" __global__ void stem_fwd_f16(const unsigned char* __restrict__ images
 #pragma unroll
             for (int c = 0; c < 3; c++) v[(dy * 2 + dx) * 3 + c] = norm_px(p[c], c, nm);
         }
-    Half8 o;
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        const float* wf = sw + (g * 8 + j) * 12;
-        float acc = 0.f;
-#pragma unroll
-        for (int k = 0; k < 12; k++) acc += v[k] * wf[k];
-        o.h[j] = __float2half(acc);
-    }
-    *reinterpret_cast<uint4*>(out + pix * cw + g * 8) = o.u;
+    stem_store_dot(v, sw, g, out + pix * cw + g * 8);
 }
 
 // Bilinear taps of output index i at resolution res: (lo, hi, fraction), computed in f64 like
@@ -96,11 +119,7 @@ extern "C" __global__ void stem_res_fwd_f16(const unsigned char* __restrict__ im
                                             half* __restrict__ out) {
     __shared__ float sw[64 * 12];
     __shared__ float nm[6];
-    for (int i = threadIdx.x; i < cw * 12; i += blockDim.x) sw[i] = w[i];
-    if (threadIdx.x == 0) {
-        nm[0] = m0; nm[1] = m1; nm[2] = m2;
-        nm[3] = s0; nm[4] = s1; nm[5] = s2;
-    }
+    stem_stage(w, cw, m0, m1, m2, s0, s1, s2, sw, nm);
     __syncthreads();
     const int groups = cw / 8, o = res - 1, per = o * o;
     const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -110,18 +129,11 @@ extern "C" __global__ void stem_res_fwd_f16(const unsigned char* __restrict__ im
     const long long pix = t / groups;
     const int i = (int)(pix / per), r = (int)(pix % per);
     const int y = r / o, x = r % o;
-    const unsigned int word = aug[i];
-    const int index = (int)(word & 0xFFFFFu);
-    const int sy = (int)((word >> 20) & 7u) - 4, sx = (int)((word >> 23) & 7u) - 4;
-    const bool flip = (word >> 26) & 1u;
-    if (index >= total) {
-        Half8 h;
-#pragma unroll
-        for (int j = 0; j < 8; j++) h.h[j] = __float2half(__int_as_float(0x7fc00000));
-        *reinterpret_cast<uint4*>(out + pix * cw + g * 8) = h.u;
-        return;
-    }
-    const unsigned char* img = images + (long long)index * 3072;
+    const StemAug a = stem_word(aug[i]);
+    const int sy = a.sy, sx = a.sx;
+    const bool flip = a.flip;
+    if (a.index >= total) return stem_store_nan(out + pix * cw + g * 8);
+    const unsigned char* img = images + (long long)a.index * 3072;
     // the augmented, normalised view at full resolution
     auto view = [&](int vy, int vx, int c) {
         const int xx = flip ? 31 - vx : vx;
@@ -147,16 +159,7 @@ extern "C" __global__ void stem_res_fwd_f16(const unsigned char* __restrict__ im
             }
         }
     }
-    Half8 h;
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        const float* wf = sw + (g * 8 + j) * 12;
-        float acc = 0.f;
-#pragma unroll
-        for (int k = 0; k < 12; k++) acc += v[k] * wf[k];
-        h.h[j] = __float2half(acc);
-    }
-    *reinterpret_cast<uint4*>(out + pix * cw + g * 8) = h.u;
+    stem_store_dot(v, sw, g, out + pix * cw + g * 8);
 }
 
 extern "C" __global__ void patch_cov_f32(const unsigned char* __restrict__ images, int n, float m0, float m1,
