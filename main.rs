@@ -6,9 +6,10 @@
 //! --cpu`, a reduced configuration that finishes in minutes on two cores).
 //! Records and how they are measured: README.md. No GPU record has been measured yet.
 use cifar::aug;
-use cifar::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape};
+use cifar::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape, Step, LRS, STEP_LEN};
 use cifar::cpu::Cpu;
 use cifar::data::Split;
+use cifar::replay::Replayer;
 use cifar::schedule::Progressive;
 use cifar::{cli, data, download, fanout, output, report, whiten, Error, Result};
 use rand::rngs::StdRng;
@@ -287,9 +288,10 @@ struct DevData<B: Backend> {
     n: usize,
 }
 
-/// Forward pass on `n = a.n` examples given by `words[offset..]`. Training mode takes BatchNorm
-/// statistics from the batch (and updates the running ones); eval mode expects `a.bn` to hold
-/// the running statistics already (`bn_eval`).
+/// Forward pass on `n = a.n` examples given by `words[offset..]`, the offset read from the step
+/// record `step` on the device. Training mode takes BatchNorm statistics from the batch (and
+/// updates the running ones); eval mode expects `a.bn` to hold the running statistics already
+/// (`bn_eval`).
 #[allow(clippy::too_many_arguments)]
 fn forward<B: Backend>(
     b: &mut B,
@@ -298,11 +300,11 @@ fn forward<B: Backend>(
     a: &mut Acts<B>,
     d: &DevData<B>,
     words: &B::Words,
-    offset: usize,
+    step: &B::Words,
     train: bool,
 ) -> Result<()> {
     let res = a.s[0].h + 1;
-    b.stem(&d.images, d.n, words, offset, a.n, NORM, &net.whiten_w, WHITEN, res, &mut a.x[0])?;
+    b.stem(&d.images, d.n, words, step, a.n, NORM, &net.whiten_w, WHITEN, res, &mut a.x[0])?;
     for (l, (_, cout, pool)) in layers(h).into_iter().enumerate() {
         let (x_in, x_out) = a.x.split_at_mut(l + 1);
         let (bn_in, bn_out) = a.bn.split_at_mut(l + 1);
@@ -341,8 +343,35 @@ fn backward<B: Backend>(
     Ok(())
 }
 
-/// Step t of `total`: forward, loss, backward, then Nesterov SGD for the biases and the head
-/// and Muon for the convs, every rate decaying linearly to zero.
+/// The step's state on the device: the plan (one row per step: where its examples start in
+/// the augmentation words, its learning rates) and the step record the ops read. Keeping these
+/// on the device makes every step the same sequence of launches, which the GPU records once as
+/// a CUDA graph and replays.
+struct Schedule<B: Backend> {
+    plan: B::Words,
+    step: B::Words,
+}
+
+/// Rate slots of the step record.
+const LR_MUON: usize = 0;
+const LR_BIAS: usize = 1;
+const LR_HEAD: usize = 2;
+const LR_WHITEN_BIAS: usize = 3;
+
+/// Row t of the plan: step t's offset (its position in its epoch's words) and `rates(t)`.
+fn plan_row(h: &Hyp, t: usize, total: usize, bias_steps: usize, steps_per_epoch: usize) -> Step {
+    let r = rates(h, t, total, bias_steps);
+    let mut lr = [0.0; LRS];
+    lr[LR_MUON] = r.muon;
+    lr[LR_BIAS] = r.bias;
+    lr[LR_HEAD] = r.head;
+    lr[LR_WHITEN_BIAS] = r.whiten_bias.unwrap_or(0.0);
+    Step { offset: ((t % steps_per_epoch) * h.batch_size) as u32, lr }
+}
+
+/// One training step: the next plan row, forward, loss, backward, then Nesterov SGD for the
+/// biases and the head and Muon for the convs. The whitening bias is updated only while it
+/// trains (`bias_trains`, the first `whiten_bias_epochs`).
 #[allow(clippy::too_many_arguments)]
 fn train_step<B: Backend>(
     b: &mut B,
@@ -352,26 +381,27 @@ fn train_step<B: Backend>(
     a: &mut Acts<B>,
     d: &DevData<B>,
     words: &B::Words,
-    offset: usize,
-    (t, total, bias_steps): (usize, usize, usize),
+    sched: &mut Schedule<B>,
+    bias_trains: bool,
 ) -> Result<()> {
-    forward(b, h, net, a, d, words, offset, true)?;
-    b.xent(&a.logits, &d.labels, words, offset, a.n, CLASSES, h.label_smoothing, &mut a.dlogits, &mut a.loss_acc)?;
-    let bias_trains = t < bias_steps;
+    b.next_step(&sched.plan, &mut sched.step)?;
+    let step = &sched.step;
+    forward(b, h, net, a, d, words, step, true)?;
+    b.xent(&a.logits, &d.labels, words, step, a.n, CLASSES, h.label_smoothing, &mut a.dlogits, &mut a.loss_acc)?;
     let (g, m) = opt;
     backward(b, h, net, a, g, bias_trains)?;
 
-    let r = rates(h, t, total, bias_steps);
     let wd = |lr0: f32| h.weight_decay / lr0;
     let p = &mut net.p;
-    let mut sgd = vec![SgdParam { p: &mut p.head, g: &g.head, m: &mut m.head, lr: r.head, wd: wd(h.head_lr) }];
+    let mut sgd = vec![SgdParam { p: &mut p.head, g: &g.head, m: &mut m.head, lr_slot: LR_HEAD, wd: wd(h.head_lr) }];
     for ((p, g), m) in p.beta.iter_mut().zip(&g.beta).zip(&mut m.beta) {
-        sgd.push(SgdParam { p, g, m, lr: r.bias, wd: wd(h.bias_lr) });
+        sgd.push(SgdParam { p, g, m, lr_slot: LR_BIAS, wd: wd(h.bias_lr) });
     }
-    if let Some(lr) = r.whiten_bias {
-        sgd.push(SgdParam { p: &mut p.whiten_b, g: &g.whiten_b, m: &mut m.whiten_b, lr, wd: wd(h.bias_lr) });
+    if bias_trains {
+        let (p, g, m) = (&mut p.whiten_b, &g.whiten_b, &mut m.whiten_b);
+        sgd.push(SgdParam { p, g, m, lr_slot: LR_WHITEN_BIAS, wd: wd(h.bias_lr) });
     }
-    b.sgd(&mut sgd, h.sgd_momentum)?;
+    b.sgd(&mut sgd, step, h.sgd_momentum)?;
     let mut muon: Vec<MuonParam<B>> = p
         .conv
         .iter_mut()
@@ -380,8 +410,12 @@ fn train_step<B: Backend>(
         .zip(layers(h))
         .map(|(((w, g), m), (cin, cout, _))| MuonParam { w, g, m, rows: cout, cols: 9 * cin })
         .collect();
-    b.muon(&mut muon, r.muon, h.muon_momentum, h.ns_steps)
+    b.muon(&mut muon, step, LR_MUON, h.muon_momentum, h.ns_steps)
 }
+
+/// A kind of step: (resolution, whether the whitening bias trains). Steps of one kind are the
+/// same sequence of launches, recorded once and replayed (`replay::Replayer`).
+type StepKind = (usize, bool);
 
 /// Learning rates of step t: linear decay to zero over the run; the whitening bias decays
 /// over its own `bias_steps` and is frozen (None) afterwards.
@@ -435,7 +469,9 @@ fn evaluate<B: Backend>(
     let mut correct = 0;
     let mut a: Option<Acts<B>> = None;
     let n = v.n.min(test.n);
+    let mut step = b.upload_words(&[0; STEP_LEN])?;
     for start in (0..n).step_by(h.batch_size) {
+        b.write_words(&mut step, &Step { offset: start as u32, lr: [0.0; LRS] }.record(0))?;
         let m = h.batch_size.min(n - start);
         if a.as_ref().is_none_or(|a| a.n != m) {
             let mut fresh = acts(b, h, m, 32)?;
@@ -447,7 +483,7 @@ fn evaluate<B: Backend>(
         let a = a.as_mut().expect("allocated above");
         let mut sum = b.zeros(m * CLASSES)?;
         for (words, weight) in &v.views {
-            forward(b, h, net, a, test, words, start, false)?;
+            forward(b, h, net, a, test, words, &step, false)?;
             b.axpy(&mut sum, &a.logits, *weight)?;
         }
         let logits = b.download(&sum)?;
@@ -461,7 +497,9 @@ fn evaluate<B: Backend>(
 
 /// Trains one network from `seed` and evaluates it. The timer covers the whitening init, every
 /// training step and the final evaluation; `epoch_line` gets the per-epoch numbers, and reading
-/// the loss, printing and the periodic `--eval-every` evaluations are timed separately.
+/// the loss, printing and the periodic `--eval-every` evaluations are timed separately. With
+/// `record`, steps are recorded and replayed (CUDA graphs) where the backend can.
+#[allow(clippy::too_many_arguments)]
 fn run<B: Backend>(
     b: &mut B,
     h: &Hyp,
@@ -469,6 +507,7 @@ fn run<B: Backend>(
     test: &DevData<B>,
     test_labels: &[u8],
     seed: u64,
+    record: bool,
     epoch_line: &mut dyn FnMut(report::Epoch),
 ) -> Result<report::Run> {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -486,6 +525,9 @@ fn run<B: Backend>(
         by_res.push((res, acts(b, h, h.batch_size, res)?));
     }
     let mut words = b.upload_words(&vec![0; train.n])?;
+    let plan: Vec<u32> = (0..total).flat_map(|t| plan_row(h, t, total, bias_steps, steps_per_epoch).row()).collect();
+    let mut sched = Schedule { plan: b.upload_words(&plan)?, step: b.upload_words(&[0; STEP_LEN])? };
+    let mut steps: Replayer<StepKind, B::Graph> = Replayer::new(record);
     let flips = aug::flip_bits(&mut rng, train.n);
     let final_views = views(b, h.tta_level, test.n)?;
     let subset_views = if h.eval_every > 0 { Some(views(b, 0, h.eval_subset.min(test.n))?) } else { None };
@@ -501,9 +543,9 @@ fn run<B: Backend>(
         b.write_words(&mut words, &aug::epoch_words(&mut rng, epoch, &flips, h.max_shift))?;
         for k in 0..steps_per_epoch {
             let t = epoch * steps_per_epoch + k;
-            let res = h.prog.resolution(t, total);
-            let a = &mut by_res.iter_mut().find(|(r, _)| *r == res).expect("every phase allocated").1;
-            train_step(b, h, &mut net, &mut opt, a, train, &words, k * h.batch_size, (t, total, bias_steps))?;
+            let kind = (h.prog.resolution(t, total), t < bias_steps);
+            let a = &mut by_res.iter_mut().find(|(r, _)| *r == kind.0).expect("every phase allocated").1;
+            steps.step(b, kind, &mut |b| train_step(b, h, &mut net, &mut opt, a, train, &words, &mut sched, kind.1))?;
         }
         b.sync()?;
         timed += clock.elapsed().as_secs_f64();
@@ -513,7 +555,7 @@ fn run<B: Backend>(
             let acc = b.download(&a.loss_acc)?;
             sums[0] += acc[0] as f64;
             sums[1] += acc[1] as f64;
-            a.loss_acc = b.zeros(2)?;
+            b.write(&mut a.loss_acc, &[0.0, 0.0])?; // in place: recorded steps keep its address
         }
         let seen = (steps_per_epoch * h.batch_size) as f64;
         let (train_loss, train_acc) = (sums[0] / seen, sums[1] / seen);
@@ -664,6 +706,14 @@ fn train<B: Backend>(b: &mut B, h: &Hyp, args: &cli::Args, what: &str, warm_up: 
     println!("{}", report::header(&b.describe()));
     println!("recipe: {h:?}");
     println!("derived: {}", derived(h));
+    println!(
+        "steps: {}",
+        match (args.no_graph, args.cpu) {
+            (true, _) => "op by op (--no-graph)",
+            (false, true) => "op by op (the CPU reference records nothing)",
+            (false, false) => "each kind of step runs once op by op, then is recorded as a CUDA graph and replayed",
+        }
+    );
     let dtrain = upload_split(b, &train, h.train_images)?;
     let dtest = upload_split(b, &test, h.test_images)?;
     println!("train: {} of the {} images of {}", dtrain.n, train.len(), train.name);
@@ -671,7 +721,7 @@ fn train<B: Backend>(b: &mut B, h: &Hyp, args: &cli::Args, what: &str, warm_up: 
     println!("test: {test_desc}");
     if warm_up {
         let started = Instant::now();
-        run(b, h, &dtrain, &dtest, &test.labels[..dtest.n], u64::MAX, &mut |_| {})?;
+        run(b, h, &dtrain, &dtest, &test.labels[..dtest.n], u64::MAX, !args.no_graph, &mut |_| {})?;
         println!("warm-up run: {:.2} s (untimed, discarded)", started.elapsed().as_secs_f64());
     }
     let indices: Vec<usize> = args.only_runs.clone().unwrap_or_else(|| (0..args.runs).collect());
@@ -679,7 +729,7 @@ fn train<B: Backend>(b: &mut B, h: &Hyp, args: &cli::Args, what: &str, warm_up: 
     for &i in &indices {
         let seed = args.seed + i as u64;
         println!("run {} of {} (seed {seed})\n{}", i + 1, args.runs, report::EPOCH_HEADER);
-        let r = run(b, h, &dtrain, &dtest, &test.labels[..dtest.n], seed, &mut |e| {
+        let r = run(b, h, &dtrain, &dtest, &test.labels[..dtest.n], seed, !args.no_graph, &mut |e| {
             println!("{e}");
             points.push((i, seed, e));
         })?;

@@ -60,6 +60,25 @@ __device__ __forceinline__ float pre_u(float x, float mean, float invstd, float 
     return bn ? (x - mean) * invstd + shift : x + shift;
 }
 
+// ---- the step record (`Step` in src/backend.rs) ----------------------------------------------
+// Values that change from one training step to the next, read on the device so that one
+// recorded step (a CUDA graph) serves every step: word 0 the offset of the step's examples in
+// the augmentation words, words 1..STEP_LRS the learning rates as f32 bits, word STEP_WORDS the
+// cursor of step_next (optim.cu). A plan is STEP_WORDS words per row.
+#define STEP_WORDS 8
+#define STEP_LRS 4
+
+// The n augmentation words the step names, or nullptr when they run past the aug_len words.
+__device__ __forceinline__ const unsigned int* step_aug(const unsigned int* aug, int aug_len,
+                                                        const unsigned int* step, int n) {
+    const unsigned long long off = step[0];
+    return off + (unsigned long long)n <= (unsigned long long)aug_len ? aug + off : nullptr;
+}
+// Learning rate in slot `slot` (0 ≤ slot < STEP_LRS, checked by the host).
+__device__ __forceinline__ float step_lr(const unsigned int* step, int slot) {
+    return __int_as_float((int)step[1 + slot]);
+}
+
 // 8 halves <-> 16 bytes.
 union Half8 {
     uint4 u;

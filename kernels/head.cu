@@ -10,7 +10,8 @@
 //                      elsewhere. 1 thread per (n, c), writing all H·W positions.
 //   xent_fwd_bwd_f32   label-smoothed cross-entropy: dlogits = softmax − target; acc[0] += Σ loss,
 //                      acc[1] += #correct (first-max prediction). One block of 256 threads,
-//                      f64 arithmetic (as the reference); classes ≤ 32.
+//                      f64 arithmetic (as the reference); classes ≤ 32. Words at the step
+//                      record's offset; words past aug_len or an index past the labels: NaN loss.
 //   axpy_f32           acc[i] += weight·x[i]. 1 thread/element.
 #include "common.cuh"
 
@@ -71,14 +72,16 @@ extern "C" __global__ void head_bwd_da_f16(const float* __restrict__ dlogits, co
 }
 
 extern "C" __global__ void xent_fwd_bwd_f32(const float* __restrict__ logits, const unsigned char* __restrict__ labels,
-                                            const unsigned int* __restrict__ aug, int n, int nlabels,
+                                            const unsigned int* __restrict__ aug, int aug_len,
+                                            const unsigned int* __restrict__ step, int n, int nlabels,
                                             int classes, float smoothing, float* __restrict__ dlogits,
                                             float* __restrict__ acc) {
     __shared__ double scratch[32];
     double loss = 0.0, correct = 0.0;
     const double s = (double)smoothing;
+    const unsigned int* words = step_aug(aug, aug_len, step, n);
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const unsigned int index = aug[i] & 0xFFFFFu;
+        const unsigned int index = words ? words[i] & 0xFFFFFu : 0xFFFFFu;
         // The reference asserts on a bad index or label; a kernel cannot, so the loss becomes NaN
         // (the run's divergence check then stops it) and nothing out of bounds is read.
         const int label = index < (unsigned int)nlabels ? labels[index] : classes;
@@ -95,6 +98,7 @@ extern "C" __global__ void xent_fwd_bwd_f32(const float* __restrict__ logits, co
         const double lse = best + log(se);
         if (label >= classes) {
             loss += __longlong_as_double(0x7ff8000000000000ll);
+            for (int k = 0; k < classes; k++) dlogits[(long long)i * classes + k] = __int_as_float(0x7fc00000);
             continue;
         }
         for (int k = 0; k < classes; k++) {

@@ -3,14 +3,17 @@
 // Exported kernels:
 //   sgd_nesterov_f32   multi-tensor Nesterov SGD, one launch for up to SGD_MAX tensors passed by
 //                      value (SgdArgs, mirrored in src/gpu/backend.rs): g ← g + wd·p;
-//                      m ← μ·m + g; p ← p − lr·(g + μ·m). grid (x, tensors), block 256,
-//                      grid-stride over each tensor.
+//                      m ← μ·m + g; p ← p − lr·(g + μ·m), lr the step record's rate in the
+//                      tensor's slot. grid (x, tensors), block 256, grid-stride over each tensor.
 //   muon_momentum_f32  m ← μ·m + g; u = g + μ·m. 1 thread/element.
 //   sumsq_partial_f32  part[b] = Σ x² over a grid-stride slice (f32 per thread, f64 per block).
 //                      block 256.
 //   norm_finalize_f64  out[0] = √Σ part (f64, block order). 1 block of 256 threads.
 //   scale_by_inv_norm_f32  x[i] = u[i]·(1/(‖u‖ + 1e-7)), the factor rounded to f32 as in the reference.
-//   muon_apply_f32     w ← w·(√rows/‖w‖) − lr·X. 1 thread/element.
+//   muon_apply_f32     w ← w·(√rows/‖w‖) − lr·X, lr the step record's rate in slot lr_slot.
+//                      1 thread/element.
+//   step_next          the step record ← the plan's row at its cursor, cursor + 1 (past the last
+//                      row: offset 0xFFFFFFFF and NaN rates). 1 block of 32 threads.
 //   gemm_nt_f32 / gemm_nn_f32  C = alpha·A·op(B) + beta·D (D may be null when beta == 0):
 //                      A M×K row-major, op(B) = Bᵀ with B N×K row-major (nt) or B K×N row-major
 //                      (nn); f32 in memory, rounded to fp16 when staged, wmma 16×16×16 with f32
@@ -27,8 +30,9 @@ struct SgdArgs {
     const float* g[SGD_MAX];
     float* m[SGD_MAX];
     int n[SGD_MAX];
-    float lr[SGD_MAX];
+    int lr_slot[SGD_MAX];
     float wd[SGD_MAX];
+    const unsigned int* step;
     int count;
     float mu;
 };
@@ -40,7 +44,7 @@ extern "C" __global__ void sgd_nesterov_f32(SgdArgs a) {
     const float* g = a.g[t];
     float* m = a.m[t];
     const int n = a.n[t];
-    const float lr = a.lr[t], wd = a.wd[t], mu = a.mu;
+    const float lr = step_lr(a.step, a.lr_slot[t]), wd = a.wd[t], mu = a.mu;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         const float pv = p[i];
         const float gv = g[i] + wd * pv;
@@ -48,6 +52,19 @@ extern "C" __global__ void sgd_nesterov_f32(SgdArgs a) {
         m[i] = mv;
         p[i] = pv - lr * (gv + mu * mv);
     }
+}
+
+extern "C" __global__ void step_next(const unsigned int* __restrict__ plan, int rows, unsigned int* __restrict__ step) {
+    const unsigned int row = step[STEP_WORDS];
+    __syncthreads();  // every thread has read the cursor before thread 0 moves it
+    const int k = threadIdx.x;
+    if (k < STEP_WORDS) {
+        unsigned int v;
+        if (row < (unsigned int)rows) v = plan[(long long)row * STEP_WORDS + k];
+        else v = k == 0 ? 0xFFFFFFFFu : (k <= STEP_LRS ? 0x7fc00000u : 0u);
+        step[k] = v;
+    }
+    if (k == 0) step[STEP_WORDS] = row + 1;
 }
 
 extern "C" __global__ void muon_momentum_f32(const float* __restrict__ g, float* __restrict__ m, int n, float mu,
@@ -84,9 +101,11 @@ extern "C" __global__ void scale_by_inv_norm_f32(const float* __restrict__ u, in
 }
 
 extern "C" __global__ void muon_apply_f32(float* __restrict__ w, const float* __restrict__ X, int n, int rows,
-                                          const double* __restrict__ wnorm, float lr) {
+                                          const double* __restrict__ wnorm, const unsigned int* __restrict__ step,
+                                          int lr_slot) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
+    const float lr = step_lr(step, lr_slot);
     const float renorm = (float)(sqrt((double)rows) / wnorm[0]);
     w[i] = w[i] * renorm - lr * X[i];
 }

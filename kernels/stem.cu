@@ -2,7 +2,8 @@
 // (src/aug.rs: bits 0–19 image index, 20–22 sy+4, 23–25 sx+4, 26 flip) says which image and
 // view. The view's pixel (y, x) is source pixel (reflect(y + sy), reflect(x' + sx)) with
 // x' = 31 − x when flipped, normalised as (p/255 − mean[c]) / std[c] in f32 (the reference's
-// operations, IEEE division).
+// operations, IEEE division). Example i's word is aug[offset + i], the offset read from the step
+// record (common.cuh); words past aug_len, like image indices past `total`, give NaN outputs.
 //
 // Exported kernels:
 //   stem_fwd_f16      out[n][y][x][f] = Σ_{dy,dx,c} view[y+dy][x+dx][c]·w[f][dy][dx][c] (2×2, no
@@ -70,7 +71,8 @@ __device__ __forceinline__ void stem_store_dot(const float* v, const float* sw, 
 }
 
 extern "C" __global__ void stem_fwd_f16(const unsigned char* __restrict__ images, int total,
-                                        const unsigned int* __restrict__ aug, int n, float m0, float m1, float m2,
+                                        const unsigned int* __restrict__ aug, int aug_len,
+                                        const unsigned int* __restrict__ step, int n, float m0, float m1, float m2,
                                         float s0, float s1, float s2, const float* __restrict__ w, int cw,
                                         half* __restrict__ out) {
     __shared__ float sw[64 * 12];
@@ -85,7 +87,9 @@ extern "C" __global__ void stem_fwd_f16(const unsigned char* __restrict__ images
     const long long pix = t / groups;
     const int i = (int)(pix / 961), r = (int)(pix % 961);
     const int y = r / 31, x = r % 31;
-    const StemAug a = stem_word(aug[i]);
+    const unsigned int* words = step_aug(aug, aug_len, step, n);
+    if (!words) return stem_store_nan(out + pix * cw + g * 8);
+    const StemAug a = stem_word(words[i]);
     const int sy = a.sy, sx = a.sx;
     const bool flip = a.flip;
     if (a.index >= total) return stem_store_nan(out + pix * cw + g * 8);
@@ -114,7 +118,8 @@ __device__ __forceinline__ void bilinear_taps(int i, int res, int& lo, int& hi, 
 }
 
 extern "C" __global__ void stem_res_fwd_f16(const unsigned char* __restrict__ images, int total,
-                                            const unsigned int* __restrict__ aug, int n, float m0, float m1, float m2,
+                                            const unsigned int* __restrict__ aug, int aug_len,
+                                        const unsigned int* __restrict__ step, int n, float m0, float m1, float m2,
                                             float s0, float s1, float s2, const float* __restrict__ w, int cw, int res,
                                             half* __restrict__ out) {
     __shared__ float sw[64 * 12];
@@ -129,7 +134,9 @@ extern "C" __global__ void stem_res_fwd_f16(const unsigned char* __restrict__ im
     const long long pix = t / groups;
     const int i = (int)(pix / per), r = (int)(pix % per);
     const int y = r / o, x = r % o;
-    const StemAug a = stem_word(aug[i]);
+    const unsigned int* words = step_aug(aug, aug_len, step, n);
+    if (!words) return stem_store_nan(out + pix * cw + g * 8);
+    const StemAug a = stem_word(words[i]);
     const int sy = a.sy, sx = a.sx;
     const bool flip = a.flip;
     if (a.index >= total) return stem_store_nan(out + pix * cw + g * 8);

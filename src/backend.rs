@@ -12,6 +12,7 @@
 //! - Shapes are passed explicitly and asserted; a wrong shape is a programming error (panic),
 //!   never silent mis-indexing.
 use crate::error::Result;
+use crate::replay::Record;
 
 /// NHWC shape of an activation tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,13 +71,67 @@ pub struct Norm {
     pub std: [f32; 3],
 }
 
+/// The values that change from one training step to the next: where the step's examples start
+/// in the augmentation words, and the learning rates. The ops read them from a small word
+/// tensor on the device (the *step record*, [`STEP_LEN`] words), never from launch arguments,
+/// so that one recorded step (a CUDA graph, [`Record::record`]) serves every step.
+///
+/// Record layout: word 0 `offset`, words 1..=[`LRS`] the rates as f32 bits, then padding up to
+/// word [`STEP_WORDS`], which holds the cursor of [`Backend::next_step`] (the plan row the next
+/// call loads). A plan is [`STEP_WORDS`] words per row.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Step {
+    pub offset: u32,
+    pub lr: [f32; LRS],
+}
+
+/// Learning-rate slots in a step record (an op names its rate by slot index).
+pub const LRS: usize = 4;
+/// Words per plan row; the step record has one more (the cursor).
+pub const STEP_WORDS: usize = 8;
+/// Words of a step record.
+pub const STEP_LEN: usize = STEP_WORDS + 1;
+
+impl Step {
+    /// A step record's words with the cursor at `cursor`.
+    pub fn record(&self, cursor: u32) -> [u32; STEP_LEN] {
+        let mut r = [0u32; STEP_LEN];
+        r[..STEP_WORDS].copy_from_slice(&self.row());
+        r[STEP_WORDS] = cursor;
+        r
+    }
+    /// One plan row.
+    pub fn row(&self) -> [u32; STEP_WORDS] {
+        let mut r = [0u32; STEP_WORDS];
+        r[0] = self.offset;
+        for (w, lr) in r[1..].iter_mut().zip(self.lr) {
+            *w = lr.to_bits();
+        }
+        r
+    }
+    /// Reads a record (or a row); `None` if it is shorter than a row.
+    pub fn from_words(w: &[u32]) -> Option<Step> {
+        let w = w.get(..STEP_WORDS)?;
+        let mut lr = [0.0; LRS];
+        for (l, &b) in lr.iter_mut().zip(&w[1..]) {
+            *l = f32::from_bits(b);
+        }
+        Some(Step { offset: w[0], lr })
+    }
+    /// The record a plan yields when its cursor runs past the last row: every rate NaN and an
+    /// offset no word tensor has, so the stem and the loss produce NaN and the run's divergence
+    /// check stops it (a device cannot panic).
+    pub const EXHAUSTED: Step = Step { offset: u32::MAX, lr: [f32::NAN; LRS] };
+}
+
 /// One tensor updated by Nesterov SGD (PyTorch semantics, decay coupled through the gradient):
-/// `g ← g + wd·p; m ← μ·m + g; p ← p − lr·(g + μ·m)`. `m` starts at zero.
+/// `g ← g + wd·p; m ← μ·m + g; p ← p − lr·(g + μ·m)`. `m` starts at zero; `lr` is the step
+/// record's rate in slot `lr_slot`.
 pub struct SgdParam<'a, B: Backend + ?Sized> {
     pub p: &'a mut B::Buf,
     pub g: &'a B::Buf,
     pub m: &'a mut B::Buf,
-    pub lr: f32,
+    pub lr_slot: usize,
     pub wd: f32,
 }
 
@@ -89,7 +144,8 @@ pub struct MuonParam<'a, B: Backend + ?Sized> {
     pub cols: usize,
 }
 
-pub trait Backend {
+/// Every backend can record steps (`replay::Record`), if only by declining (the CPU).
+pub trait Backend: Record {
     /// Float tensor.
     type Buf;
     /// Byte tensor: the u8 dataset, labels, pooling argmax indices.
@@ -109,8 +165,17 @@ pub trait Backend {
     fn upload_words(&mut self, host: &[u32]) -> Result<Self::Words>;
     /// Overwrite an existing word buffer (same length), e.g. the per-epoch augmentation plan.
     fn write_words(&mut self, dst: &mut Self::Words, host: &[u32]) -> Result<()>;
+    /// Overwrite an existing float buffer (same length) in place: its address stays the same,
+    /// so a recorded step that uses it stays valid.
+    fn write(&mut self, dst: &mut Self::Buf, host: &[f32]) -> Result<()>;
     /// Wait for all queued work (a no-op on the CPU).
     fn sync(&mut self) -> Result<()>;
+
+    // ---- the step record ----------------------------------------------------------------
+    /// Loads the next row of `plan` (rows of [`STEP_WORDS`] words) into the step record `step`
+    /// and advances its cursor, on the device: `row = step[STEP_WORDS]; step[..STEP_WORDS] =
+    /// plan[row]; step[STEP_WORDS] = row + 1`. Past the last row it loads [`Step::EXHAUSTED`].
+    fn next_step(&mut self, plan: &Self::Words, step: &mut Self::Words) -> Result<()>;
 
     // ---- whitening initialisation --------------------------------------------------------
     /// Uncentered covariance of every 2×2 patch (stride 1) of the first `n` images, normalised
@@ -120,19 +185,21 @@ pub trait Backend {
     fn patch_cov(&mut self, images: &Self::Bytes, n: usize, norm: Norm) -> Result<Vec<f64>>;
 
     // ---- forward -------------------------------------------------------------------------
-    /// The stem: for each of the `n` words `aug[offset..offset + n]` (image index, shift,
+    /// The stem: for each of the `n` words `aug[offset..offset + n]`, `offset` from the step
+    /// record `step` (image index, shift,
     /// mirror: `aug::unpack`), build the augmented, normalised 32×32×3 view (reflect-indexed
     /// shift, then mirror); below full resolution (`res` < 32, progressive resolution) resize it
     /// to `res`×`res` by bilinear interpolation (`cpu::layers::resize_bilinear`); then apply the
     /// 2×2 whitening conv `w` (`cw × 2×2×3`, OHWI, no bias): `out` is
     /// `Shape(n, res − 1, res − 1, cw)`. `images` holds `total` images of 32×32×3 u8, NHWC.
+    /// Words past the end of `aug` (or an image index past `total`) give NaN outputs.
     #[allow(clippy::too_many_arguments)]
     fn stem(
         &mut self,
         images: &Self::Bytes,
         total: usize,
         aug: &Self::Words,
-        offset: usize,
+        step: &Self::Words,
         n: usize,
         norm: Norm,
         w: &Self::Buf,
@@ -200,7 +267,9 @@ pub trait Backend {
     ) -> Result<()>;
 
     /// Label-smoothed cross-entropy summed over the batch. Example i has label
-    /// `labels[aug::unpack(aug[offset + i]).index]`; its target is `(1 − s)·onehot + s/classes`.
+    /// `labels[aug::unpack(aug[offset + i]).index]`, `offset` from the step record `step`; its
+    /// target is `(1 − s)·onehot + s/classes`. A word past the end of `aug` or an index past the
+    /// labels makes the loss NaN.
     /// Writes `dlogits = softmax − target` and adds `[loss sum, correct count]` into `acc`
     /// (2 floats; accumulating on the device avoids a host sync per step).
     #[allow(clippy::too_many_arguments)]
@@ -209,7 +278,7 @@ pub trait Backend {
         logits: &Self::Buf,
         labels: &Self::Bytes,
         aug: &Self::Words,
-        offset: usize,
+        step: &Self::Words,
         n: usize,
         classes: usize,
         smoothing: f32,
@@ -271,14 +340,21 @@ pub trait Backend {
     ) -> Result<()>;
 
     // ---- optimisers ----------------------------------------------------------------------
-    /// Nesterov SGD over several tensors (one multi-tensor launch on a GPU).
-    fn sgd(&mut self, params: &mut [SgdParam<'_, Self>], momentum: f32) -> Result<()>;
+    /// Nesterov SGD over several tensors (one multi-tensor launch on a GPU), rates from `step`.
+    fn sgd(&mut self, params: &mut [SgdParam<'_, Self>], step: &Self::Words, momentum: f32) -> Result<()>;
 
     /// Muon over several conv weights. Per tensor: `m ← μ·m + g`; `u = g + μ·m`;
     /// `w ← w·√rows/‖w‖_F`; `X = u/(‖u‖_F + 1e-7)`, then `ns_steps` Newton–Schulz iterations
     /// `A = X·Xᵀ; B = b·A + c·A·A; X ← a·X + B·X` with (a,b,c) = (3.4445, −4.7750, 2.0315);
-    /// `w ← w − lr·X`. Requires rows ≤ cols.
-    fn muon(&mut self, params: &mut [MuonParam<'_, Self>], lr: f32, momentum: f32, ns_steps: usize) -> Result<()>;
+    /// `w ← w − lr·X` with `lr` the step record's rate in slot `lr_slot`. Requires rows ≤ cols.
+    fn muon(
+        &mut self,
+        params: &mut [MuonParam<'_, Self>],
+        step: &Self::Words,
+        lr_slot: usize,
+        momentum: f32,
+        ns_steps: usize,
+    ) -> Result<()>;
 }
 
 /// Newton–Schulz quintic coefficients (a, b, c) of airbench94_muon.

@@ -24,6 +24,8 @@ device
   --smoke             a tiny configuration (1 epoch on 1,000 images) to check the pipeline in seconds
   --threads N         CPU threads for --cpu (default: all; also $CIFAR_CPU_THREADS)
   --device D          the GPU to use (default 0)
+  --no-graph          run every training step op by op instead of replaying it as a recorded CUDA
+                      graph (slower: one launch per kernel; for timing comparisons and diagnosis)
   --gpus LIST         fan out: one process per listed device (e.g. 0,1,2,3), the --runs split between
                       them round-robin, statistics merged at the end; with --cpu the \"devices\" are
                       CPU processes (each gets --threads or all cores)
@@ -85,6 +87,7 @@ pub struct Args {
     pub eval_every: usize,
     pub eval_subset: usize,
     pub no_tta: bool,
+    pub no_graph: bool,
     pub help: bool,
     /// Internal (fan-out child): the device this process uses.
     pub device: usize,
@@ -116,6 +119,7 @@ impl Default for Args {
             eval_every: 0,
             eval_subset: 1000,
             no_tta: false,
+            no_graph: false,
             help: false,
             device: 0,
             only_runs: None,
@@ -196,6 +200,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args> {
             "--eval-every" => a.eval_every = number(&flag, it.next(), 0)?,
             "--eval-subset" => a.eval_subset = number(&flag, it.next(), 1)?,
             "--no-tta" => a.no_tta = true,
+            "--no-graph" => a.no_graph = true,
             "--device" => a.device = number(&flag, it.next(), 0)?,
             "--only-runs" => a.only_runs = Some(list(&flag, it.next())?),
             "--results" => a.results = Some(path(it.next())?),
@@ -241,9 +246,9 @@ mod tests {
         assert_eq!((a.seed, a.runs, a.threads), (7, 3, Some(2)));
         let d = p("").unwrap();
         assert_eq!((d.runs, d.prog_frac, d.prog_start, d.eval_every, d.eval_subset), (1, 0.0, 0.75, 0, 1000));
-        let a = p("--batch-size 500 --prog-frac 0.5 --prog-start 0.5 --prog-warmup 10 --eval-every 2 --eval-subset 300 --no-tta --json r.json --csv c.csv --gpus 0,2,1 --smoke").unwrap();
+        let a = p("--batch-size 500 --prog-frac 0.5 --prog-start 0.5 --prog-warmup 10 --eval-every 2 --eval-subset 300 --no-tta --no-graph --json r.json --csv c.csv --gpus 0,2,1 --smoke").unwrap();
         assert_eq!((a.batch_size, a.prog_frac, a.prog_start, a.prog_warmup), (Some(500), 0.5, 0.5, 10));
-        assert_eq!((a.eval_every, a.eval_subset, a.no_tta, a.smoke), (2, 300, true, true));
+        assert_eq!((a.eval_every, a.eval_subset, a.no_tta, a.smoke, a.no_graph), (2, 300, true, true, true));
         assert_eq!((a.json, a.csv), (Some("r.json".into()), Some("c.csv".into())));
         assert_eq!(a.gpus, Some(vec![0, 2, 1]));
         assert_eq!(p("selftest --device 1").unwrap().command, Command::Selftest);

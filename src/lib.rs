@@ -9,6 +9,7 @@
 //! - `download` fetching, checking and unpacking the official archive, atomically
 //! - `kernels`  the CUDA images embedded by build.rs and the choice among them
 //! - `gpu`      the guarded CUDA runtime (device open, modules, launches, events, graphs)
+//! - `replay`   recorded training steps: when to run op by op, record, or replay
 //! - `cli`      command-line flags (hyperparameters are not flags)
 //! - `report`   the run header, per-epoch table, result lines and statistics
 //! - `testing`  random inputs, comparisons and gradient checks shared by the tests
@@ -24,6 +25,7 @@ pub mod fanout;
 pub mod gpu;
 pub mod kernels;
 pub mod output;
+pub mod replay;
 pub mod report;
 pub mod schedule;
 pub mod selftest;

@@ -36,10 +36,11 @@
 //!   index must be within the conv tolerance of the window's maximum (ties and near-ties may
 //!   legitimately pick another position); the number of indices differing from the CPU's is
 //!   printed for information.
-use crate::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape};
+use crate::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape, Step, LRS, STEP_LEN, STEP_WORDS};
 use crate::cpu::Cpu;
 use crate::error::{Error, Result};
 use crate::gpu::{GBuf, Gpu, Timer};
+use crate::replay::Record;
 use crate::testing::randn;
 use half::f16;
 use std::io::Write;
@@ -151,6 +152,16 @@ impl Report<'_> {
             "{name:<30} {shape:<22} max|err| {max:>10.3e}  relL2 {rel:>10.3e}  tol {tol:>7.1e}  {verdict}"
         )
         .map_err(io)
+    }
+
+    /// A yes/no check (exact results: bit patterns, NaN guards).
+    fn flag(&mut self, name: &str, detail: &str, pass: bool) -> Result<()> {
+        self.lines += 1;
+        if !pass {
+            self.ok = false;
+            self.failed += 1;
+        }
+        writeln!(self.out, "{name:<38} {detail}  {}", if pass { "PASS" } else { "FAIL" }).map_err(io)
     }
 
     /// Pooling/argmax check by value: `vals(i, k)` is the reference value of candidate k of
@@ -295,6 +306,7 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
         check_muon(gpu, &mut cpu, &mut r, rows, cols, 800 + 10 * k as u64)?;
     }
     check_step(gpu, &mut cpu, &mut r, BATCH, 900)?;
+    check_graph(gpu, &mut cpu, &mut r, BATCH, 950)?;
 
     let (ok, lines, failed) = (r.ok, r.lines, r.failed);
     writeln!(r.out, "self-test: {lines} checks, {failed} failed: {}", if ok { "PASS" } else { "FAIL" }).map_err(io)?;
@@ -313,25 +325,54 @@ fn check_stem(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report) -> Result<()> {
     let want: Vec<f32> = cpu.patch_cov(&ci, 100, NORM)?.into_iter().map(|v| v as f32).collect();
     let got: Vec<f32> = gpu.patch_cov(&gi, 100, NORM)?.into_iter().map(|v| v as f32).collect();
     r.line("patch_cov", "100 images, 12x12", &got, &want, TOL_F32)?;
-    // stem at offset 5
+    // stem at offset 5 (read from the step record)
+    let rec = Step { offset: 5, lr: [0.0; LRS] }.record(0);
+    let (cst, gst) = (cpu.upload_words(&rec)?, gpu.upload_words(&rec)?);
     let (cwd, gwd) = (cpu.upload_words(&wds)?, gpu.upload_words(&wds)?);
     let (cw_, gw_) = (cpu.upload(&w)?, gpu.upload(&w)?);
     let len = n * 31 * 31 * cw;
     let mut cy = vec![f32::NAN; len];
-    cpu.stem(&ci, total, &cwd, 5, n, NORM, &cw_, cw, 32, &mut cy)?;
+    cpu.stem(&ci, total, &cwd, &cst, n, NORM, &cw_, cw, 32, &mut cy)?;
     let mut gy = gpu.upload(&vec![POISON; len])?;
-    gpu.stem(&gi, total, &gwd, 5, n, NORM, &gw_, cw, 32, &mut gy)?;
+    gpu.stem(&gi, total, &gwd, &gst, n, NORM, &gw_, cw, 32, &mut gy)?;
     let got = gpu.download(&gy)?;
     r.line("stem", &shape_str(Shape::new(n, 31, 31, cw)), &got, &cy, TOL_F16_OUT)?;
     // progressive-resolution stems (bilinear downscale of the view first)
     for res in [24usize, 17] {
         let len = n * (res - 1) * (res - 1) * cw;
         let mut cy = vec![f32::NAN; len];
-        cpu.stem(&ci, total, &cwd, 5, n, NORM, &cw_, cw, res, &mut cy)?;
+        cpu.stem(&ci, total, &cwd, &cst, n, NORM, &cw_, cw, res, &mut cy)?;
         let mut gy = gpu.upload(&vec![POISON; len])?;
-        gpu.stem(&gi, total, &gwd, 5, n, NORM, &gw_, cw, res, &mut gy)?;
+        gpu.stem(&gi, total, &gwd, &gst, n, NORM, &gw_, cw, res, &mut gy)?;
         let got = gpu.download(&gy)?;
         r.line(&format!("stem_res {res}px"), &shape_str(Shape::new(n, res - 1, res - 1, cw)), &got, &cy, TOL_F16_OUT)?;
+    }
+    // words past the end (offset 6 + n > n + 5): every output NaN, nothing read out of bounds
+    let past = gpu.upload_words(&Step { offset: 6, lr: [0.0; LRS] }.record(0))?;
+    let mut gy = gpu.upload(&vec![0.25; len])?;
+    gpu.stem(&gi, total, &gwd, &past, n, NORM, &gw_, cw, 32, &mut gy)?;
+    let nan = gpu.download(&gy)?.iter().filter(|v| v.is_nan()).count();
+    r.flag("stem: words past the end give NaN", &format!("{nan} of {len} NaN"), nan == len)?;
+    check_next_step(gpu, cpu, r)
+}
+
+/// `next_step` walks a plan row by row on the device, then yields `Step::EXHAUSTED`.
+fn check_next_step(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report) -> Result<()> {
+    let rows: Vec<Step> =
+        (0..3).map(|t| Step { offset: 100 * t, lr: [0.5 / (t + 1) as f32, 0.25, -1.5, 3e-3] }).collect();
+    let plan: Vec<u32> = rows.iter().flat_map(|s| s.row()).collect();
+    let (cplan, gplan) = (cpu.upload_words(&plan)?, gpu.upload_words(&plan)?);
+    let mut start = vec![7u32; STEP_LEN]; // stale values, cursor 0
+    start[STEP_WORDS] = 0;
+    let (mut cst, mut gst) = (cpu.upload_words(&start)?, gpu.upload_words(&start)?);
+    for (k, row) in rows.iter().copied().chain([Step::EXHAUSTED]).enumerate() {
+        cpu.next_step(&cplan, &mut cst)?;
+        gpu.next_step(&gplan, &mut gst)?;
+        let got = gpu.download_words(&gst)?;
+        let want = row.record(k as u32 + 1);
+        // compare bit patterns (NaN rates included)
+        let same = got == want && cst == want;
+        r.flag(&format!("next_step call {}", k + 1), &format!("record {got:x?}"), same)?;
     }
     Ok(())
 }
@@ -528,14 +569,16 @@ fn check_xent(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, n: usize, class
     let wds = words(n + 3, total, seed + 1);
     let logits = rnd(n * classes, seed + 2, 3.0, 0.0);
     let acc0 = vec![1.5f32, 2.0];
+    let rec = Step { offset: 3, lr: [0.0; LRS] }.record(0);
+    let (cst, gst) = (cpu.upload_words(&rec)?, gpu.upload_words(&rec)?);
     let (cl, clab, cw) = (cpu.upload(&logits)?, cpu.upload_bytes(&labels)?, cpu.upload_words(&wds)?);
     let mut cd = vec![f32::NAN; n * classes];
     let mut cacc = acc0.clone();
-    cpu.xent(&cl, &clab, &cw, 3, n, classes, 0.2, &mut cd, &mut cacc)?;
+    cpu.xent(&cl, &clab, &cw, &cst, n, classes, 0.2, &mut cd, &mut cacc)?;
     let (gl, glab, gw) = (gpu.upload(&logits)?, gpu.upload_bytes(&labels)?, gpu.upload_words(&wds)?);
     let mut gd = gpu.upload(&vec![POISON; n * classes])?;
     let mut gacc = gpu.upload(&acc0)?;
-    gpu.xent(&gl, &glab, &gw, 3, n, classes, 0.2, &mut gd, &mut gacc)?;
+    gpu.xent(&gl, &glab, &gw, &gst, n, classes, 0.2, &mut gd, &mut gacc)?;
     let s = format!("{n}x{classes}");
     let got = gpu.download(&gd)?;
     r.line("xent dlogits", &s, &got, &cd, TOL_F32)?;
@@ -559,20 +602,23 @@ fn check_sgd(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, seed: u64) -> Re
         let s = seed + 3 * i as u64;
         host.push((rnd(n, s, 1.0, 0.0), rnd(n, s + 1, 1.0, 0.0), rnd(n, s + 2, 0.5, 0.0)));
     }
-    let lr = |i: usize| 0.05 + 0.01 * i as f32;
+    // four rates in the step record's slots; tensor i uses slot i % 4
+    let rec = Step { offset: 0, lr: [0.05, 0.06, 0.07, 0.08] }.record(0);
+    let (cst, gst) = (cpu.upload_words(&rec)?, gpu.upload_words(&rec)?);
+    let lr = |i: usize| i % LRS;
     let wd = |i: usize| 0.004 / (0.05 + 0.01 * i as f32);
     let mut cp: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = host.clone();
     let mut cparams: Vec<SgdParam<Cpu<f32>>> =
-        cp.iter_mut().enumerate().map(|(i, (p, g, m))| SgdParam { p, g: &*g, m, lr: lr(i), wd: wd(i) }).collect();
-    cpu.sgd(&mut cparams, 0.85)?;
+        cp.iter_mut().enumerate().map(|(i, (p, g, m))| SgdParam { p, g: &*g, m, lr_slot: lr(i), wd: wd(i) }).collect();
+    cpu.sgd(&mut cparams, &cst, 0.85)?;
     drop(cparams);
     let mut gp = Vec::new();
     for (p, g, m) in &host {
         gp.push((gpu.upload(p)?, gpu.upload(g)?, gpu.upload(m)?));
     }
     let mut gparams: Vec<SgdParam<Gpu>> =
-        gp.iter_mut().enumerate().map(|(i, (p, g, m))| SgdParam { p, g: &*g, m, lr: lr(i), wd: wd(i) }).collect();
-    gpu.sgd(&mut gparams, 0.85)?;
+        gp.iter_mut().enumerate().map(|(i, (p, g, m))| SgdParam { p, g: &*g, m, lr_slot: lr(i), wd: wd(i) }).collect();
+    gpu.sgd(&mut gparams, &gst, 0.85)?;
     drop(gparams);
     let (mut gall, mut call, mut gm, mut cm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for ((p, _, m), (cpp, _, cmm)) in gp.iter().zip(&cp) {
@@ -592,11 +638,13 @@ fn check_muon(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, rows: usize, co
     let g = rnd(n, seed + 1, 0.1, 0.0);
     let m0 = rnd(n, seed + 2, 0.1, 0.0);
     let (lr, mom, steps) = (0.24f32, 0.6f32, 3);
+    let rec = Step { offset: 0, lr: [1.0, 2.0, lr, 4.0] }.record(0); // the rate in slot 2
+    let (cst, gst) = (cpu.upload_words(&rec)?, gpu.upload_words(&rec)?);
     let (mut cw, mut cm) = (w0.clone(), m0.clone());
     let cg = g.clone();
-    cpu.muon(&mut [MuonParam { w: &mut cw, g: &cg, m: &mut cm, rows, cols }], lr, mom, steps)?;
+    cpu.muon(&mut [MuonParam { w: &mut cw, g: &cg, m: &mut cm, rows, cols }], &cst, 2, mom, steps)?;
     let (mut gw, gg, mut gm) = (gpu.upload(&w0)?, gpu.upload(&g)?, gpu.upload(&m0)?);
-    gpu.muon(&mut [MuonParam { w: &mut gw, g: &gg, m: &mut gm, rows, cols }], lr, mom, steps)?;
+    gpu.muon(&mut [MuonParam { w: &mut gw, g: &gg, m: &mut gm, rows, cols }], &gst, 2, mom, steps)?;
     let s = format!("{rows}x{cols}");
     let (gwv, gmv) = (gpu.download(&gw)?, gpu.download(&gm)?);
     r.line("muon momentum", &s, &gmv, &cm, TOL_F32)?;
@@ -627,12 +675,22 @@ struct StepInit {
     conv: Vec<Vec<f32>>,
     beta: Vec<Vec<f32>>,
     head: Vec<f32>,
+    /// One row per step: its examples' offset and its rates (slots `LR_*`).
+    plan: Vec<u32>,
 }
 
 /// What a step produced, downloaded: (name, values) in a fixed order, with the tolerance class.
 type StepOut = Vec<(String, f64, Vec<f32>)>;
 
-fn step_init(n: usize, seed: u64) -> StepInit {
+/// Rate slots of the step record in these checks (main.rs has its own assignment).
+const LR_MUON: usize = 0;
+const LR_BIAS: usize = 1;
+const LR_HEAD: usize = 2;
+const LR_WHITEN: usize = 3;
+
+/// `steps` steps of `n` examples each: step t takes words t·n.. and the recipe's step-0 rates
+/// decayed by 1 − t/4 (so that a step that read the wrong row would show).
+fn step_init(n: usize, steps: usize, seed: u64) -> StepInit {
     let total = n + 50;
     let conv = STEP_LAYERS
         .iter()
@@ -645,135 +703,239 @@ fn step_init(n: usize, seed: u64) -> StepInit {
             w
         })
         .collect();
+    let plan = (0..steps)
+        .flat_map(|t| {
+            let f = 1.0 - t as f32 / 4.0;
+            let mut lr = [0.0; LRS];
+            (lr[LR_MUON], lr[LR_BIAS], lr[LR_HEAD], lr[LR_WHITEN]) = (0.24 * f, 0.053 * f, 0.67 * f, 0.053 * f);
+            Step { offset: (t * n) as u32, lr }.row()
+        })
+        .collect();
     StepInit {
         images: bytes(total * 3072, seed + 10, 256),
         labels: bytes(total, seed + 11, CLASSES as u32),
-        words: words(n, total, seed + 12),
+        words: words(n * steps, total, seed + 12),
         total,
         whiten_w: Vec::new(),
         whiten_b: rnd(WHITEN, seed + 13, 0.3, 0.0),
         conv,
         beta: STEP_LAYERS.iter().enumerate().map(|(l, &(_, co, _))| rnd(co, seed + 20 + l as u64, 0.1, 0.0)).collect(),
         head: rnd(CLASSES * 256, seed + 30, 1.0, 0.0),
+        plan,
     }
 }
 
-/// forward (training BN) → xent → backward (whitening bias trains) → SGD + Muon, then downloads.
-fn whole_step<B: Backend>(b: &mut B, init: &StepInit, n: usize) -> Result<StepOut> {
-    let up = |b: &mut B, v: &[f32]| b.upload(v);
-    let images = b.upload_bytes(&init.images)?;
-    let labels = b.upload_bytes(&init.labels)?;
-    let words = b.upload_words(&init.words)?;
-    let whiten_w = up(b, &init.whiten_w)?;
-    let mut whiten_b = up(b, &init.whiten_b)?;
-    let mut conv = init.conv.iter().map(|w| up(b, w)).collect::<Result<Vec<_>>>()?;
-    let mut beta = init.beta.iter().map(|w| up(b, w)).collect::<Result<Vec<_>>>()?;
-    let mut head = up(b, &init.head)?;
-    let mut run_mean = STEP_LAYERS.iter().map(|&(_, co, _)| b.zeros(co)).collect::<Result<Vec<_>>>()?;
-    let mut run_var = STEP_LAYERS.iter().map(|&(_, co, _)| up(b, &vec![1.0; co])).collect::<Result<Vec<_>>>()?;
-    let mut s = [Shape::new(n, 31, 31, WHITEN); 7];
-    for (l, &(_, cout, pool)) in STEP_LAYERS.iter().enumerate() {
-        s[l + 1] = if pool { s[l].with_c(cout).pooled() } else { s[l].with_c(cout) };
-    }
-    let mut x = s.iter().map(|s| b.zeros(s.len())).collect::<Result<Vec<_>>>()?;
-    let mut ga = s.iter().map(|s| b.zeros(s.len())).collect::<Result<Vec<_>>>()?;
-    let mut gx = s.iter().map(|s| b.zeros(s.len())).collect::<Result<Vec<_>>>()?;
-    let mut am =
-        (0..6).map(|l| b.byte_zeros(if STEP_LAYERS[l].2 { s[l + 1].len() } else { 0 })).collect::<Result<Vec<_>>>()?;
-    let mut bn = s.iter().map(|s| b.zeros(2 * s.c)).collect::<Result<Vec<_>>>()?;
-    let c6 = s[6].c;
-    let mut feat = b.zeros(n * c6)?;
-    let mut ham = b.byte_zeros(n * c6)?;
-    let mut logits = b.zeros(n * CLASSES)?;
-    let mut dlogits = b.zeros(n * CLASSES)?;
-    let mut acc = b.zeros(2)?;
-    let scale = 1.0 / c6 as f32;
+/// Every tensor of a training step on one backend: inputs, parameters, activations, gradients
+/// and optimizer state, allocated once (a recorded step needs fixed addresses).
+struct StepState<B: Backend> {
+    n: usize,
+    total: usize,
+    images: B::Bytes,
+    labels: B::Bytes,
+    words: B::Words,
+    plan: B::Words,
+    step: B::Words,
+    whiten_w: B::Buf,
+    whiten_b: B::Buf,
+    conv: Vec<B::Buf>,
+    beta: Vec<B::Buf>,
+    head: B::Buf,
+    run_mean: Vec<B::Buf>,
+    run_var: Vec<B::Buf>,
+    s: [Shape; 7],
+    x: Vec<B::Buf>,
+    ga: Vec<B::Buf>,
+    gx: Vec<B::Buf>,
+    am: Vec<B::Bytes>,
+    bn: Vec<B::Buf>,
+    feat: B::Buf,
+    ham: B::Bytes,
+    logits: B::Buf,
+    dlogits: B::Buf,
+    acc: B::Buf,
+    g_conv: Vec<B::Buf>,
+    g_beta: Vec<B::Buf>,
+    g_head: B::Buf,
+    g_wb: B::Buf,
+    m_conv: Vec<B::Buf>,
+    m_beta: Vec<B::Buf>,
+    m_head: B::Buf,
+    m_wb: B::Buf,
+}
 
-    // forward
-    b.stem(&images, init.total, &words, 0, n, NORM, &whiten_w, WHITEN, 32, &mut x[0])?;
-    for (l, &(_, cout, pool)) in STEP_LAYERS.iter().enumerate() {
-        let (xi, xo) = x.split_at_mut(l + 1);
-        let (bi, bo) = bn.split_at_mut(l + 1);
-        let pre = if l == 0 { Pre::Bias(&whiten_b) } else { Pre::Bn { bn: &bi[l], beta: &beta[l - 1] } };
-        b.conv3x3(&xi[l], s[l], pre, &conv[l], cout, pool, &mut xo[0], &mut am[l])?;
-        b.bn_stats(&xo[0], s[l + 1], 1e-12, 0.6, &mut run_mean[l], &mut run_var[l], &mut bo[0])?;
-    }
-    let pre6 = Pre::Bn { bn: &bn[6], beta: &beta[5] };
-    b.head(&x[6], s[6], pre6, &head, CLASSES, scale, &mut feat, &mut ham, &mut logits)?;
-    b.xent(&logits, &labels, &words, 0, n, CLASSES, 0.2, &mut dlogits, &mut acc)?;
-
-    // backward
-    let mut g_conv = init.conv.iter().map(|w| b.zeros(w.len())).collect::<Result<Vec<_>>>()?;
-    let mut g_beta = init.beta.iter().map(|w| b.zeros(w.len())).collect::<Result<Vec<_>>>()?;
-    let mut g_head = b.zeros(init.head.len())?;
-    let mut g_wb = b.zeros(WHITEN)?;
-    b.head_bwd(&dlogits, &feat, &ham, &head, s[6], CLASSES, scale, &mut g_head, &mut ga[6])?;
-    for (l, &(_, cout, pool)) in STEP_LAYERS.iter().enumerate().rev() {
-        let k = l + 1;
-        b.pre_bwd(&ga[k], &x[k], s[k], Pre::Bn { bn: &bn[k], beta: &beta[l] }, &mut g_beta[l], Some(&mut gx[k]))?;
-        let pre = if l == 0 { Pre::Bias(&whiten_b) } else { Pre::Bn { bn: &bn[l], beta: &beta[l - 1] } };
-        b.conv3x3_bwd(&x[l], s[l], pre, &conv[l], cout, pool, &am[l], &gx[k], &mut g_conv[l], Some(&mut ga[l]))?;
-    }
-    b.pre_bwd(&ga[0], &x[0], s[0], Pre::Bias(&whiten_b), &mut g_wb, None)?;
-
-    let mut out: StepOut = Vec::new();
-    let push = |b: &mut B, out: &mut StepOut, name: String, tol: f64, buf: &B::Buf| -> Result<()> {
-        out.push((name, tol, b.download(buf)?));
-        Ok(())
-    };
-    push(b, &mut out, "step loss/correct".into(), TOL_STEP_LOSS, &acc)?;
-    push(b, &mut out, "step logits".into(), TOL_STEP_ACT, &logits)?;
-    for (k, bk) in bn.iter().enumerate().skip(1) {
-        push(b, &mut out, format!("step bn[{k}] mean|invstd"), TOL_STEP_ACT, bk)?;
-    }
-    push(b, &mut out, "step grad head".into(), TOL_STEP_GRAD, &g_head)?;
-    for l in (0..6).rev() {
-        push(b, &mut out, format!("step grad beta[{l}]"), TOL_STEP_GRAD, &g_beta[l])?;
-        push(b, &mut out, format!("step grad conv[{l}]"), TOL_STEP_GRAD, &g_conv[l])?;
-    }
-    push(b, &mut out, "step grad whiten bias".into(), TOL_STEP_GRAD, &g_wb)?;
-
-    // optimizer (fixed rates of step 0 of the recipe)
-    let mut m_head = b.zeros(init.head.len())?;
-    let mut m_beta = init.beta.iter().map(|w| b.zeros(w.len())).collect::<Result<Vec<_>>>()?;
-    let mut m_wb = b.zeros(WHITEN)?;
-    let mut m_conv = init.conv.iter().map(|w| b.zeros(w.len())).collect::<Result<Vec<_>>>()?;
-    {
-        let mut sgd = vec![SgdParam { p: &mut head, g: &g_head, m: &mut m_head, lr: 0.67, wd: 0.004 / 0.67 }];
-        for ((p, g), m) in beta.iter_mut().zip(&g_beta).zip(&mut m_beta) {
-            sgd.push(SgdParam { p, g, m, lr: 0.053, wd: 0.004 / 0.053 });
+impl<B: Backend> StepState<B> {
+    fn new(b: &mut B, init: &StepInit, n: usize) -> Result<StepState<B>> {
+        let mut s = [Shape::new(n, 31, 31, WHITEN); 7];
+        for (l, &(_, cout, pool)) in STEP_LAYERS.iter().enumerate() {
+            s[l + 1] = if pool { s[l].with_c(cout).pooled() } else { s[l].with_c(cout) };
         }
-        sgd.push(SgdParam { p: &mut whiten_b, g: &g_wb, m: &mut m_wb, lr: 0.053, wd: 0.004 / 0.053 });
-        b.sgd(&mut sgd, 0.85)?;
-        let mut muon: Vec<MuonParam<B>> = conv
+        let c6 = s[6].c;
+        let each = |b: &mut B, vs: &[Vec<f32>]| vs.iter().map(|v| b.upload(v)).collect::<Result<Vec<_>>>();
+        let zeros = |b: &mut B, vs: &[Vec<f32>]| vs.iter().map(|v| b.zeros(v.len())).collect::<Result<Vec<_>>>();
+        let acts = |b: &mut B| s.iter().map(|s| b.zeros(s.len())).collect::<Result<Vec<_>>>();
+        Ok(StepState {
+            n,
+            total: init.total,
+            images: b.upload_bytes(&init.images)?,
+            labels: b.upload_bytes(&init.labels)?,
+            words: b.upload_words(&init.words)?,
+            plan: b.upload_words(&init.plan)?,
+            step: b.upload_words(&[0; STEP_LEN])?,
+            whiten_w: b.upload(&init.whiten_w)?,
+            whiten_b: b.upload(&init.whiten_b)?,
+            conv: each(b, &init.conv)?,
+            beta: each(b, &init.beta)?,
+            head: b.upload(&init.head)?,
+            run_mean: STEP_LAYERS.iter().map(|&(_, co, _)| b.zeros(co)).collect::<Result<_>>()?,
+            run_var: STEP_LAYERS.iter().map(|&(_, co, _)| b.upload(&vec![1.0; co])).collect::<Result<_>>()?,
+            x: acts(b)?,
+            ga: acts(b)?,
+            gx: acts(b)?,
+            am: (0..6)
+                .map(|l| b.byte_zeros(if STEP_LAYERS[l].2 { s[l + 1].len() } else { 0 }))
+                .collect::<Result<_>>()?,
+            bn: s.iter().map(|s| b.zeros(2 * s.c)).collect::<Result<_>>()?,
+            feat: b.zeros(n * c6)?,
+            ham: b.byte_zeros(n * c6)?,
+            logits: b.zeros(n * CLASSES)?,
+            dlogits: b.zeros(n * CLASSES)?,
+            acc: b.zeros(2)?,
+            g_conv: zeros(b, &init.conv)?,
+            g_beta: zeros(b, &init.beta)?,
+            g_head: b.zeros(init.head.len())?,
+            g_wb: b.zeros(WHITEN)?,
+            m_conv: zeros(b, &init.conv)?,
+            m_beta: zeros(b, &init.beta)?,
+            m_head: b.zeros(init.head.len())?,
+            m_wb: b.zeros(WHITEN)?,
+            s,
+        })
+    }
+
+    /// One step, the sequence of main.rs's train_step: the next plan row → forward (training
+    /// BN) → xent → backward (the whitening bias trains) → SGD + Muon. Allocates nothing.
+    fn step(&mut self, b: &mut B) -> Result<()> {
+        let (n, s) = (self.n, self.s);
+        let scale = 1.0 / s[6].c as f32;
+        b.next_step(&self.plan, &mut self.step)?;
+        b.stem(&self.images, self.total, &self.words, &self.step, n, NORM, &self.whiten_w, WHITEN, 32, &mut self.x[0])?;
+        for (l, &(_, cout, pool)) in STEP_LAYERS.iter().enumerate() {
+            let (xi, xo) = self.x.split_at_mut(l + 1);
+            let (bi, bo) = self.bn.split_at_mut(l + 1);
+            let pre = if l == 0 { Pre::Bias(&self.whiten_b) } else { Pre::Bn { bn: &bi[l], beta: &self.beta[l - 1] } };
+            b.conv3x3(&xi[l], s[l], pre, &self.conv[l], cout, pool, &mut xo[0], &mut self.am[l])?;
+            b.bn_stats(&xo[0], s[l + 1], 1e-12, 0.6, &mut self.run_mean[l], &mut self.run_var[l], &mut bo[0])?;
+        }
+        let pre6 = Pre::Bn { bn: &self.bn[6], beta: &self.beta[5] };
+        b.head(&self.x[6], s[6], pre6, &self.head, CLASSES, scale, &mut self.feat, &mut self.ham, &mut self.logits)?;
+        b.xent(&self.logits, &self.labels, &self.words, &self.step, n, CLASSES, 0.2, &mut self.dlogits, &mut self.acc)?;
+
+        b.head_bwd(
+            &self.dlogits,
+            &self.feat,
+            &self.ham,
+            &self.head,
+            s[6],
+            CLASSES,
+            scale,
+            &mut self.g_head,
+            &mut self.ga[6],
+        )?;
+        for (l, &(_, cout, pool)) in STEP_LAYERS.iter().enumerate().rev() {
+            let k = l + 1;
+            let pre = Pre::Bn { bn: &self.bn[k], beta: &self.beta[l] };
+            b.pre_bwd(&self.ga[k], &self.x[k], s[k], pre, &mut self.g_beta[l], Some(&mut self.gx[k]))?;
+            let pre =
+                if l == 0 { Pre::Bias(&self.whiten_b) } else { Pre::Bn { bn: &self.bn[l], beta: &self.beta[l - 1] } };
+            let (ga, gx) = (&mut self.ga[l], &self.gx[k]);
+            b.conv3x3_bwd(
+                &self.x[l],
+                s[l],
+                pre,
+                &self.conv[l],
+                cout,
+                pool,
+                &self.am[l],
+                gx,
+                &mut self.g_conv[l],
+                Some(ga),
+            )?;
+        }
+        b.pre_bwd(&self.ga[0], &self.x[0], s[0], Pre::Bias(&self.whiten_b), &mut self.g_wb, None)?;
+
+        let mut sgd = vec![SgdParam {
+            p: &mut self.head,
+            g: &self.g_head,
+            m: &mut self.m_head,
+            lr_slot: LR_HEAD,
+            wd: 0.004 / 0.67,
+        }];
+        for ((p, g), m) in self.beta.iter_mut().zip(&self.g_beta).zip(&mut self.m_beta) {
+            sgd.push(SgdParam { p, g, m, lr_slot: LR_BIAS, wd: 0.004 / 0.053 });
+        }
+        let (p, g, m) = (&mut self.whiten_b, &self.g_wb, &mut self.m_wb);
+        sgd.push(SgdParam { p, g, m, lr_slot: LR_WHITEN, wd: 0.004 / 0.053 });
+        b.sgd(&mut sgd, &self.step, 0.85)?;
+        let mut muon: Vec<MuonParam<B>> = self
+            .conv
             .iter_mut()
-            .zip(&g_conv)
-            .zip(&mut m_conv)
+            .zip(&self.g_conv)
+            .zip(&mut self.m_conv)
             .zip(STEP_LAYERS)
             .map(|(((w, g), m), (cin, cout, _))| MuonParam { w, g, m, rows: cout, cols: 9 * cin })
             .collect();
-        b.muon(&mut muon, 0.24, 0.6, 3)?;
+        b.muon(&mut muon, &self.step, LR_MUON, 0.6, 3)
     }
-    push(b, &mut out, "step updated head".into(), TOL_STEP_PARAM, &head)?;
-    push(b, &mut out, "step updated whiten bias".into(), TOL_STEP_PARAM, &whiten_b)?;
-    for l in 0..6 {
-        push(b, &mut out, format!("step updated beta[{l}]"), TOL_STEP_PARAM, &beta[l])?;
-        push(b, &mut out, format!("step updated conv[{l}]"), TOL_STEP_PARAM, &conv[l])?;
-        push(b, &mut out, format!("step running var[{l}]"), TOL_STEP_ACT, &run_var[l])?;
+
+    /// Everything the step produced, downloaded, with each output's tolerance class.
+    fn outputs(&self, b: &mut B) -> Result<StepOut> {
+        let mut out: StepOut = Vec::new();
+        let mut push = |name: String, tol: f64, buf: &B::Buf| -> Result<()> {
+            out.push((name, tol, b.download(buf)?));
+            Ok(())
+        };
+        push("step loss/correct".into(), TOL_STEP_LOSS, &self.acc)?;
+        push("step logits".into(), TOL_STEP_ACT, &self.logits)?;
+        for (k, bk) in self.bn.iter().enumerate().skip(1) {
+            push(format!("step bn[{k}] mean|invstd"), TOL_STEP_ACT, bk)?;
+        }
+        push("step grad head".into(), TOL_STEP_GRAD, &self.g_head)?;
+        for l in (0..6).rev() {
+            push(format!("step grad beta[{l}]"), TOL_STEP_GRAD, &self.g_beta[l])?;
+            push(format!("step grad conv[{l}]"), TOL_STEP_GRAD, &self.g_conv[l])?;
+        }
+        push("step grad whiten bias".into(), TOL_STEP_GRAD, &self.g_wb)?;
+        push("step updated head".into(), TOL_STEP_PARAM, &self.head)?;
+        push("step updated whiten bias".into(), TOL_STEP_PARAM, &self.whiten_b)?;
+        for l in 0..6 {
+            push(format!("step updated beta[{l}]"), TOL_STEP_PARAM, &self.beta[l])?;
+            push(format!("step updated conv[{l}]"), TOL_STEP_PARAM, &self.conv[l])?;
+            push(format!("step running var[{l}]"), TOL_STEP_ACT, &self.run_var[l])?;
+        }
+        b.sync()?;
+        Ok(out)
     }
-    b.sync()?;
-    Ok(out)
 }
 
-fn check_step(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, n: usize, seed: u64) -> Result<()> {
-    let mut init = step_init(n, seed);
-    // whitening filters from the CPU covariance of the batch's images (same for both)
+/// A step's initial state with whitening filters from the CPU covariance of its images.
+fn step_init_whitened(cpu: &mut Cpu<f32>, n: usize, steps: usize, seed: u64) -> Result<StepInit> {
+    let mut init = step_init(n, steps, seed);
     let ci = cpu.upload_bytes(&init.images)?;
     let cov = cpu.patch_cov(&ci, init.total, NORM)?;
     let (w, _) = crate::whiten::filters(&cov, 5e-4);
     init.whiten_w = w.into_iter().map(|v| f16::from_f32(v).to_f32()).collect();
-    let want = whole_step(cpu, &init, n)?;
-    let got = whole_step(gpu, &init, n)?;
+    Ok(init)
+}
+
+/// One whole training step on both backends, every output compared.
+fn check_step(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, n: usize, seed: u64) -> Result<()> {
+    let init = step_init_whitened(cpu, n, 1, seed)?;
+    let mut c = StepState::new(cpu, &init, n)?;
+    c.step(cpu)?;
+    let want = c.outputs(cpu)?;
+    let mut g = StepState::new(gpu, &init, n)?;
+    g.step(gpu)?;
+    let got = g.outputs(gpu)?;
     let shape = format!("batch {n}, recipe widths");
     for ((name, tol, g), (_, _, w)) in got.iter().zip(&want) {
         if name == "step loss/correct" && g.len() == 2 && w.len() == 2 {
@@ -784,6 +946,32 @@ fn check_step(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, n: usize, seed:
         } else {
             r.line(name, &shape, g, w, *tol)?;
         }
+    }
+    Ok(())
+}
+
+/// The training step recorded as a CUDA graph and replayed equals the same steps run op by op,
+/// bit for bit (no kernel uses atomics): three steps, each reading its own plan row (offset and
+/// rates), so a graph that froze the first step's values would differ.
+fn check_graph(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, n: usize, seed: u64) -> Result<()> {
+    let init = step_init_whitened(cpu, n, 3, seed)?;
+    let mut eager = StepState::new(gpu, &init, n)?;
+    for _ in 0..3 {
+        eager.step(gpu)?;
+    }
+    let want = eager.outputs(gpu)?;
+    drop(eager);
+    let mut rec = StepState::new(gpu, &init, n)?;
+    rec.step(gpu)?; // once op by op: kernels loaded, scratch sized
+    let graph =
+        gpu.record(&mut |g| rec.step(g))?.ok_or_else(|| Error::Gpu("the GPU backend recorded no graph".into()))?;
+    gpu.replay(&graph)?;
+    gpu.replay(&graph)?;
+    let got = rec.outputs(gpu)?;
+    let shape = format!("3 steps of {n}");
+    for ((name, _, g), (_, _, w)) in got.iter().zip(&want) {
+        let same = g.len() == w.len() && g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
+        r.flag(&format!("graph replay = op by op: {}", name.trim_start_matches("step ")), &shape, same)?;
     }
     Ok(())
 }
@@ -840,9 +1028,10 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
     let total = n.max(1);
     let images = gpu.upload_bytes(&bytes(total * 3072, 1, 256))?;
     let wds = gpu.upload_words(&words(n, total, 2))?;
+    let rec = gpu.upload_words(&Step { offset: 0, lr: [0.24, 0.01, 0.01, 0.01] }.record(0))?;
     let ww = gpu.upload(&rnd(WHITEN * 12, 3, 0.5, 0.0))?;
     let mut x0 = gpu.upload_f16(&vec![0.5; n * 961 * WHITEN])?;
-    let ms = time_ms(gpu, &mut |g| g.stem(&images, total, &wds, 0, n, NORM, &ww, WHITEN, 32, &mut x0))?;
+    let ms = time_ms(gpu, &mut |g| g.stem(&images, total, &wds, &rec, n, NORM, &ww, WHITEN, 32, &mut x0))?;
     let flops = (n * 961 * WHITEN * 24) as f64;
     bench_line(out, "stem", &format!("{n}x32x32x3->24"), ms, flops, (n * 3072 + n * 961 * WHITEN * 2) as f64)?;
     let nc = total.min(5000);
@@ -923,7 +1112,7 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
     bench_line(out, "head", &shape_str(xs), ms, (n * 256 * (9 * 20 + 20)) as f64, (xs.len() * 2 + n * 256 * 5) as f64)?;
     let labels = gpu.upload_bytes(&bytes(total, 74, CLASSES as u32))?;
     let (mut dl, mut acc) = (gpu.zeros(n * CLASSES)?, gpu.zeros(2)?);
-    let ms = time_ms(gpu, &mut |g| g.xent(&logits, &labels, &wds, 0, n, CLASSES, 0.2, &mut dl, &mut acc))?;
+    let ms = time_ms(gpu, &mut |g| g.xent(&logits, &labels, &wds, &rec, n, CLASSES, 0.2, &mut dl, &mut acc))?;
     bench_line(out, "xent", &format!("{n}x{CLASSES}"), ms, (n * CLASSES * 30) as f64, (n * CLASSES * 8) as f64)?;
     let (mut dw, mut da) = (gpu.zeros(CLASSES * 256)?, gpu.zeros(xs.len())?);
     let ms = time_ms(gpu, &mut |g| g.head_bwd(&dl, &feat, &ham, &hw, xs, CLASSES, 1.0 / 256.0, &mut dw, &mut da))?;
@@ -948,8 +1137,8 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
     let total_sgd: usize = sizes.iter().sum();
     let ms = time_ms(gpu, &mut |g| {
         let mut ps: Vec<SgdParam<Gpu>> =
-            st.iter_mut().map(|(p, gr, m)| SgdParam { p, g: &*gr, m, lr: 0.01, wd: 0.01 }).collect();
-        g.sgd(&mut ps, 0.85)
+            st.iter_mut().map(|(p, gr, m)| SgdParam { p, g: &*gr, m, lr_slot: 1, wd: 0.01 }).collect();
+        g.sgd(&mut ps, &rec, 0.85)
     })?;
     bench_line(
         out,
@@ -976,9 +1165,30 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
     let ms = time_ms(gpu, &mut |g| {
         let mut ps: Vec<MuonParam<Gpu>> =
             mu.iter_mut().map(|(w, gr, m, r, c)| MuonParam { w, g: &*gr, m, rows: *r, cols: *c }).collect();
-        g.muon(&mut ps, 0.24, 0.6, 3)
+        g.muon(&mut ps, &rec, 0, 0.6, 3)
     })?;
-    bench_line(out, "muon (6 convs, 3 NS)", "recipe weights", ms, ns_flops, ns_bytes)
+    bench_line(out, "muon (6 convs, 3 NS)", "recipe weights", ms, ns_flops, ns_bytes)?;
+    drop((mu, st));
+    bench_step(gpu, n, ns_flops, out)
+}
+
+/// The whole training step (what main.rs replays per step), op by op and as one CUDA graph:
+/// the difference is the launch overhead the graph removes. FLOPs: the six convs' forward,
+/// input and weight gradients plus Muon's Newton–Schulz GEMMs.
+fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, out: &mut dyn Write) -> Result<()> {
+    let steps = 2 * (WARMUP + REPS) + 2;
+    let mut cpu = Cpu::<f32>::with_threads(crate::cpu::par::default_threads());
+    let init = step_init_whitened(&mut cpu, n, steps, 960)?;
+    let conv_flops: f64 =
+        LAYERS.iter().map(|&(h, w, cin, cout, _)| 3.0 * 2.0 * (n * h * w * cout * 9 * cin) as f64).sum();
+    let flops = conv_flops + ns_flops;
+    let mut st = StepState::new(gpu, &init, n)?;
+    let ms = time_ms(gpu, &mut |g| st.step(g))?;
+    bench_line(out, "train step, op by op", &format!("batch {n}"), ms, flops, 0.0)?;
+    let graph =
+        gpu.record(&mut |g| st.step(g))?.ok_or_else(|| Error::Gpu("the GPU backend recorded no graph".into()))?;
+    let ms = time_ms(gpu, &mut |g| g.replay(&graph))?;
+    bench_line(out, "train step, CUDA graph", &format!("batch {n}"), ms, flops, 0.0)
 }
 
 #[cfg(test)]
@@ -1011,17 +1221,30 @@ mod tests {
     }
 
     /// The generic training step the GPU is compared with runs on the CPU reference: every
-    /// shape in it is consistent, every output is finite and written, and it is deterministic.
+    /// shape in it is consistent, every output is finite and written, it is deterministic, and
+    /// each step reads its own plan row.
     #[test]
     fn whole_step_sequence_runs_on_the_cpu_reference() {
         let n = 4;
         let mut cpu = Cpu::<f32>::with_threads(2);
-        let mut init = step_init(n, 3);
-        let ci = cpu.upload_bytes(&init.images).unwrap();
-        let cov = cpu.patch_cov(&ci, init.total, NORM).unwrap();
-        init.whiten_w = crate::whiten::filters(&cov, 5e-4).0;
-        let a = whole_step(&mut cpu, &init, n).unwrap();
-        let b = whole_step(&mut cpu, &init, n).unwrap();
+        let init = step_init_whitened(&mut cpu, n, 2, 3).unwrap();
+        let run = |cpu: &mut Cpu<f32>, steps: usize| {
+            let mut st = StepState::new(cpu, &init, n).unwrap();
+            for _ in 0..steps {
+                st.step(cpu).unwrap();
+            }
+            assert_eq!(st.step[STEP_WORDS] as usize, steps, "the cursor counts the steps");
+            let row = Step::from_words(&init.plan[(steps - 1) * STEP_WORDS..]).unwrap();
+            assert_eq!(Step::from_words(&st.step), Some(row), "the record holds the last row");
+            st.outputs(cpu).unwrap()
+        };
+        let (a, b) = (run(&mut cpu, 1), run(&mut cpu, 1));
+        let two = run(&mut cpu, 2);
+        let differ = |name: &str| {
+            let find = |o: &StepOut| o.iter().find(|(m, _, _)| m == name).unwrap().2.clone();
+            find(&a) != find(&two)
+        };
+        assert!(differ("step logits") && differ("step updated conv[3]"), "the second step changed nothing");
         assert_eq!(a.len(), 2 + 6 + 1 + 12 + 1 + 2 + 18);
         for ((name, _, x), (_, _, y)) in a.iter().zip(&b) {
             assert!(!x.is_empty() && x.iter().all(|v| v.is_finite()), "{name}: {x:?}");

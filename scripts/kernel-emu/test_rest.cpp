@@ -1,6 +1,8 @@
 #include "cuda_fp16.h"
 #include <cstdio>
 #include <random>
+#include <array>
+#include <cstring>
 void launch(dim3 grid, dim3 block, const std::function<void()>& f);
 #include "norm.cu"
 #include "stem.cu"
@@ -27,6 +29,14 @@ static void report(const char* what, double e, double tol) {
     if (!(e <= tol)) fails++;
 }
 static unsigned blocks(long long n) { return (unsigned)((n + 255) / 256); }
+// A step record (src/backend.rs Step): offset, four rates, padding, cursor.
+static std::vector<unsigned> step_rec(unsigned offset, std::array<float, 4> lr = {0, 0, 0, 0}, unsigned cursor = 0) {
+    std::vector<unsigned> r(STEP_WORDS + 1, 0);
+    r[0] = offset;
+    for (int k = 0; k < 4; k++) memcpy(&r[1 + k], &lr[k], 4);
+    r[STEP_WORDS] = cursor;
+    return r;
+}
 
 static void test_bn(int N, int H, int W, int C) {
     long long P = (long long)N * H * W;
@@ -86,7 +96,8 @@ static void test_stem() {
     float mn[3] = {0.4914f, 0.4822f, 0.4465f}, sd[3] = {0.2470f, 0.2435f, 0.2616f};
     std::vector<half> out((size_t)n * 961 * cw, (half)NAN);
     long long len = (long long)n * 961 * cw / 8;
-    launch(dim3{blocks(len), 1, 1}, dim3{256, 1, 1}, [&] { stem_fwd_f16(img.data(), total, words.data() + 2, n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, out.data()); });
+    auto st = step_rec(2);
+    launch(dim3{blocks(len), 1, 1}, dim3{256, 1, 1}, [&] { stem_fwd_f16(img.data(), total, words.data(), n + 2, st.data(), n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, out.data()); });
     std::vector<double> ref(out.size());
     for (int i = 0; i < n; i++) {
         unsigned wd = words[i + 2]; int idx = wd & 0xFFFFF, sy = ((wd >> 20) & 7) - 4, sx = ((wd >> 23) & 7) - 4; bool fl = (wd >> 26) & 1;
@@ -99,6 +110,12 @@ static void test_stem() {
     }
     std::vector<float> o(out.size()); for (size_t i = 0; i < o.size(); i++) o[i] = (float)out[i];
     report("stem", relerr(o, ref), 2e-3);
+    // the step names words past the end: every output NaN, nothing read out of bounds
+    auto past = step_rec(3);
+    std::vector<half> out2(out.size(), (half)0.5f);
+    launch(dim3{blocks(len), 1, 1}, dim3{256, 1, 1}, [&] { stem_fwd_f16(img.data(), total, words.data(), n + 2, past.data(), n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, out2.data()); });
+    size_t nan = 0; for (auto v : out2) nan += std::isnan((float)v);
+    report("stem words past the end -> NaN", nan == out2.size() ? 0.0 : 1.0, 0.5);
     // patch covariance of the first 7 images
     int nc = 7;
     std::vector<double> partial(nc * 144, NAN);
@@ -123,7 +140,8 @@ static void test_stem_res(int res) {
     float mn[3] = {0.4914f, 0.4822f, 0.4465f}, sd[3] = {0.2470f, 0.2435f, 0.2616f};
     std::vector<half> out((size_t)n * o * o * cw, (half)NAN);
     long long len = (long long)n * o * o * cw / 8;
-    launch(dim3{blocks(len), 1, 1}, dim3{256, 1, 1}, [&] { stem_res_fwd_f16(img.data(), total, words.data(), n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, res, out.data()); });
+    auto st = step_rec(0);
+    launch(dim3{blocks(len), 1, 1}, dim3{256, 1, 1}, [&] { stem_res_fwd_f16(img.data(), total, words.data(), n, st.data(), n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, res, out.data()); });
     std::vector<double> ref(out.size());
     for (int i = 0; i < n; i++) {
         unsigned wd = words[i]; int idx = wd & 0xFFFFF, sy = ((wd >> 20) & 7) - 4, sx = ((wd >> 23) & 7) - 4; bool fl = (wd >> 26) & 1;
@@ -180,7 +198,8 @@ static void test_xent(int n, int classes) {
     std::vector<unsigned> words(n + 3); for (auto& w : words) w = rng() % total;
     auto logits = rndv(n * classes, 3);
     std::vector<float> dl(n * classes, NAN), acc{1.5f, 2.0f};
-    launch(dim3{1, 1, 1}, dim3{256, 1, 1}, [&] { xent_fwd_bwd_f32(logits.data(), labels.data(), words.data() + 3, n, total, classes, 0.2f, dl.data(), acc.data()); });
+    auto st = step_rec(3);
+    launch(dim3{1, 1, 1}, dim3{256, 1, 1}, [&] { xent_fwd_bwd_f32(logits.data(), labels.data(), words.data(), n + 3, st.data(), n, total, classes, 0.2f, dl.data(), acc.data()); });
     std::vector<double> dw(n * classes), aw{1.5, 2.0};
     for (int i = 0; i < n; i++) {
         int lab = labels[words[i + 3]]; const float* l = &logits[i * classes];
@@ -195,8 +214,14 @@ static void test_xent(int n, int classes) {
     // An image index past the labels: no out-of-bounds read, and the loss turns NaN.
     words[3 + n / 2] = total;
     std::vector<float> bad{0.f, 0.f};
-    launch(dim3{1, 1, 1}, dim3{256, 1, 1}, [&] { xent_fwd_bwd_f32(logits.data(), labels.data(), words.data() + 3, n, total, classes, 0.2f, dl.data(), bad.data()); });
+    launch(dim3{1, 1, 1}, dim3{256, 1, 1}, [&] { xent_fwd_bwd_f32(logits.data(), labels.data(), words.data(), n + 3, st.data(), n, total, classes, 0.2f, dl.data(), bad.data()); });
     report("xent bad index -> NaN loss", std::isnan(bad[0]) ? 0.0 : 1.0, 0.5);
+    // words past the end: NaN loss and NaN dlogits
+    auto past = step_rec(4);
+    std::vector<float> bad2{0.f, 0.f}, dl2(n * classes, 0.5f);
+    launch(dim3{1, 1, 1}, dim3{256, 1, 1}, [&] { xent_fwd_bwd_f32(logits.data(), labels.data(), words.data(), n + 3, past.data(), n, total, classes, 0.2f, dl2.data(), bad2.data()); });
+    size_t nan = 0; for (auto v : dl2) nan += std::isnan(v);
+    report("xent words past the end -> NaN", std::isnan(bad2[0]) && nan == dl2.size() ? 0.0 : 1.0, 0.5);
 }
 
 static void test_gemm(bool tb, int M, int N, int K) {
@@ -211,20 +236,20 @@ static void test_gemm(bool tb, int M, int N, int K) {
     report(tb ? "gemm_nt" : "gemm_nn", relerr(C, W), 1e-5);
 }
 
-struct SgdArgsH { float* p[16]; const float* g[16]; float* m[16]; int n[16]; float lr[16]; float wd[16]; int count; float mu; };
 static void test_sgd() {
-    static_assert(sizeof(SgdArgs) == 584, "SgdArgs size");
+    static_assert(sizeof(SgdArgs) == 592, "SgdArgs size (mirrored in src/gpu/backend.rs)");
+    auto st = step_rec(0, {0.05f, 0.06f, 0.07f, 0.08f});
     SgdArgs a{}; std::vector<std::vector<float>> P, G, Mv; std::vector<std::vector<double>> PW, MW;
     int sizes[5] = {24, 64, 2560, 1, 333};
     for (int t = 0; t < 5; t++) { P.push_back(rndv(sizes[t], 1)); G.push_back(rndv(sizes[t], 1)); Mv.push_back(rndv(sizes[t], 0.5f)); }
     for (int t = 0; t < 5; t++) {
         std::vector<double> pw(sizes[t]), mw(sizes[t]);
-        float lr = 0.05f + 0.01f * t, wd = 0.1f;
+        float lr = 0.05f + 0.01f * (t % 4), wd = 0.1f;
         for (int i = 0; i < sizes[t]; i++) { double g = G[t][i] + wd * P[t][i]; mw[i] = 0.85f * Mv[t][i] + g; pw[i] = P[t][i] - lr * (g + 0.85f * mw[i]); }
         PW.push_back(pw); MW.push_back(mw);
-        a.p[t] = P[t].data(); a.g[t] = G[t].data(); a.m[t] = Mv[t].data(); a.n[t] = sizes[t]; a.lr[t] = lr; a.wd[t] = wd;
+        a.p[t] = P[t].data(); a.g[t] = G[t].data(); a.m[t] = Mv[t].data(); a.n[t] = sizes[t]; a.lr_slot[t] = t % 4; a.wd[t] = wd;
     }
-    a.count = 5; a.mu = 0.85f;
+    a.count = 5; a.mu = 0.85f; a.step = st.data();
     launch(dim3{10, 5, 1}, dim3{256, 1, 1}, [&] { sgd_nesterov_f32(a); });
     double e = 0; for (int t = 0; t < 5; t++) e = std::max({e, relerr(P[t], PW[t]), relerr(Mv[t], MW[t])});
     report("sgd", e, 1e-6);
@@ -272,12 +297,28 @@ static void test_muon(int rows, int cols) {
         gemm(false, Bm.data(), cur, cur, nxt, rows, cols, rows, 1, 3.4445f);
         std::swap(cur, nxt);
     }
-    launch(dim3{blocks(n), 1, 1}, dim3{256, 1, 1}, [&] { muon_apply_f32(w.data(), cur, n, rows, wnorm, 0.24f); });
+    auto st = step_rec(0, {1.0f, 2.0f, 0.24f, 4.0f});  // the rate in slot 2
+    launch(dim3{blocks(n), 1, 1}, dim3{256, 1, 1}, [&] { muon_apply_f32(w.data(), cur, n, rows, wnorm, st.data(), 2); });
     std::vector<double> Xg(n); for (int i = 0; i < n; i++) Xg[i] = cur[i];
     char name[64];
     snprintf(name, sizeof name, "muon NS X %dx%d", rows, cols); report(name, relerr(Xg, X), 2e-2);
     snprintf(name, sizeof name, "muon w %dx%d", rows, cols); report(name, relerr(w, ww), 1e-3);
     snprintf(name, sizeof name, "muon m %dx%d", rows, cols); report(name, relerr(m, mw), 1e-6);
+}
+
+static void test_step_next() {
+    std::vector<unsigned> plan;
+    for (int t = 0; t < 3; t++) { auto r = step_rec(100 * t, {0.5f / (t + 1), 0.25f, -1.5f, 3e-3f}); plan.insert(plan.end(), r.begin(), r.begin() + STEP_WORDS); }
+    std::vector<unsigned> st(STEP_WORDS + 1, 7); st[STEP_WORDS] = 0;
+    int bad = 0;
+    for (int k = 0; k < 4; k++) {
+        launch(dim3{1, 1, 1}, dim3{32, 1, 1}, [&] { step_next(plan.data(), 3, st.data()); });
+        std::vector<unsigned> want = k < 3 ? step_rec(100 * k, {0.5f / (k + 1), 0.25f, -1.5f, 3e-3f}, k + 1)
+                                           : step_rec(0xFFFFFFFFu, {NAN, NAN, NAN, NAN}, 4);
+        if (k == 3) for (int j = 1; j <= 4; j++) want[j] = 0x7fc00000u;
+        bad += st != want;
+    }
+    report("step_next rows, then exhausted", bad, 0.5);
 }
 
 int main() {
@@ -287,7 +328,7 @@ int main() {
     test_head(5, 9, 256, 10); test_head(7, 6, 40, 3);
     test_xent(64, 10); test_xent(300, 7);
     test_gemm(true, 70, 70, 200); test_gemm(false, 64, 130, 70); test_gemm(false, 8, 8, 8);
-    test_sgd();
+    test_sgd(); test_step_next();
     test_muon(24, 72); test_muon(64, 216); test_muon(8, 200);
     printf("%d failures\n", fails);
     return fails != 0;

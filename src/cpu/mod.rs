@@ -10,8 +10,9 @@ pub mod optim;
 pub mod par;
 pub mod real;
 
-use crate::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape};
+use crate::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape, Step, STEP_LEN, STEP_WORDS};
 use crate::error::Result;
+use crate::replay::Record;
 use layers::Affine;
 use real::Real;
 use std::marker::PhantomData;
@@ -41,6 +42,29 @@ fn affine<T: Real>(pre: Pre<'_, Cpu<T>>) -> Affine<T> {
     match pre {
         Pre::Bias(b) => Affine::bias(b),
         Pre::Bn { bn, beta } => Affine::from_bn_buf(bn, beta),
+    }
+}
+
+/// The step record's values (a record shorter than [`STEP_LEN`] is a programming error).
+fn step_of(step: &[u32]) -> Step {
+    assert_eq!(step.len(), STEP_LEN, "a step record has {STEP_LEN} words");
+    Step::from_words(step).expect("length checked")
+}
+
+/// The `n` augmentation words a step names, or None when they run past the end of `aug`.
+fn step_words<'a>(aug: &'a [u32], step: &[u32], n: usize) -> Option<&'a [u32]> {
+    let offset = step_of(step).offset as usize;
+    aug.get(offset..offset.checked_add(n)?)
+}
+
+/// The CPU runs every step op by op.
+impl<T: Real> Record for Cpu<T> {
+    type Graph = ();
+    fn record(&mut self, _body: &mut dyn FnMut(&mut Self) -> Result<()>) -> Result<Option<()>> {
+        Ok(None)
+    }
+    fn replay(&mut self, _graph: &()) -> Result<()> {
+        unreachable!("the CPU backend records no graphs")
     }
 }
 
@@ -76,7 +100,25 @@ impl<T: Real> Backend for Cpu<T> {
         dst.copy_from_slice(host);
         Ok(())
     }
+    fn write(&mut self, dst: &mut Vec<T>, host: &[f32]) -> Result<()> {
+        assert_eq!(dst.len(), host.len(), "write: length mismatch");
+        dst.iter_mut().zip(host).for_each(|(d, &v)| *d = T::of(v as f64));
+        Ok(())
+    }
     fn sync(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn next_step(&mut self, plan: &Vec<u32>, step: &mut Vec<u32>) -> Result<()> {
+        assert!(plan.len() % STEP_WORDS == 0, "a plan is rows of {STEP_WORDS} words");
+        assert_eq!(step.len(), STEP_LEN, "a step record has {STEP_LEN} words");
+        let row = step[STEP_WORDS] as usize;
+        let next = match plan.get(row * STEP_WORDS..(row + 1) * STEP_WORDS) {
+            Some(words) => Step::from_words(words).expect("a whole row"),
+            None => Step::EXHAUSTED,
+        };
+        let cursor = step[STEP_WORDS].wrapping_add(1);
+        step.copy_from_slice(&next.record(cursor));
         Ok(())
     }
 
@@ -89,7 +131,7 @@ impl<T: Real> Backend for Cpu<T> {
         images: &Vec<u8>,
         total: usize,
         aug: &Vec<u32>,
-        offset: usize,
+        step: &Vec<u32>,
         n: usize,
         norm: Norm,
         w: &Vec<T>,
@@ -97,7 +139,10 @@ impl<T: Real> Backend for Cpu<T> {
         res: usize,
         out: &mut Vec<T>,
     ) -> Result<()> {
-        layers::stem(images, total, &aug[offset..offset + n], n, norm, w, cw, res, out, self.threads);
+        match step_words(aug, step, n) {
+            Some(words) => layers::stem(images, total, words, n, norm, w, cw, res, out, self.threads),
+            None => out.fill(T::of(f64::NAN)),
+        }
         Ok(())
     }
 
@@ -156,14 +201,20 @@ impl<T: Real> Backend for Cpu<T> {
         logits: &Vec<T>,
         labels: &Vec<u8>,
         aug: &Vec<u32>,
-        offset: usize,
+        step: &Vec<u32>,
         n: usize,
         classes: usize,
         smoothing: f32,
         dlogits: &mut Vec<T>,
         acc: &mut Vec<T>,
     ) -> Result<()> {
-        layers::xent(logits, labels, &aug[offset..offset + n], n, classes, smoothing, dlogits, acc);
+        match step_words(aug, step, n) {
+            Some(words) => layers::xent(logits, labels, words, n, classes, smoothing, dlogits, acc),
+            None => {
+                dlogits.fill(T::of(f64::NAN));
+                acc[0] += T::of(f64::NAN);
+            }
+        }
         Ok(())
     }
 
@@ -221,17 +272,78 @@ impl<T: Real> Backend for Cpu<T> {
         Ok(())
     }
 
-    fn sgd(&mut self, params: &mut [SgdParam<'_, Self>], momentum: f32) -> Result<()> {
+    fn sgd(&mut self, params: &mut [SgdParam<'_, Self>], step: &Vec<u32>, momentum: f32) -> Result<()> {
+        let lr = step_of(step).lr;
         for p in params.iter_mut() {
-            optim::sgd(p.p, p.g, p.m, p.lr, p.wd, momentum);
+            optim::sgd(p.p, p.g, p.m, lr[p.lr_slot], p.wd, momentum);
         }
         Ok(())
     }
 
-    fn muon(&mut self, params: &mut [MuonParam<'_, Self>], lr: f32, momentum: f32, ns_steps: usize) -> Result<()> {
+    fn muon(
+        &mut self,
+        params: &mut [MuonParam<'_, Self>],
+        step: &Vec<u32>,
+        lr_slot: usize,
+        momentum: f32,
+        ns_steps: usize,
+    ) -> Result<()> {
+        let lr = step_of(step).lr[lr_slot];
         for p in params.iter_mut() {
             optim::muon(p.w, p.g, p.m, p.rows, p.cols, lr, momentum, ns_steps);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::LRS;
+
+    /// The step record on the CPU: `next_step` walks the plan and then yields
+    /// `Step::EXHAUSTED`; the stem and the loss turn NaN when the step's words run past the end;
+    /// SGD reads each tensor's rate from its slot.
+    #[test]
+    fn step_record_drives_offsets_and_rates() {
+        let mut cpu = Cpu::<f32>::with_threads(1);
+        let rows = [Step { offset: 3, lr: [0.1, 0.2, 0.3, 0.4] }, Step { offset: 9, lr: [1.0, 2.0, 3.0, 4.0] }];
+        let plan: Vec<u32> = rows.iter().flat_map(|s| s.row()).collect();
+        let mut step = vec![5u32; STEP_LEN];
+        step[STEP_WORDS] = 0;
+        for (k, want) in rows.iter().chain([&Step::EXHAUSTED]).enumerate() {
+            cpu.next_step(&plan, &mut step).unwrap();
+            assert_eq!(step, want.record(k as u32 + 1).to_vec(), "call {k}");
+        }
+        assert!(Step::from_words(&step).unwrap().lr.iter().all(|v| v.is_nan()));
+
+        // stem and xent: offset 2 of 6 words with n = 4 fits; offset 3 does not
+        let images: Vec<u8> = (0..3 * 3072).map(|i| (i * 7 % 251) as u8).collect();
+        let words = vec![0u32, 1, 2, 0, 1, 2];
+        let norm = Norm { mean: [0.5; 3], std: [0.25; 3] };
+        let w = vec![0.1f32; 8 * 12];
+        let (mut out, n) = (vec![0.0f32; 4 * 31 * 31 * 8], 4);
+        let fits = Step { offset: 2, lr: [0.0; LRS] }.record(0).to_vec();
+        let past = Step { offset: 3, lr: [0.0; LRS] }.record(0).to_vec();
+        cpu.stem(&images, 3, &words, &fits, n, norm, &w, 8, 32, &mut out).unwrap();
+        assert!(out.iter().all(|v| v.is_finite()));
+        cpu.stem(&images, 3, &words, &past, n, norm, &w, 8, 32, &mut out).unwrap();
+        assert!(out.iter().all(|v| v.is_nan()));
+        let (logits, labels) = (vec![0.5f32; n * 10], vec![1u8, 2, 3]);
+        let (mut dl, mut acc) = (vec![0.0f32; n * 10], vec![0.0f32; 2]);
+        cpu.xent(&logits, &labels, &words, &fits, n, 10, 0.2, &mut dl, &mut acc).unwrap();
+        assert!(acc[0].is_finite() && dl.iter().all(|v| v.is_finite()));
+        cpu.xent(&logits, &labels, &words, &past, n, 10, 0.2, &mut dl, &mut acc).unwrap();
+        assert!(acc[0].is_nan() && dl.iter().all(|v| v.is_nan()));
+
+        // SGD: zero momentum and decay, so p ← p − lr·g with lr from the tensor's slot
+        let rec = rows[1].record(0).to_vec();
+        let (mut p0, mut p1, g, mut m0, mut m1) = (vec![1.0f32], vec![1.0f32], vec![0.5f32], vec![0.0], vec![0.0]);
+        let mut params = [
+            SgdParam { p: &mut p0, g: &g, m: &mut m0, lr_slot: 0, wd: 0.0 },
+            SgdParam { p: &mut p1, g: &g, m: &mut m1, lr_slot: 3, wd: 0.0 },
+        ];
+        cpu.sgd(&mut params, &rec, 0.0).unwrap();
+        assert_eq!((p0[0], p1[0]), (1.0 - 1.0 * 0.5, 1.0 - 4.0 * 0.5));
     }
 }

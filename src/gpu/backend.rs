@@ -12,10 +12,11 @@
 //! `download` converts whatever is stored to f32. An fp16 tensor occupies the first 2·len bytes,
 //! so a buffer poisoned with the f32 bit pattern 0x7FC0_7FC0 reads as NaN in both types.
 use super::Gpu;
-use crate::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape, NS_COEFFS};
+use crate::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape, LRS, NS_COEFFS, STEP_LEN, STEP_WORDS};
 use crate::error::{Error, Result};
+use crate::replay::Record;
 use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use half::f16;
 use std::collections::HashMap;
@@ -82,7 +83,13 @@ impl GWords {
 type Kernel = (CudaFunction, Option<Vec<u8>>);
 
 /// Per-device op state kept in [`Gpu`]: looked-up kernels, a reusable f32 workspace for
-/// reductions and split-K partial sums, and the temporaries of the current op.
+/// reductions, split-K partial sums and Muon's matrices, and the temporaries of the current op.
+///
+/// Recording (CUDA graphs): a graph keeps the addresses of the scratch buffers it was recorded
+/// with. So once a graph has been recorded, a scratch buffer that grows keeps its old allocation
+/// alive in `retired` (each graph's ops fit the scratch as it was when it was recorded), and while
+/// a recording is in progress nothing may be allocated: a temporary or a growth then is an error
+/// (run the step once unrecorded first, so that every scratch buffer has its size).
 #[derive(Default)]
 pub struct OpState {
     /// Each kernel with its parameter sizes in bytes (from the embedded PTX), checked at launch.
@@ -91,6 +98,11 @@ pub struct OpState {
     /// a = GELU(pre(x)) in fp16 for the conv being computed (grow-only).
     act: Option<CudaSlice<f32>>,
     tmp: Vec<CudaSlice<f32>>,
+    /// A graph is being recorded: no allocation allowed.
+    recording: bool,
+    /// A graph has been recorded on this device: grown scratch keeps its old allocation.
+    recorded: bool,
+    retired: Vec<CudaSlice<f32>>,
 }
 
 /// Kernel arguments are passed as 8-byte words: pointers and `long long` fill them, `int` and
@@ -112,7 +124,7 @@ fn long(v: usize) -> Arg {
 
 const SGD_MAX: usize = 16;
 
-/// Mirrors `struct SgdArgs` in kernels/optim.cu (passed by value, 584 bytes).
+/// Mirrors `struct SgdArgs` in kernels/optim.cu (passed by value, 592 bytes).
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct SgdArgs {
@@ -120,8 +132,9 @@ struct SgdArgs {
     g: [u64; SGD_MAX],
     m: [u64; SGD_MAX],
     n: [i32; SGD_MAX],
-    lr: [f32; SGD_MAX],
+    lr_slot: [i32; SGD_MAX],
     wd: [f32; SGD_MAX],
+    step: u64,
     count: i32,
     mu: f32,
 }
@@ -137,14 +150,27 @@ struct PrePtrs {
 }
 
 /// Makes a grow-only scratch `slot` hold at least `n` f32 values (64 Ki at least), allocated on
-/// `stream`. SAFETY of the uninitialised allocation: every scratch user (workspace reductions,
-/// split-K partials, `act_f16`) writes the values it reads first.
-fn grow(stream: &std::sync::Arc<CudaStream>, slot: &mut Option<CudaSlice<f32>>, n: usize, what: &str) -> Result<()> {
-    if slot.as_ref().is_none_or(|w| w.len() < n) {
-        *slot = None; // free the old one first: the new one may need its room
-        let w = unsafe { stream.alloc::<f32>(n.max(1 << 16)) }.map_err(|e| Gpu::err(what, e))?;
-        *slot = Some(w);
+/// `stream`; the old allocation is freed, or kept in `retired` once a graph may refer to it
+/// (see [`OpState`]). SAFETY of the uninitialised allocation: every scratch user (workspace
+/// reductions, split-K partials, Muon's matrices, `act_f16`) writes the values it reads first.
+fn grow(
+    stream: &std::sync::Arc<CudaStream>,
+    ops: &mut OpState,
+    act: bool,
+    n: usize,
+    what: &dyn Fn() -> String,
+) -> Result<()> {
+    let slot = if act { &mut ops.act } else { &mut ops.ws };
+    if slot.as_ref().is_some_and(|w| w.len() >= n) {
+        return Ok(());
     }
+    check(!ops.recording, || format!("{} during a CUDA graph recording: run the step once unrecorded first", what()))?;
+    match slot.take() {
+        Some(old) if ops.recorded => ops.retired.push(old),
+        _ => {} // freed here, before the new one is allocated: it may need the room
+    }
+    let w = unsafe { stream.alloc::<f32>(n.max(1 << 16)) }.map_err(|e| Gpu::err(&what(), e))?;
+    *if act { &mut ops.act } else { &mut ops.ws } = Some(w);
     Ok(())
 }
 
@@ -230,11 +256,15 @@ impl Gpu {
     }
 
     fn alloc<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, n: usize, what: &str) -> Result<CudaSlice<T>> {
+        check(!self.ops.recording, || format!("allocating {what} during a CUDA graph recording"))?;
         self.stream.alloc_zeros::<T>(n.max(1)).map_err(|e| Gpu::err(&format!("allocating {what}"), e))
     }
 
     /// A temporary of `n` f32 slots, alive until the next op starts.
     fn tmp(&mut self, n: usize) -> Result<Arg> {
+        check(!self.ops.recording, || {
+            format!("a {n}-float temporary (a tensor stored in the other precision?) during a CUDA graph recording")
+        })?;
         // SAFETY: every user writes the temporary before reading it.
         let mut t = unsafe { self.stream.alloc::<f32>(n.max(1)) }.map_err(|e| Gpu::err("allocating a temporary", e))?;
         let p = self.ptr_mut(&mut t);
@@ -244,7 +274,7 @@ impl Gpu {
 
     /// The shared workspace with room for at least `n` f32 values.
     fn workspace(&mut self, n: usize) -> Result<Arg> {
-        grow(&self.stream, &mut self.ops.ws, n, &format!("allocating a {n}-float workspace"))?;
+        grow(&self.stream, &mut self.ops, false, n, &|| format!("allocating a {n}-float workspace"))?;
         let mut w = self.ops.ws.take().expect("allocated above");
         let p = self.ptr_mut(&mut w);
         self.ops.ws = Some(w);
@@ -256,8 +286,8 @@ impl Gpu {
     fn activate(&mut self, xp: Arg, xs: Shape, pp: &PrePtrs) -> Result<(Arg, PrePtrs)> {
         let len = xs.len();
         let slots = len.div_ceil(2);
-        let what = format!("allocating the activation scratch ({len} fp16 values)");
-        grow(&self.stream, &mut self.ops.act, slots, &what)?;
+        let what = || format!("allocating the activation scratch ({len} fp16 values)");
+        grow(&self.stream, &mut self.ops, true, slots, &what)?;
         let mut a = self.ops.act.take().expect("allocated above");
         let ap = self.ptr_mut(&mut a);
         self.ops.act = Some(a);
@@ -375,6 +405,14 @@ impl Gpu {
         Ok(GBuf { mem, len: host.len(), dtype: Dtype::F16 })
     }
 
+    /// Copies a word tensor (e.g. the step record) to the host.
+    pub fn download_words(&mut self, w: &GWords) -> Result<Vec<u32>> {
+        if w.len == 0 {
+            return Ok(Vec::new());
+        }
+        self.stream.clone_dtoh(&w.mem.slice(0..w.len)).map_err(|e| Gpu::err("downloading a word tensor", e))
+    }
+
     /// Copies a byte tensor (e.g. pooling argmax indices) to the host.
     pub fn download_bytes(&mut self, b: &GBytes) -> Result<Vec<u8>> {
         if b.len == 0 {
@@ -386,6 +424,26 @@ impl Gpu {
 
 fn norm_args(norm: Norm) -> [Arg; 6] {
     [flt(norm.mean[0]), flt(norm.mean[1]), flt(norm.mean[2]), flt(norm.std[0]), flt(norm.std[1]), flt(norm.std[2])]
+}
+
+/// Steps recorded as CUDA graphs (see [`OpState`] for the rules that keep them valid).
+impl Record for Gpu {
+    type Graph = CudaGraph;
+
+    fn record(&mut self, body: &mut dyn FnMut(&mut Self) -> Result<()>) -> Result<Option<CudaGraph>> {
+        self.begin(); // free the last op's temporaries outside the recording
+        let (ctx, stream) = (self.ctx.clone(), self.stream.clone());
+        self.ops.recording = true;
+        self.ops.recorded = true;
+        let g = super::capture(&ctx, &stream, |_| body(self));
+        self.ops.recording = false;
+        Ok(Some(g?))
+    }
+
+    fn replay(&mut self, graph: &CudaGraph) -> Result<()> {
+        self.begin();
+        graph.launch().map_err(|e| Gpu::err("replaying a recorded training step (CUDA graph)", e))
+    }
 }
 
 impl Backend for Gpu {
@@ -448,8 +506,26 @@ impl Backend for Gpu {
         }
         Ok(())
     }
+    fn write(&mut self, dst: &mut GBuf, host: &[f32]) -> Result<()> {
+        check_len(host.len(), dst.len, "write: the host values")?;
+        if !host.is_empty() {
+            self.stream.memcpy_htod(host, &mut dst.mem).map_err(|e| Gpu::err("writing a float tensor", e))?;
+        }
+        dst.dtype = Dtype::F32;
+        Ok(())
+    }
     fn sync(&mut self) -> Result<()> {
         Gpu::sync(self)
+    }
+
+    fn next_step(&mut self, plan: &GWords, step: &mut GWords) -> Result<()> {
+        self.begin();
+        check(plan.len % STEP_WORDS == 0, || {
+            format!("next_step: a plan of {} words is not rows of {STEP_WORDS}", plan.len)
+        })?;
+        check_len(step.len, STEP_LEN, "next_step: the step record")?;
+        let args = [self.ptr(&plan.mem), int(plan.len / STEP_WORDS, "plan rows")?, self.ptr_mut(&mut step.mem)];
+        self.launch("optim", "step_next", (1, 1, 1), (32, 1, 1), &args)
     }
 
     fn patch_cov(&mut self, images: &GBytes, n: usize, norm: Norm) -> Result<Vec<f64>> {
@@ -483,7 +559,7 @@ impl Backend for Gpu {
         images: &GBytes,
         total: usize,
         aug: &GWords,
-        offset: usize,
+        step: &GWords,
         n: usize,
         norm: Norm,
         w: &GBuf,
@@ -494,9 +570,7 @@ impl Backend for Gpu {
         self.begin();
         check((2..=32).contains(&res), || format!("stem: resolution {res} outside 2..=32"))?;
         check_len(images.len, total * 3072, &format!("stem: images ({total}×32×32×3)"))?;
-        check(aug.len >= offset + n, || {
-            format!("stem: words {offset}..{} asked for, {} present", offset + n, aug.len)
-        })?;
+        check_len(step.len, STEP_LEN, "stem: the step record")?;
         check(cw % 8 == 0 && cw > 0 && cw <= 64, || {
             format!("stem: {cw} filters; must be a multiple of 8, at most 64")
         })?;
@@ -509,7 +583,9 @@ impl Backend for Gpu {
         let mut args = vec![
             self.ptr(&images.mem),
             int(total, "images")?,
-            self.ptr(&aug.mem) + 4 * offset as u64,
+            self.ptr(&aug.mem),
+            int(aug.len, "augmentation words")?,
+            self.ptr(&step.mem),
             int(n, "batch")?,
         ];
         args.extend(norm_args(norm));
@@ -668,7 +744,7 @@ impl Backend for Gpu {
         logits: &GBuf,
         labels: &GBytes,
         aug: &GWords,
-        offset: usize,
+        step: &GWords,
         n: usize,
         classes: usize,
         smoothing: f32,
@@ -677,16 +753,16 @@ impl Backend for Gpu {
     ) -> Result<()> {
         self.begin();
         check(classes >= 1, || "xent: no classes".into())?;
-        check(aug.len >= offset + n, || {
-            format!("xent: words {offset}..{} asked for, {} present", offset + n, aug.len)
-        })?;
+        check_len(step.len, STEP_LEN, "xent: the step record")?;
         let lp = self.in_f32(logits, n * classes, "xent: logits")?;
         let dp = self.out(dlogits, n * classes, Dtype::F32, "xent: dlogits")?;
         let ap = self.inout_f32(acc, 2, "xent: accumulator [loss, correct]")?;
         let args = [
             lp,
             self.ptr(&labels.mem),
-            self.ptr(&aug.mem) + 4 * offset as u64,
+            self.ptr(&aug.mem),
+            int(aug.len, "augmentation words")?,
+            self.ptr(&step.mem),
             int(n, "batch")?,
             int(labels.len, "labels")?,
             int(classes, "classes")?,
@@ -860,8 +936,9 @@ impl Backend for Gpu {
         Ok(())
     }
 
-    fn sgd(&mut self, params: &mut [SgdParam<'_, Self>], momentum: f32) -> Result<()> {
+    fn sgd(&mut self, params: &mut [SgdParam<'_, Self>], step: &GWords, momentum: f32) -> Result<()> {
         self.begin();
+        check_len(step.len, STEP_LEN, "sgd: the step record")?;
         let f = self.func("optim", "sgd_nesterov_f32")?;
         for group in params.chunks_mut(SGD_MAX) {
             let mut a = SgdArgs {
@@ -869,8 +946,9 @@ impl Backend for Gpu {
                 g: [0; SGD_MAX],
                 m: [0; SGD_MAX],
                 n: [0; SGD_MAX],
-                lr: [0.0; SGD_MAX],
+                lr_slot: [0; SGD_MAX],
                 wd: [0.0; SGD_MAX],
+                step: self.ptr(&step.mem),
                 count: group.len() as i32,
                 mu: momentum,
             };
@@ -881,7 +959,8 @@ impl Backend for Gpu {
                 a.p[t] = self.inout_f32(q.p, n, &format!("sgd: parameter {t}"))?;
                 a.m[t] = self.inout_f32(q.m, n, &format!("sgd: momentum of tensor {t}"))?;
                 a.n[t] = int(n, "tensor length")? as i32;
-                a.lr[t] = q.lr;
+                check(q.lr_slot < LRS, || format!("sgd: tensor {t} names rate slot {}, there are {LRS}", q.lr_slot))?;
+                a.lr_slot[t] = q.lr_slot as i32;
                 a.wd[t] = q.wd;
                 longest = longest.max(n);
             }
@@ -898,9 +977,26 @@ impl Backend for Gpu {
         Ok(())
     }
 
-    fn muon(&mut self, params: &mut [MuonParam<'_, Self>], lr: f32, momentum: f32, ns_steps: usize) -> Result<()> {
+    fn muon(
+        &mut self,
+        params: &mut [MuonParam<'_, Self>],
+        step: &GWords,
+        lr_slot: usize,
+        momentum: f32,
+        ns_steps: usize,
+    ) -> Result<()> {
         self.begin();
         let (ca, cb, cc) = NS_COEFFS;
+        check_len(step.len, STEP_LEN, "muon: the step record")?;
+        check(lr_slot < LRS, || format!("muon: rate slot {lr_slot}, there are {LRS}"))?;
+        let sp = self.ptr(&step.mem);
+        // Scratch per tensor, in the shared workspace (tensors run one after another): u, X and
+        // the next X (n each), A and B (rows² each), two f64 norms and 256 f64 partials; every
+        // region 256-byte aligned.
+        let region = |len: usize| len.div_ceil(64) * 64;
+        let need = |rows: usize, cols: usize| 3 * region(rows * cols) + 2 * region(rows * rows) + region(2 * 258);
+        let most = params.iter().map(|q| need(q.rows, q.cols)).max().unwrap_or(0);
+        let ws = self.workspace(most)?;
         for (t, q) in params.iter_mut().enumerate() {
             let (rows, cols) = (q.rows, q.cols);
             let n = rows * cols;
@@ -909,13 +1005,10 @@ impl Backend for Gpu {
             let wp = self.inout_f32(q.w, n, &format!("muon: weight {t}"))?;
             let mp = self.inout_f32(q.m, n, &format!("muon: momentum of tensor {t}"))?;
             let ni = int(n, "tensor length")?;
-            let u = self.tmp(n)?;
-            let x = self.tmp(n)?;
-            let x2 = self.tmp(n)?;
-            let am = self.tmp(rows * rows)?;
-            let bm = self.tmp(rows * rows)?;
-            // two f64 norms plus up to 256 f64 partials = 516 f32 slots
-            let scal = self.tmp(2 * 258)?;
+            let at = |k: usize| ws + 4 * k as u64;
+            let (u, x, x2) = (at(0), at(region(n)), at(2 * region(n)));
+            let (am, bm) = (at(3 * region(n)), at(3 * region(n) + region(rows * rows)));
+            let scal = at(3 * region(n) + 2 * region(rows * rows));
             let (unorm, wnorm, part) = (scal, scal + 8, scal + 16);
             self.launch1d("optim", "muon_momentum_f32", n, &[gp, mp, ni, flt(momentum), u])?;
             self.frobenius(wp, n, part, wnorm)?;
@@ -928,7 +1021,8 @@ impl Backend for Gpu {
                 self.gemm(false, bm, cur, cur, next, rows, cols, rows, 1.0, ca)?;
                 std::mem::swap(&mut cur, &mut next);
             }
-            self.launch1d("optim", "muon_apply_f32", n, &[wp, cur, ni, int(rows, "rows")?, wnorm, flt(lr)])?;
+            let args = [wp, cur, ni, int(rows, "rows")?, wnorm, sp, lr_slot as u64];
+            self.launch1d("optim", "muon_apply_f32", n, &args)?;
         }
         Ok(())
     }
@@ -1032,19 +1126,20 @@ mod tests {
             ("norm", "pre_bwd_dx_f16", "PPPIPPPIPP"),
             ("norm", "cast_f32_f16", "PPP"),
             ("norm", "cast_f16_f32", "PPP"),
-            ("stem", "stem_fwd_f16", "PIPIIIIIIIPIP"),
-            ("stem", "stem_res_fwd_f16", "PIPIIIIIIIPIIP"),
+            ("stem", "stem_fwd_f16", "PIPIPIIIIIIIPIP"),
+            ("stem", "stem_res_fwd_f16", "PIPIPIIIIIIIPIIP"),
             ("stem", "patch_cov_f32", "PIIIIIIIP"),
             ("head", "head_fwd_f16", "PIIPPPIPIIPPP"),
             ("head", "head_bwd_dw_f32", "PPIIIIP"),
             ("head", "head_bwd_da_f16", "PPPIIIIIP"),
-            ("head", "xent_fwd_bwd_f32", "PPPIIIIPP"),
+            ("head", "xent_fwd_bwd_f32", "PPPIPIIIIPP"),
             ("head", "axpy_f32", "PPPI"),
             ("optim", "muon_momentum_f32", "PPIIP"),
             ("optim", "sumsq_partial_f32", "PIP"),
             ("optim", "norm_finalize_f64", "PIP"),
             ("optim", "scale_by_inv_norm_f32", "PIPP"),
-            ("optim", "muon_apply_f32", "PPIIPI"),
+            ("optim", "muon_apply_f32", "PPIIPPI"),
+            ("optim", "step_next", "PIP"),
             ("optim", "gemm_nt_f32", "PPPPIIIII"),
             ("optim", "gemm_nn_f32", "PPPPIIIII"),
         ];
@@ -1055,6 +1150,6 @@ mod tests {
             assert_eq!(sizes, want, "{module}::{name}");
         }
         assert_eq!(ptx_params(crate::kernels::module("optim").unwrap().ptx, "sgd_nesterov_f32"), Some(vec![255]));
-        assert_eq!(std::mem::size_of::<SgdArgs>(), 584);
+        assert_eq!(std::mem::size_of::<SgdArgs>(), 592);
     }
 }

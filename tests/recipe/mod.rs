@@ -87,10 +87,11 @@ fn whole_network_gradients_match_finite_differences() {
     let flips = aug::flip_bits(&mut rng, d.n);
     let words = aug::epoch_words(&mut rng, 1, &flips, 2);
     let mut a = acts(&mut b, &h, h.batch_size, 32).unwrap();
+    let step = Step { offset: 1, lr: [0.0; LRS] }.record(0).to_vec();
     let loss = |b: &mut Cpu<f64>, net: &mut Net<Cpu<f64>>, a: &mut Acts<Cpu<f64>>| {
         a.loss_acc = vec![0.0; 2];
-        forward(b, &h, net, a, &d, &words, 1, true).unwrap();
-        b.xent(&a.logits, &d.labels, &words, 1, a.n, CLASSES, h.label_smoothing, &mut a.dlogits, &mut a.loss_acc)
+        forward(b, &h, net, a, &d, &words, &step, true).unwrap();
+        b.xent(&a.logits, &d.labels, &words, &step, a.n, CLASSES, h.label_smoothing, &mut a.dlogits, &mut a.loss_acc)
             .unwrap();
         a.loss_acc[0]
     };
@@ -156,7 +157,7 @@ fn tiny_run_with(h: &Hyp, seed: u64, threads: usize) -> (report::Run, Vec<report
     let (train, _) = synthetic(&mut b, h.train_images, 1);
     let (test, labels) = synthetic(&mut b, h.test_images, 2);
     let mut epochs = Vec::new();
-    let r = run(&mut b, h, &train, &test, &labels, seed, &mut |e| epochs.push(e)).unwrap();
+    let r = run(&mut b, h, &train, &test, &labels, seed, true, &mut |e| epochs.push(e)).unwrap();
     (r, epochs)
 }
 
@@ -176,7 +177,7 @@ fn a_diverging_run_stops_with_a_clear_error() {
     let mut b = Cpu::<f32>::with_threads(1);
     let (train, _) = synthetic(&mut b, h.train_images, 1);
     let (test, labels) = synthetic(&mut b, h.test_images, 2);
-    match run(&mut b, &h, &train, &test, &labels, 0, &mut |_| {}) {
+    match run(&mut b, &h, &train, &test, &labels, 0, true, &mut |_| {}) {
         Err(Error::Diverged(m)) => assert!(m.contains("after epoch"), "{m}"),
         other => panic!("expected a divergence error, got {other:?}"),
     }
@@ -210,7 +211,7 @@ fn learns_real_cifar10_far_above_chance() {
     let dtrain = upload_split(&mut b, &train, h.train_images).unwrap();
     let dtest = upload_split(&mut b, &test, h.test_images).unwrap();
     let mut epochs = Vec::new();
-    let r = run(&mut b, &h, &dtrain, &dtest, &test.labels[..dtest.n], 0, &mut |e| epochs.push(e)).unwrap();
+    let r = run(&mut b, &h, &dtrain, &dtest, &test.labels[..dtest.n], 0, true, &mut |e| epochs.push(e)).unwrap();
     for e in &epochs {
         eprintln!("{e}");
     }
@@ -285,4 +286,42 @@ fn periodic_evaluation_is_reported_apart_and_tta_can_be_switched_off() {
     assert_eq!((h.prog.frac, h.prog.start_px()), (0.25, 24));
     assert_eq!(aug::tta_views(0).len(), 1);
     assert_eq!(recipe(&cli::parse([]).unwrap()).unwrap().tta_level, 2, "the recipe's 6 views by default");
+}
+
+/// The plan carries, per step, where its examples start in its epoch's words and the rates of
+/// `rates()` in their slots (the whitening bias's rate 0 once it is frozen).
+#[test]
+fn plan_rows_hold_each_steps_offset_and_rates() {
+    let (total, bias_steps, per_epoch) = (200, 75, 25);
+    for t in [0, 1, 24, 25, 74, 75, 199] {
+        let row = plan_row(&HYP, t, total, bias_steps, per_epoch);
+        let r = rates(&HYP, t, total, bias_steps);
+        assert_eq!(row.offset as usize, (t % per_epoch) * HYP.batch_size, "step {t}");
+        assert_eq!(row.lr[LR_MUON], r.muon);
+        assert_eq!(row.lr[LR_BIAS], r.bias);
+        assert_eq!(row.lr[LR_HEAD], r.head);
+        assert_eq!(row.lr[LR_WHITEN_BIAS], r.whiten_bias.unwrap_or(0.0));
+        assert_eq!(Step::from_words(&row.row()), Some(row), "round trip through the words");
+    }
+    assert_eq!(plan_row(&HYP, 75, total, bias_steps, per_epoch).lr[LR_WHITEN_BIAS], 0.0);
+    let slots = [LR_MUON, LR_BIAS, LR_HEAD, LR_WHITEN_BIAS];
+    assert!(slots.iter().all(|&s| s < LRS));
+    assert_eq!(slots.iter().collect::<std::collections::BTreeSet<_>>().len(), slots.len(), "distinct slots");
+}
+
+/// Asking for recorded steps changes nothing in the result: the step kinds (resolution phases,
+/// whitening bias on and off) each run once op by op and are then recorded where the backend
+/// can; every step still consumes exactly its own plan row (a skipped or doubled step would
+/// change the fingerprint).
+#[test]
+fn recorded_and_op_by_op_runs_agree() {
+    let h = Hyp { prog: Progressive::new(0.5, 0.75, 0).unwrap(), ..TINY };
+    let go = |record: bool| {
+        let mut b = Cpu::<f32>::with_threads(2);
+        let (train, _) = synthetic(&mut b, h.train_images, 1);
+        let (test, labels) = synthetic(&mut b, h.test_images, 2);
+        run(&mut b, &h, &train, &test, &labels, 3, record, &mut |_| {}).unwrap()
+    };
+    let (a, b) = (go(true), go(false));
+    assert_eq!((a.fingerprint, a.correct), (b.fingerprint, b.correct));
 }
