@@ -549,6 +549,9 @@ fn run<B: Backend>(
         }
         b.sync()?;
         timed += clock.elapsed().as_secs_f64();
+        for w in steps.warnings.drain(..) {
+            println!("warning: {w}");
+        }
 
         let mut sums = [0.0f64; 2];
         for (_, a) in &mut by_res {

@@ -34,11 +34,13 @@ enum Stage<G> {
 pub struct Replayer<K, G> {
     record: bool,
     stages: Vec<(K, Stage<G>)>,
+    /// Why a recording failed, once per kind (the caller prints these).
+    pub warnings: Vec<String>,
 }
 
 impl<K: PartialEq, G> Replayer<K, G> {
     pub fn new(record: bool) -> Self {
-        Replayer { record, stages: Vec::new() }
+        Replayer { record, stages: Vec::new(), warnings: Vec::new() }
     }
 
     /// Executes one step of kind `kind`; `step` issues its ops.
@@ -56,7 +58,12 @@ impl<K: PartialEq, G> Replayer<K, G> {
             Stage::Recorded(Some(graph)) => b.replay(graph),
             Stage::Recorded(None) => step(b),
             Stage::RanOnce => {
-                let graph = b.record(step)?;
+                // A failed recording costs speed, not the run: the step runs op by op from now on
+                // (a real error in the ops then surfaces there), and the reason is kept.
+                let graph = b.record(step).unwrap_or_else(|e| {
+                    self.warnings.push(format!("recording a step failed ({e}); running it op by op"));
+                    None
+                });
                 match &graph {
                     Some(g) => b.replay(g)?,
                     None => step(b)?,
@@ -81,6 +88,7 @@ mod tests {
     /// as a CUDA capture does; `replay` counts per graph.
     struct Counter {
         can_record: bool,
+        fails: bool,
         ran: usize,
         recorded: usize,
         replays: Vec<usize>,
@@ -91,6 +99,9 @@ mod tests {
         fn record(&mut self, _body: &mut dyn FnMut(&mut Self) -> Result<()>) -> Result<Option<usize>> {
             if !self.can_record {
                 return Ok(None);
+            }
+            if self.fails {
+                return Err(crate::Error::Gpu("CUDA_ERROR_STREAM_CAPTURE_INVALIDATED".into()));
             }
             self.recorded += 1;
             self.replays.push(0);
@@ -103,7 +114,11 @@ mod tests {
     }
 
     fn steps(can_record: bool, record: bool, kinds: &[char]) -> Counter {
-        let mut c = Counter { can_record, ran: 0, recorded: 0, replays: Vec::new() };
+        steps_failing(can_record, false, record, kinds).0
+    }
+
+    fn steps_failing(can_record: bool, fails: bool, record: bool, kinds: &[char]) -> (Counter, Vec<String>) {
+        let mut c = Counter { can_record, fails, ran: 0, recorded: 0, replays: Vec::new() };
         let mut r = Replayer::new(record);
         for &k in kinds {
             r.step(&mut c, k, &mut |c: &mut Counter| {
@@ -113,7 +128,15 @@ mod tests {
             .unwrap();
         }
         assert_eq!(r.recorded(), c.recorded);
-        c
+        (c, r.warnings)
+    }
+
+    #[test]
+    fn a_failed_recording_falls_back_to_op_by_op_with_a_warning() {
+        let (c, warnings) = steps_failing(true, true, true, &['a', 'a', 'a', 'b', 'b']);
+        assert_eq!((c.ran, c.recorded, c.replays.len()), (5, 0, 0));
+        assert_eq!(warnings.len(), 2, "one warning per kind: {warnings:?}");
+        assert!(warnings[0].contains("CUDA_ERROR_STREAM_CAPTURE_INVALIDATED"), "{warnings:?}");
     }
 
     #[test]
