@@ -3,14 +3,17 @@
 // a = GELU(pre(x)) (`pre_bwd` in src/backend.rs). All reductions are two-stage and
 // deterministic: stage 1 writes per-block partial sums, stage 2 adds them in block order in f64.
 //
-// Exported kernels:
-//   chan_reduce_f16   stage 1. grid (blocks, ceil(C/32)), block (32, 8): thread (tx, ty) owns
-//                     channel blockIdx.y·32 + tx and every 8th pixel of the block's slice of
-//                     `chunk` pixels; part is [blocks][2·C]. mode 0: Σx; mode 1: Σ(x − mean)²
-//                     (mean = bn[c]); mode 2: Σdu and Σdu·x̂ (du = da·GELU′(pre(x)), x̂ = (x − mean)·invstd).
-//   bn_finalize_f32   stage 2 of modes 0/1. C threads. stage 0: bn[c] = mean; stage 1:
-//                     bn[C + c] = 1/√(var + eps) (biased var), running stats blended with the
-//                     unbiased var: running ← momentum·running + (1 − momentum)·batch.
+// Exported kernels (stage 1 kernels: grid (blocks, ceil(C/32)), block (32, 8); thread (tx, ty)
+// owns channel blockIdx.y·32 + tx and every 8th pixel of the block's slice of `chunk` pixels;
+// part is [blocks][2·C]):
+//   bn_reduce_f16     stage 1 of the BatchNorm statistics in ONE read of y: Σy and Σy² in f64
+//                     (the fp16 values and their squares are exact in f64, so the sums are
+//                     exact to ~1e-16 relative and var = E[y²] − mean² loses nothing that matters).
+//   bn_finalize_f32   stage 2: C threads. bn = [mean | 1/√(var + eps)] (biased var), running
+//                     stats blended with the unbiased var: running ← momentum·running +
+//                     (1 − momentum)·batch.
+//   chan_reduce_f16   stage 1 of pre_bwd: Σdu and Σdu·x̂ (f32 per thread) with du = da·GELU′(pre(x)),
+//                     x̂ = (x − mean)·invstd.
 //   bn_eval_f32       bn = [running_mean | 1/√(running_var + eps)]. C threads.
 //   pre_bwd_finalize_f32  stage 2 of mode 2: dshift[c] = Σdu; stats = [Σdu/count | Σdu·x̂/count].
 //   pre_bwd_dx_f16    dx = invstd·(du − mean(du) − x̂·mean(du·x̂)) (BN) or du (bias). 1 thread/element.
@@ -18,7 +21,7 @@
 #include "common.cuh"
 
 extern "C" __global__ void chan_reduce_f16(const half* __restrict__ x, const half* __restrict__ da, long long P, int C,
-                                           long long chunk, int mode, const float* __restrict__ pmean,
+                                           long long chunk, const float* __restrict__ pmean,
                                            const float* __restrict__ pinv, const float* __restrict__ pshift, int bn,
                                            float* __restrict__ part) {
     __shared__ float s0[8][32], s1[8][32];
@@ -33,17 +36,10 @@ extern "C" __global__ void chan_reduce_f16(const half* __restrict__ x, const hal
         const float shift = pshift ? pshift[c] : 0.f;
         for (long long p = p0 + ty; p < p1; p += 8) {
             const float v = __half2float(x[p * C + c]);
-            if (mode == 0) {
-                a0 += v;
-            } else if (mode == 1) {
-                const float d = v - mean;
-                a0 += d * d;
-            } else {
-                const float u = pre_u(v, mean, inv, shift, bn);
-                const float du = __half2float(da[p * C + c]) * gelu_grad_f(u);
-                a0 += du;
-                a1 += du * ((v - mean) * inv);
-            }
+            const float u = pre_u(v, mean, inv, shift, bn);
+            const float du = __half2float(da[p * C + c]) * gelu_grad_f(u);
+            a0 += du;
+            a1 += du * ((v - mean) * inv);
         }
     }
     s0[ty][tx] = a0;
@@ -61,23 +57,52 @@ extern "C" __global__ void chan_reduce_f16(const half* __restrict__ x, const hal
     }
 }
 
-extern "C" __global__ void bn_finalize_f32(const float* __restrict__ part, int blocks, int C, long long count,
-                                           int stage, float eps, float momentum, float* __restrict__ running_mean,
+extern "C" __global__ void bn_reduce_f16(const half* __restrict__ y, long long P, int C, long long chunk,
+                                         double* __restrict__ part) {
+    __shared__ double s0[8][32], s1[8][32];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int c = blockIdx.y * 32 + tx;
+    const long long p0 = (long long)blockIdx.x * chunk;
+    const long long p1 = min(P, p0 + chunk);
+    double a0 = 0.0, a1 = 0.0;
+    if (c < C)
+        for (long long p = p0 + ty; p < p1; p += 8) {
+            const double v = (double)__half2float(y[p * C + c]);
+            a0 += v;
+            a1 += v * v;
+        }
+    s0[ty][tx] = a0;
+    s1[ty][tx] = a1;
+    __syncthreads();
+    if (ty == 0 && c < C) {
+        double t0 = 0.0, t1 = 0.0;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            t0 += s0[j][tx];
+            t1 += s1[j][tx];
+        }
+        part[(long long)blockIdx.x * 2 * C + c] = t0;
+        part[(long long)blockIdx.x * 2 * C + C + c] = t1;
+    }
+}
+
+extern "C" __global__ void bn_finalize_f32(const double* __restrict__ part, int blocks, int C, long long count,
+                                           float eps, float momentum, float* __restrict__ running_mean,
                                            float* __restrict__ running_var, float* __restrict__ bn) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
-    double s = 0.0;
-    for (int b = 0; b < blocks; b++) s += (double)part[(long long)b * 2 * C + c];
-    const double cnt = (double)count, m = (double)momentum;
-    if (stage == 0) {
-        bn[c] = (float)(s / cnt);
-    } else {
-        const double mean = (double)bn[c];
-        const double var = s / cnt;
-        bn[C + c] = (float)(1.0 / sqrt(var + (double)eps));
-        running_mean[c] = (float)(m * (double)running_mean[c] + (1.0 - m) * mean);
-        running_var[c] = (float)(m * (double)running_var[c] + (1.0 - m) * var * cnt / (cnt - 1.0));
+    double s = 0.0, q = 0.0;
+    for (int b = 0; b < blocks; b++) {
+        s += part[(long long)b * 2 * C + c];
+        q += part[(long long)b * 2 * C + C + c];
     }
+    const double cnt = (double)count, m = (double)momentum;
+    const double mean = s / cnt;
+    const double var = fmax(q / cnt - mean * mean, 0.0);
+    bn[c] = (float)mean;
+    bn[C + c] = (float)(1.0 / sqrt(var + (double)eps));
+    running_mean[c] = (float)(m * (double)running_mean[c] + (1.0 - m) * mean);
+    running_var[c] = (float)(m * (double)running_var[c] + (1.0 - m) * var * cnt / (cnt - 1.0));
 }
 
 extern "C" __global__ void bn_eval_f32(const float* __restrict__ running_mean, const float* __restrict__ running_var,

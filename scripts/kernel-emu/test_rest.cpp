@@ -38,9 +38,9 @@ static std::vector<unsigned> step_rec(unsigned offset, std::array<float, 4> lr =
     return r;
 }
 
-static void test_bn(int N, int H, int W, int C) {
+static void test_bn(int N, int H, int W, int C, float scale = 2.0f, float offset = 0.5f) {
     long long P = (long long)N * H * W;
-    auto y = rndv(P * C, 2.0f, 0.5f);
+    auto y = rndv(P * C, scale, offset);
     std::vector<half> yh(y.size()); for (size_t i = 0; i < y.size(); i++) yh[i] = (half)y[i];
     std::vector<double> mean(C, 0), var(C, 0);
     for (long long p = 0; p < P; p++) for (int c = 0; c < C; c++) mean[c] += y[p * C + c];
@@ -49,11 +49,9 @@ static void test_bn(int N, int H, int W, int C) {
     for (auto& v : var) v /= P;
     std::vector<float> rm(C, 0.1f), rv(C, 0.9f), bn(2 * C, NAN);
     long long nb = std::min((P + 63) / 64, 512LL), chunk = (P + nb - 1) / nb; nb = (P + chunk - 1) / chunk;
-    std::vector<float> part(nb * 2 * C, NAN);
-    for (int mode = 0; mode < 2; mode++) {
-        launch(dim3{(unsigned)nb, (unsigned)((C + 31) / 32), 1}, dim3{32, 8, 1}, [&] { chan_reduce_f16(yh.data(), nullptr, P, C, chunk, mode, bn.data(), nullptr, nullptr, mode, part.data()); });
-        launch(dim3{(unsigned)((C + 127) / 128), 1, 1}, dim3{128, 1, 1}, [&] { bn_finalize_f32(part.data(), (int)nb, C, P, mode, 1e-12f, 0.6f, rm.data(), rv.data(), bn.data()); });
-    }
+    std::vector<double> part(nb * 2 * C, NAN);
+    launch(dim3{(unsigned)nb, (unsigned)((C + 31) / 32), 1}, dim3{32, 8, 1}, [&] { bn_reduce_f16(yh.data(), P, C, chunk, part.data()); });
+    launch(dim3{(unsigned)((C + 127) / 128), 1, 1}, dim3{128, 1, 1}, [&] { bn_finalize_f32(part.data(), (int)nb, C, P, 1e-12f, 0.6f, rm.data(), rv.data(), bn.data()); });
     std::vector<double> want(2 * C), wrm(C), wrv(C);
     for (int c = 0; c < C; c++) { want[c] = mean[c]; want[C + c] = 1 / sqrt(var[c] + 1e-12); wrm[c] = 0.6 * 0.1 + 0.4 * mean[c]; wrv[c] = 0.6 * 0.9 + 0.4 * var[c] * P / (P - 1); }
     report("bn_stats bn", relerr(bn, want), 1e-5);
@@ -77,7 +75,7 @@ static void test_pre_bwd(int N, int H, int W, int C, int bn) {
     std::vector<float> part(nb * 2 * C + 2 * C, NAN), dshift(C, NAN);
     float* stats = part.data() + nb * 2 * C;
     const float* pm = bn ? bnb.data() : nullptr; const float* pi = bn ? bnb.data() + C : nullptr;
-    launch(dim3{(unsigned)nb, (unsigned)((C + 31) / 32), 1}, dim3{32, 8, 1}, [&] { chan_reduce_f16(xh.data(), dah.data(), P, C, chunk, 2, pm, pi, shift.data(), bn, part.data()); });
+    launch(dim3{(unsigned)nb, (unsigned)((C + 31) / 32), 1}, dim3{32, 8, 1}, [&] { chan_reduce_f16(xh.data(), dah.data(), P, C, chunk, pm, pi, shift.data(), bn, part.data()); });
     launch(dim3{(unsigned)((C + 127) / 128), 1, 1}, dim3{128, 1, 1}, [&] { pre_bwd_finalize_f32(part.data(), (int)nb, C, P, dshift.data(), stats); });
     std::vector<half> dx(L, (half)NAN);
     launch(dim3{blocks(L), 1, 1}, dim3{256, 1, 1}, [&] { pre_bwd_dx_f16(dah.data(), xh.data(), L, C, pm, pi, shift.data(), bn, stats, dx.data()); });
@@ -323,6 +321,7 @@ static void test_step_next() {
 
 int main() {
     test_bn(3, 5, 3, 24); test_bn(4, 15, 15, 64); test_bn(2, 7, 7, 256);
+    test_bn(4, 15, 15, 64, 0.05f, 30.0f);  // mean² ≫ var: the one-pass E[y²] − mean² must not cancel
     test_pre_bwd(3, 5, 3, 40, 1); test_pre_bwd(4, 15, 15, 64, 1); test_pre_bwd(2, 31, 31, 24, 0);
     test_stem(); test_stem_res(24); test_stem_res(17); test_stem_res(2);
     test_head(5, 9, 256, 10); test_head(7, 6, 40, 3);

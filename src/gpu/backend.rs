@@ -667,20 +667,16 @@ impl Backend for Gpu {
         let rm = self.inout_f32(running_mean, c, "bn_stats: running mean")?;
         let rv = self.inout_f32(running_var, c, "bn_stats: running var")?;
         let bp = self.out(bn, 2 * c, Dtype::F32, "bn_stats: bn [mean | invstd]")?;
+        // one read of y: f64 Σy, Σy² per block (2·C f64 = 4·C f32 slots each), then the finalize
         let nb = p.div_ceil(64).min(512);
         let chunk = p.div_ceil(nb);
         let nb = p.div_ceil(chunk);
-        let part = self.workspace(nb * 2 * c)?;
+        let part = self.workspace(nb * 4 * c)?;
         let grid = (nb as u32, c.div_ceil(32) as u32, 1);
         let cc = int(c, "channels")?;
-        let fin = (c.div_ceil(128) as u32, 1, 1);
-        for mode in 0..2u64 {
-            let args = [yp, 0, long(p), cc, long(chunk), mode, bp, 0, 0, mode, part];
-            self.launch("norm", "chan_reduce_f16", grid, (32, 8, 1), &args)?;
-            let args = [part, nb as u64, cc, long(p), mode, flt(eps), flt(momentum), rm, rv, bp];
-            self.launch("norm", "bn_finalize_f32", fin, (128, 1, 1), &args)?;
-        }
-        Ok(())
+        self.launch("norm", "bn_reduce_f16", grid, (32, 8, 1), &[yp, long(p), cc, long(chunk), part])?;
+        let args = [part, nb as u64, cc, long(p), flt(eps), flt(momentum), rm, rv, bp];
+        self.launch("norm", "bn_finalize_f32", (c.div_ceil(128) as u32, 1, 1), (128, 1, 1), &args)
     }
 
     fn bn_eval(&mut self, running_mean: &GBuf, running_var: &GBuf, eps: f32, bn: &mut GBuf) -> Result<()> {
@@ -844,7 +840,7 @@ impl Backend for Gpu {
         let part = self.workspace(nb * 2 * c + 2 * c)?;
         let stats = part + 4 * (nb * 2 * c) as u64;
         let cc = int(c, "channels")?;
-        let args = [xp, dap, long(p), cc, long(chunk), 2, pp.mean, pp.inv, pp.shift, pp.bn, part];
+        let args = [xp, dap, long(p), cc, long(chunk), pp.mean, pp.inv, pp.shift, pp.bn, part];
         self.launch("norm", "chan_reduce_f16", (nb as u32, c.div_ceil(32) as u32, 1), (32, 8, 1), &args)?;
         let args = [part, nb as u64, cc, long(p), dsp, stats];
         self.launch("norm", "pre_bwd_finalize_f32", (c.div_ceil(128) as u32, 1, 1), (128, 1, 1), &args)?;
@@ -1119,8 +1115,9 @@ mod tests {
             ("conv", "conv3x3_wgrad_f16", "PIIIIPPPIPPIIPI"),
             ("conv", "wgrad_reduce_f32", "PIPP"),
             ("conv", "act_f16", "PPIPPPIP"),
-            ("norm", "chan_reduce_f16", "PPPIPIPPPIP"),
-            ("norm", "bn_finalize_f32", "PIIPIIIPPP"),
+            ("norm", "chan_reduce_f16", "PPPIPPPPIP"),
+            ("norm", "bn_reduce_f16", "PPIPP"),
+            ("norm", "bn_finalize_f32", "PIIPIIPPP"),
             ("norm", "bn_eval_f32", "PPIIP"),
             ("norm", "pre_bwd_finalize_f32", "PIIPPP"),
             ("norm", "pre_bwd_dx_f16", "PPPIPPPIPP"),
