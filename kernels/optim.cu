@@ -14,11 +14,13 @@
 //                      1 thread/element.
 //   step_next          the step record ← the plan's row at its cursor, cursor + 1 (past the last
 //                      row: offset 0xFFFFFFFF and NaN rates). 1 block of 32 threads.
-//   gemm_nt_f32 / gemm_nn_f32  C = alpha·A·op(B) + beta·D (D may be null when beta == 0):
+//   gemm_nt_f32 / gemm_nn_f32  a batch of up to 8 GEMMs (GemmBatch, by value), GEMM z:
+//                      C = alpha·A·op(B) + beta·D (D may be null when beta == 0):
 //                      A M×K row-major, op(B) = Bᵀ with B N×K row-major (nt) or B K×N row-major
 //                      (nn); f32 in memory, rounded to fp16 when staged, wmma 16×16×16 with f32
-//                      accumulation. 128 threads, tile 64×64×32, grid (ceil(N/64), ceil(M/64)).
-//                      The Newton–Schulz GEMMs (X·Xᵀ, A·A, B·X) of Muon.
+//                      accumulation. 128 threads, tile 64×64×32, grid (ceil(max N/64),
+//                      ceil(max M/64), count). The Newton–Schulz GEMMs (X·Xᵀ, A·A, B·X) of Muon,
+//                      all conv weights in one launch per GEMM of an iteration.
 #include <mma.h>
 #include "common.cuh"
 
@@ -199,14 +201,28 @@ __device__ __forceinline__ void gemm_body(const float* __restrict__ A, const flo
     }
 }
 
-extern "C" __global__ void __launch_bounds__(128)
-gemm_nt_f32(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ D,
-            float* __restrict__ C, int M, int N, int K, float alpha, float beta) {
-    gemm_body<true>(A, B, D, C, M, N, K, alpha, beta);
+// Up to GEMM_BATCH independent GEMMs in one launch (mirrored as GemmBatch in
+// src/gpu/backend.rs, 368 bytes by value): GEMM z is computed by the blocks with blockIdx.z = z;
+// the grid covers the largest one and the blocks past a smaller GEMM's extent return at once.
+#define GEMM_BATCH 8
+struct GemmBatch {
+    const float* a[GEMM_BATCH];
+    const float* b[GEMM_BATCH];
+    const float* d[GEMM_BATCH];
+    float* c[GEMM_BATCH];
+    int m[GEMM_BATCH];
+    int n[GEMM_BATCH];
+    int k[GEMM_BATCH];
+    int count;
+    float alpha, beta;
+};
+
+template <bool TRANS_B>
+__device__ __forceinline__ void gemm_batch(const GemmBatch& g) {
+    const int z = blockIdx.z;
+    if (z >= g.count || (int)blockIdx.x * GBN >= g.n[z] || (int)blockIdx.y * GBM >= g.m[z]) return;
+    gemm_body<TRANS_B>(g.a[z], g.b[z], g.d[z], g.c[z], g.m[z], g.n[z], g.k[z], g.alpha, g.beta);
 }
 
-extern "C" __global__ void __launch_bounds__(128)
-gemm_nn_f32(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ D,
-            float* __restrict__ C, int M, int N, int K, float alpha, float beta) {
-    gemm_body<false>(A, B, D, C, M, N, K, alpha, beta);
-}
+extern "C" __global__ void __launch_bounds__(128) gemm_nt_f32(GemmBatch g) { gemm_batch<true>(g); }
+extern "C" __global__ void __launch_bounds__(128) gemm_nn_f32(GemmBatch g) { gemm_batch<false>(g); }

@@ -302,9 +302,16 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     check_xent(gpu, &mut cpu, &mut r, BATCH, 10, 600)?;
     check_xent(gpu, &mut cpu, &mut r, 300, 7, 610)?;
     check_sgd(gpu, &mut cpu, &mut r, 700)?;
-    for (k, &(rows, cols)) in [(64, 216), (64, 576), (256, 576), (256, 2304), (24, 72), (8, 200)].iter().enumerate() {
-        check_muon(gpu, &mut cpu, &mut r, rows, cols, 800 + 10 * k as u64)?;
-    }
+    // one call per list: the recipe's six conv weights (one batched launch per Newton–Schulz
+    // GEMM), then nine odd shapes (more than one batch of 8)
+    check_muon(gpu, &mut cpu, &mut r, &[(64, 216), (64, 576), (256, 576), (256, 2304), (256, 2304), (256, 2304)], 800)?;
+    check_muon(
+        gpu,
+        &mut cpu,
+        &mut r,
+        &[(24, 72), (8, 200), (16, 16), (40, 360), (8, 8), (24, 216), (64, 64), (8, 72), (32, 288)],
+        880,
+    )?;
     check_step(gpu, &mut cpu, &mut r, BATCH, 900)?;
     check_graph(gpu, &mut cpu, &mut r, BATCH, 950)?;
 
@@ -632,28 +639,46 @@ fn check_sgd(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, seed: u64) -> Re
     r.line("sgd momentum", &s, &gm, &cm, TOL_F32)
 }
 
-fn check_muon(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, rows: usize, cols: usize, seed: u64) -> Result<()> {
-    let n = rows * cols;
-    let w0 = rnd(n, seed, 1.0 / (cols as f64).sqrt(), 0.0);
-    let g = rnd(n, seed + 1, 0.1, 0.0);
-    let m0 = rnd(n, seed + 2, 0.1, 0.0);
+fn check_muon(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, shapes: &[(usize, usize)], seed: u64) -> Result<()> {
     let (lr, mom, steps) = (0.24f32, 0.6f32, 3);
     let rec = Step { offset: 0, lr: [1.0, 2.0, lr, 4.0] }.record(0); // the rate in slot 2
     let (cst, gst) = (cpu.upload_words(&rec)?, gpu.upload_words(&rec)?);
-    let (mut cw, mut cm) = (w0.clone(), m0.clone());
-    let cg = g.clone();
-    cpu.muon(&mut [MuonParam { w: &mut cw, g: &cg, m: &mut cm, rows, cols }], &cst, 2, mom, steps)?;
-    let (mut gw, gg, mut gm) = (gpu.upload(&w0)?, gpu.upload(&g)?, gpu.upload(&m0)?);
-    gpu.muon(&mut [MuonParam { w: &mut gw, g: &gg, m: &mut gm, rows, cols }], &gst, 2, mom, steps)?;
-    let s = format!("{rows}x{cols}");
-    let (gwv, gmv) = (gpu.download(&gw)?, gpu.download(&gm)?);
-    r.line("muon momentum", &s, &gmv, &cm, TOL_F32)?;
-    r.line("muon weight", &s, &gwv, &cw, TOL_MUON_W)?;
-    // the Newton–Schulz update alone: (w_new − w·renorm)/lr
-    let fro = w0.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
-    let renorm = ((rows as f64).sqrt() / fro) as f32;
-    let upd = |w: &[f32]| -> Vec<f32> { w.iter().zip(&w0).map(|(&a, &b)| (b * renorm - a) / lr).collect() };
-    r.line("muon Newton-Schulz update", &s, &upd(&gwv), &upd(&cw), TOL_NS)
+    // per tensor: (w0, g, m0)
+    let host: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = shapes
+        .iter()
+        .enumerate()
+        .map(|(t, &(rows, cols))| {
+            let (n, s) = (rows * cols, seed + 3 * t as u64);
+            (rnd(n, s, 1.0 / (cols as f64).sqrt(), 0.0), rnd(n, s + 1, 0.1, 0.0), rnd(n, s + 2, 0.1, 0.0))
+        })
+        .collect();
+    let mut c: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = host.clone();
+    let mut cp: Vec<MuonParam<Cpu<f32>>> =
+        c.iter_mut().zip(shapes).map(|((w, g, m), &(rows, cols))| MuonParam { w, g: &*g, m, rows, cols }).collect();
+    cpu.muon(&mut cp, &cst, 2, mom, steps)?;
+    drop(cp);
+    let mut g = Vec::new();
+    for (w, gr, m) in &host {
+        g.push((gpu.upload(w)?, gpu.upload(gr)?, gpu.upload(m)?));
+    }
+    let mut gp: Vec<MuonParam<Gpu>> =
+        g.iter_mut().zip(shapes).map(|((w, gr, m), &(rows, cols))| MuonParam { w, g: &*gr, m, rows, cols }).collect();
+    gpu.muon(&mut gp, &gst, 2, mom, steps)?;
+    drop(gp);
+    for (t, ((&(rows, cols), (gw, _, gm)), ((cw, _, cm), (w0, _, _)))) in
+        shapes.iter().zip(&g).zip(c.iter().zip(&host)).enumerate()
+    {
+        let s = format!("{rows}x{cols} ({} of {})", t + 1, shapes.len());
+        let (gwv, gmv) = (gpu.download(gw)?, gpu.download(gm)?);
+        r.line("muon momentum", &s, &gmv, cm, TOL_F32)?;
+        r.line("muon weight", &s, &gwv, cw, TOL_MUON_W)?;
+        // the Newton–Schulz update alone: (w_new − w·renorm)/lr
+        let fro = w0.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+        let renorm = ((rows as f64).sqrt() / fro) as f32;
+        let upd = |w: &[f32]| -> Vec<f32> { w.iter().zip(w0).map(|(&a, &b)| (b * renorm - a) / lr).collect() };
+        r.line("muon Newton-Schulz update", &s, &upd(&gwv), &upd(cw), TOL_NS)?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

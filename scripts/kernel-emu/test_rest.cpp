@@ -222,16 +222,33 @@ static void test_xent(int n, int classes) {
     report("xent words past the end -> NaN", std::isnan(bad2[0]) && nan == dl2.size() ? 0.0 : 1.0, 0.5);
 }
 
-static void test_gemm(bool tb, int M, int N, int K) {
-    auto A = rndv(M * K, 1), B = rndv(N * K, 1), D = rndv(M * N, 1);
-    std::vector<float> C(M * N, NAN);
-    launch(dim3{(unsigned)((N + 63) / 64), (unsigned)((M + 63) / 64), 1}, dim3{128, 1, 1}, [&] {
-        if (tb) gemm_nt_f32(A.data(), B.data(), D.data(), C.data(), M, N, K, 0.5f, -2.0f);
-        else gemm_nn_f32(A.data(), B.data(), D.data(), C.data(), M, N, K, 0.5f, -2.0f);
-    });
-    std::vector<double> W(M * N);
-    for (int m = 0; m < M; m++) for (int n = 0; n < N; n++) { double s = 0; for (int k = 0; k < K; k++) s += (double)A[m * K + k] * (tb ? B[n * K + k] : B[k * N + n]); W[m * N + n] = 0.5 * s - 2.0 * D[m * N + n]; }
-    report(tb ? "gemm_nt" : "gemm_nn", relerr(C, W), 1e-5);
+// One batched launch as src/gpu/backend.rs issues it: grid over the largest GEMM, blockIdx.z = GEMM.
+static void gemm_launch(bool tb, const GemmBatch& g) {
+    int gx = 1, gy = 1;
+    for (int z = 0; z < g.count; z++) { gx = std::max(gx, (g.n[z] + 63) / 64); gy = std::max(gy, (g.m[z] + 63) / 64); }
+    launch(dim3{(unsigned)gx, (unsigned)gy, (unsigned)g.count}, dim3{128, 1, 1}, [&] { if (tb) gemm_nt_f32(g); else gemm_nn_f32(g); });
+}
+
+// Several GEMMs of different shapes in one batched launch, each against an f64 reference.
+static void test_gemm(bool tb, std::vector<std::array<int, 3>> shapes) {
+    static_assert(sizeof(GemmBatch) == 368, "GemmBatch size (mirrored in src/gpu/backend.rs)");
+    GemmBatch g{};
+    std::vector<std::vector<float>> As, Bs, Ds, Cs;
+    for (auto [M, N, K] : shapes) { As.push_back(rndv(M * K, 1)); Bs.push_back(rndv(N * K, 1)); Ds.push_back(rndv(M * N, 1)); Cs.emplace_back(M * N, NAN); }
+    for (size_t z = 0; z < shapes.size(); z++) {
+        g.a[z] = As[z].data(); g.b[z] = Bs[z].data(); g.d[z] = Ds[z].data(); g.c[z] = Cs[z].data();
+        g.m[z] = shapes[z][0]; g.n[z] = shapes[z][1]; g.k[z] = shapes[z][2];
+    }
+    g.count = (int)shapes.size(); g.alpha = 0.5f; g.beta = -2.0f;
+    gemm_launch(tb, g);
+    for (size_t z = 0; z < shapes.size(); z++) {
+        auto [M, N, K] = shapes[z];
+        const auto &A = As[z], &B = Bs[z], &D = Ds[z];
+        std::vector<double> W(M * N);
+        for (int m = 0; m < M; m++) for (int n = 0; n < N; n++) { double s = 0; for (int k = 0; k < K; k++) s += (double)A[m * K + k] * (tb ? B[n * K + k] : B[k * N + n]); W[m * N + n] = 0.5 * s - 2.0 * D[m * N + n]; }
+        char name[64]; snprintf(name, sizeof name, "%s %zu/%zu %dx%dx%d", tb ? "gemm_nt" : "gemm_nn", z + 1, shapes.size(), M, N, K);
+        report(name, relerr(Cs[z], W), 1e-5);
+    }
 }
 
 static void test_sgd() {
@@ -287,7 +304,10 @@ static void test_muon(int rows, int cols) {
     launch(dim3{blocks(n), 1, 1}, dim3{256, 1, 1}, [&] { scale_by_inv_norm_f32(uu.data(), n, unorm, x1.data()); });
     float *cur = x1.data(), *nxt = x2.data();
     auto gemm = [&](bool tb, const float* A_, const float* B_, const float* D_, float* C_, int M, int N, int K, float al, float be) {
-        launch(dim3{(unsigned)((N + 63) / 64), (unsigned)((M + 63) / 64), 1}, dim3{128, 1, 1}, [&] { if (tb) gemm_nt_f32(A_, B_, D_, C_, M, N, K, al, be); else gemm_nn_f32(A_, B_, D_, C_, M, N, K, al, be); });
+        GemmBatch g{};
+        g.a[0] = A_; g.b[0] = B_; g.d[0] = D_; g.c[0] = C_; g.m[0] = M; g.n[0] = N; g.k[0] = K;
+        g.count = 1; g.alpha = al; g.beta = be;
+        gemm_launch(tb, g);
     };
     for (int s = 0; s < 3; s++) {
         gemm(true, cur, cur, nullptr, A.data(), rows, rows, cols, 1, 0);
@@ -326,7 +346,8 @@ int main() {
     test_stem(); test_stem_res(24); test_stem_res(17); test_stem_res(2);
     test_head(5, 9, 256, 10); test_head(7, 6, 40, 3);
     test_xent(64, 10); test_xent(300, 7);
-    test_gemm(true, 70, 70, 200); test_gemm(false, 64, 130, 70); test_gemm(false, 8, 8, 8);
+    test_gemm(true, {{70, 70, 200}}); test_gemm(false, {{64, 130, 70}}); test_gemm(false, {{8, 8, 8}});
+    test_gemm(true, {{24, 24, 72}, {70, 70, 200}, {8, 8, 8}}); test_gemm(false, {{8, 200, 8}, {64, 130, 70}, {24, 72, 24}});
     test_sgd(); test_step_next();
     test_muon(24, 72); test_muon(64, 216); test_muon(8, 200);
     printf("%d failures\n", fails);

@@ -141,6 +141,26 @@ struct SgdArgs {
 // SAFETY: plain old data laid out exactly like the C struct.
 unsafe impl DeviceRepr for SgdArgs {}
 
+const GEMM_BATCH: usize = 8;
+
+/// Mirrors `struct GemmBatch` in kernels/optim.cu (passed by value, 368 bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GemmBatch {
+    a: [u64; GEMM_BATCH],
+    b: [u64; GEMM_BATCH],
+    d: [u64; GEMM_BATCH],
+    c: [u64; GEMM_BATCH],
+    m: [i32; GEMM_BATCH],
+    n: [i32; GEMM_BATCH],
+    k: [i32; GEMM_BATCH],
+    count: i32,
+    alpha: f32,
+    beta: f32,
+}
+// SAFETY: plain old data laid out exactly like the C struct.
+unsafe impl DeviceRepr for GemmBatch {}
+
 /// The pointers of a `Pre`: (bn flag, mean, invstd, shift).
 struct PrePtrs {
     bn: Arg,
@@ -368,25 +388,62 @@ impl Gpu {
         self.launch("optim", "norm_finalize_f64", (1, 1, 1), (32, 1, 1), &[part, nb as u64, out])
     }
 
-    /// `C = alpha·A·op(B) + beta·D` on f32 matrices (tensor cores, fp16-rounded inputs).
-    #[allow(clippy::too_many_arguments)]
+    /// For each `(A, B, D, C, M, N, K)` of `batch` (at most [`GEMM_BATCH`]), `C = alpha·A·op(B) +
+    /// beta·D` on f32 matrices (tensor cores, fp16-rounded inputs), all in one launch.
     fn gemm(
         &mut self,
         trans_b: bool,
-        a: Arg,
-        b: Arg,
-        d: Arg,
-        c: Arg,
-        m: usize,
-        n: usize,
-        k: usize,
+        batch: &[(Arg, Arg, Arg, Arg, usize, usize, usize)],
         alpha: f32,
         beta: f32,
     ) -> Result<()> {
-        let grid = (int(n.div_ceil(64), "GEMM columns")? as u32, int(m.div_ceil(64), "GEMM rows")? as u32, 1);
+        check(!batch.is_empty() && batch.len() <= GEMM_BATCH, || {
+            format!("gemm: a batch of {} (1..={GEMM_BATCH})", batch.len())
+        })?;
+        let mut g = GemmBatch {
+            a: [0; GEMM_BATCH],
+            b: [0; GEMM_BATCH],
+            d: [0; GEMM_BATCH],
+            c: [0; GEMM_BATCH],
+            m: [0; GEMM_BATCH],
+            n: [0; GEMM_BATCH],
+            k: [0; GEMM_BATCH],
+            count: batch.len() as i32,
+            alpha,
+            beta,
+        };
+        let (mut gx, mut gy) = (1, 1);
+        for (z, &(a, b, d, c, m, n, k)) in batch.iter().enumerate() {
+            (g.a[z], g.b[z], g.d[z], g.c[z]) = (a, b, d, c);
+            (g.m[z], g.n[z], g.k[z]) =
+                (int(m, "GEMM rows")? as i32, int(n, "GEMM columns")? as i32, int(k, "GEMM depth")? as i32);
+            gx = gx.max(n.div_ceil(64));
+            gy = gy.max(m.div_ceil(64));
+        }
+        let grid = (int(gx, "GEMM column tiles")? as u32, int(gy, "GEMM row tiles")? as u32, batch.len() as u32);
         let name = if trans_b { "gemm_nt_f32" } else { "gemm_nn_f32" };
-        let args = [a, b, d, c, int(m, "M")?, int(n, "N")?, int(k, "K")?, flt(alpha), flt(beta)];
-        self.launch("optim", name, grid, (128, 1, 1), &args)
+        self.launch_struct("optim", name, grid, (128, 1, 1), &g)
+    }
+
+    /// Launches `module::name` whose one parameter is the struct `arg`, passed by value.
+    fn launch_struct<T: DeviceRepr>(
+        &mut self,
+        module: &'static str,
+        name: &'static str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        arg: &T,
+    ) -> Result<()> {
+        check(grid.0 > 0 && grid.1 > 0 && grid.2 > 0, || format!("{name}: empty grid {grid:?}"))?;
+        check(grid.1 <= 65535 && grid.2 <= 65535, || format!("{name}: grid {grid:?} exceeds 65535 in y or z"))?;
+        let f = self.func(module, name)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(arg);
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: 0 };
+        // SAFETY: `T` mirrors the kernel's by-value struct (sizes checked by a test against the
+        // PTX); its pointers were checked by the caller.
+        unsafe { b.launch(cfg) }.map_err(|e| Gpu::err(&format!("launching {module}::{name}"), e))?;
+        Ok(())
     }
 }
 
@@ -935,7 +992,6 @@ impl Backend for Gpu {
     fn sgd(&mut self, params: &mut [SgdParam<'_, Self>], step: &GWords, momentum: f32) -> Result<()> {
         self.begin();
         check_len(step.len, STEP_LEN, "sgd: the step record")?;
-        let f = self.func("optim", "sgd_nesterov_f32")?;
         for group in params.chunks_mut(SGD_MAX) {
             let mut a = SgdArgs {
                 p: [0; SGD_MAX],
@@ -960,15 +1016,8 @@ impl Backend for Gpu {
                 a.wd[t] = q.wd;
                 longest = longest.max(n);
             }
-            let cfg = LaunchConfig {
-                grid_dim: (blocks(longest)?.min(1024), group.len() as u32, 1),
-                block_dim: (BLOCK, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(&a);
-            // SAFETY: SgdArgs mirrors the kernel's by-value struct; the pointers were checked above.
-            unsafe { b.launch(cfg) }.map_err(|e| Gpu::err("launching optim::sgd_nesterov_f32", e))?;
+            let grid = (blocks(longest)?.min(1024), group.len() as u32, 1);
+            self.launch_struct("optim", "sgd_nesterov_f32", grid, (BLOCK, 1, 1), &a)?;
         }
         Ok(())
     }
@@ -982,18 +1031,39 @@ impl Backend for Gpu {
         ns_steps: usize,
     ) -> Result<()> {
         self.begin();
-        let (ca, cb, cc) = NS_COEFFS;
         check_len(step.len, STEP_LEN, "muon: the step record")?;
         check(lr_slot < LRS, || format!("muon: rate slot {lr_slot}, there are {LRS}"))?;
         let sp = self.ptr(&step.mem);
-        // Scratch per tensor, in the shared workspace (tensors run one after another): u, X and
-        // the next X (n each), A and B (rows² each), two f64 norms and 256 f64 partials; every
-        // region 256-byte aligned.
+        for group in params.chunks_mut(GEMM_BATCH) {
+            self.muon_group(group, sp, lr_slot, momentum, ns_steps)?;
+        }
+        Ok(())
+    }
+}
+
+impl Gpu {
+    /// Muon for up to [`GEMM_BATCH`] tensors: per tensor the momentum, the two norms and X₀;
+    /// then each Newton–Schulz GEMM once for all tensors (one batched launch); then per tensor
+    /// the update. Scratch for every tensor lives in the shared workspace at once: u, X and the
+    /// next X (n each), A and B (rows² each), two f64 norms and 256 f64 partials, each region
+    /// 256-byte aligned.
+    fn muon_group(
+        &mut self,
+        group: &mut [MuonParam<'_, Self>],
+        sp: Arg,
+        lr_slot: usize,
+        momentum: f32,
+        ns_steps: usize,
+    ) -> Result<()> {
+        let (ca, cb, cc) = NS_COEFFS;
         let region = |len: usize| len.div_ceil(64) * 64;
         let need = |rows: usize, cols: usize| 3 * region(rows * cols) + 2 * region(rows * rows) + region(2 * 258);
-        let most = params.iter().map(|q| need(q.rows, q.cols)).max().unwrap_or(0);
-        let ws = self.workspace(most)?;
-        for (t, q) in params.iter_mut().enumerate() {
+        let total: usize = group.iter().map(|q| need(q.rows, q.cols)).sum();
+        let ws = self.workspace(total)?;
+        // (w, rows, cols, X, next X, A, B, ‖w‖) per tensor
+        let mut mats = Vec::with_capacity(group.len());
+        let mut at = ws;
+        for (t, q) in group.iter_mut().enumerate() {
             let (rows, cols) = (q.rows, q.cols);
             let n = rows * cols;
             check(rows <= cols && rows > 0, || format!("muon: tensor {t} is {rows}×{cols}; needs 0 < rows ≤ cols"))?;
@@ -1001,23 +1071,33 @@ impl Backend for Gpu {
             let wp = self.inout_f32(q.w, n, &format!("muon: weight {t}"))?;
             let mp = self.inout_f32(q.m, n, &format!("muon: momentum of tensor {t}"))?;
             let ni = int(n, "tensor length")?;
-            let at = |k: usize| ws + 4 * k as u64;
-            let (u, x, x2) = (at(0), at(region(n)), at(2 * region(n)));
-            let (am, bm) = (at(3 * region(n)), at(3 * region(n) + region(rows * rows)));
-            let scal = at(3 * region(n) + 2 * region(rows * rows));
+            let off = |k: usize| at + 4 * k as u64;
+            let (u, x, x2) = (off(0), off(region(n)), off(2 * region(n)));
+            let (am, bm) = (off(3 * region(n)), off(3 * region(n) + region(rows * rows)));
+            let scal = off(3 * region(n) + 2 * region(rows * rows));
+            at = off(need(rows, cols));
             let (unorm, wnorm, part) = (scal, scal + 8, scal + 16);
             self.launch1d("optim", "muon_momentum_f32", n, &[gp, mp, ni, flt(momentum), u])?;
             self.frobenius(wp, n, part, wnorm)?;
             self.frobenius(u, n, part, unorm)?;
             self.launch1d("optim", "scale_by_inv_norm_f32", n, &[u, ni, unorm, x])?;
-            let (mut cur, mut next) = (x, x2);
-            for _ in 0..ns_steps {
-                self.gemm(true, cur, cur, 0, am, rows, rows, cols, 1.0, 0.0)?;
-                self.gemm(false, am, am, am, bm, rows, rows, rows, cc, cb)?;
-                self.gemm(false, bm, cur, cur, next, rows, cols, rows, 1.0, ca)?;
-                std::mem::swap(&mut cur, &mut next);
+            mats.push((wp, rows, cols, x, x2, am, bm, wnorm));
+        }
+        for _ in 0..ns_steps {
+            // A = X·Xᵀ; B = b·A + c·A·A; X ← a·X + B·X
+            let ab: Vec<_> = mats.iter().map(|&(_, r, c, x, _, am, _, _)| (x, x, 0, am, r, r, c)).collect();
+            self.gemm(true, &ab, 1.0, 0.0)?;
+            let bb: Vec<_> = mats.iter().map(|&(_, r, _, _, _, am, bm, _)| (am, am, am, bm, r, r, r)).collect();
+            self.gemm(false, &bb, cc, cb)?;
+            let xb: Vec<_> = mats.iter().map(|&(_, r, c, x, x2, _, bm, _)| (bm, x, x, x2, r, c, r)).collect();
+            self.gemm(false, &xb, 1.0, ca)?;
+            for m in &mut mats {
+                std::mem::swap(&mut m.3, &mut m.4);
             }
-            let args = [wp, cur, ni, int(rows, "rows")?, wnorm, sp, lr_slot as u64];
+        }
+        for &(wp, rows, cols, x, _, _, _, wnorm) in &mats {
+            let n = rows * cols;
+            let args = [wp, x, int(n, "tensor length")?, int(rows, "rows")?, wnorm, sp, lr_slot as u64];
             self.launch1d("optim", "muon_apply_f32", n, &args)?;
         }
         Ok(())
@@ -1137,8 +1217,6 @@ mod tests {
             ("optim", "scale_by_inv_norm_f32", "PIPP"),
             ("optim", "muon_apply_f32", "PPIIPPI"),
             ("optim", "step_next", "PIP"),
-            ("optim", "gemm_nt_f32", "PPPPIIIII"),
-            ("optim", "gemm_nn_f32", "PPPPIIIII"),
         ];
         for &(module, name, sig) in table {
             let m = crate::kernels::module(module).unwrap_or_else(|| panic!("module {module} not embedded"));
@@ -1148,5 +1226,14 @@ mod tests {
         }
         assert_eq!(ptx_params(crate::kernels::module("optim").unwrap().ptx, "sgd_nesterov_f32"), Some(vec![255]));
         assert_eq!(std::mem::size_of::<SgdArgs>(), 592);
+        let optim = crate::kernels::module("optim").unwrap().ptx;
+        for name in ["gemm_nt_f32", "gemm_nn_f32"] {
+            assert_eq!(ptx_params(optim, name), Some(vec![255]), "{name}: one by-value struct");
+            assert!(
+                optim.contains(&format!(".entry {name}(\n\t.param .align 8 .b8 {name}_param_0[368]")),
+                "{name}: 368 bytes"
+            );
+        }
+        assert_eq!(std::mem::size_of::<GemmBatch>(), 368);
     }
 }
