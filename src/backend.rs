@@ -171,6 +171,15 @@ pub trait Backend: Record {
     /// Wait for all queued work (a no-op on the CPU).
     fn sync(&mut self) -> Result<()>;
 
+    // ---- timing -------------------------------------------------------------------------
+    /// A point on the device's timeline: a CUDA event recorded on the stream (the run's timer, as
+    /// in airbench), an `Instant` on the CPU.
+    type Mark;
+    /// Marks the current point in the queued work (does not wait).
+    fn mark(&mut self) -> Result<Self::Mark>;
+    /// Seconds from `a` to `b` on the device's timeline; waits until `b` is reached.
+    fn seconds(&mut self, a: &Self::Mark, b: &Self::Mark) -> Result<f64>;
+
     // ---- the step record ----------------------------------------------------------------
     /// Loads the next row of `plan` (rows of [`STEP_WORDS`] words) into the step record `step`
     /// and advances its cursor, on the device: `row = step[STEP_WORDS]; step[..STEP_WORDS] =

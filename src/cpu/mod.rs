@@ -109,6 +109,14 @@ impl<T: Real> Backend for Cpu<T> {
         Ok(())
     }
 
+    type Mark = std::time::Instant;
+    fn mark(&mut self) -> Result<std::time::Instant> {
+        Ok(std::time::Instant::now())
+    }
+    fn seconds(&mut self, a: &std::time::Instant, b: &std::time::Instant) -> Result<f64> {
+        Ok(b.saturating_duration_since(*a).as_secs_f64())
+    }
+
     fn next_step(&mut self, plan: &Vec<u32>, step: &mut Vec<u32>) -> Result<()> {
         assert!(plan.len() % STEP_WORDS == 0, "a plan is rows of {STEP_WORDS} words");
         assert_eq!(step.len(), STEP_LEN, "a step record has {STEP_LEN} words");

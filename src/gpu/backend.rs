@@ -16,7 +16,8 @@ use crate::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape, LRS, NS_COE
 use crate::error::{Error, Result};
 use crate::replay::Record;
 use cudarc::driver::{
-    CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    sys, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    PushKernelArg,
 };
 use half::f16;
 use std::collections::HashMap;
@@ -573,6 +574,21 @@ impl Backend for Gpu {
     }
     fn sync(&mut self) -> Result<()> {
         Gpu::sync(self)
+    }
+
+    type Mark = CudaEvent;
+    fn mark(&mut self) -> Result<CudaEvent> {
+        let e = self
+            .ctx
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| Gpu::err("creating a timing event", e))?;
+        e.record(&self.stream).map_err(|e| Gpu::err("recording a timing event", e))?;
+        Ok(e)
+    }
+    fn seconds(&mut self, a: &CudaEvent, b: &CudaEvent) -> Result<f64> {
+        b.synchronize().map_err(|e| Gpu::err("waiting for a timing event", e))?;
+        let ms = a.elapsed_ms(b).map_err(|e| Gpu::err("reading two timing events", e))?;
+        Ok(ms as f64 * 1e-3)
     }
 
     fn next_step(&mut self, plan: &GWords, step: &mut GWords) -> Result<()> {
