@@ -20,11 +20,31 @@
 //   cast_f32_f16, cast_f16_f32  storage casts (a host upload is f32). 1 thread/element.
 #include "common.cuh"
 
+// Stage-1 epilogue of a (32, 8) block: thread (tx, ty) holds the sums a0, a1 of channel c over
+// its rows; the 8 rows are added in order and written to part[block][c] and part[block][C + c].
+template <typename T>
+__device__ __forceinline__ void store_pair(T a0, T a1, int C, int c, T* __restrict__ part) {
+    __shared__ T s0[8][32], s1[8][32];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    s0[ty][tx] = a0;
+    s1[ty][tx] = a1;
+    __syncthreads();
+    if (ty == 0 && c < C) {
+        T t0 = 0, t1 = 0;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            t0 += s0[j][tx];
+            t1 += s1[j][tx];
+        }
+        part[(long long)blockIdx.x * 2 * C + c] = t0;
+        part[(long long)blockIdx.x * 2 * C + C + c] = t1;
+    }
+}
+
 extern "C" __global__ void chan_reduce_f16(const half* __restrict__ x, const half* __restrict__ da, long long P, int C,
                                            long long chunk, const float* __restrict__ pmean,
                                            const float* __restrict__ pinv, const float* __restrict__ pshift, int bn,
                                            float* __restrict__ part) {
-    __shared__ float s0[8][32], s1[8][32];
     const int tx = threadIdx.x, ty = threadIdx.y;
     const int c = blockIdx.y * 32 + tx;
     const long long p0 = (long long)blockIdx.x * chunk;
@@ -42,24 +62,11 @@ extern "C" __global__ void chan_reduce_f16(const half* __restrict__ x, const hal
             a1 += du * ((v - mean) * inv);
         }
     }
-    s0[ty][tx] = a0;
-    s1[ty][tx] = a1;
-    __syncthreads();
-    if (ty == 0 && c < C) {
-        float t0 = 0.f, t1 = 0.f;
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            t0 += s0[j][tx];
-            t1 += s1[j][tx];
-        }
-        part[(long long)blockIdx.x * 2 * C + c] = t0;
-        part[(long long)blockIdx.x * 2 * C + C + c] = t1;
-    }
+    store_pair(a0, a1, C, c, part);
 }
 
 extern "C" __global__ void bn_reduce_f16(const half* __restrict__ y, long long P, int C, long long chunk,
                                          double* __restrict__ part) {
-    __shared__ double s0[8][32], s1[8][32];
     const int tx = threadIdx.x, ty = threadIdx.y;
     const int c = blockIdx.y * 32 + tx;
     const long long p0 = (long long)blockIdx.x * chunk;
@@ -71,19 +78,7 @@ extern "C" __global__ void bn_reduce_f16(const half* __restrict__ y, long long P
             a0 += v;
             a1 += v * v;
         }
-    s0[ty][tx] = a0;
-    s1[ty][tx] = a1;
-    __syncthreads();
-    if (ty == 0 && c < C) {
-        double t0 = 0.0, t1 = 0.0;
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            t0 += s0[j][tx];
-            t1 += s1[j][tx];
-        }
-        part[(long long)blockIdx.x * 2 * C + c] = t0;
-        part[(long long)blockIdx.x * 2 * C + C + c] = t1;
-    }
+    store_pair(a0, a1, C, c, part);
 }
 
 extern "C" __global__ void bn_finalize_f32(const double* __restrict__ part, int blocks, int C, long long count,
