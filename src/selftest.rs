@@ -154,6 +154,21 @@ impl Report<'_> {
         .map_err(io)
     }
 
+    /// The outcome of one named check: an error is a FAIL line and the checks go on, unless the
+    /// GPU no longer works after it (a sticky error such as an illegal address): then Ok(false).
+    fn survive(&mut self, gpu: &mut Gpu, name: &str, res: Result<()>) -> Result<bool> {
+        let Err(e) = res else { return Ok(true) };
+        self.flag(&format!("{name}: stopped"), &e.to_string(), false)?;
+        match gpu.sync() {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                writeln!(self.out, "the GPU is unusable after this error ({e}); the remaining checks are skipped")
+                    .map_err(io)?;
+                Ok(false)
+            }
+        }
+    }
+
     /// A yes/no check (exact results: bit patterns, NaN guards).
     fn flag(&mut self, name: &str, detail: &str, pass: bool) -> Result<()> {
         self.lines += 1;
@@ -262,29 +277,42 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     writeln!(out, "self-test: {} vs {}", gpu.describe(), cpu.describe()).map_err(io)?;
     let mut r = Report { out, ok: true, lines: 0, failed: 0 };
 
-    check_stem(gpu, &mut cpu, &mut r)?;
+    // Every check by name; one that stops with an error (a failed launch, say) is a FAIL line
+    // and the rest still run, unless the error left the GPU unusable.
+    type Check = Box<dyn Fn(&mut Gpu, &mut Cpu<f32>, &mut Report) -> Result<()>>;
+    let mut checks: Vec<(String, Check)> = vec![("stem".into(), Box::new(check_stem))];
     for (i, &(h, w, cin, cout, pool)) in LAYERS.iter().enumerate() {
-        check_conv(gpu, &mut cpu, &mut r, Shape::new(BATCH, h, w, cin), cout, pool, i > 0, 100 + 10 * i as u64)?;
+        let s = Shape::new(BATCH, h, w, cin);
+        let f = move |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| {
+            check_conv(g, c, r, s, cout, pool, i > 0, 100 + 10 * i as u64)
+        };
+        checks.push((format!("conv layer {i}"), Box::new(f)));
     }
     // odd shapes: sizes not multiples of the tiles, C == H == W, 1×1 images, both Pre variants
-    for (k, &(s, cout, pool, bn)) in [
+    for (k, (s, cout, pool, bn)) in [
         (Shape::new(3, 7, 5, 8), 16, true, true),
         (Shape::new(2, 9, 9, 16), 8, false, false),
         (Shape::new(2, 8, 8, 8), 24, true, false),
         (Shape::new(5, 1, 1, 8), 72, false, true),
         (Shape::new(1, 6, 6, 40), 136, false, true),
     ]
-    .iter()
+    .into_iter()
     .enumerate()
     {
-        check_conv(gpu, &mut cpu, &mut r, s, cout, pool, bn, 200 + 10 * k as u64)?;
+        let f = move |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| {
+            check_conv(g, c, r, s, cout, pool, bn, 200 + 10 * k as u64)
+        };
+        checks.push((format!("conv odd shape {}", shape_str(s)), Box::new(f)));
     }
     for (k, &(h, w, _, cout, pool)) in LAYERS.iter().enumerate() {
         let s = if pool { Shape::new(BATCH, h / 2, w / 2, cout) } else { Shape::new(BATCH, h, w, cout) };
-        check_bn(gpu, &mut cpu, &mut r, s, 300 + k as u64)?;
+        checks.push((
+            format!("bn_stats {}", shape_str(s)),
+            Box::new(move |g, c, r| check_bn(g, c, r, s, 300 + k as u64)),
+        ));
     }
-    check_bn(gpu, &mut cpu, &mut r, Shape::new(3, 5, 3, 24), 310)?;
-    for (k, &(s, bn, dx)) in [
+    checks.push(("bn_stats odd shape".into(), Box::new(|g, c, r| check_bn(g, c, r, Shape::new(3, 5, 3, 24), 310))));
+    for (k, (s, bn, dx)) in [
         (Shape::new(BATCH, 31, 31, 24), false, false),
         (Shape::new(BATCH, 31, 31, 24), false, true),
         (Shape::new(BATCH, 15, 15, 64), true, true),
@@ -292,28 +320,32 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
         (Shape::new(BATCH, 3, 3, 256), true, true),
         (Shape::new(3, 5, 3, 40), true, true),
     ]
-    .iter()
+    .into_iter()
     .enumerate()
     {
-        check_pre_bwd(gpu, &mut cpu, &mut r, s, bn, dx, 400 + 10 * k as u64)?;
+        let f =
+            move |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| check_pre_bwd(g, c, r, s, bn, dx, 400 + 10 * k as u64);
+        checks.push((format!("pre_bwd {}", shape_str(s)), Box::new(f)));
     }
-    check_head(gpu, &mut cpu, &mut r, Shape::new(BATCH, 3, 3, 256), 10, 500)?;
-    check_head(gpu, &mut cpu, &mut r, Shape::new(7, 2, 3, 40), 3, 510)?;
-    check_xent(gpu, &mut cpu, &mut r, BATCH, 10, 600)?;
-    check_xent(gpu, &mut cpu, &mut r, 300, 7, 610)?;
-    check_sgd(gpu, &mut cpu, &mut r, 700)?;
-    // one call per list: the recipe's six conv weights (one batched launch per Newton–Schulz
-    // GEMM), then nine odd shapes (more than one batch of 8)
-    check_muon(gpu, &mut cpu, &mut r, &[(64, 216), (64, 576), (256, 576), (256, 2304), (256, 2304), (256, 2304)], 800)?;
-    check_muon(
-        gpu,
-        &mut cpu,
-        &mut r,
-        &[(24, 72), (8, 200), (16, 16), (40, 360), (8, 8), (24, 216), (64, 64), (8, 72), (32, 288)],
-        880,
-    )?;
-    check_step(gpu, &mut cpu, &mut r, BATCH, 900)?;
-    check_graph(gpu, &mut cpu, &mut r, BATCH, 950)?;
+    checks.push(("head".into(), Box::new(|g, c, r| check_head(g, c, r, Shape::new(BATCH, 3, 3, 256), 10, 500))));
+    checks.push(("head odd shape".into(), Box::new(|g, c, r| check_head(g, c, r, Shape::new(7, 2, 3, 40), 3, 510))));
+    checks.push(("xent".into(), Box::new(|g, c, r| check_xent(g, c, r, BATCH, 10, 600))));
+    checks.push(("xent odd shape".into(), Box::new(|g, c, r| check_xent(g, c, r, 300, 7, 610))));
+    checks.push(("sgd".into(), Box::new(|g, c, r| check_sgd(g, c, r, 700))));
+    // Muon, one call per list: the recipe's six conv weights (one batched launch per
+    // Newton–Schulz GEMM), then nine odd shapes (more than one batch of 8)
+    let recipe = [(64, 216), (64, 576), (256, 576), (256, 2304), (256, 2304), (256, 2304)];
+    checks.push(("muon, recipe weights".into(), Box::new(move |g, c, r| check_muon(g, c, r, &recipe, 800))));
+    let odd = [(24, 72), (8, 200), (16, 16), (40, 360), (8, 8), (24, 216), (64, 64), (8, 72), (32, 288)];
+    checks.push(("muon, nine shapes".into(), Box::new(move |g, c, r| check_muon(g, c, r, &odd, 880))));
+    checks.push(("whole step".into(), Box::new(|g, c, r| check_step(g, c, r, BATCH, 900))));
+    checks.push(("recorded step".into(), Box::new(|g, c, r| check_graph(g, c, r, BATCH, 950))));
+    for (name, check) in &checks {
+        let res = check(gpu, &mut cpu, &mut r);
+        if !r.survive(gpu, name, res)? {
+            break;
+        }
+    }
 
     let (ok, lines, failed) = (r.ok, r.lines, r.failed);
     writeln!(r.out, "self-test: {lines} checks, {failed} failed: {}", if ok { "PASS" } else { "FAIL" }).map_err(io)?;

@@ -80,6 +80,12 @@ impl GWords {
     }
 }
 
+/// A recorded CUDA graph, counted in [`OpState`] while it lives.
+pub struct GpuGraph {
+    graph: CudaGraph,
+    _live: std::rc::Rc<()>,
+}
+
 /// A loaded kernel and its parameter sizes (None when its PTX entry could not be read).
 type Kernel = (CudaFunction, Option<Vec<u8>>);
 
@@ -101,8 +107,10 @@ pub struct OpState {
     tmp: Vec<CudaSlice<f32>>,
     /// A graph is being recorded: no allocation allowed.
     recording: bool,
-    /// A graph has been recorded on this device: grown scratch keeps its old allocation.
-    recorded: bool,
+    /// One clone per live graph (held by [`GpuGraph`]): while any exists, grown scratch keeps
+    /// its old allocation in `retired`; when none is left, `retired` is freed (stream-ordered,
+    /// after every launch already queued).
+    graphs: std::rc::Rc<()>,
     retired: Vec<CudaSlice<f32>>,
 }
 
@@ -187,7 +195,7 @@ fn grow(
     }
     check(!ops.recording, || format!("{} during a CUDA graph recording: run the step once unrecorded first", what()))?;
     match slot.take() {
-        Some(old) if ops.recorded => ops.retired.push(old),
+        Some(old) if std::rc::Rc::strong_count(&ops.graphs) > 1 => ops.retired.push(old),
         _ => {} // freed here, before the new one is allocated: it may need the room
     }
     let w = unsafe { stream.alloc::<f32>(n.max(1 << 16)) }.map_err(|e| Gpu::err(&what(), e))?;
@@ -319,9 +327,13 @@ impl Gpu {
         Ok((ap, PrePtrs { bn: 2, mean: 0, inv: 0, shift: 0 }))
     }
 
-    /// Start of an op: the previous op's temporaries are freed (stream-ordered).
+    /// Start of an op: the previous op's temporaries are freed (stream-ordered), and so is the
+    /// retired scratch once no graph that may use it is left.
     fn begin(&mut self) {
         self.ops.tmp.clear();
+        if !self.ops.retired.is_empty() && std::rc::Rc::strong_count(&self.ops.graphs) == 1 {
+            self.ops.retired.clear();
+        }
     }
 
     /// Device pointer of `b` as fp16 (cast into a temporary when it holds f32).
@@ -486,21 +498,22 @@ fn norm_args(norm: Norm) -> [Arg; 6] {
 
 /// Steps recorded as CUDA graphs (see [`OpState`] for the rules that keep them valid).
 impl Record for Gpu {
-    type Graph = CudaGraph;
+    type Graph = GpuGraph;
 
-    fn record(&mut self, body: &mut dyn FnMut(&mut Self) -> Result<()>) -> Result<Option<CudaGraph>> {
+    fn record(&mut self, body: &mut dyn FnMut(&mut Self) -> Result<()>) -> Result<Option<GpuGraph>> {
         self.begin(); // free the last op's temporaries outside the recording
         let (ctx, stream) = (self.ctx.clone(), self.stream.clone());
+        // counted as live from here: a scratch buffer must not be freed under a half-made graph
+        let live = self.ops.graphs.clone();
         self.ops.recording = true;
-        self.ops.recorded = true;
         let g = super::capture(&ctx, &stream, |_| body(self));
         self.ops.recording = false;
-        Ok(Some(g?))
+        Ok(Some(GpuGraph { graph: g?, _live: live }))
     }
 
-    fn replay(&mut self, graph: &CudaGraph) -> Result<()> {
+    fn replay(&mut self, graph: &GpuGraph) -> Result<()> {
         self.begin();
-        graph.launch().map_err(|e| Gpu::err("replaying a recorded training step (CUDA graph)", e))
+        graph.graph.launch().map_err(|e| Gpu::err("replaying a recorded training step (CUDA graph)", e))
     }
 }
 
@@ -1241,6 +1254,8 @@ mod tests {
             assert_eq!(sizes, want, "{module}::{name}");
         }
         assert_eq!(ptx_params(crate::kernels::module("optim").unwrap().ptx, "sgd_nesterov_f32"), Some(vec![255]));
+        let sgd = ".entry sgd_nesterov_f32(\n\t.param .align 8 .b8 sgd_nesterov_f32_param_0[592]";
+        assert!(crate::kernels::module("optim").unwrap().ptx.contains(sgd), "SgdArgs: 592 bytes in the PTX");
         assert_eq!(std::mem::size_of::<SgdArgs>(), 592);
         let optim = crate::kernels::module("optim").unwrap().ptx;
         for name in ["gemm_nt_f32", "gemm_nn_f32"] {

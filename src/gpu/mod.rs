@@ -36,7 +36,7 @@ mod backend;
 #[cfg(test)]
 mod tests;
 
-pub use backend::{Dtype, GBuf, GBytes, GWords};
+pub use backend::{Dtype, GBuf, GBytes, GWords, GpuGraph};
 
 /// What a run header and every GPU test failure print about the device.
 #[derive(Clone, Debug)]
@@ -390,6 +390,20 @@ where
         .map_err(|e| Gpu::err("starting a CUDA graph capture", e))?;
     let r = body(stream);
     let g = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+    if g.is_err() {
+        // cudarc returns an error stored by an earlier call *before* ending the capture: make
+        // sure the stream leaves capture mode, or every later launch would be captured too.
+        let capturing =
+            stream.capture_status().is_ok_and(|s| s != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE);
+        if capturing {
+            // SAFETY: the stream is valid; the graph the driver hands back is destroyed unused.
+            if let Ok(graph) = unsafe { result::stream::end_capture(stream.cu_stream()) } {
+                if !graph.is_null() {
+                    let _ = unsafe { result::graph::destroy(graph) };
+                }
+            }
+        }
+    }
     r?;
     let g = g
         .map_err(|e| Gpu::err("ending a CUDA graph capture", e))?
