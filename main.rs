@@ -204,8 +204,33 @@ fn zeros_like<B: Backend>(b: &mut B, h: &Hyp) -> Result<Params<B>> {
     })
 }
 
-fn init_net<B: Backend>(b: &mut B, h: &Hyp, rng: &mut StdRng) -> Result<Net<B>> {
-    let mut p = zeros_like(b, h)?;
+/// The network's tensors, all zero until `init_net`.
+fn alloc_net<B: Backend>(b: &mut B, h: &Hyp) -> Result<Net<B>> {
+    Ok(Net {
+        p: zeros_like(b, h)?,
+        whiten_w: b.zeros(WHITEN * 12)?,
+        run_mean: layers(h).iter().map(|&(_, co, _)| b.zeros(co)).collect::<Result<_>>()?,
+        run_var: layers(h).iter().map(|&(_, co, _)| b.zeros(co)).collect::<Result<_>>()?,
+    })
+}
+
+/// Every tensor of `p` set to zero, in place.
+fn zero_params<B: Backend>(b: &mut B, h: &Hyp, p: &mut Params<B>) -> Result<()> {
+    b.write(&mut p.whiten_b, &[0.0; WHITEN])?;
+    for (t, &(ci, co, _)) in p.conv.iter_mut().zip(&layers(h)) {
+        b.write(t, &vec![0.0; co * 9 * ci])?;
+    }
+    for (t, &(_, co, _)) in p.beta.iter_mut().zip(&layers(h)) {
+        b.write(t, &vec![0.0; co])?;
+    }
+    b.write(&mut p.head, &vec![0.0; CLASSES * h.widths[2]])
+}
+
+/// Sets `net` to the recipe's initial state drawn from `rng`, in place (recorded steps keep
+/// its addresses): Dirac convs, a unit-std head, a random whitening bias, zero BatchNorm
+/// biases, running statistics (0, 1). The whitening filters are set from the data when the run starts.
+fn init_net<B: Backend>(b: &mut B, h: &Hyp, net: &mut Net<B>, rng: &mut StdRng) -> Result<()> {
+    let p = &mut net.p;
     for (l, &(cin, cout, _)) in layers(h).iter().enumerate() {
         let bound = 1.0 / ((9 * cin) as f32).sqrt(); // PyTorch's default conv init
         let mut w: Vec<f32> = (0..cout * 9 * cin).map(|_| rng.random_range(-bound..bound)).collect();
@@ -214,22 +239,22 @@ fn init_net<B: Backend>(b: &mut B, h: &Hyp, rng: &mut StdRng) -> Result<Net<B>> 
             w[i * 9 * cin..][..9 * cin].fill(0.0);
             w[(i * 9 + 4) * cin + i] = 1.0;
         }
-        p.conv[l] = b.upload(&w)?;
+        b.write(&mut p.conv[l], &w)?;
     }
     let c = h.widths[2];
     let bound = 1.0 / (c as f32).sqrt();
     let head: Vec<f32> = (0..CLASSES * c).map(|_| rng.random_range(-bound..bound)).collect();
     let std = report::std_dev(&head.iter().map(|&v| v as f64).collect::<Vec<_>>());
-    p.head = b.upload(&head.iter().map(|&v| v / std as f32).collect::<Vec<_>>())?; // unit std
+    b.write(&mut p.head, &head.iter().map(|&v| v / std as f32).collect::<Vec<_>>())?; // unit std
     let bound = 1.0 / 12f32.sqrt();
-    p.whiten_b = b.upload(&(0..WHITEN).map(|_| rng.random_range(-bound..bound)).collect::<Vec<_>>())?;
-    let ones = |b: &mut B, n| b.upload(&vec![1.0; n]);
-    Ok(Net {
-        whiten_w: b.zeros(WHITEN * 12)?,
-        run_mean: layers(h).iter().map(|&(_, co, _)| b.zeros(co)).collect::<Result<_>>()?,
-        run_var: layers(h).iter().map(|&(_, co, _)| ones(b, co)).collect::<Result<_>>()?,
-        p,
-    })
+    b.write(&mut p.whiten_b, &(0..WHITEN).map(|_| rng.random_range(-bound..bound)).collect::<Vec<_>>())?;
+    b.write(&mut net.whiten_w, &[0.0; WHITEN * 12])?;
+    for (l, &(_, co, _)) in layers(h).iter().enumerate() {
+        b.write(&mut p.beta[l], &vec![0.0; co])?; // BatchNorm biases start at zero
+        b.write(&mut net.run_mean[l], &vec![0.0; co])?;
+        b.write(&mut net.run_var[l], &vec![1.0; co])?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -495,42 +520,76 @@ fn evaluate<B: Backend>(
     Ok(correct)
 }
 
+/// What every run of one configuration trains with, allocated once before the first run and
+/// reset in place by each: recorded steps keep these addresses, so the warm-up run records the
+/// steps and the timed runs replay them.
+struct Trainer<B: Backend> {
+    net: Net<B>,
+    opt: (Params<B>, Params<B>),   // (gradients, momentum)
+    by_res: Vec<(usize, Acts<B>)>, // activations per resolution the schedule uses
+    words: B::Words,
+    sched: Schedule<B>,
+    steps: Replayer<StepKind, B::Graph>,
+    final_views: Views<B>,
+    subset_views: Option<Views<B>>,
+    steps_per_epoch: usize,
+    total: usize,
+    bias_steps: usize,
+}
+
+/// Allocates a `Trainer` for `train_n` training and `test_n` test images; with `record`, steps
+/// are recorded and replayed (CUDA graphs) where the backend can.
+fn trainer<B: Backend>(b: &mut B, h: &Hyp, train_n: usize, test_n: usize, record: bool) -> Result<Trainer<B>> {
+    let steps_per_epoch = train_n / h.batch_size;
+    if steps_per_epoch == 0 {
+        return Err(Error::Usage(format!("batch size {} exceeds the {train_n} training images", h.batch_size)));
+    }
+    let total = h.epochs * steps_per_epoch;
+    let bias_steps = h.whiten_bias_epochs * steps_per_epoch;
+    let mut by_res = Vec::new();
+    for (_, res) in h.prog.phases(total) {
+        by_res.push((res, acts(b, h, h.batch_size, res)?));
+    }
+    let plan: Vec<u32> = (0..total).flat_map(|t| plan_row(h, t, total, bias_steps, steps_per_epoch).row()).collect();
+    Ok(Trainer {
+        net: alloc_net(b, h)?,
+        opt: (zeros_like(b, h)?, zeros_like(b, h)?),
+        by_res,
+        words: b.upload_words(&vec![0; train_n])?,
+        sched: Schedule { plan: b.upload_words(&plan)?, step: b.upload_words(&[0; STEP_LEN])? },
+        steps: Replayer::new(record),
+        final_views: views(b, h.tta_level, test_n)?,
+        subset_views: if h.eval_every > 0 { Some(views(b, 0, h.eval_subset.min(test_n))?) } else { None },
+        steps_per_epoch,
+        total,
+        bias_steps,
+    })
+}
+
 /// Trains one network from `seed` and evaluates it. The timer covers the whitening init, every
 /// training step and the final evaluation; `epoch_line` gets the per-epoch numbers, and reading
-/// the loss, printing and the periodic `--eval-every` evaluations are timed separately. With
-/// `record`, steps are recorded and replayed (CUDA graphs) where the backend can.
+/// the loss, printing and the periodic `--eval-every` evaluations are timed separately.
 #[allow(clippy::too_many_arguments)]
 fn run<B: Backend>(
     b: &mut B,
     h: &Hyp,
+    tr: &mut Trainer<B>,
     train: &DevData<B>,
     test: &DevData<B>,
     test_labels: &[u8],
     seed: u64,
-    record: bool,
     epoch_line: &mut dyn FnMut(report::Epoch),
 ) -> Result<report::Run> {
+    let Trainer { net, opt, by_res, words, sched, steps, final_views, subset_views, .. } = tr;
+    let (steps_per_epoch, total, bias_steps) = (tr.steps_per_epoch, tr.total, tr.bias_steps);
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut net = init_net(b, h, &mut rng)?;
-    let mut opt = (zeros_like(b, h)?, zeros_like(b, h)?);
-    let steps_per_epoch = train.n / h.batch_size;
-    if steps_per_epoch == 0 {
-        return Err(Error::Usage(format!("batch size {} exceeds the {} training images", h.batch_size, train.n)));
+    init_net(b, h, net, &mut rng)?;
+    zero_params(b, h, &mut opt.1)?; // momentum
+    for (_, a) in by_res.iter_mut() {
+        b.write(&mut a.loss_acc, &[0.0, 0.0])?;
     }
-    let total = h.epochs * steps_per_epoch;
-    let bias_steps = h.whiten_bias_epochs * steps_per_epoch;
-    // One set of activations per resolution the schedule uses, allocated before the timer.
-    let mut by_res: Vec<(usize, Acts<B>)> = Vec::new();
-    for (_, res) in h.prog.phases(total) {
-        by_res.push((res, acts(b, h, h.batch_size, res)?));
-    }
-    let mut words = b.upload_words(&vec![0; train.n])?;
-    let plan: Vec<u32> = (0..total).flat_map(|t| plan_row(h, t, total, bias_steps, steps_per_epoch).row()).collect();
-    let mut sched = Schedule { plan: b.upload_words(&plan)?, step: b.upload_words(&[0; STEP_LEN])? };
-    let mut steps: Replayer<StepKind, B::Graph> = Replayer::new(record);
+    b.write_words(&mut sched.step, &[0; STEP_LEN])?; // cursor at the plan's first row
     let flips = aug::flip_bits(&mut rng, train.n);
-    let final_views = views(b, h.tta_level, test.n)?;
-    let subset_views = if h.eval_every > 0 { Some(views(b, 0, h.eval_subset.min(test.n))?) } else { None };
     b.sync()?;
 
     // The timer: device marks (CUDA events on the GPU) around the timed work, as in airbench.
@@ -539,14 +598,14 @@ fn run<B: Backend>(
     let mut clock = b.mark()?;
     let cov = b.patch_cov(&train.images, h.whiten_images.min(train.n), NORM)?;
     let (w, _eigenvalues) = whiten::filters(&cov, h.whiten_eps);
-    net.whiten_w = b.upload(&w)?;
+    b.write(&mut net.whiten_w, &w)?;
     for epoch in 0..h.epochs {
-        b.write_words(&mut words, &aug::epoch_words(&mut rng, epoch, &flips, h.max_shift))?;
+        b.write_words(words, &aug::epoch_words(&mut rng, epoch, &flips, h.max_shift))?;
         for k in 0..steps_per_epoch {
             let t = epoch * steps_per_epoch + k;
             let kind = (h.prog.resolution(t, total), t < bias_steps);
             let a = &mut by_res.iter_mut().find(|(r, _)| *r == kind.0).expect("every phase allocated").1;
-            steps.step(b, kind, &mut |b| train_step(b, h, &mut net, &mut opt, a, train, &words, &mut sched, kind.1))?;
+            steps.step(b, kind, &mut |b| train_step(b, h, net, opt, a, train, words, sched, kind.1))?;
         }
         let end = b.mark()?;
         timed += b.seconds(&clock, &end)?;
@@ -555,7 +614,7 @@ fn run<B: Backend>(
         }
 
         let mut sums = [0.0f64; 2];
-        for (_, a) in &mut by_res {
+        for (_, a) in by_res.iter_mut() {
             let acc = b.download(&a.loss_acc)?;
             sums[0] += acc[0] as f64;
             sums[1] += acc[1] as f64;
@@ -573,7 +632,7 @@ fn run<B: Backend>(
         let mut eval_acc = None;
         if let Some(v) = subset_views.as_ref().filter(|_| (epoch + 1) % h.eval_every == 0) {
             let started = b.mark()?;
-            let correct = evaluate(b, h, &mut net, test, test_labels, v)?;
+            let correct = evaluate(b, h, net, test, test_labels, v)?;
             let end = b.mark()?;
             eval_seconds += b.seconds(&started, &end)?;
             eval_acc = Some(correct as f64 / v.n as f64);
@@ -593,10 +652,10 @@ fn run<B: Backend>(
         epoch_line(line);
         clock = b.mark()?;
     }
-    let correct = evaluate(b, h, &mut net, test, test_labels, &final_views)?;
+    let correct = evaluate(b, h, net, test, test_labels, final_views)?;
     let end = b.mark()?;
     timed += b.seconds(&clock, &end)?;
-    let fingerprint = fingerprint(b, &net)?;
+    let fingerprint = fingerprint(b, net)?;
     Ok(report::Run { seed, correct, tested: test.n, seconds: timed, eval_seconds, fingerprint })
 }
 
@@ -723,9 +782,10 @@ fn train<B: Backend>(b: &mut B, h: &Hyp, args: &cli::Args, what: &str, warm_up: 
     println!("train: {} of the {} images of {}", dtrain.n, train.len(), train.name);
     let test_desc = report::describe_test(&test.name, dtest.n, test.len());
     println!("test: {test_desc}");
+    let mut tr = trainer(b, h, dtrain.n, dtest.n, !args.no_graph)?;
     if warm_up {
         let started = Instant::now();
-        run(b, h, &dtrain, &dtest, &test.labels[..dtest.n], u64::MAX, !args.no_graph, &mut |_| {})?;
+        run(b, h, &mut tr, &dtrain, &dtest, &test.labels[..dtest.n], u64::MAX, &mut |_| {})?;
         println!("warm-up run: {:.2} s (untimed, discarded)", started.elapsed().as_secs_f64());
     }
     let indices: Vec<usize> = args.only_runs.clone().unwrap_or_else(|| (0..args.runs).collect());
@@ -733,7 +793,7 @@ fn train<B: Backend>(b: &mut B, h: &Hyp, args: &cli::Args, what: &str, warm_up: 
     for &i in &indices {
         let seed = args.seed + i as u64;
         println!("run {} of {} (seed {seed})\n{}", i + 1, args.runs, report::EPOCH_HEADER);
-        let r = run(b, h, &dtrain, &dtest, &test.labels[..dtest.n], seed, !args.no_graph, &mut |e| {
+        let r = run(b, h, &mut tr, &dtrain, &dtest, &test.labels[..dtest.n], seed, &mut |e| {
             println!("{e}");
             points.push((i, seed, e));
         })?;

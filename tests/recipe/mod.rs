@@ -53,7 +53,8 @@ fn learning_rates_follow_the_recipe_appendix() {
 #[test]
 fn init_is_dirac_and_head_has_unit_std() {
     let mut b = Cpu::<f64>::with_threads(1);
-    let net = init_net(&mut b, &HYP, &mut StdRng::seed_from_u64(1)).unwrap();
+    let mut net = alloc_net(&mut b, &HYP).unwrap();
+    init_net(&mut b, &HYP, &mut net, &mut StdRng::seed_from_u64(1)).unwrap();
     for (l, &(cin, cout, _)) in layers(&HYP).iter().enumerate() {
         let w = &net.p.conv[l];
         for o in 0..cin.min(cout) {
@@ -78,7 +79,8 @@ fn whole_network_gradients_match_finite_differences() {
     let mut b = Cpu::<f64>::with_threads(2);
     let (d, _) = synthetic(&mut b, 5, 7);
     let mut rng = StdRng::seed_from_u64(3);
-    let mut net = init_net(&mut b, &h, &mut rng).unwrap();
+    let mut net = alloc_net(&mut b, &h).unwrap();
+    init_net(&mut b, &h, &mut net, &mut rng).unwrap();
     let cov = b.patch_cov(&d.images, d.n, NORM).unwrap();
     net.whiten_w = b.upload(&whiten::filters(&cov, h.whiten_eps).0).unwrap();
     for (l, beta) in net.p.beta.iter_mut().enumerate() {
@@ -157,7 +159,8 @@ fn tiny_run_with(h: &Hyp, seed: u64, threads: usize) -> (report::Run, Vec<report
     let (train, _) = synthetic(&mut b, h.train_images, 1);
     let (test, labels) = synthetic(&mut b, h.test_images, 2);
     let mut epochs = Vec::new();
-    let r = run(&mut b, h, &train, &test, &labels, seed, true, &mut |e| epochs.push(e)).unwrap();
+    let mut tr = trainer(&mut b, h, train.n, test.n, true).unwrap();
+    let r = run(&mut b, h, &mut tr, &train, &test, &labels, seed, &mut |e| epochs.push(e)).unwrap();
     (r, epochs)
 }
 
@@ -177,7 +180,8 @@ fn a_diverging_run_stops_with_a_clear_error() {
     let mut b = Cpu::<f32>::with_threads(1);
     let (train, _) = synthetic(&mut b, h.train_images, 1);
     let (test, labels) = synthetic(&mut b, h.test_images, 2);
-    match run(&mut b, &h, &train, &test, &labels, 0, true, &mut |_| {}) {
+    let mut tr = trainer(&mut b, &h, train.n, test.n, true).unwrap();
+    match run(&mut b, &h, &mut tr, &train, &test, &labels, 0, &mut |_| {}) {
         Err(Error::Diverged(m)) => assert!(m.contains("after epoch"), "{m}"),
         other => panic!("expected a divergence error, got {other:?}"),
     }
@@ -211,7 +215,8 @@ fn learns_real_cifar10_far_above_chance() {
     let dtrain = upload_split(&mut b, &train, h.train_images).unwrap();
     let dtest = upload_split(&mut b, &test, h.test_images).unwrap();
     let mut epochs = Vec::new();
-    let r = run(&mut b, &h, &dtrain, &dtest, &test.labels[..dtest.n], 0, true, &mut |e| epochs.push(e)).unwrap();
+    let mut tr = trainer(&mut b, &h, dtrain.n, dtest.n, true).unwrap();
+    let r = run(&mut b, &h, &mut tr, &dtrain, &dtest, &test.labels[..dtest.n], 0, &mut |e| epochs.push(e)).unwrap();
     for e in &epochs {
         eprintln!("{e}");
     }
@@ -320,10 +325,29 @@ fn recorded_and_op_by_op_runs_agree() {
         let mut b = Cpu::<f32>::with_threads(2);
         let (train, _) = synthetic(&mut b, h.train_images, 1);
         let (test, labels) = synthetic(&mut b, h.test_images, 2);
-        run(&mut b, &h, &train, &test, &labels, 3, record, &mut |_| {}).unwrap()
+        let mut tr = trainer(&mut b, &h, train.n, test.n, record).unwrap();
+        run(&mut b, &h, &mut tr, &train, &test, &labels, 3, &mut |_| {}).unwrap()
     };
     let (a, b) = (go(true), go(false));
     assert_eq!((a.fingerprint, a.correct), (b.fingerprint, b.correct));
+}
+
+/// A trainer is allocated once and reused by every run (recorded steps keep its addresses):
+/// each run must start from the recipe's initial state, so a run after another equals the same
+/// seed's run on a fresh trainer.
+#[test]
+fn a_reused_trainer_starts_every_run_afresh() {
+    let h = Hyp { prog: Progressive::new(0.5, 0.75, 0).unwrap(), eval_every: 1, eval_subset: 8, ..TINY };
+    let mut b = Cpu::<f32>::with_threads(2);
+    let (train, _) = synthetic(&mut b, h.train_images, 1);
+    let (test, labels) = synthetic(&mut b, h.test_images, 2);
+    let mut reused = trainer(&mut b, &h, train.n, test.n, true).unwrap();
+    let first = run(&mut b, &h, &mut reused, &train, &test, &labels, 5, &mut |_| {}).unwrap();
+    let second = run(&mut b, &h, &mut reused, &train, &test, &labels, 6, &mut |_| {}).unwrap();
+    let mut fresh = trainer(&mut b, &h, train.n, test.n, true).unwrap();
+    let alone = run(&mut b, &h, &mut fresh, &train, &test, &labels, 6, &mut |_| {}).unwrap();
+    assert_ne!(first.fingerprint, second.fingerprint);
+    assert_eq!((second.fingerprint, second.correct), (alone.fingerprint, alone.correct));
 }
 
 /// On a GPU: a run whose steps are recorded as CUDA graphs and replayed equals the same run op
@@ -344,7 +368,11 @@ fn gpu_recorded_run_equals_op_by_op_run() {
     let h = Hyp { prog: Progressive::new(0.5, 0.75, 0).unwrap(), eval_every: 1, eval_subset: 16, ..TINY };
     let (train, _) = synthetic(&mut gpu, h.train_images, 1);
     let (test, labels) = synthetic(&mut gpu, h.test_images, 2);
-    let recorded = run(&mut gpu, &h, &train, &test, &labels, 3, true, &mut |_| {}).unwrap();
-    let op_by_op = run(&mut gpu, &h, &train, &test, &labels, 3, false, &mut |_| {}).unwrap();
-    assert_eq!((recorded.fingerprint, recorded.correct), (op_by_op.fingerprint, op_by_op.correct));
+    let mut tr = trainer(&mut gpu, &h, train.n, test.n, true).unwrap();
+    let first = run(&mut gpu, &h, &mut tr, &train, &test, &labels, 3, &mut |_| {}).unwrap();
+    let replayed = run(&mut gpu, &h, &mut tr, &train, &test, &labels, 3, &mut |_| {}).unwrap(); // every step a replay
+    let mut eager = trainer(&mut gpu, &h, train.n, test.n, false).unwrap();
+    let op_by_op = run(&mut gpu, &h, &mut eager, &train, &test, &labels, 3, &mut |_| {}).unwrap();
+    assert_eq!((first.fingerprint, first.correct), (op_by_op.fingerprint, op_by_op.correct));
+    assert_eq!((replayed.fingerprint, replayed.correct), (op_by_op.fingerprint, op_by_op.correct));
 }
