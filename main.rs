@@ -277,7 +277,8 @@ struct Acts<B: Backend> {
     loss_acc: B::Buf, // [loss sum, correct] since the last read
 }
 
-fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize, res: usize) -> Result<Acts<B>> {
+/// With `grads` false (evaluation), the gradient buffers `ga`, `gx` stay empty.
+fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize, res: usize, grads: bool) -> Result<Acts<B>> {
     let s = shapes(h, n, res);
     let c = h.widths[2];
     let bufs = |b: &mut B| s.iter().map(|s| b.zeros(s.len())).collect::<Result<Vec<_>>>();
@@ -291,8 +292,8 @@ fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize, res: usize) -> Result<Acts<B>>
         head_argmax: b.byte_zeros(n * c)?,
         logits: b.zeros(n * CLASSES)?,
         dlogits: b.zeros(n * CLASSES)?,
-        ga: bufs(b)?,
-        gx: bufs(b)?,
+        ga: if grads { bufs(b)? } else { Vec::new() },
+        gx: if grads { bufs(b)? } else { Vec::new() },
         loss_acc: b.zeros(2)?,
     })
 }
@@ -481,8 +482,16 @@ fn views<B: Backend>(b: &mut B, tta_level: usize, n: usize) -> Result<Views<B>> 
     Ok(Views { n, views })
 }
 
+/// Forward-only buffers for evaluation chunks of `a.n` images, kept from run to run (the
+/// warm-up run allocates them, so no timed run does).
+struct EvalBufs<B: Backend> {
+    a: Acts<B>,
+    sum: B::Buf,    // the chunk's views' weighted logits
+    step: B::Words, // step record: the chunk's offset into the views' words
+}
+
 /// Accuracy on the `v.n` test images of `v` (their views' weighted logits summed).
-/// Eval-mode BatchNorm, full resolution.
+/// Eval-mode BatchNorm, full resolution, chunks of the training batch size.
 fn evaluate<B: Backend>(
     b: &mut B,
     h: &Hyp,
@@ -490,28 +499,37 @@ fn evaluate<B: Backend>(
     test: &DevData<B>,
     labels: &[u8],
     v: &Views<B>,
+    bufs: &mut Vec<EvalBufs<B>>,
 ) -> Result<usize> {
     let mut correct = 0;
-    let mut a: Option<Acts<B>> = None;
+    let mut ready = vec![false; bufs.len()]; // BatchNorm's running statistics loaded, per entry
     let n = v.n.min(test.n);
-    let mut step = b.upload_words(&[0; STEP_LEN])?;
     for start in (0..n).step_by(h.batch_size) {
-        b.write_words(&mut step, &Step { offset: start as u32, lr: [0.0; LRS] }.record(0))?;
         let m = h.batch_size.min(n - start);
-        if a.as_ref().is_none_or(|a| a.n != m) {
-            let mut fresh = acts(b, h, m, 32)?;
-            for l in 0..6 {
-                b.bn_eval(&net.run_mean[l], &net.run_var[l], h.bn_eps, &mut fresh.bn[l + 1])?;
+        let i = match bufs.iter().position(|e| e.a.n == m) {
+            Some(i) => i,
+            None => {
+                let (a, sum, step) =
+                    (acts(b, h, m, 32, false)?, b.zeros(m * CLASSES)?, b.upload_words(&[0; STEP_LEN])?);
+                bufs.push(EvalBufs { a, sum, step });
+                ready.push(false);
+                bufs.len() - 1
             }
-            a = Some(fresh);
+        };
+        let e = &mut bufs[i];
+        if !ready[i] {
+            for l in 0..6 {
+                b.bn_eval(&net.run_mean[l], &net.run_var[l], h.bn_eps, &mut e.a.bn[l + 1])?;
+            }
+            ready[i] = true;
         }
-        let a = a.as_mut().expect("allocated above");
-        let mut sum = b.zeros(m * CLASSES)?;
+        b.write_words(&mut e.step, &Step { offset: start as u32, lr: [0.0; LRS] }.record(0))?;
+        b.write(&mut e.sum, &vec![0.0; m * CLASSES])?;
         for (words, weight) in &v.views {
-            forward(b, h, net, a, test, words, &step, false)?;
-            b.axpy(&mut sum, &a.logits, *weight)?;
+            forward(b, h, net, &mut e.a, test, words, &e.step, false)?;
+            b.axpy(&mut e.sum, &e.a.logits, *weight)?;
         }
-        let logits = b.download(&sum)?;
+        let logits = b.download(&e.sum)?;
         for (i, row) in logits.chunks(CLASSES).enumerate() {
             let pred = (0..CLASSES).fold(0, |best, k| if row[k] > row[best] { k } else { best });
             correct += (pred == labels[start + i] as usize) as usize;
@@ -532,6 +550,7 @@ struct Trainer<B: Backend> {
     steps: Replayer<StepKind, B::Graph>,
     final_views: Views<B>,
     subset_views: Option<Views<B>>,
+    eval_bufs: Vec<EvalBufs<B>>,
     steps_per_epoch: usize,
     total: usize,
     bias_steps: usize,
@@ -548,7 +567,7 @@ fn trainer<B: Backend>(b: &mut B, h: &Hyp, train_n: usize, test_n: usize, record
     let bias_steps = h.whiten_bias_epochs * steps_per_epoch;
     let mut by_res = Vec::new();
     for (_, res) in h.prog.phases(total) {
-        by_res.push((res, acts(b, h, h.batch_size, res)?));
+        by_res.push((res, acts(b, h, h.batch_size, res, true)?));
     }
     let plan: Vec<u32> = (0..total).flat_map(|t| plan_row(h, t, total, bias_steps, steps_per_epoch).row()).collect();
     Ok(Trainer {
@@ -560,6 +579,7 @@ fn trainer<B: Backend>(b: &mut B, h: &Hyp, train_n: usize, test_n: usize, record
         steps: Replayer::new(record),
         final_views: views(b, h.tta_level, test_n)?,
         subset_views: if h.eval_every > 0 { Some(views(b, 0, h.eval_subset.min(test_n))?) } else { None },
+        eval_bufs: Vec::new(),
         steps_per_epoch,
         total,
         bias_steps,
@@ -580,7 +600,7 @@ fn run<B: Backend>(
     seed: u64,
     epoch_line: &mut dyn FnMut(report::Epoch),
 ) -> Result<report::Run> {
-    let Trainer { net, opt, by_res, words, sched, steps, final_views, subset_views, .. } = tr;
+    let Trainer { net, opt, by_res, words, sched, steps, final_views, subset_views, eval_bufs, .. } = tr;
     let (steps_per_epoch, total, bias_steps) = (tr.steps_per_epoch, tr.total, tr.bias_steps);
     let mut rng = StdRng::seed_from_u64(seed);
     init_net(b, h, net, &mut rng)?;
@@ -632,7 +652,7 @@ fn run<B: Backend>(
         let mut eval_acc = None;
         if let Some(v) = subset_views.as_ref().filter(|_| (epoch + 1) % h.eval_every == 0) {
             let started = b.mark()?;
-            let correct = evaluate(b, h, net, test, test_labels, v)?;
+            let correct = evaluate(b, h, net, test, test_labels, v, eval_bufs)?;
             let end = b.mark()?;
             eval_seconds += b.seconds(&started, &end)?;
             eval_acc = Some(correct as f64 / v.n as f64);
@@ -652,7 +672,7 @@ fn run<B: Backend>(
         epoch_line(line);
         clock = b.mark()?;
     }
-    let correct = evaluate(b, h, net, test, test_labels, final_views)?;
+    let correct = evaluate(b, h, net, test, test_labels, final_views, eval_bufs)?;
     let end = b.mark()?;
     timed += b.seconds(&clock, &end)?;
     let fingerprint = fingerprint(b, net)?;

@@ -88,7 +88,7 @@ fn whole_network_gradients_match_finite_differences() {
     }
     let flips = aug::flip_bits(&mut rng, d.n);
     let words = aug::epoch_words(&mut rng, 1, &flips, 2);
-    let mut a = acts(&mut b, &h, h.batch_size, 32).unwrap();
+    let mut a = acts(&mut b, &h, h.batch_size, 32, true).unwrap();
     let step = Step { offset: 1, lr: [0.0; LRS] }.record(0).to_vec();
     let loss = |b: &mut Cpu<f64>, net: &mut Net<Cpu<f64>>, a: &mut Acts<Cpu<f64>>| {
         a.loss_acc = vec![0.0; 2];
