@@ -100,9 +100,10 @@ fn smoke_runs_report_statistics_json_and_curves() {
 #[test]
 fn progressive_resolution_and_batch_size_from_the_command_line() {
     let Some(dir) = real_dataset("progressive_resolution_and_batch_size_from_the_command_line") else { return };
-    let o = smoke(&dir, "--batch-size 50 --prog-frac 0.5 --prog-start 0.5 --prog-warmup 2 --no-tta");
+    let o = smoke(&dir, "--batch-size 50 --prog-frac 0.5 --prog-start 0.5 --prog-warmup 2 --no-tta --no-graph");
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("steps: op by op (--no-graph)"), "{stdout}");
     assert!(stdout.contains("derived: batch 50 | 20 steps/epoch x 1 epochs = 20 steps | Muon lr 0.00600"), "{stdout}");
     assert!(stdout.contains("progressive [(0, 16), (3, 20), (5, 24), (8, 28), (10, 32)]"), "{stdout}");
     assert!(stdout.contains("TTA level 0"), "{stdout}");
