@@ -21,25 +21,40 @@ inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 inline thread_local dim3 threadIdx, blockIdx;
 extern dim3 blockDim, gridDim;
+#ifdef EMU_FIBERS
+// scripts/emu-driver: a block's threads are cooperative fibers on one OS thread (blocks run in
+// parallel on a few OS threads), so shared memory is per OS thread and barriers are fiber yields.
+void emu_block_sync();
+void emu_warp_sync(int warp);
+inline void __syncthreads() { emu_block_sync(); }
+#define __shared__ static thread_local
+#else
 extern std::barrier<>* g_block_barrier;
 inline void __syncthreads() { g_block_barrier->arrive_and_wait(); }
+#define __shared__ static
+#endif
 #define __global__
 #define __device__
 #define __forceinline__ inline
 #define __launch_bounds__(x)
-#define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 inline double __longlong_as_double(long long i) { double f; memcpy(&f, &i, 8); return f; }
 using std::min; using std::max;
 // warp shuffles: per-warp exchange through a shared table and a per-warp barrier
+#ifdef EMU_FIBERS
+extern thread_local double g_xchg[64][32];
+inline void emu_warp_barrier(int w) { emu_warp_sync(w); }
+#else
 extern std::vector<std::barrier<>*> g_warp_barriers;
 extern double g_xchg[64][32];
+inline void emu_warp_barrier(int w) { g_warp_barriers[w]->arrive_and_wait(); }
+#endif
 template <class T> inline T __shfl_xor_sync(unsigned, T v, int o) {
     const int t = threadIdx.x + threadIdx.y * blockDim.x, w = t / 32, l = t % 32;
     g_xchg[w][l] = (double)v;
-    g_warp_barriers[w]->arrive_and_wait();
+    emu_warp_barrier(w);
     T r = (T)g_xchg[w][l ^ o];
-    g_warp_barriers[w]->arrive_and_wait();
+    emu_warp_barrier(w);
     return r;
 }

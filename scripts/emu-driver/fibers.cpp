@@ -1,0 +1,219 @@
+// The launcher of the emulated driver: every CUDA thread of a block is a fiber (ucontext) on one
+// OS thread; __syncthreads and the per-warp barrier of the shuffles are cooperative yields, so
+// a barrier costs a few context switches instead of OS-thread wake-ups. Blocks are independent
+// and run in parallel on $EMU_THREADS OS threads (default: all cores); __shared__ is
+// `static thread_local` (see ../kernel-emu/inc/cuda_fp16.h, EMU_FIBERS), one copy per OS thread,
+// which is exactly one per running block. Threads of a block run in order 0, 1, ... up to their
+// next barrier (a deterministic interleaving; data races are not detected here: use
+// scripts/kernel-emu/run.sh --tsan).
+#include "cuda_fp16.h"
+#include "emu_kernel.h"
+#include <ucontext.h>
+#include <sys/mman.h>
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+
+dim3 blockDim, gridDim;
+thread_local double g_xchg[64][32];
+
+namespace {
+constexpr size_t STACK = 256 << 10;
+
+struct Barrier {
+    int expected = 0, count = 0;
+    uint64_t gen = 0;
+};
+struct Fiber {
+    ucontext_t ctx;
+    void* stack = nullptr;
+    dim3 tid;
+    bool done = false, waiting = false;
+    Barrier* on = nullptr;
+    uint64_t gen = 0;
+};
+struct Sched {
+    ucontext_t main;
+    std::vector<Fiber*> fibers;
+    int cur = 0, alive = 0;
+    Barrier block;
+    std::vector<Barrier> warps;
+    const std::function<void()>* f = nullptr;
+    std::vector<unsigned char> dyn;
+};
+thread_local Sched S;
+
+void release(Barrier& b) {
+    b.count = 0;
+    b.gen++;
+}
+void arrive(Barrier& b) {
+    Fiber& fb = *S.fibers[S.cur];
+    if (++b.count >= b.expected) {
+        release(b);
+        return;
+    }
+    fb.waiting = true;
+    fb.on = &b;
+    fb.gen = b.gen;
+    swapcontext(&fb.ctx, &S.main);
+}
+void leave(Barrier& b) {
+    b.expected--;
+    if (b.count > 0 && b.count >= b.expected) release(b);
+}
+void trampoline() {
+    (*S.f)();
+    Fiber& fb = *S.fibers[S.cur];
+    fb.done = true;
+    S.alive--;
+    leave(S.block);
+    const dim3 t = fb.tid;
+    leave(S.warps[(t.x + t.y * blockDim.x + t.z * blockDim.x * blockDim.y) / 32]);
+    swapcontext(&fb.ctx, &S.main);
+    abort();  // never resumed
+}
+
+// Runs one block on this OS thread; returns false on a deadlock.
+bool run_block(unsigned bx, unsigned by, unsigned bz, int nt) {
+    while ((int)S.fibers.size() < nt) {
+        Fiber* fb = new Fiber;
+        fb->stack = mmap(nullptr, STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (fb->stack == MAP_FAILED) {
+            perror("emu-driver: fiber stack");
+            abort();
+        }
+        getcontext(&fb->ctx);
+        S.fibers.push_back(fb);
+    }
+    blockIdx.x = bx;
+    blockIdx.y = by;
+    blockIdx.z = bz;
+    S.block = Barrier{nt, 0, 0};
+    S.warps.assign((nt + 31) / 32, Barrier{});
+    for (int w = 0; w < (nt + 31) / 32; w++) S.warps[w].expected = std::min(32, nt - 32 * w);
+    for (int i = 0; i < nt; i++) {
+        Fiber& fb = *S.fibers[i];
+        fb.ctx.uc_stack.ss_sp = fb.stack;
+        fb.ctx.uc_stack.ss_size = STACK;
+        fb.ctx.uc_link = nullptr;
+        makecontext(&fb.ctx, trampoline, 0);
+        fb.tid.x = i % blockDim.x;
+        fb.tid.y = (i / blockDim.x) % blockDim.y;
+        fb.tid.z = i / (blockDim.x * blockDim.y);
+        fb.done = fb.waiting = false;
+    }
+    S.alive = nt;
+    while (S.alive > 0) {
+        bool progress = false;
+        for (int i = 0; i < nt; i++) {
+            Fiber& fb = *S.fibers[i];
+            if (fb.done || (fb.waiting && fb.on->gen == fb.gen)) continue;
+            fb.waiting = false;
+            S.cur = i;
+            threadIdx = fb.tid;
+            swapcontext(&S.main, &fb.ctx);
+            progress = true;
+        }
+        if (!progress) return false;
+    }
+    return true;
+}
+
+struct Job {
+    unsigned gx, gy, gz;
+    int nt;
+    size_t dyn;
+    const std::function<void()>* f;
+    std::atomic<uint64_t> next{0};
+    uint64_t total;
+    std::atomic<bool> deadlock{false};
+    std::string where;
+    std::mutex m;
+};
+
+void work(Job& j) {
+    S.f = j.f;
+    if (S.dyn.size() < j.dyn) S.dyn.resize(j.dyn);
+    for (uint64_t b; (b = j.next.fetch_add(1)) < j.total && !j.deadlock.load();) {
+        const unsigned x = b % j.gx, y = (b / j.gx) % j.gy, z = b / ((uint64_t)j.gx * j.gy);
+        if (!run_block(x, y, z, j.nt)) {
+            std::lock_guard<std::mutex> g(j.m);
+            if (!j.deadlock.exchange(true))
+                j.where = "block (" + std::to_string(x) + "," + std::to_string(y) + "," + std::to_string(z) + ")";
+        }
+    }
+}
+
+struct Pool {
+    std::mutex m;
+    std::condition_variable cv, done;
+    uint64_t gen = 0;
+    int busy = 0;
+    Job* job = nullptr;
+    int n = 0;
+    Pool() {
+        const char* e = getenv("EMU_THREADS");
+        n = e ? atoi(e) : (int)std::thread::hardware_concurrency();
+        if (n < 1) n = 1;
+        for (int i = 1; i < n; i++) std::thread([this] { loop(); }).detach();
+    }
+    void loop() {
+        uint64_t seen = 0;
+        for (;;) {
+            Job* j;
+            {
+                std::unique_lock<std::mutex> g(m);
+                cv.wait(g, [&] { return gen != seen; });
+                seen = gen;
+                j = job;
+            }
+            work(*j);
+            std::lock_guard<std::mutex> g(m);
+            if (--busy == 0) done.notify_all();
+        }
+    }
+    void run(Job& j) {
+        const uint64_t helpers = std::min<uint64_t>(n - 1, j.total - 1);
+        if (helpers > 0) {
+            std::lock_guard<std::mutex> g(m);
+            job = &j;
+            busy = n - 1;
+            gen++;
+            cv.notify_all();
+        }
+        work(j);
+        if (helpers > 0) {
+            std::unique_lock<std::mutex> g(m);
+            done.wait(g, [&] { return busy == 0; });
+        }
+    }
+};
+}  // namespace
+
+void emu_block_sync() { arrive(S.block); }
+void emu_warp_sync(int w) { arrive(S.warps[w]); }
+unsigned char* emu_dyn_smem() { return S.dyn.data(); }
+
+std::string emu_launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, size_t dyn_smem,
+                       const std::function<void()>& f) {
+    // never destroyed: its detached threads wait on its condition variable until the process ends
+    // (destroying it at exit would block in pthread_cond_destroy)
+    static Pool& pool = *new Pool;
+    blockDim = dim3{bx, by, bz};
+    gridDim = dim3{gx, gy, gz};
+    Job j;
+    j.gx = gx;
+    j.gy = gy;
+    j.gz = gz;
+    j.nt = (int)(bx * by * bz);
+    j.dyn = dyn_smem;
+    j.f = &f;
+    j.total = (uint64_t)gx * gy * gz;
+    pool.run(j);
+    if (j.deadlock) return "threads of " + j.where + " wait at different barriers (a __syncthreads not reached by all)";
+    return "";
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Runs the real GPU host code (src/gpu/*.rs, src/selftest.rs, the GPU training path) on the CPU
+# through the emulated CUDA driver built by build.sh (see driver.cpp for what it emulates and
+# checks). Builds into target/emu (so normal builds keep no `cuda_driver` cfg), then runs:
+#   1. src/gpu/tests.rs (smoke kernels, dynamic shared memory, events, graphs, PTX image, ...)
+#   2. recipe_tests::gpu_recorded_run_equals_op_by_op_run (a tiny run recorded as CUDA graphs
+#      vs op by op, bit for bit)
+#   3. selftest::tests::gpu_matches_cpu_reference (every kernel vs the CPU reference, a whole
+#      training step, and the recorded step)
+#   4. the binary: speedrun --smoke (1 epoch on 1,000 images, GPU path with graphs), if the
+#      dataset is in ../shared/cifar10 or $CIFAR10_DIR
+# Not covered: real tensor-core fragment layouts (the shim's wmma is whole-tile), timing, races
+# between a block's threads (scripts/kernel-emu/run.sh --tsan), asynchrony (every stream
+# operation here completes before the call returns).
+#
+# Usage: bash scripts/emu-driver/run.sh [--quick]    (--quick: steps 1 and 2 only)
+#        EMU_THREADS=N  OS threads running blocks (default: all cores)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+cd "$root"
+start=$SECONDS
+lap() { echo "-- $1: $((SECONDS - t0)) s"; }
+
+t0=$SECONDS
+bash "$here/build.sh" "$root/target/emu-driver"
+lap "emulated driver built"
+export LD_LIBRARY_PATH="$root/target/emu-driver${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export CARGO_TARGET_DIR="$root/target/emu" REQUIRE_CUDA_KERNELS=1
+locked=()
+[[ "${CI:-}" == 1 || -n "${EMU_LOCKED:-}" ]] && locked=(--locked)
+
+t0=$SECONDS
+cargo build --release "${locked[@]}" --all-targets
+lap "cargo build (target/emu, cfg cuda_driver)"
+
+echo "== src/gpu tests (runtime, smoke kernels, events, graphs) on the emulated driver"
+t0=$SECONDS
+cargo test --release "${locked[@]}" --lib gpu:: -- --test-threads 1 2>&1 | tee "$CARGO_TARGET_DIR/emu-gpu-tests.log"
+lap "src/gpu tests"
+
+echo "== a tiny run recorded as CUDA graphs equals the op-by-op run (bit for bit)"
+t0=$SECONDS
+cargo test --release "${locked[@]}" --bin speedrun recipe_tests::gpu_recorded_run_equals_op_by_op_run -- --exact --nocapture
+lap "recorded vs op-by-op run"
+
+[[ "${1:-}" == "--quick" ]] && { echo "== emulated GPU (quick) green in $((SECONDS - start)) s"; exit 0; }
+
+echo "== the GPU self-test (every kernel vs the CPU reference, whole step, recorded step)"
+t0=$SECONDS
+cargo test --release "${locked[@]}" --lib selftest::tests::gpu_matches_cpu_reference -- --exact --nocapture
+lap "self-test"
+
+data="${CIFAR10_DIR:-$root/../shared/cifar10/cifar-10-batches-bin}"
+if [[ -f "$data/data_batch_1.bin" ]]; then
+    echo "== speedrun --smoke on the emulated GPU"
+    t0=$SECONDS
+    "$CARGO_TARGET_DIR/release/speedrun" --smoke --no-download --data-dir "$data"
+    lap "speedrun --smoke"
+else
+    echo "== speedrun --smoke skipped: no CIFAR-10 in $data"
+fi
+echo "== emulated GPU green in $((SECONDS - start)) s"
