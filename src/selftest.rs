@@ -483,15 +483,15 @@ fn check_conv(
     let mut gdw = gpu.upload(&vec![POISON; w.len()])?;
     let mut gda = gpu.upload(&vec![POISON; xs.len()])?;
     gpu.conv3x3_bwd(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &gam, &gdy, &mut gdw, Some(&mut gda))?;
-    let got = gpu.download(&gdw)?;
-    r.line(&label("wgrad dw"), &shape, &got, &cdw, TOL_CONV)?;
+    let got_dw = gpu.download(&gdw)?;
+    r.line(&label("wgrad dw"), &shape, &got_dw, &cdw, TOL_CONV)?;
     let got = gpu.download(&gda)?;
     r.line(&label("dgrad da"), &shape, &got, &cda, TOL_CONV)?;
     // the same without da (the first layer once its bias is frozen): dw must not change
     let mut gdw2 = gpu.upload(&vec![POISON; w.len()])?;
     gpu.conv3x3_bwd(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &gam, &gdy, &mut gdw2, None)?;
     let got2 = gpu.download(&gdw2)?;
-    r.line(&label("wgrad dw (no da)"), &shape, &got2, &got, 0.0)
+    r.line(&label("wgrad dw (no da)"), &shape, &got2, &got_dw, 0.0)
 }
 
 fn check_bn(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, ys: Shape, seed: u64) -> Result<()> {
