@@ -121,15 +121,47 @@ static bool live_range(uintptr_t p, size_t n) {
     --it;
     return p >= it->first && p + n <= it->first + it->second;
 }
+// Red zones: every allocation has FRONT bytes before and BACK bytes after it filled with 0xA5;
+// with EMU_REDZONE=1 they are checked after every operation (a kernel writing past a buffer is
+// named), otherwise when the allocation is freed.
+static const size_t FRONT = 256, BACK = 4096;
+static const unsigned char* pattern() {
+    static unsigned char p[BACK];
+    static bool init = [] { memset(p, 0xA5, BACK); return true; }();
+    (void)init;
+    return p;
+}
+static bool redzone_ok(uintptr_t base, size_t n) {
+    const size_t rounded = (n + 255) / 256 * 256;
+    return memcmp((void*)(base - FRONT), pattern(), FRONT) == 0 && memcmp((void*)(base + n), pattern(), rounded - n) == 0 &&
+           memcmp((void*)(base + rounded), pattern(), BACK) == 0;
+}
+static bool redzone_every_op() {
+    static bool on = [] { const char* e = getenv("EMU_REDZONE"); return e && *e == '1'; }();
+    return on;
+}
+// Checks every live allocation's red zones; names the first damaged one.
+static bool check_redzones(const char* after) {
+    for (auto& [b, n] : g_allocs)
+        if (!redzone_ok(b, n)) {
+            complain("after %s: the red zone around the allocation %#lx (%zu bytes) was overwritten (a write out of "
+                     "bounds)", after, (unsigned long)b, n);
+            return false;
+        }
+    return true;
+}
 static CUresult do_alloc(CUdeviceptr* d, size_t n) {
     if (!d) return INVALID_VALUE;
     if (n == 0) return INVALID_VALUE;
     if (g_used + n > TOTAL) return OUT_OF_MEMORY;
     const size_t rounded = (n + 255) / 256 * 256;
-    void* p = aligned_alloc(256, rounded);
-    if (!p) return OUT_OF_MEMORY;
+    unsigned char* raw = (unsigned char*)aligned_alloc(256, FRONT + rounded + BACK);
+    if (!raw) return OUT_OF_MEMORY;
+    unsigned char* p = raw + FRONT;
     static bool poison = [] { const char* e = getenv("EMU_POISON"); return !(e && *e == '0'); }();
-    if (poison) memset(p, 0xFF, rounded);
+    memset(p, poison ? 0xFF : 0, n);
+    memset(raw, 0xA5, FRONT);
+    memset(p + n, 0xA5, rounded - n + BACK);
     g_allocs[(uintptr_t)p] = n;
     g_used += n;
     *d = (CUdeviceptr)p;
@@ -142,9 +174,11 @@ static CUresult do_free(CUdeviceptr d) {
         complain("free of %#llx, which is not the start of a live allocation", d);
         return INVALID_VALUE;
     }
+    if (!redzone_ok(it->first, it->second))
+        complain("freeing %#llx (%zu bytes): its red zone was overwritten (a write out of bounds)", d, it->second);
     g_used -= it->second;
     g_allocs.erase(it);
-    free((void*)d);
+    free((void*)(d - FRONT));
     return SUCCESS;
 }
 
@@ -233,6 +267,10 @@ static CUresult run_launch(const Op& op) {
         complain("%s::%s: %s", k.module, k.name, err.c_str());
         sticky = LAUNCH_FAILED;
         return LAUNCH_FAILED;
+    }
+    if (redzone_every_op() && !check_redzones(k.name)) {
+        sticky = ILLEGAL_ADDRESS;
+        return ILLEGAL_ADDRESS;
     }
     return SUCCESS;
 }
@@ -567,6 +605,7 @@ API CUresult cuStreamBeginCapture_v2(void* sh, int mode) {
         return CAPTURE_UNSUPPORTED;
     }
     if (s->capturing) return INVALID_VALUE;
+    if (trace()) fprintf(stderr, "emu-driver: capture begins\n");
     s->capturing = true;
     s->invalidated = false;
     s->graph = new Graph;
@@ -585,6 +624,7 @@ API CUresult cuStreamEndCapture(void* sh, void** graph) {
         return CAPTURE_INVALIDATED;
     }
     *graph = s->graph;
+    if (trace()) fprintf(stderr, "emu-driver: capture ended: %zu operations\n", s->graph->ops.size());
     s->graph = nullptr;
     return SUCCESS;
 }
@@ -622,6 +662,7 @@ API CUresult cuGraphLaunch(void* exec, void* sh) {
     if (!exec) return INVALID_VALUE;
     Stream* s = S(sh);
     if (sticky) return sticky;
+    if (trace()) fprintf(stderr, "emu-driver: graph launch: %zu operations\n", ((GraphExec*)exec)->ops.size());
     for (const Op& op : ((GraphExec*)exec)->ops) {
         Op copy = op;
         if (CUresult r = submit(s, std::move(copy))) return r;
