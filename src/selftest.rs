@@ -872,6 +872,12 @@ impl<B: Backend> StepState<B> {
     /// One step, the sequence of main.rs's train_step: the next plan row → forward (training
     /// BN) → xent → backward (the whitening bias trains) → SGD + Muon. Allocates nothing.
     fn step(&mut self, b: &mut B) -> Result<()> {
+        self.forward(b)?;
+        self.backward(b)
+    }
+
+    /// The first part of [`StepState::step`]: the next plan row, the forward pass and the loss.
+    fn forward(&mut self, b: &mut B) -> Result<()> {
         let (n, s) = (self.n, self.s);
         let scale = 1.0 / s[6].c as f32;
         b.next_step(&self.plan, &mut self.step)?;
@@ -885,8 +891,13 @@ impl<B: Backend> StepState<B> {
         }
         let pre6 = Pre::Bn { bn: &self.bn[6], beta: &self.beta[5] };
         b.head(&self.x[6], s[6], pre6, &self.head, CLASSES, scale, &mut self.feat, &mut self.ham, &mut self.logits)?;
-        b.xent(&self.logits, &self.labels, &self.words, &self.step, n, CLASSES, 0.2, &mut self.dlogits, &mut self.acc)?;
+        b.xent(&self.logits, &self.labels, &self.words, &self.step, n, CLASSES, 0.2, &mut self.dlogits, &mut self.acc)
+    }
 
+    /// The rest of [`StepState::step`]: the backward pass and both optimisers.
+    fn backward(&mut self, b: &mut B) -> Result<()> {
+        let s = self.s;
+        let scale = 1.0 / s[6].c as f32;
         b.head_bwd(
             &self.dlogits,
             &self.feat,
@@ -988,12 +999,32 @@ fn step_init_whitened(cpu: &mut Cpu<f32>, n: usize, steps: usize, seed: u64) -> 
 fn check_step(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, n: usize, seed: u64) -> Result<()> {
     let init = step_init_whitened(cpu, n, 1, seed)?;
     let mut c = StepState::new(cpu, &init, n)?;
-    c.step(cpu)?;
-    let want = c.outputs(cpu)?;
     let mut g = StepState::new(gpu, &init, n)?;
-    g.step(gpu)?;
-    let got = g.outputs(gpu)?;
+    c.forward(cpu)?;
+    g.forward(gpu)?;
+    // Max-pool picks at near-ties differ between fp16 activations and the f32 reference (the
+    // per-op argmax checks bound them), and a gradient routed to another pixel differs there
+    // entirely: a few dozen flips of 16384 head picks make every gradient below the head ~6%
+    // off. So the CPU backward routes through the GPU's picks, as the per-op conv checks do.
     let shape = format!("batch {n}, recipe widths");
+    let (mut differ, mut picks) = (0, 0);
+    for l in 0..6 {
+        let am = gpu.download_bytes(&g.am[l])?;
+        differ += am.iter().zip(&c.am[l]).filter(|(a, b)| a != b).count();
+        picks += am.len();
+        c.am[l] = am;
+    }
+    let ham = gpu.download_bytes(&g.ham)?;
+    differ += ham.iter().zip(&c.ham).filter(|(a, b)| a != b).count();
+    picks += ham.len();
+    c.ham = ham;
+    let detail =
+        format!("{differ} of {picks} pooling picks differ from the CPU's (near-ties); its backward uses the GPU's");
+    r.flag("step argmax picks", &detail, differ * 100 <= picks)?;
+    c.backward(cpu)?;
+    g.backward(gpu)?;
+    let want = c.outputs(cpu)?;
+    let got = g.outputs(gpu)?;
     for ((name, tol, g), (_, _, w)) in got.iter().zip(&want) {
         if name == "step loss/correct" && g.len() == 2 && w.len() == 2 {
             // the loss to TOL_STEP_LOSS; the correct count may differ by one prediction whose
