@@ -1,14 +1,16 @@
-// The launcher of the emulated driver: every CUDA thread of a block is a fiber (ucontext) on one
-// OS thread; __syncthreads and the per-warp barrier of the shuffles are cooperative yields, so
-// a barrier costs a few context switches instead of OS-thread wake-ups. Blocks are independent
-// and run in parallel on $EMU_THREADS OS threads (default: all cores); __shared__ is
-// `static thread_local` (see ../kernel-emu/inc/cuda_fp16.h, EMU_FIBERS), one copy per OS thread,
-// which is exactly one per running block. Threads of a block run in order 0, 1, ... up to their
-// next barrier (a deterministic interleaving; data races are not detected here: use
-// scripts/kernel-emu/run.sh --tsan).
+// The launcher of the emulated driver: every CUDA thread of a block is a fiber on one OS thread,
+// switched by a hand-written x86-64 context switch (glibc's swapcontext makes a signal-mask
+// syscall per switch, which was 60% of the run time). __syncthreads and the per-warp barrier of
+// the shuffles are cooperative yields, so a barrier costs a few context switches instead of
+// OS-thread wake-ups. Blocks are independent and run in parallel on $EMU_THREADS OS threads
+// (default: all cores); __shared__ is `static thread_local` (see
+// ../kernel-emu/inc/cuda_fp16.h, EMU_FIBERS), one copy per OS thread, which is exactly one per
+// running block. Threads of a block run in order 0, 1, ... up to their next barrier (a
+// deterministic interleaving; data races are not detected here: use
+// scripts/kernel-emu/run.sh --tsan). A block whose threads wait at different barriers is
+// reported as a failed launch.
 #include "cuda_fp16.h"
 #include "emu_kernel.h"
-#include <ucontext.h>
 #include <sys/mman.h>
 #include <atomic>
 #include <condition_variable>
@@ -20,6 +22,42 @@
 dim3 blockDim, gridDim;
 thread_local double g_xchg[64][32];
 
+#if !defined(__x86_64__)
+#error "scripts/emu-driver/fibers.cpp: the fiber switch is written for x86-64"
+#endif
+// emu_switch(save, to): saves the callee-saved registers, MXCSR and the x87 control word on the
+// current stack, stores the stack pointer in *save, and resumes the stack `to`.
+extern "C" void emu_switch(void** save, void* to);
+asm(R"(
+    .text
+    .globl emu_switch
+    .hidden emu_switch
+    .type emu_switch,@function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch, .-emu_switch
+)");
+
 namespace {
 constexpr size_t STACK = 256 << 10;
 
@@ -28,7 +66,7 @@ struct Barrier {
     uint64_t gen = 0;
 };
 struct Fiber {
-    ucontext_t ctx;
+    void* sp = nullptr;
     void* stack = nullptr;
     dim3 tid;
     bool done = false, waiting = false;
@@ -36,7 +74,7 @@ struct Fiber {
     uint64_t gen = 0;
 };
 struct Sched {
-    ucontext_t main;
+    void* main = nullptr;
     std::vector<Fiber*> fibers;
     int cur = 0, alive = 0;
     Barrier block;
@@ -59,7 +97,7 @@ void arrive(Barrier& b) {
     fb.waiting = true;
     fb.on = &b;
     fb.gen = b.gen;
-    swapcontext(&fb.ctx, &S.main);
+    emu_switch(&fb.sp, S.main);
 }
 void leave(Barrier& b) {
     b.expected--;
@@ -73,8 +111,18 @@ void trampoline() {
     leave(S.block);
     const dim3 t = fb.tid;
     leave(S.warps[(t.x + t.y * blockDim.x + t.z * blockDim.x * blockDim.y) / 32]);
-    swapcontext(&fb.ctx, &S.main);
+    emu_switch(&fb.sp, S.main);
     abort();  // never resumed
+}
+// A fresh fiber's stack: the frame emu_switch pops (MXCSR/FPU control word, six registers) and
+// trampoline as its return address, placed so that trampoline starts with the ABI's alignment.
+void* fresh_stack(void* stack) {
+    uintptr_t ret = ((uintptr_t)stack + STACK - 16) & ~(uintptr_t)15;
+    uint64_t* f = (uint64_t*)(ret - 56);
+    f[0] = 0x1F80ull | (0x037Full << 32);  // MXCSR default, x87 control word default
+    for (int i = 1; i < 7; i++) f[i] = 0;
+    *(uint64_t*)ret = (uint64_t)(uintptr_t)&trampoline;
+    return f;
 }
 
 // Runs one block on this OS thread; returns false on a deadlock.
@@ -86,7 +134,6 @@ bool run_block(unsigned bx, unsigned by, unsigned bz, int nt) {
             perror("emu-driver: fiber stack");
             abort();
         }
-        getcontext(&fb->ctx);
         S.fibers.push_back(fb);
     }
     blockIdx.x = bx;
@@ -97,10 +144,7 @@ bool run_block(unsigned bx, unsigned by, unsigned bz, int nt) {
     for (int w = 0; w < (nt + 31) / 32; w++) S.warps[w].expected = std::min(32, nt - 32 * w);
     for (int i = 0; i < nt; i++) {
         Fiber& fb = *S.fibers[i];
-        fb.ctx.uc_stack.ss_sp = fb.stack;
-        fb.ctx.uc_stack.ss_size = STACK;
-        fb.ctx.uc_link = nullptr;
-        makecontext(&fb.ctx, trampoline, 0);
+        fb.sp = fresh_stack(fb.stack);
         fb.tid.x = i % blockDim.x;
         fb.tid.y = (i / blockDim.x) % blockDim.y;
         fb.tid.z = i / (blockDim.x * blockDim.y);
@@ -115,7 +159,7 @@ bool run_block(unsigned bx, unsigned by, unsigned bz, int nt) {
             fb.waiting = false;
             S.cur = i;
             threadIdx = fb.tid;
-            swapcontext(&S.main, &fb.ctx);
+            emu_switch(&S.main, fb.sp);
             progress = true;
         }
         if (!progress) return false;
