@@ -165,6 +165,7 @@ static CUresult do_alloc(CUdeviceptr* d, size_t n) {
     g_allocs[(uintptr_t)p] = n;
     g_used += n;
     *d = (CUdeviceptr)p;
+    if (trace()) fprintf(stderr, "emu-driver: alloc %zu bytes at %p (%zu live)\n", n, (void*)p, g_allocs.size());
     return SUCCESS;
 }
 static CUresult do_free(CUdeviceptr d) {
@@ -176,6 +177,7 @@ static CUresult do_free(CUdeviceptr d) {
     }
     if (!redzone_ok(it->first, it->second))
         complain("freeing %#llx (%zu bytes): its red zone was overwritten (a write out of bounds)", d, it->second);
+    if (trace()) fprintf(stderr, "emu-driver: free %zu bytes at %#llx\n", it->second, d);
     g_used -= it->second;
     g_allocs.erase(it);
     free((void*)(d - FRONT));
