@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the real GPU host code (src/gpu/*.rs, src/selftest.rs, the GPU training path) on the CPU
 # through the emulated CUDA driver built by build.sh (see driver.cpp for what it emulates and
-# checks). Builds into target/emu (so normal builds keep no `cuda_driver` cfg), then runs:
+# checks). Checks the driver itself (selfcheck.cpp), builds into target/emu (so normal builds
+# keep no `cuda_driver` cfg), then runs:
 #   1. src/gpu/tests.rs (smoke kernels, dynamic shared memory, events, graphs, PTX image, ...)
 #   2. recipe_tests::gpu_recorded_run_equals_op_by_op_run (a tiny run recorded as CUDA graphs
 #      vs op by op, bit for bit)
@@ -30,6 +31,12 @@ lap() { echo "-- $1: $((SECONDS - t0)) s"; }
 t0=$SECONDS
 bash "$here/build.sh" "$root/target/emu-driver"
 lap "emulated driver built"
+echo "== the emulated driver's own checks (scripts/emu-driver/selfcheck.cpp)"
+lib="$root/target/emu-driver/libcuda.so.1"
+g++ -std=c++20 -O1 "$here/selfcheck.cpp" -o "$root/target/emu-driver/selfcheck" -ldl
+"$root/target/emu-driver/selfcheck" "$lib" basic 2>/dev/null
+"$root/target/emu-driver/selfcheck" "$lib" uaf 2>/dev/null
+EMU_REDZONE=1 "$root/target/emu-driver/selfcheck" "$lib" redzone 2>/dev/null
 export LD_LIBRARY_PATH="$root/target/emu-driver${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export CARGO_TARGET_DIR="$root/target/emu" REQUIRE_CUDA_KERNELS=1
 locked=()
