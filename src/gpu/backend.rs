@@ -623,13 +623,23 @@ impl Backend for Gpu {
                 images.len / 3072
             )
         })?;
+        // the f64 partial sums live in the shared workspace (2 f32 slots each): nothing is
+        // allocated inside a timed run, of which the whitening init is part
         let nb = n.min(256);
-        let mut part = self.alloc::<f64>(nb * 144, "patch covariance partial sums")?;
+        let part = self.workspace(nb * 144 * 2)?;
         let mut args = vec![self.ptr(&images.mem), int(n, "images")?];
         args.extend(norm_args(norm));
-        args.push(self.ptr_mut(&mut part));
+        args.push(part);
         self.launch("stem", "patch_cov_f32", (nb as u32, 1, 1), (160, 1, 1), &args)?;
-        let host = self.stream.clone_dtoh(&part).map_err(|e| Gpu::err("downloading the patch covariance", e))?;
+        let ws = self.ops.ws.as_ref().expect("sized by workspace() above");
+        let words = self
+            .stream
+            .clone_dtoh(&ws.slice(0..nb * 144 * 2))
+            .map_err(|e| Gpu::err("downloading the patch covariance", e))?;
+        let host: Vec<f64> = words
+            .chunks_exact(2)
+            .map(|w| f64::from_bits(w[0].to_bits() as u64 | (w[1].to_bits() as u64) << 32))
+            .collect();
         let count = (n * 31 * 31) as f64;
         let mut cov = vec![0.0f64; 144];
         for b in 0..nb {
