@@ -48,6 +48,16 @@ __device__ __forceinline__ StemAug stem_word(unsigned int word) {
                    ((word >> 26) & 1u) != 0};
 }
 
+// Example i's view: its word at the step record's offset, decoded. False when the words run
+// past aug_len or the image index past `total` (the caller then stores NaN).
+__device__ __forceinline__ bool stem_lookup(const unsigned int* aug, int aug_len, const unsigned int* step, int n,
+                                            int i, int total, StemAug& a) {
+    const unsigned int* words = step_aug(aug, aug_len, step, n);
+    if (!words) return false;
+    a = stem_word(words[i]);
+    return a.index < total;
+}
+
 // The reference asserts on an image index past the dataset; a device cannot: the output is NaN.
 __device__ __forceinline__ void stem_store_nan(half* dst) {
     Half8 o;
@@ -87,12 +97,10 @@ extern "C" __global__ void stem_fwd_f16(const unsigned char* __restrict__ images
     const long long pix = t / groups;
     const int i = (int)(pix / 961), r = (int)(pix % 961);
     const int y = r / 31, x = r % 31;
-    const unsigned int* words = step_aug(aug, aug_len, step, n);
-    if (!words) return stem_store_nan(out + pix * cw + g * 8);
-    const StemAug a = stem_word(words[i]);
+    StemAug a;
+    if (!stem_lookup(aug, aug_len, step, n, i, total, a)) return stem_store_nan(out + pix * cw + g * 8);
     const int sy = a.sy, sx = a.sx;
     const bool flip = a.flip;
-    if (a.index >= total) return stem_store_nan(out + pix * cw + g * 8);
     const unsigned char* img = images + (long long)a.index * 3072;
     float v[12];
 #pragma unroll
@@ -134,12 +142,10 @@ extern "C" __global__ void stem_res_fwd_f16(const unsigned char* __restrict__ im
     const long long pix = t / groups;
     const int i = (int)(pix / per), r = (int)(pix % per);
     const int y = r / o, x = r % o;
-    const unsigned int* words = step_aug(aug, aug_len, step, n);
-    if (!words) return stem_store_nan(out + pix * cw + g * 8);
-    const StemAug a = stem_word(words[i]);
+    StemAug a;
+    if (!stem_lookup(aug, aug_len, step, n, i, total, a)) return stem_store_nan(out + pix * cw + g * 8);
     const int sy = a.sy, sx = a.sx;
     const bool flip = a.flip;
-    if (a.index >= total) return stem_store_nan(out + pix * cw + g * 8);
     const unsigned char* img = images + (long long)a.index * 3072;
     // the augmented, normalised view at full resolution
     auto view = [&](int vy, int vx, int c) {

@@ -1,23 +1,7 @@
-#include "cuda_fp16.h"
-#include <cstdio>
-#include <random>
-void launch(dim3 grid, dim3 block, const std::function<void()>& f);
+#define TEST_SEED 42
+#include "testlib.h"
 #include "conv.cu"
 
-static std::mt19937 rng(42);
-static std::vector<float> rndv(size_t n, float scale, float off = 0) {
-    std::normal_distribution<float> d(0, 1);
-    std::vector<float> v(n);
-    for (auto& x : v) x = (float)(half)(d(rng) * scale + off);
-    return v;
-}
-static double g64(double u) { return 0.5 * u * (1 + erf(u / sqrt(2.0))); }
-static double relerr(const std::vector<double>& g, const std::vector<double>& w) {
-    double d = 0, r = 0;
-    for (size_t i = 0; i < g.size(); i++) { if (!std::isfinite(g[i])) return INFINITY; d += (g[i] - w[i]) * (g[i] - w[i]); r += w[i] * w[i]; }
-    return sqrt(d / r);
-}
-static int fails = 0;
 static void report(const char* what, int N, int H, int W, int cin, int cout, int pool, int bn, double e, double tol) {
     printf("%-28s N%d %dx%dx%d->%d pool%d bn%d relL2 %.3e %s\n", what, N, H, W, cin, cout, pool, bn, e, e <= tol ? "PASS" : "FAIL");
     if (!(e <= tol)) fails++;

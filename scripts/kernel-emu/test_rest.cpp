@@ -1,29 +1,13 @@
-#include "cuda_fp16.h"
-#include <cstdio>
-#include <random>
+#define TEST_SEED 7
+#include "testlib.h"
 #include <array>
 #include <cstring>
-void launch(dim3 grid, dim3 block, const std::function<void()>& f);
 #include "norm.cu"
 #include "stem.cu"
 #include "head.cu"
 #include "optim.cu"
 
-static std::mt19937 rng(7);
-static std::vector<float> rndv(size_t n, float scale, float off = 0) {
-    std::normal_distribution<float> d(0, 1);
-    std::vector<float> v(n);
-    for (auto& x : v) x = (float)(half)(d(rng) * scale + off);
-    return v;
-}
-static double g64(double u) { return 0.5 * u * (1 + erf(u / sqrt(2.0))); }
 static double gg64(double u) { return 0.5 * (1 + erf(u / sqrt(2.0))) + u * exp(-0.5 * u * u) / sqrt(2 * M_PI); }
-template <class A, class B> static double relerr(const A& g, const B& w) {
-    double d = 0, r = 0;
-    for (size_t i = 0; i < g.size(); i++) { double gv = (double)g[i]; if (!std::isfinite(gv)) return INFINITY; d += (gv - (double)w[i]) * (gv - (double)w[i]); r += (double)w[i] * (double)w[i]; }
-    return r > 0 ? sqrt(d / r) : sqrt(d);
-}
-static int fails = 0;
 static void report(const char* what, double e, double tol) {
     printf("%-36s relL2 %.3e %s\n", what, e, e <= tol ? "PASS" : "FAIL");
     if (!(e <= tol)) fails++;

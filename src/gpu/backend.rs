@@ -211,6 +211,12 @@ fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
     }
 }
 
+/// A launchable grid: no empty dimension, y and z at most 65535.
+fn check_grid(name: &str, grid: (u32, u32, u32)) -> Result<()> {
+    check(grid.0 > 0 && grid.1 > 0 && grid.2 > 0, || format!("{name}: empty grid {grid:?}"))?;
+    check(grid.1 <= 65535 && grid.2 <= 65535, || format!("{name}: grid {grid:?} exceeds 65535 in y or z"))
+}
+
 fn check_len(got: usize, want: usize, what: &str) -> Result<()> {
     check(got == want, || format!("{what} holds {got} values, expected {want}"))
 }
@@ -256,8 +262,7 @@ impl Gpu {
         block: (u32, u32, u32),
         args: &[Arg],
     ) -> Result<()> {
-        check(grid.0 > 0 && grid.1 > 0 && grid.2 > 0, || format!("{name}: empty grid {grid:?}"))?;
-        check(grid.1 <= 65535 && grid.2 <= 65535, || format!("{name}: grid {grid:?} exceeds 65535 in y or z"))?;
+        check_grid(name, grid)?;
         let (f, params) = self.func_params(module, name)?;
         if let Some(sizes) = params {
             check_args(module, name, &sizes, args)?;
@@ -447,8 +452,7 @@ impl Gpu {
         block: (u32, u32, u32),
         arg: &T,
     ) -> Result<()> {
-        check(grid.0 > 0 && grid.1 > 0 && grid.2 > 0, || format!("{name}: empty grid {grid:?}"))?;
-        check(grid.1 <= 65535 && grid.2 <= 65535, || format!("{name}: grid {grid:?} exceeds 65535 in y or z"))?;
+        check_grid(name, grid)?;
         let f = self.func(module, name)?;
         let mut b = self.stream.launch_builder(&f);
         b.arg(arg);
@@ -477,18 +481,25 @@ impl Gpu {
 
     /// Copies a word tensor (e.g. the step record) to the host.
     pub fn download_words(&mut self, w: &GWords) -> Result<Vec<u32>> {
-        if w.len == 0 {
-            return Ok(Vec::new());
-        }
-        self.stream.clone_dtoh(&w.mem.slice(0..w.len)).map_err(|e| Gpu::err("downloading a word tensor", e))
+        self.download_first(&w.mem, w.len, "downloading a word tensor")
     }
 
     /// Copies a byte tensor (e.g. pooling argmax indices) to the host.
     pub fn download_bytes(&mut self, b: &GBytes) -> Result<Vec<u8>> {
-        if b.len == 0 {
+        self.download_first(&b.mem, b.len, "downloading a byte tensor")
+    }
+
+    /// The first `len` values of `mem` on the host.
+    fn download_first<T: DeviceRepr + Default + Clone>(
+        &self,
+        mem: &CudaSlice<T>,
+        len: usize,
+        what: &str,
+    ) -> Result<Vec<T>> {
+        if len == 0 {
             return Ok(Vec::new());
         }
-        self.stream.clone_dtoh(&b.mem.slice(0..b.len)).map_err(|e| Gpu::err("downloading a byte tensor", e))
+        self.stream.clone_dtoh(&mem.slice(0..len)).map_err(|e| Gpu::err(what, e))
     }
 }
 
@@ -632,10 +643,7 @@ impl Backend for Gpu {
         args.push(part);
         self.launch("stem", "patch_cov_f32", (nb as u32, 1, 1), (160, 1, 1), &args)?;
         let ws = self.ops.ws.as_ref().expect("sized by workspace() above");
-        let words = self
-            .stream
-            .clone_dtoh(&ws.slice(0..nb * 144 * 2))
-            .map_err(|e| Gpu::err("downloading the patch covariance", e))?;
+        let words = self.download_first(ws, nb * 144 * 2, "downloading the patch covariance")?;
         let host: Vec<f64> = words
             .chunks_exact(2)
             .map(|w| f64::from_bits(w[0].to_bits() as u64 | (w[1].to_bits() as u64) << 32))
