@@ -10,8 +10,9 @@
 
 #define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
 
-// True in device code compiled for sm_80 or newer (Ampere+: mma.sync m16n8k16, cp.async, ldmatrix).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+// True in device code compiled for sm_80 or newer (Ampere+: mma.sync m16n8k16, cp.async, ldmatrix),
+// and in the host emulation (scripts/kernel-emu), which provides those instructions lane by lane.
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800) || defined(EMU_KERNELS)
 #define ARCH_SM80 1
 #else
 #define ARCH_SM80 0
@@ -26,6 +27,75 @@ __device__ __forceinline__ unsigned pack_half2(half lo, half hi) {
 __device__ __forceinline__ unsigned load_half2(const half* a, int i) {
     return *reinterpret_cast<const unsigned*>(a + i);
 }
+
+// ---- sm_80+ warp-level instructions (PTX ISA names). Kernels that use them are launched only on
+// compute capability ≥ 8.0 (the host checks); compiled for sm_70 their bodies trap. The host
+// emulation (scripts/kernel-emu/inc/sm80.h) implements the same fragment layouts lane by lane.
+#if !defined(EMU_KERNELS)
+// d += a·b for one m16n8k16 tile, fp16 inputs, fp32 accumulators. g = lane/4, t = lane%4:
+// a[0..3] = A(g, 2t..2t+1), A(g+8, 2t..), A(g, 2t+8..), A(g+8, 2t+8..); b[0..1] = B(2t..2t+1, g),
+// B(2t+8.., g) (k pairs); d[0..3] = D(g, 2t), D(g, 2t+1), D(g+8, 2t), D(g+8, 2t+1).
+__device__ __forceinline__ void mma_16816(float* d, const unsigned* a, const unsigned* b) {
+#if ARCH_SM80
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
+}
+// Four 8×8 fp16 matrices from shared memory: lanes 8j..8j+7 give the 16-byte row addresses of
+// matrix j; r[j] of lane l = matrix j's row l/4, columns 2(l%4), 2(l%4)+1.
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const half* p) {
+#if ARCH_SM80
+    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s)
+                 : "memory");
+#else
+    __trap();
+#endif
+}
+// The same with .trans: r[j] of lane l = matrix j's elements (2(l%4), l/4) and (2(l%4)+1, l/4),
+// i.e. row l/4, columns 2(l%4).. of the transposed matrix (for operands stored k-major).
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const half* p) {
+#if ARCH_SM80
+    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s)
+                 : "memory");
+#else
+    __trap();
+#endif
+}
+// Asynchronous 16-byte global → shared copy of `bytes` (0 or 16) bytes, the rest zero-filled;
+// both addresses 16-byte aligned. Visible to this thread after cp_async_wait, to the block after
+// that and a __syncthreads.
+__device__ __forceinline__ void cp_async16(half* dst, const void* src, int bytes) {
+#if ARCH_SM80
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(bytes) : "memory");
+#else
+    __trap();
+#endif
+}
+// Closes the group of this thread's copies issued since the last commit (possibly empty).
+__device__ __forceinline__ void cp_async_commit() {
+#if ARCH_SM80
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+#if ARCH_SM80
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+#endif
 
 // Full-warp sum / max (all 32 lanes active).
 __device__ __forceinline__ float warp_sum(float v) {

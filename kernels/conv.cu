@@ -1,6 +1,7 @@
 // conv.cu: the 3×3 "same" convolution (pad 1, stride 1, no bias) of `a = GELU(pre(x))`, its
 // fused 2×2 max-pool, and both gradients, as implicit GEMMs on tensor cores (nvcuda::wmma
-// 16×16×16, fp16 inputs, fp32 accumulators: one code path for sm_70 .. sm_90).
+// 16×16×16, fp16 inputs, fp32 accumulators: one code path for sm_70 .. sm_90; sm_80+ also has
+// mma.sync kernels for all three, at the end of this file).
 //
 // Layouts (src/backend.rs): activations NHWC fp16, C contiguous; weights OHWI fp32
 // (w[co][ky][kx][ci], a cout × K matrix with K = 9·cin, k = (ky·3 + kx)·cin + ci), converted to
@@ -19,6 +20,10 @@
 //                       pooling drops an odd last row/column), the epilogue takes the first
 //                       maximum of the fp32 sums (window order dy·2 + dx) and writes the pooled
 //                       fp16 value and its argmax byte.
+//   conv3x3_{fwd,dgrad,wgrad}_mma_f16  the same three for compute capability ≥ 8.0, input
+//                       already activated (bn = 2): mma.sync m16n8k16, ldmatrix, a 3-stage
+//                       cp.async pipeline, 128×64 block tiles (see the section at the end of this
+//                       file). The host picks them on sm_80+ (`ConvPath` in src/gpu/mod.rs).
 //   conv3x3_dgrad_f16   da = conv(unpool(dy), w flipped and channel-swapped). GEMM M = input
 //                       pixels, N = cin, K = 9·cout (k = tap'·cout + o, tap' = 8 − tap).
 //                       grid (ceil(M/64), ceil(cin/64)). The unpool (through argmax) is fused
@@ -482,4 +487,348 @@ extern "C" __global__ void wgrad_reduce_f32(const float* __restrict__ part, int 
     float s = 0.f;
     for (int z = 0; z < slices; z++) s += part[(long long)z * len + i];
     dw[i] = s;
+}
+
+// =============================================================================================
+// sm_80+ kernels: mma.sync m16n8k16 + ldmatrix + a 3-stage pipeline (cp.async where an operand
+// is a plain gather, registers where it is converted or selected), 128×64 block tiles, K step
+// 32, 4 warps (2×2) of 64×32, epilogues from registers. Launched only on compute capability
+// ≥ 8.0 (`ConvPath::Mma` in src/gpu/mod.rs), and only with an activated input (bn = 2).
+//
+// Shared-memory stages are either row-major [rows][k] (MLD = 40 halves per row: 80 B, so the 8
+// row reads of an ldmatrix hit 8 distinct bank groups), read with ldmatrix, or k-major
+// [k][rows] (A: 136, B: 72 halves per k row, odd multiples of 16 B), read with ldmatrix.trans.
+#define MB 128
+#define MN 64
+#define MK 32
+#define MSTAGES 3
+#define MLD 40
+#define MLDA_T 136
+#define MLDB_T 72
+#define MA_STAGE (MB * MLD)  // halves; ≥ MK * MLDA_T
+#define MB_STAGE (MN * MLD)  // ≥ MK * MLDB_T
+
+// One K step (32) of the block tile from stage buffers `as`, `bs` into acc[i][j][·] (the
+// m16n8 tile at warp rows 16i, cols 8j). AT / BT: the stage is k-major (ldmatrix.trans).
+template <bool AT, bool BT>
+__device__ __forceinline__ void mma_kstep(float (&acc)[4][4][4], const half* as, const half* bs, int lane, int wm,
+                                          int wn) {
+#pragma unroll
+    for (int kk = 0; kk < MK; kk += 16) {
+        unsigned fa[4][4], fb[4][2];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {  // matrices (m 0-7 | 8-15) × (k 0-7 | 8-15) = a0..a3
+            if (!AT)
+                ldmatrix_x4(fa[i], as + (wm * 64 + i * 16 + (lane & 15)) * MLD + kk + (lane >> 4) * 8);
+            else
+                ldmatrix_x4_trans(fa[i], as + (kk + (lane & 7) + (lane >> 4) * 8) * MLDA_T + wm * 64 + i * 16 +
+                                             ((lane >> 3) & 1) * 8);
+        }
+#pragma unroll
+        for (int j = 0; j < 2; j++) {  // matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), ...
+            unsigned r[4];
+            if (!BT)
+                ldmatrix_x4(r, bs + (wn * 32 + j * 16 + (lane & 7) + (lane >> 4) * 8) * MLD + kk + ((lane >> 3) & 1) * 8);
+            else
+                ldmatrix_x4_trans(r, bs + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * MLDB_T + wn * 32 + j * 16 +
+                                         (lane >> 4) * 8);
+            fb[2 * j][0] = r[0];
+            fb[2 * j][1] = r[1];
+            fb[2 * j + 1][0] = r[2];
+            fb[2 * j + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) mma_16816(acc[i][j], fa[i], fb[j]);
+    }
+}
+
+// The pipeline over nk K steps. issue(t, s): start loading step t into stage s (cp.async copies,
+// and global loads into the caller's registers); finish(s): store those registers into stage s.
+// Step t lives in stage t % 3; one group is committed per step (empty past the end), so
+// "≤ 1 group in flight" at step t means step t has landed. finish for step t + 2 runs after
+// step t's MMAs: its stage held step t − 1, which every warp finished before this step's barrier.
+template <bool AT, bool BT, class Issue, class Finish>
+__device__ __forceinline__ void mma_pipeline(float (&acc)[4][4][4], const half* As, const half* Bs, int nk,
+                                             Issue issue, Finish finish) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 1, wn = warp & 1;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) acc[i][j][r] = 0.f;
+    issue(0, 0);
+    cp_async_commit();
+    finish(0);
+    if (nk > 1) issue(1, 1);
+    cp_async_commit();
+    if (nk > 1) finish(1);
+    for (int t = 0; t < nk; t++) {
+        cp_async_wait<1>();
+        __syncthreads();
+        const bool ahead = t + 2 < nk;
+        const int s2 = (t + 2) % MSTAGES;
+        if (ahead) issue(t + 2, s2);
+        cp_async_commit();
+        const int s = t % MSTAGES;
+        mma_kstep<AT, BT>(acc, As + s * MA_STAGE, Bs + s * MB_STAGE, lane, wm, wn);
+        if (ahead) finish(s2);
+    }
+    cp_async_wait<0>();
+}
+
+// Pixel index p of an N×H×W grid → (n, y, x); ok = p < P (else (0, 0, 0)).
+__device__ __forceinline__ void pixel_of(long long p, long long P, int H, int W, int& n, int& yy, int& xx, bool& ok) {
+    ok = p < P;
+    const long long pp = ok ? p : 0;
+    const int per = H * W;
+    n = (int)(pp / per);
+    const int r = (int)(pp - (long long)n * per);
+    yy = r / W;
+    xx = r % W;
+}
+
+// Same contract as conv3x3_fwd_f16 with bn = 2. A = im2col(a) [pixels][k] by cp.async (zero
+// fill outside the image), B = w [cout][k] fp32 → fp16 through registers. With pool, the four
+// rows of a 2×2 window (consecutive m) sit in lanes 4 apart (rows g..g+3 of an m16 tile): their
+// values are gathered with shuffles and the first maximum is taken in window order.
+// grid (ceil(M/128), ceil(cout/64)), block 128.
+extern "C" __global__ void __launch_bounds__(128)
+conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, const float* __restrict__ w, int cout,
+                    int pool, half* __restrict__ y, unsigned char* __restrict__ argmax) {
+#if ARCH_SM80
+    __shared__ __align__(128) half As[MSTAGES * MA_STAGE];
+    __shared__ __align__(128) half Bs[MSTAGES * MB_STAGE];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
+    const int K = 9 * cin, PH = H >> 1, PW = W >> 1;
+    const long long M = pool ? (long long)N * PH * PW * 4 : (long long)N * H * W;
+    const long long m0 = (long long)blockIdx.x * MB;
+    const int n0 = blockIdx.y * MN;
+    // Staging: this thread copies A rows r0 + 32i (i < 4) and B rows r0 + 32i (i < 2), 8 k at kc.
+    const int r0 = tid >> 2, kc = (tid & 3) * 8;
+    int an[4], ay[4], ax[4];
+    bool aok[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const long long m = m0 + r0 + 32 * i;
+        if (pool) {
+            aok[i] = m < M;
+            const long long win = aok[i] ? m >> 2 : 0;
+            const int pos = (int)(m & 3), per = PH * PW;
+            an[i] = (int)(win / per);
+            const int r = (int)(win - (long long)an[i] * per);
+            ay[i] = 2 * (r / PW) + (pos >> 1);
+            ax[i] = 2 * (r % PW) + (pos & 1);
+        } else {
+            pixel_of(m, M, H, W, an[i], ay[i], ax[i], aok[i]);
+        }
+    }
+    uint4 rb[2];
+    auto issue = [&](int t, int s) {
+        const int k = t * MK + kc;
+        const bool kok = k < K;
+        const int tap = kok ? k / cin : 0, ci = k - tap * cin;
+        const int dy = tap / 3 - 1, dx = tap % 3 - 1;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int iy = ay[i] + dy, ix = ax[i] + dx;
+            const bool ok = aok[i] && kok && iy >= 0 && iy < H && ix >= 0 && ix < W;
+            const half* src = ok ? a + (((long long)an[i] * H + iy) * W + ix) * cin + ci : a;
+            cp_async16(As + s * MA_STAGE + (r0 + 32 * i) * MLD + kc, src, ok ? 16 : 0);
+        }
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int co = n0 + r0 + 32 * i;
+            const bool ok = co < cout && kok;
+            rb[i] = w8(w + (ok ? (long long)co * K + k : 0), ok);
+        }
+    };
+    auto finish = [&](int s) {
+#pragma unroll
+        for (int i = 0; i < 2; i++) *reinterpret_cast<uint4*>(Bs + s * MB_STAGE + (r0 + 32 * i) * MLD + kc) = rb[i];
+    };
+    float acc[4][4][4];
+    mma_pipeline<false, false>(acc, As, Bs, CEIL_DIV(K, MK), issue, finish);
+
+    // acc[i][j][2h + e] = D(row, col): row = wm·64 + 16i + g + 8h, col = wn·32 + 8j + 2q + e.
+    const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const long long m = m0 + wm * 64 + i * 16 + g + 8 * h;
+                const int co = n0 + wn * 32 + j * 8 + 2 * q;
+                const float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
+                if (!pool) {
+                    if (m < M && co < cout)
+                        *reinterpret_cast<unsigned*>(y + m * cout + co) = pack_half2(__float2half(v0), __float2half(v1));
+                    continue;
+                }
+                // window rows: lanes (g & ~3) + p, p = 0..3, same q (every lane takes part)
+                const int base = lane & ~12;
+                float w0[4], w1[4];
+#pragma unroll
+                for (int p = 0; p < 4; p++) {
+                    w0[p] = __shfl_sync(0xffffffffu, v0, base | (p << 2));
+                    w1[p] = __shfl_sync(0xffffffffu, v1, base | (p << 2));
+                }
+                if ((g & 3) == 0 && m < M && co < cout) {
+                    float b0 = w0[0], b1 = w1[0];
+                    unsigned char k0 = 0, k1 = 0;
+#pragma unroll
+                    for (int p = 1; p < 4; p++) {  // strict: the first maximum wins
+                        if (w0[p] > b0) { b0 = w0[p]; k0 = (unsigned char)p; }
+                        if (w1[p] > b1) { b1 = w1[p]; k1 = (unsigned char)p; }
+                    }
+                    const long long o = (m >> 2) * cout + co;
+                    *reinterpret_cast<unsigned*>(y + o) = pack_half2(__float2half(b0), __float2half(b1));
+                    *reinterpret_cast<unsigned short*>(argmax + o) = (unsigned short)(k0 | (k1 << 8));
+                }
+            }
+#else
+    __trap();
+#endif
+}
+
+// Same contract as conv3x3_dgrad_f16. M = input pixels, N = cin, K = 9·cout (k = tap'·cout + o).
+// A = unpool(dy) [pixels][k] through registers (the argmax select), B = w flipped [k][cin] fp32
+// → fp16 through registers, read with ldmatrix.trans. grid (ceil(P/128), ceil(cin/64)), block 128.
+extern "C" __global__ void __launch_bounds__(128)
+conv3x3_dgrad_mma_f16(const half* __restrict__ dy, const unsigned char* __restrict__ am, int N, int H, int W, int cin,
+                      int cout, int pool, const float* __restrict__ w, half* __restrict__ da) {
+#if ARCH_SM80
+    __shared__ __align__(128) half As[MSTAGES * MA_STAGE];
+    __shared__ __align__(128) half Bs[MSTAGES * MB_STAGE];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
+    const int K = 9 * cout;
+    const long long M = (long long)N * H * W;
+    const long long m0 = (long long)blockIdx.x * MB;
+    const int n0 = blockIdx.y * MN;
+    const int r0 = tid >> 2, kc = (tid & 3) * 8;   // A: rows r0 + 32i (i < 4), k offset kc
+    const int br0 = tid >> 3, bc = (tid & 7) * 8;  // B: k rows br0 + 16i (i < 2), cols bc
+    int an[4], ay[4], ax[4];
+    bool aok[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) pixel_of(m0 + r0 + 32 * i, M, H, W, an[i], ay[i], ax[i], aok[i]);
+    uint4 ra[4], rb[2];
+    auto issue = [&](int t, int) {
+        const int k = t * MK + kc;
+        const bool kok = k < K;
+        const int tap = kok ? k / cout : 0, o = k - tap * cout;
+#pragma unroll
+        for (int i = 0; i < 4; i++)  // the gradient at pixel q + off(tap) times w[o][8 − tap][ci]
+            ra[i] = gfull8(dy, am, an[i], ay[i] + tap / 3 - 1, ax[i] + tap % 3 - 1, o, aok[i] && kok, H, W, cout, pool);
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int kb = t * MK + br0 + 16 * i, ci = n0 + bc;
+            const bool ok = kb < K && ci < cin;
+            const int tb = ok ? kb / cout : 0, ob = kb - tb * cout;
+            rb[i] = w8(w + (ok ? ((long long)ob * 9 + 8 - tb) * cin + ci : 0), ok);
+        }
+    };
+    auto finish = [&](int s) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) *reinterpret_cast<uint4*>(As + s * MA_STAGE + (r0 + 32 * i) * MLD + kc) = ra[i];
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+            *reinterpret_cast<uint4*>(Bs + s * MB_STAGE + (br0 + 16 * i) * MLDB_T + bc) = rb[i];
+    };
+    float acc[4][4][4];
+    mma_pipeline<false, true>(acc, As, Bs, CEIL_DIV(K, MK), issue, finish);
+
+    const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const long long m = m0 + wm * 64 + i * 16 + g + 8 * h;
+                const int ci = n0 + wn * 32 + j * 8 + 2 * q;
+                if (m < M && ci < cin)
+                    *reinterpret_cast<unsigned*>(da + m * cin + ci) =
+                        pack_half2(__float2half(acc[i][j][2 * h]), __float2half(acc[i][j][2 * h + 1]));
+            }
+#else
+    __trap();
+#endif
+}
+
+// Same contract as conv3x3_wgrad_f16 with bn = 2 (out is [slices][cout][9·cin], slice z covers
+// pixels [z·chunk, min(P, (z+1)·chunk)), chunk a multiple of 32), computed transposed:
+// M = 9·cin (weight column kw), N = cout, K = pixels. A = im2col(a) [pixels][kw] by cp.async,
+// B = unpool(dy) [pixels][cout] through registers; both read with ldmatrix.trans.
+// grid (ceil(9·cin/128), ceil(cout/64), slices), block 128.
+extern "C" __global__ void __launch_bounds__(128)
+conv3x3_wgrad_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, const half* __restrict__ dy,
+                      const unsigned char* __restrict__ am, int cout, int pool, float* __restrict__ out, int chunk) {
+#if ARCH_SM80
+    __shared__ __align__(128) half As[MSTAGES * MA_STAGE];
+    __shared__ __align__(128) half Bs[MSTAGES * MB_STAGE];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
+    const int K = 9 * cin;
+    const long long P = (long long)N * H * W;
+    const long long p_begin = (long long)blockIdx.z * chunk;
+    const long long p_end = min(P, p_begin + chunk);
+    const int m0 = blockIdx.x * MB, o0 = blockIdx.y * MN;
+    const int ar0 = tid >> 4, ac = (tid & 15) * 8;  // A: pixel rows ar0 + 8i (i < 4), kw cols ac
+    const int br0 = tid >> 3, bc = (tid & 7) * 8;   // B: pixel rows br0 + 16i (i < 2), cout cols bc
+    // the A columns' taps are fixed: kw = tap·cin + ci
+    const int kw = m0 + ac;
+    const bool kwok = kw < K;
+    const int tap = kwok ? kw / cin : 0, ci = kw - tap * cin;
+    const int ody = tap / 3 - 1, odx = tap % 3 - 1;
+    uint4 rb[2];
+    auto issue = [&](int t, int s) {
+        const long long pb = p_begin + (long long)t * MK;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int n, yy, xx;
+            bool ok;
+            pixel_of(pb + ar0 + 8 * i, p_end, H, W, n, yy, xx, ok);
+            const int iy = yy + ody, ix = xx + odx;
+            ok = ok && kwok && iy >= 0 && iy < H && ix >= 0 && ix < W;
+            const half* src = ok ? a + (((long long)n * H + iy) * W + ix) * cin + ci : a;
+            cp_async16(As + s * MA_STAGE + (ar0 + 8 * i) * MLDA_T + ac, src, ok ? 16 : 0);
+        }
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            int n, yy, xx;
+            bool ok;
+            pixel_of(pb + br0 + 16 * i, p_end, H, W, n, yy, xx, ok);
+            const int o = o0 + bc;
+            rb[i] = gfull8(dy, am, n, yy, xx, o, ok && o < cout, H, W, cout, pool);
+        }
+    };
+    auto finish = [&](int s) {
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+            *reinterpret_cast<uint4*>(Bs + s * MB_STAGE + (br0 + 16 * i) * MLDB_T + bc) = rb[i];
+    };
+    const long long span = p_end > p_begin ? p_end - p_begin : 0;
+    float acc[4][4][4];
+    mma_pipeline<true, true>(acc, As, Bs, (int)CEIL_DIV(span, (long long)MK), issue, finish);
+
+    float* dst = out + (long long)blockIdx.z * cout * K;
+    const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int k = m0 + wm * 64 + i * 16 + g + 8 * h;
+                const int o = o0 + wn * 32 + j * 8 + 2 * q;
+                if (k < K && o < cout) {
+                    dst[(long long)o * K + k] = acc[i][j][2 * h];
+                    dst[(long long)(o + 1) * K + k] = acc[i][j][2 * h + 1];
+                }
+            }
+#else
+    __trap();
+#endif
 }

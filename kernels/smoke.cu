@@ -32,27 +32,21 @@ extern "C" __global__ void smoke_wmma_f16(const half* __restrict__ a, const half
 extern "C" __global__ void smoke_mma_f16(const half* __restrict__ a, const half* __restrict__ b,
                                          float* __restrict__ c) {
 #if ARCH_SM80
-    // Fragment layout of mma.m16n8k16 (PTX ISA, "Matrix Fragments for mma.m16n8k16"):
-    // g = lane / 4, t = lane % 4; A regs: (g, 2t), (g+8, 2t), (g, 2t+8), (g+8, 2t+8), each a
-    // pair of consecutive k; B regs: (k = 2t, n = g), (k = 2t+8, n = g); C: (g, 2t..2t+1), (g+8, 2t..2t+1).
+    // Fragment layout of mma.m16n8k16: see mma_16816 in common.cuh.
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const unsigned a0 = load_half2(a, g * 16 + 2 * t), a1 = load_half2(a, (g + 8) * 16 + 2 * t);
-    const unsigned a2 = load_half2(a, g * 16 + 2 * t + 8), a3 = load_half2(a, (g + 8) * 16 + 2 * t + 8);
+    const unsigned fa[4] = {load_half2(a, g * 16 + 2 * t), load_half2(a, (g + 8) * 16 + 2 * t),
+                            load_half2(a, g * 16 + 2 * t + 8), load_half2(a, (g + 8) * 16 + 2 * t + 8)};
 #pragma unroll
     for (int nt = 0; nt < 2; nt++) {  // two 16x8 tiles cover N = 16
         const int n = nt * 8 + g;
-        const unsigned b0 = load_half2(b, n * 16 + 2 * t), b1 = load_half2(b, n * 16 + 2 * t + 8);
-        float d0 = 0.f, d1 = 0.f, d2 = 0.f, d3 = 0.f;
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-            "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-            : "+f"(d0), "+f"(d1), "+f"(d2), "+f"(d3)
-            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+        const unsigned fb[2] = {load_half2(b, n * 16 + 2 * t), load_half2(b, n * 16 + 2 * t + 8)};
+        float d[4] = {0.f, 0.f, 0.f, 0.f};
+        mma_16816(d, fa, fb);
         const int col = nt * 8 + 2 * t;
-        c[g * 16 + col] = d0;
-        c[g * 16 + col + 1] = d1;
-        c[(g + 8) * 16 + col] = d2;
-        c[(g + 8) * 16 + col + 1] = d3;
+        c[g * 16 + col] = d[0];
+        c[g * 16 + col + 1] = d[1];
+        c[(g + 8) * 16 + col] = d[2];
+        c[(g + 8) * 16 + col + 1] = d[3];
     }
 #else
     wmma_16x16x16(a, b, c);  // sm_70: WMMA (HMMA.884 underneath)

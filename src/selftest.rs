@@ -39,7 +39,7 @@
 use crate::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape, Step, LRS, STEP_LEN, STEP_WORDS};
 use crate::cpu::Cpu;
 use crate::error::{Error, Result};
-use crate::gpu::{GBuf, Gpu, Timer};
+use crate::gpu::{ConvPath, GBuf, Gpu, Timer};
 use crate::replay::Record;
 use crate::testing::randn;
 use half::f16;
@@ -445,31 +445,40 @@ fn check_conv(
     cpu.conv3x3(&cx, xs, pre_of(&cs, &cb), &cw, cout, pool, &mut cy, &mut cam)?;
     let (gx, gw) = (gpu.upload_f16(&x)?, gpu.upload(&w)?);
     let (gs, gb) = up_pre(gpu, &hp)?;
-    let mut gy = gpu.upload(&vec![POISON; ys.len()])?;
-    let mut gam = gpu.upload_bytes(&vec![0xEE; if pool { ys.len() } else { 0 }])?;
-    gpu.conv3x3(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &mut gy, &mut gam)?;
-    let got = gpu.download(&gy)?;
-    r.line(&label("fwd"), &shape, &got, &cy, TOL_CONV)?;
-    // deterministic: a second run is bit-identical
-    let mut gy2 = gpu.upload(&vec![POISON; ys.len()])?;
-    let mut gam2 = gpu.upload_bytes(&vec![0xEE; if pool { ys.len() } else { 0 }])?;
-    gpu.conv3x3(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &mut gy2, &mut gam2)?;
-    let again = gpu.download(&gy2)?;
-    r.line(&label("fwd rerun"), &shape, &again, &got, 0.0)?;
+    let mut full = vec![f32::NAN; if pool { fs.len() } else { 0 }];
     if pool {
-        let am = gpu.download_bytes(&gam)?;
-        let mut full = vec![f32::NAN; fs.len()];
         cpu.conv3x3(&cx, xs, pre_of(&cs, &cb), &cw, cout, false, &mut full, &mut Vec::new())?;
-        let rms = (full.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / full.len() as f64).sqrt();
-        let (ph, pw) = (ys.h, ys.w);
-        let vals = |i: usize, k: usize| {
-            let o = i % cout;
-            let px = (i / cout) % pw;
-            let py = (i / cout / pw) % ph;
-            let n = i / cout / pw / ph;
-            full[((n * xs.h + 2 * py + k / 2) * xs.w + 2 * px + k % 2) * cout + o] as f64
-        };
-        r.argmax(&label("argmax"), &shape, &am, &cam, 4, TOL_CONV * rms, vals)?;
+    }
+    // every forward kernel this GPU can run (mma and wmma on sm_80+), each against the CPU
+    let fwd = |gpu: &mut Gpu, r: &mut Report, path: &str| -> Result<()> {
+        let mut gy = gpu.upload(&vec![POISON; ys.len()])?;
+        let mut gam = gpu.upload_bytes(&vec![0xEE; if pool { ys.len() } else { 0 }])?;
+        gpu.conv3x3(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &mut gy, &mut gam)?;
+        let got = gpu.download(&gy)?;
+        r.line(&label(&format!("fwd ({path})")), &shape, &got, &cy, TOL_CONV)?;
+        // deterministic: a second run is bit-identical
+        let mut gy2 = gpu.upload(&vec![POISON; ys.len()])?;
+        let mut gam2 = gpu.upload_bytes(&vec![0xEE; if pool { ys.len() } else { 0 }])?;
+        gpu.conv3x3(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &mut gy2, &mut gam2)?;
+        let again = gpu.download(&gy2)?;
+        r.line(&label(&format!("fwd rerun ({path})")), &shape, &again, &got, 0.0)?;
+        if pool {
+            let am = gpu.download_bytes(&gam)?;
+            let rms = (full.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / full.len() as f64).sqrt();
+            let (ph, pw) = (ys.h, ys.w);
+            let vals = |i: usize, k: usize| {
+                let o = i % cout;
+                let px = (i / cout) % pw;
+                let py = (i / cout / pw) % ph;
+                let n = i / cout / pw / ph;
+                full[((n * xs.h + 2 * py + k / 2) * xs.w + 2 * px + k % 2) * cout + o] as f64
+            };
+            r.argmax(&label(&format!("argmax ({path})")), &shape, &am, &cam, 4, TOL_CONV * rms, vals)?;
+        }
+        Ok(())
+    };
+    for &path in ConvPath::available(gpu.info.cc) {
+        gpu.with_conv_path(path, |g| fwd(g, r, path.name()))?;
     }
 
     // backward, with the CPU's argmax as the common routing
@@ -480,18 +489,24 @@ fn check_conv(
     cpu.conv3x3_bwd(&cx, xs, pre_of(&cs, &cb), &cw, cout, pool, &cam, &cdy, &mut cdw, Some(&mut cda))?;
     let gdy = gpu.upload_f16(&dy)?;
     let gam = gpu.upload_bytes(&cam)?;
-    let mut gdw = gpu.upload(&vec![POISON; w.len()])?;
-    let mut gda = gpu.upload(&vec![POISON; xs.len()])?;
-    gpu.conv3x3_bwd(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &gam, &gdy, &mut gdw, Some(&mut gda))?;
-    let got_dw = gpu.download(&gdw)?;
-    r.line(&label("wgrad dw"), &shape, &got_dw, &cdw, TOL_CONV)?;
-    let got = gpu.download(&gda)?;
-    r.line(&label("dgrad da"), &shape, &got, &cda, TOL_CONV)?;
-    // the same without da (the first layer once its bias is frozen): dw must not change
-    let mut gdw2 = gpu.upload(&vec![POISON; w.len()])?;
-    gpu.conv3x3_bwd(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &gam, &gdy, &mut gdw2, None)?;
-    let got2 = gpu.download(&gdw2)?;
-    r.line(&label("wgrad dw (no da)"), &shape, &got2, &got_dw, 0.0)
+    let bwd = |gpu: &mut Gpu, r: &mut Report, path: &str| -> Result<()> {
+        let mut gdw = gpu.upload(&vec![POISON; w.len()])?;
+        let mut gda = gpu.upload(&vec![POISON; xs.len()])?;
+        gpu.conv3x3_bwd(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &gam, &gdy, &mut gdw, Some(&mut gda))?;
+        let got_dw = gpu.download(&gdw)?;
+        r.line(&label(&format!("wgrad dw ({path})")), &shape, &got_dw, &cdw, TOL_CONV)?;
+        let got = gpu.download(&gda)?;
+        r.line(&label(&format!("dgrad da ({path})")), &shape, &got, &cda, TOL_CONV)?;
+        // the same without da (the first layer once its bias is frozen): dw must not change
+        let mut gdw2 = gpu.upload(&vec![POISON; w.len()])?;
+        gpu.conv3x3_bwd(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &gam, &gdy, &mut gdw2, None)?;
+        let got2 = gpu.download(&gdw2)?;
+        r.line(&label(&format!("wgrad dw, no da ({path})")), &shape, &got2, &got_dw, 0.0)
+    };
+    for &path in ConvPath::available(gpu.info.cc) {
+        gpu.with_conv_path(path, |g| bwd(g, r, path.name()))?;
+    }
+    Ok(())
 }
 
 fn check_bn(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, ys: Shape, seed: u64) -> Result<()> {
@@ -1141,20 +1156,26 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
         let computed = if pool { ys.count() * 4 } else { xs.count() };
         let flops = 2.0 * computed as f64 * cout as f64 * (9 * cin) as f64;
         let shape = format!("{}->{}{}", shape_str(xs), cout, if pool { " pool" } else { "" });
-        let ms = time_ms(gpu, &mut |g| g.conv3x3(&x, xs, pre(l), &wt, cout, pool, &mut y, &mut am))?;
         let bytes = (xs.len() * 2 + cout * 9 * cin * 4 + ys.len() * 2 + if pool { ys.len() } else { 0 }) as f64;
-        bench_line(out, &format!("conv3x3 fwd [{l}]"), &shape, ms, flops, bytes)?;
         let dy = gpu.upload_f16(&rnd(ys.len(), 50 + l as u64, 1.0, 0.0))?;
         let mut dw = gpu.zeros(cout * 9 * cin)?;
         let mut da = gpu.zeros(xs.len())?;
         let full = 2.0 * xs.count() as f64 * cout as f64 * (9 * cin) as f64;
-        let ms = time_ms(gpu, &mut |g| g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, None))?;
-        let bytes = (xs.len() * 2 + ys.len() * 2 + cout * 9 * cin * 4) as f64;
-        bench_line(out, &format!("conv3x3 wgrad [{l}]"), &shape, ms, full, bytes)?;
-        let ms =
-            time_ms(gpu, &mut |g| g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, Some(&mut da)))?;
-        let bytes = (2 * xs.len() * 2 + 2 * ys.len() * 2 + 2 * cout * 9 * cin * 4) as f64;
-        bench_line(out, &format!("conv3x3 wgrad+dgrad [{l}]"), &shape, ms, 2.0 * full, bytes)?;
+        let wbytes = (xs.len() * 2 + ys.len() * 2 + cout * 9 * cin * 4) as f64;
+        for &path in ConvPath::available(gpu.info.cc) {
+            let p = path.name();
+            gpu.with_conv_path(path, |gpu| -> Result<()> {
+                let ms = time_ms(gpu, &mut |g| g.conv3x3(&x, xs, pre(l), &wt, cout, pool, &mut y, &mut am))?;
+                bench_line(out, &format!("conv3x3 fwd {p} [{l}]"), &shape, ms, flops, bytes)?;
+                let ms =
+                    time_ms(gpu, &mut |g| g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, None))?;
+                bench_line(out, &format!("conv3x3 wgrad {p} [{l}]"), &shape, ms, full, wbytes)?;
+                let ms = time_ms(gpu, &mut |g| {
+                    g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, Some(&mut da))
+                })?;
+                bench_line(out, &format!("conv3x3 wgrad+dgrad {p} [{l}]"), &shape, ms, 2.0 * full, 2.0 * wbytes)
+            })?;
+        }
 
         // BN statistics and pre_bwd of this conv's output
         let mut rm = gpu.zeros(cout)?;

@@ -60,6 +60,19 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
     int same = memcmp(yh.data(), yh2.data(), ylen * 2) == 0 && am == am2;
     printf("  fused prologue bit-identical: %s\n", same ? "PASS" : "FAIL");
     fails += !same;
+    // the sm_80 kernel (mma.sync + ldmatrix + cp.async, emulated lane by lane): the same sums in
+    // the same order as the emulated wmma, so bit-identical here (not necessarily on a GPU)
+    {
+        std::vector<half> yh3(ylen, (half)NAN);
+        std::vector<unsigned char> am3(pool ? ylen : 8, 0xEE);
+        dim3 gm{(unsigned)((M + 127) / 128), (unsigned)((cout + 63) / 64), 1};
+        launch(gm, block, [&] { conv3x3_fwd_mma_f16(ah.data(), N, H, W, cin, w.data(), cout, pool, yh3.data(), am3.data()); });
+        std::vector<double> yg3(ylen); for (size_t i = 0; i < ylen; i++) yg3[i] = (double)(float)yh3[i];
+        report("fwd mma (sm_80 path)", N, H, W, cin, cout, pool, bn, relerr(yg3, yref), 1e-2);
+        int same3 = memcmp(yh.data(), yh3.data(), ylen * 2) == 0 && am == am3;
+        printf("  mma path bit-identical to wmma path: %s\n", same3 ? "PASS" : "FAIL");
+        fails += !same3;
+    }
     if (pool) {
         int bad = 0, differ = 0;
         double rms = 0; for (double v : full) rms += v * v; rms = sqrt(rms / full.size());
@@ -118,12 +131,35 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         std::vector<double> dwg(dw.begin(), dw.end());
         char name[64]; snprintf(name, sizeof name, "wgrad (%d slices)", slices);
         report(name, N, H, W, cin, cout, pool, bn, relerr(dwg, dwref), 1e-2);
+        // the sm_80 kernel (transposed: M = 9·cin, N = cout), same slices, same reduction
+        std::vector<float> part2((size_t)slices * cout * K, NAN), dw2((size_t)cout * K, NAN);
+        float* dst = slices == 1 ? dw2.data() : part2.data();
+        dim3 gm{(unsigned)((K + 127) / 128), (unsigned)((cout + 63) / 64), (unsigned)slices};
+        launch(gm, block, [&] { conv3x3_wgrad_mma_f16(ah.data(), N, H, W, cin, dyh.data(), amu.data(), cout, pool, dst, (int)chunk); });
+        if (slices > 1) {
+            long long len = (long long)cout * K;
+            launch(dim3{(unsigned)((len + 255) / 256), 1, 1}, dim3{256, 1, 1}, [&] { wgrad_reduce_f32(part2.data(), slices, len, dw2.data()); });
+        }
+        std::vector<double> dwg2(dw2.begin(), dw2.end());
+        snprintf(name, sizeof name, "wgrad mma (%d slices)", slices);
+        report(name, N, H, W, cin, cout, pool, bn, relerr(dwg2, dwref), 1e-2);
+        int same = memcmp(dw.data(), dw2.data(), dw.size() * 4) == 0;
+        printf("  wgrad mma bit-identical to wmma: %s\n", same ? "PASS" : "FAIL");
+        fails += !same;
     }
     std::vector<half> da(x.size(), (half)NAN);
     dim3 gd{(unsigned)((P + 63) / 64), (unsigned)((cin + 63) / 64), 1};
     launch(gd, block, [&] { conv3x3_dgrad_f16(dyh.data(), amu.data(), N, H, W, cin, cout, pool, w.data(), da.data()); });
     std::vector<double> dag(da.size()); for (size_t i = 0; i < da.size(); i++) dag[i] = (double)(float)da[i];
     report("dgrad", N, H, W, cin, cout, pool, bn, relerr(dag, daref), 1e-2);
+    std::vector<half> da2(x.size(), (half)NAN);
+    dim3 gdm{(unsigned)((P + 127) / 128), (unsigned)((cin + 63) / 64), 1};
+    launch(gdm, block, [&] { conv3x3_dgrad_mma_f16(dyh.data(), amu.data(), N, H, W, cin, cout, pool, w.data(), da2.data()); });
+    std::vector<double> dag2(da2.size()); for (size_t i = 0; i < da2.size(); i++) dag2[i] = (double)(float)da2[i];
+    report("dgrad mma", N, H, W, cin, cout, pool, bn, relerr(dag2, daref), 1e-2);
+    int same_da = memcmp(da.data(), da2.data(), da.size() * 2) == 0;
+    printf("  dgrad mma bit-identical to wmma: %s\n", same_da ? "PASS" : "FAIL");
+    fails += !same_da;
 }
 
 int main() {

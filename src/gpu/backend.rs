@@ -11,7 +11,7 @@
 //! slow path, taken only when tests feed host-uploaded tensors straight to a kernel), and
 //! `download` converts whatever is stored to f32. An fp16 tensor occupies the first 2·len bytes,
 //! so a buffer poisoned with the f32 bit pattern 0x7FC0_7FC0 reads as NaN in both types.
-use super::Gpu;
+use super::{ConvPath, Gpu};
 use crate::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape, LRS, NS_COEFFS, STEP_LEN, STEP_WORDS};
 use crate::error::{Error, Result};
 use crate::replay::Record;
@@ -535,7 +535,7 @@ impl Backend for Gpu {
 
     fn describe(&self) -> String {
         let img = self.image("conv").map(|i| i.to_string()).unwrap_or_else(|| "no conv image".into());
-        format!("GPU {} ({img}, fp16 activations, fp32 accumulation)", self.info)
+        format!("GPU {} ({img}, {} convs, fp16 activations, fp32 accumulation)", self.info, self.conv_path.name())
     }
 
     fn zeros(&mut self, n: usize) -> Result<GBuf> {
@@ -733,6 +733,13 @@ impl Backend for Gpu {
             return Ok(());
         }
         let (xp, pp) = self.activate(xp, xs, &pp)?;
+        if self.conv_path == ConvPath::Mma {
+            check(self.info.cc.0 >= 8, || format!("conv3x3: the mma kernel needs sm_80+, this GPU is {}", self.info))?;
+            let grid = (blocks_of(m, 128)?, cout.div_ceil(64) as u32, 1);
+            let (ni, hi, wi) = (int(xs.n, "batch")?, int(xs.h, "height")?, int(xs.w, "width")?);
+            let args = [xp, ni, hi, wi, int(cin, "cin")?, wp, int(cout, "cout")?, pool as u64, yp, ap];
+            return self.launch("conv", "conv3x3_fwd_mma_f16", grid, (128, 1, 1), &args);
+        }
         let grid = (blocks_of(m, 64)?, cout.div_ceil(64) as u32, 1);
         let args = [
             xp,
@@ -994,7 +1001,13 @@ impl Backend for Gpu {
         // Weight gradient: split-K over pixels so that the grid fills the GPU, then a
         // deterministic reduction of the slices.
         let p = xs.count();
-        let tiles = k.div_ceil(64) * cout.div_ceil(64);
+        let mma = self.conv_path == ConvPath::Mma;
+        check(!mma || self.info.cc.0 >= 8, || {
+            format!("conv3x3_bwd: the mma kernels need sm_80+, this GPU is {}", self.info)
+        })?;
+        // wmma: M = cout, N = 9·cin in 64×64 tiles; mma: M = 9·cin in 128-row tiles, N = cout in 64
+        let k_tile = if mma { 128 } else { 64 };
+        let tiles = k.div_ceil(k_tile) * cout.div_ceil(64);
         let target = 4 * self.info.sms.max(1) as usize;
         let slices = target.div_ceil(tiles).clamp(1, p.div_ceil(32).max(1)).min(65535);
         let chunk = p.div_ceil(slices).div_ceil(32).max(1) * 32;
@@ -1002,25 +1015,30 @@ impl Backend for Gpu {
         let len = cout * k;
         let out = if slices == 1 { dwp } else { self.workspace(slices * len)? };
         let (xp, pp) = self.activate(xp, xs, &pp)?;
-        let grid = (k.div_ceil(64) as u32, cout.div_ceil(64) as u32, slices as u32);
-        let args = [
-            xp,
-            ni,
-            hi,
-            wi,
-            ci,
-            pp.mean,
-            pp.inv,
-            pp.shift,
-            pp.bn,
-            dyp,
-            ap,
-            co,
-            pool as u64,
-            out,
-            int(chunk, "pixel chunk")?,
-        ];
-        self.launch("conv", "conv3x3_wgrad_f16", grid, (128, 1, 1), &args)?;
+        let grid = (k.div_ceil(k_tile) as u32, cout.div_ceil(64) as u32, slices as u32);
+        if mma {
+            let args = [xp, ni, hi, wi, ci, dyp, ap, co, pool as u64, out, int(chunk, "pixel chunk")?];
+            self.launch("conv", "conv3x3_wgrad_mma_f16", grid, (128, 1, 1), &args)?;
+        } else {
+            let args = [
+                xp,
+                ni,
+                hi,
+                wi,
+                ci,
+                pp.mean,
+                pp.inv,
+                pp.shift,
+                pp.bn,
+                dyp,
+                ap,
+                co,
+                pool as u64,
+                out,
+                int(chunk, "pixel chunk")?,
+            ];
+            self.launch("conv", "conv3x3_wgrad_f16", grid, (128, 1, 1), &args)?;
+        }
         if slices > 1 {
             self.launch1d("conv", "wgrad_reduce_f32", len, &[out, slices as u64, long(len), dwp])?;
         }
@@ -1028,9 +1046,14 @@ impl Backend for Gpu {
         // Input gradient.
         if let Some(dap) = dap {
             if p > 0 {
-                let grid = (blocks_of(p, 64)?, cin.div_ceil(64) as u32, 1);
                 let args = [dyp, ap, ni, hi, wi, ci, co, pool as u64, wp, dap];
-                self.launch("conv", "conv3x3_dgrad_f16", grid, (128, 1, 1), &args)?;
+                if mma {
+                    let grid = (blocks_of(p, 128)?, cin.div_ceil(64) as u32, 1);
+                    self.launch("conv", "conv3x3_dgrad_mma_f16", grid, (128, 1, 1), &args)?;
+                } else {
+                    let grid = (blocks_of(p, 64)?, cin.div_ceil(64) as u32, 1);
+                    self.launch("conv", "conv3x3_dgrad_f16", grid, (128, 1, 1), &args)?;
+                }
             }
         }
         Ok(())
@@ -1238,6 +1261,9 @@ mod tests {
         // (module, kernel, sizes: P = 8-byte pointer or long long, I = 4-byte int or float)
         let table: &[(&str, &str, &str)] = &[
             ("conv", "conv3x3_fwd_f16", "PIIIIPPPIPIIPP"),
+            ("conv", "conv3x3_fwd_mma_f16", "PIIIIPIIPP"),
+            ("conv", "conv3x3_dgrad_mma_f16", "PPIIIIIIPP"),
+            ("conv", "conv3x3_wgrad_mma_f16", "PIIIIPPIIPI"),
             ("conv", "conv3x3_dgrad_f16", "PPIIIIIIPP"),
             ("conv", "conv3x3_wgrad_f16", "PIIIIPPPIPPIIPI"),
             ("conv", "wgrad_reduce_f32", "PIPP"),

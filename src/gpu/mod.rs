@@ -74,8 +74,58 @@ pub struct Gpu {
     pub stream: Arc<CudaStream>,
     pub info: DeviceInfo,
     modules: BTreeMap<&'static str, (Arc<CudaModule>, Image)>,
+    /// Which convolution kernels `conv3x3` / `conv3x3_bwd` launch (see [`ConvPath`]).
+    pub conv_path: ConvPath,
     /// Kernel handles, workspace and temporaries of the `Backend` ops (src/gpu/backend.rs).
     ops: backend::OpState,
+}
+
+/// The convolution kernels (forward, weight gradient, input gradient): `Mma` (mma.sync +
+/// ldmatrix + cp.async, 128×64 tiles, compute capability ≥ 8.0) or `Wmma` (nvcuda::wmma, 64×64
+/// tiles, every GPU). `Gpu::open` picks `Mma` where the GPU has it; the environment variable
+/// `SPEEDRUN_CONV=wmma` (or `mma`) overrides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPath {
+    Wmma,
+    Mma,
+}
+
+/// Environment variable that overrides the convolution kernels: `wmma` or `mma`.
+pub const CONV_ENV: &str = "SPEEDRUN_CONV";
+
+impl ConvPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvPath::Wmma => "wmma",
+            ConvPath::Mma => "mma",
+        }
+    }
+    /// The paths a GPU of compute capability `cc` can run, best first.
+    pub fn available(cc: (i32, i32)) -> &'static [ConvPath] {
+        if cc.0 >= 8 {
+            &[ConvPath::Mma, ConvPath::Wmma]
+        } else {
+            &[ConvPath::Wmma]
+        }
+    }
+    /// The path for `cc`, given the value of [`CONV_ENV`] (None: unset); an unknown name or a
+    /// path the GPU lacks is an error.
+    pub fn choose(cc: (i32, i32), env: Option<&str>) -> Result<ConvPath> {
+        let have = Self::available(cc);
+        let Some(v) = env.map(str::trim).filter(|v| !v.is_empty()) else { return Ok(have[0]) };
+        let want = match v {
+            "wmma" => ConvPath::Wmma,
+            "mma" => ConvPath::Mma,
+            _ => return Err(Error::Gpu(format!("{CONV_ENV}={v:?}: expected \"wmma\" or \"mma\""))),
+        };
+        if !have.contains(&want) {
+            return Err(Error::Gpu(format!(
+                "{CONV_ENV}=mma needs compute capability 8.0 or newer; this GPU is sm_{}{}",
+                cc.0, cc.1
+            )));
+        }
+        Ok(want)
+    }
 }
 
 /// Held by every test of this crate that opens the device. Cargo runs tests on parallel threads,
@@ -250,7 +300,16 @@ impl Gpu {
             })?;
             modules.insert(m.name, (loaded, image));
         }
-        Ok(Gpu { ctx, stream, info, modules, ops: backend::OpState::default() })
+        let conv_path = ConvPath::choose(info.cc, std::env::var(CONV_ENV).ok().as_deref())?;
+        Ok(Gpu { ctx, stream, info, modules, conv_path, ops: backend::OpState::default() })
+    }
+
+    /// Runs `f` with the convolution kernels set to `path`, then restores the current choice.
+    pub fn with_conv_path<T>(&mut self, path: ConvPath, f: impl FnOnce(&mut Gpu) -> T) -> T {
+        let keep = std::mem::replace(&mut self.conv_path, path);
+        let r = f(self);
+        self.conv_path = keep;
+        r
     }
 
     /// The kernel `name` from module `module` (the stem of `kernels/<module>.cu`).

@@ -221,3 +221,23 @@ fn open_without_driver() {
     assert_eq!(e.to_string(), "GPU error: no NVIDIA driver found (libcuda.so.1 could not be loaded)");
     assert_eq!(e.exit_code(), 4);
 }
+
+/// The forward-conv kernel choice (no GPU needed): mma where the GPU has it, the override, and
+/// clear errors for an unknown name or a path the GPU lacks.
+#[test]
+fn conv_path_choice() {
+    use super::ConvPath::{Mma, Wmma};
+    use super::{ConvPath, CONV_ENV};
+    assert_eq!(ConvPath::choose((9, 0), None).unwrap(), Mma);
+    assert_eq!(ConvPath::choose((8, 0), Some("")).unwrap(), Mma);
+    assert_eq!(ConvPath::choose((7, 5), None).unwrap(), Wmma);
+    assert_eq!(ConvPath::choose((7, 0), Some("wmma")).unwrap(), Wmma);
+    assert_eq!(ConvPath::choose((9, 0), Some(" wmma ")).unwrap(), Wmma);
+    assert_eq!(ConvPath::choose((8, 6), Some("mma")).unwrap(), Mma);
+    let e = ConvPath::choose((7, 0), Some("mma")).unwrap_err().to_string();
+    assert!(e.contains("8.0") && e.contains("sm_70") && e.contains(CONV_ENV), "{e}");
+    let e = ConvPath::choose((9, 0), Some("cutlass")).unwrap_err().to_string();
+    assert!(e.contains("cutlass") && e.contains("wmma"), "{e}");
+    assert_eq!(ConvPath::available((7, 0)), &[Wmma]);
+    assert_eq!(ConvPath::available((9, 0)), &[Mma, Wmma]);
+}

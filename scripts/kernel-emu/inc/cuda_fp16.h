@@ -58,3 +58,13 @@ template <class T> inline T __shfl_xor_sync(unsigned, T v, int o) {
     emu_warp_barrier(w);
     return r;
 }
+template <class T> inline T __shfl_sync(unsigned, T v, int src) {
+    const int t = threadIdx.x + threadIdx.y * blockDim.x, w = t / 32, l = t % 32;
+    g_xchg[w][l] = (double)v;
+    emu_warp_barrier(w);
+    T r = (T)g_xchg[w][src & 31];
+    emu_warp_barrier(w);
+    return r;
+}
+[[noreturn]] inline void __trap() { assert(!"__trap"); abort(); }
+#include "sm80.h"
