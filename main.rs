@@ -272,12 +272,13 @@ struct Acts<B: Backend> {
     head_argmax: B::Bytes,
     logits: B::Buf,
     dlogits: B::Buf,
-    ga: Vec<B::Buf>,  // gradient w.r.t. GELU(pre(x[k]))
-    gx: Vec<B::Buf>,  // gradient w.r.t. x[k]
-    loss_acc: B::Buf, // [loss sum, correct] since the last read
+    keep: Vec<B::Buf>, // conv l's activated input, kept by the forward for the backward
+    ga: Vec<B::Buf>,   // gradient w.r.t. GELU(pre(x[k]))
+    gx: Vec<B::Buf>,   // gradient w.r.t. x[k]
+    loss_acc: B::Buf,  // [loss sum, correct] since the last read
 }
 
-/// With `grads` false (evaluation), the gradient buffers `ga`, `gx` stay empty.
+/// With `grads` false (evaluation), the gradient buffers `ga`, `gx` and `keep` stay empty.
 fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize, res: usize, grads: bool) -> Result<Acts<B>> {
     let s = shapes(h, n, res);
     let c = h.widths[2];
@@ -292,6 +293,7 @@ fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize, res: usize, grads: bool) -> Re
         head_argmax: b.byte_zeros(n * c)?,
         logits: b.zeros(n * CLASSES)?,
         dlogits: b.zeros(n * CLASSES)?,
+        keep: if grads { s[..6].iter().map(|s| b.zeros(s.len())).collect::<Result<_>>()? } else { Vec::new() },
         ga: if grads { bufs(b)? } else { Vec::new() },
         gx: if grads { bufs(b)? } else { Vec::new() },
         loss_acc: b.zeros(2)?,
@@ -334,7 +336,8 @@ fn forward<B: Backend>(
     for (l, (_, cout, pool)) in layers(h).into_iter().enumerate() {
         let (x_in, x_out) = a.x.split_at_mut(l + 1);
         let (bn_in, bn_out) = a.bn.split_at_mut(l + 1);
-        b.conv3x3(&x_in[l], a.s[l], pre(net, bn_in, l), &net.p.conv[l], cout, pool, &mut x_out[0], &mut a.argmax[l])?;
+        let (w, keep) = (&net.p.conv[l], a.keep.get_mut(l));
+        b.conv3x3(&x_in[l], a.s[l], pre(net, bn_in, l), w, cout, pool, &mut x_out[0], &mut a.argmax[l], keep)?;
         if train {
             let (rm, rv) = (&mut net.run_mean[l], &mut net.run_var[l]);
             b.bn_stats(&x_out[0], a.s[l + 1], h.bn_eps, h.bn_momentum, rm, rv, &mut bn_out[0])?;
@@ -361,7 +364,8 @@ fn backward<B: Backend>(
         b.pre_bwd(&a.ga[k], &a.x[k], a.s[k], pre(net, &a.bn, k), &mut g.beta[l], Some(&mut a.gx[k]))?;
         let da = if l > 0 || bias_trains { Some(&mut a.ga[l]) } else { None };
         let w = &net.p.conv[l];
-        b.conv3x3_bwd(&a.x[l], a.s[l], pre(net, &a.bn, l), w, cout, pool, &a.argmax[l], &a.gx[k], &mut g.conv[l], da)?;
+        let (gw, kept) = (&mut g.conv[l], a.keep.get(l));
+        b.conv3x3_bwd(&a.x[l], a.s[l], pre(net, &a.bn, l), w, cout, pool, &a.argmax[l], &a.gx[k], gw, da, kept)?;
     }
     if bias_trains {
         b.pre_bwd(&a.ga[0], &a.x[0], a.s[0], pre(net, &a.bn, 0), &mut g.whiten_b, None)?;

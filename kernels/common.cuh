@@ -47,27 +47,22 @@ __device__ __forceinline__ void mma_16816(float* d, const unsigned* a, const uns
 #endif
 }
 // Four 8×8 fp16 matrices from shared memory: lanes 8j..8j+7 give the 16-byte row addresses of
-// matrix j; r[j] of lane l = matrix j's row l/4, columns 2(l%4), 2(l%4)+1.
-__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const half* p) {
+// matrix j; r[j] of lane l = matrix j's row l/4, columns 2(l%4), 2(l%4)+1. With TRANS
+// (ldmatrix .trans, for operands stored k-major): matrix j's elements (2(l%4), l/4) and
+// (2(l%4)+1, l/4), i.e. the same place in the transposed matrix.
+template <bool TRANS> __device__ __forceinline__ void ldmatrix_x4(unsigned* r, const half* p) {
 #if ARCH_SM80
     const unsigned s = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s)
-                 : "memory");
-#else
-    __trap();
-#endif
-}
-// The same with .trans: r[j] of lane l = matrix j's elements (2(l%4), l/4) and (2(l%4)+1, l/4),
-// i.e. row l/4, columns 2(l%4).. of the transposed matrix (for operands stored k-major).
-__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const half* p) {
-#if ARCH_SM80
-    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s)
-                 : "memory");
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(s)
+                     : "memory");
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(s)
+                     : "memory");
 #else
     __trap();
 #endif

@@ -128,6 +128,30 @@ __device__ __forceinline__ uint4 gfull8(const half* __restrict__ dy, const unsig
     return r.u;
 }
 
+// Pixel index p of an N×H×W grid → (n, y, x); ok = p < P (else (0, 0, 0)).
+__device__ __forceinline__ void pixel_of(long long p, long long P, int H, int W, int& n, int& yy, int& xx, bool& ok) {
+    ok = p < P;
+    const long long pp = ok ? p : 0;
+    const int per = H * W;
+    n = (int)(pp / per);
+    const int r = (int)(pp - (long long)n * per);
+    yy = r / W;
+    xx = r % W;
+}
+// Row m of the forward GEMM → its full-resolution pixel; ok = m < M. With pool the rows
+// enumerate the complete 2×2 windows, 4 consecutive rows a window in order dy·2 + dx.
+__device__ __forceinline__ void fwd_row_pixel(long long m, long long M, int H, int W, int pool, int& n, int& yy,
+                                              int& xx, bool& ok) {
+    if (!pool) {
+        pixel_of(m, M, H, W, n, yy, xx, ok);
+        return;
+    }
+    int wy, wx;
+    pixel_of(m >> 2, M >> 2, H >> 1, W >> 1, n, wy, wx, ok);
+    yy = 2 * wy + (int)((m >> 1) & 1);
+    xx = 2 * wx + (int)(m & 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 extern "C" __global__ void __launch_bounds__(NT)
 conv3x3_fwd_f16(const half* __restrict__ x, int N, int H, int W, int cin, const float* __restrict__ pmean,
@@ -151,26 +175,7 @@ conv3x3_fwd_f16(const half* __restrict__ x, int N, int H, int W, int cin, const 
     int an[2], ay[2], ax[2];
     bool aok[2];
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
-        const long long m = m0 + r0 + 32 * i;
-        aok[i] = m < M;
-        const long long mm = aok[i] ? m : 0;
-        if (pool) {
-            const long long win = mm >> 2;
-            const int pos = (int)(mm & 3);
-            const int per = PH * PW;
-            an[i] = (int)(win / per);
-            const int r = (int)(win - (long long)an[i] * per);
-            ay[i] = 2 * (r / PW) + (pos >> 1);
-            ax[i] = 2 * (r % PW) + (pos & 1);
-        } else {
-            const int per = H * W;
-            an[i] = (int)(mm / per);
-            const int r = (int)(mm - (long long)an[i] * per);
-            ay[i] = r / W;
-            ax[i] = r % W;
-        }
-    }
+    for (int i = 0; i < 2; i++) fwd_row_pixel(m0 + r0 + 32 * i, M, H, W, pool, an[i], ay[i], ax[i], aok[i]);
     __syncthreads();  // s_mean & co.
 
     FragC acc[2][2];
@@ -519,18 +524,18 @@ __device__ __forceinline__ void mma_kstep(float (&acc)[4][4][4], const half* as,
 #pragma unroll
         for (int i = 0; i < 4; i++) {  // matrices (m 0-7 | 8-15) × (k 0-7 | 8-15) = a0..a3
             if (!AT)
-                ldmatrix_x4(fa[i], as + (wm * 64 + i * 16 + (lane & 15)) * MLD + kk + (lane >> 4) * 8);
+                ldmatrix_x4<false>(fa[i], as + (wm * 64 + i * 16 + (lane & 15)) * MLD + kk + (lane >> 4) * 8);
             else
-                ldmatrix_x4_trans(fa[i], as + (kk + (lane & 7) + (lane >> 4) * 8) * MLDA_T + wm * 64 + i * 16 +
+                ldmatrix_x4<true>(fa[i], as + (kk + (lane & 7) + (lane >> 4) * 8) * MLDA_T + wm * 64 + i * 16 +
                                              ((lane >> 3) & 1) * 8);
         }
 #pragma unroll
         for (int j = 0; j < 2; j++) {  // matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), ...
             unsigned r[4];
             if (!BT)
-                ldmatrix_x4(r, bs + (wn * 32 + j * 16 + (lane & 7) + (lane >> 4) * 8) * MLD + kk + ((lane >> 3) & 1) * 8);
+                ldmatrix_x4<false>(r, bs + (wn * 32 + j * 16 + (lane & 7) + (lane >> 4) * 8) * MLD + kk + ((lane >> 3) & 1) * 8);
             else
-                ldmatrix_x4_trans(r, bs + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * MLDB_T + wn * 32 + j * 16 +
+                ldmatrix_x4<true>(r, bs + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * MLDB_T + wn * 32 + j * 16 +
                                          (lane >> 4) * 8);
             fb[2 * j][0] = r[0];
             fb[2 * j][1] = r[1];
@@ -579,15 +584,23 @@ __device__ __forceinline__ void mma_pipeline(float (&acc)[4][4][4], const half* 
     cp_async_wait<0>();
 }
 
-// Pixel index p of an N×H×W grid → (n, y, x); ok = p < P (else (0, 0, 0)).
-__device__ __forceinline__ void pixel_of(long long p, long long P, int H, int W, int& n, int& yy, int& xx, bool& ok) {
-    ok = p < P;
-    const long long pp = ok ? p : 0;
-    const int per = H * W;
-    n = (int)(pp / per);
-    const int r = (int)(pp - (long long)n * per);
-    yy = r / W;
-    xx = r % W;
+// Calls f(row, col, v0, v1) on every lane for each accumulator pair of this warp: D(row, col)
+// and D(row, col + 1) in block-tile coordinates (row = wm·64 + 16i + g + 8h, col = wn·32 + 8j +
+// 2q, g = lane/4, q = lane%4). Every lane makes every call (f may shuffle).
+template <class F> __device__ __forceinline__ void mma_epilogue(const float (&acc)[4][4][4], F f) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 1, wn = warp & 1;
+    const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                f(wm * 64 + i * 16 + g + 8 * h, wn * 32 + j * 8 + 2 * q, acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+}
+// Stores D(row m, cols c, c+1) as two halves of out[m][c] (C % 8 == 0, c even), within bounds.
+__device__ __forceinline__ void store_f16_pair(half* out, long long m, long long M, int c, int C, float v0, float v1) {
+    if (m < M && c < C) *reinterpret_cast<unsigned*>(out + m * C + c) = pack_half2(__float2half(v0), __float2half(v1));
 }
 
 // Same contract as conv3x3_fwd_f16 with bn = 2. A = im2col(a) [pixels][k] by cp.async (zero
@@ -601,7 +614,7 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
 #if ARCH_SM80
     __shared__ __align__(128) half As[MSTAGES * MA_STAGE];
     __shared__ __align__(128) half Bs[MSTAGES * MB_STAGE];
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
+    const int tid = threadIdx.x;
     const int K = 9 * cin, PH = H >> 1, PW = W >> 1;
     const long long M = pool ? (long long)N * PH * PW * 4 : (long long)N * H * W;
     const long long m0 = (long long)blockIdx.x * MB;
@@ -611,20 +624,7 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
     int an[4], ay[4], ax[4];
     bool aok[4];
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const long long m = m0 + r0 + 32 * i;
-        if (pool) {
-            aok[i] = m < M;
-            const long long win = aok[i] ? m >> 2 : 0;
-            const int pos = (int)(m & 3), per = PH * PW;
-            an[i] = (int)(win / per);
-            const int r = (int)(win - (long long)an[i] * per);
-            ay[i] = 2 * (r / PW) + (pos >> 1);
-            ax[i] = 2 * (r % PW) + (pos & 1);
-        } else {
-            pixel_of(m, M, H, W, an[i], ay[i], ax[i], aok[i]);
-        }
-    }
+    for (int i = 0; i < 4; i++) fwd_row_pixel(m0 + r0 + 32 * i, M, H, W, pool, an[i], ay[i], ax[i], aok[i]);
     uint4 rb[2];
     auto issue = [&](int t, int s) {
         const int k = t * MK + kc;
@@ -652,43 +652,34 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
     float acc[4][4][4];
     mma_pipeline<false, false>(acc, As, Bs, CEIL_DIV(K, MK), issue, finish);
 
-    // acc[i][j][2h + e] = D(row, col): row = wm·64 + 16i + g + 8h, col = wn·32 + 8j + 2q + e.
-    const int g = lane >> 2, q = lane & 3;
+    mma_epilogue(acc, [&](int row, int col, float v0, float v1) {
+        const long long m = m0 + row;
+        const int co = n0 + col;
+        if (!pool) {
+            store_f16_pair(y, m, M, co, cout, v0, v1);
+            return;
+        }
+        // the window's four rows sit in lanes (g & ~3) + p, p = 0..3, same q (g = lane/4)
+        const int base = (threadIdx.x & 31) & ~12;
+        float w0[4], w1[4];
 #pragma unroll
-    for (int i = 0; i < 4; i++)
+        for (int p = 0; p < 4; p++) {
+            w0[p] = __shfl_sync(0xffffffffu, v0, base | (p << 2));
+            w1[p] = __shfl_sync(0xffffffffu, v1, base | (p << 2));
+        }
+        if ((m & 3) == 0 && m < M && co < cout) {
+            float b0 = w0[0], b1 = w1[0];
+            unsigned char k0 = 0, k1 = 0;
 #pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const long long m = m0 + wm * 64 + i * 16 + g + 8 * h;
-                const int co = n0 + wn * 32 + j * 8 + 2 * q;
-                const float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
-                if (!pool) {
-                    if (m < M && co < cout)
-                        *reinterpret_cast<unsigned*>(y + m * cout + co) = pack_half2(__float2half(v0), __float2half(v1));
-                    continue;
-                }
-                // window rows: lanes (g & ~3) + p, p = 0..3, same q (every lane takes part)
-                const int base = lane & ~12;
-                float w0[4], w1[4];
-#pragma unroll
-                for (int p = 0; p < 4; p++) {
-                    w0[p] = __shfl_sync(0xffffffffu, v0, base | (p << 2));
-                    w1[p] = __shfl_sync(0xffffffffu, v1, base | (p << 2));
-                }
-                if ((g & 3) == 0 && m < M && co < cout) {
-                    float b0 = w0[0], b1 = w1[0];
-                    unsigned char k0 = 0, k1 = 0;
-#pragma unroll
-                    for (int p = 1; p < 4; p++) {  // strict: the first maximum wins
-                        if (w0[p] > b0) { b0 = w0[p]; k0 = (unsigned char)p; }
-                        if (w1[p] > b1) { b1 = w1[p]; k1 = (unsigned char)p; }
-                    }
-                    const long long o = (m >> 2) * cout + co;
-                    *reinterpret_cast<unsigned*>(y + o) = pack_half2(__float2half(b0), __float2half(b1));
-                    *reinterpret_cast<unsigned short*>(argmax + o) = (unsigned short)(k0 | (k1 << 8));
-                }
+            for (int p = 1; p < 4; p++) {  // strict: the first maximum wins
+                if (w0[p] > b0) { b0 = w0[p]; k0 = (unsigned char)p; }
+                if (w1[p] > b1) { b1 = w1[p]; k1 = (unsigned char)p; }
             }
+            const long long o = (m >> 2) * cout + co;
+            *reinterpret_cast<unsigned*>(y + o) = pack_half2(__float2half(b0), __float2half(b1));
+            *reinterpret_cast<unsigned short*>(argmax + o) = (unsigned short)(k0 | (k1 << 8));
+        }
+    });
 #else
     __trap();
 #endif
@@ -703,7 +694,7 @@ conv3x3_dgrad_mma_f16(const half* __restrict__ dy, const unsigned char* __restri
 #if ARCH_SM80
     __shared__ __align__(128) half As[MSTAGES * MA_STAGE];
     __shared__ __align__(128) half Bs[MSTAGES * MB_STAGE];
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
+    const int tid = threadIdx.x;
     const int K = 9 * cout;
     const long long M = (long long)N * H * W;
     const long long m0 = (long long)blockIdx.x * MB;
@@ -739,20 +730,9 @@ conv3x3_dgrad_mma_f16(const half* __restrict__ dy, const unsigned char* __restri
     };
     float acc[4][4][4];
     mma_pipeline<false, true>(acc, As, Bs, CEIL_DIV(K, MK), issue, finish);
-
-    const int g = lane >> 2, q = lane & 3;
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const long long m = m0 + wm * 64 + i * 16 + g + 8 * h;
-                const int ci = n0 + wn * 32 + j * 8 + 2 * q;
-                if (m < M && ci < cin)
-                    *reinterpret_cast<unsigned*>(da + m * cin + ci) =
-                        pack_half2(__float2half(acc[i][j][2 * h]), __float2half(acc[i][j][2 * h + 1]));
-            }
+    mma_epilogue(acc, [&](int row, int col, float v0, float v1) {
+        store_f16_pair(da, m0 + row, M, n0 + col, cin, v0, v1);
+    });
 #else
     __trap();
 #endif
@@ -769,7 +749,7 @@ conv3x3_wgrad_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, 
 #if ARCH_SM80
     __shared__ __align__(128) half As[MSTAGES * MA_STAGE];
     __shared__ __align__(128) half Bs[MSTAGES * MB_STAGE];
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
+    const int tid = threadIdx.x;
     const int K = 9 * cin;
     const long long P = (long long)N * H * W;
     const long long p_begin = (long long)blockIdx.z * chunk;
@@ -814,20 +794,13 @@ conv3x3_wgrad_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, 
     mma_pipeline<true, true>(acc, As, Bs, (int)CEIL_DIV(span, (long long)MK), issue, finish);
 
     float* dst = out + (long long)blockIdx.z * cout * K;
-    const int g = lane >> 2, q = lane & 3;
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int k = m0 + wm * 64 + i * 16 + g + 8 * h;
-                const int o = o0 + wn * 32 + j * 8 + 2 * q;
-                if (k < K && o < cout) {
-                    dst[(long long)o * K + k] = acc[i][j][2 * h];
-                    dst[(long long)(o + 1) * K + k] = acc[i][j][2 * h + 1];
-                }
-            }
+    mma_epilogue(acc, [&](int row, int col, float v0, float v1) {
+        const int k = m0 + row, o = o0 + col;
+        if (k < K && o < cout) {
+            dst[(long long)o * K + k] = v0;
+            dst[(long long)(o + 1) * K + k] = v1;
+        }
+    });
 #else
     __trap();
 #endif

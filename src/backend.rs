@@ -221,6 +221,8 @@ pub trait Backend: Record {
     /// `w` (`cout × 3×3×xs.c`). With `pool`, a 2×2 stride-2 max-pool follows (floor) and
     /// `argmax` receives, per pooled element, the window position 0..3 (`dy·2 + dx`) of the
     /// first maximum. `y` is `xs.with_c(cout)`, or its `pooled()` shape with `pool`.
+    /// `keep` (`xs.len()` values), if given, is where the backend may keep `a` for the matching
+    /// `conv3x3_bwd` (its contents are the backend's own; the CPU reference keeps nothing).
     #[allow(clippy::too_many_arguments)]
     fn conv3x3(
         &mut self,
@@ -232,6 +234,7 @@ pub trait Backend: Record {
         pool: bool,
         y: &mut Self::Buf,
         argmax: &mut Self::Bytes,
+        keep: Option<&mut Self::Buf>,
     ) -> Result<()>;
 
     /// Training-mode BatchNorm statistics of `y` over N·H·W: writes `bn = [mean | invstd]`
@@ -332,7 +335,9 @@ pub trait Backend: Record {
 
     /// Backward of `conv3x3` given `dy` (the gradient w.r.t. its output `y`, pooled when
     /// `pool`): unpools through `argmax`, writes the weight gradient `dw` and, when `da` is
-    /// given, the gradient w.r.t. the conv input `a` (shape `xs`).
+    /// given, the gradient w.r.t. the conv input `a` (shape `xs`). `kept`: the `keep` buffer
+    /// the forward `conv3x3` of the same `x` and `pre` (unchanged since) was given, or None
+    /// (then `a` is computed again from `x` and `pre`).
     #[allow(clippy::too_many_arguments)]
     fn conv3x3_bwd(
         &mut self,
@@ -346,6 +351,7 @@ pub trait Backend: Record {
         dy: &Self::Buf,
         dw: &mut Self::Buf,
         da: Option<&mut Self::Buf>,
+        kept: Option<&Self::Buf>,
     ) -> Result<()>;
 
     // ---- optimisers ----------------------------------------------------------------------

@@ -442,24 +442,26 @@ fn check_conv(
     let (cs, cb) = up_pre(cpu, &hp)?;
     let mut cy = vec![f32::NAN; ys.len()];
     let mut cam = vec![9u8; if pool { ys.len() } else { 0 }];
-    cpu.conv3x3(&cx, xs, pre_of(&cs, &cb), &cw, cout, pool, &mut cy, &mut cam)?;
+    cpu.conv3x3(&cx, xs, pre_of(&cs, &cb), &cw, cout, pool, &mut cy, &mut cam, None)?;
     let (gx, gw) = (gpu.upload_f16(&x)?, gpu.upload(&w)?);
     let (gs, gb) = up_pre(gpu, &hp)?;
     let mut full = vec![f32::NAN; if pool { fs.len() } else { 0 }];
     if pool {
-        cpu.conv3x3(&cx, xs, pre_of(&cs, &cb), &cw, cout, false, &mut full, &mut Vec::new())?;
+        cpu.conv3x3(&cx, xs, pre_of(&cs, &cb), &cw, cout, false, &mut full, &mut Vec::new(), None)?;
     }
-    // every forward kernel this GPU can run (mma and wmma on sm_80+), each against the CPU
-    let fwd = |gpu: &mut Gpu, r: &mut Report, path: &str| -> Result<()> {
+    // every forward kernel this GPU can run (mma and wmma on sm_80+), each against the CPU;
+    // the first call keeps its activated input (for the backward below), the second does not
+    let mut gkeep = gpu.upload(&vec![POISON; xs.len()])?;
+    let mut fwd = |gpu: &mut Gpu, r: &mut Report, path: &str| -> Result<()> {
         let mut gy = gpu.upload(&vec![POISON; ys.len()])?;
         let mut gam = gpu.upload_bytes(&vec![0xEE; if pool { ys.len() } else { 0 }])?;
-        gpu.conv3x3(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &mut gy, &mut gam)?;
+        gpu.conv3x3(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &mut gy, &mut gam, Some(&mut gkeep))?;
         let got = gpu.download(&gy)?;
         r.line(&label(&format!("fwd ({path})")), &shape, &got, &cy, TOL_CONV)?;
         // deterministic: a second run is bit-identical
         let mut gy2 = gpu.upload(&vec![POISON; ys.len()])?;
         let mut gam2 = gpu.upload_bytes(&vec![0xEE; if pool { ys.len() } else { 0 }])?;
-        gpu.conv3x3(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &mut gy2, &mut gam2)?;
+        gpu.conv3x3(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &mut gy2, &mut gam2, None)?;
         let again = gpu.download(&gy2)?;
         r.line(&label(&format!("fwd rerun ({path})")), &shape, &again, &got, 0.0)?;
         if pool {
@@ -486,22 +488,24 @@ fn check_conv(
     let cdy = cpu.upload(&dy)?;
     let mut cdw = vec![f32::NAN; w.len()];
     let mut cda = vec![f32::NAN; xs.len()];
-    cpu.conv3x3_bwd(&cx, xs, pre_of(&cs, &cb), &cw, cout, pool, &cam, &cdy, &mut cdw, Some(&mut cda))?;
+    cpu.conv3x3_bwd(&cx, xs, pre_of(&cs, &cb), &cw, cout, pool, &cam, &cdy, &mut cdw, Some(&mut cda), None)?;
     let gdy = gpu.upload_f16(&dy)?;
     let gam = gpu.upload_bytes(&cam)?;
     let bwd = |gpu: &mut Gpu, r: &mut Report, path: &str| -> Result<()> {
         let mut gdw = gpu.upload(&vec![POISON; w.len()])?;
         let mut gda = gpu.upload(&vec![POISON; xs.len()])?;
-        gpu.conv3x3_bwd(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &gam, &gdy, &mut gdw, Some(&mut gda))?;
+        gpu.conv3x3_bwd(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &gam, &gdy, &mut gdw, Some(&mut gda), None)?;
         let got_dw = gpu.download(&gdw)?;
         r.line(&label(&format!("wgrad dw ({path})")), &shape, &got_dw, &cdw, TOL_CONV)?;
         let got = gpu.download(&gda)?;
         r.line(&label(&format!("dgrad da ({path})")), &shape, &got, &cda, TOL_CONV)?;
-        // the same without da (the first layer once its bias is frozen): dw must not change
+        // the same without da (the first layer once its bias is frozen), from the forward's kept
+        // activation: dw must not change
         let mut gdw2 = gpu.upload(&vec![POISON; w.len()])?;
-        gpu.conv3x3_bwd(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &gam, &gdy, &mut gdw2, None)?;
+        let kept = Some(&gkeep);
+        gpu.conv3x3_bwd(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &gam, &gdy, &mut gdw2, None, kept)?;
         let got2 = gpu.download(&gdw2)?;
-        r.line(&label(&format!("wgrad dw, no da ({path})")), &shape, &got2, &got_dw, 0.0)
+        r.line(&label(&format!("wgrad dw, no da, kept a ({path})")), &shape, &got2, &got_dw, 0.0)
     };
     for &path in ConvPath::available(gpu.info.cc) {
         gpu.with_conv_path(path, |g| bwd(g, r, path.name()))?;
@@ -816,6 +820,7 @@ struct StepState<B: Backend> {
     run_var: Vec<B::Buf>,
     s: [Shape; 7],
     x: Vec<B::Buf>,
+    keep: Vec<B::Buf>,
     ga: Vec<B::Buf>,
     gx: Vec<B::Buf>,
     am: Vec<B::Bytes>,
@@ -861,6 +866,7 @@ impl<B: Backend> StepState<B> {
             run_mean: STEP_LAYERS.iter().map(|&(_, co, _)| b.zeros(co)).collect::<Result<_>>()?,
             run_var: STEP_LAYERS.iter().map(|&(_, co, _)| b.upload(&vec![1.0; co])).collect::<Result<_>>()?,
             x: acts(b)?,
+            keep: acts(b)?,
             ga: acts(b)?,
             gx: acts(b)?,
             am: (0..6)
@@ -901,7 +907,8 @@ impl<B: Backend> StepState<B> {
             let (xi, xo) = self.x.split_at_mut(l + 1);
             let (bi, bo) = self.bn.split_at_mut(l + 1);
             let pre = if l == 0 { Pre::Bias(&self.whiten_b) } else { Pre::Bn { bn: &bi[l], beta: &self.beta[l - 1] } };
-            b.conv3x3(&xi[l], s[l], pre, &self.conv[l], cout, pool, &mut xo[0], &mut self.am[l])?;
+            let keep = Some(&mut self.keep[l]);
+            b.conv3x3(&xi[l], s[l], pre, &self.conv[l], cout, pool, &mut xo[0], &mut self.am[l], keep)?;
             b.bn_stats(&xo[0], s[l + 1], 1e-12, 0.6, &mut self.run_mean[l], &mut self.run_var[l], &mut bo[0])?;
         }
         let pre6 = Pre::Bn { bn: &self.bn[6], beta: &self.beta[5] };
@@ -942,6 +949,7 @@ impl<B: Backend> StepState<B> {
                 gx,
                 &mut self.g_conv[l],
                 Some(ga),
+                Some(&self.keep[l]),
             )?;
         }
         b.pre_bwd(&self.ga[0], &self.x[0], s[0], Pre::Bias(&self.whiten_b), &mut self.g_wb, None)?;
@@ -1160,18 +1168,23 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
         let dy = gpu.upload_f16(&rnd(ys.len(), 50 + l as u64, 1.0, 0.0))?;
         let mut dw = gpu.zeros(cout * 9 * cin)?;
         let mut da = gpu.zeros(xs.len())?;
+        let mut keep = gpu.zeros(xs.len())?;
         let full = 2.0 * xs.count() as f64 * cout as f64 * (9 * cin) as f64;
         let wbytes = (xs.len() * 2 + ys.len() * 2 + cout * 9 * cin * 4) as f64;
         for &path in ConvPath::available(gpu.info.cc) {
             let p = path.name();
             gpu.with_conv_path(path, |gpu| -> Result<()> {
-                let ms = time_ms(gpu, &mut |g| g.conv3x3(&x, xs, pre(l), &wt, cout, pool, &mut y, &mut am))?;
+                // as in training: the forward keeps its activated input, the backward reuses it
+                let ms = time_ms(gpu, &mut |g| {
+                    g.conv3x3(&x, xs, pre(l), &wt, cout, pool, &mut y, &mut am, Some(&mut keep))
+                })?;
                 bench_line(out, &format!("conv3x3 fwd {p} [{l}]"), &shape, ms, flops, bytes)?;
+                let k = Some(&keep);
                 let ms =
-                    time_ms(gpu, &mut |g| g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, None))?;
+                    time_ms(gpu, &mut |g| g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, None, k))?;
                 bench_line(out, &format!("conv3x3 wgrad {p} [{l}]"), &shape, ms, full, wbytes)?;
                 let ms = time_ms(gpu, &mut |g| {
-                    g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, Some(&mut da))
+                    g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, Some(&mut da), k)
                 })?;
                 bench_line(out, &format!("conv3x3 wgrad+dgrad {p} [{l}]"), &shape, ms, 2.0 * full, 2.0 * wbytes)
             })?;

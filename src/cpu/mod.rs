@@ -164,6 +164,7 @@ impl<T: Real> Backend for Cpu<T> {
         pool: bool,
         y: &mut Vec<T>,
         argmax: &mut Vec<u8>,
+        _keep: Option<&mut Vec<T>>,
     ) -> Result<()> {
         conv::conv3x3(x, xs, &affine(pre), w, cout, pool, y, argmax, self.threads);
         Ok(())
@@ -274,6 +275,7 @@ impl<T: Real> Backend for Cpu<T> {
         dy: &Vec<T>,
         dw: &mut Vec<T>,
         da: Option<&mut Vec<T>>,
+        _kept: Option<&Vec<T>>,
     ) -> Result<()> {
         let da = da.map(|v| v.as_mut_slice());
         conv::conv3x3_bwd(x, xs, &affine(pre), w, cout, pool, argmax, dy, dw, da, self.threads);

@@ -317,14 +317,21 @@ impl Gpu {
 
     /// a = GELU(pre(x)) as fp16 in the activation scratch; returns its pointer and the `Pre`
     /// pointers that tell the conv kernels their input is already activated (bn = 2).
-    fn activate(&mut self, xp: Arg, xs: Shape, pp: &PrePtrs) -> Result<(Arg, PrePtrs)> {
+    /// `into`: a caller's buffer (the conv's `keep`) instead of the scratch.
+    fn activate(&mut self, xp: Arg, xs: Shape, pp: &PrePtrs, into: Option<Arg>) -> Result<(Arg, PrePtrs)> {
         let len = xs.len();
-        let slots = len.div_ceil(2);
-        let what = || format!("allocating the activation scratch ({len} fp16 values)");
-        grow(&self.stream, &mut self.ops, true, slots, &what)?;
-        let mut a = self.ops.act.take().expect("allocated above");
-        let ap = self.ptr_mut(&mut a);
-        self.ops.act = Some(a);
+        let ap = match into {
+            Some(p) => p,
+            None => {
+                let slots = len.div_ceil(2);
+                let what = || format!("allocating the activation scratch ({len} fp16 values)");
+                grow(&self.stream, &mut self.ops, true, slots, &what)?;
+                let mut a = self.ops.act.take().expect("allocated above");
+                let ap = self.ptr_mut(&mut a);
+                self.ops.act = Some(a);
+                ap
+            }
+        };
         if len > 0 {
             let args = [xp, long(len / 8), int(xs.c, "channels")?, pp.mean, pp.inv, pp.shift, pp.bn, ap];
             self.launch1d("conv", "act_f16", len / 8, &args)?;
@@ -713,6 +720,7 @@ impl Backend for Gpu {
         pool: bool,
         y: &mut GBuf,
         argmax: &mut GBytes,
+        keep: Option<&mut GBuf>,
     ) -> Result<()> {
         self.begin();
         let cin = xs.c;
@@ -728,11 +736,15 @@ impl Backend for Gpu {
         } else {
             0
         };
+        let keep = match keep {
+            Some(k) => Some(self.out(k, xs.len(), Dtype::F16, &format!("conv3x3: kept activation {xs:?}"))?),
+            None => None,
+        };
         let m = if pool { ys.count() * 4 } else { xs.count() };
         if m == 0 {
             return Ok(());
         }
-        let (xp, pp) = self.activate(xp, xs, &pp)?;
+        let (xp, pp) = self.activate(xp, xs, &pp, keep)?;
         if self.conv_path == ConvPath::Mma {
             check(self.info.cc.0 >= 8, || format!("conv3x3: the mma kernel needs sm_80+, this GPU is {}", self.info))?;
             let grid = (blocks_of(m, 128)?, cout.div_ceil(64) as u32, 1);
@@ -974,6 +986,7 @@ impl Backend for Gpu {
         dy: &GBuf,
         dw: &mut GBuf,
         da: Option<&mut GBuf>,
+        kept: Option<&GBuf>,
     ) -> Result<()> {
         self.begin();
         let cin = xs.c;
@@ -1014,7 +1027,15 @@ impl Backend for Gpu {
         let slices = p.div_ceil(chunk).max(1);
         let len = cout * k;
         let out = if slices == 1 { dwp } else { self.workspace(slices * len)? };
-        let (xp, pp) = self.activate(xp, xs, &pp)?;
+        let (xp, pp) = match kept {
+            Some(a) => {
+                let what = format!("conv3x3_bwd: kept activation {xs:?}");
+                check_len(a.len, xs.len(), &what)?;
+                check(a.dtype == Dtype::F16, || format!("{what} was not written by conv3x3"))?;
+                (self.ptr(&a.mem), PrePtrs { bn: 2, mean: 0, inv: 0, shift: 0 })
+            }
+            None => self.activate(xp, xs, &pp, None)?,
+        };
         let grid = (k.div_ceil(k_tile) as u32, cout.div_ceil(64) as u32, slices as u32);
         if mma {
             let args = [xp, ni, hi, wi, ci, dyp, ap, co, pool as u64, out, int(chunk, "pixel chunk")?];

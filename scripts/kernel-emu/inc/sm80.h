@@ -106,28 +106,21 @@ inline void mma_16816(float* d, const unsigned* a, const unsigned* b) {
         }
 }
 
-inline void ldmatrix_x4(unsigned* r, const half* p) {
+template <bool TRANS> inline void ldmatrix_x4(unsigned* r, const half* p) {
     int w, l, par;
     EmuLane& me = emu_entry(w, l, par);
     assert(((uintptr_t)p % 16) == 0 && "ldmatrix row addresses must be 16-byte aligned");
     me.ptr = p;
     emu_meet(w);
     for (int j = 0; j < 4; j++) {
-        const half* row = emu_peer(par, w, 8 * j + l / 4, me).ptr;
-        r[j] = emu_pack(row[2 * (l % 4)], row[2 * (l % 4) + 1]);
-    }
-}
-
-inline void ldmatrix_x4_trans(unsigned* r, const half* p) {
-    int w, l, par;
-    EmuLane& me = emu_entry(w, l, par);
-    assert(((uintptr_t)p % 16) == 0 && "ldmatrix row addresses must be 16-byte aligned");
-    me.ptr = p;
-    emu_meet(w);
-    for (int j = 0; j < 4; j++) {
-        const half* r0 = emu_peer(par, w, 8 * j + 2 * (l % 4), me).ptr;
-        const half* r1 = emu_peer(par, w, 8 * j + 2 * (l % 4) + 1, me).ptr;
-        r[j] = emu_pack(r0[l / 4], r1[l / 4]);
+        if (!TRANS) {  // row l/4, columns 2(l%4), 2(l%4) + 1
+            const half* row = emu_peer(par, w, 8 * j + l / 4, me).ptr;
+            r[j] = emu_pack(row[2 * (l % 4)], row[2 * (l % 4) + 1]);
+        } else {  // column l/4 of rows 2(l%4), 2(l%4) + 1
+            const half* r0 = emu_peer(par, w, 8 * j + 2 * (l % 4), me).ptr;
+            const half* r1 = emu_peer(par, w, 8 * j + 2 * (l % 4) + 1, me).ptr;
+            r[j] = emu_pack(r0[l / 4], r1[l / 4]);
+        }
     }
 }
 
