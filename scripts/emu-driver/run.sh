@@ -21,7 +21,7 @@
 #        EMU_LOCKED=1   cargo --locked (CI)
 #        EMU_REDZONE=1  check every allocation's red zones after every launch (slower)
 #        EMU_TRACE=1    print launches, captures, graph launches, allocations and frees
-# Time on 2 cores: ~2.5 min with target/emu built (self-test ~50 s, --smoke ~50 s), plus the
+# Time on 2 cores: ~5.5 min with target/emu built (self-test ~200 s, --smoke ~50 s), plus the
 # first release build of target/emu.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"

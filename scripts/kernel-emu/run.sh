@@ -9,9 +9,13 @@
 # drivers (test_conv.cpp, test_rest.cpp) launch the kernels exactly as src/gpu/backend.rs does
 # and compare against naive f64 references.
 #
+# The sm_80 instructions (mma.sync m16n8k16, ldmatrix, cp.async; inc/sm80.h) are emulated lane
+# by lane with the PTX ISA's fragment layouts, cp.async landing only at its wait_group.
+#
 # What this checks: indexing, tiling, the implicit-GEMM mappings, pooling/argmax, split-K,
-# reductions, fp16 rounding points. What it cannot check: real tensor-core fragment layouts,
-# timing, races the barriers would hide, the compiled SASS. It is not a substitute for
+# reductions, fp16 rounding points, the mma kernels' lane mappings and pipeline. What it cannot
+# check: wmma's real fragment layouts, whether inc/sm80.h reads the ISA right, timing, races the
+# barriers would hide, the compiled SASS. It is not a substitute for
 # `speedrun selftest` on a GPU.
 #
 # --asan adds AddressSanitizer/UBSan (out-of-bounds indexing). --tsan adds ThreadSanitizer: the
@@ -19,7 +23,7 @@
 # memory write and a read (or two writes) of another thread with no __syncthreads between them is
 # reported as a data race (about 15 minutes on 2 cores).
 #
-# Usage: bash scripts/kernel-emu/run.sh [--asan | --tsan]     (about 2–6 minutes on 2 cores)
+# Usage: bash scripts/kernel-emu/run.sh [--asan | --tsan]     (about 5–8 minutes on 2 cores)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 kernels="$here/../../kernels"
