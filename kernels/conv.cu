@@ -138,6 +138,10 @@ __device__ __forceinline__ void pixel_of(long long p, long long P, int H, int W,
     yy = r / W;
     xx = r % W;
 }
+// Rows of the forward GEMM: every pixel, or with pool the pixels of complete 2×2 windows (floor).
+__device__ __forceinline__ long long fwd_gemm_rows(int N, int H, int W, int pool) {
+    return pool ? (long long)N * (H >> 1) * (W >> 1) * 4 : (long long)N * H * W;
+}
 // Row m of the forward GEMM → its full-resolution pixel; ok = m < M. With pool the rows
 // enumerate the complete 2×2 windows, 4 consecutive rows a window in order dy·2 + dx.
 __device__ __forceinline__ void fwd_row_pixel(long long m, long long M, int H, int W, int pool, int& n, int& yy,
@@ -166,8 +170,8 @@ conv3x3_fwd_f16(const half* __restrict__ x, int N, int H, int W, int cin, const 
     const int tid = threadIdx.x, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
     load_pre(pmean, pinv, pshift, bn, cin, s_mean, s_inv, s_shift);
 
-    const int K = 9 * cin, PH = H >> 1, PW = W >> 1;
-    const long long M = pool ? (long long)N * PH * PW * 4 : (long long)N * H * W;
+    const int K = 9 * cin;
+    const long long M = fwd_gemm_rows(N, H, W, pool);
     const long long m0 = (long long)blockIdx.x * BM;
     const int n0 = blockIdx.y * BN;
     // This thread stages rows r and r + 32 (A: pixels, B: output channels) at k offset kc.
@@ -615,8 +619,8 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
     __shared__ __align__(128) half As[MSTAGES * MA_STAGE];
     __shared__ __align__(128) half Bs[MSTAGES * MB_STAGE];
     const int tid = threadIdx.x;
-    const int K = 9 * cin, PH = H >> 1, PW = W >> 1;
-    const long long M = pool ? (long long)N * PH * PW * 4 : (long long)N * H * W;
+    const int K = 9 * cin;
+    const long long M = fwd_gemm_rows(N, H, W, pool);
     const long long m0 = (long long)blockIdx.x * MB;
     const int n0 = blockIdx.y * MN;
     // Staging: this thread copies A rows r0 + 32i (i < 4) and B rows r0 + 32i (i < 2), 8 k at kc.

@@ -449,6 +449,7 @@ fn check_conv(
     if pool {
         cpu.conv3x3(&cx, xs, pre_of(&cs, &cb), &cw, cout, false, &mut full, &mut Vec::new(), None)?;
     }
+    let rms = (full.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / full.len().max(1) as f64).sqrt();
     // every forward kernel this GPU can run (mma and wmma on sm_80+), each against the CPU;
     // the first call keeps its activated input (for the backward below), the second does not
     let mut gkeep = gpu.upload(&vec![POISON; xs.len()])?;
@@ -466,7 +467,6 @@ fn check_conv(
         r.line(&label(&format!("fwd rerun ({path})")), &shape, &again, &got, 0.0)?;
         if pool {
             let am = gpu.download_bytes(&gam)?;
-            let rms = (full.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / full.len() as f64).sqrt();
             let (ph, pw) = (ys.h, ys.w);
             let vals = |i: usize, k: usize| {
                 let o = i % cout;

@@ -339,6 +339,13 @@ impl Gpu {
         Ok((ap, PrePtrs { bn: 2, mean: 0, inv: 0, shift: 0 }))
     }
 
+    /// Whether `op` takes the mma conv kernels (`ConvPath::Mma`, set only where the GPU has them).
+    fn mma_path(&self, op: &str) -> Result<bool> {
+        let mma = self.conv_path == ConvPath::Mma;
+        check(!mma || self.info.cc.0 >= 8, || format!("{op}: the mma kernels need sm_80+, this GPU is {}", self.info))?;
+        Ok(mma)
+    }
+
     /// Start of an op: the previous op's temporaries are freed (stream-ordered), and so is the
     /// retired scratch once no graph that may use it is left.
     fn begin(&mut self) {
@@ -745,8 +752,7 @@ impl Backend for Gpu {
             return Ok(());
         }
         let (xp, pp) = self.activate(xp, xs, &pp, keep)?;
-        if self.conv_path == ConvPath::Mma {
-            check(self.info.cc.0 >= 8, || format!("conv3x3: the mma kernel needs sm_80+, this GPU is {}", self.info))?;
+        if self.mma_path("conv3x3")? {
             let grid = (blocks_of(m, 128)?, cout.div_ceil(64) as u32, 1);
             let (ni, hi, wi) = (int(xs.n, "batch")?, int(xs.h, "height")?, int(xs.w, "width")?);
             let args = [xp, ni, hi, wi, int(cin, "cin")?, wp, int(cout, "cout")?, pool as u64, yp, ap];
@@ -1014,10 +1020,7 @@ impl Backend for Gpu {
         // Weight gradient: split-K over pixels so that the grid fills the GPU, then a
         // deterministic reduction of the slices.
         let p = xs.count();
-        let mma = self.conv_path == ConvPath::Mma;
-        check(!mma || self.info.cc.0 >= 8, || {
-            format!("conv3x3_bwd: the mma kernels need sm_80+, this GPU is {}", self.info)
-        })?;
+        let mma = self.mma_path("conv3x3_bwd")?;
         // wmma: M = cout, N = 9·cin in 64×64 tiles; mma: M = 9·cin in 128-row tiles, N = cout in 64
         let k_tile = if mma { 128 } else { 64 };
         let tiles = k.div_ceil(k_tile) * cout.div_ceil(64);

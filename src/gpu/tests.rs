@@ -222,7 +222,7 @@ fn open_without_driver() {
     assert_eq!(e.exit_code(), 4);
 }
 
-/// The forward-conv kernel choice (no GPU needed): mma where the GPU has it, the override, and
+/// The conv kernel choice (no GPU needed): mma where the GPU has it, the override, and
 /// clear errors for an unknown name or a path the GPU lacks.
 #[test]
 fn conv_path_choice() {
