@@ -6,7 +6,7 @@
 //! --cpu`, a reduced configuration that finishes in minutes on two cores).
 //! Records and how they are measured: README.md. No GPU record has been measured yet.
 use cifar::aug;
-use cifar::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape, Step, LRS, STEP_LEN};
+use cifar::backend::{Backend, BnStats, MuonParam, Norm, Pre, SgdParam, Shape, Step, LRS, STEP_LEN};
 use cifar::cpu::Cpu;
 use cifar::data::Split;
 use cifar::replay::Replayer;
@@ -301,11 +301,11 @@ fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize, res: usize, grads: bool) -> Re
 }
 
 /// The map in front of x[k]'s GELU: the whitening bias for k = 0, BatchNorm after that.
-fn pre<'a, B: Backend>(net: &'a Net<B>, bn: &'a [B::Buf], k: usize) -> Pre<'a, B> {
+fn pre<'a, B: Backend>(p: &'a Params<B>, bn: &'a [B::Buf], k: usize) -> Pre<'a, B> {
     if k == 0 {
-        Pre::Bias(&net.p.whiten_b)
+        Pre::Bias(&p.whiten_b)
     } else {
-        Pre::Bn { bn: &bn[k], beta: &net.p.beta[k - 1] }
+        Pre::Bn { bn: &bn[k], beta: &p.beta[k - 1] }
     }
 }
 
@@ -337,14 +337,29 @@ fn forward<B: Backend>(
         let (x_in, x_out) = a.x.split_at_mut(l + 1);
         let (bn_in, bn_out) = a.bn.split_at_mut(l + 1);
         let (w, keep) = (&net.p.conv[l], a.keep.get_mut(l));
-        b.conv3x3(&x_in[l], a.s[l], pre(net, bn_in, l), w, cout, pool, &mut x_out[0], &mut a.argmax[l], keep)?;
-        if train {
-            let (rm, rv) = (&mut net.run_mean[l], &mut net.run_var[l]);
-            b.bn_stats(&x_out[0], a.s[l + 1], h.bn_eps, h.bn_momentum, rm, rv, &mut bn_out[0])?;
-        }
+        // training: the conv also takes its output's BatchNorm statistics (eval: `bn_eval`)
+        let stats = train.then(|| BnStats {
+            eps: h.bn_eps,
+            momentum: h.bn_momentum,
+            running_mean: &mut net.run_mean[l],
+            running_var: &mut net.run_var[l],
+            bn: &mut bn_out[0],
+        });
+        b.conv3x3(
+            &x_in[l],
+            a.s[l],
+            pre(&net.p, bn_in, l),
+            w,
+            cout,
+            pool,
+            &mut x_out[0],
+            &mut a.argmax[l],
+            keep,
+            stats,
+        )?;
     }
     let scale = 1.0 / h.widths[2] as f32;
-    let pre6 = pre(net, &a.bn, 6);
+    let pre6 = pre(&net.p, &a.bn, 6);
     b.head(&a.x[6], a.s[6], pre6, &net.p.head, CLASSES, scale, &mut a.feat, &mut a.head_argmax, &mut a.logits)
 }
 
@@ -361,14 +376,14 @@ fn backward<B: Backend>(
     b.head_bwd(&a.dlogits, &a.feat, &a.head_argmax, &net.p.head, a.s[6], CLASSES, scale, &mut g.head, &mut a.ga[6])?;
     for (l, (_, cout, pool)) in layers(h).into_iter().enumerate().rev() {
         let k = l + 1;
-        b.pre_bwd(&a.ga[k], &a.x[k], a.s[k], pre(net, &a.bn, k), &mut g.beta[l], Some(&mut a.gx[k]))?;
+        b.pre_bwd(&a.ga[k], &a.x[k], a.s[k], pre(&net.p, &a.bn, k), &mut g.beta[l], Some(&mut a.gx[k]))?;
         let da = if l > 0 || bias_trains { Some(&mut a.ga[l]) } else { None };
         let w = &net.p.conv[l];
         let (gw, kept) = (&mut g.conv[l], a.keep.get(l));
-        b.conv3x3_bwd(&a.x[l], a.s[l], pre(net, &a.bn, l), w, cout, pool, &a.argmax[l], &a.gx[k], gw, da, kept)?;
+        b.conv3x3_bwd(&a.x[l], a.s[l], pre(&net.p, &a.bn, l), w, cout, pool, &a.argmax[l], &a.gx[k], gw, da, kept)?;
     }
     if bias_trains {
-        b.pre_bwd(&a.ga[0], &a.x[0], a.s[0], pre(net, &a.bn, 0), &mut g.whiten_b, None)?;
+        b.pre_bwd(&a.ga[0], &a.x[0], a.s[0], pre(&net.p, &a.bn, 0), &mut g.whiten_b, None)?;
     }
     Ok(())
 }

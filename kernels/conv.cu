@@ -24,6 +24,8 @@
 //                       already activated (bn = 2): mma.sync m16n8k16, ldmatrix, a 3-stage
 //                       cp.async pipeline, 128×64 block tiles (see the section at the end of this
 //                       file). The host picks them on sm_80+ (`ConvPath` in src/gpu/mod.rs).
+//                       The forward's epilogue also writes the BatchNorm partial sums of its
+//                       output when the host asks (training), for bn_finalize_f32 (norm.cu).
 //   conv3x3_dgrad_f16   da = conv(unpool(dy), w flipped and channel-swapped). GEMM M = input
 //                       pixels, N = cin, K = 9·cout (k = tap'·cout + o, tap' = 8 − tap).
 //                       grid (ceil(M/64), ceil(cin/64)). The unpool (through argmax) is fused
@@ -590,18 +592,57 @@ __device__ __forceinline__ void mma_pipeline(float (&acc)[4][4][4], const half* 
 
 // Calls f(row, col, v0, v1) on every lane for each accumulator pair of this warp: D(row, col)
 // and D(row, col + 1) in block-tile coordinates (row = wm·64 + 16i + g + 8h, col = wn·32 + 8j +
-// 2q, g = lane/4, q = lane%4). Every lane makes every call (f may shuffle).
-template <class F> __device__ __forceinline__ void mma_epilogue(const float (&acc)[4][4][4], F f) {
+// 2q, g = lane/4, q = lane%4), column pairs j outermost; done(j) after the last call of pair j.
+// Every lane makes every call (f and done may shuffle).
+template <class F, class D> __device__ __forceinline__ void mma_epilogue(const float (&acc)[4][4][4], F f, D done) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 1, wn = warp & 1;
     const int g = lane >> 2, q = lane & 3;
 #pragma unroll
-    for (int i = 0; i < 4; i++)
+    for (int j = 0; j < 4; j++) {
 #pragma unroll
-        for (int j = 0; j < 4; j++)
+        for (int i = 0; i < 4; i++)
 #pragma unroll
             for (int h = 0; h < 2; h++)
                 f(wm * 64 + i * 16 + g + 8 * h, wn * 32 + j * 8 + 2 * q, acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+        done(j);
+    }
 }
+template <class F> __device__ __forceinline__ void mma_epilogue(const float (&acc)[4][4][4], F f) {
+    mma_epilogue(acc, f, [](int) {});
+}
+
+// BatchNorm partial sums of a forward tile's outputs, in two parts. mma_bn_cols, after column
+// pair j: sum[e], sq[e] hold this lane's Σy and Σy² (f64) of column wn·32 + 8j + 2q + e over
+// its rows; they are added over the 8 lanes of the column (xor butterfly), put in red[wm][col],
+// and reset. mma_bn_partials, once: adds the two warp rows (wm 0 then 1) and writes
+// part[c][blockIdx.x] (Σy) and part[C + c][blockIdx.x] (Σy²), c = n0 + column: the
+// channel-major layout bn_finalize_f32 (norm.cu) reads. Fixed order throughout: deterministic.
+__device__ __forceinline__ void mma_bn_cols(int j, double (&sum)[2], double (&sq)[2], double (*red)[MN][2]) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 1, wn = warp & 1;
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        double s = sum[e], t = sq[e];
+#pragma unroll
+        for (int o = 4; o < 32; o <<= 1) {  // lanes with the same q hold the same column
+            s += __shfl_xor_sync(0xffffffffu, s, o);
+            t += __shfl_xor_sync(0xffffffffu, t, o);
+        }
+        if (lane < 4) {
+            red[wm][wn * 32 + j * 8 + 2 * lane + e][0] = s;
+            red[wm][wn * 32 + j * 8 + 2 * lane + e][1] = t;
+        }
+        sum[e] = sq[e] = 0.0;
+    }
+}
+__device__ __forceinline__ void mma_bn_partials(const double (*red)[MN][2], int n0, int C, double* __restrict__ part) {
+    __syncthreads();
+    const int col = threadIdx.x, c = n0 + col;
+    if (col < MN && c < C) {
+        part[(long long)c * gridDim.x + blockIdx.x] = red[0][col][0] + red[1][col][0];
+        part[(long long)(C + c) * gridDim.x + blockIdx.x] = red[0][col][1] + red[1][col][1];
+    }
+}
+
 // Stores D(row m, cols c, c+1) as two halves of out[m][c] (C % 8 == 0, c even), within bounds.
 __device__ __forceinline__ void store_f16_pair(half* out, long long m, long long M, int c, int C, float v0, float v1) {
     if (m < M && c < C) *reinterpret_cast<unsigned*>(out + m * C + c) = pack_half2(__float2half(v0), __float2half(v1));
@@ -611,10 +652,13 @@ __device__ __forceinline__ void store_f16_pair(half* out, long long m, long long
 // fill outside the image), B = w [cout][k] fp32 → fp16 through registers. With pool, the four
 // rows of a 2×2 window (consecutive m) sit in lanes 4 apart (rows g..g+3 of an m16 tile): their
 // values are gathered with shuffles and the first maximum is taken in window order.
-// grid (ceil(M/128), ceil(cout/64)), block 128.
-extern "C" __global__ void __launch_bounds__(128)
+// part (may be null): the BatchNorm partial sums of the stored y (fp16 values, pooled when pool)
+// per block row, [2·cout][gridDim.x] f64 (mma_bn_partials), for bn_finalize_f32.
+// grid (ceil(M/128), ceil(cout/64)), block 128. (min blocks 1: with the statistics epilogue,
+// ptxas 12.9 for sm_90 otherwise squeezes it to 128 registers and spills.)
+extern "C" __global__ void __launch_bounds__(128, 1)
 conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, const float* __restrict__ w, int cout,
-                    int pool, half* __restrict__ y, unsigned char* __restrict__ argmax) {
+                    int pool, half* __restrict__ y, unsigned char* __restrict__ argmax, double* __restrict__ part) {
 #if ARCH_SM80
     __shared__ __align__(128) half As[MSTAGES * MA_STAGE];
     __shared__ __align__(128) half Bs[MSTAGES * MB_STAGE];
@@ -656,11 +700,28 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
     float acc[4][4][4];
     mma_pipeline<false, false>(acc, As, Bs, CEIL_DIV(K, MK), issue, finish);
 
+    // BatchNorm partials [wm][column][Σy | Σy²] (2 KB) in the A stage the pipeline left free:
+    // the last step (nk − 1) used stage (nk − 1) % 3, and stage (nk + 1) % 3 last held step
+    // nk − 2 (or nothing), which every warp finished before the last step's barrier.
+    const int nk = CEIL_DIV(K, MK);
+    double (*red)[MN][2] = reinterpret_cast<double (*)[MN][2]>(As + ((nk + 1) % MSTAGES) * MA_STAGE);
+    double sum[2] = {0.0, 0.0}, sq[2] = {0.0, 0.0};  // this lane's, of its current column pair
+    auto stat = [&](half y0, half y1) {
+        const double d0 = (double)__half2float(y0), d1 = (double)__half2float(y1);
+        sum[0] += d0;
+        sum[1] += d1;
+        sq[0] += d0 * d0;
+        sq[1] += d1 * d1;
+    };
+    auto cols_done = [&](int j) {
+        if (part) mma_bn_cols(j, sum, sq, red);
+    };
     mma_epilogue(acc, [&](int row, int col, float v0, float v1) {
         const long long m = m0 + row;
         const int co = n0 + col;
         if (!pool) {
             store_f16_pair(y, m, M, co, cout, v0, v1);
+            if (m < M && co < cout) stat(__float2half(v0), __float2half(v1));
             return;
         }
         // the window's four rows sit in lanes (g & ~3) + p, p = 0..3, same q (g = lane/4)
@@ -680,10 +741,13 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
                 if (w1[p] > b1) { b1 = w1[p]; k1 = (unsigned char)p; }
             }
             const long long o = (m >> 2) * cout + co;
-            *reinterpret_cast<unsigned*>(y + o) = pack_half2(__float2half(b0), __float2half(b1));
+            const half h0 = __float2half(b0), h1 = __float2half(b1);
+            *reinterpret_cast<unsigned*>(y + o) = pack_half2(h0, h1);
             *reinterpret_cast<unsigned short*>(argmax + o) = (unsigned short)(k0 | (k1 << 8));
+            stat(h0, h1);
         }
-    });
+    }, cols_done);
+    if (part) mma_bn_partials(red, n0, cout, part);
 #else
     __trap();
 #endif

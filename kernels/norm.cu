@@ -9,7 +9,11 @@
 //   bn_reduce_f16     stage 1 of the BatchNorm statistics in ONE read of y: Σy and Σy² in f64
 //                     (the fp16 values and their squares are exact in f64, so the sums are
 //                     exact to ~1e-16 relative and var = E[y²] − mean² loses nothing that matters).
-//   bn_finalize_f32   stage 2: C threads. bn = [mean | 1/√(var + eps)] (biased var), running
+//                     Its part is channel-major, [2·C][blocks] (Σy rows, then Σy² rows), the
+//                     layout the mma forward conv's epilogue writes too (conv.cu).
+//   bn_finalize_f32   stage 2 for either producer: grid C, block 256 (BN_FIN_THREADS); block c
+//                     adds row c and row C + c of part (`blocks` partials each, coalesced) in
+//                     f64 in a fixed order. bn = [mean | 1/√(var + eps)] (biased var), running
 //                     stats blended with the unbiased var: running ← momentum·running +
 //                     (1 − momentum)·batch.
 //   chan_reduce_f16   stage 1 of pre_bwd: Σdu and Σdu·x̂ (f32 per thread) with du = da·GELU′(pre(x)),
@@ -20,10 +24,13 @@
 //   cast_f32_f16, cast_f16_f32  storage casts (a host upload is f32). 1 thread/element.
 #include "common.cuh"
 
+#define BN_FIN_THREADS 256  // bn_finalize_f32 block size (the host launches it so)
+
 // Stage-1 epilogue of a (32, 8) block: thread (tx, ty) holds the sums a0, a1 of channel c over
 // its rows; the 8 rows are added in order and written to part[block][c] and part[block][C + c].
+// Layout: [blocks][2·C] (block-major), or [2·C][blocks] with `chan_major`.
 template <typename T>
-__device__ __forceinline__ void store_pair(T a0, T a1, int C, int c, T* __restrict__ part) {
+__device__ __forceinline__ void store_pair(T a0, T a1, int C, int c, T* __restrict__ part, bool chan_major = false) {
     __shared__ T s0[8][32], s1[8][32];
     const int tx = threadIdx.x, ty = threadIdx.y;
     s0[ty][tx] = a0;
@@ -36,8 +43,13 @@ __device__ __forceinline__ void store_pair(T a0, T a1, int C, int c, T* __restri
             t0 += s0[j][tx];
             t1 += s1[j][tx];
         }
-        part[(long long)blockIdx.x * 2 * C + c] = t0;
-        part[(long long)blockIdx.x * 2 * C + C + c] = t1;
+        if (chan_major) {
+            part[(long long)c * gridDim.x + blockIdx.x] = t0;
+            part[(long long)(C + c) * gridDim.x + blockIdx.x] = t1;
+        } else {
+            part[(long long)blockIdx.x * 2 * C + c] = t0;
+            part[(long long)blockIdx.x * 2 * C + C + c] = t1;
+        }
     }
 }
 
@@ -78,22 +90,35 @@ extern "C" __global__ void bn_reduce_f16(const half* __restrict__ y, long long P
             a0 += v;
             a1 += v * v;
         }
-    store_pair(a0, a1, C, c, part);
+    store_pair(a0, a1, C, c, part, true);
 }
 
-extern "C" __global__ void bn_finalize_f32(const double* __restrict__ part, int blocks, int C, long long count,
-                                           float eps, float momentum, float* __restrict__ running_mean,
-                                           float* __restrict__ running_var, float* __restrict__ bn) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
+extern "C" __global__ void __launch_bounds__(BN_FIN_THREADS)
+bn_finalize_f32(const double* __restrict__ part, int blocks, int C, long long count, float eps, float momentum,
+                float* __restrict__ running_mean, float* __restrict__ running_var, float* __restrict__ bn) {
+    __shared__ double s0[BN_FIN_THREADS], s1[BN_FIN_THREADS];
+    const int c = blockIdx.x, t = threadIdx.x;
     double s = 0.0, q = 0.0;
-    for (int b = 0; b < blocks; b++) {
-        s += part[(long long)b * 2 * C + c];
-        q += part[(long long)b * 2 * C + C + c];
+    const double* ps = part + (long long)c * blocks;
+    const double* pq = part + (long long)(C + c) * blocks;
+    for (int b = t; b < blocks; b += BN_FIN_THREADS) {
+        s += ps[b];
+        q += pq[b];
     }
+    s0[t] = s;
+    s1[t] = q;
+    __syncthreads();
+    for (int h = BN_FIN_THREADS / 2; h > 0; h >>= 1) {  // fixed-order tree: deterministic
+        if (t < h) {
+            s0[t] += s0[t + h];
+            s1[t] += s1[t + h];
+        }
+        __syncthreads();
+    }
+    if (t != 0 || c >= C) return;
     const double cnt = (double)count, m = (double)momentum;
-    const double mean = s / cnt;
-    const double var = fmax(q / cnt - mean * mean, 0.0);
+    const double mean = s0[0] / cnt;
+    const double var = fmax(s1[0] / cnt - mean * mean, 0.0);
     bn[c] = (float)mean;
     bn[C + c] = (float)(1.0 / sqrt(var + (double)eps));
     running_mean[c] = (float)(m * (double)running_mean[c] + (1.0 - m) * mean);

@@ -144,6 +144,18 @@ pub struct MuonParam<'a, B: Backend + ?Sized> {
     pub cols: usize,
 }
 
+/// Training-mode BatchNorm statistics of a conv's output, taken by `conv3x3` itself: the same
+/// result as `bn_stats(y, ys, eps, momentum, running_mean, running_var, bn)` called after it
+/// (up to summation order), but a GPU sums them in the conv's epilogue instead of reading `y`
+/// again.
+pub struct BnStats<'a, B: Backend + ?Sized> {
+    pub eps: f32,
+    pub momentum: f32,
+    pub running_mean: &'a mut B::Buf,
+    pub running_var: &'a mut B::Buf,
+    pub bn: &'a mut B::Buf,
+}
+
 /// Every backend can record steps (`replay::Record`), if only by declining (the CPU).
 pub trait Backend: Record {
     /// Float tensor.
@@ -223,6 +235,7 @@ pub trait Backend: Record {
     /// first maximum. `y` is `xs.with_c(cout)`, or its `pooled()` shape with `pool`.
     /// `keep` (`xs.len()` values), if given, is where the backend may keep `a` for the matching
     /// `conv3x3_bwd` (its contents are the backend's own; the CPU reference keeps nothing).
+    /// `stats`, if given, receives the training-mode BatchNorm statistics of `y` (`BnStats`).
     #[allow(clippy::too_many_arguments)]
     fn conv3x3(
         &mut self,
@@ -235,6 +248,7 @@ pub trait Backend: Record {
         y: &mut Self::Buf,
         argmax: &mut Self::Bytes,
         keep: Option<&mut Self::Buf>,
+        stats: Option<BnStats<'_, Self>>,
     ) -> Result<()>;
 
     /// Training-mode BatchNorm statistics of `y` over N·H·W: writes `bn = [mean | invstd]`

@@ -36,7 +36,7 @@
 //!   index must be within the conv tolerance of the window's maximum (ties and near-ties may
 //!   legitimately pick another position); the number of indices differing from the CPU's is
 //!   printed for information.
-use crate::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape, Step, LRS, STEP_LEN, STEP_WORDS};
+use crate::backend::{Backend, BnStats, MuonParam, Norm, Pre, SgdParam, Shape, Step, LRS, STEP_LEN, STEP_WORDS};
 use crate::cpu::Cpu;
 use crate::error::{Error, Result};
 use crate::gpu::{ConvPath, GBuf, Gpu, Timer};
@@ -442,12 +442,12 @@ fn check_conv(
     let (cs, cb) = up_pre(cpu, &hp)?;
     let mut cy = vec![f32::NAN; ys.len()];
     let mut cam = vec![9u8; if pool { ys.len() } else { 0 }];
-    cpu.conv3x3(&cx, xs, pre_of(&cs, &cb), &cw, cout, pool, &mut cy, &mut cam, None)?;
+    cpu.conv3x3(&cx, xs, pre_of(&cs, &cb), &cw, cout, pool, &mut cy, &mut cam, None, None)?;
     let (gx, gw) = (gpu.upload_f16(&x)?, gpu.upload(&w)?);
     let (gs, gb) = up_pre(gpu, &hp)?;
     let mut full = vec![f32::NAN; if pool { fs.len() } else { 0 }];
     if pool {
-        cpu.conv3x3(&cx, xs, pre_of(&cs, &cb), &cw, cout, false, &mut full, &mut Vec::new(), None)?;
+        cpu.conv3x3(&cx, xs, pre_of(&cs, &cb), &cw, cout, false, &mut full, &mut Vec::new(), None, None)?;
     }
     let rms = (full.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / full.len().max(1) as f64).sqrt();
     // every forward kernel this GPU can run (mma and wmma on sm_80+), each against the CPU;
@@ -456,15 +456,29 @@ fn check_conv(
     let mut fwd = |gpu: &mut Gpu, r: &mut Report, path: &str| -> Result<()> {
         let mut gy = gpu.upload(&vec![POISON; ys.len()])?;
         let mut gam = gpu.upload_bytes(&vec![0xEE; if pool { ys.len() } else { 0 }])?;
-        gpu.conv3x3(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &mut gy, &mut gam, Some(&mut gkeep))?;
+        gpu.conv3x3(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &mut gy, &mut gam, Some(&mut gkeep), None)?;
         let got = gpu.download(&gy)?;
         r.line(&label(&format!("fwd ({path})")), &shape, &got, &cy, TOL_CONV)?;
         // deterministic: a second run is bit-identical
         let mut gy2 = gpu.upload(&vec![POISON; ys.len()])?;
         let mut gam2 = gpu.upload_bytes(&vec![0xEE; if pool { ys.len() } else { 0 }])?;
-        gpu.conv3x3(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &mut gy2, &mut gam2, None)?;
+        gpu.conv3x3(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &mut gy2, &mut gam2, None, None)?;
         let again = gpu.download(&gy2)?;
         r.line(&label(&format!("fwd rerun ({path})")), &shape, &again, &got, 0.0)?;
+        // the training forward: the conv also takes its output's BatchNorm statistics; y must
+        // not change, and the statistics must be those of the stored y
+        if ys.count() > 1 {
+            let mut y3 = Vec::new();
+            let what = label(&format!("fwd + bn_stats ({path})"));
+            bn_against_cpu(gpu, cpu, r, &what, &shape, ys, &got, seed + 6, &mut |g, st| {
+                let mut gy3 = g.upload(&vec![POISON; ys.len()])?;
+                let mut gam3 = g.upload_bytes(&vec![0xEE; if pool { ys.len() } else { 0 }])?;
+                g.conv3x3(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &mut gy3, &mut gam3, None, Some(st))?;
+                y3 = g.download(&gy3)?;
+                Ok(())
+            })?;
+            r.line(&format!("{what} y"), &shape, &y3, &got, 0.0)?;
+        }
         if pool {
             let am = gpu.download_bytes(&gam)?;
             let (ph, pw) = (ys.h, ys.w);
@@ -513,28 +527,50 @@ fn check_conv(
     Ok(())
 }
 
+/// BatchNorm statistics written by a GPU op (`run`, given where to write them) against the CPU's
+/// `bn_stats` of `y` (host values of the tensor they are of): `[mean|invstd]`, and the running
+/// mean and var blended from random starting values. Returns the GPU's running statistics.
+#[allow(clippy::too_many_arguments)]
+fn bn_against_cpu(
+    gpu: &mut Gpu,
+    cpu: &mut Cpu<f32>,
+    r: &mut Report,
+    what: &str,
+    shape: &str,
+    ys: Shape,
+    y: &[f32],
+    seed: u64,
+    run: &mut dyn FnMut(&mut Gpu, BnStats<'_, Gpu>) -> Result<()>,
+) -> Result<(GBuf, GBuf)> {
+    let c = ys.c;
+    let rm = rnd(c, seed + 1, 0.2, 0.0);
+    let rv = rnd(c, seed + 2, 0.2, 1.0).into_iter().map(|v| v.abs() + 0.1).collect::<Vec<_>>();
+    let (eps, momentum) = (1e-12f32, 0.6f32);
+    let (mut crm, mut crv) = (rm.clone(), rv.clone());
+    let mut cbn = vec![f32::NAN; 2 * c];
+    cpu.bn_stats(&y.to_vec(), ys, eps, momentum, &mut crm, &mut crv, &mut cbn)?;
+    let (mut grm, mut grv) = (gpu.upload(&rm)?, gpu.upload(&rv)?);
+    let mut gbn = gpu.upload(&vec![POISON; 2 * c])?;
+    run(gpu, BnStats { eps, momentum, running_mean: &mut grm, running_var: &mut grv, bn: &mut gbn })?;
+    let got = gpu.download(&gbn)?;
+    r.line(&format!("{what} [mean|invstd]"), shape, &got, &cbn, TOL_F32)?;
+    let got = gpu.download(&grm)?;
+    r.line(&format!("{what} running mean"), shape, &got, &crm, TOL_F32)?;
+    let got = gpu.download(&grv)?;
+    r.line(&format!("{what} running var"), shape, &got, &crv, TOL_F32)?;
+    Ok((grm, grv))
+}
+
 fn check_bn(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, ys: Shape, seed: u64) -> Result<()> {
     let c = ys.c;
     let y = rnd(ys.len(), seed, 2.0, 0.5);
-    let rm = rnd(c, seed + 1, 0.2, 0.0);
-    let rv = rnd(c, seed + 2, 0.2, 1.0).into_iter().map(|v| v.abs() + 0.1).collect::<Vec<_>>();
-    let (eps, mom) = (1e-12f32, 0.6f32);
-    let cy = cpu.upload(&y)?;
-    let (mut crm, mut crv) = (rm.clone(), rv.clone());
-    let mut cbn = vec![f32::NAN; 2 * c];
-    cpu.bn_stats(&cy, ys, eps, mom, &mut crm, &mut crv, &mut cbn)?;
     let gy = gpu.upload_f16(&y)?;
-    let (mut grm, mut grv) = (gpu.upload(&rm)?, gpu.upload(&rv)?);
-    let mut gbn = gpu.upload(&vec![POISON; 2 * c])?;
-    gpu.bn_stats(&gy, ys, eps, mom, &mut grm, &mut grv, &mut gbn)?;
     let s = shape_str(ys);
-    let got = gpu.download(&gbn)?;
-    r.line("bn_stats [mean|invstd]", &s, &got, &cbn, TOL_F32)?;
-    let got = gpu.download(&grm)?;
-    r.line("bn_stats running mean", &s, &got, &crm, TOL_F32)?;
-    let got = gpu.download(&grv)?;
-    r.line("bn_stats running var", &s, &got, &crv, TOL_F32)?;
-    // eval mode from the updated running statistics
+    let (grm, grv) = bn_against_cpu(gpu, cpu, r, "bn_stats", &s, ys, &y, seed, &mut |g, st| {
+        g.bn_stats(&gy, ys, st.eps, st.momentum, st.running_mean, st.running_var, st.bn)
+    })?;
+    // eval mode from the GPU's updated running statistics, on both
+    let (crm, crv) = (gpu.download(&grm)?, gpu.download(&grv)?);
     let mut ce = vec![f32::NAN; 2 * c];
     cpu.bn_eval(&crm, &crv, 1e-5, &mut ce)?;
     let mut ge = gpu.upload(&vec![POISON; 2 * c])?;
@@ -908,8 +944,14 @@ impl<B: Backend> StepState<B> {
             let (bi, bo) = self.bn.split_at_mut(l + 1);
             let pre = if l == 0 { Pre::Bias(&self.whiten_b) } else { Pre::Bn { bn: &bi[l], beta: &self.beta[l - 1] } };
             let keep = Some(&mut self.keep[l]);
-            b.conv3x3(&xi[l], s[l], pre, &self.conv[l], cout, pool, &mut xo[0], &mut self.am[l], keep)?;
-            b.bn_stats(&xo[0], s[l + 1], 1e-12, 0.6, &mut self.run_mean[l], &mut self.run_var[l], &mut bo[0])?;
+            let stats = BnStats {
+                eps: 1e-12,
+                momentum: 0.6,
+                running_mean: &mut self.run_mean[l],
+                running_var: &mut self.run_var[l],
+                bn: &mut bo[0],
+            };
+            b.conv3x3(&xi[l], s[l], pre, &self.conv[l], cout, pool, &mut xo[0], &mut self.am[l], keep, Some(stats))?;
         }
         let pre6 = Pre::Bn { bn: &self.bn[6], beta: &self.beta[5] };
         b.head(&self.x[6], s[6], pre6, &self.head, CLASSES, scale, &mut self.feat, &mut self.ham, &mut self.logits)?;
@@ -1171,14 +1213,25 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
         let mut keep = gpu.zeros(xs.len())?;
         let full = 2.0 * xs.count() as f64 * cout as f64 * (9 * cin) as f64;
         let wbytes = (xs.len() * 2 + ys.len() * 2 + cout * 9 * cin * 4) as f64;
+        let mut rm = gpu.zeros(cout)?;
+        let mut rv = gpu.upload(&vec![1.0; cout])?;
+        let mut bo = gpu.zeros(2 * cout)?;
         for &path in ConvPath::available(gpu.info.cc) {
             let p = path.name();
             gpu.with_conv_path(path, |gpu| -> Result<()> {
                 // as in training: the forward keeps its activated input, the backward reuses it
                 let ms = time_ms(gpu, &mut |g| {
-                    g.conv3x3(&x, xs, pre(l), &wt, cout, pool, &mut y, &mut am, Some(&mut keep))
+                    g.conv3x3(&x, xs, pre(l), &wt, cout, pool, &mut y, &mut am, Some(&mut keep), None)
                 })?;
                 bench_line(out, &format!("conv3x3 fwd {p} [{l}]"), &shape, ms, flops, bytes)?;
+                // the training forward: the conv also takes its output's BatchNorm statistics
+                // (mma: in its epilogue; wmma: conv, then bn_stats)
+                let ms = time_ms(gpu, &mut |g| {
+                    let st =
+                        BnStats { eps: 1e-12, momentum: 0.6, running_mean: &mut rm, running_var: &mut rv, bn: &mut bo };
+                    g.conv3x3(&x, xs, pre(l), &wt, cout, pool, &mut y, &mut am, Some(&mut keep), Some(st))
+                })?;
+                bench_line(out, &format!("conv3x3 fwd+bn_stats {p} [{l}]"), &shape, ms, flops, bytes)?;
                 let k = Some(&keep);
                 let ms =
                     time_ms(gpu, &mut |g| g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, None, k))?;
@@ -1190,10 +1243,7 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
             })?;
         }
 
-        // BN statistics and pre_bwd of this conv's output
-        let mut rm = gpu.zeros(cout)?;
-        let mut rv = gpu.upload(&vec![1.0; cout])?;
-        let mut bo = gpu.zeros(2 * cout)?;
+        // BN statistics (by themselves) and pre_bwd of this conv's output
         let ms = time_ms(gpu, &mut |g| g.bn_stats(&y, ys, 1e-12, 0.6, &mut rm, &mut rv, &mut bo))?;
         bench_line(
             out,

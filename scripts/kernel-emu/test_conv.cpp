@@ -1,6 +1,7 @@
 #define TEST_SEED 42
 #include "testlib.h"
 #include "conv.cu"
+#include "norm.cu"
 
 static void report(const char* what, int N, int H, int W, int cin, int cout, int pool, int bn, double e, double tol) {
     printf("%-28s N%d %dx%dx%d->%d pool%d bn%d relL2 %.3e %s\n", what, N, H, W, cin, cout, pool, bn, e, e <= tol ? "PASS" : "FAIL");
@@ -66,12 +67,33 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         std::vector<half> yh3(ylen, (half)NAN);
         std::vector<unsigned char> am3(pool ? ylen : 8, 0xEE);
         dim3 gm{(unsigned)((M + 127) / 128), (unsigned)((cout + 63) / 64), 1};
-        launch(gm, block, [&] { conv3x3_fwd_mma_f16(ah.data(), N, H, W, cin, w.data(), cout, pool, yh3.data(), am3.data()); });
+        launch(gm, block, [&] { conv3x3_fwd_mma_f16(ah.data(), N, H, W, cin, w.data(), cout, pool, yh3.data(), am3.data(), nullptr); });
         std::vector<double> yg3(ylen); for (size_t i = 0; i < ylen; i++) yg3[i] = (double)(float)yh3[i];
         report("fwd mma (sm_80 path)", N, H, W, cin, cout, pool, bn, relerr(yg3, yref), 1e-2);
         int same3 = memcmp(yh.data(), yh3.data(), ylen * 2) == 0 && am == am3;
         printf("  mma path bit-identical to wmma path: %s\n", same3 ? "PASS" : "FAIL");
         fails += !same3;
+        // with the BatchNorm partials in the epilogue (as the training forward runs it), then
+        // bn_finalize_f32: y unchanged, statistics those of the stored fp16 y (f64 reference)
+        std::vector<half> yh4(ylen, (half)NAN);
+        std::vector<unsigned char> am4(pool ? ylen : 8, 0xEE);
+        std::vector<double> part((size_t)2 * cout * gm.x, NAN);
+        launch(gm, block, [&] { conv3x3_fwd_mma_f16(ah.data(), N, H, W, cin, w.data(), cout, pool, yh4.data(), am4.data(), part.data()); });
+        int same4 = memcmp(yh.data(), yh4.data(), ylen * 2) == 0 && am == am4;
+        printf("  mma path with BN partials: y and argmax unchanged: %s\n", same4 ? "PASS" : "FAIL");
+        fails += !same4;
+        const long long cnt = (long long)(ylen / cout);
+        std::vector<float> rm(cout, 0.1f), rv(cout, 0.9f), bnv(2 * cout, NAN);
+        launch(dim3{(unsigned)cout, 1, 1}, dim3{BN_FIN_THREADS, 1, 1}, [&] { bn_finalize_f32(part.data(), (int)gm.x, cout, cnt, 1e-12f, 0.6f, rm.data(), rv.data(), bnv.data()); });
+        std::vector<double> mean(cout, 0), var(cout, 0), want(2 * cout), wrm(cout), wrv(cout);
+        for (size_t i = 0; i < ylen; i++) mean[i % cout] += (double)(float)yh3[i];
+        for (auto& v : mean) v /= cnt;
+        for (size_t i = 0; i < ylen; i++) var[i % cout] += ((double)(float)yh3[i] - mean[i % cout]) * ((double)(float)yh3[i] - mean[i % cout]);
+        for (auto& v : var) v /= cnt;
+        for (int c = 0; c < cout; c++) { want[c] = mean[c]; want[cout + c] = 1 / sqrt(var[c] + 1e-12); wrm[c] = 0.06 + 0.4 * mean[c]; wrv[c] = 0.54 + 0.4 * var[c] * cnt / (cnt - 1); }
+        report("fwd mma + BN partials: bn", N, H, W, cin, cout, pool, bn, relerr(bnv, want), 1e-6);
+        report("  running mean", N, H, W, cin, cout, pool, bn, relerr(rm, wrm), 1e-6);
+        report("  running var", N, H, W, cin, cout, pool, bn, relerr(rv, wrv), 1e-6);
     }
     if (pool) {
         int bad = 0, differ = 0;

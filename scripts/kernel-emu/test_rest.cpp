@@ -35,7 +35,7 @@ static void test_bn(int N, int H, int W, int C, float scale = 2.0f, float offset
     long long nb = std::min((P + 63) / 64, 512LL), chunk = (P + nb - 1) / nb; nb = (P + chunk - 1) / chunk;
     std::vector<double> part(nb * 2 * C, NAN);
     launch(dim3{(unsigned)nb, (unsigned)((C + 31) / 32), 1}, dim3{32, 8, 1}, [&] { bn_reduce_f16(yh.data(), P, C, chunk, part.data()); });
-    launch(dim3{(unsigned)((C + 127) / 128), 1, 1}, dim3{128, 1, 1}, [&] { bn_finalize_f32(part.data(), (int)nb, C, P, 1e-12f, 0.6f, rm.data(), rv.data(), bn.data()); });
+    launch(dim3{(unsigned)C, 1, 1}, dim3{BN_FIN_THREADS, 1, 1}, [&] { bn_finalize_f32(part.data(), (int)nb, C, P, 1e-12f, 0.6f, rm.data(), rv.data(), bn.data()); });
     std::vector<double> want(2 * C), wrm(C), wrv(C);
     for (int c = 0; c < C; c++) { want[c] = mean[c]; want[C + c] = 1 / sqrt(var[c] + 1e-12); wrm[c] = 0.6 * 0.1 + 0.4 * mean[c]; wrv[c] = 0.6 * 0.9 + 0.4 * var[c] * P / (P - 1); }
     report("bn_stats bn", relerr(bn, want), 1e-5);

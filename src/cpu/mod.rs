@@ -10,7 +10,7 @@ pub mod optim;
 pub mod par;
 pub mod real;
 
-use crate::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape, Step, STEP_LEN, STEP_WORDS};
+use crate::backend::{Backend, BnStats, MuonParam, Norm, Pre, SgdParam, Shape, Step, STEP_LEN, STEP_WORDS};
 use crate::error::Result;
 use crate::replay::Record;
 use layers::Affine;
@@ -165,8 +165,13 @@ impl<T: Real> Backend for Cpu<T> {
         y: &mut Vec<T>,
         argmax: &mut Vec<u8>,
         _keep: Option<&mut Vec<T>>,
+        stats: Option<BnStats<'_, Self>>,
     ) -> Result<()> {
         conv::conv3x3(x, xs, &affine(pre), w, cout, pool, y, argmax, self.threads);
+        if let Some(s) = stats {
+            let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
+            self.bn_stats(y, ys, s.eps, s.momentum, s.running_mean, s.running_var, s.bn)?;
+        }
         Ok(())
     }
 

@@ -12,7 +12,7 @@
 //! `download` converts whatever is stored to f32. An fp16 tensor occupies the first 2·len bytes,
 //! so a buffer poisoned with the f32 bit pattern 0x7FC0_7FC0 reads as NaN in both types.
 use super::{ConvPath, Gpu};
-use crate::backend::{Backend, MuonParam, Norm, Pre, SgdParam, Shape, LRS, NS_COEFFS, STEP_LEN, STEP_WORDS};
+use crate::backend::{Backend, BnStats, MuonParam, Norm, Pre, SgdParam, Shape, LRS, NS_COEFFS, STEP_LEN, STEP_WORDS};
 use crate::error::{Error, Result};
 use crate::replay::Record;
 use cudarc::driver::{
@@ -232,6 +232,8 @@ fn check_channels(op: &str, cin: usize, cout: usize) -> Result<()> {
 }
 
 const BLOCK: u32 = 256;
+/// Block size of `bn_finalize_f32` (`BN_FIN_THREADS` in kernels/norm.cu).
+const BN_FIN_THREADS: u32 = 256;
 
 fn blocks(len: usize) -> Result<u32> {
     u32::try_from(len.div_ceil(BLOCK as usize).max(1))
@@ -337,6 +339,41 @@ impl Gpu {
             self.launch1d("conv", "act_f16", len / 8, &args)?;
         }
         Ok((ap, PrePtrs { bn: 2, mean: 0, inv: 0, shift: 0 }))
+    }
+
+    /// Checks and pointers of the BatchNorm statistics outputs of `ys` ([running mean, running
+    /// var, bn]); `op` prefixes the messages ("conv3x3: " when the conv takes the statistics).
+    fn bn_outputs(
+        &mut self,
+        op: &str,
+        ys: Shape,
+        running_mean: &mut GBuf,
+        running_var: &mut GBuf,
+        bn: &mut GBuf,
+    ) -> Result<[Arg; 3]> {
+        let (c, p) = (ys.c, ys.count());
+        check(p > 1, || format!("{op}bn_stats: BatchNorm needs more than one value per channel, {ys:?} has {p}"))?;
+        let rm = self.inout_f32(running_mean, c, &format!("{op}bn_stats: running mean"))?;
+        let rv = self.inout_f32(running_var, c, &format!("{op}bn_stats: running var"))?;
+        let bp = self.out(bn, 2 * c, Dtype::F32, &format!("{op}bn_stats: bn [mean | invstd]"))?;
+        Ok([rm, rv, bp])
+    }
+
+    /// Stage 2 of the BatchNorm statistics of `ys` from `blocks` partials per channel, laid out
+    /// [2·C][blocks] f64 (`bn_reduce_f16` or the mma forward conv's epilogue).
+    fn bn_finalize(
+        &mut self,
+        part: Arg,
+        blocks: usize,
+        ys: Shape,
+        eps: f32,
+        momentum: f32,
+        out: [Arg; 3],
+    ) -> Result<()> {
+        let [rm, rv, bp] = out;
+        let c = int(ys.c, "channels")?;
+        let args = [part, int(blocks, "partial blocks")?, c, long(ys.count()), flt(eps), flt(momentum), rm, rv, bp];
+        self.launch("norm", "bn_finalize_f32", (ys.c as u32, 1, 1), (BN_FIN_THREADS, 1, 1), &args)
     }
 
     /// Whether `op` takes the mma conv kernels (`ConvPath::Mma`, set only where the GPU has them).
@@ -728,6 +765,7 @@ impl Backend for Gpu {
         y: &mut GBuf,
         argmax: &mut GBytes,
         keep: Option<&mut GBuf>,
+        mut stats: Option<BnStats<'_, Self>>,
     ) -> Result<()> {
         self.begin();
         let cin = xs.c;
@@ -747,16 +785,29 @@ impl Backend for Gpu {
             Some(k) => Some(self.out(k, xs.len(), Dtype::F16, &format!("conv3x3: kept activation {xs:?}"))?),
             None => None,
         };
+        let bn = match stats.as_mut() {
+            Some(s) => Some(self.bn_outputs("conv3x3: ", ys, s.running_mean, s.running_var, s.bn)?),
+            None => None,
+        };
         let m = if pool { ys.count() * 4 } else { xs.count() };
         if m == 0 {
             return Ok(());
         }
         let (xp, pp) = self.activate(xp, xs, &pp, keep)?;
         if self.mma_path("conv3x3")? {
+            // with stats: the epilogue writes the BatchNorm partials, [2·cout][blocks] f64
             let grid = (blocks_of(m, 128)?, cout.div_ceil(64) as u32, 1);
+            let part = match bn {
+                Some(_) => self.workspace(grid.0 as usize * 4 * cout)?,
+                None => 0,
+            };
             let (ni, hi, wi) = (int(xs.n, "batch")?, int(xs.h, "height")?, int(xs.w, "width")?);
-            let args = [xp, ni, hi, wi, int(cin, "cin")?, wp, int(cout, "cout")?, pool as u64, yp, ap];
-            return self.launch("conv", "conv3x3_fwd_mma_f16", grid, (128, 1, 1), &args);
+            let args = [xp, ni, hi, wi, int(cin, "cin")?, wp, int(cout, "cout")?, pool as u64, yp, ap, part];
+            self.launch("conv", "conv3x3_fwd_mma_f16", grid, (128, 1, 1), &args)?;
+            return match (bn, stats) {
+                (Some(o), Some(s)) => self.bn_finalize(part, grid.0 as usize, ys, s.eps, s.momentum, o),
+                _ => Ok(()),
+            };
         }
         let grid = (blocks_of(m, 64)?, cout.div_ceil(64) as u32, 1);
         let args = [
@@ -775,7 +826,12 @@ impl Backend for Gpu {
             yp,
             ap,
         ];
-        self.launch("conv", "conv3x3_fwd_f16", grid, (128, 1, 1), &args)
+        self.launch("conv", "conv3x3_fwd_f16", grid, (128, 1, 1), &args)?;
+        match stats {
+            // the wmma kernel has no statistics epilogue: one more read of y
+            Some(s) => self.bn_stats(y, ys, s.eps, s.momentum, s.running_mean, s.running_var, s.bn),
+            None => Ok(()),
+        }
     }
 
     fn bn_stats(
@@ -789,13 +845,9 @@ impl Backend for Gpu {
         bn: &mut GBuf,
     ) -> Result<()> {
         self.begin();
-        let c = ys.c;
-        let p = ys.count();
-        check(p > 1, || format!("bn_stats: BatchNorm needs more than one value per channel, {ys:?} has {p}"))?;
+        let (c, p) = (ys.c, ys.count());
         let yp = self.in_f16(y, ys.len(), &format!("bn_stats: y {ys:?}"))?;
-        let rm = self.inout_f32(running_mean, c, "bn_stats: running mean")?;
-        let rv = self.inout_f32(running_var, c, "bn_stats: running var")?;
-        let bp = self.out(bn, 2 * c, Dtype::F32, "bn_stats: bn [mean | invstd]")?;
+        let out = self.bn_outputs("", ys, running_mean, running_var, bn)?;
         // one read of y: f64 Σy, Σy² per block (2·C f64 = 4·C f32 slots each), then the finalize
         let nb = p.div_ceil(64).min(512);
         let chunk = p.div_ceil(nb);
@@ -804,8 +856,7 @@ impl Backend for Gpu {
         let grid = (nb as u32, c.div_ceil(32) as u32, 1);
         let cc = int(c, "channels")?;
         self.launch("norm", "bn_reduce_f16", grid, (32, 8, 1), &[yp, long(p), cc, long(chunk), part])?;
-        let args = [part, nb as u64, cc, long(p), flt(eps), flt(momentum), rm, rv, bp];
-        self.launch("norm", "bn_finalize_f32", (c.div_ceil(128) as u32, 1, 1), (128, 1, 1), &args)
+        self.bn_finalize(part, nb, ys, eps, momentum, out)
     }
 
     fn bn_eval(&mut self, running_mean: &GBuf, running_var: &GBuf, eps: f32, bn: &mut GBuf) -> Result<()> {
@@ -1285,7 +1336,7 @@ mod tests {
         // (module, kernel, sizes: P = 8-byte pointer or long long, I = 4-byte int or float)
         let table: &[(&str, &str, &str)] = &[
             ("conv", "conv3x3_fwd_f16", "PIIIIPPPIPIIPP"),
-            ("conv", "conv3x3_fwd_mma_f16", "PIIIIPIIPP"),
+            ("conv", "conv3x3_fwd_mma_f16", "PIIIIPIIPPP"),
             ("conv", "conv3x3_dgrad_mma_f16", "PPIIIIIIPP"),
             ("conv", "conv3x3_wgrad_mma_f16", "PIIIIPPIIPI"),
             ("conv", "conv3x3_dgrad_f16", "PPIIIIIIPP"),
