@@ -274,11 +274,12 @@ struct Acts<B: Backend> {
     dlogits: B::Buf,
     keep: Vec<B::Buf>, // conv l's activated input, kept by the forward for the backward
     ga: Vec<B::Buf>,   // gradient w.r.t. GELU(pre(x[k]))
+    gsum: Vec<B::Buf>, // [Σdu | Σdu·x̂] of ga[k], taken by the conv backward for pre_bwd (k < 6)
     gx: Vec<B::Buf>,   // gradient w.r.t. x[k]
     loss_acc: B::Buf,  // [loss sum, correct] since the last read
 }
 
-/// With `grads` false (evaluation), the gradient buffers `ga`, `gx` and `keep` stay empty.
+/// With `grads` false (evaluation), the gradient buffers `ga`, `gsum`, `gx` and `keep` stay empty.
 fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize, res: usize, grads: bool) -> Result<Acts<B>> {
     let s = shapes(h, n, res);
     let c = h.widths[2];
@@ -295,6 +296,7 @@ fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize, res: usize, grads: bool) -> Re
         dlogits: b.zeros(n * CLASSES)?,
         keep: if grads { s[..6].iter().map(|s| b.zeros(s.len())).collect::<Result<_>>()? } else { Vec::new() },
         ga: if grads { bufs(b)? } else { Vec::new() },
+        gsum: if grads { s[..6].iter().map(|s| b.zeros(2 * s.c)).collect::<Result<_>>()? } else { Vec::new() },
         gx: if grads { bufs(b)? } else { Vec::new() },
         loss_acc: b.zeros(2)?,
     })
@@ -376,14 +378,28 @@ fn backward<B: Backend>(
     b.head_bwd(&a.dlogits, &a.feat, &a.head_argmax, &net.p.head, a.s[6], CLASSES, scale, &mut g.head, &mut a.ga[6])?;
     for (l, (_, cout, pool)) in layers(h).into_iter().enumerate().rev() {
         let k = l + 1;
-        b.pre_bwd(&a.ga[k], &a.x[k], a.s[k], pre(&net.p, &a.bn, k), &mut g.beta[l], Some(&mut a.gx[k]))?;
-        let da = if l > 0 || bias_trains { Some(&mut a.ga[l]) } else { None };
-        let w = &net.p.conv[l];
-        let (gw, kept) = (&mut g.conv[l], a.keep.get(l));
-        b.conv3x3_bwd(&a.x[l], a.s[l], pre(&net.p, &a.bn, l), w, cout, pool, &a.argmax[l], &a.gx[k], gw, da, kept)?;
+        let sums = a.gsum.get(k); // taken by conv k's backward (none for the head's input)
+        b.pre_bwd(&a.ga[k], &a.x[k], a.s[k], pre(&net.p, &a.bn, k), sums, &mut g.beta[l], Some(&mut a.gx[k]))?;
+        let (da, da_sums) =
+            if l > 0 || bias_trains { (Some(&mut a.ga[l]), Some(&mut a.gsum[l])) } else { (None, None) };
+        let (w, gw, kept) = (&net.p.conv[l], &mut g.conv[l], a.keep.get(l));
+        b.conv3x3_bwd(
+            &a.x[l],
+            a.s[l],
+            pre(&net.p, &a.bn, l),
+            w,
+            cout,
+            pool,
+            &a.argmax[l],
+            &a.gx[k],
+            gw,
+            da,
+            da_sums,
+            kept,
+        )?;
     }
     if bias_trains {
-        b.pre_bwd(&a.ga[0], &a.x[0], a.s[0], pre(&net.p, &a.bn, 0), &mut g.whiten_b, None)?;
+        b.pre_bwd(&a.ga[0], &a.x[0], a.s[0], pre(&net.p, &a.bn, 0), Some(&a.gsum[0]), &mut g.whiten_b, None)?;
     }
     Ok(())
 }

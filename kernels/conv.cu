@@ -611,17 +611,19 @@ template <class F> __device__ __forceinline__ void mma_epilogue(const float (&ac
     mma_epilogue(acc, f, [](int) {});
 }
 
-// BatchNorm partial sums of a forward tile's outputs, in two parts. mma_bn_cols, after column
-// pair j: sum[e], sq[e] hold this lane's Σy and Σy² (f64) of column wn·32 + 8j + 2q + e over
-// its rows; they are added over the 8 lanes of the column (xor butterfly), put in red[wm][col],
-// and reset. mma_bn_partials, once: adds the two warp rows (wm 0 then 1) and writes
-// part[c][blockIdx.x] (Σy) and part[C + c][blockIdx.x] (Σy²), c = n0 + column: the
-// channel-major layout bn_finalize_f32 (norm.cu) reads. Fixed order throughout: deterministic.
-__device__ __forceinline__ void mma_bn_cols(int j, double (&sum)[2], double (&sq)[2], double (*red)[MN][2]) {
+// Per-channel partial sums of a tile's outputs (the forward's BatchNorm Σy, Σy²; dgrad's
+// pre_bwd Σdu, Σdu·x̂), in two parts. mma_col_sums, after column pair j: a[e], b[e] hold this
+// lane's two sums of column wn·32 + 8j + 2q + e over its rows; they are added over the 8 lanes
+// of the column (xor butterfly), put in red[wm][column], and reset. mma_col_partials, once: adds
+// the two warp rows (wm 0 then 1) and writes part[c][blockIdx.x] (a) and part[C + c][blockIdx.x]
+// (b), c = n0 + column: the channel-major layout of norm.cu's stage 2 (bn_finalize_f32,
+// pre_bwd_sums_f32). Fixed order throughout: deterministic. red: mma_spare_stage.
+template <typename T>
+__device__ __forceinline__ void mma_col_sums(int j, T (&a)[2], T (&b)[2], T (*red)[MN][2]) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 1, wn = warp & 1;
 #pragma unroll
     for (int e = 0; e < 2; e++) {
-        double s = sum[e], t = sq[e];
+        T s = a[e], t = b[e];
 #pragma unroll
         for (int o = 4; o < 32; o <<= 1) {  // lanes with the same q hold the same column
             s += __shfl_xor_sync(0xffffffffu, s, o);
@@ -631,16 +633,23 @@ __device__ __forceinline__ void mma_bn_cols(int j, double (&sum)[2], double (&sq
             red[wm][wn * 32 + j * 8 + 2 * lane + e][0] = s;
             red[wm][wn * 32 + j * 8 + 2 * lane + e][1] = t;
         }
-        sum[e] = sq[e] = 0.0;
+        a[e] = b[e] = T(0);
     }
 }
-__device__ __forceinline__ void mma_bn_partials(const double (*red)[MN][2], int n0, int C, double* __restrict__ part) {
+template <typename T>
+__device__ __forceinline__ void mma_col_partials(const T (*red)[MN][2], int n0, int C, T* __restrict__ part) {
     __syncthreads();
     const int col = threadIdx.x, c = n0 + col;
     if (col < MN && c < C) {
         part[(long long)c * gridDim.x + blockIdx.x] = red[0][col][0] + red[1][col][0];
         part[(long long)(C + c) * gridDim.x + blockIdx.x] = red[0][col][1] + red[1][col][1];
     }
+}
+// Room for red (≤ 2 KB) once mma_pipeline has run nk steps: the A stage it left free. The last
+// step (nk − 1) used stage (nk − 1) % 3; stage (nk + 1) % 3 last held step nk − 2 (or nothing),
+// which every warp finished before the last step's barrier.
+template <typename T> __device__ __forceinline__ T (*mma_spare_stage(half* As, int nk))[MN][2] {
+    return reinterpret_cast<T (*)[MN][2]>(As + ((nk + 1) % MSTAGES) * MA_STAGE);
 }
 
 // Stores D(row m, cols c, c+1) as two halves of out[m][c] (C % 8 == 0, c even), within bounds.
@@ -653,7 +662,7 @@ __device__ __forceinline__ void store_f16_pair(half* out, long long m, long long
 // rows of a 2×2 window (consecutive m) sit in lanes 4 apart (rows g..g+3 of an m16 tile): their
 // values are gathered with shuffles and the first maximum is taken in window order.
 // part (may be null): the BatchNorm partial sums of the stored y (fp16 values, pooled when pool)
-// per block row, [2·cout][gridDim.x] f64 (mma_bn_partials), for bn_finalize_f32.
+// per block row, [2·cout][gridDim.x] f64 (mma_col_partials), for bn_finalize_f32.
 // grid (ceil(M/128), ceil(cout/64)), block 128. (min blocks 1: with the statistics epilogue,
 // ptxas 12.9 for sm_90 otherwise squeezes it to 128 registers and spills.)
 extern "C" __global__ void __launch_bounds__(128, 1)
@@ -700,11 +709,7 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
     float acc[4][4][4];
     mma_pipeline<false, false>(acc, As, Bs, CEIL_DIV(K, MK), issue, finish);
 
-    // BatchNorm partials [wm][column][Σy | Σy²] (2 KB) in the A stage the pipeline left free:
-    // the last step (nk − 1) used stage (nk − 1) % 3, and stage (nk + 1) % 3 last held step
-    // nk − 2 (or nothing), which every warp finished before the last step's barrier.
-    const int nk = CEIL_DIV(K, MK);
-    double (*red)[MN][2] = reinterpret_cast<double (*)[MN][2]>(As + ((nk + 1) % MSTAGES) * MA_STAGE);
+    double (*red)[MN][2] = mma_spare_stage<double>(As, CEIL_DIV(K, MK));  // [wm][column][Σy | Σy²]
     double sum[2] = {0.0, 0.0}, sq[2] = {0.0, 0.0};  // this lane's, of its current column pair
     auto stat = [&](half y0, half y1) {
         const double d0 = (double)__half2float(y0), d1 = (double)__half2float(y1);
@@ -714,7 +719,7 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
         sq[1] += d1 * d1;
     };
     auto cols_done = [&](int j) {
-        if (part) mma_bn_cols(j, sum, sq, red);
+        if (part) mma_col_sums(j, sum, sq, red);
     };
     mma_epilogue(acc, [&](int row, int col, float v0, float v1) {
         const long long m = m0 + row;
@@ -747,7 +752,7 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
             stat(h0, h1);
         }
     }, cols_done);
-    if (part) mma_bn_partials(red, n0, cout, part);
+    if (part) mma_col_partials(red, n0, cout, part);
 #else
     __trap();
 #endif
@@ -755,10 +760,16 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
 
 // Same contract as conv3x3_dgrad_f16. M = input pixels, N = cin, K = 9·cout (k = tap'·cout + o).
 // A = unpool(dy) [pixels][k] through registers (the argmax select), B = w flipped [k][cin] fp32
-// → fp16 through registers, read with ldmatrix.trans. grid (ceil(P/128), ceil(cin/64)), block 128.
+// → fp16 through registers, read with ldmatrix.trans.
+// part (may be null): pre_bwd's partial sums of the stored da for the layer input x (raw, NHWC
+// fp16) and its pre (pmean, pinv, pshift, bn: 0 bias, 1 BatchNorm): Σdu and Σdu·x̂ with
+// du = da·GELU′(pre(x)), as chan_reduce_f16 (norm.cu) takes them, f32 per lane, [2·cin]
+// [gridDim.x] (mma_col_partials), for pre_bwd_sums_f32. grid (ceil(P/128), ceil(cin/64)), block 128.
 extern "C" __global__ void __launch_bounds__(128)
 conv3x3_dgrad_mma_f16(const half* __restrict__ dy, const unsigned char* __restrict__ am, int N, int H, int W, int cin,
-                      int cout, int pool, const float* __restrict__ w, half* __restrict__ da) {
+                      int cout, int pool, const float* __restrict__ w, half* __restrict__ da,
+                      const half* __restrict__ x, const float* __restrict__ pmean, const float* __restrict__ pinv,
+                      const float* __restrict__ pshift, int bn, float* __restrict__ part) {
 #if ARCH_SM80
     __shared__ __align__(128) half As[MSTAGES * MA_STAGE];
     __shared__ __align__(128) half Bs[MSTAGES * MB_STAGE];
@@ -798,9 +809,27 @@ conv3x3_dgrad_mma_f16(const half* __restrict__ dy, const unsigned char* __restri
     };
     float acc[4][4][4];
     mma_pipeline<false, true>(acc, As, Bs, CEIL_DIV(K, MK), issue, finish);
+    float (*red)[MN][2] = mma_spare_stage<float>(As, CEIL_DIV(K, MK));  // [wm][column][Σdu | Σdu·x̂]
+    float su[2] = {0.f, 0.f}, sx[2] = {0.f, 0.f};  // this lane's, of its current column pair
+    auto cols_done = [&](int j) {
+        if (part) mma_col_sums(j, su, sx, red);
+    };
     mma_epilogue(acc, [&](int row, int col, float v0, float v1) {
-        store_f16_pair(da, m0 + row, M, n0 + col, cin, v0, v1);
-    });
+        const long long m = m0 + row;
+        const int c = n0 + col;
+        store_f16_pair(da, m, M, c, cin, v0, v1);
+        if (!part || m >= M || c >= cin) return;
+        const float dv[2] = {__half2float(__float2half(v0)), __half2float(__float2half(v1))};
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const float xv = __half2float(x[m * cin + c + e]);
+            const float mean = bn ? pmean[c + e] : 0.f, inv = bn ? pinv[c + e] : 1.f;
+            const float du = dv[e] * gelu_grad_f(pre_u(xv, mean, inv, pshift[c + e], bn));
+            su[e] += du;
+            sx[e] += du * ((xv - mean) * inv);
+        }
+    }, cols_done);
+    if (part) mma_col_partials(red, n0, cin, part);
 #else
     __trap();
 #endif

@@ -3,34 +3,32 @@
 // a = GELU(pre(x)) (`pre_bwd` in src/backend.rs). All reductions are two-stage and
 // deterministic: stage 1 writes per-block partial sums, stage 2 adds them in block order in f64.
 //
-// Exported kernels (stage 1 kernels: grid (blocks, ceil(C/32)), block (32, 8); thread (tx, ty)
-// owns channel blockIdx.y·32 + tx and every 8th pixel of the block's slice of `chunk` pixels;
-// part is [blocks][2·C]):
+// Exported kernels. Stage 1 (grid (blocks, ceil(C/32)), block (32, 8)): thread (tx, ty) owns
+// channel blockIdx.y·32 + tx and every 8th pixel of the block's slice of `chunk` pixels. Every
+// part is channel-major, [2·C][blocks] (first-sum rows, then second-sum rows): the layout the
+// mma conv epilogues write too (conv.cu), so one stage 2 serves both. Stage 2 (grid C, block
+// CHAN_FIN_THREADS): block c adds row c and row C + c (coalesced) in f64 in a fixed order.
 //   bn_reduce_f16     stage 1 of the BatchNorm statistics in ONE read of y: Σy and Σy² in f64
 //                     (the fp16 values and their squares are exact in f64, so the sums are
 //                     exact to ~1e-16 relative and var = E[y²] − mean² loses nothing that matters).
-//                     Its part is channel-major, [2·C][blocks] (Σy rows, then Σy² rows), the
-//                     layout the mma forward conv's epilogue writes too (conv.cu).
-//   bn_finalize_f32   stage 2 for either producer: grid C, block 256 (BN_FIN_THREADS); block c
-//                     adds row c and row C + c of part (`blocks` partials each, coalesced) in
-//                     f64 in a fixed order. bn = [mean | 1/√(var + eps)] (biased var), running
-//                     stats blended with the unbiased var: running ← momentum·running +
-//                     (1 − momentum)·batch.
-//   chan_reduce_f16   stage 1 of pre_bwd: Σdu and Σdu·x̂ (f32 per thread) with du = da·GELU′(pre(x)),
-//                     x̂ = (x − mean)·invstd.
+//   bn_finalize_f32   stage 2: bn = [mean | 1/√(var + eps)] (biased var), running stats blended
+//                     with the unbiased var: running ← momentum·running + (1 − momentum)·batch.
 //   bn_eval_f32       bn = [running_mean | 1/√(running_var + eps)]. C threads.
-//   pre_bwd_finalize_f32  stage 2 of mode 2: dshift[c] = Σdu; stats = [Σdu/count | Σdu·x̂/count].
-//   pre_bwd_dx_f16    dx = invstd·(du − mean(du) − x̂·mean(du·x̂)) (BN) or du (bias). 1 thread/element.
+//   chan_reduce_f16   stage 1 of pre_bwd: Σdu and Σdu·x̂ (f32 per thread) with du = da·GELU′(pre(x)),
+//                     x̂ = (x − mean)·invstd (x for the bias).
+//   pre_bwd_sums_f32  stage 2 of pre_bwd (from chan_reduce_f16 or the mma dgrad epilogue):
+//                     sums = [Σdu | Σdu·x̂] (2·C f32).
+//   pre_bwd_dx_f16    from sums: dshift[c] = Σdu (threads c < C, if dshift), and for i < len
+//                     dx = invstd·(du − mean(du) − x̂·mean(du·x̂)) (BN) or du (bias). 1 thread
+//                     per element; the host launches max(len, C) threads.
 //   cast_f32_f16, cast_f16_f32  storage casts (a host upload is f32). 1 thread/element.
 #include "common.cuh"
 
-#define BN_FIN_THREADS 256  // bn_finalize_f32 block size (the host launches it so)
+#define CHAN_FIN_THREADS 256  // stage-2 block size (the host launches them so)
 
 // Stage-1 epilogue of a (32, 8) block: thread (tx, ty) holds the sums a0, a1 of channel c over
-// its rows; the 8 rows are added in order and written to part[block][c] and part[block][C + c].
-// Layout: [blocks][2·C] (block-major), or [2·C][blocks] with `chan_major`.
-template <typename T>
-__device__ __forceinline__ void store_pair(T a0, T a1, int C, int c, T* __restrict__ part, bool chan_major = false) {
+// its rows; the 8 rows are added in order and written to part[c][block] and part[C + c][block].
+template <typename T> __device__ __forceinline__ void store_pair(T a0, T a1, int C, int c, T* __restrict__ part) {
     __shared__ T s0[8][32], s1[8][32];
     const int tx = threadIdx.x, ty = threadIdx.y;
     s0[ty][tx] = a0;
@@ -43,14 +41,36 @@ __device__ __forceinline__ void store_pair(T a0, T a1, int C, int c, T* __restri
             t0 += s0[j][tx];
             t1 += s1[j][tx];
         }
-        if (chan_major) {
-            part[(long long)c * gridDim.x + blockIdx.x] = t0;
-            part[(long long)(C + c) * gridDim.x + blockIdx.x] = t1;
-        } else {
-            part[(long long)blockIdx.x * 2 * C + c] = t0;
-            part[(long long)blockIdx.x * 2 * C + C + c] = t1;
-        }
+        part[(long long)c * gridDim.x + blockIdx.x] = t0;
+        part[(long long)(C + c) * gridDim.x + blockIdx.x] = t1;
     }
+}
+
+// Stage 2 for channel c = blockIdx.x of a [2·C][blocks] part: returns (in thread 0; the others
+// get partial values) the f64 sums of rows c and C + c, added in a fixed order.
+template <typename T>
+__device__ __forceinline__ void chan_block_sums(const T* __restrict__ part, int blocks, int C, double& s, double& q) {
+    __shared__ double s0[CHAN_FIN_THREADS], s1[CHAN_FIN_THREADS];
+    const int c = blockIdx.x, t = threadIdx.x;
+    const T* ps = part + (long long)c * blocks;
+    const T* pq = part + (long long)(C + c) * blocks;
+    double a = 0.0, b = 0.0;
+    for (int i = t; i < blocks; i += CHAN_FIN_THREADS) {
+        a += (double)ps[i];
+        b += (double)pq[i];
+    }
+    s0[t] = a;
+    s1[t] = b;
+    __syncthreads();
+    for (int h = CHAN_FIN_THREADS / 2; h > 0; h >>= 1) {  // fixed-order tree: deterministic
+        if (t < h) {
+            s0[t] += s0[t + h];
+            s1[t] += s1[t + h];
+        }
+        __syncthreads();
+    }
+    s = s0[0];
+    q = s1[0];
 }
 
 extern "C" __global__ void chan_reduce_f16(const half* __restrict__ x, const half* __restrict__ da, long long P, int C,
@@ -90,35 +110,19 @@ extern "C" __global__ void bn_reduce_f16(const half* __restrict__ y, long long P
             a0 += v;
             a1 += v * v;
         }
-    store_pair(a0, a1, C, c, part, true);
+    store_pair(a0, a1, C, c, part);
 }
 
-extern "C" __global__ void __launch_bounds__(BN_FIN_THREADS)
+extern "C" __global__ void __launch_bounds__(CHAN_FIN_THREADS)
 bn_finalize_f32(const double* __restrict__ part, int blocks, int C, long long count, float eps, float momentum,
                 float* __restrict__ running_mean, float* __restrict__ running_var, float* __restrict__ bn) {
-    __shared__ double s0[BN_FIN_THREADS], s1[BN_FIN_THREADS];
-    const int c = blockIdx.x, t = threadIdx.x;
-    double s = 0.0, q = 0.0;
-    const double* ps = part + (long long)c * blocks;
-    const double* pq = part + (long long)(C + c) * blocks;
-    for (int b = t; b < blocks; b += BN_FIN_THREADS) {
-        s += ps[b];
-        q += pq[b];
-    }
-    s0[t] = s;
-    s1[t] = q;
-    __syncthreads();
-    for (int h = BN_FIN_THREADS / 2; h > 0; h >>= 1) {  // fixed-order tree: deterministic
-        if (t < h) {
-            s0[t] += s0[t + h];
-            s1[t] += s1[t + h];
-        }
-        __syncthreads();
-    }
-    if (t != 0 || c >= C) return;
+    double s, q;
+    chan_block_sums(part, blocks, C, s, q);
+    const int c = blockIdx.x;
+    if (threadIdx.x != 0 || c >= C) return;
     const double cnt = (double)count, m = (double)momentum;
-    const double mean = s0[0] / cnt;
-    const double var = fmax(s1[0] / cnt - mean * mean, 0.0);
+    const double mean = s / cnt;
+    const double var = fmax(q / cnt - mean * mean, 0.0);
     bn[c] = (float)mean;
     bn[C + c] = (float)(1.0 / sqrt(var + (double)eps));
     running_mean[c] = (float)(m * (double)running_mean[c] + (1.0 - m) * mean);
@@ -133,31 +137,29 @@ extern "C" __global__ void bn_eval_f32(const float* __restrict__ running_mean, c
     bn[C + c] = (float)(1.0 / sqrt((double)running_var[c] + (double)eps));
 }
 
-extern "C" __global__ void pre_bwd_finalize_f32(const float* __restrict__ part, int blocks, int C, long long count,
-                                                float* __restrict__ dshift, float* __restrict__ stats) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    double s0 = 0.0, s1 = 0.0;
-    for (int b = 0; b < blocks; b++) {
-        s0 += (double)part[(long long)b * 2 * C + c];
-        s1 += (double)part[(long long)b * 2 * C + C + c];
-    }
-    dshift[c] = (float)s0;
-    stats[c] = (float)(s0 / (double)count);
-    stats[C + c] = (float)(s1 / (double)count);
+extern "C" __global__ void __launch_bounds__(CHAN_FIN_THREADS)
+pre_bwd_sums_f32(const float* __restrict__ part, int blocks, int C, float* __restrict__ sums) {
+    double s, q;
+    chan_block_sums(part, blocks, C, s, q);
+    const int c = blockIdx.x;
+    if (threadIdx.x != 0 || c >= C) return;
+    sums[c] = (float)s;
+    sums[C + c] = (float)q;
 }
 
 extern "C" __global__ void pre_bwd_dx_f16(const half* __restrict__ da, const half* __restrict__ x, long long len, int C,
                                           const float* __restrict__ pmean, const float* __restrict__ pinv,
-                                          const float* __restrict__ pshift, int bn, const float* __restrict__ stats,
-                                          half* __restrict__ dx) {
+                                          const float* __restrict__ pshift, int bn, const float* __restrict__ sums,
+                                          long long count, float* __restrict__ dshift, half* __restrict__ dx) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= len) return;
+    if (dshift && i < C) dshift[i] = sums[i];
+    if (!dx || i >= len) return;
     const int c = (int)(i % C);
     const float v = __half2float(x[i]);
     const float mean = bn ? pmean[c] : 0.f, inv = bn ? pinv[c] : 1.f;
     const float du = __half2float(da[i]) * gelu_grad_f(pre_u(v, mean, inv, pshift[c], bn));
-    const float g = bn ? inv * (du - stats[c] - ((v - mean) * inv) * stats[C + c]) : du;
+    const float cnt = (float)count;
+    const float g = bn ? inv * (du - sums[c] / cnt - ((v - mean) * inv) * (sums[C + c] / cnt)) : du;
     dx[i] = __float2half(g);
 }
 

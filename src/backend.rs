@@ -336,20 +336,27 @@ pub trait Backend: Record {
     /// Backward of `a = GELU(pre(x))` given `da`: with `du = da·GELU′(u)`, writes the shift
     /// gradient `dshift[c] = Σ du` (the BN beta or the whitening bias) and, when `dx` is given,
     /// the gradient w.r.t. `x`: `x + bias` passes `du` through; BN (batch statistics, scale 1)
-    /// gives `invstd·(du − mean(du) − x̂·mean(du·x̂))`.
+    /// gives `invstd·(du − mean(du) − x̂·mean(du·x̂))`, `x̂ = (x − mean)·invstd`.
+    /// `sums`: the per-channel sums `[Σ du | Σ du·x̂]` (2·C values, `x̂ = x` for the bias) if the
+    /// op that wrote `da` took them already (`conv3x3_bwd`'s `da_sums`); else they are computed
+    /// here.
+    #[allow(clippy::too_many_arguments)]
     fn pre_bwd(
         &mut self,
         da: &Self::Buf,
         x: &Self::Buf,
         xs: Shape,
         pre: Pre<'_, Self>,
+        sums: Option<&Self::Buf>,
         dshift: &mut Self::Buf,
         dx: Option<&mut Self::Buf>,
     ) -> Result<()>;
 
     /// Backward of `conv3x3` given `dy` (the gradient w.r.t. its output `y`, pooled when
     /// `pool`): unpools through `argmax`, writes the weight gradient `dw` and, when `da` is
-    /// given, the gradient w.r.t. the conv input `a` (shape `xs`). `kept`: the `keep` buffer
+    /// given, the gradient w.r.t. the conv input `a` (shape `xs`). `da_sums` (needs `da`):
+    /// where to write the sums `pre_bwd` of `da`, `x` and `pre` needs (`[Σ du | Σ du·x̂]`, 2·C
+    /// values; a GPU takes them in the input gradient's epilogue). `kept`: the `keep` buffer
     /// the forward `conv3x3` of the same `x` and `pre` (unchanged since) was given, or None
     /// (then `a` is computed again from `x` and `pre`).
     #[allow(clippy::too_many_arguments)]
@@ -365,6 +372,7 @@ pub trait Backend: Record {
         dy: &Self::Buf,
         dw: &mut Self::Buf,
         da: Option<&mut Self::Buf>,
+        da_sums: Option<&mut Self::Buf>,
         kept: Option<&Self::Buf>,
     ) -> Result<()>;
 

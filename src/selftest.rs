@@ -502,22 +502,34 @@ fn check_conv(
     let cdy = cpu.upload(&dy)?;
     let mut cdw = vec![f32::NAN; w.len()];
     let mut cda = vec![f32::NAN; xs.len()];
-    cpu.conv3x3_bwd(&cx, xs, pre_of(&cs, &cb), &cw, cout, pool, &cam, &cdy, &mut cdw, Some(&mut cda), None)?;
+    cpu.conv3x3_bwd(&cx, xs, pre_of(&cs, &cb), &cw, cout, pool, &cam, &cdy, &mut cdw, Some(&mut cda), None, None)?;
     let gdy = gpu.upload_f16(&dy)?;
     let gam = gpu.upload_bytes(&cam)?;
-    let bwd = |gpu: &mut Gpu, r: &mut Report, path: &str| -> Result<()> {
+    let mut bwd = |gpu: &mut Gpu, r: &mut Report, path: &str| -> Result<()> {
         let mut gdw = gpu.upload(&vec![POISON; w.len()])?;
         let mut gda = gpu.upload(&vec![POISON; xs.len()])?;
-        gpu.conv3x3_bwd(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &gam, &gdy, &mut gdw, Some(&mut gda), None)?;
+        let mut gsum = gpu.upload(&vec![POISON; 2 * cin])?;
+        let (da, sums) = (Some(&mut gda), Some(&mut gsum));
+        gpu.conv3x3_bwd(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &gam, &gdy, &mut gdw, da, sums, None)?;
         let got_dw = gpu.download(&gdw)?;
         r.line(&label(&format!("wgrad dw ({path})")), &shape, &got_dw, &cdw, TOL_CONV)?;
         let got = gpu.download(&gda)?;
         r.line(&label(&format!("dgrad da ({path})")), &shape, &got, &cda, TOL_CONV)?;
+        // pre_bwd from the sums the input gradient took (da_sums), against the CPU's pre_bwd of
+        // the same da (the training backward)
+        let (mut gds, mut gdx) = (gpu.upload(&vec![POISON; cin])?, gpu.upload(&vec![POISON; xs.len()])?);
+        gpu.pre_bwd(&gda, &gx, xs, pre_of(&gs, &gb), Some(&gsum), &mut gds, Some(&mut gdx))?;
+        let (mut cds, mut cdx) = (vec![f32::NAN; cin], vec![f32::NAN; xs.len()]);
+        cpu.pre_bwd(&got, &cx, xs, pre_of(&cs, &cb), None, &mut cds, Some(&mut cdx))?;
+        let got_ds = gpu.download(&gds)?;
+        r.line(&label(&format!("da_sums: pre_bwd dshift ({path})")), &shape, &got_ds, &cds, TOL_F32 * 10.0)?;
+        let got_dx = gpu.download(&gdx)?;
+        r.line(&label(&format!("da_sums: pre_bwd dx ({path})")), &shape, &got_dx, &cdx, TOL_F16_OUT)?;
         // the same without da (the first layer once its bias is frozen), from the forward's kept
         // activation: dw must not change
         let mut gdw2 = gpu.upload(&vec![POISON; w.len()])?;
         let kept = Some(&gkeep);
-        gpu.conv3x3_bwd(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &gam, &gdy, &mut gdw2, None, kept)?;
+        gpu.conv3x3_bwd(&gx, xs, pre_of(&gs, &gb), &gw, cout, pool, &gam, &gdy, &mut gdw2, None, None, kept)?;
         let got2 = gpu.download(&gdw2)?;
         r.line(&label(&format!("wgrad dw, no da, kept a ({path})")), &shape, &got2, &got_dw, 0.0)
     };
@@ -597,13 +609,13 @@ fn check_pre_bwd(
     let (cx, cda) = (cpu.upload(&x)?, cpu.upload(&da)?);
     let mut cds = vec![f32::NAN; c];
     let mut cdx = vec![f32::NAN; xs.len()];
-    cpu.pre_bwd(&cda, &cx, xs, pre_of(&cs, &cb), &mut cds, with_dx.then_some(&mut cdx))?;
+    cpu.pre_bwd(&cda, &cx, xs, pre_of(&cs, &cb), None, &mut cds, with_dx.then_some(&mut cdx))?;
     let (gs, gb) = up_pre(gpu, &hp)?;
     // da uploaded as f32: exercises the cast path
     let (gx, gda) = (gpu.upload_f16(&x)?, gpu.upload(&da)?);
     let mut gds = gpu.upload(&vec![POISON; c])?;
     let mut gdx = gpu.upload(&vec![POISON; xs.len()])?;
-    gpu.pre_bwd(&gda, &gx, xs, pre_of(&gs, &gb), &mut gds, with_dx.then_some(&mut gdx))?;
+    gpu.pre_bwd(&gda, &gx, xs, pre_of(&gs, &gb), None, &mut gds, with_dx.then_some(&mut gdx))?;
     let s = shape_str(xs);
     let got = gpu.download(&gds)?;
     r.line(&format!("pre_bwd dshift [{}]", hp.label()), &s, &got, &cds, TOL_F32 * 10.0)?;
@@ -858,6 +870,7 @@ struct StepState<B: Backend> {
     x: Vec<B::Buf>,
     keep: Vec<B::Buf>,
     ga: Vec<B::Buf>,
+    gsum: Vec<B::Buf>,
     gx: Vec<B::Buf>,
     am: Vec<B::Bytes>,
     bn: Vec<B::Buf>,
@@ -904,6 +917,7 @@ impl<B: Backend> StepState<B> {
             x: acts(b)?,
             keep: acts(b)?,
             ga: acts(b)?,
+            gsum: s.iter().map(|s| b.zeros(2 * s.c)).collect::<Result<_>>()?,
             gx: acts(b)?,
             am: (0..6)
                 .map(|l| b.byte_zeros(if STEP_LAYERS[l].2 { s[l + 1].len() } else { 0 }))
@@ -976,10 +990,11 @@ impl<B: Backend> StepState<B> {
         for (l, &(_, cout, pool)) in STEP_LAYERS.iter().enumerate().rev() {
             let k = l + 1;
             let pre = Pre::Bn { bn: &self.bn[k], beta: &self.beta[l] };
-            b.pre_bwd(&self.ga[k], &self.x[k], s[k], pre, &mut self.g_beta[l], Some(&mut self.gx[k]))?;
+            let sums = (k < 6).then_some(&self.gsum[k]); // from conv k's backward, as main.rs does
+            b.pre_bwd(&self.ga[k], &self.x[k], s[k], pre, sums, &mut self.g_beta[l], Some(&mut self.gx[k]))?;
             let pre =
                 if l == 0 { Pre::Bias(&self.whiten_b) } else { Pre::Bn { bn: &self.bn[l], beta: &self.beta[l - 1] } };
-            let (ga, gx) = (&mut self.ga[l], &self.gx[k]);
+            let (ga, gsum, gx) = (&mut self.ga[l], &mut self.gsum[l], &self.gx[k]);
             b.conv3x3_bwd(
                 &self.x[l],
                 s[l],
@@ -991,10 +1006,12 @@ impl<B: Backend> StepState<B> {
                 gx,
                 &mut self.g_conv[l],
                 Some(ga),
+                Some(gsum),
                 Some(&self.keep[l]),
             )?;
         }
-        b.pre_bwd(&self.ga[0], &self.x[0], s[0], Pre::Bias(&self.whiten_b), &mut self.g_wb, None)?;
+        let sums = Some(&self.gsum[0]);
+        b.pre_bwd(&self.ga[0], &self.x[0], s[0], Pre::Bias(&self.whiten_b), sums, &mut self.g_wb, None)?;
 
         let mut sgd = vec![SgdParam {
             p: &mut self.head,
@@ -1211,6 +1228,7 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
         let mut dw = gpu.zeros(cout * 9 * cin)?;
         let mut da = gpu.zeros(xs.len())?;
         let mut keep = gpu.zeros(xs.len())?;
+        let mut gsum = gpu.zeros(2 * cin)?;
         let full = 2.0 * xs.count() as f64 * cout as f64 * (9 * cin) as f64;
         let wbytes = (xs.len() * 2 + ys.len() * 2 + cout * 9 * cin * 4) as f64;
         let mut rm = gpu.zeros(cout)?;
@@ -1233,13 +1251,22 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
                 })?;
                 bench_line(out, &format!("conv3x3 fwd+bn_stats {p} [{l}]"), &shape, ms, flops, bytes)?;
                 let k = Some(&keep);
-                let ms =
-                    time_ms(gpu, &mut |g| g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, None, k))?;
+                let ms = time_ms(gpu, &mut |g| {
+                    g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, None, None, k)
+                })?;
                 bench_line(out, &format!("conv3x3 wgrad {p} [{l}]"), &shape, ms, full, wbytes)?;
                 let ms = time_ms(gpu, &mut |g| {
-                    g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, Some(&mut da), k)
+                    g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, Some(&mut da), None, k)
                 })?;
-                bench_line(out, &format!("conv3x3 wgrad+dgrad {p} [{l}]"), &shape, ms, 2.0 * full, 2.0 * wbytes)
+                bench_line(out, &format!("conv3x3 wgrad+dgrad {p} [{l}]"), &shape, ms, 2.0 * full, 2.0 * wbytes)?;
+                // the training backward: the input gradient also takes pre_bwd's sums (mma: in its
+                // epilogue; wmma: one more reduction over da and x)
+                let ms = time_ms(gpu, &mut |g| {
+                    let (da, sums) = (Some(&mut da), Some(&mut gsum));
+                    g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, da, sums, k)
+                })?;
+                let what = format!("conv3x3 wgrad+dgrad+sums {p} [{l}]");
+                bench_line(out, &what, &shape, ms, 2.0 * full, 2.0 * wbytes + (xs.len() * 2) as f64)
             })?;
         }
 
@@ -1257,7 +1284,7 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
         let mut dshift = gpu.zeros(cout)?;
         let mut dx = gpu.zeros(ys.len())?;
         let ms = time_ms(gpu, &mut |g| {
-            g.pre_bwd(&dy, &y, ys, Pre::Bn { bn: &bo, beta: &beta }, &mut dshift, Some(&mut dx))
+            g.pre_bwd(&dy, &y, ys, Pre::Bn { bn: &bo, beta: &beta }, None, &mut dshift, Some(&mut dx))
         })?;
         bench_line(
             out,

@@ -84,7 +84,7 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         fails += !same4;
         const long long cnt = (long long)(ylen / cout);
         std::vector<float> rm(cout, 0.1f), rv(cout, 0.9f), bnv(2 * cout, NAN);
-        launch(dim3{(unsigned)cout, 1, 1}, dim3{BN_FIN_THREADS, 1, 1}, [&] { bn_finalize_f32(part.data(), (int)gm.x, cout, cnt, 1e-12f, 0.6f, rm.data(), rv.data(), bnv.data()); });
+        launch(dim3{(unsigned)cout, 1, 1}, dim3{CHAN_FIN_THREADS, 1, 1}, [&] { bn_finalize_f32(part.data(), (int)gm.x, cout, cnt, 1e-12f, 0.6f, rm.data(), rv.data(), bnv.data()); });
         std::vector<double> mean(cout, 0), var(cout, 0), want(2 * cout), wrm(cout), wrv(cout);
         for (size_t i = 0; i < ylen; i++) mean[i % cout] += (double)(float)yh3[i];
         for (auto& v : mean) v /= cnt;
@@ -176,12 +176,33 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
     report("dgrad", N, H, W, cin, cout, pool, bn, relerr(dag, daref), 1e-2);
     std::vector<half> da2(x.size(), (half)NAN);
     dim3 gdm{(unsigned)((P + 127) / 128), (unsigned)((cin + 63) / 64), 1};
-    launch(gdm, block, [&] { conv3x3_dgrad_mma_f16(dyh.data(), amu.data(), N, H, W, cin, cout, pool, w.data(), da2.data()); });
+    launch(gdm, block, [&] { conv3x3_dgrad_mma_f16(dyh.data(), amu.data(), N, H, W, cin, cout, pool, w.data(), da2.data(), nullptr, nullptr, nullptr, nullptr, 0, nullptr); });
     std::vector<double> dag2(da2.size()); for (size_t i = 0; i < da2.size(); i++) dag2[i] = (double)(float)da2[i];
     report("dgrad mma", N, H, W, cin, cout, pool, bn, relerr(dag2, daref), 1e-2);
     int same_da = memcmp(da.data(), da2.data(), da.size() * 2) == 0;
     printf("  dgrad mma bit-identical to wmma: %s\n", same_da ? "PASS" : "FAIL");
     fails += !same_da;
+    // with pre_bwd's partial sums in the epilogue (the training backward), then pre_bwd_sums_f32:
+    // da unchanged, sums [Σdu | Σdu·x̂] of the stored da against an f64 reference
+    {
+        std::vector<half> da3(x.size(), (half)NAN);
+        std::vector<float> part((size_t)2 * cin * gdm.x, NAN), sums(2 * cin, NAN);
+        const float* pm = bn ? bnbuf.data() : nullptr; const float* pi = bn ? bnbuf.data() + cin : nullptr;
+        launch(gdm, block, [&] { conv3x3_dgrad_mma_f16(dyh.data(), amu.data(), N, H, W, cin, cout, pool, w.data(), da3.data(), xh.data(), pm, pi, shift.data(), bn, part.data()); });
+        launch(dim3{(unsigned)cin, 1, 1}, dim3{CHAN_FIN_THREADS, 1, 1}, [&] { pre_bwd_sums_f32(part.data(), (int)gdm.x, cin, sums.data()); });
+        int same = memcmp(da.data(), da3.data(), da.size() * 2) == 0;
+        printf("  dgrad mma with pre_bwd sums: da unchanged: %s\n", same ? "PASS" : "FAIL");
+        fails += !same;
+        std::vector<double> want(2 * cin, 0.0);
+        for (size_t i = 0; i < x.size(); i++) {
+            const int c = i % cin;
+            const double xv = (double)(float)xh[i], m = bn ? mean[c] : 0.0, iv = bn ? inv[c] : 1.0;
+            const double du = (double)(float)da3[i] * gg64((xv - m) * iv + shift[c]);
+            want[c] += du;
+            want[cin + c] += du * (xv - m) * iv;
+        }
+        report("dgrad mma + pre_bwd sums", N, H, W, cin, cout, pool, bn, relerr(sums, want), 1e-4);
+    }
 }
 
 int main() {

@@ -7,7 +7,6 @@
 #include "head.cu"
 #include "optim.cu"
 
-static double gg64(double u) { return 0.5 * (1 + erf(u / sqrt(2.0))) + u * exp(-0.5 * u * u) / sqrt(2 * M_PI); }
 static void report(const char* what, double e, double tol) {
     printf("%-36s relL2 %.3e %s\n", what, e, e <= tol ? "PASS" : "FAIL");
     if (!(e <= tol)) fails++;
@@ -35,7 +34,7 @@ static void test_bn(int N, int H, int W, int C, float scale = 2.0f, float offset
     long long nb = std::min((P + 63) / 64, 512LL), chunk = (P + nb - 1) / nb; nb = (P + chunk - 1) / chunk;
     std::vector<double> part(nb * 2 * C, NAN);
     launch(dim3{(unsigned)nb, (unsigned)((C + 31) / 32), 1}, dim3{32, 8, 1}, [&] { bn_reduce_f16(yh.data(), P, C, chunk, part.data()); });
-    launch(dim3{(unsigned)C, 1, 1}, dim3{BN_FIN_THREADS, 1, 1}, [&] { bn_finalize_f32(part.data(), (int)nb, C, P, 1e-12f, 0.6f, rm.data(), rv.data(), bn.data()); });
+    launch(dim3{(unsigned)C, 1, 1}, dim3{CHAN_FIN_THREADS, 1, 1}, [&] { bn_finalize_f32(part.data(), (int)nb, C, P, 1e-12f, 0.6f, rm.data(), rv.data(), bn.data()); });
     std::vector<double> want(2 * C), wrm(C), wrv(C);
     for (int c = 0; c < C; c++) { want[c] = mean[c]; want[C + c] = 1 / sqrt(var[c] + 1e-12); wrm[c] = 0.6 * 0.1 + 0.4 * mean[c]; wrv[c] = 0.6 * 0.9 + 0.4 * var[c] * P / (P - 1); }
     report("bn_stats bn", relerr(bn, want), 1e-5);
@@ -57,12 +56,12 @@ static void test_pre_bwd(int N, int H, int W, int C, int bn) {
     for (long long i = 0; i < L; i++) { int c = i % C; dxw[i] = bn ? inv[c] * (du(i) - s0[c] / P - xhat(i) * s1[c] / P) : du(i); }
     long long nb = std::min((P + 63) / 64, 512LL), chunk = (P + nb - 1) / nb; nb = (P + chunk - 1) / chunk;
     std::vector<float> part(nb * 2 * C + 2 * C, NAN), dshift(C, NAN);
-    float* stats = part.data() + nb * 2 * C;
+    float* sums = part.data() + nb * 2 * C;
     const float* pm = bn ? bnb.data() : nullptr; const float* pi = bn ? bnb.data() + C : nullptr;
     launch(dim3{(unsigned)nb, (unsigned)((C + 31) / 32), 1}, dim3{32, 8, 1}, [&] { chan_reduce_f16(xh.data(), dah.data(), P, C, chunk, pm, pi, shift.data(), bn, part.data()); });
-    launch(dim3{(unsigned)((C + 127) / 128), 1, 1}, dim3{128, 1, 1}, [&] { pre_bwd_finalize_f32(part.data(), (int)nb, C, P, dshift.data(), stats); });
+    launch(dim3{(unsigned)C, 1, 1}, dim3{CHAN_FIN_THREADS, 1, 1}, [&] { pre_bwd_sums_f32(part.data(), (int)nb, C, sums); });
     std::vector<half> dx(L, (half)NAN);
-    launch(dim3{blocks(L), 1, 1}, dim3{256, 1, 1}, [&] { pre_bwd_dx_f16(dah.data(), xh.data(), L, C, pm, pi, shift.data(), bn, stats, dx.data()); });
+    launch(dim3{blocks(std::max(L, (long long)C)), 1, 1}, dim3{256, 1, 1}, [&] { pre_bwd_dx_f16(dah.data(), xh.data(), L, C, pm, pi, shift.data(), bn, sums, P, dshift.data(), dx.data()); });
     std::vector<float> dxf(L); for (long long i = 0; i < L; i++) dxf[i] = (float)dx[i];
     report(bn ? "pre_bwd dshift [bn]" : "pre_bwd dshift [bias]", relerr(dshift, s0), 1e-4);
     report(bn ? "pre_bwd dx [bn]" : "pre_bwd dx [bias]", relerr(dxf, dxw), 2e-3);

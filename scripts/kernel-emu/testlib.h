@@ -19,6 +19,7 @@ static std::vector<float> rndv(size_t n, float scale, float off = 0) {
     return v;
 }
 static double g64(double u) { return 0.5 * u * (1 + erf(u / sqrt(2.0))); }
+static double gg64(double u) { return 0.5 * (1 + erf(u / sqrt(2.0))) + u * exp(-0.5 * u * u) / sqrt(2 * M_PI); }
 // ‖g − w‖₂ / ‖w‖₂ (‖g − w‖₂ when w is zero); infinite if g holds a NaN or an Inf.
 template <class A, class B> static double relerr(const A& g, const B& w) {
     double d = 0, r = 0;

@@ -43,7 +43,7 @@ fn conv_block_with_batchnorm() {
         let (mut dw, mut da) = (vec![f64::NAN; w.len()], vec![f64::NAN; s.len()]);
         conv3x3_bwd(&x, s, &aff, &w, cout, pool, &am, &r, &mut dw, Some(&mut da), 2);
         let (mut dbeta, mut dx) = (vec![f64::NAN; s.c], vec![f64::NAN; s.len()]);
-        pre_bwd(&da, &x, s, &aff, &mut dbeta, Some(&mut dx), 2);
+        pre_bwd(&da, &x, s, &aff, None, &mut dbeta, Some(&mut dx), 2);
         check("conv dW", &w, &dw, 40, |w| loss(&x, w, &beta).0);
         check("conv dx (through BN batch stats)", &x, &dx, 40, |x| loss(x, &w, &beta).0);
         check("BN dbeta", &beta, &dbeta, s.c, |b| loss(&x, &w, b).0);
@@ -68,7 +68,7 @@ fn conv_block_with_bias_prologue() {
     let (mut dw, mut da) = (vec![0.0; w.len()], vec![0.0; s.len()]);
     conv3x3_bwd(&x, s, &aff, &w, cout, false, &[], &r, &mut dw, Some(&mut da), 1);
     let (mut db, mut dx) = (vec![0.0; s.c], vec![0.0; s.len()]);
-    pre_bwd(&da, &x, s, &aff, &mut db, Some(&mut dx), 1);
+    pre_bwd(&da, &x, s, &aff, None, &mut db, Some(&mut dx), 1);
     check("bias prologue dbias", &bias, &db, s.c, |b| loss(&x, b));
     check("bias prologue dx", &x, &dx, 30, |x| loss(x, &bias));
 }
@@ -104,7 +104,7 @@ fn head_and_loss() {
     let (mut dw, mut da) = (vec![f64::NAN; w.len()], vec![f64::NAN; s.len()]);
     head_bwd(&dl, &feat, &am, &w, s, classes, scale as f32, &mut dw, &mut da);
     let (mut dbeta, mut dx) = (vec![0.0; s.c], vec![0.0; s.len()]);
-    pre_bwd(&da, &x, s, &aff, &mut dbeta, Some(&mut dx), 1);
+    pre_bwd(&da, &x, s, &aff, None, &mut dbeta, Some(&mut dx), 1);
     check("head dW", &w, &dw, 40, |w| forward(&x, w, &beta).0);
     check("head dx", &x, &dx, 60, |x| forward(x, &w, &beta).0);
     check("head dbeta", &beta, &dbeta, s.c, |b| forward(&x, &w, b).0);

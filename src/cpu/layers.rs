@@ -93,12 +93,28 @@ pub fn bn_eval<T: Real>(running_mean: &[T], running_var: &[T], eps: f32, bn: &mu
     }
 }
 
-/// Backward of `a = GELU(pre(x))`; see `Backend::pre_bwd`.
+/// `[Σ du | Σ du·x̂]` per channel (f64), `du = da·GELU′(u)`: the sums `pre_bwd` needs.
+pub fn pre_bwd_sums<T: Real>(da: &[T], x: &[T], xs: Shape, aff: &Affine<T>, threads: usize) -> Vec<f64> {
+    let c = xs.c;
+    assert!(da.len() == xs.len() && x.len() == xs.len() && aff.channels() == c);
+    let per = xs.h * xs.w * c;
+    par::reduce(xs.n, 2 * c, threads, |imgs, acc| {
+        for k in imgs.start * per..imgs.end * per {
+            let g = (da[k] * gelu_grad(aff.u(x[k], k % c))).f64();
+            acc[k % c] += g;
+            acc[c + k % c] += g * aff.xhat(x[k], k % c).f64();
+        }
+    })
+}
+
+/// Backward of `a = GELU(pre(x))`, `Backend::pre_bwd`; `sums` as `pre_bwd_sums` gives them (computed here when None).
+#[allow(clippy::too_many_arguments)]
 pub fn pre_bwd<T: Real>(
     da: &[T],
     x: &[T],
     xs: Shape,
     aff: &Affine<T>,
+    sums: Option<&[f64]>,
     dshift: &mut [T],
     dx: Option<&mut [T]>,
     threads: usize,
@@ -107,14 +123,13 @@ pub fn pre_bwd<T: Real>(
     assert!(da.len() == xs.len() && x.len() == xs.len() && dshift.len() == c && aff.channels() == c);
     let du = |k: usize| da[k] * gelu_grad(aff.u(x[k], k % c));
     let per = xs.h * xs.w * c;
-    // Σdu and Σdu·x̂ per channel.
-    let sums = par::reduce(xs.n, 2 * c, threads, |imgs, acc| {
-        for k in imgs.start * per..imgs.end * per {
-            let g = du(k).f64();
-            acc[k % c] += g;
-            acc[c + k % c] += g * aff.xhat(x[k], k % c).f64();
+    let sums = match sums {
+        Some(s) => {
+            assert_eq!(s.len(), 2 * c, "pre_bwd: sums are [Σdu | Σdu·x̂], 2·{c} values");
+            s.to_vec()
         }
-    });
+        None => pre_bwd_sums(da, x, xs, aff, threads),
+    };
     for ch in 0..c {
         dshift[ch] = T::of(sums[ch]);
     }

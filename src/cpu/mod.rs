@@ -261,10 +261,13 @@ impl<T: Real> Backend for Cpu<T> {
         x: &Vec<T>,
         xs: Shape,
         pre: Pre<'_, Self>,
+        sums: Option<&Vec<T>>,
         dshift: &mut Vec<T>,
         dx: Option<&mut Vec<T>>,
     ) -> Result<()> {
-        layers::pre_bwd(da, x, xs, &affine(pre), dshift, dx.map(|v| v.as_mut_slice()), self.threads);
+        let sums: Option<Vec<f64>> = sums.map(|s| s.iter().map(|v| v.f64()).collect());
+        let dx = dx.map(|v| v.as_mut_slice());
+        layers::pre_bwd(da, x, xs, &affine(pre), sums.as_deref(), dshift, dx, self.threads);
         Ok(())
     }
 
@@ -280,10 +283,26 @@ impl<T: Real> Backend for Cpu<T> {
         dy: &Vec<T>,
         dw: &mut Vec<T>,
         da: Option<&mut Vec<T>>,
+        da_sums: Option<&mut Vec<T>>,
         _kept: Option<&Vec<T>>,
     ) -> Result<()> {
+        let aff = affine(pre);
         let da = da.map(|v| v.as_mut_slice());
-        conv::conv3x3_bwd(x, xs, &affine(pre), w, cout, pool, argmax, dy, dw, da, self.threads);
+        let sums_wanted = da_sums.is_some();
+        assert!(da.is_some() || !sums_wanted, "conv3x3_bwd: da_sums needs da");
+        match da {
+            Some(da) => {
+                conv::conv3x3_bwd(x, xs, &aff, w, cout, pool, argmax, dy, dw, Some(&mut *da), self.threads);
+                if let Some(out) = da_sums {
+                    let sums = layers::pre_bwd_sums(da, x, xs, &aff, self.threads);
+                    assert_eq!(out.len(), 2 * xs.c, "conv3x3_bwd: da_sums is [Σdu | Σdu·x̂], 2·{} values", xs.c);
+                    for (o, s) in out.iter_mut().zip(sums) {
+                        *o = T::of(s);
+                    }
+                }
+            }
+            None => conv::conv3x3_bwd(x, xs, &aff, w, cout, pool, argmax, dy, dw, None, self.threads),
+        }
         Ok(())
     }
 

@@ -171,6 +171,7 @@ struct GemmBatch {
 unsafe impl DeviceRepr for GemmBatch {}
 
 /// The pointers of a `Pre`: (bn flag, mean, invstd, shift).
+#[derive(Clone, Copy)]
 struct PrePtrs {
     bn: Arg,
     mean: Arg,
@@ -232,8 +233,8 @@ fn check_channels(op: &str, cin: usize, cout: usize) -> Result<()> {
 }
 
 const BLOCK: u32 = 256;
-/// Block size of `bn_finalize_f32` (`BN_FIN_THREADS` in kernels/norm.cu).
-const BN_FIN_THREADS: u32 = 256;
+/// Block size of the per-channel stage-2 reductions (`CHAN_FIN_THREADS` in kernels/norm.cu).
+const CHAN_FIN_THREADS: u32 = 256;
 
 fn blocks(len: usize) -> Result<u32> {
     u32::try_from(len.div_ceil(BLOCK as usize).max(1))
@@ -373,7 +374,29 @@ impl Gpu {
         let [rm, rv, bp] = out;
         let c = int(ys.c, "channels")?;
         let args = [part, int(blocks, "partial blocks")?, c, long(ys.count()), flt(eps), flt(momentum), rm, rv, bp];
-        self.launch("norm", "bn_finalize_f32", (ys.c as u32, 1, 1), (BN_FIN_THREADS, 1, 1), &args)
+        self.launch("norm", "bn_finalize_f32", (ys.c as u32, 1, 1), (CHAN_FIN_THREADS, 1, 1), &args)
+    }
+
+    /// `[Σdu | Σdu·x̂]` per channel of `da`, `x` (fp16, shape `xs`) and `pp` (`chan_reduce_f16`,
+    /// then `pre_bwd_sums_f32`), into `out`, or into the workspace (returned) when None.
+    fn pre_sums(&mut self, dap: Arg, xp: Arg, xs: Shape, pp: PrePtrs, out: Option<Arg>) -> Result<Arg> {
+        let (c, p) = (xs.c, xs.count());
+        let nb = p.div_ceil(64).min(512);
+        let chunk = p.div_ceil(nb);
+        let nb = p.div_ceil(chunk);
+        let part = self.workspace(nb * 2 * c + 2 * c)?;
+        let sums = out.unwrap_or(part + 4 * (nb * 2 * c) as u64);
+        let cc = int(c, "channels")?;
+        let args = [xp, dap, long(p), cc, long(chunk), pp.mean, pp.inv, pp.shift, pp.bn, part];
+        self.launch("norm", "chan_reduce_f16", (nb as u32, c.div_ceil(32) as u32, 1), (32, 8, 1), &args)?;
+        self.pre_sums_finalize(part, nb, c, sums)?;
+        Ok(sums)
+    }
+
+    /// Stage 2 of `[Σdu | Σdu·x̂]` from `blocks` f32 partials per channel, [2·C][blocks].
+    fn pre_sums_finalize(&mut self, part: Arg, blocks: usize, c: usize, sums: Arg) -> Result<()> {
+        let args = [part, int(blocks, "partial blocks")?, int(c, "channels")?, sums];
+        self.launch("norm", "pre_bwd_sums_f32", (c as u32, 1, 1), (CHAN_FIN_THREADS, 1, 1), &args)
     }
 
     /// Whether `op` takes the mma conv kernels (`ConvPath::Mma`, set only where the GPU has them).
@@ -997,14 +1020,19 @@ impl Backend for Gpu {
         x: &GBuf,
         xs: Shape,
         pre: Pre<'_, Self>,
+        sums: Option<&GBuf>,
         dshift: &mut GBuf,
         dx: Option<&mut GBuf>,
     ) -> Result<()> {
         self.begin();
-        let (c, p) = (xs.c, xs.count());
+        let c = xs.c;
         let dap = self.in_f16(da, xs.len(), &format!("pre_bwd: da {xs:?}"))?;
         let xp = self.in_f16(x, xs.len(), &format!("pre_bwd: x {xs:?}"))?;
         let pp = self.pre_ptrs(pre, c, "pre_bwd")?;
+        let sums = match sums {
+            Some(s) => Some(self.in_f32(s, 2 * c, "pre_bwd: sums [Σdu | Σdu·x̂]")?),
+            None => None,
+        };
         let dsp = self.out(dshift, c, Dtype::F32, "pre_bwd: dshift")?;
         let dxp = match dx {
             Some(d) => Some(self.out(d, xs.len(), Dtype::F16, &format!("pre_bwd: dx {xs:?}"))?),
@@ -1013,22 +1041,17 @@ impl Backend for Gpu {
         if c == 0 {
             return Ok(());
         }
-        check(p > 0, || format!("pre_bwd: empty tensor {xs:?}"))?;
-        let nb = p.div_ceil(64).min(512);
-        let chunk = p.div_ceil(nb);
-        let nb = p.div_ceil(chunk);
-        let part = self.workspace(nb * 2 * c + 2 * c)?;
-        let stats = part + 4 * (nb * 2 * c) as u64;
-        let cc = int(c, "channels")?;
-        let args = [xp, dap, long(p), cc, long(chunk), pp.mean, pp.inv, pp.shift, pp.bn, part];
-        self.launch("norm", "chan_reduce_f16", (nb as u32, c.div_ceil(32) as u32, 1), (32, 8, 1), &args)?;
-        let args = [part, nb as u64, cc, long(p), dsp, stats];
-        self.launch("norm", "pre_bwd_finalize_f32", (c.div_ceil(128) as u32, 1, 1), (128, 1, 1), &args)?;
-        if let Some(dxp) = dxp {
-            let args = [dap, xp, long(xs.len()), cc, pp.mean, pp.inv, pp.shift, pp.bn, stats, dxp];
-            self.launch1d("norm", "pre_bwd_dx_f16", xs.len(), &args)?;
-        }
-        Ok(())
+        check(xs.count() > 0, || format!("pre_bwd: empty tensor {xs:?}"))?;
+        let sums = match sums {
+            Some(s) => s,
+            None => self.pre_sums(dap, xp, xs, pp, None)?,
+        };
+        // dshift from the sums (threads c < C) and dx (threads i < len)
+        let len = if dxp.is_some() { xs.len() } else { 0 };
+        let args = [dap, xp, long(len), int(c, "channels")?, pp.mean, pp.inv, pp.shift, pp.bn, sums, long(xs.count())];
+        let mut args = args.to_vec();
+        args.extend([dsp, dxp.unwrap_or(0)]);
+        self.launch1d("norm", "pre_bwd_dx_f16", len.max(c), &args)
     }
 
     fn conv3x3_bwd(
@@ -1043,11 +1066,13 @@ impl Backend for Gpu {
         dy: &GBuf,
         dw: &mut GBuf,
         da: Option<&mut GBuf>,
+        da_sums: Option<&mut GBuf>,
         kept: Option<&GBuf>,
     ) -> Result<()> {
         self.begin();
         let cin = xs.c;
         check_channels("conv3x3_bwd", cin, cout)?;
+        check(da.is_some() || da_sums.is_none(), || "conv3x3_bwd: da_sums needs da".to_string())?;
         let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
         let k = 9 * cin;
         let xp = self.in_f16(x, xs.len(), &format!("conv3x3_bwd: x {xs:?}"))?;
@@ -1065,6 +1090,11 @@ impl Backend for Gpu {
             Some(d) => Some(self.out(d, xs.len(), Dtype::F16, &format!("conv3x3_bwd: da {xs:?}"))?),
             None => None,
         };
+        let sums = match da_sums {
+            Some(s) => Some(self.out(s, 2 * cin, Dtype::F32, "conv3x3_bwd: da_sums [Σdu | Σdu·x̂]")?),
+            None => None,
+        };
+        let (x_raw, pre_raw) = (xp, pp);
         let (ni, hi, wi, ci, co) =
             (int(xs.n, "batch")?, int(xs.h, "height")?, int(xs.w, "width")?, int(cin, "cin")?, int(cout, "cout")?);
 
@@ -1119,15 +1149,30 @@ impl Backend for Gpu {
         }
 
         // Input gradient.
+        // Input gradient; with da_sums, pre_bwd's sums too (mma: partials in its epilogue).
         if let Some(dap) = dap {
             if p > 0 {
                 let args = [dyp, ap, ni, hi, wi, ci, co, pool as u64, wp, dap];
                 if mma {
                     let grid = (blocks_of(p, 128)?, cin.div_ceil(64) as u32, 1);
+                    let part = match sums {
+                        Some(_) => self.workspace(grid.0 as usize * 2 * cin)?,
+                        None => 0,
+                    };
+                    let pr = pre_raw;
+                    let mut args = args.to_vec();
+                    args.extend([x_raw, pr.mean, pr.inv, pr.shift, pr.bn, part]);
                     self.launch("conv", "conv3x3_dgrad_mma_f16", grid, (128, 1, 1), &args)?;
+                    if let Some(sp) = sums {
+                        self.pre_sums_finalize(part, grid.0 as usize, cin, sp)?;
+                    }
                 } else {
                     let grid = (blocks_of(p, 64)?, cin.div_ceil(64) as u32, 1);
                     self.launch("conv", "conv3x3_dgrad_f16", grid, (128, 1, 1), &args)?;
+                    if let Some(sp) = sums {
+                        // the wmma kernel has no sums epilogue: one more read
+                        self.pre_sums(dap, x_raw, xs, pre_raw, Some(sp))?;
+                    }
                 }
             }
         }
@@ -1337,7 +1382,7 @@ mod tests {
         let table: &[(&str, &str, &str)] = &[
             ("conv", "conv3x3_fwd_f16", "PIIIIPPPIPIIPP"),
             ("conv", "conv3x3_fwd_mma_f16", "PIIIIPIIPPP"),
-            ("conv", "conv3x3_dgrad_mma_f16", "PPIIIIIIPP"),
+            ("conv", "conv3x3_dgrad_mma_f16", "PPIIIIIIPPPPPPIP"),
             ("conv", "conv3x3_wgrad_mma_f16", "PIIIIPPIIPI"),
             ("conv", "conv3x3_dgrad_f16", "PPIIIIIIPP"),
             ("conv", "conv3x3_wgrad_f16", "PIIIIPPPIPPIIPI"),
@@ -1347,8 +1392,8 @@ mod tests {
             ("norm", "bn_reduce_f16", "PPIPP"),
             ("norm", "bn_finalize_f32", "PIIPIIPPP"),
             ("norm", "bn_eval_f32", "PPIIP"),
-            ("norm", "pre_bwd_finalize_f32", "PIIPPP"),
-            ("norm", "pre_bwd_dx_f16", "PPPIPPPIPP"),
+            ("norm", "pre_bwd_sums_f32", "PIIP"),
+            ("norm", "pre_bwd_dx_f16", "PPPIPPPIPPPP"),
             ("norm", "cast_f32_f16", "PPP"),
             ("norm", "cast_f16_f32", "PPP"),
             ("stem", "stem_fwd_f16", "PIPIPIIIIIIIPIP"),
