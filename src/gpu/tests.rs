@@ -241,3 +241,39 @@ fn conv_path_choice() {
     assert_eq!(ConvPath::available((7, 0)), &[Wmma]);
     assert_eq!(ConvPath::available((9, 0)), &[Mma, Wmma]);
 }
+
+/// Statistics asked of the conv ops in a way that cannot work are errors with a sentence,
+/// checked before anything is launched.
+#[test]
+#[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
+#[cfg_attr(
+    all(cuda_driver, not(kernels_built)),
+    ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
+)]
+fn conv_statistics_misuse_is_an_error() {
+    use crate::backend::{Backend, BnStats, Pre, Shape};
+    let _device = device_test_lock();
+    let mut gpu = open();
+    let up = |g: &mut Gpu, n: usize| g.upload(&vec![0.25; n]).unwrap();
+    // one value per channel: no batch statistics
+    let xs = Shape::new(1, 1, 1, 8);
+    let (x, w, bias) = (up(&mut gpu, 8), up(&mut gpu, 8 * 9 * 8), up(&mut gpu, 8));
+    let (mut y, mut am) = (up(&mut gpu, 8), gpu.byte_zeros(0).unwrap());
+    let (mut rm, mut rv, mut bn) = (up(&mut gpu, 8), up(&mut gpu, 8), up(&mut gpu, 16));
+    let st = BnStats { eps: 1e-5, momentum: 0.6, running_mean: &mut rm, running_var: &mut rv, bn: &mut bn };
+    let e = gpu.conv3x3(&x, xs, Pre::Bias(&bias), &w, 8, false, &mut y, &mut am, None, Some(st)).unwrap_err();
+    assert!(e.to_string().contains("more than one value per channel"), "{e}");
+    // a bn output of the wrong size
+    let xs = Shape::new(2, 2, 2, 8);
+    let (x, mut y) = (up(&mut gpu, xs.len()), up(&mut gpu, xs.len()));
+    let mut short = up(&mut gpu, 8);
+    let st = BnStats { eps: 1e-5, momentum: 0.6, running_mean: &mut rm, running_var: &mut rv, bn: &mut short };
+    let e = gpu.conv3x3(&x, xs, Pre::Bias(&bias), &w, 8, false, &mut y, &mut am, None, Some(st)).unwrap_err();
+    assert!(e.to_string().contains("bn [mean | invstd] holds 8 values, expected 16"), "{e}");
+    // the input gradient's sums without the input gradient
+    let (mut dw, mut sums) = (up(&mut gpu, 8 * 9 * 8), up(&mut gpu, 16));
+    let e = gpu
+        .conv3x3_bwd(&x, xs, Pre::Bias(&bias), &w, 8, false, &am, &y, &mut dw, None, Some(&mut sums), None)
+        .unwrap_err();
+    assert!(e.to_string().contains("da_sums needs da"), "{e}");
+}
