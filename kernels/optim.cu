@@ -5,11 +5,15 @@
 //                      value (SgdArgs, mirrored in src/gpu/backend.rs): g ← g + wd·p;
 //                      m ← μ·m + g; p ← p − lr·(g + μ·m), lr the step record's rate in the
 //                      tensor's slot. grid (x, tensors), block 256, grid-stride over each tensor.
-//   muon_momentum_f32  m ← μ·m + g; u = g + μ·m. 1 thread/element.
-//   sumsq_partial_f32  part[b] = Σ x² over a grid-stride slice (f32 per thread, f64 per block).
-//                      block 256.
-//   norm_finalize_f64  out[0] = √Σ part (f64, block order). 1 block of 256 threads.
-//   scale_by_inv_norm_f32  x[i] = u[i]·(1/(‖u‖ + 1e-7)), the factor rounded to f32 as in the reference.
+//   Muon's elementwise steps and norms, each one launch for up to MUON_MAX tensors passed by
+//   value (MuonBatch, mirrored in src/gpu/backend.rs); grid (x, tensors), block 256:
+//   muon_prep_f32      m ← μ·m + g; u = g + μ·m; and the partial sums of u² and w² over
+//                      grid-stride slices of nb[t] blocks (f32 per thread, f64 per block) into
+//                      scal[t][2 + b] and scal[t][2 + nb + b]. grid.x ≥ max nb.
+//   muon_norms_f64     scal[t][0] = ‖u‖, scal[t][1] = ‖w‖ (√ of the partials, f64, block order).
+//                      grid (1, tensors), block 32.
+//   muon_scale_f32     X₀ = u·(1/(‖u‖ + 1e-7)), the factor rounded to f32 as in the reference.
+//                      1 thread/element.
 //   muon_apply_f32     w ← w·(√rows/‖w‖) − lr·X, lr the step record's rate in slot lr_slot.
 //                      1 thread/element.
 //   step_next          the step record ← the plan's row at its cursor, cursor + 1 (past the last
@@ -69,47 +73,77 @@ extern "C" __global__ void step_next(const unsigned int* __restrict__ plan, int 
     if (k == 0) step[STEP_WORDS] = row + 1;
 }
 
-extern "C" __global__ void muon_momentum_f32(const float* __restrict__ g, float* __restrict__ m, int n, float mu,
-                                             float* __restrict__ u) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    const float mv = mu * m[i] + g[i];
-    m[i] = mv;
-    u[i] = g[i] + mu * mv;
-}
+#define MUON_MAX 8
+struct MuonBatch {
+    float* w[MUON_MAX];
+    const float* g[MUON_MAX];
+    float* m[MUON_MAX];
+    float* u[MUON_MAX];      // g + μ·m
+    float* x[MUON_MAX];      // X₀ (muon_scale_f32), the final X (muon_apply_f32)
+    double* scal[MUON_MAX];  // [‖u‖, ‖w‖, nb partials of Σu², nb partials of Σw²]
+    int n[MUON_MAX];
+    int rows[MUON_MAX];
+    int nb[MUON_MAX];  // partial blocks of tensor t (the grid-stride slices of muon_prep_f32)
+    const unsigned int* step;
+    int count;
+    float mu;
+    int lr_slot;
+};
 
-extern "C" __global__ void sumsq_partial_f32(const float* __restrict__ x, int n, double* __restrict__ part) {
+extern "C" __global__ void muon_prep_f32(MuonBatch a) {
     __shared__ double scratch[32];
-    float a = 0.f;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) a += x[i] * x[i];
-    const double s = block_sum_d((double)a, scratch);
-    if (threadIdx.x == 0) part[blockIdx.x] = s;
-}
-
-extern "C" __global__ void norm_finalize_f64(const double* __restrict__ part, int blocks, double* __restrict__ out) {
-    if (threadIdx.x == 0 && blockIdx.x == 0) {
-        double s = 0.0;
-        for (int b = 0; b < blocks; b++) s += part[b];
-        out[0] = sqrt(s);
+    const int t = blockIdx.y;
+    if (t >= a.count || (int)blockIdx.x >= a.nb[t]) return;  // uniform per block
+    const float* g = a.g[t];
+    const float* w = a.w[t];
+    float* m = a.m[t];
+    float* u = a.u[t];
+    const int n = a.n[t], nb = a.nb[t];
+    const float mu = a.mu;
+    float su = 0.f, sw = 0.f;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += nb * blockDim.x) {
+        const float mv = mu * m[i] + g[i];
+        m[i] = mv;
+        const float uv = g[i] + mu * mv;
+        u[i] = uv;
+        su += uv * uv;
+        sw += w[i] * w[i];
+    }
+    const double bu = block_sum_d((double)su, scratch);
+    const double bw = block_sum_d((double)sw, scratch);
+    if (threadIdx.x == 0) {
+        a.scal[t][2 + blockIdx.x] = bu;
+        a.scal[t][2 + nb + blockIdx.x] = bw;
     }
 }
 
-extern "C" __global__ void scale_by_inv_norm_f32(const float* __restrict__ u, int n, const double* __restrict__ norm,
-                                                 float* __restrict__ x) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    const float inv = (float)(1.0 / (norm[0] + 1e-7));
-    x[i] = u[i] * inv;
+extern "C" __global__ void muon_norms_f64(MuonBatch a) {
+    const int t = blockIdx.y;
+    if (t >= a.count || threadIdx.x != 0 || blockIdx.x != 0) return;
+    double* sc = a.scal[t];
+    const int nb = a.nb[t];
+    double su = 0.0, sw = 0.0;
+    for (int b = 0; b < nb; b++) su += sc[2 + b];
+    for (int b = 0; b < nb; b++) sw += sc[2 + nb + b];
+    sc[0] = sqrt(su);
+    sc[1] = sqrt(sw);
 }
 
-extern "C" __global__ void muon_apply_f32(float* __restrict__ w, const float* __restrict__ X, int n, int rows,
-                                          const double* __restrict__ wnorm, const unsigned int* __restrict__ step,
-                                          int lr_slot) {
+extern "C" __global__ void muon_scale_f32(MuonBatch a) {
+    const int t = blockIdx.y;
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    const float lr = step_lr(step, lr_slot);
-    const float renorm = (float)(sqrt((double)rows) / wnorm[0]);
-    w[i] = w[i] * renorm - lr * X[i];
+    if (t >= a.count || i >= a.n[t]) return;
+    const float inv = (float)(1.0 / (a.scal[t][0] + 1e-7));
+    a.x[t][i] = a.u[t][i] * inv;
+}
+
+extern "C" __global__ void muon_apply_f32(MuonBatch a) {
+    const int t = blockIdx.y;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= a.count || i >= a.n[t]) return;
+    const float lr = step_lr(a.step, a.lr_slot);
+    const float renorm = (float)(sqrt((double)a.rows[t]) / a.scal[t][1]);
+    a.w[t][i] = a.w[t][i] * renorm - lr * a.x[t][i];
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -253,58 +253,77 @@ static void test_sgd() {
     report("sgd", e, 1e-6);
 }
 
-static void test_muon(int rows, int cols) {
-    int n = rows * cols;
-    auto w = rndv(n, 1.0f / sqrtf(cols)), g = rndv(n, 0.1f), m = rndv(n, 0.1f);
-    // reference in double
-    std::vector<double> mw(n), u(n), X(n);
-    for (int i = 0; i < n; i++) { mw[i] = 0.6 * m[i] + g[i]; u[i] = g[i] + 0.6 * mw[i]; }
-    double fu = 0, fw = 0; for (int i = 0; i < n; i++) { fu += u[i] * u[i]; fw += (double)w[i] * w[i]; }
-    fu = sqrt(fu); fw = sqrt(fw);
-    for (int i = 0; i < n; i++) X[i] = u[i] / (fu + 1e-7);
+// Muon for several tensors at once, as src/gpu/backend.rs runs it: each step one launch for all
+// (MuonBatch, GemmBatch), against a per-tensor f64 reference.
+static void test_muon(std::vector<std::pair<int, int>> shapes) {
+    struct T { int rows, cols, n; std::vector<float> w, g, m, uu, x1, x2, A, Bm; std::vector<double> sc, mw, X, ww; };
+    std::vector<T> ts;
     const double a = 3.4445, b = -4.7750, c = 2.0315;
-    for (int s = 0; s < 3; s++) {
-        std::vector<double> A(rows * rows, 0), AA(rows * rows, 0), Bm(rows * rows), BX(n, 0);
-        for (int i = 0; i < rows; i++) for (int j = 0; j < rows; j++) for (int k = 0; k < cols; k++) A[i * rows + j] += X[i * cols + k] * X[j * cols + k];
-        for (int i = 0; i < rows; i++) for (int j = 0; j < rows; j++) for (int k = 0; k < rows; k++) AA[i * rows + j] += A[i * rows + k] * A[k * rows + j];
-        for (int i = 0; i < rows * rows; i++) Bm[i] = b * A[i] + c * AA[i];
-        for (int i = 0; i < rows; i++) for (int j = 0; j < cols; j++) for (int k = 0; k < rows; k++) BX[i * cols + j] += Bm[i * rows + k] * X[k * cols + j];
-        for (int i = 0; i < n; i++) X[i] = a * X[i] + BX[i];
+    for (auto [rows, cols] : shapes) {
+        T t{rows, cols, rows * cols};
+        int n = t.n;
+        t.w = rndv(n, 1.0f / sqrtf(cols)); t.g = rndv(n, 0.1f); t.m = rndv(n, 0.1f);
+        // reference in double
+        std::vector<double> u(n);
+        t.mw.resize(n); t.X.resize(n); t.ww.resize(n);
+        for (int i = 0; i < n; i++) { t.mw[i] = 0.6 * t.m[i] + t.g[i]; u[i] = t.g[i] + 0.6 * t.mw[i]; }
+        double fu = 0, fw = 0; for (int i = 0; i < n; i++) { fu += u[i] * u[i]; fw += (double)t.w[i] * t.w[i]; }
+        fu = sqrt(fu); fw = sqrt(fw);
+        auto& X = t.X;
+        for (int i = 0; i < n; i++) X[i] = u[i] / (fu + 1e-7);
+        for (int s = 0; s < 3; s++) {
+            std::vector<double> A(rows * rows, 0), AA(rows * rows, 0), Bm(rows * rows), BX(n, 0);
+            for (int i = 0; i < rows; i++) for (int j = 0; j < rows; j++) for (int k = 0; k < cols; k++) A[i * rows + j] += X[i * cols + k] * X[j * cols + k];
+            for (int i = 0; i < rows; i++) for (int j = 0; j < rows; j++) for (int k = 0; k < rows; k++) AA[i * rows + j] += A[i * rows + k] * A[k * rows + j];
+            for (int i = 0; i < rows * rows; i++) Bm[i] = b * A[i] + c * AA[i];
+            for (int i = 0; i < rows; i++) for (int j = 0; j < cols; j++) for (int k = 0; k < rows; k++) BX[i * cols + j] += Bm[i * rows + k] * X[k * cols + j];
+            for (int i = 0; i < n; i++) X[i] = a * X[i] + BX[i];
+        }
+        double renorm = sqrt((double)rows) / fw;
+        for (int i = 0; i < n; i++) t.ww[i] = t.w[i] * renorm - 0.24 * X[i];
+        t.uu.assign(n, NAN); t.x1.assign(n, NAN); t.x2.assign(n, NAN);
+        t.A.assign(rows * rows, NAN); t.Bm.assign(rows * rows, NAN); t.sc.assign(2 + 2 * 256, NAN);
+        ts.push_back(std::move(t));
     }
-    std::vector<double> ww(n); double renorm = sqrt((double)rows) / fw;
-    for (int i = 0; i < n; i++) ww[i] = w[i] * renorm - 0.24 * X[i];
-    // device sequence as in src/gpu/backend.rs
-    std::vector<float> uu(n), x1(n), x2(n), A(rows * rows), Bm(rows * rows);
-    std::vector<double> sc(258);
-    double *unorm = &sc[0], *wnorm = &sc[1], *part = &sc[2];
-    launch(dim3{blocks(n), 1, 1}, dim3{256, 1, 1}, [&] { muon_momentum_f32(g.data(), m.data(), n, 0.6f, uu.data()); });
-    auto frob = [&](const float* x, double* out) {
-        unsigned nb = std::min(blocks(n), 256u);
-        launch(dim3{nb, 1, 1}, dim3{256, 1, 1}, [&] { sumsq_partial_f32(x, n, part); });
-        launch(dim3{1, 1, 1}, dim3{32, 1, 1}, [&] { norm_finalize_f64(part, nb, out); });
-    };
-    frob(w.data(), wnorm); frob(uu.data(), unorm);
-    launch(dim3{blocks(n), 1, 1}, dim3{256, 1, 1}, [&] { scale_by_inv_norm_f32(uu.data(), n, unorm, x1.data()); });
-    float *cur = x1.data(), *nxt = x2.data();
-    auto gemm = [&](bool tb, const float* A_, const float* B_, const float* D_, float* C_, int M, int N, int K, float al, float be) {
+    auto st = step_rec(0, {1.0f, 2.0f, 0.24f, 4.0f});  // the rate in slot 2
+    MuonBatch mb{};
+    unsigned max_nb = 1, max_n = 1;
+    for (size_t k = 0; k < ts.size(); k++) {
+        T& t = ts[k];
+        unsigned nb = std::min(blocks(t.n), 256u);
+        mb.w[k] = t.w.data(); mb.g[k] = t.g.data(); mb.m[k] = t.m.data(); mb.u[k] = t.uu.data(); mb.x[k] = t.x1.data();
+        mb.scal[k] = t.sc.data(); mb.n[k] = t.n; mb.rows[k] = t.rows; mb.nb[k] = (int)nb;
+        max_nb = std::max(max_nb, nb); max_n = std::max(max_n, (unsigned)t.n);
+    }
+    mb.step = st.data(); mb.count = (int)ts.size(); mb.mu = 0.6f; mb.lr_slot = 2;
+    const unsigned nt = (unsigned)ts.size();
+    launch(dim3{max_nb, nt, 1}, dim3{256, 1, 1}, [&] { muon_prep_f32(mb); });
+    launch(dim3{1, nt, 1}, dim3{32, 1, 1}, [&] { muon_norms_f64(mb); });
+    launch(dim3{blocks(max_n), nt, 1}, dim3{256, 1, 1}, [&] { muon_scale_f32(mb); });
+    std::vector<float*> cur(nt), nxt(nt);
+    for (unsigned k = 0; k < nt; k++) { cur[k] = ts[k].x1.data(); nxt[k] = ts[k].x2.data(); }
+    auto gemm = [&](bool tb, float al, float be, auto f) {
         GemmBatch g{};
-        g.a[0] = A_; g.b[0] = B_; g.d[0] = D_; g.c[0] = C_; g.m[0] = M; g.n[0] = N; g.k[0] = K;
-        g.count = 1; g.alpha = al; g.beta = be;
+        for (unsigned k = 0; k < nt; k++) f(g, k);
+        g.count = (int)nt; g.alpha = al; g.beta = be;
         gemm_launch(tb, g);
     };
     for (int s = 0; s < 3; s++) {
-        gemm(true, cur, cur, nullptr, A.data(), rows, rows, cols, 1, 0);
-        gemm(false, A.data(), A.data(), A.data(), Bm.data(), rows, rows, rows, 2.0315f, -4.7750f);
-        gemm(false, Bm.data(), cur, cur, nxt, rows, cols, rows, 1, 3.4445f);
+        gemm(true, 1, 0, [&](GemmBatch& g, unsigned k) { T& t = ts[k]; g.a[k] = cur[k]; g.b[k] = cur[k]; g.d[k] = nullptr; g.c[k] = t.A.data(); g.m[k] = t.rows; g.n[k] = t.rows; g.k[k] = t.cols; });
+        gemm(false, 2.0315f, -4.7750f, [&](GemmBatch& g, unsigned k) { T& t = ts[k]; g.a[k] = t.A.data(); g.b[k] = t.A.data(); g.d[k] = t.A.data(); g.c[k] = t.Bm.data(); g.m[k] = t.rows; g.n[k] = t.rows; g.k[k] = t.rows; });
+        gemm(false, 1, 3.4445f, [&](GemmBatch& g, unsigned k) { T& t = ts[k]; g.a[k] = t.Bm.data(); g.b[k] = cur[k]; g.d[k] = cur[k]; g.c[k] = nxt[k]; g.m[k] = t.rows; g.n[k] = t.cols; g.k[k] = t.rows; });
         std::swap(cur, nxt);
     }
-    auto st = step_rec(0, {1.0f, 2.0f, 0.24f, 4.0f});  // the rate in slot 2
-    launch(dim3{blocks(n), 1, 1}, dim3{256, 1, 1}, [&] { muon_apply_f32(w.data(), cur, n, rows, wnorm, st.data(), 2); });
-    std::vector<double> Xg(n); for (int i = 0; i < n; i++) Xg[i] = cur[i];
-    char name[64];
-    snprintf(name, sizeof name, "muon NS X %dx%d", rows, cols); report(name, relerr(Xg, X), 2e-2);
-    snprintf(name, sizeof name, "muon w %dx%d", rows, cols); report(name, relerr(w, ww), 1e-3);
-    snprintf(name, sizeof name, "muon m %dx%d", rows, cols); report(name, relerr(m, mw), 1e-6);
+    for (unsigned k = 0; k < nt; k++) mb.x[k] = cur[k];
+    launch(dim3{blocks(max_n), nt, 1}, dim3{256, 1, 1}, [&] { muon_apply_f32(mb); });
+    for (unsigned k = 0; k < nt; k++) {
+        T& t = ts[k];
+        std::vector<double> Xg(t.n); for (int i = 0; i < t.n; i++) Xg[i] = cur[k][i];
+        char name[64];
+        snprintf(name, sizeof name, "muon NS X %dx%d (%u of %u)", t.rows, t.cols, k + 1, nt); report(name, relerr(Xg, t.X), 2e-2);
+        snprintf(name, sizeof name, "muon w %dx%d (%u of %u)", t.rows, t.cols, k + 1, nt); report(name, relerr(t.w, t.ww), 1e-3);
+        snprintf(name, sizeof name, "muon m %dx%d (%u of %u)", t.rows, t.cols, k + 1, nt); report(name, relerr(t.m, t.mw), 1e-6);
+    }
 }
 
 static void test_step_next() {
@@ -332,7 +351,8 @@ int main() {
     test_gemm(true, {{70, 70, 200}}); test_gemm(false, {{64, 130, 70}}); test_gemm(false, {{8, 8, 8}});
     test_gemm(true, {{24, 24, 72}, {70, 70, 200}, {8, 8, 8}}); test_gemm(false, {{8, 200, 8}, {64, 130, 70}, {24, 72, 24}});
     test_sgd(); test_step_next();
-    test_muon(24, 72); test_muon(64, 216); test_muon(8, 200);
+    test_muon({{24, 72}, {64, 216}, {8, 200}});  // one batch of three shapes
+    test_muon({{128, 576}});                     // n > 256·256: 256 partial blocks, grid-stride
     printf("%d failures\n", fails);
     return fails != 0;
 }

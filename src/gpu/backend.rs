@@ -170,6 +170,28 @@ struct GemmBatch {
 // SAFETY: plain old data laid out exactly like the C struct.
 unsafe impl DeviceRepr for GemmBatch {}
 
+/// Mirrors `struct MuonBatch` in kernels/optim.cu (passed by value, 504 bytes): Muon's
+/// per-tensor elementwise steps and norms for up to [`GEMM_BATCH`] tensors in one launch each.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MuonBatch {
+    w: [u64; GEMM_BATCH],
+    g: [u64; GEMM_BATCH],
+    m: [u64; GEMM_BATCH],
+    u: [u64; GEMM_BATCH],
+    x: [u64; GEMM_BATCH],
+    scal: [u64; GEMM_BATCH],
+    n: [i32; GEMM_BATCH],
+    rows: [i32; GEMM_BATCH],
+    nb: [i32; GEMM_BATCH],
+    step: u64,
+    count: i32,
+    mu: f32,
+    lr_slot: i32,
+}
+// SAFETY: plain old data laid out exactly like the C struct.
+unsafe impl DeviceRepr for MuonBatch {}
+
 /// The pointers of a `Pre`: (bn flag, mean, invstd, shift).
 #[derive(Clone, Copy)]
 struct PrePtrs {
@@ -471,13 +493,6 @@ impl Gpu {
                 PrePtrs { bn: 1, mean: p, inv: p + 4 * c as u64, shift }
             }
         })
-    }
-
-    /// ‖x‖_F (f64) of `n` f32 values at `x` into `out` (a device f64).
-    fn frobenius(&mut self, x: Arg, n: usize, part: Arg, out: Arg) -> Result<()> {
-        let nb = blocks(n)?.min(256);
-        self.launch("optim", "sumsq_partial_f32", (nb, 1, 1), (BLOCK, 1, 1), &[x, int(n, "tensor length")?, part])?;
-        self.launch("optim", "norm_finalize_f64", (1, 1, 1), (32, 1, 1), &[part, nb as u64, out])
     }
 
     /// For each `(A, B, D, C, M, N, K)` of `batch` (at most [`GEMM_BATCH`]), `C = alpha·A·op(B) +
@@ -1232,10 +1247,10 @@ impl Backend for Gpu {
 }
 
 impl Gpu {
-    /// Muon for up to [`GEMM_BATCH`] tensors: per tensor the momentum, the two norms and X₀;
-    /// then each Newton–Schulz GEMM once for all tensors (one batched launch); then per tensor
-    /// the update. Scratch for every tensor lives in the shared workspace at once: u, X and the
-    /// next X (n each), A and B (rows² each), two f64 norms and 256 f64 partials, each region
+    /// Muon for up to [`GEMM_BATCH`] tensors, every step one launch for all of them: the
+    /// momentum with both norms' partial sums, the norms, X₀; each Newton–Schulz GEMM; the
+    /// update. Scratch for every tensor lives in the shared workspace at once: u, X and the next X
+    /// (n each), A and B (rows² each), the two f64 norms and 2·256 f64 partials, each region
     /// 256-byte aligned.
     fn muon_group(
         &mut self,
@@ -1247,50 +1262,67 @@ impl Gpu {
     ) -> Result<()> {
         let (ca, cb, cc) = NS_COEFFS;
         let region = |len: usize| len.div_ceil(64) * 64;
-        let need = |rows: usize, cols: usize| 3 * region(rows * cols) + 2 * region(rows * rows) + region(2 * 258);
+        let need = |rows: usize, cols: usize| 3 * region(rows * cols) + 2 * region(rows * rows) + region(2 * 514);
         let total: usize = group.iter().map(|q| need(q.rows, q.cols)).sum();
         let ws = self.workspace(total)?;
-        // (w, rows, cols, X, next X, A, B, ‖w‖) per tensor
+        let mut mb = MuonBatch {
+            w: [0; GEMM_BATCH],
+            g: [0; GEMM_BATCH],
+            m: [0; GEMM_BATCH],
+            u: [0; GEMM_BATCH],
+            x: [0; GEMM_BATCH],
+            scal: [0; GEMM_BATCH],
+            n: [0; GEMM_BATCH],
+            rows: [0; GEMM_BATCH],
+            nb: [0; GEMM_BATCH],
+            step: sp,
+            count: group.len() as i32,
+            mu: momentum,
+            lr_slot: lr_slot as i32,
+        };
+        // (rows, cols, X, next X, A, B) per tensor
         let mut mats = Vec::with_capacity(group.len());
         let mut at = ws;
+        let (mut max_n, mut max_nb) = (1, 1);
         for (t, q) in group.iter_mut().enumerate() {
             let (rows, cols) = (q.rows, q.cols);
             let n = rows * cols;
             check(rows <= cols && rows > 0, || format!("muon: tensor {t} is {rows}×{cols}; needs 0 < rows ≤ cols"))?;
-            let gp = self.in_f32(q.g, n, &format!("muon: gradient of tensor {t}"))?;
-            let wp = self.inout_f32(q.w, n, &format!("muon: weight {t}"))?;
-            let mp = self.inout_f32(q.m, n, &format!("muon: momentum of tensor {t}"))?;
-            let ni = int(n, "tensor length")?;
+            mb.g[t] = self.in_f32(q.g, n, &format!("muon: gradient of tensor {t}"))?;
+            mb.w[t] = self.inout_f32(q.w, n, &format!("muon: weight {t}"))?;
+            mb.m[t] = self.inout_f32(q.m, n, &format!("muon: momentum of tensor {t}"))?;
             let off = |k: usize| at + 4 * k as u64;
             let (u, x, x2) = (off(0), off(region(n)), off(2 * region(n)));
             let (am, bm) = (off(3 * region(n)), off(3 * region(n) + region(rows * rows)));
-            let scal = off(3 * region(n) + 2 * region(rows * rows));
+            mb.scal[t] = off(3 * region(n) + 2 * region(rows * rows));
             at = off(need(rows, cols));
-            let (unorm, wnorm, part) = (scal, scal + 8, scal + 16);
-            self.launch1d("optim", "muon_momentum_f32", n, &[gp, mp, ni, flt(momentum), u])?;
-            self.frobenius(wp, n, part, wnorm)?;
-            self.frobenius(u, n, part, unorm)?;
-            self.launch1d("optim", "scale_by_inv_norm_f32", n, &[u, ni, unorm, x])?;
-            mats.push((wp, rows, cols, x, x2, am, bm, wnorm));
+            let nb = blocks(n)?.min(256);
+            (mb.u[t], mb.x[t], mb.nb[t]) = (u, x, nb as i32);
+            (mb.n[t], mb.rows[t]) = (int(n, "tensor length")? as i32, int(rows, "rows")? as i32);
+            (max_n, max_nb) = (max_n.max(n), max_nb.max(nb));
+            mats.push((rows, cols, x, x2, am, bm));
         }
+        let tensors = group.len() as u32;
+        let wide = (blocks(max_n)?, tensors, 1);
+        self.launch_struct("optim", "muon_prep_f32", (max_nb, tensors, 1), (BLOCK, 1, 1), &mb)?;
+        self.launch_struct("optim", "muon_norms_f64", (1, tensors, 1), (32, 1, 1), &mb)?;
+        self.launch_struct("optim", "muon_scale_f32", wide, (BLOCK, 1, 1), &mb)?;
         for _ in 0..ns_steps {
             // A = X·Xᵀ; B = b·A + c·A·A; X ← a·X + B·X
-            let ab: Vec<_> = mats.iter().map(|&(_, r, c, x, _, am, _, _)| (x, x, 0, am, r, r, c)).collect();
+            let ab: Vec<_> = mats.iter().map(|&(r, c, x, _, am, _)| (x, x, 0, am, r, r, c)).collect();
             self.gemm(true, &ab, 1.0, 0.0)?;
-            let bb: Vec<_> = mats.iter().map(|&(_, r, _, _, _, am, bm, _)| (am, am, am, bm, r, r, r)).collect();
+            let bb: Vec<_> = mats.iter().map(|&(r, _, _, _, am, bm)| (am, am, am, bm, r, r, r)).collect();
             self.gemm(false, &bb, cc, cb)?;
-            let xb: Vec<_> = mats.iter().map(|&(_, r, c, x, x2, _, bm, _)| (bm, x, x, x2, r, c, r)).collect();
+            let xb: Vec<_> = mats.iter().map(|&(r, c, x, x2, _, bm)| (bm, x, x, x2, r, c, r)).collect();
             self.gemm(false, &xb, 1.0, ca)?;
             for m in &mut mats {
-                std::mem::swap(&mut m.3, &mut m.4);
+                std::mem::swap(&mut m.2, &mut m.3);
             }
         }
-        for &(wp, rows, cols, x, _, _, _, wnorm) in &mats {
-            let n = rows * cols;
-            let args = [wp, x, int(n, "tensor length")?, int(rows, "rows")?, wnorm, sp, lr_slot as u64];
-            self.launch1d("optim", "muon_apply_f32", n, &args)?;
+        for (t, m) in mats.iter().enumerate() {
+            mb.x[t] = m.2; // the final X
         }
-        Ok(())
+        self.launch_struct("optim", "muon_apply_f32", wide, (BLOCK, 1, 1), &mb)
     }
 }
 
@@ -1404,11 +1436,6 @@ mod tests {
             ("head", "head_bwd_da_f16", "PPPIIIIIP"),
             ("head", "xent_fwd_bwd_f32", "PPPIPIIIIPP"),
             ("head", "axpy_f32", "PPPI"),
-            ("optim", "muon_momentum_f32", "PPIIP"),
-            ("optim", "sumsq_partial_f32", "PIP"),
-            ("optim", "norm_finalize_f64", "PIP"),
-            ("optim", "scale_by_inv_norm_f32", "PIPP"),
-            ("optim", "muon_apply_f32", "PPIIPPI"),
             ("optim", "step_next", "PIP"),
         ];
         for &(module, name, sig) in table {
@@ -1430,5 +1457,13 @@ mod tests {
             );
         }
         assert_eq!(std::mem::size_of::<GemmBatch>(), 368);
+        for name in ["muon_prep_f32", "muon_norms_f64", "muon_scale_f32", "muon_apply_f32"] {
+            assert_eq!(ptx_params(optim, name), Some(vec![255]), "{name}: one by-value struct");
+            assert!(
+                optim.contains(&format!(".entry {name}(\n\t.param .align 8 .b8 {name}_param_0[504]")),
+                "{name}: MuonBatch, 504 bytes"
+            );
+        }
+        assert_eq!(std::mem::size_of::<MuonBatch>(), 504);
     }
 }
