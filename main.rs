@@ -347,18 +347,8 @@ fn forward<B: Backend>(
             running_var: &mut net.run_var[l],
             bn: &mut bn_out[0],
         });
-        b.conv3x3(
-            &x_in[l],
-            a.s[l],
-            pre(&net.p, bn_in, l),
-            w,
-            cout,
-            pool,
-            &mut x_out[0],
-            &mut a.argmax[l],
-            keep,
-            stats,
-        )?;
+        let (x, y, argmax) = (&x_in[l], &mut x_out[0], &mut a.argmax[l]);
+        b.conv3x3(x, a.s[l], pre(&net.p, bn_in, l), w, cout, pool, y, argmax, keep, stats)?;
     }
     let scale = 1.0 / h.widths[2] as f32;
     let pre6 = pre(&net.p, &a.bn, 6);
@@ -383,20 +373,8 @@ fn backward<B: Backend>(
         let (da, da_sums) =
             if l > 0 || bias_trains { (Some(&mut a.ga[l]), Some(&mut a.gsum[l])) } else { (None, None) };
         let (w, gw, kept) = (&net.p.conv[l], &mut g.conv[l], a.keep.get(l));
-        b.conv3x3_bwd(
-            &a.x[l],
-            a.s[l],
-            pre(&net.p, &a.bn, l),
-            w,
-            cout,
-            pool,
-            &a.argmax[l],
-            &a.gx[k],
-            gw,
-            da,
-            da_sums,
-            kept,
-        )?;
+        let (x, dy, argmax) = (&a.x[l], &a.gx[k], &a.argmax[l]);
+        b.conv3x3_bwd(x, a.s[l], pre(&net.p, &a.bn, l), w, cout, pool, argmax, dy, gw, da, da_sums, kept)?;
     }
     if bias_trains {
         b.pre_bwd(&a.ga[0], &a.x[0], a.s[0], pre(&net.p, &a.bn, 0), Some(&a.gsum[0]), &mut g.whiten_b, None)?;
