@@ -1177,7 +1177,7 @@ fn bench_line(out: &mut dyn Write, name: &str, shape: &str, ms: f64, flops: f64,
     let floor_us = (flops / PEAK_FLOPS).max(bytes / PEAK_BYTES) * 1e6;
     writeln!(
         out,
-        "{name:<24} {shape:<26} {:>9.1} us  {:>7.1} TFLOP/s  {:>7.1} GB/s  floor {:>8.1} us ({:>5.1}% of floor)",
+        "{name:<34} {shape:<26} {:>9.1} us  {:>7.1} TFLOP/s  {:>7.1} GB/s  floor {:>8.1} us ({:>5.1}% of floor)",
         ms * 1e3,
         flops / s / 1e12,
         bytes / s / 1e9,
@@ -1387,7 +1387,18 @@ fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, out: &mut dyn Write) -> Re
     let graph =
         gpu.record(&mut |g| st.step(g))?.ok_or_else(|| Error::Gpu("the GPU backend recorded no graph".into()))?;
     let ms = time_ms(gpu, &mut |g| g.replay(&graph))?;
-    bench_line(out, "train step, CUDA graph", &format!("batch {n}"), ms, flops, 0.0)
+    bench_line(out, "train step, CUDA graph", &format!("batch {n}"), ms, flops, 0.0)?;
+    if gpu.conv_path == ConvPath::Mma && gpu.epilogue_sums {
+        // the same with the BatchNorm sums as separate reductions (NOTES levers 2b, 2c)
+        // (one step op by op first: scratch sized outside the recording, which must not allocate)
+        gpu.epilogue_sums = false;
+        let graph = st.step(gpu).and_then(|_| gpu.record(&mut |g| st.step(g)));
+        gpu.epilogue_sums = true;
+        let graph = graph?.ok_or_else(|| Error::Gpu("the GPU backend recorded no graph".into()))?;
+        let ms = time_ms(gpu, &mut |g| g.replay(&graph))?;
+        bench_line(out, "train step, graph, sums off", &format!("batch {n}"), ms, flops, 0.0)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

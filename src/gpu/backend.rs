@@ -624,7 +624,9 @@ impl Backend for Gpu {
 
     fn describe(&self) -> String {
         let img = self.image("conv").map(|i| i.to_string()).unwrap_or_else(|| "no conv image".into());
-        format!("GPU {} ({img}, {} convs, fp16 activations, fp32 accumulation)", self.info, self.conv_path.name())
+        let sums = if self.conv_path == ConvPath::Mma && !self.epilogue_sums { " (epilogue sums off)" } else { "" };
+        let convs = self.conv_path.name();
+        format!("GPU {} ({img}, {convs} convs{sums}, fp16 activations, fp32 accumulation)", self.info)
     }
 
     fn zeros(&mut self, n: usize) -> Result<GBuf> {
@@ -836,14 +838,15 @@ impl Backend for Gpu {
             // with stats: the epilogue writes the BatchNorm partials, [2·cout][blocks] f64
             let grid = (blocks_of(m, 128)?, cout.div_ceil(64) as u32, 1);
             let part = match bn {
-                Some(_) => self.workspace(grid.0 as usize * 4 * cout)?,
-                None => 0,
+                Some(_) if self.epilogue_sums => self.workspace(grid.0 as usize * 4 * cout)?,
+                _ => 0,
             };
             let (ni, hi, wi) = (int(xs.n, "batch")?, int(xs.h, "height")?, int(xs.w, "width")?);
             let args = [xp, ni, hi, wi, int(cin, "cin")?, wp, int(cout, "cout")?, pool as u64, yp, ap, part];
             self.launch("conv", "conv3x3_fwd_mma_f16", grid, (128, 1, 1), &args)?;
             return match (bn, stats) {
-                (Some(o), Some(s)) => self.bn_finalize(part, grid.0 as usize, ys, s.eps, s.momentum, o),
+                (Some(o), Some(s)) if part != 0 => self.bn_finalize(part, grid.0 as usize, ys, s.eps, s.momentum, o),
+                (_, Some(s)) => self.bn_stats(y, ys, s.eps, s.momentum, s.running_mean, s.running_var, s.bn),
                 _ => Ok(()),
             };
         }
@@ -1171,15 +1174,17 @@ impl Backend for Gpu {
                 if mma {
                     let grid = (blocks_of(p, 128)?, cin.div_ceil(64) as u32, 1);
                     let part = match sums {
-                        Some(_) => self.workspace(grid.0 as usize * 2 * cin)?,
-                        None => 0,
+                        Some(_) if self.epilogue_sums => self.workspace(grid.0 as usize * 2 * cin)?,
+                        _ => 0,
                     };
                     let pr = pre_raw;
                     let mut args = args.to_vec();
                     args.extend([x_raw, pr.mean, pr.inv, pr.shift, pr.bn, part]);
                     self.launch("conv", "conv3x3_dgrad_mma_f16", grid, (128, 1, 1), &args)?;
-                    if let Some(sp) = sums {
-                        self.pre_sums_finalize(part, grid.0 as usize, cin, sp)?;
+                    match sums {
+                        Some(sp) if part != 0 => self.pre_sums_finalize(part, grid.0 as usize, cin, sp)?,
+                        Some(sp) => _ = self.pre_sums(dap, x_raw, xs, pre_raw, Some(sp))?,
+                        None => {}
                     }
                 } else {
                     let grid = (blocks_of(p, 64)?, cin.div_ceil(64) as u32, 1);

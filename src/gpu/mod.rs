@@ -76,6 +76,9 @@ pub struct Gpu {
     modules: BTreeMap<&'static str, (Arc<CudaModule>, Image)>,
     /// Which convolution kernels `conv3x3` / `conv3x3_bwd` launch (see [`ConvPath`]).
     pub conv_path: ConvPath,
+    /// Whether the mma convs take the BatchNorm sums in their epilogues (default); off
+    /// ([`SUMS_ENV`]`=0`), they run as separate reductions, as on the wmma path: for measuring.
+    pub epilogue_sums: bool,
     /// Kernel handles, workspace and temporaries of the `Backend` ops (src/gpu/backend.rs).
     ops: backend::OpState,
 }
@@ -92,6 +95,17 @@ pub enum ConvPath {
 
 /// Environment variable that overrides the convolution kernels: `wmma` or `mma`.
 pub const CONV_ENV: &str = "SPEEDRUN_CONV";
+/// Environment variable that turns the mma convs' epilogue sums off (`0`) or on (`1`, default).
+pub const SUMS_ENV: &str = "SPEEDRUN_EPILOGUE_SUMS";
+
+/// [`SUMS_ENV`]'s value (None: unset) as a switch; anything but 0 or 1 is an error.
+pub fn epilogue_sums(env: Option<&str>) -> Result<bool> {
+    match env.map(str::trim).filter(|v| !v.is_empty()) {
+        None | Some("1") => Ok(true),
+        Some("0") => Ok(false),
+        Some(v) => Err(Error::Gpu(format!("{SUMS_ENV}={v:?}: expected 0 or 1"))),
+    }
+}
 
 impl ConvPath {
     pub fn name(self) -> &'static str {
@@ -301,7 +315,8 @@ impl Gpu {
             modules.insert(m.name, (loaded, image));
         }
         let conv_path = ConvPath::choose(info.cc, std::env::var(CONV_ENV).ok().as_deref())?;
-        Ok(Gpu { ctx, stream, info, modules, conv_path, ops: backend::OpState::default() })
+        let epilogue_sums = epilogue_sums(std::env::var(SUMS_ENV).ok().as_deref())?;
+        Ok(Gpu { ctx, stream, info, modules, conv_path, epilogue_sums, ops: backend::OpState::default() })
     }
 
     /// Runs `f` with the convolution kernels set to `path`, then restores the current choice.

@@ -242,6 +242,65 @@ fn conv_path_choice() {
     assert_eq!(ConvPath::available((9, 0)), &[Mma, Wmma]);
 }
 
+#[test]
+fn epilogue_sums_switch() {
+    assert!(epilogue_sums(None).unwrap());
+    assert!(epilogue_sums(Some("1")).unwrap());
+    assert!(epilogue_sums(Some(" ")).unwrap());
+    assert!(!epilogue_sums(Some("0")).unwrap());
+    let e = epilogue_sums(Some("off")).unwrap_err().to_string();
+    assert!(e.contains(SUMS_ENV) && e.contains("\"off\"") && e.contains("0 or 1"), "{e}");
+}
+
+/// The mma convs with their epilogue sums switched off (separate reductions, for measuring)
+/// give the same outputs and the same statistics up to summation order.
+#[test]
+#[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
+#[cfg_attr(
+    all(cuda_driver, not(kernels_built)),
+    ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
+)]
+fn epilogue_sums_off_gives_the_same_statistics() {
+    use crate::backend::{Backend, BnStats, Pre, Shape};
+    let _device = device_test_lock();
+    let mut gpu = open();
+    if !ConvPath::available(gpu.info.cc).contains(&ConvPath::Mma) {
+        eprintln!("skipped: {} has no mma convs", gpu.info);
+        return;
+    }
+    gpu.conv_path = ConvPath::Mma;
+    let (xs, cout) = (Shape::new(2, 6, 6, 16), 24);
+    let ys = xs.with_c(cout).pooled();
+    let f = |n: usize, seed: u32| values(n, seed).iter().map(|v| v.to_f32()).collect::<Vec<_>>();
+    let (x, w, shift) = (
+        gpu.upload(&f(xs.len(), 1)).unwrap(),
+        gpu.upload(&f(cout * 9 * 16, 2)).unwrap(),
+        gpu.upload(&f(16, 3)).unwrap(),
+    );
+    let dy = gpu.upload(&f(ys.len(), 4)).unwrap();
+    let run = |g: &mut Gpu, on: bool| -> Vec<Vec<f32>> {
+        g.epilogue_sums = on;
+        let (mut y, mut am) = (g.zeros(ys.len()).unwrap(), g.byte_zeros(ys.len()).unwrap());
+        let (mut rm, mut rv, mut bn) =
+            (g.zeros(cout).unwrap(), g.upload(&vec![1.0; cout]).unwrap(), g.zeros(2 * cout).unwrap());
+        let st = BnStats { eps: 1e-5, momentum: 0.6, running_mean: &mut rm, running_var: &mut rv, bn: &mut bn };
+        g.conv3x3(&x, xs, Pre::Bias(&shift), &w, cout, true, &mut y, &mut am, None, Some(st)).unwrap();
+        let (mut dw, mut da, mut sums) =
+            (g.zeros(cout * 9 * 16).unwrap(), g.zeros(xs.len()).unwrap(), g.zeros(32).unwrap());
+        let pre = Pre::Bias(&shift);
+        g.conv3x3_bwd(&x, xs, pre, &w, cout, true, &am, &dy, &mut dw, Some(&mut da), Some(&mut sums), None).unwrap();
+        [&y, &bn, &rm, &rv, &da, &sums].iter().map(|b| g.download(b).unwrap()).collect()
+    };
+    let (on, off) = (run(&mut gpu, true), run(&mut gpu, false));
+    gpu.epilogue_sums = true;
+    for (k, (a, b)) in ["y", "bn", "running mean", "running var", "da", "da sums"].iter().zip(on.iter().zip(&off)) {
+        assert!(a.iter().all(|v| v.is_finite()), "{k}: not finite");
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let worst = a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(worst <= 1e-5 * scale, "{k}: epilogue sums on and off differ by {worst} (scale {scale})");
+    }
+}
+
 /// Statistics asked of the conv ops in a way that cannot work are errors with a sentence,
 /// checked before anything is launched.
 #[test]
