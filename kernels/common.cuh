@@ -125,6 +125,15 @@ __device__ __forceinline__ float pre_u(float x, float mean, float invstd, float 
     return bn ? (x - mean) * invstd + shift : x + shift;
 }
 
+// The backward of a = GELU(pre(x)) at one value (channel parameters as pre_u takes them; the
+// bias passes mean 0, invstd 1): returns du = da·GELU′(u) and sets x̂ = (x − mean)·invstd.
+// pre_bwd reduces Σdu and Σdu·x̂ (norm.cu chan_reduce_f16, conv.cu dgrad epilogue) and applies
+// them per value (norm.cu pre_bwd_dx_f16).
+__device__ __forceinline__ float pre_du(float da, float x, float mean, float invstd, float shift, int bn, float& xhat) {
+    xhat = (x - mean) * invstd;
+    return da * gelu_grad_f(pre_u(x, mean, invstd, shift, bn));
+}
+
 // ---- the step record (`Step` in src/backend.rs) ----------------------------------------------
 // Values that change from one training step to the next, read on the device so that one
 // recorded step (a CUDA graph) serves every step: word 0 the offset of the step's examples in

@@ -726,7 +726,7 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
         const int co = n0 + col;
         if (!pool) {
             store_f16_pair(y, m, M, co, cout, v0, v1);
-            if (m < M && co < cout) stat(__float2half(v0), __float2half(v1));
+            if (part && m < M && co < cout) stat(__float2half(v0), __float2half(v1));
             return;
         }
         // the window's four rows sit in lanes (g & ~3) + p, p = 0..3, same q (g = lane/4)
@@ -749,7 +749,7 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
             const half h0 = __float2half(b0), h1 = __float2half(b1);
             *reinterpret_cast<unsigned*>(y + o) = pack_half2(h0, h1);
             *reinterpret_cast<unsigned short*>(argmax + o) = (unsigned short)(k0 | (k1 << 8));
-            stat(h0, h1);
+            if (part) stat(h0, h1);
         }
     }, cols_done);
     if (part) mma_col_partials(red, n0, cout, part);
@@ -822,11 +822,11 @@ conv3x3_dgrad_mma_f16(const half* __restrict__ dy, const unsigned char* __restri
         const float dv[2] = {__half2float(__float2half(v0)), __half2float(__float2half(v1))};
 #pragma unroll
         for (int e = 0; e < 2; e++) {
-            const float xv = __half2float(x[m * cin + c + e]);
             const float mean = bn ? pmean[c + e] : 0.f, inv = bn ? pinv[c + e] : 1.f;
-            const float du = dv[e] * gelu_grad_f(pre_u(xv, mean, inv, pshift[c + e], bn));
+            float xhat;
+            const float du = pre_du(dv[e], __half2float(x[m * cin + c + e]), mean, inv, pshift[c + e], bn, xhat);
             su[e] += du;
-            sx[e] += du * ((xv - mean) * inv);
+            sx[e] += du * xhat;
         }
     }, cols_done);
     if (part) mma_col_partials(red, n0, cin, part);

@@ -1,7 +1,7 @@
 // norm.cu: per-channel reductions over N·H·W of NHWC fp16 tensors and the elementwise maps
 // that use them: BatchNorm statistics (training and eval) and the backward of
 // a = GELU(pre(x)) (`pre_bwd` in src/backend.rs). All reductions are two-stage and
-// deterministic: stage 1 writes per-block partial sums, stage 2 adds them in block order in f64.
+// deterministic: stage 1 writes per-block partial sums, stage 2 adds them in a fixed order in f64.
 //
 // Exported kernels. Stage 1 (grid (blocks, ceil(C/32)), block (32, 8)): thread (tx, ty) owns
 // channel blockIdx.y·32 + tx and every 8th pixel of the block's slice of `chunk` pixels. Every
@@ -87,11 +87,10 @@ extern "C" __global__ void chan_reduce_f16(const half* __restrict__ x, const hal
         const float inv = (bn && pinv) ? pinv[c] : 1.f;
         const float shift = pshift ? pshift[c] : 0.f;
         for (long long p = p0 + ty; p < p1; p += 8) {
-            const float v = __half2float(x[p * C + c]);
-            const float u = pre_u(v, mean, inv, shift, bn);
-            const float du = __half2float(da[p * C + c]) * gelu_grad_f(u);
+            float xhat;
+            const float du = pre_du(__half2float(da[p * C + c]), __half2float(x[p * C + c]), mean, inv, shift, bn, xhat);
             a0 += du;
-            a1 += du * ((v - mean) * inv);
+            a1 += du * xhat;
         }
     }
     store_pair(a0, a1, C, c, part);
@@ -155,11 +154,11 @@ extern "C" __global__ void pre_bwd_dx_f16(const half* __restrict__ da, const hal
     if (dshift && i < C) dshift[i] = sums[i];
     if (!dx || i >= len) return;
     const int c = (int)(i % C);
-    const float v = __half2float(x[i]);
     const float mean = bn ? pmean[c] : 0.f, inv = bn ? pinv[c] : 1.f;
-    const float du = __half2float(da[i]) * gelu_grad_f(pre_u(v, mean, inv, pshift[c], bn));
+    float xhat;
+    const float du = pre_du(__half2float(da[i]), __half2float(x[i]), mean, inv, pshift[c], bn, xhat);
     const float cnt = (float)count;
-    const float g = bn ? inv * (du - sums[c] / cnt - ((v - mean) * inv) * (sums[C + c] / cnt)) : du;
+    const float g = bn ? inv * (du - sums[c] / cnt - xhat * (sums[C + c] / cnt)) : du;
     dx[i] = __float2half(g);
 }
 

@@ -917,7 +917,7 @@ impl<B: Backend> StepState<B> {
             x: acts(b)?,
             keep: acts(b)?,
             ga: acts(b)?,
-            gsum: s.iter().map(|s| b.zeros(2 * s.c)).collect::<Result<_>>()?,
+            gsum: s[..6].iter().map(|s| b.zeros(2 * s.c)).collect::<Result<_>>()?,
             gx: acts(b)?,
             am: (0..6)
                 .map(|l| b.byte_zeros(if STEP_LAYERS[l].2 { s[l + 1].len() } else { 0 }))
@@ -990,7 +990,7 @@ impl<B: Backend> StepState<B> {
         for (l, &(_, cout, pool)) in STEP_LAYERS.iter().enumerate().rev() {
             let k = l + 1;
             let pre = Pre::Bn { bn: &self.bn[k], beta: &self.beta[l] };
-            let sums = (k < 6).then_some(&self.gsum[k]); // from conv k's backward, as main.rs does
+            let sums = self.gsum.get(k); // from conv k's backward (none for the head's input), as main.rs does
             b.pre_bwd(&self.ga[k], &self.x[k], s[k], pre, sums, &mut self.g_beta[l], Some(&mut self.gx[k]))?;
             let pre =
                 if l == 0 { Pre::Bias(&self.whiten_b) } else { Pre::Bn { bn: &self.bn[l], beta: &self.beta[l - 1] } };

@@ -123,13 +123,15 @@ pub fn pre_bwd<T: Real>(
     assert!(da.len() == xs.len() && x.len() == xs.len() && dshift.len() == c && aff.channels() == c);
     let du = |k: usize| da[k] * gelu_grad(aff.u(x[k], k % c));
     let per = xs.h * xs.w * c;
+    let computed;
     let sums = match sums {
-        Some(s) => {
-            assert_eq!(s.len(), 2 * c, "pre_bwd: sums are [Σdu | Σdu·x̂], 2·{c} values");
-            s.to_vec()
+        Some(s) => s,
+        None => {
+            computed = pre_bwd_sums(da, x, xs, aff, threads);
+            &computed
         }
-        None => pre_bwd_sums(da, x, xs, aff, threads),
     };
+    assert_eq!(sums.len(), 2 * c, "pre_bwd: sums are [Σdu | Σdu·x̂], 2·{c} values");
     for ch in 0..c {
         dshift[ch] = T::of(sums[ch]);
     }

@@ -286,22 +286,15 @@ impl<T: Real> Backend for Cpu<T> {
         da_sums: Option<&mut Vec<T>>,
         _kept: Option<&Vec<T>>,
     ) -> Result<()> {
+        assert!(da.is_some() || da_sums.is_none(), "conv3x3_bwd: da_sums needs da");
         let aff = affine(pre);
-        let da = da.map(|v| v.as_mut_slice());
-        let sums_wanted = da_sums.is_some();
-        assert!(da.is_some() || !sums_wanted, "conv3x3_bwd: da_sums needs da");
-        match da {
-            Some(da) => {
-                conv::conv3x3_bwd(x, xs, &aff, w, cout, pool, argmax, dy, dw, Some(&mut *da), self.threads);
-                if let Some(out) = da_sums {
-                    let sums = layers::pre_bwd_sums(da, x, xs, &aff, self.threads);
-                    assert_eq!(out.len(), 2 * xs.c, "conv3x3_bwd: da_sums is [Σdu | Σdu·x̂], 2·{} values", xs.c);
-                    for (o, s) in out.iter_mut().zip(sums) {
-                        *o = T::of(s);
-                    }
-                }
+        let mut da = da.map(|v| v.as_mut_slice());
+        conv::conv3x3_bwd(x, xs, &aff, w, cout, pool, argmax, dy, dw, da.as_deref_mut(), self.threads);
+        if let (Some(da), Some(out)) = (da, da_sums) {
+            assert_eq!(out.len(), 2 * xs.c, "conv3x3_bwd: da_sums is [Σdu | Σdu·x̂], 2·{} values", xs.c);
+            for (o, s) in out.iter_mut().zip(layers::pre_bwd_sums(da, x, xs, &aff, self.threads)) {
+                *o = T::of(s);
             }
-            None => conv::conv3x3_bwd(x, xs, &aff, w, cout, pool, argmax, dy, dw, None, self.threads),
         }
         Ok(())
     }

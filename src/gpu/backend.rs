@@ -258,6 +258,13 @@ const BLOCK: u32 = 256;
 /// Block size of the per-channel stage-2 reductions (`CHAN_FIN_THREADS` in kernels/norm.cu).
 const CHAN_FIN_THREADS: u32 = 256;
 
+/// Stage-1 split of a per-channel reduction over `p` positions (norm.cu): (blocks, positions
+/// per block), at most 512 blocks of at least 64 positions.
+fn stage1_split(p: usize) -> (usize, usize) {
+    let chunk = p.div_ceil(p.div_ceil(64).min(512));
+    (p.div_ceil(chunk), chunk)
+}
+
 fn blocks(len: usize) -> Result<u32> {
     u32::try_from(len.div_ceil(BLOCK as usize).max(1))
         .map_err(|_| Error::Gpu(format!("{len} elements is too many for one launch")))
@@ -382,6 +389,17 @@ impl Gpu {
         Ok([rm, rv, bp])
     }
 
+    /// The BatchNorm statistics of the fp16 tensor at `yp` (shape `ys`) into `out` (`bn_outputs`):
+    /// one read of y, f64 Σy and Σy² per block (2·C f64 = 4·C f32 slots each), then the finalize.
+    fn bn_from_y(&mut self, yp: Arg, ys: Shape, eps: f32, momentum: f32, out: [Arg; 3]) -> Result<()> {
+        let (c, p) = (ys.c, ys.count());
+        let (nb, chunk) = stage1_split(p);
+        let part = self.workspace(nb * 4 * c)?;
+        let grid = (nb as u32, c.div_ceil(32) as u32, 1);
+        self.launch("norm", "bn_reduce_f16", grid, (32, 8, 1), &[yp, long(p), int(c, "channels")?, long(chunk), part])?;
+        self.bn_finalize(part, nb, ys, eps, momentum, out)
+    }
+
     /// Stage 2 of the BatchNorm statistics of `ys` from `blocks` partials per channel, laid out
     /// [2·C][blocks] f64 (`bn_reduce_f16` or the mma forward conv's epilogue).
     fn bn_finalize(
@@ -403,9 +421,7 @@ impl Gpu {
     /// then `pre_bwd_sums_f32`), into `out`, or into the workspace (returned) when None.
     fn pre_sums(&mut self, dap: Arg, xp: Arg, xs: Shape, pp: PrePtrs, out: Option<Arg>) -> Result<Arg> {
         let (c, p) = (xs.c, xs.count());
-        let nb = p.div_ceil(64).min(512);
-        let chunk = p.div_ceil(nb);
-        let nb = p.div_ceil(chunk);
+        let (nb, chunk) = stage1_split(p);
         let part = self.workspace(nb * 2 * c + 2 * c)?;
         let sums = out.unwrap_or(part + 4 * (nb * 2 * c) as u64);
         let cc = int(c, "channels")?;
@@ -805,7 +821,7 @@ impl Backend for Gpu {
         y: &mut GBuf,
         argmax: &mut GBytes,
         keep: Option<&mut GBuf>,
-        mut stats: Option<BnStats<'_, Self>>,
+        stats: Option<BnStats<'_, Self>>,
     ) -> Result<()> {
         self.begin();
         let cin = xs.c;
@@ -825,8 +841,11 @@ impl Backend for Gpu {
             Some(k) => Some(self.out(k, xs.len(), Dtype::F16, &format!("conv3x3: kept activation {xs:?}"))?),
             None => None,
         };
-        let bn = match stats.as_mut() {
-            Some(s) => Some(self.bn_outputs("conv3x3: ", ys, s.running_mean, s.running_var, s.bn)?),
+        // with stats: (outputs, eps, momentum)
+        let bn = match stats {
+            Some(s) => {
+                Some((self.bn_outputs("conv3x3: ", ys, s.running_mean, s.running_var, s.bn)?, s.eps, s.momentum))
+            }
             None => None,
         };
         let m = if pool { ys.count() * 4 } else { xs.count() };
@@ -844,10 +863,10 @@ impl Backend for Gpu {
             let (ni, hi, wi) = (int(xs.n, "batch")?, int(xs.h, "height")?, int(xs.w, "width")?);
             let args = [xp, ni, hi, wi, int(cin, "cin")?, wp, int(cout, "cout")?, pool as u64, yp, ap, part];
             self.launch("conv", "conv3x3_fwd_mma_f16", grid, (128, 1, 1), &args)?;
-            return match (bn, stats) {
-                (Some(o), Some(s)) if part != 0 => self.bn_finalize(part, grid.0 as usize, ys, s.eps, s.momentum, o),
-                (_, Some(s)) => self.bn_stats(y, ys, s.eps, s.momentum, s.running_mean, s.running_var, s.bn),
-                _ => Ok(()),
+            return match bn {
+                Some((o, eps, mom)) if part != 0 => self.bn_finalize(part, grid.0 as usize, ys, eps, mom, o),
+                Some((o, eps, mom)) => self.bn_from_y(yp, ys, eps, mom, o),
+                None => Ok(()),
             };
         }
         let grid = (blocks_of(m, 64)?, cout.div_ceil(64) as u32, 1);
@@ -868,9 +887,9 @@ impl Backend for Gpu {
             ap,
         ];
         self.launch("conv", "conv3x3_fwd_f16", grid, (128, 1, 1), &args)?;
-        match stats {
+        match bn {
             // the wmma kernel has no statistics epilogue: one more read of y
-            Some(s) => self.bn_stats(y, ys, s.eps, s.momentum, s.running_mean, s.running_var, s.bn),
+            Some((o, eps, mom)) => self.bn_from_y(yp, ys, eps, mom, o),
             None => Ok(()),
         }
     }
@@ -886,18 +905,9 @@ impl Backend for Gpu {
         bn: &mut GBuf,
     ) -> Result<()> {
         self.begin();
-        let (c, p) = (ys.c, ys.count());
         let yp = self.in_f16(y, ys.len(), &format!("bn_stats: y {ys:?}"))?;
         let out = self.bn_outputs("", ys, running_mean, running_var, bn)?;
-        // one read of y: f64 Σy, Σy² per block (2·C f64 = 4·C f32 slots each), then the finalize
-        let nb = p.div_ceil(64).min(512);
-        let chunk = p.div_ceil(nb);
-        let nb = p.div_ceil(chunk);
-        let part = self.workspace(nb * 4 * c)?;
-        let grid = (nb as u32, c.div_ceil(32) as u32, 1);
-        let cc = int(c, "channels")?;
-        self.launch("norm", "bn_reduce_f16", grid, (32, 8, 1), &[yp, long(p), cc, long(chunk), part])?;
-        self.bn_finalize(part, nb, ys, eps, momentum, out)
+        self.bn_from_y(yp, ys, eps, momentum, out)
     }
 
     fn bn_eval(&mut self, running_mean: &GBuf, running_var: &GBuf, eps: f32, bn: &mut GBuf) -> Result<()> {
@@ -1066,9 +1076,9 @@ impl Backend for Gpu {
         };
         // dshift from the sums (threads c < C) and dx (threads i < len)
         let len = if dxp.is_some() { xs.len() } else { 0 };
-        let args = [dap, xp, long(len), int(c, "channels")?, pp.mean, pp.inv, pp.shift, pp.bn, sums, long(xs.count())];
-        let mut args = args.to_vec();
-        args.extend([dsp, dxp.unwrap_or(0)]);
+        let cc = int(c, "channels")?;
+        let args =
+            [dap, xp, long(len), cc, pp.mean, pp.inv, pp.shift, pp.bn, sums, long(xs.count()), dsp, dxp.unwrap_or(0)];
         self.launch1d("norm", "pre_bwd_dx_f16", len.max(c), &args)
     }
 
@@ -1166,7 +1176,6 @@ impl Backend for Gpu {
             self.launch1d("conv", "wgrad_reduce_f32", len, &[out, slices as u64, long(len), dwp])?;
         }
 
-        // Input gradient.
         // Input gradient; with da_sums, pre_bwd's sums too (mma: partials in its epilogue).
         if let Some(dap) = dap {
             if p > 0 {
