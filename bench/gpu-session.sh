@@ -2,8 +2,12 @@
 # What a GPU session runs on the lent machine, in order of value (../shared/docs/GPU.md).
 # The machine has no Rust and no network: build here with
 #   REQUIRE_CUDA_KERNELS=1 cargo build --release
-# copy the data into data/cifar-10-batches-bin/ (two batch files per device call), then carry
-# target/release/speedrun and run, e.g.:
+# then move the data in two device calls instead of four (64 MiB each; tested 2026-11-26):
+#   python3 bench/pack_cifar.py pack ../shared/cifar10/cifar-10-batches-bin data/pk1 data_batch_{1,2,3}.bin
+#   python3 bench/pack_cifar.py pack ../shared/cifar10/cifar-10-batches-bin data/pk2 data_batch_{4,5}.bin test_batch.bin
+#   xz -9 -c target/release/speedrun > data/pk1/speedrun.xz     (needs numpy here; ~59% of raw)
+# carry data/pk1, unpack there (python3 bench/pack_cifar.py unpack data/pk1 data/cifar-10-batches-bin,
+# and lzma-decompress the binary to target/release/speedrun), then data/pk2, and run, e.g.:
 #   bash bench/gpu-session.sh selftest      # every kernel + one training step vs the CPU reference
 #   bash bench/gpu-session.sh bench         # per-kernel timings against their floors
 #   bash bench/gpu-session.sh one           # one timed run with the per-epoch table
