@@ -173,3 +173,38 @@ __device__ __forceinline__ double block_sum_d(double v, double* scratch) {
         for (int i = 0; i < nw; i++) s += scratch[i];
     return s;
 }
+
+// n / d for 0 ≤ n < 2^31 and a runtime divisor d ≥ 1 by multiply-high (Granlund–Montgomery, as
+// CUTLASS's FastDivmod): q = (hi32(n · mul) + n) >> shift, shift = ⌈log2 d⌉,
+// mul = ⌊2^32 · (2^shift − d) / d⌋ + 1. A few instructions instead of a division's ~20 (or a
+// 64-bit division's subroutine call); set up once per thread. d < 1 is treated as 1.
+struct FastDiv {
+    unsigned d, mul, shift;
+    __device__ __forceinline__ explicit FastDiv(int div) {
+        d = div < 1 ? 1u : (unsigned)div;
+        unsigned s = 0;
+        while (s < 31 && (1u << s) < d) s++;
+        shift = s;
+        mul = (unsigned)(((1ull << 32) * ((1ull << s) - d)) / d + 1);
+    }
+    __device__ __forceinline__ int div(int n) const {
+        const unsigned hi = (unsigned)(((unsigned long long)(unsigned)n * mul) >> 32);
+        return (int)((hi + (unsigned)n) >> shift);
+    }
+};
+
+// An N×H×W pixel grid, N·H·W < 2^31 (the host checks): pixel index p = (n·H + y)·W + x.
+struct PixGrid {
+    int H, W;
+    FastDiv hw, w;
+    __device__ __forceinline__ PixGrid(int H_, int W_) : H(H_), W(W_), hw(H_ * W_), w(W_) {}
+    // p → (n, y, x); ok = p < limit (else (0, 0, 0)).
+    __device__ __forceinline__ void at(int p, int limit, int& n, int& yy, int& xx, bool& ok) const {
+        ok = p < limit;
+        const int pp = ok ? p : 0;
+        n = hw.div(pp);
+        const int r = pp - n * (H * W);
+        yy = w.div(r);
+        xx = r - yy * W;
+    }
+};

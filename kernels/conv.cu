@@ -113,12 +113,12 @@ __device__ __forceinline__ uint4 gfull8(const half* __restrict__ dy, const unsig
     r.u = make_uint4(0u, 0u, 0u, 0u);
     if (!ok || yy < 0 || yy >= H || xx < 0 || xx >= W) return r.u;
     if (!pool) {
-        r.u = *reinterpret_cast<const uint4*>(dy + (((long long)n * H + yy) * W + xx) * cout + o);
+        r.u = *reinterpret_cast<const uint4*>(dy + (long long)((n * H + yy) * W + xx) * cout + o);
         return r.u;
     }
     const int PH = H >> 1, PW = W >> 1;
     if (yy >= 2 * PH || xx >= 2 * PW) return r.u;
-    const long long idx = (((long long)n * PH + (yy >> 1)) * PW + (xx >> 1)) * cout + o;
+    const long long idx = (long long)((n * PH + (yy >> 1)) * PW + (xx >> 1)) * cout + o;
     const unsigned char want = (unsigned char)(((yy & 1) << 1) | (xx & 1));
     Half8 d;
     d.u = *reinterpret_cast<const uint4*>(dy + idx);
@@ -130,32 +130,26 @@ __device__ __forceinline__ uint4 gfull8(const half* __restrict__ dy, const unsig
     return r.u;
 }
 
-// Pixel index p of an N×H×W grid → (n, y, x); ok = p < P (else (0, 0, 0)).
-__device__ __forceinline__ void pixel_of(long long p, long long P, int H, int W, int& n, int& yy, int& xx, bool& ok) {
-    ok = p < P;
-    const long long pp = ok ? p : 0;
-    const int per = H * W;
-    n = (int)(pp / per);
-    const int r = (int)(pp - (long long)n * per);
-    yy = r / W;
-    xx = r % W;
-}
 // Rows of the forward GEMM: every pixel, or with pool the pixels of complete 2×2 windows (floor).
 __device__ __forceinline__ long long fwd_gemm_rows(int N, int H, int W, int pool) {
     return pool ? (long long)N * (H >> 1) * (W >> 1) * 4 : (long long)N * H * W;
 }
 // Row m of the forward GEMM → its full-resolution pixel; ok = m < M. With pool the rows
-// enumerate the complete 2×2 windows, 4 consecutive rows a window in order dy·2 + dx.
-__device__ __forceinline__ void fwd_row_pixel(long long m, long long M, int H, int W, int pool, int& n, int& yy,
-                                              int& xx, bool& ok) {
+// enumerate the complete 2×2 windows, 4 consecutive rows a window in order dy·2 + dx. g: the
+// grid the rows enumerate, fwd_row_grid (pixel counts < 2^31: the host checks).
+__device__ __forceinline__ PixGrid fwd_row_grid(int H, int W, int pool) {
+    return pool ? PixGrid(H >> 1, W >> 1) : PixGrid(H, W);
+}
+__device__ __forceinline__ void fwd_row_pixel(int m, int M, const PixGrid& g, int pool, int& n, int& yy, int& xx,
+                                              bool& ok) {
     if (!pool) {
-        pixel_of(m, M, H, W, n, yy, xx, ok);
+        g.at(m, M, n, yy, xx, ok);
         return;
     }
     int wy, wx;
-    pixel_of(m >> 2, M >> 2, H >> 1, W >> 1, n, wy, wx, ok);
-    yy = 2 * wy + (int)((m >> 1) & 1);
-    xx = 2 * wx + (int)(m & 1);
+    g.at(m >> 2, M >> 2, n, wy, wx, ok);
+    yy = 2 * wy + ((m >> 1) & 1);
+    xx = 2 * wx + (m & 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -180,8 +174,9 @@ conv3x3_fwd_f16(const half* __restrict__ x, int N, int H, int W, int cin, const 
     const int r0 = tid >> 2, kc = (tid & 3) * 8;
     int an[2], ay[2], ax[2];
     bool aok[2];
+    const PixGrid g = fwd_row_grid(H, W, pool);
 #pragma unroll
-    for (int i = 0; i < 2; i++) fwd_row_pixel(m0 + r0 + 32 * i, M, H, W, pool, an[i], ay[i], ax[i], aok[i]);
+    for (int i = 0; i < 2; i++) fwd_row_pixel((int)(m0 + r0 + 32 * i), (int)M, g, pool, an[i], ay[i], ax[i], aok[i]);
     __syncthreads();  // s_mean & co.
 
     FragC acc[2][2];
@@ -519,6 +514,15 @@ extern "C" __global__ void wgrad_reduce_f32(const float* __restrict__ part, int 
 #define MA_STAGE (MB * MLD)  // halves; ≥ MK * MLDA_T
 #define MB_STAGE (MN * MLD)  // ≥ MK * MLDB_T
 
+// Advances a GEMM index k = tap·C + c (0 ≤ c < C) by one K step (MK) without a division.
+__device__ __forceinline__ void k_advance(int& tap, int& c, int C) {
+    c += MK;
+    while (c >= C) {
+        c -= C;
+        tap++;
+    }
+}
+
 // One K step (32) of the block tile from stage buffers `as`, `bs` into acc[i][j][·] (the
 // m16n8 tile at warp rows 16i, cols 8j). AT / BT: the stage is k-major (ldmatrix.trans).
 template <bool AT, bool BT>
@@ -678,21 +682,32 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
     const int n0 = blockIdx.y * MN;
     // Staging: this thread copies A rows r0 + 32i (i < 4) and B rows r0 + 32i (i < 2), 8 k at kc.
     const int r0 = tid >> 2, kc = (tid & 3) * 8;
-    int an[4], ay[4], ax[4];
+    int apix[4], ay[4], ax[4];  // the rows' pixels: index (n·H + y)·W + x, y, x
     bool aok[4];
+    const PixGrid g = fwd_row_grid(H, W, pool);
 #pragma unroll
-    for (int i = 0; i < 4; i++) fwd_row_pixel(m0 + r0 + 32 * i, M, H, W, pool, an[i], ay[i], ax[i], aok[i]);
+    for (int i = 0; i < 4; i++) {
+        int n;
+        fwd_row_pixel((int)(m0 + r0 + 32 * i), (int)M, g, pool, n, ay[i], ax[i], aok[i]);
+        apix[i] = (n * H + ay[i]) * W + ax[i];
+    }
+    // this thread's k = t·MK + kc as (tap, ci); issue runs for t = 0, 1, 2, … in order and
+    // advances it one step
+    int tap = 0, ci = kc;
+    while (ci >= cin) {
+        ci -= cin;
+        tap++;
+    }
     uint4 rb[2];
     auto issue = [&](int t, int s) {
         const int k = t * MK + kc;
-        const bool kok = k < K;
-        const int tap = kok ? k / cin : 0, ci = k - tap * cin;
-        const int dy = tap / 3 - 1, dx = tap % 3 - 1;
+        const bool kok = tap < 9;
+        const int dy = tap / 3 - 1, dx = tap - (tap / 3) * 3 - 1, doff = dy * W + dx;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int iy = ay[i] + dy, ix = ax[i] + dx;
-            const bool ok = aok[i] && kok && iy >= 0 && iy < H && ix >= 0 && ix < W;
-            const half* src = ok ? a + (((long long)an[i] * H + iy) * W + ix) * cin + ci : a;
+            const bool ok = aok[i] && kok && (unsigned)iy < (unsigned)H && (unsigned)ix < (unsigned)W;
+            const half* src = ok ? a + (long long)(apix[i] + doff) * cin + ci : a;
             cp_async16(As + s * MA_STAGE + (r0 + 32 * i) * MLD + kc, src, ok ? 16 : 0);
         }
 #pragma unroll
@@ -701,6 +716,7 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
             const bool ok = co < cout && kok;
             rb[i] = w8(w + (ok ? (long long)co * K + k : 0), ok);
         }
+        k_advance(tap, ci, cin);
     };
     auto finish = [&](int s) {
 #pragma unroll
@@ -782,23 +798,37 @@ conv3x3_dgrad_mma_f16(const half* __restrict__ dy, const unsigned char* __restri
     const int br0 = tid >> 3, bc = (tid & 7) * 8;  // B: k rows br0 + 16i (i < 2), cols bc
     int an[4], ay[4], ax[4];
     bool aok[4];
+    const PixGrid g(H, W);
 #pragma unroll
-    for (int i = 0; i < 4; i++) pixel_of(m0 + r0 + 32 * i, M, H, W, an[i], ay[i], ax[i], aok[i]);
+    for (int i = 0; i < 4; i++) g.at((int)(m0 + r0 + 32 * i), (int)M, an[i], ay[i], ax[i], aok[i]);
+    // k = tap·cout + o of this thread's A column (t·MK + kc) and B rows (t·MK + br0 + 16i);
+    // issue runs for t = 0, 1, 2, … in order and advances them one step
+    int tap = 0, o = kc, btap[2] = {0, 0}, bo[2] = {br0, br0 + 16};
+    while (o >= cout) {
+        o -= cout;
+        tap++;
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+        while (bo[i] >= cout) {
+            bo[i] -= cout;
+            btap[i]++;
+        }
     uint4 ra[4], rb[2];
-    auto issue = [&](int t, int) {
-        const int k = t * MK + kc;
-        const bool kok = k < K;
-        const int tap = kok ? k / cout : 0, o = k - tap * cout;
+    auto issue = [&](int, int) {
+        const bool kok = tap < 9;
+        const int dyt = tap / 3 - 1, dxt = tap - (tap / 3) * 3 - 1;
 #pragma unroll
         for (int i = 0; i < 4; i++)  // the gradient at pixel q + off(tap) times w[o][8 − tap][ci]
-            ra[i] = gfull8(dy, am, an[i], ay[i] + tap / 3 - 1, ax[i] + tap % 3 - 1, o, aok[i] && kok, H, W, cout, pool);
+            ra[i] = gfull8(dy, am, an[i], ay[i] + dyt, ax[i] + dxt, o, aok[i] && kok, H, W, cout, pool);
 #pragma unroll
         for (int i = 0; i < 2; i++) {
-            const int kb = t * MK + br0 + 16 * i, ci = n0 + bc;
-            const bool ok = kb < K && ci < cin;
-            const int tb = ok ? kb / cout : 0, ob = kb - tb * cout;
-            rb[i] = w8(w + (ok ? ((long long)ob * 9 + 8 - tb) * cin + ci : 0), ok);
+            const int ci = n0 + bc;
+            const bool ok = btap[i] < 9 && ci < cin;
+            rb[i] = w8(w + (ok ? ((long long)bo[i] * 9 + 8 - btap[i]) * cin + ci : 0), ok);
+            k_advance(btap[i], bo[i], cout);
         }
+        k_advance(tap, o, cout);
     };
     auto finish = [&](int s) {
 #pragma unroll
@@ -859,24 +889,27 @@ conv3x3_wgrad_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, 
     const bool kwok = kw < K;
     const int tap = kwok ? kw / cin : 0, ci = kw - tap * cin;
     const int ody = tap / 3 - 1, odx = tap % 3 - 1;
+    const PixGrid g(H, W);
+    const int pend = (int)p_end, doff = ody * W + odx;
     uint4 rb[2];
     auto issue = [&](int t, int s) {
-        const long long pb = p_begin + (long long)t * MK;
+        const int pb = (int)p_begin + t * MK;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             int n, yy, xx;
             bool ok;
-            pixel_of(pb + ar0 + 8 * i, p_end, H, W, n, yy, xx, ok);
+            const int p = pb + ar0 + 8 * i;
+            g.at(p, pend, n, yy, xx, ok);
             const int iy = yy + ody, ix = xx + odx;
-            ok = ok && kwok && iy >= 0 && iy < H && ix >= 0 && ix < W;
-            const half* src = ok ? a + (((long long)n * H + iy) * W + ix) * cin + ci : a;
+            ok = ok && kwok && (unsigned)iy < (unsigned)H && (unsigned)ix < (unsigned)W;
+            const half* src = ok ? a + (long long)(p + doff) * cin + ci : a;
             cp_async16(As + s * MA_STAGE + (ar0 + 8 * i) * MLDA_T + ac, src, ok ? 16 : 0);
         }
 #pragma unroll
         for (int i = 0; i < 2; i++) {
             int n, yy, xx;
             bool ok;
-            pixel_of(pb + br0 + 16 * i, p_end, H, W, n, yy, xx, ok);
+            g.at(pb + br0 + 16 * i, pend, n, yy, xx, ok);
             const int o = o0 + bc;
             rb[i] = gfull8(dy, am, n, yy, xx, o, ok && o < cout, H, W, cout, pool);
         }

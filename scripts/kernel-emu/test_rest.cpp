@@ -341,7 +341,44 @@ static void test_step_next() {
     report("step_next rows, then exhausted", bad, 0.5);
 }
 
+// FastDiv / PixGrid (common.cuh) against plain division: every divisor up to 4,096 (and large
+// ones), numerators at the multiples' edges, around 2^31, and random.
+static void test_fastdiv() {
+    long long bad = 0;
+    auto check = [&](int d, int n) {
+        const FastDiv f(d);
+        bad += f.div(n) != n / d;
+    };
+    std::vector<int> ds;
+    for (int d = 1; d <= 4096; d++) ds.push_back(d);
+    for (int d : {5000, 65535, 65536, 65537, 1 << 20, 1000003, (1 << 30) - 1, 1 << 30, 2147483647}) ds.push_back(d);
+    for (int d : ds) {
+        for (long long k : {0LL, 1LL, 2LL, 3LL, 7LL, 31LL, 961LL, 1000LL, 65536LL})
+            for (int e = -1; e <= 1; e++) {
+                const long long n = k * d + e;
+                if (n >= 0 && n <= 2147483647LL) check(d, (int)n);
+            }
+        for (int n : {2147483647, 2147483646, 2147483647 - d, 1 << 30})
+            if (n >= 0) check(d, n);
+        for (int r = 0; r < 64; r++) check(d, (int)(rng() & 0x7fffffffu));
+    }
+    long long badp = 0;
+    for (auto hw : {std::array<int, 2>{31, 31}, {15, 15}, {7, 7}, {3, 3}, {1, 1}, {5, 3}, {2, 9}}) {
+        const PixGrid g(hw[0], hw[1]);
+        const int P = 37 * hw[0] * hw[1];
+        for (int p = 0; p < P + 40; p++) {
+            int n, y, x; bool ok;
+            g.at(p, P, n, y, x, ok);
+            const int q = p < P ? p : 0;
+            badp += ok != (p < P) || n != q / (hw[0] * hw[1]) || y != q % (hw[0] * hw[1]) / hw[1] || x != q % hw[1];
+        }
+    }
+    report("FastDiv vs n / d (mismatches)", (double)bad, 0.5);
+    report("PixGrid.at vs division (mismatches)", (double)badp, 0.5);
+}
+
 int main() {
+    test_fastdiv();
     test_bn(3, 5, 3, 24); test_bn(4, 15, 15, 64); test_bn(2, 7, 7, 256);
     test_bn(4, 15, 15, 64, 0.05f, 30.0f);  // mean² ≫ var: the one-pass E[y²] − mean² must not cancel
     test_pre_bwd(3, 5, 3, 40, 1); test_pre_bwd(4, 15, 15, 64, 1); test_pre_bwd(2, 31, 31, 24, 0);
