@@ -559,11 +559,25 @@ __device__ __forceinline__ void mma_kstep(float (&acc)[4][4][4], const half* as,
     }
 }
 
-// The pipeline over nk K steps. issue(t, s): start loading step t into stage s (cp.async copies,
-// and global loads into the caller's registers); finish(s): store those registers into stage s.
-// Step t lives in stage t % 3; one group is committed per step (empty past the end), so
-// "≤ 1 group in flight" at step t means step t has landed. finish for step t + 2 runs after
-// step t's MMAs: its stage held step t − 1, which every warp finished before this step's barrier.
+// The pipeline over nk K steps. issue(P, t, s): start loading step t into stage s (cp.async
+// copies, and global loads into the caller's register set P = t & 1); finish(P, s): store register
+// set P into stage s. Step t lives in stage t % 3; one group is committed per step (empty past the
+// end), so "≤ 1 group in flight" at step t means step t's copies have landed. Step t's loads are
+// issued at the start of step t − 2 and its registers stored after step t − 1's MMAs, so two
+// steps of MMAs cover their latency (two register sets). That stage last held step t − 3, which
+// every warp finished before step t − 2's barrier. The loop is unrolled by two, so P is a
+// constant after inlining; regs_put/regs_get select the set by branch, never by index.
+// Register set P (0 or 1) of a two-set staging array, by branch rather than a run-time index
+// (which would put the array in local memory).
+template <int R> __device__ __forceinline__ void regs_put(uint4 (&r)[2][R], int P, int i, uint4 v) {
+    if (P)
+        r[1][i] = v;
+    else
+        r[0][i] = v;
+}
+template <int R> __device__ __forceinline__ uint4 regs_get(const uint4 (&r)[2][R], int P, int i) {
+    return P ? r[1][i] : r[0][i];
+}
 template <bool AT, bool BT, class Issue, class Finish>
 __device__ __forceinline__ void mma_pipeline(float (&acc)[4][4][4], const half* As, const half* Bs, int nk,
                                              Issue issue, Finish finish) {
@@ -574,22 +588,23 @@ __device__ __forceinline__ void mma_pipeline(float (&acc)[4][4][4], const half* 
         for (int j = 0; j < 4; j++)
 #pragma unroll
             for (int r = 0; r < 4; r++) acc[i][j][r] = 0.f;
-    issue(0, 0);
+    issue(0, 0, 0);
     cp_async_commit();
-    finish(0);
-    if (nk > 1) issue(1, 1);
+    finish(0, 0);
+    if (nk > 1) issue(1, 1, 1);
     cp_async_commit();
-    if (nk > 1) finish(1);
-    for (int t = 0; t < nk; t++) {
+    auto step = [&](int P, int t) {  // P = t & 1
         cp_async_wait<1>();
         __syncthreads();
-        const bool ahead = t + 2 < nk;
-        const int s2 = (t + 2) % MSTAGES;
-        if (ahead) issue(t + 2, s2);
+        if (t + 2 < nk) issue(P, t + 2, (t + 2) % MSTAGES);
         cp_async_commit();
         const int s = t % MSTAGES;
         mma_kstep<AT, BT>(acc, As + s * MA_STAGE, Bs + s * MB_STAGE, lane, wm, wn);
-        if (ahead) finish(s2);
+        if (t + 1 < nk) finish(1 - P, (t + 1) % MSTAGES);
+    };
+    for (int t = 0; t < nk; t += 2) {
+        step(0, t);
+        if (t + 1 < nk) step(1, t + 1);
     }
     cp_async_wait<0>();
 }
@@ -698,8 +713,8 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
         ci -= cin;
         tap++;
     }
-    uint4 rb[2];
-    auto issue = [&](int t, int s) {
+    uint4 rb[2][2];  // [register set][row]
+    auto issue = [&](int P, int t, int s) {
         const int k = t * MK + kc;
         const bool kok = tap < 9;
         const int dy = tap / 3 - 1, dx = tap - (tap / 3) * 3 - 1, doff = dy * W + dx;
@@ -714,13 +729,13 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
         for (int i = 0; i < 2; i++) {
             const int co = n0 + r0 + 32 * i;
             const bool ok = co < cout && kok;
-            rb[i] = w8(w + (ok ? (long long)co * K + k : 0), ok);
+            regs_put(rb, P, i, w8(w + (ok ? (long long)co * K + k : 0), ok));
         }
         k_advance(tap, ci, cin);
     };
-    auto finish = [&](int s) {
+    auto finish = [&](int P, int s) {
 #pragma unroll
-        for (int i = 0; i < 2; i++) *reinterpret_cast<uint4*>(Bs + s * MB_STAGE + (r0 + 32 * i) * MLD + kc) = rb[i];
+        for (int i = 0; i < 2; i++) *reinterpret_cast<uint4*>(Bs + s * MB_STAGE + (r0 + 32 * i) * MLD + kc) = regs_get(rb, P, i);
     };
     float acc[4][4][4];
     mma_pipeline<false, false>(acc, As, Bs, CEIL_DIV(K, MK), issue, finish);
@@ -814,28 +829,28 @@ conv3x3_dgrad_mma_f16(const half* __restrict__ dy, const unsigned char* __restri
             bo[i] -= cout;
             btap[i]++;
         }
-    uint4 ra[4], rb[2];
-    auto issue = [&](int, int) {
+    uint4 ra[2][4], rb[2][2];  // [register set][row]
+    auto issue = [&](int P, int, int) {
         const bool kok = tap < 9;
         const int dyt = tap / 3 - 1, dxt = tap - (tap / 3) * 3 - 1;
 #pragma unroll
         for (int i = 0; i < 4; i++)  // the gradient at pixel q + off(tap) times w[o][8 − tap][ci]
-            ra[i] = gfull8(dy, am, an[i], ay[i] + dyt, ax[i] + dxt, o, aok[i] && kok, H, W, cout, pool);
+            regs_put(ra, P, i, gfull8(dy, am, an[i], ay[i] + dyt, ax[i] + dxt, o, aok[i] && kok, H, W, cout, pool));
 #pragma unroll
         for (int i = 0; i < 2; i++) {
             const int ci = n0 + bc;
             const bool ok = btap[i] < 9 && ci < cin;
-            rb[i] = w8(w + (ok ? ((long long)bo[i] * 9 + 8 - btap[i]) * cin + ci : 0), ok);
+            regs_put(rb, P, i, w8(w + (ok ? ((long long)bo[i] * 9 + 8 - btap[i]) * cin + ci : 0), ok));
             k_advance(btap[i], bo[i], cout);
         }
         k_advance(tap, o, cout);
     };
-    auto finish = [&](int s) {
+    auto finish = [&](int P, int s) {
 #pragma unroll
-        for (int i = 0; i < 4; i++) *reinterpret_cast<uint4*>(As + s * MA_STAGE + (r0 + 32 * i) * MLD + kc) = ra[i];
+        for (int i = 0; i < 4; i++) *reinterpret_cast<uint4*>(As + s * MA_STAGE + (r0 + 32 * i) * MLD + kc) = regs_get(ra, P, i);
 #pragma unroll
         for (int i = 0; i < 2; i++)
-            *reinterpret_cast<uint4*>(Bs + s * MB_STAGE + (br0 + 16 * i) * MLDB_T + bc) = rb[i];
+            *reinterpret_cast<uint4*>(Bs + s * MB_STAGE + (br0 + 16 * i) * MLDB_T + bc) = regs_get(rb, P, i);
     };
     float acc[4][4][4];
     mma_pipeline<false, true>(acc, As, Bs, CEIL_DIV(K, MK), issue, finish);
@@ -891,8 +906,8 @@ conv3x3_wgrad_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, 
     const int ody = tap / 3 - 1, odx = tap % 3 - 1;
     const PixGrid g(H, W);
     const int pend = (int)p_end, doff = ody * W + odx;
-    uint4 rb[2];
-    auto issue = [&](int t, int s) {
+    uint4 rb[2][2];  // [register set][row]
+    auto issue = [&](int P, int t, int s) {
         const int pb = (int)p_begin + t * MK;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
@@ -911,13 +926,13 @@ conv3x3_wgrad_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, 
             bool ok;
             g.at(pb + br0 + 16 * i, pend, n, yy, xx, ok);
             const int o = o0 + bc;
-            rb[i] = gfull8(dy, am, n, yy, xx, o, ok && o < cout, H, W, cout, pool);
+            regs_put(rb, P, i, gfull8(dy, am, n, yy, xx, o, ok && o < cout, H, W, cout, pool));
         }
     };
-    auto finish = [&](int s) {
+    auto finish = [&](int P, int s) {
 #pragma unroll
         for (int i = 0; i < 2; i++)
-            *reinterpret_cast<uint4*>(Bs + s * MB_STAGE + (br0 + 16 * i) * MLDB_T + bc) = rb[i];
+            *reinterpret_cast<uint4*>(Bs + s * MB_STAGE + (br0 + 16 * i) * MLDB_T + bc) = regs_get(rb, P, i);
     };
     const long long span = p_end > p_begin ? p_end - p_begin : 0;
     float acc[4][4][4];

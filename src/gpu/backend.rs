@@ -245,6 +245,16 @@ fn check_len(got: usize, want: usize, what: &str) -> Result<()> {
 }
 
 /// Shape rules of the tensor-core conv kernels.
+/// The conv kernels index pixels (N·H·W) in 32 bits (kernels/common.cuh `PixGrid`).
+fn check_pixels(op: &str, xs: Shape) -> Result<()> {
+    check(xs.count() <= i32::MAX as usize, || {
+        format!(
+            "{op}: {xs:?} has {} pixels; the conv kernels support at most 2^31 − 1 (use a smaller batch)",
+            xs.count()
+        )
+    })
+}
+
 fn check_channels(op: &str, cin: usize, cout: usize) -> Result<()> {
     check(cin % 8 == 0 && cout % 8 == 0 && cin > 0 && cout > 0, || {
         format!(
@@ -826,6 +836,7 @@ impl Backend for Gpu {
         self.begin();
         let cin = xs.c;
         check_channels("conv3x3", cin, cout)?;
+        check_pixels("conv3x3", xs)?;
         let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
         let xp = self.in_f16(x, xs.len(), &format!("conv3x3: x {xs:?}"))?;
         let pp = self.pre_ptrs(pre, cin, "conv3x3")?;
@@ -1100,6 +1111,7 @@ impl Backend for Gpu {
         self.begin();
         let cin = xs.c;
         check_channels("conv3x3_bwd", cin, cout)?;
+        check_pixels("conv3x3_bwd", xs)?;
         check(da.is_some() || da_sums.is_none(), || "conv3x3_bwd: da_sums needs da".to_string())?;
         let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
         let k = 9 * cin;
@@ -1401,6 +1413,15 @@ fn blocks_of(n: usize, per: usize) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conv_pixel_count_fits_32_bits() {
+        let at = |n| Shape { n, h: 31, w: 31, c: 24 };
+        let most = i32::MAX as usize / (31 * 31);
+        assert!(check_pixels("conv3x3", at(most)).is_ok());
+        let e = check_pixels("conv3x3", at(most + 1)).unwrap_err().to_string();
+        assert!(e.contains("at most 2^31 − 1") && e.contains("conv3x3"), "{e}");
+    }
 
     #[test]
     fn ptx_parameter_lists_are_read() {
