@@ -486,6 +486,24 @@ extern "C" __global__ void act_f16(const half* __restrict__ x, long long len8, i
     reinterpret_cast<uint4*>(a)[i] = r.u;
 }
 
+// g = the full-resolution output gradient of a pooled conv: g[n][y][x][c] = dy[n][y/2][x/2][c]
+// at the window's argmax position, 0 elsewhere and on a dropped odd last row/column (gfull8).
+// N×H×W×C, C % 8 == 0, N·H·W·C/8 < 2^31; 8 channels per thread, grid-stride. The mma dgrad and
+// wgrad then read g with plain cp.async gathers, the argmax select done once instead of per tap.
+extern "C" __global__ void unpool_f16(const half* __restrict__ dy, const unsigned char* __restrict__ am, int N, int H,
+                                      int W, int C, half* __restrict__ g) {
+    const int c8 = C >> 3, P = N * H * W, total = P * c8;  // < 2^31: the host checks
+    const PixGrid pg(H, W);
+    const FastDiv per(c8);
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int p = per.div(i), c = (i - p * c8) * 8;
+        int n, yy, xx;
+        bool ok;
+        pg.at(p, P, n, yy, xx, ok);
+        *reinterpret_cast<uint4*>(g + (long long)p * C + c) = gfull8(dy, am, n, yy, xx, c, ok, H, W, C, 1);
+    }
+}
+
 extern "C" __global__ void wgrad_reduce_f32(const float* __restrict__ part, int slices, long long len,
                                             float* __restrict__ dw) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -789,18 +807,20 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
 #endif
 }
 
-// Same contract as conv3x3_dgrad_f16. M = input pixels, N = cin, K = 9·cout (k = tap'·cout + o).
-// A = unpool(dy) [pixels][k] through registers (the argmax select), B = w flipped [k][cin] fp32
-// → fp16 through registers, read with ldmatrix.trans.
+// Same contract as conv3x3_dgrad_f16, but from the full-resolution output gradient g (NHWC,
+// cout channels at every input pixel: dy itself, or unpool_f16's output where the layer pools).
+// M = input pixels, N = cin, K = 9·cout (k = tap'·cout + o). A = g gathered [pixels][k] by
+// cp.async (zero fill outside the image), B = w flipped [k][cin] fp32 → fp16 through registers,
+// read with ldmatrix.trans.
 // part (may be null): pre_bwd's partial sums of the stored da for the layer input x (raw, NHWC
 // fp16) and its pre (pmean, pinv, pshift, bn: 0 bias, 1 BatchNorm): Σdu and Σdu·x̂ with
 // du = da·GELU′(pre(x)), as chan_reduce_f16 (norm.cu) takes them, f32 per lane, [2·cin]
 // [gridDim.x] (mma_col_partials), for pre_bwd_sums_f32. grid (ceil(P/128), ceil(cin/64)), block 128.
 extern "C" __global__ void __launch_bounds__(128)
-conv3x3_dgrad_mma_f16(const half* __restrict__ dy, const unsigned char* __restrict__ am, int N, int H, int W, int cin,
-                      int cout, int pool, const float* __restrict__ w, half* __restrict__ da,
-                      const half* __restrict__ x, const float* __restrict__ pmean, const float* __restrict__ pinv,
-                      const float* __restrict__ pshift, int bn, float* __restrict__ part) {
+conv3x3_dgrad_mma_f16(const half* __restrict__ g, int N, int H, int W, int cin, int cout, const float* __restrict__ w,
+                      half* __restrict__ da, const half* __restrict__ x, const float* __restrict__ pmean,
+                      const float* __restrict__ pinv, const float* __restrict__ pshift, int bn,
+                      float* __restrict__ part) {
 #if ARCH_SM80
     __shared__ __align__(128) half As[MSTAGES * MA_STAGE];
     __shared__ __align__(128) half Bs[MSTAGES * MB_STAGE];
@@ -811,11 +831,15 @@ conv3x3_dgrad_mma_f16(const half* __restrict__ dy, const unsigned char* __restri
     const int n0 = blockIdx.y * MN;
     const int r0 = tid >> 2, kc = (tid & 3) * 8;   // A: rows r0 + 32i (i < 4), k offset kc
     const int br0 = tid >> 3, bc = (tid & 7) * 8;  // B: k rows br0 + 16i (i < 2), cols bc
-    int an[4], ay[4], ax[4];
+    int apix[4], ay[4], ax[4];  // the rows' pixels: index, y, x
     bool aok[4];
-    const PixGrid g(H, W);
+    const PixGrid pg(H, W);
 #pragma unroll
-    for (int i = 0; i < 4; i++) g.at((int)(m0 + r0 + 32 * i), (int)M, an[i], ay[i], ax[i], aok[i]);
+    for (int i = 0; i < 4; i++) {
+        int n;
+        apix[i] = (int)(m0 + r0 + 32 * i);
+        pg.at(apix[i], (int)M, n, ay[i], ax[i], aok[i]);
+    }
     // k = tap·cout + o of this thread's A column (t·MK + kc) and B rows (t·MK + br0 + 16i);
     // issue runs for t = 0, 1, 2, … in order and advances them one step
     int tap = 0, o = kc, btap[2] = {0, 0}, bo[2] = {br0, br0 + 16};
@@ -829,13 +853,17 @@ conv3x3_dgrad_mma_f16(const half* __restrict__ dy, const unsigned char* __restri
             bo[i] -= cout;
             btap[i]++;
         }
-    uint4 ra[2][4], rb[2][2];  // [register set][row]
-    auto issue = [&](int P, int, int) {
+    uint4 rb[2][2];  // [register set][row]
+    auto issue = [&](int P, int, int s) {
         const bool kok = tap < 9;
-        const int dyt = tap / 3 - 1, dxt = tap - (tap / 3) * 3 - 1;
+        const int dyt = tap / 3 - 1, dxt = tap - (tap / 3) * 3 - 1, doff = dyt * W + dxt;
 #pragma unroll
-        for (int i = 0; i < 4; i++)  // the gradient at pixel q + off(tap) times w[o][8 − tap][ci]
-            regs_put(ra, P, i, gfull8(dy, am, an[i], ay[i] + dyt, ax[i] + dxt, o, aok[i] && kok, H, W, cout, pool));
+        for (int i = 0; i < 4; i++) {  // the gradient at pixel q + off(tap) times w[o][8 − tap][ci]
+            const int iy = ay[i] + dyt, ix = ax[i] + dxt;
+            const bool ok = aok[i] && kok && (unsigned)iy < (unsigned)H && (unsigned)ix < (unsigned)W;
+            const half* src = ok ? g + (long long)(apix[i] + doff) * cout + o : g;
+            cp_async16(As + s * MA_STAGE + (r0 + 32 * i) * MLD + kc, src, ok ? 16 : 0);
+        }
 #pragma unroll
         for (int i = 0; i < 2; i++) {
             const int ci = n0 + bc;
@@ -846,8 +874,6 @@ conv3x3_dgrad_mma_f16(const half* __restrict__ dy, const unsigned char* __restri
         k_advance(tap, o, cout);
     };
     auto finish = [&](int P, int s) {
-#pragma unroll
-        for (int i = 0; i < 4; i++) *reinterpret_cast<uint4*>(As + s * MA_STAGE + (r0 + 32 * i) * MLD + kc) = regs_get(ra, P, i);
 #pragma unroll
         for (int i = 0; i < 2; i++)
             *reinterpret_cast<uint4*>(Bs + s * MB_STAGE + (br0 + 16 * i) * MLDB_T + bc) = regs_get(rb, P, i);
@@ -882,12 +908,13 @@ conv3x3_dgrad_mma_f16(const half* __restrict__ dy, const unsigned char* __restri
 
 // Same contract as conv3x3_wgrad_f16 with bn = 2 (out is [slices][cout][9·cin], slice z covers
 // pixels [z·chunk, min(P, (z+1)·chunk)), chunk a multiple of 32), computed transposed:
-// M = 9·cin (weight column kw), N = cout, K = pixels. A = im2col(a) [pixels][kw] by cp.async,
-// B = unpool(dy) [pixels][cout] through registers; both read with ldmatrix.trans.
+// M = 9·cin (weight column kw), N = cout, K = pixels. A = im2col(a) [pixels][kw], B = g, the
+// full-resolution output gradient [pixels][cout] (dy, or unpool_f16's output where the layer
+// pools), both by cp.async and read with ldmatrix.trans.
 // grid (ceil(9·cin/128), ceil(cout/64), slices), block 128.
 extern "C" __global__ void __launch_bounds__(128)
-conv3x3_wgrad_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, const half* __restrict__ dy,
-                      const unsigned char* __restrict__ am, int cout, int pool, float* __restrict__ out, int chunk) {
+conv3x3_wgrad_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, const half* __restrict__ g, int cout,
+                      float* __restrict__ out, int chunk) {
 #if ARCH_SM80
     __shared__ __align__(128) half As[MSTAGES * MA_STAGE];
     __shared__ __align__(128) half Bs[MSTAGES * MB_STAGE];
@@ -904,17 +931,16 @@ conv3x3_wgrad_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, 
     const bool kwok = kw < K;
     const int tap = kwok ? kw / cin : 0, ci = kw - tap * cin;
     const int ody = tap / 3 - 1, odx = tap % 3 - 1;
-    const PixGrid g(H, W);
+    const PixGrid pg(H, W);
     const int pend = (int)p_end, doff = ody * W + odx;
-    uint4 rb[2][2];  // [register set][row]
-    auto issue = [&](int P, int t, int s) {
+    auto issue = [&](int, int t, int s) {
         const int pb = (int)p_begin + t * MK;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             int n, yy, xx;
             bool ok;
             const int p = pb + ar0 + 8 * i;
-            g.at(p, pend, n, yy, xx, ok);
+            pg.at(p, pend, n, yy, xx, ok);
             const int iy = yy + ody, ix = xx + odx;
             ok = ok && kwok && (unsigned)iy < (unsigned)H && (unsigned)ix < (unsigned)W;
             const half* src = ok ? a + (long long)(p + doff) * cin + ci : a;
@@ -922,18 +948,12 @@ conv3x3_wgrad_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, 
         }
 #pragma unroll
         for (int i = 0; i < 2; i++) {
-            int n, yy, xx;
-            bool ok;
-            g.at(pb + br0 + 16 * i, pend, n, yy, xx, ok);
-            const int o = o0 + bc;
-            regs_put(rb, P, i, gfull8(dy, am, n, yy, xx, o, ok && o < cout, H, W, cout, pool));
+            const int p = pb + br0 + 16 * i, o = o0 + bc;
+            const bool ok = p < pend && o < cout;
+            cp_async16(Bs + s * MB_STAGE + (br0 + 16 * i) * MLDB_T + bc, ok ? g + (long long)p * cout + o : g, ok ? 16 : 0);
         }
     };
-    auto finish = [&](int P, int s) {
-#pragma unroll
-        for (int i = 0; i < 2; i++)
-            *reinterpret_cast<uint4*>(Bs + s * MB_STAGE + (br0 + 16 * i) * MLDB_T + bc) = regs_get(rb, P, i);
-    };
+    auto finish = [](int, int) {};
     const long long span = p_end > p_begin ? p_end - p_begin : 0;
     float acc[4][4][4];
     mma_pipeline<true, true>(acc, As, Bs, (int)CEIL_DIV(span, (long long)MK), issue, finish);

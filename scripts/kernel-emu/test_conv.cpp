@@ -135,6 +135,17 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
     }
     std::vector<half> dyh(ylen); for (size_t i = 0; i < ylen; i++) dyh[i] = (half)dy[i];
     std::vector<unsigned char> amu(amref); if (amu.empty()) amu.resize(8);
+    // the mma backward reads the full-resolution gradient: dy itself, or unpool_f16's output
+    // (fewer blocks than values / 256: the grid-stride loop is exercised)
+    std::vector<half> gfull((size_t)N * H * W * cout, (half)NAN);
+    if (pool) {
+        const int total = N * H * W * (cout / 8);
+        launch(dim3{(unsigned)std::max(1, total / 256 / 3), 1, 1}, dim3{256, 1, 1}, [&] { unpool_f16(dyh.data(), amu.data(), N, H, W, cout, gfull.data()); });
+        long long bad = 0;
+        for (size_t i = 0; i < gfull.size(); i++) bad += !((double)(float)gfull[i] == g[i]);
+        printf("  unpool_f16: %lld of %zu values differ from the reference %s\n", bad, gfull.size(), bad ? "FAIL" : "PASS");
+        fails += bad > 0;
+    } else gfull = dyh;
     // wgrad with slices
     long long P = (long long)N * H * W;
     for (int slices_target : {1, 3}) {
@@ -157,7 +168,7 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         std::vector<float> part2((size_t)slices * cout * K, NAN), dw2((size_t)cout * K, NAN);
         float* dst = slices == 1 ? dw2.data() : part2.data();
         dim3 gm{(unsigned)((K + 127) / 128), (unsigned)((cout + 63) / 64), (unsigned)slices};
-        launch(gm, block, [&] { conv3x3_wgrad_mma_f16(ah.data(), N, H, W, cin, dyh.data(), amu.data(), cout, pool, dst, (int)chunk); });
+        launch(gm, block, [&] { conv3x3_wgrad_mma_f16(ah.data(), N, H, W, cin, gfull.data(), cout, dst, (int)chunk); });
         if (slices > 1) {
             long long len = (long long)cout * K;
             launch(dim3{(unsigned)((len + 255) / 256), 1, 1}, dim3{256, 1, 1}, [&] { wgrad_reduce_f32(part2.data(), slices, len, dw2.data()); });
@@ -176,7 +187,7 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
     report("dgrad", N, H, W, cin, cout, pool, bn, relerr(dag, daref), 1e-2);
     std::vector<half> da2(x.size(), (half)NAN);
     dim3 gdm{(unsigned)((P + 127) / 128), (unsigned)((cin + 63) / 64), 1};
-    launch(gdm, block, [&] { conv3x3_dgrad_mma_f16(dyh.data(), amu.data(), N, H, W, cin, cout, pool, w.data(), da2.data(), nullptr, nullptr, nullptr, nullptr, 0, nullptr); });
+    launch(gdm, block, [&] { conv3x3_dgrad_mma_f16(gfull.data(), N, H, W, cin, cout, w.data(), da2.data(), nullptr, nullptr, nullptr, nullptr, 0, nullptr); });
     std::vector<double> dag2(da2.size()); for (size_t i = 0; i < da2.size(); i++) dag2[i] = (double)(float)da2[i];
     report("dgrad mma", N, H, W, cin, cout, pool, bn, relerr(dag2, daref), 1e-2);
     int same_da = memcmp(da.data(), da2.data(), da.size() * 2) == 0;
@@ -188,7 +199,7 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         std::vector<half> da3(x.size(), (half)NAN);
         std::vector<float> part((size_t)2 * cin * gdm.x, NAN), sums(2 * cin, NAN);
         const float* pm = bn ? bnbuf.data() : nullptr; const float* pi = bn ? bnbuf.data() + cin : nullptr;
-        launch(gdm, block, [&] { conv3x3_dgrad_mma_f16(dyh.data(), amu.data(), N, H, W, cin, cout, pool, w.data(), da3.data(), xh.data(), pm, pi, shift.data(), bn, part.data()); });
+        launch(gdm, block, [&] { conv3x3_dgrad_mma_f16(gfull.data(), N, H, W, cin, cout, w.data(), da3.data(), xh.data(), pm, pi, shift.data(), bn, part.data()); });
         launch(dim3{(unsigned)cin, 1, 1}, dim3{CHAN_FIN_THREADS, 1, 1}, [&] { pre_bwd_sums_f32(part.data(), (int)gdm.x, cin, sums.data()); });
         int same = memcmp(da.data(), da3.data(), da.size() * 2) == 0;
         printf("  dgrad mma with pre_bwd sums: da unchanged: %s\n", same ? "PASS" : "FAIL");

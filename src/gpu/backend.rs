@@ -1150,7 +1150,24 @@ impl Backend for Gpu {
         let chunk = p.div_ceil(slices).div_ceil(32).max(1) * 32;
         let slices = p.div_ceil(chunk).max(1);
         let len = cout * k;
-        let out = if slices == 1 { dwp } else { self.workspace(slices * len)? };
+        // One workspace: on the mma path where the layer pools, the full-resolution output
+        // gradient (unpool_f16) first, for both GEMMs; then the wgrad slices (reduced before the
+        // dgrad runs) or the dgrad's epilogue partials.
+        let full = if mma && pool { (p * cout).div_ceil(2).next_multiple_of(64) } else { 0 };
+        let dgrad_blocks = blocks_of(p.max(1), 128)? as usize;
+        let epilogue = mma && dap.is_some() && sums.is_some() && self.epilogue_sums;
+        let parts = (if slices > 1 { slices * len } else { 0 }).max(if epilogue { dgrad_blocks * 2 * cin } else { 0 });
+        let ws = if full + parts > 0 { self.workspace(full + parts)? } else { 0 };
+        let ws_parts = ws + 4 * full as u64;
+        let (gp, gap, gpool) = if full > 0 {
+            check(p * cout / 8 < 1 << 30, || format!("conv3x3_bwd: {xs:?}×{cout} is too large to unpool"))?;
+            let args = [dyp, ap, ni, hi, wi, co, ws];
+            self.launch1d("conv", "unpool_f16", p * cout / 8, &args)?;
+            (ws, 0, false)
+        } else {
+            (dyp, ap, pool)
+        };
+        let out = if slices == 1 { dwp } else { ws_parts };
         let (xp, pp) = match kept {
             Some(a) => {
                 let what = format!("conv3x3_bwd: kept activation {xs:?}");
@@ -1162,7 +1179,7 @@ impl Backend for Gpu {
         };
         let grid = (k.div_ceil(k_tile) as u32, cout.div_ceil(64) as u32, slices as u32);
         if mma {
-            let args = [xp, ni, hi, wi, ci, dyp, ap, co, pool as u64, out, int(chunk, "pixel chunk")?];
+            let args = [xp, ni, hi, wi, ci, gp, co, out, int(chunk, "pixel chunk")?];
             self.launch("conv", "conv3x3_wgrad_mma_f16", grid, (128, 1, 1), &args)?;
         } else {
             let args = [
@@ -1191,16 +1208,11 @@ impl Backend for Gpu {
         // Input gradient; with da_sums, pre_bwd's sums too (mma: partials in its epilogue).
         if let Some(dap) = dap {
             if p > 0 {
-                let args = [dyp, ap, ni, hi, wi, ci, co, pool as u64, wp, dap];
                 if mma {
-                    let grid = (blocks_of(p, 128)?, cin.div_ceil(64) as u32, 1);
-                    let part = match sums {
-                        Some(_) if self.epilogue_sums => self.workspace(grid.0 as usize * 2 * cin)?,
-                        _ => 0,
-                    };
+                    let grid = (dgrad_blocks as u32, cin.div_ceil(64) as u32, 1);
+                    let part = if epilogue { ws_parts } else { 0 };
                     let pr = pre_raw;
-                    let mut args = args.to_vec();
-                    args.extend([x_raw, pr.mean, pr.inv, pr.shift, pr.bn, part]);
+                    let args = [gp, ni, hi, wi, ci, co, wp, dap, x_raw, pr.mean, pr.inv, pr.shift, pr.bn, part];
                     self.launch("conv", "conv3x3_dgrad_mma_f16", grid, (128, 1, 1), &args)?;
                     match sums {
                         Some(sp) if part != 0 => self.pre_sums_finalize(part, grid.0 as usize, cin, sp)?,
@@ -1209,6 +1221,7 @@ impl Backend for Gpu {
                     }
                 } else {
                     let grid = (blocks_of(p, 64)?, cin.div_ceil(64) as u32, 1);
+                    let args = [gp, gap, ni, hi, wi, ci, co, gpool as u64, wp, dap];
                     self.launch("conv", "conv3x3_dgrad_f16", grid, (128, 1, 1), &args)?;
                     if let Some(sp) = sums {
                         // the wmma kernel has no sums epilogue: one more read
@@ -1449,8 +1462,9 @@ mod tests {
         let table: &[(&str, &str, &str)] = &[
             ("conv", "conv3x3_fwd_f16", "PIIIIPPPIPIIPP"),
             ("conv", "conv3x3_fwd_mma_f16", "PIIIIPIIPPP"),
-            ("conv", "conv3x3_dgrad_mma_f16", "PPIIIIIIPPPPPPIP"),
-            ("conv", "conv3x3_wgrad_mma_f16", "PIIIIPPIIPI"),
+            ("conv", "conv3x3_dgrad_mma_f16", "PIIIIIPPPPPPIP"),
+            ("conv", "conv3x3_wgrad_mma_f16", "PIIIIPIPI"),
+            ("conv", "unpool_f16", "PPIIIIP"),
             ("conv", "conv3x3_dgrad_f16", "PPIIIIIIPP"),
             ("conv", "conv3x3_wgrad_f16", "PIIIIPPPIPPIIPI"),
             ("conv", "wgrad_reduce_f32", "PIPP"),

@@ -76,8 +76,9 @@ pub struct Gpu {
     modules: BTreeMap<&'static str, (Arc<CudaModule>, Image)>,
     /// Which convolution kernels `conv3x3` / `conv3x3_bwd` launch (see [`ConvPath`]).
     pub conv_path: ConvPath,
-    /// Whether the mma convs take the BatchNorm sums in their epilogues (default); off
-    /// ([`SUMS_ENV`]`=0`), they run as separate reductions, as on the wmma path: for measuring.
+    /// Whether the mma convs take the BatchNorm sums in their epilogues ([`SUMS_ENV`]`=1`), or
+    /// run them as separate reductions as on the wmma path (default: on an H200 the whole step
+    /// was 0.85 ms faster that way, bench/logs/2026-11-26-h200-bench-pass2.log).
     pub epilogue_sums: bool,
     /// Kernel handles, workspace and temporaries of the `Backend` ops (src/gpu/backend.rs).
     ops: backend::OpState,
@@ -101,8 +102,8 @@ pub const SUMS_ENV: &str = "SPEEDRUN_EPILOGUE_SUMS";
 /// [`SUMS_ENV`]'s value (None: unset) as a switch; anything but 0 or 1 is an error.
 pub fn epilogue_sums(env: Option<&str>) -> Result<bool> {
     match env.map(str::trim).filter(|v| !v.is_empty()) {
-        None | Some("1") => Ok(true),
-        Some("0") => Ok(false),
+        Some("1") => Ok(true),
+        None | Some("0") => Ok(false),
         Some(v) => Err(Error::Gpu(format!("{SUMS_ENV}={v:?}: expected 0 or 1"))),
     }
 }
