@@ -486,6 +486,24 @@ extern "C" __global__ void act_f16(const half* __restrict__ x, long long len8, i
     reinterpret_cast<uint4*>(a)[i] = r.u;
 }
 
+// fp16 copies of a conv weight w [cout][9][cin] (fp32) for the mma kernels' cp.async B tiles:
+// wf [cout][9·cin] (the same layout: the forward's B) and wt [9·cout][cin] with
+// wt[(8 − tap)·cout + o][ci] = w[o][tap][ci] (dgrad's B, flipped and channel-swapped). Either may
+// be null. cout·9·cin < 2^31; grid-stride.
+extern "C" __global__ void conv_weights_f16(const float* __restrict__ w, int cout, int cin, half* __restrict__ wf,
+                                            half* __restrict__ wt) {
+    const int k = 9 * cin, n = cout * k;
+    const FastDiv byk(k), byc(cin);
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        const half h = __float2half(w[i]);
+        if (wf) wf[i] = h;
+        if (wt) {
+            const int o = byk.div(i), r = i - o * k, tap = byc.div(r), ci = r - tap * cin;
+            wt[((8 - tap) * cout + o) * cin + ci] = h;
+        }
+    }
+}
+
 // g = the full-resolution output gradient of a pooled conv: g[n][y][x][c] = dy[n][y/2][x/2][c]
 // at the window's argmax position, 0 elsewhere and on a dropped odd last row/column (gfull8).
 // N×H×W×C, C % 8 == 0, N·H·W·C/8 < 2^31; 8 channels per thread, grid-stride. The mma dgrad and
@@ -577,28 +595,14 @@ __device__ __forceinline__ void mma_kstep(float (&acc)[4][4][4], const half* as,
     }
 }
 
-// The pipeline over nk K steps. issue(P, t, s): start loading step t into stage s (cp.async
-// copies, and global loads into the caller's register set P = t & 1); finish(P, s): store register
-// set P into stage s. Step t lives in stage t % 3; one group is committed per step (empty past the
-// end), so "≤ 1 group in flight" at step t means step t's copies have landed. Step t's loads are
-// issued at the start of step t − 2 and its registers stored after step t − 1's MMAs, so two
-// steps of MMAs cover their latency (two register sets). That stage last held step t − 3, which
-// every warp finished before step t − 2's barrier. The loop is unrolled by two, so P is a
-// constant after inlining; regs_put/regs_get select the set by branch, never by index.
-// Register set P (0 or 1) of a two-set staging array, by branch rather than a run-time index
-// (which would put the array in local memory).
-template <int R> __device__ __forceinline__ void regs_put(uint4 (&r)[2][R], int P, int i, uint4 v) {
-    if (P)
-        r[1][i] = v;
-    else
-        r[0][i] = v;
-}
-template <int R> __device__ __forceinline__ uint4 regs_get(const uint4 (&r)[2][R], int P, int i) {
-    return P ? r[1][i] : r[0][i];
-}
-template <bool AT, bool BT, class Issue, class Finish>
+// The pipeline over nk K steps, every operand by cp.async. issue(t, s): start copying step t
+// into stage s. Step t lives in stage t % 3, issued at the start of step t − 2 into the stage
+// that held step t − 3, which every warp finished before step t − 2's barrier; one group is
+// committed per step (empty past the end), so "≤ 1 group in flight" at step t means step t has
+// landed.
+template <bool AT, bool BT, class Issue>
 __device__ __forceinline__ void mma_pipeline(float (&acc)[4][4][4], const half* As, const half* Bs, int nk,
-                                             Issue issue, Finish finish) {
+                                             Issue issue) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 1, wn = warp & 1;
 #pragma unroll
     for (int i = 0; i < 4; i++)
@@ -606,23 +610,17 @@ __device__ __forceinline__ void mma_pipeline(float (&acc)[4][4][4], const half* 
         for (int j = 0; j < 4; j++)
 #pragma unroll
             for (int r = 0; r < 4; r++) acc[i][j][r] = 0.f;
-    issue(0, 0, 0);
+    issue(0, 0);
     cp_async_commit();
-    finish(0, 0);
-    if (nk > 1) issue(1, 1, 1);
+    if (nk > 1) issue(1, 1);
     cp_async_commit();
-    auto step = [&](int P, int t) {  // P = t & 1
+    for (int t = 0; t < nk; t++) {
         cp_async_wait<1>();
         __syncthreads();
-        if (t + 2 < nk) issue(P, t + 2, (t + 2) % MSTAGES);
+        if (t + 2 < nk) issue(t + 2, (t + 2) % MSTAGES);
         cp_async_commit();
         const int s = t % MSTAGES;
         mma_kstep<AT, BT>(acc, As + s * MA_STAGE, Bs + s * MB_STAGE, lane, wm, wn);
-        if (t + 1 < nk) finish(1 - P, (t + 1) % MSTAGES);
-    };
-    for (int t = 0; t < nk; t += 2) {
-        step(0, t);
-        if (t + 1 < nk) step(1, t + 1);
     }
     cp_async_wait<0>();
 }
@@ -694,16 +692,15 @@ __device__ __forceinline__ void store_f16_pair(half* out, long long m, long long
     if (m < M && c < C) *reinterpret_cast<unsigned*>(out + m * C + c) = pack_half2(__float2half(v0), __float2half(v1));
 }
 
-// Same contract as conv3x3_fwd_f16 with bn = 2. A = im2col(a) [pixels][k] by cp.async (zero
-// fill outside the image), B = w [cout][k] fp32 → fp16 through registers. With pool, the four
+// Same contract as conv3x3_fwd_f16 with bn = 2, but the weights as fp16 (wf, conv_weights_f16).
+// A = im2col(a) [pixels][k] by cp.async (zero fill outside the image), B = wf [cout][k] by cp.async. With pool, the four
 // rows of a 2×2 window (consecutive m) sit in lanes 4 apart (rows g..g+3 of an m16 tile): their
 // values are gathered with shuffles and the first maximum is taken in window order.
 // part (may be null): the BatchNorm partial sums of the stored y (fp16 values, pooled when pool)
 // per block row, [2·cout][gridDim.x] f64 (mma_col_partials), for bn_finalize_f32.
-// grid (ceil(M/128), ceil(cout/64)), block 128. (min blocks 1: with the statistics epilogue,
-// ptxas 12.9 for sm_90 otherwise squeezes it to 128 registers and spills.)
-extern "C" __global__ void __launch_bounds__(128, 1)
-conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, const float* __restrict__ w, int cout,
+// grid (ceil(M/128), ceil(cout/64)), block 128.
+extern "C" __global__ void __launch_bounds__(128, 4)
+conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, const half* __restrict__ wf, int cout,
                     int pool, half* __restrict__ y, unsigned char* __restrict__ argmax, double* __restrict__ part) {
 #if ARCH_SM80
     __shared__ __align__(128) half As[MSTAGES * MA_STAGE];
@@ -731,8 +728,7 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
         ci -= cin;
         tap++;
     }
-    uint4 rb[2][2];  // [register set][row]
-    auto issue = [&](int P, int t, int s) {
+    auto issue = [&](int t, int s) {
         const int k = t * MK + kc;
         const bool kok = tap < 9;
         const int dy = tap / 3 - 1, dx = tap - (tap / 3) * 3 - 1, doff = dy * W + dx;
@@ -747,16 +743,13 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
         for (int i = 0; i < 2; i++) {
             const int co = n0 + r0 + 32 * i;
             const bool ok = co < cout && kok;
-            regs_put(rb, P, i, w8(w + (ok ? (long long)co * K + k : 0), ok));
+            const half* src = ok ? wf + (long long)co * K + k : wf;
+            cp_async16(Bs + s * MB_STAGE + (r0 + 32 * i) * MLD + kc, src, ok ? 16 : 0);
         }
         k_advance(tap, ci, cin);
     };
-    auto finish = [&](int P, int s) {
-#pragma unroll
-        for (int i = 0; i < 2; i++) *reinterpret_cast<uint4*>(Bs + s * MB_STAGE + (r0 + 32 * i) * MLD + kc) = regs_get(rb, P, i);
-    };
     float acc[4][4][4];
-    mma_pipeline<false, false>(acc, As, Bs, CEIL_DIV(K, MK), issue, finish);
+    mma_pipeline<false, false>(acc, As, Bs, CEIL_DIV(K, MK), issue);
 
     double (*red)[MN][2] = mma_spare_stage<double>(As, CEIL_DIV(K, MK));  // [wm][column][Σy | Σy²]
     double sum[2] = {0.0, 0.0}, sq[2] = {0.0, 0.0};  // this lane's, of its current column pair
@@ -810,14 +803,14 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
 // Same contract as conv3x3_dgrad_f16, but from the full-resolution output gradient g (NHWC,
 // cout channels at every input pixel: dy itself, or unpool_f16's output where the layer pools).
 // M = input pixels, N = cin, K = 9·cout (k = tap'·cout + o). A = g gathered [pixels][k] by
-// cp.async (zero fill outside the image), B = w flipped [k][cin] fp32 → fp16 through registers,
-// read with ldmatrix.trans.
+// cp.async (zero fill outside the image), B = wt [k][cin] (conv_weights_f16: w flipped and
+// channel-swapped, fp16) by cp.async, read with ldmatrix.trans.
 // part (may be null): pre_bwd's partial sums of the stored da for the layer input x (raw, NHWC
 // fp16) and its pre (pmean, pinv, pshift, bn: 0 bias, 1 BatchNorm): Σdu and Σdu·x̂ with
 // du = da·GELU′(pre(x)), as chan_reduce_f16 (norm.cu) takes them, f32 per lane, [2·cin]
 // [gridDim.x] (mma_col_partials), for pre_bwd_sums_f32. grid (ceil(P/128), ceil(cin/64)), block 128.
-extern "C" __global__ void __launch_bounds__(128)
-conv3x3_dgrad_mma_f16(const half* __restrict__ g, int N, int H, int W, int cin, int cout, const float* __restrict__ w,
+extern "C" __global__ void __launch_bounds__(128, 4)
+conv3x3_dgrad_mma_f16(const half* __restrict__ g, int N, int H, int W, int cin, int cout, const half* __restrict__ wt,
                       half* __restrict__ da, const half* __restrict__ x, const float* __restrict__ pmean,
                       const float* __restrict__ pinv, const float* __restrict__ pshift, int bn,
                       float* __restrict__ part) {
@@ -840,21 +833,14 @@ conv3x3_dgrad_mma_f16(const half* __restrict__ g, int N, int H, int W, int cin, 
         apix[i] = (int)(m0 + r0 + 32 * i);
         pg.at(apix[i], (int)M, n, ay[i], ax[i], aok[i]);
     }
-    // k = tap·cout + o of this thread's A column (t·MK + kc) and B rows (t·MK + br0 + 16i);
-    // issue runs for t = 0, 1, 2, … in order and advances them one step
-    int tap = 0, o = kc, btap[2] = {0, 0}, bo[2] = {br0, br0 + 16};
+    // k = tap·cout + o of this thread's A column (t·MK + kc); issue runs for t = 0, 1, 2, … in
+    // order and advances it one step
+    int tap = 0, o = kc;
     while (o >= cout) {
         o -= cout;
         tap++;
     }
-#pragma unroll
-    for (int i = 0; i < 2; i++)
-        while (bo[i] >= cout) {
-            bo[i] -= cout;
-            btap[i]++;
-        }
-    uint4 rb[2][2];  // [register set][row]
-    auto issue = [&](int P, int, int s) {
+    auto issue = [&](int t, int s) {
         const bool kok = tap < 9;
         const int dyt = tap / 3 - 1, dxt = tap - (tap / 3) * 3 - 1, doff = dyt * W + dxt;
 #pragma unroll
@@ -865,21 +851,15 @@ conv3x3_dgrad_mma_f16(const half* __restrict__ g, int N, int H, int W, int cin, 
             cp_async16(As + s * MA_STAGE + (r0 + 32 * i) * MLD + kc, src, ok ? 16 : 0);
         }
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            const int ci = n0 + bc;
-            const bool ok = btap[i] < 9 && ci < cin;
-            regs_put(rb, P, i, w8(w + (ok ? ((long long)bo[i] * 9 + 8 - btap[i]) * cin + ci : 0), ok));
-            k_advance(btap[i], bo[i], cout);
+        for (int i = 0; i < 2; i++) {  // B row kb = tap'·cout + o of wt (conv_weights_f16)
+            const int kb = t * MK + br0 + 16 * i, ci = n0 + bc;
+            const bool ok = kb < K && ci < cin;
+            cp_async16(Bs + s * MB_STAGE + (br0 + 16 * i) * MLDB_T + bc, ok ? wt + (long long)kb * cin + ci : wt, ok ? 16 : 0);
         }
         k_advance(tap, o, cout);
     };
-    auto finish = [&](int P, int s) {
-#pragma unroll
-        for (int i = 0; i < 2; i++)
-            *reinterpret_cast<uint4*>(Bs + s * MB_STAGE + (br0 + 16 * i) * MLDB_T + bc) = regs_get(rb, P, i);
-    };
     float acc[4][4][4];
-    mma_pipeline<false, true>(acc, As, Bs, CEIL_DIV(K, MK), issue, finish);
+    mma_pipeline<false, true>(acc, As, Bs, CEIL_DIV(K, MK), issue);
     float (*red)[MN][2] = mma_spare_stage<float>(As, CEIL_DIV(K, MK));  // [wm][column][Σdu | Σdu·x̂]
     float su[2] = {0.f, 0.f}, sx[2] = {0.f, 0.f};  // this lane's, of its current column pair
     auto cols_done = [&](int j) {
@@ -912,7 +892,7 @@ conv3x3_dgrad_mma_f16(const half* __restrict__ g, int N, int H, int W, int cin, 
 // full-resolution output gradient [pixels][cout] (dy, or unpool_f16's output where the layer
 // pools), both by cp.async and read with ldmatrix.trans.
 // grid (ceil(9·cin/128), ceil(cout/64), slices), block 128.
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(128, 4)
 conv3x3_wgrad_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, const half* __restrict__ g, int cout,
                       float* __restrict__ out, int chunk) {
 #if ARCH_SM80
@@ -933,7 +913,7 @@ conv3x3_wgrad_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, 
     const int ody = tap / 3 - 1, odx = tap % 3 - 1;
     const PixGrid pg(H, W);
     const int pend = (int)p_end, doff = ody * W + odx;
-    auto issue = [&](int, int t, int s) {
+    auto issue = [&](int t, int s) {
         const int pb = (int)p_begin + t * MK;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
@@ -953,10 +933,9 @@ conv3x3_wgrad_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, 
             cp_async16(Bs + s * MB_STAGE + (br0 + 16 * i) * MLDB_T + bc, ok ? g + (long long)p * cout + o : g, ok ? 16 : 0);
         }
     };
-    auto finish = [](int, int) {};
     const long long span = p_end > p_begin ? p_end - p_begin : 0;
     float acc[4][4][4];
-    mma_pipeline<true, true>(acc, As, Bs, (int)CEIL_DIV(span, (long long)MK), issue, finish);
+    mma_pipeline<true, true>(acc, As, Bs, (int)CEIL_DIV(span, (long long)MK), issue);
 
     float* dst = out + (long long)blockIdx.z * cout * K;
     mma_epilogue(acc, [&](int row, int col, float v0, float v1) {

@@ -12,6 +12,19 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
     const int K = 9 * cin;
     auto x = rndv((size_t)N * H * W * cin, 1.0f);
     auto w = rndv((size_t)cout * K, 1.0f / sqrtf(K));
+    // the mma kernels' fp16 weights (conv_weights_f16; fewer blocks than values: grid-stride),
+    // wt checked against the flip it stands for
+    std::vector<half> wf((size_t)cout * K, (half)NAN), wt((size_t)cout * K, (half)NAN);
+    launch(dim3{(unsigned)std::max<size_t>(1, wf.size() / 256 / 3), 1, 1}, dim3{256, 1, 1}, [&] { conv_weights_f16(w.data(), cout, cin, wf.data(), wt.data()); });
+    {
+        long long bad = 0;
+        for (int o = 0; o < cout; o++) for (int t = 0; t < 9; t++) for (int i = 0; i < cin; i++) {
+            const half h = (half)w[((size_t)o * 9 + t) * cin + i];
+            bad += !(wf[((size_t)o * 9 + t) * cin + i] == h) || !(wt[((size_t)(8 - t) * cout + o) * cin + i] == h);
+        }
+        printf("  conv_weights_f16: %lld of %zu wrong %s\n", bad, 2 * wf.size(), bad ? "FAIL" : "PASS");
+        fails += bad > 0;
+    }
     auto shift = rndv(cin, 0.3f);
     auto mean = rndv(cin, 0.3f);
     auto inv = rndv(cin, 0.3f); for (auto& v : inv) v = (float)(half)(0.6f + fabsf(v));
@@ -67,7 +80,7 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         std::vector<half> yh3(ylen, (half)NAN);
         std::vector<unsigned char> am3(pool ? ylen : 8, 0xEE);
         dim3 gm{(unsigned)((M + 127) / 128), (unsigned)((cout + 63) / 64), 1};
-        launch(gm, block, [&] { conv3x3_fwd_mma_f16(ah.data(), N, H, W, cin, w.data(), cout, pool, yh3.data(), am3.data(), nullptr); });
+        launch(gm, block, [&] { conv3x3_fwd_mma_f16(ah.data(), N, H, W, cin, wf.data(), cout, pool, yh3.data(), am3.data(), nullptr); });
         std::vector<double> yg3(ylen); for (size_t i = 0; i < ylen; i++) yg3[i] = (double)(float)yh3[i];
         report("fwd mma (sm_80 path)", N, H, W, cin, cout, pool, bn, relerr(yg3, yref), 1e-2);
         int same3 = memcmp(yh.data(), yh3.data(), ylen * 2) == 0 && am == am3;
@@ -78,7 +91,7 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         std::vector<half> yh4(ylen, (half)NAN);
         std::vector<unsigned char> am4(pool ? ylen : 8, 0xEE);
         std::vector<double> part((size_t)2 * cout * gm.x, NAN);
-        launch(gm, block, [&] { conv3x3_fwd_mma_f16(ah.data(), N, H, W, cin, w.data(), cout, pool, yh4.data(), am4.data(), part.data()); });
+        launch(gm, block, [&] { conv3x3_fwd_mma_f16(ah.data(), N, H, W, cin, wf.data(), cout, pool, yh4.data(), am4.data(), part.data()); });
         int same4 = memcmp(yh.data(), yh4.data(), ylen * 2) == 0 && am == am4;
         printf("  mma path with BN partials: y and argmax unchanged: %s\n", same4 ? "PASS" : "FAIL");
         fails += !same4;
@@ -187,7 +200,7 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
     report("dgrad", N, H, W, cin, cout, pool, bn, relerr(dag, daref), 1e-2);
     std::vector<half> da2(x.size(), (half)NAN);
     dim3 gdm{(unsigned)((P + 127) / 128), (unsigned)((cin + 63) / 64), 1};
-    launch(gdm, block, [&] { conv3x3_dgrad_mma_f16(gfull.data(), N, H, W, cin, cout, w.data(), da2.data(), nullptr, nullptr, nullptr, nullptr, 0, nullptr); });
+    launch(gdm, block, [&] { conv3x3_dgrad_mma_f16(gfull.data(), N, H, W, cin, cout, wt.data(), da2.data(), nullptr, nullptr, nullptr, nullptr, 0, nullptr); });
     std::vector<double> dag2(da2.size()); for (size_t i = 0; i < da2.size(); i++) dag2[i] = (double)(float)da2[i];
     report("dgrad mma", N, H, W, cin, cout, pool, bn, relerr(dag2, daref), 1e-2);
     int same_da = memcmp(da.data(), da2.data(), da.size() * 2) == 0;
@@ -199,7 +212,7 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         std::vector<half> da3(x.size(), (half)NAN);
         std::vector<float> part((size_t)2 * cin * gdm.x, NAN), sums(2 * cin, NAN);
         const float* pm = bn ? bnbuf.data() : nullptr; const float* pi = bn ? bnbuf.data() + cin : nullptr;
-        launch(gdm, block, [&] { conv3x3_dgrad_mma_f16(gfull.data(), N, H, W, cin, cout, w.data(), da3.data(), xh.data(), pm, pi, shift.data(), bn, part.data()); });
+        launch(gdm, block, [&] { conv3x3_dgrad_mma_f16(gfull.data(), N, H, W, cin, cout, wt.data(), da3.data(), xh.data(), pm, pi, shift.data(), bn, part.data()); });
         launch(dim3{(unsigned)cin, 1, 1}, dim3{CHAN_FIN_THREADS, 1, 1}, [&] { pre_bwd_sums_f32(part.data(), (int)gdm.x, cin, sums.data()); });
         int same = memcmp(da.data(), da3.data(), da.size() * 2) == 0;
         printf("  dgrad mma with pre_bwd sums: da unchanged: %s\n", same ? "PASS" : "FAIL");

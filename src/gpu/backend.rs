@@ -867,12 +867,15 @@ impl Backend for Gpu {
         if self.mma_path("conv3x3")? {
             // with stats: the epilogue writes the BatchNorm partials, [2·cout][blocks] f64
             let grid = (blocks_of(m, 128)?, cout.div_ceil(64) as u32, 1);
-            let part = match bn {
-                Some(_) if self.epilogue_sums => self.workspace(grid.0 as usize * 4 * cout)?,
-                _ => 0,
-            };
+            // one workspace: the fp16 weights (conv_weights_f16), then the BatchNorm partials
+            let wf = (cout * 9 * cin).div_ceil(2).next_multiple_of(64);
+            let part_len = if bn.is_some() && self.epilogue_sums { grid.0 as usize * 4 * cout } else { 0 };
+            let ws = self.workspace(wf + part_len)?;
+            let part = if part_len > 0 { ws + 4 * wf as u64 } else { 0 };
             let (ni, hi, wi) = (int(xs.n, "batch")?, int(xs.h, "height")?, int(xs.w, "width")?);
-            let args = [xp, ni, hi, wi, int(cin, "cin")?, wp, int(cout, "cout")?, pool as u64, yp, ap, part];
+            let (ci, co) = (int(cin, "cin")?, int(cout, "cout")?);
+            self.launch1d("conv", "conv_weights_f16", cout * 9 * cin, &[wp, co, ci, ws, 0])?;
+            let args = [xp, ni, hi, wi, ci, ws, co, pool as u64, yp, ap, part];
             self.launch("conv", "conv3x3_fwd_mma_f16", grid, (128, 1, 1), &args)?;
             return match bn {
                 Some((o, eps, mom)) if part != 0 => self.bn_finalize(part, grid.0 as usize, ys, eps, mom, o),
@@ -1157,8 +1160,9 @@ impl Backend for Gpu {
         let dgrad_blocks = blocks_of(p.max(1), 128)? as usize;
         let epilogue = mma && dap.is_some() && sums.is_some() && self.epilogue_sums;
         let parts = (if slices > 1 { slices * len } else { 0 }).max(if epilogue { dgrad_blocks * 2 * cin } else { 0 });
-        let ws = if full + parts > 0 { self.workspace(full + parts)? } else { 0 };
-        let ws_parts = ws + 4 * full as u64;
+        let wt = if mma && dap.is_some() { len.div_ceil(2).next_multiple_of(64) } else { 0 };
+        let ws = if full + wt + parts > 0 { self.workspace(full + wt + parts)? } else { 0 };
+        let (ws_wt, ws_parts) = (ws + 4 * full as u64, ws + 4 * (full + wt) as u64);
         let (gp, gap, gpool) = if full > 0 {
             check(p * cout / 8 < 1 << 30, || format!("conv3x3_bwd: {xs:?}×{cout} is too large to unpool"))?;
             let args = [dyp, ap, ni, hi, wi, co, ws];
@@ -1212,7 +1216,8 @@ impl Backend for Gpu {
                     let grid = (dgrad_blocks as u32, cin.div_ceil(64) as u32, 1);
                     let part = if epilogue { ws_parts } else { 0 };
                     let pr = pre_raw;
-                    let args = [gp, ni, hi, wi, ci, co, wp, dap, x_raw, pr.mean, pr.inv, pr.shift, pr.bn, part];
+                    self.launch1d("conv", "conv_weights_f16", len, &[wp, co, ci, 0, ws_wt])?;
+                    let args = [gp, ni, hi, wi, ci, co, ws_wt, dap, x_raw, pr.mean, pr.inv, pr.shift, pr.bn, part];
                     self.launch("conv", "conv3x3_dgrad_mma_f16", grid, (128, 1, 1), &args)?;
                     match sums {
                         Some(sp) if part != 0 => self.pre_sums_finalize(part, grid.0 as usize, cin, sp)?,
@@ -1465,6 +1470,7 @@ mod tests {
             ("conv", "conv3x3_dgrad_mma_f16", "PIIIIIPPPPPPIP"),
             ("conv", "conv3x3_wgrad_mma_f16", "PIIIIPIPI"),
             ("conv", "unpool_f16", "PPIIIIP"),
+            ("conv", "conv_weights_f16", "PIIPP"),
             ("conv", "conv3x3_dgrad_f16", "PPIIIIIIPP"),
             ("conv", "conv3x3_wgrad_f16", "PIIIIPPPIPPIIPI"),
             ("conv", "wgrad_reduce_f32", "PIPP"),
