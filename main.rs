@@ -4,7 +4,8 @@
 //! op calls, the run and its evaluation. It trains on any `Backend`: the hand-written CUDA
 //! kernels (`cargo run --release`) or the plain-Rust CPU reference (`cargo run --release --
 //! --cpu`, a reduced configuration that finishes in minutes on two cores).
-//! Records and how they are measured: README.md. No GPU record has been measured yet.
+//! Records and how they are measured: README.md (H200, 2026-11-26: 93.97% mean in 2.404 s, not
+//! yet 94% on average).
 use cifar::aug;
 use cifar::backend::{Backend, BnStats, MuonParam, Norm, Pre, SgdParam, Shape, Step, LRS, STEP_LEN};
 use cifar::cpu::Cpu;

@@ -13,7 +13,7 @@
 #   bash bench/gpu-session.sh one           # one timed run with the per-epoch table
 #   bash bench/gpu-session.sh runs 25       # 25 seeded runs: statistics + JSON
 #   bash bench/gpu-session.sh first         # selftest, bench, one run, one --no-graph, one with the
-#                                           # epilogue sums on, one with wmma convs
+#                                           # epilogue sums off, one with wmma convs
 #   bash bench/gpu-session.sh airbench 25   # the anchor, same GPU, same images (see below)
 # The anchor: fetch KellerJordan/cifar10-airbench with the search tool's fetch, write its
 # airbench94_muon.py into ./airbench/ (git-ignored, never committed) and carry that folder.
@@ -48,8 +48,8 @@ case "$what" in
            $BIN bench; echo "# bench exit status: $?";
            $BIN --no-download --csv "$OUT/curves.csv"; echo "# run exit status: $?";
            $BIN --no-download --no-graph; echo "# --no-graph run exit status: $?";
-           echo "# SPEEDRUN_EPILOGUE_SUMS=1 (the mma convs take the BatchNorm sums in their epilogues)";
-           SPEEDRUN_EPILOGUE_SUMS=1 $BIN --no-download; echo "# epilogue-sums run exit status: $?";
+           echo "# SPEEDRUN_EPILOGUE_SUMS=0 (the mma convs' BatchNorm sums as separate reductions)";
+           SPEEDRUN_EPILOGUE_SUMS=0 $BIN --no-download; echo "# sums-off run exit status: $?";
            echo "# SPEEDRUN_CONV=wmma (the wmma convs on this GPU)"; SPEEDRUN_CONV=wmma $BIN --no-download; } 2>&1 | tee -a "$log" ;;
   airbench)
     [ -f airbench/airbench94_muon.py ] || { echo "airbench/airbench94_muon.py missing (fetch and carry it)" >&2; exit 2; }

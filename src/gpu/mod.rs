@@ -76,9 +76,10 @@ pub struct Gpu {
     modules: BTreeMap<&'static str, (Arc<CudaModule>, Image)>,
     /// Which convolution kernels `conv3x3` / `conv3x3_bwd` launch (see [`ConvPath`]).
     pub conv_path: ConvPath,
-    /// Whether the mma convs take the BatchNorm sums in their epilogues ([`SUMS_ENV`]`=1`), or
-    /// run them as separate reductions as on the wmma path (default: on an H200 the whole step
-    /// was 0.85 ms faster that way, bench/logs/2026-11-26-h200-bench-pass2.log).
+    /// Whether the mma convs take the BatchNorm sums in their epilogues (default), or run them
+    /// as separate reductions as on the wmma path ([`SUMS_ENV`]`=0`). On an H200 the fused sums
+    /// cost 0.85 ms per step with the register-staged kernels (bench-pass2) and save 0.44 ms with
+    /// the all-cp.async ones (bench/logs/2026-11-26-h200-bench-pass3.log).
     pub epilogue_sums: bool,
     /// Kernel handles, workspace and temporaries of the `Backend` ops (src/gpu/backend.rs).
     ops: backend::OpState,
@@ -102,8 +103,8 @@ pub const SUMS_ENV: &str = "SPEEDRUN_EPILOGUE_SUMS";
 /// [`SUMS_ENV`]'s value (None: unset) as a switch; anything but 0 or 1 is an error.
 pub fn epilogue_sums(env: Option<&str>) -> Result<bool> {
     match env.map(str::trim).filter(|v| !v.is_empty()) {
-        Some("1") => Ok(true),
-        None | Some("0") => Ok(false),
+        None | Some("1") => Ok(true),
+        Some("0") => Ok(false),
         Some(v) => Err(Error::Gpu(format!("{SUMS_ENV}={v:?}: expected 0 or 1"))),
     }
 }

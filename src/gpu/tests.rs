@@ -244,9 +244,9 @@ fn conv_path_choice() {
 
 #[test]
 fn epilogue_sums_switch() {
-    assert!(!epilogue_sums(None).unwrap());
+    assert!(epilogue_sums(None).unwrap());
     assert!(epilogue_sums(Some("1")).unwrap());
-    assert!(!epilogue_sums(Some(" ")).unwrap());
+    assert!(epilogue_sums(Some(" ")).unwrap());
     assert!(!epilogue_sums(Some("0")).unwrap());
     let e = epilogue_sums(Some("off")).unwrap_err().to_string();
     assert!(e.contains(SUMS_ENV) && e.contains("\"off\"") && e.contains("0 or 1"), "{e}");
