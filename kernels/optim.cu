@@ -157,7 +157,7 @@ extern "C" __global__ void muon_apply_f32(MuonBatch a) {
 template <bool TRANS_B>
 __device__ __forceinline__ void gemm_body(const float* __restrict__ A, const float* __restrict__ B,
                                           const float* __restrict__ D, float* __restrict__ C, int M, int N, int K,
-                                          float alpha, float beta) {
+                                          int kbeg, int kend, float alpha, float beta) {
     __shared__ __align__(128) unsigned char raw[GBM * GLD * 2 + GBK * GLDN * 2 > GBM * GLDC * 4
                                                     ? GBM * GLD * 2 + GBK * GLDN * 2
                                                     : GBM * GLDC * 4];
@@ -171,23 +171,23 @@ __device__ __forceinline__ void gemm_body(const float* __restrict__ A, const flo
     for (int i = 0; i < 2; i++)
 #pragma unroll
         for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.f);
-    for (int k0 = 0; k0 < K; k0 += GBK) {
+    for (int k0 = kbeg; k0 < kend; k0 += GBK) {
         for (int e = tid; e < GBM * GBK; e += blockDim.x) {
             const int r = e / GBK, k = e % GBK;
             const int gm = m0 + r, gk = k0 + k;
-            As[r * GLD + k] = __float2half(gm < M && gk < K ? A[(long long)gm * K + gk] : 0.f);
+            As[r * GLD + k] = __float2half(gm < M && gk < kend ? A[(long long)gm * K + gk] : 0.f);
         }
         if (TRANS_B) {
             for (int e = tid; e < GBN * GBK; e += blockDim.x) {
                 const int r = e / GBK, k = e % GBK;
                 const int gn = n0 + r, gk = k0 + k;
-                Bs[r * GLD + k] = __float2half(gn < N && gk < K ? B[(long long)gn * K + gk] : 0.f);
+                Bs[r * GLD + k] = __float2half(gn < N && gk < kend ? B[(long long)gn * K + gk] : 0.f);
             }
         } else {
             for (int e = tid; e < GBK * GBN; e += blockDim.x) {
                 const int k = e / GBN, c = e % GBN;
                 const int gn = n0 + c, gk = k0 + k;
-                Bs[k * GLDN + c] = __float2half(gn < N && gk < K ? B[(long long)gk * N + gn] : 0.f);
+                Bs[k * GLDN + c] = __float2half(gn < N && gk < kend ? B[(long long)gk * N + gn] : 0.f);
             }
         }
         __syncthreads();
@@ -238,25 +238,46 @@ __device__ __forceinline__ void gemm_body(const float* __restrict__ A, const flo
 // Up to GEMM_BATCH independent GEMMs in one launch (mirrored as GemmBatch in
 // src/gpu/backend.rs, 368 bytes by value): GEMM z is computed by the blocks with blockIdx.z = z;
 // the grid covers the largest one and the blocks past a smaller GEMM's extent return at once.
+// Split-K (splits S > 1, beta must be 0): blockIdx.z = z·S + s computes the K range
+// [s·kc, (s + 1)·kc) (kc = ⌈K/S⌉ rounded up to GBK; empty ranges write zeros) and writes
+// alpha·(its partial) to c[z] + s·M·N, an [S][M][N] scratch; gemm_splitk_sum_f32 then adds the
+// slices in order into d[z] (deterministic).
 #define GEMM_BATCH 8
 struct GemmBatch {
     const float* a[GEMM_BATCH];
     const float* b[GEMM_BATCH];
-    const float* d[GEMM_BATCH];
+    float* d[GEMM_BATCH];  // beta·D input, or the split-K destination
     float* c[GEMM_BATCH];
     int m[GEMM_BATCH];
     int n[GEMM_BATCH];
     int k[GEMM_BATCH];
     int count;
     float alpha, beta;
+    int splits;  // ≤ 1: no split
 };
 
 template <bool TRANS_B>
 __device__ __forceinline__ void gemm_batch(const GemmBatch& g) {
-    const int z = blockIdx.z;
+    const int S = g.splits > 1 ? g.splits : 1;
+    const int z = blockIdx.z / S, sl = blockIdx.z - z * S;
     if (z >= g.count || (int)blockIdx.x * GBN >= g.n[z] || (int)blockIdx.y * GBM >= g.m[z]) return;
-    gemm_body<TRANS_B>(g.a[z], g.b[z], g.d[z], g.c[z], g.m[z], g.n[z], g.k[z], g.alpha, g.beta);
+    const int M = g.m[z], N = g.n[z], K = g.k[z];
+    const int kc = S == 1 ? K : CEIL_DIV(CEIL_DIV(K, S), GBK) * GBK, kbeg = min(K, sl * kc), kend = min(K, kbeg + kc);
+    const float* D = S == 1 ? g.d[z] : nullptr;
+    float* C = g.c[z] + (long long)sl * M * N;
+    gemm_body<TRANS_B>(g.a[z], g.b[z], D, C, M, N, K, kbeg, kend, g.alpha, S == 1 ? g.beta : 0.f);
 }
 
 extern "C" __global__ void __launch_bounds__(128) gemm_nt_f32(GemmBatch g) { gemm_batch<true>(g); }
 extern "C" __global__ void __launch_bounds__(128) gemm_nn_f32(GemmBatch g) { gemm_batch<false>(g); }
+// d[z][i] = Σ_s c[z][s·M·N + i] in slice order, for a split-K batch; grid (·, count), grid-stride.
+extern "C" __global__ void gemm_splitk_sum_f32(GemmBatch g) {
+    const int z = blockIdx.y;
+    if (z >= g.count) return;
+    const int len = g.m[z] * g.n[z], S = g.splits;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < len; i += gridDim.x * blockDim.x) {
+        float v = 0.f;
+        for (int s = 0; s < S; s++) v += g.c[z][(long long)s * len + i];
+        g.d[z][i] = v;
+    }
+}

@@ -205,32 +205,38 @@ static void test_xent(int n, int classes) {
     report("xent words past the end -> NaN", std::isnan(bad2[0]) && nan == dl2.size() ? 0.0 : 1.0, 0.5);
 }
 
-// One batched launch as src/gpu/backend.rs issues it: grid over the largest GEMM, blockIdx.z = GEMM.
+// One batched launch as src/gpu/backend.rs issues it: grid over the largest GEMM, blockIdx.z =
+// GEMM·splits + slice; with splits > 1 the slice sum after it (fewer blocks than values).
 static void gemm_launch(bool tb, const GemmBatch& g) {
-    int gx = 1, gy = 1;
-    for (int z = 0; z < g.count; z++) { gx = std::max(gx, (g.n[z] + 63) / 64); gy = std::max(gy, (g.m[z] + 63) / 64); }
-    launch(dim3{(unsigned)gx, (unsigned)gy, (unsigned)g.count}, dim3{128, 1, 1}, [&] { if (tb) gemm_nt_f32(g); else gemm_nn_f32(g); });
+    int gx = 1, gy = 1, len = 1;
+    const int S = std::max(1, g.splits);
+    for (int z = 0; z < g.count; z++) { gx = std::max(gx, (g.n[z] + 63) / 64); gy = std::max(gy, (g.m[z] + 63) / 64); len = std::max(len, g.m[z] * g.n[z]); }
+    launch(dim3{(unsigned)gx, (unsigned)gy, (unsigned)(g.count * S)}, dim3{128, 1, 1}, [&] { if (tb) gemm_nt_f32(g); else gemm_nn_f32(g); });
+    if (S > 1) launch(dim3{(unsigned)std::max(1, len / 256 / 3), (unsigned)g.count, 1}, dim3{256, 1, 1}, [&] { gemm_splitk_sum_f32(g); });
 }
 
 // Several GEMMs of different shapes in one batched launch, each against an f64 reference.
-static void test_gemm(bool tb, std::vector<std::array<int, 3>> shapes) {
+// splits > 1: split-K (beta 0; the result lands in D, C is the [splits][M][N] scratch).
+static void test_gemm(bool tb, std::vector<std::array<int, 3>> shapes, int splits = 1) {
     static_assert(sizeof(GemmBatch) == 368, "GemmBatch size (mirrored in src/gpu/backend.rs)");
     GemmBatch g{};
+    const float beta = splits > 1 ? 0.f : -2.0f;
     std::vector<std::vector<float>> As, Bs, Ds, Cs;
-    for (auto [M, N, K] : shapes) { As.push_back(rndv(M * K, 1)); Bs.push_back(rndv(N * K, 1)); Ds.push_back(rndv(M * N, 1)); Cs.emplace_back(M * N, NAN); }
+    for (auto [M, N, K] : shapes) { As.push_back(rndv(M * K, 1)); Bs.push_back(rndv(N * K, 1)); Ds.push_back(rndv(M * N, 1)); Cs.emplace_back((size_t)M * N * splits, NAN); }
+    const auto D0 = Ds;
     for (size_t z = 0; z < shapes.size(); z++) {
         g.a[z] = As[z].data(); g.b[z] = Bs[z].data(); g.d[z] = Ds[z].data(); g.c[z] = Cs[z].data();
         g.m[z] = shapes[z][0]; g.n[z] = shapes[z][1]; g.k[z] = shapes[z][2];
     }
-    g.count = (int)shapes.size(); g.alpha = 0.5f; g.beta = -2.0f;
+    g.count = (int)shapes.size(); g.alpha = 0.5f; g.beta = beta; g.splits = splits;
     gemm_launch(tb, g);
     for (size_t z = 0; z < shapes.size(); z++) {
         auto [M, N, K] = shapes[z];
         const auto &A = As[z], &B = Bs[z], &D = Ds[z];
         std::vector<double> W(M * N);
-        for (int m = 0; m < M; m++) for (int n = 0; n < N; n++) { double s = 0; for (int k = 0; k < K; k++) s += (double)A[m * K + k] * (tb ? B[n * K + k] : B[k * N + n]); W[m * N + n] = 0.5 * s - 2.0 * D[m * N + n]; }
-        char name[64]; snprintf(name, sizeof name, "%s %zu/%zu %dx%dx%d", tb ? "gemm_nt" : "gemm_nn", z + 1, shapes.size(), M, N, K);
-        report(name, relerr(Cs[z], W), 1e-5);
+        for (int m = 0; m < M; m++) for (int n = 0; n < N; n++) { double s = 0; for (int k = 0; k < K; k++) s += (double)A[m * K + k] * (tb ? B[n * K + k] : B[k * N + n]); W[m * N + n] = 0.5 * s + beta * D0[z][m * N + n]; }
+        char name[80]; snprintf(name, sizeof name, "%s %zu/%zu %dx%dx%d%s", tb ? "gemm_nt" : "gemm_nn", z + 1, shapes.size(), M, N, K, splits > 1 ? " split-K" : "");
+        report(name, relerr(splits > 1 ? D : std::vector<float>(Cs[z].begin(), Cs[z].begin() + (size_t)M * N), W), 1e-5);
     }
 }
 
@@ -302,6 +308,11 @@ static void test_muon(std::vector<std::pair<int, int>> shapes) {
     launch(dim3{blocks(max_n), nt, 1}, dim3{256, 1, 1}, [&] { muon_scale_f32(mb); });
     std::vector<float*> cur(nt), nxt(nt);
     for (unsigned k = 0; k < nt; k++) { cur[k] = ts[k].x1.data(); nxt[k] = ts[k].x2.data(); }
+    // X·Xᵀ in split-K slices as src/gpu/backend.rs chooses them (⌈max cols / 288⌉, ≤ 8)
+    int splits = 1;
+    for (auto& t : ts) splits = std::max(splits, std::min(8, (t.cols + 287) / 288));
+    std::vector<std::vector<float>> parts;
+    for (auto& t : ts) parts.emplace_back((size_t)splits * t.rows * t.rows, NAN);
     auto gemm = [&](bool tb, float al, float be, auto f) {
         GemmBatch g{};
         for (unsigned k = 0; k < nt; k++) f(g, k);
@@ -309,7 +320,7 @@ static void test_muon(std::vector<std::pair<int, int>> shapes) {
         gemm_launch(tb, g);
     };
     for (int s = 0; s < 3; s++) {
-        gemm(true, 1, 0, [&](GemmBatch& g, unsigned k) { T& t = ts[k]; g.a[k] = cur[k]; g.b[k] = cur[k]; g.d[k] = nullptr; g.c[k] = t.A.data(); g.m[k] = t.rows; g.n[k] = t.rows; g.k[k] = t.cols; });
+        gemm(true, 1, 0, [&](GemmBatch& g, unsigned k) { T& t = ts[k]; g.a[k] = cur[k]; g.b[k] = cur[k]; g.d[k] = splits > 1 ? t.A.data() : nullptr; g.c[k] = splits > 1 ? parts[k].data() : t.A.data(); g.m[k] = t.rows; g.n[k] = t.rows; g.k[k] = t.cols; g.splits = splits; });
         gemm(false, 2.0315f, -4.7750f, [&](GemmBatch& g, unsigned k) { T& t = ts[k]; g.a[k] = t.A.data(); g.b[k] = t.A.data(); g.d[k] = t.A.data(); g.c[k] = t.Bm.data(); g.m[k] = t.rows; g.n[k] = t.rows; g.k[k] = t.rows; });
         gemm(false, 1, 3.4445f, [&](GemmBatch& g, unsigned k) { T& t = ts[k]; g.a[k] = t.Bm.data(); g.b[k] = cur[k]; g.d[k] = cur[k]; g.c[k] = nxt[k]; g.m[k] = t.rows; g.n[k] = t.cols; g.k[k] = t.rows; });
         std::swap(cur, nxt);
@@ -387,9 +398,12 @@ int main() {
     test_xent(64, 10); test_xent(300, 7);
     test_gemm(true, {{70, 70, 200}}); test_gemm(false, {{64, 130, 70}}); test_gemm(false, {{8, 8, 8}});
     test_gemm(true, {{24, 24, 72}, {70, 70, 200}, {8, 8, 8}}); test_gemm(false, {{8, 200, 8}, {64, 130, 70}, {24, 72, 24}});
+    test_gemm(true, {{64, 64, 2304}, {70, 70, 200}, {8, 8, 8}}, 8);  // split-K: uneven and empty slices
+    test_gemm(false, {{64, 130, 100}}, 3);
     test_sgd(); test_step_next();
     test_muon({{24, 72}, {64, 216}, {8, 200}});  // one batch of three shapes
     test_muon({{128, 576}});                     // n > 256·256: 256 partial blocks, grid-stride
+    test_muon({{64, 2304}, {24, 72}});           // X·Xᵀ split 8 ways (some slices of the small one empty)
     printf("%d failures\n", fails);
     return fails != 0;
 }

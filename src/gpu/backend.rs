@@ -166,6 +166,7 @@ struct GemmBatch {
     count: i32,
     alpha: f32,
     beta: f32,
+    splits: i32,
 }
 // SAFETY: plain old data laid out exactly like the C struct.
 unsafe impl DeviceRepr for GemmBatch {}
@@ -523,16 +524,21 @@ impl Gpu {
 
     /// For each `(A, B, D, C, M, N, K)` of `batch` (at most [`GEMM_BATCH`]), `C = alpha·A·op(B) +
     /// beta·D` on f32 matrices (tensor cores, fp16-rounded inputs), all in one launch.
+    /// Up to [`GEMM_BATCH`] GEMMs C = alpha·A·B(ᵀ) + beta·D in one launch, entries (A, B, D, C,
+    /// M, N, K). With `splits` > 1 (split-K, beta 0): each entry's D is the destination and its C
+    /// an [splits][M][N] scratch; a second launch adds the slices in order.
     fn gemm(
         &mut self,
         trans_b: bool,
         batch: &[(Arg, Arg, Arg, Arg, usize, usize, usize)],
         alpha: f32,
         beta: f32,
+        splits: usize,
     ) -> Result<()> {
         check(!batch.is_empty() && batch.len() <= GEMM_BATCH, || {
             format!("gemm: a batch of {} (1..={GEMM_BATCH})", batch.len())
         })?;
+        check(splits >= 1 && (splits == 1 || beta == 0.0), || format!("gemm: {splits} splits with beta {beta}"))?;
         let mut g = GemmBatch {
             a: [0; GEMM_BATCH],
             b: [0; GEMM_BATCH],
@@ -544,18 +550,26 @@ impl Gpu {
             count: batch.len() as i32,
             alpha,
             beta,
+            splits: int(splits, "GEMM splits")? as i32,
         };
-        let (mut gx, mut gy) = (1, 1);
+        let (mut gx, mut gy, mut len) = (1, 1, 1);
         for (z, &(a, b, d, c, m, n, k)) in batch.iter().enumerate() {
             (g.a[z], g.b[z], g.d[z], g.c[z]) = (a, b, d, c);
             (g.m[z], g.n[z], g.k[z]) =
                 (int(m, "GEMM rows")? as i32, int(n, "GEMM columns")? as i32, int(k, "GEMM depth")? as i32);
             gx = gx.max(n.div_ceil(64));
             gy = gy.max(m.div_ceil(64));
+            len = len.max(m * n);
         }
-        let grid = (int(gx, "GEMM column tiles")? as u32, int(gy, "GEMM row tiles")? as u32, batch.len() as u32);
+        let z = int(batch.len() * splits, "GEMM blocks in z")? as u32;
+        let grid = (int(gx, "GEMM column tiles")? as u32, int(gy, "GEMM row tiles")? as u32, z);
         let name = if trans_b { "gemm_nt_f32" } else { "gemm_nn_f32" };
-        self.launch_struct("optim", name, grid, (128, 1, 1), &g)
+        self.launch_struct("optim", name, grid, (128, 1, 1), &g)?;
+        if splits > 1 {
+            let grid = (blocks(len)?.min(1024), batch.len() as u32, 1);
+            self.launch_struct("optim", "gemm_splitk_sum_f32", grid, (BLOCK, 1, 1), &g)?;
+        }
+        Ok(())
     }
 
     /// Launches `module::name` whose one parameter is the struct `arg`, passed by value.
@@ -1306,7 +1320,12 @@ impl Gpu {
     ) -> Result<()> {
         let (ca, cb, cc) = NS_COEFFS;
         let region = |len: usize| len.div_ceil(64) * 64;
-        let need = |rows: usize, cols: usize| 3 * region(rows * cols) + 2 * region(rows * rows) + region(2 * 514);
+        // X·Xᵀ (K = cols) in split-K slices of ≈ 288 columns: the 256-row weights' K loop of 72
+        // steps over 16 output tiles was the longest chain of the step (NOTES, Muon)
+        let splits = group.iter().map(|q| q.cols.div_ceil(288)).max().unwrap_or(1).clamp(1, 8);
+        let need = |rows: usize, cols: usize| {
+            3 * region(rows * cols) + 2 * region(rows * rows) + region(2 * 514) + region(splits * rows * rows)
+        };
         let total: usize = group.iter().map(|q| need(q.rows, q.cols)).sum();
         let ws = self.workspace(total)?;
         let mut mb = MuonBatch {
@@ -1339,12 +1358,13 @@ impl Gpu {
             let (u, x, x2) = (off(0), off(region(n)), off(2 * region(n)));
             let (am, bm) = (off(3 * region(n)), off(3 * region(n) + region(rows * rows)));
             mb.scal[t] = off(3 * region(n) + 2 * region(rows * rows));
+            let part = off(3 * region(n) + 2 * region(rows * rows) + region(2 * 514));
             at = off(need(rows, cols));
             let nb = blocks(n)?.min(256);
             (mb.u[t], mb.x[t], mb.nb[t]) = (u, x, nb as i32);
             (mb.n[t], mb.rows[t]) = (int(n, "tensor length")? as i32, int(rows, "rows")? as i32);
             (max_n, max_nb) = (max_n.max(n), max_nb.max(nb));
-            mats.push((rows, cols, x, x2, am, bm));
+            mats.push((rows, cols, x, x2, am, bm, part));
         }
         let tensors = group.len() as u32;
         let wide = (blocks(max_n)?, tensors, 1);
@@ -1353,12 +1373,24 @@ impl Gpu {
         self.launch_struct("optim", "muon_scale_f32", wide, (BLOCK, 1, 1), &mb)?;
         for _ in 0..ns_steps {
             // A = X·Xᵀ; B = b·A + c·A·A; X ← a·X + B·X
-            let ab: Vec<_> = mats.iter().map(|&(r, c, x, _, am, _)| (x, x, 0, am, r, r, c)).collect();
-            self.gemm(true, &ab, 1.0, 0.0)?;
-            let bb: Vec<_> = mats.iter().map(|&(r, _, _, _, am, bm)| (am, am, am, bm, r, r, r)).collect();
-            self.gemm(false, &bb, cc, cb)?;
-            let xb: Vec<_> = mats.iter().map(|&(r, c, x, x2, _, bm)| (bm, x, x, x2, r, c, r)).collect();
-            self.gemm(false, &xb, 1.0, ca)?;
+            // split-K: A lands in D (am), C is the slices' scratch
+            let ab: Vec<_> = mats
+                .iter()
+                .map(
+                    |&(r, c, x, _, am, _, part)| {
+                        if splits > 1 {
+                            (x, x, am, part, r, r, c)
+                        } else {
+                            (x, x, 0, am, r, r, c)
+                        }
+                    },
+                )
+                .collect();
+            self.gemm(true, &ab, 1.0, 0.0, splits)?;
+            let bb: Vec<_> = mats.iter().map(|&(r, _, _, _, am, bm, _)| (am, am, am, bm, r, r, r)).collect();
+            self.gemm(false, &bb, cc, cb, 1)?;
+            let xb: Vec<_> = mats.iter().map(|&(r, c, x, x2, _, bm, _)| (bm, x, x, x2, r, c, r)).collect();
+            self.gemm(false, &xb, 1.0, ca, 1)?;
             for m in &mut mats {
                 std::mem::swap(&mut m.2, &mut m.3);
             }
