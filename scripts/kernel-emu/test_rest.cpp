@@ -61,7 +61,7 @@ static void test_pre_bwd(int N, int H, int W, int C, int bn) {
     launch(dim3{(unsigned)nb, (unsigned)((C + 31) / 32), 1}, dim3{32, 8, 1}, [&] { chan_reduce_f16(xh.data(), dah.data(), P, C, chunk, pm, pi, shift.data(), bn, part.data()); });
     launch(dim3{(unsigned)C, 1, 1}, dim3{CHAN_FIN_THREADS, 1, 1}, [&] { pre_bwd_sums_f32(part.data(), (int)nb, C, sums); });
     std::vector<half> dx(L, (half)NAN);
-    launch(dim3{blocks(std::max(L, (long long)C)), 1, 1}, dim3{256, 1, 1}, [&] { pre_bwd_dx_f16(dah.data(), xh.data(), L, C, pm, pi, shift.data(), bn, sums, P, dshift.data(), dx.data()); });
+    launch(dim3{blocks(std::max(L / 8, (long long)C)), 1, 1}, dim3{256, 1, 1}, [&] { pre_bwd_dx_f16(dah.data(), xh.data(), L, C, pm, pi, shift.data(), bn, sums, P, dshift.data(), dx.data()); });
     std::vector<float> dxf(L); for (long long i = 0; i < L; i++) dxf[i] = (float)dx[i];
     report(bn ? "pre_bwd dshift [bn]" : "pre_bwd dshift [bias]", relerr(dshift, s0), 1e-4);
     report(bn ? "pre_bwd dx [bn]" : "pre_bwd dx [bias]", relerr(dxf, dxw), 2e-3);

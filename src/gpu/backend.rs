@@ -1082,6 +1082,7 @@ impl Backend for Gpu {
     ) -> Result<()> {
         self.begin();
         let c = xs.c;
+        check(c % 8 == 0, || format!("pre_bwd: {c} channels; a multiple of 8 is required (16-byte fp16 chunks)"))?;
         let dap = self.in_f16(da, xs.len(), &format!("pre_bwd: da {xs:?}"))?;
         let xp = self.in_f16(x, xs.len(), &format!("pre_bwd: x {xs:?}"))?;
         let pp = self.pre_ptrs(pre, c, "pre_bwd")?;
@@ -1102,12 +1103,13 @@ impl Backend for Gpu {
             Some(s) => s,
             None => self.pre_sums(dap, xp, xs, pp, None)?,
         };
-        // dshift from the sums (threads c < C) and dx (threads i < len)
+        // dshift from the sums (threads c < C) and dx (8 channels per thread)
         let len = if dxp.is_some() { xs.len() } else { 0 };
         let cc = int(c, "channels")?;
+        check(len / 8 < 1 << 31, || format!("pre_bwd: {xs:?} is too large"))?;
         let args =
             [dap, xp, long(len), cc, pp.mean, pp.inv, pp.shift, pp.bn, sums, long(xs.count()), dsp, dxp.unwrap_or(0)];
-        self.launch1d("norm", "pre_bwd_dx_f16", len.max(c), &args)
+        self.launch1d("norm", "pre_bwd_dx_f16", (len / 8).max(c), &args)
     }
 
     fn conv3x3_bwd(
