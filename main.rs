@@ -786,6 +786,10 @@ fn recipe(args: &cli::Args) -> Result<Hyp> {
         Some(batch) => scaled(&base, batch)?,
         None => base,
     };
+    if let Some(e) = args.epochs {
+        h.epochs = e;
+        h.whiten_bias_epochs = h.whiten_bias_epochs.min(e);
+    }
     h.prog = Progressive::new(args.prog_frac, args.prog_start, args.prog_warmup)?;
     h.eval_every = args.eval_every;
     h.eval_subset = args.eval_subset;

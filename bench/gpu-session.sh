@@ -11,7 +11,8 @@
 #   bash bench/gpu-session.sh selftest      # every kernel + one training step vs the CPU reference
 #   bash bench/gpu-session.sh bench         # per-kernel timings against their floors
 #   bash bench/gpu-session.sh one           # one timed run with the per-epoch table
-#   bash bench/gpu-session.sh runs 25       # 25 seeded runs: statistics + JSON
+#   bash bench/gpu-session.sh runs 25       # 25 seeded runs: statistics + JSON (more flags after N
+#                                           # go to the trainer, e.g. runs 25 --epochs 9)
 #   bash bench/gpu-session.sh first         # selftest, bench, one run, one --no-graph, one with the
 #                                           # epilogue sums off, one with wmma convs
 #   bash bench/gpu-session.sh airbench 25   # the anchor, same GPU, same images (see below)
@@ -40,7 +41,7 @@ case "$what" in
   selftest) $BIN selftest 2>&1 | tee -a "$log" ;;
   bench) $BIN bench 2>&1 | tee -a "$log" ;;
   one) $BIN --no-download --csv "$OUT/curves.csv" 2>&1 | tee -a "$log" ;;
-  runs) $BIN --no-download --runs "${2:-25}" --json "$OUT/runs.json" 2>&1 | tee -a "$log" ;;
+  runs) $BIN --no-download --runs "${2:-25}" "${@:3}" --json "$OUT/runs.json" 2>&1 | tee -a "$log" ;;
   first) { $BIN selftest | tee "$OUT/selftest.txt"; echo "# selftest exit status: ${PIPESTATUS[0]}";
            # the runs below need a working conv path: if only mma lines failed, train on wmma
            if grep -q "(mma).*FAIL" "$OUT/selftest.txt" && ! grep -q "(wmma).*FAIL" "$OUT/selftest.txt"; then

@@ -291,6 +291,11 @@ fn periodic_evaluation_is_reported_apart_and_tta_can_be_switched_off() {
     assert_eq!((h.prog.frac, h.prog.start_px()), (0.25, 24));
     assert_eq!(aug::tta_views(0).len(), 1);
     assert_eq!(recipe(&cli::parse([]).unwrap()).unwrap().tta_level, 2, "the recipe's 6 views by default");
+    // --epochs replaces the epoch count; the whitening bias never trains longer than the run
+    let with = |e: &str| recipe(&cli::parse(["--epochs".to_string(), e.to_string()]).unwrap()).unwrap();
+    assert_eq!((HYP.epochs, HYP.whiten_bias_epochs), (8, 3));
+    assert_eq!((with("9").epochs, with("9").whiten_bias_epochs), (9, 3));
+    assert_eq!((with("2").epochs, with("2").whiten_bias_epochs), (2, 2));
 }
 
 /// The plan carries, per step, where its examples start in its epoch's words and the rates of
