@@ -1402,6 +1402,22 @@ fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, out: &mut dyn Write) -> Re
         let name = if sums { "train step, graph, sums off" } else { "train step, graph, epilogue sums" };
         bench_line(out, name, &format!("batch {n}"), ms, flops, 0.0)?;
     }
+    step_profile(gpu, &mut |g| st.step(g), out)
+}
+
+/// One step op by op with an event pair around every launch: time per kernel, largest first,
+/// and its share of the profiled total (the events add their own gaps; the shares are the point).
+fn step_profile(gpu: &mut Gpu, step: &mut dyn FnMut(&mut Gpu) -> Result<()>, out: &mut dyn Write) -> Result<()> {
+    let ((), rows) = gpu.profile(|g| step(g))?;
+    let total: f64 = rows.iter().map(|r| r.seconds).sum();
+    let launches: usize = rows.iter().map(|r| r.launches).sum();
+    writeln!(out, "train step profile: {launches} launches, {:.1} us inside them (events around each)", total * 1e6)
+        .map_err(io)?;
+    for r in &rows {
+        let share = if total > 0.0 { 100.0 * r.seconds / total } else { 0.0 };
+        writeln!(out, "  {:<32} {:>4} x {:>10.1} us  {share:>5.1}%", r.name, r.launches, r.seconds * 1e6)
+            .map_err(io)?;
+    }
     Ok(())
 }
 

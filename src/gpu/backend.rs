@@ -112,6 +112,8 @@ pub struct OpState {
     /// after every launch already queued).
     graphs: std::rc::Rc<()>,
     retired: Vec<CudaSlice<f32>>,
+    /// While [`Gpu::profile`] runs: each launch with an event recorded before and after it.
+    profile: Option<Vec<(&'static str, CudaEvent, CudaEvent)>>,
 }
 
 /// Kernel arguments are passed as 8-byte words: pointers and `long long` fill them, `int` and
@@ -310,6 +312,7 @@ impl Gpu {
         if let Some(sizes) = params {
             check_args(module, name, &sizes, args)?;
         }
+        let start = self.profile_mark()?;
         let mut b = self.stream.launch_builder(&f);
         for a in args {
             b.arg(a);
@@ -318,6 +321,22 @@ impl Gpu {
         // SAFETY: argument lists match the kernels' signatures (see kernels/*.cu headers), and
         // every pointer refers to a live allocation whose length the caller checked.
         unsafe { b.launch(cfg) }.map_err(|e| Gpu::err(&format!("launching {module}::{name}"), e))?;
+        self.profile_done(name, start)
+    }
+
+    /// With [`Gpu::profile`] on (and not recording): an event before a launch.
+    fn profile_mark(&mut self) -> Result<Option<CudaEvent>> {
+        if self.ops.profile.is_none() || self.ops.recording {
+            return Ok(None);
+        }
+        Ok(Some(self.mark()?))
+    }
+    /// The event after it, kept with the kernel's name.
+    fn profile_done(&mut self, name: &'static str, start: Option<CudaEvent>) -> Result<()> {
+        if let Some(start) = start {
+            let end = self.mark()?;
+            self.ops.profile.as_mut().expect("profiling: checked by profile_mark").push((name, start, end));
+        }
         Ok(())
     }
 
@@ -583,17 +602,53 @@ impl Gpu {
     ) -> Result<()> {
         check_grid(name, grid)?;
         let f = self.func(module, name)?;
+        let start = self.profile_mark()?;
         let mut b = self.stream.launch_builder(&f);
         b.arg(arg);
         let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: 0 };
         // SAFETY: `T` mirrors the kernel's by-value struct (sizes checked by a test against the
         // PTX); its pointers were checked by the caller.
         unsafe { b.launch(cfg) }.map_err(|e| Gpu::err(&format!("launching {module}::{name}"), e))?;
-        Ok(())
+        self.profile_done(name, start)
     }
 }
 
+/// One kernel's share of a profiled stretch of work ([`Gpu::profile`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelTime {
+    pub name: &'static str,
+    pub launches: usize,
+    pub seconds: f64,
+}
+
 impl Gpu {
+    /// Runs `body` op by op with an event pair around every kernel launch, and returns the time
+    /// per kernel name, largest first. The events add their own cost between launches, so the
+    /// shares are what to read, not the total. Not while recording a graph.
+    pub fn profile<R>(&mut self, body: impl FnOnce(&mut Self) -> Result<R>) -> Result<(R, Vec<KernelTime>)> {
+        check(!self.ops.recording && self.ops.profile.is_none(), || "profile: nested or while recording".into())?;
+        self.ops.profile = Some(Vec::new());
+        let out = body(self);
+        let events = self.ops.profile.take().expect("set above");
+        let out = out?;
+        let mut rows: Vec<KernelTime> = Vec::new();
+        for (name, a, b) in &events {
+            let s = self.seconds(a, b)?;
+            match rows.iter_mut().find(|r| r.name == *name) {
+                Some(r) => (r.launches, r.seconds) = (r.launches + 1, r.seconds + s),
+                None => rows.push(KernelTime { name, launches: 1, seconds: s }),
+            }
+        }
+        rows.sort_by(|a, b| b.seconds.total_cmp(&a.seconds).then(a.name.cmp(b.name)));
+        Ok((out, rows))
+    }
+
+    /// Whether no profile is being taken (tests).
+    #[cfg(test)]
+    pub(crate) fn ops_profiling_is_off(&self) -> bool {
+        self.ops.profile.is_none()
+    }
+
     /// Uploads `host` stored as fp16 (each value rounded to nearest): an activation-type
     /// tensor as the kernels write them (tests and benchmarks use it to skip the cast path).
     pub fn upload_f16(&mut self, host: &[f32]) -> Result<GBuf> {

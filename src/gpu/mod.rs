@@ -36,7 +36,7 @@ mod backend;
 #[cfg(test)]
 mod tests;
 
-pub use backend::{Dtype, GBuf, GBytes, GWords, GpuGraph};
+pub use backend::{Dtype, GBuf, GBytes, GWords, GpuGraph, KernelTime};
 
 /// What a run header and every GPU test failure print about the device.
 #[derive(Clone, Debug)]

@@ -336,3 +336,39 @@ fn conv_statistics_misuse_is_an_error() {
         .unwrap_err();
     assert!(e.to_string().contains("da_sums needs da"), "{e}");
 }
+
+/// `Gpu::profile` attributes every launch of the profiled work to its kernel, and only that work:
+/// a forward conv on the mma path is activate + fp16 weights + conv, once each.
+#[test]
+#[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
+#[cfg_attr(
+    all(cuda_driver, not(kernels_built)),
+    ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
+)]
+fn profile_counts_each_launch() {
+    use crate::backend::{Backend, Pre, Shape};
+    let _device = device_test_lock();
+    let mut gpu = open();
+    if !ConvPath::available(gpu.info.cc).contains(&ConvPath::Mma) {
+        eprintln!("skipped: {} has no mma convs", gpu.info);
+        return;
+    }
+    gpu.conv_path = ConvPath::Mma;
+    let f = |n: usize, seed: u32| values(n, seed).iter().map(|v| v.to_f32()).collect::<Vec<_>>();
+    let xs = Shape::new(2, 4, 4, 8);
+    let x = gpu.upload_f16(&f(xs.len(), 1)).unwrap(); // an activation as the kernels store it: no cast
+    let (w, bias) = (gpu.upload(&f(16 * 9 * 8, 2)).unwrap(), gpu.upload(&f(8, 3)).unwrap());
+    let (mut y, mut am) = (gpu.zeros(xs.count() * 16).unwrap(), gpu.byte_zeros(0).unwrap());
+    let mut conv = |g: &mut Gpu| g.conv3x3(&x, xs, Pre::Bias(&bias), &w, 16, false, &mut y, &mut am, None, None);
+    conv(&mut gpu).unwrap(); // scratch sized outside the profile
+    let ((), rows) = gpu.profile(|g| conv(g)).unwrap();
+    let mut names: Vec<_> = rows.iter().map(|r| (r.name, r.launches)).collect();
+    names.sort();
+    assert_eq!(names, [("act_f16", 1), ("conv3x3_fwd_mma_f16", 1), ("conv_weights_f16", 1)], "{rows:?}");
+    assert!(rows.iter().all(|r| r.seconds.is_finite() && r.seconds >= 0.0), "{rows:?}");
+    assert!(rows.windows(2).all(|p| p[0].seconds >= p[1].seconds), "largest first: {rows:?}");
+    // off again afterwards; and not nested
+    assert!(gpu.ops_profiling_is_off());
+    let e = gpu.profile(|g| g.profile(|_| Ok(())).map(|_| ())).unwrap_err();
+    assert!(e.to_string().contains("nested"), "{e}");
+}
