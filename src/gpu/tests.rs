@@ -28,6 +28,22 @@ fn open() -> Gpu {
     }
 }
 
+/// The GPU on the mma conv path, or None (said on stderr) where it has none.
+fn open_mma() -> Option<Gpu> {
+    let mut gpu = open();
+    if !ConvPath::available(gpu.info.cc).contains(&ConvPath::Mma) {
+        eprintln!("skipped: {} has no mma convs", gpu.info);
+        return None;
+    }
+    gpu.conv_path = ConvPath::Mma;
+    Some(gpu)
+}
+
+/// `values` as f32, for uploads.
+fn floats(n: usize, seed: u32) -> Vec<f32> {
+    values(n, seed).iter().map(|v| v.to_f32()).collect()
+}
+
 /// C = A·B for A 16x16 row-major, B given column-major (b[n*16 + k]); returns (c, Σ|a||b|).
 fn matmul_ref(a: &[f16], b: &[f16]) -> (Vec<f64>, Vec<f64>) {
     let mut c = vec![0.0; 256];
@@ -263,15 +279,10 @@ fn epilogue_sums_switch() {
 fn epilogue_sums_off_gives_the_same_statistics() {
     use crate::backend::{Backend, BnStats, Pre, Shape};
     let _device = device_test_lock();
-    let mut gpu = open();
-    if !ConvPath::available(gpu.info.cc).contains(&ConvPath::Mma) {
-        eprintln!("skipped: {} has no mma convs", gpu.info);
-        return;
-    }
-    gpu.conv_path = ConvPath::Mma;
+    let Some(mut gpu) = open_mma() else { return };
     let (xs, cout) = (Shape::new(2, 6, 6, 16), 24);
     let ys = xs.with_c(cout).pooled();
-    let f = |n: usize, seed: u32| values(n, seed).iter().map(|v| v.to_f32()).collect::<Vec<_>>();
+    let f = floats;
     let (x, w, shift) = (
         gpu.upload(&f(xs.len(), 1)).unwrap(),
         gpu.upload(&f(cout * 9 * 16, 2)).unwrap(),
@@ -348,13 +359,8 @@ fn conv_statistics_misuse_is_an_error() {
 fn profile_counts_each_launch() {
     use crate::backend::{Backend, Pre, Shape};
     let _device = device_test_lock();
-    let mut gpu = open();
-    if !ConvPath::available(gpu.info.cc).contains(&ConvPath::Mma) {
-        eprintln!("skipped: {} has no mma convs", gpu.info);
-        return;
-    }
-    gpu.conv_path = ConvPath::Mma;
-    let f = |n: usize, seed: u32| values(n, seed).iter().map(|v| v.to_f32()).collect::<Vec<_>>();
+    let Some(mut gpu) = open_mma() else { return };
+    let f = floats;
     let xs = Shape::new(2, 4, 4, 8);
     let x = gpu.upload_f16(&f(xs.len(), 1)).unwrap(); // an activation as the kernels store it: no cast
     let (w, bias) = (gpu.upload(&f(16 * 9 * 8, 2)).unwrap(), gpu.upload(&f(8, 3)).unwrap());
