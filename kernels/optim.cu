@@ -171,6 +171,75 @@ __device__ __forceinline__ void gemm_body(const float* __restrict__ A, const flo
     for (int i = 0; i < 2; i++)
 #pragma unroll
         for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.f);
+    // Vector path (every row stride a multiple of 4 floats, 16-byte aligned bases; K ranges are
+    // multiples of 4 then): each thread loads 4 float4 of A and of B per K step, and the next
+    // step's loads are in flight while this step's MMAs run. Otherwise one float at a time.
+    const int ldb = TRANS_B ? K : N;
+    const bool vec = ((K | ldb) & 3) == 0 && ((reinterpret_cast<unsigned long long>(A) |
+                                              reinterpret_cast<unsigned long long>(B)) & 15) == 0;
+    if (vec) {
+        float4 ra[4], rb[4];
+        auto load = [&](int k0) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int idx = tid + i * 128;  // 512 float4 per tile
+                const int r = idx >> 3, kq = (idx & 7) * 4, gm = m0 + r, gk = k0 + kq;
+                ra[i] = gm < M && gk < kend ? *reinterpret_cast<const float4*>(A + (long long)gm * K + gk)
+                                            : make_float4(0.f, 0.f, 0.f, 0.f);
+                if (TRANS_B) {
+                    const int gn = n0 + r;
+                    rb[i] = gn < N && gk < kend ? *reinterpret_cast<const float4*>(B + (long long)gn * K + gk)
+                                                : make_float4(0.f, 0.f, 0.f, 0.f);
+                } else {
+                    const int k = idx >> 4, nq = (idx & 15) * 4, gn = n0 + nq, gkb = k0 + k;
+                    rb[i] = gn < N && gkb < kend ? *reinterpret_cast<const float4*>(B + (long long)gkb * N + gn)
+                                                 : make_float4(0.f, 0.f, 0.f, 0.f);
+                }
+            }
+        };
+        auto h4 = [](float4 v) {
+            return make_uint2(pack_half2(__float2half(v.x), __float2half(v.y)),
+                              pack_half2(__float2half(v.z), __float2half(v.w)));
+        };
+        load(kbeg);
+        for (int k0 = kbeg; k0 < kend; k0 += GBK) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int idx = tid + i * 128;
+                *reinterpret_cast<uint2*>(As + (idx >> 3) * GLD + (idx & 7) * 4) = h4(ra[i]);
+                if (TRANS_B)
+                    *reinterpret_cast<uint2*>(Bs + (idx >> 3) * GLD + (idx & 7) * 4) = h4(rb[i]);
+                else
+                    *reinterpret_cast<uint2*>(Bs + (idx >> 4) * GLDN + (idx & 15) * 4) = h4(rb[i]);
+            }
+            __syncthreads();
+            if (k0 + GBK < kend) load(k0 + GBK);
+#pragma unroll
+        for (int kk = 0; kk < GBK; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> fa[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) wmma::load_matrix_sync(fa[i], As + (wm * 32 + i * 16) * GLD + kk, GLD);
+            if (TRANS_B) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::col_major> fb[2];
+#pragma unroll
+                for (int j = 0; j < 2; j++) wmma::load_matrix_sync(fb[j], Bs + (wn * 32 + j * 16) * GLD + kk, GLD);
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+#pragma unroll
+                    for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+            } else {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::row_major> fb[2];
+#pragma unroll
+                for (int j = 0; j < 2; j++) wmma::load_matrix_sync(fb[j], Bs + kk * GLDN + wn * 32 + j * 16, GLDN);
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+#pragma unroll
+                    for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+            }
+        }
+            __syncthreads();
+        }
+    } else {
     for (int k0 = kbeg; k0 < kend; k0 += GBK) {
         for (int e = tid; e < GBM * GBK; e += blockDim.x) {
             const int r = e / GBK, k = e % GBK;
@@ -215,6 +284,7 @@ __device__ __forceinline__ void gemm_body(const float* __restrict__ A, const flo
             }
         }
         __syncthreads();
+    }
     }
 #pragma unroll
     for (int i = 0; i < 2; i++)
