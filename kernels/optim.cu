@@ -171,12 +171,39 @@ __device__ __forceinline__ void gemm_body(const float* __restrict__ A, const flo
     for (int i = 0; i < 2; i++)
 #pragma unroll
         for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.f);
+    // One K step (GBK) of MMAs from the staged tiles.
+    auto tile_mma = [&]() {
+#pragma unroll
+        for (int kk = 0; kk < GBK; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> fa[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) wmma::load_matrix_sync(fa[i], As + (wm * 32 + i * 16) * GLD + kk, GLD);
+            if (TRANS_B) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::col_major> fb[2];
+#pragma unroll
+                for (int j = 0; j < 2; j++) wmma::load_matrix_sync(fb[j], Bs + (wn * 32 + j * 16) * GLD + kk, GLD);
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+#pragma unroll
+                    for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+            } else {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::row_major> fb[2];
+#pragma unroll
+                for (int j = 0; j < 2; j++) wmma::load_matrix_sync(fb[j], Bs + kk * GLDN + wn * 32 + j * 16, GLDN);
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+#pragma unroll
+                    for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+            }
+        }
+    };
     // Vector path (every row stride a multiple of 4 floats, 16-byte aligned bases; K ranges are
-    // multiples of 4 then): each thread loads 4 float4 of A and of B per K step, and the next
-    // step's loads are in flight while this step's MMAs run. Otherwise one float at a time.
+    // multiples of 4 then): each thread loads 4 float4 of A and of B per K step (blockDim 128),
+    // and the next step's loads are in flight while this step's MMAs run. Otherwise one float at
+    // a time.
     const int ldb = TRANS_B ? K : N;
-    const bool vec = ((K | ldb) & 3) == 0 && ((reinterpret_cast<unsigned long long>(A) |
-                                              reinterpret_cast<unsigned long long>(B)) & 15) == 0;
+    const bool vec = ((K | ldb) & 3) == 0 &&
+                     ((reinterpret_cast<unsigned long long>(A) | reinterpret_cast<unsigned long long>(B)) & 15) == 0;
     if (vec) {
         float4 ra[4], rb[4];
         auto load = [&](int k0) {
@@ -214,77 +241,33 @@ __device__ __forceinline__ void gemm_body(const float* __restrict__ A, const flo
             }
             __syncthreads();
             if (k0 + GBK < kend) load(k0 + GBK);
-#pragma unroll
-        for (int kk = 0; kk < GBK; kk += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> fa[2];
-#pragma unroll
-            for (int i = 0; i < 2; i++) wmma::load_matrix_sync(fa[i], As + (wm * 32 + i * 16) * GLD + kk, GLD);
-            if (TRANS_B) {
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::col_major> fb[2];
-#pragma unroll
-                for (int j = 0; j < 2; j++) wmma::load_matrix_sync(fb[j], Bs + (wn * 32 + j * 16) * GLD + kk, GLD);
-#pragma unroll
-                for (int i = 0; i < 2; i++)
-#pragma unroll
-                    for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
-            } else {
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::row_major> fb[2];
-#pragma unroll
-                for (int j = 0; j < 2; j++) wmma::load_matrix_sync(fb[j], Bs + kk * GLDN + wn * 32 + j * 16, GLDN);
-#pragma unroll
-                for (int i = 0; i < 2; i++)
-#pragma unroll
-                    for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
-            }
-        }
+            tile_mma();
             __syncthreads();
         }
     } else {
-    for (int k0 = kbeg; k0 < kend; k0 += GBK) {
-        for (int e = tid; e < GBM * GBK; e += blockDim.x) {
-            const int r = e / GBK, k = e % GBK;
-            const int gm = m0 + r, gk = k0 + k;
-            As[r * GLD + k] = __float2half(gm < M && gk < kend ? A[(long long)gm * K + gk] : 0.f);
-        }
-        if (TRANS_B) {
-            for (int e = tid; e < GBN * GBK; e += blockDim.x) {
+        for (int k0 = kbeg; k0 < kend; k0 += GBK) {
+            for (int e = tid; e < GBM * GBK; e += blockDim.x) {
                 const int r = e / GBK, k = e % GBK;
-                const int gn = n0 + r, gk = k0 + k;
-                Bs[r * GLD + k] = __float2half(gn < N && gk < kend ? B[(long long)gn * K + gk] : 0.f);
+                const int gm = m0 + r, gk = k0 + k;
+                As[r * GLD + k] = __float2half(gm < M && gk < kend ? A[(long long)gm * K + gk] : 0.f);
             }
-        } else {
-            for (int e = tid; e < GBK * GBN; e += blockDim.x) {
-                const int k = e / GBN, c = e % GBN;
-                const int gn = n0 + c, gk = k0 + k;
-                Bs[k * GLDN + c] = __float2half(gn < N && gk < kend ? B[(long long)gk * N + gn] : 0.f);
-            }
-        }
-        __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < GBK; kk += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> fa[2];
-#pragma unroll
-            for (int i = 0; i < 2; i++) wmma::load_matrix_sync(fa[i], As + (wm * 32 + i * 16) * GLD + kk, GLD);
             if (TRANS_B) {
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::col_major> fb[2];
-#pragma unroll
-                for (int j = 0; j < 2; j++) wmma::load_matrix_sync(fb[j], Bs + (wn * 32 + j * 16) * GLD + kk, GLD);
-#pragma unroll
-                for (int i = 0; i < 2; i++)
-#pragma unroll
-                    for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+                for (int e = tid; e < GBN * GBK; e += blockDim.x) {
+                    const int r = e / GBK, k = e % GBK;
+                    const int gn = n0 + r, gk = k0 + k;
+                    Bs[r * GLD + k] = __float2half(gn < N && gk < kend ? B[(long long)gn * K + gk] : 0.f);
+                }
             } else {
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::row_major> fb[2];
-#pragma unroll
-                for (int j = 0; j < 2; j++) wmma::load_matrix_sync(fb[j], Bs + kk * GLDN + wn * 32 + j * 16, GLDN);
-#pragma unroll
-                for (int i = 0; i < 2; i++)
-#pragma unroll
-                    for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+                for (int e = tid; e < GBK * GBN; e += blockDim.x) {
+                    const int k = e / GBN, c = e % GBN;
+                    const int gn = n0 + c, gk = k0 + k;
+                    Bs[k * GLDN + c] = __float2half(gn < N && gk < kend ? B[(long long)gk * N + gn] : 0.f);
+                }
             }
+            __syncthreads();
+            tile_mma();
+            __syncthreads();
         }
-        __syncthreads();
-    }
     }
 #pragma unroll
     for (int i = 0; i < 2; i++)
