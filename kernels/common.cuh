@@ -177,7 +177,8 @@ __device__ __forceinline__ double block_sum_d(double v, double* scratch) {
 // n / d for 0 ≤ n < 2^31 and a runtime divisor d ≥ 1 by multiply-high (Granlund–Montgomery, as
 // CUTLASS's FastDivmod): q = (hi32(n · mul) + n) >> shift, shift = ⌈log2 d⌉,
 // mul = ⌊2^32 · (2^shift − d) / d⌋ + 1. A few instructions instead of a division's ~20 (or a
-// 64-bit division's subroutine call); set up once per thread. d < 1 is treated as 1.
+// 64-bit division's subroutine call) per use; the set-up costs about as much as a division, so it
+// pays where one divisor serves many divisions (the conv main loops). d < 1 is treated as 1.
 struct FastDiv {
     unsigned d, mul, shift;
     __device__ __forceinline__ explicit FastDiv(int div) {

@@ -493,12 +493,11 @@ extern "C" __global__ void act_f16(const half* __restrict__ x, long long len8, i
 extern "C" __global__ void conv_weights_f16(const float* __restrict__ w, int cout, int cin, half* __restrict__ wf,
                                             half* __restrict__ wt) {
     const int k = 9 * cin, n = cout * k;
-    const FastDiv byk(k), byc(cin);
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         const half h = __float2half(w[i]);
         if (wf) wf[i] = h;
         if (wt) {
-            const int o = byk.div(i), r = i - o * k, tap = byc.div(r), ci = r - tap * cin;
+            const int o = i / k, r = i - o * k, tap = r / cin, ci = r - tap * cin;
             wt[((8 - tap) * cout + o) * cin + ci] = h;
         }
     }
@@ -510,15 +509,10 @@ extern "C" __global__ void conv_weights_f16(const float* __restrict__ w, int cou
 // wgrad then read g with plain cp.async gathers, the argmax select done once instead of per tap.
 extern "C" __global__ void unpool_f16(const half* __restrict__ dy, const unsigned char* __restrict__ am, int N, int H,
                                       int W, int C, half* __restrict__ g) {
-    const int c8 = C >> 3, P = N * H * W, total = P * c8;  // < 2^31: the host checks
-    const PixGrid pg(H, W);
-    const FastDiv per(c8);
+    const int c8 = C >> 3, total = N * H * W * c8;  // < 2^31: the host checks
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        const int p = per.div(i), c = (i - p * c8) * 8;
-        int n, yy, xx;
-        bool ok;
-        pg.at(p, P, n, yy, xx, ok);
-        *reinterpret_cast<uint4*>(g + (long long)p * C + c) = gfull8(dy, am, n, yy, xx, c, ok, H, W, C, 1);
+        const int p = i / c8, c = (i - p * c8) * 8, n = p / (H * W), r = p - n * (H * W), yy = r / W;
+        *reinterpret_cast<uint4*>(g + (long long)p * C + c) = gfull8(dy, am, n, yy, r - yy * W, c, true, H, W, C, 1);
     }
 }
 
@@ -550,13 +544,30 @@ extern "C" __global__ void wgrad_reduce_f32(const float* __restrict__ part, int 
 #define MA_STAGE (MB * MLD)  // halves; ≥ MK * MLDA_T
 #define MB_STAGE (MN * MLD)  // ≥ MK * MLDB_T
 
-// Advances a GEMM index k = tap·C + c (0 ≤ c < C) by one K step (MK) without a division.
-__device__ __forceinline__ void k_advance(int& tap, int& c, int C) {
-    c += MK;
-    while (c >= C) {
-        c -= C;
-        tap++;
+// A thread's index k = tap·C + c (0 ≤ c < C) along an implicit GEMM's K = 9·C, moved one K step
+// (MK) per advance without a division: issue runs for t = 0, 1, 2, … in order.
+struct KCursor {
+    int tap, c;
+    __device__ __forceinline__ KCursor(int k, int C) : tap(0), c(k) { wrap(C); }
+    __device__ __forceinline__ void advance(int C) {
+        c += MK;
+        wrap(C);
     }
+    __device__ __forceinline__ void wrap(int C) {
+        while (c >= C) {
+            c -= C;
+            tap++;
+        }
+    }
+};
+
+// Channels c..c+7 (of C) at the pixel of index pix = (n·H + y)·W + x shifted by 3×3 tap `tap`,
+// into dst by cp.async: zeros outside the image, when !ok, and past the last tap (tap ≥ 9).
+__device__ __forceinline__ void cp_tap8(half* dst, const half* src, int pix, int y, int x, bool ok, int tap, int c,
+                                        int C, int H, int W) {
+    const int dy = tap / 3 - 1, dx = tap - (tap / 3) * 3 - 1, iy = y + dy, ix = x + dx;
+    ok = ok && tap < 9 && (unsigned)iy < (unsigned)H && (unsigned)ix < (unsigned)W;
+    cp_async16(dst, ok ? src + (long long)(pix + dy * W + dx) * C + c : src, ok ? 16 : 0);
 }
 
 // One K step (32) of the block tile from stage buffers `as`, `bs` into acc[i][j][·] (the
@@ -721,32 +732,21 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
         fwd_row_pixel((int)(m0 + r0 + 32 * i), (int)M, g, pool, n, ay[i], ax[i], aok[i]);
         apix[i] = (n * H + ay[i]) * W + ax[i];
     }
-    // this thread's k = t·MK + kc as (tap, ci); issue runs for t = 0, 1, 2, … in order and
-    // advances it one step
-    int tap = 0, ci = kc;
-    while (ci >= cin) {
-        ci -= cin;
-        tap++;
-    }
+    KCursor kq(kc, cin);  // this thread's A column k = t·MK + kc as (tap, ci)
     auto issue = [&](int t, int s) {
         const int k = t * MK + kc;
-        const bool kok = tap < 9;
-        const int dy = tap / 3 - 1, dx = tap - (tap / 3) * 3 - 1, doff = dy * W + dx;
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int iy = ay[i] + dy, ix = ax[i] + dx;
-            const bool ok = aok[i] && kok && (unsigned)iy < (unsigned)H && (unsigned)ix < (unsigned)W;
-            const half* src = ok ? a + (long long)(apix[i] + doff) * cin + ci : a;
-            cp_async16(As + s * MA_STAGE + (r0 + 32 * i) * MLD + kc, src, ok ? 16 : 0);
-        }
+        for (int i = 0; i < 4; i++)
+            cp_tap8(As + s * MA_STAGE + (r0 + 32 * i) * MLD + kc, a, apix[i], ay[i], ax[i], aok[i], kq.tap, kq.c, cin,
+                    H, W);
 #pragma unroll
         for (int i = 0; i < 2; i++) {
             const int co = n0 + r0 + 32 * i;
-            const bool ok = co < cout && kok;
+            const bool ok = co < cout && k < K;
             const half* src = ok ? wf + (long long)co * K + k : wf;
             cp_async16(Bs + s * MB_STAGE + (r0 + 32 * i) * MLD + kc, src, ok ? 16 : 0);
         }
-        k_advance(tap, ci, cin);
+        kq.advance(cin);
     };
     float acc[4][4][4];
     mma_pipeline<false, false>(acc, As, Bs, CEIL_DIV(K, MK), issue);
@@ -833,30 +833,19 @@ conv3x3_dgrad_mma_f16(const half* __restrict__ g, int N, int H, int W, int cin, 
         apix[i] = (int)(m0 + r0 + 32 * i);
         pg.at(apix[i], (int)M, n, ay[i], ax[i], aok[i]);
     }
-    // k = tap·cout + o of this thread's A column (t·MK + kc); issue runs for t = 0, 1, 2, … in
-    // order and advances it one step
-    int tap = 0, o = kc;
-    while (o >= cout) {
-        o -= cout;
-        tap++;
-    }
+    KCursor kq(kc, cout);  // this thread's A column k = t·MK + kc as (tap, o)
     auto issue = [&](int t, int s) {
-        const bool kok = tap < 9;
-        const int dyt = tap / 3 - 1, dxt = tap - (tap / 3) * 3 - 1, doff = dyt * W + dxt;
 #pragma unroll
-        for (int i = 0; i < 4; i++) {  // the gradient at pixel q + off(tap) times w[o][8 − tap][ci]
-            const int iy = ay[i] + dyt, ix = ax[i] + dxt;
-            const bool ok = aok[i] && kok && (unsigned)iy < (unsigned)H && (unsigned)ix < (unsigned)W;
-            const half* src = ok ? g + (long long)(apix[i] + doff) * cout + o : g;
-            cp_async16(As + s * MA_STAGE + (r0 + 32 * i) * MLD + kc, src, ok ? 16 : 0);
-        }
+        for (int i = 0; i < 4; i++)  // the gradient at pixel q + off(tap) times w[o][8 − tap][ci]
+            cp_tap8(As + s * MA_STAGE + (r0 + 32 * i) * MLD + kc, g, apix[i], ay[i], ax[i], aok[i], kq.tap, kq.c, cout,
+                    H, W);
 #pragma unroll
         for (int i = 0; i < 2; i++) {  // B row kb = tap'·cout + o of wt (conv_weights_f16)
             const int kb = t * MK + br0 + 16 * i, ci = n0 + bc;
             const bool ok = kb < K && ci < cin;
             cp_async16(Bs + s * MB_STAGE + (br0 + 16 * i) * MLDB_T + bc, ok ? wt + (long long)kb * cin + ci : wt, ok ? 16 : 0);
         }
-        k_advance(tap, o, cout);
+        kq.advance(cout);
     };
     float acc[4][4][4];
     mma_pipeline<false, true>(acc, As, Bs, CEIL_DIV(K, MK), issue);

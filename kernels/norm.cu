@@ -153,7 +153,7 @@ extern "C" __global__ void pre_bwd_dx_f16(const half* __restrict__ da, const hal
     const int t = blockIdx.x * blockDim.x + threadIdx.x;  // 8 consecutive channels per thread
     if (dshift && t < C) dshift[t] = sums[t];
     if (!dx || (long long)t * 8 >= len) return;
-    const int c8 = C >> 3, c0 = (t - FastDiv(c8).div(t) * c8) * 8;
+    const int c0 = t % (C >> 3) * 8;
     const float cnt = (float)count;
     Half8 a, v, o;
     a.u = *reinterpret_cast<const uint4*>(da + (long long)t * 8);

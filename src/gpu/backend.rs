@@ -247,7 +247,6 @@ fn check_len(got: usize, want: usize, what: &str) -> Result<()> {
     check(got == want, || format!("{what} holds {got} values, expected {want}"))
 }
 
-/// Shape rules of the tensor-core conv kernels.
 /// The conv kernels index pixels (N·H·W) in 32 bits (kernels/common.cuh `PixGrid`).
 fn check_pixels(op: &str, xs: Shape) -> Result<()> {
     check(xs.count() <= i32::MAX as usize, || {
@@ -258,6 +257,7 @@ fn check_pixels(op: &str, xs: Shape) -> Result<()> {
     })
 }
 
+/// Shape rules of the tensor-core conv kernels.
 fn check_channels(op: &str, cin: usize, cout: usize) -> Result<()> {
     check(cin % 8 == 0 && cout % 8 == 0 && cin > 0 && cout > 0, || {
         format!(
@@ -542,10 +542,9 @@ impl Gpu {
     }
 
     /// For each `(A, B, D, C, M, N, K)` of `batch` (at most [`GEMM_BATCH`]), `C = alpha·A·op(B) +
-    /// beta·D` on f32 matrices (tensor cores, fp16-rounded inputs), all in one launch.
-    /// Up to [`GEMM_BATCH`] GEMMs C = alpha·A·B(ᵀ) + beta·D in one launch, entries (A, B, D, C,
-    /// M, N, K). With `splits` > 1 (split-K, beta 0): each entry's D is the destination and its C
-    /// an [splits][M][N] scratch; a second launch adds the slices in order.
+    /// beta·D` on f32 matrices (tensor cores, fp16-rounded inputs), all in one launch. With
+    /// `splits` > 1 (split-K, beta 0): each entry's D is the destination and its C an
+    /// [splits][M][N] scratch; a second launch adds the slices in order.
     fn gemm(
         &mut self,
         trans_b: bool,
@@ -1234,13 +1233,14 @@ impl Backend for Gpu {
         let wt = if mma && dap.is_some() { len.div_ceil(2).next_multiple_of(64) } else { 0 };
         let ws = if full + wt + parts > 0 { self.workspace(full + wt + parts)? } else { 0 };
         let (ws_wt, ws_parts) = (ws + 4 * full as u64, ws + 4 * (full + wt) as u64);
-        let (gp, gap, gpool) = if full > 0 {
+        // the output gradient the mma GEMMs read
+        let gp = if full > 0 {
             check(p * cout / 8 < 1 << 30, || format!("conv3x3_bwd: {xs:?}×{cout} is too large to unpool"))?;
             let args = [dyp, ap, ni, hi, wi, co, ws];
             self.launch1d("conv", "unpool_f16", p * cout / 8, &args)?;
-            (ws, 0, false)
+            ws
         } else {
-            (dyp, ap, pool)
+            dyp
         };
         let out = if slices == 1 { dwp } else { ws_parts };
         let (xp, pp) = match kept {
@@ -1297,7 +1297,7 @@ impl Backend for Gpu {
                     }
                 } else {
                     let grid = (blocks_of(p, 64)?, cin.div_ceil(64) as u32, 1);
-                    let args = [gp, gap, ni, hi, wi, ci, co, gpool as u64, wp, dap];
+                    let args = [dyp, ap, ni, hi, wi, ci, co, pool as u64, wp, dap];
                     self.launch("conv", "conv3x3_dgrad_f16", grid, (128, 1, 1), &args)?;
                     if let Some(sp) = sums {
                         // the wmma kernel has no sums epilogue: one more read
