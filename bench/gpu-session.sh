@@ -13,6 +13,8 @@
 #   bash bench/gpu-session.sh one           # one timed run with the per-epoch table
 #   bash bench/gpu-session.sh runs 25       # 25 seeded runs: statistics + JSON (more flags after N
 #                                           # go to the trainer, e.g. runs 25 --epochs 9)
+#   SPEEDRUN_CONV=mma128 bash bench/gpu-session.sh runs 25   # the same on the 128×128-tile convs
+#                                           # (bench's "train step, graph, mma128 convs" line first)
 #   bash bench/gpu-session.sh first         # selftest, bench, one run, one --no-graph, one with the
 #                                           # epilogue sums off, one with wmma convs
 #   bash bench/gpu-session.sh airbench 25   # the anchor, same GPU, same images (see below)
@@ -35,6 +37,7 @@ log="$OUT/$(date -u +%Y%m%d-%H%M%S)-$what.log"
 {
   echo "# command: bench/gpu-session.sh $*"
   echo "# date: $(date -u)"
+  echo "# env: SPEEDRUN_CONV=${SPEEDRUN_CONV-} SPEEDRUN_EPILOGUE_SUMS=${SPEEDRUN_EPILOGUE_SUMS-} (unset: the defaults)"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || echo "# nvidia-smi unavailable"
 } > "$log"
 case "$what" in

@@ -526,23 +526,36 @@ extern "C" __global__ void wgrad_reduce_f32(const float* __restrict__ part, int 
 }
 
 // =============================================================================================
-// sm_80+ kernels: mma.sync m16n8k16 + ldmatrix + a 3-stage pipeline (cp.async where an operand
-// is a plain gather, registers where it is converted or selected), 128×64 block tiles, K step
-// 32, 4 warps (2×2) of 64×32, epilogues from registers. Launched only on compute capability
-// ≥ 8.0 (`ConvPath::Mma` in src/gpu/mod.rs), and only with an activated input (bn = 2).
+// sm_80+ kernels: mma.sync m16n8k16 + ldmatrix + a 3-stage cp.async pipeline, block tiles of
+// 128 × TN (TN = 2·WN), K step 32, 4 warps (2×2) of 64×WN, epilogues from registers. Two tile
+// widths: WN = 32 (128×64 tiles, static shared memory, ≤ 128 registers so 4 blocks share an SM:
+// the `_mma_` kernels) and WN = 64 (128×128 tiles for the layers whose GEMM N is ≥ 128: half
+// the ldmatrix and operand-copy work per MMA, 60 KB of dynamic shared memory, ≤ 255 registers,
+// 2 blocks per SM: the `_mma_wide_` kernels). Launched only on compute capability ≥ 8.0
+// (`ConvPath::Mma` / `MmaWide` in src/gpu/mod.rs), and only with an activated input (bn = 2).
 //
 // Shared-memory stages are either row-major [rows][k] (MLD = 40 halves per row: 80 B, so the 8
 // row reads of an ldmatrix hit 8 distinct bank groups), read with ldmatrix, or k-major
-// [k][rows] (A: 136, B: 72 halves per k row, odd multiples of 16 B), read with ldmatrix.trans.
+// [k][rows] (A: 136, B: TN + 8 halves per k row, odd multiples of 16 B), read with ldmatrix.trans.
 #define MB 128
-#define MN 64
 #define MK 32
 #define MSTAGES 3
 #define MLD 40
 #define MLDA_T 136
-#define MLDB_T 72
-#define MA_STAGE (MB * MLD)  // halves; ≥ MK * MLDA_T
-#define MB_STAGE (MN * MLD)  // ≥ MK * MLDB_T
+// Bytes of dynamic shared memory the wide kernels need (MmaTile<64>::SMEM; the host passes it:
+// WIDE_SMEM in src/gpu/backend.rs, checked against this line by a test).
+#define MMA_WIDE_SMEM 61440
+
+template <int WN> struct MmaTile {
+    static constexpr int TN = 2 * WN;                // block tile columns
+    static constexpr int NJ = WN / 8;                // m16n8 tiles per warp along n
+    static constexpr int LDB_T = TN + 8;             // k-major B stage row, halves
+    static constexpr int A_STAGE = MB * MLD;         // halves; ≥ MK * MLDA_T
+    static constexpr int B_STAGE = TN * MLD;         // ≥ MK * LDB_T
+    static constexpr int SMEM = MSTAGES * (A_STAGE + B_STAGE) * 2;  // bytes
+    static_assert(A_STAGE >= MK * MLDA_T && B_STAGE >= MK * LDB_T, "stage sizes");
+};
+static_assert(MmaTile<64>::SMEM == MMA_WIDE_SMEM, "MMA_WIDE_SMEM");
 
 // A thread's index k = tap·C + c (0 ≤ c < C) along an implicit GEMM's K = 9·C, moved one K step
 // (MK) per advance without a division: issue runs for t = 0, 1, 2, … in order.
@@ -570,14 +583,34 @@ __device__ __forceinline__ void cp_tap8(half* dst, const half* src, int pix, int
     cp_async16(dst, ok ? src + (long long)(pix + dy * W + dx) * C + c : src, ok ? 16 : 0);
 }
 
+// Copies k-major stages of MK k rows × TN columns (row stride LDB_T) by cp.async, 16 bytes per
+// copy, TN·MK/8/128 copies per thread. copy(dst, src): src(k, col, p) says whether columns
+// col..col+7 of k row `k` of the stage come from p (set to a valid address either way; false:
+// 0 bytes are read, the 16 bytes are zero-filled).
+template <int WN> struct KMajorCopy {
+    static constexpr int TPR = MmaTile<WN>::TN / 8;  // threads per k row
+    int r0, col;                                      // this thread's first k row and its columns
+    __device__ __forceinline__ KMajorCopy() : r0(threadIdx.x / TPR), col((threadIdx.x % TPR) * 8) {}
+    template <class Src> __device__ __forceinline__ void copy(half* dst, Src src) const {
+#pragma unroll
+        for (int i = 0; i < MK * TPR / 128; i++) {
+            const int k = r0 + (128 / TPR) * i;
+            const half* p;
+            const bool ok = src(k, col, p);
+            cp_async16(dst + k * MmaTile<WN>::LDB_T + col, p, ok ? 16 : 0);
+        }
+    }
+};
+
 // One K step (32) of the block tile from stage buffers `as`, `bs` into acc[i][j][·] (the
 // m16n8 tile at warp rows 16i, cols 8j). AT / BT: the stage is k-major (ldmatrix.trans).
-template <bool AT, bool BT>
-__device__ __forceinline__ void mma_kstep(float (&acc)[4][4][4], const half* as, const half* bs, int lane, int wm,
+template <bool AT, bool BT, int WN>
+__device__ __forceinline__ void mma_kstep(float (&acc)[4][WN / 8][4], const half* as, const half* bs, int lane, int wm,
                                           int wn) {
+    constexpr int NJ = WN / 8, LDB_T = MmaTile<WN>::LDB_T;
 #pragma unroll
     for (int kk = 0; kk < MK; kk += 16) {
-        unsigned fa[4][4], fb[4][2];
+        unsigned fa[4][4], fb[NJ][2];
 #pragma unroll
         for (int i = 0; i < 4; i++) {  // matrices (m 0-7 | 8-15) × (k 0-7 | 8-15) = a0..a3
             if (!AT)
@@ -587,12 +620,13 @@ __device__ __forceinline__ void mma_kstep(float (&acc)[4][4][4], const half* as,
                                              ((lane >> 3) & 1) * 8);
         }
 #pragma unroll
-        for (int j = 0; j < 2; j++) {  // matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), ...
+        for (int j = 0; j < NJ / 2; j++) {  // matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), ...
             unsigned r[4];
             if (!BT)
-                ldmatrix_x4<false>(r, bs + (wn * 32 + j * 16 + (lane & 7) + (lane >> 4) * 8) * MLD + kk + ((lane >> 3) & 1) * 8);
+                ldmatrix_x4<false>(r, bs + (wn * WN + j * 16 + (lane & 7) + (lane >> 4) * 8) * MLD + kk +
+                                          ((lane >> 3) & 1) * 8);
             else
-                ldmatrix_x4<true>(r, bs + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * MLDB_T + wn * 32 + j * 16 +
+                ldmatrix_x4<true>(r, bs + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * LDB_T + wn * WN + j * 16 +
                                          (lane >> 4) * 8);
             fb[2 * j][0] = r[0];
             fb[2 * j][1] = r[1];
@@ -602,7 +636,7 @@ __device__ __forceinline__ void mma_kstep(float (&acc)[4][4][4], const half* as,
 #pragma unroll
         for (int i = 0; i < 4; i++)
 #pragma unroll
-            for (int j = 0; j < 4; j++) mma_16816(acc[i][j], fa[i], fb[j]);
+            for (int j = 0; j < NJ; j++) mma_16816(acc[i][j], fa[i], fb[j]);
     }
 }
 
@@ -611,14 +645,14 @@ __device__ __forceinline__ void mma_kstep(float (&acc)[4][4][4], const half* as,
 // that held step t − 3, which every warp finished before step t − 2's barrier; one group is
 // committed per step (empty past the end), so "≤ 1 group in flight" at step t means step t has
 // landed.
-template <bool AT, bool BT, class Issue>
-__device__ __forceinline__ void mma_pipeline(float (&acc)[4][4][4], const half* As, const half* Bs, int nk,
+template <bool AT, bool BT, int WN, class Issue>
+__device__ __forceinline__ void mma_pipeline(float (&acc)[4][WN / 8][4], const half* As, const half* Bs, int nk,
                                              Issue issue) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 1, wn = warp & 1;
 #pragma unroll
     for (int i = 0; i < 4; i++)
 #pragma unroll
-        for (int j = 0; j < 4; j++)
+        for (int j = 0; j < WN / 8; j++)
 #pragma unroll
             for (int r = 0; r < 4; r++) acc[i][j][r] = 0.f;
     issue(0, 0);
@@ -631,41 +665,42 @@ __device__ __forceinline__ void mma_pipeline(float (&acc)[4][4][4], const half* 
         if (t + 2 < nk) issue(t + 2, (t + 2) % MSTAGES);
         cp_async_commit();
         const int s = t % MSTAGES;
-        mma_kstep<AT, BT>(acc, As + s * MA_STAGE, Bs + s * MB_STAGE, lane, wm, wn);
+        mma_kstep<AT, BT, WN>(acc, As + s * MmaTile<WN>::A_STAGE, Bs + s * MmaTile<WN>::B_STAGE, lane, wm, wn);
     }
     cp_async_wait<0>();
 }
 
 // Calls f(row, col, v0, v1) on every lane for each accumulator pair of this warp: D(row, col)
-// and D(row, col + 1) in block-tile coordinates (row = wm·64 + 16i + g + 8h, col = wn·32 + 8j +
+// and D(row, col + 1) in block-tile coordinates (row = wm·64 + 16i + g + 8h, col = wn·WN + 8j +
 // 2q, g = lane/4, q = lane%4), column pairs j outermost; done(j) after the last call of pair j.
 // Every lane makes every call (f and done may shuffle).
-template <class F, class D> __device__ __forceinline__ void mma_epilogue(const float (&acc)[4][4][4], F f, D done) {
+template <int WN, class F, class D>
+__device__ __forceinline__ void mma_epilogue(const float (&acc)[4][WN / 8][4], F f, D done) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 1, wn = warp & 1;
     const int g = lane >> 2, q = lane & 3;
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
+    for (int j = 0; j < WN / 8; j++) {
 #pragma unroll
         for (int i = 0; i < 4; i++)
 #pragma unroll
             for (int h = 0; h < 2; h++)
-                f(wm * 64 + i * 16 + g + 8 * h, wn * 32 + j * 8 + 2 * q, acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+                f(wm * 64 + i * 16 + g + 8 * h, wn * WN + j * 8 + 2 * q, acc[i][j][2 * h], acc[i][j][2 * h + 1]);
         done(j);
     }
 }
-template <class F> __device__ __forceinline__ void mma_epilogue(const float (&acc)[4][4][4], F f) {
-    mma_epilogue(acc, f, [](int) {});
+template <int WN, class F> __device__ __forceinline__ void mma_epilogue(const float (&acc)[4][WN / 8][4], F f) {
+    mma_epilogue<WN>(acc, f, [](int) {});
 }
 
 // Per-channel partial sums of a tile's outputs (the forward's BatchNorm Σy, Σy²; dgrad's
 // pre_bwd Σdu, Σdu·x̂), in two parts. mma_col_sums, after column pair j: a[e], b[e] hold this
-// lane's two sums of column wn·32 + 8j + 2q + e over its rows; they are added over the 8 lanes
+// lane's two sums of column wn·WN + 8j + 2q + e over its rows; they are added over the 8 lanes
 // of the column (xor butterfly), put in red[wm][column], and reset. mma_col_partials, once: adds
 // the two warp rows (wm 0 then 1) and writes part[c][blockIdx.x] (a) and part[C + c][blockIdx.x]
 // (b), c = n0 + column: the channel-major layout of norm.cu's stage 2 (bn_finalize_f32,
 // pre_bwd_sums_f32). Fixed order throughout: deterministic. red: mma_spare_stage.
-template <typename T>
-__device__ __forceinline__ void mma_col_sums(int j, T (&a)[2], T (&b)[2], T (*red)[MN][2]) {
+template <typename T, int WN>
+__device__ __forceinline__ void mma_col_sums(int j, T (&a)[2], T (&b)[2], T (*red)[2 * WN][2]) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 1, wn = warp & 1;
 #pragma unroll
     for (int e = 0; e < 2; e++) {
@@ -676,26 +711,28 @@ __device__ __forceinline__ void mma_col_sums(int j, T (&a)[2], T (&b)[2], T (*re
             t += __shfl_xor_sync(0xffffffffu, t, o);
         }
         if (lane < 4) {
-            red[wm][wn * 32 + j * 8 + 2 * lane + e][0] = s;
-            red[wm][wn * 32 + j * 8 + 2 * lane + e][1] = t;
+            red[wm][wn * WN + j * 8 + 2 * lane + e][0] = s;
+            red[wm][wn * WN + j * 8 + 2 * lane + e][1] = t;
         }
         a[e] = b[e] = T(0);
     }
 }
-template <typename T>
-__device__ __forceinline__ void mma_col_partials(const T (*red)[MN][2], int n0, int C, T* __restrict__ part) {
+template <typename T, int WN>
+__device__ __forceinline__ void mma_col_partials(const T (*red)[2 * WN][2], int n0, int C, T* __restrict__ part) {
+    static_assert(2 * WN <= 128, "one column per thread of the 128");
     __syncthreads();
     const int col = threadIdx.x, c = n0 + col;
-    if (col < MN && c < C) {
+    if (col < 2 * WN && c < C) {
         part[(long long)c * gridDim.x + blockIdx.x] = red[0][col][0] + red[1][col][0];
         part[(long long)(C + c) * gridDim.x + blockIdx.x] = red[0][col][1] + red[1][col][1];
     }
 }
-// Room for red (≤ 2 KB) once mma_pipeline has run nk steps: the A stage it left free. The last
+// Room for red (≤ 4 KB) once mma_pipeline has run nk steps: the A stage it left free. The last
 // step (nk − 1) used stage (nk − 1) % 3; stage (nk + 1) % 3 last held step nk − 2 (or nothing),
 // which every warp finished before the last step's barrier.
-template <typename T> __device__ __forceinline__ T (*mma_spare_stage(half* As, int nk))[MN][2] {
-    return reinterpret_cast<T (*)[MN][2]>(As + ((nk + 1) % MSTAGES) * MA_STAGE);
+template <typename T, int WN> __device__ __forceinline__ T (*mma_spare_stage(half* As, int nk))[2 * WN][2] {
+    static_assert(sizeof(T) * 2 * 2 * WN * 2 <= MmaTile<WN>::A_STAGE * sizeof(half), "red fits a stage");
+    return reinterpret_cast<T (*)[2 * WN][2]>(As + ((nk + 1) % MSTAGES) * MmaTile<WN>::A_STAGE);
 }
 
 // Stores D(row m, cols c, c+1) as two halves of out[m][c] (C % 8 == 0, c even), within bounds.
@@ -703,25 +740,28 @@ __device__ __forceinline__ void store_f16_pair(half* out, long long m, long long
     if (m < M && c < C) *reinterpret_cast<unsigned*>(out + m * C + c) = pack_half2(__float2half(v0), __float2half(v1));
 }
 
+// The three kernels' bodies, for either tile width; As, Bs: MSTAGES stages each
+// (MmaTile<WN>::A_STAGE, B_STAGE halves), 16-byte aligned. The exported kernels follow them.
+
 // Same contract as conv3x3_fwd_f16 with bn = 2, but the weights as fp16 (wf, conv_weights_f16).
 // A = im2col(a) [pixels][k] by cp.async (zero fill outside the image), B = wf [cout][k] by cp.async. With pool, the four
 // rows of a 2×2 window (consecutive m) sit in lanes 4 apart (rows g..g+3 of an m16 tile): their
 // values are gathered with shuffles and the first maximum is taken in window order.
 // part (may be null): the BatchNorm partial sums of the stored y (fp16 values, pooled when pool)
 // per block row, [2·cout][gridDim.x] f64 (mma_col_partials), for bn_finalize_f32.
-// grid (ceil(M/128), ceil(cout/64)), block 128.
-extern "C" __global__ void __launch_bounds__(128, 4)
-conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, const half* __restrict__ wf, int cout,
-                    int pool, half* __restrict__ y, unsigned char* __restrict__ argmax, double* __restrict__ part) {
-#if ARCH_SM80
-    __shared__ __align__(128) half As[MSTAGES * MA_STAGE];
-    __shared__ __align__(128) half Bs[MSTAGES * MB_STAGE];
+// grid (ceil(M/128), ceil(cout/TN)), block 128.
+template <int WN>
+__device__ __forceinline__ void conv_fwd_mma(const half* __restrict__ a, int N, int H, int W, int cin,
+                                             const half* __restrict__ wf, int cout, int pool, half* __restrict__ y,
+                                             unsigned char* __restrict__ argmax, double* __restrict__ part, half* As,
+                                             half* Bs) {
+    constexpr int TN = MmaTile<WN>::TN, A_STAGE = MmaTile<WN>::A_STAGE, B_STAGE = MmaTile<WN>::B_STAGE;
     const int tid = threadIdx.x;
     const int K = 9 * cin;
     const long long M = fwd_gemm_rows(N, H, W, pool);
     const long long m0 = (long long)blockIdx.x * MB;
-    const int n0 = blockIdx.y * MN;
-    // Staging: this thread copies A rows r0 + 32i (i < 4) and B rows r0 + 32i (i < 2), 8 k at kc.
+    const int n0 = blockIdx.y * TN;
+    // Staging: this thread copies A rows r0 + 32i (i < 4) and B rows r0 + 32i (i < TN/32), 8 k at kc.
     const int r0 = tid >> 2, kc = (tid & 3) * 8;
     int apix[4], ay[4], ax[4];  // the rows' pixels: index (n·H + y)·W + x, y, x
     bool aok[4];
@@ -737,21 +777,21 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
         const int k = t * MK + kc;
 #pragma unroll
         for (int i = 0; i < 4; i++)
-            cp_tap8(As + s * MA_STAGE + (r0 + 32 * i) * MLD + kc, a, apix[i], ay[i], ax[i], aok[i], kq.tap, kq.c, cin,
+            cp_tap8(As + s * A_STAGE + (r0 + 32 * i) * MLD + kc, a, apix[i], ay[i], ax[i], aok[i], kq.tap, kq.c, cin,
                     H, W);
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
+        for (int i = 0; i < TN / 32; i++) {
             const int co = n0 + r0 + 32 * i;
             const bool ok = co < cout && k < K;
             const half* src = ok ? wf + (long long)co * K + k : wf;
-            cp_async16(Bs + s * MB_STAGE + (r0 + 32 * i) * MLD + kc, src, ok ? 16 : 0);
+            cp_async16(Bs + s * B_STAGE + (r0 + 32 * i) * MLD + kc, src, ok ? 16 : 0);
         }
         kq.advance(cin);
     };
-    float acc[4][4][4];
-    mma_pipeline<false, false>(acc, As, Bs, CEIL_DIV(K, MK), issue);
+    float acc[4][WN / 8][4];
+    mma_pipeline<false, false, WN>(acc, As, Bs, CEIL_DIV(K, MK), issue);
 
-    double (*red)[MN][2] = mma_spare_stage<double>(As, CEIL_DIV(K, MK));  // [wm][column][Σy | Σy²]
+    double (*red)[TN][2] = mma_spare_stage<double, WN>(As, CEIL_DIV(K, MK));  // [wm][column][Σy | Σy²]
     double sum[2] = {0.0, 0.0}, sq[2] = {0.0, 0.0};  // this lane's, of its current column pair
     auto stat = [&](half y0, half y1) {
         const double d0 = (double)__half2float(y0), d1 = (double)__half2float(y1);
@@ -761,9 +801,9 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
         sq[1] += d1 * d1;
     };
     auto cols_done = [&](int j) {
-        if (part) mma_col_sums(j, sum, sq, red);
+        if (part) mma_col_sums<double, WN>(j, sum, sq, red);
     };
-    mma_epilogue(acc, [&](int row, int col, float v0, float v1) {
+    mma_epilogue<WN>(acc, [&](int row, int col, float v0, float v1) {
         const long long m = m0 + row;
         const int co = n0 + col;
         if (!pool) {
@@ -794,10 +834,7 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
             if (part) stat(h0, h1);
         }
     }, cols_done);
-    if (part) mma_col_partials(red, n0, cout, part);
-#else
-    __trap();
-#endif
+    if (part) mma_col_partials<double, WN>(red, n0, cout, part);
 }
 
 // Same contract as conv3x3_dgrad_f16, but from the full-resolution output gradient g (NHWC,
@@ -808,22 +845,20 @@ conv3x3_fwd_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, co
 // part (may be null): pre_bwd's partial sums of the stored da for the layer input x (raw, NHWC
 // fp16) and its pre (pmean, pinv, pshift, bn: 0 bias, 1 BatchNorm): Σdu and Σdu·x̂ with
 // du = da·GELU′(pre(x)), as chan_reduce_f16 (norm.cu) takes them, f32 per lane, [2·cin]
-// [gridDim.x] (mma_col_partials), for pre_bwd_sums_f32. grid (ceil(P/128), ceil(cin/64)), block 128.
-extern "C" __global__ void __launch_bounds__(128, 4)
-conv3x3_dgrad_mma_f16(const half* __restrict__ g, int N, int H, int W, int cin, int cout, const half* __restrict__ wt,
-                      half* __restrict__ da, const half* __restrict__ x, const float* __restrict__ pmean,
-                      const float* __restrict__ pinv, const float* __restrict__ pshift, int bn,
-                      float* __restrict__ part) {
-#if ARCH_SM80
-    __shared__ __align__(128) half As[MSTAGES * MA_STAGE];
-    __shared__ __align__(128) half Bs[MSTAGES * MB_STAGE];
+// [gridDim.x] (mma_col_partials), for pre_bwd_sums_f32. grid (ceil(P/128), ceil(cin/TN)), block 128.
+template <int WN>
+__device__ __forceinline__ void conv_dgrad_mma(const half* __restrict__ g, int N, int H, int W, int cin, int cout,
+                                               const half* __restrict__ wt, half* __restrict__ da,
+                                               const half* __restrict__ x, const float* __restrict__ pmean,
+                                               const float* __restrict__ pinv, const float* __restrict__ pshift,
+                                               int bn, float* __restrict__ part, half* As, half* Bs) {
+    constexpr int TN = MmaTile<WN>::TN, A_STAGE = MmaTile<WN>::A_STAGE, B_STAGE = MmaTile<WN>::B_STAGE;
     const int tid = threadIdx.x;
     const int K = 9 * cout;
     const long long M = (long long)N * H * W;
     const long long m0 = (long long)blockIdx.x * MB;
-    const int n0 = blockIdx.y * MN;
-    const int r0 = tid >> 2, kc = (tid & 3) * 8;   // A: rows r0 + 32i (i < 4), k offset kc
-    const int br0 = tid >> 3, bc = (tid & 7) * 8;  // B: k rows br0 + 16i (i < 2), cols bc
+    const int n0 = blockIdx.y * TN;
+    const int r0 = tid >> 2, kc = (tid & 3) * 8;  // A: rows r0 + 32i (i < 4), k offset kc
     int apix[4], ay[4], ax[4];  // the rows' pixels: index, y, x
     bool aok[4];
     const PixGrid pg(H, W);
@@ -834,27 +869,29 @@ conv3x3_dgrad_mma_f16(const half* __restrict__ g, int N, int H, int W, int cin, 
         pg.at(apix[i], (int)M, n, ay[i], ax[i], aok[i]);
     }
     KCursor kq(kc, cout);  // this thread's A column k = t·MK + kc as (tap, o)
+    const KMajorCopy<WN> bcopy;
     auto issue = [&](int t, int s) {
 #pragma unroll
         for (int i = 0; i < 4; i++)  // the gradient at pixel q + off(tap) times w[o][8 − tap][ci]
-            cp_tap8(As + s * MA_STAGE + (r0 + 32 * i) * MLD + kc, g, apix[i], ay[i], ax[i], aok[i], kq.tap, kq.c, cout,
+            cp_tap8(As + s * A_STAGE + (r0 + 32 * i) * MLD + kc, g, apix[i], ay[i], ax[i], aok[i], kq.tap, kq.c, cout,
                     H, W);
-#pragma unroll
-        for (int i = 0; i < 2; i++) {  // B row kb = tap'·cout + o of wt (conv_weights_f16)
-            const int kb = t * MK + br0 + 16 * i, ci = n0 + bc;
+        // B row kb = tap'·cout + o of wt (conv_weights_f16)
+        bcopy.copy(Bs + s * B_STAGE, [&](int kr, int col, const half*& p) {
+            const int kb = t * MK + kr, ci = n0 + col;
             const bool ok = kb < K && ci < cin;
-            cp_async16(Bs + s * MB_STAGE + (br0 + 16 * i) * MLDB_T + bc, ok ? wt + (long long)kb * cin + ci : wt, ok ? 16 : 0);
-        }
+            p = ok ? wt + (long long)kb * cin + ci : wt;
+            return ok;
+        });
         kq.advance(cout);
     };
-    float acc[4][4][4];
-    mma_pipeline<false, true>(acc, As, Bs, CEIL_DIV(K, MK), issue);
-    float (*red)[MN][2] = mma_spare_stage<float>(As, CEIL_DIV(K, MK));  // [wm][column][Σdu | Σdu·x̂]
+    float acc[4][WN / 8][4];
+    mma_pipeline<false, true, WN>(acc, As, Bs, CEIL_DIV(K, MK), issue);
+    float (*red)[TN][2] = mma_spare_stage<float, WN>(As, CEIL_DIV(K, MK));  // [wm][column][Σdu | Σdu·x̂]
     float su[2] = {0.f, 0.f}, sx[2] = {0.f, 0.f};  // this lane's, of its current column pair
     auto cols_done = [&](int j) {
-        if (part) mma_col_sums(j, su, sx, red);
+        if (part) mma_col_sums<float, WN>(j, su, sx, red);
     };
-    mma_epilogue(acc, [&](int row, int col, float v0, float v1) {
+    mma_epilogue<WN>(acc, [&](int row, int col, float v0, float v1) {
         const long long m = m0 + row;
         const int c = n0 + col;
         store_f16_pair(da, m, M, c, cin, v0, v1);
@@ -869,10 +906,7 @@ conv3x3_dgrad_mma_f16(const half* __restrict__ g, int N, int H, int W, int cin, 
             sx[e] += du * xhat;
         }
     }, cols_done);
-    if (part) mma_col_partials(red, n0, cin, part);
-#else
-    __trap();
-#endif
+    if (part) mma_col_partials<float, WN>(red, n0, cin, part);
 }
 
 // Same contract as conv3x3_wgrad_f16 with bn = 2 (out is [slices][cout][9·cin], slice z covers
@@ -880,21 +914,19 @@ conv3x3_dgrad_mma_f16(const half* __restrict__ g, int N, int H, int W, int cin, 
 // M = 9·cin (weight column kw), N = cout, K = pixels. A = im2col(a) [pixels][kw], B = g, the
 // full-resolution output gradient [pixels][cout] (dy, or unpool_f16's output where the layer
 // pools), both by cp.async and read with ldmatrix.trans.
-// grid (ceil(9·cin/128), ceil(cout/64), slices), block 128.
-extern "C" __global__ void __launch_bounds__(128, 4)
-conv3x3_wgrad_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, const half* __restrict__ g, int cout,
-                      float* __restrict__ out, int chunk) {
-#if ARCH_SM80
-    __shared__ __align__(128) half As[MSTAGES * MA_STAGE];
-    __shared__ __align__(128) half Bs[MSTAGES * MB_STAGE];
+// grid (ceil(9·cin/128), ceil(cout/TN), slices), block 128.
+template <int WN>
+__device__ __forceinline__ void conv_wgrad_mma(const half* __restrict__ a, int N, int H, int W, int cin,
+                                               const half* __restrict__ g, int cout, float* __restrict__ out,
+                                               int chunk, half* As, half* Bs) {
+    constexpr int TN = MmaTile<WN>::TN, A_STAGE = MmaTile<WN>::A_STAGE, B_STAGE = MmaTile<WN>::B_STAGE;
     const int tid = threadIdx.x;
     const int K = 9 * cin;
     const long long P = (long long)N * H * W;
     const long long p_begin = (long long)blockIdx.z * chunk;
     const long long p_end = min(P, p_begin + chunk);
-    const int m0 = blockIdx.x * MB, o0 = blockIdx.y * MN;
+    const int m0 = blockIdx.x * MB, o0 = blockIdx.y * TN;
     const int ar0 = tid >> 4, ac = (tid & 15) * 8;  // A: pixel rows ar0 + 8i (i < 4), kw cols ac
-    const int br0 = tid >> 3, bc = (tid & 7) * 8;   // B: pixel rows br0 + 16i (i < 2), cout cols bc
     // the A columns' taps are fixed: kw = tap·cin + ci
     const int kw = m0 + ac;
     const bool kwok = kw < K;
@@ -902,6 +934,7 @@ conv3x3_wgrad_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, 
     const int ody = tap / 3 - 1, odx = tap % 3 - 1;
     const PixGrid pg(H, W);
     const int pend = (int)p_end, doff = ody * W + odx;
+    const KMajorCopy<WN> bcopy;
     auto issue = [&](int t, int s) {
         const int pb = (int)p_begin + t * MK;
 #pragma unroll
@@ -913,27 +946,91 @@ conv3x3_wgrad_mma_f16(const half* __restrict__ a, int N, int H, int W, int cin, 
             const int iy = yy + ody, ix = xx + odx;
             ok = ok && kwok && (unsigned)iy < (unsigned)H && (unsigned)ix < (unsigned)W;
             const half* src = ok ? a + (long long)(p + doff) * cin + ci : a;
-            cp_async16(As + s * MA_STAGE + (ar0 + 8 * i) * MLDA_T + ac, src, ok ? 16 : 0);
+            cp_async16(As + s * A_STAGE + (ar0 + 8 * i) * MLDA_T + ac, src, ok ? 16 : 0);
         }
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            const int p = pb + br0 + 16 * i, o = o0 + bc;
+        bcopy.copy(Bs + s * B_STAGE, [&](int kr, int col, const half*& src) {
+            const int p = pb + kr, o = o0 + col;
             const bool ok = p < pend && o < cout;
-            cp_async16(Bs + s * MB_STAGE + (br0 + 16 * i) * MLDB_T + bc, ok ? g + (long long)p * cout + o : g, ok ? 16 : 0);
-        }
+            src = ok ? g + (long long)p * cout + o : g;
+            return ok;
+        });
     };
     const long long span = p_end > p_begin ? p_end - p_begin : 0;
-    float acc[4][4][4];
-    mma_pipeline<true, true>(acc, As, Bs, (int)CEIL_DIV(span, (long long)MK), issue);
+    float acc[4][WN / 8][4];
+    mma_pipeline<true, true, WN>(acc, As, Bs, (int)CEIL_DIV(span, (long long)MK), issue);
 
     float* dst = out + (long long)blockIdx.z * cout * K;
-    mma_epilogue(acc, [&](int row, int col, float v0, float v1) {
+    mma_epilogue<WN>(acc, [&](int row, int col, float v0, float v1) {
         const int k = m0 + row, o = o0 + col;
         if (k < K && o < cout) {
             dst[(long long)o * K + k] = v0;
             dst[(long long)(o + 1) * K + k] = v1;
         }
     });
+}
+
+// The exported kernels. `_mma_`: 128×64 tiles, static shared memory; `_mma_wide_`: 128×128
+// tiles, MMA_WIDE_SMEM bytes of dynamic shared memory (the host opts in above 48 KB).
+#define CONV_FWD_PARAMS                                                                                     \
+    const half *__restrict__ a, int N, int H, int W, int cin, const half *__restrict__ wf, int cout, int pool, \
+        half *__restrict__ y, unsigned char *__restrict__ argmax, double *__restrict__ part
+#define CONV_DGRAD_PARAMS                                                                                        \
+    const half *__restrict__ g, int N, int H, int W, int cin, int cout, const half *__restrict__ wt,             \
+        half *__restrict__ da, const half *__restrict__ x, const float *__restrict__ pmean,                      \
+        const float *__restrict__ pinv, const float *__restrict__ pshift, int bn, float *__restrict__ part
+#define CONV_WGRAD_PARAMS                                                                                    \
+    const half *__restrict__ a, int N, int H, int W, int cin, const half *__restrict__ g, int cout, \
+        float *__restrict__ out, int chunk
+
+extern "C" __global__ void __launch_bounds__(128, 4) conv3x3_fwd_mma_f16(CONV_FWD_PARAMS) {
+#if ARCH_SM80
+    __shared__ __align__(128) half As[MSTAGES * MmaTile<32>::A_STAGE];
+    __shared__ __align__(128) half Bs[MSTAGES * MmaTile<32>::B_STAGE];
+    conv_fwd_mma<32>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, As, Bs);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void __launch_bounds__(128, 4) conv3x3_dgrad_mma_f16(CONV_DGRAD_PARAMS) {
+#if ARCH_SM80
+    __shared__ __align__(128) half As[MSTAGES * MmaTile<32>::A_STAGE];
+    __shared__ __align__(128) half Bs[MSTAGES * MmaTile<32>::B_STAGE];
+    conv_dgrad_mma<32>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, As, Bs);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void __launch_bounds__(128, 4) conv3x3_wgrad_mma_f16(CONV_WGRAD_PARAMS) {
+#if ARCH_SM80
+    __shared__ __align__(128) half As[MSTAGES * MmaTile<32>::A_STAGE];
+    __shared__ __align__(128) half Bs[MSTAGES * MmaTile<32>::B_STAGE];
+    conv_wgrad_mma<32>(a, N, H, W, cin, g, cout, out, chunk, As, Bs);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_fwd_mma_wide_f16(CONV_FWD_PARAMS) {
+#if ARCH_SM80
+    extern __shared__ half conv_smem[];
+    conv_fwd_mma<64>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem,
+                     conv_smem + MSTAGES * MmaTile<64>::A_STAGE);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_dgrad_mma_wide_f16(CONV_DGRAD_PARAMS) {
+#if ARCH_SM80
+    extern __shared__ half conv_smem[];
+    conv_dgrad_mma<64>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem,
+                       conv_smem + MSTAGES * MmaTile<64>::A_STAGE);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_wgrad_mma_wide_f16(CONV_WGRAD_PARAMS) {
+#if ARCH_SM80
+    extern __shared__ half conv_smem[];
+    conv_wgrad_mma<64>(a, N, H, W, cin, g, cout, out, chunk, conv_smem, conv_smem + MSTAGES * MmaTile<64>::A_STAGE);
 #else
     __trap();
 #endif

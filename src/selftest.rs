@@ -341,6 +341,13 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     let odd = [(24, 72), (8, 200), (16, 16), (40, 360), (8, 8), (24, 216), (64, 64), (8, 72), (32, 288)];
     checks.push(("muon, nine shapes".into(), Box::new(move |g, c, r| check_muon(g, c, r, &odd, 880))));
     checks.push(("whole step".into(), Box::new(|g, c, r| check_step(g, c, r, BATCH, 900))));
+    // the step again on the wide mma convs where the GPU has them and they are not the default
+    if gpu.conv_path != ConvPath::MmaWide && ConvPath::available(gpu.info.cc).contains(&ConvPath::MmaWide) {
+        let f = |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| {
+            g.with_conv_path(ConvPath::MmaWide, |g| check_step(g, c, r, BATCH, 900))
+        };
+        checks.push(("whole step, mma128 convs".into(), Box::new(f)));
+    }
     checks.push(("recorded step".into(), Box::new(|g, c, r| check_graph(g, c, r, BATCH, 950))));
     for (name, check) in &checks {
         let res = check(gpu, &mut cpu, &mut r);
@@ -1090,7 +1097,7 @@ fn check_step(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, n: usize, seed:
     // per-op argmax checks bound them), and a gradient routed to another pixel differs there
     // entirely: a few dozen flips of 16384 head picks make every gradient below the head ~6%
     // off. So the CPU backward routes through the GPU's picks, as the per-op conv checks do.
-    let shape = format!("batch {n}, recipe widths");
+    let shape = format!("batch {n}, recipe widths, {} convs", gpu.conv_path.name());
     let (mut differ, mut picks) = (0, 0);
     for l in 0..6 {
         let am = gpu.download_bytes(&g.am[l])?;
@@ -1390,17 +1397,28 @@ fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, out: &mut dyn Write) -> Re
         gpu.record(&mut |g| st.step(g))?.ok_or_else(|| Error::Gpu("the GPU backend recorded no graph".into()))?;
     let ms = time_ms(gpu, &mut |g| g.replay(&graph))?;
     bench_line(out, "train step, CUDA graph", &format!("batch {n}"), ms, flops, 0.0)?;
-    if gpu.conv_path == ConvPath::Mma {
-        // the same with the BatchNorm sums switched the other way (NOTES levers 2b, 2c)
-        // (one step op by op first: scratch sized outside the recording, which must not allocate)
-        let sums = gpu.epilogue_sums;
-        gpu.epilogue_sums = !sums;
+    // The same step with one switch changed, recorded and replayed: the other mma tile width
+    // (mma ↔ mma128), then the BatchNorm sums the other way (NOTES levers 2b, 2c). One step op
+    // by op first: scratch sized outside the recording, which must not allocate.
+    let mut variant = |gpu: &mut Gpu, name: &str| -> Result<()> {
         let graph = st.step(gpu).and_then(|_| gpu.record(&mut |g| st.step(g)));
-        gpu.epilogue_sums = sums;
         let graph = graph?.ok_or_else(|| Error::Gpu("the GPU backend recorded no graph".into()))?;
         let ms = time_ms(gpu, &mut |g| g.replay(&graph))?;
-        let name = if sums { "train step, graph, sums off" } else { "train step, graph, epilogue sums" };
-        bench_line(out, name, &format!("batch {n}"), ms, flops, 0.0)?;
+        bench_line(out, name, &format!("batch {n}"), ms, flops, 0.0)
+    };
+    let other = match gpu.conv_path {
+        ConvPath::Mma => Some(ConvPath::MmaWide),
+        ConvPath::MmaWide => Some(ConvPath::Mma),
+        ConvPath::Wmma => None,
+    };
+    if let Some(path) = other {
+        let name = format!("train step, graph, {} convs", path.name());
+        gpu.with_conv_path(path, |g| variant(g, &name))?;
+        let sums = gpu.epilogue_sums;
+        gpu.epilogue_sums = !sums;
+        let r = variant(gpu, if sums { "train step, graph, sums off" } else { "train step, graph, epilogue sums" });
+        gpu.epilogue_sums = sums;
+        r?;
     }
     step_profile(gpu, &mut |g| st.step(g), out)
 }

@@ -4,6 +4,9 @@ dim3 blockDim, gridDim;
 std::barrier<>* g_block_barrier;
 std::vector<std::barrier<>*> g_warp_barriers;
 double g_xchg[64][32];
+// dynamic shared memory: one buffer (blocks run one after another), the size of an H100's opt-in
+alignas(128) static unsigned char g_dyn_smem[232448];
+unsigned char* emu_dyn_smem() { return g_dyn_smem; }
 // Runs f for every block of grid sequentially, the block's threads concurrently.
 void launch(dim3 grid, dim3 block, const std::function<void()>& f) {
     blockDim = block; gridDim = grid;

@@ -29,7 +29,13 @@ here="$(cd "$(dirname "$0")" && pwd)"
 kernels="$here/../../kernels"
 out="${TMPDIR:-/tmp}/kernel-emu"
 mkdir -p "$out"
-flags=(-std=c++20 -O2 -g -I"$here/inc" -I"$kernels" -lpthread)
+# dynamic shared memory (`extern __shared__ T name[];`): the launch's buffer (emu.cpp), as
+# scripts/emu-driver/build.sh does it
+mkdir -p "$out/kernels"
+for f in "$kernels"/*.cu "$kernels"/*.cuh; do
+    sed -E 's/extern __shared__ (\w+) (\w+)\[\];/\1* \2 = reinterpret_cast<\1*>(emu_dyn_smem());/' "$f" > "$out/kernels/$(basename "$f")"
+done
+flags=(-std=c++20 -O2 -g -I"$here/inc" -I"$out/kernels" -lpthread)
 if [[ "${1:-}" == "--asan" ]]; then flags+=(-fsanitize=address,undefined); fi
 if [[ "${1:-}" == "--tsan" ]]; then flags+=(-O1 -fsanitize=thread); export TSAN_OPTIONS="halt_on_error=1 ${TSAN_OPTIONS:-}"; fi
 for t in test_rest test_conv; do

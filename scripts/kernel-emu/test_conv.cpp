@@ -10,6 +10,9 @@ static void report(const char* what, int N, int H, int W, int cin, int cout, int
 
 static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
     const int K = 9 * cin;
+    // the wide mma kernels (128×128 tiles; the host takes them where the GEMM's N is ≥ 128) on
+    // the shapes with a channel count past one 64-wide tile (partial tiles at 72 and 136)
+    const bool wide = cin > 64 || cout > 64;
     auto x = rndv((size_t)N * H * W * cin, 1.0f);
     auto w = rndv((size_t)cout * K, 1.0f / sqrtf(K));
     // the mma kernels' fp16 weights (conv_weights_f16; fewer blocks than values: grid-stride),
@@ -107,6 +110,18 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         report("fwd mma + BN partials: bn", N, H, W, cin, cout, pool, bn, relerr(bnv, want), 1e-6);
         report("  running mean", N, H, W, cin, cout, pool, bn, relerr(rm, wrm), 1e-6);
         report("  running var", N, H, W, cin, cout, pool, bn, relerr(rv, wrv), 1e-6);
+        // the wide kernel (128×128 tiles, dynamic shared memory): each output is the same sum
+        // in the same order, so y, argmax and the partials equal the 128×64 kernel's bit for bit
+        if (wide) {
+            std::vector<half> yh5(ylen, (half)NAN);
+            std::vector<unsigned char> am5(pool ? ylen : 8, 0xEE);
+            std::vector<double> part5(part.size(), NAN);
+            dim3 gw{gm.x, (unsigned)((cout + 127) / 128), 1};
+            launch(gw, block, [&] { conv3x3_fwd_mma_wide_f16(ah.data(), N, H, W, cin, wf.data(), cout, pool, yh5.data(), am5.data(), part5.data()); });
+            int same5 = memcmp(yh4.data(), yh5.data(), ylen * 2) == 0 && am4 == am5 && memcmp(part.data(), part5.data(), part.size() * 8) == 0;
+            printf("  fwd mma wide (128x128 tiles): y, argmax, BN partials bit-identical: %s\n", same5 ? "PASS" : "FAIL");
+            fails += !same5;
+        }
     }
     if (pool) {
         int bad = 0, differ = 0;
@@ -192,6 +207,15 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         int same = memcmp(dw.data(), dw2.data(), dw.size() * 4) == 0;
         printf("  wgrad mma bit-identical to wmma: %s\n", same ? "PASS" : "FAIL");
         fails += !same;
+        if (wide) {  // 128×128 tiles, same slices: the slices' values bit for bit
+            std::vector<float> out3(slices == 1 ? dw2.size() : part2.size(), NAN);
+            dim3 gw{gm.x, (unsigned)((cout + 127) / 128), (unsigned)slices};
+            launch(gw, block, [&] { conv3x3_wgrad_mma_wide_f16(ah.data(), N, H, W, cin, gfull.data(), cout, out3.data(), (int)chunk); });
+            const std::vector<float>& want = slices == 1 ? dw2 : part2;
+            int same3 = memcmp(out3.data(), want.data(), want.size() * 4) == 0;
+            printf("  wgrad mma wide (128x128 tiles) bit-identical: %s\n", same3 ? "PASS" : "FAIL");
+            fails += !same3;
+        }
     }
     std::vector<half> da(x.size(), (half)NAN);
     dim3 gd{(unsigned)((P + 63) / 64), (unsigned)((cin + 63) / 64), 1};
@@ -226,6 +250,15 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
             want[cin + c] += du * (xv - m) * iv;
         }
         report("dgrad mma + pre_bwd sums", N, H, W, cin, cout, pool, bn, relerr(sums, want), 1e-4);
+        if (wide) {  // 128×128 tiles: da and the partials bit for bit
+            std::vector<half> da4(x.size(), (half)NAN);
+            std::vector<float> part4(part.size(), NAN);
+            dim3 gw{gdm.x, (unsigned)((cin + 127) / 128), 1};
+            launch(gw, block, [&] { conv3x3_dgrad_mma_wide_f16(gfull.data(), N, H, W, cin, cout, wt.data(), da4.data(), xh.data(), pm, pi, shift.data(), bn, part4.data()); });
+            int same4 = memcmp(da3.data(), da4.data(), da.size() * 2) == 0 && memcmp(part.data(), part4.data(), part.size() * 4) == 0;
+            printf("  dgrad mma wide (128x128 tiles): da and sums' partials bit-identical: %s\n", same4 ? "PASS" : "FAIL");
+            fails += !same4;
+        }
     }
 }
 

@@ -101,6 +101,8 @@ type Kernel = (CudaFunction, Option<Vec<u8>>);
 pub struct OpState {
     /// Each kernel with its parameter sizes in bytes (from the embedded PTX), checked at launch.
     funcs: HashMap<(&'static str, &'static str), Kernel>,
+    /// Kernels already allowed more than 48 KB of dynamic shared memory (`launch_smem`).
+    smem_opted: std::collections::HashSet<(&'static str, &'static str)>,
     ws: Option<CudaSlice<f32>>,
     /// a = GELU(pre(x)) in fp16 for the conv being computed (grow-only).
     act: Option<CudaSlice<f32>>,
@@ -268,6 +270,9 @@ fn check_channels(op: &str, cin: usize, cout: usize) -> Result<()> {
 }
 
 const BLOCK: u32 = 256;
+/// Dynamic shared memory of the wide mma convs (`MMA_WIDE_SMEM` in kernels/conv.cu: 3 stages of
+/// a 128×40 A tile and a 128×40 B tile, fp16).
+pub(super) const WIDE_SMEM: u32 = 61440;
 /// Block size of the per-channel stage-2 reductions (`CHAN_FIN_THREADS` in kernels/norm.cu).
 const CHAN_FIN_THREADS: u32 = 256;
 
@@ -307,17 +312,41 @@ impl Gpu {
         block: (u32, u32, u32),
         args: &[Arg],
     ) -> Result<()> {
+        self.launch_smem(module, name, grid, block, 0, args)
+    }
+
+    /// [`Self::launch`] with `smem` bytes of dynamic shared memory (the opt-in above 48 KB is
+    /// made once per kernel; more than the GPU allows is an error naming both).
+    fn launch_smem(
+        &mut self,
+        module: &'static str,
+        name: &'static str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &[Arg],
+    ) -> Result<()> {
         check_grid(name, grid)?;
         let (f, params) = self.func_params(module, name)?;
         if let Some(sizes) = params {
             check_args(module, name, &sizes, args)?;
+        }
+        if smem > 48 * 1024 && !self.ops.smem_opted.contains(&(module, name)) {
+            check(smem as i64 <= self.info.smem_optin as i64, || {
+                format!(
+                    "{module}::{name} needs {smem} bytes of shared memory; {} allows {}",
+                    self.info, self.info.smem_optin
+                )
+            })?;
+            super::set_max_dynamic_smem(&f, smem)?;
+            self.ops.smem_opted.insert((module, name));
         }
         let start = self.profile_mark()?;
         let mut b = self.stream.launch_builder(&f);
         for a in args {
             b.arg(a);
         }
-        let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: 0 };
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: smem };
         // SAFETY: argument lists match the kernels' signatures (see kernels/*.cu headers), and
         // every pointer refers to a live allocation whose length the caller checked.
         unsafe { b.launch(cfg) }.map_err(|e| Gpu::err(&format!("launching {module}::{name}"), e))?;
@@ -469,9 +498,20 @@ impl Gpu {
 
     /// Whether `op` takes the mma conv kernels (`ConvPath::Mma`, set only where the GPU has them).
     fn mma_path(&self, op: &str) -> Result<bool> {
-        let mma = self.conv_path == ConvPath::Mma;
+        let mma = self.conv_path.is_mma();
         check(!mma || self.info.cc.0 >= 8, || format!("{op}: the mma kernels need sm_80+, this GPU is {}", self.info))?;
         Ok(mma)
+    }
+
+    /// The mma conv kernels for a GEMM with `n` columns: the 128×128-tile ones (`_mma_wide_`,
+    /// [`WIDE_SMEM`] bytes of dynamic shared memory) on `ConvPath::MmaWide` where n ≥ 128, else
+    /// the 128×64 ones. Returns the kernel's name and the tile's column count.
+    fn mma_kernel(&self, narrow: &'static str, wide: &'static str, n: usize) -> (&'static str, usize, u32) {
+        if self.conv_path == ConvPath::MmaWide && n >= 128 {
+            (wide, 128, WIDE_SMEM)
+        } else {
+            (narrow, 64, 0)
+        }
     }
 
     /// Start of an op: the previous op's temporaries are freed (stream-ordered), and so is the
@@ -718,7 +758,7 @@ impl Backend for Gpu {
 
     fn describe(&self) -> String {
         let img = self.image("conv").map(|i| i.to_string()).unwrap_or_else(|| "no conv image".into());
-        let sums = if self.conv_path == ConvPath::Mma && !self.epilogue_sums { " (epilogue sums off)" } else { "" };
+        let sums = if self.conv_path.is_mma() && !self.epilogue_sums { " (epilogue sums off)" } else { "" };
         let convs = self.conv_path.name();
         format!("GPU {} ({img}, {convs} convs{sums}, fp16 activations, fp32 accumulation)", self.info)
     }
@@ -934,7 +974,8 @@ impl Backend for Gpu {
         let (xp, pp) = self.activate(xp, xs, &pp, keep)?;
         if self.mma_path("conv3x3")? {
             // with stats: the epilogue writes the BatchNorm partials, [2·cout][blocks] f64
-            let grid = (blocks_of(m, 128)?, cout.div_ceil(64) as u32, 1);
+            let (kernel, tn, smem) = self.mma_kernel("conv3x3_fwd_mma_f16", "conv3x3_fwd_mma_wide_f16", cout);
+            let grid = (blocks_of(m, 128)?, cout.div_ceil(tn) as u32, 1);
             // one workspace: the fp16 weights (conv_weights_f16), then the BatchNorm partials
             let wf = (cout * 9 * cin).div_ceil(2).next_multiple_of(64);
             let part_len = if bn.is_some() && self.epilogue_sums { grid.0 as usize * 4 * cout } else { 0 };
@@ -944,7 +985,7 @@ impl Backend for Gpu {
             let (ci, co) = (int(cin, "cin")?, int(cout, "cout")?);
             self.launch1d("conv", "conv_weights_f16", cout * 9 * cin, &[wp, co, ci, ws, 0])?;
             let args = [xp, ni, hi, wi, ci, ws, co, pool as u64, yp, ap, part];
-            self.launch("conv", "conv3x3_fwd_mma_f16", grid, (128, 1, 1), &args)?;
+            self.launch_smem("conv", kernel, grid, (128, 1, 1), smem, &args)?;
             return match bn {
                 Some((o, eps, mom)) if part != 0 => self.bn_finalize(part, grid.0 as usize, ys, eps, mom, o),
                 Some((o, eps, mom)) => self.bn_from_y(yp, ys, eps, mom, o),
@@ -1216,8 +1257,12 @@ impl Backend for Gpu {
         let p = xs.count();
         let mma = self.mma_path("conv3x3_bwd")?;
         // wmma: M = cout, N = 9·cin in 64×64 tiles; mma: M = 9·cin in 128-row tiles, N = cout in 64
+        // (128 with the wide kernel)
         let k_tile = if mma { 128 } else { 64 };
-        let tiles = k.div_ceil(k_tile) * cout.div_ceil(64);
+        let (wgrad_kernel, o_tile, wgrad_smem) =
+            self.mma_kernel("conv3x3_wgrad_mma_f16", "conv3x3_wgrad_mma_wide_f16", cout);
+        let o_tile = if mma { o_tile } else { 64 };
+        let tiles = k.div_ceil(k_tile) * cout.div_ceil(o_tile);
         let target = 4 * self.info.sms.max(1) as usize;
         let slices = target.div_ceil(tiles).clamp(1, p.div_ceil(32).max(1)).min(65535);
         let chunk = p.div_ceil(slices).div_ceil(32).max(1) * 32;
@@ -1252,10 +1297,10 @@ impl Backend for Gpu {
             }
             None => self.activate(xp, xs, &pp, None)?,
         };
-        let grid = (k.div_ceil(k_tile) as u32, cout.div_ceil(64) as u32, slices as u32);
+        let grid = (k.div_ceil(k_tile) as u32, cout.div_ceil(o_tile) as u32, slices as u32);
         if mma {
             let args = [xp, ni, hi, wi, ci, gp, co, out, int(chunk, "pixel chunk")?];
-            self.launch("conv", "conv3x3_wgrad_mma_f16", grid, (128, 1, 1), &args)?;
+            self.launch_smem("conv", wgrad_kernel, grid, (128, 1, 1), wgrad_smem, &args)?;
         } else {
             let args = [
                 xp,
@@ -1284,12 +1329,14 @@ impl Backend for Gpu {
         if let Some(dap) = dap {
             if p > 0 {
                 if mma {
-                    let grid = (dgrad_blocks as u32, cin.div_ceil(64) as u32, 1);
+                    let (kernel, tn, smem) =
+                        self.mma_kernel("conv3x3_dgrad_mma_f16", "conv3x3_dgrad_mma_wide_f16", cin);
+                    let grid = (dgrad_blocks as u32, cin.div_ceil(tn) as u32, 1);
                     let part = if epilogue { ws_parts } else { 0 };
                     let pr = pre_raw;
                     self.launch1d("conv", "conv_weights_f16", len, &[wp, co, ci, 0, ws_wt])?;
                     let args = [gp, ni, hi, wi, ci, co, ws_wt, dap, x_raw, pr.mean, pr.inv, pr.shift, pr.bn, part];
-                    self.launch("conv", "conv3x3_dgrad_mma_f16", grid, (128, 1, 1), &args)?;
+                    self.launch_smem("conv", kernel, grid, (128, 1, 1), smem, &args)?;
                     match sums {
                         Some(sp) if part != 0 => self.pre_sums_finalize(part, grid.0 as usize, cin, sp)?,
                         Some(sp) => _ = self.pre_sums(dap, x_raw, xs, pre_raw, Some(sp))?,

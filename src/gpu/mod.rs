@@ -86,16 +86,20 @@ pub struct Gpu {
 }
 
 /// The convolution kernels (forward, weight gradient, input gradient): `Mma` (mma.sync +
-/// ldmatrix + cp.async, 128×64 tiles, compute capability ≥ 8.0) or `Wmma` (nvcuda::wmma, 64×64
-/// tiles, every GPU). `Gpu::open` picks `Mma` where the GPU has it; the environment variable
-/// `SPEEDRUN_CONV=wmma` (or `mma`) overrides.
+/// ldmatrix + cp.async, 128×64 tiles, compute capability ≥ 8.0), `MmaWide` (the same with
+/// 128×128 tiles wherever the GEMM's N, the output channels or for the input gradient the input
+/// channels, is ≥ 128: half the shared-memory reads and copies per MMA, 2 blocks per SM instead
+/// of 4; 128×64 elsewhere) or `Wmma` (nvcuda::wmma, 64×64 tiles, every GPU). `Gpu::open` picks
+/// `Mma` where the GPU has it; the environment variable `SPEEDRUN_CONV=wmma` (or `mma`,
+/// `mma128`) overrides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPath {
     Wmma,
     Mma,
+    MmaWide,
 }
 
-/// Environment variable that overrides the convolution kernels: `wmma` or `mma`.
+/// Environment variable that overrides the convolution kernels: `wmma`, `mma` or `mma128`.
 pub const CONV_ENV: &str = "SPEEDRUN_CONV";
 /// Environment variable that turns the mma convs' epilogue sums off (`0`) or on (`1`, default).
 pub const SUMS_ENV: &str = "SPEEDRUN_EPILOGUE_SUMS";
@@ -114,12 +118,17 @@ impl ConvPath {
         match self {
             ConvPath::Wmma => "wmma",
             ConvPath::Mma => "mma",
+            ConvPath::MmaWide => "mma128",
         }
+    }
+    /// Whether the path runs the mma.sync kernels (either tile width).
+    pub fn is_mma(self) -> bool {
+        self != ConvPath::Wmma
     }
     /// The paths a GPU of compute capability `cc` can run, best first.
     pub fn available(cc: (i32, i32)) -> &'static [ConvPath] {
         if cc.0 >= 8 {
-            &[ConvPath::Mma, ConvPath::Wmma]
+            &[ConvPath::Mma, ConvPath::MmaWide, ConvPath::Wmma]
         } else {
             &[ConvPath::Wmma]
         }
@@ -132,11 +141,12 @@ impl ConvPath {
         let want = match v {
             "wmma" => ConvPath::Wmma,
             "mma" => ConvPath::Mma,
-            _ => return Err(Error::Gpu(format!("{CONV_ENV}={v:?}: expected \"wmma\" or \"mma\""))),
+            "mma128" => ConvPath::MmaWide,
+            _ => return Err(Error::Gpu(format!("{CONV_ENV}={v:?}: expected \"wmma\", \"mma\" or \"mma128\""))),
         };
         if !have.contains(&want) {
             return Err(Error::Gpu(format!(
-                "{CONV_ENV}=mma needs compute capability 8.0 or newer; this GPU is sm_{}{}",
+                "{CONV_ENV}={v} needs compute capability 8.0 or newer; this GPU is sm_{}{}",
                 cc.0, cc.1
             )));
         }

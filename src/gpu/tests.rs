@@ -242,7 +242,7 @@ fn open_without_driver() {
 /// clear errors for an unknown name or a path the GPU lacks.
 #[test]
 fn conv_path_choice() {
-    use super::ConvPath::{Mma, Wmma};
+    use super::ConvPath::{Mma, MmaWide, Wmma};
     use super::{ConvPath, CONV_ENV};
     assert_eq!(ConvPath::choose((9, 0), None).unwrap(), Mma);
     assert_eq!(ConvPath::choose((8, 0), Some("")).unwrap(), Mma);
@@ -255,7 +255,19 @@ fn conv_path_choice() {
     let e = ConvPath::choose((9, 0), Some("cutlass")).unwrap_err().to_string();
     assert!(e.contains("cutlass") && e.contains("wmma"), "{e}");
     assert_eq!(ConvPath::available((7, 0)), &[Wmma]);
-    assert_eq!(ConvPath::available((9, 0)), &[Mma, Wmma]);
+    assert_eq!(ConvPath::available((9, 0)), &[Mma, MmaWide, Wmma]);
+    assert_eq!(ConvPath::choose((8, 0), Some("mma128")).unwrap(), MmaWide);
+    let e = ConvPath::choose((7, 5), Some("mma128")).unwrap_err().to_string();
+    assert!(e.contains("mma128") && e.contains("8.0") && e.contains("sm_75"), "{e}");
+    assert!(Mma.is_mma() && MmaWide.is_mma() && !Wmma.is_mma());
+}
+
+/// The host launches the wide convs with the dynamic shared memory the kernels' tiles need.
+#[test]
+fn wide_conv_smem_matches_kernels() {
+    let src = include_str!("../../kernels/conv.cu");
+    let line = format!("#define MMA_WIDE_SMEM {}\n", super::backend::WIDE_SMEM);
+    assert!(src.contains(&line), "kernels/conv.cu lacks {line:?}");
 }
 
 #[test]
@@ -309,6 +321,69 @@ fn epilogue_sums_off_gives_the_same_statistics() {
         let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
         let worst = a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
         assert!(worst <= 1e-5 * scale, "{k}: epilogue sums on and off differ by {worst} (scale {scale})");
+    }
+}
+
+/// The wide mma convs (128×128 tiles, `SPEEDRUN_CONV=mma128`) give the 128×64 kernels' results
+/// bit for bit (every output is the same chain of m16n8k16 steps in the same order) and are the
+/// kernels launched where the GEMM's N is ≥ 128: the forward and weight gradient for 136 output
+/// channels, the input gradient for 136 input channels (partial second tiles both times). The
+/// weight gradient's pixel slices depend on the tile count, but 72 pixels clamp both paths to
+/// the same 3 slices, so dw too is compared bit for bit.
+#[test]
+#[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
+fn wide_convs_equal_narrow_ones() {
+    use crate::backend::{Backend, BnStats, Pre, Shape};
+    let _device = device_test_lock();
+    let Some(mut gpu) = open_mma() else { return };
+    for (cin, cout, pool) in [(16, 136, true), (136, 16, false)] {
+        let xs = Shape::new(2, 6, 6, cin);
+        let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
+        let (x, w, shift) = (
+            gpu.upload(&floats(xs.len(), 1)).unwrap(),
+            gpu.upload(&floats(cout * 9 * cin, 2)).unwrap(),
+            gpu.upload(&floats(cin, 3)).unwrap(),
+        );
+        let dy = gpu.upload(&floats(ys.len(), 4)).unwrap();
+        let run = |g: &mut Gpu| -> (Vec<Vec<f32>>, Vec<u8>, Vec<&'static str>) {
+            let (mut y, mut am) = (g.zeros(ys.len()).unwrap(), g.byte_zeros(ys.len()).unwrap());
+            let (mut rm, mut rv, mut bn) =
+                (g.zeros(cout).unwrap(), g.upload(&vec![1.0; cout]).unwrap(), g.zeros(2 * cout).unwrap());
+            let (mut dw, mut da, mut sums) =
+                (g.zeros(cout * 9 * cin).unwrap(), g.zeros(xs.len()).unwrap(), g.zeros(2 * cin).unwrap());
+            let ((), rows) = g
+                .profile(|g| {
+                    let st =
+                        BnStats { eps: 1e-5, momentum: 0.6, running_mean: &mut rm, running_var: &mut rv, bn: &mut bn };
+                    g.conv3x3(&x, xs, Pre::Bias(&shift), &w, cout, pool, &mut y, &mut am, None, Some(st))?;
+                    let pre = Pre::Bias(&shift);
+                    g.conv3x3_bwd(&x, xs, pre, &w, cout, pool, &am, &dy, &mut dw, Some(&mut da), Some(&mut sums), None)
+                })
+                .unwrap();
+            let outs = [&y, &bn, &rm, &rv, &dw, &da, &sums].iter().map(|b| g.download(b).unwrap()).collect();
+            let mut names: Vec<_> = rows.iter().map(|r| r.name).filter(|n| n.starts_with("conv3x3")).collect();
+            names.sort();
+            (outs, g.download_bytes(&am).unwrap(), names)
+        };
+        let (narrow, am0, names0) = run(&mut gpu);
+        let (wide, am1, names1) = gpu.with_conv_path(ConvPath::MmaWide, |g| run(g));
+        let want: &[&str] = if cout >= 128 {
+            &["conv3x3_dgrad_mma_f16", "conv3x3_fwd_mma_wide_f16", "conv3x3_wgrad_mma_wide_f16"]
+        } else {
+            &["conv3x3_dgrad_mma_wide_f16", "conv3x3_fwd_mma_f16", "conv3x3_wgrad_mma_f16"]
+        };
+        assert_eq!(names1, want, "{cin}->{cout}: kernels on the mma128 path");
+        assert!(names0.iter().all(|n| !n.contains("wide")), "{cin}->{cout}: {names0:?} on the mma path");
+        assert_eq!(am0, am1, "{cin}->{cout}: argmax");
+        for (k, (a, b)) in
+            ["y", "bn", "running mean", "running var", "dw", "da", "da sums"].iter().zip(narrow.iter().zip(&wide))
+        {
+            assert!(a.iter().all(|v| v.is_finite()), "{cin}->{cout} {k}: not finite");
+            assert!(
+                a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()),
+                "{cin}->{cout} {k}: wide differs from narrow"
+            );
+        }
     }
 }
 

@@ -35,6 +35,9 @@ extern std::barrier<>* g_block_barrier;
 inline void __syncthreads() { g_block_barrier->arrive_and_wait(); }
 #define __shared__ static
 #endif
+// The launch's dynamic shared memory (`extern __shared__ T name[];` is rewritten to a pointer
+// to it by scripts/kernel-emu/run.sh and scripts/emu-driver/build.sh).
+unsigned char* emu_dyn_smem();
 #define __global__
 #define __device__
 #define __forceinline__ inline
