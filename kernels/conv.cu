@@ -574,14 +574,36 @@ struct KCursor {
     }
 };
 
-// Channels c..c+7 (of C) at the pixel of index pix = (n·H + y)·W + x shifted by 3×3 tap `tap`,
-// into dst by cp.async: zeros outside the image, when !ok, and past the last tap (tap ≥ 9).
-__device__ __forceinline__ void cp_tap8(half* dst, const half* src, int pix, int y, int x, bool ok, int tap, int c,
-                                        int C, int H, int W) {
-    const int dy = tap / 3 - 1, dx = tap - (tap / 3) * 3 - 1, iy = y + dy, ix = x + dx;
-    ok = ok && tap < 9 && (unsigned)iy < (unsigned)H && (unsigned)ix < (unsigned)W;
-    cp_async16(dst, ok ? src + (long long)(pix + dy * W + dx) * C + c : src, ok ? 16 : 0);
-}
+// This thread's four A rows of a 3×3 tap gather (the forward's im2col of a, the input
+// gradient's gather of g), rows r0 + 32i of the block tile: each row's pixel as the element
+// offset pix·C (pix = (n·H + y)·W + x) and a mask of the taps that land inside the image (bit
+// ky·3 + kx; 0 for a row past M). Per K step copy() costs a shift, an add and a select per row;
+// the offsets are 32-bit (the host checks N·H·W·C < 2^31: check_pixels).
+struct TapRows {
+    int off[4];
+    unsigned mask[4];
+    __device__ __forceinline__ void set(int i, int pix, int y, int x, bool ok, int C, int H, int W) {
+        unsigned rows = 0u, cols = 0u;
+#pragma unroll
+        for (int d = 0; d < 3; d++) {
+            if ((unsigned)(y + d - 1) < (unsigned)H) rows |= 7u << (3 * d);
+            if ((unsigned)(x + d - 1) < (unsigned)W) cols |= 0x49u << d;  // bits d, d + 3, d + 6
+        }
+        mask[i] = ok ? rows & cols : 0u;
+        off[i] = ok ? pix * C : 0;
+    }
+    // Channels c..c+7 (of C) at 3×3 tap `tap` of the four rows' pixels, by cp.async into
+    // dst + 32i·MLD: zeros outside the image, for rows past M and past the last tap (9 ≤ tap < 32).
+    __device__ __forceinline__ void copy(half* dst, const half* src, int tap, int c, int C, int W) const {
+        const int t3 = tap / 3;
+        const int toff = ((t3 - 1) * W + (tap - 3 * t3 - 1)) * C + c;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const bool ok = (mask[i] >> tap) & 1u;
+            cp_async16(dst + 32 * i * MLD, src + (ok ? off[i] + toff : 0), ok ? 16 : 0);
+        }
+    }
+};
 
 // Copies k-major stages of MK k rows × TN columns (row stride LDB_T) by cp.async, 16 bytes per
 // copy, TN·MK/8/128 copies per thread. copy(dst, src): src(k, col, p) says whether columns
@@ -659,13 +681,15 @@ __device__ __forceinline__ void mma_pipeline(float (&acc)[4][WN / 8][4], const h
     cp_async_commit();
     if (nk > 1) issue(1, 1);
     cp_async_commit();
+    int s = 0, w = 2;  // stages of step t and of step t + 2 (t % 3, (t + 2) % 3 without division)
     for (int t = 0; t < nk; t++) {
         cp_async_wait<1>();
         __syncthreads();
-        if (t + 2 < nk) issue(t + 2, (t + 2) % MSTAGES);
+        if (t + 2 < nk) issue(t + 2, w);
         cp_async_commit();
-        const int s = t % MSTAGES;
         mma_kstep<AT, BT, WN>(acc, As + s * MmaTile<WN>::A_STAGE, Bs + s * MmaTile<WN>::B_STAGE, lane, wm, wn);
+        s = s == MSTAGES - 1 ? 0 : s + 1;
+        w = w == MSTAGES - 1 ? 0 : w + 1;
     }
     cp_async_wait<0>();
 }
@@ -763,28 +787,31 @@ __device__ __forceinline__ void conv_fwd_mma(const half* __restrict__ a, int N, 
     const int n0 = blockIdx.y * TN;
     // Staging: this thread copies A rows r0 + 32i (i < 4) and B rows r0 + 32i (i < TN/32), 8 k at kc.
     const int r0 = tid >> 2, kc = (tid & 3) * 8;
-    int apix[4], ay[4], ax[4];  // the rows' pixels: index (n·H + y)·W + x, y, x
-    bool aok[4];
+    TapRows rows;
     const PixGrid g = fwd_row_grid(H, W, pool);
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-        int n;
-        fwd_row_pixel((int)(m0 + r0 + 32 * i), (int)M, g, pool, n, ay[i], ax[i], aok[i]);
-        apix[i] = (n * H + ay[i]) * W + ax[i];
+        int n, yy, xx;
+        bool ok;
+        fwd_row_pixel((int)(m0 + r0 + 32 * i), (int)M, g, pool, n, yy, xx, ok);
+        rows.set(i, (n * H + yy) * W + xx, yy, xx, ok, cin, H, W);
+    }
+    int boff[TN / 32];  // B rows' offsets co·K + kc in wf, 0 for co ≥ cout (masked below)
+    unsigned bmask = 0u;
+#pragma unroll
+    for (int i = 0; i < TN / 32; i++) {
+        const int co = n0 + r0 + 32 * i;
+        boff[i] = co < cout ? co * K + kc : 0;
+        bmask |= co < cout ? 1u << i : 0u;
     }
     KCursor kq(kc, cin);  // this thread's A column k = t·MK + kc as (tap, ci)
     auto issue = [&](int t, int s) {
-        const int k = t * MK + kc;
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-            cp_tap8(As + s * A_STAGE + (r0 + 32 * i) * MLD + kc, a, apix[i], ay[i], ax[i], aok[i], kq.tap, kq.c, cin,
-                    H, W);
+        rows.copy(As + s * A_STAGE + r0 * MLD + kc, a, kq.tap, kq.c, cin, W);
+        const unsigned live = t * MK + kc < K ? bmask : 0u;
 #pragma unroll
         for (int i = 0; i < TN / 32; i++) {
-            const int co = n0 + r0 + 32 * i;
-            const bool ok = co < cout && k < K;
-            const half* src = ok ? wf + (long long)co * K + k : wf;
-            cp_async16(Bs + s * B_STAGE + (r0 + 32 * i) * MLD + kc, src, ok ? 16 : 0);
+            const bool ok = (live >> i) & 1u;
+            cp_async16(Bs + s * B_STAGE + (r0 + 32 * i) * MLD + kc, wf + (ok ? boff[i] + t * MK : 0), ok ? 16 : 0);
         }
         kq.advance(cin);
     };
@@ -859,27 +886,26 @@ __device__ __forceinline__ void conv_dgrad_mma(const half* __restrict__ g, int N
     const long long m0 = (long long)blockIdx.x * MB;
     const int n0 = blockIdx.y * TN;
     const int r0 = tid >> 2, kc = (tid & 3) * 8;  // A: rows r0 + 32i (i < 4), k offset kc
-    int apix[4], ay[4], ax[4];  // the rows' pixels: index, y, x
-    bool aok[4];
+    TapRows rows;
     const PixGrid pg(H, W);
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-        int n;
-        apix[i] = (int)(m0 + r0 + 32 * i);
-        pg.at(apix[i], (int)M, n, ay[i], ax[i], aok[i]);
+        int n, yy, xx;
+        bool ok;
+        const int pix = (int)(m0 + r0 + 32 * i);
+        pg.at(pix, (int)M, n, yy, xx, ok);
+        rows.set(i, pix, yy, xx, ok, cout, H, W);
     }
     KCursor kq(kc, cout);  // this thread's A column k = t·MK + kc as (tap, o)
     const KMajorCopy<WN> bcopy;
     auto issue = [&](int t, int s) {
-#pragma unroll
-        for (int i = 0; i < 4; i++)  // the gradient at pixel q + off(tap) times w[o][8 − tap][ci]
-            cp_tap8(As + s * A_STAGE + (r0 + 32 * i) * MLD + kc, g, apix[i], ay[i], ax[i], aok[i], kq.tap, kq.c, cout,
-                    H, W);
+        // the gradient at pixel q + off(tap) times w[o][8 − tap][ci]
+        rows.copy(As + s * A_STAGE + r0 * MLD + kc, g, kq.tap, kq.c, cout, W);
         // B row kb = tap'·cout + o of wt (conv_weights_f16)
         bcopy.copy(Bs + s * B_STAGE, [&](int kr, int col, const half*& p) {
             const int kb = t * MK + kr, ci = n0 + col;
             const bool ok = kb < K && ci < cin;
-            p = ok ? wt + (long long)kb * cin + ci : wt;
+            p = wt + (ok ? kb * cin + ci : 0);
             return ok;
         });
         kq.advance(cout);
@@ -932,26 +958,39 @@ __device__ __forceinline__ void conv_wgrad_mma(const half* __restrict__ a, int N
     const bool kwok = kw < K;
     const int tap = kwok ? kw / cin : 0, ci = kw - tap * cin;
     const int ody = tap / 3 - 1, odx = tap % 3 - 1;
-    const PixGrid pg(H, W);
-    const int pend = (int)p_end, doff = ody * W + odx;
+    const int pend = (int)p_end, coff = (ody * W + odx) * cin + ci;
+    // The rows' pixels p = p_begin + t·MK + ar0 + 8i as (y, x), moved MK pixels per issue
+    // without a division: x by MK mod W (carry into y), y by ⌊MK/W⌋ mod H (one wrap at most).
+    int ry[4], rx[4];
+    {
+        const PixGrid pg(H, W);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int n;
+            bool ok;  // rows past p_end stay past it: their (y, x) are never used
+            pg.at((int)p_begin + ar0 + 8 * i, pend, n, ry[i], rx[i], ok);
+        }
+    }
+    const int step_x = MK % W, step_y = (MK / W) % H;
     const KMajorCopy<WN> bcopy;
     auto issue = [&](int t, int s) {
         const int pb = (int)p_begin + t * MK;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            int n, yy, xx;
-            bool ok;
             const int p = pb + ar0 + 8 * i;
-            pg.at(p, pend, n, yy, xx, ok);
-            const int iy = yy + ody, ix = xx + odx;
-            ok = ok && kwok && (unsigned)iy < (unsigned)H && (unsigned)ix < (unsigned)W;
-            const half* src = ok ? a + (long long)(p + doff) * cin + ci : a;
-            cp_async16(As + s * A_STAGE + (ar0 + 8 * i) * MLDA_T + ac, src, ok ? 16 : 0);
+            const bool ok = kwok && p < pend && (unsigned)(ry[i] + ody) < (unsigned)H &&
+                            (unsigned)(rx[i] + odx) < (unsigned)W;
+            cp_async16(As + s * A_STAGE + (ar0 + 8 * i) * MLDA_T + ac, a + (ok ? p * cin + coff : 0), ok ? 16 : 0);
+            rx[i] += step_x;
+            const bool carry = rx[i] >= W;
+            rx[i] -= carry ? W : 0;
+            ry[i] += step_y + carry;
+            ry[i] -= ry[i] >= H ? H : 0;
         }
         bcopy.copy(Bs + s * B_STAGE, [&](int kr, int col, const half*& src) {
             const int p = pb + kr, o = o0 + col;
             const bool ok = p < pend && o < cout;
-            src = ok ? g + (long long)p * cout + o : g;
+            src = g + (ok ? p * cout + o : 0);  // < N·H·W·cout < 2^31 (check_pixels)
             return ok;
         });
     };

@@ -250,11 +250,14 @@ fn check_len(got: usize, want: usize, what: &str) -> Result<()> {
 }
 
 /// The conv kernels index pixels (N·H·W) in 32 bits (kernels/common.cuh `PixGrid`).
-fn check_pixels(op: &str, xs: Shape) -> Result<()> {
-    check(xs.count() <= i32::MAX as usize, || {
+/// The conv kernels index pixels, and the mma kernels' tap gathers index the values of a tensor
+/// of `xs`'s pixels with `cin` or `cout` channels, in 32 bits.
+fn check_pixels(op: &str, xs: Shape, cout: usize) -> Result<()> {
+    let values = xs.count().saturating_mul(xs.c.max(cout));
+    check(values <= i32::MAX as usize, || {
         format!(
-            "{op}: {xs:?} has {} pixels; the conv kernels support at most 2^31 − 1 (use a smaller batch)",
-            xs.count()
+            "{op}: {xs:?} with {cout} output channels has {values} values at the input's resolution; the conv \
+             kernels index at most 2^31 − 1 (use a smaller batch)"
         )
     })
 }
@@ -944,7 +947,7 @@ impl Backend for Gpu {
         self.begin();
         let cin = xs.c;
         check_channels("conv3x3", cin, cout)?;
-        check_pixels("conv3x3", xs)?;
+        check_pixels("conv3x3", xs, cout)?;
         let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
         let xp = self.in_f16(x, xs.len(), &format!("conv3x3: x {xs:?}"))?;
         let pp = self.pre_ptrs(pre, cin, "conv3x3")?;
@@ -1225,7 +1228,7 @@ impl Backend for Gpu {
         self.begin();
         let cin = xs.c;
         check_channels("conv3x3_bwd", cin, cout)?;
-        check_pixels("conv3x3_bwd", xs)?;
+        check_pixels("conv3x3_bwd", xs, cout)?;
         check(da.is_some() || da_sums.is_none(), || "conv3x3_bwd: da_sums needs da".to_string())?;
         let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
         let k = 9 * cin;
@@ -1569,12 +1572,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn conv_pixel_count_fits_32_bits() {
+    fn conv_value_count_fits_32_bits() {
         let at = |n| Shape { n, h: 31, w: 31, c: 24 };
-        let most = i32::MAX as usize / (31 * 31);
-        assert!(check_pixels("conv3x3", at(most)).is_ok());
-        let e = check_pixels("conv3x3", at(most + 1)).unwrap_err().to_string();
-        assert!(e.contains("at most 2^31 − 1") && e.contains("conv3x3"), "{e}");
+        // the wider of input and output channels counts: 64 output channels here
+        let most = i32::MAX as usize / (31 * 31 * 64);
+        assert!(check_pixels("conv3x3", at(most), 64).is_ok());
+        let e = check_pixels("conv3x3", at(most + 1), 64).unwrap_err().to_string();
+        assert!(e.contains("at most 2^31 − 1") && e.contains("conv3x3") && e.contains("64 output channels"), "{e}");
+        // 24 input channels against 8 output channels: the input's count
+        let most = i32::MAX as usize / (31 * 31 * 24);
+        assert!(check_pixels("conv3x3_bwd", at(most), 8).is_ok());
+        assert!(check_pixels("conv3x3_bwd", at(most + 1), 8).is_err());
     }
 
     #[test]
