@@ -552,6 +552,9 @@ fn evaluate<B: Backend>(
     Ok(correct)
 }
 
+/// The recorded steps of a trainer, per kind of step.
+type Steps<B> = Replayer<StepKind, <B as cifar::replay::Record>::Graph>;
+
 /// What every run of one configuration trains with, allocated once before the first run and
 /// reset in place by each: recorded steps keep these addresses, so the warm-up run records the
 /// steps and the timed runs replay them.
@@ -561,7 +564,7 @@ struct Trainer<B: Backend> {
     by_res: Vec<(usize, Acts<B>)>, // activations per resolution the schedule uses
     words: B::Words,
     sched: Schedule<B>,
-    steps: Replayer<StepKind, B::Graph>,
+    steps: Steps<B>,
     final_views: Views<B>,
     subset_views: Option<Views<B>>,
     eval_bufs: Vec<EvalBufs<B>>,
@@ -823,8 +826,12 @@ fn train<B: Backend>(b: &mut B, h: &Hyp, args: &cli::Args, what: &str, warm_up: 
     let mut tr = trainer(b, h, dtrain.n, dtest.n, !args.no_graph)?;
     if warm_up {
         let started = Instant::now();
-        run(b, h, &mut tr, &dtrain, &dtest, &test.labels[..dtest.n], u64::MAX, &mut |_| {})?;
-        println!("warm-up run: {:.2} s (untimed, discarded)", started.elapsed().as_secs_f64());
+        let labels = &test.labels[..dtest.n];
+        match tune(b, h, &mut tr, &dtrain, &dtest, labels, !args.no_graph, fastest)? {
+            Some(line) => println!("{line}"),
+            None => _ = run(b, h, &mut tr, &dtrain, &dtest, labels, u64::MAX, &mut |_| {})?,
+        }
+        println!("warm-up: {:.2} s (untimed, discarded)", started.elapsed().as_secs_f64());
     }
     let indices: Vec<usize> = args.only_runs.clone().unwrap_or_else(|| (0..args.runs).collect());
     let (mut runs, mut points) = (Vec::new(), Vec::new());
@@ -849,6 +856,51 @@ fn train<B: Backend>(b: &mut B, h: &Hyp, args: &cli::Args, what: &str, warm_up: 
         return output::atomic_write(file, lines.as_bytes());
     }
     finish(&runs, &b.describe(), &format!("{h:?}"), &test_desc, args.json.as_deref())
+}
+
+/// Kernel autotuning, part of the warm-up (as airbench's torch.compile tunes in its warm-up):
+/// where the backend offers interchangeable kernel variants (the GPU's mma conv paths, unless
+/// `SPEEDRUN_CONV` pins one), one untimed warm-up run per variant, each recording its own
+/// steps, timed like a run; the one `pick` names (`fastest`) is kept with its recorded steps.
+/// None: nothing to choose (the caller runs its one warm-up run).
+#[allow(clippy::too_many_arguments)]
+fn tune<B: Backend>(
+    b: &mut B,
+    h: &Hyp,
+    tr: &mut Trainer<B>,
+    train: &DevData<B>,
+    test: &DevData<B>,
+    test_labels: &[u8],
+    record: bool,
+    pick: fn(&[f64]) -> usize,
+) -> Result<Option<String>> {
+    let variants = b.variants();
+    if variants.len() < 2 {
+        return Ok(None);
+    }
+    let (mut seconds, mut steps, mut timed) = (Vec::new(), Vec::new(), Vec::new());
+    for &v in &variants {
+        b.set_variant(v)?;
+        tr.steps = Replayer::new(record);
+        let r = run(b, h, tr, train, test, test_labels, u64::MAX, &mut |_| {})?;
+        timed.push(format!("{v} {:.3} s", r.seconds));
+        seconds.push(r.seconds);
+        steps.push(std::mem::replace(&mut tr.steps, Replayer::new(record)));
+    }
+    let i = pick(&seconds);
+    let chosen = variants[i];
+    b.set_variant(chosen)?;
+    tr.steps = steps.swap_remove(i);
+    Ok(Some(format!(
+        "kernel autotune (one untimed warm-up run each, timed like a run): {}; training on {chosen} \
+         (SPEEDRUN_CONV=<name> pins one)",
+        timed.join(", ")
+    )))
+}
+
+/// The index of the smallest time (the first of equals).
+fn fastest(seconds: &[f64]) -> usize {
+    (0..seconds.len()).fold(0, |best, i| if seconds[i] < seconds[best] { i } else { best })
 }
 
 /// The statistics (several runs), the JSON file, and the final greppable line.

@@ -13,6 +13,42 @@ import re
 import sys
 
 
+def hot_path(body):
+    """One iteration of a loop whose body holds rarely taken blocks (a tile's set-up, its
+    epilogue): over the paths from the loop head to its back edge, taking forward branches only
+    (an inner loop's body counts once), the one with the most HMMA, then the most LDGSTS, then
+    the fewest instructions. Returns (HMMA, LDGSTS, instructions) of that path."""
+    addr = [a for a, _ in body]
+    at = {a: i for i, a in enumerate(addr)}
+    best = [None] * (len(body) + 1)
+    best[len(body)] = (0, 0, 0)  # past the back edge
+    for i in range(len(body) - 1, -1, -1):
+        s = body[i][1]
+        op = re.sub(r"^@!?U?P\w+\s+", "", s).split()[0]
+        me = (1 if op.startswith("HMMA") else 0, 1 if op.startswith("LDGSTS") else 0)
+        succ = []
+        m = re.search(r"BRA.*?(0x[0-9a-f]+)", s)
+        cond = s.lstrip().startswith("@")
+        if m and not s.lstrip().startswith("@!PT"):
+            tgt = int(m.group(1), 16)
+            if tgt > addr[i] and tgt in at:
+                succ.append(at[tgt])
+            elif tgt > addr[-1]:
+                pass  # leaves the loop
+            if cond or i == len(body) - 1:
+                succ.append(i + 1)
+        elif op == "EXIT" and not cond:
+            pass
+        else:
+            succ.append(i + 1)
+        cands = [best[j] for j in succ if best[j] is not None]
+        if not cands:
+            continue
+        h, g, n = max(cands, key=lambda c: (c[0], c[1], -c[2]))
+        best[i] = (h + me[0], g + me[1], n + 1)
+    return best[0] if best[0] else (0, 0, 0)
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
@@ -40,6 +76,10 @@ def main():
                 print(f"  loop {t:#x}-{a:#x}: {len(body)} instructions; HMMA {ops['HMMA']} LDSM {ops['LDSM']} "
                       f"LDGSTS {ops['LDGSTS']} LDG {ops['LDG']} STS {ops['STS']} BAR {ops['BAR']}; "
                       f"most: {ops.most_common(8)}")
+                if ops["HMMA"]:
+                    h, g, n = hot_path(body)
+                    print(f"    hot path (most HMMA, then most LDGSTS, then fewest instructions; inner loops "
+                          f"once): {n} instructions, HMMA {h} LDGSTS {g}")
 
 
 if __name__ == "__main__":

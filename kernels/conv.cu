@@ -600,7 +600,7 @@ struct TapRows {
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const bool ok = (mask[i] >> tap) & 1u;
-            cp_async16(dst + 32 * i * MLD, src + (ok ? off[i] + toff : 0), ok ? 16 : 0);
+            cp_async16(dst + 32 * i * MLD, src + (ok ? (unsigned)(off[i] + toff) : 0u), ok ? 16 : 0);
         }
     }
 };
@@ -811,7 +811,8 @@ __device__ __forceinline__ void conv_fwd_mma(const half* __restrict__ a, int N, 
 #pragma unroll
         for (int i = 0; i < TN / 32; i++) {
             const bool ok = (live >> i) & 1u;
-            cp_async16(Bs + s * B_STAGE + (r0 + 32 * i) * MLD + kc, wf + (ok ? boff[i] + t * MK : 0), ok ? 16 : 0);
+            cp_async16(Bs + s * B_STAGE + (r0 + 32 * i) * MLD + kc, wf + (ok ? (unsigned)(boff[i] + t * MK) : 0u),
+                       ok ? 16 : 0);
         }
         kq.advance(cin);
     };
@@ -905,7 +906,7 @@ __device__ __forceinline__ void conv_dgrad_mma(const half* __restrict__ g, int N
         bcopy.copy(Bs + s * B_STAGE, [&](int kr, int col, const half*& p) {
             const int kb = t * MK + kr, ci = n0 + col;
             const bool ok = kb < K && ci < cin;
-            p = wt + (ok ? kb * cin + ci : 0);
+            p = wt + (ok ? (unsigned)(kb * cin + ci) : 0u);
             return ok;
         });
         kq.advance(cout);
@@ -980,7 +981,8 @@ __device__ __forceinline__ void conv_wgrad_mma(const half* __restrict__ a, int N
             const int p = pb + ar0 + 8 * i;
             const bool ok = kwok && p < pend && (unsigned)(ry[i] + ody) < (unsigned)H &&
                             (unsigned)(rx[i] + odx) < (unsigned)W;
-            cp_async16(As + s * A_STAGE + (ar0 + 8 * i) * MLDA_T + ac, a + (ok ? p * cin + coff : 0), ok ? 16 : 0);
+            cp_async16(As + s * A_STAGE + (ar0 + 8 * i) * MLDA_T + ac, a + (ok ? (unsigned)(p * cin + coff) : 0u),
+                       ok ? 16 : 0);
             rx[i] += step_x;
             const bool carry = rx[i] >= W;
             rx[i] -= carry ? W : 0;
@@ -990,7 +992,7 @@ __device__ __forceinline__ void conv_wgrad_mma(const half* __restrict__ a, int N
         bcopy.copy(Bs + s * B_STAGE, [&](int kr, int col, const half*& src) {
             const int p = pb + kr, o = o0 + col;
             const bool ok = p < pend && o < cout;
-            src = g + (ok ? p * cout + o : 0);  // < N·H·W·cout < 2^31 (check_pixels)
+            src = g + (ok ? (unsigned)(p * cout + o) : 0u);  // < N·H·W·cout < 2^31 (check_pixels)
             return ok;
         });
     };

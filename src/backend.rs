@@ -168,6 +168,17 @@ pub trait Backend: Record {
     /// One line naming the device, for logs.
     fn describe(&self) -> String;
 
+    /// Interchangeable kernel variants a run may use (the GPU's conv paths), the current one
+    /// first: the same results up to the order of fp32 sums. Empty where there is nothing to
+    /// choose (the CPU; a GPU with one path, or with the choice pinned by `SPEEDRUN_CONV`).
+    fn variants(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+    /// Switches to variant `name`, one of [`Backend::variants`].
+    fn set_variant(&mut self, name: &str) -> Result<()> {
+        Err(crate::Error::Usage(format!("{}: no kernel variant {name:?} to switch to", self.describe())))
+    }
+
     // ---- memory -------------------------------------------------------------------------
     fn zeros(&mut self, n: usize) -> Result<Self::Buf>;
     fn upload(&mut self, host: &[f32]) -> Result<Self::Buf>;

@@ -759,6 +759,28 @@ impl Backend for Gpu {
     type Bytes = GBytes;
     type Words = GWords;
 
+    fn variants(&self) -> Vec<&'static str> {
+        let paths = ConvPath::tunable(self.info.cc);
+        if self.conv_pinned || paths.len() < 2 {
+            return Vec::new();
+        }
+        let mut names: Vec<_> = paths.iter().map(|p| p.name()).collect();
+        if let Some(i) = names.iter().position(|&n| n == self.conv_path.name()) {
+            names[..=i].rotate_right(1); // the current one first
+        }
+        names
+    }
+
+    fn set_variant(&mut self, name: &str) -> Result<()> {
+        match ConvPath::named(name) {
+            Some(p) if ConvPath::available(self.info.cc).contains(&p) => {
+                self.conv_path = p;
+                Ok(())
+            }
+            _ => Err(Error::Usage(format!("{}: no conv path {name:?} on this GPU", self.info))),
+        }
+    }
+
     fn describe(&self) -> String {
         let img = self.image("conv").map(|i| i.to_string()).unwrap_or_else(|| "no conv image".into());
         let sums = if self.conv_path.is_mma() && !self.epilogue_sums { " (epilogue sums off)" } else { "" };

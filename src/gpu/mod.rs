@@ -81,6 +81,8 @@ pub struct Gpu {
     /// cost 0.85 ms per step with the register-staged kernels (bench-pass2) and save 0.44 ms with
     /// the all-cp.async ones (bench/logs/2026-11-26-h200-bench-pass3.log).
     pub epilogue_sums: bool,
+    /// Whether [`CONV_ENV`] named the conv path (then `Backend::variants` offers no choice).
+    pub conv_pinned: bool,
     /// Kernel handles, workspace and temporaries of the `Backend` ops (src/gpu/backend.rs).
     ops: backend::OpState,
 }
@@ -132,6 +134,15 @@ impl ConvPath {
         } else {
             &[ConvPath::Wmma]
         }
+    }
+    /// The mma paths for `cc` (the trainer times each in its warm-up and keeps the fastest,
+    /// unless [`CONV_ENV`] pins one), the default first.
+    pub fn tunable(cc: (i32, i32)) -> Vec<ConvPath> {
+        Self::available(cc).iter().copied().filter(|p| p.is_mma()).collect()
+    }
+    /// The path named `name` ("wmma", "mma", "mma128").
+    pub fn named(name: &str) -> Option<ConvPath> {
+        [ConvPath::Wmma, ConvPath::Mma, ConvPath::MmaWide].into_iter().find(|p| p.name() == name)
     }
     /// The path for `cc`, given the value of [`CONV_ENV`] (None: unset); an unknown name or a
     /// path the GPU lacks is an error.
@@ -326,9 +337,12 @@ impl Gpu {
             })?;
             modules.insert(m.name, (loaded, image));
         }
-        let conv_path = ConvPath::choose(info.cc, std::env::var(CONV_ENV).ok().as_deref())?;
+        let conv_env = std::env::var(CONV_ENV).ok();
+        let conv_path = ConvPath::choose(info.cc, conv_env.as_deref())?;
+        let conv_pinned = conv_env.is_some_and(|v| !v.trim().is_empty());
         let epilogue_sums = epilogue_sums(std::env::var(SUMS_ENV).ok().as_deref())?;
-        Ok(Gpu { ctx, stream, info, modules, conv_path, epilogue_sums, ops: backend::OpState::default() })
+        let ops = backend::OpState::default();
+        Ok(Gpu { ctx, stream, info, modules, conv_path, epilogue_sums, conv_pinned, ops })
     }
 
     /// Runs `f` with the convolution kernels set to `path`, then restores the current choice.
