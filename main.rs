@@ -828,7 +828,7 @@ fn train<B: Backend>(b: &mut B, h: &Hyp, args: &cli::Args, what: &str, warm_up: 
         let started = Instant::now();
         let labels = &test.labels[..dtest.n];
         match tune(b, h, &mut tr, &dtrain, &dtest, labels, !args.no_graph, fastest)? {
-            Some(line) => println!("{line}"),
+            Some(t) => println!("{}", t.line),
             None => _ = run(b, h, &mut tr, &dtrain, &dtest, labels, u64::MAX, &mut |_| {})?,
         }
         println!("warm-up: {:.2} s (untimed, discarded)", started.elapsed().as_secs_f64());
@@ -862,7 +862,9 @@ fn train<B: Backend>(b: &mut B, h: &Hyp, args: &cli::Args, what: &str, warm_up: 
 /// where the backend offers interchangeable kernel variants (the GPU's mma conv paths, unless
 /// `SPEEDRUN_CONV` pins one), one untimed warm-up run per variant, each recording its own
 /// steps, timed like a run; the one `pick` names (`fastest`) is kept with its recorded steps.
-/// None: nothing to choose (the caller runs its one warm-up run).
+/// A variant whose warm-up run fails or ends with an accuracy that disagrees with the first
+/// (current, self-tested) variant's is rejected, so a kernel that is fast but wrong on some GPU
+/// is never chosen. None: nothing to choose (the caller runs its one warm-up run).
 #[allow(clippy::too_many_arguments)]
 fn tune<B: Backend>(
     b: &mut B,
@@ -873,29 +875,63 @@ fn tune<B: Backend>(
     test_labels: &[u8],
     record: bool,
     pick: fn(&[f64]) -> usize,
-) -> Result<Option<String>> {
+) -> Result<Option<Tuned>> {
     let variants = b.variants();
     if variants.len() < 2 {
         return Ok(None);
     }
-    let (mut seconds, mut steps, mut timed) = (Vec::new(), Vec::new(), Vec::new());
-    for &v in &variants {
+    let (mut seconds, mut steps, mut said) = (Vec::new(), Vec::new(), Vec::new());
+    let mut warmups: Vec<(&'static str, report::Run)> = Vec::new();
+    for (k, &v) in variants.iter().enumerate() {
         b.set_variant(v)?;
         tr.steps = Replayer::new(record);
-        let r = run(b, h, tr, train, test, test_labels, u64::MAX, &mut |_| {})?;
-        timed.push(format!("{v} {:.3} s", r.seconds));
+        let r = match run(b, h, tr, train, test, test_labels, u64::MAX, &mut |_| {}) {
+            Ok(r) => r,
+            Err(e) if k > 0 => {
+                said.push(format!("{v} rejected ({e})"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let acc = r.correct as f64 / r.tested.max(1) as f64;
+        if let Some((_, first)) = warmups.first() {
+            let a0 = first.correct as f64 / first.tested.max(1) as f64;
+            if !agrees(a0, acc, r.tested) {
+                said.push(format!("{v} rejected (warm-up accuracy {:.2}% against {:.2}%)", 100.0 * acc, 100.0 * a0));
+                continue;
+            }
+        }
+        said.push(format!("{v} {:.3} s ({:.2}%)", r.seconds, 100.0 * acc));
         seconds.push(r.seconds);
         steps.push(std::mem::replace(&mut tr.steps, Replayer::new(record)));
+        warmups.push((v, r));
     }
     let i = pick(&seconds);
-    let chosen = variants[i];
+    let chosen = warmups[i].0;
     b.set_variant(chosen)?;
     tr.steps = steps.swap_remove(i);
-    Ok(Some(format!(
+    let line = format!(
         "kernel autotune (one untimed warm-up run each, timed like a run): {}; training on {chosen} \
          (SPEEDRUN_CONV=<name> pins one)",
-        timed.join(", ")
-    )))
+        said.join(", ")
+    );
+    Ok(Some(Tuned { line, warmups }))
+}
+
+/// What the warm-up's autotune did: the line for the log, and each accepted variant's warm-up
+/// run (seed u64::MAX), in the order tried.
+struct Tuned {
+    line: String,
+    #[cfg_attr(not(test), allow(dead_code))] // read by the autotune test
+    warmups: Vec<(&'static str, report::Run)>,
+}
+
+/// Whether a warm-up accuracy `a` on `n` test images agrees with the reference variant's `a0`:
+/// within 4 binomial standard deviations, and never stricter than one point (same seed, same
+/// images: the variants differ only in the order of fp32 sums).
+fn agrees(a0: f64, a: f64, n: usize) -> bool {
+    let sd = (a0 * (1.0 - a0) / n.max(1) as f64).sqrt();
+    (a - a0).abs() <= (4.0 * sd).max(0.01)
 }
 
 /// The index of the smallest time (the first of equals).

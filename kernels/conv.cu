@@ -537,25 +537,38 @@ extern "C" __global__ void wgrad_reduce_f32(const float* __restrict__ part, int 
 // Shared-memory stages are either row-major [rows][k] (MLD = 40 halves per row: 80 B, so the 8
 // row reads of an ldmatrix hit 8 distinct bank groups), read with ldmatrix, or k-major
 // [k][rows] (A: 136, B: TN + 8 halves per k row, odd multiples of 16 B), read with ldmatrix.trans.
-#define MB 128
 #define MK 32
 #define MSTAGES 3
 #define MLD 40
-#define MLDA_T 136
-// Bytes of dynamic shared memory the wide kernels need (MmaTile<64>::SMEM; the host passes it:
-// WIDE_SMEM in src/gpu/backend.rs, checked against this line by a test).
+// Bytes of dynamic shared memory the wide and tall kernels need (Wide::SMEM, Tall::SMEM; the host
+// passes them: WIDE_SMEM, TALL_SMEM in src/gpu/backend.rs, checked against these lines by a test).
 #define MMA_WIDE_SMEM 61440
+#define MMA_TALL_SMEM 76800
 
-template <int WN> struct MmaTile {
-    static constexpr int TN = 2 * WN;                // block tile columns
-    static constexpr int NJ = WN / 8;                // m16n8 tiles per warp along n
-    static constexpr int LDB_T = TN + 8;             // k-major B stage row, halves
-    static constexpr int A_STAGE = MB * MLD;         // halves; ≥ MK * MLDA_T
-    static constexpr int B_STAGE = TN * MLD;         // ≥ MK * LDB_T
+// A block tile: 4 warps of 64×WN in WGM rows × (4/WGM) columns, TM × TN = 64·WGM × WN·4/WGM.
+template <int WN_, int WGM_> struct MmaTile {
+    static constexpr int WN = WN_, WGM = WGM_, WGN = 4 / WGM_;  // warp tile width, warp grid
+    static constexpr int TM = 64 * WGM, TN = WN * WGN;           // block tile
+    static constexpr int NJ = WN / 8;                             // m16n8 tiles per warp along n
+    static constexpr int LDA_T = TM + 8, LDB_T = TN + 8;          // k-major stage rows, halves
+    static constexpr int A_STAGE = TM * MLD;                      // halves; ≥ MK * LDA_T
+    static constexpr int B_STAGE = TN * MLD;                      // ≥ MK * LDB_T
     static constexpr int SMEM = MSTAGES * (A_STAGE + B_STAGE) * 2;  // bytes
-    static_assert(A_STAGE >= MK * MLDA_T && B_STAGE >= MK * LDB_T, "stage sizes");
+    static_assert(A_STAGE >= MK * LDA_T && B_STAGE >= MK * LDB_T && WGM * WGN == 4 && (WGN == 1 || WGN == 2), "tile");
+    // this warp's place in the block's warp grid
+    static __device__ __forceinline__ int wm() {
+        const int warp = threadIdx.x >> 5;
+        return WGN == 2 ? warp >> 1 : warp;
+    }
+    static __device__ __forceinline__ int wn() {
+        const int warp = threadIdx.x >> 5;
+        return WGN == 2 ? warp & 1 : 0;
+    }
 };
-static_assert(MmaTile<64>::SMEM == MMA_WIDE_SMEM, "MMA_WIDE_SMEM");
+using Narrow = MmaTile<32, 2>;  // 128×64, static shared memory, 4 blocks per SM
+using Wide = MmaTile<64, 2>;    // 128×128, MMA_WIDE_SMEM bytes of dynamic shared memory
+using Tall = MmaTile<64, 4>;    // 256×64, MMA_TALL_SMEM bytes of dynamic shared memory
+static_assert(Wide::SMEM == MMA_WIDE_SMEM && Tall::SMEM == MMA_TALL_SMEM, "MMA_*_SMEM");
 
 // A thread's index k = tap·C + c (0 ≤ c < C) along an implicit GEMM's K = 9·C, moved one K step
 // (MK) per advance without a division: issue runs for t = 0, 1, 2, … in order.
@@ -579,9 +592,9 @@ struct KCursor {
 // offset pix·C (pix = (n·H + y)·W + x) and a mask of the taps that land inside the image (bit
 // ky·3 + kx; 0 for a row past M). Per K step copy() costs a shift, an add and a select per row;
 // the offsets are 32-bit (the host checks N·H·W·C < 2^31: check_pixels).
-struct TapRows {
-    int off[4];
-    unsigned mask[4];
+template <int R> struct TapRows {
+    int off[R];
+    unsigned mask[R];
     __device__ __forceinline__ void set(int i, int pix, int y, int x, bool ok, int C, int H, int W) {
         unsigned rows = 0u, cols = 0u;
 #pragma unroll
@@ -598,7 +611,7 @@ struct TapRows {
         const int t3 = tap / 3;
         const int toff = ((t3 - 1) * W + (tap - 3 * t3 - 1)) * C + c;
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < R; i++) {
             const bool ok = (mask[i] >> tap) & 1u;
             cp_async16(dst + 32 * i * MLD, src + (ok ? (unsigned)(off[i] + toff) : 0u), ok ? 16 : 0);
         }
@@ -609,8 +622,8 @@ struct TapRows {
 // copy, TN·MK/8/128 copies per thread. copy(dst, src): src(k, col, p) says whether columns
 // col..col+7 of k row `k` of the stage come from p (set to a valid address either way; false:
 // 0 bytes are read, the 16 bytes are zero-filled).
-template <int WN> struct KMajorCopy {
-    static constexpr int TPR = MmaTile<WN>::TN / 8;  // threads per k row
+template <class Tl> struct KMajorCopy {
+    static constexpr int TPR = Tl::TN / 8;  // threads per k row
     int r0, col;                                      // this thread's first k row and its columns
     __device__ __forceinline__ KMajorCopy() : r0(threadIdx.x / TPR), col((threadIdx.x % TPR) * 8) {}
     template <class Src> __device__ __forceinline__ void copy(half* dst, Src src) const {
@@ -619,17 +632,17 @@ template <int WN> struct KMajorCopy {
             const int k = r0 + (128 / TPR) * i;
             const half* p;
             const bool ok = src(k, col, p);
-            cp_async16(dst + k * MmaTile<WN>::LDB_T + col, p, ok ? 16 : 0);
+            cp_async16(dst + k * Tl::LDB_T + col, p, ok ? 16 : 0);
         }
     }
 };
 
 // One K step (32) of the block tile from stage buffers `as`, `bs` into acc[i][j][·] (the
 // m16n8 tile at warp rows 16i, cols 8j). AT / BT: the stage is k-major (ldmatrix.trans).
-template <bool AT, bool BT, int WN>
-__device__ __forceinline__ void mma_kstep(float (&acc)[4][WN / 8][4], const half* as, const half* bs, int lane, int wm,
+template <bool AT, bool BT, class Tl>
+__device__ __forceinline__ void mma_kstep(float (&acc)[4][Tl::NJ][4], const half* as, const half* bs, int lane, int wm,
                                           int wn) {
-    constexpr int NJ = WN / 8, LDB_T = MmaTile<WN>::LDB_T;
+    constexpr int NJ = Tl::NJ, WN = Tl::WN, LDA_T = Tl::LDA_T, LDB_T = Tl::LDB_T;
 #pragma unroll
     for (int kk = 0; kk < MK; kk += 16) {
         unsigned fa[4][4], fb[NJ][2];
@@ -638,7 +651,7 @@ __device__ __forceinline__ void mma_kstep(float (&acc)[4][WN / 8][4], const half
             if (!AT)
                 ldmatrix_x4<false>(fa[i], as + (wm * 64 + i * 16 + (lane & 15)) * MLD + kk + (lane >> 4) * 8);
             else
-                ldmatrix_x4<true>(fa[i], as + (kk + (lane & 7) + (lane >> 4) * 8) * MLDA_T + wm * 64 + i * 16 +
+                ldmatrix_x4<true>(fa[i], as + (kk + (lane & 7) + (lane >> 4) * 8) * LDA_T + wm * 64 + i * 16 +
                                              ((lane >> 3) & 1) * 8);
         }
 #pragma unroll
@@ -667,14 +680,14 @@ __device__ __forceinline__ void mma_kstep(float (&acc)[4][WN / 8][4], const half
 // that held step t − 3, which every warp finished before step t − 2's barrier; one group is
 // committed per step (empty past the end), so "≤ 1 group in flight" at step t means step t has
 // landed.
-template <bool AT, bool BT, int WN, class Issue>
-__device__ __forceinline__ void mma_pipeline(float (&acc)[4][WN / 8][4], const half* As, const half* Bs, int nk,
+template <bool AT, bool BT, class Tl, class Issue>
+__device__ __forceinline__ void mma_pipeline(float (&acc)[4][Tl::NJ][4], const half* As, const half* Bs, int nk,
                                              Issue issue) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 1, wn = warp & 1;
+    const int lane = threadIdx.x & 31, wm = Tl::wm(), wn = Tl::wn();
 #pragma unroll
     for (int i = 0; i < 4; i++)
 #pragma unroll
-        for (int j = 0; j < WN / 8; j++)
+        for (int j = 0; j < Tl::NJ; j++)
 #pragma unroll
             for (int r = 0; r < 4; r++) acc[i][j][r] = 0.f;
     issue(0, 0);
@@ -687,7 +700,7 @@ __device__ __forceinline__ void mma_pipeline(float (&acc)[4][WN / 8][4], const h
         __syncthreads();
         if (t + 2 < nk) issue(t + 2, w);
         cp_async_commit();
-        mma_kstep<AT, BT, WN>(acc, As + s * MmaTile<WN>::A_STAGE, Bs + s * MmaTile<WN>::B_STAGE, lane, wm, wn);
+        mma_kstep<AT, BT, Tl>(acc, As + s * Tl::A_STAGE, Bs + s * Tl::B_STAGE, lane, wm, wn);
         s = s == MSTAGES - 1 ? 0 : s + 1;
         w = w == MSTAGES - 1 ? 0 : w + 1;
     }
@@ -698,12 +711,13 @@ __device__ __forceinline__ void mma_pipeline(float (&acc)[4][WN / 8][4], const h
 // and D(row, col + 1) in block-tile coordinates (row = wm·64 + 16i + g + 8h, col = wn·WN + 8j +
 // 2q, g = lane/4, q = lane%4), column pairs j outermost; done(j) after the last call of pair j.
 // Every lane makes every call (f and done may shuffle).
-template <int WN, class F, class D>
-__device__ __forceinline__ void mma_epilogue(const float (&acc)[4][WN / 8][4], F f, D done) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 1, wn = warp & 1;
+template <class Tl, class F, class D>
+__device__ __forceinline__ void mma_epilogue(const float (&acc)[4][Tl::NJ][4], F f, D done) {
+    const int lane = threadIdx.x & 31, wm = Tl::wm(), wn = Tl::wn();
     const int g = lane >> 2, q = lane & 3;
+    constexpr int WN = Tl::WN;
 #pragma unroll
-    for (int j = 0; j < WN / 8; j++) {
+    for (int j = 0; j < Tl::NJ; j++) {
 #pragma unroll
         for (int i = 0; i < 4; i++)
 #pragma unroll
@@ -712,20 +726,21 @@ __device__ __forceinline__ void mma_epilogue(const float (&acc)[4][WN / 8][4], F
         done(j);
     }
 }
-template <int WN, class F> __device__ __forceinline__ void mma_epilogue(const float (&acc)[4][WN / 8][4], F f) {
-    mma_epilogue<WN>(acc, f, [](int) {});
+template <class Tl, class F> __device__ __forceinline__ void mma_epilogue(const float (&acc)[4][Tl::NJ][4], F f) {
+    mma_epilogue<Tl>(acc, f, [](int) {});
 }
 
 // Per-channel partial sums of a tile's outputs (the forward's BatchNorm Σy, Σy²; dgrad's
 // pre_bwd Σdu, Σdu·x̂), in two parts. mma_col_sums, after column pair j: a[e], b[e] hold this
 // lane's two sums of column wn·WN + 8j + 2q + e over its rows; they are added over the 8 lanes
 // of the column (xor butterfly), put in red[wm][column], and reset. mma_col_partials, once: adds
-// the two warp rows (wm 0 then 1) and writes part[c][blockIdx.x] (a) and part[C + c][blockIdx.x]
+// the warp rows (wm 0, 1, … in order) and writes part[c][blockIdx.x] (a) and part[C + c][blockIdx.x]
 // (b), c = n0 + column: the channel-major layout of norm.cu's stage 2 (bn_finalize_f32,
 // pre_bwd_sums_f32). Fixed order throughout: deterministic. red: mma_spare_stage.
-template <typename T, int WN>
-__device__ __forceinline__ void mma_col_sums(int j, T (&a)[2], T (&b)[2], T (*red)[2 * WN][2]) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 1, wn = warp & 1;
+template <typename T, class Tl>
+__device__ __forceinline__ void mma_col_sums(int j, T (&a)[2], T (&b)[2], T (*red)[Tl::TN][2]) {
+    const int lane = threadIdx.x & 31, wm = Tl::wm(), wn = Tl::wn();
+    constexpr int WN = Tl::WN;
 #pragma unroll
     for (int e = 0; e < 2; e++) {
         T s = a[e], t = b[e];
@@ -741,22 +756,28 @@ __device__ __forceinline__ void mma_col_sums(int j, T (&a)[2], T (&b)[2], T (*re
         a[e] = b[e] = T(0);
     }
 }
-template <typename T, int WN>
-__device__ __forceinline__ void mma_col_partials(const T (*red)[2 * WN][2], int n0, int C, T* __restrict__ part) {
-    static_assert(2 * WN <= 128, "one column per thread of the 128");
+template <typename T, class Tl>
+__device__ __forceinline__ void mma_col_partials(const T (*red)[Tl::TN][2], int n0, int C, T* __restrict__ part) {
+    static_assert(Tl::TN <= 128, "one column per thread of the 128");
     __syncthreads();
     const int col = threadIdx.x, c = n0 + col;
-    if (col < 2 * WN && c < C) {
-        part[(long long)c * gridDim.x + blockIdx.x] = red[0][col][0] + red[1][col][0];
-        part[(long long)(C + c) * gridDim.x + blockIdx.x] = red[0][col][1] + red[1][col][1];
+    if (col < Tl::TN && c < C) {
+        T a = red[0][col][0] + red[1][col][0], b = red[0][col][1] + red[1][col][1];
+#pragma unroll
+        for (int r = 2; r < Tl::WGM; r++) {
+            a += red[r][col][0];
+            b += red[r][col][1];
+        }
+        part[(long long)c * gridDim.x + blockIdx.x] = a;
+        part[(long long)(C + c) * gridDim.x + blockIdx.x] = b;
     }
 }
-// Room for red (≤ 4 KB) once mma_pipeline has run nk steps: the A stage it left free. The last
+// Room for red (≤ 8 KB) once mma_pipeline has run nk steps: the A stage it left free. The last
 // step (nk − 1) used stage (nk − 1) % 3; stage (nk + 1) % 3 last held step nk − 2 (or nothing),
 // which every warp finished before the last step's barrier.
-template <typename T, int WN> __device__ __forceinline__ T (*mma_spare_stage(half* As, int nk))[2 * WN][2] {
-    static_assert(sizeof(T) * 2 * 2 * WN * 2 <= MmaTile<WN>::A_STAGE * sizeof(half), "red fits a stage");
-    return reinterpret_cast<T (*)[2 * WN][2]>(As + ((nk + 1) % MSTAGES) * MmaTile<WN>::A_STAGE);
+template <typename T, class Tl> __device__ __forceinline__ T (*mma_spare_stage(half* As, int nk))[Tl::TN][2] {
+    static_assert(sizeof(T) * Tl::WGM * Tl::TN * 2 <= Tl::A_STAGE * sizeof(half), "red fits a stage");
+    return reinterpret_cast<T (*)[Tl::TN][2]>(As + ((nk + 1) % MSTAGES) * Tl::A_STAGE);
 }
 
 // Stores D(row m, cols c, c+1) as two halves of out[m][c] (C % 8 == 0, c even), within bounds.
@@ -774,23 +795,23 @@ __device__ __forceinline__ void store_f16_pair(half* out, long long m, long long
 // part (may be null): the BatchNorm partial sums of the stored y (fp16 values, pooled when pool)
 // per block row, [2·cout][gridDim.x] f64 (mma_col_partials), for bn_finalize_f32.
 // grid (ceil(M/128), ceil(cout/TN)), block 128.
-template <int WN>
+template <class Tl>
 __device__ __forceinline__ void conv_fwd_mma(const half* __restrict__ a, int N, int H, int W, int cin,
                                              const half* __restrict__ wf, int cout, int pool, half* __restrict__ y,
                                              unsigned char* __restrict__ argmax, double* __restrict__ part, half* As,
                                              half* Bs) {
-    constexpr int TN = MmaTile<WN>::TN, A_STAGE = MmaTile<WN>::A_STAGE, B_STAGE = MmaTile<WN>::B_STAGE;
+    constexpr int TM = Tl::TM, TN = Tl::TN, A_STAGE = Tl::A_STAGE, B_STAGE = Tl::B_STAGE;
     const int tid = threadIdx.x;
     const int K = 9 * cin;
     const long long M = fwd_gemm_rows(N, H, W, pool);
-    const long long m0 = (long long)blockIdx.x * MB;
+    const long long m0 = (long long)blockIdx.x * TM;
     const int n0 = blockIdx.y * TN;
-    // Staging: this thread copies A rows r0 + 32i (i < 4) and B rows r0 + 32i (i < TN/32), 8 k at kc.
+    // Staging: this thread copies A rows r0 + 32i (i < TM/32) and B rows r0 + 32i (i < TN/32), 8 k at kc.
     const int r0 = tid >> 2, kc = (tid & 3) * 8;
-    TapRows rows;
+    TapRows<TM / 32> rows;
     const PixGrid g = fwd_row_grid(H, W, pool);
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < TM / 32; i++) {
         int n, yy, xx;
         bool ok;
         fwd_row_pixel((int)(m0 + r0 + 32 * i), (int)M, g, pool, n, yy, xx, ok);
@@ -816,10 +837,10 @@ __device__ __forceinline__ void conv_fwd_mma(const half* __restrict__ a, int N, 
         }
         kq.advance(cin);
     };
-    float acc[4][WN / 8][4];
-    mma_pipeline<false, false, WN>(acc, As, Bs, CEIL_DIV(K, MK), issue);
+    float acc[4][Tl::NJ][4];
+    mma_pipeline<false, false, Tl>(acc, As, Bs, CEIL_DIV(K, MK), issue);
 
-    double (*red)[TN][2] = mma_spare_stage<double, WN>(As, CEIL_DIV(K, MK));  // [wm][column][Σy | Σy²]
+    double (*red)[TN][2] = mma_spare_stage<double, Tl>(As, CEIL_DIV(K, MK));  // [wm][column][Σy | Σy²]
     double sum[2] = {0.0, 0.0}, sq[2] = {0.0, 0.0};  // this lane's, of its current column pair
     auto stat = [&](half y0, half y1) {
         const double d0 = (double)__half2float(y0), d1 = (double)__half2float(y1);
@@ -829,9 +850,9 @@ __device__ __forceinline__ void conv_fwd_mma(const half* __restrict__ a, int N, 
         sq[1] += d1 * d1;
     };
     auto cols_done = [&](int j) {
-        if (part) mma_col_sums<double, WN>(j, sum, sq, red);
+        if (part) mma_col_sums<double, Tl>(j, sum, sq, red);
     };
-    mma_epilogue<WN>(acc, [&](int row, int col, float v0, float v1) {
+    mma_epilogue<Tl>(acc, [&](int row, int col, float v0, float v1) {
         const long long m = m0 + row;
         const int co = n0 + col;
         if (!pool) {
@@ -862,7 +883,7 @@ __device__ __forceinline__ void conv_fwd_mma(const half* __restrict__ a, int N, 
             if (part) stat(h0, h1);
         }
     }, cols_done);
-    if (part) mma_col_partials<double, WN>(red, n0, cout, part);
+    if (part) mma_col_partials<double, Tl>(red, n0, cout, part);
 }
 
 // Same contract as conv3x3_dgrad_f16, but from the full-resolution output gradient g (NHWC,
@@ -874,23 +895,23 @@ __device__ __forceinline__ void conv_fwd_mma(const half* __restrict__ a, int N, 
 // fp16) and its pre (pmean, pinv, pshift, bn: 0 bias, 1 BatchNorm): Σdu and Σdu·x̂ with
 // du = da·GELU′(pre(x)), as chan_reduce_f16 (norm.cu) takes them, f32 per lane, [2·cin]
 // [gridDim.x] (mma_col_partials), for pre_bwd_sums_f32. grid (ceil(P/128), ceil(cin/TN)), block 128.
-template <int WN>
+template <class Tl>
 __device__ __forceinline__ void conv_dgrad_mma(const half* __restrict__ g, int N, int H, int W, int cin, int cout,
                                                const half* __restrict__ wt, half* __restrict__ da,
                                                const half* __restrict__ x, const float* __restrict__ pmean,
                                                const float* __restrict__ pinv, const float* __restrict__ pshift,
                                                int bn, float* __restrict__ part, half* As, half* Bs) {
-    constexpr int TN = MmaTile<WN>::TN, A_STAGE = MmaTile<WN>::A_STAGE, B_STAGE = MmaTile<WN>::B_STAGE;
+    constexpr int TM = Tl::TM, TN = Tl::TN, A_STAGE = Tl::A_STAGE, B_STAGE = Tl::B_STAGE;
     const int tid = threadIdx.x;
     const int K = 9 * cout;
     const long long M = (long long)N * H * W;
-    const long long m0 = (long long)blockIdx.x * MB;
+    const long long m0 = (long long)blockIdx.x * TM;
     const int n0 = blockIdx.y * TN;
-    const int r0 = tid >> 2, kc = (tid & 3) * 8;  // A: rows r0 + 32i (i < 4), k offset kc
-    TapRows rows;
+    const int r0 = tid >> 2, kc = (tid & 3) * 8;  // A: rows r0 + 32i (i < TM/32), k offset kc
+    TapRows<TM / 32> rows;
     const PixGrid pg(H, W);
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < TM / 32; i++) {
         int n, yy, xx;
         bool ok;
         const int pix = (int)(m0 + r0 + 32 * i);
@@ -898,7 +919,7 @@ __device__ __forceinline__ void conv_dgrad_mma(const half* __restrict__ g, int N
         rows.set(i, pix, yy, xx, ok, cout, H, W);
     }
     KCursor kq(kc, cout);  // this thread's A column k = t·MK + kc as (tap, o)
-    const KMajorCopy<WN> bcopy;
+    const KMajorCopy<Tl> bcopy;
     auto issue = [&](int t, int s) {
         // the gradient at pixel q + off(tap) times w[o][8 − tap][ci]
         rows.copy(As + s * A_STAGE + r0 * MLD + kc, g, kq.tap, kq.c, cout, W);
@@ -911,14 +932,14 @@ __device__ __forceinline__ void conv_dgrad_mma(const half* __restrict__ g, int N
         });
         kq.advance(cout);
     };
-    float acc[4][WN / 8][4];
-    mma_pipeline<false, true, WN>(acc, As, Bs, CEIL_DIV(K, MK), issue);
-    float (*red)[TN][2] = mma_spare_stage<float, WN>(As, CEIL_DIV(K, MK));  // [wm][column][Σdu | Σdu·x̂]
+    float acc[4][Tl::NJ][4];
+    mma_pipeline<false, true, Tl>(acc, As, Bs, CEIL_DIV(K, MK), issue);
+    float (*red)[TN][2] = mma_spare_stage<float, Tl>(As, CEIL_DIV(K, MK));  // [wm][column][Σdu | Σdu·x̂]
     float su[2] = {0.f, 0.f}, sx[2] = {0.f, 0.f};  // this lane's, of its current column pair
     auto cols_done = [&](int j) {
-        if (part) mma_col_sums<float, WN>(j, su, sx, red);
+        if (part) mma_col_sums<float, Tl>(j, su, sx, red);
     };
-    mma_epilogue<WN>(acc, [&](int row, int col, float v0, float v1) {
+    mma_epilogue<Tl>(acc, [&](int row, int col, float v0, float v1) {
         const long long m = m0 + row;
         const int c = n0 + col;
         store_f16_pair(da, m, M, c, cin, v0, v1);
@@ -933,7 +954,7 @@ __device__ __forceinline__ void conv_dgrad_mma(const half* __restrict__ g, int N
             sx[e] += du * xhat;
         }
     }, cols_done);
-    if (part) mma_col_partials<float, WN>(red, n0, cin, part);
+    if (part) mma_col_partials<float, Tl>(red, n0, cin, part);
 }
 
 // Same contract as conv3x3_wgrad_f16 with bn = 2 (out is [slices][cout][9·cin], slice z covers
@@ -942,17 +963,18 @@ __device__ __forceinline__ void conv_dgrad_mma(const half* __restrict__ g, int N
 // full-resolution output gradient [pixels][cout] (dy, or unpool_f16's output where the layer
 // pools), both by cp.async and read with ldmatrix.trans.
 // grid (ceil(9·cin/128), ceil(cout/TN), slices), block 128.
-template <int WN>
+template <class Tl>
 __device__ __forceinline__ void conv_wgrad_mma(const half* __restrict__ a, int N, int H, int W, int cin,
                                                const half* __restrict__ g, int cout, float* __restrict__ out,
                                                int chunk, half* As, half* Bs) {
-    constexpr int TN = MmaTile<WN>::TN, A_STAGE = MmaTile<WN>::A_STAGE, B_STAGE = MmaTile<WN>::B_STAGE;
+    constexpr int TM = Tl::TM, TN = Tl::TN, A_STAGE = Tl::A_STAGE, B_STAGE = Tl::B_STAGE;
     const int tid = threadIdx.x;
     const int K = 9 * cin;
     const long long P = (long long)N * H * W;
     const long long p_begin = (long long)blockIdx.z * chunk;
     const long long p_end = min(P, p_begin + chunk);
-    const int m0 = blockIdx.x * MB, o0 = blockIdx.y * TN;
+    static_assert(TM == 128, "wgrad's A copy: 16 threads per k row");
+    const int m0 = blockIdx.x * TM, o0 = blockIdx.y * TN;
     const int ar0 = tid >> 4, ac = (tid & 15) * 8;  // A: pixel rows ar0 + 8i (i < 4), kw cols ac
     // the A columns' taps are fixed: kw = tap·cin + ci
     const int kw = m0 + ac;
@@ -973,7 +995,7 @@ __device__ __forceinline__ void conv_wgrad_mma(const half* __restrict__ a, int N
         }
     }
     const int step_x = MK % W, step_y = (MK / W) % H;
-    const KMajorCopy<WN> bcopy;
+    const KMajorCopy<Tl> bcopy;
     auto issue = [&](int t, int s) {
         const int pb = (int)p_begin + t * MK;
 #pragma unroll
@@ -981,7 +1003,7 @@ __device__ __forceinline__ void conv_wgrad_mma(const half* __restrict__ a, int N
             const int p = pb + ar0 + 8 * i;
             const bool ok = kwok && p < pend && (unsigned)(ry[i] + ody) < (unsigned)H &&
                             (unsigned)(rx[i] + odx) < (unsigned)W;
-            cp_async16(As + s * A_STAGE + (ar0 + 8 * i) * MLDA_T + ac, a + (ok ? (unsigned)(p * cin + coff) : 0u),
+            cp_async16(As + s * A_STAGE + (ar0 + 8 * i) * Tl::LDA_T + ac, a + (ok ? (unsigned)(p * cin + coff) : 0u),
                        ok ? 16 : 0);
             rx[i] += step_x;
             const bool carry = rx[i] >= W;
@@ -997,11 +1019,11 @@ __device__ __forceinline__ void conv_wgrad_mma(const half* __restrict__ a, int N
         });
     };
     const long long span = p_end > p_begin ? p_end - p_begin : 0;
-    float acc[4][WN / 8][4];
-    mma_pipeline<true, true, WN>(acc, As, Bs, (int)CEIL_DIV(span, (long long)MK), issue);
+    float acc[4][Tl::NJ][4];
+    mma_pipeline<true, true, Tl>(acc, As, Bs, (int)CEIL_DIV(span, (long long)MK), issue);
 
     float* dst = out + (long long)blockIdx.z * cout * K;
-    mma_epilogue<WN>(acc, [&](int row, int col, float v0, float v1) {
+    mma_epilogue<Tl>(acc, [&](int row, int col, float v0, float v1) {
         const int k = m0 + row, o = o0 + col;
         if (k < K && o < cout) {
             dst[(long long)o * K + k] = v0;
@@ -1025,27 +1047,27 @@ __device__ __forceinline__ void conv_wgrad_mma(const half* __restrict__ a, int N
 
 extern "C" __global__ void __launch_bounds__(128, 4) conv3x3_fwd_mma_f16(CONV_FWD_PARAMS) {
 #if ARCH_SM80
-    __shared__ __align__(128) half As[MSTAGES * MmaTile<32>::A_STAGE];
-    __shared__ __align__(128) half Bs[MSTAGES * MmaTile<32>::B_STAGE];
-    conv_fwd_mma<32>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, As, Bs);
+    __shared__ __align__(128) half As[MSTAGES * Narrow::A_STAGE];
+    __shared__ __align__(128) half Bs[MSTAGES * Narrow::B_STAGE];
+    conv_fwd_mma<Narrow>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, As, Bs);
 #else
     __trap();
 #endif
 }
 extern "C" __global__ void __launch_bounds__(128, 4) conv3x3_dgrad_mma_f16(CONV_DGRAD_PARAMS) {
 #if ARCH_SM80
-    __shared__ __align__(128) half As[MSTAGES * MmaTile<32>::A_STAGE];
-    __shared__ __align__(128) half Bs[MSTAGES * MmaTile<32>::B_STAGE];
-    conv_dgrad_mma<32>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, As, Bs);
+    __shared__ __align__(128) half As[MSTAGES * Narrow::A_STAGE];
+    __shared__ __align__(128) half Bs[MSTAGES * Narrow::B_STAGE];
+    conv_dgrad_mma<Narrow>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, As, Bs);
 #else
     __trap();
 #endif
 }
 extern "C" __global__ void __launch_bounds__(128, 4) conv3x3_wgrad_mma_f16(CONV_WGRAD_PARAMS) {
 #if ARCH_SM80
-    __shared__ __align__(128) half As[MSTAGES * MmaTile<32>::A_STAGE];
-    __shared__ __align__(128) half Bs[MSTAGES * MmaTile<32>::B_STAGE];
-    conv_wgrad_mma<32>(a, N, H, W, cin, g, cout, out, chunk, As, Bs);
+    __shared__ __align__(128) half As[MSTAGES * Narrow::A_STAGE];
+    __shared__ __align__(128) half Bs[MSTAGES * Narrow::B_STAGE];
+    conv_wgrad_mma<Narrow>(a, N, H, W, cin, g, cout, out, chunk, As, Bs);
 #else
     __trap();
 #endif
@@ -1053,8 +1075,8 @@ extern "C" __global__ void __launch_bounds__(128, 4) conv3x3_wgrad_mma_f16(CONV_
 extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_fwd_mma_wide_f16(CONV_FWD_PARAMS) {
 #if ARCH_SM80
     extern __shared__ half conv_smem[];
-    conv_fwd_mma<64>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem,
-                     conv_smem + MSTAGES * MmaTile<64>::A_STAGE);
+    conv_fwd_mma<Wide>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem,
+                     conv_smem + MSTAGES * Wide::A_STAGE);
 #else
     __trap();
 #endif
@@ -1062,8 +1084,8 @@ extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_fwd_mma_wide_f16(CO
 extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_dgrad_mma_wide_f16(CONV_DGRAD_PARAMS) {
 #if ARCH_SM80
     extern __shared__ half conv_smem[];
-    conv_dgrad_mma<64>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem,
-                       conv_smem + MSTAGES * MmaTile<64>::A_STAGE);
+    conv_dgrad_mma<Wide>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem,
+                       conv_smem + MSTAGES * Wide::A_STAGE);
 #else
     __trap();
 #endif
@@ -1071,7 +1093,24 @@ extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_dgrad_mma_wide_f16(
 extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_wgrad_mma_wide_f16(CONV_WGRAD_PARAMS) {
 #if ARCH_SM80
     extern __shared__ half conv_smem[];
-    conv_wgrad_mma<64>(a, N, H, W, cin, g, cout, out, chunk, conv_smem, conv_smem + MSTAGES * MmaTile<64>::A_STAGE);
+    conv_wgrad_mma<Wide>(a, N, H, W, cin, g, cout, out, chunk, conv_smem, conv_smem + MSTAGES * Wide::A_STAGE);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_fwd_mma_tall_f16(CONV_FWD_PARAMS) {
+#if ARCH_SM80
+    extern __shared__ half conv_smem[];
+    conv_fwd_mma<Tall>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem, conv_smem + MSTAGES * Tall::A_STAGE);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_dgrad_mma_tall_f16(CONV_DGRAD_PARAMS) {
+#if ARCH_SM80
+    extern __shared__ half conv_smem[];
+    conv_dgrad_mma<Tall>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem,
+                         conv_smem + MSTAGES * Tall::A_STAGE);
 #else
     __trap();
 #endif

@@ -122,6 +122,21 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
             printf("  fwd mma wide (128x128 tiles): y, argmax, BN partials bit-identical: %s\n", same5 ? "PASS" : "FAIL");
             fails += !same5;
         }
+        // the tall kernel (256×64 tiles): y and argmax bit for bit; the partials are per 256-row
+        // tile (four warp rows), so the statistics are compared after bn_finalize_f32
+        {
+            std::vector<half> yh6(ylen, (half)NAN);
+            std::vector<unsigned char> am6(pool ? ylen : 8, 0xEE);
+            dim3 gt{(unsigned)((M + 255) / 256), (unsigned)((cout + 63) / 64), 1};
+            std::vector<double> part6((size_t)2 * cout * gt.x, NAN);
+            launch(gt, block, [&] { conv3x3_fwd_mma_tall_f16(ah.data(), N, H, W, cin, wf.data(), cout, pool, yh6.data(), am6.data(), part6.data()); });
+            int same6 = memcmp(yh4.data(), yh6.data(), ylen * 2) == 0 && am4 == am6;
+            printf("  fwd mma tall (256x64 tiles): y and argmax bit-identical: %s\n", same6 ? "PASS" : "FAIL");
+            fails += !same6;
+            std::vector<float> rm6(cout, 0.1f), rv6(cout, 0.9f), bn6(2 * cout, NAN);
+            launch(dim3{(unsigned)cout, 1, 1}, dim3{CHAN_FIN_THREADS, 1, 1}, [&] { bn_finalize_f32(part6.data(), (int)gt.x, cout, cnt, 1e-12f, 0.6f, rm6.data(), rv6.data(), bn6.data()); });
+            report("fwd mma tall: bn vs 128x64", N, H, W, cin, cout, pool, bn, relerr(bn6, bnv), 1e-9);
+        }
     }
     if (pool) {
         int bad = 0, differ = 0;
@@ -258,6 +273,17 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
             int same4 = memcmp(da3.data(), da4.data(), da.size() * 2) == 0 && memcmp(part.data(), part4.data(), part.size() * 4) == 0;
             printf("  dgrad mma wide (128x128 tiles): da and sums' partials bit-identical: %s\n", same4 ? "PASS" : "FAIL");
             fails += !same4;
+        }
+        {  // 256×64 tiles: da bit for bit, the sums (grouped per 256-row tile) to f32 rounding
+            std::vector<half> da5(x.size(), (half)NAN);
+            dim3 gt{(unsigned)((P + 255) / 256), (unsigned)((cin + 63) / 64), 1};
+            std::vector<float> part5((size_t)2 * cin * gt.x, NAN), sums5(2 * cin, NAN);
+            launch(gt, block, [&] { conv3x3_dgrad_mma_tall_f16(gfull.data(), N, H, W, cin, cout, wt.data(), da5.data(), xh.data(), pm, pi, shift.data(), bn, part5.data()); });
+            launch(dim3{(unsigned)cin, 1, 1}, dim3{CHAN_FIN_THREADS, 1, 1}, [&] { pre_bwd_sums_f32(part5.data(), (int)gt.x, cin, sums5.data()); });
+            int same5 = memcmp(da3.data(), da5.data(), da.size() * 2) == 0;
+            printf("  dgrad mma tall (256x64 tiles): da bit-identical: %s\n", same5 ? "PASS" : "FAIL");
+            fails += !same5;
+            report("dgrad mma tall: sums vs 128x64", N, H, W, cin, cout, pool, bn, relerr(sums5, sums), 1e-5);
         }
     }
 }

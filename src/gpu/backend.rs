@@ -276,6 +276,8 @@ const BLOCK: u32 = 256;
 /// Dynamic shared memory of the wide mma convs (`MMA_WIDE_SMEM` in kernels/conv.cu: 3 stages of
 /// a 128×40 A tile and a 128×40 B tile, fp16).
 pub(super) const WIDE_SMEM: u32 = 61440;
+/// The same for the tall ones (`MMA_TALL_SMEM`: 3 stages of 256×40 A and 64×40 B).
+pub(super) const TALL_SMEM: u32 = 76800;
 /// Block size of the per-channel stage-2 reductions (`CHAN_FIN_THREADS` in kernels/norm.cu).
 const CHAN_FIN_THREADS: u32 = 256;
 
@@ -506,14 +508,23 @@ impl Gpu {
         Ok(mma)
     }
 
-    /// The mma conv kernels for a GEMM with `n` columns: the 128×128-tile ones (`_mma_wide_`,
-    /// [`WIDE_SMEM`] bytes of dynamic shared memory) on `ConvPath::MmaWide` where n ≥ 128, else
-    /// the 128×64 ones. Returns the kernel's name and the tile's column count.
-    fn mma_kernel(&self, narrow: &'static str, wide: &'static str, n: usize) -> (&'static str, usize, u32) {
-        if self.conv_path == ConvPath::MmaWide && n >= 128 {
-            (wide, 128, WIDE_SMEM)
-        } else {
-            (narrow, 64, 0)
+    /// The mma conv kernel for a GEMM with `n` columns, `base` being the 128×64-tile kernel's name
+    /// (`conv3x3_{fwd,dgrad,wgrad}_mma_f16`). On `ConvPath::MmaWide` (warp tiles of 64×64): the
+    /// 128×128-tile kernel (`_mma_wide_`, [`WIDE_SMEM`] bytes of dynamic shared memory) where
+    /// n ≥ 128, else the 256×64 one where there is one (`_mma_tall_`: forward and input gradient,
+    /// [`TALL_SMEM`]); otherwise the 128×64 kernel. Returns the kernel's name, the block tile's
+    /// rows and columns, and its dynamic shared memory.
+    fn mma_kernel(&self, base: &'static str, n: usize) -> (&'static str, usize, usize, u32) {
+        const KERNELS: [(&str, &str, Option<&str>); 3] = [
+            ("conv3x3_fwd_mma_f16", "conv3x3_fwd_mma_wide_f16", Some("conv3x3_fwd_mma_tall_f16")),
+            ("conv3x3_dgrad_mma_f16", "conv3x3_dgrad_mma_wide_f16", Some("conv3x3_dgrad_mma_tall_f16")),
+            ("conv3x3_wgrad_mma_f16", "conv3x3_wgrad_mma_wide_f16", None),
+        ];
+        let (narrow, wide, tall) = KERNELS.into_iter().find(|k| k.0 == base).expect("an mma conv kernel");
+        match (self.conv_path == ConvPath::MmaWide, n >= 128, tall) {
+            (true, true, _) => (wide, 128, 128, WIDE_SMEM),
+            (true, false, Some(tall)) => (tall, 256, 64, TALL_SMEM),
+            _ => (narrow, 128, 64, 0),
         }
     }
 
@@ -999,8 +1010,8 @@ impl Backend for Gpu {
         let (xp, pp) = self.activate(xp, xs, &pp, keep)?;
         if self.mma_path("conv3x3")? {
             // with stats: the epilogue writes the BatchNorm partials, [2·cout][blocks] f64
-            let (kernel, tn, smem) = self.mma_kernel("conv3x3_fwd_mma_f16", "conv3x3_fwd_mma_wide_f16", cout);
-            let grid = (blocks_of(m, 128)?, cout.div_ceil(tn) as u32, 1);
+            let (kernel, tm, tn, smem) = self.mma_kernel("conv3x3_fwd_mma_f16", cout);
+            let grid = (blocks_of(m, tm)?, cout.div_ceil(tn) as u32, 1);
             // one workspace: the fp16 weights (conv_weights_f16), then the BatchNorm partials
             let wf = (cout * 9 * cin).div_ceil(2).next_multiple_of(64);
             let part_len = if bn.is_some() && self.epilogue_sums { grid.0 as usize * 4 * cout } else { 0 };
@@ -1284,8 +1295,7 @@ impl Backend for Gpu {
         // wmma: M = cout, N = 9·cin in 64×64 tiles; mma: M = 9·cin in 128-row tiles, N = cout in 64
         // (128 with the wide kernel)
         let k_tile = if mma { 128 } else { 64 };
-        let (wgrad_kernel, o_tile, wgrad_smem) =
-            self.mma_kernel("conv3x3_wgrad_mma_f16", "conv3x3_wgrad_mma_wide_f16", cout);
+        let (wgrad_kernel, _, o_tile, wgrad_smem) = self.mma_kernel("conv3x3_wgrad_mma_f16", cout);
         let o_tile = if mma { o_tile } else { 64 };
         let tiles = k.div_ceil(k_tile) * cout.div_ceil(o_tile);
         let target = 4 * self.info.sms.max(1) as usize;
@@ -1297,7 +1307,8 @@ impl Backend for Gpu {
         // gradient (unpool_f16) first, for both GEMMs; then the wgrad slices (reduced before the
         // dgrad runs) or the dgrad's epilogue partials.
         let full = if mma && pool { (p * cout).div_ceil(2).next_multiple_of(64) } else { 0 };
-        let dgrad_blocks = blocks_of(p.max(1), 128)? as usize;
+        let (dgrad_kernel, dgrad_tm, dgrad_tn, dgrad_smem) = self.mma_kernel("conv3x3_dgrad_mma_f16", cin);
+        let dgrad_blocks = blocks_of(p.max(1), dgrad_tm)? as usize;
         let epilogue = mma && dap.is_some() && sums.is_some() && self.epilogue_sums;
         let parts = (if slices > 1 { slices * len } else { 0 }).max(if epilogue { dgrad_blocks * 2 * cin } else { 0 });
         let wt = if mma && dap.is_some() { len.div_ceil(2).next_multiple_of(64) } else { 0 };
@@ -1354,14 +1365,12 @@ impl Backend for Gpu {
         if let Some(dap) = dap {
             if p > 0 {
                 if mma {
-                    let (kernel, tn, smem) =
-                        self.mma_kernel("conv3x3_dgrad_mma_f16", "conv3x3_dgrad_mma_wide_f16", cin);
-                    let grid = (dgrad_blocks as u32, cin.div_ceil(tn) as u32, 1);
+                    let grid = (dgrad_blocks as u32, cin.div_ceil(dgrad_tn) as u32, 1);
                     let part = if epilogue { ws_parts } else { 0 };
                     let pr = pre_raw;
                     self.launch1d("conv", "conv_weights_f16", len, &[wp, co, ci, 0, ws_wt])?;
                     let args = [gp, ni, hi, wi, ci, co, ws_wt, dap, x_raw, pr.mean, pr.inv, pr.shift, pr.bn, part];
-                    self.launch_smem("conv", kernel, grid, (128, 1, 1), smem, &args)?;
+                    self.launch_smem("conv", dgrad_kernel, grid, (128, 1, 1), dgrad_smem, &args)?;
                     match sums {
                         Some(sp) if part != 0 => self.pre_sums_finalize(part, grid.0 as usize, cin, sp)?,
                         Some(sp) => _ = self.pre_sums(dap, x_raw, xs, pre_raw, Some(sp))?,

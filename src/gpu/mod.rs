@@ -88,10 +88,12 @@ pub struct Gpu {
 }
 
 /// The convolution kernels (forward, weight gradient, input gradient): `Mma` (mma.sync +
-/// ldmatrix + cp.async, 128×64 tiles, compute capability ≥ 8.0), `MmaWide` (the same with
-/// 128×128 tiles wherever the GEMM's N, the output channels or for the input gradient the input
-/// channels, is ≥ 128: half the shared-memory reads and copies per MMA, 2 blocks per SM instead
-/// of 4; 128×64 elsewhere) or `Wmma` (nvcuda::wmma, 64×64 tiles, every GPU). `Gpu::open` picks
+/// ldmatrix + cp.async, 128×64 tiles of four 64×32 warp tiles, compute capability ≥ 8.0),
+/// `MmaWide` (the same with 64×64 warp tiles: 128×128 block tiles wherever the GEMM's N, the
+/// output channels or for the input gradient the input channels, is ≥ 128, 256×64 for the
+/// forward and input gradient elsewhere; half the shared-memory reads and two thirds of the
+/// copies per MMA, 2 blocks per SM instead of 4; the weight gradient stays 128×64 where N < 128)
+/// or `Wmma` (nvcuda::wmma, 64×64 tiles, every GPU). `Gpu::open` picks
 /// `Mma` where the GPU has it; the environment variable `SPEEDRUN_CONV=wmma` (or `mma`,
 /// `mma128`) overrides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -383,18 +383,17 @@ fn gpu_recorded_run_equals_op_by_op_run() {
 }
 
 /// On a GPU with more than one conv path: the warm-up's autotune times each path and keeps the
-/// chosen one's recorded steps. Made to choose the last path (not the current one), a run on
-/// the tuned trainer equals, bit for bit, the same seed on a fresh trainer on that path, and
-/// differs from one on the first path (136-channel layers: the 128×128 tiles change the weight
-/// gradient's pixel slices, so the fp32 sums' order) — so the recordings kept are the chosen
-/// path's.
+/// chosen one's recorded steps. Made to choose the last path (not the current one), a run of
+/// the warm-up's seed on the tuned trainer equals, bit for bit, that path's warm-up run, and the
+/// paths' warm-up runs differ (136-channel layers: the 128×128 tiles change the weight gradient's
+/// pixel slices, so the fp32 sums' order) — so the recordings kept are the chosen path's.
 #[test]
 #[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
 #[cfg_attr(
     all(cuda_driver, not(kernels_built)),
     ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
 )]
-fn gpu_tuned_trainer_equals_a_fresh_one_on_the_chosen_path() {
+fn gpu_tuned_trainer_replays_the_chosen_path() {
     let mut gpu = match cifar::gpu::Gpu::open(0) {
         Ok(g) => g,
         Err(e) => panic!("{e} (this machine has libcuda.so.1, so a usable GPU is expected)"),
@@ -405,25 +404,31 @@ fn gpu_tuned_trainer_equals_a_fresh_one_on_the_chosen_path() {
         eprintln!("skipped: {} offers {variants:?}, nothing to tune", gpu.info);
         return;
     }
-    let h = Hyp { widths: [16, 136, 136], eval_every: 1, eval_subset: 16, ..TINY };
+    let h = Hyp { widths: [16, 136, 136], train_images: 16, ..TINY };
     let (train, _) = synthetic(&mut gpu, h.train_images, 1);
     let (test, labels) = synthetic(&mut gpu, h.test_images, 2);
-    let on = |gpu: &mut cifar::gpu::Gpu, v: &str| {
-        gpu.set_variant(v).unwrap();
-        let mut fresh = trainer(gpu, &h, train.n, test.n, true).unwrap();
-        run(gpu, &h, &mut fresh, &train, &test, &labels, 3, &mut |_| {}).unwrap()
-    };
-    let (first, last) = (on(&mut gpu, variants[0]), on(&mut gpu, variants[variants.len() - 1]));
-    assert_ne!(first.fingerprint, last.fingerprint, "{variants:?} train alike here: the test cannot tell them apart");
-    gpu.set_variant(variants[0]).unwrap();
     let mut tr = trainer(&mut gpu, &h, train.n, test.n, true).unwrap();
-    let line =
-        tune(&mut gpu, &h, &mut tr, &train, &test, &labels, true, |s| s.len() - 1).unwrap().expect("two variants");
-    assert!(variants.iter().all(|v| line.contains(v)), "{line}");
-    assert_eq!(gpu.conv_path.name(), variants[variants.len() - 1]);
-    assert!(line.contains(&format!("training on {}", variants[variants.len() - 1])), "{line}");
-    let tuned = run(&mut gpu, &h, &mut tr, &train, &test, &labels, 3, &mut |_| {}).unwrap(); // replays
-    assert_eq!((tuned.fingerprint, tuned.correct), (last.fingerprint, last.correct));
+    let last = variants[variants.len() - 1];
+    let t = tune(&mut gpu, &h, &mut tr, &train, &test, &labels, true, |s| s.len() - 1).unwrap().expect("two variants");
+    assert!(variants.iter().all(|v| t.line.contains(v)), "{}", t.line);
+    assert!(t.line.contains(&format!("training on {last}")) && gpu.conv_path.name() == last, "{}", t.line);
+    let names: Vec<_> = t.warmups.iter().map(|w| w.0).collect();
+    assert_eq!(names, variants, "every variant accepted: {}", t.line);
+    let (first, chosen) = (&t.warmups[0].1, &t.warmups[variants.len() - 1].1);
+    assert_ne!(first.fingerprint, chosen.fingerprint, "{variants:?} train alike here: the test cannot tell them apart");
+    let again = run(&mut gpu, &h, &mut tr, &train, &test, &labels, u64::MAX, &mut |_| {}).unwrap(); // replays
+    assert_eq!((again.fingerprint, again.correct), (chosen.fingerprint, chosen.correct));
+}
+
+/// A variant's warm-up accuracy must agree with the reference's to be chosen: within 4
+/// binomial standard deviations, at least one point.
+#[test]
+fn autotune_rejects_a_variant_whose_accuracy_disagrees() {
+    assert!(agrees(0.94, 0.935, 10_000));
+    assert!(!agrees(0.94, 0.10, 10_000), "a broken kernel");
+    assert!(!agrees(0.94, 0.925, 10_000), "1.5 points on 10,000 images");
+    assert!(agrees(0.15, 0.12, 500), "within the noise of 500 images");
+    assert!(!agrees(0.15, 0.05, 500));
 }
 
 /// The autotune keeps the variant with the smallest time, the earlier one of equal times.
