@@ -13,8 +13,10 @@
 #   bash bench/gpu-session.sh one           # one timed run with the per-epoch table
 #   bash bench/gpu-session.sh runs 25       # 25 seeded runs: statistics + JSON (more flags after N
 #                                           # go to the trainer, e.g. runs 25 --epochs 9)
-#   SPEEDRUN_CONV=mma128 bash bench/gpu-session.sh runs 25   # the same on the 128×128-tile convs
-#                                           # (bench's "train step, graph, mma128 convs" line first)
+#   SPEEDRUN_CONV=mma128 bash bench/gpu-session.sh runs 25   # pinned to the 64×64-warp-tile convs
+#                                           # (unpinned, the warm-up times mma and mma128 and keeps
+#                                           # the faster; pin SPEEDRUN_CONV=mma if the selftest shows
+#                                           # "(mma128)" FAIL lines)
 #   bash bench/gpu-session.sh first         # selftest, bench, one run, one --no-graph, one with the
 #                                           # epilogue sums off, one with wmma convs
 #   bash bench/gpu-session.sh airbench 25   # the anchor, same GPU, same images (see below)
