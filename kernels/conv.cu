@@ -540,10 +540,12 @@ extern "C" __global__ void wgrad_reduce_f32(const float* __restrict__ part, int 
 #define MK 32
 #define MSTAGES 3
 #define MLD 40
-// Bytes of dynamic shared memory the wide and tall kernels need (Wide::SMEM, Tall::SMEM; the host
-// passes them: WIDE_SMEM, TALL_SMEM in src/gpu/backend.rs, checked against these lines by a test).
+// Bytes of dynamic shared memory the wide and tall kernels need (Wide::SMEM, Tall::SMEM,
+// Tall32::SMEM; the host passes them: WIDE_SMEM, TALL_SMEM, TALL32_SMEM in src/gpu/backend.rs,
+// checked against these lines by a test).
 #define MMA_WIDE_SMEM 61440
 #define MMA_TALL_SMEM 76800
+#define MMA_TALL32_SMEM 69120
 
 // A block tile: 4 warps of 64×WN in WGM rows × (4/WGM) columns, TM × TN = 64·WGM × WN·4/WGM.
 template <int WN_, int WGM_> struct MmaTile {
@@ -568,7 +570,9 @@ template <int WN_, int WGM_> struct MmaTile {
 using Narrow = MmaTile<32, 2>;  // 128×64, static shared memory, 4 blocks per SM
 using Wide = MmaTile<64, 2>;    // 128×128, MMA_WIDE_SMEM bytes of dynamic shared memory
 using Tall = MmaTile<64, 4>;    // 256×64, MMA_TALL_SMEM bytes of dynamic shared memory
-static_assert(Wide::SMEM == MMA_WIDE_SMEM && Tall::SMEM == MMA_TALL_SMEM, "MMA_*_SMEM");
+using Tall32 = MmaTile<32, 4>;  // 256×32 (input gradients with ≤ 32 channels), MMA_TALL32_SMEM
+static_assert(Wide::SMEM == MMA_WIDE_SMEM && Tall::SMEM == MMA_TALL_SMEM && Tall32::SMEM == MMA_TALL32_SMEM,
+              "MMA_*_SMEM");
 
 // A thread's index k = tap·C + c (0 ≤ c < C) along an implicit GEMM's K = 9·C, moved one K step
 // (MK) per advance without a division: issue runs for t = 0, 1, 2, … in order.
@@ -1111,6 +1115,15 @@ extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_dgrad_mma_tall_f16(
     extern __shared__ half conv_smem[];
     conv_dgrad_mma<Tall>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem,
                          conv_smem + MSTAGES * Tall::A_STAGE);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_dgrad_mma_tall32_f16(CONV_DGRAD_PARAMS) {
+#if ARCH_SM80
+    extern __shared__ half conv_smem[];
+    conv_dgrad_mma<Tall32>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem,
+                           conv_smem + MSTAGES * Tall32::A_STAGE);
 #else
     __trap();
 #endif

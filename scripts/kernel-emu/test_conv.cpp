@@ -285,6 +285,17 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
             fails += !same5;
             report("dgrad mma tall: sums vs 128x64", N, H, W, cin, cout, pool, bn, relerr(sums5, sums), 1e-5);
         }
+        {  // 256×32 tiles (the host's choice for ≤ 32 input channels): the same checks
+            std::vector<half> da6(x.size(), (half)NAN);
+            dim3 gt{(unsigned)((P + 255) / 256), (unsigned)((cin + 31) / 32), 1};
+            std::vector<float> part6((size_t)2 * cin * gt.x, NAN), sums6(2 * cin, NAN);
+            launch(gt, block, [&] { conv3x3_dgrad_mma_tall32_f16(gfull.data(), N, H, W, cin, cout, wt.data(), da6.data(), xh.data(), pm, pi, shift.data(), bn, part6.data()); });
+            launch(dim3{(unsigned)cin, 1, 1}, dim3{CHAN_FIN_THREADS, 1, 1}, [&] { pre_bwd_sums_f32(part6.data(), (int)gt.x, cin, sums6.data()); });
+            int same6 = memcmp(da3.data(), da6.data(), da.size() * 2) == 0;
+            printf("  dgrad mma tall32 (256x32 tiles): da bit-identical: %s\n", same6 ? "PASS" : "FAIL");
+            fails += !same6;
+            report("dgrad mma tall32: sums vs 128x64", N, H, W, cin, cout, pool, bn, relerr(sums6, sums), 1e-5);
+        }
     }
 }
 

@@ -278,6 +278,8 @@ const BLOCK: u32 = 256;
 pub(super) const WIDE_SMEM: u32 = 61440;
 /// The same for the tall ones (`MMA_TALL_SMEM`: 3 stages of 256×40 A and 64×40 B).
 pub(super) const TALL_SMEM: u32 = 76800;
+/// And for the 256×32 input gradient (`MMA_TALL32_SMEM`: 3 stages of 256×40 A and 32×40 B).
+pub(super) const TALL32_SMEM: u32 = 69120;
 /// Block size of the per-channel stage-2 reductions (`CHAN_FIN_THREADS` in kernels/norm.cu).
 const CHAN_FIN_THREADS: u32 = 256;
 
@@ -512,8 +514,9 @@ impl Gpu {
     /// (`conv3x3_{fwd,dgrad,wgrad}_mma_f16`). On `ConvPath::MmaWide` (warp tiles of 64×64): the
     /// 128×128-tile kernel (`_mma_wide_`, [`WIDE_SMEM`] bytes of dynamic shared memory) where
     /// n ≥ 128, else the 256×64 one where there is one (`_mma_tall_`: forward and input gradient,
-    /// [`TALL_SMEM`]); otherwise the 128×64 kernel. Returns the kernel's name, the block tile's
-    /// rows and columns, and its dynamic shared memory.
+    /// [`TALL_SMEM`]; for an input gradient of ≤ 32 channels, layer 0's 24, the 256×32
+    /// `_mma_tall32_`, [`TALL32_SMEM`]); otherwise the 128×64 kernel. Returns the kernel's name,
+    /// the block tile's rows and columns, and its dynamic shared memory.
     fn mma_kernel(&self, base: &'static str, n: usize) -> (&'static str, usize, usize, u32) {
         const KERNELS: [(&str, &str, Option<&str>); 3] = [
             ("conv3x3_fwd_mma_f16", "conv3x3_fwd_mma_wide_f16", Some("conv3x3_fwd_mma_tall_f16")),
@@ -523,6 +526,9 @@ impl Gpu {
         let (narrow, wide, tall) = KERNELS.into_iter().find(|k| k.0 == base).expect("an mma conv kernel");
         match (self.conv_path == ConvPath::MmaWide, n >= 128, tall) {
             (true, true, _) => (wide, 128, 128, WIDE_SMEM),
+            (true, false, Some(_)) if n <= 32 && base == "conv3x3_dgrad_mma_f16" => {
+                ("conv3x3_dgrad_mma_tall32_f16", 256, 32, TALL32_SMEM)
+            }
             (true, false, Some(tall)) => (tall, 256, 64, TALL_SMEM),
             _ => (narrow, 128, 64, 0),
         }

@@ -269,6 +269,7 @@ fn wide_conv_smem_matches_kernels() {
     for line in [
         format!("#define MMA_WIDE_SMEM {}\n", super::backend::WIDE_SMEM),
         format!("#define MMA_TALL_SMEM {}\n", super::backend::TALL_SMEM),
+        format!("#define MMA_TALL32_SMEM {}\n", super::backend::TALL32_SMEM),
     ] {
         assert!(src.contains(&line), "kernels/conv.cu lacks {line:?}");
     }
@@ -331,7 +332,7 @@ fn epilogue_sums_off_gives_the_same_statistics() {
 /// The `mma128` path's convs (warp tiles of 64×64, `SPEEDRUN_CONV=mma128`): 128×128 tiles where
 /// the GEMM's N is ≥ 128 (the forward and weight gradient for 136 output channels, the input
 /// gradient for 136 input channels: partial second tiles), 256×64 tiles for the forward and
-/// input gradient elsewhere. They give the 128×64 kernels' outputs bit for bit (every output is
+/// input gradient elsewhere (256×32 for an input gradient of ≤ 32 channels). They give the 128×64 kernels' outputs bit for bit (every output is
 /// the same chain of m16n8k16 steps in the same order); the epilogue sums over a 256-row tile
 /// are grouped differently, so the BatchNorm statistics and the input gradient's sums agree to
 /// rounding. The weight gradient's pixel slices depend on the tile count, but 72 pixels clamp
@@ -342,7 +343,7 @@ fn wide_convs_equal_narrow_ones() {
     use crate::backend::{Backend, BnStats, Pre, Shape};
     let _device = device_test_lock();
     let Some(mut gpu) = open_mma() else { return };
-    for (cin, cout, pool) in [(16, 136, true), (136, 16, false)] {
+    for (cin, cout, pool) in [(16, 136, true), (136, 16, false), (40, 16, false)] {
         let xs = Shape::new(2, 6, 6, cin);
         let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
         let (x, w, shift) = (
@@ -373,10 +374,10 @@ fn wide_convs_equal_narrow_ones() {
         };
         let (narrow, am0, names0) = run(&mut gpu);
         let (wide, am1, names1) = gpu.with_conv_path(ConvPath::MmaWide, |g| run(g));
-        let want: &[&str] = if cout >= 128 {
-            &["conv3x3_dgrad_mma_tall_f16", "conv3x3_fwd_mma_wide_f16", "conv3x3_wgrad_mma_wide_f16"]
-        } else {
-            &["conv3x3_dgrad_mma_wide_f16", "conv3x3_fwd_mma_tall_f16", "conv3x3_wgrad_mma_f16"]
+        let want: &[&str] = match cin {
+            16 => &["conv3x3_dgrad_mma_tall32_f16", "conv3x3_fwd_mma_wide_f16", "conv3x3_wgrad_mma_wide_f16"],
+            136 => &["conv3x3_dgrad_mma_wide_f16", "conv3x3_fwd_mma_tall_f16", "conv3x3_wgrad_mma_f16"],
+            _ => &["conv3x3_dgrad_mma_tall_f16", "conv3x3_fwd_mma_tall_f16", "conv3x3_wgrad_mma_f16"],
         };
         assert_eq!(names1, want, "{cin}->{cout}: kernels on the mma128 path");
         assert!(names0.iter().all(|n| !n.contains("wide") && !n.contains("tall")), "{cin}->{cout}: {names0:?}");
