@@ -274,28 +274,24 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
             printf("  dgrad mma wide (128x128 tiles): da and sums' partials bit-identical: %s\n", same4 ? "PASS" : "FAIL");
             fails += !same4;
         }
-        {  // 256×64 tiles: da bit for bit, the sums (grouped per 256-row tile) to f32 rounding
+        // 256-row tiles (256×64; 256×32, the host's choice for ≤ 32 input channels): da bit for
+        // bit, the sums (grouped per 256-row tile) to f32 rounding
+        using Dgrad = void (*)(const half*, int, int, int, int, int, const half*, half*, const half*, const float*,
+                               const float*, const float*, int, float*);
+        auto tall = [&](Dgrad kernel, int tn, const char* what, const char* tile) {
             std::vector<half> da5(x.size(), (half)NAN);
-            dim3 gt{(unsigned)((P + 255) / 256), (unsigned)((cin + 63) / 64), 1};
+            dim3 gt{(unsigned)((P + 255) / 256), (unsigned)((cin + tn - 1) / tn), 1};
             std::vector<float> part5((size_t)2 * cin * gt.x, NAN), sums5(2 * cin, NAN);
-            launch(gt, block, [&] { conv3x3_dgrad_mma_tall_f16(gfull.data(), N, H, W, cin, cout, wt.data(), da5.data(), xh.data(), pm, pi, shift.data(), bn, part5.data()); });
+            launch(gt, block, [&] { kernel(gfull.data(), N, H, W, cin, cout, wt.data(), da5.data(), xh.data(), pm, pi, shift.data(), bn, part5.data()); });
             launch(dim3{(unsigned)cin, 1, 1}, dim3{CHAN_FIN_THREADS, 1, 1}, [&] { pre_bwd_sums_f32(part5.data(), (int)gt.x, cin, sums5.data()); });
             int same5 = memcmp(da3.data(), da5.data(), da.size() * 2) == 0;
-            printf("  dgrad mma tall (256x64 tiles): da bit-identical: %s\n", same5 ? "PASS" : "FAIL");
+            printf("  dgrad mma %s (%s tiles): da bit-identical: %s\n", what, tile, same5 ? "PASS" : "FAIL");
             fails += !same5;
-            report("dgrad mma tall: sums vs 128x64", N, H, W, cin, cout, pool, bn, relerr(sums5, sums), 1e-5);
-        }
-        {  // 256×32 tiles (the host's choice for ≤ 32 input channels): the same checks
-            std::vector<half> da6(x.size(), (half)NAN);
-            dim3 gt{(unsigned)((P + 255) / 256), (unsigned)((cin + 31) / 32), 1};
-            std::vector<float> part6((size_t)2 * cin * gt.x, NAN), sums6(2 * cin, NAN);
-            launch(gt, block, [&] { conv3x3_dgrad_mma_tall32_f16(gfull.data(), N, H, W, cin, cout, wt.data(), da6.data(), xh.data(), pm, pi, shift.data(), bn, part6.data()); });
-            launch(dim3{(unsigned)cin, 1, 1}, dim3{CHAN_FIN_THREADS, 1, 1}, [&] { pre_bwd_sums_f32(part6.data(), (int)gt.x, cin, sums6.data()); });
-            int same6 = memcmp(da3.data(), da6.data(), da.size() * 2) == 0;
-            printf("  dgrad mma tall32 (256x32 tiles): da bit-identical: %s\n", same6 ? "PASS" : "FAIL");
-            fails += !same6;
-            report("dgrad mma tall32: sums vs 128x64", N, H, W, cin, cout, pool, bn, relerr(sums6, sums), 1e-5);
-        }
+            char name[64]; snprintf(name, sizeof name, "dgrad mma %s: sums vs 128x64", what);
+            report(name, N, H, W, cin, cout, pool, bn, relerr(sums5, sums), 1e-5);
+        };
+        tall(conv3x3_dgrad_mma_tall_f16, 64, "tall", "256x64");
+        tall(conv3x3_dgrad_mma_tall32_f16, 32, "tall32", "256x32");
     }
 }
 
