@@ -526,17 +526,18 @@ extern "C" __global__ void wgrad_reduce_f32(const float* __restrict__ part, int 
 }
 
 // =============================================================================================
-// sm_80+ kernels: mma.sync m16n8k16 + ldmatrix + a 3-stage cp.async pipeline, block tiles of
-// 128 × TN (TN = 2·WN), K step 32, 4 warps (2×2) of 64×WN, epilogues from registers. Two tile
-// widths: WN = 32 (128×64 tiles, static shared memory, ≤ 128 registers so 4 blocks share an SM:
-// the `_mma_` kernels) and WN = 64 (128×128 tiles for the layers whose GEMM N is ≥ 128: half
-// the ldmatrix and operand-copy work per MMA, 60 KB of dynamic shared memory, ≤ 255 registers,
-// 2 blocks per SM: the `_mma_wide_` kernels). Launched only on compute capability ≥ 8.0
-// (`ConvPath::Mma` / `MmaWide` in src/gpu/mod.rs), and only with an activated input (bn = 2).
+// sm_80+ kernels: mma.sync m16n8k16 + ldmatrix + a 3-stage cp.async pipeline, K step 32, 4
+// warps of 64×WN each, epilogues from registers; the block tile is MmaTile<WN, WGM> (below).
+// `_mma_`: 128×64 (Narrow: static shared memory, ≤ 128 registers so 4 blocks share an SM);
+// `_mma_wide_`: 128×128 (Wide, for GEMMs with N ≥ 128); `_mma_tall_`: 256×64 (Tall);
+// `_mma_tall32_`: 256×32 (Tall32, input gradients of ≤ 32 channels). The last three use 64×64
+// or 64×32 warp tiles of 4 warps along M, 60–75 KB of dynamic shared memory, ≤ 255 registers,
+// 2 blocks per SM. Launched only on compute capability ≥ 8.0 (`ConvPath::Mma` / `MmaWide` in
+// src/gpu/mod.rs), and only with an activated input (bn = 2).
 //
 // Shared-memory stages are either row-major [rows][k] (MLD = 40 halves per row: 80 B, so the 8
 // row reads of an ldmatrix hit 8 distinct bank groups), read with ldmatrix, or k-major
-// [k][rows] (A: 136, B: TN + 8 halves per k row, odd multiples of 16 B), read with ldmatrix.trans.
+// [k][rows] (A: TM + 8, B: TN + 8 halves per k row, odd multiples of 16 B), read with ldmatrix.trans.
 #define MK 32
 #define MSTAGES 3
 #define MLD 40

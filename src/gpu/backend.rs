@@ -249,9 +249,8 @@ fn check_len(got: usize, want: usize, what: &str) -> Result<()> {
     check(got == want, || format!("{what} holds {got} values, expected {want}"))
 }
 
-/// The conv kernels index pixels (N·H·W) in 32 bits (kernels/common.cuh `PixGrid`).
-/// The conv kernels index pixels, and the mma kernels' tap gathers index the values of a tensor
-/// of `xs`'s pixels with `cin` or `cout` channels, in 32 bits.
+/// The conv kernels index pixels (N·H·W, kernels/common.cuh `PixGrid`), and the mma kernels' tap
+/// gathers index the values of a tensor of `xs`'s pixels with `cin` or `cout` channels, in 32 bits.
 fn check_pixels(op: &str, xs: Shape, cout: usize) -> Result<()> {
     let values = xs.count().saturating_mul(xs.c.max(cout));
     check(values <= i32::MAX as usize, || {
@@ -518,18 +517,26 @@ impl Gpu {
     /// `_mma_tall32_`, [`TALL32_SMEM`]); otherwise the 128×64 kernel. Returns the kernel's name,
     /// the block tile's rows and columns, and its dynamic shared memory.
     fn mma_kernel(&self, base: &'static str, n: usize) -> (&'static str, usize, usize, u32) {
-        const KERNELS: [(&str, &str, Option<&str>); 3] = [
-            ("conv3x3_fwd_mma_f16", "conv3x3_fwd_mma_wide_f16", Some("conv3x3_fwd_mma_tall_f16")),
-            ("conv3x3_dgrad_mma_f16", "conv3x3_dgrad_mma_wide_f16", Some("conv3x3_dgrad_mma_tall_f16")),
-            ("conv3x3_wgrad_mma_f16", "conv3x3_wgrad_mma_wide_f16", None),
+        // (128×64, 128×128, 256×64, 256×32) kernels of each GEMM
+        type Kernels = (&'static str, &'static str, Option<&'static str>, Option<&'static str>);
+        const KERNELS: [Kernels; 3] = [
+            ("conv3x3_fwd_mma_f16", "conv3x3_fwd_mma_wide_f16", Some("conv3x3_fwd_mma_tall_f16"), None),
+            (
+                "conv3x3_dgrad_mma_f16",
+                "conv3x3_dgrad_mma_wide_f16",
+                Some("conv3x3_dgrad_mma_tall_f16"),
+                Some("conv3x3_dgrad_mma_tall32_f16"),
+            ),
+            ("conv3x3_wgrad_mma_f16", "conv3x3_wgrad_mma_wide_f16", None, None),
         ];
-        let (narrow, wide, tall) = KERNELS.into_iter().find(|k| k.0 == base).expect("an mma conv kernel");
-        match (self.conv_path == ConvPath::MmaWide, n >= 128, tall) {
-            (true, true, _) => (wide, 128, 128, WIDE_SMEM),
-            (true, false, Some(_)) if n <= 32 && base == "conv3x3_dgrad_mma_f16" => {
-                ("conv3x3_dgrad_mma_tall32_f16", 256, 32, TALL32_SMEM)
-            }
-            (true, false, Some(tall)) => (tall, 256, 64, TALL_SMEM),
+        let (narrow, wide, tall, tall32) = KERNELS.into_iter().find(|k| k.0 == base).expect("an mma conv kernel");
+        if self.conv_path != ConvPath::MmaWide {
+            return (narrow, 128, 64, 0);
+        }
+        match (n >= 128, tall, tall32) {
+            (true, _, _) => (wide, 128, 128, WIDE_SMEM),
+            (false, _, Some(k)) if n <= 32 => (k, 256, 32, TALL32_SMEM),
+            (false, Some(k), _) => (k, 256, 64, TALL_SMEM),
             _ => (narrow, 128, 64, 0),
         }
     }
