@@ -38,6 +38,11 @@ use std::{env, fs};
 const SASS_ARCHS: &[u32] = &[70, 80, 86, 89, 90];
 /// PTX target (forward compatibility: JIT-compiled by the driver on GPUs newer than sm_90).
 const PTX_ARCH: u32 = 90;
+/// SASS targets compiled with their arch-specific features ("a"): sm_90a, for the wgmma conv
+/// kernels (`__CUDA_ARCH_FEAT_SM90_ALL`). Such a cubin runs on compute capability 9.0 only, as
+/// an sm_90 cubin would; the PTX stays plain compute_90 (no wgmma: those kernels trap there and
+/// the host never picks them off the sm_90 cubin).
+const ARCH_SPECIFIC: &[u32] = &[90];
 const FIX: &str = "run `bash scripts/install-cuda-toolchain.sh` (CUDA 12.9 NVRTC from PyPI, no GPU needed)";
 
 fn main() {
@@ -520,6 +525,7 @@ impl Nvrtc {
     /// compute_90 (PTX text). Returns (image, log) or the error with the full log.
     fn compile(&self, src: &str, name: &str, arch: Option<u32>, base: &[&str], incs: &[PathBuf]) -> Compiled {
         let target = match arch {
+            Some(a) if ARCH_SPECIFIC.contains(&a) => format!("sm_{a}a"),
             Some(a) => format!("sm_{a}"),
             None => format!("compute_{PTX_ARCH}"),
         };

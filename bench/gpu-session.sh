@@ -14,9 +14,10 @@
 #   bash bench/gpu-session.sh runs 25       # 25 seeded runs: statistics + JSON (more flags after N
 #                                           # go to the trainer, e.g. runs 25 --epochs 9)
 #   SPEEDRUN_CONV=mma128 bash bench/gpu-session.sh runs 25   # pinned to the 64×64-warp-tile convs
-#                                           # (unpinned, the warm-up times mma and mma128 and keeps
-#                                           # the faster; pin SPEEDRUN_CONV=mma if the selftest shows
-#                                           # "(mma128)" FAIL lines)
+#                                           # (unpinned, the warm-up times mma, mma128 and, on an
+#                                           # H100/H200, wgmma, and keeps the fastest whose accuracy
+#                                           # agrees; pin SPEEDRUN_CONV=mma if the selftest shows
+#                                           # "(mma128)" or "(wgmma)" FAIL lines)
 #   bash bench/gpu-session.sh first         # selftest, bench, one run, one --no-graph, one with the
 #                                           # epilogue sums off, one with wmma convs
 #   bash bench/gpu-session.sh airbench 25   # the anchor, same GPU, same images (see below)

@@ -488,17 +488,18 @@ extern "C" __global__ void act_f16(const half* __restrict__ x, long long len8, i
 
 // fp16 copies of a conv weight w [cout][9][cin] (fp32) for the mma kernels' cp.async B tiles:
 // wf [cout][9·cin] (the same layout: the forward's B) and wt [9·cout][cin] with
-// wt[(8 − tap)·cout + o][ci] = w[o][tap][ci] (dgrad's B, flipped and channel-swapped). Either may
-// be null. cout·9·cin < 2^31; grid-stride.
+// wt[(8 − tap)·cout + o][ci] = w[o][tap][ci] (dgrad's B, flipped and channel-swapped), or with
+// kmajor the same matrix transposed, wt [cin][9·cout] (the wgmma input gradient's K-major B).
+// Either may be null. cout·9·cin < 2^31; grid-stride.
 extern "C" __global__ void conv_weights_f16(const float* __restrict__ w, int cout, int cin, half* __restrict__ wf,
-                                            half* __restrict__ wt) {
+                                            half* __restrict__ wt, int kmajor) {
     const int k = 9 * cin, n = cout * k;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         const half h = __float2half(w[i]);
         if (wf) wf[i] = h;
         if (wt) {
-            const int o = i / k, r = i - o * k, tap = r / cin, ci = r - tap * cin;
-            wt[((8 - tap) * cout + o) * cin + ci] = h;
+            const int o = i / k, r = i - o * k, tap = r / cin, ci = r - tap * cin, kb = (8 - tap) * cout + o;
+            wt[kmajor ? ci * 9 * cout + kb : kb * cin + ci] = h;
         }
     }
 }
@@ -553,6 +554,7 @@ template <int WN_, int WGM_> struct MmaTile {
     static constexpr int WN = WN_, WGM = WGM_, WGN = 4 / WGM_;  // warp tile width, warp grid
     static constexpr int TM = 64 * WGM, TN = WN * WGN;           // block tile
     static constexpr int NJ = WN / 8;                             // m16n8 tiles per warp along n
+    static constexpr int MI = 4, WROWS = 64, THREADS = 128;       // m16 tiles per warp, its rows; block
     static constexpr int LDA_T = TM + 8, LDB_T = TN + 8;          // k-major stage rows, halves
     static constexpr int A_STAGE = TM * MLD;                      // halves; ≥ MK * LDA_T
     static constexpr int B_STAGE = TN * MLD;                      // ≥ MK * LDB_T
@@ -576,12 +578,13 @@ static_assert(Wide::SMEM == MMA_WIDE_SMEM && Tall::SMEM == MMA_TALL_SMEM && Tall
               "MMA_*_SMEM");
 
 // A thread's index k = tap·C + c (0 ≤ c < C) along an implicit GEMM's K = 9·C, moved one K step
-// (MK) per advance without a division: issue runs for t = 0, 1, 2, … in order.
+// (STEP: MK, or WK for the wgmma kernels) per advance without a division: issue runs for
+// t = 0, 1, 2, … in order.
 struct KCursor {
     int tap, c;
     __device__ __forceinline__ KCursor(int k, int C) : tap(0), c(k) { wrap(C); }
-    __device__ __forceinline__ void advance(int C) {
-        c += MK;
+    template <int STEP = MK> __device__ __forceinline__ void advance(int C) {
+        c += STEP;
         wrap(C);
     }
     __device__ __forceinline__ void wrap(int C) {
@@ -610,15 +613,17 @@ template <int R> struct TapRows {
         mask[i] = ok ? rows & cols : 0u;
         off[i] = ok ? pix * C : 0;
     }
-    // Channels c..c+7 (of C) at 3×3 tap `tap` of the four rows' pixels, by cp.async into
-    // dst + 32i·MLD: zeros outside the image, for rows past M and past the last tap (9 ≤ tap < 32).
+    // Channels c..c+7 (of C) at 3×3 tap `tap` of the rows' pixels, by cp.async into dst + i·STEP
+    // (row i's place: 32 rows of MLD halves apart in the mma stages): zeros outside the image, for
+    // rows past M and past the last tap (9 ≤ tap < 32).
+    template <int STEP = 32 * MLD>
     __device__ __forceinline__ void copy(half* dst, const half* src, int tap, int c, int C, int W) const {
         const int t3 = tap / 3;
         const int toff = ((t3 - 1) * W + (tap - 3 * t3 - 1)) * C + c;
 #pragma unroll
         for (int i = 0; i < R; i++) {
             const bool ok = (mask[i] >> tap) & 1u;
-            cp_async16(dst + 32 * i * MLD, src + (ok ? (unsigned)(off[i] + toff) : 0u), ok ? 16 : 0);
+            cp_async16(dst + i * STEP, src + (ok ? (unsigned)(off[i] + toff) : 0u), ok ? 16 : 0);
         }
     }
 };
@@ -645,7 +650,7 @@ template <class Tl> struct KMajorCopy {
 // One K step (32) of the block tile from stage buffers `as`, `bs` into acc[i][j][·] (the
 // m16n8 tile at warp rows 16i, cols 8j). AT / BT: the stage is k-major (ldmatrix.trans).
 template <bool AT, bool BT, class Tl>
-__device__ __forceinline__ void mma_kstep(float (&acc)[4][Tl::NJ][4], const half* as, const half* bs, int lane, int wm,
+__device__ __forceinline__ void mma_kstep(float (&acc)[Tl::MI][Tl::NJ][4], const half* as, const half* bs, int lane, int wm,
                                           int wn) {
     constexpr int NJ = Tl::NJ, WN = Tl::WN, LDA_T = Tl::LDA_T, LDB_T = Tl::LDB_T;
 #pragma unroll
@@ -686,7 +691,7 @@ __device__ __forceinline__ void mma_kstep(float (&acc)[4][Tl::NJ][4], const half
 // committed per step (empty past the end), so "≤ 1 group in flight" at step t means step t has
 // landed.
 template <bool AT, bool BT, class Tl, class Issue>
-__device__ __forceinline__ void mma_pipeline(float (&acc)[4][Tl::NJ][4], const half* As, const half* Bs, int nk,
+__device__ __forceinline__ void mma_pipeline(float (&acc)[Tl::MI][Tl::NJ][4], const half* As, const half* Bs, int nk,
                                              Issue issue) {
     const int lane = threadIdx.x & 31, wm = Tl::wm(), wn = Tl::wn();
 #pragma unroll
@@ -713,25 +718,27 @@ __device__ __forceinline__ void mma_pipeline(float (&acc)[4][Tl::NJ][4], const h
 }
 
 // Calls f(row, col, v0, v1) on every lane for each accumulator pair of this warp: D(row, col)
-// and D(row, col + 1) in block-tile coordinates (row = wm·64 + 16i + g + 8h, col = wn·WN + 8j +
-// 2q, g = lane/4, q = lane%4), column pairs j outermost; done(j) after the last call of pair j.
-// Every lane makes every call (f and done may shuffle).
+// and D(row, col + 1) in block-tile coordinates (row = wm·WROWS + 16i + g + 8h, i < MI, col =
+// wn·WN + 8j + 2q, g = lane/4, q = lane%4), column pairs j outermost; done(j) after the last
+// call of pair j. Every lane makes every call (f and done may shuffle). The same layout serves
+// the mma.sync tiles (MI = 4 m16 tiles per warp) and the wgmma ones (MI = 1: warp w of the block
+// holds rows 16w..16w+15 of its warpgroup's m64 accumulators).
 template <class Tl, class F, class D>
-__device__ __forceinline__ void mma_epilogue(const float (&acc)[4][Tl::NJ][4], F f, D done) {
+__device__ __forceinline__ void mma_epilogue(const float (&acc)[Tl::MI][Tl::NJ][4], F f, D done) {
     const int lane = threadIdx.x & 31, wm = Tl::wm(), wn = Tl::wn();
     const int g = lane >> 2, q = lane & 3;
     constexpr int WN = Tl::WN;
 #pragma unroll
     for (int j = 0; j < Tl::NJ; j++) {
 #pragma unroll
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < Tl::MI; i++)
 #pragma unroll
             for (int h = 0; h < 2; h++)
-                f(wm * 64 + i * 16 + g + 8 * h, wn * WN + j * 8 + 2 * q, acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+                f(wm * Tl::WROWS + i * 16 + g + 8 * h, wn * WN + j * 8 + 2 * q, acc[i][j][2 * h], acc[i][j][2 * h + 1]);
         done(j);
     }
 }
-template <class Tl, class F> __device__ __forceinline__ void mma_epilogue(const float (&acc)[4][Tl::NJ][4], F f) {
+template <class Tl, class F> __device__ __forceinline__ void mma_epilogue(const float (&acc)[Tl::MI][Tl::NJ][4], F f) {
     mma_epilogue<Tl>(acc, f, [](int) {});
 }
 
@@ -763,7 +770,7 @@ __device__ __forceinline__ void mma_col_sums(int j, T (&a)[2], T (&b)[2], T (*re
 }
 template <typename T, class Tl>
 __device__ __forceinline__ void mma_col_partials(const T (*red)[Tl::TN][2], int n0, int C, T* __restrict__ part) {
-    static_assert(Tl::TN <= 128, "one column per thread of the 128");
+    static_assert(Tl::TN <= Tl::THREADS, "one column per thread");
     __syncthreads();
     const int col = threadIdx.x, c = n0 + col;
     if (col < Tl::TN && c < C) {
@@ -792,6 +799,59 @@ __device__ __forceinline__ void store_f16_pair(half* out, long long m, long long
 
 // The three kernels' bodies, for either tile width; As, Bs: MSTAGES stages each
 // (MmaTile<WN>::A_STAGE, B_STAGE halves), 16-byte aligned. The exported kernels follow them.
+
+// The forward's epilogue from the accumulators (mma_epilogue's layout): y (pooled with the
+// argmax byte when pool) and, when part is set, the BatchNorm partial sums of the stored y
+// (mma_col_partials). red: WGM × TN × 2 doubles of shared memory no warp still reads.
+template <class Tl>
+__device__ __forceinline__ void conv_fwd_epilogue(const float (&acc)[Tl::MI][Tl::NJ][4], long long m0, int n0, long long M,
+                                                  int cout, int pool, half* __restrict__ y,
+                                                  unsigned char* __restrict__ argmax, double* __restrict__ part,
+                                                  double (*red)[Tl::TN][2]) {
+    double sum[2] = {0.0, 0.0}, sq[2] = {0.0, 0.0};  // this lane's, of its current column pair
+    auto stat = [&](half y0, half y1) {
+        const double d0 = (double)__half2float(y0), d1 = (double)__half2float(y1);
+        sum[0] += d0;
+        sum[1] += d1;
+        sq[0] += d0 * d0;
+        sq[1] += d1 * d1;
+    };
+    auto cols_done = [&](int j) {
+        if (part) mma_col_sums<double, Tl>(j, sum, sq, red);
+    };
+    mma_epilogue<Tl>(acc, [&](int row, int col, float v0, float v1) {
+        const long long m = m0 + row;
+        const int co = n0 + col;
+        if (!pool) {
+            store_f16_pair(y, m, M, co, cout, v0, v1);
+            if (part && m < M && co < cout) stat(__float2half(v0), __float2half(v1));
+            return;
+        }
+        // the window's four rows sit in lanes (g & ~3) + p, p = 0..3, same q (g = lane/4)
+        const int base = (threadIdx.x & 31) & ~12;
+        float w0[4], w1[4];
+#pragma unroll
+        for (int p = 0; p < 4; p++) {
+            w0[p] = __shfl_sync(0xffffffffu, v0, base | (p << 2));
+            w1[p] = __shfl_sync(0xffffffffu, v1, base | (p << 2));
+        }
+        if ((m & 3) == 0 && m < M && co < cout) {
+            float b0 = w0[0], b1 = w1[0];
+            unsigned char k0 = 0, k1 = 0;
+#pragma unroll
+            for (int p = 1; p < 4; p++) {  // strict: the first maximum wins
+                if (w0[p] > b0) { b0 = w0[p]; k0 = (unsigned char)p; }
+                if (w1[p] > b1) { b1 = w1[p]; k1 = (unsigned char)p; }
+            }
+            const long long o = (m >> 2) * cout + co;
+            const half h0 = __float2half(b0), h1 = __float2half(b1);
+            *reinterpret_cast<unsigned*>(y + o) = pack_half2(h0, h1);
+            *reinterpret_cast<unsigned short*>(argmax + o) = (unsigned short)(k0 | (k1 << 8));
+            if (part) stat(h0, h1);
+        }
+    }, cols_done);
+    if (part) mma_col_partials<double, Tl>(red, n0, cout, part);
+}
 
 // Same contract as conv3x3_fwd_f16 with bn = 2, but the weights as fp16 (wf, conv_weights_f16).
 // A = im2col(a) [pixels][k] by cp.async (zero fill outside the image), B = wf [cout][k] by cp.async. With pool, the four
@@ -845,50 +905,38 @@ __device__ __forceinline__ void conv_fwd_mma(const half* __restrict__ a, int N, 
     float acc[4][Tl::NJ][4];
     mma_pipeline<false, false, Tl>(acc, As, Bs, CEIL_DIV(K, MK), issue);
 
-    double (*red)[TN][2] = mma_spare_stage<double, Tl>(As, CEIL_DIV(K, MK));  // [wm][column][Σy | Σy²]
-    double sum[2] = {0.0, 0.0}, sq[2] = {0.0, 0.0};  // this lane's, of its current column pair
-    auto stat = [&](half y0, half y1) {
-        const double d0 = (double)__half2float(y0), d1 = (double)__half2float(y1);
-        sum[0] += d0;
-        sum[1] += d1;
-        sq[0] += d0 * d0;
-        sq[1] += d1 * d1;
-    };
+    conv_fwd_epilogue<Tl>(acc, m0, n0, M, cout, pool, y, argmax, part,
+                          mma_spare_stage<double, Tl>(As, CEIL_DIV(K, MK)));
+}
+
+// The input gradient's epilogue from the accumulators: da and, when part is set, pre_bwd's
+// partial sums (mma_col_partials). red: WGM × TN × 2 floats of shared memory no warp still reads.
+template <class Tl>
+__device__ __forceinline__ void conv_dgrad_epilogue(const float (&acc)[Tl::MI][Tl::NJ][4], long long m0, int n0,
+                                                    long long M, int cin, half* __restrict__ da,
+                                                    const half* __restrict__ x, const float* __restrict__ pmean,
+                                                    const float* __restrict__ pinv, const float* __restrict__ pshift,
+                                                    int bn, float* __restrict__ part, float (*red)[Tl::TN][2]) {
+    float su[2] = {0.f, 0.f}, sx[2] = {0.f, 0.f};  // this lane's, of its current column pair
     auto cols_done = [&](int j) {
-        if (part) mma_col_sums<double, Tl>(j, sum, sq, red);
+        if (part) mma_col_sums<float, Tl>(j, su, sx, red);
     };
     mma_epilogue<Tl>(acc, [&](int row, int col, float v0, float v1) {
         const long long m = m0 + row;
-        const int co = n0 + col;
-        if (!pool) {
-            store_f16_pair(y, m, M, co, cout, v0, v1);
-            if (part && m < M && co < cout) stat(__float2half(v0), __float2half(v1));
-            return;
-        }
-        // the window's four rows sit in lanes (g & ~3) + p, p = 0..3, same q (g = lane/4)
-        const int base = (threadIdx.x & 31) & ~12;
-        float w0[4], w1[4];
+        const int c = n0 + col;
+        store_f16_pair(da, m, M, c, cin, v0, v1);
+        if (!part || m >= M || c >= cin) return;
+        const float dv[2] = {__half2float(__float2half(v0)), __half2float(__float2half(v1))};
 #pragma unroll
-        for (int p = 0; p < 4; p++) {
-            w0[p] = __shfl_sync(0xffffffffu, v0, base | (p << 2));
-            w1[p] = __shfl_sync(0xffffffffu, v1, base | (p << 2));
-        }
-        if ((m & 3) == 0 && m < M && co < cout) {
-            float b0 = w0[0], b1 = w1[0];
-            unsigned char k0 = 0, k1 = 0;
-#pragma unroll
-            for (int p = 1; p < 4; p++) {  // strict: the first maximum wins
-                if (w0[p] > b0) { b0 = w0[p]; k0 = (unsigned char)p; }
-                if (w1[p] > b1) { b1 = w1[p]; k1 = (unsigned char)p; }
-            }
-            const long long o = (m >> 2) * cout + co;
-            const half h0 = __float2half(b0), h1 = __float2half(b1);
-            *reinterpret_cast<unsigned*>(y + o) = pack_half2(h0, h1);
-            *reinterpret_cast<unsigned short*>(argmax + o) = (unsigned short)(k0 | (k1 << 8));
-            if (part) stat(h0, h1);
+        for (int e = 0; e < 2; e++) {
+            const float mean = bn ? pmean[c + e] : 0.f, inv = bn ? pinv[c + e] : 1.f;
+            float xhat;
+            const float du = pre_du(dv[e], __half2float(x[m * cin + c + e]), mean, inv, pshift[c + e], bn, xhat);
+            su[e] += du;
+            sx[e] += du * xhat;
         }
     }, cols_done);
-    if (part) mma_col_partials<double, Tl>(red, n0, cout, part);
+    if (part) mma_col_partials<float, Tl>(red, n0, cin, part);
 }
 
 // Same contract as conv3x3_dgrad_f16, but from the full-resolution output gradient g (NHWC,
@@ -939,27 +987,23 @@ __device__ __forceinline__ void conv_dgrad_mma(const half* __restrict__ g, int N
     };
     float acc[4][Tl::NJ][4];
     mma_pipeline<false, true, Tl>(acc, As, Bs, CEIL_DIV(K, MK), issue);
-    float (*red)[TN][2] = mma_spare_stage<float, Tl>(As, CEIL_DIV(K, MK));  // [wm][column][Σdu | Σdu·x̂]
-    float su[2] = {0.f, 0.f}, sx[2] = {0.f, 0.f};  // this lane's, of its current column pair
-    auto cols_done = [&](int j) {
-        if (part) mma_col_sums<float, Tl>(j, su, sx, red);
-    };
+    conv_dgrad_epilogue<Tl>(acc, m0, n0, M, cin, da, x, pmean, pinv, pshift, bn, part,
+                            mma_spare_stage<float, Tl>(As, CEIL_DIV(K, MK)));
+}
+
+// The weight gradient's epilogue: this block's partial dw (rows kw = m0.., columns o = o0..) into
+// slice blockIdx.z of out [slices][cout][K].
+template <class Tl>
+__device__ __forceinline__ void conv_wgrad_epilogue(const float (&acc)[Tl::MI][Tl::NJ][4], int m0, int o0, int K,
+                                                    int cout, float* __restrict__ out) {
+    float* dst = out + (long long)blockIdx.z * cout * K;
     mma_epilogue<Tl>(acc, [&](int row, int col, float v0, float v1) {
-        const long long m = m0 + row;
-        const int c = n0 + col;
-        store_f16_pair(da, m, M, c, cin, v0, v1);
-        if (!part || m >= M || c >= cin) return;
-        const float dv[2] = {__half2float(__float2half(v0)), __half2float(__float2half(v1))};
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            const float mean = bn ? pmean[c + e] : 0.f, inv = bn ? pinv[c + e] : 1.f;
-            float xhat;
-            const float du = pre_du(dv[e], __half2float(x[m * cin + c + e]), mean, inv, pshift[c + e], bn, xhat);
-            su[e] += du;
-            sx[e] += du * xhat;
+        const int k = m0 + row, o = o0 + col;
+        if (k < K && o < cout) {
+            dst[(long long)o * K + k] = v0;
+            dst[(long long)(o + 1) * K + k] = v1;
         }
-    }, cols_done);
-    if (part) mma_col_partials<float, Tl>(red, n0, cin, part);
+    });
 }
 
 // Same contract as conv3x3_wgrad_f16 with bn = 2 (out is [slices][cout][9·cin], slice z covers
@@ -1027,14 +1071,7 @@ __device__ __forceinline__ void conv_wgrad_mma(const half* __restrict__ a, int N
     float acc[4][Tl::NJ][4];
     mma_pipeline<true, true, Tl>(acc, As, Bs, (int)CEIL_DIV(span, (long long)MK), issue);
 
-    float* dst = out + (long long)blockIdx.z * cout * K;
-    mma_epilogue<Tl>(acc, [&](int row, int col, float v0, float v1) {
-        const int k = m0 + row, o = o0 + col;
-        if (k < K && o < cout) {
-            dst[(long long)o * K + k] = v0;
-            dst[(long long)(o + 1) * K + k] = v1;
-        }
-    });
+    conv_wgrad_epilogue<Tl>(acc, m0, o0, K, cout, out);
 }
 
 // The exported kernels. `_mma_`: 128×64 tiles, static shared memory; `_mma_wide_`: 128×128
@@ -1125,6 +1162,317 @@ extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_dgrad_mma_tall32_f1
     extern __shared__ half conv_smem[];
     conv_dgrad_mma<Tall32>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem,
                            conv_smem + MSTAGES * Tall32::A_STAGE);
+#else
+    __trap();
+#endif
+}
+
+// =============================================================================================
+// sm_90a kernels: warpgroup MMAs (wgmma, common.cuh) on 128-byte-swizzled shared-memory stages
+// filled by the same cp.async gathers as the mma kernels. The forward and the input gradient
+// have both operands K-major (the forward's B is wf [cout][9·cin], the input gradient's is
+// wk [cin][9·cout] from conv_weights_f16 with kmajor = 1); the weight gradient both MN-major
+// (its pixel rows, as they lie in memory). K step WK = 64 (one 128-byte row),
+// WSTAGES stages, copies two steps ahead, one wgmma group in flight while the next step's copies
+// are issued. Warpgroup w computes rows 64w..64w+63 of the block tile. `WgTile<WG, TN>`:
+// WG warpgroups, TN columns. Launched only on compute capability 9.0 from the sm_90a cubin
+// (`ConvPath::Wgmma` in src/gpu/mod.rs), only with an activated input (bn = 2). Exported:
+// conv3x3_{fwd,dgrad,wgrad}_wgmma_f16 (128×256 tiles), conv3x3_{fwd,dgrad}_wgmma_tall_f16
+// (256×64), conv3x3_dgrad_wgmma_tall32_f16 (256×32); same parameters as the mma kernels.
+#define WK 64
+#define WSTAGES 4
+// Bytes of dynamic shared memory (the host passes them: WG_WIDE_SMEM, WG_TALL_SMEM,
+// WG_TALL32_SMEM in src/gpu/backend.rs, checked against these lines by a test).
+#define WG_WIDE_SMEM 197632
+#define WG_TALL_SMEM 164864
+#define WG_TALL32_SMEM 148480
+
+template <int WG_, int TN_> struct WgTile {
+    static constexpr int WG = WG_, THREADS = 128 * WG_, TM = 64 * WG_, TN = TN_;
+    // the accumulators in mma_epilogue's terms: warp w holds rows 16w..16w+15, all TN columns
+    static constexpr int WN = TN_, WGM = 4 * WG_, WGN = 1, NJ = TN_ / 8, MI = 1, WROWS = 16;
+    static constexpr int A_BYTES = TM * 128, STAGE = A_BYTES + TN * 128;  // one stage: A rows, then B rows
+    static constexpr int SMEM = WSTAGES * STAGE + 1024;                   // + room to align to 1 KB
+    static constexpr int RSTEP = THREADS / 8;  // rows between one thread's copies (8 threads per row)
+    static_assert(TN % 8 == 0 && TN <= 256 && TM % RSTEP == 0 && RSTEP % 8 == 0, "tile");
+    static __device__ __forceinline__ int wm() { return threadIdx.x >> 5; }
+    static __device__ __forceinline__ int wn() { return 0; }
+};
+using WgWide = WgTile<2, 256>;  // 128×256 (cout or cin 256), WG_WIDE_SMEM
+using WgTall = WgTile<4, 64>;   // 256×64, WG_TALL_SMEM
+using WgTall32 = WgTile<4, 32>; // 256×32 (input gradients of ≤ 32 channels), WG_TALL32_SMEM
+static_assert(WgWide::SMEM == WG_WIDE_SMEM && WgTall::SMEM == WG_TALL_SMEM && WgTall32::SMEM == WG_TALL32_SMEM,
+              "WG_*_SMEM");
+
+// The stages: the first 1024-byte aligned shared address in the dynamic buffer (the swizzle
+// atoms must start on 1 KB; the buffer has 1 KB of slack).
+__device__ __forceinline__ unsigned char* wg_stages(half* smem) {
+    unsigned char* p = reinterpret_cast<unsigned char*>(smem);
+    return p + ((1024u - (smem_u32(p) & 1023u)) & 1023u);
+}
+
+// The pipeline over nk K steps. issue(t, s): start copying step t into stage s. Step t lives in
+// stage t % WSTAGES; at step t the copies of step t + 2 go into the stage that held step t − 2,
+// whose wgmma group every warpgroup retired (wgmma_wait<1> after issuing step t − 1) before step
+// t's barrier. Each thread fences its landed copies for the async proxy before the barrier.
+// MN (the weight gradient): both operands MN-major, each stage's A (then B) as 1 KB atoms of
+// 8 k rows × 64 columns, atom (k group, column block) at (kg·(T/64) + cb)·1024 (T: TM or TN).
+template <class Tl, bool MN = false, class Issue>
+__device__ __forceinline__ void wg_pipeline(float (&acc)[1][Tl::NJ][4], unsigned char* st, int nk, Issue issue) {
+    float* d = &acc[0][0][0];
+#pragma unroll
+    for (int i = 0; i < Tl::NJ * 4; i++) d[i] = 0.f;
+    wgmma_fence_regs<Tl::NJ * 4>(d);
+    issue(0, 0);
+    cp_async_commit();
+    if (nk > 1) issue(1, 1);
+    cp_async_commit();
+    const unsigned a0 = smem_u32(st) + (threadIdx.x >> 7) * 64 * 128;  // this warpgroup's 64 A rows
+    const unsigned b0 = smem_u32(st) + Tl::A_BYTES;
+    int s = 0, w = 2;  // stages of steps t and t + 2
+    for (int t = 0; t < nk; t++) {
+        cp_async_wait<1>();
+        fence_proxy_async();
+        __syncthreads();
+        if (t + 2 < nk) issue(t + 2, w);
+        cp_async_commit();
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < WK / 16; kk++) {
+            if constexpr (!MN) {
+                wgmma_f16<Tl::TN>(d, wgmma_desc(a0 + s * Tl::STAGE + 32 * kk), wgmma_desc(b0 + s * Tl::STAGE + 32 * kk),
+                                  1);
+            } else {  // k16 step kk = k groups 2kk, 2kk + 1; this warpgroup's 64 rows = column block w of A
+                static_assert(Tl::TN % 64 == 0, "MN-major B: whole 64-column blocks");
+                constexpr unsigned AB = Tl::TM / 64, BB = Tl::TN / 64;
+                const unsigned sa = smem_u32(st) + s * Tl::STAGE + (2 * kk * AB + (threadIdx.x >> 7)) * 1024;
+                const unsigned sb = smem_u32(st) + s * Tl::STAGE + Tl::A_BYTES + 2 * kk * BB * 1024;
+                wgmma_f16<Tl::TN, 1, 1>(d, wgmma_desc(sa, 1024, AB * 1024), wgmma_desc(sb, 1024, BB * 1024), 1);
+            }
+        }
+        wgmma_commit();
+        wgmma_wait<1>();
+        s = s == WSTAGES - 1 ? 0 : s + 1;
+        w = w == WSTAGES - 1 ? 0 : w + 1;
+    }
+    wgmma_wait<0>();
+    wgmma_fence_regs<Tl::NJ * 4>(d);
+    cp_async_wait<0>();
+}
+// Room for the epilogue's per-warp column sums once wg_pipeline has run nk steps: stage
+// (nk + 1) % WSTAGES last held step nk − 3 (or nothing), retired before the last step's barrier.
+template <typename T, class Tl> __device__ __forceinline__ T (*wg_spare_stage(unsigned char* st, int nk))[Tl::TN][2] {
+    static_assert(sizeof(T) * Tl::WGM * Tl::TN * 2 <= Tl::STAGE, "red fits a stage");
+    return reinterpret_cast<T (*)[Tl::TN][2]>(st + ((nk + 1) % WSTAGES) * Tl::STAGE);
+}
+
+// The implicit GEMM both kernels share: A = the 3×3 tap gather of src (C channels) at the rows'
+// pixels (rows), B = wb [nb][K] (K = 9·C, K-major), columns n0..n0+TN−1. This thread copies
+// chunk tid % 8 (8 k) of rows tid/8 + RSTEP·i, stored at chunk (tid % 8) ^ (row % 8).
+template <class Tl>
+__device__ __forceinline__ void wg_tap_gemm(float (&acc)[1][Tl::NJ][4], unsigned char* st, const half* __restrict__ src,
+                                            int C, int W, const TapRows<Tl::TM / Tl::RSTEP>& rows,
+                                            const half* __restrict__ wb, int nb, int n0) {
+    constexpr int RS = Tl::RSTEP, NB = CEIL_DIV(Tl::TN, RS);
+    const int tid = threadIdx.x, r0 = tid >> 3, kc = (tid & 7) * 8, K = 9 * C;
+    const int dst = r0 * 64 + (((tid & 7) ^ (r0 & 7)) * 8);  // halves into a stage's A (or B) rows
+    int boff[NB];  // B rows' offsets row·K + kc in wb, 0 past nb (masked below)
+    unsigned bmask = 0u;  // bit i: this thread copies B row r0 + RS·i (inside the tile and nb)
+#pragma unroll
+    for (int i = 0; i < NB; i++) {
+        const int r = n0 + r0 + RS * i;
+        const bool ok = r0 + RS * i < Tl::TN && r < nb;
+        boff[i] = ok ? r * K + kc : 0;
+        bmask |= ok ? 1u << i : 0u;
+    }
+    KCursor kq(kc, C);  // this thread's A column k = t·WK + kc as (tap, c)
+    auto issue = [&](int t, int s) {
+        half* as = reinterpret_cast<half*>(st + s * Tl::STAGE);
+        half* bs = reinterpret_cast<half*>(st + s * Tl::STAGE + Tl::A_BYTES);
+        rows.template copy<RS * 64>(as + dst, src, kq.tap, kq.c, C, W);
+        const unsigned live = t * WK + kc < K ? bmask : 0u;
+#pragma unroll
+        for (int i = 0; i < NB; i++) {
+            if (r0 + RS * i >= Tl::TN) break;  // rows past the tile: not this thread's (uniform per warp)
+            const bool ok = (live >> i) & 1u;
+            cp_async16(bs + dst + i * RS * 64, wb + (ok ? (unsigned)(boff[i] + t * WK) : 0u), ok ? 16 : 0);
+        }
+        kq.template advance<WK>(C);
+    };
+    wg_pipeline<Tl>(acc, st, CEIL_DIV(K, WK), issue);
+}
+
+// conv_fwd_mma's contract (the epilogue is the same function) on wgmma.
+// grid (ceil(M/TM), ceil(cout/TN)), block THREADS, Tl::SMEM bytes of dynamic shared memory.
+template <class Tl>
+__device__ __forceinline__ void conv_fwd_wg(const half* __restrict__ a, int N, int H, int W, int cin,
+                                            const half* __restrict__ wf, int cout, int pool, half* __restrict__ y,
+                                            unsigned char* __restrict__ argmax, double* __restrict__ part, half* smem) {
+    constexpr int RS = Tl::RSTEP;
+    unsigned char* st = wg_stages(smem);
+    const long long M = fwd_gemm_rows(N, H, W, pool);
+    const long long m0 = (long long)blockIdx.x * Tl::TM;
+    const int n0 = blockIdx.y * Tl::TN, r0 = threadIdx.x >> 3;
+    TapRows<Tl::TM / RS> rows;
+    const PixGrid g = fwd_row_grid(H, W, pool);
+#pragma unroll
+    for (int i = 0; i < Tl::TM / RS; i++) {
+        int n, yy, xx;
+        bool ok;
+        fwd_row_pixel((int)(m0 + r0 + RS * i), (int)M, g, pool, n, yy, xx, ok);
+        rows.set(i, (n * H + yy) * W + xx, yy, xx, ok, cin, H, W);
+    }
+    float acc[1][Tl::NJ][4];
+    wg_tap_gemm<Tl>(acc, st, a, cin, W, rows, wf, cout, n0);
+    conv_fwd_epilogue<Tl>(acc, m0, n0, M, cout, pool, y, argmax, part,
+                          wg_spare_stage<double, Tl>(st, CEIL_DIV(9 * cin, WK)));
+}
+
+// conv_dgrad_mma's contract on wgmma, with B = wk [cin][9·cout] (conv_weights_f16, kmajor = 1:
+// wk[ci][(8 − tap)·cout + o] = w[o][tap][ci]). grid (ceil(P/TM), ceil(cin/TN)), block THREADS.
+template <class Tl>
+__device__ __forceinline__ void conv_dgrad_wg(const half* __restrict__ g, int N, int H, int W, int cin, int cout,
+                                              const half* __restrict__ wk, half* __restrict__ da,
+                                              const half* __restrict__ x, const float* __restrict__ pmean,
+                                              const float* __restrict__ pinv, const float* __restrict__ pshift,
+                                              int bn, float* __restrict__ part, half* smem) {
+    constexpr int RS = Tl::RSTEP;
+    unsigned char* st = wg_stages(smem);
+    const long long M = (long long)N * H * W;
+    const long long m0 = (long long)blockIdx.x * Tl::TM;
+    const int n0 = blockIdx.y * Tl::TN, r0 = threadIdx.x >> 3;
+    TapRows<Tl::TM / RS> rows;
+    const PixGrid pg(H, W);
+#pragma unroll
+    for (int i = 0; i < Tl::TM / RS; i++) {
+        int n, yy, xx;
+        bool ok;
+        const int pix = (int)(m0 + r0 + RS * i);
+        pg.at(pix, (int)M, n, yy, xx, ok);
+        rows.set(i, pix, yy, xx, ok, cout, H, W);
+    }
+    float acc[1][Tl::NJ][4];
+    wg_tap_gemm<Tl>(acc, st, g, cout, W, rows, wk, cin, n0);
+    conv_dgrad_epilogue<Tl>(acc, m0, n0, M, cin, da, x, pmean, pinv, pshift, bn, part,
+                            wg_spare_stage<float, Tl>(st, CEIL_DIV(9 * cout, WK)));
+}
+
+// conv_wgrad_mma's contract (out [slices][cout][9·cin], slice z the pixels [z·chunk, ...),
+// M = 9·cin, N = cout, K = pixels) on wgmma, both operands MN-major as they lie in memory: A's
+// k row (pixel p) holds kw = m0..m0+TM−1, i.e. a at the pixel p + off(tap) (8 channels of one
+// tap per copy), B's k row holds g[p][o0..o0+TN−1]. grid (ceil(9·cin/TM), ceil(cout/TN),
+// slices), block THREADS (256: TM = 128, TN = 256).
+template <class Tl>
+__device__ __forceinline__ void conv_wgrad_wg(const half* __restrict__ a, int N, int H, int W, int cin,
+                                              const half* __restrict__ g, int cout, float* __restrict__ out, int chunk,
+                                              half* smem) {
+    static_assert(Tl::TM == 128 && Tl::THREADS == 256 && Tl::TN % 64 == 0, "wgrad copy mapping");
+    constexpr int AB = Tl::TM / 64, BB = Tl::TN / 64, NB = Tl::TN / 32;  // column blocks; B rows per thread
+    unsigned char* st = wg_stages(smem);
+    const int tid = threadIdx.x, K = 9 * cin;
+    const long long P = (long long)N * H * W;
+    const long long p_begin = (long long)blockIdx.z * chunk;
+    const long long p_end = min(P, p_begin + chunk);
+    const int m0 = blockIdx.x * Tl::TM, o0 = blockIdx.y * Tl::TN, pend = (int)p_end;
+    // A: 8 columns kw = m0 + 8·ac (one tap, 8 channels) of k rows ar + 16i (i < 4)
+    const int ac = tid & 15, ar = tid >> 4;
+    const int kw = m0 + 8 * ac;
+    const bool kwok = kw < K;
+    const int tap = kwok ? kw / cin : 0, ci = kw - tap * cin;
+    const int ody = tap / 3 - 1, odx = tap % 3 - 1, coff = (ody * W + odx) * cin + ci;
+    // byte offsets in a stage: k row r = ar + 16i is in k group r / 8 = ar / 8 + 2i, atom row r % 8
+    const unsigned adst = ((ar >> 3) * AB + (ac >> 3)) * 1024 + (ar & 7) * 128 + (((ac & 7) ^ (ar & 7)) << 4);
+    // B: 8 columns o = o0 + 8·bc of k rows br + 8i (i < NB)
+    const int bc = tid & 31, br = tid >> 5;
+    const bool ook = o0 + 8 * bc < cout;
+    const unsigned bdst = (bc >> 3) * 1024 + br * 128 + (((bc & 7) ^ br) << 4);
+    // the A rows' pixels as (y, x), moved WK pixels per issue as conv_wgrad_mma moves them by MK
+    int ry[4], rx[4];
+    {
+        const PixGrid pg(H, W);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int n;
+            bool ok;
+            pg.at((int)p_begin + ar + 16 * i, pend, n, ry[i], rx[i], ok);
+        }
+    }
+    const int step_x = WK % W, step_y = (WK / W) % H;
+    auto issue = [&](int t, int s) {
+        unsigned char* as = st + s * Tl::STAGE;
+        unsigned char* bs = as + Tl::A_BYTES;
+        const int pb = (int)p_begin + t * WK;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int p = pb + ar + 16 * i;
+            const bool ok = kwok && p < pend && (unsigned)(ry[i] + ody) < (unsigned)H &&
+                            (unsigned)(rx[i] + odx) < (unsigned)W;
+            cp_async16(reinterpret_cast<half*>(as + adst + 2 * i * AB * 1024),
+                       a + (ok ? (unsigned)(p * cin + coff) : 0u), ok ? 16 : 0);
+            rx[i] += step_x;
+            const bool carry = rx[i] >= W;
+            rx[i] -= carry ? W : 0;
+            ry[i] += step_y + carry;
+            ry[i] -= ry[i] >= H ? H : 0;
+        }
+#pragma unroll
+        for (int i = 0; i < NB; i++) {
+            const int p = pb + br + 8 * i;
+            const bool ok = ook && p < pend;
+            cp_async16(reinterpret_cast<half*>(bs + bdst + i * BB * 1024),
+                       g + (ok ? (unsigned)(p * cout + o0 + 8 * bc) : 0u), ok ? 16 : 0);
+        }
+    };
+    const long long span = p_end > p_begin ? p_end - p_begin : 0;
+    float acc[1][Tl::NJ][4];
+    wg_pipeline<Tl, true>(acc, st, (int)CEIL_DIV(span, (long long)WK), issue);
+    conv_wgrad_epilogue<Tl>(acc, m0, o0, K, cout, out);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_fwd_wgmma_f16(CONV_FWD_PARAMS) {
+#if ARCH_SM90A
+    extern __shared__ half conv_smem[];
+    conv_fwd_wg<WgWide>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void __launch_bounds__(512, 1) conv3x3_fwd_wgmma_tall_f16(CONV_FWD_PARAMS) {
+#if ARCH_SM90A
+    extern __shared__ half conv_smem[];
+    conv_fwd_wg<WgTall>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_dgrad_wgmma_f16(CONV_DGRAD_PARAMS) {
+#if ARCH_SM90A
+    extern __shared__ half conv_smem[];
+    conv_dgrad_wg<WgWide>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void __launch_bounds__(512, 1) conv3x3_dgrad_wgmma_tall_f16(CONV_DGRAD_PARAMS) {
+#if ARCH_SM90A
+    extern __shared__ half conv_smem[];
+    conv_dgrad_wg<WgTall>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void __launch_bounds__(512, 1) conv3x3_dgrad_wgmma_tall32_f16(CONV_DGRAD_PARAMS) {
+#if ARCH_SM90A
+    extern __shared__ half conv_smem[];
+    conv_dgrad_wg<WgTall32>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_wgrad_wgmma_f16(CONV_WGRAD_PARAMS) {
+#if ARCH_SM90A
+    extern __shared__ half conv_smem[];
+    conv_wgrad_wg<WgWide>(a, N, H, W, cin, g, cout, out, chunk, conv_smem);
 #else
     __trap();
 #endif

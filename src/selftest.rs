@@ -341,12 +341,14 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     let odd = [(24, 72), (8, 200), (16, 16), (40, 360), (8, 8), (24, 216), (64, 64), (8, 72), (32, 288)];
     checks.push(("muon, nine shapes".into(), Box::new(move |g, c, r| check_muon(g, c, r, &odd, 880))));
     checks.push(("whole step".into(), Box::new(|g, c, r| check_step(g, c, r, BATCH, 900))));
-    // the step again on the wide mma convs where the GPU has them and they are not the default
-    if gpu.conv_path != ConvPath::MmaWide && ConvPath::available(gpu.info.cc).contains(&ConvPath::MmaWide) {
-        let f = |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| {
-            g.with_conv_path(ConvPath::MmaWide, |g| check_step(g, c, r, BATCH, 900))
-        };
-        checks.push(("whole step, mma128 convs".into(), Box::new(f)));
+    // the step again on the other tunable conv paths (mma128, wgmma) where the GPU has them
+    if gpu.conv_path.is_mma() {
+        for path in ConvPath::tunable(gpu.info.cc).into_iter().filter(|&p| p != gpu.conv_path) {
+            let f = move |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| {
+                g.with_conv_path(path, |g| check_step(g, c, r, BATCH, 900))
+            };
+            checks.push((format!("whole step, {} convs", path.name()), Box::new(f)));
+        }
     }
     checks.push(("recorded step".into(), Box::new(|g, c, r| check_graph(g, c, r, BATCH, 950))));
     for (name, check) in &checks {
@@ -1397,30 +1399,38 @@ fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, out: &mut dyn Write) -> Re
         gpu.record(&mut |g| st.step(g))?.ok_or_else(|| Error::Gpu("the GPU backend recorded no graph".into()))?;
     let ms = time_ms(gpu, &mut |g| g.replay(&graph))?;
     bench_line(out, "train step, CUDA graph", &format!("batch {n}"), ms, flops, 0.0)?;
-    // The same step with one switch changed, recorded and replayed: the other mma tile width
-    // (mma ↔ mma128), then the BatchNorm sums the other way (NOTES levers 2b, 2c). One step op
-    // by op first: scratch sized outside the recording, which must not allocate.
+    // The same step with one switch changed, recorded and replayed: each other sm_80+ conv path
+    // (mma, mma128, wgmma), then the BatchNorm sums the other way (NOTES levers 2b, 2c). One
+    // step op by op first: scratch sized outside the recording, which must not allocate.
     let mut variant = |gpu: &mut Gpu, name: &str| -> Result<()> {
         let graph = st.step(gpu).and_then(|_| gpu.record(&mut |g| st.step(g)));
         let graph = graph?.ok_or_else(|| Error::Gpu("the GPU backend recorded no graph".into()))?;
         let ms = time_ms(gpu, &mut |g| g.replay(&graph))?;
         bench_line(out, name, &format!("batch {n}"), ms, flops, 0.0)
     };
-    let other = match gpu.conv_path {
-        ConvPath::Mma => Some(ConvPath::MmaWide),
-        ConvPath::MmaWide => Some(ConvPath::Mma),
-        ConvPath::Wmma => None,
+    let others: Vec<ConvPath> = if gpu.conv_path.is_mma() {
+        ConvPath::tunable(gpu.info.cc).into_iter().filter(|&p| p != gpu.conv_path).collect()
+    } else {
+        Vec::new()
     };
-    if let Some(path) = other {
+    for &path in &others {
         let name = format!("train step, graph, {} convs", path.name());
         gpu.with_conv_path(path, |g| variant(g, &name))?;
+    }
+    if gpu.conv_path.is_mma() {
         let sums = gpu.epilogue_sums;
         gpu.epilogue_sums = !sums;
         let r = variant(gpu, if sums { "train step, graph, sums off" } else { "train step, graph, epilogue sums" });
         gpu.epilogue_sums = sums;
         r?;
     }
-    step_profile(gpu, &mut |g| st.step(g), out)
+    step_profile(gpu, &mut |g| st.step(g), out)?;
+    // and op by op on the wgmma convs, where the GPU has them and they are not the default
+    if others.contains(&ConvPath::Wgmma) {
+        writeln!(out, "(wgmma convs)").map_err(io)?;
+        gpu.with_conv_path(ConvPath::Wgmma, |g| step_profile(g, &mut |g| st.step(g), out))?;
+    }
+    Ok(())
 }
 
 /// One step op by op with an event pair around every launch: time per kernel, largest first,

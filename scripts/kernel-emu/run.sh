@@ -10,7 +10,9 @@
 # and compare against naive f64 references.
 #
 # The sm_80 instructions (mma.sync m16n8k16, ldmatrix, cp.async; inc/sm80.h) are emulated lane
-# by lane with the PTX ISA's fragment layouts, cp.async landing only at its wait_group.
+# by lane with the PTX ISA's fragment layouts, cp.async landing only at its wait_group; sm_90a's
+# wgmma.mma_async (inc/sm80.h, end) reads shared memory through its descriptors and swizzle at
+# the wgmma.wait_group that retires it.
 #
 # What this checks: indexing, tiling, the implicit-GEMM mappings, pooling/argmax, split-K,
 # reductions, fp16 rounding points, the mma kernels' lane mappings and pipeline. What it cannot

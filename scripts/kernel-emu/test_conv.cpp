@@ -17,15 +17,20 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
     auto w = rndv((size_t)cout * K, 1.0f / sqrtf(K));
     // the mma kernels' fp16 weights (conv_weights_f16; fewer blocks than values: grid-stride),
     // wt checked against the flip it stands for
-    std::vector<half> wf((size_t)cout * K, (half)NAN), wt((size_t)cout * K, (half)NAN);
-    launch(dim3{(unsigned)std::max<size_t>(1, wf.size() / 256 / 3), 1, 1}, dim3{256, 1, 1}, [&] { conv_weights_f16(w.data(), cout, cin, wf.data(), wt.data()); });
+    std::vector<half> wf((size_t)cout * K, (half)NAN), wt((size_t)cout * K, (half)NAN), wk((size_t)cout * K, (half)NAN);
+    const dim3 gcw{(unsigned)std::max<size_t>(1, wf.size() / 256 / 3), 1, 1};
+    launch(gcw, dim3{256, 1, 1}, [&] { conv_weights_f16(w.data(), cout, cin, wf.data(), wt.data(), 0); });
+    // the wgmma input gradient's K-major copy: wk [cin][9·cout]
+    launch(gcw, dim3{256, 1, 1}, [&] { conv_weights_f16(w.data(), cout, cin, nullptr, wk.data(), 1); });
     {
         long long bad = 0;
         for (int o = 0; o < cout; o++) for (int t = 0; t < 9; t++) for (int i = 0; i < cin; i++) {
             const half h = (half)w[((size_t)o * 9 + t) * cin + i];
-            bad += !(wf[((size_t)o * 9 + t) * cin + i] == h) || !(wt[((size_t)(8 - t) * cout + o) * cin + i] == h);
+            const size_t kb = (size_t)(8 - t) * cout + o;
+            bad += !(wf[((size_t)o * 9 + t) * cin + i] == h) || !(wt[kb * cin + i] == h) ||
+                   !(wk[(size_t)i * 9 * cout + kb] == h);
         }
-        printf("  conv_weights_f16: %lld of %zu wrong %s\n", bad, 2 * wf.size(), bad ? "FAIL" : "PASS");
+        printf("  conv_weights_f16: %lld of %zu wrong %s\n", bad, 3 * wf.size(), bad ? "FAIL" : "PASS");
         fails += bad > 0;
     }
     auto shift = rndv(cin, 0.3f);
@@ -137,6 +142,26 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
             launch(dim3{(unsigned)cout, 1, 1}, dim3{CHAN_FIN_THREADS, 1, 1}, [&] { bn_finalize_f32(part6.data(), (int)gt.x, cout, cnt, 1e-12f, 0.6f, rm6.data(), rv6.data(), bn6.data()); });
             report("fwd mma tall: bn vs 128x64", N, H, W, cin, cout, pool, bn, relerr(bn6, bnv), 1e-9);
         }
+        // the sm_90a kernels (wgmma from 128-byte-swizzled stages, emulated in inc/sm80.h): y and
+        // argmax bit for bit (each output the same k16 chain), the statistics after
+        // bn_finalize_f32 (partials per tile of TM rows)
+        using Fwd = void (*)(const half*, int, int, int, int, const half*, int, int, half*, unsigned char*, double*);
+        auto wg_fwd = [&](Fwd kernel, int tm, int tn, int threads, const char* tile) {
+            std::vector<half> yh7(ylen, (half)NAN);
+            std::vector<unsigned char> am7(pool ? ylen : 8, 0xEE);
+            dim3 gt{(unsigned)((M + tm - 1) / tm), (unsigned)((cout + tn - 1) / tn), 1};
+            std::vector<double> part7((size_t)2 * cout * gt.x, NAN);
+            launch(gt, dim3{(unsigned)threads, 1, 1}, [&] { kernel(ah.data(), N, H, W, cin, wf.data(), cout, pool, yh7.data(), am7.data(), part7.data()); });
+            int same7 = memcmp(yh4.data(), yh7.data(), ylen * 2) == 0 && am4 == am7;
+            printf("  fwd wgmma (%s tiles): y and argmax bit-identical: %s\n", tile, same7 ? "PASS" : "FAIL");
+            fails += !same7;
+            std::vector<float> rm7(cout, 0.1f), rv7(cout, 0.9f), bn7(2 * cout, NAN);
+            launch(dim3{(unsigned)cout, 1, 1}, dim3{CHAN_FIN_THREADS, 1, 1}, [&] { bn_finalize_f32(part7.data(), (int)gt.x, cout, cnt, 1e-12f, 0.6f, rm7.data(), rv7.data(), bn7.data()); });
+            char name[64]; snprintf(name, sizeof name, "fwd wgmma %s: bn vs 128x64", tile);
+            report(name, N, H, W, cin, cout, pool, bn, relerr(bn7, bnv), 1e-9);
+        };
+        wg_fwd(conv3x3_fwd_wgmma_f16, 128, 256, 256, "128x256");
+        wg_fwd(conv3x3_fwd_wgmma_tall_f16, 256, 64, 512, "256x64");
     }
     if (pool) {
         int bad = 0, differ = 0;
@@ -231,6 +256,15 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
             printf("  wgrad mma wide (128x128 tiles) bit-identical: %s\n", same3 ? "PASS" : "FAIL");
             fails += !same3;
         }
+        {  // the sm_90a kernel (128×256 tiles, both operands MN-major), same slices: bit for bit
+            std::vector<float> out4(slices == 1 ? dw2.size() : part2.size(), NAN);
+            dim3 gw{gm.x, (unsigned)((cout + 255) / 256), (unsigned)slices};
+            launch(gw, dim3{256, 1, 1}, [&] { conv3x3_wgrad_wgmma_f16(ah.data(), N, H, W, cin, gfull.data(), cout, out4.data(), (int)chunk); });
+            const std::vector<float>& want = slices == 1 ? dw2 : part2;
+            int same4 = memcmp(out4.data(), want.data(), want.size() * 4) == 0;
+            printf("  wgrad wgmma (128x256 tiles, MN-major operands) bit-identical: %s\n", same4 ? "PASS" : "FAIL");
+            fails += !same4;
+        }
     }
     std::vector<half> da(x.size(), (half)NAN);
     dim3 gd{(unsigned)((P + 63) / 64), (unsigned)((cin + 63) / 64), 1};
@@ -292,6 +326,22 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         };
         tall(conv3x3_dgrad_mma_tall_f16, 64, "tall", "256x64");
         tall(conv3x3_dgrad_mma_tall32_f16, 32, "tall32", "256x32");
+        // the sm_90a kernels, B = wk (K-major): da bit for bit, the sums to f32 rounding
+        auto wg_dgrad = [&](Dgrad kernel, int tm, int tn, int threads, const char* tile) {
+            std::vector<half> da6(x.size(), (half)NAN);
+            dim3 gt{(unsigned)((P + tm - 1) / tm), (unsigned)((cin + tn - 1) / tn), 1};
+            std::vector<float> part6((size_t)2 * cin * gt.x, NAN), sums6(2 * cin, NAN);
+            launch(gt, dim3{(unsigned)threads, 1, 1}, [&] { kernel(gfull.data(), N, H, W, cin, cout, wk.data(), da6.data(), xh.data(), pm, pi, shift.data(), bn, part6.data()); });
+            launch(dim3{(unsigned)cin, 1, 1}, dim3{CHAN_FIN_THREADS, 1, 1}, [&] { pre_bwd_sums_f32(part6.data(), (int)gt.x, cin, sums6.data()); });
+            int same6 = memcmp(da3.data(), da6.data(), da.size() * 2) == 0;
+            printf("  dgrad wgmma (%s tiles): da bit-identical: %s\n", tile, same6 ? "PASS" : "FAIL");
+            fails += !same6;
+            char name[64]; snprintf(name, sizeof name, "dgrad wgmma %s: sums", tile);
+            report(name, N, H, W, cin, cout, pool, bn, relerr(sums6, sums), 1e-5);
+        };
+        wg_dgrad(conv3x3_dgrad_wgmma_f16, 128, 256, 256, "128x256");
+        wg_dgrad(conv3x3_dgrad_wgmma_tall_f16, 256, 64, 512, "256x64");
+        wg_dgrad(conv3x3_dgrad_wgmma_tall32_f16, 256, 32, 512, "256x32");
     }
 }
 

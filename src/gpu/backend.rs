@@ -279,6 +279,23 @@ pub(super) const WIDE_SMEM: u32 = 61440;
 pub(super) const TALL_SMEM: u32 = 76800;
 /// And for the 256×32 input gradient (`MMA_TALL32_SMEM`: 3 stages of 256×40 A and 32×40 B).
 pub(super) const TALL32_SMEM: u32 = 69120;
+/// Dynamic shared memory of the wgmma convs (`WG_*_SMEM` in kernels/conv.cu: 4 stages of A and B
+/// rows of 128 bytes, + 1 KB to align them): 128×256 tiles (256 threads), 256×64 and 256×32
+/// (512 threads).
+pub(super) const WG_WIDE_SMEM: u32 = 197632;
+pub(super) const WG_TALL_SMEM: u32 = 164864;
+pub(super) const WG_TALL32_SMEM: u32 = 148480;
+
+/// An sm_80+ conv kernel as `Gpu::mma_kernel` picks it: name, block tile (rows × columns),
+/// dynamic shared memory, threads per block.
+#[derive(Clone, Copy, Debug)]
+struct MmaKernel {
+    name: &'static str,
+    tm: usize,
+    tn: usize,
+    smem: u32,
+    threads: u32,
+}
 /// Block size of the per-channel stage-2 reductions (`CHAN_FIN_THREADS` in kernels/norm.cu).
 const CHAN_FIN_THREADS: u32 = 256;
 
@@ -509,35 +526,64 @@ impl Gpu {
         Ok(mma)
     }
 
-    /// The mma conv kernel for a GEMM with `n` columns, `base` being the 128×64-tile kernel's name
-    /// (`conv3x3_{fwd,dgrad,wgrad}_mma_f16`). On `ConvPath::MmaWide` (warp tiles of 64×64): the
-    /// 128×128-tile kernel (`_mma_wide_`, [`WIDE_SMEM`] bytes of dynamic shared memory) where
+    /// The sm_80+ conv kernel for a GEMM with `n` columns, `base` being the 128×64-tile kernel's
+    /// name (`conv3x3_{fwd,dgrad,wgrad}_mma_f16`). On `ConvPath::MmaWide` (warp tiles of 64×64):
+    /// the 128×128-tile kernel (`_mma_wide_`, [`WIDE_SMEM`] bytes of dynamic shared memory) where
     /// n ≥ 128, else the 256×64 one where there is one (`_mma_tall_`: forward and input gradient,
     /// [`TALL_SMEM`]; for an input gradient of ≤ 32 channels, layer 0's 24, the 256×32
-    /// `_mma_tall32_`, [`TALL32_SMEM`]); otherwise the 128×64 kernel. Returns the kernel's name,
-    /// the block tile's rows and columns, and its dynamic shared memory.
-    fn mma_kernel(&self, base: &'static str, n: usize) -> (&'static str, usize, usize, u32) {
-        // (128×64, 128×128, 256×64, 256×32) kernels of each GEMM
-        type Kernels = (&'static str, &'static str, Option<&'static str>, Option<&'static str>);
+    /// `_mma_tall32_`, [`TALL32_SMEM`]); otherwise the 128×64 kernel. On `ConvPath::Wgmma` the
+    /// wgmma kernels of the same choice where there is one (`_wgmma_`: 128×256, all three GEMMs;
+    /// `_wgmma_tall_`: 256×64, forward and input gradient; `_wgmma_tall32_`: 256×32, input
+    /// gradient), else `MmaWide`'s (the weight gradient with n < 128).
+    fn mma_kernel(&self, base: &'static str, n: usize) -> MmaKernel {
+        // per GEMM: the mma kernels (128×64, 128×128, 256×64, 256×32), then the wgmma ones
+        // (128×256, 256×64, 256×32); None where a GEMM has no such kernel
+        type Kernels =
+            (&'static str, &'static str, Option<&'static str>, Option<&'static str>, [Option<&'static str>; 3]);
         const KERNELS: [Kernels; 3] = [
-            ("conv3x3_fwd_mma_f16", "conv3x3_fwd_mma_wide_f16", Some("conv3x3_fwd_mma_tall_f16"), None),
+            (
+                "conv3x3_fwd_mma_f16",
+                "conv3x3_fwd_mma_wide_f16",
+                Some("conv3x3_fwd_mma_tall_f16"),
+                None,
+                [Some("conv3x3_fwd_wgmma_f16"), Some("conv3x3_fwd_wgmma_tall_f16"), None],
+            ),
             (
                 "conv3x3_dgrad_mma_f16",
                 "conv3x3_dgrad_mma_wide_f16",
                 Some("conv3x3_dgrad_mma_tall_f16"),
                 Some("conv3x3_dgrad_mma_tall32_f16"),
+                [
+                    Some("conv3x3_dgrad_wgmma_f16"),
+                    Some("conv3x3_dgrad_wgmma_tall_f16"),
+                    Some("conv3x3_dgrad_wgmma_tall32_f16"),
+                ],
             ),
-            ("conv3x3_wgrad_mma_f16", "conv3x3_wgrad_mma_wide_f16", None, None),
+            (
+                "conv3x3_wgrad_mma_f16",
+                "conv3x3_wgrad_mma_wide_f16",
+                None,
+                None,
+                [Some("conv3x3_wgrad_wgmma_f16"), None, None],
+            ),
         ];
-        let (narrow, wide, tall, tall32) = KERNELS.into_iter().find(|k| k.0 == base).expect("an mma conv kernel");
-        if self.conv_path != ConvPath::MmaWide {
-            return (narrow, 128, 64, 0);
+        let (narrow, wide, tall, tall32, wg) = KERNELS.into_iter().find(|k| k.0 == base).expect("an mma conv kernel");
+        let k = |name, tm, tn, smem, threads| MmaKernel { name, tm, tn, smem, threads };
+        match self.conv_path {
+            ConvPath::Wgmma => match (n >= 128, wg) {
+                (true, [Some(w), _, _]) => return k(w, 128, 256, WG_WIDE_SMEM, 256),
+                (false, [_, _, Some(t)]) if n <= 32 => return k(t, 256, 32, WG_TALL32_SMEM, 512),
+                (false, [_, Some(t), _]) => return k(t, 256, 64, WG_TALL_SMEM, 512),
+                _ => {} // as on mma128
+            },
+            ConvPath::MmaWide => {}
+            _ => return k(narrow, 128, 64, 0, 128),
         }
         match (n >= 128, tall, tall32) {
-            (true, _, _) => (wide, 128, 128, WIDE_SMEM),
-            (false, _, Some(k)) if n <= 32 => (k, 256, 32, TALL32_SMEM),
-            (false, Some(k), _) => (k, 256, 64, TALL_SMEM),
-            _ => (narrow, 128, 64, 0),
+            (true, _, _) => k(wide, 128, 128, WIDE_SMEM, 128),
+            (false, _, Some(t)) if n <= 32 => k(t, 256, 32, TALL32_SMEM, 128),
+            (false, Some(t), _) => k(t, 256, 64, TALL_SMEM, 128),
+            _ => k(narrow, 128, 64, 0, 128),
         }
     }
 
@@ -1023,8 +1069,8 @@ impl Backend for Gpu {
         let (xp, pp) = self.activate(xp, xs, &pp, keep)?;
         if self.mma_path("conv3x3")? {
             // with stats: the epilogue writes the BatchNorm partials, [2·cout][blocks] f64
-            let (kernel, tm, tn, smem) = self.mma_kernel("conv3x3_fwd_mma_f16", cout);
-            let grid = (blocks_of(m, tm)?, cout.div_ceil(tn) as u32, 1);
+            let kn = self.mma_kernel("conv3x3_fwd_mma_f16", cout);
+            let grid = (blocks_of(m, kn.tm)?, cout.div_ceil(kn.tn) as u32, 1);
             // one workspace: the fp16 weights (conv_weights_f16), then the BatchNorm partials
             let wf = (cout * 9 * cin).div_ceil(2).next_multiple_of(64);
             let part_len = if bn.is_some() && self.epilogue_sums { grid.0 as usize * 4 * cout } else { 0 };
@@ -1032,9 +1078,9 @@ impl Backend for Gpu {
             let part = if part_len > 0 { ws + 4 * wf as u64 } else { 0 };
             let (ni, hi, wi) = (int(xs.n, "batch")?, int(xs.h, "height")?, int(xs.w, "width")?);
             let (ci, co) = (int(cin, "cin")?, int(cout, "cout")?);
-            self.launch1d("conv", "conv_weights_f16", cout * 9 * cin, &[wp, co, ci, ws, 0])?;
+            self.launch1d("conv", "conv_weights_f16", cout * 9 * cin, &[wp, co, ci, ws, 0, 0])?;
             let args = [xp, ni, hi, wi, ci, ws, co, pool as u64, yp, ap, part];
-            self.launch_smem("conv", kernel, grid, (128, 1, 1), smem, &args)?;
+            self.launch_smem("conv", kn.name, grid, (kn.threads, 1, 1), kn.smem, &args)?;
             return match bn {
                 Some((o, eps, mom)) if part != 0 => self.bn_finalize(part, grid.0 as usize, ys, eps, mom, o),
                 Some((o, eps, mom)) => self.bn_from_y(yp, ys, eps, mom, o),
@@ -1308,8 +1354,8 @@ impl Backend for Gpu {
         // wmma: M = cout, N = 9·cin in 64×64 tiles; mma: M = 9·cin in 128-row tiles, N = cout in 64
         // (128 with the wide kernel)
         let k_tile = if mma { 128 } else { 64 };
-        let (wgrad_kernel, _, o_tile, wgrad_smem) = self.mma_kernel("conv3x3_wgrad_mma_f16", cout);
-        let o_tile = if mma { o_tile } else { 64 };
+        let wgrad_kernel = self.mma_kernel("conv3x3_wgrad_mma_f16", cout);
+        let o_tile = if mma { wgrad_kernel.tn } else { 64 };
         let tiles = k.div_ceil(k_tile) * cout.div_ceil(o_tile);
         let target = 4 * self.info.sms.max(1) as usize;
         let slices = target.div_ceil(tiles).clamp(1, p.div_ceil(32).max(1)).min(65535);
@@ -1320,8 +1366,8 @@ impl Backend for Gpu {
         // gradient (unpool_f16) first, for both GEMMs; then the wgrad slices (reduced before the
         // dgrad runs) or the dgrad's epilogue partials.
         let full = if mma && pool { (p * cout).div_ceil(2).next_multiple_of(64) } else { 0 };
-        let (dgrad_kernel, dgrad_tm, dgrad_tn, dgrad_smem) = self.mma_kernel("conv3x3_dgrad_mma_f16", cin);
-        let dgrad_blocks = blocks_of(p.max(1), dgrad_tm)? as usize;
+        let dgrad_kernel = self.mma_kernel("conv3x3_dgrad_mma_f16", cin);
+        let dgrad_blocks = blocks_of(p.max(1), dgrad_kernel.tm)? as usize;
         let epilogue = mma && dap.is_some() && sums.is_some() && self.epilogue_sums;
         let parts = (if slices > 1 { slices * len } else { 0 }).max(if epilogue { dgrad_blocks * 2 * cin } else { 0 });
         let wt = if mma && dap.is_some() { len.div_ceil(2).next_multiple_of(64) } else { 0 };
@@ -1349,7 +1395,8 @@ impl Backend for Gpu {
         let grid = (k.div_ceil(k_tile) as u32, cout.div_ceil(o_tile) as u32, slices as u32);
         if mma {
             let args = [xp, ni, hi, wi, ci, gp, co, out, int(chunk, "pixel chunk")?];
-            self.launch_smem("conv", wgrad_kernel, grid, (128, 1, 1), wgrad_smem, &args)?;
+            let kn = wgrad_kernel;
+            self.launch_smem("conv", kn.name, grid, (kn.threads, 1, 1), kn.smem, &args)?;
         } else {
             let args = [
                 xp,
@@ -1378,12 +1425,15 @@ impl Backend for Gpu {
         if let Some(dap) = dap {
             if p > 0 {
                 if mma {
-                    let grid = (dgrad_blocks as u32, cin.div_ceil(dgrad_tn) as u32, 1);
+                    let kn = dgrad_kernel;
+                    let grid = (dgrad_blocks as u32, cin.div_ceil(kn.tn) as u32, 1);
                     let part = if epilogue { ws_parts } else { 0 };
                     let pr = pre_raw;
-                    self.launch1d("conv", "conv_weights_f16", len, &[wp, co, ci, 0, ws_wt])?;
+                    // the wgmma kernels read the weights K-major: [cin][9·cout]
+                    let kmajor = kn.name.contains("_wgmma") as u64;
+                    self.launch1d("conv", "conv_weights_f16", len, &[wp, co, ci, 0, ws_wt, kmajor])?;
                     let args = [gp, ni, hi, wi, ci, co, ws_wt, dap, x_raw, pr.mean, pr.inv, pr.shift, pr.bn, part];
-                    self.launch_smem("conv", dgrad_kernel, grid, (128, 1, 1), dgrad_smem, &args)?;
+                    self.launch_smem("conv", kn.name, grid, (kn.threads, 1, 1), kn.smem, &args)?;
                     match sums {
                         Some(sp) if part != 0 => self.pre_sums_finalize(part, grid.0 as usize, cin, sp)?,
                         Some(sp) => _ = self.pre_sums(dap, x_raw, xs, pre_raw, Some(sp))?,
@@ -1657,8 +1707,11 @@ mod tests {
             ("conv", "conv3x3_fwd_mma_f16", "PIIIIPIIPPP"),
             ("conv", "conv3x3_dgrad_mma_f16", "PIIIIIPPPPPPIP"),
             ("conv", "conv3x3_wgrad_mma_f16", "PIIIIPIPI"),
+            ("conv", "conv3x3_fwd_wgmma_f16", "PIIIIPIIPPP"),
+            ("conv", "conv3x3_dgrad_wgmma_f16", "PIIIIIPPPPPPIP"),
+            ("conv", "conv3x3_wgrad_wgmma_f16", "PIIIIPIPI"),
             ("conv", "unpool_f16", "PPIIIIP"),
-            ("conv", "conv_weights_f16", "PIIPP"),
+            ("conv", "conv_weights_f16", "PIIPPI"),
             ("conv", "conv3x3_dgrad_f16", "PPIIIIIIPP"),
             ("conv", "conv3x3_wgrad_f16", "PIIIIPPPIPPIIPI"),
             ("conv", "wgrad_reduce_f32", "PIPP"),

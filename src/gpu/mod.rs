@@ -93,17 +93,21 @@ pub struct Gpu {
 /// output channels or for the input gradient the input channels, is ≥ 128, 256×64 for the
 /// forward and input gradient elsewhere; half the shared-memory reads and two thirds of the
 /// copies per MMA, 2 blocks per SM instead of 4; the weight gradient stays 128×64 where N < 128)
-/// or `Wmma` (nvcuda::wmma, 64×64 tiles, every GPU). `Gpu::open` picks
+/// `Wgmma` (compute capability 9.0, from the sm_90a cubin: the forward and input gradient as
+/// warpgroup MMAs, wgmma, on 128-byte-swizzled shared-memory stages: 128×256 tiles where the
+/// GEMM's N is ≥ 128, 256×64 elsewhere, 256×32 for input gradients of ≤ 32 channels; the weight
+/// gradient as on `MmaWide`) or `Wmma` (nvcuda::wmma, 64×64 tiles, every GPU). `Gpu::open` picks
 /// `Mma` where the GPU has it; the environment variable `SPEEDRUN_CONV=wmma` (or `mma`,
-/// `mma128`) overrides.
+/// `mma128`, `wgmma`) overrides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPath {
     Wmma,
     Mma,
     MmaWide,
+    Wgmma,
 }
 
-/// Environment variable that overrides the convolution kernels: `wmma`, `mma` or `mma128`.
+/// Environment variable that overrides the convolution kernels: `wmma`, `mma`, `mma128` or `wgmma`.
 pub const CONV_ENV: &str = "SPEEDRUN_CONV";
 /// Environment variable that turns the mma convs' epilogue sums off (`0`) or on (`1`, default).
 pub const SUMS_ENV: &str = "SPEEDRUN_EPILOGUE_SUMS";
@@ -123,15 +127,20 @@ impl ConvPath {
             ConvPath::Wmma => "wmma",
             ConvPath::Mma => "mma",
             ConvPath::MmaWide => "mma128",
+            ConvPath::Wgmma => "wgmma",
         }
     }
-    /// Whether the path runs the mma.sync kernels (either tile width).
+    /// Whether the path runs the sm_80+ kernels (mma.sync, and on `Wgmma` also wgmma): the
+    /// activated input, the fp16 weight copies, the epilogue sums.
     pub fn is_mma(self) -> bool {
         self != ConvPath::Wmma
     }
-    /// The paths a GPU of compute capability `cc` can run, best first.
+    /// The paths a GPU of compute capability `cc` can run, best first. `Wgmma` needs exactly
+    /// 9.0: its kernels are compiled for sm_90a only (elsewhere they trap).
     pub fn available(cc: (i32, i32)) -> &'static [ConvPath] {
-        if cc.0 >= 8 {
+        if cc == (9, 0) {
+            &[ConvPath::Mma, ConvPath::MmaWide, ConvPath::Wgmma, ConvPath::Wmma]
+        } else if cc.0 >= 8 {
             &[ConvPath::Mma, ConvPath::MmaWide, ConvPath::Wmma]
         } else {
             &[ConvPath::Wmma]
@@ -142,26 +151,25 @@ impl ConvPath {
     pub fn tunable(cc: (i32, i32)) -> Vec<ConvPath> {
         Self::available(cc).iter().copied().filter(|p| p.is_mma()).collect()
     }
-    /// The path named `name` ("wmma", "mma", "mma128").
+    /// The path named `name` ("wmma", "mma", "mma128", "wgmma").
     pub fn named(name: &str) -> Option<ConvPath> {
-        [ConvPath::Wmma, ConvPath::Mma, ConvPath::MmaWide].into_iter().find(|p| p.name() == name)
+        [ConvPath::Wmma, ConvPath::Mma, ConvPath::MmaWide, ConvPath::Wgmma].into_iter().find(|p| p.name() == name)
     }
     /// The path for `cc`, given the value of [`CONV_ENV`] (None: unset); an unknown name or a
     /// path the GPU lacks is an error.
     pub fn choose(cc: (i32, i32), env: Option<&str>) -> Result<ConvPath> {
         let have = Self::available(cc);
         let Some(v) = env.map(str::trim).filter(|v| !v.is_empty()) else { return Ok(have[0]) };
-        let want = match v {
-            "wmma" => ConvPath::Wmma,
-            "mma" => ConvPath::Mma,
-            "mma128" => ConvPath::MmaWide,
-            _ => return Err(Error::Gpu(format!("{CONV_ENV}={v:?}: expected \"wmma\", \"mma\" or \"mma128\""))),
+        let Some(want) = Self::named(v) else {
+            return Err(Error::Gpu(format!("{CONV_ENV}={v:?}: expected \"wmma\", \"mma\", \"mma128\" or \"wgmma\"")));
         };
         if !have.contains(&want) {
-            return Err(Error::Gpu(format!(
-                "{CONV_ENV}={v} needs compute capability 8.0 or newer; this GPU is sm_{}{}",
-                cc.0, cc.1
-            )));
+            let need = if want == ConvPath::Wgmma {
+                "compute capability 9.0 (H100, H200)"
+            } else {
+                "compute capability 8.0 or newer"
+            };
+            return Err(Error::Gpu(format!("{CONV_ENV}={v} needs {need}; this GPU is sm_{}{}", cc.0, cc.1)));
         }
         Ok(want)
     }

@@ -242,7 +242,7 @@ fn open_without_driver() {
 /// clear errors for an unknown name or a path the GPU lacks.
 #[test]
 fn conv_path_choice() {
-    use super::ConvPath::{Mma, MmaWide, Wmma};
+    use super::ConvPath::{Mma, MmaWide, Wgmma, Wmma};
     use super::{ConvPath, CONV_ENV};
     assert_eq!(ConvPath::choose((9, 0), None).unwrap(), Mma);
     assert_eq!(ConvPath::choose((8, 0), Some("")).unwrap(), Mma);
@@ -255,11 +255,20 @@ fn conv_path_choice() {
     let e = ConvPath::choose((9, 0), Some("cutlass")).unwrap_err().to_string();
     assert!(e.contains("cutlass") && e.contains("wmma"), "{e}");
     assert_eq!(ConvPath::available((7, 0)), &[Wmma]);
-    assert_eq!(ConvPath::available((9, 0)), &[Mma, MmaWide, Wmma]);
+    assert_eq!(ConvPath::available((9, 0)), &[Mma, MmaWide, Wgmma, Wmma]);
+    assert_eq!(ConvPath::available((8, 9)), &[Mma, MmaWide, Wmma]);
+    assert_eq!(ConvPath::tunable((9, 0)), [Mma, MmaWide, Wgmma]);
+    assert_eq!(ConvPath::choose((9, 0), Some("wgmma")).unwrap(), Wgmma);
+    assert_eq!(ConvPath::named("wgmma"), Some(Wgmma));
+    // wgmma is sm_90a code: not on 8.x, nor on a newer major (the PTX has no wgmma)
+    for cc in [(8, 9), (10, 0)] {
+        let e = ConvPath::choose(cc, Some("wgmma")).unwrap_err().to_string();
+        assert!(e.contains("wgmma") && e.contains("9.0"), "{e}");
+    }
     assert_eq!(ConvPath::choose((8, 0), Some("mma128")).unwrap(), MmaWide);
     let e = ConvPath::choose((7, 5), Some("mma128")).unwrap_err().to_string();
     assert!(e.contains("mma128") && e.contains("8.0") && e.contains("sm_75"), "{e}");
-    assert!(Mma.is_mma() && MmaWide.is_mma() && !Wmma.is_mma());
+    assert!(Mma.is_mma() && MmaWide.is_mma() && Wgmma.is_mma() && !Wmma.is_mma());
 }
 
 /// The host launches the wide convs with the dynamic shared memory the kernels' tiles need.
@@ -270,6 +279,9 @@ fn wide_conv_smem_matches_kernels() {
         format!("#define MMA_WIDE_SMEM {}\n", super::backend::WIDE_SMEM),
         format!("#define MMA_TALL_SMEM {}\n", super::backend::TALL_SMEM),
         format!("#define MMA_TALL32_SMEM {}\n", super::backend::TALL32_SMEM),
+        format!("#define WG_WIDE_SMEM {}\n", super::backend::WG_WIDE_SMEM),
+        format!("#define WG_TALL_SMEM {}\n", super::backend::WG_TALL_SMEM),
+        format!("#define WG_TALL32_SMEM {}\n", super::backend::WG_TALL32_SMEM),
     ] {
         assert!(src.contains(&line), "kernels/conv.cu lacks {line:?}");
     }
@@ -336,7 +348,11 @@ fn epilogue_sums_off_gives_the_same_statistics() {
 /// the same chain of m16n8k16 steps in the same order); the epilogue sums over a 256-row tile
 /// are grouped differently, so the BatchNorm statistics and the input gradient's sums agree to
 /// rounding. The weight gradient's pixel slices depend on the tile count, but 72 pixels clamp
-/// both paths to the same 3 slices, so dw too is compared bit for bit.
+/// both paths to the same 3 slices, so dw too is compared bit for bit. Where the GPU has the
+/// `wgmma` path (compute capability 9.0; the emulated driver reports 9.0, and the emulated wgmma
+/// sums each output's k16 steps in the same order), the same for its kernels: 128×256 tiles
+/// where N ≥ 128 (the weight gradient's too: its slices, fewer tiles, may differ, but 72 pixels
+/// still clamp to 3), 256×64 (256×32) elsewhere, the weight gradient with N < 128 as on mma128.
 #[test]
 #[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
 fn wide_convs_equal_narrow_ones() {
@@ -373,27 +389,41 @@ fn wide_convs_equal_narrow_ones() {
             (outs, g.download_bytes(&am).unwrap(), names)
         };
         let (narrow, am0, names0) = run(&mut gpu);
-        let (wide, am1, names1) = gpu.with_conv_path(ConvPath::MmaWide, |g| run(g));
+        assert!(names0.iter().all(|n| !n.contains("wide") && !n.contains("tall")), "{cin}->{cout}: {names0:?}");
         let want: &[&str] = match cin {
             16 => &["conv3x3_dgrad_mma_tall32_f16", "conv3x3_fwd_mma_wide_f16", "conv3x3_wgrad_mma_wide_f16"],
             136 => &["conv3x3_dgrad_mma_wide_f16", "conv3x3_fwd_mma_tall_f16", "conv3x3_wgrad_mma_f16"],
             _ => &["conv3x3_dgrad_mma_tall_f16", "conv3x3_fwd_mma_tall_f16", "conv3x3_wgrad_mma_f16"],
         };
-        assert_eq!(names1, want, "{cin}->{cout}: kernels on the mma128 path");
-        assert!(names0.iter().all(|n| !n.contains("wide") && !n.contains("tall")), "{cin}->{cout}: {names0:?}");
-        assert_eq!(am0, am1, "{cin}->{cout}: argmax");
-        let outs = ["y", "bn", "running mean", "running var", "dw", "da", "da sums"];
-        for (k, (a, b)) in outs.iter().zip(narrow.iter().zip(&wide)) {
-            assert!(a.iter().all(|v| v.is_finite()), "{cin}->{cout} {k}: not finite");
-            // sums over the tile's rows: f64 for the statistics, f32 for the input gradient's
-            let tol = match *k {
-                "bn" | "running mean" | "running var" => 1e-6,
-                "da sums" => 1e-4,
-                _ => 0.0,
-            };
-            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-            let worst = a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
-            assert!(worst <= tol * scale, "{cin}->{cout} {k}: mma128 differs from mma by {worst} (scale {scale})");
+        // the wgmma path (compute capability 9.0 only; the emulated driver reports 9.0): its
+        // kernels where it has one, the weight gradient of 16 channels as on mma128
+        let want_wg: &[&str] = match cin {
+            16 => &["conv3x3_dgrad_wgmma_tall32_f16", "conv3x3_fwd_wgmma_f16", "conv3x3_wgrad_wgmma_f16"],
+            136 => &["conv3x3_dgrad_wgmma_f16", "conv3x3_fwd_wgmma_tall_f16", "conv3x3_wgrad_mma_f16"],
+            _ => &["conv3x3_dgrad_wgmma_tall_f16", "conv3x3_fwd_wgmma_tall_f16", "conv3x3_wgrad_mma_f16"],
+        };
+        let mut paths = vec![(ConvPath::MmaWide, want)];
+        if ConvPath::available(gpu.info.cc).contains(&ConvPath::Wgmma) {
+            paths.push((ConvPath::Wgmma, want_wg));
+        }
+        for (path, want) in paths {
+            let (wide, am1, names1) = gpu.with_conv_path(path, |g| run(g));
+            let p = path.name();
+            assert_eq!(names1, want, "{cin}->{cout}: kernels on the {p} path");
+            assert_eq!(am0, am1, "{cin}->{cout}: argmax ({p})");
+            let outs = ["y", "bn", "running mean", "running var", "dw", "da", "da sums"];
+            for (k, (a, b)) in outs.iter().zip(narrow.iter().zip(&wide)) {
+                assert!(a.iter().all(|v| v.is_finite()), "{cin}->{cout} {k}: not finite");
+                // sums over the tile's rows: f64 for the statistics, f32 for the input gradient's
+                let tol = match *k {
+                    "bn" | "running mean" | "running var" => 1e-6,
+                    "da sums" => 1e-4,
+                    _ => 0.0,
+                };
+                let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+                let worst = a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+                assert!(worst <= tol * scale, "{cin}->{cout} {k}: {p} differs from mma by {worst} (scale {scale})");
+            }
         }
     }
 }

@@ -165,3 +165,126 @@ template <int N> inline void cp_async_wait() {
         s.groups.erase(s.groups.begin());
     }
 }
+
+// ---- sm_90a: wgmma.mma_async (m64nNk16, f32 += f16·f16, operands K-major or MN-major in shared
+// memory, 128-byte swizzle) with its fences, commit and wait, as kernels/common.cuh wraps them.
+//
+// Shared addresses are offsets into the block's dynamic shared memory plus EMU_SMEM_BASE, a base
+// that is deliberately not 1024-byte aligned (kernels must align their swizzle atoms at run time,
+// as on a GPU where the dynamic window need not start on 1 KB). A wgmma is recorded at issue and
+// computed at the wgmma_wait that retires its group, reading shared memory then: a stage
+// overwritten before the wait (or a cp.async that has not landed: NaN) gives wrong numbers here.
+// Each thread computes its own accumulators from shared memory through the descriptor (start
+// address, SBO, swizzle decoded as the PTX ISA describes the K-major 128B-swizzle layout), with
+// the fragment layout of D: thread t of the warpgroup, warp w = t/32, g = lane/4, q = lane%4,
+// holds d[4j + 2h + e] = D(16w + g + 8h, 8j + 2q + e). Sums run k = 0..15 in order from d, as
+// mma_16816 above, so a wgmma kernel's results equal an mma.sync kernel's bit for bit.
+unsigned char* emu_dyn_smem();
+constexpr unsigned EMU_SMEM_BASE = 0x410;
+constexpr unsigned EMU_SMEM_BYTES = 232448;
+inline unsigned smem_u32(const void* p) {
+    const long long off = (const unsigned char*)p - emu_dyn_smem();
+    assert(off >= 0 && off < (long long)EMU_SMEM_BYTES && "smem_u32: not in the dynamic shared memory");
+    return (unsigned)off + EMU_SMEM_BASE;
+}
+inline unsigned long long wgmma_desc(unsigned addr, unsigned lbo = 16, unsigned sbo = 1024) {
+    return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
+           ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
+}
+struct EmuWgmma {
+    float* d;
+    unsigned long long da, db;
+    int n, scale_d, ta, tb;
+};
+struct EmuWgState {
+    std::vector<EmuWgmma> open;
+    std::vector<std::vector<EmuWgmma>> groups;
+    bool fenced = false;  // wgmma_fence since the last commit
+};
+inline EmuWgState& emu_wg_state() {
+#ifdef EMU_FIBERS
+    static thread_local EmuWgState s[1024];
+    return s[emu_tid()];
+#else
+    static thread_local EmuWgState s;
+    return s;
+#endif
+}
+inline void fence_proxy_async() {}
+inline void wgmma_fence() { emu_wg_state().fenced = true; }
+template <int R> inline void wgmma_fence_regs(float*) {}
+template <int N, int TA = 0, int TB = 0>
+inline void wgmma_f16(float* d, unsigned long long da, unsigned long long db, int scale_d) {
+    static_assert(N == 32 || N == 64 || N == 256, "wgmma_f16: N is 32, 64 or 256");
+    auto& s = emu_wg_state();
+    assert(s.fenced && "wgmma without a wgmma_fence before it");
+    assert(blockDim.x % 128 == 0 && blockDim.y == 1 && blockDim.z == 1 && "wgmma: whole warpgroups");
+    s.open.push_back({d, da, db, N, scale_d, TA, TB});
+}
+inline void wgmma_commit() {
+    auto& s = emu_wg_state();
+    s.groups.push_back(std::move(s.open));
+    s.open.clear();
+    s.fenced = false;
+}
+// An operand's descriptor, checked once per wgmma: element (r, k) (r < rows, k < 16) is K-major
+// (mn = 0: rows of 128 B along K, 8-row atoms SBO apart) or MN-major (mn = 1: CUTLASS's canonical
+// ((8 fp16, 8 chunks, M/64 blocks), (8 k, K/8 groups)) : ((1, 8, LBO), (128 B, SBO)), i.e. k rows
+// of 128 bytes holding 64 consecutive r, 64-wide r blocks LBO apart, 8-deep k groups SBO apart),
+// then swizzled: 16-byte chunk bits 4-6 of the shared address XOR its bits 7-9.
+struct EmuWgOperand {
+    const unsigned char* base;  // host address of shared address 0
+    unsigned start, lbo, sbo;
+    int mn;
+    EmuWgOperand(unsigned long long desc, int mn_, int rows) : mn(mn_) {
+        start = (unsigned)(desc & 0x3FFF) << 4;
+        lbo = (unsigned)((desc >> 16) & 0x3FFF) << 4;
+        sbo = (unsigned)((desc >> 32) & 0x3FFF) << 4;
+        base = emu_dyn_smem() - EMU_SMEM_BASE;
+        assert((desc >> 62) == 1 && "emulated wgmma: only the 128-byte swizzle");
+        assert(((desc >> 49) & 7) == 0 && "emulated wgmma: base offset 0");
+        assert(((start >> 7) & 7) == 0 && "wgmma operand: the 8-row atom must start on a 1024-byte boundary");
+        if (!mn) assert(lbo == 16 && sbo == 1024 && "emulated wgmma, K-major: LBO 16 (unused), SBO 1024");
+        else assert((start & 1023) == 0 && lbo % 1024 == 0 && sbo % 1024 == 0 && "emulated wgmma, MN-major: whole atoms");
+        // the atoms' extent (swizzling stays inside an atom): first and last byte in shared memory
+        const unsigned last = mn ? start + (unsigned)((rows - 1) / 64) * lbo + sbo + 1024
+                                 : start + (unsigned)((rows - 1) / 8) * sbo + 1024;
+        assert(start >= EMU_SMEM_BASE && last <= EMU_SMEM_BASE + EMU_SMEM_BYTES && "wgmma operand outside shared memory");
+        (void)last;
+    }
+    float at(int r, int k) const {
+        const unsigned logical = mn ? start + (unsigned)(r / 64) * lbo + (unsigned)(k / 8) * sbo + (unsigned)(k % 8) * 128 +
+                                          2u * (unsigned)(r % 64)
+                                    : start + (unsigned)(r / 8) * sbo + (unsigned)(r % 8) * 128 + 2u * (unsigned)k;
+        const unsigned phys = logical ^ (((logical >> 7) & 7u) << 4);
+        half h;
+        memcpy(&h, base + phys, 2);
+        return (float)h;
+    }
+};
+inline void emu_wgmma_run(const EmuWgmma& op) {
+    const int t = emu_tid() % 128, w = t / 32, l = t % 32, g = l / 4, q = l % 4;
+    const EmuWgOperand A(op.da, op.ta, 64), B(op.db, op.tb, op.n);
+    float a[2][16];
+    for (int h = 0; h < 2; h++)
+        for (int k = 0; k < 16; k++) a[h][k] = A.at(16 * w + g + 8 * h, k);
+    for (int j = 0; j < op.n / 8; j++)
+        for (int e = 0; e < 2; e++) {
+            float b[16];
+            for (int k = 0; k < 16; k++) b[k] = B.at(8 * j + 2 * q + e, k);
+            for (int h = 0; h < 2; h++) {
+                float& dv = op.d[4 * j + 2 * h + e];
+                float s = op.scale_d ? dv : 0.f;
+                for (int k = 0; k < 16; k++) s += a[h][k] * b[k];
+                dv = s;
+            }
+        }
+}
+template <int N> inline void wgmma_wait() {
+    auto& s = emu_wg_state();
+    assert(s.open.empty() && "wgmma_wait with uncommitted wgmma (they would not be waited for)");
+    while ((int)s.groups.size() > N) {
+        for (const auto& op : s.groups.front()) emu_wgmma_run(op);
+        s.groups.erase(s.groups.begin());
+    }
+}
