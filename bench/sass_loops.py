@@ -16,8 +16,9 @@ import sys
 def hot_path(body):
     """One iteration of a loop whose body holds rarely taken blocks (a tile's set-up, its
     epilogue): over the paths from the loop head to its back edge, taking forward branches only
-    (an inner loop's body counts once), the one with the most HMMA, then the most LDGSTS, then
-    the fewest instructions. Returns (HMMA, LDGSTS, instructions) of that path."""
+    (an inner loop's body counts once), the one with the most HMMA (mma.sync) or HGMMA (wgmma),
+    then the most LDGSTS, then the fewest instructions. Returns (MMAs, LDGSTS, instructions) of
+    that path."""
     addr = [a for a, _ in body]
     at = {a: i for i, a in enumerate(addr)}
     best = [None] * (len(body) + 1)
@@ -25,7 +26,7 @@ def hot_path(body):
     for i in range(len(body) - 1, -1, -1):
         s = body[i][1]
         op = re.sub(r"^@!?U?P\w+\s+", "", s).split()[0]
-        me = (1 if op.startswith("HMMA") else 0, 1 if op.startswith("LDGSTS") else 0)
+        me = (1 if op.startswith(("HMMA", "HGMMA")) else 0, 1 if op.startswith("LDGSTS") else 0)
         succ = []
         m = re.search(r"BRA.*?(0x[0-9a-f]+)", s)
         cond = s.lstrip().startswith("@")
@@ -64,7 +65,8 @@ def main():
                 ins.append((int(m.group(1), 16), m.group(2)))
         at = {a: i for i, (a, _) in enumerate(ins)}
         hmma = sum("HMMA" in s for _, s in ins)
-        print(f"{name}: {len(ins)} instructions, {hmma} HMMA")
+        hgmma = sum("HGMMA" in s for _, s in ins)
+        print(f"{name}: {len(ins)} instructions, {hmma} HMMA" + (f", {hgmma} HGMMA" if hgmma else ""))
         for i, (a, s) in enumerate(ins):
             m = re.search(r"BRA.*?(0x[0-9a-f]+)", s)
             if not m:
@@ -73,13 +75,15 @@ def main():
             if t < a and t in at and i + 1 - at[t] >= 10:
                 body = ins[at[t] : i + 1]
                 ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", x).split()[0].split(".")[0] for _, x in body)
-                print(f"  loop {t:#x}-{a:#x}: {len(body)} instructions; HMMA {ops['HMMA']} LDSM {ops['LDSM']} "
+                print(f"  loop {t:#x}-{a:#x}: {len(body)} instructions; HMMA {ops['HMMA']} HGMMA {ops['HGMMA']} "
+                      f"LDSM {ops['LDSM']} "
                       f"LDGSTS {ops['LDGSTS']} LDG {ops['LDG']} STS {ops['STS']} BAR {ops['BAR']}; "
                       f"most: {ops.most_common(8)}")
-                if ops["HMMA"]:
+                if ops["HMMA"] or ops["HGMMA"]:
                     h, g, n = hot_path(body)
-                    print(f"    hot path (most HMMA, then most LDGSTS, then fewest instructions; inner loops "
-                          f"once): {n} instructions, HMMA {h} LDGSTS {g}")
+                    kind = "HMMA" if ops["HMMA"] else "HGMMA"
+                    print(f"    hot path (most HMMA/HGMMA, then most LDGSTS, then fewest instructions; inner "
+                          f"loops once): {n} instructions, {kind} {h} LDGSTS {g}")
 
 
 if __name__ == "__main__":
