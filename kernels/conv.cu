@@ -1178,7 +1178,8 @@ extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_dgrad_mma_tall32_f1
 // WG warpgroups, TN columns. Launched only on compute capability 9.0 from the sm_90a cubin
 // (`ConvPath::Wgmma` in src/gpu/mod.rs), only with an activated input (bn = 2). Exported:
 // conv3x3_{fwd,dgrad,wgrad}_wgmma_f16 (128×256 tiles), conv3x3_{fwd,dgrad}_wgmma_tall_f16
-// (256×64), conv3x3_dgrad_wgmma_tall32_f16 (256×32); same parameters as the mma kernels.
+// (256×64), conv3x3_dgrad_wgmma_tall32_f16 (256×32), conv3x3_wgrad_wgmma_narrow_f16 (128×64);
+// same parameters as the mma kernels.
 #define WK 64
 #define WSTAGES 4
 // Bytes of dynamic shared memory (the host passes them: WG_WIDE_SMEM, WG_TALL_SMEM,
@@ -1186,6 +1187,7 @@ extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_dgrad_mma_tall32_f1
 #define WG_WIDE_SMEM 197632
 #define WG_TALL_SMEM 164864
 #define WG_TALL32_SMEM 148480
+#define WG_NARROW_SMEM 99328
 
 template <int WG_, int TN_> struct WgTile {
     static constexpr int WG = WG_, THREADS = 128 * WG_, TM = 64 * WG_, TN = TN_;
@@ -1201,7 +1203,9 @@ template <int WG_, int TN_> struct WgTile {
 using WgWide = WgTile<2, 256>;  // 128×256 (cout or cin 256), WG_WIDE_SMEM
 using WgTall = WgTile<4, 64>;   // 256×64, WG_TALL_SMEM
 using WgTall32 = WgTile<4, 32>; // 256×32 (input gradients of ≤ 32 channels), WG_TALL32_SMEM
-static_assert(WgWide::SMEM == WG_WIDE_SMEM && WgTall::SMEM == WG_TALL_SMEM && WgTall32::SMEM == WG_TALL32_SMEM,
+using WgNarrow = WgTile<2, 64>; // 128×64 (weight gradients of 64 output channels), WG_NARROW_SMEM: 2 blocks per SM
+static_assert(WgWide::SMEM == WG_WIDE_SMEM && WgTall::SMEM == WG_TALL_SMEM && WgTall32::SMEM == WG_TALL32_SMEM &&
+                  WgNarrow::SMEM == WG_NARROW_SMEM,
               "WG_*_SMEM");
 
 // The stages: the first 1024-byte aligned shared address in the dynamic buffer (the swizzle
@@ -1361,13 +1365,14 @@ __device__ __forceinline__ void conv_dgrad_wg(const half* __restrict__ g, int N,
 // M = 9·cin, N = cout, K = pixels) on wgmma, both operands MN-major as they lie in memory: A's
 // k row (pixel p) holds kw = m0..m0+TM−1, i.e. a at the pixel p + off(tap) (8 channels of one
 // tap per copy), B's k row holds g[p][o0..o0+TN−1]. grid (ceil(9·cin/TM), ceil(cout/TN),
-// slices), block THREADS (256: TM = 128, TN = 256).
+// slices), block THREADS (256: TM = 128, TN = 256 or 64).
 template <class Tl>
 __device__ __forceinline__ void conv_wgrad_wg(const half* __restrict__ a, int N, int H, int W, int cin,
                                               const half* __restrict__ g, int cout, float* __restrict__ out, int chunk,
                                               half* smem) {
     static_assert(Tl::TM == 128 && Tl::THREADS == 256 && Tl::TN % 64 == 0, "wgrad copy mapping");
-    constexpr int AB = Tl::TM / 64, BB = Tl::TN / 64, NB = Tl::TN / 32;  // column blocks; B rows per thread
+    // column blocks of A and B; B: chunks per k row, k rows per pass of the block, passes
+    constexpr int AB = Tl::TM / 64, BB = Tl::TN / 64, CPR = Tl::TN / 8, RPP = Tl::THREADS / CPR, NB = WK / RPP;
     unsigned char* st = wg_stages(smem);
     const int tid = threadIdx.x, K = 9 * cin;
     const long long P = (long long)N * H * W;
@@ -1382,10 +1387,10 @@ __device__ __forceinline__ void conv_wgrad_wg(const half* __restrict__ a, int N,
     const int ody = tap / 3 - 1, odx = tap % 3 - 1, coff = (ody * W + odx) * cin + ci;
     // byte offsets in a stage: k row r = ar + 16i is in k group r / 8 = ar / 8 + 2i, atom row r % 8
     const unsigned adst = ((ar >> 3) * AB + (ac >> 3)) * 1024 + (ar & 7) * 128 + (((ac & 7) ^ (ar & 7)) << 4);
-    // B: 8 columns o = o0 + 8·bc of k rows br + 8i (i < NB)
-    const int bc = tid & 31, br = tid >> 5;
+    // B: 8 columns o = o0 + 8·bc of k rows br + RPP·i (i < NB; RPP a multiple of 8)
+    const int bc = tid % CPR, br = tid / CPR;
     const bool ook = o0 + 8 * bc < cout;
-    const unsigned bdst = (bc >> 3) * 1024 + br * 128 + (((bc & 7) ^ br) << 4);
+    const unsigned bdst = ((br >> 3) * BB + (bc >> 3)) * 1024 + (br & 7) * 128 + (((bc & 7) ^ (br & 7)) << 4);
     // the A rows' pixels as (y, x), moved WK pixels per issue as conv_wgrad_mma moves them by MK
     int ry[4], rx[4];
     {
@@ -1417,9 +1422,9 @@ __device__ __forceinline__ void conv_wgrad_wg(const half* __restrict__ a, int N,
         }
 #pragma unroll
         for (int i = 0; i < NB; i++) {
-            const int p = pb + br + 8 * i;
+            const int p = pb + br + RPP * i;
             const bool ok = ook && p < pend;
-            cp_async16(reinterpret_cast<half*>(bs + bdst + i * BB * 1024),
+            cp_async16(reinterpret_cast<half*>(bs + bdst + i * (RPP / 8) * BB * 1024),
                        g + (ok ? (unsigned)(p * cout + o0 + 8 * bc) : 0u), ok ? 16 : 0);
         }
     };
@@ -1473,6 +1478,14 @@ extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_wgrad_wgmma_f16(CON
 #if ARCH_SM90A
     extern __shared__ half conv_smem[];
     conv_wgrad_wg<WgWide>(a, N, H, W, cin, g, cout, out, chunk, conv_smem);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_wgrad_wgmma_narrow_f16(CONV_WGRAD_PARAMS) {
+#if ARCH_SM90A
+    extern __shared__ half conv_smem[];
+    conv_wgrad_wg<WgNarrow>(a, N, H, W, cin, g, cout, out, chunk, conv_smem);
 #else
     __trap();
 #endif

@@ -256,13 +256,17 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
             printf("  wgrad mma wide (128x128 tiles) bit-identical: %s\n", same3 ? "PASS" : "FAIL");
             fails += !same3;
         }
-        {  // the sm_90a kernel (128×256 tiles, both operands MN-major), same slices: bit for bit
+        // the sm_90a kernels (128×256 and 128×64 tiles, both operands MN-major), same slices: bit
+        // for bit
+        using Wgrad = void (*)(const half*, int, int, int, int, const half*, int, float*, int);
+        for (auto [kernel, tn, tile] : {std::tuple<Wgrad, int, const char*>{conv3x3_wgrad_wgmma_f16, 256, "128x256"},
+                                        {conv3x3_wgrad_wgmma_narrow_f16, 64, "128x64"}}) {
             std::vector<float> out4(slices == 1 ? dw2.size() : part2.size(), NAN);
-            dim3 gw{gm.x, (unsigned)((cout + 255) / 256), (unsigned)slices};
-            launch(gw, dim3{256, 1, 1}, [&] { conv3x3_wgrad_wgmma_f16(ah.data(), N, H, W, cin, gfull.data(), cout, out4.data(), (int)chunk); });
+            dim3 gw{gm.x, (unsigned)((cout + tn - 1) / tn), (unsigned)slices};
+            launch(gw, dim3{256, 1, 1}, [&] { kernel(ah.data(), N, H, W, cin, gfull.data(), cout, out4.data(), (int)chunk); });
             const std::vector<float>& want = slices == 1 ? dw2 : part2;
             int same4 = memcmp(out4.data(), want.data(), want.size() * 4) == 0;
-            printf("  wgrad wgmma (128x256 tiles, MN-major operands) bit-identical: %s\n", same4 ? "PASS" : "FAIL");
+            printf("  wgrad wgmma (%s tiles, MN-major operands) bit-identical: %s\n", tile, same4 ? "PASS" : "FAIL");
             fails += !same4;
         }
     }

@@ -5,6 +5,7 @@
 #include "cuda_fp16.h"
 #include <cstdio>
 #include <random>
+#include <tuple>
 #ifndef TEST_SEED
 #error "define TEST_SEED before including testlib.h"
 #endif

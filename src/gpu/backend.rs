@@ -281,10 +281,11 @@ pub(super) const TALL_SMEM: u32 = 76800;
 pub(super) const TALL32_SMEM: u32 = 69120;
 /// Dynamic shared memory of the wgmma convs (`WG_*_SMEM` in kernels/conv.cu: 4 stages of A and B
 /// rows of 128 bytes, + 1 KB to align them): 128×256 tiles (256 threads), 256×64 and 256×32
-/// (512 threads).
+/// (512 threads), 128×64 (256 threads, the weight gradient of 64 output channels).
 pub(super) const WG_WIDE_SMEM: u32 = 197632;
 pub(super) const WG_TALL_SMEM: u32 = 164864;
 pub(super) const WG_TALL32_SMEM: u32 = 148480;
+pub(super) const WG_NARROW_SMEM: u32 = 99328;
 
 /// An sm_80+ conv kernel as `Gpu::mma_kernel` picks it: name, block tile (rows × columns),
 /// dynamic shared memory, threads per block.
@@ -532,21 +533,29 @@ impl Gpu {
     /// n ≥ 128, else the 256×64 one where there is one (`_mma_tall_`: forward and input gradient,
     /// [`TALL_SMEM`]; for an input gradient of ≤ 32 channels, layer 0's 24, the 256×32
     /// `_mma_tall32_`, [`TALL32_SMEM`]); otherwise the 128×64 kernel. On `ConvPath::Wgmma` the
-    /// wgmma kernels of the same choice where there is one (`_wgmma_`: 128×256, all three GEMMs;
-    /// `_wgmma_tall_`: 256×64, forward and input gradient; `_wgmma_tall32_`: 256×32, input
-    /// gradient), else `MmaWide`'s (the weight gradient with n < 128).
+    /// wgmma kernels (`_wgmma_`: 128×256 where n ≥ 128, all three GEMMs; `_wgmma_tall_`: 256×64
+    /// for the forward and input gradient with n < 128; `_wgmma_tall32_`: 256×32 for an input
+    /// gradient with n ≤ 32; `_wgmma_narrow_`: 128×64 for a weight gradient with 32 < n < 128),
+    /// else `MmaWide`'s (a weight gradient of ≤ 32 output channels).
     fn mma_kernel(&self, base: &'static str, n: usize) -> MmaKernel {
-        // per GEMM: the mma kernels (128×64, 128×128, 256×64, 256×32), then the wgmma ones
-        // (128×256, 256×64, 256×32); None where a GEMM has no such kernel
-        type Kernels =
-            (&'static str, &'static str, Option<&'static str>, Option<&'static str>, [Option<&'static str>; 3]);
+        const fn k(name: &'static str, tm: usize, tn: usize, smem: u32, threads: u32) -> MmaKernel {
+            MmaKernel { name, tm, tn, smem, threads }
+        }
+        // per GEMM: the mma kernels (128×64, 128×128, 256×64, 256×32), then the wgmma ones for
+        // n ≥ 128, for 32 < n < 128, for n ≤ 32 (None: that GEMM has none, mma128's choice)
+        type Wg = [Option<MmaKernel>; 3];
+        type Kernels = (&'static str, &'static str, Option<&'static str>, Option<&'static str>, Wg);
         const KERNELS: [Kernels; 3] = [
             (
                 "conv3x3_fwd_mma_f16",
                 "conv3x3_fwd_mma_wide_f16",
                 Some("conv3x3_fwd_mma_tall_f16"),
                 None,
-                [Some("conv3x3_fwd_wgmma_f16"), Some("conv3x3_fwd_wgmma_tall_f16"), None],
+                [
+                    Some(k("conv3x3_fwd_wgmma_f16", 128, 256, WG_WIDE_SMEM, 256)),
+                    Some(k("conv3x3_fwd_wgmma_tall_f16", 256, 64, WG_TALL_SMEM, 512)),
+                    Some(k("conv3x3_fwd_wgmma_tall_f16", 256, 64, WG_TALL_SMEM, 512)),
+                ],
             ),
             (
                 "conv3x3_dgrad_mma_f16",
@@ -554,9 +563,9 @@ impl Gpu {
                 Some("conv3x3_dgrad_mma_tall_f16"),
                 Some("conv3x3_dgrad_mma_tall32_f16"),
                 [
-                    Some("conv3x3_dgrad_wgmma_f16"),
-                    Some("conv3x3_dgrad_wgmma_tall_f16"),
-                    Some("conv3x3_dgrad_wgmma_tall32_f16"),
+                    Some(k("conv3x3_dgrad_wgmma_f16", 128, 256, WG_WIDE_SMEM, 256)),
+                    Some(k("conv3x3_dgrad_wgmma_tall_f16", 256, 64, WG_TALL_SMEM, 512)),
+                    Some(k("conv3x3_dgrad_wgmma_tall32_f16", 256, 32, WG_TALL32_SMEM, 512)),
                 ],
             ),
             (
@@ -564,18 +573,27 @@ impl Gpu {
                 "conv3x3_wgrad_mma_wide_f16",
                 None,
                 None,
-                [Some("conv3x3_wgrad_wgmma_f16"), None, None],
+                [
+                    Some(k("conv3x3_wgrad_wgmma_f16", 128, 256, WG_WIDE_SMEM, 256)),
+                    Some(k("conv3x3_wgrad_wgmma_narrow_f16", 128, 64, WG_NARROW_SMEM, 256)),
+                    None,
+                ],
             ),
         ];
         let (narrow, wide, tall, tall32, wg) = KERNELS.into_iter().find(|k| k.0 == base).expect("an mma conv kernel");
-        let k = |name, tm, tn, smem, threads| MmaKernel { name, tm, tn, smem, threads };
         match self.conv_path {
-            ConvPath::Wgmma => match (n >= 128, wg) {
-                (true, [Some(w), _, _]) => return k(w, 128, 256, WG_WIDE_SMEM, 256),
-                (false, [_, _, Some(t)]) if n <= 32 => return k(t, 256, 32, WG_TALL32_SMEM, 512),
-                (false, [_, Some(t), _]) => return k(t, 256, 64, WG_TALL_SMEM, 512),
-                _ => {} // as on mma128
-            },
+            ConvPath::Wgmma => {
+                let slot = if n >= 128 {
+                    0
+                } else if n > 32 {
+                    1
+                } else {
+                    2
+                };
+                if let Some(kn) = wg[slot] {
+                    return kn;
+                }
+            }
             ConvPath::MmaWide => {}
             _ => return k(narrow, 128, 64, 0, 128),
         }
@@ -1710,6 +1728,7 @@ mod tests {
             ("conv", "conv3x3_fwd_wgmma_f16", "PIIIIPIIPPP"),
             ("conv", "conv3x3_dgrad_wgmma_f16", "PIIIIIPPPPPPIP"),
             ("conv", "conv3x3_wgrad_wgmma_f16", "PIIIIPIPI"),
+            ("conv", "conv3x3_wgrad_wgmma_narrow_f16", "PIIIIPIPI"),
             ("conv", "unpool_f16", "PPIIIIP"),
             ("conv", "conv_weights_f16", "PIIPPI"),
             ("conv", "conv3x3_dgrad_f16", "PPIIIIIIPP"),

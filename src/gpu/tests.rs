@@ -282,6 +282,7 @@ fn wide_conv_smem_matches_kernels() {
         format!("#define WG_WIDE_SMEM {}\n", super::backend::WG_WIDE_SMEM),
         format!("#define WG_TALL_SMEM {}\n", super::backend::WG_TALL_SMEM),
         format!("#define WG_TALL32_SMEM {}\n", super::backend::WG_TALL32_SMEM),
+        format!("#define WG_NARROW_SMEM {}\n", super::backend::WG_NARROW_SMEM),
     ] {
         assert!(src.contains(&line), "kernels/conv.cu lacks {line:?}");
     }
@@ -359,7 +360,7 @@ fn wide_convs_equal_narrow_ones() {
     use crate::backend::{Backend, BnStats, Pre, Shape};
     let _device = device_test_lock();
     let Some(mut gpu) = open_mma() else { return };
-    for (cin, cout, pool) in [(16, 136, true), (136, 16, false), (40, 16, false)] {
+    for (cin, cout, pool) in [(16, 136, true), (136, 16, false), (40, 48, false)] {
         let xs = Shape::new(2, 6, 6, cin);
         let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
         let (x, w, shift) = (
@@ -400,7 +401,7 @@ fn wide_convs_equal_narrow_ones() {
         let want_wg: &[&str] = match cin {
             16 => &["conv3x3_dgrad_wgmma_tall32_f16", "conv3x3_fwd_wgmma_f16", "conv3x3_wgrad_wgmma_f16"],
             136 => &["conv3x3_dgrad_wgmma_f16", "conv3x3_fwd_wgmma_tall_f16", "conv3x3_wgrad_mma_f16"],
-            _ => &["conv3x3_dgrad_wgmma_tall_f16", "conv3x3_fwd_wgmma_tall_f16", "conv3x3_wgrad_mma_f16"],
+            _ => &["conv3x3_dgrad_wgmma_tall_f16", "conv3x3_fwd_wgmma_tall_f16", "conv3x3_wgrad_wgmma_narrow_f16"],
         };
         let mut paths = vec![(ConvPath::MmaWide, want)];
         if ConvPath::available(gpu.info.cc).contains(&ConvPath::Wgmma) {
