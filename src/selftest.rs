@@ -342,13 +342,11 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     checks.push(("muon, nine shapes".into(), Box::new(move |g, c, r| check_muon(g, c, r, &odd, 880))));
     checks.push(("whole step".into(), Box::new(|g, c, r| check_step(g, c, r, BATCH, 900))));
     // the step again on the other tunable conv paths (mma128, wgmma) where the GPU has them
-    if gpu.conv_path.is_mma() {
-        for path in ConvPath::tunable(gpu.info.cc).into_iter().filter(|&p| p != gpu.conv_path) {
-            let f = move |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| {
-                g.with_conv_path(path, |g| check_step(g, c, r, BATCH, 900))
-            };
-            checks.push((format!("whole step, {} convs", path.name()), Box::new(f)));
-        }
+    for path in ConvPath::tunable(gpu.info.cc).into_iter().filter(|&p| p != gpu.conv_path) {
+        let f = move |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| {
+            g.with_conv_path(path, |g| check_step(g, c, r, BATCH, 900))
+        };
+        checks.push((format!("whole step, {} convs", path.name()), Box::new(f)));
     }
     checks.push(("recorded step".into(), Box::new(|g, c, r| check_graph(g, c, r, BATCH, 950))));
     for (name, check) in &checks {

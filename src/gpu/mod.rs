@@ -93,10 +93,11 @@ pub struct Gpu {
 /// output channels or for the input gradient the input channels, is ≥ 128, 256×64 for the
 /// forward and input gradient elsewhere; half the shared-memory reads and two thirds of the
 /// copies per MMA, 2 blocks per SM instead of 4; the weight gradient stays 128×64 where N < 128)
-/// `Wgmma` (compute capability 9.0, from the sm_90a cubin: the forward and input gradient as
-/// warpgroup MMAs, wgmma, on 128-byte-swizzled shared-memory stages: 128×256 tiles where the
-/// GEMM's N is ≥ 128, 256×64 elsewhere, 256×32 for input gradients of ≤ 32 channels; the weight
-/// gradient as on `MmaWide`) or `Wmma` (nvcuda::wmma, 64×64 tiles, every GPU). `Gpu::open` picks
+/// `Wgmma` (compute capability 9.0, from the sm_90a cubin: the three GEMMs as warpgroup MMAs,
+/// wgmma, on 128-byte-swizzled shared-memory stages: 128×256 tiles where the GEMM's N is ≥ 128,
+/// 256×64 for the other forwards and input gradients, 256×32 for input gradients of ≤ 32
+/// channels, 128×64 for weight gradients of 64 channels) or `Wmma` (nvcuda::wmma, 64×64 tiles,
+/// every GPU). `Gpu::open` picks
 /// `Mma` where the GPU has it; the environment variable `SPEEDRUN_CONV=wmma` (or `mma`,
 /// `mma128`, `wgmma`) overrides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
