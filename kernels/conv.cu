@@ -628,6 +628,35 @@ template <int R> struct TapRows {
     }
 };
 
+// The TapRows of block rows first + step·i (i < R) of the forward's GEMM (fwd_row_pixel: every
+// output pixel, or with pool the pixels of complete 2×2 windows), gathering cin channels.
+template <int R>
+__device__ __forceinline__ void fwd_tap_rows(TapRows<R>& rows, long long first, int step, long long M, int H, int W,
+                                             int pool, int cin) {
+    const PixGrid g = fwd_row_grid(H, W, pool);
+#pragma unroll
+    for (int i = 0; i < R; i++) {
+        int n, yy, xx;
+        bool ok;
+        fwd_row_pixel((int)(first + step * i), (int)M, g, pool, n, yy, xx, ok);
+        rows.set(i, (n * H + yy) * W + xx, yy, xx, ok, cin, H, W);
+    }
+}
+// The same for the input gradient's GEMM: row = input pixel, gathering C channels of g.
+template <int R>
+__device__ __forceinline__ void pixel_tap_rows(TapRows<R>& rows, long long first, int step, long long M, int H, int W,
+                                               int C) {
+    const PixGrid pg(H, W);
+#pragma unroll
+    for (int i = 0; i < R; i++) {
+        int n, yy, xx;
+        bool ok;
+        const int pix = (int)(first + step * i);
+        pg.at(pix, (int)M, n, yy, xx, ok);
+        rows.set(i, pix, yy, xx, ok, C, H, W);
+    }
+}
+
 // Copies k-major stages of MK k rows × TN columns (row stride LDB_T) by cp.async, 16 bytes per
 // copy, TN·MK/8/128 copies per thread. copy(dst, src): src(k, col, p) says whether columns
 // col..col+7 of k row `k` of the stage come from p (set to a valid address either way; false:
@@ -695,7 +724,7 @@ __device__ __forceinline__ void mma_pipeline(float (&acc)[Tl::MI][Tl::NJ][4], co
                                              Issue issue) {
     const int lane = threadIdx.x & 31, wm = Tl::wm(), wn = Tl::wn();
 #pragma unroll
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < Tl::MI; i++)
 #pragma unroll
         for (int j = 0; j < Tl::NJ; j++)
 #pragma unroll
@@ -874,14 +903,7 @@ __device__ __forceinline__ void conv_fwd_mma(const half* __restrict__ a, int N, 
     // Staging: this thread copies A rows r0 + 32i (i < TM/32) and B rows r0 + 32i (i < TN/32), 8 k at kc.
     const int r0 = tid >> 2, kc = (tid & 3) * 8;
     TapRows<TM / 32> rows;
-    const PixGrid g = fwd_row_grid(H, W, pool);
-#pragma unroll
-    for (int i = 0; i < TM / 32; i++) {
-        int n, yy, xx;
-        bool ok;
-        fwd_row_pixel((int)(m0 + r0 + 32 * i), (int)M, g, pool, n, yy, xx, ok);
-        rows.set(i, (n * H + yy) * W + xx, yy, xx, ok, cin, H, W);
-    }
+    fwd_tap_rows(rows, m0 + r0, 32, M, H, W, pool, cin);
     int boff[TN / 32];  // B rows' offsets co·K + kc in wf, 0 for co ≥ cout (masked below)
     unsigned bmask = 0u;
 #pragma unroll
@@ -962,15 +984,7 @@ __device__ __forceinline__ void conv_dgrad_mma(const half* __restrict__ g, int N
     const int n0 = blockIdx.y * TN;
     const int r0 = tid >> 2, kc = (tid & 3) * 8;  // A: rows r0 + 32i (i < TM/32), k offset kc
     TapRows<TM / 32> rows;
-    const PixGrid pg(H, W);
-#pragma unroll
-    for (int i = 0; i < TM / 32; i++) {
-        int n, yy, xx;
-        bool ok;
-        const int pix = (int)(m0 + r0 + 32 * i);
-        pg.at(pix, (int)M, n, yy, xx, ok);
-        rows.set(i, pix, yy, xx, ok, cout, H, W);
-    }
+    pixel_tap_rows(rows, m0 + r0, 32, M, H, W, cout);
     KCursor kq(kc, cout);  // this thread's A column k = t·MK + kc as (tap, o)
     const KMajorCopy<Tl> bcopy;
     auto issue = [&](int t, int s) {
@@ -1318,14 +1332,7 @@ __device__ __forceinline__ void conv_fwd_wg(const half* __restrict__ a, int N, i
     const long long m0 = (long long)blockIdx.x * Tl::TM;
     const int n0 = blockIdx.y * Tl::TN, r0 = threadIdx.x >> 3;
     TapRows<Tl::TM / RS> rows;
-    const PixGrid g = fwd_row_grid(H, W, pool);
-#pragma unroll
-    for (int i = 0; i < Tl::TM / RS; i++) {
-        int n, yy, xx;
-        bool ok;
-        fwd_row_pixel((int)(m0 + r0 + RS * i), (int)M, g, pool, n, yy, xx, ok);
-        rows.set(i, (n * H + yy) * W + xx, yy, xx, ok, cin, H, W);
-    }
+    fwd_tap_rows(rows, m0 + r0, RS, M, H, W, pool, cin);
     float acc[1][Tl::NJ][4];
     wg_tap_gemm<Tl>(acc, st, a, cin, W, rows, wf, cout, n0);
     conv_fwd_epilogue<Tl>(acc, m0, n0, M, cout, pool, y, argmax, part,
@@ -1346,15 +1353,7 @@ __device__ __forceinline__ void conv_dgrad_wg(const half* __restrict__ g, int N,
     const long long m0 = (long long)blockIdx.x * Tl::TM;
     const int n0 = blockIdx.y * Tl::TN, r0 = threadIdx.x >> 3;
     TapRows<Tl::TM / RS> rows;
-    const PixGrid pg(H, W);
-#pragma unroll
-    for (int i = 0; i < Tl::TM / RS; i++) {
-        int n, yy, xx;
-        bool ok;
-        const int pix = (int)(m0 + r0 + RS * i);
-        pg.at(pix, (int)M, n, yy, xx, ok);
-        rows.set(i, pix, yy, xx, ok, cout, H, W);
-    }
+    pixel_tap_rows(rows, m0 + r0, RS, M, H, W, cout);
     float acc[1][Tl::NJ][4];
     wg_tap_gemm<Tl>(acc, st, g, cout, W, rows, wk, cin, n0);
     conv_dgrad_epilogue<Tl>(acc, m0, n0, M, cin, da, x, pmean, pinv, pshift, bn, part,
