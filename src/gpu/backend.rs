@@ -288,7 +288,8 @@ pub(super) const WG_TALL32_SMEM: u32 = 148480;
 pub(super) const WG_NARROW_SMEM: u32 = 99328;
 
 /// An sm_80+ conv kernel as `Gpu::mma_kernel` picks it: name, block tile (rows × columns),
-/// dynamic shared memory, threads per block.
+/// dynamic shared memory, threads per block, and whether it is a wgmma kernel (its input
+/// gradient reads the weights K-major).
 #[derive(Clone, Copy, Debug)]
 struct MmaKernel {
     name: &'static str,
@@ -296,6 +297,7 @@ struct MmaKernel {
     tn: usize,
     smem: u32,
     threads: u32,
+    wgmma: bool,
 }
 /// Block size of the per-channel stage-2 reductions (`CHAN_FIN_THREADS` in kernels/norm.cu).
 const CHAN_FIN_THREADS: u32 = 256;
@@ -538,71 +540,67 @@ impl Gpu {
     /// gradient with n ≤ 32; `_wgmma_narrow_`: 128×64 for a weight gradient with 32 < n < 128),
     /// else `MmaWide`'s (a weight gradient of ≤ 32 output channels).
     fn mma_kernel(&self, base: &'static str, n: usize) -> MmaKernel {
-        const fn k(name: &'static str, tm: usize, tn: usize, smem: u32, threads: u32) -> MmaKernel {
-            MmaKernel { name, tm, tn, smem, threads }
+        const fn mma(name: &'static str, tm: usize, tn: usize, smem: u32) -> Option<MmaKernel> {
+            Some(MmaKernel { name, tm, tn, smem, threads: 128, wgmma: false })
         }
-        // per GEMM: the mma kernels (128×64, 128×128, 256×64, 256×32), then the wgmma ones for
-        // n ≥ 128, for 32 < n < 128, for n ≤ 32 (None: that GEMM has none, mma128's choice)
-        type Wg = [Option<MmaKernel>; 3];
-        type Kernels = (&'static str, &'static str, Option<&'static str>, Option<&'static str>, Wg);
-        const KERNELS: [Kernels; 3] = [
+        const fn wg(name: &'static str, tm: usize, tn: usize, smem: u32, threads: u32) -> Option<MmaKernel> {
+            Some(MmaKernel { name, tm, tn, smem, threads, wgmma: true })
+        }
+        // Per GEMM: the 128×64 kernel, then the mma128 and the wgmma choices for n ≥ 128, for
+        // 32 < n < 128 and for n ≤ 32 (None: that path has no kernel of its own there; wgmma
+        // falls back to mma128's choice, mma128 to the 128×64 kernel).
+        type Slots = [Option<MmaKernel>; 3];
+        const KERNELS: [(&str, Slots, Slots); 3] = [
             (
                 "conv3x3_fwd_mma_f16",
-                "conv3x3_fwd_mma_wide_f16",
-                Some("conv3x3_fwd_mma_tall_f16"),
-                None,
                 [
-                    Some(k("conv3x3_fwd_wgmma_f16", 128, 256, WG_WIDE_SMEM, 256)),
-                    Some(k("conv3x3_fwd_wgmma_tall_f16", 256, 64, WG_TALL_SMEM, 512)),
-                    Some(k("conv3x3_fwd_wgmma_tall_f16", 256, 64, WG_TALL_SMEM, 512)),
+                    mma("conv3x3_fwd_mma_wide_f16", 128, 128, WIDE_SMEM),
+                    mma("conv3x3_fwd_mma_tall_f16", 256, 64, TALL_SMEM),
+                    mma("conv3x3_fwd_mma_tall_f16", 256, 64, TALL_SMEM),
+                ],
+                [
+                    wg("conv3x3_fwd_wgmma_f16", 128, 256, WG_WIDE_SMEM, 256),
+                    wg("conv3x3_fwd_wgmma_tall_f16", 256, 64, WG_TALL_SMEM, 512),
+                    wg("conv3x3_fwd_wgmma_tall_f16", 256, 64, WG_TALL_SMEM, 512),
                 ],
             ),
             (
                 "conv3x3_dgrad_mma_f16",
-                "conv3x3_dgrad_mma_wide_f16",
-                Some("conv3x3_dgrad_mma_tall_f16"),
-                Some("conv3x3_dgrad_mma_tall32_f16"),
                 [
-                    Some(k("conv3x3_dgrad_wgmma_f16", 128, 256, WG_WIDE_SMEM, 256)),
-                    Some(k("conv3x3_dgrad_wgmma_tall_f16", 256, 64, WG_TALL_SMEM, 512)),
-                    Some(k("conv3x3_dgrad_wgmma_tall32_f16", 256, 32, WG_TALL32_SMEM, 512)),
+                    mma("conv3x3_dgrad_mma_wide_f16", 128, 128, WIDE_SMEM),
+                    mma("conv3x3_dgrad_mma_tall_f16", 256, 64, TALL_SMEM),
+                    mma("conv3x3_dgrad_mma_tall32_f16", 256, 32, TALL32_SMEM),
+                ],
+                [
+                    wg("conv3x3_dgrad_wgmma_f16", 128, 256, WG_WIDE_SMEM, 256),
+                    wg("conv3x3_dgrad_wgmma_tall_f16", 256, 64, WG_TALL_SMEM, 512),
+                    wg("conv3x3_dgrad_wgmma_tall32_f16", 256, 32, WG_TALL32_SMEM, 512),
                 ],
             ),
             (
                 "conv3x3_wgrad_mma_f16",
-                "conv3x3_wgrad_mma_wide_f16",
-                None,
-                None,
+                [mma("conv3x3_wgrad_mma_wide_f16", 128, 128, WIDE_SMEM), None, None],
                 [
-                    Some(k("conv3x3_wgrad_wgmma_f16", 128, 256, WG_WIDE_SMEM, 256)),
-                    Some(k("conv3x3_wgrad_wgmma_narrow_f16", 128, 64, WG_NARROW_SMEM, 256)),
+                    wg("conv3x3_wgrad_wgmma_f16", 128, 256, WG_WIDE_SMEM, 256),
+                    wg("conv3x3_wgrad_wgmma_narrow_f16", 128, 64, WG_NARROW_SMEM, 256),
                     None,
                 ],
             ),
         ];
-        let (narrow, wide, tall, tall32, wg) = KERNELS.into_iter().find(|k| k.0 == base).expect("an mma conv kernel");
-        match self.conv_path {
-            ConvPath::Wgmma => {
-                let slot = if n >= 128 {
-                    0
-                } else if n > 32 {
-                    1
-                } else {
-                    2
-                };
-                if let Some(kn) = wg[slot] {
-                    return kn;
-                }
-            }
-            ConvPath::MmaWide => {}
-            _ => return k(narrow, 128, 64, 0, 128),
-        }
-        match (n >= 128, tall, tall32) {
-            (true, _, _) => k(wide, 128, 128, WIDE_SMEM, 128),
-            (false, _, Some(t)) if n <= 32 => k(t, 256, 32, TALL32_SMEM, 128),
-            (false, Some(t), _) => k(t, 256, 64, TALL_SMEM, 128),
-            _ => k(narrow, 128, 64, 0, 128),
-        }
+        let (narrow, mma128, wgmma) = KERNELS.into_iter().find(|k| k.0 == base).expect("an mma conv kernel");
+        let slot = if n >= 128 {
+            0
+        } else if n > 32 {
+            1
+        } else {
+            2
+        };
+        let chosen = match self.conv_path {
+            ConvPath::Wgmma => wgmma[slot].or(mma128[slot]),
+            ConvPath::MmaWide => mma128[slot],
+            _ => None,
+        };
+        chosen.or(mma(narrow, 128, 64, 0)).expect("the 128×64 kernel")
     }
 
     /// Start of an op: the previous op's temporaries are freed (stream-ordered), and so is the
@@ -1448,7 +1446,7 @@ impl Backend for Gpu {
                     let part = if epilogue { ws_parts } else { 0 };
                     let pr = pre_raw;
                     // the wgmma kernels read the weights K-major: [cin][9·cout]
-                    let kmajor = kn.name.contains("_wgmma") as u64;
+                    let kmajor = kn.wgmma as u64;
                     self.launch1d("conv", "conv_weights_f16", len, &[wp, co, ci, 0, ws_wt, kmajor])?;
                     let args = [gp, ni, hi, wi, ci, co, ws_wt, dap, x_raw, pr.mean, pr.inv, pr.shift, pr.bn, part];
                     self.launch_smem("conv", kn.name, grid, (kn.threads, 1, 1), kn.smem, &args)?;
