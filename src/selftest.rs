@@ -349,8 +349,15 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
         checks.push((format!("whole step, {} convs", path.name()), Box::new(f)));
     }
     checks.push(("recorded step".into(), Box::new(|g, c, r| check_graph(g, c, r, BATCH, 950))));
+    // SPEEDRUN_SELFTEST_TIMES=1: each check's wall time after its lines (where the emulated
+    // CI run spends its minutes)
+    let times = std::env::var("SPEEDRUN_SELFTEST_TIMES").is_ok_and(|v| v == "1");
     for (name, check) in &checks {
+        let t0 = std::time::Instant::now();
         let res = check(gpu, &mut cpu, &mut r);
+        if times {
+            writeln!(r.out, "-- {name}: {:.1} s", t0.elapsed().as_secs_f64()).map_err(io)?;
+        }
         if !r.survive(gpu, name, res)? {
             break;
         }

@@ -62,7 +62,7 @@ lap "recorded vs op-by-op run, autotune"
 
 echo "== the GPU self-test (every kernel vs the CPU reference, whole step, recorded step)"
 t0=$SECONDS
-cargo test --release "${locked[@]}" --lib selftest::tests::gpu_matches_cpu_reference -- --exact --nocapture
+SPEEDRUN_SELFTEST_TIMES=1 cargo test --release "${locked[@]}" --lib selftest::tests::gpu_matches_cpu_reference -- --exact --nocapture
 lap "self-test"
 
 data="${CIFAR10_DIR:-$root/../shared/cifar10/cifar-10-batches-bin}"

@@ -2,9 +2,9 @@
 # Host emulation of the CUDA kernels, for checking their index logic on a machine without a GPU.
 #
 # The kernels in kernels/*.cu are compiled as plain C++ (g++ ≥ 12, C++20) against a small shim
-# (inc/cuda_fp16.h, inc/mma.h): `half` is _Float16, each block's threads are std::threads with a
-# std::barrier for __syncthreads, __shared__ becomes a function-static (blocks run one after
-# another), warp shuffles go through a per-warp exchange table, and wmma fragments hold the whole
+# (inc/cuda_fp16.h, inc/mma.h): `half` is _Float16, each block's threads are fibers on one OS
+# thread (scripts/emu-driver/fibers.cpp: __syncthreads and warp barriers are fiber switches,
+# blocks run in parallel on the cores, __shared__ is per OS thread), warp shuffles go through a per-warp exchange table, and wmma fragments hold the whole
 # 16×16 tile in every lane (load/store assert the 256-bit pointer alignment and ldm rules). The
 # drivers (test_conv.cpp, test_rest.cpp) launch the kernels exactly as src/gpu/backend.rs does
 # and compare against naive f64 references.
@@ -25,7 +25,7 @@
 # memory write and a read (or two writes) of another thread with no __syncthreads between them is
 # reported as a data race (about 15 minutes on 2 cores).
 #
-# Usage: bash scripts/kernel-emu/run.sh [--asan | --tsan]     (about 5–8 minutes on 2 cores)
+# Usage: bash scripts/kernel-emu/run.sh [--asan | --tsan]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 kernels="$here/../../kernels"
@@ -38,10 +38,18 @@ for f in "$kernels"/*.cu "$kernels"/*.cuh; do
     sed -E 's/extern __shared__ (\w+) (\w+)\[\];/\1* \2 = reinterpret_cast<\1*>(emu_dyn_smem());/' "$f" > "$out/kernels/$(basename "$f")"
 done
 flags=(-std=c++20 -O2 -g -I"$here/inc" -I"$out/kernels" -lpthread)
-if [[ "${1:-}" == "--asan" ]]; then flags+=(-fsanitize=address,undefined); fi
-if [[ "${1:-}" == "--tsan" ]]; then flags+=(-O1 -fsanitize=thread); export TSAN_OPTIONS="halt_on_error=1 ${TSAN_OPTIONS:-}"; fi
+# By default a block's threads are fibers (scripts/emu-driver/fibers.cpp, blocks in parallel on
+# the cores); --asan and --tsan give every CUDA thread an OS thread (sanitizers and hand-made
+# stack switches do not mix, and ThreadSanitizer needs the threads to run concurrently).
+srcs=("$here/emu.cpp")
+if [[ "${1:-}" == "--asan" ]]; then flags+=(-fsanitize=address,undefined)
+elif [[ "${1:-}" == "--tsan" ]]; then flags+=(-O1 -fsanitize=thread); export TSAN_OPTIONS="halt_on_error=1 ${TSAN_OPTIONS:-}"
+else
+    flags+=(-DEMU_FIBERS ${EMU_CXXFLAGS--mf16c} -I"$here/../emu-driver")
+    srcs+=("$here/../emu-driver/fibers.cpp")
+fi
 for t in test_rest test_conv; do
-    g++ "$here/emu.cpp" "$here/$t.cpp" -o "$out/$t" "${flags[@]}"
+    g++ "${srcs[@]}" "$here/$t.cpp" -o "$out/$t" "${flags[@]}"
     echo "== $t"
     "$out/$t"
 done
