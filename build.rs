@@ -67,6 +67,7 @@ fn main() {
         println!("cargo::rerun-if-changed={}", s.display());
     }
     println!("cargo::rerun-if-env-changed=REQUIRE_CUDA_KERNELS");
+    println!("cargo::rerun-if-env-changed=SPEEDRUN_WGMMA_NO_PROXY_FENCE");
     let require = env::var("REQUIRE_CUDA_KERNELS").is_ok_and(|v| v == "1");
 
     let found = find_toolchain(&manifest)
@@ -116,11 +117,18 @@ fn compile_all(nvrtc: &Nvrtc, tc: &Toolchain, kdir: &Path, cus: &[&PathBuf], all
     }
     let mut incs = vec![kdir.to_path_buf()];
     incs.extend(tc.includes.iter().cloned());
-    let base_opts = ["-std=c++17", "-lineinfo"];
+    let mut base_opts = vec!["-std=c++17", "-lineinfo"];
+    // SPEEDRUN_WGMMA_NO_PROXY_FENCE=1: the wgmma convs without `fence.proxy.async` before each K
+    // step's barrier (kernels/common.cuh), an experiment for timing on a GPU (bench/NOTES.md);
+    // the compiler line of `speedrun selftest`/`bench` names the define.
+    let no_fence = env::var("SPEEDRUN_WGMMA_NO_PROXY_FENCE").is_ok_and(|v| v == "1");
+    if no_fence {
+        base_opts.push("-DWG_NO_PROXY_FENCE");
+    }
 
     // Cache key: this script, the compiler, options, targets and every kernel source byte.
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (include_str!("build.rs"), &tc.lib, (maj, min), &archs, PTX_ARCH, base_opts, &incs).hash(&mut h);
+    (include_str!("build.rs"), &tc.lib, (maj, min), &archs, PTX_ARCH, &base_opts, &incs).hash(&mut h);
     for s in all {
         (s, fs::read(s).unwrap_or_default()).hash(&mut h);
     }
@@ -242,7 +250,7 @@ fn compile_all(nvrtc: &Nvrtc, tc: &Toolchain, kdir: &Path, cus: &[&PathBuf], all
     let mut gen = format!(
         "pub const MISSING: Option<&str> = None;\npub const NVRTC_VERSION: Option<(i32, i32)> = Some(({maj}, {min}));\n\
          pub const COMPILER: &str = {:?};\npub static MODULES: &[Module] = &[\n",
-        format!("NVRTC {maj}.{min} ({})", tc.origin)
+        format!("NVRTC {maj}.{min} ({}){}", tc.origin, if no_fence { " -DWG_NO_PROXY_FENCE" } else { "" })
     );
     for (i, cu) in cus.iter().enumerate() {
         let stem = stem(cu);

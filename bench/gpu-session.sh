@@ -21,6 +21,11 @@
 #   bash bench/gpu-session.sh first         # selftest, bench, one run, one --no-graph, one with the
 #                                           # epilogue sums off, one with wmma convs
 #   bash bench/gpu-session.sh airbench 25   # the anchor, same GPU, same images (see below)
+#   SPEEDRUN_BIN=target/nofence/release/speedrun bash bench/gpu-session.sh bench
+#                                           # another build, e.g. the wgmma convs without the proxy
+#                                           # fence: SPEEDRUN_WGMMA_NO_PROXY_FENCE=1 \
+#                                           #   CARGO_TARGET_DIR=target/nofence cargo build --release
+#                                           # (xz it into data/pk2/speedrun-nofence.xz)
 # The anchor: fetch KellerJordan/cifar10-airbench with the search tool's fetch, write its
 # airbench94_muon.py into ./airbench/ (git-ignored, never committed) and carry that folder.
 # This step converts our binary files into its train.pt/test.pt (bench/cifar_to_pt.py), so both
@@ -32,7 +37,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
-BIN=./target/release/speedrun
+BIN=${SPEEDRUN_BIN:-./target/release/speedrun}
 what=${1:-selftest}
 case "$what" in selftest|bench|one|runs|first|airbench) ;; *)
   echo "unknown step $what (selftest | bench | one | runs N | first | airbench N)" >&2; exit 2 ;; esac
@@ -40,7 +45,7 @@ log="$OUT/$(date -u +%Y%m%d-%H%M%S)-$what.log"
 {
   echo "# command: bench/gpu-session.sh $*"
   echo "# date: $(date -u)"
-  echo "# env: SPEEDRUN_CONV=${SPEEDRUN_CONV-} SPEEDRUN_EPILOGUE_SUMS=${SPEEDRUN_EPILOGUE_SUMS-} (unset: the defaults)"
+  echo "# env: SPEEDRUN_CONV=${SPEEDRUN_CONV-} SPEEDRUN_EPILOGUE_SUMS=${SPEEDRUN_EPILOGUE_SUMS-} (unset: the defaults); binary $BIN"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || echo "# nvidia-smi unavailable"
 } > "$log"
 case "$what" in

@@ -121,9 +121,12 @@ __device__ __forceinline__ unsigned long long wgmma_desc(unsigned addr, unsigned
 }
 // Orders this thread's generic-proxy shared-memory writes (st.shared, cp.async) before later
 // async-proxy reads (wgmma): each writing thread runs it after its writes landed, before the
-// barrier that hands the stage to the MMAs.
+// barrier that hands the stage to the MMAs. It compiles to MEMBAR.ALL.CTA + FENCE.VIEW.ASYNC.S;
+// if the MEMBAR waits for the copies still in flight it costs pipeline depth, so a build with
+// SPEEDRUN_WGMMA_NO_PROXY_FENCE=1 (build.rs: -DWG_NO_PROXY_FENCE) leaves it out, as CUTLASS's
+// cp.async + GMMA mainloop (sm90_mma_multistage_gmma_ss) does, for timing the two side by side.
 __device__ __forceinline__ void fence_proxy_async() {
-#if ARCH_SM90A
+#if ARCH_SM90A && !defined(WG_NO_PROXY_FENCE)
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif
 }
