@@ -1224,93 +1224,11 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
     let ms = time_ms(gpu, &mut |g| g.patch_cov(&images, nc, NORM).map(|_| ()))?;
     bench_line(out, "patch_cov", &format!("{nc} images"), ms, (nc * 961 * 144 * 2) as f64, (nc * 3072) as f64)?;
 
-    for (l, &(h, w, cin, cout, pool)) in LAYERS.iter().enumerate() {
-        let xs = Shape::new(n, h, w, cin);
-        let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
-        let x = gpu.upload_f16(&rnd(xs.len(), 10 + l as u64, 1.0, 0.0))?;
-        let wt = gpu.upload(&rnd(cout * 9 * cin, 20 + l as u64, 0.05, 0.0))?;
-        let shift = gpu.upload(&rnd(cin, 30 + l as u64, 0.1, 0.0))?;
-        let mut bnv = rnd(cin, 40, 0.1, 0.0);
-        bnv.extend(vec![1.0; cin]);
-        let bnb = gpu.upload(&bnv)?;
-        let pre = |l: usize| if l == 0 { Pre::Bias(&shift) } else { Pre::Bn { bn: &bnb, beta: &shift } };
-        let mut y = gpu.upload_f16(&vec![0.0; ys.len()])?;
-        let mut am = gpu.byte_zeros(if pool { ys.len() } else { 0 })?;
-        let computed = if pool { ys.count() * 4 } else { xs.count() };
-        let flops = 2.0 * computed as f64 * cout as f64 * (9 * cin) as f64;
-        let shape = format!("{}->{}{}", shape_str(xs), cout, if pool { " pool" } else { "" });
-        let bytes = (xs.len() * 2 + cout * 9 * cin * 4 + ys.len() * 2 + if pool { ys.len() } else { 0 }) as f64;
-        let dy = gpu.upload_f16(&rnd(ys.len(), 50 + l as u64, 1.0, 0.0))?;
-        let mut dw = gpu.zeros(cout * 9 * cin)?;
-        let mut da = gpu.zeros(xs.len())?;
-        let mut keep = gpu.zeros(xs.len())?;
-        let mut gsum = gpu.zeros(2 * cin)?;
-        let full = 2.0 * xs.count() as f64 * cout as f64 * (9 * cin) as f64;
-        let wbytes = (xs.len() * 2 + ys.len() * 2 + cout * 9 * cin * 4) as f64;
-        let mut rm = gpu.zeros(cout)?;
-        let mut rv = gpu.upload(&vec![1.0; cout])?;
-        let mut bo = gpu.zeros(2 * cout)?;
-        for &path in ConvPath::available(gpu.info.cc) {
-            let p = path.name();
-            gpu.with_conv_path(path, |gpu| -> Result<()> {
-                // as in training: the forward keeps its activated input, the backward reuses it
-                let ms = time_ms(gpu, &mut |g| {
-                    g.conv3x3(&x, xs, pre(l), &wt, cout, pool, &mut y, &mut am, Some(&mut keep), None)
-                })?;
-                bench_line(out, &format!("conv3x3 fwd {p} [{l}]"), &shape, ms, flops, bytes)?;
-                // the training forward: the conv also takes its output's BatchNorm statistics
-                // (mma: in its epilogue; wmma: conv, then bn_stats)
-                let ms = time_ms(gpu, &mut |g| {
-                    let st =
-                        BnStats { eps: 1e-12, momentum: 0.6, running_mean: &mut rm, running_var: &mut rv, bn: &mut bo };
-                    g.conv3x3(&x, xs, pre(l), &wt, cout, pool, &mut y, &mut am, Some(&mut keep), Some(st))
-                })?;
-                bench_line(out, &format!("conv3x3 fwd+bn_stats {p} [{l}]"), &shape, ms, flops, bytes)?;
-                let k = Some(&keep);
-                let ms = time_ms(gpu, &mut |g| {
-                    g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, None, None, k)
-                })?;
-                bench_line(out, &format!("conv3x3 wgrad {p} [{l}]"), &shape, ms, full, wbytes)?;
-                let ms = time_ms(gpu, &mut |g| {
-                    g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, Some(&mut da), None, k)
-                })?;
-                bench_line(out, &format!("conv3x3 wgrad+dgrad {p} [{l}]"), &shape, ms, 2.0 * full, 2.0 * wbytes)?;
-                // the training backward: the input gradient also takes pre_bwd's sums (mma: in its
-                // epilogue; wmma: one more reduction over da and x)
-                let ms = time_ms(gpu, &mut |g| {
-                    let (da, sums) = (Some(&mut da), Some(&mut gsum));
-                    g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, da, sums, k)
-                })?;
-                let what = format!("conv3x3 wgrad+dgrad+sums {p} [{l}]");
-                bench_line(out, &what, &shape, ms, 2.0 * full, 2.0 * wbytes + (xs.len() * 2) as f64)
-            })?;
-        }
-
-        // BN statistics (by themselves) and pre_bwd of this conv's output
-        let ms = time_ms(gpu, &mut |g| g.bn_stats(&y, ys, 1e-12, 0.6, &mut rm, &mut rv, &mut bo))?;
-        bench_line(
-            out,
-            &format!("bn_stats [{l}]"),
-            &shape_str(ys),
-            ms,
-            3.0 * ys.len() as f64,
-            (2 * ys.len() * 2) as f64,
-        )?;
-        let beta = gpu.upload(&rnd(cout, 60, 0.1, 0.0))?;
-        let mut dshift = gpu.zeros(cout)?;
-        let mut dx = gpu.zeros(ys.len())?;
-        let ms = time_ms(gpu, &mut |g| {
-            g.pre_bwd(&dy, &y, ys, Pre::Bn { bn: &bo, beta: &beta }, None, &mut dshift, Some(&mut dx))
-        })?;
-        bench_line(
-            out,
-            &format!("pre_bwd [{l}]"),
-            &shape_str(ys),
-            ms,
-            40.0 * ys.len() as f64,
-            (5 * ys.len() * 2) as f64,
-        )?;
-    }
+    // every conv path but wgmma here; the wgmma lines come last (bench_step), so that a fault in
+    // them (which loses the context) costs only their own lines
+    let paths: Vec<ConvPath> =
+        ConvPath::available(gpu.info.cc).iter().copied().filter(|&p| p != ConvPath::Wgmma).collect();
+    bench_convs(gpu, n, &paths, true, out)?;
 
     // head, loss, optimizers
     let xs = Shape::new(n, 3, 3, 256);
@@ -1387,6 +1305,102 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
     bench_step(gpu, n, ns_flops, out)
 }
 
+/// The conv lines (forward, with BatchNorm statistics, weight and input gradients, with sums)
+/// of every layer on each of `paths`, then, with `others`, each layer's bn_stats and pre_bwd.
+fn bench_convs(gpu: &mut Gpu, n: usize, paths: &[ConvPath], others: bool, out: &mut dyn Write) -> Result<()> {
+    for (l, &(h, w, cin, cout, pool)) in LAYERS.iter().enumerate() {
+        let xs = Shape::new(n, h, w, cin);
+        let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
+        let x = gpu.upload_f16(&rnd(xs.len(), 10 + l as u64, 1.0, 0.0))?;
+        let wt = gpu.upload(&rnd(cout * 9 * cin, 20 + l as u64, 0.05, 0.0))?;
+        let shift = gpu.upload(&rnd(cin, 30 + l as u64, 0.1, 0.0))?;
+        let mut bnv = rnd(cin, 40, 0.1, 0.0);
+        bnv.extend(vec![1.0; cin]);
+        let bnb = gpu.upload(&bnv)?;
+        let pre = |l: usize| if l == 0 { Pre::Bias(&shift) } else { Pre::Bn { bn: &bnb, beta: &shift } };
+        let mut y = gpu.upload_f16(&vec![0.0; ys.len()])?;
+        let mut am = gpu.byte_zeros(if pool { ys.len() } else { 0 })?;
+        let computed = if pool { ys.count() * 4 } else { xs.count() };
+        let flops = 2.0 * computed as f64 * cout as f64 * (9 * cin) as f64;
+        let shape = format!("{}->{}{}", shape_str(xs), cout, if pool { " pool" } else { "" });
+        let bytes = (xs.len() * 2 + cout * 9 * cin * 4 + ys.len() * 2 + if pool { ys.len() } else { 0 }) as f64;
+        let dy = gpu.upload_f16(&rnd(ys.len(), 50 + l as u64, 1.0, 0.0))?;
+        let mut dw = gpu.zeros(cout * 9 * cin)?;
+        let mut da = gpu.zeros(xs.len())?;
+        let mut keep = gpu.zeros(xs.len())?;
+        let mut gsum = gpu.zeros(2 * cin)?;
+        let full = 2.0 * xs.count() as f64 * cout as f64 * (9 * cin) as f64;
+        let wbytes = (xs.len() * 2 + ys.len() * 2 + cout * 9 * cin * 4) as f64;
+        let mut rm = gpu.zeros(cout)?;
+        let mut rv = gpu.upload(&vec![1.0; cout])?;
+        let mut bo = gpu.zeros(2 * cout)?;
+        for &path in paths {
+            let p = path.name();
+            gpu.with_conv_path(path, |gpu| -> Result<()> {
+                // as in training: the forward keeps its activated input, the backward reuses it
+                let ms = time_ms(gpu, &mut |g| {
+                    g.conv3x3(&x, xs, pre(l), &wt, cout, pool, &mut y, &mut am, Some(&mut keep), None)
+                })?;
+                bench_line(out, &format!("conv3x3 fwd {p} [{l}]"), &shape, ms, flops, bytes)?;
+                // the training forward: the conv also takes its output's BatchNorm statistics
+                // (mma: in its epilogue; wmma: conv, then bn_stats)
+                let ms = time_ms(gpu, &mut |g| {
+                    let st =
+                        BnStats { eps: 1e-12, momentum: 0.6, running_mean: &mut rm, running_var: &mut rv, bn: &mut bo };
+                    g.conv3x3(&x, xs, pre(l), &wt, cout, pool, &mut y, &mut am, Some(&mut keep), Some(st))
+                })?;
+                bench_line(out, &format!("conv3x3 fwd+bn_stats {p} [{l}]"), &shape, ms, flops, bytes)?;
+                let k = Some(&keep);
+                let ms = time_ms(gpu, &mut |g| {
+                    g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, None, None, k)
+                })?;
+                bench_line(out, &format!("conv3x3 wgrad {p} [{l}]"), &shape, ms, full, wbytes)?;
+                let ms = time_ms(gpu, &mut |g| {
+                    g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, Some(&mut da), None, k)
+                })?;
+                bench_line(out, &format!("conv3x3 wgrad+dgrad {p} [{l}]"), &shape, ms, 2.0 * full, 2.0 * wbytes)?;
+                // the training backward: the input gradient also takes pre_bwd's sums (mma: in its
+                // epilogue; wmma: one more reduction over da and x)
+                let ms = time_ms(gpu, &mut |g| {
+                    let (da, sums) = (Some(&mut da), Some(&mut gsum));
+                    g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, da, sums, k)
+                })?;
+                let what = format!("conv3x3 wgrad+dgrad+sums {p} [{l}]");
+                bench_line(out, &what, &shape, ms, 2.0 * full, 2.0 * wbytes + (xs.len() * 2) as f64)
+            })?;
+        }
+
+        if !others {
+            continue;
+        }
+        // BN statistics (by themselves) and pre_bwd of this conv's output
+        let ms = time_ms(gpu, &mut |g| g.bn_stats(&y, ys, 1e-12, 0.6, &mut rm, &mut rv, &mut bo))?;
+        bench_line(
+            out,
+            &format!("bn_stats [{l}]"),
+            &shape_str(ys),
+            ms,
+            3.0 * ys.len() as f64,
+            (2 * ys.len() * 2) as f64,
+        )?;
+        let beta = gpu.upload(&rnd(cout, 60, 0.1, 0.0))?;
+        let mut dshift = gpu.zeros(cout)?;
+        let mut dx = gpu.zeros(ys.len())?;
+        let ms = time_ms(gpu, &mut |g| {
+            g.pre_bwd(&dy, &y, ys, Pre::Bn { bn: &bo, beta: &beta }, None, &mut dshift, Some(&mut dx))
+        })?;
+        bench_line(
+            out,
+            &format!("pre_bwd [{l}]"),
+            &shape_str(ys),
+            ms,
+            40.0 * ys.len() as f64,
+            (5 * ys.len() * 2) as f64,
+        )?;
+    }
+    Ok(())
+}
+
 /// The whole training step (what main.rs replays per step), op by op and as one CUDA graph:
 /// the difference is the launch overhead the graph removes. FLOPs: the six convs' forward,
 /// input and weight gradients plus Muon's Newton–Schulz GEMMs.
@@ -1407,7 +1421,7 @@ fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, out: &mut dyn Write) -> Re
     // The same step with one switch changed, recorded and replayed: each other sm_80+ conv path
     // (mma, mma128, wgmma), then the BatchNorm sums the other way (NOTES levers 2b, 2c). One
     // step op by op first: scratch sized outside the recording, which must not allocate.
-    let mut variant = |gpu: &mut Gpu, name: &str| -> Result<()> {
+    let variant = |gpu: &mut Gpu, st: &mut StepState<Gpu>, out: &mut dyn Write, name: &str| -> Result<()> {
         let graph = st.step(gpu).and_then(|_| gpu.record(&mut |g| st.step(g)));
         let graph = graph?.ok_or_else(|| Error::Gpu("the GPU backend recorded no graph".into()))?;
         let ms = time_ms(gpu, &mut |g| g.replay(&graph))?;
@@ -1418,20 +1432,25 @@ fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, out: &mut dyn Write) -> Re
     } else {
         Vec::new()
     };
-    for &path in &others {
+    for &path in others.iter().filter(|&&p| p != ConvPath::Wgmma) {
         let name = format!("train step, graph, {} convs", path.name());
-        gpu.with_conv_path(path, |g| variant(g, &name))?;
+        gpu.with_conv_path(path, |g| variant(g, &mut st, out, &name))?;
     }
     if gpu.conv_path.is_mma() {
         let sums = gpu.epilogue_sums;
         gpu.epilogue_sums = !sums;
-        let r = variant(gpu, if sums { "train step, graph, sums off" } else { "train step, graph, epilogue sums" });
+        let name = if sums { "train step, graph, sums off" } else { "train step, graph, epilogue sums" };
+        let r = variant(gpu, &mut st, out, name);
         gpu.epilogue_sums = sums;
         r?;
     }
     step_profile(gpu, &mut |g| st.step(g), out)?;
-    // and op by op on the wgmma convs, where the GPU has them and they are not the default
+    // Last, where the GPU has them and they are not the default: the wgmma convs per layer, the
+    // step on them, and its profile (a fault in a wgmma kernel loses the context: only these
+    // lines are then missing)
     if others.contains(&ConvPath::Wgmma) {
+        bench_convs(gpu, n, &[ConvPath::Wgmma], false, out)?;
+        gpu.with_conv_path(ConvPath::Wgmma, |g| variant(g, &mut st, out, "train step, graph, wgmma convs"))?;
         writeln!(out, "(wgmma convs)").map_err(io)?;
         gpu.with_conv_path(ConvPath::Wgmma, |g| step_profile(g, &mut |g| st.step(g), out))?;
     }
