@@ -283,29 +283,38 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     // and the rest still run, unless the error left the GPU unusable.
     type Check = Box<dyn Fn(&mut Gpu, &mut Cpu<f32>, &mut Report) -> Result<()>>;
     let mut checks: Vec<(String, Check)> = vec![("stem".into(), Box::new(check_stem))];
-    for (i, &(h, w, cin, cout, pool)) in LAYERS.iter().enumerate() {
-        let s = Shape::new(BATCH, h, w, cin);
-        let f = move |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| {
-            check_conv(g, c, r, s, cout, pool, i > 0, 100 + 10 * i as u64)
-        };
-        checks.push((format!("conv layer {i}"), Box::new(f)));
-    }
-    // odd shapes: sizes not multiples of the tiles, C == H == W, 1×1 images, both Pre variants
-    for (k, (s, cout, pool, bn)) in [
-        (Shape::new(3, 7, 5, 8), 16, true, true),
-        (Shape::new(2, 9, 9, 16), 8, false, false),
-        (Shape::new(2, 8, 8, 8), 24, true, false),
-        (Shape::new(5, 1, 1, 8), 72, false, true),
-        (Shape::new(1, 6, 6, 40), 136, false, true),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let f = move |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| {
-            check_conv(g, c, r, s, cout, pool, bn, 200 + 10 * k as u64)
-        };
-        checks.push((format!("conv odd shape {}", shape_str(s)), Box::new(f)));
-    }
+    // The conv checks on every path but wgmma here; wgmma's come last (below), so that a fault in
+    // a wgmma kernel, which leaves the GPU unusable, skips only them.
+    let (wgmma, others): (Vec<ConvPath>, Vec<ConvPath>) =
+        ConvPath::available(gpu.info.cc).iter().partition(|&&p| p == ConvPath::Wgmma);
+    let conv_checks = |checks: &mut Vec<(String, Check)>, paths: &[ConvPath], suffix: &str| {
+        for (i, &(h, w, cin, cout, pool)) in LAYERS.iter().enumerate() {
+            let s = Shape::new(BATCH, h, w, cin);
+            let ps = paths.to_vec();
+            let f = move |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| {
+                check_conv(g, c, r, s, cout, pool, i > 0, 100 + 10 * i as u64, &ps)
+            };
+            checks.push((format!("conv layer {i}{suffix}"), Box::new(f)));
+        }
+        // odd shapes: sizes not multiples of the tiles, C == H == W, 1×1 images, both Pre variants
+        for (k, (s, cout, pool, bn)) in [
+            (Shape::new(3, 7, 5, 8), 16, true, true),
+            (Shape::new(2, 9, 9, 16), 8, false, false),
+            (Shape::new(2, 8, 8, 8), 24, true, false),
+            (Shape::new(5, 1, 1, 8), 72, false, true),
+            (Shape::new(1, 6, 6, 40), 136, false, true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let ps = paths.to_vec();
+            let f = move |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| {
+                check_conv(g, c, r, s, cout, pool, bn, 200 + 10 * k as u64, &ps)
+            };
+            checks.push((format!("conv odd shape {}{suffix}", shape_str(s)), Box::new(f)));
+        }
+    };
+    conv_checks(&mut checks, &others, "");
     for (k, &(h, w, _, cout, pool)) in LAYERS.iter().enumerate() {
         let s = if pool { Shape::new(BATCH, h / 2, w / 2, cout) } else { Shape::new(BATCH, h, w, cout) };
         checks.push((
@@ -341,14 +350,26 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     let odd = [(24, 72), (8, 200), (16, 16), (40, 360), (8, 8), (24, 216), (64, 64), (8, 72), (32, 288)];
     checks.push(("muon, nine shapes".into(), Box::new(move |g, c, r| check_muon(g, c, r, &odd, 880))));
     checks.push(("whole step".into(), Box::new(|g, c, r| check_step(g, c, r, BATCH, 900))));
-    // the step again on the other tunable conv paths (mma128, wgmma) where the GPU has them
-    for path in ConvPath::tunable(gpu.info.cc).into_iter().filter(|&p| p != gpu.conv_path) {
+    // the step again on the other tunable conv paths (mma128; wgmma's below) where the GPU has them
+    let step_on = |checks: &mut Vec<(String, Check)>, path: ConvPath| {
         let f = move |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| {
             g.with_conv_path(path, |g| check_step(g, c, r, BATCH, 900))
         };
         checks.push((format!("whole step, {} convs", path.name()), Box::new(f)));
+    };
+    let tunable = ConvPath::tunable(gpu.info.cc);
+    for &path in tunable.iter().filter(|&&p| p != gpu.conv_path && p != ConvPath::Wgmma) {
+        step_on(&mut checks, path);
     }
-    checks.push(("recorded step".into(), Box::new(|g, c, r| check_graph(g, c, r, BATCH, 950))));
+    // at a quarter of the batch: what it checks (replays equal op by op, each step reading its own
+    // plan row) does not depend on the batch, and its six steps were 40% of the emulated run
+    checks.push(("recorded step".into(), Box::new(|g, c, r| check_graph(g, c, r, BATCH / 4, 950))));
+    if !wgmma.is_empty() {
+        conv_checks(&mut checks, &wgmma, ", wgmma");
+        if gpu.conv_path != ConvPath::Wgmma && tunable.contains(&ConvPath::Wgmma) {
+            step_on(&mut checks, ConvPath::Wgmma);
+        }
+    }
     // SPEEDRUN_SELFTEST_TIMES=1: each check's wall time after its lines (where the emulated
     // CI run spends its minutes)
     let times = std::env::var("SPEEDRUN_SELFTEST_TIMES").is_ok_and(|v| v == "1");
@@ -442,6 +463,7 @@ fn check_conv(
     pool: bool,
     bn: bool,
     seed: u64,
+    paths: &[ConvPath],
 ) -> Result<()> {
     let cin = xs.c;
     let hp = HostPre::new(cin, bn, seed);
@@ -509,7 +531,7 @@ fn check_conv(
         }
         Ok(())
     };
-    for &path in ConvPath::available(gpu.info.cc) {
+    for &path in paths {
         gpu.with_conv_path(path, |g| fwd(g, r, path.name()))?;
     }
 
@@ -549,7 +571,7 @@ fn check_conv(
         let got2 = gpu.download(&gdw2)?;
         r.line(&label(&format!("wgrad dw, no da, kept a ({path})")), &shape, &got2, &got_dw, 0.0)
     };
-    for &path in ConvPath::available(gpu.info.cc) {
+    for &path in paths {
         gpu.with_conv_path(path, |g| bwd(g, r, path.name()))?;
     }
     Ok(())
