@@ -860,7 +860,7 @@ fn train<B: Backend>(b: &mut B, h: &Hyp, args: &cli::Args, what: &str, warm_up: 
 
 /// Kernel autotuning, part of the warm-up (as airbench's torch.compile tunes in its warm-up):
 /// where the backend offers interchangeable kernel variants (the GPU's mma conv paths, unless
-/// `SPEEDRUN_CONV` pins one), one untimed warm-up run per variant, each recording its own
+/// `SPEEDRUN_CONV` pins one or lists the choices), one untimed warm-up run per variant, each recording its own
 /// steps, timed like a run; the one `pick` names (`fastest`) is kept with its recorded steps.
 /// A variant whose warm-up run fails or ends with an accuracy that disagrees with the first
 /// (current, self-tested) variant's is rejected, so a kernel that is fast but wrong on some GPU
@@ -912,7 +912,7 @@ fn tune<B: Backend>(
     tr.steps = steps.swap_remove(i);
     let line = format!(
         "kernel autotune (one untimed warm-up run each, timed like a run): {}; training on {chosen} \
-         (SPEEDRUN_CONV=<name> pins one)",
+         (SPEEDRUN_CONV=<name> pins one, SPEEDRUN_CONV=<a>,<b> tunes over those)",
         said.join(", ")
     );
     Ok(Some(Tuned { line, warmups }))

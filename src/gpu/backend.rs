@@ -846,8 +846,8 @@ impl Backend for Gpu {
     type Words = GWords;
 
     fn variants(&self) -> Vec<&'static str> {
-        let paths = ConvPath::tunable(self.info.cc);
-        if self.conv_pinned || paths.len() < 2 {
+        let paths = &self.conv_tune;
+        if paths.len() < 2 {
             return Vec::new();
         }
         let mut names: Vec<_> = paths.iter().map(|p| p.name()).collect();

@@ -81,8 +81,9 @@ pub struct Gpu {
     /// cost 0.85 ms per step with the register-staged kernels (bench-pass2) and save 0.44 ms with
     /// the all-cp.async ones (bench/logs/2026-11-26-h200-bench-pass3.log).
     pub epilogue_sums: bool,
-    /// Whether [`CONV_ENV`] named the conv path (then `Backend::variants` offers no choice).
-    pub conv_pinned: bool,
+    /// The conv paths the warm-up's autotune chooses from (`Backend::variants`): the tunable ones,
+    /// or those [`CONV_ENV`] lists (one name pins it: no choice).
+    pub conv_tune: Vec<ConvPath>,
     /// Kernel handles, workspace and temporaries of the `Backend` ops (src/gpu/backend.rs).
     ops: backend::OpState,
 }
@@ -99,7 +100,8 @@ pub struct Gpu {
 /// channels, 128×64 for weight gradients of 64 channels) or `Wmma` (nvcuda::wmma, 64×64 tiles,
 /// every GPU). `Gpu::open` picks
 /// `Mma` where the GPU has it; the environment variable `SPEEDRUN_CONV=wmma` (or `mma`,
-/// `mma128`, `wgmma`) overrides.
+/// `mma128`, `wgmma`) overrides, and a comma list (`SPEEDRUN_CONV=mma,mma128`) is the set the
+/// warm-up's autotune chooses from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPath {
     Wmma,
@@ -108,7 +110,8 @@ pub enum ConvPath {
     Wgmma,
 }
 
-/// Environment variable that overrides the convolution kernels: `wmma`, `mma`, `mma128` or `wgmma`.
+/// Environment variable that overrides the convolution kernels: `wmma`, `mma`, `mma128` or `wgmma`
+/// (pinned), or a comma list of them (the autotune's choices).
 pub const CONV_ENV: &str = "SPEEDRUN_CONV";
 /// Environment variable that turns the mma convs' epilogue sums off (`0`) or on (`1`, default).
 pub const SUMS_ENV: &str = "SPEEDRUN_EPILOGUE_SUMS";
@@ -173,6 +176,25 @@ impl ConvPath {
             return Err(Error::Gpu(format!("{CONV_ENV}={v} needs {need}; this GPU is sm_{}{}", cc.0, cc.1)));
         }
         Ok(want)
+    }
+    /// What [`CONV_ENV`] asks for on `cc` (None: unset), default first: unset, the tunable paths
+    /// (or the one available); one name, that path alone (pinned); a comma list such as
+    /// `mma,mma128`, those paths (the warm-up tunes over them: a way to leave one out).
+    pub fn choose_list(cc: (i32, i32), env: Option<&str>) -> Result<Vec<ConvPath>> {
+        let v = env.map(str::trim).unwrap_or("");
+        if v.is_empty() {
+            let t = Self::tunable(cc);
+            return Ok(if t.is_empty() { vec![Self::available(cc)[0]] } else { t });
+        }
+        let mut list = Vec::new();
+        for name in v.split(',') {
+            let p = Self::choose(cc, Some(name))?;
+            if name.trim().is_empty() || list.contains(&p) {
+                return Err(Error::Gpu(format!("{CONV_ENV}={v:?}: each path once, separated by commas")));
+            }
+            list.push(p);
+        }
+        Ok(list)
     }
 }
 
@@ -348,12 +370,11 @@ impl Gpu {
             })?;
             modules.insert(m.name, (loaded, image));
         }
-        let conv_env = std::env::var(CONV_ENV).ok();
-        let conv_path = ConvPath::choose(info.cc, conv_env.as_deref())?;
-        let conv_pinned = conv_env.is_some_and(|v| !v.trim().is_empty());
+        let conv_tune = ConvPath::choose_list(info.cc, std::env::var(CONV_ENV).ok().as_deref())?;
+        let conv_path = conv_tune[0];
         let epilogue_sums = epilogue_sums(std::env::var(SUMS_ENV).ok().as_deref())?;
         let ops = backend::OpState::default();
-        Ok(Gpu { ctx, stream, info, modules, conv_path, epilogue_sums, conv_pinned, ops })
+        Ok(Gpu { ctx, stream, info, modules, conv_path, epilogue_sums, conv_tune, ops })
     }
 
     /// Runs `f` with the convolution kernels set to `path`, then restores the current choice.

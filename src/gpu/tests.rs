@@ -269,6 +269,19 @@ fn conv_path_choice() {
     let e = ConvPath::choose((7, 5), Some("mma128")).unwrap_err().to_string();
     assert!(e.contains("mma128") && e.contains("8.0") && e.contains("sm_75"), "{e}");
     assert!(Mma.is_mma() && MmaWide.is_mma() && Wgmma.is_mma() && !Wmma.is_mma());
+    // the list form: unset, every tunable path (the one available without mma); one name,
+    // pinned; a comma list, those paths in its order; each checked like one name
+    assert_eq!(ConvPath::choose_list((9, 0), None).unwrap(), [Mma, MmaWide, Wgmma]);
+    assert_eq!(ConvPath::choose_list((8, 6), Some(" ")).unwrap(), [Mma, MmaWide]);
+    assert_eq!(ConvPath::choose_list((7, 5), None).unwrap(), [Wmma]);
+    assert_eq!(ConvPath::choose_list((9, 0), Some("wgmma")).unwrap(), [Wgmma]);
+    assert_eq!(ConvPath::choose_list((9, 0), Some("mma128, mma")).unwrap(), [MmaWide, Mma]);
+    let e = ConvPath::choose_list((8, 0), Some("mma,wgmma")).unwrap_err().to_string();
+    assert!(e.contains("wgmma") && e.contains("9.0"), "{e}");
+    for bad in ["mma,mma", "mma,", ",mma128", "mma,,mma128"] {
+        let e = ConvPath::choose_list((9, 0), Some(bad)).unwrap_err().to_string();
+        assert!(e.contains(CONV_ENV) && e.contains("once"), "{bad}: {e}");
+    }
 }
 
 /// The host launches the wide convs with the dynamic shared memory the kernels' tiles need.

@@ -398,7 +398,8 @@ fn gpu_tuned_trainer_replays_the_chosen_path() {
         Ok(g) => g,
         Err(e) => panic!("{e} (this machine has libcuda.so.1, so a usable GPU is expected)"),
     };
-    gpu.conv_pinned = false; // SPEEDRUN_CONV in the environment must not hide the choice here
+    // SPEEDRUN_CONV in the environment must not hide the choice here
+    gpu.conv_tune = cifar::gpu::ConvPath::tunable(gpu.info.cc);
     let variants = gpu.variants();
     if variants.len() < 2 {
         eprintln!("skipped: {} offers {variants:?}, nothing to tune", gpu.info);
