@@ -53,6 +53,8 @@ std::string emu_launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsig
                        const std::function<void()>& f);
 // The dynamic shared memory of the block running on this OS thread.
 unsigned char* emu_dyn_smem();
+// Its size: the launch's dynamic shared memory bytes.
+size_t emu_dyn_smem_bytes();
 
 void register_conv(std::vector<KernelEntry>&);
 void register_norm(std::vector<KernelEntry>&);

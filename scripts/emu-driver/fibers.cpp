@@ -81,6 +81,7 @@ struct Sched {
     std::vector<Barrier> warps;
     const std::function<void()>* f = nullptr;
     std::vector<unsigned char> dyn;
+    size_t dyn_bytes = 0;  // the running launch's dynamic shared memory (dyn may be larger)
 };
 thread_local Sched S;
 
@@ -181,7 +182,10 @@ struct Job {
 
 void work(Job& j) {
     S.f = j.f;
-    if (S.dyn.size() < j.dyn) S.dyn.resize(j.dyn);
+    // at least the opt-in maximum, so that an access past the launch's size stays in the buffer
+    // for sm80.h's checks to report
+    if (S.dyn.size() < std::max<size_t>(j.dyn, EMU_SMEM_BYTES)) S.dyn.resize(std::max<size_t>(j.dyn, EMU_SMEM_BYTES));
+    S.dyn_bytes = j.dyn;
     for (uint64_t b; (b = j.next.fetch_add(1)) < j.total && !j.deadlock.load();) {
         const unsigned x = b % j.gx, y = (b / j.gx) % j.gy, z = b / ((uint64_t)j.gx * j.gy);
         if (!run_block(x, y, z, j.nt)) {
@@ -241,6 +245,7 @@ struct Pool {
 void emu_block_sync() { arrive(S.block); }
 void emu_warp_sync(int w) { arrive(S.warps[w]); }
 unsigned char* emu_dyn_smem() { return S.dyn.data(); }
+size_t emu_dyn_smem_bytes() { return S.dyn_bytes; }
 
 std::string emu_launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, size_t dyn_smem,
                        const std::function<void()>& f) {

@@ -24,6 +24,7 @@ double g_xchg[64][32];
 // dynamic shared memory: one buffer (blocks run one after another), the size of an H100's opt-in
 alignas(128) static unsigned char g_dyn_smem[EMU_SMEM_BYTES];
 unsigned char* emu_dyn_smem() { return g_dyn_smem; }
+size_t emu_dyn_smem_bytes() { return EMU_SMEM_BYTES; }
 // Runs f for every block of grid sequentially, the block's threads concurrently.
 void launch(dim3 grid, dim3 block, const std::function<void()>& f) {
     blockDim = block; gridDim = grid;

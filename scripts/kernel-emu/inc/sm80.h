@@ -72,6 +72,22 @@ inline unsigned emu_pack(half lo, half hi) {
     return u;
 }
 
+// The launch's dynamic shared memory: the buffer holds at least the opt-in maximum
+// (EMU_SMEM_BYTES); an access inside the buffer but past the launch's size (a kernel that needs
+// more than the host asked for) is reported here, as the GPU would fault on it.
+unsigned char* emu_dyn_smem();
+size_t emu_dyn_smem_bytes();  // the launch's dynamic shared memory (kernel-emu: EMU_SMEM_BYTES)
+constexpr unsigned EMU_SMEM_BYTES = 232448;
+inline void emu_check_dyn(const void* p, size_t n) {
+    const unsigned char* b = emu_dyn_smem();
+    const unsigned char* q = static_cast<const unsigned char*>(p);
+    if (q >= b && q < b + EMU_SMEM_BYTES && q + n > b + emu_dyn_smem_bytes()) {
+        fprintf(stderr, "emulated kernel: shared memory bytes %lld..%lld, past the launch's %zu of dynamic shared memory\n",
+                (long long)(q - b), (long long)(q - b + n), emu_dyn_smem_bytes());
+        abort();
+    }
+}
+
 inline void mma_16816(float* d, const unsigned* a, const unsigned* b) {
     int w, l, par;
     EmuLane& me = emu_entry(w, l, par);
@@ -110,6 +126,7 @@ template <bool TRANS> inline void ldmatrix_x4(unsigned* r, const half* p) {
     int w, l, par;
     EmuLane& me = emu_entry(w, l, par);
     assert(((uintptr_t)p % 16) == 0 && "ldmatrix row addresses must be 16-byte aligned");
+    emu_check_dyn(p, 16);
     me.ptr = p;
     emu_meet(w);
     for (int j = 0; j < 4; j++) {
@@ -146,6 +163,7 @@ inline void cp_async16(half* dst, const void* src, int bytes) {
     assert(((uintptr_t)dst % 16) == 0 && "cp.async destination must be 16-byte aligned");
     assert((bytes == 0 || bytes == 16) && "cp_async16 copies 0 or 16 bytes");
     assert((bytes == 0 || ((uintptr_t)src % 16) == 0) && "cp.async source must be 16-byte aligned");
+    emu_check_dyn(dst, 16);
     memset(dst, 0xFF, 16);  // NaN until the group is waited for
     emu_cp_state().open.push_back({reinterpret_cast<unsigned char*>(dst), static_cast<const unsigned char*>(src), bytes});
 }
@@ -179,12 +197,10 @@ template <int N> inline void cp_async_wait() {
 // the fragment layout of D: thread t of the warpgroup, warp w = t/32, g = lane/4, q = lane%4,
 // holds d[4j + 2h + e] = D(16w + g + 8h, 8j + 2q + e). Sums run k = 0..15 in order from d, as
 // mma_16816 above, so a wgmma kernel's results equal an mma.sync kernel's bit for bit.
-unsigned char* emu_dyn_smem();
 constexpr unsigned EMU_SMEM_BASE = 0x410;
-constexpr unsigned EMU_SMEM_BYTES = 232448;
 inline unsigned smem_u32(const void* p) {
     const long long off = (const unsigned char*)p - emu_dyn_smem();
-    assert(off >= 0 && off < (long long)EMU_SMEM_BYTES && "smem_u32: not in the dynamic shared memory");
+    assert(off >= 0 && off < (long long)emu_dyn_smem_bytes() && "smem_u32: not in the launch's dynamic shared memory");
     return (unsigned)off + EMU_SMEM_BASE;
 }
 inline unsigned long long wgmma_desc(unsigned addr, unsigned lbo = 16, unsigned sbo = 1024) {
@@ -246,11 +262,14 @@ struct EmuWgOperand {
         assert(((start >> 7) & 7) == 0 && "wgmma operand: the 8-row atom must start on a 1024-byte boundary");
         if (!mn) assert(lbo == 16 && sbo == 1024 && "emulated wgmma, K-major: LBO 16 (unused), SBO 1024");
         else assert((start & 1023) == 0 && lbo % 1024 == 0 && sbo % 1024 == 0 && "emulated wgmma, MN-major: whole atoms");
-        // the atoms' extent (swizzling stays inside an atom): first and last byte in shared memory
-        const unsigned last = mn ? start + (unsigned)((rows - 1) / 64) * lbo + sbo + 1024
-                                 : start + (unsigned)((rows - 1) / 8) * sbo + 1024;
-        assert(start >= EMU_SMEM_BASE && last <= EMU_SMEM_BASE + EMU_SMEM_BYTES && "wgmma operand outside shared memory");
-        (void)last;
+        // the atoms' extent (swizzling stays inside an atom; a K-major start is its atom's plus
+        // the k offset in the row): first byte and one past the last in shared memory
+        const unsigned atom = start & ~1023u;
+        const unsigned end = mn ? atom + (unsigned)((rows - 1) / 64) * lbo + sbo + 1024
+                                : atom + (unsigned)((rows - 1) / 8) * sbo + 1024;
+        assert(atom >= EMU_SMEM_BASE && end <= EMU_SMEM_BASE + emu_dyn_smem_bytes() &&
+               "wgmma operand outside the launch's dynamic shared memory");
+        (void)end;
     }
     float at(int r, int k) const {
         const unsigned logical = mn ? start + (unsigned)(r / 64) * lbo + (unsigned)(k / 8) * sbo + (unsigned)(k % 8) * 128 +
