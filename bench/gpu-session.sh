@@ -1,13 +1,8 @@
 #!/usr/bin/env bash
 # What a GPU session runs on the lent machine, in order of value (../shared/docs/GPU.md).
-# The machine has no Rust and no network: build here with
-#   REQUIRE_CUDA_KERNELS=1 cargo build --release
-# then move the data in two device calls instead of four (64 MiB each; tested 2026-11-26):
-#   python3 bench/pack_cifar.py pack ../shared/cifar10/cifar-10-batches-bin data/pk1 data_batch_{1,2,3}.bin
-#   python3 bench/pack_cifar.py pack ../shared/cifar10/cifar-10-batches-bin data/pk2 data_batch_{4,5}.bin test_batch.bin
-#   xz -9 -c target/release/speedrun > data/pk1/speedrun.xz     (needs numpy here; ~59% of raw)
-# carry data/pk1, unpack there (python3 bench/pack_cifar.py unpack data/pk1 data/cifar-10-batches-bin,
-# and lzma-decompress the binary to target/release/speedrun), then data/pk2, and run, e.g.:
+# The machine has no Rust and no network: build and pack here with bench/prepare-gpu.sh (two
+# builds, the data in two packs of under 64 MiB, one per device call), then carry data/pk1 and
+# run `bash bench/gpu-session.sh unpack data/pk1` there, later data/pk2 likewise, and run, e.g.:
 #   bash bench/gpu-session.sh selftest      # every kernel + one training step vs the CPU reference
 #   bash bench/gpu-session.sh bench         # per-kernel timings against their floors
 #   bash bench/gpu-session.sh one           # one timed run with the per-epoch table
@@ -40,8 +35,22 @@ OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
 BIN=${SPEEDRUN_BIN:-./target/release/speedrun}
 what=${1:-selftest}
-case "$what" in selftest|bench|one|runs|first|airbench) ;; *)
-  echo "unknown step $what (selftest | bench | one | runs N | first | airbench N)" >&2; exit 2 ;; esac
+case "$what" in selftest|bench|one|runs|first|airbench|unpack) ;; *)
+  echo "unknown step $what (unpack DIR | selftest | bench | one | runs N | first | airbench N)" >&2; exit 2 ;; esac
+if [ "$what" = unpack ]; then
+  # a pack from bench/prepare-gpu.sh: the CIFAR-10 files into data/cifar-10-batches-bin, and
+  # speedrun.xz / speedrun-nofence.xz into target/release / target/nofence/release
+  dir=${2:?unpack needs the pack folder}
+  python3 bench/pack_cifar.py unpack "$dir" data/cifar-10-batches-bin || exit 1
+  for b in speedrun speedrun-nofence; do
+    [ -f "$dir/$b.xz" ] || continue
+    dst=target/release/speedrun; [ "$b" = speedrun-nofence ] && dst=target/nofence/release/speedrun
+    mkdir -p "$(dirname "$dst")"
+    python3 -c 'import lzma,sys; open(sys.argv[2],"wb").write(lzma.open(sys.argv[1]).read())' "$dir/$b.xz" "$dst" && chmod +x "$dst" || exit 1
+    echo "unpacked $dst"
+  done
+  exit 0
+fi
 log="$OUT/$(date -u +%Y%m%d-%H%M%S)-$what.log"
 {
   echo "# command: bench/gpu-session.sh $*"
