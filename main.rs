@@ -25,7 +25,7 @@ use std::time::Instant;
 /// `λ = weight_decay / lr₀` per group, i.e. each step decays by `weight_decay·lr_t/lr₀`.
 const HYP: Hyp = Hyp {
     batch_size: 2000,
-    epochs: 8,
+    epochs: 8.0, // may be fractional: ⌈epochs × steps per epoch⌉ steps, the last epoch cut short
     train_images: 50_000,
     test_images: 10_000,
     widths: [64, 256, 256],
@@ -54,7 +54,7 @@ const HYP: Hyp = Hyp {
 /// per step, so they shrink by the batch ratio to keep their per-epoch effect.
 const CPU_HYP: Hyp = Hyp {
     batch_size: 200,
-    epochs: 5,
+    epochs: 5.0,
     train_images: 10_000,
     test_images: 2_000,
     widths: [32, 64, 64],
@@ -67,7 +67,7 @@ const CPU_HYP: Hyp = Hyp {
 /// `--smoke`: one epoch of a narrow net on 1,000 images, to check the whole pipeline in seconds.
 const SMOKE_HYP: Hyp = Hyp {
     batch_size: 100,
-    epochs: 1,
+    epochs: 1.0,
     train_images: 1_000,
     test_images: 500,
     widths: [16, 32, 32],
@@ -101,9 +101,18 @@ fn scaled(h: &Hyp, batch: usize) -> Result<Hyp> {
     })
 }
 
+/// Training steps for `h.epochs` epochs of `steps_per_epoch`: ⌈epochs × steps per epoch⌉ (a
+/// product within 1e-9 of a whole number counts as that number: 8.4 × 25 is 210), at least 1.
+fn total_steps(h: &Hyp, steps_per_epoch: usize) -> usize {
+    let x = h.epochs * steps_per_epoch as f64;
+    let steps = if (x - x.round()).abs() < 1e-9 { x.round() } else { x.ceil() };
+    (steps as usize).max(1)
+}
+
 /// The derived numbers a run prints at its start.
 fn derived(h: &Hyp) -> String {
     let steps = h.train_images / h.batch_size;
+    let total = total_steps(h, steps);
     format!(
         "batch {} | {} steps/epoch x {} epochs = {} steps | Muon lr {:.5} (momentum {}) | SGD lr bias {} head {} \
          (momentum {}) | weight decay {:.6} | BN momentum {:.5} | whitening bias trains {} steps | \
@@ -111,7 +120,7 @@ fn derived(h: &Hyp) -> String {
         h.batch_size,
         steps,
         h.epochs,
-        steps * h.epochs,
+        total,
         h.muon_lr,
         h.muon_momentum,
         h.bias_lr,
@@ -119,8 +128,8 @@ fn derived(h: &Hyp) -> String {
         h.sgd_momentum,
         h.weight_decay,
         h.bn_momentum,
-        h.whiten_bias_epochs * steps,
-        h.prog.phases(steps * h.epochs),
+        (h.whiten_bias_epochs * steps).min(total),
+        h.prog.phases(total),
         h.tta_level,
         h.eval_every,
         h.eval_subset
@@ -133,7 +142,7 @@ const NORM: Norm = Norm { mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 
 #[derive(Clone, Copy, Debug)]
 struct Hyp {
     batch_size: usize,
-    epochs: usize,
+    epochs: f64,
     train_images: usize, // the first this many training images (all 50,000 for the recipe)
     test_images: usize,  // the first this many images of the test file
     widths: [usize; 3],  // channels of the three conv groups
@@ -580,8 +589,8 @@ fn trainer<B: Backend>(b: &mut B, h: &Hyp, train_n: usize, test_n: usize, record
     if steps_per_epoch == 0 {
         return Err(Error::Usage(format!("batch size {} exceeds the {train_n} training images", h.batch_size)));
     }
-    let total = h.epochs * steps_per_epoch;
-    let bias_steps = h.whiten_bias_epochs * steps_per_epoch;
+    let total = total_steps(h, steps_per_epoch);
+    let bias_steps = (h.whiten_bias_epochs * steps_per_epoch).min(total);
     let mut by_res = Vec::new();
     for (_, res) in h.prog.phases(total) {
         by_res.push((res, acts(b, h, h.batch_size, res, true)?));
@@ -636,9 +645,11 @@ fn run<B: Backend>(
     let cov = b.patch_cov(&train.images, h.whiten_images.min(train.n), NORM)?;
     let (w, _eigenvalues) = whiten::filters(&cov, h.whiten_eps);
     b.write(&mut net.whiten_w, &w)?;
-    for epoch in 0..h.epochs {
+    for epoch in 0..total.div_ceil(steps_per_epoch) {
         b.write_words(words, &aug::epoch_words(&mut rng, epoch, &flips, h.max_shift))?;
-        for k in 0..steps_per_epoch {
+        // the last epoch of a fractional count stops after its share of the batches
+        let epoch_steps = steps_per_epoch.min(total - epoch * steps_per_epoch);
+        for k in 0..epoch_steps {
             let t = epoch * steps_per_epoch + k;
             let kind = (h.prog.resolution(t, total), t < bias_steps);
             let a = &mut by_res.iter_mut().find(|(r, _)| *r == kind.0).expect("every phase allocated").1;
@@ -657,13 +668,13 @@ fn run<B: Backend>(
             sums[1] += acc[1] as f64;
             b.write(&mut a.loss_acc, &[0.0, 0.0])?; // in place: recorded steps keep its address
         }
-        let seen = (steps_per_epoch * h.batch_size) as f64;
+        let seen = (epoch_steps * h.batch_size) as f64;
         let (train_loss, train_acc) = (sums[0] / seen, sums[1] / seen);
         if !train_loss.is_finite() {
             return Err(Error::Diverged(format!(
                 "the training loss is {train_loss} after epoch {} (step {}, seed {seed}); lower the learning rates or check the recipe",
                 epoch + 1,
-                (epoch + 1) * steps_per_epoch
+                epoch * steps_per_epoch + epoch_steps
             )));
         }
         let mut eval_acc = None;
@@ -674,7 +685,7 @@ fn run<B: Backend>(
             eval_seconds += b.seconds(&started, &end)?;
             eval_acc = Some(correct as f64 / v.n as f64);
         }
-        let last = (epoch + 1) * steps_per_epoch - 1;
+        let last = epoch * steps_per_epoch + epoch_steps - 1;
         let line = report::Epoch {
             epoch: epoch + 1,
             step: last + 1,
@@ -791,7 +802,7 @@ fn recipe(args: &cli::Args) -> Result<Hyp> {
     };
     if let Some(e) = args.epochs {
         h.epochs = e;
-        h.whiten_bias_epochs = h.whiten_bias_epochs.min(e);
+        h.whiten_bias_epochs = h.whiten_bias_epochs.min(e.ceil() as usize);
     }
     h.prog = Progressive::new(args.prog_frac, args.prog_start, args.prog_warmup)?;
     h.eval_every = args.eval_every;

@@ -43,8 +43,10 @@ recipe knobs (derived values are printed at start)
                       scaling rule (x B/B0), SGD rates kept (the loss is summed, so its gradient already
                       scales with B), BatchNorm's running-average momentum m -> m^(B/B0), step counts
                       from the unchanged epoch budget (README: \"Batch-size scaling\")
-  --epochs E          train E epochs instead of the recipe's (the learning-rate schedules stretch with
-                      them; the whitening bias trains its own epochs, at most E)
+  --epochs E          train E epochs instead of the recipe's, E may be fractional (8.4: 210 steps at
+                      25 per epoch, the last epoch cut short, as airbench's ceil(epochs x steps/epoch));
+                      the learning-rate schedules stretch with them; the whitening bias trains its own
+                      epochs, at most E
   --prog-frac F       progressive resolution: the first fraction F of the steps (0 <= F < 1) trains on
                       downscaled images, growing linearly in 4-px steps to 32 px (default 0: off)
   --prog-start S      starting resolution as a fraction of 32 px (default 0.75: 24 px)
@@ -83,7 +85,7 @@ pub struct Args {
     pub json: Option<PathBuf>,
     pub csv: Option<PathBuf>,
     pub batch_size: Option<usize>,
-    pub epochs: Option<usize>,
+    pub epochs: Option<f64>,
     pub prog_frac: f64,
     pub prog_start: f64,
     pub prog_warmup: usize,
@@ -144,6 +146,15 @@ where
     Ok(n)
 }
 
+/// A finite number above 0 (e.g. `--epochs 8.5`).
+fn positive(flag: &str, v: Option<String>) -> Result<f64> {
+    let x: f64 = number(flag, v, f64::NEG_INFINITY)?;
+    if !(x > 0.0 && x.is_finite()) {
+        return Err(Error::Usage(format!("{flag} must be a number above 0, got {x}")));
+    }
+    Ok(x)
+}
+
 /// A fraction in `[lo, hi)` (or `(lo, hi]` when `open_low`).
 fn fraction(flag: &str, v: Option<String>, open_low: bool) -> Result<f64> {
     let x: f64 = number(flag, v, f64::NEG_INFINITY)?;
@@ -198,7 +209,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args> {
             "--json" => a.json = Some(path(it.next())?),
             "--csv" => a.csv = Some(path(it.next())?),
             "--batch-size" => a.batch_size = Some(number(&flag, it.next(), 1)?),
-            "--epochs" => a.epochs = Some(number(&flag, it.next(), 1)?),
+            "--epochs" => a.epochs = Some(positive(&flag, it.next())?),
             "--prog-frac" => a.prog_frac = fraction(&flag, it.next(), false)?,
             "--prog-start" => a.prog_start = fraction(&flag, it.next(), true)?,
             "--prog-warmup" => a.prog_warmup = number(&flag, it.next(), 0)?,
@@ -259,7 +270,8 @@ mod tests {
         assert_eq!(p("selftest --device 1").unwrap().command, Command::Selftest);
         assert_eq!(p("bench --batch-size 1000").unwrap().command, Command::Bench);
         assert_eq!(p("--cpu").unwrap().command, Command::Train);
-        assert_eq!((p("--epochs 9").unwrap().epochs, d.epochs), (Some(9), None));
+        assert_eq!((p("--epochs 9").unwrap().epochs, d.epochs), (Some(9.0), None));
+        assert_eq!(p("--epochs 8.4").unwrap().epochs, Some(8.4));
         let c = p("--runs 4 --only-runs 1,3 --results r.txt --device 2").unwrap();
         assert_eq!((c.only_runs, c.results, c.device), (Some(vec![1, 3]), Some("r.txt".into()), 2));
     }
@@ -273,7 +285,10 @@ mod tests {
             ("--seed -3", "expects a number"),
             ("--data-dir", "needs a path"),
             ("--batch-size 0", "at least 1"),
-            ("--epochs 0", "at least 1"),
+            ("--epochs 0", "above 0"),
+            ("--epochs -1", "above 0"),
+            ("--epochs inf", "above 0"),
+            ("--epochs x", "expects a number"),
             ("--prog-frac 1", "in [0, 1)"),
             ("--prog-frac -0.1", "in [0, 1)"),
             ("--prog-start 0", "in (0, 1]"),

@@ -34,7 +34,7 @@ fn recipe_shapes_and_parameter_count_match_airbench94_muon() {
     let bn: usize = layers(&HYP).iter().map(|&(_, co, _)| co).sum();
     assert_eq!((conv, bn), (1_967_616, 1_152));
     assert_eq!(conv + bn + CLASSES * HYP.widths[2] + WHITEN, 1_971_352, "trainable parameters (RECIPE.md §3.1)");
-    assert_eq!(HYP.train_images / HYP.batch_size * HYP.epochs, 200, "steps");
+    assert_eq!(total_steps(&HYP, HYP.train_images / HYP.batch_size), 200, "steps");
 }
 
 #[test]
@@ -141,7 +141,7 @@ fn whole_network_gradients_match_finite_differences() {
 /// A tiny configuration that runs in well under a second.
 const TINY: Hyp = Hyp {
     batch_size: 8,
-    epochs: 2,
+    epochs: 2.0,
     train_images: 32,
     test_images: 16,
     widths: [16, 16, 16],
@@ -199,7 +199,7 @@ fn learns_real_cifar10_far_above_chance() {
     let Some(dir) = cifar::testing::real_dataset("learns_real_cifar10_far_above_chance") else { return };
     let h = Hyp {
         batch_size: 100,
-        epochs: 4,
+        epochs: 4.0,
         train_images: 2_000,
         test_images: 1_000,
         widths: [16, 32, 32],
@@ -235,7 +235,7 @@ fn batch_size_scaling_derives_rates_momenta_and_steps() {
     assert!(close(h.weight_decay, 0.002), "weight decay × 1/2: {}", h.weight_decay);
     assert!(close(h.bn_momentum, 0.6f32.sqrt()), "BN momentum 0.6^(1/2): {}", h.bn_momentum);
     assert_eq!((h.bias_lr, h.head_lr, h.sgd_momentum, h.muon_momentum), (HYP.bias_lr, HYP.head_lr, 0.85, 0.6));
-    assert_eq!((h.epochs, h.whiten_bias_epochs), (8, 3), "the epoch budget is unchanged");
+    assert_eq!((h.epochs, h.whiten_bias_epochs), (8.0, 3), "the epoch budget is unchanged");
     let d = derived(&h);
     assert!(d.contains("batch 1000 | 50 steps/epoch x 8 epochs = 400 steps | Muon lr 0.12000"), "{d}");
     assert!(d.contains("whitening bias trains 150 steps"), "{d}");
@@ -247,6 +247,30 @@ fn batch_size_scaling_derives_rates_momenta_and_steps() {
         Err(Error::Usage(m)) => assert!(m.contains("exceeds the 32 training images"), "{m}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// A fractional epoch count trains ⌈epochs × steps per epoch⌉ steps, as airbench counts them: the
+/// last epoch stops after its share of the batches and reports what it trained.
+#[test]
+fn fractional_epochs_cut_the_last_epoch_short() {
+    let at = |epochs: f64, spe: usize| total_steps(&Hyp { epochs, ..HYP }, spe);
+    assert_eq!((at(8.0, 25), at(8.4, 25), at(8.41, 25), at(0.01, 25)), (200, 210, 211, 1));
+    // TINY: 4 steps per epoch; 1.5 epochs = 6 steps, the whitening bias for its 1 epoch (4 steps)
+    let h = Hyp { epochs: 1.5, ..TINY };
+    let d = derived(&h);
+    assert!(d.contains("4 steps/epoch x 1.5 epochs = 6 steps") && d.contains("trains 4 steps"), "{d}");
+    let (a, epochs) = tiny_run_with(&h, 4, 2);
+    let steps: Vec<usize> = epochs.iter().map(|e| e.step).collect();
+    assert_eq!(steps, [4, 6], "epoch lines end at steps 4 and 6");
+    assert!(epochs.iter().all(|e| e.train_loss.is_finite() && e.train_acc <= 1.0));
+    let (b, _) = tiny_run_with(&h, 4, 1);
+    assert_eq!(a.fingerprint, b.fingerprint, "same seed, same result");
+    let (two, _) = tiny_run_with(&TINY, 4, 2);
+    assert_ne!(a.fingerprint, two.fingerprint, "6 steps are not 8");
+    // the whitening bias never trains past the last step
+    let short = Hyp { epochs: 0.5, ..TINY };
+    assert!(derived(&short).contains("= 2 steps") && derived(&short).contains("trains 2 steps"));
+    assert_eq!(tiny_run_with(&short, 4, 2).1.iter().map(|e| e.step).collect::<Vec<_>>(), [2]);
 }
 
 #[test]
@@ -293,9 +317,11 @@ fn periodic_evaluation_is_reported_apart_and_tta_can_be_switched_off() {
     assert_eq!(recipe(&cli::parse([]).unwrap()).unwrap().tta_level, 2, "the recipe's 6 views by default");
     // --epochs replaces the epoch count; the whitening bias never trains longer than the run
     let with = |e: &str| recipe(&cli::parse(["--epochs".to_string(), e.to_string()]).unwrap()).unwrap();
-    assert_eq!((HYP.epochs, HYP.whiten_bias_epochs), (8, 3));
-    assert_eq!((with("9").epochs, with("9").whiten_bias_epochs), (9, 3));
-    assert_eq!((with("2").epochs, with("2").whiten_bias_epochs), (2, 2));
+    assert_eq!((HYP.epochs, HYP.whiten_bias_epochs), (8.0, 3));
+    assert_eq!((with("9").epochs, with("9").whiten_bias_epochs), (9.0, 3));
+    assert_eq!((with("2").epochs, with("2").whiten_bias_epochs), (2.0, 2));
+    assert_eq!((with("8.4").epochs, with("8.4").whiten_bias_epochs), (8.4, 3));
+    assert_eq!((with("1.5").epochs, with("1.5").whiten_bias_epochs), (1.5, 2));
 }
 
 /// The plan carries, per step, where its examples start in its epoch's words and the rates of
