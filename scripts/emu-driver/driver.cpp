@@ -510,6 +510,7 @@ API CUresult cuFuncSetAttribute(void* fh, int attr, int v) {
         if (v < 0 || v > 232448) return INVALID_VALUE;
         f->max_dyn_smem = v;
     }
+    if (attr == 9 && (v < -1 || v > 100)) return INVALID_VALUE;  // preferred carveout: a percentage, or -1
     return SUCCESS;
 }
 API CUresult cuFuncSetCacheConfig(void*, int) {

@@ -546,11 +546,15 @@ where
 
 /// Allows launches of `f` with up to `bytes` of dynamic shared memory; required above 48 KB.
 /// The device's limit is [`DeviceInfo::smem_optin`] (96 KB V100, 163 KB A100, 99 KB RTX 4090,
-/// 227 KB H100).
+/// 227 KB H100). Also prefers the largest shared-memory carveout of the SM's L1 (these kernels
+/// copy through L2 with cp.async), so that as many blocks as their launch bounds ask for fit:
+/// two 97 KB wgmma weight-gradient blocks per H100 SM, say.
 pub fn set_max_dynamic_smem(f: &CudaFunction, bytes: u32) -> Result<()> {
     let v = i32::try_from(bytes)
         .map_err(|_| Error::Gpu(format!("{bytes} bytes of shared memory is not a valid request")))?;
     f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, v).map_err(|e| {
         Gpu::err(&format!("allowing {bytes} bytes of dynamic shared memory (above the device's opt-in limit?)"), e)
-    })
+    })?;
+    f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)
+        .map_err(|e| Gpu::err("preferring the largest shared-memory carveout", e))
 }
