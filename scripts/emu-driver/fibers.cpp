@@ -82,6 +82,7 @@ struct Sched {
     const std::function<void()>* f = nullptr;
     std::vector<unsigned char> dyn;
     size_t dyn_bytes = 0;  // the running launch's dynamic shared memory (dyn may be larger)
+    unsigned long long blocks_run = 0;  // blocks started on this OS thread (emu_block_serial)
 };
 thread_local Sched S;
 
@@ -140,6 +141,7 @@ bool run_block(unsigned bx, unsigned by, unsigned bz, int nt) {
     blockIdx.x = bx;
     blockIdx.y = by;
     blockIdx.z = bz;
+    S.blocks_run++;
     S.block = Barrier{nt, 0, 0};
     S.warps.assign((nt + 31) / 32, Barrier{});
     for (int w = 0; w < (nt + 31) / 32; w++) S.warps[w].expected = std::min(32, nt - 32 * w);
@@ -246,6 +248,7 @@ void emu_block_sync() { arrive(S.block); }
 void emu_warp_sync(int w) { arrive(S.warps[w]); }
 unsigned char* emu_dyn_smem() { return S.dyn.data(); }
 size_t emu_dyn_smem_bytes() { return S.dyn_bytes; }
+unsigned long long emu_block_serial() { return S.blocks_run; }
 
 std::string emu_launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, size_t dyn_smem,
                        const std::function<void()>& f) {

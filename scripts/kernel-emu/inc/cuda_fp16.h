@@ -28,6 +28,7 @@ extern dim3 blockDim, gridDim;
 // parallel on a few OS threads), so shared memory is per OS thread and barriers are fiber yields.
 void emu_block_sync();
 void emu_warp_sync(int warp);
+unsigned long long emu_block_serial();  // a number for the block running on this OS thread, new per block
 inline void __syncthreads() { emu_block_sync(); }
 #define __shared__ static thread_local
 #else

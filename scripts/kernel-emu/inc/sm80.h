@@ -237,8 +237,48 @@ inline void wgmma_f16(float* d, unsigned long long da, unsigned long long db, in
     assert(blockDim.x % 128 == 0 && blockDim.y == 1 && blockDim.z == 1 && "wgmma: whole warpgroups");
     s.open.push_back({d, da, db, N, scale_d, TA, TB});
 }
+#ifdef EMU_FIBERS
+// A wgmma is one instruction of the whole warpgroup: its 128 threads must issue the same ones
+// (shape, descriptors, scale, transposes). The first of a warpgroup's threads to reach a commit
+// records its group under the commit's number; the others compare theirs with it. (A barrier per
+// K step keeps the threads within a commit or two of each other, inside the 64-entry ring.)
+struct EmuWgLead {
+    unsigned long long block = ~0ull;
+    unsigned n = 0;
+    std::vector<EmuWgmma> ops;
+};
+inline void emu_wg_uniform(const std::vector<EmuWgmma>& ops) {
+    static thread_local EmuWgLead lead[8][64];  // warpgroup, commit number % 64
+    static thread_local unsigned commits[1024];
+    static thread_local unsigned long long seen_block[1024];
+    const int t = emu_tid();
+    const unsigned long long blk = emu_block_serial();  // this block (of this launch)
+    if (seen_block[t] != blk + 1) seen_block[t] = blk + 1, commits[t] = 0;  // its first commit in this block
+    const unsigned n = commits[t]++;
+    EmuWgLead& l = lead[t / 128][n % 64];
+    if (l.block != blk || l.n != n) {  // the first to get here
+        l.block = blk;
+        l.n = n;
+        l.ops.clear();
+        for (const auto& o : ops) l.ops.push_back({nullptr, o.da, o.db, o.n, o.scale_d, o.ta, o.tb});
+        return;
+    }
+    bool same = l.ops.size() == ops.size();
+    for (size_t i = 0; same && i < ops.size(); i++) {
+        const auto &a = l.ops[i], &b = ops[i];
+        same = a.da == b.da && a.db == b.db && a.n == b.n && a.scale_d == b.scale_d && a.ta == b.ta && a.tb == b.tb;
+    }
+    if (!same) {
+        fprintf(stderr, "emulated wgmma: thread %d's commit group %u differs from another thread's of its warpgroup (descriptors, shape or count)\n", t, n);
+        abort();
+    }
+}
+#endif
 inline void wgmma_commit() {
     auto& s = emu_wg_state();
+#ifdef EMU_FIBERS
+    emu_wg_uniform(s.open);
+#endif
     s.groups.push_back(std::move(s.open));
     s.open.clear();
     s.fenced = false;
