@@ -1281,6 +1281,7 @@ __device__ __forceinline__ void wg_pipeline(float (&acc)[1][Tl::NJ][4], unsigned
 // (nk + 1) % WSTAGES last held step nk − 3 (or nothing), retired before the last step's barrier.
 template <typename T, class Tl> __device__ __forceinline__ T (*wg_spare_stage(unsigned char* st, int nk))[Tl::TN][2] {
     static_assert(sizeof(T) * Tl::WGM * Tl::TN * 2 <= Tl::STAGE, "red fits a stage");
+    static_assert(WSTAGES == 4, "stage (nk + 1) % WSTAGES is free after the loop only with 4 stages, copies 2 ahead");
     return reinterpret_cast<T (*)[Tl::TN][2]>(st + ((nk + 1) % WSTAGES) * Tl::STAGE);
 }
 
