@@ -21,8 +21,8 @@
 #        EMU_LOCKED=1   cargo --locked (CI)
 #        EMU_REDZONE=1  check every allocation's red zones after every launch (slower)
 #        EMU_TRACE=1    print launches, captures, graph launches, allocations and frees
-# Time on 2 cores: ~5.5 min with target/emu built (self-test ~200 s, --smoke ~50 s), plus the
-# first release build of target/emu.
+# Time on 2 cores (clean-clone CI, bench/logs/ci-clean-clone.log): ~8 min, of which the release
+# build of target/emu ~85 s, the tiny runs ~85 s, the self-test ~240 s, --smoke ~50 s.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
