@@ -60,6 +60,15 @@ evaluation
 
   -h, --help          this text
 
+environment
+  SPEEDRUN_CONV           conv kernels: wmma, mma, mma128 or wgmma (H100/H200) pins one; a comma list
+                          (e.g. mma,mma128) is the set the warm-up's autotune chooses from
+                          (default: every mma path the GPU has)
+  SPEEDRUN_EPILOGUE_SUMS  0: the mma convs' BatchNorm sums as separate reductions (default 1)
+  SPEEDRUN_SELFTEST_TIMES 1: `selftest` prints each check's time
+  at build time (cargo build): REQUIRE_CUDA_KERNELS=1 fails a build without the CUDA compiler;
+  SPEEDRUN_WGMMA_NO_PROXY_FENCE=1 builds the wgmma convs without their proxy fence (timing only)
+
 exit status: 0 success, 2 usage, 3 data, 4 GPU, 5 diverged, 6 other I/O";
 
 /// What to do: train (the default), or check or time the GPU kernels.
