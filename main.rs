@@ -645,6 +645,8 @@ fn run<B: Backend>(
     let cov = b.patch_cov(&train.images, h.whiten_images.min(train.n), NORM)?;
     let (w, _eigenvalues) = whiten::filters(&cov, h.whiten_eps);
     b.write(&mut net.whiten_w, &w)?;
+    let init_end = b.mark()?; // one more device mark: the init's share of the timed total
+    let init_seconds = b.seconds(&clock, &init_end)?;
     for epoch in 0..total.div_ceil(steps_per_epoch) {
         b.write_words(words, &aug::epoch_words(&mut rng, epoch, &flips, h.max_shift))?;
         // the last epoch of a fractional count stops after its share of the batches
@@ -702,9 +704,19 @@ fn run<B: Backend>(
     }
     let correct = evaluate(b, h, net, test, test_labels, final_views, eval_bufs)?;
     let end = b.mark()?;
-    timed += b.seconds(&clock, &end)?;
+    let final_eval_seconds = b.seconds(&clock, &end)?;
+    timed += final_eval_seconds;
     let fingerprint = fingerprint(b, net)?;
-    Ok(report::Run { seed, correct, tested: test.n, seconds: timed, eval_seconds, fingerprint })
+    Ok(report::Run {
+        seed,
+        correct,
+        tested: test.n,
+        seconds: timed,
+        init_seconds,
+        final_eval_seconds,
+        eval_seconds,
+        fingerprint,
+    })
 }
 
 /// A hash of every trained parameter, to show that a seed reproduces a run bit for bit.

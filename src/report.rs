@@ -74,6 +74,10 @@ pub struct Run {
     pub tested: usize,
     /// Timed seconds: whitening init, training, final evaluation.
     pub seconds: f64,
+    /// Of `seconds`: the whitening init (patch covariance, eigenvectors) and the final
+    /// evaluation (the TTA views); the rest is training.
+    pub init_seconds: f64,
+    pub final_eval_seconds: f64,
     /// Seconds of periodic evaluation (`--eval-every`), excluded from `seconds`.
     pub eval_seconds: f64,
     /// Hash of the trained parameters.
@@ -91,11 +95,14 @@ impl Run {
     /// One line per run.
     pub fn line(&self, what: &str, test_desc: &str) -> String {
         format!(
-            "{what}: test acc {:.2}% ({}/{}) on {test_desc}; {:.3} s timed (+{:.3} s periodic eval, untimed); seed {}; params {:016x}",
+            "{what}: test acc {:.2}% ({}/{}) on {test_desc}; {:.3} s timed (whitening init {:.3} s, final evaluation \
+             {:.3} s; +{:.3} s periodic eval, untimed); seed {}; params {:016x}",
             100.0 * self.accuracy(),
             self.correct,
             self.tested,
             self.seconds,
+            self.init_seconds,
+            self.final_eval_seconds,
             self.eval_seconds,
             self.seed,
             self.fingerprint
@@ -116,8 +123,16 @@ impl Run {
     /// The line a fan-out child writes per run, parsed back by [`Run::parse`].
     pub fn record(&self) -> String {
         format!(
-            "RUN seed={} correct={} tested={} seconds={:e} eval_seconds={:e} fingerprint={:016x}",
-            self.seed, self.correct, self.tested, self.seconds, self.eval_seconds, self.fingerprint
+            "RUN seed={} correct={} tested={} seconds={:e} init_seconds={:e} final_eval_seconds={:e} eval_seconds={:e} \
+             fingerprint={:016x}",
+            self.seed,
+            self.correct,
+            self.tested,
+            self.seconds,
+            self.init_seconds,
+            self.final_eval_seconds,
+            self.eval_seconds,
+            self.fingerprint
         )
     }
 
@@ -129,6 +144,8 @@ impl Run {
             correct: field("correct")?.parse().ok()?,
             tested: field("tested")?.parse().ok()?,
             seconds: field("seconds")?.parse().ok()?,
+            init_seconds: field("init_seconds")?.parse().ok()?,
+            final_eval_seconds: field("final_eval_seconds")?.parse().ok()?,
             eval_seconds: field("eval_seconds")?.parse().ok()?,
             fingerprint: u64::from_str_radix(&field("fingerprint")?, 16).ok()?,
         };
@@ -247,6 +264,8 @@ mod tests {
                 correct,
                 tested: 10000,
                 seconds,
+                init_seconds: 0.0,
+                final_eval_seconds: 0.0,
                 eval_seconds: 0.0,
                 fingerprint: 0,
             })
@@ -284,16 +303,35 @@ mod tests {
         e.eval_seconds = 1.5;
         assert_eq!(e.to_string(), "|     3 |    75 |  0.1500 |     1.2346 |    50.00% |   81.25% |   12.00 |   1.50 |");
         assert_eq!(EPOCH_HEADER.lines().next().unwrap().len(), e.to_string().len(), "header and rows align");
-        let r = Run { seed: 4, correct: 1234, tested: 2000, seconds: 9.5, eval_seconds: 0.25, fingerprint: 255 };
+        let r = Run {
+            seed: 4,
+            correct: 1234,
+            tested: 2000,
+            seconds: 9.5,
+            init_seconds: 0.0125,
+            final_eval_seconds: 0.5,
+            eval_seconds: 0.25,
+            fingerprint: 255,
+        };
         assert_eq!(
             r.line("cpu", "all 2000 images of t.bin"),
-            "cpu: test acc 61.70% (1234/2000) on all 2000 images of t.bin; 9.500 s timed (+0.250 s periodic eval, untimed); seed 4; params 00000000000000ff"
+            "cpu: test acc 61.70% (1234/2000) on all 2000 images of t.bin; 9.500 s timed (whitening init 0.013 s, \
+             final evaluation 0.500 s; +0.250 s periodic eval, untimed); seed 4; params 00000000000000ff"
         );
     }
 
     #[test]
     fn verdict_names_a_time_only_at_94_percent() {
-        let mut r = Run { seed: 0, correct: 9407, tested: 10000, seconds: 2.4137, eval_seconds: 0.0, fingerprint: 1 };
+        let mut r = Run {
+            seed: 0,
+            correct: 9407,
+            tested: 10000,
+            seconds: 2.4137,
+            init_seconds: 0.001,
+            final_eval_seconds: 0.03,
+            eval_seconds: 0.0,
+            fingerprint: 1,
+        };
         let v = r.verdict("GPU: NVIDIA H100 80GB HBM3 sm_90");
         assert!(
             v.starts_with(
@@ -327,6 +365,8 @@ mod tests {
             correct: 9401,
             tested: 10000,
             seconds: 2.0 / 3.0,
+            init_seconds: 1.0 / 7.0,
+            final_eval_seconds: 0.0625,
             eval_seconds: 0.125,
             fingerprint: u64::MAX - 5,
         };
@@ -335,9 +375,10 @@ mod tests {
             "",
             "RUN",
             "RUN seed=1",
-            "run seed=1 correct=1 tested=2 seconds=1 eval_seconds=0 fingerprint=0",
-            "RUN seed=1 correct=3 tested=2 seconds=1 eval_seconds=0 fingerprint=0",
-            "RUN seed=1 correct=1 tested=2 seconds=1 eval_seconds=0 fingerprint=0 extra=1",
+            "run seed=1 correct=1 tested=2 seconds=1 init_seconds=0 final_eval_seconds=0 eval_seconds=0 fingerprint=0",
+            "RUN seed=1 correct=3 tested=2 seconds=1 init_seconds=0 final_eval_seconds=0 eval_seconds=0 fingerprint=0",
+            "RUN seed=1 correct=1 tested=2 seconds=1 init_seconds=0 final_eval_seconds=0 eval_seconds=0 fingerprint=0 x=1",
+            "RUN seed=1 correct=1 tested=2 seconds=1 eval_seconds=0 fingerprint=0",
         ] {
             assert_eq!(Run::parse(bad), None, "{bad:?}");
         }

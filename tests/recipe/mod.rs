@@ -299,6 +299,11 @@ fn periodic_evaluation_is_reported_apart_and_tta_can_be_switched_off() {
     }
     assert!(epochs[1].eval_seconds > epochs[0].eval_seconds && epochs[0].eval_seconds > 0.0);
     assert_eq!(r.eval_seconds, epochs[1].eval_seconds, "the run reports the periodic cost apart");
+    // the timed total's parts: the whitening init and the final evaluation, inside it, with the
+    // training steps between them
+    assert!(r.init_seconds > 0.0 && r.final_eval_seconds > 0.0, "{r:?}");
+    assert!(r.init_seconds + r.final_eval_seconds < r.seconds, "{r:?}");
+    assert!(r.seconds - r.final_eval_seconds >= epochs[1].seconds - 1e-9, "training ends before the evaluation: {r:?}");
     // Evaluating does not change training: same parameters as without it.
     assert_eq!(r.fingerprint, tiny_run(0, 2).fingerprint);
     let (none, epochs) = tiny_run_with(&TINY, 0, 2);
