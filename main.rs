@@ -645,8 +645,10 @@ fn run<B: Backend>(
     let cov = b.patch_cov(&train.images, h.whiten_images.min(train.n), NORM)?;
     let (w, _eigenvalues) = whiten::filters(&cov, h.whiten_eps);
     b.write(&mut net.whiten_w, &w)?;
-    let init_end = b.mark()?; // one more device mark: the init's share of the timed total
-    let init_seconds = b.seconds(&clock, &init_end)?;
+    // the init's share of the timed total, read at the first epoch's end (reading it now would
+    // make the host wait for the device inside the timed region)
+    let init_end = b.mark()?;
+    let mut init_seconds = None;
     for epoch in 0..total.div_ceil(steps_per_epoch) {
         b.write_words(words, &aug::epoch_words(&mut rng, epoch, &flips, h.max_shift))?;
         // the last epoch of a fractional count stops after its share of the batches
@@ -659,6 +661,9 @@ fn run<B: Backend>(
         }
         let end = b.mark()?;
         timed += b.seconds(&clock, &end)?;
+        if init_seconds.is_none() {
+            init_seconds = Some(b.seconds(&clock, &init_end)?); // clock: still the timer's start
+        }
         for w in steps.warnings.drain(..) {
             println!("warning: {w}");
         }
@@ -712,7 +717,7 @@ fn run<B: Backend>(
         correct,
         tested: test.n,
         seconds: timed,
-        init_seconds,
+        init_seconds: init_seconds.unwrap_or(0.0),
         final_eval_seconds,
         eval_seconds,
         fingerprint,
