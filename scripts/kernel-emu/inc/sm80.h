@@ -229,12 +229,15 @@ inline EmuWgState& emu_wg_state() {
 inline void fence_proxy_async() {}
 inline void wgmma_fence() { emu_wg_state().fenced = true; }
 template <int R> inline void wgmma_fence_regs(float*) {}
+// (below) every operand element a wgmma reads has landed at its issue: no cp.async NaN poison
+inline void emu_wg_landed(unsigned long long da, unsigned long long db, int n, int ta, int tb);
 template <int N, int TA = 0, int TB = 0>
 inline void wgmma_f16(float* d, unsigned long long da, unsigned long long db, int scale_d) {
     static_assert(N == 32 || N == 64 || N == 256, "wgmma_f16: N is 32, 64 or 256");
     auto& s = emu_wg_state();
     assert(s.fenced && "wgmma without a wgmma_fence before it");
     assert(blockDim.x % 128 == 0 && blockDim.y == 1 && blockDim.z == 1 && "wgmma: whole warpgroups");
+    if (emu_tid() % 128 == 0) emu_wg_landed(da, db, N, TA, TB);
     s.open.push_back({d, da, db, N, scale_d, TA, TB});
 }
 #ifdef EMU_FIBERS
@@ -338,6 +341,24 @@ inline void emu_wgmma_run(const EmuWgmma& op) {
                 dv = s;
             }
         }
+}
+// At issue (by the warpgroup's first thread): a wgmma reads its operands when the hardware gets
+// to it, which may be right away, so every element must have landed then; the emulator computes
+// it only at the wait that retires it, which would hide a copy that lands in between.
+inline void emu_wg_landed(unsigned long long da, unsigned long long db, int n, int ta, int tb) {
+    const EmuWgOperand A(da, ta, 64), B(db, tb, n);
+    for (int k = 0; k < 16; k++) {
+        for (int r = 0; r < 64; r++)
+            if (A.at(r, k) != A.at(r, k)) {
+                fprintf(stderr, "emulated wgmma: issued while A(%d, %d) has not landed (cp.async NaN poison)\n", r, k);
+                abort();
+            }
+        for (int r = 0; r < n; r++)
+            if (B.at(r, k) != B.at(r, k)) {
+                fprintf(stderr, "emulated wgmma: issued while B(%d, %d) has not landed (cp.async NaN poison)\n", r, k);
+                abort();
+            }
+    }
 }
 template <int N> inline void wgmma_wait() {
     auto& s = emu_wg_state();
