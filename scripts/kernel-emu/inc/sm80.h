@@ -204,6 +204,10 @@ inline unsigned smem_u32(const void* p) {
     return (unsigned)off + EMU_SMEM_BASE;
 }
 inline unsigned long long wgmma_desc(unsigned addr, unsigned lbo = 16, unsigned sbo = 1024) {
+    // the fields are 14 bits of 16-byte units: the kernel's version does not mask, so a value
+    // that does not fit would spill into the next field
+    assert(addr % 16 == 0 && lbo % 16 == 0 && sbo % 16 == 0 && (lbo >> 4) < (1u << 14) && (sbo >> 4) < (1u << 14) &&
+           "wgmma_desc: addresses and offsets in 16-byte units, offsets below 256 KB");
     return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
            ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
 }
