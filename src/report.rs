@@ -240,6 +240,11 @@ pub fn summary(runs: &[Run], test_desc: &str) -> String {
         t.std,
         t.min,
         t.max
+    ) + &format!(
+        " (of it: whitening init {:.4}, final evaluation {:.4}, training {:.3}, means)",
+        mean(&runs.iter().map(|r| r.init_seconds).collect::<Vec<_>>()),
+        mean(&runs.iter().map(|r| r.final_eval_seconds).collect::<Vec<_>>()),
+        mean(&runs.iter().map(|r| r.seconds - r.init_seconds - r.final_eval_seconds).collect::<Vec<_>>())
     )
 }
 
@@ -264,8 +269,8 @@ mod tests {
                 correct,
                 tested: 10000,
                 seconds,
-                init_seconds: 0.0,
-                final_eval_seconds: 0.0,
+                init_seconds: 0.25,
+                final_eval_seconds: 0.5,
                 eval_seconds: 0.0,
                 fingerprint: 0,
             })
@@ -274,7 +279,8 @@ mod tests {
         assert!(
             s.contains("mean 94.000 ± 0.141")
                 && s.contains("runs >= 94%: 1/2 (50%)")
-                && s.contains("time s:     mean 2.500"),
+                && s.contains("time s:     mean 2.500")
+                && s.contains("(of it: whitening init 0.2500, final evaluation 0.5000, training 1.750, means)"),
             "{s}"
         );
     }
