@@ -109,6 +109,11 @@ fn total_steps(h: &Hyp, steps_per_epoch: usize) -> usize {
     (steps as usize).max(1)
 }
 
+/// Steps the whitening bias trains: its own epochs, never past the last step.
+fn bias_steps(h: &Hyp, steps_per_epoch: usize) -> usize {
+    (h.whiten_bias_epochs * steps_per_epoch).min(total_steps(h, steps_per_epoch))
+}
+
 /// The derived numbers a run prints at its start.
 fn derived(h: &Hyp) -> String {
     let steps = h.train_images / h.batch_size;
@@ -128,7 +133,7 @@ fn derived(h: &Hyp) -> String {
         h.sgd_momentum,
         h.weight_decay,
         h.bn_momentum,
-        (h.whiten_bias_epochs * steps).min(total),
+        bias_steps(h, steps),
         h.prog.phases(total),
         h.tta_level,
         h.eval_every,
@@ -590,7 +595,7 @@ fn trainer<B: Backend>(b: &mut B, h: &Hyp, train_n: usize, test_n: usize, record
         return Err(Error::Usage(format!("batch size {} exceeds the {train_n} training images", h.batch_size)));
     }
     let total = total_steps(h, steps_per_epoch);
-    let bias_steps = (h.whiten_bias_epochs * steps_per_epoch).min(total);
+    let bias_steps = bias_steps(h, steps_per_epoch);
     let mut by_res = Vec::new();
     for (_, res) in h.prog.phases(total) {
         by_res.push((res, acts(b, h, h.batch_size, res, true)?));
@@ -888,8 +893,8 @@ fn train<B: Backend>(b: &mut B, h: &Hyp, args: &cli::Args, what: &str, warm_up: 
 
 /// Kernel autotuning, part of the warm-up (as airbench's torch.compile tunes in its warm-up):
 /// where the backend offers interchangeable kernel variants (the GPU's mma conv paths, unless
-/// `SPEEDRUN_CONV` pins one or lists the choices), one untimed warm-up run per variant, each recording its own
-/// steps, timed like a run; the one `pick` names (`fastest`) is kept with its recorded steps.
+/// `SPEEDRUN_CONV` pins one or lists the choices), one untimed warm-up run per variant, each
+/// recording its own steps, timed like a run; the one `pick` names (`fastest`) is kept with its recorded steps.
 /// A variant whose warm-up run fails or ends with an accuracy that disagrees with the first
 /// (current, self-tested) variant's is rejected, so a kernel that is fast but wrong on some GPU
 /// is never chosen. None: nothing to choose (the caller runs its one warm-up run).

@@ -285,8 +285,7 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     let mut checks: Vec<(String, Check)> = vec![("stem".into(), Box::new(check_stem))];
     // The conv checks on every path but wgmma here; wgmma's come last (below), so that a fault in
     // a wgmma kernel, which leaves the GPU unusable, skips only them.
-    let (wgmma, others): (Vec<ConvPath>, Vec<ConvPath>) =
-        ConvPath::available(gpu.info.cc).iter().partition(|&&p| p == ConvPath::Wgmma);
+    let (others, wgmma) = ConvPath::wgmma_last(gpu.info.cc);
     let conv_checks = |checks: &mut Vec<(String, Check)>, paths: &[ConvPath], suffix: &str| {
         for (i, &(h, w, cin, cout, pool)) in LAYERS.iter().enumerate() {
             let s = Shape::new(BATCH, h, w, cin);
@@ -357,8 +356,7 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
         };
         checks.push((format!("whole step, {} convs", path.name()), Box::new(f)));
     };
-    let tunable = ConvPath::tunable(gpu.info.cc);
-    for &path in tunable.iter().filter(|&&p| p != gpu.conv_path && p != ConvPath::Wgmma) {
+    for path in ConvPath::tunable(gpu.info.cc).into_iter().filter(|&p| p != gpu.conv_path && p != ConvPath::Wgmma) {
         step_on(&mut checks, path);
     }
     // at a quarter of the batch: what it checks (replays equal op by op, each step reading its own
@@ -366,7 +364,7 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     checks.push(("recorded step".into(), Box::new(|g, c, r| check_graph(g, c, r, BATCH / 4, 950))));
     if !wgmma.is_empty() {
         conv_checks(&mut checks, &wgmma, ", wgmma");
-        if gpu.conv_path != ConvPath::Wgmma && tunable.contains(&ConvPath::Wgmma) {
+        if gpu.conv_path != ConvPath::Wgmma {
             step_on(&mut checks, ConvPath::Wgmma);
         }
     }
@@ -1248,9 +1246,7 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
 
     // every conv path but wgmma here; the wgmma lines come last (bench_step), so that a fault in
     // them (which loses the context) costs only their own lines
-    let paths: Vec<ConvPath> =
-        ConvPath::available(gpu.info.cc).iter().copied().filter(|&p| p != ConvPath::Wgmma).collect();
-    bench_convs(gpu, n, &paths, true, out)?;
+    bench_convs(gpu, n, &ConvPath::wgmma_last(gpu.info.cc).0, true, out)?;
 
     // head, loss, optimizers
     let xs = Shape::new(n, 3, 3, 256);
@@ -1328,8 +1324,8 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
 }
 
 /// The conv lines (forward, with BatchNorm statistics, weight and input gradients, with sums)
-/// of every layer on each of `paths`, then, with `others`, each layer's bn_stats and pre_bwd.
-fn bench_convs(gpu: &mut Gpu, n: usize, paths: &[ConvPath], others: bool, out: &mut dyn Write) -> Result<()> {
+/// of every layer on each of `paths`, then, with `bn_lines`, each layer's bn_stats and pre_bwd.
+fn bench_convs(gpu: &mut Gpu, n: usize, paths: &[ConvPath], bn_lines: bool, out: &mut dyn Write) -> Result<()> {
     for (l, &(h, w, cin, cout, pool)) in LAYERS.iter().enumerate() {
         let xs = Shape::new(n, h, w, cin);
         let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
@@ -1392,7 +1388,7 @@ fn bench_convs(gpu: &mut Gpu, n: usize, paths: &[ConvPath], others: bool, out: &
             })?;
         }
 
-        if !others {
+        if !bn_lines {
             continue;
         }
         // BN statistics (by themselves) and pre_bwd of this conv's output

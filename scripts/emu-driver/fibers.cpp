@@ -186,7 +186,8 @@ void work(Job& j) {
     S.f = j.f;
     // at least the opt-in maximum, so that an access past the launch's size stays in the buffer
     // for sm80.h's checks to report
-    if (S.dyn.size() < std::max<size_t>(j.dyn, EMU_SMEM_BYTES)) S.dyn.resize(std::max<size_t>(j.dyn, EMU_SMEM_BYTES));
+    const size_t want = std::max<size_t>(j.dyn, EMU_SMEM_BYTES);
+    if (S.dyn.size() < want) S.dyn.resize(want);
     S.dyn_bytes = j.dyn;
     for (uint64_t b; (b = j.next.fetch_add(1)) < j.total && !j.deadlock.load();) {
         const unsigned x = b % j.gx, y = (b / j.gx) % j.gy, z = b / ((uint64_t)j.gx * j.gy);

@@ -150,6 +150,12 @@ impl ConvPath {
             &[ConvPath::Wmma]
         }
     }
+    /// [`Self::available`] split into (every path but wgmma, wgmma if `cc` has it): the self-test
+    /// and the bench run the wgmma kernels after everything else, since a fault in one loses the
+    /// CUDA context and with it every later line.
+    pub fn wgmma_last(cc: (i32, i32)) -> (Vec<ConvPath>, Vec<ConvPath>) {
+        Self::available(cc).iter().partition(|&&p| p != ConvPath::Wgmma)
+    }
     /// The mma paths for `cc` (the trainer times each in its warm-up and keeps the fastest,
     /// unless [`CONV_ENV`] pins one), the default first.
     pub fn tunable(cc: (i32, i32)) -> Vec<ConvPath> {

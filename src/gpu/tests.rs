@@ -258,6 +258,8 @@ fn conv_path_choice() {
     assert_eq!(ConvPath::available((9, 0)), &[Mma, MmaWide, Wgmma, Wmma]);
     assert_eq!(ConvPath::available((8, 9)), &[Mma, MmaWide, Wmma]);
     assert_eq!(ConvPath::tunable((9, 0)), [Mma, MmaWide, Wgmma]);
+    assert_eq!(ConvPath::wgmma_last((9, 0)), (vec![Mma, MmaWide, Wmma], vec![Wgmma]));
+    assert_eq!(ConvPath::wgmma_last((8, 6)), (vec![Mma, MmaWide, Wmma], vec![]));
     assert_eq!(ConvPath::choose((9, 0), Some("wgmma")).unwrap(), Wgmma);
     assert_eq!(ConvPath::named("wgmma"), Some(Wgmma));
     // wgmma is sm_90a code: not on 8.x, nor on a newer major (the PTX has no wgmma)

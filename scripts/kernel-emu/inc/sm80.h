@@ -350,19 +350,17 @@ inline void emu_wgmma_run(const EmuWgmma& op) {
 // to it, which may be right away, so every element must have landed then; the emulator computes
 // it only at the wait that retires it, which would hide a copy that lands in between.
 inline void emu_wg_landed(unsigned long long da, unsigned long long db, int n, int ta, int tb) {
-    const EmuWgOperand A(da, ta, 64), B(db, tb, n);
-    for (int k = 0; k < 16; k++) {
-        for (int r = 0; r < 64; r++)
-            if (A.at(r, k) != A.at(r, k)) {
-                fprintf(stderr, "emulated wgmma: issued while A(%d, %d) has not landed (cp.async NaN poison)\n", r, k);
-                abort();
-            }
-        for (int r = 0; r < n; r++)
-            if (B.at(r, k) != B.at(r, k)) {
-                fprintf(stderr, "emulated wgmma: issued while B(%d, %d) has not landed (cp.async NaN poison)\n", r, k);
-                abort();
-            }
-    }
+    auto landed = [](const EmuWgOperand& op, int rows, char name) {
+        for (int k = 0; k < 16; k++)
+            for (int r = 0; r < rows; r++)
+                if (op.at(r, k) != op.at(r, k)) {
+                    fprintf(stderr, "emulated wgmma: issued while %c(%d, %d) has not landed (cp.async NaN poison)\n",
+                            name, r, k);
+                    abort();
+                }
+    };
+    landed(EmuWgOperand(da, ta, 64), 64, 'A');
+    landed(EmuWgOperand(db, tb, n), n, 'B');
 }
 template <int N> inline void wgmma_wait() {
     auto& s = emu_wg_state();
