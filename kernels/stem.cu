@@ -7,9 +7,11 @@
 //
 // Exported kernels:
 //   stem_fwd_f16      out[n][y][x][f] = Σ_{dy,dx,c} view[y+dy][x+dx][c]·w[f][dy][dx][c] (2×2, no
-//                     padding, 31×31×cw fp16). One thread per (example, output pixel, group of 8
-//                     filters): grid ceil(n·961·cw/8 / 256), block 256. w (cw ≤ 64) is staged in
-//                     shared memory. The host asserts cw % 8 == 0.
+//                     padding, 31×31×cw fp16). One block per example (grid n, block 256): the
+//                     source image (3 KB), w (cw ≤ 64) and a 3×256 table of the normalised byte
+//                     values (the same f32 operations as norm_px, so the same bits) are staged in
+//                     shared memory; then one thread per output pixel computes its 2×2×3 patch
+//                     once and all cw/8 groups of 8 filters. The host asserts cw % 8 == 0.
 //   stem_res_fwd_f16  the same at resolution res (2..=32, progressive resizing): the 32×32 view is
 //                     downscaled bilinearly (PyTorch align_corners=False, no antialias: source
 //                     coordinate (i + ½)·32/res − ½ clamped to [0, 31]; `cpu::layers::resize_bilinear`)
@@ -80,39 +82,49 @@ __device__ __forceinline__ void stem_store_dot(const float* v, const float* sw, 
     *reinterpret_cast<uint4*>(dst) = o.u;
 }
 
-extern "C" __global__ void stem_fwd_f16(const unsigned char* __restrict__ images, int total,
-                                        const unsigned int* __restrict__ aug, int aug_len,
-                                        const unsigned int* __restrict__ step, int n, float m0, float m1, float m2,
-                                        float s0, float s1, float s2, const float* __restrict__ w, int cw,
-                                        half* __restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256)
+stem_fwd_f16(const unsigned char* __restrict__ images, int total, const unsigned int* __restrict__ aug, int aug_len,
+             const unsigned int* __restrict__ step, int n, float m0, float m1, float m2, float s0, float s1, float s2,
+             const float* __restrict__ w, int cw, half* __restrict__ out) {
     __shared__ float sw[64 * 12];
     __shared__ float nm[6];
+    __shared__ float lut[3 * 256];            // lut[c·256 + p] = norm_px(p, c)
+    __shared__ __align__(16) unsigned char im[3072];
     stem_stage(w, cw, m0, m1, m2, s0, s1, s2, sw, nm);
     __syncthreads();
-    const int groups = cw / 8;
-    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long long len = (long long)n * 961 * groups;
-    if (t >= len) return;
-    const int g = (int)(t % groups);
-    const long long pix = t / groups;
-    const int i = (int)(pix / 961), r = (int)(pix % 961);
-    const int y = r / 31, x = r % 31;
+    for (int k = threadIdx.x; k < 3 * 256; k += blockDim.x) lut[k] = norm_px((unsigned char)(k & 255), k >> 8, nm);
+    const int i = blockIdx.x, groups = cw / 8;
+    half* dst = out + (long long)i * 961 * cw;
     StemAug a;
-    if (!stem_lookup(aug, aug_len, step, n, i, total, a)) return stem_store_nan(out + pix * cw + g * 8);
+    // uniform per block: the whole example is NaN, and no barrier follows the early return
+    if (!stem_lookup(aug, aug_len, step, n, i, total, a)) {
+        for (int q = threadIdx.x; q < 961 * groups; q += blockDim.x) stem_store_nan(dst + q * 8);
+        return;
+    }
+    const unsigned char* src = images + (long long)a.index * 3072;
+    if ((reinterpret_cast<size_t>(src) & 15) == 0) {
+        for (int k = threadIdx.x; k < 3072 / 16; k += blockDim.x)
+            reinterpret_cast<uint4*>(im)[k] = reinterpret_cast<const uint4*>(src)[k];
+    } else {
+        for (int k = threadIdx.x; k < 3072; k += blockDim.x) im[k] = src[k];
+    }
+    __syncthreads();
     const int sy = a.sy, sx = a.sx;
     const bool flip = a.flip;
-    const unsigned char* img = images + (long long)a.index * 3072;
-    float v[12];
+    for (int r = threadIdx.x; r < 961; r += blockDim.x) {
+        const int y = r / 31, x = r - y * 31;
+        float v[12];
 #pragma unroll
-    for (int dy = 0; dy < 2; dy++)
+        for (int dy = 0; dy < 2; dy++)
 #pragma unroll
-        for (int dx = 0; dx < 2; dx++) {
-            const int xx = flip ? 31 - (x + dx) : x + dx;
-            const unsigned char* p = img + (reflect32(y + dy + sy) * 32 + reflect32(xx + sx)) * 3;
+            for (int dx = 0; dx < 2; dx++) {
+                const int xx = flip ? 31 - (x + dx) : x + dx;
+                const unsigned char* p = im + (reflect32(y + dy + sy) * 32 + reflect32(xx + sx)) * 3;
 #pragma unroll
-            for (int c = 0; c < 3; c++) v[(dy * 2 + dx) * 3 + c] = norm_px(p[c], c, nm);
-        }
-    stem_store_dot(v, sw, g, out + pix * cw + g * 8);
+                for (int c = 0; c < 3; c++) v[(dy * 2 + dx) * 3 + c] = lut[c * 256 + p[c]];
+            }
+        for (int g = 0; g < groups; g++) stem_store_dot(v, sw, g, dst + r * cw + g * 8);
+    }
 }
 
 // Bilinear taps of output index i at resolution res: (lo, hi, fraction), computed in f64 like

@@ -75,12 +75,19 @@ static void test_stem() {
     for (auto& w : words) { int idx = rng() % total, sy = rng() % 5 - 2, sx = rng() % 5 - 2, fl = rng() & 1; w = idx | ((sy + 4) << 20) | ((sx + 4) << 23) | (fl << 26); }
     auto w = rndv(cw * 12, 0.5f);
     float mn[3] = {0.4914f, 0.4822f, 0.4465f}, sd[3] = {0.2470f, 0.2435f, 0.2616f};
+    // example 3 names an image past the dataset: its outputs are NaN, the others unaffected
+    const int bad = 3;
+    words[2 + bad] = (words[2 + bad] & ~0xFFFFFu) | (unsigned)(total + 3);
     std::vector<half> out((size_t)n * 961 * cw, (half)NAN);
-    long long len = (long long)n * 961 * cw / 8;
     auto st = step_rec(2);
-    launch(dim3{blocks(len), 1, 1}, dim3{256, 1, 1}, [&] { stem_fwd_f16(img.data(), total, words.data(), n + 2, st.data(), n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, out.data()); });
+    launch(dim3{(unsigned)n, 1, 1}, dim3{256, 1, 1}, [&] { stem_fwd_f16(img.data(), total, words.data(), n + 2, st.data(), n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, out.data()); });
     std::vector<double> ref(out.size());
+    size_t bad_nan = 0, per = (size_t)961 * cw;
+    for (size_t k = 0; k < per; k++) bad_nan += std::isnan((float)out[bad * per + k]);
+    report("stem image index past the dataset -> NaN", bad_nan == per ? 0.0 : 1.0, 0.5);
+    for (size_t k = 0; k < per; k++) out[bad * per + k] = (half)0.f;
     for (int i = 0; i < n; i++) {
+        if (i == bad) continue; // its reference stays 0
         unsigned wd = words[i + 2]; int idx = wd & 0xFFFFF, sy = ((wd >> 20) & 7) - 4, sx = ((wd >> 23) & 7) - 4; bool fl = (wd >> 26) & 1;
         auto v = [&](int y, int x, int c) { int xx = fl ? 31 - x : x; int p = img[idx * 3072 + (refl(y + sy) * 32 + refl(xx + sx)) * 3 + c]; return ((double)p / 255 - mn[c]) / sd[c]; };
         for (int y = 0; y < 31; y++) for (int x = 0; x < 31; x++) for (int f = 0; f < cw; f++) {
@@ -94,7 +101,7 @@ static void test_stem() {
     // the step names words past the end: every output NaN, nothing read out of bounds
     auto past = step_rec(3);
     std::vector<half> out2(out.size(), (half)0.5f);
-    launch(dim3{blocks(len), 1, 1}, dim3{256, 1, 1}, [&] { stem_fwd_f16(img.data(), total, words.data(), n + 2, past.data(), n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, out2.data()); });
+    launch(dim3{(unsigned)n, 1, 1}, dim3{256, 1, 1}, [&] { stem_fwd_f16(img.data(), total, words.data(), n + 2, past.data(), n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, out2.data()); });
     size_t nan = 0; for (auto v : out2) nan += std::isnan((float)v);
     report("stem words past the end -> NaN", nan == out2.size() ? 0.0 : 1.0, 0.5);
     // patch covariance of the first 7 images
@@ -163,7 +170,11 @@ static void test_head(int N, int HW, int C, int classes) {
     // backward
     auto dl = rndv(N * classes, 0.5f);
     std::vector<float> dw(classes * C, NAN); std::vector<half> da((size_t)N * HW * C, (half)NAN);
-    launch(dim3{blocks(classes * C), 1, 1}, dim3{256, 1, 1}, [&] { head_bwd_dw_f32(dl.data(), feat.data(), N, C, classes, scale, dw.data()); });
+    // as src/gpu/backend.rs: per slice of HEAD_SLICE examples, then the slices in order
+    int slices = std::max(1, (N + HEAD_SLICE - 1) / HEAD_SLICE);
+    std::vector<float> part((size_t)slices * classes * C, NAN);
+    launch(dim3{(unsigned)((C + 31) / 32), (unsigned)slices, 1}, dim3{32, 8, 1}, [&] { head_bwd_dw_part_f32(dl.data(), feat.data(), N, C, classes, part.data()); });
+    launch(dim3{blocks(classes * C), 1, 1}, dim3{256, 1, 1}, [&] { head_bwd_dw_f32(part.data(), slices, classes * C, scale, dw.data()); });
     launch(dim3{blocks(N * C), 1, 1}, dim3{256, 1, 1}, [&] { head_bwd_da_f16(dl.data(), am.data(), w.data(), N, HW, C, classes, scale, da.data()); });
     std::vector<double> dww(classes * C, 0), daw(da.size(), 0);
     for (int k = 0; k < classes; k++) for (int c = 0; c < C; c++) for (int n = 0; n < N; n++) dww[k * C + c] += scale * dl[n * classes + k] * feat[n * C + c];
@@ -173,6 +184,15 @@ static void test_head(int N, int HW, int C, int classes) {
     report("head_bwd da", relerr(daf, daw), 2e-3);
 }
 
+// as src/gpu/backend.rs: per-block partial sums, then the accumulator in block order
+static void xent(const std::vector<float>& logits, const std::vector<unsigned char>& labels, const std::vector<unsigned>& words,
+                 const std::vector<unsigned>& st, int n, int classes, std::vector<float>& dl, std::vector<float>& acc) {
+    int nb = (n + XENT_THREADS - 1) / XENT_THREADS;
+    std::vector<double> part(2 * nb, NAN);
+    launch(dim3{(unsigned)nb, 1, 1}, dim3{XENT_THREADS, 1, 1}, [&] { xent_fwd_bwd_f32(logits.data(), labels.data(), words.data(), (int)words.size(), st.data(), n, (int)labels.size(), classes, 0.2f, dl.data(), part.data()); });
+    launch(dim3{1, 1, 1}, dim3{32, 1, 1}, [&] { xent_acc_f64(part.data(), nb, acc.data()); });
+}
+
 static void test_xent(int n, int classes) {
     int total = n + 10;
     std::vector<unsigned char> labels(total); for (auto& l : labels) l = rng() % classes;
@@ -180,7 +200,7 @@ static void test_xent(int n, int classes) {
     auto logits = rndv(n * classes, 3);
     std::vector<float> dl(n * classes, NAN), acc{1.5f, 2.0f};
     auto st = step_rec(3);
-    launch(dim3{1, 1, 1}, dim3{256, 1, 1}, [&] { xent_fwd_bwd_f32(logits.data(), labels.data(), words.data(), n + 3, st.data(), n, total, classes, 0.2f, dl.data(), acc.data()); });
+    xent(logits, labels, words, st, n, classes, dl, acc);
     std::vector<double> dw(n * classes), aw{1.5, 2.0};
     for (int i = 0; i < n; i++) {
         int lab = labels[words[i + 3]]; const float* l = &logits[i * classes];
@@ -195,12 +215,12 @@ static void test_xent(int n, int classes) {
     // An image index past the labels: no out-of-bounds read, and the loss turns NaN.
     words[3 + n / 2] = total;
     std::vector<float> bad{0.f, 0.f};
-    launch(dim3{1, 1, 1}, dim3{256, 1, 1}, [&] { xent_fwd_bwd_f32(logits.data(), labels.data(), words.data(), n + 3, st.data(), n, total, classes, 0.2f, dl.data(), bad.data()); });
+    xent(logits, labels, words, st, n, classes, dl, bad);
     report("xent bad index -> NaN loss", std::isnan(bad[0]) ? 0.0 : 1.0, 0.5);
     // words past the end: NaN loss and NaN dlogits
     auto past = step_rec(4);
     std::vector<float> bad2{0.f, 0.f}, dl2(n * classes, 0.5f);
-    launch(dim3{1, 1, 1}, dim3{256, 1, 1}, [&] { xent_fwd_bwd_f32(logits.data(), labels.data(), words.data(), n + 3, past.data(), n, total, classes, 0.2f, dl2.data(), bad2.data()); });
+    xent(logits, labels, words, past, n, classes, dl2, bad2);
     size_t nan = 0; for (auto v : dl2) nan += std::isnan(v);
     report("xent words past the end -> NaN", std::isnan(bad2[0]) && nan == dl2.size() ? 0.0 : 1.0, 0.5);
 }
@@ -394,7 +414,7 @@ int main() {
     test_bn(4, 15, 15, 64, 0.05f, 30.0f);  // mean² ≫ var: the one-pass E[y²] − mean² must not cancel
     test_pre_bwd(3, 5, 3, 40, 1); test_pre_bwd(4, 15, 15, 64, 1); test_pre_bwd(2, 31, 31, 24, 0);
     test_stem(); test_stem_res(24); test_stem_res(17); test_stem_res(2);
-    test_head(5, 9, 256, 10); test_head(7, 6, 40, 3);
+    test_head(5, 9, 256, 10); test_head(7, 6, 40, 3); test_head(300, 4, 64, 10);
     test_xent(64, 10); test_xent(300, 7);
     test_gemm(true, {{70, 70, 200}}); test_gemm(false, {{64, 130, 70}}); test_gemm(false, {{8, 8, 8}});
     test_gemm(true, {{24, 24, 72}, {70, 70, 200}, {8, 8, 8}}); test_gemm(false, {{8, 200, 8}, {64, 130, 70}, {24, 72, 24}});

@@ -301,6 +301,11 @@ struct MmaKernel {
 }
 /// Block size of the per-channel stage-2 reductions (`CHAN_FIN_THREADS` in kernels/norm.cu).
 const CHAN_FIN_THREADS: u32 = 256;
+/// kernels/head.cu: examples per slice of the head's weight gradient, its largest class count,
+/// and the cross-entropy's examples per block (`HEAD_SLICE`, `HEAD_MAX_CLASSES`, `XENT_THREADS`).
+const HEAD_SLICE: usize = 128;
+const HEAD_MAX_CLASSES: usize = 32;
+const XENT_THREADS: usize = 128;
 
 /// Stage-1 split of a per-channel reduction over `p` positions (norm.cu): (blocks, positions
 /// per block), at most 512 blocks of at least 64 positions.
@@ -1029,10 +1034,11 @@ impl Backend for Gpu {
             int(n, "batch")?,
         ];
         args.extend(norm_args(norm));
-        // Full resolution has its own kernel (no resize); below it, the bilinear one.
+        // Full resolution has its own kernel (no resize, one block per example); below it, the
+        // bilinear one.
         if res == 32 {
             args.extend([wp, int(cw, "filters")?, o]);
-            self.launch1d("stem", "stem_fwd_f16", n * per * cw / 8, &args)
+            self.launch("stem", "stem_fwd_f16", (int(n, "batch")? as u32, 1, 1), (256, 1, 1), &args)
         } else {
             args.extend([wp, int(cw, "filters")?, int(res, "resolution")?, o]);
             self.launch1d("stem", "stem_res_fwd_f16", n * per * cw / 8, &args)
@@ -1218,6 +1224,12 @@ impl Backend for Gpu {
         let lp = self.in_f32(logits, n * classes, "xent: logits")?;
         let dp = self.out(dlogits, n * classes, Dtype::F32, "xent: dlogits")?;
         let ap = self.inout_f32(acc, 2, "xent: accumulator [loss, correct]")?;
+        if n == 0 {
+            return Ok(());
+        }
+        // per block of XENT_THREADS examples: its f64 (loss, correct) sums, 4 f32 slots
+        let nb = n.div_ceil(XENT_THREADS);
+        let part = self.workspace(4 * nb)?;
         let args = [
             lp,
             self.ptr(&labels.mem),
@@ -1229,9 +1241,10 @@ impl Backend for Gpu {
             int(classes, "classes")?,
             flt(smoothing),
             dp,
-            ap,
+            part,
         ];
-        self.launch("head", "xent_fwd_bwd_f32", (1, 1, 1), (256, 1, 1), &args)
+        self.launch("head", "xent_fwd_bwd_f32", (int(nb, "blocks")? as u32, 1, 1), (XENT_THREADS as u32, 1, 1), &args)?;
+        self.launch("head", "xent_acc_f64", (1, 1, 1), (32, 1, 1), &[part, int(nb, "blocks")?, ap])
     }
 
     fn axpy(&mut self, acc: &mut GBuf, x: &GBuf, weight: f32) -> Result<()> {
@@ -1259,6 +1272,7 @@ impl Backend for Gpu {
     ) -> Result<()> {
         self.begin();
         let (n, c, hw) = (xs.n, xs.c, xs.h * xs.w);
+        check(classes <= HEAD_MAX_CLASSES, || format!("head_bwd: {classes} classes; at most {HEAD_MAX_CLASSES}"))?;
         let dl = self.in_f32(dlogits, n * classes, "head_bwd: dlogits")?;
         let fp = self.in_f32(feat, n * c, "head_bwd: feat")?;
         check_len(argmax.len, n * c, "head_bwd: argmax")?;
@@ -1267,7 +1281,13 @@ impl Backend for Gpu {
         let dap = self.out(da, xs.len(), Dtype::F16, &format!("head_bwd: da {xs:?}"))?;
         let (ni, ci, ki) = (int(n, "batch")?, int(c, "channels")?, int(classes, "classes")?);
         if classes * c > 0 {
-            self.launch1d("head", "head_bwd_dw_f32", classes * c, &[dl, fp, ni, ci, ki, flt(scale), dwp])?;
+            // dw in two passes: per slice of HEAD_SLICE examples, then the slices in order
+            let slices = n.div_ceil(HEAD_SLICE).max(1);
+            let part = self.workspace(slices * classes * c)?;
+            let grid = (int(c.div_ceil(32), "channel blocks")? as u32, int(slices, "slices")? as u32, 1);
+            self.launch("head", "head_bwd_dw_part_f32", grid, (32, 8, 1), &[dl, fp, ni, ci, ki, part])?;
+            let args = [part, int(slices, "slices")?, int(classes * c, "classes × channels")?, flt(scale), dwp];
+            self.launch1d("head", "head_bwd_dw_f32", classes * c, &args)?;
         }
         if n * c > 0 {
             let args = [dl, self.ptr(&argmax.mem), wp, ni, int(hw, "positions")?, ci, ki, flt(scale), dap];
@@ -1695,6 +1715,24 @@ mod tests {
         assert!(check_pixels("conv3x3_bwd", at(most + 1), 8).is_err());
     }
 
+    /// The value of `#define name value` in a kernel source.
+    fn cu_define(src: &str, name: &str) -> Option<usize> {
+        let pat = format!("#define {name} ");
+        let rest = &src[src.find(&pat)? + pat.len()..];
+        rest.split_whitespace().next()?.parse().ok()
+    }
+
+    #[test]
+    fn block_constants_mirror_the_kernels() {
+        let (head, norm) = (include_str!("../../kernels/head.cu"), include_str!("../../kernels/norm.cu"));
+        assert_eq!(cu_define(head, "HEAD_SLICE"), Some(HEAD_SLICE));
+        assert_eq!(cu_define(head, "HEAD_MAX_CLASSES"), Some(HEAD_MAX_CLASSES));
+        assert_eq!(cu_define(head, "XENT_THREADS"), Some(XENT_THREADS));
+        assert_eq!(cu_define(norm, "CHAN_FIN_THREADS"), Some(CHAN_FIN_THREADS as usize));
+        assert_eq!(cu_define("#define X 12  // c", "X"), Some(12));
+        assert_eq!(cu_define("#define XY 12", "X"), None);
+    }
+
     #[test]
     fn ptx_parameter_lists_are_read() {
         let ptx = ".visible .entry k(\n\t.param .u64 k_param_0,\n\t.param .u32 k_param_1,\n\t.param .f32 k_param_2\n)\n{\n}\n\
@@ -1745,9 +1783,11 @@ mod tests {
             ("stem", "stem_res_fwd_f16", "PIPIPIIIIIIIPIIP"),
             ("stem", "patch_cov_f32", "PIIIIIIIP"),
             ("head", "head_fwd_f16", "PIIPPPIPIIPPP"),
-            ("head", "head_bwd_dw_f32", "PPIIIIP"),
+            ("head", "head_bwd_dw_part_f32", "PPIIIP"),
+            ("head", "head_bwd_dw_f32", "PIIIP"),
             ("head", "head_bwd_da_f16", "PPPIIIIIP"),
             ("head", "xent_fwd_bwd_f32", "PPPIPIIIIPP"),
+            ("head", "xent_acc_f64", "PIP"),
             ("head", "axpy_f32", "PPPI"),
             ("optim", "step_next", "PIP"),
         ];

@@ -529,3 +529,23 @@ fn profile_counts_each_launch() {
     let e = gpu.profile(|g| g.profile(|_| Ok(())).map(|_| ())).unwrap_err();
     assert!(e.to_string().contains("nested"), "{e}");
 }
+
+/// The head's weight gradient keeps one accumulator per class in registers: more classes than
+/// it holds is an error with a sentence, not a wrong gradient.
+#[test]
+#[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
+#[cfg_attr(
+    all(cuda_driver, not(kernels_built)),
+    ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
+)]
+fn head_backward_with_too_many_classes_is_an_error() {
+    use crate::backend::{Backend, Shape};
+    let _device = device_test_lock();
+    let mut gpu = open();
+    let up = |g: &mut Gpu, n: usize| g.upload(&vec![0.25; n]).unwrap();
+    let (classes, xs) = (33, Shape::new(2, 1, 1, 8));
+    let (dl, feat, w) = (up(&mut gpu, 2 * classes), up(&mut gpu, 16), up(&mut gpu, classes * 8));
+    let (mut dw, mut da, am) = (up(&mut gpu, classes * 8), up(&mut gpu, 16), gpu.byte_zeros(16).unwrap());
+    let e = gpu.head_bwd(&dl, &feat, &am, &w, xs, classes, 1.0, &mut dw, &mut da).unwrap_err();
+    assert!(e.to_string().contains("33 classes; at most 32"), "{e}");
+}
