@@ -10,8 +10,9 @@
 #                                           # go to the trainer, e.g. runs 25 --epochs 9)
 #   SPEEDRUN_CONV=mma128 bash bench/gpu-session.sh runs 25   # pinned to the 64×64-warp-tile convs
 #                                           # (SPEEDRUN_CONV=mma,mma128: tuned over those two only)
-#                                           # (unpinned, the warm-up times mma, mma128 and, on an
-#                                           # H100/H200, wgmma, and keeps the fastest whose accuracy
+#                                           # (unpinned, the warm-up times mma, mma128, on an
+#                                           # H100/H200 wgmma, and mixed (each GEMM's fastest of
+#                                           # those), and keeps the fastest whose accuracy
 #                                           # agrees; pin SPEEDRUN_CONV=mma if the selftest shows
 #                                           # "(mma128)" or "(wgmma)" FAIL lines)
 #   bash bench/gpu-session.sh first         # selftest, bench, one run, one --no-graph, one with the
@@ -66,8 +67,8 @@ case "$what" in
         # a failure while tuning over every path (a wgmma fault loses the context): once more
         # without wgmma rather than losing the call
         if [ "${PIPESTATUS[0]}" != 0 ] && [ -z "${SPEEDRUN_CONV-}" ] && ! grep -q "^kernel autotune" "$log"; then
-          echo "# the run failed before its autotune ended: again with SPEEDRUN_CONV=mma,mma128" | tee -a "$log"
-          SPEEDRUN_CONV=mma,mma128 $BIN --no-download --runs "${2:-25}" "${@:3}" --json "$OUT/runs.json" 2>&1 | tee -a "$log"
+          echo "# the run failed before its autotune ended: again with SPEEDRUN_CONV=mma,mma128,mixed" | tee -a "$log"
+          SPEEDRUN_CONV=mma,mma128,mixed $BIN --no-download --runs "${2:-25}" "${@:3}" --json "$OUT/runs.json" 2>&1 | tee -a "$log"
         fi ;;
   first) { $BIN selftest | tee "$OUT/selftest.txt"; echo "# selftest exit status: ${PIPESTATUS[0]}";
            # the runs below need a working conv path: if only mma lines failed, train on wmma

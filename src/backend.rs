@@ -178,6 +178,16 @@ pub trait Backend: Record {
     fn set_variant(&mut self, name: &str) -> Result<()> {
         Err(crate::Error::Usage(format!("{}: no kernel variant {name:?} to switch to", self.describe())))
     }
+    /// Whether the current variant still chooses its kernels by timing them as the ops first
+    /// run (the GPU's `mixed` conv path): a run on it includes that timing, so the warm-up's
+    /// autotune runs it once untimed before timing it like the others.
+    fn variant_settles(&self) -> bool {
+        false
+    }
+    /// What the current variant chose, for the autotune's line (empty: nothing to say).
+    fn variant_note(&self) -> String {
+        String::new()
+    }
 
     // ---- memory -------------------------------------------------------------------------
     fn zeros(&mut self, n: usize) -> Result<Self::Buf>;

@@ -61,9 +61,10 @@ evaluation
   -h, --help          this text
 
 environment
-  SPEEDRUN_CONV           conv kernels: wmma, mma, mma128 or wgmma (H100/H200) pins one; a comma list
-                          (e.g. mma,mma128) is the set the warm-up's autotune chooses from
-                          (default: every mma path the GPU has)
+  SPEEDRUN_CONV           conv kernels: wmma, mma, mma128, wgmma (H100/H200) or mixed (per GEMM,
+                          the fastest mma family at its shape) pins one; a comma list (e.g.
+                          mma,mma128) is the set the warm-up's autotune chooses from (default:
+                          every mma path the GPU has, and mixed)
   SPEEDRUN_EPILOGUE_SUMS  0: the mma convs' BatchNorm sums as separate reductions (default 1)
   SPEEDRUN_SELFTEST_TIMES 1: `selftest` prints each check's time
   at build time (cargo build): REQUIRE_CUDA_KERNELS=1 fails a build without the CUDA compiler;

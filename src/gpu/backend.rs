@@ -116,6 +116,60 @@ pub struct OpState {
     retired: Vec<CudaSlice<f32>>,
     /// While [`Gpu::profile`] runs: each launch with an event recorded before and after it.
     profile: Option<Vec<(&'static str, CudaEvent, CudaEvent)>>,
+    /// `ConvPath::Mixed`: each conv GEMM's path, chosen by timing (`tune_gemm`), in the order
+    /// chosen, with the candidates' milliseconds per call.
+    picks: Vec<Pick>,
+    /// While `tune_gemm` times a candidate: the path that GEMM takes (the others: their picks).
+    force: Option<(Gemm, ConvPath)>,
+}
+
+/// `ConvPath::Mixed`'s choice for one GEMM, and the milliseconds per op call it was made from.
+struct Pick {
+    key: GemmKey,
+    path: ConvPath,
+    times: Vec<(ConvPath, f32)>,
+}
+
+/// The three GEMMs of a conv layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gemm {
+    Fwd,
+    Wgrad,
+    Dgrad,
+}
+
+/// One conv GEMM at one shape, as `ConvPath::Mixed` keys its choices: the input shape, output
+/// channels, pooling, and whether the epilogue takes BatchNorm / pre_bwd sums (training) or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GemmKey {
+    gemm: Gemm,
+    xs: Shape,
+    cout: usize,
+    pool: bool,
+    sums: bool,
+}
+
+impl GemmKey {
+    /// The mma kernel family's base name and the GEMM's N (output channels; for the input
+    /// gradient, the input channels).
+    fn base(&self) -> (&'static str, usize) {
+        match self.gemm {
+            Gemm::Fwd => ("conv3x3_fwd_mma_f16", self.cout),
+            Gemm::Wgrad => ("conv3x3_wgrad_mma_f16", self.cout),
+            Gemm::Dgrad => ("conv3x3_dgrad_mma_f16", self.xs.c),
+        }
+    }
+    /// e.g. "fwd 31x31x24->64 pool" ("… no sums": without the BatchNorm or pre_bwd sums).
+    fn label(&self) -> String {
+        let g = match self.gemm {
+            Gemm::Fwd => "fwd",
+            Gemm::Wgrad => "wgrad",
+            Gemm::Dgrad => "dgrad",
+        };
+        let pool = if self.pool { " pool" } else { "" };
+        let sums = if self.sums || self.gemm == Gemm::Wgrad { "" } else { " no sums" };
+        format!("{g} {}x{}x{}->{}{pool}{sums}", self.xs.h, self.xs.w, self.xs.c, self.cout)
+    }
 }
 
 /// Kernel arguments are passed as 8-byte words: pointers and `long long` fill them, `int` and
@@ -299,6 +353,8 @@ struct MmaKernel {
     threads: u32,
     wgmma: bool,
 }
+/// Timed calls per candidate when `ConvPath::Mixed` chooses a GEMM's kernel (after one untimed).
+const TUNE_REPS: usize = 3;
 /// Block size of the per-channel stage-2 reductions (`CHAN_FIN_THREADS` in kernels/norm.cu).
 const CHAN_FIN_THREADS: u32 = 256;
 /// kernels/head.cu: examples per slice of the head's weight gradient, its largest class count,
@@ -544,7 +600,40 @@ impl Gpu {
     /// for the forward and input gradient with n < 128; `_wgmma_tall32_`: 256×32 for an input
     /// gradient with n ≤ 32; `_wgmma_narrow_`: 128×64 for a weight gradient with 32 < n < 128),
     /// else `MmaWide`'s (a weight gradient of ≤ 32 output channels).
-    fn mma_kernel(&self, base: &'static str, n: usize) -> MmaKernel {
+    fn mma_kernel(&self, key: &GemmKey) -> MmaKernel {
+        Self::mma_kernel_on(self.gemm_path(key), key)
+    }
+
+    /// The kernel family `key`'s GEMM takes: the one `tune_gemm` is timing, its pick on
+    /// `ConvPath::Mixed` (the first candidate before it has one), else the conv path.
+    fn gemm_path(&self, key: &GemmKey) -> ConvPath {
+        match self.ops.force {
+            Some((g, p)) if g == key.gemm => return p,
+            _ => {}
+        }
+        if self.conv_path != ConvPath::Mixed {
+            return self.conv_path;
+        }
+        match self.ops.picks.iter().find(|p| p.key == *key) {
+            Some(p) => p.path,
+            None => self.mixed_candidates()[0],
+        }
+    }
+
+    /// The kernel families `ConvPath::Mixed` chooses among: the mma ones of the autotune's list
+    /// (`SPEEDRUN_CONV`), or all this GPU has when the list names none.
+    fn mixed_candidates(&self) -> Vec<ConvPath> {
+        let listed: Vec<ConvPath> =
+            self.conv_tune.iter().copied().filter(|&p| p.is_mma() && p != ConvPath::Mixed).collect();
+        if listed.is_empty() {
+            ConvPath::tunable(self.info.cc)
+        } else {
+            listed
+        }
+    }
+
+    fn mma_kernel_on(path: ConvPath, key: &GemmKey) -> MmaKernel {
+        let (base, n) = key.base();
         const fn mma(name: &'static str, tm: usize, tn: usize, smem: u32) -> Option<MmaKernel> {
             Some(MmaKernel { name, tm, tn, smem, threads: 128, wgmma: false })
         }
@@ -600,12 +689,69 @@ impl Gpu {
         } else {
             2
         };
-        let chosen = match self.conv_path {
+        let chosen = match path {
             ConvPath::Wgmma => wgmma[slot].or(mma128[slot]),
             ConvPath::MmaWide => mma128[slot],
             _ => None,
         };
         chosen.or(mma(narrow, 128, 64, 0)).expect("the 128×64 kernel")
+    }
+
+    /// Whether `key`'s GEMM is still to be timed: on `ConvPath::Mixed`, before its first pick,
+    /// outside a recording and outside `tune_gemm` itself.
+    fn must_tune(&self, key: &GemmKey) -> bool {
+        self.conv_path == ConvPath::Mixed
+            && !self.ops.recording
+            && self.ops.force.is_none()
+            && !self.ops.picks.iter().any(|p| p.key == *key)
+    }
+
+    /// `ConvPath::Mixed`'s choice for `key`'s GEMM: `op`, the whole conv op on the caller's
+    /// operands (it overwrites its outputs, so a repeat leaves them as one call would), runs
+    /// with that GEMM on each candidate family that gives it a kernel of its own, once untimed
+    /// and [`TUNE_REPS`] times between events; the fastest is kept (the first of equals).
+    fn tune_gemm(&mut self, key: GemmKey, op: &mut dyn FnMut(&mut Gpu) -> Result<()>) -> Result<()> {
+        fn per_call(g: &mut Gpu, timer: &super::Timer, op: &mut dyn FnMut(&mut Gpu) -> Result<()>) -> Result<f32> {
+            op(g)?;
+            timer.start(&g.stream)?;
+            for _ in 0..TUNE_REPS {
+                op(g)?;
+            }
+            Ok(timer.stop(&g.stream)? / TUNE_REPS as f32)
+        }
+        let timer = self.timer()?;
+        let mut seen: Vec<&'static str> = Vec::new();
+        let mut times: Vec<(ConvPath, f32)> = Vec::new();
+        for p in self.mixed_candidates() {
+            let name = Self::mma_kernel_on(p, &key).name;
+            if seen.contains(&name) {
+                continue;
+            }
+            seen.push(name);
+            self.ops.force = Some((key.gemm, p));
+            let t = per_call(self, &timer, op);
+            self.ops.force = None;
+            times.push((p, t?));
+        }
+        let best = times.iter().fold(times[0], |b, &t| if t.1 < b.1 { t } else { b });
+        self.ops.picks.push(Pick { key, path: best.0, times });
+        Ok(())
+    }
+
+    /// `ConvPath::Mixed`'s choices so far, in the order made: (GEMM and shape, family).
+    pub fn conv_picks(&self) -> Vec<(String, ConvPath)> {
+        self.ops.picks.iter().map(|p| (p.key.label(), p.path)).collect()
+    }
+
+    /// The same with each candidate's milliseconds per op call, e.g.
+    /// "fwd 15x15x64->256 pool: wgmma (mma 0.750, mma128 0.610, wgmma 0.402 ms)".
+    pub fn conv_picks_timed(&self) -> Vec<String> {
+        let each = |p: &Pick| p.times.iter().map(|(c, t)| format!("{} {t:.3}", c.name())).collect::<Vec<_>>();
+        self.ops
+            .picks
+            .iter()
+            .map(|p| format!("{}: {} ({} ms)", p.key.label(), p.path.name(), each(p).join(", ")))
+            .collect()
     }
 
     /// Start of an op: the previous op's temporaries are freed (stream-ordered), and so is the
@@ -864,12 +1010,23 @@ impl Backend for Gpu {
 
     fn set_variant(&mut self, name: &str) -> Result<()> {
         match ConvPath::named(name) {
-            Some(p) if ConvPath::available(self.info.cc).contains(&p) => {
+            Some(p) if p.runs_on(self.info.cc) => {
                 self.conv_path = p;
                 Ok(())
             }
             _ => Err(Error::Usage(format!("{}: no conv path {name:?} on this GPU", self.info))),
         }
+    }
+
+    fn variant_settles(&self) -> bool {
+        self.conv_path == ConvPath::Mixed
+    }
+
+    fn variant_note(&self) -> String {
+        if self.conv_path != ConvPath::Mixed {
+            return String::new();
+        }
+        self.conv_picks_timed().join("; ")
     }
 
     fn describe(&self) -> String {
@@ -1055,10 +1212,33 @@ impl Backend for Gpu {
         pool: bool,
         y: &mut GBuf,
         argmax: &mut GBytes,
-        keep: Option<&mut GBuf>,
-        stats: Option<BnStats<'_, Self>>,
+        mut keep: Option<&mut GBuf>,
+        mut stats: Option<BnStats<'_, Self>>,
     ) -> Result<()> {
         self.begin();
+        let key = GemmKey { gemm: Gemm::Fwd, xs, cout, pool, sums: stats.is_some() };
+        if self.must_tune(&key) {
+            // each call updates the running statistics once: put them back afterwards
+            let saved = match &stats {
+                Some(s) => Some((self.download(s.running_mean)?, self.download(s.running_var)?)),
+                None => None,
+            };
+            self.tune_gemm(key, &mut |g| {
+                let st = stats.as_mut().map(|s| BnStats {
+                    eps: s.eps,
+                    momentum: s.momentum,
+                    running_mean: &mut *s.running_mean,
+                    running_var: &mut *s.running_var,
+                    bn: &mut *s.bn,
+                });
+                g.conv3x3(x, xs, pre, w, cout, pool, y, argmax, keep.as_deref_mut(), st)
+            })?;
+            if let (Some(s), Some((m, v))) = (&mut stats, saved) {
+                self.write(s.running_mean, &m)?;
+                self.write(s.running_var, &v)?;
+            }
+            self.begin();
+        }
         let cin = xs.c;
         check_channels("conv3x3", cin, cout)?;
         check_pixels("conv3x3", xs, cout)?;
@@ -1091,7 +1271,7 @@ impl Backend for Gpu {
         let (xp, pp) = self.activate(xp, xs, &pp, keep)?;
         if self.mma_path("conv3x3")? {
             // with stats: the epilogue writes the BatchNorm partials, [2·cout][blocks] f64
-            let kn = self.mma_kernel("conv3x3_fwd_mma_f16", cout);
+            let kn = self.mma_kernel(&key);
             let grid = (blocks_of(m, kn.tm)?, cout.div_ceil(kn.tn) as u32, 1);
             // one workspace: the fp16 weights (conv_weights_f16), then the BatchNorm partials
             let wf = (cout * 9 * cin).div_ceil(2).next_multiple_of(64);
@@ -1349,11 +1529,26 @@ impl Backend for Gpu {
         argmax: &GBytes,
         dy: &GBuf,
         dw: &mut GBuf,
-        da: Option<&mut GBuf>,
-        da_sums: Option<&mut GBuf>,
+        mut da: Option<&mut GBuf>,
+        mut da_sums: Option<&mut GBuf>,
         kept: Option<&GBuf>,
     ) -> Result<()> {
         self.begin();
+        // ConvPath::Mixed: the weight gradient timed alone (no da), then the input gradient
+        // with the weight gradient's pick
+        let key = GemmKey { gemm: Gemm::Dgrad, xs, cout, pool, sums: da_sums.is_some() };
+        let wkey = GemmKey { gemm: Gemm::Wgrad, sums: false, ..key };
+        if self.must_tune(&wkey) {
+            self.tune_gemm(wkey, &mut |g| g.conv3x3_bwd(x, xs, pre, w, cout, pool, argmax, dy, dw, None, None, kept))?;
+            self.begin();
+        }
+        if da.is_some() && self.must_tune(&key) {
+            self.tune_gemm(key, &mut |g| {
+                let (d, s) = (da.as_deref_mut(), da_sums.as_deref_mut());
+                g.conv3x3_bwd(x, xs, pre, w, cout, pool, argmax, dy, dw, d, s, kept)
+            })?;
+            self.begin();
+        }
         let cin = xs.c;
         check_channels("conv3x3_bwd", cin, cout)?;
         check_pixels("conv3x3_bwd", xs, cout)?;
@@ -1390,7 +1585,7 @@ impl Backend for Gpu {
         // wmma: M = cout, N = 9·cin in 64×64 tiles; mma: M = 9·cin in 128-row tiles, N = cout in 64
         // (128 with the wide kernel)
         let k_tile = if mma { 128 } else { 64 };
-        let wgrad_kernel = self.mma_kernel("conv3x3_wgrad_mma_f16", cout);
+        let wgrad_kernel = self.mma_kernel(&wkey);
         let o_tile = if mma { wgrad_kernel.tn } else { 64 };
         let tiles = k.div_ceil(k_tile) * cout.div_ceil(o_tile);
         let target = 4 * self.info.sms.max(1) as usize;
@@ -1402,7 +1597,7 @@ impl Backend for Gpu {
         // gradient (unpool_f16) first, for both GEMMs; then the wgrad slices (reduced before the
         // dgrad runs) or the dgrad's epilogue partials.
         let full = if mma && pool { (p * cout).div_ceil(2).next_multiple_of(64) } else { 0 };
-        let dgrad_kernel = self.mma_kernel("conv3x3_dgrad_mma_f16", cin);
+        let dgrad_kernel = self.mma_kernel(&key);
         let dgrad_blocks = blocks_of(p.max(1), dgrad_kernel.tm)? as usize;
         let epilogue = mma && dap.is_some() && sums.is_some() && self.epilogue_sums;
         let parts = (if slices > 1 { slices * len } else { 0 }).max(if epilogue { dgrad_blocks * 2 * cin } else { 0 });
@@ -1715,22 +1910,16 @@ mod tests {
         assert!(check_pixels("conv3x3_bwd", at(most + 1), 8).is_err());
     }
 
-    /// The value of `#define name value` in a kernel source.
-    fn cu_define(src: &str, name: &str) -> Option<usize> {
-        let pat = format!("#define {name} ");
-        let rest = &src[src.find(&pat)? + pat.len()..];
-        rest.split_whitespace().next()?.parse().ok()
-    }
-
     #[test]
-    fn block_constants_mirror_the_kernels() {
-        let (head, norm) = (include_str!("../../kernels/head.cu"), include_str!("../../kernels/norm.cu"));
-        assert_eq!(cu_define(head, "HEAD_SLICE"), Some(HEAD_SLICE));
-        assert_eq!(cu_define(head, "HEAD_MAX_CLASSES"), Some(HEAD_MAX_CLASSES));
-        assert_eq!(cu_define(head, "XENT_THREADS"), Some(XENT_THREADS));
-        assert_eq!(cu_define(norm, "CHAN_FIN_THREADS"), Some(CHAN_FIN_THREADS as usize));
-        assert_eq!(cu_define("#define X 12  // c", "X"), Some(12));
-        assert_eq!(cu_define("#define XY 12", "X"), None);
+    fn head_block_constants_mirror_the_kernels() {
+        let head = include_str!("../../kernels/head.cu");
+        for line in [
+            format!("#define HEAD_SLICE {HEAD_SLICE}\n"),
+            format!("#define HEAD_MAX_CLASSES {HEAD_MAX_CLASSES}\n"),
+            format!("#define XENT_THREADS {XENT_THREADS}\n"),
+        ] {
+            assert!(head.contains(&line), "kernels/head.cu lacks {line:?}");
+        }
     }
 
     #[test]

@@ -98,16 +98,20 @@ pub struct Gpu {
 /// wgmma, on 128-byte-swizzled shared-memory stages: 128×256 tiles where the GEMM's N is ≥ 128,
 /// 256×64 for the other forwards and input gradients, 256×32 for input gradients of ≤ 32
 /// channels, 128×64 for weight gradients of 64 channels) or `Wmma` (nvcuda::wmma, 64×64 tiles,
-/// every GPU). `Gpu::open` picks
+/// every GPU). `Mixed` is not a kernel family: per GEMM (each layer's forward, weight gradient
+/// and input gradient at its shape) it takes the fastest of the other sm_80+ paths, timed on the
+/// real operands the first time that GEMM runs outside a recording (src/gpu/backend.rs,
+/// `tune_gemm`). `Gpu::open` picks
 /// `Mma` where the GPU has it; the environment variable `SPEEDRUN_CONV=wmma` (or `mma`,
-/// `mma128`, `wgmma`) overrides, and a comma list (`SPEEDRUN_CONV=mma,mma128`) is the set the
-/// warm-up's autotune chooses from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// `mma128`, `wgmma`, `mixed`) overrides, and a comma list (`SPEEDRUN_CONV=mma,mma128`) is the
+/// set the warm-up's autotune chooses from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConvPath {
     Wmma,
     Mma,
     MmaWide,
     Wgmma,
+    Mixed,
 }
 
 /// Environment variable that overrides the convolution kernels: `wmma`, `mma`, `mma128` or `wgmma`
@@ -132,6 +136,7 @@ impl ConvPath {
             ConvPath::Mma => "mma",
             ConvPath::MmaWide => "mma128",
             ConvPath::Wgmma => "wgmma",
+            ConvPath::Mixed => "mixed",
         }
     }
     /// Whether the path runs the sm_80+ kernels (mma.sync, and on `Wgmma` also wgmma): the
@@ -156,14 +161,24 @@ impl ConvPath {
     pub fn wgmma_last(cc: (i32, i32)) -> (Vec<ConvPath>, Vec<ConvPath>) {
         Self::available(cc).iter().partition(|&&p| p != ConvPath::Wgmma)
     }
-    /// The mma paths for `cc` (the trainer times each in its warm-up and keeps the fastest,
-    /// unless [`CONV_ENV`] pins one), the default first.
+    /// The mma kernel families for `cc` (the trainer times each in its warm-up and keeps the
+    /// fastest, unless [`CONV_ENV`] pins one), the default first; `Mixed` chooses among these.
     pub fn tunable(cc: (i32, i32)) -> Vec<ConvPath> {
         Self::available(cc).iter().copied().filter(|p| p.is_mma()).collect()
     }
-    /// The path named `name` ("wmma", "mma", "mma128", "wgmma").
+    /// The path named `name` ("wmma", "mma", "mma128", "wgmma", "mixed").
     pub fn named(name: &str) -> Option<ConvPath> {
-        [ConvPath::Wmma, ConvPath::Mma, ConvPath::MmaWide, ConvPath::Wgmma].into_iter().find(|p| p.name() == name)
+        [ConvPath::Wmma, ConvPath::Mma, ConvPath::MmaWide, ConvPath::Wgmma, ConvPath::Mixed]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
+    /// Whether a GPU of compute capability `cc` can run `self` (`Mixed`: where there are two
+    /// mma kernel families to choose from).
+    pub fn runs_on(self, cc: (i32, i32)) -> bool {
+        match self {
+            ConvPath::Mixed => Self::tunable(cc).len() >= 2,
+            p => Self::available(cc).contains(&p),
+        }
     }
     /// The path for `cc`, given the value of [`CONV_ENV`] (None: unset); an unknown name or a
     /// path the GPU lacks is an error.
@@ -171,9 +186,11 @@ impl ConvPath {
         let have = Self::available(cc);
         let Some(v) = env.map(str::trim).filter(|v| !v.is_empty()) else { return Ok(have[0]) };
         let Some(want) = Self::named(v) else {
-            return Err(Error::Gpu(format!("{CONV_ENV}={v:?}: expected \"wmma\", \"mma\", \"mma128\" or \"wgmma\"")));
+            return Err(Error::Gpu(format!(
+                "{CONV_ENV}={v:?}: expected \"wmma\", \"mma\", \"mma128\", \"wgmma\" or \"mixed\""
+            )));
         };
-        if !have.contains(&want) {
+        if !want.runs_on(cc) {
             let need = if want == ConvPath::Wgmma {
                 "compute capability 9.0 (H100, H200)"
             } else {
@@ -184,12 +201,16 @@ impl ConvPath {
         Ok(want)
     }
     /// What [`CONV_ENV`] asks for on `cc` (None: unset), default first: unset, the tunable paths
-    /// (or the one available); one name, that path alone (pinned); a comma list such as
-    /// `mma,mma128`, those paths (the warm-up tunes over them: a way to leave one out).
+    /// and `Mixed` where there are two or more (or the one available); one name, that path
+    /// alone (pinned); a comma list such as `mma,mma128`, those paths (the warm-up tunes over
+    /// them: a way to leave one out).
     pub fn choose_list(cc: (i32, i32), env: Option<&str>) -> Result<Vec<ConvPath>> {
         let v = env.map(str::trim).unwrap_or("");
         if v.is_empty() {
-            let t = Self::tunable(cc);
+            let mut t = Self::tunable(cc);
+            if ConvPath::Mixed.runs_on(cc) {
+                t.push(ConvPath::Mixed);
+            }
             return Ok(if t.is_empty() { vec![Self::available(cc)[0]] } else { t });
         }
         let mut list = Vec::new();

@@ -242,7 +242,7 @@ fn open_without_driver() {
 /// clear errors for an unknown name or a path the GPU lacks.
 #[test]
 fn conv_path_choice() {
-    use super::ConvPath::{Mma, MmaWide, Wgmma, Wmma};
+    use super::ConvPath::{Mixed, Mma, MmaWide, Wgmma, Wmma};
     use super::{ConvPath, CONV_ENV};
     assert_eq!(ConvPath::choose((9, 0), None).unwrap(), Mma);
     assert_eq!(ConvPath::choose((8, 0), Some("")).unwrap(), Mma);
@@ -270,11 +270,18 @@ fn conv_path_choice() {
     assert_eq!(ConvPath::choose((8, 0), Some("mma128")).unwrap(), MmaWide);
     let e = ConvPath::choose((7, 5), Some("mma128")).unwrap_err().to_string();
     assert!(e.contains("mma128") && e.contains("8.0") && e.contains("sm_75"), "{e}");
-    assert!(Mma.is_mma() && MmaWide.is_mma() && Wgmma.is_mma() && !Wmma.is_mma());
-    // the list form: unset, every tunable path (the one available without mma); one name,
-    // pinned; a comma list, those paths in its order; each checked like one name
-    assert_eq!(ConvPath::choose_list((9, 0), None).unwrap(), [Mma, MmaWide, Wgmma]);
-    assert_eq!(ConvPath::choose_list((8, 6), Some(" ")).unwrap(), [Mma, MmaWide]);
+    assert!(Mma.is_mma() && MmaWide.is_mma() && Wgmma.is_mma() && Mixed.is_mma() && !Wmma.is_mma());
+    // mixed: a choice per GEMM among the mma families, so where there are two or more
+    assert_eq!(ConvPath::named("mixed"), Some(Mixed));
+    assert!(Mixed.runs_on((8, 0)) && Mixed.runs_on((9, 0)) && !Mixed.runs_on((7, 5)));
+    assert_eq!(ConvPath::choose((8, 6), Some("mixed")).unwrap(), Mixed);
+    let e = ConvPath::choose((7, 5), Some("mixed")).unwrap_err().to_string();
+    assert!(e.contains("mixed") && e.contains("8.0") && e.contains("sm_75"), "{e}");
+    // the list form: unset, every tunable path and mixed (the one available without mma); one
+    // name, pinned; a comma list, those paths in its order; each checked like one name
+    assert_eq!(ConvPath::choose_list((9, 0), None).unwrap(), [Mma, MmaWide, Wgmma, Mixed]);
+    assert_eq!(ConvPath::choose_list((8, 6), Some(" ")).unwrap(), [Mma, MmaWide, Mixed]);
+    assert_eq!(ConvPath::choose_list((9, 0), Some("mma,mma128,mixed")).unwrap(), [Mma, MmaWide, Mixed]);
     assert_eq!(ConvPath::choose_list((7, 5), None).unwrap(), [Wmma]);
     assert_eq!(ConvPath::choose_list((9, 0), Some("wgmma")).unwrap(), [Wgmma]);
     assert_eq!(ConvPath::choose_list((9, 0), Some("mma128, mma")).unwrap(), [MmaWide, Mma]);
@@ -548,4 +555,74 @@ fn head_backward_with_too_many_classes_is_an_error() {
     let (mut dw, mut da, am) = (up(&mut gpu, classes * 8), up(&mut gpu, 16), gpu.byte_zeros(16).unwrap());
     let e = gpu.head_bwd(&dl, &feat, &am, &w, xs, classes, 1.0, &mut dw, &mut da).unwrap_err();
     assert!(e.to_string().contains("33 classes; at most 32"), "{e}");
+}
+
+/// `ConvPath::Mixed` times each GEMM's candidate kernels on the op's own operands the first time
+/// it runs, and keeps one pick per GEMM: the op's results are still those of one call (outputs
+/// overwritten, running statistics updated once), equal bit for bit to the next call's, which
+/// times nothing. A recording never times: an untimed GEMM there takes the first candidate.
+#[test]
+#[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
+#[cfg_attr(
+    all(cuda_driver, not(kernels_built)),
+    ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
+)]
+fn mixed_path_times_each_gemm_once_and_leaves_one_calls_results() {
+    use crate::backend::{Backend, BnStats, Pre, Shape};
+    use crate::replay::Record;
+    let _device = device_test_lock();
+    let mut gpu = open();
+    if !ConvPath::Mixed.runs_on(gpu.info.cc) {
+        eprintln!("skipped: {} has fewer than two mma kernel families", gpu.info);
+        return;
+    }
+    gpu.conv_tune = ConvPath::tunable(gpu.info.cc);
+    let (cin, cout) = (32, 136);
+    let xs = Shape::new(8, 6, 6, cin);
+    let ys = xs.with_c(cout).pooled();
+    let (x, w, shift, dy) = (
+        gpu.upload(&floats(xs.len(), 11)).unwrap(),
+        gpu.upload(&floats(cout * 9 * cin, 12)).unwrap(),
+        gpu.upload(&floats(cin, 13)).unwrap(),
+        gpu.upload(&floats(ys.len(), 14)).unwrap(),
+    );
+    let rm0 = floats(cout, 15);
+    let run = |g: &mut Gpu| -> (Vec<Vec<f32>>, Vec<u8>) {
+        let (mut y, mut am) = (g.zeros(ys.len()).unwrap(), g.byte_zeros(ys.len()).unwrap());
+        let (mut rm, mut rv, mut bn) =
+            (g.upload(&rm0).unwrap(), g.upload(&vec![1.5; cout]).unwrap(), g.zeros(2 * cout).unwrap());
+        let (mut dw, mut da, mut sums) =
+            (g.zeros(cout * 9 * cin).unwrap(), g.zeros(xs.len()).unwrap(), g.zeros(2 * cin).unwrap());
+        let st = BnStats { eps: 1e-5, momentum: 0.6, running_mean: &mut rm, running_var: &mut rv, bn: &mut bn };
+        g.conv3x3(&x, xs, Pre::Bias(&shift), &w, cout, true, &mut y, &mut am, None, Some(st)).unwrap();
+        let pre = Pre::Bias(&shift);
+        g.conv3x3_bwd(&x, xs, pre, &w, cout, true, &am, &dy, &mut dw, Some(&mut da), Some(&mut sums), None).unwrap();
+        let outs = [&y, &bn, &rm, &rv, &dw, &da, &sums].iter().map(|b| g.download(b).unwrap()).collect();
+        (outs, g.download_bytes(&am).unwrap())
+    };
+    gpu.conv_path = ConvPath::Mixed;
+    let first = run(&mut gpu);
+    let picks = gpu.conv_picks();
+    let labels: Vec<&str> = picks.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(labels, ["fwd 6x6x32->136 pool", "wgrad 6x6x32->136 pool", "dgrad 6x6x32->136 pool"]);
+    assert!(picks.iter().all(|(_, p)| ConvPath::tunable(gpu.info.cc).contains(p)), "{picks:?}");
+    assert_ne!(first.0[2], rm0, "the running mean was updated");
+    let again = run(&mut gpu);
+    assert_eq!(gpu.conv_picks(), picks, "chosen once");
+    assert!(first == again, "the first call's results (timed among the candidates) differ from the next call's");
+
+    // a recording: no timing, the first candidate's kernels
+    let xs = Shape::new(4, 6, 6, cin);
+    let ys = xs.with_c(cout).pooled();
+    let (x, mut y, mut am) = (
+        gpu.upload_f16(&floats(xs.len(), 16)).unwrap(),
+        gpu.zeros(ys.len()).unwrap(),
+        gpu.byte_zeros(ys.len()).unwrap(),
+    );
+    let first_family = ConvPath::tunable(gpu.info.cc)[0];
+    let pre = Pre::Bias(&shift);
+    gpu.with_conv_path(first_family, |g| g.conv3x3(&x, xs, pre, &w, cout, true, &mut y, &mut am, None, None)).unwrap();
+    let graph = gpu.record(&mut |g| g.conv3x3(&x, xs, pre, &w, cout, true, &mut y, &mut am, None, None)).unwrap();
+    assert!(graph.is_some());
+    assert_eq!(gpu.conv_picks(), picks, "a recording times nothing");
 }

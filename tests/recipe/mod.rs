@@ -470,3 +470,41 @@ fn autotune_picks_the_fastest_variant() {
     assert_eq!(fastest(&[1.90, 1.95, 1.91]), 0);
     assert_eq!(fastest(&[2.0, 1.5, 1.5]), 1);
 }
+
+/// The mixed conv path chooses each GEMM's kernel family by timing it during its first run, so
+/// the autotune runs it once untimed before timing it: the line says so and lists the choices,
+/// and a run of the warm-up's seed on the tuned trainer equals mixed's timed warm-up run.
+#[test]
+#[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
+#[cfg_attr(
+    all(cuda_driver, not(kernels_built)),
+    ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
+)]
+fn gpu_autotune_settles_the_mixed_path() {
+    use cifar::gpu::ConvPath;
+    let mut gpu = match cifar::gpu::Gpu::open(0) {
+        Ok(g) => g,
+        Err(e) => panic!("{e} (this machine has libcuda.so.1, so a usable GPU is expected)"),
+    };
+    if !ConvPath::Mixed.runs_on(gpu.info.cc) {
+        eprintln!("skipped: {} has fewer than two mma kernel families", gpu.info);
+        return;
+    }
+    gpu.conv_tune = vec![ConvPath::Mma, ConvPath::MmaWide, ConvPath::Mixed];
+    // 32-channel layers: the forward and the input gradient have a choice (128×64 or 256×64,
+    // 256×32 tiles), the weight gradient one kernel
+    let h = Hyp { widths: [16, 32, 32], train_images: 16, ..TINY };
+    let (train, _) = synthetic(&mut gpu, h.train_images, 1);
+    let (test, labels) = synthetic(&mut gpu, h.test_images, 2);
+    let mut tr = trainer(&mut gpu, &h, train.n, test.n, true).unwrap();
+    let t =
+        tune(&mut gpu, &h, &mut tr, &train, &test, &labels, true, |s| s.len() - 1).unwrap().expect("three variants");
+    eprintln!("{}", t.line);
+    assert!(t.line.contains("training on mixed") && gpu.conv_path == ConvPath::Mixed, "{}", t.line);
+    assert!(t.line.contains("mixed ") && t.line.contains("[after one untimed run that chose: fwd "), "{}", t.line);
+    assert!(t.line.contains("dgrad ") && t.line.contains("wgrad "), "{}", t.line);
+    assert_eq!(t.line.matches("untimed run").count(), 1, "only mixed settles: {}", t.line);
+    let chosen = &t.warmups.last().expect("mixed accepted").1;
+    let again = run(&mut gpu, &h, &mut tr, &train, &test, &labels, u64::MAX, &mut |_| {}).unwrap(); // replays
+    assert_eq!((again.fingerprint, again.correct), (chosen.fingerprint, chosen.correct));
+}
