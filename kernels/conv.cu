@@ -474,15 +474,30 @@ extern "C" __global__ void act_f16(const half* __restrict__ x, long long len8, i
                                    half* __restrict__ a) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= len8) return;
-    const int c0 = (int)((i * 8) % C);
+    // (8·i) mod C, in 32 bits where i fits (every recipe shape)
+    const int c8 = C >> 3;
+    const int c0 = 8 * (i < (1LL << 31) ? (int)((unsigned)i % (unsigned)c8) : (int)(i % c8));
+    // the 8 channels' parameters as float4 pairs (c0·4 bytes is a multiple of 32; the host's
+    // parameter pointers are buffer starts or start + 4·C bytes)
+    float mean[8], inv[8], sh[8];
+    *reinterpret_cast<float4*>(sh) = *reinterpret_cast<const float4*>(pshift + c0);
+    *reinterpret_cast<float4*>(sh + 4) = *reinterpret_cast<const float4*>(pshift + c0 + 4);
+    if (bn) {
+        *reinterpret_cast<float4*>(mean) = *reinterpret_cast<const float4*>(pmean + c0);
+        *reinterpret_cast<float4*>(mean + 4) = *reinterpret_cast<const float4*>(pmean + c0 + 4);
+        *reinterpret_cast<float4*>(inv) = *reinterpret_cast<const float4*>(pinv + c0);
+        *reinterpret_cast<float4*>(inv + 4) = *reinterpret_cast<const float4*>(pinv + c0 + 4);
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            mean[j] = 0.f;
+            inv[j] = 1.f;
+        }
+    }
     Half8 v, r;
     v.u = reinterpret_cast<const uint4*>(x)[i];
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
-        const int c = c0 + j;
-        const float mean = bn ? pmean[c] : 0.f, inv = bn ? pinv[c] : 1.f;
-        r.h[j] = __float2half(gelu_f(pre_u(__half2float(v.h[j]), mean, inv, pshift[c], bn)));
-    }
+    for (int j = 0; j < 8; j++) r.h[j] = __float2half(gelu_f(pre_u(__half2float(v.h[j]), mean[j], inv[j], sh[j], bn)));
     reinterpret_cast<uint4*>(a)[i] = r.u;
 }
 
