@@ -917,13 +917,19 @@ fn tune<B: Backend>(
     let mut warmups: Vec<(&'static str, report::Run)> = Vec::new();
     for (k, &v) in variants.iter().enumerate() {
         b.set_variant(v)?;
-        tr.steps = Replayer::new(record);
-        // a variant that times its kernels during its first run (`mixed`): that run untimed first
-        let settle = if b.variant_settles() { 2 } else { 1 };
-        let r = match (0..settle)
-            .try_fold(None, |_, _| run(b, h, tr, train, test, test_labels, u64::MAX, &mut |_| {}).map(Some))
-        {
-            Ok(r) => r.expect("at least one run"),
+        let settle = b.variant_settles();
+        let mut warm_up = || {
+            // a variant that times its kernels during its first run (`mixed`): that run untimed
+            // first; then its steps are recorded again in the timed run, as every variant's are
+            if settle {
+                tr.steps = Replayer::new(record);
+                run(b, h, tr, train, test, test_labels, u64::MAX, &mut |_| {})?;
+            }
+            tr.steps = Replayer::new(record);
+            run(b, h, tr, train, test, test_labels, u64::MAX, &mut |_| {})
+        };
+        let r = match warm_up() {
+            Ok(r) => r,
             Err(e) if k > 0 => {
                 said.push(format!("{v} rejected ({e})"));
                 continue;
@@ -940,10 +946,10 @@ fn tune<B: Backend>(
         }
         let note = b.variant_note();
         let note = match (settle, note.is_empty()) {
-            (2, false) => format!(" [after one untimed run that chose: {note}]"),
-            (2, true) => " [after one untimed run]".to_string(),
-            (_, false) => format!(" [{note}]"),
-            (_, true) => note,
+            (true, false) => format!(" [after one untimed run that chose: {note}]"),
+            (true, true) => " [after one untimed run]".to_string(),
+            (false, false) => format!(" [{note}]"),
+            (false, true) => note,
         };
         said.push(format!("{v} {:.3} s ({:.2}%){note}", r.seconds, 100.0 * acc));
         seconds.push(r.seconds);
