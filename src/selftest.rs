@@ -1473,12 +1473,15 @@ fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, out: &mut dyn Write) -> Re
         gpu.with_conv_path(ConvPath::Wgmma, |g| step_profile(g, &mut |g| st.step(g), out))?;
     }
     // Then (it may take wgmma kernels) the mixed path: each GEMM's family chosen by timing the
-    // candidates in the first op-by-op step, then the step recorded and replayed; its choices.
+    // candidates in the first op-by-op step, then the step recorded and replayed; its choices
+    // and its profile.
     if gpu.conv_path.is_mma() && gpu.conv_path != ConvPath::Mixed && ConvPath::Mixed.runs_on(gpu.info.cc) {
         gpu.with_conv_path(ConvPath::Mixed, |g| variant(g, &mut st, out, "train step, graph, mixed convs"))?;
         for line in gpu.conv_picks_timed() {
             writeln!(out, "  mixed {line}").map_err(io)?;
         }
+        writeln!(out, "(mixed convs)").map_err(io)?;
+        gpu.with_conv_path(ConvPath::Mixed, |g| step_profile(g, &mut |g| st.step(g), out))?;
     }
     Ok(())
 }
