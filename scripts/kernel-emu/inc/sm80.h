@@ -318,13 +318,20 @@ struct EmuWgOperand {
                "wgmma operand outside the launch's dynamic shared memory");
         (void)end;
     }
-    float at(int r, int k) const {
+    // the element's 16 bits
+    unsigned short bits(int r, int k) const {
         const unsigned logical = mn ? start + (unsigned)(r / 64) * lbo + (unsigned)(k / 8) * sbo + (unsigned)(k % 8) * 128 +
                                           2u * (unsigned)(r % 64)
                                     : start + (unsigned)(r / 8) * sbo + (unsigned)(r % 8) * 128 + 2u * (unsigned)k;
         const unsigned phys = logical ^ (((logical >> 7) & 7u) << 4);
+        unsigned short b;
+        memcpy(&b, base + phys, 2);
+        return b;
+    }
+    float at(int r, int k) const {
+        const unsigned short b = bits(r, k);
         half h;
-        memcpy(&h, base + phys, 2);
+        memcpy(&h, &b, 2);
         return (float)h;
     }
 };
@@ -349,11 +356,14 @@ inline void emu_wgmma_run(const EmuWgmma& op) {
 // At issue (by the warpgroup's first thread): a wgmma reads its operands when the hardware gets
 // to it, which may be right away, so every element must have landed then; the emulator computes
 // it only at the wait that retires it, which would hide a copy that lands in between.
+// The poison is the bit pattern 0xFFFF (cp_async16's fill; also the emulated driver's fresh
+// allocations), not any NaN: a NaN the data carries (a diverged training step; NaN outputs for
+// words past the end) has come through arithmetic or a store and is another pattern.
 inline void emu_wg_landed(unsigned long long da, unsigned long long db, int n, int ta, int tb) {
     auto landed = [](const EmuWgOperand& op, int rows, char name) {
         for (int k = 0; k < 16; k++)
             for (int r = 0; r < rows; r++)
-                if (op.at(r, k) != op.at(r, k)) {
+                if (op.bits(r, k) == 0xFFFF) {
                     fprintf(stderr, "emulated wgmma: issued while %c(%d, %d) has not landed (cp.async NaN poison)\n",
                             name, r, k);
                     abort();
