@@ -29,7 +29,9 @@
 # trainers see the same 50,000 training and 10,000 test images, and runs it N times after its
 # own warm-up run (its run count is set with sed on a temporary copy).
 # Every step writes its raw log under $OUT (the device tool brings it back) with the GPU, driver
-# and command at its top; commit those logs verbatim under bench/logs/.
+# and command at its top; commit those logs verbatim under bench/logs/. The side-by-side report
+# (issue 4's ratio and accuracy delta, read from the two logs) is made here afterwards:
+#   python3 bench/compare.py <runs.json> <airbench log> > bench/logs/DATE-<gpu>-compare.log
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/out}

@@ -15,6 +15,7 @@
 #   call 2, carry ["data/pk2", "data/cifar-10-batches-bin/batches.meta.txt", "airbench"]:
 #     bash $g unpack data/pk2; bash $g runs 25;
 #     SPEEDRUN_BIN=target/nofence/release/speedrun bash $g bench; bash $g airbench 25
+#   then here: python3 bench/compare.py <runs.json> <airbench log> (issue 4's side-by-side)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=${CIFAR10_DIR:-../shared/cifar10/cifar-10-batches-bin}
