@@ -1423,9 +1423,13 @@ fn bench_convs(gpu: &mut Gpu, n: usize, paths: &[ConvPath], bn_lines: bool, out:
 /// the difference is the launch overhead the graph removes. FLOPs: the six convs' forward,
 /// input and weight gradients plus Muon's Newton–Schulz GEMMs.
 fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, out: &mut dyn Write) -> Result<()> {
-    let steps = 2 * (WARMUP + REPS) + 2;
+    // A plan row for every step the lines below time (≈ 180; past the last row the rates are
+    // NaN and the data would turn NaN), all rates 0: the bench times the kernels, and the
+    // weights then stay as initialised (finite data in every line).
+    let steps = 16 * (WARMUP + REPS) + 16;
     let mut cpu = Cpu::<f32>::with_threads(crate::cpu::par::default_threads());
-    let init = step_init_whitened(&mut cpu, n, steps, 960)?;
+    let mut init = step_init_whitened(&mut cpu, n, steps, 960)?;
+    init.plan = (0..steps).flat_map(|t| Step { offset: (t * n) as u32, lr: [0.0; LRS] }.row()).collect();
     let conv_flops: f64 =
         LAYERS.iter().map(|&(h, w, cin, cout, _)| 3.0 * 2.0 * (n * h * w * cout * 9 * cin) as f64).sum();
     let flops = conv_flops + ns_flops;
