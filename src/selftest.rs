@@ -850,6 +850,19 @@ const LR_WHITEN: usize = 3;
 
 /// `steps` steps of `n` examples each: step t takes words t·n.. and the recipe's step-0 rates
 /// decayed by 1 − t/4 (so that a step that read the wrong row would show).
+/// The plan of `steps` steps of `n` examples: step t's offset, and the recipe's rates (Muon,
+/// biases, head, whitening bias) times `f(t)`.
+fn plan_rows(n: usize, steps: usize, f: impl Fn(usize) -> f32) -> Vec<u32> {
+    (0..steps)
+        .flat_map(|t| {
+            let f = f(t);
+            let mut lr = [0.0; LRS];
+            (lr[LR_MUON], lr[LR_BIAS], lr[LR_HEAD], lr[LR_WHITEN]) = (0.24 * f, 0.053 * f, 0.67 * f, 0.053 * f);
+            Step { offset: (t * n) as u32, lr }.row()
+        })
+        .collect()
+}
+
 fn step_init(n: usize, steps: usize, seed: u64) -> StepInit {
     let total = n + 50;
     let conv = STEP_LAYERS
@@ -863,14 +876,7 @@ fn step_init(n: usize, steps: usize, seed: u64) -> StepInit {
             w
         })
         .collect();
-    let plan = (0..steps)
-        .flat_map(|t| {
-            let f = 1.0 - t as f32 / 4.0;
-            let mut lr = [0.0; LRS];
-            (lr[LR_MUON], lr[LR_BIAS], lr[LR_HEAD], lr[LR_WHITEN]) = (0.24 * f, 0.053 * f, 0.67 * f, 0.053 * f);
-            Step { offset: (t * n) as u32, lr }.row()
-        })
-        .collect();
+    let plan = plan_rows(n, steps, |t| 1.0 - t as f32 / 4.0);
     StepInit {
         images: bytes(total * 3072, seed + 10, 256),
         labels: bytes(total, seed + 11, CLASSES as u32),
@@ -1429,7 +1435,7 @@ fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, out: &mut dyn Write) -> Re
     let steps = 16 * (WARMUP + REPS) + 16;
     let mut cpu = Cpu::<f32>::with_threads(crate::cpu::par::default_threads());
     let mut init = step_init_whitened(&mut cpu, n, steps, 960)?;
-    init.plan = (0..steps).flat_map(|t| Step { offset: (t * n) as u32, lr: [0.0; LRS] }.row()).collect();
+    init.plan = plan_rows(n, steps, |_| 0.0);
     let conv_flops: f64 =
         LAYERS.iter().map(|&(h, w, cin, cout, _)| 3.0 * 2.0 * (n * h * w * cout * 9 * cin) as f64).sum();
     let flops = conv_flops + ns_flops;
