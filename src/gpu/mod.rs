@@ -105,7 +105,7 @@ pub struct Gpu {
 /// `Mma` where the GPU has it; the environment variable `SPEEDRUN_CONV=wmma` (or `mma`,
 /// `mma128`, `wgmma`, `mixed`) overrides, and a comma list (`SPEEDRUN_CONV=mma,mma128`) is the
 /// set the warm-up's autotune chooses from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPath {
     Wmma,
     Mma,
