@@ -5,11 +5,12 @@
 //                      maximum → argmax = p), logits[n][k] = scale·Σ_c feat[n][c]·w[k][c].
 //                      One block of 256 threads per example (grid n); C ≤ 1024 (host-asserted).
 //                      feat and logits are f32.
-//   head_bwd_dw_part_f32  part[s][k][c] = Σ_{n in slice s} dlogits[n][k]·feat[n][c], slices of
-//                     HEAD_SLICE examples: grid (⌈C/32⌉, ⌈N/HEAD_SLICE⌉), block (32, 8): lane = channel,
-//                     warp w takes examples w, w + 8, ... of the slice; the 8 warps are added in
-//                     order through shared memory. classes ≤ HEAD_MAX_CLASSES (host-asserted).
-//   head_bwd_dw_f32    dw[k][c] = scale·Σ_s part[s][k][c] in slice order. 1 thread per (k, c).
+//   head_bwd_dw_part_f32  part[s][k][c] = scale·Σ_{n in slice s} dlogits[n][k]·feat[n][c], slices
+//                     of HEAD_SLICE examples: grid (⌈C/32⌉, ⌈N/HEAD_SLICE⌉), block (32, 8): lane =
+//                     channel, warp w takes examples w, w + 8, ... of the slice; the 8 warps are
+//                     added in order through shared memory. classes ≤ HEAD_MAX_CLASSES
+//                     (host-asserted). The host then adds the slices in order into dw with
+//                     conv.cu's wgrad_reduce_f32.
 //   head_bwd_da_f16    da[n][p][c] = scale·Σ_k dlogits[n][k]·w[k][c] at p = argmax[n][c], 0
 //                      elsewhere. 1 thread per (n, c), writing all H·W positions.
 //   xent_fwd_bwd_f32   label-smoothed cross-entropy: dlogits = softmax − target, and per block the
@@ -62,7 +63,7 @@ extern "C" __global__ void head_fwd_f16(const half* __restrict__ x, int HW, int 
 
 extern "C" __global__ void __launch_bounds__(256)
 head_bwd_dw_part_f32(const float* __restrict__ dlogits, const float* __restrict__ feat, int N, int C, int classes,
-                     float* __restrict__ part) {
+                     float scale, float* __restrict__ part) {
     __shared__ float red[8][HEAD_MAX_CLASSES][32];
     const int lane = threadIdx.x, wq = threadIdx.y, c = blockIdx.x * 32 + lane, s = blockIdx.y;
     const int n0 = s * HEAD_SLICE, n1 = min(N, n0 + HEAD_SLICE);
@@ -86,17 +87,8 @@ head_bwd_dw_part_f32(const float* __restrict__ dlogits, const float* __restrict_
         float t = 0.f;
 #pragma unroll
         for (int w = 0; w < 8; w++) t += red[w][k][lane];
-        part[((long long)s * classes + k) * C + c] = t;
+        part[((long long)s * classes + k) * C + c] = scale * t;
     }
-}
-
-extern "C" __global__ void head_bwd_dw_f32(const float* __restrict__ part, int slices, int len, float scale,
-                                           float* __restrict__ dw) {
-    const int t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= len) return;
-    float s = 0.f;
-    for (int i = 0; i < slices; i++) s += part[(long long)i * len + t];
-    dw[t] = scale * s;
 }
 
 extern "C" __global__ void head_bwd_da_f16(const float* __restrict__ dlogits, const unsigned char* __restrict__ argmax,

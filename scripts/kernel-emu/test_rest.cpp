@@ -170,11 +170,16 @@ static void test_head(int N, int HW, int C, int classes) {
     // backward
     auto dl = rndv(N * classes, 0.5f);
     std::vector<float> dw(classes * C, NAN); std::vector<half> da((size_t)N * HW * C, (half)NAN);
-    // as src/gpu/backend.rs: per slice of HEAD_SLICE examples, then the slices in order
+    // as src/gpu/backend.rs: per slice of HEAD_SLICE examples, then the slices added in order
+    // (there by conv.cu's wgrad_reduce_f32, tested in test_conv; here the same loop on the host)
     int slices = std::max(1, (N + HEAD_SLICE - 1) / HEAD_SLICE);
     std::vector<float> part((size_t)slices * classes * C, NAN);
-    launch(dim3{(unsigned)((C + 31) / 32), (unsigned)slices, 1}, dim3{32, 8, 1}, [&] { head_bwd_dw_part_f32(dl.data(), feat.data(), N, C, classes, part.data()); });
-    launch(dim3{blocks(classes * C), 1, 1}, dim3{256, 1, 1}, [&] { head_bwd_dw_f32(part.data(), slices, classes * C, scale, dw.data()); });
+    launch(dim3{(unsigned)((C + 31) / 32), (unsigned)slices, 1}, dim3{32, 8, 1}, [&] { head_bwd_dw_part_f32(dl.data(), feat.data(), N, C, classes, scale, part.data()); });
+    for (int i = 0; i < classes * C; i++) {
+        float s = 0.f;
+        for (int z = 0; z < slices; z++) s += part[(size_t)z * classes * C + i];
+        dw[i] = s;
+    }
     launch(dim3{blocks(N * C), 1, 1}, dim3{256, 1, 1}, [&] { head_bwd_da_f16(dl.data(), am.data(), w.data(), N, HW, C, classes, scale, da.data()); });
     std::vector<double> dww(classes * C, 0), daw(da.size(), 0);
     for (int k = 0; k < classes; k++) for (int c = 0; c < C; c++) for (int n = 0; n < N; n++) dww[k * C + c] += scale * dl[n * classes + k] * feat[n * C + c];

@@ -1461,13 +1461,14 @@ impl Backend for Gpu {
         let dap = self.out(da, xs.len(), Dtype::F16, &format!("head_bwd: da {xs:?}"))?;
         let (ni, ci, ki) = (int(n, "batch")?, int(c, "channels")?, int(classes, "classes")?);
         if classes * c > 0 {
-            // dw in two passes: per slice of HEAD_SLICE examples, then the slices in order
+            // dw in two passes: per slice of HEAD_SLICE examples, then the slices in order (the
+            // conv weight gradient's in-order slice sum)
             let slices = n.div_ceil(HEAD_SLICE).max(1);
-            let part = self.workspace(slices * classes * c)?;
+            let (len, part) = (classes * c, self.workspace(slices * classes * c)?);
             let grid = (int(c.div_ceil(32), "channel blocks")? as u32, int(slices, "slices")? as u32, 1);
-            self.launch("head", "head_bwd_dw_part_f32", grid, (32, 8, 1), &[dl, fp, ni, ci, ki, part])?;
-            let args = [part, int(slices, "slices")?, int(classes * c, "classes × channels")?, flt(scale), dwp];
-            self.launch1d("head", "head_bwd_dw_f32", classes * c, &args)?;
+            self.launch("head", "head_bwd_dw_part_f32", grid, (32, 8, 1), &[dl, fp, ni, ci, ki, flt(scale), part])?;
+            let args = [part, int(slices, "slices")?, long(len), dwp];
+            self.launch1d("conv", "wgrad_reduce_f32", len, &args)?;
         }
         if n * c > 0 {
             let args = [dl, self.ptr(&argmax.mem), wp, ni, int(hw, "positions")?, ci, ki, flt(scale), dap];
@@ -1972,8 +1973,7 @@ mod tests {
             ("stem", "stem_res_fwd_f16", "PIPIPIIIIIIIPIIP"),
             ("stem", "patch_cov_f32", "PIIIIIIIP"),
             ("head", "head_fwd_f16", "PIIPPPIPIIPPP"),
-            ("head", "head_bwd_dw_part_f32", "PPIIIP"),
-            ("head", "head_bwd_dw_f32", "PIIIP"),
+            ("head", "head_bwd_dw_part_f32", "PPIIIIP"),
             ("head", "head_bwd_da_f16", "PPPIIIIIP"),
             ("head", "xent_fwd_bwd_f32", "PPPIPIIIIPP"),
             ("head", "xent_acc_f64", "PIP"),
