@@ -10,8 +10,8 @@
 #                                           # go to the trainer, e.g. runs 25 --epochs 9)
 #   SPEEDRUN_CONV=mma128 bash bench/gpu-session.sh runs 25   # pinned to the 64×64-warp-tile convs
 #                                           # (SPEEDRUN_CONV=mma,mma128: tuned over those two only)
-#                                           # (unpinned, the warm-up times mma, mma128, on an
-#                                           # H100/H200 wgmma, and mixed (each GEMM's fastest of
+#                                           # (unpinned, the warm-up times mma, mma128, img, on
+#                                           # an H100/H200 wgmma, and mixed (each GEMM's fastest of
 #                                           # those), and keeps the fastest whose accuracy
 #                                           # agrees; pin SPEEDRUN_CONV=mma if the selftest shows
 #                                           # "(mma128)" or "(wgmma)" FAIL lines)

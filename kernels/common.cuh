@@ -90,6 +90,13 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }
+// Bytes of dynamic shared memory this launch has (PTX %dynamic_smem_size): for kernels that
+// size their shared layout from their arguments and check the host gave them enough.
+__device__ __forceinline__ unsigned dyn_smem_bytes() {
+    unsigned n;
+    asm volatile("mov.u32 %0, %%dynamic_smem_size;\n" : "=r"(n));
+    return n;
+}
 #endif
 
 // True in device code compiled for sm_90a (H100/H200 with the arch-specific features: wgmma;

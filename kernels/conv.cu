@@ -615,17 +615,22 @@ struct KCursor {
 // offset pix·C (pix = (n·H + y)·W + x) and a mask of the taps that land inside the image (bit
 // ky·3 + kx; 0 for a row past M). Per K step copy() costs a shift, an add and a select per row;
 // the offsets are 32-bit (the host checks N·H·W·C < 2^31: check_pixels).
+// The 3×3 taps of pixel (y, x) that land inside an H×W image, as bits ky·3 + kx.
+__device__ __forceinline__ unsigned tap_mask(int y, int x, int H, int W) {
+    unsigned rows = 0u, cols = 0u;
+#pragma unroll
+    for (int d = 0; d < 3; d++) {
+        if ((unsigned)(y + d - 1) < (unsigned)H) rows |= 7u << (3 * d);
+        if ((unsigned)(x + d - 1) < (unsigned)W) cols |= 0x49u << d;  // bits d, d + 3, d + 6
+    }
+    return rows & cols;
+}
+
 template <int R> struct TapRows {
     int off[R];
     unsigned mask[R];
     __device__ __forceinline__ void set(int i, int pix, int y, int x, bool ok, int C, int H, int W) {
-        unsigned rows = 0u, cols = 0u;
-#pragma unroll
-        for (int d = 0; d < 3; d++) {
-            if ((unsigned)(y + d - 1) < (unsigned)H) rows |= 7u << (3 * d);
-            if ((unsigned)(x + d - 1) < (unsigned)W) cols |= 0x49u << d;  // bits d, d + 3, d + 6
-        }
-        mask[i] = ok ? rows & cols : 0u;
+        mask[i] = ok ? tap_mask(y, x, H, W) : 0u;
         off[i] = ok ? pix * C : 0;
     }
     // Channels c..c+7 (of C) at 3×3 tap `tap` of the rows' pixels, by cp.async into dst + i·STEP
@@ -691,6 +696,18 @@ template <class Tl> struct KMajorCopy {
     }
 };
 
+// One ldmatrix.x4 of a B operand (TRANS: from a k-major stage) as the fragments of n8 tiles 2j
+// and 2j + 1: its matrices are (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
+template <bool TRANS, int NJ>
+__device__ __forceinline__ void ldmatrix_b2(unsigned (&fb)[NJ][2], int j, const half* p) {
+    unsigned r[4];
+    ldmatrix_x4<TRANS>(r, p);
+    fb[2 * j][0] = r[0];
+    fb[2 * j][1] = r[1];
+    fb[2 * j + 1][0] = r[2];
+    fb[2 * j + 1][1] = r[3];
+}
+
 // One K step (32) of the block tile from stage buffers `as`, `bs` into acc[i][j][·] (the
 // m16n8 tile at warp rows 16i, cols 8j). AT / BT: the stage is k-major (ldmatrix.trans).
 template <bool AT, bool BT, class Tl>
@@ -710,17 +727,12 @@ __device__ __forceinline__ void mma_kstep(float (&acc)[Tl::MI][Tl::NJ][4], const
         }
 #pragma unroll
         for (int j = 0; j < NJ / 2; j++) {  // matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), ...
-            unsigned r[4];
             if (!BT)
-                ldmatrix_x4<false>(r, bs + (wn * WN + j * 16 + (lane & 7) + (lane >> 4) * 8) * MLD + kk +
-                                          ((lane >> 3) & 1) * 8);
+                ldmatrix_b2<false>(fb, j, bs + (wn * WN + j * 16 + (lane & 7) + (lane >> 4) * 8) * MLD + kk +
+                                              ((lane >> 3) & 1) * 8);
             else
-                ldmatrix_x4<true>(r, bs + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * LDB_T + wn * WN + j * 16 +
-                                         (lane >> 4) * 8);
-            fb[2 * j][0] = r[0];
-            fb[2 * j][1] = r[1];
-            fb[2 * j + 1][0] = r[2];
-            fb[2 * j + 1][1] = r[3];
+                ldmatrix_b2<true>(fb, j, bs + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * LDB_T + wn * WN + j * 16 +
+                                             (lane >> 4) * 8);
         }
 #pragma unroll
         for (int i = 0; i < 4; i++)
@@ -789,11 +801,12 @@ template <class Tl, class F> __device__ __forceinline__ void mma_epilogue(const 
 // Per-channel partial sums of a tile's outputs (the forward's BatchNorm Σy, Σy²; dgrad's
 // pre_bwd Σdu, Σdu·x̂), in two parts. mma_col_sums, after column pair j: a[e], b[e] hold this
 // lane's two sums of column wn·WN + 8j + 2q + e over its rows; they are added over the 8 lanes
-// of the column (xor butterfly), put in red[wm][column], and reset. mma_col_partials, once: adds
+// of the column (xor butterfly), put in red[wm][column] (ADD: added to it, for a warp that
+// sums several tiles in order), and reset. mma_col_partials, once: adds
 // the warp rows (wm 0, 1, … in order) and writes part[c][blockIdx.x] (a) and part[C + c][blockIdx.x]
 // (b), c = n0 + column: the channel-major layout of norm.cu's stage 2 (bn_finalize_f32,
 // pre_bwd_sums_f32). Fixed order throughout: deterministic. red: mma_spare_stage.
-template <typename T, class Tl>
+template <typename T, class Tl, bool ADD = false>
 __device__ __forceinline__ void mma_col_sums(int j, T (&a)[2], T (&b)[2], T (*red)[Tl::TN][2]) {
     const int lane = threadIdx.x & 31, wm = Tl::wm(), wn = Tl::wn();
     constexpr int WN = Tl::WN;
@@ -806,8 +819,9 @@ __device__ __forceinline__ void mma_col_sums(int j, T (&a)[2], T (&b)[2], T (*re
             t += __shfl_xor_sync(0xffffffffu, t, o);
         }
         if (lane < 4) {
-            red[wm][wn * WN + j * 8 + 2 * lane + e][0] = s;
-            red[wm][wn * WN + j * 8 + 2 * lane + e][1] = t;
+            T* r = red[wm][wn * WN + j * 8 + 2 * lane + e];
+            r[0] = ADD ? r[0] + s : s;
+            r[1] = ADD ? r[1] + t : t;
         }
         a[e] = b[e] = T(0);
     }
@@ -844,14 +858,14 @@ __device__ __forceinline__ void store_f16_pair(half* out, long long m, long long
 // The three kernels' bodies, for either tile width; As, Bs: MSTAGES stages each
 // (MmaTile<WN>::A_STAGE, B_STAGE halves), 16-byte aligned. The exported kernels follow them.
 
-// The forward's epilogue from the accumulators (mma_epilogue's layout): y (pooled with the
-// argmax byte when pool) and, when part is set, the BatchNorm partial sums of the stored y
-// (mma_col_partials). red: WGM × TN × 2 doubles of shared memory no warp still reads.
-template <class Tl>
-__device__ __forceinline__ void conv_fwd_epilogue(const float (&acc)[Tl::MI][Tl::NJ][4], long long m0, int n0, long long M,
-                                                  int cout, int pool, half* __restrict__ y,
-                                                  unsigned char* __restrict__ argmax, double* __restrict__ part,
-                                                  double (*red)[Tl::TN][2]) {
+// One tile of the forward's output from the accumulators (mma_epilogue's layout): y (pooled
+// with the argmax byte when pool) for rows m0 + row < M and, when stats, the BatchNorm column
+// sums of the stored y into red (ADD: added to what red holds, for a warp that stores several
+// tiles; mma_col_sums).
+template <class Tl, bool ADD>
+__device__ __forceinline__ void conv_fwd_tile(const float (&acc)[Tl::MI][Tl::NJ][4], long long m0, int n0, long long M,
+                                              int cout, int pool, half* __restrict__ y, unsigned char* __restrict__ argmax,
+                                              bool stats, double (*red)[Tl::TN][2]) {
     double sum[2] = {0.0, 0.0}, sq[2] = {0.0, 0.0};  // this lane's, of its current column pair
     auto stat = [&](half y0, half y1) {
         const double d0 = (double)__half2float(y0), d1 = (double)__half2float(y1);
@@ -861,14 +875,14 @@ __device__ __forceinline__ void conv_fwd_epilogue(const float (&acc)[Tl::MI][Tl:
         sq[1] += d1 * d1;
     };
     auto cols_done = [&](int j) {
-        if (part) mma_col_sums<double, Tl>(j, sum, sq, red);
+        if (stats) mma_col_sums<double, Tl, ADD>(j, sum, sq, red);
     };
     mma_epilogue<Tl>(acc, [&](int row, int col, float v0, float v1) {
         const long long m = m0 + row;
         const int co = n0 + col;
         if (!pool) {
             store_f16_pair(y, m, M, co, cout, v0, v1);
-            if (part && m < M && co < cout) stat(__float2half(v0), __float2half(v1));
+            if (stats && m < M && co < cout) stat(__float2half(v0), __float2half(v1));
             return;
         }
         // the window's four rows sit in lanes (g & ~3) + p, p = 0..3, same q (g = lane/4)
@@ -891,9 +905,19 @@ __device__ __forceinline__ void conv_fwd_epilogue(const float (&acc)[Tl::MI][Tl:
             const half h0 = __float2half(b0), h1 = __float2half(b1);
             *reinterpret_cast<unsigned*>(y + o) = pack_half2(h0, h1);
             *reinterpret_cast<unsigned short*>(argmax + o) = (unsigned short)(k0 | (k1 << 8));
-            if (part) stat(h0, h1);
+            if (stats) stat(h0, h1);
         }
     }, cols_done);
+}
+// The forward's epilogue of one tile: conv_fwd_tile, then, when part is set, the BatchNorm
+// partial sums of the stored y (mma_col_partials). red: WGM × TN × 2 doubles of shared memory
+// no warp still reads.
+template <class Tl>
+__device__ __forceinline__ void conv_fwd_epilogue(const float (&acc)[Tl::MI][Tl::NJ][4], long long m0, int n0, long long M,
+                                                  int cout, int pool, half* __restrict__ y,
+                                                  unsigned char* __restrict__ argmax, double* __restrict__ part,
+                                                  double (*red)[Tl::TN][2]) {
+    conv_fwd_tile<Tl, false>(acc, m0, n0, M, cout, pool, y, argmax, part != nullptr, red);
     if (part) mma_col_partials<double, Tl>(red, n0, cout, part);
 }
 
@@ -1191,6 +1215,297 @@ extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_dgrad_mma_tall32_f1
     extern __shared__ half conv_smem[];
     conv_dgrad_mma<Tall32>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem,
                            conv_smem + MSTAGES * Tall32::A_STAGE);
+#else
+    __trap();
+#endif
+}
+
+// =============================================================================================
+// sm_80+ image-resident forward (`ConvPath::Img`, `conv3x3_fwd_img_f16`): one block per image
+// and 64 output channels. The image's activated input (H×W×cin fp16) and the block's 64 filters
+// (fp16, K = 9·cin per row) are copied into shared memory once; then each warp computes its
+// GEMM rows straight from there: its A fragments are ldmatrix'd from the image itself (a lane's
+// row address is its pixel's tap neighbour, or a zero row outside the image), so there is no
+// im2col stage, no K-step barrier, and each input byte crosses L2 once per block instead of
+// once per tap and row tile (the 128×64 kernel reads layer 0's A nine times over, 0.8 GB per
+// step at batch 2000, and its weights once per 128 rows). For the small-channel layers (cin ≤ 64)
+// whose image and filters fit the shared memory; the host checks the fit (img_smem).
+//
+// 8 warps: 4 warp rows × 2 warp columns (32 channels each). The image's GEMM rows (fwd_row_pixel
+// order: with pool, 4 rows a 2×2 window) go in groups of 64; warp row wm takes groups wm, wm + 4,
+// …, each as 4 m16 tiles × 4 n8 tiles over K in k16 steps (the same k16 order as mma_kstep, so
+// y, argmax equal the 128×64 kernel's bit for bit on the emulator), m16 tiles past the image's
+// rows skipped. Its BatchNorm column sums add up in red[wm] over its groups in order, and the
+// block writes one partial per channel ([2·cout][N], mma_col_partials): deterministic.
+//
+// Shared memory (ImgLayout; src/gpu/backend.rs `img_smem` mirrors it, and the kernel traps if
+// it was given less): the
+// image at 16-byte units, pixel stride PP = P | 1 units (P = cin/8; odd, so 8 consecutive
+// pixels hit 8 distinct bank groups) and row stride R ≡ 4 (mod 8) units (so the two rows of a
+// 2×2 window's pixels do not collide either: the 8 rows of a pooled ldmatrix are conflict-free);
+// a 16-byte zero row; the filters, rows of ldw = ⌈K/16⌉·16 + 8 halves (an odd number of 16-byte
+// units: conflict-free B ldmatrix; the k ≥ K tail zero); red, WGM × 64 × 2 doubles.
+#define IMG_THREADS 256
+struct ImgTile {  // the warp grid, in the terms mma_epilogue / mma_col_sums / mma_col_partials use
+    static constexpr int WN = 32, WGM = 4, WGN = 2, TN = 64, NJ = 4, MI = 4, WROWS = 64, THREADS = IMG_THREADS;
+    static __device__ __forceinline__ int wm() { return threadIdx.x >> 6; }
+    static __device__ __forceinline__ int wn() { return (threadIdx.x >> 5) & 1; }
+};
+struct ImgLayout {
+    int P, PP, R, ldw, zoff, woff, roff, bytes;  // units, units, units, halves; byte offsets, total
+    __device__ __forceinline__ ImgLayout(int H, int W, int cin) {
+        P = cin >> 3;
+        PP = P | 1;
+        R = W * PP;
+        R += (4 - R) & 7;
+        ldw = ((9 * cin + 15) & ~15) + 8;
+        zoff = H * R * 16;
+        woff = zoff + 16;
+        roff = woff + ImgTile::TN * ldw * 2;
+        bytes = roff + ImgTile::WGM * ImgTile::TN * 2 * (int)sizeof(double);
+    }
+};
+
+// One warp's 64 rows × 32 channels of conv_fwd_img over K, k16 steps in order: acc = A·B with
+// A ldmatrix'd from the image (pu, mask: each m16 tile's lane row, see conv_fwd_img) and B from
+// the filters (bs: this lane's ldmatrix row). Only m16 tiles i < live are computed; FULL (live
+// is 4) has no per-tile condition in the loop (a warp-uniform one still costs WARPSYNCs there).
+template <bool FULL>
+__device__ __forceinline__ void img_kloop(float (&acc)[4][4][4], const half* im, const half* zrow, const half* bs,
+                                          const int (&pu)[4], const unsigned (&mask)[4], int live, const ImgLayout& L,
+                                          int nks, int lane) {
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+    // this lane's 8-channel chunk q = 2s + lane/16 of K as (tap ty·3 + tx, chunk cc of P);
+    // q ≥ 9·P (the last step's tail when 9·P is odd) is tap 9: no mask bit, the zero row
+    int ty = 0, tx = 0, cc = lane >> 4;
+    auto wrap = [&] {
+        while (cc >= L.P) {
+            cc -= L.P;
+            if (++tx == 3) {
+                tx = 0;
+                ty++;
+            }
+        }
+    };
+    wrap();
+    for (int s = 0; s < nks; s++) {
+        const int tap = ty * 3 + tx, toff = (ty - 1) * L.R + (tx - 1) * L.PP + cc;
+        unsigned fa[4][4], fb[4][2];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            if (FULL || i < live) ldmatrix_x4<false>(fa[i], (mask[i] >> tap) & 1u ? im + (pu[i] + toff) * 8 : zrow);
+#pragma unroll
+        for (int jj = 0; jj < 2; jj++) ldmatrix_b2<false>(fb, jj, bs + jj * 16 * L.ldw + s * 16);
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            if (FULL || i < live)
+#pragma unroll
+                for (int j = 0; j < 4; j++) mma_16816(acc[i][j], fa[i], fb[j]);
+        cc += 2;
+        wrap();
+    }
+}
+
+// Same contract as conv_fwd_mma (part per block: [2·cout][gridDim.x = N]); grid (N, ceil(cout/64)),
+// block IMG_THREADS, ImgLayout(H, W, cin).bytes of dynamic shared memory at smem.
+__device__ __forceinline__ void conv_fwd_img(const half* __restrict__ a, int N, int H, int W, int cin,
+                                             const half* __restrict__ wf, int cout, int pool, half* __restrict__ y,
+                                             unsigned char* __restrict__ argmax, double* __restrict__ part,
+                                             unsigned char* smem) {
+    using Tl = ImgTile;
+    const ImgLayout L(H, W, cin);
+    if ((unsigned)L.bytes > dyn_smem_bytes()) __trap();  // the host's img_smem disagrees: a bug
+    const int tid = threadIdx.x, lane = tid & 31, wm = Tl::wm(), wn = Tl::wn();
+    const int img = blockIdx.x, n0 = blockIdx.y * Tl::TN, K = 9 * cin, HW = H * W;
+    half* im = reinterpret_cast<half*>(smem);
+    const half* zrow = reinterpret_cast<const half*>(smem + L.zoff);
+    half* ws = reinterpret_cast<half*>(smem + L.woff);
+    double (*red)[Tl::TN][2] = reinterpret_cast<double (*)[Tl::TN][2]>(smem + L.roff);
+    // the image (chunk i = pixel·P + c of the image's H·W·cin halves) and the filters n0.. by
+    // cp.async, 16 bytes per copy; the zero row and red by plain stores
+    const half* src = a + (long long)img * HW * cin;
+    for (int i = tid; i < HW * L.P; i += Tl::THREADS) {
+        const int p = i / L.P, c = i - p * L.P, py = p / W, px = p - py * W;
+        cp_async16(im + (py * L.R + px * L.PP + c) * 8, src + (long long)i * 8, 16);
+    }
+    const int wrow = L.ldw >> 3;
+    for (int i = tid; i < Tl::TN * wrow; i += Tl::THREADS) {
+        const int r = i / wrow, k8 = i - r * wrow, co = n0 + r;
+        const bool ok = co < cout && k8 * 8 < K;
+        cp_async16(ws + r * L.ldw + k8 * 8, wf + (ok ? (long long)co * K + k8 * 8 : 0), ok ? 16 : 0);
+    }
+    if (tid < 4) reinterpret_cast<unsigned*>(smem + L.zoff)[tid] = 0u;
+    for (int i = tid; i < Tl::WGM * Tl::TN * 2; i += Tl::THREADS) (&red[0][0][0])[i] = 0.0;
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+
+    const int Mi = pool ? (H >> 1) * (W >> 1) * 4 : HW;  // the image's GEMM rows
+    const long long mbase = (long long)img * Mi, mend = mbase + Mi;
+    const int PW = W >> 1, nks = (K + 15) >> 4;
+    // this lane's B ldmatrix row (mma_kstep's non-transposed B addressing)
+    const half* bs = ws + (wn * 32 + (lane & 7) + (lane >> 4) * 8) * L.ldw + ((lane >> 3) & 1) * 8;
+    for (int r0 = wm * 64; r0 < Mi; r0 += Tl::WGM * 64) {
+        const int live = min(4, (Mi - r0 + 15) >> 4);  // m16 tiles with a row < Mi
+        // this lane's ldmatrix row of each m16 tile: its pixel (units) and the taps inside the image
+        int pu[4];
+        unsigned mask[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int r = r0 + 16 * i + (lane & 15);
+            int yy, xx;
+            if (pool) {
+                const int w = r >> 2, wy = w / PW;
+                yy = 2 * wy + ((r >> 1) & 1);
+                xx = 2 * (w - wy * PW) + (r & 1);
+            } else {
+                yy = r / W;
+                xx = r - yy * W;
+            }
+            mask[i] = r < Mi ? tap_mask(yy, xx, H, W) : 0u;
+            pu[i] = r < Mi ? yy * L.R + xx * L.PP : 0;
+        }
+        float acc[4][4][4];
+        if (live == 4)
+            img_kloop<true>(acc, im, zrow, bs, pu, mask, 4, L, nks, lane);
+        else
+            img_kloop<false>(acc, im, zrow, bs, pu, mask, live, L, nks, lane);
+        // mma_epilogue puts warp row wm at rows wm·64..: m0 = this group's first row − wm·64
+        conv_fwd_tile<Tl, true>(acc, mbase + r0 - wm * 64, n0, mend, cout, pool, y, argmax, part != nullptr, red);
+    }
+    if (part) mma_col_partials<double, Tl>(red, n0, cout, part);
+}
+
+extern "C" __global__ void __launch_bounds__(IMG_THREADS, 2) conv3x3_fwd_img_f16(CONV_FWD_PARAMS) {
+#if ARCH_SM80
+    extern __shared__ half conv_smem[];
+    conv_fwd_img(a, N, H, W, cin, wf, cout, pool, y, argmax, part, reinterpret_cast<unsigned char*>(conv_smem));
+#else
+    __trap();
+#endif
+}
+
+// The image-resident weight gradient (`ConvPath::Img`, `conv3x3_wgrad_img_f16`), for layers with
+// 9·cin ≤ IMG_WG_K (the recipe's layer 0): dw[o][k] = Σ over the block's images and their pixels
+// of g[pixel][o] · a[pixel + tap][c], k = tap·cin + c, g the full-resolution output gradient as
+// conv_wgrad_mma reads it. The block holds one image of a at a time (ImgLayout's image and zero
+// row) and streams the image's rows of g through two cp.async stages of 64 pixels. MMA M = o (the
+// block's 64 channels), N = k in n8 tiles of one tap and 8 channels each, B ldmatrix'd
+// transposed straight from the image at each pixel's tap neighbour (or the zero row), K = pixels.
+// 8 warps: 2 along o (32 each) × 4 along k (7 n8 tiles each). out: [gridDim.z][cout][9·cin] f32,
+// slice z = images z·chunk .. z·chunk + chunk − 1, added in order by wgrad_reduce_f32
+// (deterministic). grid (1, ceil(cout/64), ceil(N/chunk)), block IMG_THREADS,
+// img_wgrad_smem(H, W, cin) bytes of dynamic shared memory (src/gpu/backend.rs mirrors it).
+#define IMG_WG_K 224   // 28 n8 tiles: 4 warps × 7
+#define IMG_WG_LDG 72  // g stage rows: 64 channels + 8 halves (9 units: conflict-free ldmatrix.trans)
+__device__ __forceinline__ int img_wgrad_smem(int H, int W, int cin) {
+    return ImgLayout(H, W, cin).zoff + 16 + 2 * 64 * IMG_WG_LDG * 2;
+}
+__device__ __forceinline__ void conv_wgrad_img(const half* __restrict__ a, int N, int H, int W, int cin,
+                                               const half* __restrict__ g, int cout, float* __restrict__ out,
+                                               int chunk, unsigned char* smem) {
+    const ImgLayout L(H, W, cin);
+    const int K = 9 * cin, HW = H * W;
+    if (K > IMG_WG_K || (unsigned)img_wgrad_smem(H, W, cin) > dyn_smem_bytes()) __trap();  // a host bug
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp & 1, wn = warp >> 1;
+    const int o0 = blockIdx.y * 64;
+    half* im = reinterpret_cast<half*>(smem);
+    const half* zrow = reinterpret_cast<const half*>(smem + L.zoff);
+    half* gs = reinterpret_cast<half*>(smem + L.zoff + 16);
+    constexpr int GST = 64 * IMG_WG_LDG;  // halves per g stage
+    if (tid < 4) reinterpret_cast<unsigned*>(smem + L.zoff)[tid] = 0u;
+    // this lane's B columns in ldmatrix pair p: n8 tile t = wn·7 + 2p + lane/16 as its tap's
+    // offset (units) and the tap's mask bit; the warp's 8th tile, and tiles past K, are dummies
+    // (bit 31: never in a mask, so the zero row)
+    int toff[4], tbit[4];
+#pragma unroll
+    for (int p = 0; p < 4; p++) {
+        const int j = 2 * p + (lane >> 4), t = wn * 7 + j, tap = t / L.P, cc = t - tap * L.P;
+        toff[p] = (tap / 3 - 1) * L.R + (tap % 3 - 1) * L.PP + cc;
+        tbit[p] = j < 7 && t * 8 < K ? tap : 31;
+    }
+    float acc[2][7][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 7; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+    // g rows c·64 .. c·64 + 63 of image n into stage st: 64 rows × 8 copies of 8 channels
+    auto issue_g = [&](int n, int c, int st) {
+        for (int i = tid; i < 64 * 8; i += IMG_THREADS) {
+            const int r = i >> 3, q = i & 7, px = c * 64 + r, o = o0 + q * 8;
+            const bool ok = px < HW && o < cout;
+            cp_async16(gs + st * GST + r * IMG_WG_LDG + q * 8, g + (ok ? ((long long)n * HW + px) * cout + o : 0),
+                       ok ? 16 : 0);
+        }
+    };
+    const int img1 = min(N, (int)blockIdx.z * chunk + chunk), nch = (HW + 63) >> 6;
+    for (int n = blockIdx.z * chunk; n < img1; n++) {
+        // every warp finished the previous image at the last chunk's closing barrier
+        const half* src = a + (long long)n * HW * cin;
+        for (int i = tid; i < HW * L.P; i += IMG_THREADS) {
+            const int px = i / L.P, c = i - px * L.P, py = px / W, pxx = px - py * W;
+            cp_async16(im + (py * L.R + pxx * L.PP + c) * 8, src + (long long)i * 8, 16);
+        }
+        issue_g(n, 0, 0);
+        cp_async_commit();
+        for (int c = 0; c < nch; c++) {
+            if (c + 1 < nch) issue_g(n, c + 1, (c + 1) & 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+            __syncthreads();
+            const half* gst = gs + (c & 1) * GST;
+            const int ks = min(4, (HW - c * 64 + 15) >> 4);  // k16 steps with a pixel < HW
+            for (int s = 0; s < ks; s++) {
+                unsigned fa[2][4], fb[8][2];
+                // A = g transposed (o × pixel): mma_kstep's k-major A addressing
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+                    ldmatrix_x4<true>(fa[i], gst + (s * 16 + (lane & 7) + (lane >> 4) * 8) * IMG_WG_LDG + wm * 32 +
+                                                 i * 16 + ((lane >> 3) & 1) * 8);
+                // B = the image at this lane's pixel (k row) and each pair's tap
+                const int px = c * 64 + s * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+                const int yy = px / W, xx = px - yy * W;
+                const unsigned mask = px < HW ? tap_mask(yy, xx, H, W) : 0u;
+                const int pu = yy * L.R + xx * L.PP;
+#pragma unroll
+                for (int p = 0; p < 4; p++)
+                    ldmatrix_b2<true>(fb, p, (mask >> tbit[p]) & 1u ? im + (pu + toff[p]) * 8 : zrow);
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+#pragma unroll
+                    for (int j = 0; j < 7; j++) mma_16816(acc[i][j], fa[i], fb[j]);
+            }
+            __syncthreads();  // stage c & 1 and (at the last chunk) the image are free again
+        }
+    }
+    // D(o, k): rows o0 + wm·32 + 16i + g + 8h, columns (wn·7 + j)·8 + 2q, + 1
+    float* dst = out + (long long)blockIdx.z * cout * K;
+    const int gq = lane >> 2, q = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 7; j++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int o = o0 + wm * 32 + i * 16 + gq + 8 * h, k = (wn * 7 + j) * 8 + 2 * q;
+                if (o < cout && k < K) {
+                    dst[(long long)o * K + k] = acc[i][j][2 * h];
+                    dst[(long long)o * K + k + 1] = acc[i][j][2 * h + 1];
+                }
+            }
+}
+
+extern "C" __global__ void __launch_bounds__(IMG_THREADS, 2) conv3x3_wgrad_img_f16(CONV_WGRAD_PARAMS) {
+#if ARCH_SM80
+    extern __shared__ half conv_smem[];
+    conv_wgrad_img(a, N, H, W, cin, g, cout, out, chunk, reinterpret_cast<unsigned char*>(conv_smem));
 #else
     __trap();
 #endif

@@ -162,6 +162,26 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         };
         wg_fwd(conv3x3_fwd_wgmma_f16, 128, 256, 256, "128x256");
         wg_fwd(conv3x3_fwd_wgmma_tall_f16, 256, 64, 512, "256x64");
+        // the image-resident forward (one block per image and 64 channels, image and filters in
+        // shared memory as ImgLayout lays them out; the host takes it where that fits): y and
+        // argmax bit for bit (the same k16 chain), the statistics after bn_finalize_f32 (one
+        // partial per image), and y again without the statistics
+        if (ImgLayout(H, W, cin).bytes <= (int)EMU_SMEM_BYTES) {
+            std::vector<half> yh8(ylen, (half)NAN), yh9(ylen, (half)NAN);
+            std::vector<unsigned char> am8(pool ? ylen : 8, 0xEE), am9(pool ? ylen : 8, 0xEE);
+            const dim3 gi{(unsigned)N, (unsigned)((cout + 63) / 64), 1}, bi{IMG_THREADS, 1, 1};
+            std::vector<double> part8((size_t)2 * cout * N, NAN);
+            launch(gi, bi, [&] { conv3x3_fwd_img_f16(ah.data(), N, H, W, cin, wf.data(), cout, pool, yh8.data(), am8.data(), part8.data()); });
+            launch(gi, bi, [&] { conv3x3_fwd_img_f16(ah.data(), N, H, W, cin, wf.data(), cout, pool, yh9.data(), am9.data(), nullptr); });
+            const int same8 = memcmp(yh4.data(), yh8.data(), ylen * 2) == 0 && am4 == am8;
+            const int same9 = memcmp(yh4.data(), yh9.data(), ylen * 2) == 0 && am4 == am9;
+            printf("  fwd img (image-resident, %d B of shared memory): y and argmax bit-identical: %s, without the statistics: %s\n",
+                   ImgLayout(H, W, cin).bytes, same8 ? "PASS" : "FAIL", same9 ? "PASS" : "FAIL");
+            fails += !same8 + !same9;
+            std::vector<float> rm8(cout, 0.1f), rv8(cout, 0.9f), bn8(2 * cout, NAN);
+            launch(dim3{(unsigned)cout, 1, 1}, dim3{CHAN_FIN_THREADS, 1, 1}, [&] { bn_finalize_f32(part8.data(), N, cout, cnt, 1e-12f, 0.6f, rm8.data(), rv8.data(), bn8.data()); });
+            report("fwd img: bn vs 128x64", N, H, W, cin, cout, pool, bn, relerr(bn8, bnv), 1e-9);
+        } else printf("  fwd img: %d B of shared memory needed, more than an H100 has: not a host choice here\n", ImgLayout(H, W, cin).bytes);
     }
     if (pool) {
         int bad = 0, differ = 0;
@@ -268,6 +288,23 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
             int same4 = memcmp(out4.data(), want.data(), want.size() * 4) == 0;
             printf("  wgrad wgmma (%s tiles, MN-major operands) bit-identical: %s\n", tile, same4 ? "PASS" : "FAIL");
             fails += !same4;
+        }
+        // the image-resident weight gradient (9·cin ≤ IMG_WG_K): slices of whole images, each
+        // image's pixels in k16 steps from its first (another grouping than the pixel slices
+        // above), so compared with the reference and with the mma kernel's sum to f32 rounding
+        if (K <= IMG_WG_K) {
+            const int ichunk = (N + slices_target - 1) / slices_target, islices = (N + ichunk - 1) / ichunk;
+            std::vector<float> part5((size_t)islices * cout * K, NAN), dw5((size_t)cout * K, NAN);
+            float* d5 = islices == 1 ? dw5.data() : part5.data();
+            launch(dim3{1, (unsigned)((cout + 63) / 64), (unsigned)islices}, dim3{IMG_THREADS, 1, 1}, [&] { conv3x3_wgrad_img_f16(ah.data(), N, H, W, cin, gfull.data(), cout, d5, ichunk); });
+            if (islices > 1) {
+                long long len = (long long)cout * K;
+                launch(dim3{(unsigned)((len + 255) / 256), 1, 1}, dim3{256, 1, 1}, [&] { wgrad_reduce_f32(part5.data(), islices, len, dw5.data()); });
+            }
+            if (slices_target == 1) printf("  wgrad img: %d B of shared memory\n", img_wgrad_smem(H, W, cin));
+            snprintf(name, sizeof name, "wgrad img (%d slices)", islices);
+            report(name, N, H, W, cin, cout, pool, bn, relerr(dw5, dwref), 1e-2);
+            report("  wgrad img vs mma", N, H, W, cin, cout, pool, bn, relerr(dw5, dw2), 1e-5);
         }
     }
     std::vector<half> da(x.size(), (half)NAN);

@@ -101,8 +101,9 @@ type Kernel = (CudaFunction, Option<Vec<u8>>);
 pub struct OpState {
     /// Each kernel with its parameter sizes in bytes (from the embedded PTX), checked at launch.
     funcs: HashMap<(&'static str, &'static str), Kernel>,
-    /// Kernels already allowed more than 48 KB of dynamic shared memory (`launch_smem`).
-    smem_opted: std::collections::HashSet<(&'static str, &'static str)>,
+    /// Kernels already allowed more than 48 KB of dynamic shared memory, with the bytes allowed
+    /// (`launch_smem`; the image-resident forward's need differs by layer).
+    smem_opted: HashMap<(&'static str, &'static str), u32>,
     ws: Option<CudaSlice<f32>>,
     /// a = GELU(pre(x)) in fp16 for the conv being computed (grow-only).
     act: Option<CudaSlice<f32>>,
@@ -352,7 +353,38 @@ struct MmaKernel {
     smem: u32,
     threads: u32,
     wgmma: bool,
+    /// One block per image (the image-resident forward): the grid's rows are the batch, not
+    /// ⌈GEMM rows / tm⌉.
+    per_image: bool,
 }
+
+/// Threads per block of the image-resident forward (`IMG_THREADS` in kernels/conv.cu).
+const IMG_THREADS: u32 = 256;
+
+/// Bytes of an `h`×`w`×`cin` image in the image-resident kernels' shared memory, with the
+/// 16-byte zero row after it (`ImgLayout` in kernels/conv.cu): 16-byte units, pixel stride
+/// P | 1 (P = cin/8), row stride the first ≥ w·(P | 1) that is 4 mod 8.
+fn img_image_smem(h: usize, w: usize, cin: usize) -> usize {
+    let pp = (cin / 8) | 1;
+    let row = w * pp + (12 - w * pp % 8) % 8;
+    h * row * 16 + 16
+}
+
+/// Bytes of dynamic shared memory `conv3x3_fwd_img_f16` needs (`ImgLayout`; the kernel traps
+/// when given less): the image and zero row, 64 filter rows of ⌈9·cin/16⌉·16 + 8 halves, and
+/// 4 × 64 × 2 f64 of column sums.
+pub(super) fn img_smem(h: usize, w: usize, cin: usize) -> usize {
+    let ldw = (9 * cin).next_multiple_of(16) + 8;
+    img_image_smem(h, w, cin) + 64 * ldw * 2 + 4 * 64 * 2 * 8
+}
+
+/// The same for `conv3x3_wgrad_img_f16` (`img_wgrad_smem`): the image and zero row, then two
+/// stages of 64 rows of the output gradient, 72 halves each.
+pub(super) fn img_wgrad_smem(h: usize, w: usize, cin: usize) -> usize {
+    img_image_smem(h, w, cin) + 2 * 64 * 72 * 2
+}
+/// The image-resident weight gradient's largest K = 9·cin (`IMG_WG_K`: 4 warps × 7 n8 tiles).
+const IMG_WG_K: usize = 224;
 /// Timed calls per candidate when `ConvPath::Mixed` chooses a GEMM's kernel (after one untimed).
 const TUNE_REPS: usize = 3;
 /// Block size of the per-channel stage-2 reductions (`CHAN_FIN_THREADS` in kernels/norm.cu).
@@ -403,7 +435,8 @@ impl Gpu {
     }
 
     /// [`Self::launch`] with `smem` bytes of dynamic shared memory (the opt-in above 48 KB is
-    /// made once per kernel; more than the GPU allows is an error naming both).
+    /// made once per kernel and size, raised when a launch needs more than the last; more than
+    /// the GPU allows is an error naming both).
     fn launch_smem(
         &mut self,
         module: &'static str,
@@ -418,7 +451,7 @@ impl Gpu {
         if let Some(sizes) = params {
             check_args(module, name, &sizes, args)?;
         }
-        if smem > 48 * 1024 && !self.ops.smem_opted.contains(&(module, name)) {
+        if smem > 48 * 1024 && self.ops.smem_opted.get(&(module, name)).is_none_or(|&had| had < smem) {
             check(smem as i64 <= self.info.smem_optin as i64, || {
                 format!(
                     "{module}::{name} needs {smem} bytes of shared memory; {} allows {}",
@@ -426,7 +459,7 @@ impl Gpu {
                 )
             })?;
             super::set_max_dynamic_smem(&f, smem)?;
-            self.ops.smem_opted.insert((module, name));
+            self.ops.smem_opted.insert((module, name), smem);
         }
         let start = self.profile_mark()?;
         let mut b = self.stream.launch_builder(&f);
@@ -601,7 +634,7 @@ impl Gpu {
     /// gradient with n ≤ 32; `_wgmma_narrow_`: 128×64 for a weight gradient with 32 < n < 128),
     /// else `MmaWide`'s (a weight gradient of ≤ 32 output channels).
     fn mma_kernel(&self, key: &GemmKey) -> MmaKernel {
-        Self::mma_kernel_on(self.gemm_path(key), key)
+        self.mma_kernel_on(self.gemm_path(key), key)
     }
 
     /// The kernel family `key`'s GEMM takes: the one `tune_gemm` is timing, its pick on
@@ -632,13 +665,28 @@ impl Gpu {
         }
     }
 
-    fn mma_kernel_on(path: ConvPath, key: &GemmKey) -> MmaKernel {
+    fn mma_kernel_on(&self, path: ConvPath, key: &GemmKey) -> MmaKernel {
         let (base, n) = key.base();
         const fn mma(name: &'static str, tm: usize, tn: usize, smem: u32) -> Option<MmaKernel> {
-            Some(MmaKernel { name, tm, tn, smem, threads: 128, wgmma: false })
+            Some(MmaKernel { name, tm, tn, smem, threads: 128, wgmma: false, per_image: false })
         }
         const fn wg(name: &'static str, tm: usize, tn: usize, smem: u32, threads: u32) -> Option<MmaKernel> {
-            Some(MmaKernel { name, tm, tn, smem, threads, wgmma: true })
+            Some(MmaKernel { name, tm, tn, smem, threads, wgmma: true, per_image: false })
+        }
+        // ConvPath::Img: the image-resident forward where the image and 64 filters fit the
+        // shared memory (layers 0–2 of the recipe), the image-resident weight gradient where
+        // 9·cin ≤ IMG_WG_K and the image fits (layer 0), the 128×64 kernels for everything else
+        if path == ConvPath::Img {
+            let (h, w, c) = (key.xs.h, key.xs.w, key.xs.c);
+            let img = match key.gemm {
+                Gemm::Fwd => Some(("conv3x3_fwd_img_f16", img_smem(h, w, c))),
+                Gemm::Wgrad if 9 * c <= IMG_WG_K => Some(("conv3x3_wgrad_img_f16", img_wgrad_smem(h, w, c))),
+                _ => None,
+            };
+            if let Some((name, smem)) = img.filter(|&(_, smem)| smem <= self.info.smem_optin.max(0) as usize) {
+                let (tm, tn, threads, smem) = (0, 64, IMG_THREADS, smem as u32);
+                return MmaKernel { name, tm, tn, smem, threads, wgmma: false, per_image: true };
+            }
         }
         // Per GEMM: the 128×64 kernel, then the mma128 and the wgmma choices for n ≥ 128, for
         // 32 < n < 128 and for n ≤ 32 (None: that path has no kernel of its own there; wgmma
@@ -697,6 +745,19 @@ impl Gpu {
         chosen.or(mma(narrow, 128, 64, 0)).expect("the 128×64 kernel")
     }
 
+    /// The (forward, weight gradient, input gradient) kernels `path` runs for a conv of input `xs`
+    /// to `cout` channels, by name (`path`'s own name for the paths that are not one mma kernel
+    /// family: wmma, mixed). The bench leaves out the lines of kernels an earlier path timed.
+    pub fn conv_kernels(&self, path: ConvPath, xs: Shape, cout: usize, pool: bool) -> [&'static str; 3] {
+        [Gemm::Fwd, Gemm::Wgrad, Gemm::Dgrad].map(|gemm| {
+            if path.is_mma() && path != ConvPath::Mixed {
+                self.mma_kernel_on(path, &GemmKey { gemm, xs, cout, pool, sums: true }).name
+            } else {
+                path.name()
+            }
+        })
+    }
+
     /// Whether `key`'s GEMM is still to be timed: on `ConvPath::Mixed`, before its first pick,
     /// outside a recording and outside `tune_gemm` itself.
     fn must_tune(&self, key: &GemmKey) -> bool {
@@ -723,7 +784,7 @@ impl Gpu {
         let mut seen: Vec<&'static str> = Vec::new();
         let mut times: Vec<(ConvPath, f32)> = Vec::new();
         for p in self.mixed_candidates() {
-            let name = Self::mma_kernel_on(p, &key).name;
+            let name = self.mma_kernel_on(p, &key).name;
             if seen.contains(&name) {
                 continue;
             }
@@ -1272,7 +1333,8 @@ impl Backend for Gpu {
         if self.mma_path("conv3x3")? {
             // with stats: the epilogue writes the BatchNorm partials, [2·cout][blocks] f64
             let kn = self.mma_kernel(&key);
-            let grid = (blocks_of(m, kn.tm)?, cout.div_ceil(kn.tn) as u32, 1);
+            let rows = if kn.per_image { blocks_of(xs.n, 1)? } else { blocks_of(m, kn.tm)? };
+            let grid = (rows, cout.div_ceil(kn.tn) as u32, 1);
             // one workspace: the fp16 weights (conv_weights_f16), then the BatchNorm partials
             let wf = (cout * 9 * cin).div_ceil(2).next_multiple_of(64);
             let part_len = if bn.is_some() && self.epilogue_sums { grid.0 as usize * 4 * cout } else { 0 };
@@ -1590,9 +1652,16 @@ impl Backend for Gpu {
         let o_tile = if mma { wgrad_kernel.tn } else { 64 };
         let tiles = k.div_ceil(k_tile) * cout.div_ceil(o_tile);
         let target = 4 * self.info.sms.max(1) as usize;
-        let slices = target.div_ceil(tiles).clamp(1, p.div_ceil(32).max(1)).min(65535);
-        let chunk = p.div_ceil(slices).div_ceil(32).max(1) * 32;
-        let slices = p.div_ceil(chunk).max(1);
+        let per_image = mma && wgrad_kernel.per_image;
+        let (slices, chunk) = if per_image {
+            // the image-resident kernel: slices of whole images, about two blocks per SM
+            let images = xs.n.div_ceil(2 * self.info.sms.max(1) as usize).max(1);
+            (xs.n.div_ceil(images).max(1), images)
+        } else {
+            let slices = target.div_ceil(tiles).clamp(1, p.div_ceil(32).max(1)).min(65535);
+            let chunk = p.div_ceil(slices).div_ceil(32).max(1) * 32;
+            (p.div_ceil(chunk).max(1), chunk)
+        };
         let len = cout * k;
         // One workspace: on the mma path where the layer pools, the full-resolution output
         // gradient (unpool_f16) first, for both GEMMs; then the wgrad slices (reduced before the
@@ -1624,8 +1693,10 @@ impl Backend for Gpu {
             }
             None => self.activate(xp, xs, &pp, None)?,
         };
-        let grid = (k.div_ceil(k_tile) as u32, cout.div_ceil(o_tile) as u32, slices as u32);
+        let k_blocks = if per_image { 1 } else { k.div_ceil(k_tile) as u32 };
+        let grid = (k_blocks, cout.div_ceil(o_tile) as u32, slices as u32);
         if mma {
+            // chunk: pixels per slice, or for the image-resident kernel images per slice
             let args = [xp, ni, hi, wi, ci, gp, co, out, int(chunk, "pixel chunk")?];
             let kn = wgrad_kernel;
             self.launch_smem("conv", kn.name, grid, (kn.threads, 1, 1), kn.smem, &args)?;

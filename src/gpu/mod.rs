@@ -93,8 +93,11 @@ pub struct Gpu {
 /// `MmaWide` (the same with 64×64 warp tiles: 128×128 block tiles wherever the GEMM's N, the
 /// output channels or for the input gradient the input channels, is ≥ 128, 256×64 for the
 /// forward and input gradient elsewhere; half the shared-memory reads and two thirds of the
-/// copies per MMA, 2 blocks per SM instead of 4; the weight gradient stays 128×64 where N < 128)
-/// `Wgmma` (compute capability 9.0, from the sm_90a cubin: the three GEMMs as warpgroup MMAs,
+/// copies per MMA, 2 blocks per SM instead of 4; the weight gradient stays 128×64 where N < 128),
+/// `Img` (compute capability ≥ 8.0: `Mma` but for the forward of the layers whose image and 64
+/// filters fit the shared memory, the recipe's first three, which keeps both there and reads the
+/// A fragments straight from the image: one block per image, no im2col stage, each input byte
+/// read once instead of once per tap), `Wgmma` (compute capability 9.0, from the sm_90a cubin: the three GEMMs as warpgroup MMAs,
 /// wgmma, on 128-byte-swizzled shared-memory stages: 128×256 tiles where the GEMM's N is ≥ 128,
 /// 256×64 for the other forwards and input gradients, 256×32 for input gradients of ≤ 32
 /// channels, 128×64 for weight gradients of 64 channels) or `Wmma` (nvcuda::wmma, 64×64 tiles,
@@ -103,13 +106,14 @@ pub struct Gpu {
 /// real operands the first time that GEMM runs outside a recording (src/gpu/backend.rs,
 /// `tune_gemm`). `Gpu::open` picks
 /// `Mma` where the GPU has it; the environment variable `SPEEDRUN_CONV=wmma` (or `mma`,
-/// `mma128`, `wgmma`, `mixed`) overrides, and a comma list (`SPEEDRUN_CONV=mma,mma128`) is the
+/// `mma128`, `img`, `wgmma`, `mixed`) overrides, and a comma list (`SPEEDRUN_CONV=mma,mma128`) is the
 /// set the warm-up's autotune chooses from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPath {
     Wmma,
     Mma,
     MmaWide,
+    Img,
     Wgmma,
     Mixed,
 }
@@ -135,6 +139,7 @@ impl ConvPath {
             ConvPath::Wmma => "wmma",
             ConvPath::Mma => "mma",
             ConvPath::MmaWide => "mma128",
+            ConvPath::Img => "img",
             ConvPath::Wgmma => "wgmma",
             ConvPath::Mixed => "mixed",
         }
@@ -148,9 +153,9 @@ impl ConvPath {
     /// 9.0: its kernels are compiled for sm_90a only (elsewhere they trap).
     pub fn available(cc: (i32, i32)) -> &'static [ConvPath] {
         if cc == (9, 0) {
-            &[ConvPath::Mma, ConvPath::MmaWide, ConvPath::Wgmma, ConvPath::Wmma]
+            &[ConvPath::Mma, ConvPath::MmaWide, ConvPath::Img, ConvPath::Wgmma, ConvPath::Wmma]
         } else if cc.0 >= 8 {
-            &[ConvPath::Mma, ConvPath::MmaWide, ConvPath::Wmma]
+            &[ConvPath::Mma, ConvPath::MmaWide, ConvPath::Img, ConvPath::Wmma]
         } else {
             &[ConvPath::Wmma]
         }
@@ -166,9 +171,9 @@ impl ConvPath {
     pub fn tunable(cc: (i32, i32)) -> Vec<ConvPath> {
         Self::available(cc).iter().copied().filter(|p| p.is_mma()).collect()
     }
-    /// The path named `name` ("wmma", "mma", "mma128", "wgmma", "mixed").
+    /// The path named `name` ("wmma", "mma", "mma128", "img", "wgmma", "mixed").
     pub fn named(name: &str) -> Option<ConvPath> {
-        [ConvPath::Wmma, ConvPath::Mma, ConvPath::MmaWide, ConvPath::Wgmma, ConvPath::Mixed]
+        [ConvPath::Wmma, ConvPath::Mma, ConvPath::MmaWide, ConvPath::Img, ConvPath::Wgmma, ConvPath::Mixed]
             .into_iter()
             .find(|p| p.name() == name)
     }
@@ -187,7 +192,7 @@ impl ConvPath {
         let Some(v) = env.map(str::trim).filter(|v| !v.is_empty()) else { return Ok(have[0]) };
         let Some(want) = Self::named(v) else {
             return Err(Error::Gpu(format!(
-                "{CONV_ENV}={v:?}: expected \"wmma\", \"mma\", \"mma128\", \"wgmma\" or \"mixed\""
+                "{CONV_ENV}={v:?}: expected \"wmma\", \"mma\", \"mma128\", \"img\", \"wgmma\" or \"mixed\""
             )));
         };
         if !want.runs_on(cc) {

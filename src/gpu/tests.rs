@@ -242,7 +242,7 @@ fn open_without_driver() {
 /// clear errors for an unknown name or a path the GPU lacks.
 #[test]
 fn conv_path_choice() {
-    use super::ConvPath::{Mixed, Mma, MmaWide, Wgmma, Wmma};
+    use super::ConvPath::{Img, Mixed, Mma, MmaWide, Wgmma, Wmma};
     use super::{ConvPath, CONV_ENV};
     assert_eq!(ConvPath::choose((9, 0), None).unwrap(), Mma);
     assert_eq!(ConvPath::choose((8, 0), Some("")).unwrap(), Mma);
@@ -255,11 +255,11 @@ fn conv_path_choice() {
     let e = ConvPath::choose((9, 0), Some("cutlass")).unwrap_err().to_string();
     assert!(e.contains("cutlass") && e.contains("wmma"), "{e}");
     assert_eq!(ConvPath::available((7, 0)), &[Wmma]);
-    assert_eq!(ConvPath::available((9, 0)), &[Mma, MmaWide, Wgmma, Wmma]);
-    assert_eq!(ConvPath::available((8, 9)), &[Mma, MmaWide, Wmma]);
-    assert_eq!(ConvPath::tunable((9, 0)), [Mma, MmaWide, Wgmma]);
-    assert_eq!(ConvPath::wgmma_last((9, 0)), (vec![Mma, MmaWide, Wmma], vec![Wgmma]));
-    assert_eq!(ConvPath::wgmma_last((8, 6)), (vec![Mma, MmaWide, Wmma], vec![]));
+    assert_eq!(ConvPath::available((9, 0)), &[Mma, MmaWide, Img, Wgmma, Wmma]);
+    assert_eq!(ConvPath::available((8, 9)), &[Mma, MmaWide, Img, Wmma]);
+    assert_eq!(ConvPath::tunable((9, 0)), [Mma, MmaWide, Img, Wgmma]);
+    assert_eq!(ConvPath::wgmma_last((9, 0)), (vec![Mma, MmaWide, Img, Wmma], vec![Wgmma]));
+    assert_eq!(ConvPath::wgmma_last((8, 6)), (vec![Mma, MmaWide, Img, Wmma], vec![]));
     assert_eq!(ConvPath::choose((9, 0), Some("wgmma")).unwrap(), Wgmma);
     assert_eq!(ConvPath::named("wgmma"), Some(Wgmma));
     // wgmma is sm_90a code: not on 8.x, nor on a newer major (the PTX has no wgmma)
@@ -270,7 +270,12 @@ fn conv_path_choice() {
     assert_eq!(ConvPath::choose((8, 0), Some("mma128")).unwrap(), MmaWide);
     let e = ConvPath::choose((7, 5), Some("mma128")).unwrap_err().to_string();
     assert!(e.contains("mma128") && e.contains("8.0") && e.contains("sm_75"), "{e}");
-    assert!(Mma.is_mma() && MmaWide.is_mma() && Wgmma.is_mma() && Mixed.is_mma() && !Wmma.is_mma());
+    // img: the image-resident forward beside the 128×64 kernels, on every sm_80+ GPU
+    assert_eq!(ConvPath::named("img"), Some(Img));
+    assert_eq!(ConvPath::choose((8, 6), Some("img")).unwrap(), Img);
+    let e = ConvPath::choose((7, 0), Some("img")).unwrap_err().to_string();
+    assert!(e.contains("img") && e.contains("8.0") && e.contains("sm_70"), "{e}");
+    assert!(Mma.is_mma() && MmaWide.is_mma() && Img.is_mma() && Wgmma.is_mma() && Mixed.is_mma() && !Wmma.is_mma());
     // mixed: a choice per GEMM among the mma families, so where there are two or more
     assert_eq!(ConvPath::named("mixed"), Some(Mixed));
     assert!(Mixed.runs_on((8, 0)) && Mixed.runs_on((9, 0)) && !Mixed.runs_on((7, 5)));
@@ -279,8 +284,8 @@ fn conv_path_choice() {
     assert!(e.contains("mixed") && e.contains("8.0") && e.contains("sm_75"), "{e}");
     // the list form: unset, every tunable path and mixed (the one available without mma); one
     // name, pinned; a comma list, those paths in its order; each checked like one name
-    assert_eq!(ConvPath::choose_list((9, 0), None).unwrap(), [Mma, MmaWide, Wgmma, Mixed]);
-    assert_eq!(ConvPath::choose_list((8, 6), Some(" ")).unwrap(), [Mma, MmaWide, Mixed]);
+    assert_eq!(ConvPath::choose_list((9, 0), None).unwrap(), [Mma, MmaWide, Img, Wgmma, Mixed]);
+    assert_eq!(ConvPath::choose_list((8, 6), Some(" ")).unwrap(), [Mma, MmaWide, Img, Mixed]);
     assert_eq!(ConvPath::choose_list((9, 0), Some("mma,mma128,mixed")).unwrap(), [Mma, MmaWide, Mixed]);
     assert_eq!(ConvPath::choose_list((7, 5), None).unwrap(), [Wmma]);
     assert_eq!(ConvPath::choose_list((9, 0), Some("wgmma")).unwrap(), [Wgmma]);
@@ -307,6 +312,31 @@ fn wide_conv_smem_matches_kernels() {
         format!("#define WG_NARROW_SMEM {}\n", super::backend::WG_NARROW_SMEM),
     ] {
         assert!(src.contains(&line), "kernels/conv.cu lacks {line:?}");
+    }
+}
+
+/// The host's sizes of the image-resident kernels' shared memory equal the kernels' own
+/// (`ImgLayout`, `img_wgrad_smem`; the kernels trap when given less). The sizes are those
+/// kernel-emu's test_conv prints for its shapes ("fwd img (image-resident, … B of shared
+/// memory)", "wgrad img: … B of shared memory"), the recipe's first three layers among them.
+#[test]
+fn img_smem_matches_kernel_layout() {
+    for (h, w, cin, bytes) in
+        [(7, 5, 8, 19792), (9, 9, 16, 22480), (8, 8, 8, 19984), (1, 1, 8, 18512), (31, 31, 24, 68048)]
+    {
+        assert_eq!(super::backend::img_wgrad_smem(h, w, cin), bytes, "wgrad {h}x{w}x{cin}");
+    }
+    for (h, w, cin, bytes) in [
+        (31, 31, 24, 83408),
+        (15, 15, 64, 112464),
+        (7, 5, 8, 16720),
+        (9, 9, 16, 27600),
+        (8, 8, 8, 16912),
+        (1, 1, 8, 15440),
+        (6, 6, 40, 55696),
+        (7, 7, 256, 326480),
+    ] {
+        assert_eq!(super::backend::img_smem(h, w, cin), bytes, "{h}x{w}x{cin}");
     }
 }
 

@@ -88,6 +88,8 @@ inline void emu_check_dyn(const void* p, size_t n) {
     }
 }
 
+inline unsigned dyn_smem_bytes() { return (unsigned)emu_dyn_smem_bytes(); }
+
 inline void mma_16816(float* d, const unsigned* a, const unsigned* b) {
     int w, l, par;
     EmuLane& me = emu_entry(w, l, par);
