@@ -353,12 +353,12 @@ struct MmaKernel {
     smem: u32,
     threads: u32,
     wgmma: bool,
-    /// One block per image (the image-resident forward): the grid's rows are the batch, not
-    /// ⌈GEMM rows / tm⌉.
+    /// An image-resident kernel: the forward's grid rows are the batch, not ⌈GEMM rows / tm⌉,
+    /// and the weight gradient's slices are whole images.
     per_image: bool,
 }
 
-/// Threads per block of the image-resident forward (`IMG_THREADS` in kernels/conv.cu).
+/// Threads per block of the image-resident kernels (`IMG_THREADS` in kernels/conv.cu).
 const IMG_THREADS: u32 = 256;
 
 /// Bytes of an `h`×`w`×`cin` image in the image-resident kernels' shared memory, with the
