@@ -6,6 +6,7 @@
 #include "stem.cu"
 #include "head.cu"
 #include "optim.cu"
+#include "conv.cu"  // wgrad_reduce_f32, which also adds the head's weight-gradient slices
 
 static void report(const char* what, double e, double tol) {
     printf("%-36s relL2 %.3e %s\n", what, e, e <= tol ? "PASS" : "FAIL");
@@ -170,16 +171,12 @@ static void test_head(int N, int HW, int C, int classes) {
     // backward
     auto dl = rndv(N * classes, 0.5f);
     std::vector<float> dw(classes * C, NAN); std::vector<half> da((size_t)N * HW * C, (half)NAN);
-    // as src/gpu/backend.rs: per slice of HEAD_SLICE examples, then the slices added in order
-    // (there by conv.cu's wgrad_reduce_f32, tested in test_conv; here the same loop on the host)
+    // as src/gpu/backend.rs: per slice of HEAD_SLICE examples, then the slices added in order by
+    // conv.cu's wgrad_reduce_f32
     int slices = std::max(1, (N + HEAD_SLICE - 1) / HEAD_SLICE);
     std::vector<float> part((size_t)slices * classes * C, NAN);
     launch(dim3{(unsigned)((C + 31) / 32), (unsigned)slices, 1}, dim3{32, 8, 1}, [&] { head_bwd_dw_part_f32(dl.data(), feat.data(), N, C, classes, scale, part.data()); });
-    for (int i = 0; i < classes * C; i++) {
-        float s = 0.f;
-        for (int z = 0; z < slices; z++) s += part[(size_t)z * classes * C + i];
-        dw[i] = s;
-    }
+    launch(dim3{blocks(classes * C), 1, 1}, dim3{256, 1, 1}, [&] { wgrad_reduce_f32(part.data(), slices, (long long)classes * C, dw.data()); });
     launch(dim3{blocks(N * C), 1, 1}, dim3{256, 1, 1}, [&] { head_bwd_da_f16(dl.data(), am.data(), w.data(), N, HW, C, classes, scale, da.data()); });
     std::vector<double> dww(classes * C, 0), daw(da.size(), 0);
     for (int k = 0; k < classes; k++) for (int c = 0; c < C; c++) for (int n = 0; n < N; n++) dww[k * C + c] += scale * dl[n * classes + k] * feat[n * C + c];
