@@ -1264,6 +1264,18 @@ struct ImgLayout {
         roff = woff + ImgTile::TN * ldw * 2;
         bytes = roff + ImgTile::WGM * ImgTile::TN * 2 * (int)sizeof(double);
     }
+    // The unit of pixel (y, x)'s first 8 channels (also a tap's offset, for y, x in −1..1).
+    __device__ __forceinline__ int pixel(int y, int x) const { return y * R + x * PP; }
+    // The block's copy of an image (H·W·cin halves at src) into im, by cp.async, 16 bytes per
+    // copy (chunk i = pixel·P + c), and the zero row after it by plain stores.
+    __device__ __forceinline__ void copy_in(unsigned char* smem, const half* src, int W, int HW) const {
+        half* im = reinterpret_cast<half*>(smem);
+        for (int i = threadIdx.x; i < HW * P; i += IMG_THREADS) {
+            const int p = i / P, c = i - p * P, py = p / W;
+            cp_async16(im + (pixel(py, p - py * W) + c) * 8, src + (long long)i * 8, 16);
+        }
+        if (threadIdx.x < 4) reinterpret_cast<unsigned*>(smem + zoff)[threadIdx.x] = 0u;
+    }
 };
 
 // One warp's 64 rows × 32 channels of conv_fwd_img over K, k16 steps in order: acc = A·B with
@@ -1294,7 +1306,7 @@ __device__ __forceinline__ void img_kloop(float (&acc)[4][4][4], const half* im,
     };
     wrap();
     for (int s = 0; s < nks; s++) {
-        const int tap = ty * 3 + tx, toff = (ty - 1) * L.R + (tx - 1) * L.PP + cc;
+        const int tap = ty * 3 + tx, toff = L.pixel(ty - 1, tx - 1) + cc;
         unsigned fa[4][4], fb[4][2];
 #pragma unroll
         for (int i = 0; i < 4; i++)
@@ -1326,20 +1338,15 @@ __device__ __forceinline__ void conv_fwd_img(const half* __restrict__ a, int N, 
     const half* zrow = reinterpret_cast<const half*>(smem + L.zoff);
     half* ws = reinterpret_cast<half*>(smem + L.woff);
     double (*red)[Tl::TN][2] = reinterpret_cast<double (*)[Tl::TN][2]>(smem + L.roff);
-    // the image (chunk i = pixel·P + c of the image's H·W·cin halves) and the filters n0.. by
-    // cp.async, 16 bytes per copy; the zero row and red by plain stores
-    const half* src = a + (long long)img * HW * cin;
-    for (int i = tid; i < HW * L.P; i += Tl::THREADS) {
-        const int p = i / L.P, c = i - p * L.P, py = p / W, px = p - py * W;
-        cp_async16(im + (py * L.R + px * L.PP + c) * 8, src + (long long)i * 8, 16);
-    }
+    // the image and the filters n0.. by cp.async, 16 bytes per copy; the zero row and red by
+    // plain stores
+    L.copy_in(smem, a + (long long)img * HW * cin, W, HW);
     const int wrow = L.ldw >> 3;
     for (int i = tid; i < Tl::TN * wrow; i += Tl::THREADS) {
         const int r = i / wrow, k8 = i - r * wrow, co = n0 + r;
         const bool ok = co < cout && k8 * 8 < K;
         cp_async16(ws + r * L.ldw + k8 * 8, wf + (ok ? (long long)co * K + k8 * 8 : 0), ok ? 16 : 0);
     }
-    if (tid < 4) reinterpret_cast<unsigned*>(smem + L.zoff)[tid] = 0u;
     for (int i = tid; i < Tl::WGM * Tl::TN * 2; i += Tl::THREADS) (&red[0][0][0])[i] = 0.0;
     cp_async_commit();
     cp_async_wait<0>();
@@ -1368,7 +1375,7 @@ __device__ __forceinline__ void conv_fwd_img(const half* __restrict__ a, int N, 
                 xx = r - yy * W;
             }
             mask[i] = r < Mi ? tap_mask(yy, xx, H, W) : 0u;
-            pu[i] = r < Mi ? yy * L.R + xx * L.PP : 0;
+            pu[i] = r < Mi ? L.pixel(yy, xx) : 0;
         }
         float acc[4][4][4];
         if (live == 4)
@@ -1418,7 +1425,6 @@ __device__ __forceinline__ void conv_wgrad_img(const half* __restrict__ a, int N
     const half* zrow = reinterpret_cast<const half*>(smem + L.zoff);
     half* gs = reinterpret_cast<half*>(smem + L.zoff + 16);
     constexpr int GST = 64 * IMG_WG_LDG;  // halves per g stage
-    if (tid < 4) reinterpret_cast<unsigned*>(smem + L.zoff)[tid] = 0u;
     // this lane's B columns in ldmatrix pair p: n8 tile t = wn·7 + 2p + lane/16 as its tap's
     // offset (units) and the tap's mask bit; the warp's 8th tile, and tiles past K, are dummies
     // (bit 31: never in a mask, so the zero row)
@@ -1426,7 +1432,7 @@ __device__ __forceinline__ void conv_wgrad_img(const half* __restrict__ a, int N
 #pragma unroll
     for (int p = 0; p < 4; p++) {
         const int j = 2 * p + (lane >> 4), t = wn * 7 + j, tap = t / L.P, cc = t - tap * L.P;
-        toff[p] = (tap / 3 - 1) * L.R + (tap % 3 - 1) * L.PP + cc;
+        toff[p] = L.pixel(tap / 3 - 1, tap % 3 - 1) + cc;
         tbit[p] = j < 7 && t * 8 < K ? tap : 31;
     }
     float acc[2][7][4];
@@ -1448,11 +1454,7 @@ __device__ __forceinline__ void conv_wgrad_img(const half* __restrict__ a, int N
     const int img1 = min(N, (int)blockIdx.z * chunk + chunk), nch = (HW + 63) >> 6;
     for (int n = blockIdx.z * chunk; n < img1; n++) {
         // every warp finished the previous image at the last chunk's closing barrier
-        const half* src = a + (long long)n * HW * cin;
-        for (int i = tid; i < HW * L.P; i += IMG_THREADS) {
-            const int px = i / L.P, c = i - px * L.P, py = px / W, pxx = px - py * W;
-            cp_async16(im + (py * L.R + pxx * L.PP + c) * 8, src + (long long)i * 8, 16);
-        }
+        L.copy_in(smem, a + (long long)n * HW * cin, W, HW);
         issue_g(n, 0, 0);
         cp_async_commit();
         for (int c = 0; c < nch; c++) {
@@ -1473,7 +1475,7 @@ __device__ __forceinline__ void conv_wgrad_img(const half* __restrict__ a, int N
                 const int px = c * 64 + s * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
                 const int yy = px / W, xx = px - yy * W;
                 const unsigned mask = px < HW ? tap_mask(yy, xx, H, W) : 0u;
-                const int pu = yy * L.R + xx * L.PP;
+                const int pu = L.pixel(yy, xx);
 #pragma unroll
                 for (int p = 0; p < 4; p++)
                     ldmatrix_b2<true>(fb, p, (mask >> tbit[p]) & 1u ? im + (pu + toff[p]) * 8 : zrow);

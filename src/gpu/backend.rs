@@ -359,7 +359,7 @@ struct MmaKernel {
 }
 
 /// Threads per block of the image-resident kernels (`IMG_THREADS` in kernels/conv.cu).
-const IMG_THREADS: u32 = 256;
+pub(super) const IMG_THREADS: u32 = 256;
 
 /// Bytes of an `h`×`w`×`cin` image in the image-resident kernels' shared memory, with the
 /// 16-byte zero row after it (`ImgLayout` in kernels/conv.cu): 16-byte units, pixel stride
@@ -384,7 +384,7 @@ pub(super) fn img_wgrad_smem(h: usize, w: usize, cin: usize) -> usize {
     img_image_smem(h, w, cin) + 2 * 64 * 72 * 2
 }
 /// The image-resident weight gradient's largest K = 9·cin (`IMG_WG_K`: 4 warps × 7 n8 tiles).
-const IMG_WG_K: usize = 224;
+pub(super) const IMG_WG_K: usize = 224;
 /// Timed calls per candidate when `ConvPath::Mixed` chooses a GEMM's kernel (after one untimed).
 const TUNE_REPS: usize = 3;
 /// Block size of the per-channel stage-2 reductions (`CHAN_FIN_THREADS` in kernels/norm.cu).
@@ -1650,14 +1650,15 @@ impl Backend for Gpu {
         let k_tile = if mma { 128 } else { 64 };
         let wgrad_kernel = self.mma_kernel(&wkey);
         let o_tile = if mma { wgrad_kernel.tn } else { 64 };
-        let tiles = k.div_ceil(k_tile) * cout.div_ceil(o_tile);
-        let target = 4 * self.info.sms.max(1) as usize;
         let per_image = mma && wgrad_kernel.per_image;
         let (slices, chunk) = if per_image {
             // the image-resident kernel: slices of whole images, about two blocks per SM
             let images = xs.n.div_ceil(2 * self.info.sms.max(1) as usize).max(1);
             (xs.n.div_ceil(images).max(1), images)
         } else {
+            // pixel slices enough for about 4 blocks per SM
+            let tiles = k.div_ceil(k_tile) * cout.div_ceil(o_tile);
+            let target = 4 * self.info.sms.max(1) as usize;
             let slices = target.div_ceil(tiles).clamp(1, p.div_ceil(32).max(1)).min(65535);
             let chunk = p.div_ceil(slices).div_ceil(32).max(1) * 32;
             (p.div_ceil(chunk).max(1), chunk)

@@ -338,6 +338,14 @@ fn img_smem_matches_kernel_layout() {
     ] {
         assert_eq!(super::backend::img_smem(h, w, cin), bytes, "{h}x{w}x{cin}");
     }
+    // and the constants the host launches them by
+    let src = include_str!("../../kernels/conv.cu");
+    for line in [
+        format!("#define IMG_THREADS {}\n", super::backend::IMG_THREADS),
+        format!("#define IMG_WG_K {} ", super::backend::IMG_WG_K),
+    ] {
+        assert!(src.contains(&line), "kernels/conv.cu lacks {line:?}");
+    }
 }
 
 #[test]
