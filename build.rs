@@ -22,7 +22,9 @@
 //!
 //! Compiles run on `NUM_JOBS` threads (cargo's -j) and are cached: if this script, the sources,
 //! the compiler and the options are unchanged since the last run (OUT_DIR/kernels.stamp), a rerun
-//! (e.g. after a commit) reuses the images. A `.cuda-venv` that appears later is noticed because
+//! (e.g. after a commit) reuses the images. The images are also shared between OUT_DIRs through
+//! `target/kernel-cache/<key>/` (or `$SPEEDRUN_KERNEL_CACHE`; empty: no sharing), so a debug
+//! build, clippy, a release build and `target/emu` compile one key once (four newest keys kept). A `.cuda-venv` that appears later is noticed because
 //! the install script touches build.rs (a watched path that does not exist would make cargo rerun
 //! this script, and rebuild the crate, on every build).
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -147,11 +149,25 @@ fn compile_all(nvrtc: &Nvrtc, tc: &Toolchain, kdir: &Path, cus: &[&PathBuf], all
             None => format!("{stem}.compute_{PTX_ARCH}.ptx"),
         }
     };
-    let cached = fs::read_to_string(&stamp).is_ok_and(|k| k == key)
-        && report_path.exists()
-        && jobs.iter().all(|&(i, a)| out.join(image(i, a)).exists());
+    let files: Vec<String> =
+        jobs.iter().map(|&(i, a)| image(i, a)).chain(std::iter::once("ptxas-report.txt".to_string())).collect();
+    let complete = |dir: &Path| files.iter().all(|f| dir.join(f).exists());
+    let cached = fs::read_to_string(&stamp).is_ok_and(|k| k == key) && complete(out);
+    // The shared cache: another profile or target dir (debug, clippy, release, target/emu) that
+    // compiled the same key already.
+    let shared = cache_root(out).map(|r| r.join(key.trim()));
+    let from_shared = !cached
+        && shared
+            .as_deref()
+            .is_some_and(|d| complete(d) && files.iter().all(|f| fs::copy(d.join(f), out.join(f)).is_ok()));
+    if from_shared {
+        fs::write(&stamp, &key).expect("write kernels.stamp");
+        // the entry's time is its last use (the pruning in `share` keeps the newest)
+        let now = std::time::SystemTime::now();
+        let _ = shared.as_deref().map(|d| fs::File::open(d).and_then(|f| f.set_modified(now)));
+    }
 
-    if !cached {
+    if !cached && !from_shared {
         let _ = fs::remove_file(&stamp);
         let t0 = std::time::Instant::now();
         let sources: Vec<String> = cus
@@ -223,6 +239,9 @@ fn compile_all(nvrtc: &Nvrtc, tc: &Toolchain, kdir: &Path, cus: &[&PathBuf], all
         let report = format!("{head}{table}\nFull ptxas logs:\n\n{logs}");
         fs::write(&report_path, &report).expect("write ptxas report");
         fs::write(&stamp, &key).expect("write kernels.stamp");
+        if let Some(d) = &shared {
+            share(out, d, &files);
+        }
         eprintln!(
             "compiled {} kernel file(s) x {} targets in {:.2?} with {workers} threads",
             cus.len(),
@@ -326,6 +345,48 @@ fn parse_ptxas(report: &str) -> Vec<Usage> {
 }
 
 /// `<target dir>` from OUT_DIR = <target>[/<triple>]/<profile>/build/<pkg>-<hash>/out.
+/// The shared kernel cache's folder: `$SPEEDRUN_KERNEL_CACHE`, else `kernel-cache/` in the
+/// `target` folder above this build's target dir (`target/emu` shares `target`'s); `None`
+/// (no sharing) when `SPEEDRUN_KERNEL_CACHE` is empty or the target dir is not recognised.
+fn cache_root(out: &Path) -> Option<PathBuf> {
+    println!("cargo::rerun-if-env-changed=SPEEDRUN_KERNEL_CACHE");
+    if let Some(d) = env::var_os("SPEEDRUN_KERNEL_CACHE") {
+        return (!d.is_empty()).then(|| PathBuf::from(d));
+    }
+    let t = target_dir(out)?;
+    let top = t.ancestors().find(|a| a.file_name().is_some_and(|n| n == "target")).unwrap_or(&t);
+    Some(top.join("kernel-cache"))
+}
+
+/// Copies the compiled `files` from `out` into the cache entry `dir`: written under a temporary
+/// name and renamed, so an entry is complete or absent (a concurrent build that got there
+/// first wins). Keeps the `KEEP` newest entries. Failures only cost the sharing.
+fn share(out: &Path, dir: &Path, files: &[String]) {
+    const KEEP: usize = 4;
+    let Some(root) = dir.parent() else { return };
+    let tmp = root.join(format!(".tmp-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let copied = fs::create_dir_all(&tmp).is_ok() && files.iter().all(|f| fs::copy(out.join(f), tmp.join(f)).is_ok());
+    // an incomplete entry (files deleted by hand) is replaced; a complete one was another build's
+    if copied && fs::rename(&tmp, dir).is_err() && !files.iter().all(|f| dir.join(f).exists()) {
+        let _ = fs::remove_dir_all(dir);
+        let _ = fs::rename(&tmp, dir);
+    }
+    let _ = fs::remove_dir_all(&tmp);
+    let mut entries: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(root)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+                .collect()
+        })
+        .unwrap_or_default();
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
+    for (_, p) in entries.into_iter().skip(KEEP) {
+        let _ = fs::remove_dir_all(p);
+    }
+}
+
 fn target_dir(out: &Path) -> Option<PathBuf> {
     let build = out.parent()?.parent()?;
     if build.file_name()? != "build" {
