@@ -171,6 +171,11 @@ impl Report<'_> {
         }
     }
 
+    /// A line that is not a check (not counted), e.g. why one was left out.
+    fn note(&mut self, name: &str, shape: &str, why: &str) -> Result<()> {
+        writeln!(self.out, "{name:<30} {shape:<22} not run: {why}").map_err(io)
+    }
+
     /// A yes/no check (exact results: bit patterns, NaN guards).
     fn flag(&mut self, name: &str, detail: &str, pass: bool) -> Result<()> {
         self.lines += 1;
@@ -529,8 +534,16 @@ fn check_conv(
         }
         Ok(())
     };
-    for &path in paths {
-        gpu.with_conv_path(path, |g| fwd(g, r, path.name()))?;
+    // a path whose forward (backward) kernels were all checked above under an earlier path's
+    // name is not checked again: img runs mma's kernels outside the first layers, mma128 mma's
+    // weight gradient (the same rule as the bench's lines)
+    let fresh = new_kernels(gpu, paths, xs, cout, pool);
+    for (&path, new) in paths.iter().zip(&fresh) {
+        if new[0] {
+            gpu.with_conv_path(path, |g| fwd(g, r, path.name()))?;
+        } else {
+            r.note(&label(&format!("fwd ({})", path.name())), &shape, "its kernel was checked above")?;
+        }
     }
 
     // backward, with the CPU's argmax as the common routing
@@ -569,10 +582,29 @@ fn check_conv(
         let got2 = gpu.download(&gdw2)?;
         r.line(&label(&format!("wgrad dw, no da, kept a ({path})")), &shape, &got2, &got_dw, 0.0)
     };
-    for &path in paths {
-        gpu.with_conv_path(path, |g| bwd(g, r, path.name()))?;
+    for (&path, new) in paths.iter().zip(&fresh) {
+        if new[1] || new[2] {
+            gpu.with_conv_path(path, |g| bwd(g, r, path.name()))?;
+        } else {
+            r.note(&label(&format!("wgrad, dgrad ({})", path.name())), &shape, "their kernels were checked above")?;
+        }
     }
     Ok(())
+}
+
+/// For each of `paths` in order: whether its (forward, weight gradient, input gradient) kernel
+/// at this shape is one that no earlier path in `paths` runs there.
+fn new_kernels(gpu: &Gpu, paths: &[ConvPath], xs: Shape, cout: usize, pool: bool) -> Vec<[bool; 3]> {
+    let mut seen: Vec<[&str; 3]> = Vec::new();
+    paths
+        .iter()
+        .map(|&path| {
+            let k = gpu.conv_kernels(path, xs, cout, pool);
+            let new = [0, 1, 2].map(|g| !seen.iter().any(|s| s[g] == k[g]));
+            seen.push(k);
+            new
+        })
+        .collect()
 }
 
 /// BatchNorm statistics written by a GPU op (`run`, given where to write them) against the CPU's
@@ -1358,15 +1390,10 @@ fn bench_convs(gpu: &mut Gpu, n: usize, paths: &[ConvPath], bn_lines: bool, out:
         let mut rm = gpu.zeros(cout)?;
         let mut rv = gpu.upload(&vec![1.0; cout])?;
         let mut bo = gpu.zeros(2 * cout)?;
-        // (forward, weight gradient, input gradient) kernels of the paths timed so far: a line
-        // whose kernels were all timed already under another path's name is left out
-        let mut seen: Vec<[&str; 3]> = Vec::new();
-        for &path in paths {
+        // a line whose kernels were all timed already under an earlier path's name is left out
+        for (&path, &[fwd_new, wgrad_new, dgrad_new]) in paths.iter().zip(&new_kernels(gpu, paths, xs, cout, pool)) {
             let p = path.name();
-            let kernels = gpu.conv_kernels(path, xs, cout, pool);
-            let new = |g: usize| !seen.iter().any(|s| s[g] == kernels[g]);
-            let (fwd_new, wgrad_new, bwd_new) = (new(0), new(1), new(1) || new(2));
-            seen.push(kernels);
+            let bwd_new = wgrad_new || dgrad_new;
             if !(fwd_new || bwd_new) {
                 continue;
             }
