@@ -305,6 +305,11 @@ union Half8 {
     uint4 u;
     half h[8];
 };
+// 2 halves <-> 4 bytes.
+union Half2 {
+    unsigned u;
+    half h[2];
+};
 
 // Block-wide sum of a double over blockDim.x threads (blockDim.x a multiple of 32, ≤ 1024);
 // `scratch` holds 32 doubles. Deterministic. The result is valid in thread 0.

@@ -776,16 +776,18 @@ __device__ __forceinline__ void mma_pipeline(float (&acc)[Tl::MI][Tl::NJ][4], co
 // Calls f(row, col, v0, v1) on every lane for each accumulator pair of this warp: D(row, col)
 // and D(row, col + 1) in block-tile coordinates (row = wm·WROWS + 16i + g + 8h, i < MI, col =
 // wn·WN + 8j + 2q, g = lane/4, q = lane%4), column pairs j outermost; done(j) after the last
-// call of pair j. Every lane makes every call (f and done may shuffle). The same layout serves
-// the mma.sync tiles (MI = 4 m16 tiles per warp) and the wgmma ones (MI = 1: warp w of the block
-// holds rows 16w..16w+15 of its warpgroup's m64 accumulators).
-template <class Tl, class F, class D>
-__device__ __forceinline__ void mma_epilogue(const float (&acc)[Tl::MI][Tl::NJ][4], F f, D done) {
+// call of pair j; begin(col) before the first call of pair j (col as f gets it). Every lane
+// makes every call (f and done may shuffle). The same layout serves the mma.sync tiles (MI = 4
+// m16 tiles per warp) and the wgmma ones (MI = 1: warp w of the block holds rows 16w..16w+15 of
+// its warpgroup's m64 accumulators).
+template <class Tl, class F, class D, class B>
+__device__ __forceinline__ void mma_epilogue(const float (&acc)[Tl::MI][Tl::NJ][4], F f, D done, B begin) {
     const int lane = threadIdx.x & 31, wm = Tl::wm(), wn = Tl::wn();
     const int g = lane >> 2, q = lane & 3;
     constexpr int WN = Tl::WN;
 #pragma unroll
     for (int j = 0; j < Tl::NJ; j++) {
+        begin(wn * WN + j * 8 + 2 * q);
 #pragma unroll
         for (int i = 0; i < Tl::MI; i++)
 #pragma unroll
@@ -793,6 +795,10 @@ __device__ __forceinline__ void mma_epilogue(const float (&acc)[Tl::MI][Tl::NJ][
                 f(wm * Tl::WROWS + i * 16 + g + 8 * h, wn * WN + j * 8 + 2 * q, acc[i][j][2 * h], acc[i][j][2 * h + 1]);
         done(j);
     }
+}
+template <class Tl, class F, class D>
+__device__ __forceinline__ void mma_epilogue(const float (&acc)[Tl::MI][Tl::NJ][4], F f, D done) {
+    mma_epilogue<Tl>(acc, f, done, [](int) {});
 }
 template <class Tl, class F> __device__ __forceinline__ void mma_epilogue(const float (&acc)[Tl::MI][Tl::NJ][4], F f) {
     mma_epilogue<Tl>(acc, f, [](int) {});
@@ -978,26 +984,47 @@ __device__ __forceinline__ void conv_dgrad_epilogue(const float (&acc)[Tl::MI][T
                                                     const half* __restrict__ x, const float* __restrict__ pmean,
                                                     const float* __restrict__ pinv, const float* __restrict__ pshift,
                                                     int bn, float* __restrict__ part, float (*red)[Tl::TN][2]) {
+    if (!part) {
+        mma_epilogue<Tl>(acc, [&](int row, int col, float v0, float v1) {
+            store_f16_pair(da, m0 + row, M, n0 + col, cin, v0, v1);
+        });
+        return;
+    }
+    // The pre's parameters are loaded once per column pair (channels past cin read channel
+    // cin − 1 and are not summed; per value, under each value's bounds test, they were two or
+    // three loads per value); the bias passes mean 0, invstd 1, for which the BatchNorm formula
+    // gives x + shift exactly. x: both channels of a value pair in one 4-byte load.
+    float mean[2] = {0.f, 0.f}, inv[2] = {1.f, 1.f}, shift[2];
     float su[2] = {0.f, 0.f}, sx[2] = {0.f, 0.f};  // this lane's, of its current column pair
-    auto cols_done = [&](int j) {
-        if (part) mma_col_sums<float, Tl>(j, su, sx, red);
+    auto cols_begin = [&](int col) {
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int c = min(n0 + col + e, cin - 1);
+            if (bn) {
+                mean[e] = pmean[c];
+                inv[e] = pinv[c];
+            }
+            shift[e] = pshift[c];
+        }
     };
+    auto cols_done = [&](int j) { mma_col_sums<float, Tl>(j, su, sx, red); };
     mma_epilogue<Tl>(acc, [&](int row, int col, float v0, float v1) {
         const long long m = m0 + row;
         const int c = n0 + col;
         store_f16_pair(da, m, M, c, cin, v0, v1);
-        if (!part || m >= M || c >= cin) return;
+        if (m >= M || c >= cin) return;
         const float dv[2] = {__half2float(__float2half(v0)), __half2float(__float2half(v1))};
+        Half2 xv;  // channels c, c + 1 (c even, cin % 8 == 0)
+        xv.u = *reinterpret_cast<const unsigned*>(x + m * cin + c);
 #pragma unroll
         for (int e = 0; e < 2; e++) {
-            const float mean = bn ? pmean[c + e] : 0.f, inv = bn ? pinv[c + e] : 1.f;
             float xhat;
-            const float du = pre_du(dv[e], __half2float(x[m * cin + c + e]), mean, inv, pshift[c + e], bn, xhat);
+            const float du = pre_du(dv[e], __half2float(xv.h[e]), mean[e], inv[e], shift[e], 1, xhat);
             su[e] += du;
             sx[e] += du * xhat;
         }
-    }, cols_done);
-    if (part) mma_col_partials<float, Tl>(red, n0, cin, part);
+    }, cols_done, cols_begin);
+    mma_col_partials<float, Tl>(red, n0, cin, part);
 }
 
 // Same contract as conv3x3_dgrad_f16, but from the full-resolution output gradient g (NHWC,
@@ -1210,7 +1237,9 @@ extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_dgrad_mma_tall_f16(
     __trap();
 #endif
 }
-extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_dgrad_mma_tall32_f16(CONV_DGRAD_PARAMS) {
+// (128, 3): three blocks per SM as its 69 KB of shared memory allow on sm_80/sm_90; the compiler
+// would otherwise take 197 registers (two blocks).
+extern "C" __global__ void __launch_bounds__(128, 3) conv3x3_dgrad_mma_tall32_f16(CONV_DGRAD_PARAMS) {
 #if ARCH_SM80
     extern __shared__ half conv_smem[];
     conv_dgrad_mma<Tall32>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem,

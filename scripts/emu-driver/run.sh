@@ -21,8 +21,9 @@
 #        EMU_LOCKED=1   cargo --locked (CI)
 #        EMU_REDZONE=1  check every allocation's red zones after every launch (slower)
 #        EMU_TRACE=1    print launches, captures, graph launches, allocations and frees
-# Time on 2 cores (clean-clone CI, bench/logs/ci-clean-clone.log): ~8 min, of which the release
-# build of target/emu ~85 s, the tiny runs ~85 s, the self-test ~240 s, --smoke ~50 s.
+# Time on 2 cores: see the sections of the last clean-clone CI log (bench/logs/ci-clean-clone.log);
+# the self-test and the tiny runs are most of it, the target/emu build reuses the kernel images
+# of the CI's debug build (target/kernel-cache).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
