@@ -360,7 +360,8 @@ fn cache_root(out: &Path) -> Option<PathBuf> {
 
 /// Copies the compiled `files` from `out` into the cache entry `dir`: written under a temporary
 /// name and renamed, so an entry is complete or absent (a concurrent build that got there
-/// first wins). Keeps the `KEEP` newest entries. Failures only cost the sharing.
+/// first wins). Keeps the `KEEP` newest entries (folders named like a key; nothing else in the
+/// cache folder is touched). Failures only cost the sharing.
 fn share(out: &Path, dir: &Path, files: &[String]) {
     const KEEP: usize = 4;
     let Some(root) = dir.parent() else { return };
@@ -376,7 +377,12 @@ fn share(out: &Path, dir: &Path, files: &[String]) {
     let mut entries: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(root)
         .map(|rd| {
             rd.flatten()
-                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                // only this script's entries (16 hex digits): the folder may be one the user named
+                .filter(|e| {
+                    let n = e.file_name();
+                    let n = n.to_string_lossy();
+                    n.len() == 16 && n.bytes().all(|b| b.is_ascii_hexdigit())
+                })
                 .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
                 .collect()
         })
