@@ -24,7 +24,8 @@
 //! the compiler and the options are unchanged since the last run (OUT_DIR/kernels.stamp), a rerun
 //! (e.g. after a commit) reuses the images. The images are also shared between OUT_DIRs through
 //! `target/kernel-cache/<key>/` (or `$SPEEDRUN_KERNEL_CACHE`; empty: no sharing), so a debug
-//! build, clippy, a release build and `target/emu` compile one key once (four newest keys kept). A `.cuda-venv` that appears later is noticed because
+//! build, clippy, a release build and `target/emu` compile one key once (four newest keys
+//! kept). A `.cuda-venv` that appears later is noticed because
 //! the install script touches build.rs (a watched path that does not exist would make cargo rerun
 //! this script, and rebuild the crate, on every build).
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -151,7 +152,7 @@ fn compile_all(nvrtc: &Nvrtc, tc: &Toolchain, kdir: &Path, cus: &[&PathBuf], all
     };
     let files: Vec<String> =
         jobs.iter().map(|&(i, a)| image(i, a)).chain(std::iter::once("ptxas-report.txt".to_string())).collect();
-    let complete = |dir: &Path| files.iter().all(|f| dir.join(f).exists());
+    let complete = |dir: &Path| has_all(dir, &files);
     let cached = fs::read_to_string(&stamp).is_ok_and(|k| k == key) && complete(out);
     // The shared cache: another profile or target dir (debug, clippy, release, target/emu) that
     // compiled the same key already.
@@ -344,7 +345,6 @@ fn parse_ptxas(report: &str) -> Vec<Usage> {
     rows
 }
 
-/// `<target dir>` from OUT_DIR = <target>[/<triple>]/<profile>/build/<pkg>-<hash>/out.
 /// The shared kernel cache's folder: `$SPEEDRUN_KERNEL_CACHE`, else `kernel-cache/` in the
 /// `target` folder above this build's target dir (`target/emu` shares `target`'s); `None`
 /// (no sharing) when `SPEEDRUN_KERNEL_CACHE` is empty or the target dir is not recognised.
@@ -358,6 +358,11 @@ fn cache_root(out: &Path) -> Option<PathBuf> {
     Some(top.join("kernel-cache"))
 }
 
+/// Whether `dir` holds every one of `files`.
+fn has_all(dir: &Path, files: &[String]) -> bool {
+    files.iter().all(|f| dir.join(f).exists())
+}
+
 /// Copies the compiled `files` from `out` into the cache entry `dir`: written under a temporary
 /// name and renamed, so an entry is complete or absent (a concurrent build that got there
 /// first wins). Keeps the `KEEP` newest entries (folders named like a key; nothing else in the
@@ -369,7 +374,7 @@ fn share(out: &Path, dir: &Path, files: &[String]) {
     let _ = fs::remove_dir_all(&tmp);
     let copied = fs::create_dir_all(&tmp).is_ok() && files.iter().all(|f| fs::copy(out.join(f), tmp.join(f)).is_ok());
     // an incomplete entry (files deleted by hand) is replaced; a complete one was another build's
-    if copied && fs::rename(&tmp, dir).is_err() && !files.iter().all(|f| dir.join(f).exists()) {
+    if copied && fs::rename(&tmp, dir).is_err() && !has_all(dir, files) {
         let _ = fs::remove_dir_all(dir);
         let _ = fs::rename(&tmp, dir);
     }
@@ -393,6 +398,7 @@ fn share(out: &Path, dir: &Path, files: &[String]) {
     }
 }
 
+/// `<target dir>` from OUT_DIR = <target>[/<triple>]/<profile>/build/<pkg>-<hash>/out.
 fn target_dir(out: &Path) -> Option<PathBuf> {
     let build = out.parent()?.parent()?;
     if build.file_name()? != "build" {

@@ -991,9 +991,8 @@ __device__ __forceinline__ void conv_dgrad_epilogue(const float (&acc)[Tl::MI][T
         return;
     }
     // The pre's parameters are loaded once per column pair (channels past cin read channel
-    // cin − 1 and are not summed; per value, under each value's bounds test, they were two or
-    // three loads per value); the bias passes mean 0, invstd 1, for which the BatchNorm formula
-    // gives x + shift exactly. x: both channels of a value pair in one 4-byte load.
+    // cin − 1 and are not summed); the bias passes mean 0, invstd 1, for which the BatchNorm
+    // formula gives x + shift exactly. x: both channels of a value pair in one 4-byte load.
     float mean[2] = {0.f, 0.f}, inv[2] = {1.f, 1.f}, shift[2];
     float su[2] = {0.f, 0.f}, sx[2] = {0.f, 0.f};  // this lane's, of its current column pair
     auto cols_begin = [&](int col) {
