@@ -376,7 +376,16 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     // SPEEDRUN_SELFTEST_TIMES=1: each check's wall time after its lines (where the emulated
     // CI run spends its minutes)
     let times = std::env::var("SPEEDRUN_SELFTEST_TIMES").is_ok_and(|v| v == "1");
+    // SPEEDRUN_SELFTEST_ONLY=a,b: only the checks whose name contains a or b (to time or debug
+    // one part on the emulated GPU); each check left out gets a line, and the summary says so
+    let only = only_filter(std::env::var(ONLY_ENV).ok().as_deref());
+    let mut left_out = 0;
     for (name, check) in &checks {
+        if !only.is_empty() && !only.iter().any(|o| name.contains(o.as_str())) {
+            writeln!(r.out, "-- {name}: not run ({ONLY_ENV})").map_err(io)?;
+            left_out += 1;
+            continue;
+        }
         let t0 = std::time::Instant::now();
         let res = check(gpu, &mut cpu, &mut r);
         if times {
@@ -388,8 +397,23 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     }
 
     let (ok, lines, failed) = (r.ok, r.lines, r.failed);
-    writeln!(r.out, "self-test: {lines} checks, {failed} failed: {}", if ok { "PASS" } else { "FAIL" }).map_err(io)?;
+    let verdict = if ok { "PASS" } else { "FAIL" };
+    if left_out > 0 {
+        let kept = only.join(",");
+        writeln!(r.out, "self-test: {lines} checks, {failed} failed: {verdict} (PARTIAL: {left_out} checks left out by {ONLY_ENV}={kept})")
+            .map_err(io)?;
+    } else {
+        writeln!(r.out, "self-test: {lines} checks, {failed} failed: {verdict}").map_err(io)?;
+    }
     Ok(ok)
+}
+
+/// The environment variable that runs only some of the self-test's checks.
+pub const ONLY_ENV: &str = "SPEEDRUN_SELFTEST_ONLY";
+
+/// `SPEEDRUN_SELFTEST_ONLY`'s comma-separated parts, blanks dropped (empty: every check runs).
+fn only_filter(v: Option<&str>) -> Vec<String> {
+    v.unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
 }
 
 fn check_stem(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report) -> Result<()> {
@@ -1567,6 +1591,14 @@ fn step_profile(gpu: &mut Gpu, step: &mut dyn FnMut(&mut Gpu) -> Result<()>, out
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SPEEDRUN_SELFTEST_ONLY's parts: comma-separated, trimmed, blanks dropped.
+    #[test]
+    fn only_filter_splits_on_commas() {
+        assert!(only_filter(None).is_empty());
+        assert!(only_filter(Some(" , ")).is_empty());
+        assert_eq!(only_filter(Some("conv layer 1, whole step,")), ["conv layer 1", "whole step"]);
+    }
 
     /// The whole self-test on the GPU (every op against the CPU reference, then one training
     /// step end to end).
