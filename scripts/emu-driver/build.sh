@@ -12,7 +12,13 @@ mkdir -p "$out/src"
 out="$(cd "$out" && pwd)"
 # -mf16c: hardware fp16<->f32 conversions (otherwise each is a libgcc call); set EMU_CXXFLAGS=
 # to build for a CPU without F16C.
-flags=(-std=c++20 -O2 -g ${EMU_CXXFLAGS--mf16c} -fPIC -fvisibility=hidden -DEMU_FIBERS -I"$root/scripts/kernel-emu/inc" -I"$root/kernels" -I"$here")
+# -ftls-model=initial-exec: threadIdx, __shared__ (static thread_local here) and the warp tables
+# are thread-locals read on every line of a kernel; the general-dynamic model of a shared
+# library made each read a __tls_get_addr call (14% of the self-test's time). The price: the
+# library's ~1 MB of thread-locals must be in the static TLS block, so it has to be loaded at
+# process start, with LD_PRELOAD (run.sh does); a plain dlopen of it fails with "cannot allocate
+# memory in static TLS block", which the host code reports as no NVIDIA driver.
+flags=(-std=c++20 -O2 -g ${EMU_CXXFLAGS--mf16c} -fPIC -fvisibility=hidden -ftls-model=initial-exec -DEMU_FIBERS -I"$root/scripts/kernel-emu/inc" -I"$root/kernels" -I"$here")
 objs=()
 pids=()
 for cu in "$root"/kernels/*.cu; do

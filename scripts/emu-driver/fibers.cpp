@@ -25,8 +25,9 @@ thread_local double g_xchg[64][32];
 #if !defined(__x86_64__)
 #error "scripts/emu-driver/fibers.cpp: the fiber switch is written for x86-64"
 #endif
-// emu_switch(save, to): saves the callee-saved registers, MXCSR and the x87 control word on the
-// current stack, stores the stack pointer in *save, and resumes the stack `to`.
+// emu_switch(save, to): saves the callee-saved general registers on the current stack, stores
+// the stack pointer in *save, and resumes the stack `to`. MXCSR and the x87 control word are not
+// switched: nothing here changes them, so every fiber and the launcher share the same values.
 extern "C" void emu_switch(void** save, void* to);
 asm(R"(
     .text
@@ -40,14 +41,8 @@ emu_switch:
     pushq %r13
     pushq %r14
     pushq %r15
-    subq $8, %rsp
-    stmxcsr (%rsp)
-    fnstcw 4(%rsp)
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
-    addq $8, %rsp
     popq %r15
     popq %r14
     popq %r13
@@ -59,7 +54,15 @@ emu_switch:
 )");
 
 namespace {
-constexpr size_t STACK = 256 << 10;
+// Each fiber's stack; its top is moved down by the fiber's colour (below), so at least 256 KB
+// are left.
+constexpr size_t STACK = 320 << 10;
+// Stacks from mmap all start on a page (and here 64 KB) boundary, so their tops, the lines each
+// fiber touches at every switch, would all fall in the same cache sets: with 128-1024 fibers a
+// block overflows the ways and every switch misses (72% of emu_switch's samples were its first
+// load from the new stack). Fiber i's top is (33·i mod 1024) lines lower: spread over all sets of
+// a 64 KB period (33 and 1024 are coprime).
+uintptr_t colour(int i) { return (uintptr_t)((33 * i) % 1024) * 64; }
 
 struct Barrier {
     int expected = 0, count = 0;
@@ -76,7 +79,7 @@ struct Fiber {
 struct Sched {
     void* main = nullptr;
     std::vector<Fiber*> fibers;
-    int cur = 0, alive = 0;
+    int cur = 0, alive = 0, nt = 0;
     Barrier block;
     std::vector<Barrier> warps;
     const std::function<void()>* f = nullptr;
@@ -90,16 +93,36 @@ void release(Barrier& b) {
     b.count = 0;
     b.gen++;
 }
-void arrive(Barrier& b) {
+bool runnable(const Fiber& f) { return !f.done && !(f.waiting && f.on->gen == f.gen); }
+// Suspends fiber fb and resumes the next runnable fiber after it, in the launcher's round-robin
+// order (0, 1, ..., nt - 1, 0, ...), directly: one switch instead of two through the launcher.
+// With none runnable (all done, or a deadlock) it returns to the launcher, which tells which.
+void yield_from(Fiber& fb) {
+    for (int k = 1, i = S.cur; k <= S.nt; k++) {
+        if (++i == S.nt) i = 0;
+        Fiber& f = *S.fibers[i];
+        if (!runnable(f)) continue;
+        f.waiting = false;
+        S.cur = i;
+        threadIdx = f.tid;
+        emu_switch(&fb.sp, f.sp);
+        return;
+    }
+    emu_switch(&fb.sp, S.main);
+}
+// Returns true when this arrival completes the barrier: the fiber goes on at once, while the
+// others are still suspended until it yields (sm80.h's leader lanes rely on that).
+bool arrive(Barrier& b) {
     Fiber& fb = *S.fibers[S.cur];
     if (++b.count >= b.expected) {
         release(b);
-        return;
+        return true;
     }
     fb.waiting = true;
     fb.on = &b;
     fb.gen = b.gen;
-    emu_switch(&fb.sp, S.main);
+    yield_from(fb);
+    return false;
 }
 void leave(Barrier& b) {
     b.expected--;
@@ -113,16 +136,15 @@ void trampoline() {
     leave(S.block);
     const dim3 t = fb.tid;
     leave(S.warps[(t.x + t.y * blockDim.x + t.z * blockDim.x * blockDim.y) / 32]);
-    emu_switch(&fb.sp, S.main);
+    yield_from(fb);
     abort();  // never resumed
 }
-// A fresh fiber's stack: the frame emu_switch pops (MXCSR/FPU control word, six registers) and
-// trampoline as its return address, placed so that trampoline starts with the ABI's alignment.
-void* fresh_stack(void* stack) {
-    uintptr_t ret = ((uintptr_t)stack + STACK - 16) & ~(uintptr_t)15;
-    uint64_t* f = (uint64_t*)(ret - 56);
-    f[0] = 0x1F80ull | (0x037Full << 32);  // MXCSR default, x87 control word default
-    for (int i = 1; i < 7; i++) f[i] = 0;
+// A fresh fiber's stack: the frame emu_switch pops (six registers) and trampoline as its return
+// address, placed so that trampoline starts with the ABI's alignment.
+void* fresh_stack(void* stack, int i) {
+    uintptr_t ret = ((uintptr_t)stack + STACK - 16 - colour(i)) & ~(uintptr_t)15;
+    uint64_t* f = (uint64_t*)(ret - 48);
+    for (int i = 0; i < 6; i++) f[i] = 0;
     *(uint64_t*)ret = (uint64_t)(uintptr_t)&trampoline;
     return f;
 }
@@ -147,18 +169,21 @@ bool run_block(unsigned bx, unsigned by, unsigned bz, int nt) {
     for (int w = 0; w < (nt + 31) / 32; w++) S.warps[w].expected = std::min(32, nt - 32 * w);
     for (int i = 0; i < nt; i++) {
         Fiber& fb = *S.fibers[i];
-        fb.sp = fresh_stack(fb.stack);
+        fb.sp = fresh_stack(fb.stack, i);
         fb.tid.x = i % blockDim.x;
         fb.tid.y = (i / blockDim.x) % blockDim.y;
         fb.tid.z = i / (blockDim.x * blockDim.y);
         fb.done = fb.waiting = false;
     }
     S.alive = nt;
+    S.nt = nt;
+    // the fibers switch among themselves (yield_from) and come back here only when none is
+    // runnable: all done, or a deadlock (this pass then finds no progress)
     while (S.alive > 0) {
         bool progress = false;
         for (int i = 0; i < nt; i++) {
             Fiber& fb = *S.fibers[i];
-            if (fb.done || (fb.waiting && fb.on->gen == fb.gen)) continue;
+            if (!runnable(fb)) continue;
             fb.waiting = false;
             S.cur = i;
             threadIdx = fb.tid;
@@ -246,7 +271,7 @@ struct Pool {
 }  // namespace
 
 void emu_block_sync() { arrive(S.block); }
-void emu_warp_sync(int w) { arrive(S.warps[w]); }
+bool emu_warp_sync(int w) { return arrive(S.warps[w]); }
 unsigned char* emu_dyn_smem() { return S.dyn.data(); }
 size_t emu_dyn_smem_bytes() { return S.dyn_bytes; }
 unsigned long long emu_block_serial() { return S.blocks_run; }

@@ -37,6 +37,10 @@ lap "emulated driver built"
 echo "== the emulated driver's own checks (scripts/emu-driver/selfcheck.cpp)"
 lib="$root/target/emu-driver/libcuda.so.1"
 g++ -std=c++20 -O1 "$here/selfcheck.cpp" -o "$root/target/emu-driver/selfcheck" -ldl
+# loaded at process start in everything below (build.sh: its thread-locals are initial-exec, so a
+# later dlopen of it alone would fail); cudarc's and build.rs's dlopen("libcuda.so.1") then find
+# it by its soname
+export LD_PRELOAD="$lib"
 "$root/target/emu-driver/selfcheck" "$lib" basic 2>/dev/null
 "$root/target/emu-driver/selfcheck" "$lib" uaf 2>/dev/null
 EMU_REDZONE=1 "$root/target/emu-driver/selfcheck" "$lib" redzone 2>/dev/null

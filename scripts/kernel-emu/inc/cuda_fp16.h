@@ -27,7 +27,7 @@ extern dim3 blockDim, gridDim;
 // scripts/emu-driver: a block's threads are cooperative fibers on one OS thread (blocks run in
 // parallel on a few OS threads), so shared memory is per OS thread and barriers are fiber yields.
 void emu_block_sync();
-void emu_warp_sync(int warp);
+bool emu_warp_sync(int warp);  // true for the lane whose arrival completed the barrier
 unsigned long long emu_block_serial();  // a number for the block running on this OS thread, new per block
 inline void __syncthreads() { emu_block_sync(); }
 #define __shared__ static thread_local

@@ -1,8 +1,8 @@
 // Host emulation of the sm_80 warp-level instructions that kernels/common.cuh wraps
 // (mma_16816, ldmatrix_x4, cp_async16 / commit / wait), lane by lane, with the fragment layouts
 // of the PTX ISA ("Matrix Fragments for mma.m16n8k16", "ldmatrix"): each lane hands its operands
-// to a per-warp table, the warp meets at a barrier, and each lane computes exactly the values the
-// hardware would give it. A wrong lane→element mapping in a kernel therefore gives wrong numbers
+// to a per-warp table, the warp meets at a barrier, and each lane gets exactly the values the
+// hardware would give it (computed once per warp with fibers; see emu_meet). A wrong lane→element mapping in a kernel therefore gives wrong numbers
 // here, as it would on a GPU (assuming this file reads the ISA right; smoke_mma_f16 on a real
 // GPU is the cross-check).
 //
@@ -15,6 +15,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
 #define EMU_KERNELS 1
 
 inline int emu_tid() { return threadIdx.x + threadIdx.y * blockDim.x + threadIdx.z * blockDim.x * blockDim.y; }
@@ -22,14 +25,25 @@ inline int emu_tid() { return threadIdx.x + threadIdx.y * blockDim.x + threadIdx
 // so one barrier per op suffices (a lane can only reuse table n % 2 at op n + 2, after every lane
 // has passed op n + 1's barrier, i.e. finished reading op n). Each entry carries the op number:
 // a lane that reads an entry of another op number (lanes of a warp out of step) aborts.
+//
+// With EMU_FIBERS (a block's threads are cooperative fibers) the lane whose arrival completes the
+// warp's barrier is the leader: the others are suspended at the barrier, so it computes every
+// lane's result from the table at that one instant and writes it through the lane's `out`
+// (registers on the suspended lane's stack), once per warp instead of once per lane. A lane
+// resumed by anything else (other lanes of its warp exited) finds emu_done stale and aborts.
+// Without fibers (--tsan: concurrent OS threads) each lane computes its own result after the
+// barrier, from the same functions.
 struct EmuLane {
     unsigned long long n;  // collective ops this lane has done
     float f[12];  // mma: the lane's A (8) and B (4) values, in register order
-    const half* ptr;
+    float c[4];   // mma: the lane's accumulators (C)
+    const half* ptr;  // ldmatrix: the lane's row address
+    void* out;  // the lane's result registers (mma: float[4], ldmatrix: unsigned[4])
 };
 #ifdef EMU_FIBERS
 inline thread_local EmuLane emu_tab[2][64][32];
 inline thread_local unsigned long long emu_nops[1024];
+inline thread_local unsigned long long emu_done[64];  // per warp: 1 + the last op its leader computed
 #else
 inline EmuLane emu_tab[2][64][32];
 inline thread_local unsigned long long emu_nops[1];
@@ -49,17 +63,42 @@ inline EmuLane& emu_entry(int& w, int& l, int& par) {
     e.n = n++;
     return e;
 }
-// Waits for the warp; returns lane `src`'s entry of this op.
-inline void emu_meet(int w) { emu_warp_barrier(w); }
+[[noreturn]] inline void emu_out_of_step(int w, unsigned long long a, unsigned long long b) {
+    fprintf(stderr, "emulated warp %d: lanes out of step in a collective op (%llu vs %llu)\n", w, a, b);
+    abort();
+}
+// Lane `src`'s entry of this op.
 inline const EmuLane& emu_peer(int par, int w, int src, const EmuLane& mine) {
     const EmuLane& e = emu_tab[par][w][src];
-    if (e.n != mine.n) {
-        fprintf(stderr, "emulated warp %d: lanes out of step in a collective op (%llu vs %llu)\n", w, e.n, mine.n);
-        abort();
-    }
+    if (e.n != mine.n) emu_out_of_step(w, e.n, mine.n);
     return e;
 }
+// Waits for the warp. With fibers: runs lane(l, out) for every lane l of the warp, once, by the
+// leader; without: lane(own lane, own out) after the barrier.
+template <class F> inline void emu_meet(int w, int l, int par, const EmuLane& me, F lane) {
+#ifdef EMU_FIBERS
+    if (emu_warp_sync(w)) {
+        for (int src = 0; src < 32; src++) lane(src, emu_peer(par, w, src, me).out);
+        emu_done[w] = me.n + 1;
+    } else if (emu_done[w] != me.n + 1) {
+        emu_out_of_step(w, emu_done[w] - 1, me.n);
+    }
+#else
+    (void)par;
+    emu_warp_barrier(w);
+    lane(l, me.out);
+#endif
+}
 
+// 16 halves to floats (F16C: two instructions instead of 16 conversions through a register)
+inline void emu_h2f16(const half* h, float* out) {
+#ifdef __F16C__
+    for (int i = 0; i < 16; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
+#else
+    for (int i = 0; i < 16; i++) out[i] = (float)h[i];
+#endif
+}
 inline float emu_half_of(unsigned u, int hi) {
     half h[2];
     memcpy(h, &u, 4);
@@ -90,38 +129,47 @@ inline void emu_check_dyn(const void* p, size_t n) {
 
 inline unsigned dyn_smem_bytes() { return (unsigned)emu_dyn_smem_bytes(); }
 
+// One warp's D = A·B + C of mma.m16n8k16 from its 32 entries of op `par`. Lane l (g = l/4,
+// q = l%4) holds A(g, 2q..2q+1), A(g+8, 2q..), A(g, 2q+8..), A(g+8, 2q+8..) in its four A
+// registers (the PTX ISA's "A(r, k) sits in lane (r%8)·4 + (k%8)/2, register (r ≥ 8) + 2·(k ≥ 8),
+// half k%2"), B(2q..2q+1, g), B(2q+8.., g) in its two B registers, and C/D(g + 8h, 2q + e) as
+// element 2h + e. Each sum runs k = 0..15 in order from C.
+inline void emu_mma_warp(int par, int w, const EmuLane& me, float (&D)[16][8]) {
+    float A[16][16], B[16][8];
+    for (int l = 0; l < 32; l++) {
+        const EmuLane& e = emu_peer(par, w, l, me);
+        const int g = l / 4, q = 2 * (l % 4);
+        const float* f = e.f;
+        A[g][q] = f[0], A[g][q + 1] = f[1], A[g + 8][q] = f[2], A[g + 8][q + 1] = f[3];
+        A[g][q + 8] = f[4], A[g][q + 9] = f[5], A[g + 8][q + 8] = f[6], A[g + 8][q + 9] = f[7];
+        B[q][g] = f[8], B[q + 1][g] = f[9], B[q + 8][g] = f[10], B[q + 9][g] = f[11];
+        D[g][q] = e.c[0], D[g][q + 1] = e.c[1], D[g + 8][q] = e.c[2], D[g + 8][q + 1] = e.c[3];
+    }
+    for (int r = 0; r < 16; r++)
+        for (int k = 0; k < 16; k++)
+            for (int n = 0; n < 8; n++) D[r][n] += A[r][k] * B[k][n];
+}
 inline void mma_16816(float* d, const unsigned* a, const unsigned* b) {
     int w, l, par;
     EmuLane& me = emu_entry(w, l, par);
-    for (int i = 0; i < 8; i++) me.f[i] = emu_half_of(a[i >> 1], i & 1);  // a0.lo, a0.hi, a1.lo, ...
+    // a0.lo, a0.hi, a1.lo, ..., then b0.lo, ... (the halves in memory order)
+#ifdef __F16C__
+    _mm256_storeu_ps(me.f, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a))));
+    _mm_storeu_ps(me.f + 8, _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b))));
+#else
+    for (int i = 0; i < 8; i++) me.f[i] = emu_half_of(a[i >> 1], i & 1);
     for (int i = 0; i < 4; i++) me.f[8 + i] = emu_half_of(b[i >> 1], i & 1);
-    emu_meet(w);
-    // A(r, k) sits in lane (r%8)·4 + (k%8)/2, register (r ≥ 8) + 2·(k ≥ 8), half k%2;
-    // B(k, n) in lane n·4 + (k%8)/2, register (k ≥ 8), half k%2.
-    const int g = l / 4, q = l % 4;
-    float bcol[2][16], arow[2][16];
-    for (int kq = 0; kq < 4; kq++) {
-        for (int e = 0; e < 2; e++) {
-            const float* p = emu_peer(par, w, (2 * q + e) * 4 + kq, me).f + 8;
-            bcol[e][2 * kq] = p[0];
-            bcol[e][2 * kq + 1] = p[1];
-            bcol[e][2 * kq + 8] = p[2];
-            bcol[e][2 * kq + 9] = p[3];
-        }
-        const float* p = emu_peer(par, w, g * 4 + kq, me).f;  // rows g (regs 0, 2) and g + 8 (regs 1, 3)
-        for (int h = 0; h < 2; h++) {
-            arow[h][2 * kq] = p[2 * h];
-            arow[h][2 * kq + 1] = p[2 * h + 1];
-            arow[h][2 * kq + 8] = p[4 + 2 * h];
-            arow[h][2 * kq + 9] = p[4 + 2 * h + 1];
-        }
-    }
-    for (int h = 0; h < 2; h++)
-        for (int e = 0; e < 2; e++) {
-            float s = d[2 * h + e];
-            for (int k = 0; k < 16; k++) s += arow[h][k] * bcol[e][k];
-            d[2 * h + e] = s;
-        }
+#endif
+    for (int i = 0; i < 4; i++) me.c[i] = d[i];
+    me.out = d;
+    float D[16][8];
+    bool done = false;  // D computed (once per leader, or once per lane without fibers)
+    emu_meet(w, l, par, me, [&](int src, void* out) {
+        if (!done) emu_mma_warp(par, w, me, D), done = true;
+        const int g = src / 4, q = 2 * (src % 4);
+        float* o = static_cast<float*>(out);
+        o[0] = D[g][q], o[1] = D[g][q + 1], o[2] = D[g + 8][q], o[3] = D[g + 8][q + 1];
+    });
 }
 
 template <bool TRANS> inline void ldmatrix_x4(unsigned* r, const half* p) {
@@ -130,17 +178,20 @@ template <bool TRANS> inline void ldmatrix_x4(unsigned* r, const half* p) {
     assert(((uintptr_t)p % 16) == 0 && "ldmatrix row addresses must be 16-byte aligned");
     emu_check_dyn(p, 16);
     me.ptr = p;
-    emu_meet(w);
-    for (int j = 0; j < 4; j++) {
-        if (!TRANS) {  // row l/4, columns 2(l%4), 2(l%4) + 1
-            const half* row = emu_peer(par, w, 8 * j + l / 4, me).ptr;
-            r[j] = emu_pack(row[2 * (l % 4)], row[2 * (l % 4) + 1]);
-        } else {  // column l/4 of rows 2(l%4), 2(l%4) + 1
-            const half* r0 = emu_peer(par, w, 8 * j + 2 * (l % 4), me).ptr;
-            const half* r1 = emu_peer(par, w, 8 * j + 2 * (l % 4) + 1, me).ptr;
-            r[j] = emu_pack(r0[l / 4], r1[l / 4]);
+    me.out = r;
+    emu_meet(w, l, par, me, [&](int src, void* out) {
+        unsigned* o = static_cast<unsigned*>(out);
+        for (int j = 0; j < 4; j++) {
+            if (!TRANS) {  // row src/4, columns 2(src%4), 2(src%4) + 1
+                const half* row = emu_peer(par, w, 8 * j + src / 4, me).ptr;
+                o[j] = emu_pack(row[2 * (src % 4)], row[2 * (src % 4) + 1]);
+            } else {  // column src/4 of rows 2(src%4), 2(src%4) + 1
+                const half* r0 = emu_peer(par, w, 8 * j + 2 * (src % 4), me).ptr;
+                const half* r1 = emu_peer(par, w, 8 * j + 2 * (src % 4) + 1, me).ptr;
+                o[j] = emu_pack(r0[src / 4], r1[src / 4]);
+            }
         }
-    }
+    });
 }
 
 struct EmuCpOp {
@@ -320,40 +371,69 @@ struct EmuWgOperand {
                "wgmma operand outside the launch's dynamic shared memory");
         (void)end;
     }
-    // the element's 16 bits
-    unsigned short bits(int r, int k) const {
+    // the element's address in shared memory, swizzled
+    unsigned phys(int r, int k) const {
         const unsigned logical = mn ? start + (unsigned)(r / 64) * lbo + (unsigned)(k / 8) * sbo + (unsigned)(k % 8) * 128 +
                                           2u * (unsigned)(r % 64)
                                     : start + (unsigned)(r / 8) * sbo + (unsigned)(r % 8) * 128 + 2u * (unsigned)k;
-        const unsigned phys = logical ^ (((logical >> 7) & 7u) << 4);
+        return logical ^ (((logical >> 7) & 7u) << 4);
+    }
+    // the element's 16 bits
+    unsigned short bits(int r, int k) const {
         unsigned short b;
-        memcpy(&b, base + phys, 2);
+        memcpy(&b, base + phys(r, k), 2);
         return b;
     }
-    float at(int r, int k) const {
-        const unsigned short b = bits(r, k);
-        half h;
-        memcpy(&h, &b, 2);
-        return (float)h;
+    // row r's 16 elements (k = 0..15). K-major: k = 0..7 and 8..15 are each one 16-byte chunk
+    // (start is a multiple of 16 bytes, and the swizzle moves whole chunks), read at once.
+    void row(int r, float (&out)[16]) const {
+        half h[16];
+        if (!mn) {
+            memcpy(h, base + phys(r, 0), 16);
+            memcpy(h + 8, base + phys(r, 8), 16);
+        } else {
+            for (int k = 0; k < 16; k++) memcpy(&h[k], base + phys(r, k), 2);
+        }
+        emu_h2f16(h, out);
     }
 };
-inline void emu_wgmma_run(const EmuWgmma& op) {
+// NC = N/4 as a constant, so that the column loops vectorize at -O2
+template <int NC> inline void emu_wgmma_cols(const EmuWgmma& op) {
     const int t = emu_tid() % 128, w = t / 32, l = t % 32, g = l / 4, q = l % 4;
     const EmuWgOperand A(op.da, op.ta, 64), B(op.db, op.tb, op.n);
-    float a[2][16];
-    for (int h = 0; h < 2; h++)
-        for (int k = 0; k < 16; k++) a[h][k] = A.at(16 * w + g + 8 * h, k);
-    for (int j = 0; j < op.n / 8; j++)
-        for (int e = 0; e < 2; e++) {
-            float b[16];
-            for (int k = 0; k < 16; k++) b[k] = B.at(8 * j + 2 * q + e, k);
-            for (int h = 0; h < 2; h++) {
-                float& dv = op.d[4 * j + 2 * h + e];
-                float s = op.scale_d ? dv : 0.f;
-                for (int k = 0; k < 16; k++) s += a[h][k] * b[k];
-                dv = s;
+    // this thread's columns n = 8j + 2q + e as c = 2j + e; the sums run over c innermost, each
+    // still k = 0..15 in order from d
+    float a[2][16], bt[16][NC], s[2][NC];
+    for (int h = 0; h < 2; h++) A.row(16 * w + g + 8 * h, a[h]);
+    if (B.mn) {  // columns 8j + 2q and + 1 are next to each other in a k row: one 4-byte load
+        for (int j = 0; j < NC / 2; j++)
+            for (int k = 0; k < 16; k++) {
+                half pair[2];
+                memcpy(pair, B.base + B.phys(8 * j + 2 * q, k), 4);
+                bt[k][2 * j] = (float)pair[0], bt[k][2 * j + 1] = (float)pair[1];
             }
+    } else {
+        for (int c = 0; c < NC; c++) {
+            float b[16];
+            B.row(8 * (c / 2) + 2 * q + c % 2, b);
+            for (int k = 0; k < 16; k++) bt[k][c] = b[k];
         }
+    }
+    for (int c = 0; c < NC; c++)
+        for (int h = 0; h < 2; h++) s[h][c] = op.scale_d ? op.d[4 * (c / 2) + 2 * h + c % 2] : 0.f;
+    for (int k = 0; k < 16; k++)
+        for (int h = 0; h < 2; h++)
+            for (int c = 0; c < NC; c++) s[h][c] += a[h][k] * bt[k][c];
+    for (int c = 0; c < NC; c++)
+        for (int h = 0; h < 2; h++) op.d[4 * (c / 2) + 2 * h + c % 2] = s[h][c];
+}
+inline void emu_wgmma_run(const EmuWgmma& op) {
+    switch (op.n) {
+        case 32: return emu_wgmma_cols<8>(op);
+        case 64: return emu_wgmma_cols<16>(op);
+        case 256: return emu_wgmma_cols<64>(op);
+        default: assert(!"emulated wgmma: N is 32, 64 or 256");
+    }
 }
 // At issue (by the warpgroup's first thread): a wgmma reads its operands when the hardware gets
 // to it, which may be right away, so every element must have landed then; the emulator computes
