@@ -97,16 +97,18 @@ bool runnable(const Fiber& f) { return !f.done && !(f.waiting && f.on->gen == f.
 // Suspends fiber fb and resumes the next runnable fiber after it, in the launcher's round-robin
 // order (0, 1, ..., nt - 1, 0, ...), directly: one switch instead of two through the launcher.
 // With none runnable (all done, or a deadlock) it returns to the launcher, which tells which.
+// Resumes fiber i, saving the current stack pointer (a fiber's or the launcher's) in *save.
+void resume(int i, void** save) {
+    Fiber& f = *S.fibers[i];
+    f.waiting = false;
+    S.cur = i;
+    threadIdx = f.tid;
+    emu_switch(save, f.sp);
+}
 void yield_from(Fiber& fb) {
     for (int k = 1, i = S.cur; k <= S.nt; k++) {
         if (++i == S.nt) i = 0;
-        Fiber& f = *S.fibers[i];
-        if (!runnable(f)) continue;
-        f.waiting = false;
-        S.cur = i;
-        threadIdx = f.tid;
-        emu_switch(&fb.sp, f.sp);
-        return;
+        if (runnable(*S.fibers[i])) return resume(i, &fb.sp);
     }
     emu_switch(&fb.sp, S.main);
 }
@@ -182,12 +184,8 @@ bool run_block(unsigned bx, unsigned by, unsigned bz, int nt) {
     while (S.alive > 0) {
         bool progress = false;
         for (int i = 0; i < nt; i++) {
-            Fiber& fb = *S.fibers[i];
-            if (!runnable(fb)) continue;
-            fb.waiting = false;
-            S.cur = i;
-            threadIdx = fb.tid;
-            emu_switch(&S.main, fb.sp);
+            if (!runnable(*S.fibers[i])) continue;
+            resume(i, &S.main);
             progress = true;
         }
         if (!progress) return false;
