@@ -94,9 +94,6 @@ void release(Barrier& b) {
     b.gen++;
 }
 bool runnable(const Fiber& f) { return !f.done && !(f.waiting && f.on->gen == f.gen); }
-// Suspends fiber fb and resumes the next runnable fiber after it, in the launcher's round-robin
-// order (0, 1, ..., nt - 1, 0, ...), directly: one switch instead of two through the launcher.
-// With none runnable (all done, or a deadlock) it returns to the launcher, which tells which.
 // Resumes fiber i, saving the current stack pointer (a fiber's or the launcher's) in *save.
 void resume(int i, void** save) {
     Fiber& f = *S.fibers[i];
@@ -105,6 +102,9 @@ void resume(int i, void** save) {
     threadIdx = f.tid;
     emu_switch(save, f.sp);
 }
+// Suspends fiber fb and resumes the next runnable fiber after it, in the launcher's round-robin
+// order (0, 1, ..., nt - 1, 0, ...), directly: one switch instead of two through the launcher.
+// With none runnable (all done, or a deadlock) it returns to the launcher, which tells which.
 void yield_from(Fiber& fb) {
     for (int k = 1, i = S.cur; k <= S.nt; k++) {
         if (++i == S.nt) i = 0;

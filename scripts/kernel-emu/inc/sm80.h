@@ -2,9 +2,9 @@
 // (mma_16816, ldmatrix_x4, cp_async16 / commit / wait), lane by lane, with the fragment layouts
 // of the PTX ISA ("Matrix Fragments for mma.m16n8k16", "ldmatrix"): each lane hands its operands
 // to a per-warp table, the warp meets at a barrier, and each lane gets exactly the values the
-// hardware would give it (computed once per warp with fibers; see emu_meet). A wrong lane→element mapping in a kernel therefore gives wrong numbers
-// here, as it would on a GPU (assuming this file reads the ISA right; smoke_mma_f16 on a real
-// GPU is the cross-check).
+// hardware would give it (computed once per warp with fibers; see emu_meet). A wrong lane→element
+// mapping in a kernel therefore gives wrong numbers here, as it would on a GPU (assuming this
+// file reads the ISA right; smoke_mma_f16 on a real GPU is the cross-check).
 //
 // cp.async is deferred like the hardware's: the destination is poisoned with NaN at issue and
 // filled only at the cp_async_wait that retires its group, so a missing wait, or a stage
