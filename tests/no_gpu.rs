@@ -38,7 +38,7 @@ fn assert_gpu_error(code: i32, stderr: &str, needle: &str) {
 )]
 fn no_driver_is_one_clear_sentence() {
     let (code, stderr) = run(&[]);
-    assert_gpu_error(code, &stderr, "no NVIDIA driver found (libcuda.so.1 could not be loaded)");
+    assert_gpu_error(code, &stderr, "no NVIDIA driver found (libcuda.so.1 could not be loaded: libcuda.so.1: ");
     eprintln!("binary said: {}", stderr.trim_end());
 }
 

@@ -293,6 +293,18 @@ const SYMBOLS_USED: &[&str] = &[
     "cuMemGetInfo_v2",
 ];
 
+/// Why libcuda.so.1 cannot be loaded, in the dynamic loader's words (cudarc only tells whether
+/// it can): "cannot open shared object file" (no driver installed) differs from a driver library
+/// that is there but broken.
+fn dlopen_error() -> String {
+    // SAFETY: dlopens libcuda.so.1 (running its initialisers, as cudarc would) and closes it again.
+    match unsafe { libloading::Library::new("libcuda.so.1") } {
+        Ok(_) => "it loads under this name, but none of cudarc's names did".into(),
+        // libloading says "dlopen failed"; the loader's own text is its source
+        Err(e) => std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string()),
+    }
+}
+
 impl Gpu {
     /// Opens device `ordinal` and loads every embedded kernel module. Never panics; see the module
     /// docs for the order of checks and their messages.
@@ -300,7 +312,10 @@ impl Gpu {
         // 1. The driver library. cudarc panics (it does not return Err) when it cannot load it.
         // SAFETY: only dlopens the candidate library names and closes them again.
         if !unsafe { sys::is_culib_present() } {
-            return Err(Error::Gpu("no NVIDIA driver found (libcuda.so.1 could not be loaded)".into()));
+            return Err(Error::Gpu(format!(
+                "no NVIDIA driver found (libcuda.so.1 could not be loaded: {})",
+                dlopen_error()
+            )));
         }
         if let Some(s) = missing_symbol(SYMBOLS_INIT) {
             return Err(Error::Gpu(format!(
