@@ -379,6 +379,7 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     // SPEEDRUN_SELFTEST_ONLY=a,b: only the checks whose name contains a or b (to time or debug
     // one part on the emulated GPU); each check left out gets a line, and the summary says so
     let only = only_filter(std::env::var(ONLY_ENV).ok().as_deref());
+    only_matches(&only, checks.iter().map(|(n, _)| n.as_str()))?;
     let mut left_out = 0;
     for (name, check) in &checks {
         if !only.is_empty() && !only.iter().any(|o| name.contains(o.as_str())) {
@@ -414,6 +415,21 @@ pub const ONLY_ENV: &str = "SPEEDRUN_SELFTEST_ONLY";
 /// `SPEEDRUN_SELFTEST_ONLY`'s comma-separated parts, blanks dropped (empty: every check runs).
 fn only_filter(v: Option<&str>) -> Vec<String> {
     v.unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+/// A part of the filter that names no check (a typo would otherwise run nothing and pass) is a
+/// usage error that lists the checks.
+fn only_matches<'a>(only: &[String], names: impl Iterator<Item = &'a str> + Clone) -> Result<()> {
+    for o in only {
+        if !names.clone().any(|n| n.contains(o.as_str())) {
+            let all: Vec<&str> = names.collect();
+            return Err(Error::Usage(format!(
+                "{ONLY_ENV}: {o:?} is in no check's name; the checks: {}",
+                all.join("; ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn check_stem(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report) -> Result<()> {
@@ -1598,6 +1614,18 @@ mod tests {
         assert!(only_filter(None).is_empty());
         assert!(only_filter(Some(" , ")).is_empty());
         assert_eq!(only_filter(Some("conv layer 1, whole step,")), ["conv layer 1", "whole step"]);
+    }
+
+    /// Every part of the filter must be in some check's name; the error lists the checks.
+    #[test]
+    fn only_filter_that_names_no_check_is_a_usage_error() {
+        let names = ["stem", "conv layer 0", "whole step"];
+        assert!(only_matches(&only_filter(Some("layer 0,stem")), names.iter().copied()).is_ok());
+        assert!(only_matches(&[], names.iter().copied()).is_ok());
+        let e = only_matches(&only_filter(Some("stem,layr 0")), names.iter().copied()).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let msg = e.to_string();
+        assert!(msg.contains("\"layr 0\" is in no check's name") && msg.contains("conv layer 0; whole step"), "{msg}");
     }
 
     /// The whole self-test on the GPU (every op against the CPU reference, then one training
