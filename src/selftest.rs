@@ -399,13 +399,11 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
 
     let (ok, lines, failed) = (r.ok, r.lines, r.failed);
     let verdict = if ok { "PASS" } else { "FAIL" };
-    if left_out > 0 {
-        let kept = only.join(",");
-        writeln!(r.out, "self-test: {lines} checks, {failed} failed: {verdict} (PARTIAL: {left_out} checks left out by {ONLY_ENV}={kept})")
-            .map_err(io)?;
-    } else {
-        writeln!(r.out, "self-test: {lines} checks, {failed} failed: {verdict}").map_err(io)?;
-    }
+    let partial = match left_out {
+        0 => String::new(),
+        n => format!(" (PARTIAL: {n} checks left out by {ONLY_ENV}={})", only.join(",")),
+    };
+    writeln!(r.out, "self-test: {lines} checks, {failed} failed: {verdict}{partial}").map_err(io)?;
     Ok(ok)
 }
 
