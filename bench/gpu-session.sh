@@ -66,11 +66,13 @@ case "$what" in
   bench) $BIN bench 2>&1 | tee -a "$log" ;;
   one) $BIN --no-download --csv "$OUT/curves.csv" 2>&1 | tee -a "$log" ;;
   runs) $BIN --no-download --runs "${2:-25}" "${@:3}" --json "$OUT/runs.json" 2>&1 | tee -a "$log"
+        status=${PIPESTATUS[0]}
         # a failure while tuning over every path (a wgmma fault loses the context): once more
         # without wgmma rather than losing the call
-        if [ "${PIPESTATUS[0]}" != 0 ] && [ -z "${SPEEDRUN_CONV-}" ] && ! grep -q "^kernel autotune" "$log"; then
+        if [ "$status" != 0 ] && [ -z "${SPEEDRUN_CONV-}" ] && ! grep -q "^kernel autotune" "$log"; then
           echo "# the run failed before its autotune ended: again with SPEEDRUN_CONV=mma,mma128,mixed" | tee -a "$log"
           SPEEDRUN_CONV=mma,mma128,mixed $BIN --no-download --runs "${2:-25}" "${@:3}" --json "$OUT/runs.json" 2>&1 | tee -a "$log"
+          status=${PIPESTATUS[0]}
         fi ;;
   first) { $BIN selftest | tee "$OUT/selftest.txt"; echo "# selftest exit status: ${PIPESTATUS[0]}";
            # the runs below need a working conv path: if only mma lines failed, train on wmma
@@ -88,6 +90,8 @@ case "$what" in
     sed -E "s/for run in range\([0-9]+\)/for run in range(${2:-25})/" airbench/airbench94_muon.py > airbench/.run.py
     (cd airbench && python3 .run.py) 2>&1 | tee -a "$log" ;;
 esac
-status=${PIPESTATUS[0]}
+last=${PIPESTATUS[0]}
+# the trainer's exit status (the runs step set it above: its last pipeline is a test, not the run)
+[ "$what" = runs ] || status=$last
 echo "# exit status: $status" >> "$log"
 exit "$status"
