@@ -60,6 +60,11 @@ log="$OUT/$(date -u +%Y%m%d-%H%M%S)-$what.log"
   echo "# date: $(date -u)"
   echo "# env: SPEEDRUN_CONV=${SPEEDRUN_CONV-} SPEEDRUN_EPILOGUE_SUMS=${SPEEDRUN_EPILOGUE_SUMS-} (unset: the defaults); binary $BIN"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || echo "# nvidia-smi unavailable"
+  # what else loads the machine (airbench launches from Python, so a busy CPU slows it; its
+  # 2026-11-27 timings ran 1.5x slower than the day before with nothing here to say why)
+  echo "# load: $(uptime 2>&1)"
+  nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader 2>&1 | sed 's/^/# gpu process: /'
+  ps -eo pid,pcpu,etimes,args --sort=-pcpu 2>/dev/null | head -6 | cut -c1-160 | sed 's/^/# top: /'
 } > "$log"
 case "$what" in
   selftest) $BIN selftest 2>&1 | tee -a "$log" ;;

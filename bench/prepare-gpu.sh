@@ -12,9 +12,12 @@
 # Then, on the device (bench/gpu-session.sh has the steps; g=bench/gpu-session.sh):
 #   call 1, carry ["data/pk1"]:
 #     bash $g unpack data/pk1; bash $g selftest; bash $g bench
-#   call 2, carry ["data/pk2", "data/cifar-10-batches-bin/batches.meta.txt", "airbench"]:
-#     bash $g unpack data/pk2; bash $g runs 25;
-#     SPEEDRUN_BIN=target/nofence/release/speedrun bash $g bench; bash $g airbench 25
+#   call 2, carry ["data/pk2", "airbench"] (./airbench/airbench94_muon.py, fetched, git-ignored):
+#     bash $g unpack data/pk2; bash $g airbench 25; bash $g runs 25
+#     (airbench first, on an idle machine; its warm-up, mostly torch.compile, took 169 s on the
+#     fresh H200 of 2026-11-26 and over 190 s on 2026-11-27's (cut at 200 s), 85 s once cached;
+#     25 runs add about 55 s: give it `timeout 400` and the call 600 s)
+#   call 3 if time is left: SPEEDRUN_BIN=target/nofence/release/speedrun bash $g bench
 #   then here: python3 bench/compare.py <runs.json> <airbench log> (issue 4's side-by-side)
 set -euo pipefail
 cd "$(dirname "$0")/.."
