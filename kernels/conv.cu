@@ -976,35 +976,67 @@ __device__ __forceinline__ void conv_fwd_mma(const half* __restrict__ a, int N, 
                           mma_spare_stage<double, Tl>(As, CEIL_DIV(K, MK)));
 }
 
+// Where the input gradient's epilogue reads the layer input x (both channels of a value pair in
+// one 4-byte word) and the pre's parameters of a column (channels past cin read channel cin − 1
+// and are not summed; the bias passes mean 0, invstd 1, for which the BatchNorm formula gives
+// x + shift exactly). DgradGlobalX: straight from global memory, enough for the mma kernels (16
+// warps per SM hide the loads' latency). DgradSharedX<Tl>: from a copy of the block's tile in
+// shared memory (dgrad_stage_x), for the wgmma kernels.
+struct DgradGlobalX {
+    const half* __restrict__ x;
+    const float *__restrict__ pmean, *__restrict__ pinv, *__restrict__ pshift;
+    int bn, cin, n0;
+    long long m0;
+    __device__ __forceinline__ unsigned pair(int row, int col) const {
+        return *reinterpret_cast<const unsigned*>(x + (m0 + row) * cin + n0 + col);
+    }
+    __device__ __forceinline__ void params(int col, float& mean, float& inv, float& shift) const {
+        const int c = min(n0 + col, cin - 1);
+        mean = bn ? pmean[c] : 0.f;
+        inv = bn ? pinv[c] : 1.f;
+        shift = pshift[c];
+    }
+};
+// The shared-memory layout: x's TM × TN tile, rows ROW bytes apart (16 bytes of padding put the
+// 8 rows a warp reads at one column in distinct banks), then mean, invstd, shift per column (TN
+// floats each), then the epilogue's column sums (red, WGM × TN × 2 floats).
+template <class Tl> struct DgradSharedX {
+    static constexpr int ROW = Tl::TN * 2 + 16, PAR = Tl::TM * ROW, RED = PAR + 3 * Tl::TN * 4,
+                         BYTES = RED + Tl::WGM * Tl::TN * 2 * 4;
+    const unsigned char* base;
+    __device__ __forceinline__ unsigned pair(int row, int col) const {
+        return *reinterpret_cast<const unsigned*>(base + row * ROW + col * 2);
+    }
+    __device__ __forceinline__ void params(int col, float& mean, float& inv, float& shift) const {
+        const float* p = reinterpret_cast<const float*>(base + PAR);
+        mean = p[col];
+        inv = p[Tl::TN + col];
+        shift = p[2 * Tl::TN + col];
+    }
+    __device__ __forceinline__ float (*red() const)[Tl::TN][2] {
+        return reinterpret_cast<float (*)[Tl::TN][2]>(const_cast<unsigned char*>(base) + RED);
+    }
+};
+
 // The input gradient's epilogue from the accumulators: da and, when part is set, pre_bwd's
-// partial sums (mma_col_partials). red: WGM × TN × 2 floats of shared memory no warp still reads.
-template <class Tl>
+// partial sums (mma_col_partials), with x and the parameters read through xs (DgradGlobalX or
+// DgradSharedX). red: WGM × TN × 2 floats of shared memory no warp still reads.
+template <class Tl, class XS>
 __device__ __forceinline__ void conv_dgrad_epilogue(const float (&acc)[Tl::MI][Tl::NJ][4], long long m0, int n0,
-                                                    long long M, int cin, half* __restrict__ da,
-                                                    const half* __restrict__ x, const float* __restrict__ pmean,
-                                                    const float* __restrict__ pinv, const float* __restrict__ pshift,
-                                                    int bn, float* __restrict__ part, float (*red)[Tl::TN][2]) {
+                                                    long long M, int cin, half* __restrict__ da, const XS& xs,
+                                                    float* __restrict__ part, float (*red)[Tl::TN][2]) {
     if (!part) {
         mma_epilogue<Tl>(acc, [&](int row, int col, float v0, float v1) {
             store_f16_pair(da, m0 + row, M, n0 + col, cin, v0, v1);
         });
         return;
     }
-    // The pre's parameters are loaded once per column pair (channels past cin read channel
-    // cin − 1 and are not summed); the bias passes mean 0, invstd 1, for which the BatchNorm
-    // formula gives x + shift exactly. x: both channels of a value pair in one 4-byte load.
-    float mean[2] = {0.f, 0.f}, inv[2] = {1.f, 1.f}, shift[2];
+    // the parameters are read once per column pair
+    float mean[2], inv[2], shift[2];
     float su[2] = {0.f, 0.f}, sx[2] = {0.f, 0.f};  // this lane's, of its current column pair
     auto cols_begin = [&](int col) {
 #pragma unroll
-        for (int e = 0; e < 2; e++) {
-            const int c = min(n0 + col + e, cin - 1);
-            if (bn) {
-                mean[e] = pmean[c];
-                inv[e] = pinv[c];
-            }
-            shift[e] = pshift[c];
-        }
+        for (int e = 0; e < 2; e++) xs.params(col + e, mean[e], inv[e], shift[e]);
     };
     auto cols_done = [&](int j) { mma_col_sums<float, Tl>(j, su, sx, red); };
     mma_epilogue<Tl>(acc, [&](int row, int col, float v0, float v1) {
@@ -1014,7 +1046,7 @@ __device__ __forceinline__ void conv_dgrad_epilogue(const float (&acc)[Tl::MI][T
         if (m >= M || c >= cin) return;
         const float dv[2] = {__half2float(__float2half(v0)), __half2float(__float2half(v1))};
         Half2 xv;  // channels c, c + 1 (c even, cin % 8 == 0)
-        xv.u = *reinterpret_cast<const unsigned*>(x + m * cin + c);
+        xv.u = xs.pair(row, col);
 #pragma unroll
         for (int e = 0; e < 2; e++) {
             float xhat;
@@ -1066,7 +1098,7 @@ __device__ __forceinline__ void conv_dgrad_mma(const half* __restrict__ g, int N
     };
     float acc[4][Tl::NJ][4];
     mma_pipeline<false, true, Tl>(acc, As, Bs, CEIL_DIV(K, MK), issue);
-    conv_dgrad_epilogue<Tl>(acc, m0, n0, M, cin, da, x, pmean, pinv, pshift, bn, part,
+    conv_dgrad_epilogue<Tl>(acc, m0, n0, M, cin, da, DgradGlobalX{x, pmean, pinv, pshift, bn, cin, n0, m0}, part,
                             mma_spare_stage<float, Tl>(As, CEIL_DIV(K, MK)));
 }
 
@@ -1700,6 +1732,39 @@ __device__ __forceinline__ void conv_fwd_wg(const half* __restrict__ a, int N, i
                           wg_spare_stage<double, Tl>(st, CEIL_DIV(9 * cin, WK)));
 }
 
+// The input gradient's epilogue inputs into shared memory (DgradSharedX's layout at st), once
+// the main loop is done: the block's TM × TN tile of x in 16-byte copies (zeros past M and cin),
+// and the pre's parameters per column. On the 128×256 wgmma tile (8 warps per SM) the epilogue's
+// 32 column pairs each waited for their own global loads of x before (tenth session's bench:
+// the sums cost that kernel as much as its GEMM); here the block waits once.
+template <class Tl>
+__device__ __forceinline__ void dgrad_stage_x(unsigned char* st, const half* __restrict__ x,
+                                              const float* __restrict__ pmean, const float* __restrict__ pinv,
+                                              const float* __restrict__ pshift, int bn, long long m0, int n0,
+                                              long long M, int cin) {
+    using S = DgradSharedX<Tl>;
+    constexpr int CPR = Tl::TN / 8, CHUNKS = Tl::TM * CPR;  // 16-byte chunks per row, in the tile
+    static_assert(S::BYTES <= WSTAGES * Tl::STAGE, "the staged tile fits the pipeline's stages");
+    static_assert(CHUNKS % Tl::THREADS == 0 && S::ROW % 16 == 0 && Tl::TN <= Tl::THREADS,
+                  "whole copy rounds, 16-byte aligned rows, one column's parameters per thread");
+    __syncthreads();  // every warpgroup's wgmma groups retired: the stages are free
+#pragma unroll
+    for (int i = 0; i < CHUNKS / Tl::THREADS; i++) {
+        const int k = threadIdx.x + i * Tl::THREADS, r = k / CPR, ch = k % CPR;
+        const long long m = m0 + r;
+        const int c = n0 + ch * 8;
+        const bool ok = m < M && c < cin;
+        cp_async16(reinterpret_cast<half*>(st + r * S::ROW + ch * 16), x + (ok ? m * cin + c : 0), ok ? 16 : 0);
+    }
+    cp_async_commit();
+    float* par = reinterpret_cast<float*>(st + S::PAR);
+    const DgradGlobalX gx{x, pmean, pinv, pshift, bn, cin, n0, m0};
+    const int col = threadIdx.x;
+    if (col < Tl::TN) gx.params(col, par[col], par[Tl::TN + col], par[2 * Tl::TN + col]);
+    cp_async_wait<0>();
+    __syncthreads();
+}
+
 // conv_dgrad_mma's contract on wgmma, with B = wk [cin][9·cout] (conv_weights_f16, kmajor = 1:
 // wk[ci][(8 − tap)·cout + o] = w[o][tap][ci]). grid (ceil(P/TM), ceil(cin/TN)), block THREADS.
 template <class Tl>
@@ -1717,8 +1782,13 @@ __device__ __forceinline__ void conv_dgrad_wg(const half* __restrict__ g, int N,
     pixel_tap_rows(rows, m0 + r0, RS, M, H, W, cout);
     float acc[1][Tl::NJ][4];
     wg_tap_gemm<Tl>(acc, st, g, cout, W, rows, wk, cin, n0);
-    conv_dgrad_epilogue<Tl>(acc, m0, n0, M, cin, da, x, pmean, pinv, pshift, bn, part,
-                            wg_spare_stage<float, Tl>(st, CEIL_DIV(9 * cout, WK)));
+    if (!part) {
+        conv_dgrad_epilogue<Tl>(acc, m0, n0, M, cin, da, DgradGlobalX{}, nullptr, nullptr);
+        return;
+    }
+    const DgradSharedX<Tl> xs{st};
+    dgrad_stage_x<Tl>(st, x, pmean, pinv, pshift, bn, m0, n0, M, cin);
+    conv_dgrad_epilogue<Tl>(acc, m0, n0, M, cin, da, xs, part, xs.red());
 }
 
 // conv_wgrad_mma's contract (out [slices][cout][9·cin], slice z the pixels [z·chunk, ...),
