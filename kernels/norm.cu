@@ -20,7 +20,8 @@
 //                     sums = [Σdu | Σdu·x̂] (2·C f32).
 //   pre_bwd_dx_f16    from sums: dshift[c] = Σdu (threads c < C, if dshift), and for i < len
 //                     dx = invstd·(du − mean(du) − x̂·mean(du·x̂)) (BN) or du (bias). 8 channels
-//                     per thread (C % 8 == 0, len/8 < 2^31); the host launches max(len/8, C) threads.
+//                     per chunk (C % 8 == 0, len/8 < 2^31), a thread's chunks in a stride that
+//                     keeps its channels; any grid with ≥ C threads (the host: ≈ 4 chunks each).
 //   cast_f32_f16, cast_f16_f32  storage casts (a host upload is f32). 1 thread/element.
 #include "common.cuh"
 
@@ -150,24 +151,38 @@ extern "C" __global__ void pre_bwd_dx_f16(const half* __restrict__ da, const hal
                                           const float* __restrict__ pmean, const float* __restrict__ pinv,
                                           const float* __restrict__ pshift, int bn, const float* __restrict__ sums,
                                           long long count, float* __restrict__ dshift, half* __restrict__ dx) {
-    const int t = blockIdx.x * blockDim.x + threadIdx.x;  // 8 consecutive channels per thread
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (dshift && t < C) dshift[t] = sums[t];
-    if (!dx || (long long)t * 8 >= len) return;
-    const int c0 = t % (C >> 3) * 8;
+    // Thread t takes the 8-channel chunks t, t + stride, ... of dx: stride, a multiple of C/8,
+    // keeps its channels c0..c0+7 fixed, so their parameters and the sums' means are loaded and
+    // divided once per thread, not per value (the same operations: the same bits).
+    const int groups = C >> 3, threads = gridDim.x * blockDim.x, stride = threads - threads % groups;
+    if (!dx || t >= stride) return;
+    const int c0 = t % groups * 8;
     const float cnt = (float)count;
-    Half8 a, v, o;
-    a.u = *reinterpret_cast<const uint4*>(da + (long long)t * 8);
-    v.u = *reinterpret_cast<const uint4*>(x + (long long)t * 8);
+    float mean[8], inv[8], shift[8], m0[8], m1[8];
 #pragma unroll
     for (int j = 0; j < 8; j++) {
         const int c = c0 + j;
-        const float mean = bn ? pmean[c] : 0.f, inv = bn ? pinv[c] : 1.f;
-        float xhat;
-        const float du = pre_du(__half2float(a.h[j]), __half2float(v.h[j]), mean, inv, pshift[c], bn, xhat);
-        const float g = bn ? inv * (du - sums[c] / cnt - xhat * (sums[C + c] / cnt)) : du;
-        o.h[j] = __float2half(g);
+        mean[j] = bn ? pmean[c] : 0.f;
+        inv[j] = bn ? pinv[c] : 1.f;
+        shift[j] = pshift[c];
+        m0[j] = sums[c] / cnt;
+        m1[j] = sums[C + c] / cnt;
     }
-    *reinterpret_cast<uint4*>(dx + (long long)t * 8) = o.u;
+    for (long long k = t; k * 8 < len; k += stride) {
+        Half8 a, v, o;
+        a.u = *reinterpret_cast<const uint4*>(da + k * 8);
+        v.u = *reinterpret_cast<const uint4*>(x + k * 8);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            float xhat;
+            const float du = pre_du(__half2float(a.h[j]), __half2float(v.h[j]), mean[j], inv[j], shift[j], bn, xhat);
+            const float g = bn ? inv[j] * (du - m0[j] - xhat * m1[j]) : du;
+            o.h[j] = __float2half(g);
+        }
+        *reinterpret_cast<uint4*>(dx + k * 8) = o.u;
+    }
 }
 
 // dtype casts, used when a tensor arrives in the other storage type (e.g. a host upload, which is

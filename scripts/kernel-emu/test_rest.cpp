@@ -66,6 +66,17 @@ static void test_pre_bwd(int N, int H, int W, int C, int bn) {
     std::vector<float> dxf(L); for (long long i = 0; i < L; i++) dxf[i] = (float)dx[i];
     report(bn ? "pre_bwd dshift [bn]" : "pre_bwd dshift [bias]", relerr(dshift, s0), 1e-4);
     report(bn ? "pre_bwd dx [bn]" : "pre_bwd dx [bias]", relerr(dxf, dxw), 2e-3);
+    // the host's grid (≈ 4 chunks per thread) and the smallest one (C threads): each thread
+    // strides over chunks of its own channels; the same bits as one chunk per thread
+    for (long long threads : {std::max((L / 8 + 3) / 4, (long long)C), (long long)C}) {
+        std::vector<half> dx2(L, (half)NAN);
+        launch(dim3{blocks(threads), 1, 1}, dim3{256, 1, 1}, [&] { pre_bwd_dx_f16(dah.data(), xh.data(), L, C, pm, pi, shift.data(), bn, sums, P, nullptr, dx2.data()); });
+        long long diff = 0;
+        for (long long i = 0; i < L; i++) diff += memcmp(&dx[i], &dx2[i], sizeof(half)) != 0;
+        printf("  pre_bwd dx %s, %u blocks of 256 for %lld chunks: %lld values differ from one chunk per thread: %s\n",
+               bn ? "[bn]" : "[bias]", blocks(threads), L / 8, diff, diff ? "FAIL" : "PASS");
+        fails += diff != 0;
+    }
 }
 
 static int refl(int i) { return i < 0 ? -i : (i >= 32 ? 62 - i : i); }
@@ -414,7 +425,7 @@ int main() {
     test_fastdiv();
     test_bn(3, 5, 3, 24); test_bn(4, 15, 15, 64); test_bn(2, 7, 7, 256);
     test_bn(4, 15, 15, 64, 0.05f, 30.0f);  // mean² ≫ var: the one-pass E[y²] − mean² must not cancel
-    test_pre_bwd(3, 5, 3, 40, 1); test_pre_bwd(4, 15, 15, 64, 1); test_pre_bwd(2, 31, 31, 24, 0);
+    test_pre_bwd(3, 15, 5, 40, 1); test_pre_bwd(4, 15, 15, 64, 1); test_pre_bwd(2, 31, 31, 24, 0);
     test_stem(); test_stem_res(24); test_stem_res(17); test_stem_res(2);
     test_head(5, 9, 256, 10); test_head(7, 6, 40, 3); test_head(300, 4, 64, 10);
     test_xent(64, 10); test_xent(300, 7);

@@ -1578,7 +1578,8 @@ impl Backend for Gpu {
         check(len / 8 < 1 << 31, || format!("pre_bwd: {xs:?} is too large"))?;
         let args =
             [dap, xp, long(len), cc, pp.mean, pp.inv, pp.shift, pp.bn, sums, long(xs.count()), dsp, dxp.unwrap_or(0)];
-        self.launch1d("norm", "pre_bwd_dx_f16", (len / 8).max(c), &args)
+        // ≈ 4 chunks of 8 values per thread (each thread loads its channels' parameters once)
+        self.launch1d("norm", "pre_bwd_dx_f16", (len / 8).div_ceil(4).max(c), &args)
     }
 
     fn conv3x3_bwd(
