@@ -520,15 +520,39 @@ extern "C" __global__ void conv_weights_f16(const float* __restrict__ w, int cou
 }
 
 // g = the full-resolution output gradient of a pooled conv: g[n][y][x][c] = dy[n][y/2][x/2][c]
-// at the window's argmax position, 0 elsewhere and on a dropped odd last row/column (gfull8).
-// N×H×W×C, C % 8 == 0, N·H·W·C/8 < 2^31; 8 channels per thread, grid-stride. The mma dgrad and
-// wgrad then read g with plain cp.async gathers, the argmax select done once instead of per tap.
+// at the window's argmax position, 0 elsewhere and on a dropped odd last row/column (as gfull8
+// gives it). N×H×W×C, C % 8 == 0, N·H·W·C/8 < 2^31; grid-stride, any grid. A thread takes a
+// pooled pixel's 8 channels: one read of dy and the argmax bytes, its window's four chunks
+// written; then the dropped row/column chunks (zeros). The mma dgrad and wgrad then read g with
+// plain cp.async gathers, the argmax select done once instead of per tap.
 extern "C" __global__ void unpool_f16(const half* __restrict__ dy, const unsigned char* __restrict__ am, int N, int H,
                                       int W, int C, half* __restrict__ g) {
-    const int c8 = C >> 3, total = N * H * W * c8;  // < 2^31: the host checks
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        const int p = i / c8, c = (i - p * c8) * 8, n = p / (H * W), r = p - n * (H * W), yy = r / W;
-        *reinterpret_cast<uint4*>(g + (long long)p * C + c) = gfull8(dy, am, n, yy, r - yy * W, c, true, H, W, C, 1);
+    const int c8 = C >> 3, PH = H >> 1, PW = W >> 1, stride = gridDim.x * blockDim.x;
+    const int pooled = N * PH * PW * c8;  // < 2^31: the host checks N·H·W·C/8
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < pooled; i += stride) {
+        const int q = i / c8, c = (i - q * c8) * 8, n = q / (PH * PW), r = q - n * (PH * PW), py = r / PW;
+        const int px = r - py * PW;
+        Half8 d;
+        d.u = *reinterpret_cast<const uint4*>(dy + (long long)q * C + c);
+        const uint2 a = *reinterpret_cast<const uint2*>(am + (long long)q * C + c);
+        const unsigned char* ab = reinterpret_cast<const unsigned char*>(&a);
+#pragma unroll
+        for (int w = 0; w < 4; w++) {  // window position dy·2 + dx, the argmax byte's code
+            Half8 o;
+            o.u = make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+                if (ab[j] == w) o.h[j] = d.h[j];
+            const long long pix = ((long long)n * H + 2 * py + (w >> 1)) * W + 2 * px + (w & 1);
+            *reinterpret_cast<uint4*>(g + pix * C + c) = o.u;
+        }
+    }
+    // per image: the last row if H is odd (W pixels), the last column of the pooled rows if W is odd
+    const int er = (H & 1) ? W : 0, e = er + ((W & 1) ? 2 * PH : 0);
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < N * e * c8; i += stride) {
+        const int q = i / c8, c = (i - q * c8) * 8, n = q / e, k = q - n * e;
+        const int y = k < er ? H - 1 : k - er, x = k < er ? k : W - 1;
+        *reinterpret_cast<uint4*>(g + (((long long)n * H + y) * W + x) * C + c) = make_uint4(0u, 0u, 0u, 0u);
     }
 }
 

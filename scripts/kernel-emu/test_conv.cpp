@@ -223,16 +223,19 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
     }
     std::vector<half> dyh(ylen); for (size_t i = 0; i < ylen; i++) dyh[i] = (half)dy[i];
     std::vector<unsigned char> amu(amref); if (amu.empty()) amu.resize(8);
-    // the mma backward reads the full-resolution gradient: dy itself, or unpool_f16's output
-    // (fewer blocks than values / 256: the grid-stride loop is exercised)
+    // the mma backward reads the full-resolution gradient: dy itself, or unpool_f16's output,
+    // from the host's grid (a thread per pooled chunk) and from one block (the grid-stride loops)
     std::vector<half> gfull((size_t)N * H * W * cout, (half)NAN);
     if (pool) {
         const int total = N * H * W * (cout / 8);
-        launch(dim3{(unsigned)std::max(1, total / 256 / 3), 1, 1}, dim3{256, 1, 1}, [&] { unpool_f16(dyh.data(), amu.data(), N, H, W, cout, gfull.data()); });
-        long long bad = 0;
-        for (size_t i = 0; i < gfull.size(); i++) bad += !((double)(float)gfull[i] == g[i]);
-        printf("  unpool_f16: %lld of %zu values differ from the reference %s\n", bad, gfull.size(), bad ? "FAIL" : "PASS");
-        fails += bad > 0;
+        for (unsigned nb : {(unsigned)std::max(1, (total / 4 + 255) / 256), 1u}) {
+            std::fill(gfull.begin(), gfull.end(), (half)NAN);
+            launch(dim3{nb, 1, 1}, dim3{256, 1, 1}, [&] { unpool_f16(dyh.data(), amu.data(), N, H, W, cout, gfull.data()); });
+            long long bad = 0;
+            for (size_t i = 0; i < gfull.size(); i++) bad += !((double)(float)gfull[i] == g[i]);
+            printf("  unpool_f16 (%u blocks): %lld of %zu values differ from the reference %s\n", nb, bad, gfull.size(), bad ? "FAIL" : "PASS");
+            fails += bad > 0;
+        }
     } else gfull = dyh;
     // wgrad with slices
     long long P = (long long)N * H * W;

@@ -1680,7 +1680,8 @@ impl Backend for Gpu {
         let gp = if full > 0 {
             check(p * cout / 8 < 1 << 30, || format!("conv3x3_bwd: {xs:?}×{cout} is too large to unpool"))?;
             let args = [dyp, ap, ni, hi, wi, co, ws];
-            self.launch1d("conv", "unpool_f16", p * cout / 8, &args)?;
+            // one thread per pooled 8-channel chunk (its window's four chunks), grid-stride
+            self.launch1d("conv", "unpool_f16", (p * cout / 32).max(1), &args)?;
             ws
         } else {
             dyp
