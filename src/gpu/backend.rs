@@ -1657,10 +1657,13 @@ impl Backend for Gpu {
             let images = xs.n.div_ceil(2 * self.info.sms.max(1) as usize).max(1);
             (xs.n.div_ceil(images).max(1), images)
         } else {
-            // pixel slices enough for about 4 blocks per SM
+            // pixel slices for at most 4 blocks per SM: 4·SMs blocks are whole waves of the
+            // kernels that fit 1, 2 or 4 blocks on an SM, and rounding the slice count down keeps
+            // the grid inside them (rounding up launched 530–540 blocks for the wgmma weight
+            // gradients: a fifth wave of 2–12 blocks, one SM's whole block time, at 1 per SM)
             let tiles = k.div_ceil(k_tile) * cout.div_ceil(o_tile);
             let target = 4 * self.info.sms.max(1) as usize;
-            let slices = target.div_ceil(tiles).clamp(1, p.div_ceil(32).max(1)).min(65535);
+            let slices = (target / tiles).clamp(1, p.div_ceil(32).max(1)).min(65535);
             let chunk = p.div_ceil(slices).div_ceil(32).max(1) * 32;
             (p.div_ceil(chunk).max(1), chunk)
         };
