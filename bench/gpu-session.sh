@@ -18,11 +18,9 @@
 #   bash bench/gpu-session.sh first         # selftest, bench, one run, one --no-graph, one with the
 #                                           # epilogue sums off, one with wmma convs
 #   bash bench/gpu-session.sh airbench 25   # the anchor, same GPU, same images (see below)
-#   SPEEDRUN_BIN=target/nofence/release/speedrun bash bench/gpu-session.sh bench
-#                                           # another build, e.g. the wgmma convs without the proxy
-#                                           # fence: SPEEDRUN_WGMMA_NO_PROXY_FENCE=1 \
-#                                           #   CARGO_TARGET_DIR=target/nofence cargo build --release
-#                                           # (xz it into data/pk2/speedrun-nofence.xz)
+#   SPEEDRUN_BIN=target/base/release/speedrun bash bench/gpu-session.sh bench
+#                                           # another build: prepare-gpu.sh's baseline (BASE), the
+#                                           # binary of the last GPU logs, timed on this machine
 # The anchor: fetch KellerJordan/cifar10-airbench with the search tool's fetch, write its
 # airbench94_muon.py into ./airbench/ (git-ignored, never committed) and carry that folder.
 # This step converts our binary files into its train.pt/test.pt (bench/cifar_to_pt.py), so both
@@ -42,12 +40,12 @@ case "$what" in selftest|bench|one|runs|first|airbench|unpack) ;; *)
   echo "unknown step $what (unpack DIR | selftest | bench | one | runs N | first | airbench N)" >&2; exit 2 ;; esac
 if [ "$what" = unpack ]; then
   # a pack from bench/prepare-gpu.sh: the CIFAR-10 files into data/cifar-10-batches-bin, and
-  # speedrun.xz / speedrun-nofence.xz into target/release / target/nofence/release
+  # speedrun.xz / speedrun-base.xz into target/release / target/base/release
   dir=${2:?unpack needs the pack folder}
   python3 bench/pack_cifar.py unpack "$dir" data/cifar-10-batches-bin || exit 1
-  for b in speedrun speedrun-nofence; do
+  for b in speedrun speedrun-base; do
     [ -f "$dir/$b.xz" ] || continue
-    dst=target/release/speedrun; [ "$b" = speedrun-nofence ] && dst=target/nofence/release/speedrun
+    dst=target/release/speedrun; [ "$b" = speedrun-base ] && dst=target/base/release/speedrun
     mkdir -p "$(dirname "$dst")"
     python3 -c 'import lzma,sys; open(sys.argv[2],"wb").write(lzma.open(sys.argv[1]).read())' "$dir/$b.xz" "$dst" && chmod +x "$dst" || exit 1
     echo "unpacked $dst"
