@@ -43,7 +43,7 @@ recipe knobs (derived values are printed at start)
                       scaling rule (x B/B0), SGD rates kept (the loss is summed, so its gradient already
                       scales with B), BatchNorm's running-average momentum m -> m^(B/B0), step counts
                       from the unchanged epoch budget (README: \"Batch-size scaling\")
-  --epochs E          train E epochs instead of the recipe's, E may be fractional (8.4: 210 steps at
+  --epochs E          train E epochs instead of the recipe's 8.4, E may be fractional (8.4: 210 steps at
                       25 per epoch, the last epoch cut short, as airbench's ceil(epochs x steps/epoch));
                       the learning-rate schedules stretch with them; the whitening bias trains its own
                       epochs, at most E
