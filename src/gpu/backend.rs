@@ -120,15 +120,20 @@ pub struct OpState {
     /// `ConvPath::Mixed`: each conv GEMM's path, chosen by timing (`tune_gemm`), in the order
     /// chosen, with the candidates' milliseconds per call.
     picks: Vec<Pick>,
-    /// While `tune_gemm` times a candidate: the path that GEMM takes (the others: their picks).
+    /// While `tune_gemm` times a candidate: the path that GEMM takes (the others: their picks),
+    /// and for a forward with BatchNorm statistics whether its epilogue takes them.
     force: Option<(Gemm, ConvPath)>,
+    force_fused: Option<bool>,
 }
 
 /// `ConvPath::Mixed`'s choice for one GEMM, and the milliseconds per op call it was made from.
+/// `fused`: a forward with BatchNorm statistics takes them in its epilogue (else in a separate
+/// pass over y, `bn_from_y`); for the other GEMMs always true.
 struct Pick {
     key: GemmKey,
     path: ConvPath,
-    times: Vec<(ConvPath, f32)>,
+    fused: bool,
+    times: Vec<(ConvPath, bool, f32)>,
 }
 
 /// The three GEMMs of a conv layer.
@@ -653,6 +658,16 @@ impl Gpu {
         }
     }
 
+    /// Whether a training forward (`key.sums`) takes its BatchNorm statistics in its epilogue:
+    /// the candidate `tune_gemm` is timing, then `ConvPath::Mixed`'s pick; otherwise yes (with
+    /// `epilogue_sums`).
+    fn fused_stats(&self, key: &GemmKey) -> bool {
+        if let Some(f) = self.ops.force_fused {
+            return f;
+        }
+        self.conv_path != ConvPath::Mixed || self.ops.picks.iter().find(|p| p.key == *key).is_none_or(|p| p.fused)
+    }
+
     /// The kernel families `ConvPath::Mixed` chooses among: the mma ones of the autotune's list
     /// (`SPEEDRUN_CONV`), or all this GPU has when the list names none.
     fn mixed_candidates(&self) -> Vec<ConvPath> {
@@ -782,20 +797,28 @@ impl Gpu {
         }
         let timer = self.timer()?;
         let mut seen: Vec<&'static str> = Vec::new();
-        let mut times: Vec<(ConvPath, f32)> = Vec::new();
+        let mut times: Vec<(ConvPath, bool, f32)> = Vec::new();
+        // a training forward: the BatchNorm statistics in the epilogue, or in a pass over y (the
+        // H200 bench: the pooled layers 0 and 2 paid 66–128 µs in the epilogue, 32 for the pass)
+        let modes: &[bool] =
+            if key.gemm == Gemm::Fwd && key.sums && self.epilogue_sums { &[true, false] } else { &[true] };
         for p in self.mixed_candidates() {
             let name = self.mma_kernel_on(p, &key).name;
             if seen.contains(&name) {
                 continue;
             }
             seen.push(name);
-            self.ops.force = Some((key.gemm, p));
-            let t = per_call(self, &timer, op);
-            self.ops.force = None;
-            times.push((p, t?));
+            for &fused in modes {
+                self.ops.force = Some((key.gemm, p));
+                self.ops.force_fused = Some(fused);
+                let t = per_call(self, &timer, op);
+                self.ops.force = None;
+                self.ops.force_fused = None;
+                times.push((p, fused, t?));
+            }
         }
-        let best = times.iter().fold(times[0], |b, &t| if t.1 < b.1 { t } else { b });
-        self.ops.picks.push(Pick { key, path: best.0, times });
+        let best = times.iter().fold(times[0], |b, &t| if t.2 < b.2 { t } else { b });
+        self.ops.picks.push(Pick { key, path: best.0, fused: best.1, times });
         Ok(())
     }
 
@@ -807,11 +830,13 @@ impl Gpu {
     /// The same with each candidate's milliseconds per op call, e.g.
     /// "fwd 15x15x64->256 pool: wgmma (mma 0.750, mma128 0.610, wgmma 0.402 ms)".
     pub fn conv_picks_timed(&self) -> Vec<String> {
-        let each = |p: &Pick| p.times.iter().map(|(c, t)| format!("{} {t:.3}", c.name())).collect::<Vec<_>>();
+        // "+pass": the forward's BatchNorm statistics in a separate pass
+        let name = |c: ConvPath, fused: bool| format!("{}{}", c.name(), if fused { "" } else { "+pass" });
+        let each = |p: &Pick| p.times.iter().map(|&(c, f, t)| format!("{} {t:.3}", name(c, f))).collect::<Vec<_>>();
         self.ops
             .picks
             .iter()
-            .map(|p| format!("{}: {} ({} ms)", p.key.label(), p.path.name(), each(p).join(", ")))
+            .map(|p| format!("{}: {} ({} ms)", p.key.label(), name(p.path, p.fused), each(p).join(", ")))
             .collect()
     }
 
@@ -1337,7 +1362,8 @@ impl Backend for Gpu {
             let grid = (rows, cout.div_ceil(kn.tn) as u32, 1);
             // one workspace: the fp16 weights (conv_weights_f16), then the BatchNorm partials
             let wf = (cout * 9 * cin).div_ceil(2).next_multiple_of(64);
-            let part_len = if bn.is_some() && self.epilogue_sums { grid.0 as usize * 4 * cout } else { 0 };
+            let fused = bn.is_some() && self.epilogue_sums && self.fused_stats(&key);
+            let part_len = if fused { grid.0 as usize * 4 * cout } else { 0 };
             let ws = self.workspace(wf + part_len)?;
             let part = if part_len > 0 { ws + 4 * wf as u64 } else { 0 };
             let (ni, hi, wi) = (int(xs.n, "batch")?, int(xs.h, "height")?, int(xs.w, "width")?);

@@ -604,7 +604,9 @@ fn head_backward_with_too_many_classes_is_an_error() {
 /// `ConvPath::Mixed` times each GEMM's candidate kernels on the op's own operands the first time
 /// it runs, and keeps one pick per GEMM: the op's results are still those of one call (outputs
 /// overwritten, running statistics updated once), equal bit for bit to the next call's, which
-/// times nothing. A recording never times: an untimed GEMM there takes the first candidate.
+/// times nothing. A training forward is timed with its BatchNorm statistics both in the epilogue
+/// and in a separate pass ("+pass"); the other GEMMs have no such choice. A recording never
+/// times: an untimed GEMM there takes the first candidate.
 #[test]
 #[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
 #[cfg_attr(
@@ -650,6 +652,12 @@ fn mixed_path_times_each_gemm_once_and_leaves_one_calls_results() {
     let labels: Vec<&str> = picks.iter().map(|(l, _)| l.as_str()).collect();
     assert_eq!(labels, ["fwd 6x6x32->136 pool", "wgrad 6x6x32->136 pool", "dgrad 6x6x32->136 pool"]);
     assert!(picks.iter().all(|(_, p)| ConvPath::tunable(gpu.info.cc).contains(p)), "{picks:?}");
+    let timed = gpu.conv_picks_timed();
+    // in the list of candidates' times, after the pick: "fwd …: mma+pass (mma 0.2, mma+pass 0.1 ms)"
+    let passes = |line: &str| line.split_once('(').map_or(0, |(_, times)| times.matches("+pass").count());
+    let families = ConvPath::tunable(gpu.info.cc).len();
+    assert!(passes(&timed[0]) >= 1 && passes(&timed[0]) <= families, "the forward: both modes timed: {timed:?}");
+    assert_eq!((passes(&timed[1]), passes(&timed[2])), (0, 0), "no statistics mode in the backward: {timed:?}");
     assert_ne!(first.0[2], rm0, "the running mean was updated");
     let again = run(&mut gpu);
     assert_eq!(gpu.conv_picks(), picks, "chosen once");
