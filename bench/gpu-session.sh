@@ -89,6 +89,13 @@ case "$what" in
            echo "# SPEEDRUN_CONV=wmma (the wmma convs on this GPU)"; SPEEDRUN_CONV=wmma $BIN --no-download; } 2>&1 | tee -a "$log" ;;
   airbench)
     [ -f airbench/airbench94_muon.py ] || { echo "airbench/airbench94_muon.py missing (fetch and carry it)" >&2; exit 2; }
+    # an earlier attempt cut off by a timeout may have left its Python or torch.compile workers
+    # running (they slow this one): stop them, and say so in the log
+    left=$(pgrep -f '\.run\.py|_inductor/compile_worker' || true)
+    if [ -n "$left" ]; then
+      echo "# stopping leftovers of an earlier run: $(ps -o pid=,etimes=,args= -p "$(echo $left | tr ' ' ',')" | cut -c1-120 | tr '\n' ';')" | tee -a "$log"
+      kill $left 2>/dev/null; sleep 2; kill -9 $left 2>/dev/null
+    fi
     python3 bench/cifar_to_pt.py data/cifar-10-batches-bin airbench/cifar10 2>&1 | tee -a "$log"
     sed -E "s/for run in range\([0-9]+\)/for run in range(${2:-25})/" airbench/airbench94_muon.py > airbench/.run.py
     (cd airbench && python3 .run.py) 2>&1 | tee -a "$log" ;;
