@@ -272,6 +272,16 @@ __device__ __forceinline__ float pre_u(float x, float mean, float invstd, float 
     return bn ? (x - mean) * invstd + shift : x + shift;
 }
 
+// The pre's parameters of channel c as pre_u and pre_du take them: the BatchNorm's mean and
+// invstd (bn = 1), or mean 0 and invstd 1 for the bias (bn = 0: pmean, pinv are not read).
+__device__ __forceinline__ void pre_params(const float* __restrict__ pmean, const float* __restrict__ pinv,
+                                           const float* __restrict__ pshift, int bn, int c, float& mean, float& inv,
+                                           float& shift) {
+    mean = bn ? pmean[c] : 0.f;
+    inv = bn ? pinv[c] : 1.f;
+    shift = pshift[c];
+}
+
 // The backward of a = GELU(pre(x)) at one value (channel parameters as pre_u takes them; the
 // bias passes mean 0, invstd 1): returns du = da·GELU′(u) and sets x̂ = (x − mean)·invstd.
 // pre_bwd reduces Σdu and Σdu·x̂ (norm.cu chan_reduce_f16, conv.cu dgrad epilogue) and applies

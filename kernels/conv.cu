@@ -104,6 +104,17 @@ __device__ __forceinline__ uint4 w8(const float* __restrict__ p, bool ok) {
     return r.u;
 }
 
+// The 8 channels of a pooled gradient chunk d at window position want (dy·2 + dx): d's value
+// where the channel's argmax byte ab[j] names that position, 0 elsewhere.
+__device__ __forceinline__ uint4 route8(const Half8& d, const unsigned char* ab, unsigned char want) {
+    Half8 r;
+    r.u = make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+        if (ab[j] == want) r.h[j] = d.h[j];
+    return r.u;
+}
+
 // Channels o..o+7 of the full-resolution output gradient at pixel (n, yy, xx): dy itself, or,
 // with pool, dy of the window routed to the argmax position (0 elsewhere and on a dropped odd
 // last row/column).
@@ -123,11 +134,7 @@ __device__ __forceinline__ uint4 gfull8(const half* __restrict__ dy, const unsig
     Half8 d;
     d.u = *reinterpret_cast<const uint4*>(dy + idx);
     const uint2 a = *reinterpret_cast<const uint2*>(am + idx);
-    const unsigned char* ab = reinterpret_cast<const unsigned char*>(&a);
-#pragma unroll
-    for (int j = 0; j < 8; j++)
-        if (ab[j] == want) r.h[j] = d.h[j];
-    return r.u;
+    return route8(d, reinterpret_cast<const unsigned char*>(&a), want);
 }
 
 // Rows of the forward GEMM: every pixel, or with pool the pixels of complete 2×2 windows (floor).
@@ -538,13 +545,8 @@ extern "C" __global__ void unpool_f16(const half* __restrict__ dy, const unsigne
         const unsigned char* ab = reinterpret_cast<const unsigned char*>(&a);
 #pragma unroll
         for (int w = 0; w < 4; w++) {  // window position dy·2 + dx, the argmax byte's code
-            Half8 o;
-            o.u = make_uint4(0u, 0u, 0u, 0u);
-#pragma unroll
-            for (int j = 0; j < 8; j++)
-                if (ab[j] == w) o.h[j] = d.h[j];
             const long long pix = ((long long)n * H + 2 * py + (w >> 1)) * W + 2 * px + (w & 1);
-            *reinterpret_cast<uint4*>(g + pix * C + c) = o.u;
+            *reinterpret_cast<uint4*>(g + pix * C + c) = route8(d, ab, (unsigned char)w);
         }
     }
     // per image: the last row if H is odd (W pixels), the last column of the pooled rows if W is odd
@@ -1015,10 +1017,7 @@ struct DgradGlobalX {
         return *reinterpret_cast<const unsigned*>(x + (m0 + row) * cin + n0 + col);
     }
     __device__ __forceinline__ void params(int col, float& mean, float& inv, float& shift) const {
-        const int c = min(n0 + col, cin - 1);
-        mean = bn ? pmean[c] : 0.f;
-        inv = bn ? pinv[c] : 1.f;
-        shift = pshift[c];
+        pre_params(pmean, pinv, pshift, bn, min(n0 + col, cin - 1), mean, inv, shift);
     }
 };
 // The shared-memory layout: x's TM × TN tile, rows ROW bytes apart (16 bytes of padding put the

@@ -31,7 +31,8 @@ extern "C" __global__ void head_fwd_f16(const half* __restrict__ x, int HW, int 
     __shared__ float sf[1024];
     const int n = blockIdx.x;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        const float mean = bn ? pmean[c] : 0.f, inv = bn ? pinv[c] : 1.f, sh = pshift[c];
+        float mean, inv, sh;
+        pre_params(pmean, pinv, pshift, bn, c, mean, inv, sh);
         const half* xp = x + (long long)n * HW * C + c;
         float best = gelu_f(pre_u(__half2float(xp[0]), mean, inv, sh, bn));
         int arg = 0;

@@ -164,9 +164,7 @@ extern "C" __global__ void pre_bwd_dx_f16(const half* __restrict__ da, const hal
 #pragma unroll
     for (int j = 0; j < 8; j++) {
         const int c = c0 + j;
-        mean[j] = bn ? pmean[c] : 0.f;
-        inv[j] = bn ? pinv[c] : 1.f;
-        shift[j] = pshift[c];
+        pre_params(pmean, pinv, pshift, bn, c, mean[j], inv[j], shift[j]);
         m0[j] = sums[c] / cnt;
         m1[j] = sums[C + c] / cnt;
     }

@@ -122,8 +122,7 @@ pub struct OpState {
     picks: Vec<Pick>,
     /// While `tune_gemm` times a candidate: the path that GEMM takes (the others: their picks),
     /// and for a forward with BatchNorm statistics whether its epilogue takes them.
-    force: Option<(Gemm, ConvPath)>,
-    force_fused: Option<bool>,
+    force: Option<(Gemm, ConvPath, bool)>,
 }
 
 /// `ConvPath::Mixed`'s choice for one GEMM, and the milliseconds per op call it was made from.
@@ -646,7 +645,7 @@ impl Gpu {
     /// `ConvPath::Mixed` (the first candidate before it has one), else the conv path.
     fn gemm_path(&self, key: &GemmKey) -> ConvPath {
         match self.ops.force {
-            Some((g, p)) if g == key.gemm => return p,
+            Some((g, p, _)) if g == key.gemm => return p,
             _ => {}
         }
         if self.conv_path != ConvPath::Mixed {
@@ -662,8 +661,9 @@ impl Gpu {
     /// the candidate `tune_gemm` is timing, then `ConvPath::Mixed`'s pick; otherwise yes (with
     /// `epilogue_sums`).
     fn fused_stats(&self, key: &GemmKey) -> bool {
-        if let Some(f) = self.ops.force_fused {
-            return f;
+        match self.ops.force {
+            Some((g, _, fused)) if g == key.gemm => return fused,
+            _ => {}
         }
         self.conv_path != ConvPath::Mixed || self.ops.picks.iter().find(|p| p.key == *key).is_none_or(|p| p.fused)
     }
@@ -809,11 +809,9 @@ impl Gpu {
             }
             seen.push(name);
             for &fused in modes {
-                self.ops.force = Some((key.gemm, p));
-                self.ops.force_fused = Some(fused);
+                self.ops.force = Some((key.gemm, p, fused));
                 let t = per_call(self, &timer, op);
                 self.ops.force = None;
-                self.ops.force_fused = None;
                 times.push((p, fused, t?));
             }
         }
