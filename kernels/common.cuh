@@ -239,6 +239,82 @@ __device__ __forceinline__ void wgmma_f16(float* d, unsigned long long da, unsig
 }
 #endif
 
+// ---- sm_90a thread-block clusters, mbarriers and bulk copies (the TMA unit without a tensor
+// map; emulated in scripts/kernel-emu/inc/sm80.h, with the fiber launcher's clusters) ---------
+// CLUSTER_X2: `__cluster_dims__(2, 1, 1)` where the kernel is compiled for sm_90a (a kernel
+// attribute that older targets reject; there the kernel's body traps). Blocks 2i and 2i + 1 of
+// the grid's x form a cluster (rank = blockIdx.x % 2); the grid's x must be even.
+#if ARCH_SM90A
+#define CLUSTER_X2 __cluster_dims__(2, 1, 1)
+#else
+#define CLUSTER_X2
+#endif
+#if !defined(EMU_KERNELS)
+// This CTA's rank in its cluster.
+__device__ __forceinline__ unsigned cluster_ctarank() {
+    unsigned r = 0;
+#if ARCH_SM90A
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+#endif
+    return r;
+}
+// Every thread of every CTA of the cluster: arrive (release), then wait (acquire).
+__device__ __forceinline__ void cluster_sync() {
+#if ARCH_SM90A
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#endif
+}
+// An mbarrier (8 bytes of shared memory at shared address `bar`) expecting `count` arrivals per
+// phase. Then fence_mbar_init and a cluster_sync before another CTA's copies may signal it.
+__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
+#if ARCH_SM90A
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+__device__ __forceinline__ void fence_mbar_init() {
+#if ARCH_SM90A
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+// One arrival on `bar`, and `bytes` more that its current phase waits for (complete_tx).
+__device__ __forceinline__ void mbar_arrive_expect_tx(unsigned bar, unsigned bytes) {
+#if ARCH_SM90A
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+#endif
+}
+// Waits until the phase of parity `parity` of `bar` has completed (the first phase is parity 0).
+// A wait of more than 2^32 clock cycles (≈ 2 s) traps: a phase that never completes (a
+// synchronisation bug) then fails the launch instead of hanging the GPU.
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+#if ARCH_SM90A
+    const long long t0 = clock64();
+    for (;;) {
+        unsigned done;
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+        if (done) return;
+        if (clock64() - t0 > (1ll << 32)) __trap();
+    }
+#endif
+}
+// Copies `bytes` (a multiple of 16, 16-byte aligned both sides) from global `src` to shared
+// address `dst` of every CTA of the cluster in `mask` (bit r: rank r), the same offset in each,
+// and signals each one's mbarrier at shared address `bar` (same offset) with the bytes it got.
+__device__ __forceinline__ void bulk_copy_multicast(unsigned dst, const void* src, unsigned bytes, unsigned bar,
+                                                    unsigned short mask) {
+#if ARCH_SM90A
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1], %2, [%3], "
+        "%4;\n" ::"r"(dst),
+        "l"(src), "r"(bytes), "r"(bar), "h"(mask)
+        : "memory");
+#endif
+}
+#endif
+
 // Full-warp sum / max (all 32 lanes active).
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

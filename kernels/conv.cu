@@ -508,20 +508,37 @@ extern "C" __global__ void act_f16(const half* __restrict__ x, long long len8, i
     reinterpret_cast<uint4*>(a)[i] = r.u;
 }
 
-// fp16 copies of a conv weight w [cout][9][cin] (fp32) for the mma kernels' cp.async B tiles:
+// The bulk-copy layout of a K-major B matrix [rows][K] for the multicast kernels
+// (conv3x3_*_wgmma_mc_f16): blocks of MC_TN rows × MC_WK k, block (row block nb, K step t) at
+// (nb·K/MC_WK + t)·MC_TN·MC_WK halves, each exactly the bytes of one pipeline stage's B: row r
+// of 128 bytes at r·128, its 16-byte chunk c at chunk c ^ (r % 8) (the 128-byte swizzle wgmma
+// reads). Defined for rows % MC_TN == 0 and K % MC_WK == 0 only (the host takes the kernels
+// there). Element (n, k)'s index:
+#define MC_TN 256
+#define MC_WK 64
+__device__ __forceinline__ int mc_tiled_index(int n, int k, int K) {
+    const int r = n % MC_TN, kc = k % MC_WK;
+    return ((n / MC_TN * (K / MC_WK) + k / MC_WK) * MC_TN + r) * MC_WK + (((kc >> 3) ^ (r & 7)) << 3) + (kc & 7);
+}
+
+// fp16 copies of a conv weight w [cout][9][cin] (fp32) for the mma kernels' B tiles. layout 0:
 // wf [cout][9·cin] (the same layout: the forward's B) and wt [9·cout][cin] with
-// wt[(8 − tap)·cout + o][ci] = w[o][tap][ci] (dgrad's B, flipped and channel-swapped), or with
-// kmajor the same matrix transposed, wt [cin][9·cout] (the wgmma input gradient's K-major B).
-// Either may be null. cout·9·cin < 2^31; grid-stride.
+// wt[(8 − tap)·cout + o][ci] = w[o][tap][ci] (dgrad's B, flipped and channel-swapped); 1: wt as
+// the same matrix transposed, wt [cin][9·cout] (the wgmma input gradient's K-major B); 2: both
+// K-major matrices (wf [cout][9·cin], wt [cin][9·cout]) in mc_tiled_index's layout (traps unless
+// cout, and for wt cin, are multiples of MC_TN and 9·cin, 9·cout of MC_WK). Either may be null.
+// cout·9·cin < 2^31; grid-stride.
 extern "C" __global__ void conv_weights_f16(const float* __restrict__ w, int cout, int cin, half* __restrict__ wf,
-                                            half* __restrict__ wt, int kmajor) {
+                                            half* __restrict__ wt, int layout) {
     const int k = 9 * cin, n = cout * k;
+    if (layout == 2 && ((wf && (cout % MC_TN || k % MC_WK)) || (wt && (cin % MC_TN || 9 * cout % MC_WK)))) __trap();
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         const half h = __float2half(w[i]);
-        if (wf) wf[i] = h;
+        const int o = i / k, r = i - o * k;
+        if (wf) wf[layout == 2 ? mc_tiled_index(o, r, k) : i] = h;
         if (wt) {
-            const int o = i / k, r = i - o * k, tap = r / cin, ci = r - tap * cin, kb = (8 - tap) * cout + o;
-            wt[kmajor ? ci * 9 * cout + kb : kb * cin + ci] = h;
+            const int tap = r / cin, ci = r - tap * cin, kb = (8 - tap) * cout + o;
+            wt[layout == 2 ? mc_tiled_index(ci, kb, 9 * cout) : layout ? ci * 9 * cout + kb : kb * cin + ci] = h;
         }
     }
 }
@@ -1617,6 +1634,8 @@ extern "C" __global__ void __launch_bounds__(IMG_THREADS, 2) conv3x3_wgrad_img_f
 #define WG_TALL_SMEM 164864
 #define WG_TALL32_SMEM 148480
 #define WG_NARROW_SMEM 99328
+// the multicast kernels (128×256): WG_WIDE_SMEM and the stages' WSTAGES mbarriers
+#define WG_MC_SMEM 197696
 
 template <int WG_, int TN_> struct WgTile {
     static constexpr int WG = WG_, THREADS = 128 * WG_, TM = 64 * WG_, TN = TN_;
@@ -1636,6 +1655,7 @@ using WgNarrow = WgTile<2, 64>; // 128×64 (weight gradients of 64 output channe
 static_assert(WgWide::SMEM == WG_WIDE_SMEM && WgTall::SMEM == WG_TALL_SMEM && WgTall32::SMEM == WG_TALL32_SMEM &&
                   WgNarrow::SMEM == WG_NARROW_SMEM,
               "WG_*_SMEM");
+static_assert(WG_MC_SMEM >= WgWide::SMEM + 8 * WSTAGES, "WG_MC_SMEM: the stages, 1 KB to align them, the mbarriers");
 
 // The stages: the first 1024-byte aligned shared address in the dynamic buffer (the swizzle
 // atoms must start on 1 KB; the buffer has 1 KB of slack).
@@ -1644,18 +1664,50 @@ __device__ __forceinline__ unsigned char* wg_stages(half* smem) {
     return p + ((1024u - (smem_u32(p) & 1023u)) & 1023u);
 }
 
+// How wg_pipeline's steps meet. WgCta: the block's barrier per K step, every operand copied by
+// cp.async (landed once each thread's wait and the barrier are past). WgCluster (the multicast
+// kernels, a 2-CTA cluster): B comes by bulk copies that signal one mbarrier per stage (at
+// shared address bars + 8·stage, in the bytes after the stages), so a step also waits for its
+// stage's phase; and since the peer CTA's copies write into this CTA's stages, the per-step
+// barrier is the cluster's (both CTAs have retired step t − 2's wgmma before either refills its
+// stage), as are the first (the barriers initialised) and the last (no copy still in flight
+// into either CTA when the epilogue reuses the stages or a CTA exits).
+struct WgCta {
+    __device__ __forceinline__ void start() const {}
+    __device__ __forceinline__ void step() const { __syncthreads(); }
+    __device__ __forceinline__ void landed(int, int) const {}
+    __device__ __forceinline__ void finish() const {}
+};
+struct WgCluster {
+    unsigned bars;
+    __device__ __forceinline__ void start() const {
+        if (threadIdx.x == 0) {
+#pragma unroll
+            for (int s = 0; s < WSTAGES; s++) mbar_init(bars + 8 * s, 1);
+            fence_mbar_init();
+        }
+        cluster_sync();
+    }
+    __device__ __forceinline__ void step() const { cluster_sync(); }
+    // step t's stage s: its (t / WSTAGES)-th fill
+    __device__ __forceinline__ void landed(int t, int s) const { mbar_wait(bars + 8 * s, (t / WSTAGES) & 1); }
+    __device__ __forceinline__ void finish() const { cluster_sync(); }
+};
+
 // The pipeline over nk K steps. issue(t, s): start copying step t into stage s. Step t lives in
 // stage t % WSTAGES; at step t the copies of step t + 2 go into the stage that held step t − 2,
 // whose wgmma group every warpgroup retired (wgmma_wait<1> after issuing step t − 1) before step
 // t's barrier. Each thread fences its landed copies for the async proxy before the barrier.
 // MN (the weight gradient): both operands MN-major, each stage's A (then B) as 1 KB atoms of
 // 8 k rows × 64 columns, atom (k group, column block) at (kg·(T/64) + cb)·1024 (T: TM or TN).
-template <class Tl, bool MN = false, class Issue>
-__device__ __forceinline__ void wg_pipeline(float (&acc)[1][Tl::NJ][4], unsigned char* st, int nk, Issue issue) {
+template <class Tl, bool MN = false, class Issue, class Sync = WgCta>
+__device__ __forceinline__ void wg_pipeline(float (&acc)[1][Tl::NJ][4], unsigned char* st, int nk, Issue issue,
+                                            Sync sync = {}) {
     float* d = &acc[0][0][0];
 #pragma unroll
     for (int i = 0; i < Tl::NJ * 4; i++) d[i] = 0.f;
     wgmma_fence_regs<Tl::NJ * 4>(d);
+    sync.start();
     issue(0, 0);
     cp_async_commit();
     if (nk > 1) issue(1, 1);
@@ -1666,9 +1718,10 @@ __device__ __forceinline__ void wg_pipeline(float (&acc)[1][Tl::NJ][4], unsigned
     for (int t = 0; t < nk; t++) {
         cp_async_wait<1>();
         fence_proxy_async();
-        __syncthreads();
+        sync.step();
         if (t + 2 < nk) issue(t + 2, w);
         cp_async_commit();
+        sync.landed(t, s);
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < WK / 16; kk++) {
@@ -1691,6 +1744,7 @@ __device__ __forceinline__ void wg_pipeline(float (&acc)[1][Tl::NJ][4], unsigned
     wgmma_wait<0>();
     wgmma_fence_regs<Tl::NJ * 4>(d);
     cp_async_wait<0>();
+    sync.finish();
 }
 // Room for the epilogue's per-warp column sums once wg_pipeline has run nk steps: stage
 // (nk + 1) % WSTAGES last held step nk − 3 (or nothing), retired before the last step's barrier.
@@ -1700,30 +1754,27 @@ template <typename T, class Tl> __device__ __forceinline__ T (*wg_spare_stage(un
     return reinterpret_cast<T (*)[Tl::TN][2]>(st + ((nk + 1) % WSTAGES) * Tl::STAGE);
 }
 
-// The implicit GEMM both kernels share: A = the 3×3 tap gather of src (C channels) at the rows'
-// pixels (rows), B = wb [nb][K] (K = 9·C, K-major), columns n0..n0+TN−1. This thread copies
-// chunk tid % 8 (8 k) of rows tid/8 + RSTEP·i, stored at chunk (tid % 8) ^ (row % 8).
-template <class Tl>
-__device__ __forceinline__ void wg_tap_gemm(float (&acc)[1][Tl::NJ][4], unsigned char* st, const half* __restrict__ src,
-                                            int C, int W, const TapRows<Tl::TM / Tl::RSTEP>& rows,
-                                            const half* __restrict__ wb, int nb, int n0) {
-    constexpr int RS = Tl::RSTEP, NB = CEIL_DIV(Tl::TN, RS);
-    const int tid = threadIdx.x, r0 = tid >> 3, kc = (tid & 7) * 8, K = 9 * C;
-    const int dst = r0 * 64 + (((tid & 7) ^ (r0 & 7)) * 8);  // halves into a stage's A (or B) rows
+// B = wb [nb][K] (K-major), columns n0..n0+TN−1, by cp.async: this thread copies chunk tid % 8
+// (8 k) of rows tid/8 + RSTEP·i, stored at chunk (tid % 8) ^ (row % 8).
+template <class Tl> struct WgRowsB {
+    static constexpr int RS = Tl::RSTEP, NB = CEIL_DIV(Tl::TN, RS);
+    const half* __restrict__ wb;
     int boff[NB];  // B rows' offsets row·K + kc in wb, 0 past nb (masked below)
     unsigned bmask = 0u;  // bit i: this thread copies B row r0 + RS·i (inside the tile and nb)
+    int K;
+    __device__ __forceinline__ WgRowsB(const half* __restrict__ wb_, int nb, int n0, int K_) : wb(wb_), K(K_) {
+        const int r0 = threadIdx.x >> 3, kc = (threadIdx.x & 7) * 8;
 #pragma unroll
-    for (int i = 0; i < NB; i++) {
-        const int r = n0 + r0 + RS * i;
-        const bool ok = r0 + RS * i < Tl::TN && r < nb;
-        boff[i] = ok ? r * K + kc : 0;
-        bmask |= ok ? 1u << i : 0u;
+        for (int i = 0; i < NB; i++) {
+            const int r = n0 + r0 + RS * i;
+            const bool ok = r0 + RS * i < Tl::TN && r < nb;
+            boff[i] = ok ? r * K + kc : 0;
+            bmask |= ok ? 1u << i : 0u;
+        }
     }
-    KCursor kq(kc, C);  // this thread's A column k = t·WK + kc as (tap, c)
-    auto issue = [&](int t, int s) {
-        half* as = reinterpret_cast<half*>(st + s * Tl::STAGE);
-        half* bs = reinterpret_cast<half*>(st + s * Tl::STAGE + Tl::A_BYTES);
-        rows.template copy<RS * 64>(as + dst, src, kq.tap, kq.c, C, W);
+    // step t's B into bs (a stage's B rows); dst: this thread's chunk in a stage's rows, halves
+    __device__ __forceinline__ void copy(int t, int, half* bs, int dst) const {
+        const int r0 = threadIdx.x >> 3, kc = (threadIdx.x & 7) * 8;
         const unsigned live = t * WK + kc < K ? bmask : 0u;
 #pragma unroll
         for (int i = 0; i < NB; i++) {
@@ -1731,14 +1782,59 @@ __device__ __forceinline__ void wg_tap_gemm(float (&acc)[1][Tl::NJ][4], unsigned
             const bool ok = (live >> i) & 1u;
             cp_async16(bs + dst + i * RS * 64, wb + (ok ? (unsigned)(boff[i] + t * WK) : 0u), ok ? 16 : 0);
         }
+    }
+};
+// B from wb in mc_tiled_index's layout (row block blockIdx.y) by bulk copies, multicast in a
+// 2-CTA cluster: CTA rank r's thread 0 copies rows r·TN/2.. of the step's block into both CTAs'
+// stage, after announcing the whole stage's bytes (both halves land in each CTA) on its own
+// stage mbarrier. Each CTA thus reads half of the weights from L2 that it did alone.
+template <class Tl> struct WgMulticastB {
+    static constexpr unsigned HALF = Tl::TN / 2 * 128;  // bytes of one CTA's half of a stage's B
+    const half* __restrict__ src;                       // this CTA's half of row block blockIdx.y, step 0
+    unsigned bars;
+    __device__ __forceinline__ WgMulticastB(const half* __restrict__ wb, int K, unsigned bars_) : bars(bars_) {
+        static_assert(Tl::TN == MC_TN && WK == MC_WK, "the bulk-copy layout's blocks are one stage's B");
+        src = wb + ((long long)blockIdx.y * (K / WK) * Tl::TN + cluster_ctarank() * (Tl::TN / 2)) * WK;
+    }
+    __device__ __forceinline__ void copy(int t, int s, half* bs, int) const {
+        if (threadIdx.x != 0) return;
+        mbar_arrive_expect_tx(bars + 8 * s, 2 * HALF);
+        bulk_copy_multicast(smem_u32(bs) + cluster_ctarank() * HALF, src + (long long)t * Tl::TN * WK, HALF,
+                            bars + 8 * s, 0x3);
+    }
+};
+
+// The implicit GEMM both kernels share: A = the 3×3 tap gather of src (C channels) at the rows'
+// pixels (rows), B by the copier b (WgRowsB or WgMulticastB), K = 9·C. This thread copies
+// chunk tid % 8 (8 k) of A rows tid/8 + RSTEP·i, stored at chunk (tid % 8) ^ (row % 8).
+template <class Tl, class B, class Sync = WgCta>
+__device__ __forceinline__ void wg_tap_gemm(float (&acc)[1][Tl::NJ][4], unsigned char* st, const half* __restrict__ src,
+                                            int C, int W, const TapRows<Tl::TM / Tl::RSTEP>& rows, const B& b,
+                                            Sync sync = {}) {
+    constexpr int RS = Tl::RSTEP;
+    const int tid = threadIdx.x, r0 = tid >> 3, kc = (tid & 7) * 8;
+    const int dst = r0 * 64 + (((tid & 7) ^ (r0 & 7)) * 8);  // halves into a stage's A (or B) rows
+    KCursor kq(kc, C);  // this thread's A column k = t·WK + kc as (tap, c)
+    auto issue = [&](int t, int s) {
+        half* as = reinterpret_cast<half*>(st + s * Tl::STAGE);
+        half* bs = reinterpret_cast<half*>(st + s * Tl::STAGE + Tl::A_BYTES);
+        rows.template copy<RS * 64>(as + dst, src, kq.tap, kq.c, C, W);
+        b.copy(t, s, bs, dst);
         kq.template advance<WK>(C);
     };
-    wg_pipeline<Tl>(acc, st, CEIL_DIV(K, WK), issue);
+    wg_pipeline<Tl>(acc, st, CEIL_DIV(9 * C, WK), issue, sync);
+}
+
+// What the multicast kernels rely on (the host takes them only there): whole bulk-copy blocks
+// (K a multiple of MC_WK, B's rows of MC_TN), whole clusters along x.
+__device__ __forceinline__ void mc_check(int K, int rows) {
+    if (K % MC_WK != 0 || rows % MC_TN != 0 || gridDim.x % 2 != 0 || blockDim.x != 256) __trap();
 }
 
 // conv_fwd_mma's contract (the epilogue is the same function) on wgmma.
 // grid (ceil(M/TM), ceil(cout/TN)), block THREADS, Tl::SMEM bytes of dynamic shared memory.
-template <class Tl>
+// MC: the multicast kernel's B (wf in mc_tiled_index's layout, a 2-CTA cluster, WG_MC_SMEM).
+template <class Tl, bool MC = false>
 __device__ __forceinline__ void conv_fwd_wg(const half* __restrict__ a, int N, int H, int W, int cin,
                                             const half* __restrict__ wf, int cout, int pool, half* __restrict__ y,
                                             unsigned char* __restrict__ argmax, double* __restrict__ part, half* smem) {
@@ -1750,7 +1846,13 @@ __device__ __forceinline__ void conv_fwd_wg(const half* __restrict__ a, int N, i
     TapRows<Tl::TM / RS> rows;
     fwd_tap_rows(rows, m0 + r0, RS, M, H, W, pool, cin);
     float acc[1][Tl::NJ][4];
-    wg_tap_gemm<Tl>(acc, st, a, cin, W, rows, wf, cout, n0);
+    if constexpr (MC) {
+        mc_check(9 * cin, cout);
+        const unsigned bars = smem_u32(st + WSTAGES * Tl::STAGE);
+        wg_tap_gemm<Tl>(acc, st, a, cin, W, rows, WgMulticastB<Tl>(wf, 9 * cin, bars), WgCluster{bars});
+    } else {
+        wg_tap_gemm<Tl>(acc, st, a, cin, W, rows, WgRowsB<Tl>(wf, cout, n0, 9 * cin));
+    }
     conv_fwd_epilogue<Tl>(acc, m0, n0, M, cout, pool, y, argmax, part,
                           wg_spare_stage<double, Tl>(st, CEIL_DIV(9 * cin, WK)));
 }
@@ -1790,7 +1892,8 @@ __device__ __forceinline__ void dgrad_stage_x(unsigned char* st, const half* __r
 
 // conv_dgrad_mma's contract on wgmma, with B = wk [cin][9·cout] (conv_weights_f16, kmajor = 1:
 // wk[ci][(8 − tap)·cout + o] = w[o][tap][ci]). grid (ceil(P/TM), ceil(cin/TN)), block THREADS.
-template <class Tl>
+// MC: as conv_fwd_wg's (wk in mc_tiled_index's layout).
+template <class Tl, bool MC = false>
 __device__ __forceinline__ void conv_dgrad_wg(const half* __restrict__ g, int N, int H, int W, int cin, int cout,
                                               const half* __restrict__ wk, half* __restrict__ da,
                                               const half* __restrict__ x, const float* __restrict__ pmean,
@@ -1804,7 +1907,13 @@ __device__ __forceinline__ void conv_dgrad_wg(const half* __restrict__ g, int N,
     TapRows<Tl::TM / RS> rows;
     pixel_tap_rows(rows, m0 + r0, RS, M, H, W, cout);
     float acc[1][Tl::NJ][4];
-    wg_tap_gemm<Tl>(acc, st, g, cout, W, rows, wk, cin, n0);
+    if constexpr (MC) {
+        mc_check(9 * cout, cin);
+        const unsigned bars = smem_u32(st + WSTAGES * Tl::STAGE);
+        wg_tap_gemm<Tl>(acc, st, g, cout, W, rows, WgMulticastB<Tl>(wk, 9 * cout, bars), WgCluster{bars});
+    } else {
+        wg_tap_gemm<Tl>(acc, st, g, cout, W, rows, WgRowsB<Tl>(wk, cin, n0, 9 * cout));
+    }
     if (!part) {
         conv_dgrad_epilogue<Tl>(acc, m0, n0, M, cin, da, DgradGlobalX{}, nullptr, nullptr);
         return;
@@ -1891,6 +2000,25 @@ extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_fwd_wgmma_f16(CONV_
 #if ARCH_SM90A
     extern __shared__ half conv_smem[];
     conv_fwd_wg<WgWide>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem);
+#else
+    __trap();
+#endif
+}
+// The 128×256 forward and input gradient with the weights multicast in 2-CTA clusters (B from
+// conv_weights_f16's layout 2), WG_MC_SMEM bytes: the grid's x padded to even (the extra
+// block's rows are past M: it only copies its half of the weights and writes zero partials).
+extern "C" __global__ void CLUSTER_X2 __launch_bounds__(256, 1) conv3x3_fwd_wgmma_mc_f16(CONV_FWD_PARAMS) {
+#if ARCH_SM90A
+    extern __shared__ half conv_smem[];
+    conv_fwd_wg<WgWide, true>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void CLUSTER_X2 __launch_bounds__(256, 1) conv3x3_dgrad_wgmma_mc_f16(CONV_DGRAD_PARAMS) {
+#if ARCH_SM90A
+    extern __shared__ half conv_smem[];
+    conv_dgrad_wg<WgWide, true>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem);
 #else
     __trap();
 #endif

@@ -288,15 +288,16 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     // and the rest still run, unless the error left the GPU unusable.
     type Check = Box<dyn Fn(&mut Gpu, &mut Cpu<f32>, &mut Report) -> Result<()>>;
     let mut checks: Vec<(String, Check)> = vec![("stem".into(), Box::new(check_stem))];
-    // The conv checks on every path but wgmma here; wgmma's come last (below), so that a fault in
-    // a wgmma kernel, which leaves the GPU unusable, skips only them.
+    // The conv checks on every path but the sm_90a ones here; wgmma's and tma's come last (below),
+    // so that a fault in one of their kernels, which leaves the GPU unusable, skips only them.
     let (others, wgmma) = ConvPath::wgmma_last(gpu.info.cc);
-    let conv_checks = |checks: &mut Vec<(String, Check)>, paths: &[ConvPath], suffix: &str| {
+    // before: paths whose kernels an earlier group checks (their lines say so instead)
+    let conv_checks = |checks: &mut Vec<(String, Check)>, before: &[ConvPath], paths: &[ConvPath], suffix: &str| {
         for (i, &(h, w, cin, cout, pool)) in LAYERS.iter().enumerate() {
             let s = Shape::new(BATCH, h, w, cin);
-            let ps = paths.to_vec();
+            let (bs, ps) = (before.to_vec(), paths.to_vec());
             let f = move |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| {
-                check_conv(g, c, r, s, cout, pool, i > 0, 100 + 10 * i as u64, &ps)
+                check_conv(g, c, r, s, cout, pool, i > 0, 100 + 10 * i as u64, &bs, &ps)
             };
             checks.push((format!("conv layer {i}{suffix}"), Box::new(f)));
         }
@@ -311,14 +312,14 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
         .into_iter()
         .enumerate()
         {
-            let ps = paths.to_vec();
+            let (bs, ps) = (before.to_vec(), paths.to_vec());
             let f = move |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| {
-                check_conv(g, c, r, s, cout, pool, bn, 200 + 10 * k as u64, &ps)
+                check_conv(g, c, r, s, cout, pool, bn, 200 + 10 * k as u64, &bs, &ps)
             };
             checks.push((format!("conv odd shape {}{suffix}", shape_str(s)), Box::new(f)));
         }
     };
-    conv_checks(&mut checks, &others, "");
+    conv_checks(&mut checks, &[], &others, "");
     for (k, &(h, w, _, cout, pool)) in LAYERS.iter().enumerate() {
         let s = if pool { Shape::new(BATCH, h / 2, w / 2, cout) } else { Shape::new(BATCH, h, w, cout) };
         checks.push((
@@ -354,23 +355,25 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     let odd = [(24, 72), (8, 200), (16, 16), (40, 360), (8, 8), (24, 216), (64, 64), (8, 72), (32, 288)];
     checks.push(("muon, nine shapes".into(), Box::new(move |g, c, r| check_muon(g, c, r, &odd, 880))));
     checks.push(("whole step".into(), Box::new(|g, c, r| check_step(g, c, r, BATCH, 900))));
-    // the step again on the other tunable conv paths (mma128; wgmma's below) where the GPU has them
+    // the step again on the other tunable conv paths (mma128; wgmma's and tma's below) where the
+    // GPU has them
     let step_on = |checks: &mut Vec<(String, Check)>, path: ConvPath| {
         let f = move |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| {
             g.with_conv_path(path, |g| check_step(g, c, r, BATCH, 900))
         };
         checks.push((format!("whole step, {} convs", path.name()), Box::new(f)));
     };
-    for path in ConvPath::tunable(gpu.info.cc).into_iter().filter(|&p| p != gpu.conv_path && p != ConvPath::Wgmma) {
+    for path in ConvPath::tunable(gpu.info.cc).into_iter().filter(|&p| p != gpu.conv_path && !p.is_sm90()) {
         step_on(&mut checks, path);
     }
     // at a quarter of the batch: what it checks (replays equal op by op, each step reading its own
     // plan row) does not depend on the batch, and its six steps were 40% of the emulated run
     checks.push(("recorded step".into(), Box::new(|g, c, r| check_graph(g, c, r, BATCH / 4, 950))));
-    if !wgmma.is_empty() {
-        conv_checks(&mut checks, &wgmma, ", wgmma");
-        if gpu.conv_path != ConvPath::Wgmma {
-            step_on(&mut checks, ConvPath::Wgmma);
+    // wgmma, then tma (whose kernels are wgmma's but for the multicast ones: only those run)
+    for (i, &path) in wgmma.iter().enumerate() {
+        conv_checks(&mut checks, &wgmma[..i], &[path], &format!(", {}", path.name()));
+        if gpu.conv_path != path {
+            step_on(&mut checks, path);
         }
     }
     // SPEEDRUN_SELFTEST_TIMES=1: each check's wall time after its lines (where the emulated
@@ -504,6 +507,7 @@ fn check_conv(
     pool: bool,
     bn: bool,
     seed: u64,
+    before: &[ConvPath],
     paths: &[ConvPath],
 ) -> Result<()> {
     let cin = xs.c;
@@ -575,7 +579,7 @@ fn check_conv(
     // a path whose forward (backward) kernels were all checked above under an earlier path's
     // name is not checked again: img runs mma's kernels outside the first layers, mma128 mma's
     // weight gradient (the same rule as the bench's lines)
-    let fresh = new_kernels(gpu, paths, xs, cout, pool);
+    let fresh = new_kernels(gpu, before, paths, xs, cout, pool);
     for (&path, new) in paths.iter().zip(&fresh) {
         if new[0] {
             gpu.with_conv_path(path, |g| fwd(g, r, path.name()))?;
@@ -632,8 +636,16 @@ fn check_conv(
 
 /// For each of `paths` in order: whether its (forward, weight gradient, input gradient) kernel
 /// at this shape is one that no earlier path in `paths` runs there.
-fn new_kernels(gpu: &Gpu, paths: &[ConvPath], xs: Shape, cout: usize, pool: bool) -> Vec<[bool; 3]> {
-    let mut seen: Vec<[&str; 3]> = Vec::new();
+/// (`before`: paths whose kernels count as seen already, checked or timed by an earlier call.)
+fn new_kernels(
+    gpu: &Gpu,
+    before: &[ConvPath],
+    paths: &[ConvPath],
+    xs: Shape,
+    cout: usize,
+    pool: bool,
+) -> Vec<[bool; 3]> {
+    let mut seen: Vec<[&str; 3]> = before.iter().map(|&p| gpu.conv_kernels(p, xs, cout, pool)).collect();
     paths
         .iter()
         .map(|&path| {
@@ -1322,7 +1334,7 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
 
     // every conv path but wgmma here; the wgmma lines come last (bench_step), so that a fault in
     // them (which loses the context) costs only their own lines
-    bench_convs(gpu, n, &ConvPath::wgmma_last(gpu.info.cc).0, true, out)?;
+    bench_convs(gpu, n, &[], &ConvPath::wgmma_last(gpu.info.cc).0, true, out)?;
 
     // head, loss, optimizers
     let xs = Shape::new(n, 3, 3, 256);
@@ -1401,7 +1413,14 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
 
 /// The conv lines (forward, with BatchNorm statistics, weight and input gradients, with sums)
 /// of every layer on each of `paths`, then, with `bn_lines`, each layer's bn_stats and pre_bwd.
-fn bench_convs(gpu: &mut Gpu, n: usize, paths: &[ConvPath], bn_lines: bool, out: &mut dyn Write) -> Result<()> {
+fn bench_convs(
+    gpu: &mut Gpu,
+    n: usize,
+    before: &[ConvPath],
+    paths: &[ConvPath],
+    bn_lines: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
     for (l, &(h, w, cin, cout, pool)) in LAYERS.iter().enumerate() {
         let xs = Shape::new(n, h, w, cin);
         let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
@@ -1429,7 +1448,8 @@ fn bench_convs(gpu: &mut Gpu, n: usize, paths: &[ConvPath], bn_lines: bool, out:
         let mut rv = gpu.upload(&vec![1.0; cout])?;
         let mut bo = gpu.zeros(2 * cout)?;
         // a line whose kernels were all timed already under an earlier path's name is left out
-        for (&path, &[fwd_new, wgrad_new, dgrad_new]) in paths.iter().zip(&new_kernels(gpu, paths, xs, cout, pool)) {
+        let fresh = new_kernels(gpu, before, paths, xs, cout, pool);
+        for (&path, &[fwd_new, wgrad_new, dgrad_new]) in paths.iter().zip(&fresh) {
             let p = path.name();
             let bwd_new = wgrad_new || dgrad_new;
             if !(fwd_new || bwd_new) {
@@ -1550,7 +1570,7 @@ fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, out: &mut dyn Write) -> Re
     } else {
         Vec::new()
     };
-    for &path in others.iter().filter(|&&p| p != ConvPath::Wgmma) {
+    for &path in others.iter().filter(|&&p| !p.is_sm90()) {
         let name = format!("train step, graph, {} convs", path.name());
         gpu.with_conv_path(path, |g| variant(g, &mut st, out, &name))?;
     }
@@ -1564,13 +1584,16 @@ fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, out: &mut dyn Write) -> Re
     }
     step_profile(gpu, &mut |g| st.step(g), out)?;
     // Last, where the GPU has them and they are not the default: the wgmma convs per layer, the
-    // step on them, and its profile (a fault in a wgmma kernel loses the context: only these
-    // lines are then missing)
-    if others.contains(&ConvPath::Wgmma) {
-        bench_convs(gpu, n, &[ConvPath::Wgmma], false, out)?;
-        gpu.with_conv_path(ConvPath::Wgmma, |g| variant(g, &mut st, out, "train step, graph, wgmma convs"))?;
-        writeln!(out, "(wgmma convs)").map_err(io)?;
-        gpu.with_conv_path(ConvPath::Wgmma, |g| step_profile(g, &mut |g| st.step(g), out))?;
+    // step on them, and its profile, then the same for tma (its multicast kernels' lines; a
+    // fault in an sm_90a kernel loses the context: only the lines after it are then missing)
+    let sm90 = [ConvPath::Wgmma, ConvPath::Tma];
+    for (i, &path) in sm90.iter().enumerate().filter(|(_, p)| others.contains(p)) {
+        // tma's lines: its multicast kernels only (the others are wgmma's, timed just above)
+        bench_convs(gpu, n, &sm90[..i], &[path], false, out)?;
+        let name = format!("train step, graph, {} convs", path.name());
+        gpu.with_conv_path(path, |g| variant(g, &mut st, out, &name))?;
+        writeln!(out, "({} convs)", path.name()).map_err(io)?;
+        gpu.with_conv_path(path, |g| step_profile(g, &mut |g| st.step(g), out))?;
     }
     // Then (it may take wgmma kernels) the mixed path: each GEMM's family chosen by timing the
     // candidates in the first op-by-op step, then the step recorded and replayed; its choices

@@ -55,6 +55,7 @@ enum : int {
     CAPTURE_UNSUPPORTED = 900,
     CAPTURE_INVALIDATED = 901,
     CAPTURE_WRONG_THREAD = 908,
+    INVALID_CLUSTER_SIZE = 912,
     UNKNOWN = 999,
 };
 
@@ -84,6 +85,7 @@ static const struct {
     {901, "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED", "operation failed due to a previous error during capture"},
     {904, "CUDA_ERROR_STREAM_CAPTURE_UNJOINED", "capture was not joined"},
     {908, "CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD", "attempt to terminate a thread-local capture sequence from another thread"},
+    {912, "CUDA_ERROR_INVALID_CLUSTER_SIZE", "invalid cluster size"},
     {999, "CUDA_ERROR_UNKNOWN", "unknown error"},
 };
 
@@ -264,7 +266,7 @@ static CUresult run_launch(const Op& op) {
         fprintf(stderr, "emu-driver: launch %s grid (%u,%u,%u) block (%u,%u,%u)\n", k.name, op.g[0], op.g[1], op.g[2],
                 op.b[0], op.b[1], op.b[2]);
     std::string err = emu_launch(op.g[0], op.g[1], op.g[2], op.b[0], op.b[1], op.b[2], op.smem,
-                                 [&] { k.invoke(k.fn, params.data()); });
+                                 [&] { k.invoke(k.fn, params.data()); }, k.cluster);
     if (!err.empty()) {
         complain("%s::%s: %s", k.module, k.name, err.c_str());
         sticky = LAUNCH_FAILED;
@@ -532,6 +534,10 @@ API CUresult cuLaunchKernel(void* fh, unsigned gx, unsigned gy, unsigned gz, uns
         gx > 2147483647u || bx > 1024 || by > 1024 || bz > 64 || (uint64_t)bx * by * bz > 1024) {
         complain("%s: invalid launch configuration grid (%u,%u,%u) block (%u,%u,%u)", k.name, gx, gy, gz, bx, by, bz);
         return INVALID_VALUE;
+    }
+    if (gx % k.cluster != 0) {  // a kernel with __cluster_dims__: whole clusters only
+        complain("%s: grid x %u is not a multiple of the kernel's cluster size %u", k.name, gx, k.cluster);
+        return INVALID_CLUSTER_SIZE;
     }
     if ((int)smem > f->max_dyn_smem) {
         complain("%s: %u bytes of dynamic shared memory, above the function's limit %d (cuFuncSetAttribute)", k.name,

@@ -21,6 +21,7 @@ struct KernelEntry {
     std::vector<bool> is_ptr;
     void* fn;
     void (*invoke)(void* fn, void* const* params);
+    unsigned cluster = 1;  // __cluster_dims__(cluster, 1, 1) of the kernel's definition
     // Extra pointer checks for by-value structs holding pointers (SgdArgs, GemmBatch): returns
     // every (pointer, what) the kernel will dereference.
     void (*struct_ptrs)(void* const* params, std::vector<std::pair<uintptr_t, std::string>>& out) = nullptr;
@@ -34,8 +35,10 @@ void emu_invoke_impl(void* fn, void* const* p, std::index_sequence<I...>) {
 template <class... A> void emu_invoke(void* fn, void* const* p) {
     emu_invoke_impl<A...>(fn, p, std::index_sequence_for<A...>{});
 }
-template <class... A> KernelEntry make_entry(const char* module, const char* name, void (*fn)(A...)) {
+template <class... A>
+KernelEntry make_entry(const char* module, const char* name, void (*fn)(A...), unsigned cluster = 1) {
     KernelEntry e;
+    e.cluster = cluster;
     e.module = module;
     e.name = name;
     e.sizes = {sizeof(std::remove_cv_t<A>)...};
@@ -47,10 +50,11 @@ template <class... A> KernelEntry make_entry(const char* module, const char* nam
 }
 
 // fibers.cpp: runs f for every block of the grid (blocks spread over a few OS threads, each
-// block's threads as fibers on one of them) with `dyn_smem` bytes of dynamic shared memory.
-// Returns an empty string or a description of a deadlock.
+// block's threads as fibers on one of them) with `dyn_smem` bytes of dynamic shared memory,
+// `cluster` CTAs along x per thread-block cluster. Returns an empty string or a description of
+// a deadlock or of a grid that is not whole clusters.
 std::string emu_launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, size_t dyn_smem,
-                       const std::function<void()>& f);
+                       const std::function<void()>& f, unsigned cluster = 1);
 // The dynamic shared memory of the block running on this OS thread.
 unsigned char* emu_dyn_smem();
 // Its size: the launch's dynamic shared memory bytes.

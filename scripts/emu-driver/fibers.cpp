@@ -9,6 +9,12 @@
 // deterministic interleaving; data races are not detected here: use
 // scripts/kernel-emu/run.sh --tsan). A block whose threads wait at different barriers is
 // reported as a failed launch.
+//
+// Thread-block clusters (a kernel with __cluster_dims__(n, 1, 1)): the n CTAs of a cluster run
+// together on one OS thread, their threads all fibers of one scheduler (CTA r's threads after
+// CTA r − 1's), each CTA with its own dynamic shared memory, block barrier and blockIdx; the
+// cluster barrier waits for all of them. Static __shared__ would be shared by the cluster's CTAs
+// here, so the cluster kernels keep everything in dynamic shared memory.
 #include "cuda_fp16.h"
 #include "emu_kernel.h"
 #include <sys/mman.h>
@@ -71,8 +77,9 @@ struct Barrier {
 struct Fiber {
     void* sp = nullptr;
     void* stack = nullptr;
-    dim3 tid;
-    bool done = false, waiting = false;
+    dim3 tid, bid;
+    int rank = 0;
+    bool done = false, waiting = false, spinning = false;  // spinning: in an mbarrier wait (emu_spin)
     Barrier* on = nullptr;
     uint64_t gen = 0;
 };
@@ -80,10 +87,14 @@ struct Sched {
     void* main = nullptr;
     std::vector<Fiber*> fibers;
     int cur = 0, alive = 0, nt = 0;
-    Barrier block;
-    std::vector<Barrier> warps;
+    int cx = 1, block_threads = 0;  // CTAs per cluster, threads per CTA (nt = cx · block_threads)
+    std::vector<Barrier> blocks;    // per CTA of the cluster
+    Barrier cluster;
+    std::vector<Barrier> warps;     // per warp of the cluster (emu_gtid() / 32)
     const std::function<void()>* f = nullptr;
-    std::vector<unsigned char> dyn;
+    std::vector<std::vector<unsigned char>> dyn;  // per CTA of the cluster
+    std::vector<std::function<void()>> bulk;      // bulk copies in flight (emu_bulk_defer)
+    unsigned long long epoch = 0;                 // barrier arrivals and mbarrier changes so far
     size_t dyn_bytes = 0;  // the running launch's dynamic shared memory (dyn may be larger)
     unsigned long long blocks_run = 0;  // blocks started on this OS thread (emu_block_serial)
 };
@@ -92,6 +103,7 @@ thread_local Sched S;
 void release(Barrier& b) {
     b.count = 0;
     b.gen++;
+    S.epoch++;
 }
 bool runnable(const Fiber& f) { return !f.done && !(f.waiting && f.on->gen == f.gen); }
 // Resumes fiber i, saving the current stack pointer (a fiber's or the launcher's) in *save.
@@ -100,22 +112,41 @@ void resume(int i, void** save) {
     f.waiting = false;
     S.cur = i;
     threadIdx = f.tid;
+    blockIdx = f.bid;
+    emu_rank = f.rank;
+    emu_rank_base = f.rank * S.block_threads;
     emu_switch(save, f.sp);
 }
-// Suspends fiber fb and resumes the next runnable fiber after it, in the launcher's round-robin
-// order (0, 1, ..., nt - 1, 0, ...), directly: one switch instead of two through the launcher.
-// With none runnable (all done, or a deadlock) it returns to the launcher, which tells which.
+// The fiber to run after the current one (−1: none runnable): the next runnable one after it in
+// round-robin order (0, 1, ..., nt − 1, 0, ...) among its own CTA's, else among the cluster's,
+// skipping those spinning in an mbarrier wait unless only they are left. Without clusters that
+// is the plain round robin. With them, a CTA runs as far as it can before its peer gets a turn,
+// which makes the CTAs drift apart as far as their synchronisation lets them: a missing wait
+// between them then shows (a stage refilled while the peer still reads it gives NaN).
+int next_fiber() {
+    const int cur = S.cur, bt = S.block_threads, r0 = S.fibers[cur]->rank * bt;
+    auto ok = [](int i) { return runnable(*S.fibers[i]) && !S.fibers[i]->spinning; };
+    for (int k = 1; k <= bt; k++)
+        if (const int i = r0 + (cur - r0 + k) % bt; ok(i)) return i;
+    for (int k = 1; k <= S.nt; k++)
+        if (const int i = (cur + k) % S.nt; ok(i)) return i;
+    for (int k = 1; k <= S.nt; k++)
+        if (const int i = (cur + k) % S.nt; runnable(*S.fibers[i])) return i;
+    return -1;
+}
+// Suspends fiber fb and resumes next_fiber() directly: one switch instead of two through the
+// launcher. With none runnable (all done, or a deadlock) it returns to the launcher, which
+// tells which.
 void yield_from(Fiber& fb) {
-    for (int k = 1, i = S.cur; k <= S.nt; k++) {
-        if (++i == S.nt) i = 0;
-        if (runnable(*S.fibers[i])) return resume(i, &fb.sp);
-    }
+    const int i = next_fiber();
+    if (i >= 0) return resume(i, &fb.sp);
     emu_switch(&fb.sp, S.main);
 }
 // Returns true when this arrival completes the barrier: the fiber goes on at once, while the
 // others are still suspended until it yields (sm80.h's leader lanes rely on that).
 bool arrive(Barrier& b) {
     Fiber& fb = *S.fibers[S.cur];
+    S.epoch++;
     if (++b.count >= b.expected) {
         release(b);
         return true;
@@ -135,9 +166,11 @@ void trampoline() {
     Fiber& fb = *S.fibers[S.cur];
     fb.done = true;
     S.alive--;
-    leave(S.block);
+    S.epoch++;
+    leave(S.blocks[fb.rank]);
+    leave(S.cluster);
     const dim3 t = fb.tid;
-    leave(S.warps[(t.x + t.y * blockDim.x + t.z * blockDim.x * blockDim.y) / 32]);
+    leave(S.warps[(t.x + t.y * blockDim.x + t.z * blockDim.x * blockDim.y + fb.rank * S.block_threads) / 32]);
     yield_from(fb);
     abort();  // never resumed
 }
@@ -151,8 +184,10 @@ void* fresh_stack(void* stack, int i) {
     return f;
 }
 
-// Runs one block on this OS thread; returns false on a deadlock.
-bool run_block(unsigned bx, unsigned by, unsigned bz, int nt) {
+// Runs one cluster (one block without clusters: cx = 1) on this OS thread, its CTAs at
+// blockIdx.x = bx..bx+cx−1; returns false on a deadlock.
+bool run_block(unsigned bx, unsigned by, unsigned bz, int bt, int cx) {
+    const int nt = bt * cx;
     while ((int)S.fibers.size() < nt) {
         Fiber* fb = new Fiber;
         fb->stack = mmap(nullptr, STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -162,21 +197,28 @@ bool run_block(unsigned bx, unsigned by, unsigned bz, int nt) {
         }
         S.fibers.push_back(fb);
     }
-    blockIdx.x = bx;
-    blockIdx.y = by;
-    blockIdx.z = bz;
     S.blocks_run++;
-    S.block = Barrier{nt, 0, 0};
-    S.warps.assign((nt + 31) / 32, Barrier{});
-    for (int w = 0; w < (nt + 31) / 32; w++) S.warps[w].expected = std::min(32, nt - 32 * w);
+    S.cx = cx;
+    S.block_threads = bt;
+    S.blocks.assign(cx, Barrier{bt, 0, 0});
+    S.cluster = Barrier{nt, 0, 0};
+    // warps never straddle two CTAs: each CTA's warps start at a multiple of 32 in emu_gtid()
+    // only when bt is a multiple of 32, which clusters require (emu_launch)
+    const int wpb = (bt + 31) / 32;
+    S.warps.assign(wpb * cx, Barrier{});
+    for (int w = 0; w < wpb * cx; w++) S.warps[w].expected = std::min(32, bt - 32 * (w % wpb));
     for (int i = 0; i < nt; i++) {
         Fiber& fb = *S.fibers[i];
+        const int t = i % bt;
         fb.sp = fresh_stack(fb.stack, i);
-        fb.tid.x = i % blockDim.x;
-        fb.tid.y = (i / blockDim.x) % blockDim.y;
-        fb.tid.z = i / (blockDim.x * blockDim.y);
-        fb.done = fb.waiting = false;
+        fb.tid.x = t % blockDim.x;
+        fb.tid.y = (t / blockDim.x) % blockDim.y;
+        fb.tid.z = t / (blockDim.x * blockDim.y);
+        fb.rank = i / bt;
+        fb.bid = dim3{bx + (unsigned)fb.rank, by, bz};
+        fb.done = fb.waiting = fb.spinning = false;
     }
+    S.bulk.clear();
     S.alive = nt;
     S.nt = nt;
     // the fibers switch among themselves (yield_from) and come back here only when none is
@@ -190,11 +232,16 @@ bool run_block(unsigned bx, unsigned by, unsigned bz, int nt) {
         }
         if (!progress) return false;
     }
+    if (!S.bulk.empty()) {
+        fprintf(stderr, "emulated cluster (%u,%u,%u): %zu bulk copies still in flight when its CTAs exited (nobody "
+                "waited for them)\n", bx, by, bz, S.bulk.size());
+        abort();
+    }
     return true;
 }
 
 struct Job {
-    unsigned gx, gy, gz;
+    unsigned gx, gy, gz, cx;  // cx: CTAs per cluster along x (1: no clusters)
     int nt;
     size_t dyn;
     const std::function<void()>* f;
@@ -210,11 +257,14 @@ void work(Job& j) {
     // at least the opt-in maximum, so that an access past the launch's size stays in the buffer
     // for sm80.h's checks to report
     const size_t want = std::max<size_t>(j.dyn, EMU_SMEM_BYTES);
-    if (S.dyn.size() < want) S.dyn.resize(want);
+    if (S.dyn.size() < j.cx) S.dyn.resize(j.cx);
+    for (auto& d : S.dyn)
+        if (d.size() < want) d.resize(want);
     S.dyn_bytes = j.dyn;
+    const unsigned ncx = j.gx / j.cx;  // clusters along x
     for (uint64_t b; (b = j.next.fetch_add(1)) < j.total && !j.deadlock.load();) {
-        const unsigned x = b % j.gx, y = (b / j.gx) % j.gy, z = b / ((uint64_t)j.gx * j.gy);
-        if (!run_block(x, y, z, j.nt)) {
+        const unsigned x = (b % ncx) * j.cx, y = (b / ncx) % j.gy, z = b / ((uint64_t)ncx * j.gy);
+        if (!run_block(x, y, z, j.nt, j.cx)) {
             std::lock_guard<std::mutex> g(j.m);
             if (!j.deadlock.exchange(true))
                 j.where = "block (" + std::to_string(x) + "," + std::to_string(y) + "," + std::to_string(z) + ")";
@@ -268,27 +318,58 @@ struct Pool {
 };
 }  // namespace
 
-void emu_block_sync() { arrive(S.block); }
+void emu_block_sync() { arrive(S.blocks[emu_rank]); }
 bool emu_warp_sync(int w) { return arrive(S.warps[w]); }
-unsigned char* emu_dyn_smem() { return S.dyn.data(); }
+unsigned char* emu_dyn_smem() { return S.dyn[emu_rank].data(); }
+unsigned char* emu_dyn_smem_of(int rank) { return S.dyn[rank].data(); }
+int emu_cluster_size() { return S.cx; }
+void emu_cluster_sync() { arrive(S.cluster); }
+void emu_progress() { S.epoch++; }
+void emu_bulk_defer(std::function<void()> op) { S.bulk.push_back(std::move(op)); }
+void emu_bulk_drain() {
+    std::vector<std::function<void()>> ops;
+    ops.swap(S.bulk);
+    for (auto& op : ops) op();
+}
+void emu_spin(unsigned long long& seen, int& idle, const char* what) {
+    if (S.epoch != seen) {
+        seen = S.epoch;
+        idle = 0;
+    } else if (++idle > 3) {  // every other fiber had three turns and no barrier or mbarrier moved
+        fprintf(stderr, "emulated %s: block (%u,%u,%u) thread %u waits for an mbarrier phase that cannot complete "
+                "(deadlock)\n", what, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x);
+        abort();
+    }
+    // another runnable fiber, if any (this one stays runnable, marked as spinning until it runs)
+    Fiber& fb = *S.fibers[S.cur];
+    fb.spinning = true;
+    const int i = next_fiber();
+    if (i >= 0 && i != S.cur) resume(i, &fb.sp);
+    fb.spinning = false;
+}
 size_t emu_dyn_smem_bytes() { return S.dyn_bytes; }
 unsigned long long emu_block_serial() { return S.blocks_run; }
 
 std::string emu_launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, size_t dyn_smem,
-                       const std::function<void()>& f) {
+                       const std::function<void()>& f, unsigned cluster) {
     // never destroyed: its detached threads wait on its condition variable until the process ends
     // (destroying it at exit would block in pthread_cond_destroy)
     static Pool& pool = *new Pool;
     blockDim = dim3{bx, by, bz};
     gridDim = dim3{gx, gy, gz};
+    const unsigned bt = bx * by * bz;
+    if (cluster < 1 || gx % cluster != 0) return "grid x " + std::to_string(gx) + " is not a multiple of the cluster size " + std::to_string(cluster);
+    if (cluster > 1 && (bt % 32 != 0 || bt * cluster > 1024))
+        return "the emulated clusters need whole warps and at most 1024 threads per cluster";
     Job j;
+    j.cx = cluster;
     j.gx = gx;
     j.gy = gy;
     j.gz = gz;
     j.nt = (int)(bx * by * bz);
     j.dyn = dyn_smem;
     j.f = &f;
-    j.total = (uint64_t)gx * gy * gz;
+    j.total = (uint64_t)(gx / cluster) * gy * gz;
     pool.run(j);
     if (j.deadlock) return "threads of " + j.where + " wait at different barriers (a __syncthreads not reached by all)";
     return "";

@@ -6,9 +6,9 @@
 // cores, each with its own shared memory. About 10x faster than an OS thread per CUDA thread.
 #include "emu_kernel.h"
 #include <cstdio>
-void launch(dim3 grid, dim3 block, const std::function<void()>& f) {
+void launch(dim3 grid, dim3 block, const std::function<void()>& f, unsigned cluster) {
     // every launch gets the opt-in maximum of an H100 (the kernels check their own need)
-    const std::string err = emu_launch(grid.x, grid.y, grid.z, block.x, block.y, block.z, EMU_SMEM_BYTES, f);
+    const std::string err = emu_launch(grid.x, grid.y, grid.z, block.x, block.y, block.z, EMU_SMEM_BYTES, f, cluster);
     if (!err.empty()) {
         fprintf(stderr, "emulated launch failed: %s\n", err.c_str());
         abort();
@@ -26,7 +26,11 @@ alignas(128) static unsigned char g_dyn_smem[EMU_SMEM_BYTES];
 unsigned char* emu_dyn_smem() { return g_dyn_smem; }
 size_t emu_dyn_smem_bytes() { return EMU_SMEM_BYTES; }
 // Runs f for every block of grid sequentially, the block's threads concurrently.
-void launch(dim3 grid, dim3 block, const std::function<void()>& f) {
+void launch(dim3 grid, dim3 block, const std::function<void()>& f, unsigned cluster) {
+    if (cluster != 1) {
+        fprintf(stderr, "thread-block clusters are emulated with fibers only (not with --asan / --tsan)\n");
+        abort();
+    }
     blockDim = block; gridDim = grid;
     const int nt = block.x * block.y * block.z;
     std::barrier<> bar(nt);

@@ -33,6 +33,18 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         printf("  conv_weights_f16: %lld of %zu wrong %s\n", bad, 3 * wf.size(), bad ? "FAIL" : "PASS");
         fails += bad > 0;
     }
+    // the multicast kernels' copies (layout 2, mc_tiled_index) where they are defined: every
+    // element of wf and wk at its place in the bulk-copy blocks
+    const bool mc_fwd = cout % MC_TN == 0 && K % MC_WK == 0, mc_dgrad = cin % MC_TN == 0 && 9 * cout % MC_WK == 0;
+    std::vector<half> wfb(mc_fwd ? wf.size() : 0, (half)NAN), wkb(mc_dgrad ? wk.size() : 0, (half)NAN);
+    if (mc_fwd || mc_dgrad) {
+        launch(gcw, dim3{256, 1, 1}, [&] { conv_weights_f16(w.data(), cout, cin, mc_fwd ? wfb.data() : nullptr, mc_dgrad ? wkb.data() : nullptr, 2); });
+        long long bad = 0;
+        for (int o = 0; mc_fwd && o < cout; o++) for (int k = 0; k < K; k++) bad += !(wfb[mc_tiled_index(o, k, K)] == wf[(size_t)o * K + k]);
+        for (int i = 0; mc_dgrad && i < cin; i++) for (int k = 0; k < 9 * cout; k++) bad += !(wkb[mc_tiled_index(i, k, 9 * cout)] == wk[(size_t)i * 9 * cout + k]);
+        printf("  conv_weights_f16 bulk-copy layout (%s%s): %lld wrong %s\n", mc_fwd ? "wf" : "", mc_dgrad ? " wk" : "", bad, bad ? "FAIL" : "PASS");
+        fails += bad > 0;
+    }
     auto shift = rndv(cin, 0.3f);
     auto mean = rndv(cin, 0.3f);
     auto inv = rndv(cin, 0.3f); for (auto& v : inv) v = (float)(half)(0.6f + fabsf(v));
@@ -162,6 +174,24 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         };
         wg_fwd(conv3x3_fwd_wgmma_f16, 128, 256, 256, "128x256");
         wg_fwd(conv3x3_fwd_wgmma_tall_f16, 256, 64, 512, "256x64");
+        // the multicast kernel (2-CTA clusters, the weights by bulk copies into both CTAs, grid x
+        // padded to even as the host pads it): y, argmax and the BN partials bit for bit with
+        // the 128×256 wgmma kernel's (the padding block's partials are zeros)
+        if (mc_fwd) {
+            std::vector<half> yh8(ylen, (half)NAN), yh9(ylen, (half)NAN);
+            std::vector<unsigned char> am8(pool ? ylen : 8, 0xEE), am9(pool ? ylen : 8, 0xEE);
+            const unsigned tiles = (unsigned)((M + 127) / 128);
+            dim3 g1{tiles, 1, 1}, g2{tiles + tiles % 2, 1, 1};
+            std::vector<double> p8((size_t)2 * cout * g1.x, NAN), p9((size_t)2 * cout * g2.x, NAN);
+            launch(g1, dim3{256, 1, 1}, [&] { conv3x3_fwd_wgmma_f16(ah.data(), N, H, W, cin, wf.data(), cout, pool, yh8.data(), am8.data(), p8.data()); });
+            launch(g2, dim3{256, 1, 1}, [&] { conv3x3_fwd_wgmma_mc_f16(ah.data(), N, H, W, cin, wfb.data(), cout, pool, yh9.data(), am9.data(), p9.data()); }, 2);
+            bool parts = true;
+            for (size_t c = 0; c < (size_t)2 * cout; c++)
+                for (unsigned b = 0; b < g2.x; b++) parts &= b < g1.x ? p9[c * g2.x + b] == p8[c * g1.x + b] : p9[c * g2.x + b] == 0.0;
+            int same = memcmp(yh8.data(), yh9.data(), ylen * 2) == 0 && am8 == am9 && parts;
+            printf("  fwd wgmma multicast (128x256 tiles, %u clusters of 2): y, argmax, BN partials bit-identical: %s\n", g2.x / 2, same ? "PASS" : "FAIL");
+            fails += !same;
+        }
         // the image-resident forward (one block per image and 64 channels, image and filters in
         // shared memory as ImgLayout lays them out; the host takes it where that fits): y and
         // argmax bit for bit (the same k16 chain), the statistics after bn_finalize_f32 (one
@@ -386,6 +416,22 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         wg_dgrad(conv3x3_dgrad_wgmma_f16, 128, 256, 256, "128x256");
         wg_dgrad(conv3x3_dgrad_wgmma_tall_f16, 256, 64, 512, "256x64");
         wg_dgrad(conv3x3_dgrad_wgmma_tall32_f16, 256, 32, 512, "256x32");
+        // the multicast kernel (wk in the bulk-copy layout, grid x padded to even): da and the
+        // sums' partials bit for bit with the 128×256 wgmma kernel's
+        if (mc_dgrad) {
+            std::vector<half> da8(x.size(), (half)NAN), da9(x.size(), (half)NAN);
+            const unsigned tiles = (unsigned)((P + 127) / 128);
+            dim3 g1{tiles, 1, 1}, g2{tiles + tiles % 2, 1, 1};
+            std::vector<float> p8((size_t)2 * cin * g1.x, NAN), p9((size_t)2 * cin * g2.x, NAN);
+            launch(g1, dim3{256, 1, 1}, [&] { conv3x3_dgrad_wgmma_f16(gfull.data(), N, H, W, cin, cout, wk.data(), da8.data(), xh.data(), pm, pi, shift.data(), bn, p8.data()); });
+            launch(g2, dim3{256, 1, 1}, [&] { conv3x3_dgrad_wgmma_mc_f16(gfull.data(), N, H, W, cin, cout, wkb.data(), da9.data(), xh.data(), pm, pi, shift.data(), bn, p9.data()); }, 2);
+            bool parts = true;
+            for (size_t c = 0; c < (size_t)2 * cin; c++)
+                for (unsigned b = 0; b < g2.x; b++) parts &= b < g1.x ? p9[c * g2.x + b] == p8[c * g1.x + b] : p9[c * g2.x + b] == 0.0f;
+            int same = memcmp(da8.data(), da9.data(), da8.size() * 2) == 0 && parts;
+            printf("  dgrad wgmma multicast (128x256 tiles, %u clusters of 2): da and sums' partials bit-identical: %s\n", g2.x / 2, same ? "PASS" : "FAIL");
+            fails += !same;
+        }
     }
 }
 

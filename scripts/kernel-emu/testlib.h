@@ -9,7 +9,8 @@
 #ifndef TEST_SEED
 #error "define TEST_SEED before including testlib.h"
 #endif
-void launch(dim3 grid, dim3 block, const std::function<void()>& f);
+// cluster: CTAs per thread-block cluster along x (the kernel's CLUSTER_Xn; fibers only)
+void launch(dim3 grid, dim3 block, const std::function<void()>& f, unsigned cluster = 1);
 
 static std::mt19937 rng(TEST_SEED);
 // n values scale·N(0, 1) + off, each rounded to fp16 (exact inputs for both sides).

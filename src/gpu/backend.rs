@@ -345,6 +345,9 @@ pub(super) const WG_WIDE_SMEM: u32 = 197632;
 pub(super) const WG_TALL_SMEM: u32 = 164864;
 pub(super) const WG_TALL32_SMEM: u32 = 148480;
 pub(super) const WG_NARROW_SMEM: u32 = 99328;
+/// The multicast (`ConvPath::Tma`) 128×256 kernels' (`WG_MC_SMEM`): [`WG_WIDE_SMEM`] and the
+/// stages' mbarriers.
+pub(super) const WG_MC_SMEM: u32 = 197696;
 
 /// An sm_80+ conv kernel as `Gpu::mma_kernel` picks it: name, block tile (rows × columns),
 /// dynamic shared memory, threads per block, and whether it is a wgmma kernel (its input
@@ -360,6 +363,29 @@ struct MmaKernel {
     /// An image-resident kernel: the forward's grid rows are the batch, not ⌈GEMM rows / tm⌉,
     /// and the weight gradient's slices are whole images.
     per_image: bool,
+    /// A multicast kernel (`_wgmma_mc_`): 2-CTA clusters along the grid's x (padded to even),
+    /// the weights in `conv_weights_f16`'s bulk-copy layout (layout 2).
+    cluster: bool,
+}
+
+impl MmaKernel {
+    /// Grid rows for `rows` tiles: whole clusters for a multicast kernel.
+    fn grid_rows(&self, rows: u32) -> u32 {
+        if self.cluster {
+            rows.next_multiple_of(2)
+        } else {
+            rows
+        }
+    }
+    /// `conv_weights_f16`'s layout for this kernel's B: 2 (bulk-copy blocks) for a multicast
+    /// kernel, else 1 (K-major) for a wgmma input gradient's wt, 0 otherwise.
+    fn weight_layout(&self) -> u64 {
+        if self.cluster {
+            2
+        } else {
+            self.wgmma as u64
+        }
+    }
 }
 
 /// Threads per block of the image-resident kernels (`IMG_THREADS` in kernels/conv.cu).
@@ -636,7 +662,10 @@ impl Gpu {
     /// wgmma kernels (`_wgmma_`: 128×256 where n ≥ 128, all three GEMMs; `_wgmma_tall_`: 256×64
     /// for the forward and input gradient with n < 128; `_wgmma_tall32_`: 256×32 for an input
     /// gradient with n ≤ 32; `_wgmma_narrow_`: 128×64 for a weight gradient with 32 < n < 128),
-    /// else `MmaWide`'s (a weight gradient of ≤ 32 output channels).
+    /// else `MmaWide`'s (a weight gradient of ≤ 32 output channels). On `ConvPath::Tma` the
+    /// multicast 128×256 kernels (`_wgmma_mc_`, [`WG_MC_SMEM`]) for a forward or input gradient
+    /// whose n is a multiple of 256 and whose K = 9·(channels gathered) a multiple of 64 (the
+    /// bulk-copy layout's blocks), else `Wgmma`'s.
     fn mma_kernel(&self, key: &GemmKey) -> MmaKernel {
         self.mma_kernel_on(self.gemm_path(key), key)
     }
@@ -683,10 +712,10 @@ impl Gpu {
     fn mma_kernel_on(&self, path: ConvPath, key: &GemmKey) -> MmaKernel {
         let (base, n) = key.base();
         const fn mma(name: &'static str, tm: usize, tn: usize, smem: u32) -> Option<MmaKernel> {
-            Some(MmaKernel { name, tm, tn, smem, threads: 128, wgmma: false, per_image: false })
+            Some(MmaKernel { name, tm, tn, smem, threads: 128, wgmma: false, per_image: false, cluster: false })
         }
         const fn wg(name: &'static str, tm: usize, tn: usize, smem: u32, threads: u32) -> Option<MmaKernel> {
-            Some(MmaKernel { name, tm, tn, smem, threads, wgmma: true, per_image: false })
+            Some(MmaKernel { name, tm, tn, smem, threads, wgmma: true, per_image: false, cluster: false })
         }
         // ConvPath::Img: the image-resident forward where the image and 64 filters fit the
         // shared memory (layers 0–2 of the recipe), the image-resident weight gradient where
@@ -700,7 +729,7 @@ impl Gpu {
             };
             if let Some((name, smem)) = img.filter(|&(_, smem)| smem <= self.info.smem_optin.max(0) as usize) {
                 let (tm, tn, threads, smem) = (0, 64, IMG_THREADS, smem as u32);
-                return MmaKernel { name, tm, tn, smem, threads, wgmma: false, per_image: true };
+                return MmaKernel { name, tm, tn, smem, threads, wgmma: false, per_image: true, cluster: false };
             }
         }
         // Per GEMM: the 128×64 kernel, then the mma128 and the wgmma choices for n ≥ 128, for
@@ -752,8 +781,30 @@ impl Gpu {
         } else {
             2
         };
+        // the multicast kernels: n whole 256-column blocks, K = 9·(gathered channels) whole 64-k steps
+        let k = 9 * if key.gemm == Gemm::Dgrad { key.cout } else { key.xs.c };
+        if path == ConvPath::Tma && n % 256 == 0 && k % 64 == 0 {
+            let mc = match key.gemm {
+                Gemm::Fwd => Some("conv3x3_fwd_wgmma_mc_f16"),
+                Gemm::Dgrad => Some("conv3x3_dgrad_wgmma_mc_f16"),
+                Gemm::Wgrad => None,
+            };
+            if let Some(name) = mc {
+                let threads = 256;
+                return MmaKernel {
+                    name,
+                    tm: 128,
+                    tn: 256,
+                    smem: WG_MC_SMEM,
+                    threads,
+                    wgmma: true,
+                    per_image: false,
+                    cluster: true,
+                };
+            }
+        }
         let chosen = match path {
-            ConvPath::Wgmma => wgmma[slot].or(mma128[slot]),
+            ConvPath::Wgmma | ConvPath::Tma => wgmma[slot].or(mma128[slot]),
             ConvPath::MmaWide => mma128[slot],
             _ => None,
         };
@@ -1357,7 +1408,7 @@ impl Backend for Gpu {
             // with stats: the epilogue writes the BatchNorm partials, [2·cout][blocks] f64
             let kn = self.mma_kernel(&key);
             let rows = if kn.per_image { blocks_of(xs.n, 1)? } else { blocks_of(m, kn.tm)? };
-            let grid = (rows, cout.div_ceil(kn.tn) as u32, 1);
+            let grid = (kn.grid_rows(rows), cout.div_ceil(kn.tn) as u32, 1);
             // one workspace: the fp16 weights (conv_weights_f16), then the BatchNorm partials
             let wf = (cout * 9 * cin).div_ceil(2).next_multiple_of(64);
             let fused = bn.is_some() && self.epilogue_sums && self.fused_stats(&key);
@@ -1366,7 +1417,10 @@ impl Backend for Gpu {
             let part = if part_len > 0 { ws + 4 * wf as u64 } else { 0 };
             let (ni, hi, wi) = (int(xs.n, "batch")?, int(xs.h, "height")?, int(xs.w, "width")?);
             let (ci, co) = (int(cin, "cin")?, int(cout, "cout")?);
-            self.launch1d("conv", "conv_weights_f16", cout * 9 * cin, &[wp, co, ci, ws, 0, 0])?;
+            // the multicast kernel reads wf in the bulk-copy layout (layout 2, the same size;
+            // layout 1 only changes wt, which is not written here)
+            let layout = kn.weight_layout();
+            self.launch1d("conv", "conv_weights_f16", cout * 9 * cin, &[wp, co, ci, ws, 0, layout])?;
             let args = [xp, ni, hi, wi, ci, ws, co, pool as u64, yp, ap, part];
             self.launch_smem("conv", kn.name, grid, (kn.threads, 1, 1), kn.smem, &args)?;
             return match bn {
@@ -1697,7 +1751,7 @@ impl Backend for Gpu {
         // dgrad runs) or the dgrad's epilogue partials.
         let full = if mma && pool { (p * cout).div_ceil(2).next_multiple_of(64) } else { 0 };
         let dgrad_kernel = self.mma_kernel(&key);
-        let dgrad_blocks = blocks_of(p.max(1), dgrad_kernel.tm)? as usize;
+        let dgrad_blocks = dgrad_kernel.grid_rows(blocks_of(p.max(1), dgrad_kernel.tm)?) as usize;
         let epilogue = mma && dap.is_some() && sums.is_some() && self.epilogue_sums;
         let parts = (if slices > 1 { slices * len } else { 0 }).max(if epilogue { dgrad_blocks * 2 * cin } else { 0 });
         let wt = if mma && dap.is_some() { len.div_ceil(2).next_multiple_of(64) } else { 0 };
@@ -1762,9 +1816,10 @@ impl Backend for Gpu {
                     let grid = (dgrad_blocks as u32, cin.div_ceil(kn.tn) as u32, 1);
                     let part = if epilogue { ws_parts } else { 0 };
                     let pr = pre_raw;
-                    // the wgmma kernels read the weights K-major: [cin][9·cout]
-                    let kmajor = kn.wgmma as u64;
-                    self.launch1d("conv", "conv_weights_f16", len, &[wp, co, ci, 0, ws_wt, kmajor])?;
+                    // the wgmma kernels read the weights K-major: [cin][9·cout] (the multicast
+                    // ones in the bulk-copy layout)
+                    let layout = kn.weight_layout();
+                    self.launch1d("conv", "conv_weights_f16", len, &[wp, co, ci, 0, ws_wt, layout])?;
                     let args = [gp, ni, hi, wi, ci, co, ws_wt, dap, x_raw, pr.mean, pr.inv, pr.shift, pr.bn, part];
                     self.launch_smem("conv", kn.name, grid, (kn.threads, 1, 1), kn.smem, &args)?;
                     match sums {

@@ -100,13 +100,16 @@ pub struct Gpu {
 /// read once instead of once per tap), `Wgmma` (compute capability 9.0, from the sm_90a cubin: the three GEMMs as warpgroup MMAs,
 /// wgmma, on 128-byte-swizzled shared-memory stages: 128×256 tiles where the GEMM's N is ≥ 128,
 /// 256×64 for the other forwards and input gradients, 256×32 for input gradients of ≤ 32
-/// channels, 128×64 for weight gradients of 64 channels) or `Wmma` (nvcuda::wmma, 64×64 tiles,
+/// channels, 128×64 for weight gradients of 64 channels), `Tma` (compute capability 9.0: as
+/// `Wgmma`, but the 128×256 forwards and input gradients of 256-channel weights run in 2-CTA
+/// clusters that share one bulk (TMA) copy of each weight tile, multicast into both CTAs' shared
+/// memory: half the weight traffic from L2 per CTA) or `Wmma` (nvcuda::wmma, 64×64 tiles,
 /// every GPU). `Mixed` is not a kernel family: per GEMM (each layer's forward, weight gradient
 /// and input gradient at its shape) it takes the fastest of the other sm_80+ paths, timed on the
 /// real operands the first time that GEMM runs outside a recording (src/gpu/backend.rs,
 /// `tune_gemm`). `Gpu::open` picks
 /// `Mma` where the GPU has it; the environment variable `SPEEDRUN_CONV=wmma` (or `mma`,
-/// `mma128`, `img`, `wgmma`, `mixed`) overrides, and a comma list (`SPEEDRUN_CONV=mma,mma128`) is the
+/// `mma128`, `img`, `wgmma`, `tma`, `mixed`) overrides, and a comma list (`SPEEDRUN_CONV=mma,mma128`) is the
 /// set the warm-up's autotune chooses from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPath {
@@ -115,6 +118,7 @@ pub enum ConvPath {
     MmaWide,
     Img,
     Wgmma,
+    Tma,
     Mixed,
 }
 
@@ -141,6 +145,7 @@ impl ConvPath {
             ConvPath::MmaWide => "mma128",
             ConvPath::Img => "img",
             ConvPath::Wgmma => "wgmma",
+            ConvPath::Tma => "tma",
             ConvPath::Mixed => "mixed",
         }
     }
@@ -149,33 +154,45 @@ impl ConvPath {
     pub fn is_mma(self) -> bool {
         self != ConvPath::Wmma
     }
-    /// The paths a GPU of compute capability `cc` can run, best first. `Wgmma` needs exactly
-    /// 9.0: its kernels are compiled for sm_90a only (elsewhere they trap).
+    /// Whether the path runs sm_90a kernels (wgmma; on `Tma` also clusters and bulk copies).
+    pub fn is_sm90(self) -> bool {
+        matches!(self, ConvPath::Wgmma | ConvPath::Tma)
+    }
+    /// The paths a GPU of compute capability `cc` can run, best first. `Wgmma` and `Tma` need
+    /// exactly 9.0: their kernels are compiled for sm_90a only (elsewhere they trap).
     pub fn available(cc: (i32, i32)) -> &'static [ConvPath] {
         if cc == (9, 0) {
-            &[ConvPath::Mma, ConvPath::MmaWide, ConvPath::Img, ConvPath::Wgmma, ConvPath::Wmma]
+            &[ConvPath::Mma, ConvPath::MmaWide, ConvPath::Img, ConvPath::Wgmma, ConvPath::Tma, ConvPath::Wmma]
         } else if cc.0 >= 8 {
             &[ConvPath::Mma, ConvPath::MmaWide, ConvPath::Img, ConvPath::Wmma]
         } else {
             &[ConvPath::Wmma]
         }
     }
-    /// [`Self::available`] split into (every path but wgmma, wgmma if `cc` has it): the self-test
-    /// and the bench run the wgmma kernels after everything else, since a fault in one loses the
-    /// CUDA context and with it every later line.
+    /// [`Self::available`] split into (every path but the sm_90a ones, wgmma and tma if `cc` has
+    /// them): the self-test and the bench run the sm_90a kernels after everything else, since a
+    /// fault in one loses the CUDA context and with it every later line.
     pub fn wgmma_last(cc: (i32, i32)) -> (Vec<ConvPath>, Vec<ConvPath>) {
-        Self::available(cc).iter().partition(|&&p| p != ConvPath::Wgmma)
+        Self::available(cc).iter().partition(|&&p| !p.is_sm90())
     }
     /// The mma kernel families for `cc` (the trainer times each in its warm-up and keeps the
     /// fastest, unless [`CONV_ENV`] pins one), the default first; `Mixed` chooses among these.
     pub fn tunable(cc: (i32, i32)) -> Vec<ConvPath> {
         Self::available(cc).iter().copied().filter(|p| p.is_mma()).collect()
     }
-    /// The path named `name` ("wmma", "mma", "mma128", "img", "wgmma", "mixed").
+    /// The path named `name` ("wmma", "mma", "mma128", "img", "wgmma", "tma", "mixed").
     pub fn named(name: &str) -> Option<ConvPath> {
-        [ConvPath::Wmma, ConvPath::Mma, ConvPath::MmaWide, ConvPath::Img, ConvPath::Wgmma, ConvPath::Mixed]
-            .into_iter()
-            .find(|p| p.name() == name)
+        [
+            ConvPath::Wmma,
+            ConvPath::Mma,
+            ConvPath::MmaWide,
+            ConvPath::Img,
+            ConvPath::Wgmma,
+            ConvPath::Tma,
+            ConvPath::Mixed,
+        ]
+        .into_iter()
+        .find(|p| p.name() == name)
     }
     /// Whether a GPU of compute capability `cc` can run `self` (`Mixed`: where there are two
     /// mma kernel families to choose from).
@@ -192,15 +209,12 @@ impl ConvPath {
         let Some(v) = env.map(str::trim).filter(|v| !v.is_empty()) else { return Ok(have[0]) };
         let Some(want) = Self::named(v) else {
             return Err(Error::Gpu(format!(
-                "{CONV_ENV}={v:?}: expected \"wmma\", \"mma\", \"mma128\", \"img\", \"wgmma\" or \"mixed\""
+                "{CONV_ENV}={v:?}: expected \"wmma\", \"mma\", \"mma128\", \"img\", \"wgmma\", \"tma\" or \"mixed\""
             )));
         };
         if !want.runs_on(cc) {
-            let need = if want == ConvPath::Wgmma {
-                "compute capability 9.0 (H100, H200)"
-            } else {
-                "compute capability 8.0 or newer"
-            };
+            let need =
+                if want.is_sm90() { "compute capability 9.0 (H100, H200)" } else { "compute capability 8.0 or newer" };
             return Err(Error::Gpu(format!("{CONV_ENV}={v} needs {need}; this GPU is sm_{}{}", cc.0, cc.1)));
         }
         Ok(want)

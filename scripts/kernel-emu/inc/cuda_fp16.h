@@ -23,6 +23,11 @@ inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c,
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 inline thread_local dim3 threadIdx, blockIdx;
 extern dim3 blockDim, gridDim;
+// Thread-block clusters (EMU_FIBERS only): the CTAs of a cluster run as fibers of one OS thread;
+// emu_rank is the running thread's CTA rank in its cluster (blockIdx.x % cluster size, as for
+// __cluster_dims__(n, 1, 1)) and emu_rank_base = emu_rank · threads per block, so that
+// emu_gtid() numbers the cluster's threads for the per-thread and per-warp state tables.
+inline thread_local int emu_rank = 0, emu_rank_base = 0;
 #ifdef EMU_FIBERS
 // scripts/emu-driver: a block's threads are cooperative fibers on one OS thread (blocks run in
 // parallel on a few OS threads), so shared memory is per OS thread and barriers are fiber yields.
@@ -31,6 +36,16 @@ bool emu_warp_sync(int warp);  // true for the lane whose arrival completed the 
 unsigned long long emu_block_serial();  // a number for the block running on this OS thread, new per block
 inline void __syncthreads() { emu_block_sync(); }
 #define __shared__ static thread_local
+// clusters, mbarriers and bulk copies (sm80.h): fibers.cpp's side
+int emu_cluster_size();
+unsigned char* emu_dyn_smem_of(int rank);  // the dynamic shared memory of the cluster's CTA `rank`
+void emu_cluster_sync();                    // barrier.cluster: every thread of the cluster
+void emu_progress();                        // an mbarrier changed (for emu_spin's deadlock check)
+// An mbarrier wait that found its phase incomplete: lets the cluster's other fibers run; aborts
+// when a few rounds of them changed no mbarrier (a wait that can never complete).
+void emu_spin(unsigned long long& seen, int& idle, const char* what);
+void emu_bulk_defer(std::function<void()> op);  // a bulk copy in flight, done at emu_bulk_drain
+void emu_bulk_drain();
 #else
 extern std::barrier<>* g_block_barrier;
 inline void __syncthreads() { g_block_barrier->arrive_and_wait(); }
@@ -43,6 +58,7 @@ unsigned char* emu_dyn_smem();
 #define __device__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __cluster_dims__(...)
 #define __align__(n) __attribute__((aligned(n)))
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 inline double __longlong_as_double(long long i) { double f; memcpy(&f, &i, 8); return f; }
@@ -57,7 +73,7 @@ extern double g_xchg[64][32];
 inline void emu_warp_barrier(int w) { g_warp_barriers[w]->arrive_and_wait(); }
 #endif
 template <class T> inline T __shfl_xor_sync(unsigned, T v, int o) {
-    const int t = threadIdx.x + threadIdx.y * blockDim.x, w = t / 32, l = t % 32;
+    const int t = threadIdx.x + threadIdx.y * blockDim.x + emu_rank_base, w = t / 32, l = t % 32;
     g_xchg[w][l] = (double)v;
     emu_warp_barrier(w);
     T r = (T)g_xchg[w][l ^ o];
@@ -65,7 +81,7 @@ template <class T> inline T __shfl_xor_sync(unsigned, T v, int o) {
     return r;
 }
 template <class T> inline T __shfl_sync(unsigned, T v, int src) {
-    const int t = threadIdx.x + threadIdx.y * blockDim.x, w = t / 32, l = t % 32;
+    const int t = threadIdx.x + threadIdx.y * blockDim.x + emu_rank_base, w = t / 32, l = t % 32;
     g_xchg[w][l] = (double)v;
     emu_warp_barrier(w);
     T r = (T)g_xchg[w][src & 31];

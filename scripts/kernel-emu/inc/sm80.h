@@ -21,6 +21,9 @@
 #define EMU_KERNELS 1
 
 inline int emu_tid() { return threadIdx.x + threadIdx.y * blockDim.x + threadIdx.z * blockDim.x * blockDim.y; }
+// The thread's number in its cluster (emu_tid() without clusters): the index of the per-thread
+// state below, and / 32 of the per-warp tables and barriers.
+inline int emu_gtid() { return emu_tid() + emu_rank_base; }
 // Per-warp exchange tables, double-buffered: collective op number n of a lane uses table n % 2,
 // so one barrier per op suffices (a lane can only reuse table n % 2 at op n + 2, after every lane
 // has passed op n + 1's barrier, i.e. finished reading op n). Each entry carries the op number:
@@ -50,7 +53,7 @@ inline thread_local unsigned long long emu_nops[1];
 #endif
 // Starts a collective op: this lane's entry (to fill, then call emu_meet).
 inline EmuLane& emu_entry(int& w, int& l, int& par) {
-    const int t = emu_tid();
+    const int t = emu_gtid();
     w = t / 32;
     l = t % 32;
 #ifdef EMU_FIBERS
@@ -205,8 +208,8 @@ struct EmuCpThread {
 };
 inline EmuCpThread& emu_cp_state() {
 #ifdef EMU_FIBERS
-    static thread_local EmuCpThread s[1024];  // fibers share the OS thread: one state per thread of the block
-    return s[emu_tid()];
+    static thread_local EmuCpThread s[1024];  // fibers share the OS thread: one state per thread of the cluster
+    return s[emu_gtid()];
 #else
     static thread_local EmuCpThread s;
     return s;
@@ -277,7 +280,7 @@ struct EmuWgState {
 inline EmuWgState& emu_wg_state() {
 #ifdef EMU_FIBERS
     static thread_local EmuWgState s[1024];
-    return s[emu_tid()];
+    return s[emu_gtid()];
 #else
     static thread_local EmuWgState s;
     return s;
@@ -311,7 +314,7 @@ inline void emu_wg_uniform(const std::vector<EmuWgmma>& ops) {
     static thread_local EmuWgLead lead[8][64];  // warpgroup, commit number % 64
     static thread_local unsigned commits[1024];
     static thread_local unsigned long long seen_block[1024];
-    const int t = emu_tid();
+    const int t = emu_gtid();
     const unsigned long long blk = emu_block_serial();  // this block (of this launch)
     if (seen_block[t] != blk + 1) seen_block[t] = blk + 1, commits[t] = 0;  // its first commit in this block
     const unsigned n = commits[t]++;
@@ -462,3 +465,121 @@ template <int N> inline void wgmma_wait() {
         s.groups.erase(s.groups.begin());
     }
 }
+
+// ---- sm_90a thread-block clusters, mbarriers and bulk copies (kernels/common.cuh's
+// cluster_ctarank, cluster_sync, mbar_*, bulk_copy_multicast), with EMU_FIBERS only: the CTAs of
+// a cluster are fibers of one OS thread (fibers.cpp), each with its own dynamic shared memory.
+//
+// An mbarrier is its 8 bytes of shared memory, here: pending arrivals (bits 0-15), the count
+// (16-31), the phase (32), the transaction count + 2^19 (33-52) and a tag (56-63) that
+// mbar_init writes, so a barrier used before its init (or overwritten) aborts. A phase
+// completes when its arrivals and its transaction bytes are all in; the transaction count may
+// go below zero first (a peer's bytes landing before this CTA's expect_tx), as on the GPU.
+//
+// A bulk copy poisons its destination (0xFF, in every CTA of the multicast mask) at issue and
+// lands, with its complete_tx, only when some thread of the cluster waits on an mbarrier whose
+// phase is not complete (emu_bulk_drain): a wgmma issued before its wait reads the poison
+// (emu_wg_landed aborts), and a stage overwritten while a peer's wgmma still reads it gives NaN.
+#ifdef EMU_FIBERS
+constexpr unsigned long long EMU_MBAR_TAG = 0xA5ull << 56;
+inline unsigned char* emu_smem_at(int rank, unsigned addr, unsigned bytes, const char* what) {
+    if (rank < 0 || rank >= emu_cluster_size()) {
+        fprintf(stderr, "emulated %s: CTA rank %d outside the cluster of %d\n", what, rank, emu_cluster_size());
+        abort();
+    }
+    if (addr < EMU_SMEM_BASE || addr - EMU_SMEM_BASE + bytes > emu_dyn_smem_bytes()) {
+        fprintf(stderr, "emulated %s: shared bytes %u..%u outside the launch's %zu of dynamic shared memory\n", what,
+                addr - EMU_SMEM_BASE, addr - EMU_SMEM_BASE + bytes, emu_dyn_smem_bytes());
+        abort();
+    }
+    return emu_dyn_smem_of(rank) + (addr - EMU_SMEM_BASE);
+}
+struct EmuMbar {
+    unsigned char* p;
+    unsigned long long w;
+    EmuMbar(int rank, unsigned addr, const char* what) : p(emu_smem_at(rank, addr, 8, what)) {
+        assert(addr % 8 == 0 && "an mbarrier is 8-byte aligned");
+        memcpy(&w, p, 8);
+        if ((w & (0xFFull << 56)) != EMU_MBAR_TAG) {
+            fprintf(stderr, "emulated %s: the mbarrier at shared %u was not initialised (mbar_init)\n", what,
+                    addr - EMU_SMEM_BASE);
+            abort();
+        }
+    }
+    unsigned pending() const { return (unsigned)(w & 0xFFFF); }
+    unsigned count() const { return (unsigned)((w >> 16) & 0xFFFF); }
+    unsigned phase() const { return (unsigned)((w >> 32) & 1); }
+    long tx() const { return (long)((w >> 33) & 0xFFFFF) - (1l << 19); }
+    void set(unsigned pend, unsigned phase_, long tx_) {
+        assert(tx_ > -(1l << 19) && tx_ < (1l << 19) && "emulated mbarrier: transaction count out of range");
+        w = EMU_MBAR_TAG | (unsigned long long)pend | ((unsigned long long)count() << 16) |
+            ((unsigned long long)phase_ << 32) | ((unsigned long long)(tx_ + (1l << 19)) << 33);
+        if (pend == 0 && tx_ == 0) {  // the phase completes; the next one starts with the full count
+            w = EMU_MBAR_TAG | (unsigned long long)count() | ((unsigned long long)count() << 16) |
+                ((unsigned long long)(phase_ ^ 1) << 32) | (1ull << 52);
+        }
+        memcpy(p, &w, 8);
+        emu_progress();
+    }
+};
+inline unsigned cluster_ctarank() { return (unsigned)emu_rank; }
+inline void cluster_sync() { emu_cluster_sync(); }
+inline void fence_mbar_init() {}
+inline void mbar_init(unsigned bar, unsigned count) {
+    assert(count >= 1 && count < 0xFFFF && "mbar_init: count 1..65534");
+    unsigned char* p = emu_smem_at(emu_rank, bar, 8, "mbar_init");
+    const unsigned long long w = EMU_MBAR_TAG | count | ((unsigned long long)count << 16) | (1ull << 52);
+    memcpy(p, &w, 8);
+}
+inline void emu_mbar_arrive(int rank, unsigned bar, long tx_add, unsigned arrivals, const char* what) {
+    EmuMbar m(rank, bar, what);
+    if (arrivals > m.pending()) {
+        fprintf(stderr, "emulated %s: more arrivals than the mbarrier's pending %u\n", what, m.pending());
+        abort();
+    }
+    m.set(m.pending() - arrivals, m.phase(), m.tx() + tx_add);
+}
+inline void mbar_arrive_expect_tx(unsigned bar, unsigned bytes) {
+    emu_mbar_arrive(emu_rank, bar, (long)bytes, 1, "mbar_arrive_expect_tx");
+}
+inline bool mbar_try_wait(unsigned bar, unsigned parity) {
+    return EmuMbar(emu_rank, bar, "mbar_wait").phase() != (parity & 1);
+}
+inline void mbar_wait(unsigned bar, unsigned parity) {
+    unsigned long long seen = ~0ull;
+    int idle = 0;
+    while (!mbar_try_wait(bar, parity)) {
+        emu_bulk_drain();
+        if (mbar_try_wait(bar, parity)) return;
+        emu_spin(seen, idle, "mbar_wait");
+    }
+}
+inline void bulk_copy_multicast(unsigned dst, const void* src, unsigned bytes, unsigned bar, unsigned short mask) {
+    assert(dst % 16 == 0 && bytes % 16 == 0 && bytes > 0 && ((uintptr_t)src % 16) == 0 &&
+           "cp.async.bulk: 16-byte aligned addresses, a multiple of 16 bytes");
+    assert(mask != 0 && (mask >> emu_cluster_size()) == 0 && "multicast mask: CTAs of the cluster");
+    for (int r = 0; r < emu_cluster_size(); r++) {
+        if (!((mask >> r) & 1)) continue;
+        unsigned char* d = emu_smem_at(r, dst, bytes, "bulk_copy_multicast");
+        emu_smem_at(r, bar, 8, "bulk_copy_multicast's mbarrier");
+        memset(d, 0xFF, bytes);
+        emu_bulk_defer([=] {
+            memcpy(d, src, bytes);
+            emu_mbar_arrive(r, bar, -(long)bytes, 0, "bulk_copy_multicast's complete_tx");
+        });
+    }
+}
+#else
+// the OS-thread launcher (--tsan / --asan) has no clusters
+[[noreturn]] inline void emu_no_clusters() {
+    fprintf(stderr, "clusters, mbarriers and bulk copies are emulated with fibers only (EMU_FIBERS)\n");
+    abort();
+}
+inline unsigned cluster_ctarank() { emu_no_clusters(); }
+inline void cluster_sync() { emu_no_clusters(); }
+inline void fence_mbar_init() { emu_no_clusters(); }
+inline void mbar_init(unsigned, unsigned) { emu_no_clusters(); }
+inline void mbar_arrive_expect_tx(unsigned, unsigned) { emu_no_clusters(); }
+inline void mbar_wait(unsigned, unsigned) { emu_no_clusters(); }
+inline void bulk_copy_multicast(unsigned, const void*, unsigned, unsigned, unsigned short) { emu_no_clusters(); }
+#endif
