@@ -11,10 +11,12 @@
 #   SPEEDRUN_CONV=mma128 bash bench/gpu-session.sh runs 25   # pinned to the 64×64-warp-tile convs
 #                                           # (SPEEDRUN_CONV=mma,mma128: tuned over those two only)
 #                                           # (unpinned, the warm-up times mma, mma128, img, on
-#                                           # an H100/H200 wgmma, and mixed (each GEMM's fastest of
-#                                           # those), and keeps the fastest whose accuracy
-#                                           # agrees; pin SPEEDRUN_CONV=mma if the selftest shows
-#                                           # "(mma128)" or "(wgmma)" FAIL lines)
+#                                           # an H100/H200 wgmma and tma, and mixed (each GEMM's
+#                                           # fastest of those), and keeps the fastest whose
+#                                           # accuracy agrees; pin SPEEDRUN_CONV=mma if the
+#                                           # selftest shows "(mma128)" or "(wgmma)" FAIL lines,
+#                                           # list SPEEDRUN_CONV=mma,mma128,img,wgmma,mixed if
+#                                           # only "(tma)" lines fail)
 #   bash bench/gpu-session.sh first         # selftest, bench, one run, one --no-graph, one with the
 #                                           # epilogue sums off, one with wmma convs
 #   bash bench/gpu-session.sh airbench 25   # the anchor, same GPU, same images (see below)
@@ -66,17 +68,27 @@ log="$OUT/$(date -u +%Y%m%d-%H%M%S)-$what.log"
 } > "$log"
 case "$what" in
   selftest) $BIN selftest 2>&1 | tee -a "$log" ;;
-  bench) $BIN bench 2>&1 | tee -a "$log" ;;
+  bench) $BIN bench 2>&1 | tee -a "$log"
+         status=${PIPESTATUS[0]}
+         # a fault in a tma (multicast) kernel loses the context and every line after it (the
+         # tma and mixed lines): once more without tma
+         if [ "$status" != 0 ] && [ -z "${SPEEDRUN_CONV-}" ]; then
+           echo "# bench failed: again with SPEEDRUN_CONV=mma,mma128,img,wgmma,mixed (no tma)" | tee -a "$log"
+           SPEEDRUN_CONV=mma,mma128,img,wgmma,mixed $BIN bench 2>&1 | tee -a "$log"
+           status=${PIPESTATUS[0]}
+         fi ;;
   one) $BIN --no-download --csv "$OUT/curves.csv" 2>&1 | tee -a "$log" ;;
   runs) $BIN --no-download --runs "${2:-25}" "${@:3}" --json "$OUT/runs.json" 2>&1 | tee -a "$log"
         status=${PIPESTATUS[0]}
-        # a failure while tuning over every path (a wgmma fault loses the context): once more
-        # without wgmma rather than losing the call
-        if [ "$status" != 0 ] && [ -z "${SPEEDRUN_CONV-}" ] && ! grep -q "^kernel autotune" "$log"; then
-          echo "# the run failed before its autotune ended: again with SPEEDRUN_CONV=mma,mma128,mixed" | tee -a "$log"
-          SPEEDRUN_CONV=mma,mma128,mixed $BIN --no-download --runs "${2:-25}" "${@:3}" --json "$OUT/runs.json" 2>&1 | tee -a "$log"
-          status=${PIPESTATUS[0]}
-        fi ;;
+        # a failure while tuning over every path (a fault in an sm_90a kernel loses the
+        # context): once more without tma, then without wgmma too, rather than losing the call
+        for paths in mma,mma128,img,wgmma,mixed mma,mma128,mixed; do
+          if [ "$status" != 0 ] && [ -z "${SPEEDRUN_CONV-}" ] && ! grep -q "^kernel autotune" "$log"; then
+            echo "# the run failed before its autotune ended: again with SPEEDRUN_CONV=$paths" | tee -a "$log"
+            SPEEDRUN_CONV=$paths $BIN --no-download --runs "${2:-25}" "${@:3}" --json "$OUT/runs.json" 2>&1 | tee -a "$log"
+            status=${PIPESTATUS[0]}
+          fi
+        done ;;
   first) { $BIN selftest | tee "$OUT/selftest.txt"; echo "# selftest exit status: ${PIPESTATUS[0]}";
            # the runs below need a working conv path: if only mma lines failed, train on wmma
            if grep -q "(mma).*FAIL" "$OUT/selftest.txt" && ! grep -q "(wmma).*FAIL" "$OUT/selftest.txt"; then
@@ -101,7 +113,8 @@ case "$what" in
     (cd airbench && python3 .run.py) 2>&1 | tee -a "$log" ;;
 esac
 last=${PIPESTATUS[0]}
-# the trainer's exit status (the runs step set it above: its last pipeline is a test, not the run)
-[ "$what" = runs ] || status=$last
+# the trainer's exit status (the runs and bench steps set it above: their last pipeline may be a
+# test, not the run)
+[ "$what" = runs ] || [ "$what" = bench ] || status=$last
 echo "# exit status: $status" >> "$log"
 exit "$status"

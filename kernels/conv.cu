@@ -1825,10 +1825,22 @@ __device__ __forceinline__ void wg_tap_gemm(float (&acc)[1][Tl::NJ][4], unsigned
     wg_pipeline<Tl>(acc, st, CEIL_DIV(9 * C, WK), issue, sync);
 }
 
-// What the multicast kernels rely on (the host takes them only there): whole bulk-copy blocks
-// (K a multiple of MC_WK, B's rows of MC_TN), whole clusters along x.
-__device__ __forceinline__ void mc_check(int K, int rows) {
-    if (K % MC_WK != 0 || rows % MC_TN != 0 || gridDim.x % 2 != 0 || blockDim.x != 256) __trap();
+// wg_tap_gemm with B = wb [nb][9·C] (K-major), columns n0..: by cp.async, or with MC (the
+// multicast kernels) by bulk copies from mc_tiled_index's layout in a 2-CTA cluster, which needs
+// whole bulk-copy blocks (K a multiple of MC_WK, nb of MC_TN) and whole clusters along x (the
+// host takes those kernels only there; elsewhere they trap).
+template <class Tl, bool MC>
+__device__ __forceinline__ void wg_conv_gemm(float (&acc)[1][Tl::NJ][4], unsigned char* st, const half* __restrict__ src,
+                                             int C, int W, const TapRows<Tl::TM / Tl::RSTEP>& rows,
+                                             const half* __restrict__ wb, int nb, int n0) {
+    const int K = 9 * C;
+    if constexpr (MC) {
+        if (K % MC_WK != 0 || nb % MC_TN != 0 || gridDim.x % 2 != 0 || blockDim.x != 256) __trap();
+        const unsigned bars = smem_u32(st + WSTAGES * Tl::STAGE);  // after the stages (WG_MC_SMEM)
+        wg_tap_gemm<Tl>(acc, st, src, C, W, rows, WgMulticastB<Tl>(wb, K, bars), WgCluster{bars});
+    } else {
+        wg_tap_gemm<Tl>(acc, st, src, C, W, rows, WgRowsB<Tl>(wb, nb, n0, K));
+    }
 }
 
 // conv_fwd_mma's contract (the epilogue is the same function) on wgmma.
@@ -1846,13 +1858,7 @@ __device__ __forceinline__ void conv_fwd_wg(const half* __restrict__ a, int N, i
     TapRows<Tl::TM / RS> rows;
     fwd_tap_rows(rows, m0 + r0, RS, M, H, W, pool, cin);
     float acc[1][Tl::NJ][4];
-    if constexpr (MC) {
-        mc_check(9 * cin, cout);
-        const unsigned bars = smem_u32(st + WSTAGES * Tl::STAGE);
-        wg_tap_gemm<Tl>(acc, st, a, cin, W, rows, WgMulticastB<Tl>(wf, 9 * cin, bars), WgCluster{bars});
-    } else {
-        wg_tap_gemm<Tl>(acc, st, a, cin, W, rows, WgRowsB<Tl>(wf, cout, n0, 9 * cin));
-    }
+    wg_conv_gemm<Tl, MC>(acc, st, a, cin, W, rows, wf, cout, n0);
     conv_fwd_epilogue<Tl>(acc, m0, n0, M, cout, pool, y, argmax, part,
                           wg_spare_stage<double, Tl>(st, CEIL_DIV(9 * cin, WK)));
 }
@@ -1907,13 +1913,7 @@ __device__ __forceinline__ void conv_dgrad_wg(const half* __restrict__ g, int N,
     TapRows<Tl::TM / RS> rows;
     pixel_tap_rows(rows, m0 + r0, RS, M, H, W, cout);
     float acc[1][Tl::NJ][4];
-    if constexpr (MC) {
-        mc_check(9 * cout, cin);
-        const unsigned bars = smem_u32(st + WSTAGES * Tl::STAGE);
-        wg_tap_gemm<Tl>(acc, st, g, cout, W, rows, WgMulticastB<Tl>(wk, 9 * cout, bars), WgCluster{bars});
-    } else {
-        wg_tap_gemm<Tl>(acc, st, g, cout, W, rows, WgRowsB<Tl>(wk, cin, n0, 9 * cout));
-    }
+    wg_conv_gemm<Tl, MC>(acc, st, g, cout, W, rows, wk, cin, n0);
     if (!part) {
         conv_dgrad_epilogue<Tl>(acc, m0, n0, M, cin, da, DgradGlobalX{}, nullptr, nullptr);
         return;

@@ -414,6 +414,51 @@ fn epilogue_sums_off_gives_the_same_statistics() {
     }
 }
 
+/// One training forward (BatchNorm statistics in the epilogue) and backward (dw, da and the
+/// pre_bwd sums) of a conv with a bias pre, on `g`'s current path: the outputs [y, bn, running
+/// mean, running var, dw, da, da sums], the argmax bytes and the conv kernels launched (sorted).
+/// `[x, w, shift, dy]`: the inputs.
+fn conv_layer_outputs(
+    g: &mut Gpu,
+    xs: crate::backend::Shape,
+    cout: usize,
+    pool: bool,
+    [x, w, shift, dy]: [&super::backend::GBuf; 4],
+) -> (Vec<Vec<f32>>, Vec<u8>, Vec<&'static str>) {
+    use crate::backend::{Backend, BnStats, Pre};
+    let cin = xs.c;
+    let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
+    let (mut y, mut am) = (g.zeros(ys.len()).unwrap(), g.byte_zeros(ys.len()).unwrap());
+    let (mut rm, mut rv, mut bn) =
+        (g.zeros(cout).unwrap(), g.upload(&vec![1.0; cout]).unwrap(), g.zeros(2 * cout).unwrap());
+    let (mut dw, mut da, mut sums) =
+        (g.zeros(cout * 9 * cin).unwrap(), g.zeros(xs.len()).unwrap(), g.zeros(2 * cin).unwrap());
+    let ((), rows) = g
+        .profile(|g| {
+            let st = BnStats { eps: 1e-5, momentum: 0.6, running_mean: &mut rm, running_var: &mut rv, bn: &mut bn };
+            g.conv3x3(x, xs, Pre::Bias(shift), w, cout, pool, &mut y, &mut am, None, Some(st))?;
+            g.conv3x3_bwd(
+                x,
+                xs,
+                Pre::Bias(shift),
+                w,
+                cout,
+                pool,
+                &am,
+                dy,
+                &mut dw,
+                Some(&mut da),
+                Some(&mut sums),
+                None,
+            )
+        })
+        .unwrap();
+    let outs = [&y, &bn, &rm, &rv, &dw, &da, &sums].iter().map(|b| g.download(b).unwrap()).collect();
+    let mut names: Vec<_> = rows.iter().map(|r| r.name).filter(|n| n.starts_with("conv3x3")).collect();
+    names.sort();
+    (outs, g.download_bytes(&am).unwrap(), names)
+}
+
 /// The `mma128` path's convs (warp tiles of 64×64, `SPEEDRUN_CONV=mma128`): 128×128 tiles where
 /// the GEMM's N is ≥ 128 (the forward and weight gradient for 136 output channels, the input
 /// gradient for 136 input channels: partial second tiles), 256×64 tiles for the forward and
@@ -429,7 +474,7 @@ fn epilogue_sums_off_gives_the_same_statistics() {
 #[test]
 #[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
 fn wide_convs_equal_narrow_ones() {
-    use crate::backend::{Backend, BnStats, Pre, Shape};
+    use crate::backend::{Backend, Shape};
     let _device = device_test_lock();
     let Some(mut gpu) = open_mma() else { return };
     // batch 8: every wgmma kernel runs more K steps than its 4 stages (the 128×256 ones fill the
@@ -443,26 +488,7 @@ fn wide_convs_equal_narrow_ones() {
             gpu.upload(&floats(cin, 3)).unwrap(),
         );
         let dy = gpu.upload(&floats(ys.len(), 4)).unwrap();
-        let run = |g: &mut Gpu| -> (Vec<Vec<f32>>, Vec<u8>, Vec<&'static str>) {
-            let (mut y, mut am) = (g.zeros(ys.len()).unwrap(), g.byte_zeros(ys.len()).unwrap());
-            let (mut rm, mut rv, mut bn) =
-                (g.zeros(cout).unwrap(), g.upload(&vec![1.0; cout]).unwrap(), g.zeros(2 * cout).unwrap());
-            let (mut dw, mut da, mut sums) =
-                (g.zeros(cout * 9 * cin).unwrap(), g.zeros(xs.len()).unwrap(), g.zeros(2 * cin).unwrap());
-            let ((), rows) = g
-                .profile(|g| {
-                    let st =
-                        BnStats { eps: 1e-5, momentum: 0.6, running_mean: &mut rm, running_var: &mut rv, bn: &mut bn };
-                    g.conv3x3(&x, xs, Pre::Bias(&shift), &w, cout, pool, &mut y, &mut am, None, Some(st))?;
-                    let pre = Pre::Bias(&shift);
-                    g.conv3x3_bwd(&x, xs, pre, &w, cout, pool, &am, &dy, &mut dw, Some(&mut da), Some(&mut sums), None)
-                })
-                .unwrap();
-            let outs = [&y, &bn, &rm, &rv, &dw, &da, &sums].iter().map(|b| g.download(b).unwrap()).collect();
-            let mut names: Vec<_> = rows.iter().map(|r| r.name).filter(|n| n.starts_with("conv3x3")).collect();
-            names.sort();
-            (outs, g.download_bytes(&am).unwrap(), names)
-        };
+        let run = |g: &mut Gpu| conv_layer_outputs(g, xs, cout, pool, [&x, &w, &shift, &dy]);
         let (narrow, am0, names0) = run(&mut gpu);
         assert!(names0.iter().all(|n| !n.contains("wide") && !n.contains("tall")), "{cin}->{cout}: {names0:?}");
         let want: &[&str] = match cin {
@@ -531,7 +557,7 @@ fn wide_convs_equal_narrow_ones() {
 #[test]
 #[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
 fn tma_convs_equal_wgmma_ones() {
-    use crate::backend::{Backend, BnStats, Pre, Shape};
+    use crate::backend::{Backend, Shape};
     let _device = device_test_lock();
     let Some(mut gpu) = open_mma() else { return };
     if !ConvPath::available(gpu.info.cc).contains(&ConvPath::Tma) {
@@ -549,26 +575,7 @@ fn tma_convs_equal_wgmma_ones() {
             gpu.upload(&floats(cin, 13)).unwrap(),
         );
         let dy = gpu.upload(&floats(ys.len(), 14)).unwrap();
-        let run = |g: &mut Gpu| -> (Vec<Vec<f32>>, Vec<u8>, Vec<&'static str>) {
-            let (mut y, mut am) = (g.zeros(ys.len()).unwrap(), g.byte_zeros(ys.len()).unwrap());
-            let (mut rm, mut rv, mut bn) =
-                (g.zeros(cout).unwrap(), g.upload(&vec![1.0; cout]).unwrap(), g.zeros(2 * cout).unwrap());
-            let (mut dw, mut da, mut sums) =
-                (g.zeros(cout * 9 * cin).unwrap(), g.zeros(xs.len()).unwrap(), g.zeros(2 * cin).unwrap());
-            let ((), rows) = g
-                .profile(|g| {
-                    let st =
-                        BnStats { eps: 1e-5, momentum: 0.6, running_mean: &mut rm, running_var: &mut rv, bn: &mut bn };
-                    g.conv3x3(&x, xs, Pre::Bias(&shift), &w, cout, pool, &mut y, &mut am, None, Some(st))?;
-                    let pre = Pre::Bias(&shift);
-                    g.conv3x3_bwd(&x, xs, pre, &w, cout, pool, &am, &dy, &mut dw, Some(&mut da), Some(&mut sums), None)
-                })
-                .unwrap();
-            let outs = [&y, &bn, &rm, &rv, &dw, &da, &sums].iter().map(|b| g.download(b).unwrap()).collect();
-            let mut names: Vec<_> = rows.iter().map(|r| r.name).filter(|n| n.starts_with("conv3x3")).collect();
-            names.sort();
-            (outs, g.download_bytes(&am).unwrap(), names)
-        };
+        let run = |g: &mut Gpu| conv_layer_outputs(g, xs, cout, pool, [&x, &w, &shift, &dy]);
         let (wg, am0, names0) = gpu.with_conv_path(ConvPath::Wgmma, |g| run(g));
         let (mc, am1, names1) = gpu.with_conv_path(ConvPath::Tma, |g| run(g));
         let subst = |name: &'static str, mc: bool| {
