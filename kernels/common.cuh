@@ -241,13 +241,15 @@ __device__ __forceinline__ void wgmma_f16(float* d, unsigned long long da, unsig
 
 // ---- sm_90a thread-block clusters, mbarriers and bulk copies (the TMA unit without a tensor
 // map; emulated in scripts/kernel-emu/inc/sm80.h, with the fiber launcher's clusters) ---------
-// CLUSTER_X2: `__cluster_dims__(2, 1, 1)` where the kernel is compiled for sm_90a (a kernel
-// attribute that older targets reject; there the kernel's body traps). Blocks 2i and 2i + 1 of
-// the grid's x form a cluster (rank = blockIdx.x % 2); the grid's x must be even.
+// CLUSTER_Xn: `__cluster_dims__(n, 1, 1)` where the kernel is compiled for sm_90a (a kernel
+// attribute that older targets reject; there the kernel's body traps). Blocks ni..ni+n−1 of
+// the grid's x form a cluster (rank = blockIdx.x % n); the grid's x must be a multiple of n.
 #if ARCH_SM90A
 #define CLUSTER_X2 __cluster_dims__(2, 1, 1)
+#define CLUSTER_X4 __cluster_dims__(4, 1, 1)
 #else
 #define CLUSTER_X2
+#define CLUSTER_X4
 #endif
 #if !defined(EMU_KERNELS)
 // This CTA's rank in its cluster.

@@ -509,7 +509,7 @@ extern "C" __global__ void act_f16(const half* __restrict__ x, long long len8, i
 }
 
 // The bulk-copy layout of a K-major B matrix [rows][K] for the multicast kernels
-// (conv3x3_*_wgmma_mc_f16): blocks of MC_TN rows × MC_WK k, block (row block nb, K step t) at
+// (conv3x3_*_wgmma_mc_f16, _mc4_): blocks of MC_TN rows × MC_WK k, block (row block nb, K step t) at
 // (nb·K/MC_WK + t)·MC_TN·MC_WK halves, each exactly the bytes of one pipeline stage's B: row r
 // of 128 bytes at r·128, its 16-byte chunk c at chunk c ^ (r % 8) (the 128-byte swizzle wgmma
 // reads). Defined for rows % MC_TN == 0 and K % MC_WK == 0 only (the host takes the kernels
@@ -1785,22 +1785,23 @@ template <class Tl> struct WgRowsB {
     }
 };
 // B from wb in mc_tiled_index's layout (row block blockIdx.y) by bulk copies, multicast in a
-// 2-CTA cluster: CTA rank r's thread 0 copies rows r·TN/2.. of the step's block into both CTAs'
-// stage, after announcing the whole stage's bytes (both halves land in each CTA) on its own
-// stage mbarrier. Each CTA thus reads half of the weights from L2 that it did alone.
-template <class Tl> struct WgMulticastB {
-    static constexpr unsigned HALF = Tl::TN / 2 * 128;  // bytes of one CTA's half of a stage's B
-    const half* __restrict__ src;                       // this CTA's half of row block blockIdx.y, step 0
+// cluster of CX CTAs: CTA rank r's thread 0 copies rows r·TN/CX.. of the step's block into every
+// CTA's stage, after announcing the whole stage's bytes (every part lands in each CTA) on its
+// own stage mbarrier. Each CTA thus reads 1/CX of the weights from L2 that it did alone.
+template <class Tl, int CX> struct WgMulticastB {
+    static constexpr unsigned PART = Tl::TN / CX * 128;  // bytes of one CTA's part of a stage's B
+    static_assert(CX >= 2 && CX <= 16 && (Tl::TN / CX) % 8 == 0, "whole 8-row swizzle atoms per part");
+    const half* __restrict__ src;                        // this CTA's part of row block blockIdx.y, step 0
     unsigned bars;
     __device__ __forceinline__ WgMulticastB(const half* __restrict__ wb, int K, unsigned bars_) : bars(bars_) {
         static_assert(Tl::TN == MC_TN && WK == MC_WK, "the bulk-copy layout's blocks are one stage's B");
-        src = wb + ((long long)blockIdx.y * (K / WK) * Tl::TN + cluster_ctarank() * (Tl::TN / 2)) * WK;
+        src = wb + ((long long)blockIdx.y * (K / WK) * Tl::TN + cluster_ctarank() * (Tl::TN / CX)) * WK;
     }
     __device__ __forceinline__ void copy(int t, int s, half* bs, int) const {
         if (threadIdx.x != 0) return;
-        mbar_arrive_expect_tx(bars + 8 * s, 2 * HALF);
-        bulk_copy_multicast(smem_u32(bs) + cluster_ctarank() * HALF, src + (long long)t * Tl::TN * WK, HALF,
-                            bars + 8 * s, 0x3);
+        mbar_arrive_expect_tx(bars + 8 * s, CX * PART);
+        bulk_copy_multicast(smem_u32(bs) + cluster_ctarank() * PART, src + (long long)t * Tl::TN * WK, PART,
+                            bars + 8 * s, (unsigned short)((1u << CX) - 1));
     }
 };
 
@@ -1825,19 +1826,19 @@ __device__ __forceinline__ void wg_tap_gemm(float (&acc)[1][Tl::NJ][4], unsigned
     wg_pipeline<Tl>(acc, st, CEIL_DIV(9 * C, WK), issue, sync);
 }
 
-// wg_tap_gemm with B = wb [nb][9·C] (K-major), columns n0..: by cp.async, or with MC (the
-// multicast kernels) by bulk copies from mc_tiled_index's layout in a 2-CTA cluster, which needs
-// whole bulk-copy blocks (K a multiple of MC_WK, nb of MC_TN) and whole clusters along x (the
-// host takes those kernels only there; elsewhere they trap).
-template <class Tl, bool MC>
+// wg_tap_gemm with B = wb [nb][9·C] (K-major), columns n0..: by cp.async (CX = 1), or (the
+// multicast kernels) by bulk copies from mc_tiled_index's layout in a cluster of CX CTAs, which
+// needs whole bulk-copy blocks (K a multiple of MC_WK, nb of MC_TN) and whole clusters along x
+// (the host takes those kernels only there; elsewhere they trap).
+template <class Tl, int CX>
 __device__ __forceinline__ void wg_conv_gemm(float (&acc)[1][Tl::NJ][4], unsigned char* st, const half* __restrict__ src,
                                              int C, int W, const TapRows<Tl::TM / Tl::RSTEP>& rows,
                                              const half* __restrict__ wb, int nb, int n0) {
     const int K = 9 * C;
-    if constexpr (MC) {
-        if (K % MC_WK != 0 || nb % MC_TN != 0 || gridDim.x % 2 != 0 || blockDim.x != 256) __trap();
+    if constexpr (CX > 1) {
+        if (K % MC_WK != 0 || nb % MC_TN != 0 || gridDim.x % CX != 0 || blockDim.x != 256) __trap();
         const unsigned bars = smem_u32(st + WSTAGES * Tl::STAGE);  // after the stages (WG_MC_SMEM)
-        wg_tap_gemm<Tl>(acc, st, src, C, W, rows, WgMulticastB<Tl>(wb, K, bars), WgCluster{bars});
+        wg_tap_gemm<Tl>(acc, st, src, C, W, rows, WgMulticastB<Tl, CX>(wb, K, bars), WgCluster{bars});
     } else {
         wg_tap_gemm<Tl>(acc, st, src, C, W, rows, WgRowsB<Tl>(wb, nb, n0, K));
     }
@@ -1845,8 +1846,9 @@ __device__ __forceinline__ void wg_conv_gemm(float (&acc)[1][Tl::NJ][4], unsigne
 
 // conv_fwd_mma's contract (the epilogue is the same function) on wgmma.
 // grid (ceil(M/TM), ceil(cout/TN)), block THREADS, Tl::SMEM bytes of dynamic shared memory.
-// MC: the multicast kernel's B (wf in mc_tiled_index's layout, a 2-CTA cluster, WG_MC_SMEM).
-template <class Tl, bool MC = false>
+// CX > 1: the multicast kernels' B (wf in mc_tiled_index's layout, clusters of CX CTAs,
+// WG_MC_SMEM).
+template <class Tl, int CX = 1>
 __device__ __forceinline__ void conv_fwd_wg(const half* __restrict__ a, int N, int H, int W, int cin,
                                             const half* __restrict__ wf, int cout, int pool, half* __restrict__ y,
                                             unsigned char* __restrict__ argmax, double* __restrict__ part, half* smem) {
@@ -1858,7 +1860,7 @@ __device__ __forceinline__ void conv_fwd_wg(const half* __restrict__ a, int N, i
     TapRows<Tl::TM / RS> rows;
     fwd_tap_rows(rows, m0 + r0, RS, M, H, W, pool, cin);
     float acc[1][Tl::NJ][4];
-    wg_conv_gemm<Tl, MC>(acc, st, a, cin, W, rows, wf, cout, n0);
+    wg_conv_gemm<Tl, CX>(acc, st, a, cin, W, rows, wf, cout, n0);
     conv_fwd_epilogue<Tl>(acc, m0, n0, M, cout, pool, y, argmax, part,
                           wg_spare_stage<double, Tl>(st, CEIL_DIV(9 * cin, WK)));
 }
@@ -1898,8 +1900,8 @@ __device__ __forceinline__ void dgrad_stage_x(unsigned char* st, const half* __r
 
 // conv_dgrad_mma's contract on wgmma, with B = wk [cin][9·cout] (conv_weights_f16, kmajor = 1:
 // wk[ci][(8 − tap)·cout + o] = w[o][tap][ci]). grid (ceil(P/TM), ceil(cin/TN)), block THREADS.
-// MC: as conv_fwd_wg's (wk in mc_tiled_index's layout).
-template <class Tl, bool MC = false>
+// CX: as conv_fwd_wg's (wk in mc_tiled_index's layout).
+template <class Tl, int CX = 1>
 __device__ __forceinline__ void conv_dgrad_wg(const half* __restrict__ g, int N, int H, int W, int cin, int cout,
                                               const half* __restrict__ wk, half* __restrict__ da,
                                               const half* __restrict__ x, const float* __restrict__ pmean,
@@ -1913,7 +1915,7 @@ __device__ __forceinline__ void conv_dgrad_wg(const half* __restrict__ g, int N,
     TapRows<Tl::TM / RS> rows;
     pixel_tap_rows(rows, m0 + r0, RS, M, H, W, cout);
     float acc[1][Tl::NJ][4];
-    wg_conv_gemm<Tl, MC>(acc, st, g, cout, W, rows, wk, cin, n0);
+    wg_conv_gemm<Tl, CX>(acc, st, g, cout, W, rows, wk, cin, n0);
     if (!part) {
         conv_dgrad_epilogue<Tl>(acc, m0, n0, M, cin, da, DgradGlobalX{}, nullptr, nullptr);
         return;
@@ -2004,13 +2006,14 @@ extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_fwd_wgmma_f16(CONV_
     __trap();
 #endif
 }
-// The 128×256 forward and input gradient with the weights multicast in 2-CTA clusters (B from
-// conv_weights_f16's layout 2), WG_MC_SMEM bytes: the grid's x padded to even (the extra
-// block's rows are past M: it only copies its half of the weights and writes zero partials).
+// The 128×256 forward and input gradient with the weights multicast in clusters of 2 (_mc_) or
+// 4 (_mc4_) CTAs (B from conv_weights_f16's layout 2), WG_MC_SMEM bytes: the grid's x padded to
+// whole clusters (an extra block's rows are past M: it only copies its part of the weights and
+// writes zero partials).
 extern "C" __global__ void CLUSTER_X2 __launch_bounds__(256, 1) conv3x3_fwd_wgmma_mc_f16(CONV_FWD_PARAMS) {
 #if ARCH_SM90A
     extern __shared__ half conv_smem[];
-    conv_fwd_wg<WgWide, true>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem);
+    conv_fwd_wg<WgWide, 2>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem);
 #else
     __trap();
 #endif
@@ -2018,7 +2021,23 @@ extern "C" __global__ void CLUSTER_X2 __launch_bounds__(256, 1) conv3x3_fwd_wgmm
 extern "C" __global__ void CLUSTER_X2 __launch_bounds__(256, 1) conv3x3_dgrad_wgmma_mc_f16(CONV_DGRAD_PARAMS) {
 #if ARCH_SM90A
     extern __shared__ half conv_smem[];
-    conv_dgrad_wg<WgWide, true>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem);
+    conv_dgrad_wg<WgWide, 2>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void CLUSTER_X4 __launch_bounds__(256, 1) conv3x3_fwd_wgmma_mc4_f16(CONV_FWD_PARAMS) {
+#if ARCH_SM90A
+    extern __shared__ half conv_smem[];
+    conv_fwd_wg<WgWide, 4>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void CLUSTER_X4 __launch_bounds__(256, 1) conv3x3_dgrad_wgmma_mc4_f16(CONV_DGRAD_PARAMS) {
+#if ARCH_SM90A
+    extern __shared__ half conv_smem[];
+    conv_dgrad_wg<WgWide, 4>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem);
 #else
     __trap();
 #endif

@@ -369,7 +369,8 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     // at a quarter of the batch: what it checks (replays equal op by op, each step reading its own
     // plan row) does not depend on the batch, and its six steps were 40% of the emulated run
     checks.push(("recorded step".into(), Box::new(|g, c, r| check_graph(g, c, r, BATCH / 4, 950))));
-    // wgmma, then tma (whose kernels are wgmma's but for the multicast ones: only those run)
+    // wgmma, then tma and tma4 (whose kernels are wgmma's but for the multicast ones: only those
+    // run)
     for (i, &path) in wgmma.iter().enumerate() {
         conv_checks(&mut checks, &wgmma[..i], &[path], &format!(", {}", path.name()));
         if gpu.conv_path != path {
@@ -1587,9 +1588,10 @@ fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, out: &mut dyn Write) -> Re
     // Last, where the GPU has them and they are not the default: the wgmma convs per layer, the
     // step on them, and its profile, then the same for tma (its multicast kernels' lines; a
     // fault in an sm_90a kernel loses the context: only the lines after it are then missing)
-    let sm90 = [ConvPath::Wgmma, ConvPath::Tma];
+    let sm90 = [ConvPath::Wgmma, ConvPath::Tma, ConvPath::Tma4];
     for (i, &path) in sm90.iter().enumerate().filter(|(_, p)| others.contains(p)) {
-        // tma's lines: its multicast kernels only (the others are wgmma's, timed just above)
+        // tma's and tma4's lines: their multicast kernels only (the others are wgmma's, timed
+        // just above)
         bench_convs(gpu, n, &sm90[..i], &[path], false, out)?;
         let name = format!("train step, graph, {} convs", path.name());
         gpu.with_conv_path(path, |g| variant(g, &mut st, out, &name))?;

@@ -177,19 +177,20 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         // the multicast kernel (2-CTA clusters, the weights by bulk copies into both CTAs, grid x
         // padded to even as the host pads it): y, argmax and the BN partials bit for bit with
         // the 128×256 wgmma kernel's (the padding block's partials are zeros)
-        if (mc_fwd) {
+        for (auto [kernel, cx] : {std::pair<Fwd, unsigned>{conv3x3_fwd_wgmma_mc_f16, 2}, {conv3x3_fwd_wgmma_mc4_f16, 4}}) {
+            if (!mc_fwd) break;
             std::vector<half> yh8(ylen, (half)NAN), yh9(ylen, (half)NAN);
             std::vector<unsigned char> am8(pool ? ylen : 8, 0xEE), am9(pool ? ylen : 8, 0xEE);
             const unsigned tiles = (unsigned)((M + 127) / 128);
-            dim3 g1{tiles, 1, 1}, g2{tiles + tiles % 2, 1, 1};
+            dim3 g1{tiles, 1, 1}, g2{(tiles + cx - 1) / cx * cx, 1, 1};
             std::vector<double> p8((size_t)2 * cout * g1.x, NAN), p9((size_t)2 * cout * g2.x, NAN);
             launch(g1, dim3{256, 1, 1}, [&] { conv3x3_fwd_wgmma_f16(ah.data(), N, H, W, cin, wf.data(), cout, pool, yh8.data(), am8.data(), p8.data()); });
-            launch(g2, dim3{256, 1, 1}, [&] { conv3x3_fwd_wgmma_mc_f16(ah.data(), N, H, W, cin, wfb.data(), cout, pool, yh9.data(), am9.data(), p9.data()); }, 2);
+            launch(g2, dim3{256, 1, 1}, [&] { kernel(ah.data(), N, H, W, cin, wfb.data(), cout, pool, yh9.data(), am9.data(), p9.data()); }, cx);
             bool parts = true;
             for (size_t c = 0; c < (size_t)2 * cout; c++)
                 for (unsigned b = 0; b < g2.x; b++) parts &= b < g1.x ? p9[c * g2.x + b] == p8[c * g1.x + b] : p9[c * g2.x + b] == 0.0;
             int same = memcmp(yh8.data(), yh9.data(), ylen * 2) == 0 && am8 == am9 && parts;
-            printf("  fwd wgmma multicast (128x256 tiles, %u clusters of 2): y, argmax, BN partials bit-identical: %s\n", g2.x / 2, same ? "PASS" : "FAIL");
+            printf("  fwd wgmma multicast (128x256 tiles, %u clusters of %u, %u tiles): y, argmax, BN partials bit-identical: %s\n", g2.x / cx, cx, tiles, same ? "PASS" : "FAIL");
             fails += !same;
         }
         // the image-resident forward (one block per image and 64 channels, image and filters in
@@ -418,18 +419,19 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         wg_dgrad(conv3x3_dgrad_wgmma_tall32_f16, 256, 32, 512, "256x32");
         // the multicast kernel (wk in the bulk-copy layout, grid x padded to even): da and the
         // sums' partials bit for bit with the 128×256 wgmma kernel's
-        if (mc_dgrad) {
+        for (auto [kernel, cx] : {std::pair<Dgrad, unsigned>{conv3x3_dgrad_wgmma_mc_f16, 2}, {conv3x3_dgrad_wgmma_mc4_f16, 4}}) {
+            if (!mc_dgrad) break;
             std::vector<half> da8(x.size(), (half)NAN), da9(x.size(), (half)NAN);
             const unsigned tiles = (unsigned)((P + 127) / 128);
-            dim3 g1{tiles, 1, 1}, g2{tiles + tiles % 2, 1, 1};
+            dim3 g1{tiles, 1, 1}, g2{(tiles + cx - 1) / cx * cx, 1, 1};
             std::vector<float> p8((size_t)2 * cin * g1.x, NAN), p9((size_t)2 * cin * g2.x, NAN);
             launch(g1, dim3{256, 1, 1}, [&] { conv3x3_dgrad_wgmma_f16(gfull.data(), N, H, W, cin, cout, wk.data(), da8.data(), xh.data(), pm, pi, shift.data(), bn, p8.data()); });
-            launch(g2, dim3{256, 1, 1}, [&] { conv3x3_dgrad_wgmma_mc_f16(gfull.data(), N, H, W, cin, cout, wkb.data(), da9.data(), xh.data(), pm, pi, shift.data(), bn, p9.data()); }, 2);
+            launch(g2, dim3{256, 1, 1}, [&] { kernel(gfull.data(), N, H, W, cin, cout, wkb.data(), da9.data(), xh.data(), pm, pi, shift.data(), bn, p9.data()); }, cx);
             bool parts = true;
             for (size_t c = 0; c < (size_t)2 * cin; c++)
                 for (unsigned b = 0; b < g2.x; b++) parts &= b < g1.x ? p9[c * g2.x + b] == p8[c * g1.x + b] : p9[c * g2.x + b] == 0.0f;
             int same = memcmp(da8.data(), da9.data(), da8.size() * 2) == 0 && parts;
-            printf("  dgrad wgmma multicast (128x256 tiles, %u clusters of 2): da and sums' partials bit-identical: %s\n", g2.x / 2, same ? "PASS" : "FAIL");
+            printf("  dgrad wgmma multicast (128x256 tiles, %u clusters of %u, %u tiles): da and sums' partials bit-identical: %s\n", g2.x / cx, cx, tiles, same ? "PASS" : "FAIL");
             fails += !same;
         }
     }
@@ -445,6 +447,8 @@ int main() {
     test(2, 15, 15, 64, 256, 1, 1);
     test(2, 7, 7, 256, 256, 0, 1);
     test(2, 7, 7, 256, 256, 1, 1);
+    // 294 rows: 3 tiles, the multicast grids padded to 4 (two clusters of 2, one of 4)
+    test(6, 7, 7, 256, 256, 0, 0);
     printf("%d failures\n", fails);
     return fails != 0;
 }

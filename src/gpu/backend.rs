@@ -363,24 +363,21 @@ struct MmaKernel {
     /// An image-resident kernel: the forward's grid rows are the batch, not ⌈GEMM rows / tm⌉,
     /// and the weight gradient's slices are whole images.
     per_image: bool,
-    /// A multicast kernel (`_wgmma_mc_`): 2-CTA clusters along the grid's x (padded to even),
-    /// the weights in `conv_weights_f16`'s bulk-copy layout (layout 2).
-    cluster: bool,
+    /// CTAs per cluster along the grid's x (1: no clusters; 2, 4: a multicast kernel,
+    /// `_wgmma_mc_` / `_wgmma_mc4_`, its grid padded to whole clusters and its weights in
+    /// `conv_weights_f16`'s bulk-copy layout, layout 2).
+    cluster: u32,
 }
 
 impl MmaKernel {
-    /// Grid rows for `rows` tiles: whole clusters for a multicast kernel.
+    /// Grid rows for `rows` tiles: whole clusters.
     fn grid_rows(&self, rows: u32) -> u32 {
-        if self.cluster {
-            rows.next_multiple_of(2)
-        } else {
-            rows
-        }
+        rows.next_multiple_of(self.cluster)
     }
     /// `conv_weights_f16`'s layout for this kernel's B: 2 (bulk-copy blocks) for a multicast
     /// kernel, else 1 (K-major) for a wgmma input gradient's wt, 0 otherwise.
     fn weight_layout(&self) -> u64 {
-        if self.cluster {
+        if self.cluster > 1 {
             2
         } else {
             self.wgmma as u64
@@ -662,8 +659,8 @@ impl Gpu {
     /// wgmma kernels (`_wgmma_`: 128×256 where n ≥ 128, all three GEMMs; `_wgmma_tall_`: 256×64
     /// for the forward and input gradient with n < 128; `_wgmma_tall32_`: 256×32 for an input
     /// gradient with n ≤ 32; `_wgmma_narrow_`: 128×64 for a weight gradient with 32 < n < 128),
-    /// else `MmaWide`'s (a weight gradient of ≤ 32 output channels). On `ConvPath::Tma` the
-    /// multicast 128×256 kernels (`_wgmma_mc_`, [`WG_MC_SMEM`]) for a forward or input gradient
+    /// else `MmaWide`'s (a weight gradient of ≤ 32 output channels). On `ConvPath::Tma` (`Tma4`)
+    /// the multicast 128×256 kernels (`_wgmma_mc_`, `_wgmma_mc4_`, [`WG_MC_SMEM`]) for a forward or input gradient
     /// whose n is a multiple of 256 and whose K = 9·(channels gathered) a multiple of 64 (the
     /// bulk-copy layout's blocks), else `Wgmma`'s.
     fn mma_kernel(&self, key: &GemmKey) -> MmaKernel {
@@ -712,10 +709,10 @@ impl Gpu {
     fn mma_kernel_on(&self, path: ConvPath, key: &GemmKey) -> MmaKernel {
         let (base, n) = key.base();
         const fn mma(name: &'static str, tm: usize, tn: usize, smem: u32) -> Option<MmaKernel> {
-            Some(MmaKernel { name, tm, tn, smem, threads: 128, wgmma: false, per_image: false, cluster: false })
+            Some(MmaKernel { name, tm, tn, smem, threads: 128, wgmma: false, per_image: false, cluster: 1 })
         }
         const fn wg(name: &'static str, tm: usize, tn: usize, smem: u32, threads: u32) -> Option<MmaKernel> {
-            Some(MmaKernel { name, tm, tn, smem, threads, wgmma: true, per_image: false, cluster: false })
+            Some(MmaKernel { name, tm, tn, smem, threads, wgmma: true, per_image: false, cluster: 1 })
         }
         // ConvPath::Img: the image-resident forward where the image and 64 filters fit the
         // shared memory (layers 0–2 of the recipe), the image-resident weight gradient where
@@ -729,7 +726,7 @@ impl Gpu {
             };
             if let Some((name, smem)) = img.filter(|&(_, smem)| smem <= self.info.smem_optin.max(0) as usize) {
                 let (tm, tn, threads, smem) = (0, 64, IMG_THREADS, smem as u32);
-                return MmaKernel { name, tm, tn, smem, threads, wgmma: false, per_image: true, cluster: false };
+                return MmaKernel { name, tm, tn, smem, threads, wgmma: false, per_image: true, cluster: 1 };
             }
         }
         // Per GEMM: the 128×64 kernel, then the mma128 and the wgmma choices for n ≥ 128, for
@@ -783,28 +780,22 @@ impl Gpu {
         };
         // the multicast kernels: n whole 256-column blocks, K = 9·(gathered channels) whole 64-k steps
         let k = 9 * if key.gemm == Gemm::Dgrad { key.cout } else { key.xs.c };
-        if path == ConvPath::Tma && n % 256 == 0 && k % 64 == 0 {
-            let mc = match key.gemm {
-                Gemm::Fwd => Some("conv3x3_fwd_wgmma_mc_f16"),
-                Gemm::Dgrad => Some("conv3x3_dgrad_wgmma_mc_f16"),
-                Gemm::Wgrad => None,
+        let cluster = path.cluster();
+        if cluster > 1 && n % 256 == 0 && k % 64 == 0 {
+            let mc = match (key.gemm, cluster) {
+                (Gemm::Fwd, 2) => Some("conv3x3_fwd_wgmma_mc_f16"),
+                (Gemm::Fwd, _) => Some("conv3x3_fwd_wgmma_mc4_f16"),
+                (Gemm::Dgrad, 2) => Some("conv3x3_dgrad_wgmma_mc_f16"),
+                (Gemm::Dgrad, _) => Some("conv3x3_dgrad_wgmma_mc4_f16"),
+                (Gemm::Wgrad, _) => None,
             };
             if let Some(name) = mc {
-                let threads = 256;
-                return MmaKernel {
-                    name,
-                    tm: 128,
-                    tn: 256,
-                    smem: WG_MC_SMEM,
-                    threads,
-                    wgmma: true,
-                    per_image: false,
-                    cluster: true,
-                };
+                let (tm, tn, smem, threads) = (128, 256, WG_MC_SMEM, 256);
+                return MmaKernel { name, tm, tn, smem, threads, wgmma: true, per_image: false, cluster };
             }
         }
         let chosen = match path {
-            ConvPath::Wgmma | ConvPath::Tma => wgmma[slot].or(mma128[slot]),
+            ConvPath::Wgmma | ConvPath::Tma | ConvPath::Tma4 => wgmma[slot].or(mma128[slot]),
             ConvPath::MmaWide => mma128[slot],
             _ => None,
         };

@@ -103,13 +103,14 @@ pub struct Gpu {
 /// channels, 128×64 for weight gradients of 64 channels), `Tma` (compute capability 9.0: as
 /// `Wgmma`, but the 128×256 forwards and input gradients of 256-channel weights run in 2-CTA
 /// clusters that share one bulk (TMA) copy of each weight tile, multicast into both CTAs' shared
-/// memory: half the weight traffic from L2 per CTA) or `Wmma` (nvcuda::wmma, 64×64 tiles,
+/// memory: half the weight traffic from L2 per CTA), `Tma4` (the same in 4-CTA clusters: a
+/// quarter) or `Wmma` (nvcuda::wmma, 64×64 tiles,
 /// every GPU). `Mixed` is not a kernel family: per GEMM (each layer's forward, weight gradient
 /// and input gradient at its shape) it takes the fastest of the other sm_80+ paths, timed on the
 /// real operands the first time that GEMM runs outside a recording (src/gpu/backend.rs,
 /// `tune_gemm`). `Gpu::open` picks
 /// `Mma` where the GPU has it; the environment variable `SPEEDRUN_CONV=wmma` (or `mma`,
-/// `mma128`, `img`, `wgmma`, `tma`, `mixed`) overrides, and a comma list (`SPEEDRUN_CONV=mma,mma128`) is the
+/// `mma128`, `img`, `wgmma`, `tma`, `tma4`, `mixed`) overrides, and a comma list (`SPEEDRUN_CONV=mma,mma128`) is the
 /// set the warm-up's autotune chooses from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPath {
@@ -119,6 +120,7 @@ pub enum ConvPath {
     Img,
     Wgmma,
     Tma,
+    Tma4,
     Mixed,
 }
 
@@ -146,6 +148,7 @@ impl ConvPath {
             ConvPath::Img => "img",
             ConvPath::Wgmma => "wgmma",
             ConvPath::Tma => "tma",
+            ConvPath::Tma4 => "tma4",
             ConvPath::Mixed => "mixed",
         }
     }
@@ -154,23 +157,40 @@ impl ConvPath {
     pub fn is_mma(self) -> bool {
         self != ConvPath::Wmma
     }
-    /// Whether the path runs sm_90a kernels (wgmma; on `Tma` also clusters and bulk copies).
+    /// Whether the path runs sm_90a kernels (wgmma; on `Tma` and `Tma4` also clusters and bulk
+    /// copies).
     pub fn is_sm90(self) -> bool {
-        matches!(self, ConvPath::Wgmma | ConvPath::Tma)
+        matches!(self, ConvPath::Wgmma | ConvPath::Tma | ConvPath::Tma4)
     }
-    /// The paths a GPU of compute capability `cc` can run, best first. `Wgmma` and `Tma` need
-    /// exactly 9.0: their kernels are compiled for sm_90a only (elsewhere they trap).
+    /// CTAs per cluster of the multicast kernels this path runs (1: none).
+    pub fn cluster(self) -> u32 {
+        match self {
+            ConvPath::Tma => 2,
+            ConvPath::Tma4 => 4,
+            _ => 1,
+        }
+    }
+    /// The paths a GPU of compute capability `cc` can run, best first. `Wgmma`, `Tma` and `Tma4`
+    /// need exactly 9.0: their kernels are compiled for sm_90a only (elsewhere they trap).
     pub fn available(cc: (i32, i32)) -> &'static [ConvPath] {
         if cc == (9, 0) {
-            &[ConvPath::Mma, ConvPath::MmaWide, ConvPath::Img, ConvPath::Wgmma, ConvPath::Tma, ConvPath::Wmma]
+            &[
+                ConvPath::Mma,
+                ConvPath::MmaWide,
+                ConvPath::Img,
+                ConvPath::Wgmma,
+                ConvPath::Tma,
+                ConvPath::Tma4,
+                ConvPath::Wmma,
+            ]
         } else if cc.0 >= 8 {
             &[ConvPath::Mma, ConvPath::MmaWide, ConvPath::Img, ConvPath::Wmma]
         } else {
             &[ConvPath::Wmma]
         }
     }
-    /// [`Self::available`] split into (every path but the sm_90a ones, wgmma and tma if `cc` has
-    /// them): the self-test and the bench run the sm_90a kernels after everything else, since a
+    /// [`Self::available`] split into (every path but the sm_90a ones, wgmma, tma and tma4 if
+    /// `cc` has them): the self-test and the bench run the sm_90a kernels after everything else, since a
     /// fault in one loses the CUDA context and with it every later line.
     pub fn wgmma_last(cc: (i32, i32)) -> (Vec<ConvPath>, Vec<ConvPath>) {
         Self::available(cc).iter().partition(|&&p| !p.is_sm90())
@@ -180,7 +200,7 @@ impl ConvPath {
     pub fn tunable(cc: (i32, i32)) -> Vec<ConvPath> {
         Self::available(cc).iter().copied().filter(|p| p.is_mma()).collect()
     }
-    /// The path named `name` ("wmma", "mma", "mma128", "img", "wgmma", "tma", "mixed").
+    /// The path named `name` ("wmma", "mma", "mma128", "img", "wgmma", "tma", "tma4", "mixed").
     pub fn named(name: &str) -> Option<ConvPath> {
         [
             ConvPath::Wmma,
@@ -189,6 +209,7 @@ impl ConvPath {
             ConvPath::Img,
             ConvPath::Wgmma,
             ConvPath::Tma,
+            ConvPath::Tma4,
             ConvPath::Mixed,
         ]
         .into_iter()
@@ -209,7 +230,7 @@ impl ConvPath {
         let Some(v) = env.map(str::trim).filter(|v| !v.is_empty()) else { return Ok(have[0]) };
         let Some(want) = Self::named(v) else {
             return Err(Error::Gpu(format!(
-                "{CONV_ENV}={v:?}: expected \"wmma\", \"mma\", \"mma128\", \"img\", \"wgmma\", \"tma\" or \"mixed\""
+                "{CONV_ENV}={v:?}: expected \"wmma\", \"mma\", \"mma128\", \"img\", \"wgmma\", \"tma\", \"tma4\" or \"mixed\""
             )));
         };
         if !want.runs_on(cc) {

@@ -248,7 +248,7 @@ fn open_without_driver() {
 /// clear errors for an unknown name or a path the GPU lacks.
 #[test]
 fn conv_path_choice() {
-    use super::ConvPath::{Img, Mixed, Mma, MmaWide, Tma, Wgmma, Wmma};
+    use super::ConvPath::{Img, Mixed, Mma, MmaWide, Tma, Tma4, Wgmma, Wmma};
     use super::{ConvPath, CONV_ENV};
     assert_eq!(ConvPath::choose((9, 0), None).unwrap(), Mma);
     assert_eq!(ConvPath::choose((8, 0), Some("")).unwrap(), Mma);
@@ -261,23 +261,25 @@ fn conv_path_choice() {
     let e = ConvPath::choose((9, 0), Some("cutlass")).unwrap_err().to_string();
     assert!(e.contains("cutlass") && e.contains("wmma"), "{e}");
     assert_eq!(ConvPath::available((7, 0)), &[Wmma]);
-    assert_eq!(ConvPath::available((9, 0)), &[Mma, MmaWide, Img, Wgmma, Tma, Wmma]);
+    assert_eq!(ConvPath::available((9, 0)), &[Mma, MmaWide, Img, Wgmma, Tma, Tma4, Wmma]);
     assert_eq!(ConvPath::available((8, 9)), &[Mma, MmaWide, Img, Wmma]);
-    assert_eq!(ConvPath::tunable((9, 0)), [Mma, MmaWide, Img, Wgmma, Tma]);
-    assert_eq!(ConvPath::wgmma_last((9, 0)), (vec![Mma, MmaWide, Img, Wmma], vec![Wgmma, Tma]));
+    assert_eq!(ConvPath::tunable((9, 0)), [Mma, MmaWide, Img, Wgmma, Tma, Tma4]);
+    assert_eq!(ConvPath::wgmma_last((9, 0)), (vec![Mma, MmaWide, Img, Wmma], vec![Wgmma, Tma, Tma4]));
     assert_eq!(ConvPath::wgmma_last((8, 6)), (vec![Mma, MmaWide, Img, Wmma], vec![]));
     assert_eq!(ConvPath::choose((9, 0), Some("wgmma")).unwrap(), Wgmma);
     assert_eq!(ConvPath::named("wgmma"), Some(Wgmma));
     // wgmma and tma are sm_90a code: not on 8.x, nor on a newer major (the PTX has no wgmma)
     assert_eq!(ConvPath::choose((9, 0), Some("tma")).unwrap(), Tma);
     assert_eq!(ConvPath::named("tma"), Some(Tma));
+    assert_eq!(ConvPath::choose((9, 0), Some("tma4")).unwrap(), Tma4);
     for cc in [(8, 9), (10, 0)] {
-        for name in ["wgmma", "tma"] {
+        for name in ["wgmma", "tma", "tma4"] {
             let e = ConvPath::choose(cc, Some(name)).unwrap_err().to_string();
             assert!(e.contains(name) && e.contains("9.0"), "{e}");
         }
     }
-    assert!(Wgmma.is_sm90() && Tma.is_sm90() && !Mma.is_sm90() && !Mixed.is_sm90() && Tma.is_mma());
+    assert!(Wgmma.is_sm90() && Tma.is_sm90() && Tma4.is_sm90() && !Mma.is_sm90() && !Mixed.is_sm90() && Tma.is_mma());
+    assert_eq!([Wgmma, Tma, Tma4, Mixed].map(|p| p.cluster()), [1, 2, 4, 1]);
     assert_eq!(ConvPath::choose((8, 0), Some("mma128")).unwrap(), MmaWide);
     let e = ConvPath::choose((7, 5), Some("mma128")).unwrap_err().to_string();
     assert!(e.contains("mma128") && e.contains("8.0") && e.contains("sm_75"), "{e}");
@@ -295,7 +297,7 @@ fn conv_path_choice() {
     assert!(e.contains("mixed") && e.contains("8.0") && e.contains("sm_75"), "{e}");
     // the list form: unset, every tunable path and mixed (the one available without mma); one
     // name, pinned; a comma list, those paths in its order; each checked like one name
-    assert_eq!(ConvPath::choose_list((9, 0), None).unwrap(), [Mma, MmaWide, Img, Wgmma, Tma, Mixed]);
+    assert_eq!(ConvPath::choose_list((9, 0), None).unwrap(), [Mma, MmaWide, Img, Wgmma, Tma, Tma4, Mixed]);
     assert_eq!(ConvPath::choose_list((8, 6), Some(" ")).unwrap(), [Mma, MmaWide, Img, Mixed]);
     assert_eq!(ConvPath::choose_list((9, 0), Some("mma,mma128,mixed")).unwrap(), [Mma, MmaWide, Mixed]);
     assert_eq!(ConvPath::choose_list((7, 5), None).unwrap(), [Wmma]);
@@ -546,14 +548,14 @@ fn wide_convs_equal_narrow_ones() {
     }
 }
 
-/// The `tma` path runs the multicast kernels (2-CTA clusters, the weights by bulk copies in
-/// `conv_weights_f16`'s layout 2, the grid padded to whole clusters) for the forward where cout
-/// is 256 and for the input gradient where cin is 256, wgmma's elsewhere. They issue the same
+/// The `tma` (`tma4`) path runs the multicast kernels (2-CTA (4-CTA) clusters, the weights by
+/// bulk copies in `conv_weights_f16`'s layout 2, the grid padded to whole clusters) for the
+/// forward where cout is 256 and for the input gradient where cin is 256, wgmma's elsewhere. They issue the same
 /// wgmma on the same shared-memory bytes as the 128×256 wgmma kernels, so every output equals
 /// the wgmma path's bit for bit (on a GPU too). Shapes: 256 → 256 (both multicast kernels; 3
 /// tiles of rows, the grid padded to 4), 64 → 256 pooled (the forward's K = 576; 2 tiles, one
-/// cluster), 24 → 256 (K = 216 is not whole 64-k blocks: wgmma's forward), 256 → 64 (wgmma's
-/// forward, n = 64; the multicast input gradient, 1 tile padded to 2).
+/// cluster of 2, padded to 4 for tma4), 24 → 256 (K = 216 is not whole 64-k blocks: wgmma's
+/// forward), 256 → 64 (wgmma's forward, n = 64; the multicast input gradient, 1 tile padded).
 #[test]
 #[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
 fn tma_convs_equal_wgmma_ones() {
@@ -577,29 +579,26 @@ fn tma_convs_equal_wgmma_ones() {
         let dy = gpu.upload(&floats(ys.len(), 14)).unwrap();
         let run = |g: &mut Gpu| conv_layer_outputs(g, xs, cout, pool, [&x, &w, &shift, &dy]);
         let (wg, am0, names0) = gpu.with_conv_path(ConvPath::Wgmma, |g| run(g));
-        let (mc, am1, names1) = gpu.with_conv_path(ConvPath::Tma, |g| run(g));
-        let subst = |name: &'static str, mc: bool| {
-            if mc {
-                name.replace("_wgmma_f16", "_wgmma_mc_f16")
-            } else {
-                name.to_string()
-            }
-        };
         let (fwd_mc, dgrad_mc) = (cout == 256 && cin % 64 == 0, cin == 256);
-        let want: Vec<String> = names0
-            .iter()
-            .map(|&nm| subst(nm, (nm.contains("_fwd_") && fwd_mc) || (nm.contains("_dgrad_") && dgrad_mc)))
-            .collect();
-        assert_eq!(names1, want, "{xs:?}->{cout}: kernels on the tma path (wgmma's: {names0:?})");
-        assert_eq!(am0, am1, "{xs:?}->{cout}: argmax");
-        for (k, (a, b)) in
-            ["y", "bn", "running mean", "running var", "dw", "da", "da sums"].iter().zip(wg.iter().zip(&mc))
-        {
-            assert!(a.iter().all(|v| v.is_finite()), "{xs:?}->{cout} {k}: not finite");
-            assert!(
-                a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()),
-                "{xs:?}->{cout} {k}: tma differs from wgmma"
-            );
+        for (path, suffix) in [(ConvPath::Tma, "_wgmma_mc_f16"), (ConvPath::Tma4, "_wgmma_mc4_f16")] {
+            let (mc, am1, names1) = gpu.with_conv_path(path, |g| run(g));
+            let multicast = |nm: &str| (nm.contains("_fwd_") && fwd_mc) || (nm.contains("_dgrad_") && dgrad_mc);
+            let want: Vec<String> = names0
+                .iter()
+                .map(|&nm| if multicast(nm) { nm.replace("_wgmma_f16", suffix) } else { nm.to_string() })
+                .collect();
+            let p = path.name();
+            assert_eq!(names1, want, "{xs:?}->{cout}: kernels on the {p} path (wgmma's: {names0:?})");
+            assert_eq!(am0, am1, "{xs:?}->{cout}: argmax ({p})");
+            for (k, (a, b)) in
+                ["y", "bn", "running mean", "running var", "dw", "da", "da sums"].iter().zip(wg.iter().zip(&mc))
+            {
+                assert!(a.iter().all(|v| v.is_finite()), "{xs:?}->{cout} {k}: not finite");
+                assert!(
+                    a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()),
+                    "{xs:?}->{cout} {k}: {p} differs from wgmma"
+                );
+            }
         }
     }
 }
