@@ -170,8 +170,9 @@ impl ConvPath {
             _ => 1,
         }
     }
-    /// The paths a GPU of compute capability `cc` can run, best first. `Wgmma`, `Tma` and `Tma4`
-    /// need exactly 9.0: their kernels are compiled for sm_90a only (elsewhere they trap).
+    /// The paths a GPU of compute capability `cc` can run, best first (9.0 has every kernel
+    /// family). `Wgmma`, `Tma` and `Tma4` need exactly 9.0: their kernels are compiled for
+    /// sm_90a only (elsewhere they trap).
     pub fn available(cc: (i32, i32)) -> &'static [ConvPath] {
         if cc == (9, 0) {
             &[
@@ -190,8 +191,8 @@ impl ConvPath {
         }
     }
     /// [`Self::available`] split into (every path but the sm_90a ones, wgmma, tma and tma4 if
-    /// `cc` has them): the self-test and the bench run the sm_90a kernels after everything else, since a
-    /// fault in one loses the CUDA context and with it every later line.
+    /// `cc` has them): the self-test and the bench run the sm_90a kernels after everything
+    /// else, since a fault in one loses the CUDA context and with it every later line.
     pub fn wgmma_last(cc: (i32, i32)) -> (Vec<ConvPath>, Vec<ConvPath>) {
         Self::available(cc).iter().partition(|&&p| !p.is_sm90())
     }
@@ -202,18 +203,7 @@ impl ConvPath {
     }
     /// The path named `name` ("wmma", "mma", "mma128", "img", "wgmma", "tma", "tma4", "mixed").
     pub fn named(name: &str) -> Option<ConvPath> {
-        [
-            ConvPath::Wmma,
-            ConvPath::Mma,
-            ConvPath::MmaWide,
-            ConvPath::Img,
-            ConvPath::Wgmma,
-            ConvPath::Tma,
-            ConvPath::Tma4,
-            ConvPath::Mixed,
-        ]
-        .into_iter()
-        .find(|p| p.name() == name)
+        Self::available((9, 0)).iter().copied().chain([ConvPath::Mixed]).find(|p| p.name() == name)
     }
     /// Whether a GPU of compute capability `cc` can run `self` (`Mixed`: where there are two
     /// mma kernel families to choose from).
