@@ -1666,12 +1666,12 @@ __device__ __forceinline__ unsigned char* wg_stages(half* smem) {
 
 // How wg_pipeline's steps meet. WgCta: the block's barrier per K step, every operand copied by
 // cp.async (landed once each thread's wait and the barrier are past). WgCluster (the multicast
-// kernels, a 2-CTA cluster): B comes by bulk copies that signal one mbarrier per stage (at
-// shared address bars + 8·stage, in the bytes after the stages), so a step also waits for its
-// stage's phase; and since the peer CTA's copies write into this CTA's stages, the per-step
-// barrier is the cluster's (both CTAs have retired step t − 2's wgmma before either refills its
-// stage), as are the first (the barriers initialised) and the last (no copy still in flight
-// into either CTA when the epilogue reuses the stages or a CTA exits).
+// kernels, a cluster of 2 or 4 CTAs): B comes by bulk copies that signal one mbarrier per stage
+// (at shared address bars + 8·stage, in the bytes after the stages), so a step also waits for
+// its stage's phase; and since the other CTAs' copies write into this CTA's stages, the
+// per-step barrier is the cluster's (every CTA has retired step t − 2's wgmma before any
+// refills its stage), as are the first (the barriers initialised) and the last (no copy still
+// in flight into any CTA when the epilogue reuses the stages or a CTA exits).
 struct WgCta {
     __device__ __forceinline__ void start() const {}
     __device__ __forceinline__ void step() const { __syncthreads(); }
