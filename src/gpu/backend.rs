@@ -345,8 +345,8 @@ pub(super) const WG_WIDE_SMEM: u32 = 197632;
 pub(super) const WG_TALL_SMEM: u32 = 164864;
 pub(super) const WG_TALL32_SMEM: u32 = 148480;
 pub(super) const WG_NARROW_SMEM: u32 = 99328;
-/// The multicast (`ConvPath::Tma`) 128×256 kernels' (`WG_MC_SMEM`): [`WG_WIDE_SMEM`] and the
-/// stages' mbarriers.
+/// The multicast (`ConvPath::Tma`, `Tma4`) 128×256 kernels' (`WG_MC_SMEM`): [`WG_WIDE_SMEM`]
+/// and the stages' mbarriers.
 pub(super) const WG_MC_SMEM: u32 = 197696;
 
 /// An sm_80+ conv kernel as `Gpu::mma_kernel` picks it: name, block tile (rows × columns),
@@ -660,9 +660,9 @@ impl Gpu {
     /// for the forward and input gradient with n < 128; `_wgmma_tall32_`: 256×32 for an input
     /// gradient with n ≤ 32; `_wgmma_narrow_`: 128×64 for a weight gradient with 32 < n < 128),
     /// else `MmaWide`'s (a weight gradient of ≤ 32 output channels). On `ConvPath::Tma` (`Tma4`)
-    /// the multicast 128×256 kernels (`_wgmma_mc_`, `_wgmma_mc4_`, [`WG_MC_SMEM`]) for a forward or input gradient
-    /// whose n is a multiple of 256 and whose K = 9·(channels gathered) a multiple of 64 (the
-    /// bulk-copy layout's blocks), else `Wgmma`'s.
+    /// the multicast 128×256 kernels (`_wgmma_mc_`, `_wgmma_mc4_`, [`WG_MC_SMEM`]) for a forward
+    /// or input gradient whose n is a multiple of 256 and whose K = 9·(channels gathered) a
+    /// multiple of 64 (the bulk-copy layout's blocks), else `Wgmma`'s.
     fn mma_kernel(&self, key: &GemmKey) -> MmaKernel {
         self.mma_kernel_on(self.gemm_path(key), key)
     }
