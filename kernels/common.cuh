@@ -266,6 +266,20 @@ __device__ __forceinline__ void cluster_sync() {
     asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 #endif
 }
+// The cluster barrier split in two, without memory ordering on the arrive (a release arrive is
+// a MEMBAR.ALL.GPU per thread in the SASS): cluster_wait returns once every thread of the
+// cluster has made the cluster_arrive_relaxed that pairs with it (each thread alternates them).
+// For ordering that is only "the other CTAs are past point X" (their wgmma retired), not data.
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+#if ARCH_SM90A
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cluster_wait() {
+#if ARCH_SM90A
+    asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
+#endif
+}
 // An mbarrier (8 bytes of shared memory at shared address `bar`) expecting `count` arrivals per
 // phase. Then fence_mbar_init and a cluster_sync before another CTA's copies may signal it.
 __device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {

@@ -1668,14 +1668,18 @@ __device__ __forceinline__ unsigned char* wg_stages(half* smem) {
 // cp.async (landed once each thread's wait and the barrier are past). WgCluster (the multicast
 // kernels, a cluster of 2 or 4 CTAs): B comes by bulk copies that signal one mbarrier per stage
 // (at shared address bars + 8·stage, in the bytes after the stages), so a step also waits for
-// its stage's phase; and since the other CTAs' copies write into this CTA's stages, the
-// per-step barrier is the cluster's (every CTA has retired step t − 2's wgmma before any
-// refills its stage), as are the first (the barriers initialised) and the last (no copy still
-// in flight into any CTA when the epilogue reuses the stages or a CTA exits).
+// its stage's phase; and since the other CTAs' copies write into this CTA's stages, a step's
+// refill of stage t − 2 also waits until every CTA has retired step t − 2's wgmma: each thread
+// arrives on the cluster barrier (relaxed: no fence) right after its wgmma_wait<1> (retired),
+// and the step waits for that phase after the block's barrier. The first phase is arrived in
+// start (after a full cluster barrier that publishes the initialised mbarriers); the last wait
+// (finish) is past every CTA's last mbarrier wait: no copy is still in flight into any CTA when
+// the epilogue reuses the stages or a CTA exits.
 struct WgCta {
     __device__ __forceinline__ void start() const {}
     __device__ __forceinline__ void step() const { __syncthreads(); }
     __device__ __forceinline__ void landed(int, int) const {}
+    __device__ __forceinline__ void retired() const {}
     __device__ __forceinline__ void finish() const {}
 };
 struct WgCluster {
@@ -1687,11 +1691,16 @@ struct WgCluster {
             fence_mbar_init();
         }
         cluster_sync();
+        cluster_arrive_relaxed();
     }
-    __device__ __forceinline__ void step() const { cluster_sync(); }
+    __device__ __forceinline__ void step() const {
+        __syncthreads();
+        cluster_wait();
+    }
     // step t's stage s: its (t / WSTAGES)-th fill
     __device__ __forceinline__ void landed(int t, int s) const { mbar_wait(bars + 8 * s, (t / WSTAGES) & 1); }
-    __device__ __forceinline__ void finish() const { cluster_sync(); }
+    __device__ __forceinline__ void retired() const { cluster_arrive_relaxed(); }
+    __device__ __forceinline__ void finish() const { cluster_wait(); }
 };
 
 // The pipeline over nk K steps. issue(t, s): start copying step t into stage s. Step t lives in
@@ -1738,6 +1747,7 @@ __device__ __forceinline__ void wg_pipeline(float (&acc)[1][Tl::NJ][4], unsigned
         }
         wgmma_commit();
         wgmma_wait<1>();
+        sync.retired();
         s = s == WSTAGES - 1 ? 0 : s + 1;
         w = w == WSTAGES - 1 ? 0 : w + 1;
     }

@@ -79,7 +79,11 @@ struct Fiber {
     void* stack = nullptr;
     dim3 tid, bid;
     int rank = 0;
-    bool done = false, waiting = false, spinning = false;  // spinning: in an mbarrier wait (emu_spin)
+    // deferred: runnable, but run only when nothing else is: spinning in an mbarrier wait
+    // (emu_spin), or just past a cluster_arrive
+    bool done = false, waiting = false, deferred = false;
+    bool arrived = false;  // a cluster_arrive not yet paired with its cluster_wait
+    uint64_t arrived_gen = 0;  // the cluster barrier's generation it arrived in
     Barrier* on = nullptr;
     uint64_t gen = 0;
 };
@@ -100,6 +104,11 @@ struct Sched {
 };
 thread_local Sched S;
 
+[[noreturn]] void emu_cluster_fail(const char* what) {
+    fprintf(stderr, "emulated cluster barrier: block (%u,%u,%u) thread %u: %s\n", blockIdx.x, blockIdx.y, blockIdx.z,
+            threadIdx.x, what);
+    abort();
+}
 void release(Barrier& b) {
     b.count = 0;
     b.gen++;
@@ -119,13 +128,13 @@ void resume(int i, void** save) {
 }
 // The fiber to run after the current one (−1: none runnable): the next runnable one after it in
 // round-robin order (0, 1, ..., nt − 1, 0, ...) among its own CTA's, else among the cluster's,
-// skipping those spinning in an mbarrier wait unless only they are left. Without clusters that
+// skipping the deferred ones unless only they are left. Without clusters that
 // is the plain round robin. With them, a CTA runs as far as it can before its peer gets a turn,
 // which makes the CTAs drift apart as far as their synchronisation lets them: a missing wait
 // between them then shows (a stage refilled while the peer still reads it gives NaN).
 int next_fiber() {
     const int cur = S.cur, bt = S.block_threads, r0 = S.fibers[cur]->rank * bt;
-    auto ok = [](int i) { return runnable(*S.fibers[i]) && !S.fibers[i]->spinning; };
+    auto ok = [](int i) { return runnable(*S.fibers[i]) && !S.fibers[i]->deferred; };
     for (int k = 1; k <= bt; k++)
         if (const int i = r0 + (cur - r0 + k) % bt; ok(i)) return i;
     for (int k = 1; k <= S.nt; k++)
@@ -164,6 +173,7 @@ void leave(Barrier& b) {
 void trampoline() {
     (*S.f)();
     Fiber& fb = *S.fibers[S.cur];
+    if (fb.arrived) emu_cluster_fail("exits with a cluster_arrive that no cluster_wait paired");
     fb.done = true;
     S.alive--;
     S.epoch++;
@@ -216,7 +226,7 @@ bool run_block(unsigned bx, unsigned by, unsigned bz, int bt, int cx) {
         fb.tid.z = t / (blockDim.x * blockDim.y);
         fb.rank = i / bt;
         fb.bid = dim3{bx + (unsigned)fb.rank, by, bz};
-        fb.done = fb.waiting = fb.spinning = false;
+        fb.done = fb.waiting = fb.deferred = fb.arrived = false;
     }
     S.bulk.clear();
     S.alive = nt;
@@ -323,7 +333,38 @@ bool emu_warp_sync(int w) { return arrive(S.warps[w]); }
 unsigned char* emu_dyn_smem() { return S.dyn[emu_rank].data(); }
 unsigned char* emu_dyn_smem_of(int rank) { return S.dyn[rank].data(); }
 int emu_cluster_size() { return S.cx; }
-void emu_cluster_sync() { arrive(S.cluster); }
+void emu_cluster_sync() {
+    if (S.fibers[S.cur]->arrived) emu_cluster_fail("cluster_sync after a cluster_arrive with no cluster_wait");
+    arrive(S.cluster);
+}
+// The split barrier: arrive counts this thread in the current generation without blocking;
+// wait blocks until that generation has completed. A thread arrives once per wait.
+void emu_cluster_arrive() {
+    Fiber& fb = *S.fibers[S.cur];
+    if (fb.arrived) emu_cluster_fail("two cluster_arrive with no cluster_wait between them");
+    fb.arrived = true;
+    fb.arrived_gen = S.cluster.gen;
+    S.epoch++;
+    if (++S.cluster.count >= S.cluster.expected) release(S.cluster);
+    // A thread goes on past its arrive (it does not wait), but only once nothing else can run:
+    // its CTA's other threads arrive too, then the CTAs their arrivals released run as far as
+    // they can (refilling this CTA's stages) before this one goes on past its arrive. A thread
+    // that arrives before it is really done (its wgmma not yet retired) then reads the refill.
+    fb.deferred = true;
+    const int i = next_fiber();
+    if (i >= 0 && i != S.cur) resume(i, &fb.sp);
+    fb.deferred = false;
+}
+void emu_cluster_wait() {
+    Fiber& fb = *S.fibers[S.cur];
+    if (!fb.arrived) emu_cluster_fail("cluster_wait with no cluster_arrive before it");
+    fb.arrived = false;
+    if (S.cluster.gen != fb.arrived_gen) return;  // its generation has completed
+    fb.waiting = true;
+    fb.on = &S.cluster;
+    fb.gen = fb.arrived_gen;
+    yield_from(fb);
+}
 void emu_progress() { S.epoch++; }
 void emu_bulk_defer(std::function<void()> op) { S.bulk.push_back(std::move(op)); }
 void emu_bulk_drain() {
@@ -340,12 +381,12 @@ void emu_spin(unsigned long long& seen, int& idle, const char* what) {
                 "(deadlock)\n", what, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x);
         abort();
     }
-    // another runnable fiber, if any (this one stays runnable, marked as spinning until it runs)
+    // another runnable fiber, if any (this one stays runnable, marked as deferred until it runs)
     Fiber& fb = *S.fibers[S.cur];
-    fb.spinning = true;
+    fb.deferred = true;
     const int i = next_fiber();
     if (i >= 0 && i != S.cur) resume(i, &fb.sp);
-    fb.spinning = false;
+    fb.deferred = false;
 }
 size_t emu_dyn_smem_bytes() { return S.dyn_bytes; }
 unsigned long long emu_block_serial() { return S.blocks_run; }

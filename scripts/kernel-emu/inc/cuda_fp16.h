@@ -40,6 +40,8 @@ inline void __syncthreads() { emu_block_sync(); }
 int emu_cluster_size();
 unsigned char* emu_dyn_smem_of(int rank);  // the dynamic shared memory of the cluster's CTA `rank`
 void emu_cluster_sync();                    // barrier.cluster: every thread of the cluster
+void emu_cluster_arrive();                  // its two halves (each thread alternates them)
+void emu_cluster_wait();
 void emu_progress();                        // an mbarrier changed (for emu_spin's deadlock check)
 // An mbarrier wait that found its phase incomplete: lets the cluster's other fibers run; aborts
 // when a few rounds of them changed no mbarrier (a wait that can never complete).

@@ -524,6 +524,8 @@ struct EmuMbar {
 };
 inline unsigned cluster_ctarank() { return (unsigned)emu_rank; }
 inline void cluster_sync() { emu_cluster_sync(); }
+inline void cluster_arrive_relaxed() { emu_cluster_arrive(); }
+inline void cluster_wait() { emu_cluster_wait(); }
 inline void fence_mbar_init() {}
 inline void mbar_init(unsigned bar, unsigned count) {
     assert(count >= 1 && count < 0xFFFF && "mbar_init: count 1..65534");
@@ -577,6 +579,8 @@ inline void bulk_copy_multicast(unsigned dst, const void* src, unsigned bytes, u
 }
 inline unsigned cluster_ctarank() { emu_no_clusters(); }
 inline void cluster_sync() { emu_no_clusters(); }
+inline void cluster_arrive_relaxed() { emu_no_clusters(); }
+inline void cluster_wait() { emu_no_clusters(); }
 inline void fence_mbar_init() { emu_no_clusters(); }
 inline void mbar_init(unsigned, unsigned) { emu_no_clusters(); }
 inline void mbar_arrive_expect_tx(unsigned, unsigned) { emu_no_clusters(); }
