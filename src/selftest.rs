@@ -366,16 +366,25 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     for path in ConvPath::tunable(gpu.info.cc).into_iter().filter(|&p| p != gpu.conv_path && !p.is_sm90()) {
         step_on(&mut checks, path);
     }
-    // at a quarter of the batch: what it checks (replays equal op by op, each step reading its own
-    // plan row) does not depend on the batch, and its six steps were 40% of the emulated run
-    checks.push(("recorded step".into(), Box::new(|g, c, r| check_graph(g, c, r, BATCH / 4, 950))));
-    // wgmma, then tma and tma4 (whose kernels are wgmma's but for the multicast ones: only those
-    // run)
-    for (i, &path) in wgmma.iter().enumerate() {
-        conv_checks(&mut checks, &wgmma[..i], &[path], &format!(", {}", path.name()));
-        if gpu.conv_path != path {
-            step_on(&mut checks, path);
+    // at an eighth of the batch: what it checks (replays equal op by op, bit for bit, each step
+    // reading its own plan row) does not depend on the batch, and its six steps were 40% of the
+    // emulated run at the full batch
+    checks.push(("recorded step".into(), Box::new(|g, c, r| check_graph(g, c, r, BATCH / 8, 950))));
+    // wgmma (its layers and the whole step); then tma and tma4 in one group: their kernels are
+    // wgmma's but for the multicast ones, so only those run, against one CPU reference per
+    // layer. No whole step on them here (it took a minute of the emulated CI run): the GPU
+    // test tma_convs_equal_wgmma_ones holds their forward and backward, statistics and sums
+    // included, to the wgmma path's bit for bit, and the bench times the step on them.
+    let (wg, mc): (Vec<ConvPath>, Vec<ConvPath>) = wgmma.iter().partition(|&&p| p == ConvPath::Wgmma);
+    if !wg.is_empty() {
+        conv_checks(&mut checks, &[], &wg, ", wgmma");
+        if gpu.conv_path != ConvPath::Wgmma {
+            step_on(&mut checks, ConvPath::Wgmma);
         }
+    }
+    if !mc.is_empty() {
+        let names: Vec<&str> = mc.iter().map(|p| p.name()).collect();
+        conv_checks(&mut checks, &wg, &mc, &format!(", {}", names.join(", ")));
     }
     // SPEEDRUN_SELFTEST_TIMES=1: each check's wall time after its lines (where the emulated
     // CI run spends its minutes)

@@ -12,7 +12,8 @@
 # The sm_80 instructions (mma.sync m16n8k16, ldmatrix, cp.async; inc/sm80.h) are emulated lane
 # by lane with the PTX ISA's fragment layouts, cp.async landing only at its wait_group; sm_90a's
 # wgmma.mma_async (inc/sm80.h, end) reads shared memory through its descriptors and swizzle at
-# the wgmma.wait_group that retires it.
+# the wgmma.wait_group that retires it; thread-block clusters, mbarriers and multicast bulk
+# copies (the tma kernels) run on the fiber launcher only (scripts/emu-driver/README.md).
 #
 # What this checks: indexing, tiling, the implicit-GEMM mappings, pooling/argmax, split-K,
 # reductions, fp16 rounding points, the mma kernels' lane mappings and pipeline. What it cannot

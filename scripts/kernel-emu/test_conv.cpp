@@ -447,8 +447,10 @@ int main() {
     test(2, 15, 15, 64, 256, 1, 1);
     test(2, 7, 7, 256, 256, 0, 1);
     test(2, 7, 7, 256, 256, 1, 1);
-    // 294 rows: 3 tiles, the multicast grids padded to 4 (two clusters of 2, one of 4)
-    test(6, 7, 7, 256, 256, 0, 0);
+    // 294 rows: 3 tiles, the multicast grids padded to 4 (two clusters of 2, one of 4): the
+    // forward's (K = 576) and the input gradient's (K = 9·64)
+    test(6, 7, 7, 64, 256, 0, 0);
+    test(6, 7, 7, 256, 64, 0, 0);
     printf("%d failures\n", fails);
     return fails != 0;
 }
