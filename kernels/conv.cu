@@ -1802,16 +1802,17 @@ template <class Tl, int CX> struct WgMulticastB {
     static constexpr unsigned PART = Tl::TN / CX * 128;  // bytes of one CTA's part of a stage's B
     static_assert(CX >= 2 && CX <= 16 && (Tl::TN / CX) % 8 == 0, "whole 8-row swizzle atoms per part");
     const half* __restrict__ src;                        // this CTA's part of row block blockIdx.y, step 0
-    unsigned bars;
-    __device__ __forceinline__ WgMulticastB(const half* __restrict__ wb, int K, unsigned bars_) : bars(bars_) {
+    unsigned bars, off;                                  // off: this CTA's part in a stage's B, bytes
+    __device__ __forceinline__ WgMulticastB(const half* __restrict__ wb, int K, unsigned bars_)
+        : bars(bars_), off(cluster_ctarank() * PART) {
         static_assert(Tl::TN == MC_TN && WK == MC_WK, "the bulk-copy layout's blocks are one stage's B");
-        src = wb + ((long long)blockIdx.y * (K / WK) * Tl::TN + cluster_ctarank() * (Tl::TN / CX)) * WK;
+        src = wb + (long long)blockIdx.y * (K / WK) * Tl::TN * WK + off / 2;
     }
     __device__ __forceinline__ void copy(int t, int s, half* bs, int) const {
         if (threadIdx.x != 0) return;
         mbar_arrive_expect_tx(bars + 8 * s, CX * PART);
-        bulk_copy_multicast(smem_u32(bs) + cluster_ctarank() * PART, src + (long long)t * Tl::TN * WK, PART,
-                            bars + 8 * s, (unsigned short)((1u << CX) - 1));
+        bulk_copy_multicast(smem_u32(bs) + off, src + (long long)t * Tl::TN * WK, PART, bars + 8 * s,
+                            (unsigned short)((1u << CX) - 1));
     }
 };
 
@@ -1846,7 +1847,7 @@ __device__ __forceinline__ void wg_conv_gemm(float (&acc)[1][Tl::NJ][4], unsigne
                                              const half* __restrict__ wb, int nb, int n0) {
     const int K = 9 * C;
     if constexpr (CX > 1) {
-        if (K % MC_WK != 0 || nb % MC_TN != 0 || gridDim.x % CX != 0 || blockDim.x != 256) __trap();
+        if (K % MC_WK != 0 || nb % MC_TN != 0 || gridDim.x % CX != 0 || blockDim.x != Tl::THREADS) __trap();
         const unsigned bars = smem_u32(st + WSTAGES * Tl::STAGE);  // after the stages (WG_MC_SMEM)
         wg_tap_gemm<Tl>(acc, st, src, C, W, rows, WgMulticastB<Tl, CX>(wb, K, bars), WgCluster{bars});
     } else {

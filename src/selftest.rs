@@ -1575,10 +1575,9 @@ fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, out: &mut dyn Write) -> Re
         let ms = time_ms(gpu, &mut |g| g.replay(&graph))?;
         bench_line(out, name, &format!("batch {n}"), ms, flops, 0.0)
     };
-    // the other paths: those of SPEEDRUN_CONV's list where it names two or more (a way to leave
-    // out one that faults), else every tunable path
-    let listed: Vec<ConvPath> = gpu.conv_tune.iter().copied().filter(|&p| p.is_mma() && p != ConvPath::Mixed).collect();
-    let tunable = if gpu.conv_tune.len() >= 2 { listed } else { ConvPath::tunable(gpu.info.cc) };
+    // the other paths: where SPEEDRUN_CONV is a list (a way to leave out one that faults), the
+    // families mixed chooses among, else every tunable path
+    let tunable = if gpu.conv_tune.len() >= 2 { gpu.mixed_candidates() } else { ConvPath::tunable(gpu.info.cc) };
     let others: Vec<ConvPath> =
         if gpu.conv_path.is_mma() { tunable.into_iter().filter(|&p| p != gpu.conv_path).collect() } else { Vec::new() };
     for &path in others.iter().filter(|&&p| !p.is_sm90()) {

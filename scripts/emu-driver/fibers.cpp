@@ -151,20 +151,31 @@ void yield_from(Fiber& fb) {
     if (i >= 0) return resume(i, &fb.sp);
     emu_switch(&fb.sp, S.main);
 }
+// Counts the current fiber in on b; true when that completes (and releases) the barrier.
+bool count_in(Barrier& b) {
+    S.epoch++;
+    if (++b.count < b.expected) return false;
+    release(b);
+    return true;
+}
 // Returns true when this arrival completes the barrier: the fiber goes on at once, while the
 // others are still suspended until it yields (sm80.h's leader lanes rely on that).
 bool arrive(Barrier& b) {
     Fiber& fb = *S.fibers[S.cur];
-    S.epoch++;
-    if (++b.count >= b.expected) {
-        release(b);
-        return true;
-    }
+    if (count_in(b)) return true;
     fb.waiting = true;
     fb.on = &b;
     fb.gen = b.gen;
     yield_from(fb);
     return false;
+}
+// Lets the other fibers run first while fb stays runnable (marked deferred until it runs again):
+// a fiber spinning in an mbarrier wait, or just past a cluster arrive.
+void yield_deferred(Fiber& fb) {
+    fb.deferred = true;
+    const int i = next_fiber();
+    if (i >= 0 && i != S.cur) resume(i, &fb.sp);
+    fb.deferred = false;
 }
 void leave(Barrier& b) {
     b.expected--;
@@ -344,16 +355,12 @@ void emu_cluster_arrive() {
     if (fb.arrived) emu_cluster_fail("two cluster_arrive with no cluster_wait between them");
     fb.arrived = true;
     fb.arrived_gen = S.cluster.gen;
-    S.epoch++;
-    if (++S.cluster.count >= S.cluster.expected) release(S.cluster);
+    count_in(S.cluster);
     // A thread goes on past its arrive (it does not wait), but only once nothing else can run:
     // its CTA's other threads arrive too, then the CTAs their arrivals released run as far as
     // they can (refilling this CTA's stages) before this one goes on past its arrive. A thread
     // that arrives before it is really done (its wgmma not yet retired) then reads the refill.
-    fb.deferred = true;
-    const int i = next_fiber();
-    if (i >= 0 && i != S.cur) resume(i, &fb.sp);
-    fb.deferred = false;
+    yield_deferred(fb);
 }
 void emu_cluster_wait() {
     Fiber& fb = *S.fibers[S.cur];
@@ -381,12 +388,7 @@ void emu_spin(unsigned long long& seen, int& idle, const char* what) {
                 "(deadlock)\n", what, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x);
         abort();
     }
-    // another runnable fiber, if any (this one stays runnable, marked as deferred until it runs)
-    Fiber& fb = *S.fibers[S.cur];
-    fb.deferred = true;
-    const int i = next_fiber();
-    if (i >= 0 && i != S.cur) resume(i, &fb.sp);
-    fb.deferred = false;
+    yield_deferred(*S.fibers[S.cur]);
 }
 size_t emu_dyn_smem_bytes() { return S.dyn_bytes; }
 unsigned long long emu_block_serial() { return S.blocks_run; }

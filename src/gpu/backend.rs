@@ -696,7 +696,7 @@ impl Gpu {
 
     /// The kernel families `ConvPath::Mixed` chooses among: the mma ones of the autotune's list
     /// (`SPEEDRUN_CONV`), or all this GPU has when the list names none.
-    fn mixed_candidates(&self) -> Vec<ConvPath> {
+    pub(crate) fn mixed_candidates(&self) -> Vec<ConvPath> {
         let listed: Vec<ConvPath> =
             self.conv_tune.iter().copied().filter(|&p| p.is_mma() && p != ConvPath::Mixed).collect();
         if listed.is_empty() {

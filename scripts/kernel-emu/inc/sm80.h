@@ -510,14 +510,15 @@ struct EmuMbar {
     unsigned count() const { return (unsigned)((w >> 16) & 0xFFFF); }
     unsigned phase() const { return (unsigned)((w >> 32) & 1); }
     long tx() const { return (long)((w >> 33) & 0xFFFFF) - (1l << 19); }
+    // the word for these fields (the layout above)
+    static unsigned long long pack(unsigned pend, unsigned count, unsigned phase, long tx) {
+        assert(tx > -(1l << 19) && tx < (1l << 19) && "emulated mbarrier: transaction count out of range");
+        return EMU_MBAR_TAG | (unsigned long long)pend | ((unsigned long long)count << 16) |
+               ((unsigned long long)phase << 32) | ((unsigned long long)(tx + (1l << 19)) << 33);
+    }
     void set(unsigned pend, unsigned phase_, long tx_) {
-        assert(tx_ > -(1l << 19) && tx_ < (1l << 19) && "emulated mbarrier: transaction count out of range");
-        w = EMU_MBAR_TAG | (unsigned long long)pend | ((unsigned long long)count() << 16) |
-            ((unsigned long long)phase_ << 32) | ((unsigned long long)(tx_ + (1l << 19)) << 33);
-        if (pend == 0 && tx_ == 0) {  // the phase completes; the next one starts with the full count
-            w = EMU_MBAR_TAG | (unsigned long long)count() | ((unsigned long long)count() << 16) |
-                ((unsigned long long)(phase_ ^ 1) << 32) | (1ull << 52);
-        }
+        // a phase that completes: the next one starts with the full count
+        w = pend == 0 && tx_ == 0 ? pack(count(), count(), phase_ ^ 1, 0) : pack(pend, count(), phase_, tx_);
         memcpy(p, &w, 8);
         emu_progress();
     }
@@ -530,7 +531,7 @@ inline void fence_mbar_init() {}
 inline void mbar_init(unsigned bar, unsigned count) {
     assert(count >= 1 && count < 0xFFFF && "mbar_init: count 1..65534");
     unsigned char* p = emu_smem_at(emu_rank, bar, 8, "mbar_init");
-    const unsigned long long w = EMU_MBAR_TAG | count | ((unsigned long long)count << 16) | (1ull << 52);
+    const unsigned long long w = EmuMbar::pack(count, count, 0, 0);
     memcpy(p, &w, 8);
 }
 inline void emu_mbar_arrive(int rank, unsigned bar, long tx_add, unsigned arrivals, const char* what) {
