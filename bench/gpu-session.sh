@@ -7,7 +7,8 @@
 #   bash bench/gpu-session.sh bench         # per-kernel timings against their floors
 #   bash bench/gpu-session.sh one           # one timed run with the per-epoch table
 #   bash bench/gpu-session.sh runs 25       # 25 seeded runs: statistics + JSON (more flags after N
-#                                           # go to the trainer, e.g. runs 25 --epochs 9)
+#                                           # go to the trainer, e.g. runs 25 --tta-frac 0.2, and
+#                                           # name its JSON: runs-tta-frac-0.2.json)
 #   SPEEDRUN_CONV=mma128 bash bench/gpu-session.sh runs 25   # pinned to the 64×64-warp-tile convs
 #                                           # (SPEEDRUN_CONV=mma,mma128: tuned over those two only)
 #                                           # (unpinned, the warm-up times mma, mma128, img, on
@@ -78,7 +79,11 @@ case "$what" in
            status=${PIPESTATUS[0]}
          fi ;;
   one) $BIN --no-download --csv "$OUT/curves.csv" 2>&1 | tee -a "$log" ;;
-  runs) $BIN --no-download --runs "${2:-25}" "${@:3}" --json "$OUT/runs.json" 2>&1 | tee -a "$log"
+  runs) # the JSON named after the flags past N (runs.json, runs-tta-frac-0.2.json, ...), so
+        # that two runs steps in one call keep both
+        tag=$(printf '%s' "${*:3}" | tr -c 'A-Za-z0-9.' '-' | sed 's/^-*//; s/-*$//')
+        json="$OUT/runs${tag:+-$tag}.json"
+        $BIN --no-download --runs "${2:-25}" "${@:3}" --json "$json" 2>&1 | tee -a "$log"
         status=${PIPESTATUS[0]}
         # a failure while tuning over every path (a fault in an sm_90a kernel loses the
         # context): once more without tma and tma4, then without wgmma too, rather than losing
@@ -86,7 +91,7 @@ case "$what" in
         for paths in mma,mma128,img,wgmma,mixed mma,mma128,mixed; do
           if [ "$status" != 0 ] && [ -z "${SPEEDRUN_CONV-}" ] && ! grep -q "^kernel autotune" "$log"; then
             echo "# the run failed before its autotune ended: again with SPEEDRUN_CONV=$paths" | tee -a "$log"
-            SPEEDRUN_CONV=$paths $BIN --no-download --runs "${2:-25}" "${@:3}" --json "$OUT/runs.json" 2>&1 | tee -a "$log"
+            SPEEDRUN_CONV=$paths $BIN --no-download --runs "${2:-25}" "${@:3}" --json "$json" 2>&1 | tee -a "$log"
             status=${PIPESTATUS[0]}
           fi
         done ;;

@@ -57,6 +57,10 @@ evaluation
                       in its own column, never inside training time (default 0: off)
   --eval-subset N     images of the test file used by --eval-every (default 1000)
   --no-tta            final evaluation with one view instead of the recipe's 6-view TTA
+  --tta-frac F        the TTA's other views only for the fraction F (0 < F <= 1) of the test images
+                      least confident under the first (hiverge's record: 0.2); each run then also
+                      prints the full TTA's accuracy of the same net, evaluated after the timer
+                      (default 1: every view for every image, as airbench94_muon)
 
   -h, --help          this text
 
@@ -103,6 +107,7 @@ pub struct Args {
     pub eval_every: usize,
     pub eval_subset: usize,
     pub no_tta: bool,
+    pub tta_frac: Option<f64>,
     pub no_graph: bool,
     pub help: bool,
     /// Internal (fan-out child): the device this process uses.
@@ -136,6 +141,7 @@ impl Default for Args {
             eval_every: 0,
             eval_subset: 1000,
             no_tta: false,
+            tta_frac: None,
             no_graph: false,
             help: false,
             device: 0,
@@ -227,6 +233,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args> {
             "--eval-every" => a.eval_every = number(&flag, it.next(), 0)?,
             "--eval-subset" => a.eval_subset = number(&flag, it.next(), 1)?,
             "--no-tta" => a.no_tta = true,
+            "--tta-frac" => a.tta_frac = Some(fraction(&flag, it.next(), true)?),
             "--no-graph" => a.no_graph = true,
             "--device" => a.device = number(&flag, it.next(), 0)?,
             "--only-runs" => a.only_runs = Some(list(&flag, it.next())?),

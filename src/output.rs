@@ -146,7 +146,7 @@ pub fn json(device: &str, config: &str, test: &str, runs: &[Run]) -> String {
         .iter()
         .map(|r| {
             format!(
-                r#"    {{"seed": {}, "correct": {}, "tested": {}, "accuracy": {}, "seconds": {}, "init_seconds": {}, "final_eval_seconds": {}, "eval_seconds": {}, "reached_94": {}, "fingerprint": "{:016x}"}}"#,
+                r#"    {{"seed": {}, "correct": {}, "tested": {}, "accuracy": {}, "seconds": {}, "init_seconds": {}, "final_eval_seconds": {}, "eval_seconds": {}, "reached_94": {}, "fingerprint": "{:016x}", "full_tta_correct": {}}}"#,
                 r.seed,
                 r.correct,
                 r.tested,
@@ -156,7 +156,8 @@ pub fn json(device: &str, config: &str, test: &str, runs: &[Run]) -> String {
                 json_num(r.final_eval_seconds),
                 json_num(r.eval_seconds),
                 r.accuracy() >= crate::report::TARGET,
-                r.fingerprint
+                r.fingerprint,
+                r.full_tta_correct.map_or("null".into(), |c| c.to_string())
             )
         })
         .collect();
@@ -232,6 +233,7 @@ mod tests {
                 final_eval_seconds: 0.125,
                 eval_seconds: 0.0,
                 fingerprint: 10,
+                full_tta_correct: None,
             },
             Run {
                 seed: 2,
@@ -242,11 +244,13 @@ mod tests {
                 final_eval_seconds: 0.125,
                 eval_seconds: 0.5,
                 fingerprint: 11,
+                full_tta_correct: Some(9395),
             },
         ];
         let j = json("cpu \"ref\"", "Hyp {..}", "all 10000 images of t.bin", &runs);
         assert!(j.contains(r#""device": "cpu \"ref\"""#), "{j}");
-        assert!(j.contains(r#""seed": 1, "correct": 9410, "tested": 10000, "accuracy": 0.941, "seconds": 2, "init_seconds": 0.25, "final_eval_seconds": 0.125, "eval_seconds": 0, "reached_94": true, "fingerprint": "000000000000000a""#), "{j}");
+        assert!(j.contains(r#""seed": 1, "correct": 9410, "tested": 10000, "accuracy": 0.941, "seconds": 2, "init_seconds": 0.25, "final_eval_seconds": 0.125, "eval_seconds": 0, "reached_94": true, "fingerprint": "000000000000000a", "full_tta_correct": null}"#), "{j}");
+        assert!(j.contains(r#""fingerprint": "000000000000000b", "full_tta_correct": 9395}"#), "{j}");
         assert!(j.contains(r#""reached_94": false"#));
         assert!(j.contains(r#""runs_at_or_above_94": 1, "fraction_at_or_above_94": 0.5"#), "{j}");
         assert!(j.contains(r#""seconds": {"mean": 2.5, "std": 0.7071067811865476, "min": 2, "max": 3}"#), "{j}");

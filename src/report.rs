@@ -82,6 +82,9 @@ pub struct Run {
     pub eval_seconds: f64,
     /// Hash of the trained parameters.
     pub fingerprint: u64,
+    /// With the TTA's other views for the least confident images only (`--tta-frac`): the same
+    /// net's correct count with every view for every image, evaluated after the timer.
+    pub full_tta_correct: Option<usize>,
 }
 
 /// The accuracy a run must reach to report a time-to-94%.
@@ -106,7 +109,9 @@ impl Run {
             self.eval_seconds,
             self.seed,
             self.fingerprint
-        )
+        ) + &self.full_tta_correct.map_or(String::new(), |c| {
+            format!("; every view of every image (untimed): {:.2}% ({c})", 100.0 * c as f64 / self.tested as f64)
+        })
     }
 
     /// The greppable final line: a time-to-94% only when the run reached 94%, else it says so.
@@ -124,7 +129,7 @@ impl Run {
     pub fn record(&self) -> String {
         format!(
             "RUN seed={} correct={} tested={} seconds={:e} init_seconds={:e} final_eval_seconds={:e} eval_seconds={:e} \
-             fingerprint={:016x}",
+             fingerprint={:016x} full_tta_correct={}",
             self.seed,
             self.correct,
             self.tested,
@@ -132,7 +137,8 @@ impl Run {
             self.init_seconds,
             self.final_eval_seconds,
             self.eval_seconds,
-            self.fingerprint
+            self.fingerprint,
+            self.full_tta_correct.map_or("-".into(), |c| c.to_string())
         )
     }
 
@@ -148,8 +154,13 @@ impl Run {
             final_eval_seconds: field("final_eval_seconds")?.parse().ok()?,
             eval_seconds: field("eval_seconds")?.parse().ok()?,
             fingerprint: u64::from_str_radix(&field("fingerprint")?, 16).ok()?,
+            full_tta_correct: match field("full_tta_correct")?.as_str() {
+                "-" => None,
+                c => Some(c.parse().ok()?),
+            },
         };
-        (it.next().is_none() && run.tested > 0 && run.correct <= run.tested).then_some(run)
+        let full_ok = run.full_tta_correct.is_none_or(|c| c <= run.tested);
+        (it.next().is_none() && run.tested > 0 && run.correct <= run.tested && full_ok).then_some(run)
     }
 }
 
@@ -245,6 +256,24 @@ pub fn summary(runs: &[Run], test_desc: &str) -> String {
         mean(&runs.iter().map(|r| r.init_seconds).collect::<Vec<_>>()),
         mean(&runs.iter().map(|r| r.final_eval_seconds).collect::<Vec<_>>()),
         mean(&runs.iter().map(|r| r.seconds - r.init_seconds - r.final_eval_seconds).collect::<Vec<_>>())
+    ) + &paired_tta(runs)
+}
+
+/// With `--tta-frac`: the full TTA's accuracy of the same nets and the paired difference (a
+/// line of its own), when every run has it; else nothing.
+fn paired_tta(runs: &[Run]) -> String {
+    let Some(full) = runs
+        .iter()
+        .map(|r| r.full_tta_correct.map(|c| 100.0 * c as f64 / r.tested as f64))
+        .collect::<Option<Vec<f64>>>()
+    else {
+        return String::new();
+    };
+    let diff: Vec<f64> = runs.iter().zip(&full).map(|(r, f)| 100.0 * r.accuracy() - f).collect();
+    let (f, d) = (Stats::of(&full), Stats::of(&diff));
+    format!(
+        "\n  every view of every image (same nets, untimed): accuracy % mean {:.3} ± {:.3}; timed minus it: mean {:+.3} ± {:.3} (std), min {:+.2}, max {:+.2}",
+        f.mean, f.std, d.mean, d.std, d.min, d.max
     )
 }
 
@@ -273,6 +302,7 @@ mod tests {
                 final_eval_seconds: 0.5,
                 eval_seconds: 0.0,
                 fingerprint: 0,
+                full_tta_correct: None,
             })
             .collect();
         let s = summary(&runs, "x");
@@ -283,6 +313,18 @@ mod tests {
                 && s.contains("(of it: whitening init 0.2500, final evaluation 0.5000, training 1.750, means)"),
             "{s}"
         );
+        assert!(!s.contains("every view"), "no paired line without --tta-frac: {s}");
+        // --tta-frac: the paired full-TTA line, only when every run has its figure
+        let mut paired: Vec<Run> =
+            runs.iter().map(|r| Run { full_tta_correct: Some(r.correct + 5), ..r.clone() }).collect();
+        paired[1].full_tta_correct = Some(9400);
+        let s = summary(&paired, "x");
+        assert!(
+            s.ends_with("\n  every view of every image (same nets, untimed): accuracy % mean 94.075 ± 0.106; timed minus it: mean -0.075 ± 0.035 (std), min -0.10, max -0.05"),
+            "{s}"
+        );
+        paired[0].full_tta_correct = None;
+        assert!(!summary(&paired, "x").contains("every view"));
     }
 
     #[test]
@@ -318,6 +360,7 @@ mod tests {
             final_eval_seconds: 0.5,
             eval_seconds: 0.25,
             fingerprint: 255,
+            full_tta_correct: None,
         };
         assert_eq!(
             r.line("cpu", "all 2000 images of t.bin"),
@@ -337,6 +380,7 @@ mod tests {
             final_eval_seconds: 0.03,
             eval_seconds: 0.0,
             fingerprint: 1,
+            full_tta_correct: None,
         };
         let v = r.verdict("GPU: NVIDIA H100 80GB HBM3 sm_90");
         assert!(
@@ -375,8 +419,17 @@ mod tests {
             final_eval_seconds: 0.0625,
             eval_seconds: 0.125,
             fingerprint: u64::MAX - 5,
+            full_tta_correct: None,
         };
         assert_eq!(Run::parse(&r.record()), Some(r.clone()), "{}", r.record());
+        let with = Run { full_tta_correct: Some(9412), ..r.clone() };
+        assert!(with.record().ends_with(" full_tta_correct=9412"), "{}", with.record());
+        assert_eq!(Run::parse(&with.record()), Some(with.clone()), "{}", with.record());
+        let full = |c: &str| {
+            format!("RUN seed=1 correct=1 tested=2 seconds=1 init_seconds=0 final_eval_seconds=0 eval_seconds=0 fingerprint=0 full_tta_correct={c}")
+        };
+        assert_eq!(Run::parse(&full("-")).map(|r| r.full_tta_correct), Some(None));
+        assert_eq!(Run::parse(&full("2")).map(|r| r.full_tta_correct), Some(Some(2)));
         for bad in [
             "",
             "RUN",
@@ -385,6 +438,9 @@ mod tests {
             "RUN seed=1 correct=3 tested=2 seconds=1 init_seconds=0 final_eval_seconds=0 eval_seconds=0 fingerprint=0",
             "RUN seed=1 correct=1 tested=2 seconds=1 init_seconds=0 final_eval_seconds=0 eval_seconds=0 fingerprint=0 x=1",
             "RUN seed=1 correct=1 tested=2 seconds=1 eval_seconds=0 fingerprint=0",
+            full("3").as_str(),
+            full("x").as_str(),
+            full("").as_str(),
         ] {
             assert_eq!(Run::parse(bad), None, "{bad:?}");
         }

@@ -512,3 +512,67 @@ fn gpu_autotune_settles_the_mixed_path() {
     let again = run(&mut gpu, &h, &mut tr, &train, &test, &labels, u64::MAX, &mut |_| {}).unwrap(); // replays
     assert_eq!((again.fingerprint, again.correct), (chosen.fingerprint, chosen.correct));
 }
+
+/// `--tta-frac`: every test image gets the first view, and exactly the ⌊F·n⌋ least confident
+/// under it (lowest top softmax probability) get the weighted sum of every view, as computed
+/// here view by view from the trained net; the run also reports the full TTA of the same net.
+#[test]
+fn tta_on_the_least_confident_images_follows_the_rule() {
+    let h = Hyp { tta_uncertain: 0.3, test_images: 40, ..TINY };
+    let mut b = Cpu::<f32>::with_threads(2);
+    let (train, _) = synthetic(&mut b, h.train_images, 1);
+    let (test, labels) = synthetic(&mut b, h.test_images, 2);
+    let mut tr = trainer(&mut b, &h, train.n, test.n, true).unwrap();
+    let r = run(&mut b, &h, &mut tr, &train, &test, &labels, 0, &mut |_| {}).unwrap();
+    // every view's logits of every image, a view at a time
+    let n = test.n;
+    let (mut bufs, mut ready) = (Vec::new(), Vec::new());
+    let mut per_view = Vec::new();
+    for (words, _) in &tr.final_views.views {
+        let mut l = vec![f32::NAN; n * CLASSES];
+        view_logits(&mut b, &h, &mut tr.net, &test, n, &[(words, 1.0)], &mut bufs, &mut ready, &mut |s, x| {
+            l[s * CLASSES..][..x.len()].copy_from_slice(x)
+        })
+        .unwrap();
+        per_view.push(l);
+    }
+    assert_eq!(per_view.len(), 6);
+    let row = |l: &[f32], i: usize| l[i * CLASSES..(i + 1) * CLASSES].to_vec();
+    let argmax = |r: &[f32]| (0..CLASSES).fold(0, |m, k| if r[k] > r[m] { k } else { m }) as u8;
+    let full = |i: usize| {
+        let mut s = vec![0.0f32; CLASSES];
+        for ((_, w), l) in tr.final_views.views.iter().zip(&per_view) {
+            s.iter_mut().zip(row(l, i)).for_each(|(a, x)| *a += w * x);
+        }
+        argmax(&s)
+    };
+    let top = |i: usize| {
+        let r = row(&per_view[0], i);
+        let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        1.0 / r.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>()
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| top(a).total_cmp(&top(b)).then(a.cmp(&b)));
+    let k = 12; // ⌊0.3 · 40⌋
+    let chosen = |i: usize| order[..k].contains(&i);
+    let single: Vec<u8> = (0..n).map(|i| argmax(&row(&per_view[0], i))).collect();
+    let all: Vec<u8> = (0..n).map(full).collect();
+    let rule: Vec<u8> = (0..n).map(|i| if chosen(i) { all[i] } else { single[i] }).collect();
+    let hits = |pred: &[u8]| pred.iter().zip(&labels).filter(|(p, l)| p == l).count();
+    assert_eq!((r.correct, r.full_tta_correct), (hits(&rule), Some(hits(&all))), "the run's two counts");
+    // Labelled with the rule's own classes, every image counts only if each got its own views;
+    // the labels tell the rule apart from one view and from every view (else this proves little).
+    assert!(rule != single && rule != all, "rule {rule:?} single {single:?} all {all:?}");
+    assert!((0..n).any(|i| !chosen(i) && single[i] != all[i]), "a confident image whose TTA would change it");
+    let mut eval = |labels: &[u8], frac: f64| {
+        evaluate(&mut b, &h, &mut tr.net, &test, labels, &mut tr.final_views, frac, &mut tr.eval_bufs).unwrap()
+    };
+    assert_eq!(eval(&rule, 0.3), n);
+    assert_eq!(eval(&all, 1.0), n);
+    assert_eq!(eval(&single, 0.01), n, "⌊0.01 · 40⌋ = 0 images get the other views");
+    assert_eq!(least_confident(&per_view[0], 0.3), (0..n).filter(|&i| chosen(i)).collect::<Vec<_>>());
+    // without --tta-frac nothing is paired, and --tta-frac reaches the recipe
+    assert_eq!(tiny_run(0, 2).full_tta_correct, None);
+    let args = cli::parse(["--tta-frac".to_string(), "0.2".to_string()]).unwrap();
+    assert_eq!((recipe(&args).unwrap().tta_uncertain, HYP.tta_uncertain), (0.2, 1.0));
+}
