@@ -21,6 +21,10 @@
 #   bash bench/gpu-session.sh first         # selftest, bench, one run, one --no-graph, one with the
 #                                           # epilogue sums off, one with wmma convs
 #   bash bench/gpu-session.sh airbench 25   # the anchor, same GPU, same images (see below)
+#   bash bench/gpu-session.sh ncu           # Nsight Compute on the kernels with the largest gaps
+#                                           # to their floor: one bench line each
+#                                           # (SPEEDRUN_BENCH_ONLY), its kernel's first launch:
+#                                           # stall reasons, L2/DRAM traffic, occupancy (≈ 2 min)
 #   SPEEDRUN_BIN=target/base/release/speedrun bash bench/gpu-session.sh bench
 #                                           # another build: prepare-gpu.sh's baseline (BASE), the
 #                                           # binary of the last GPU logs, timed on this machine
@@ -39,8 +43,8 @@ OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
 BIN=${SPEEDRUN_BIN:-./target/release/speedrun}
 what=${1:-selftest}
-case "$what" in selftest|bench|one|runs|first|airbench|unpack) ;; *)
-  echo "unknown step $what (unpack DIR | selftest | bench | one | runs N | first | airbench N)" >&2; exit 2 ;; esac
+case "$what" in selftest|bench|one|runs|first|airbench|ncu|unpack) ;; *)
+  echo "unknown step $what (unpack DIR | selftest | bench | one | runs N | first | airbench N | ncu)" >&2; exit 2 ;; esac
 if [ "$what" = unpack ]; then
   # a pack from bench/prepare-gpu.sh: the CIFAR-10 files into data/cifar-10-batches-bin, and
   # speedrun.xz / speedrun-base.xz into target/release / target/base/release
@@ -105,6 +109,28 @@ case "$what" in
            echo "# SPEEDRUN_EPILOGUE_SUMS=0 (the mma convs' BatchNorm sums as separate reductions)";
            SPEEDRUN_EPILOGUE_SUMS=0 $BIN --no-download; echo "# sums-off run exit status: $?";
            echo "# SPEEDRUN_CONV=wmma (the wmma convs on this GPU)"; SPEEDRUN_CONV=wmma $BIN --no-download; } 2>&1 | tee -a "$log" ;;
+  ncu)
+    # bench line | kernel (exact name, or regex:...): the largest gaps of the 2026-11-27 mixed
+    # step profile, and tma against wgmma at the same layer (bench/NOTES.md says why each)
+    command -v ncu > /dev/null || { echo "ncu is not on PATH" | tee -a "$log"; exit 2; }
+    status=0
+    while IFS='|' read -r line kern; do
+      echo "## bench line \"$line\", kernel $kern" | tee -a "$log"
+      SPEEDRUN_BENCH_ONLY="$line" timeout 240 ncu --target-processes all -k "$kern" --launch-count 1 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+        --section SchedulerStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+        "$BIN" bench 2>&1 | tee -a "$log"
+      s=${PIPESTATUS[0]}; [ "$s" = 0 ] || { status=$s; echo "# exit status of this target: $s" | tee -a "$log"; }
+    done <<'TARGETS'
+conv3x3 fwd img [0]|conv3x3_fwd_img_f16
+conv3x3 fwd wgmma [2]|conv3x3_fwd_wgmma_f16
+conv3x3 fwd wgmma [3]|conv3x3_fwd_wgmma_f16
+conv3x3 fwd tma [3]|conv3x3_fwd_wgmma_mc_f16
+conv3x3 wgrad+dgrad+sums wgmma [3]|conv3x3_dgrad_wgmma_f16
+conv3x3 wgrad+dgrad+sums mma128 [0]|regex:conv3x3_dgrad
+pre_bwd [0]|pre_bwd_dx_f16
+TARGETS
+    ;;
   airbench)
     [ -f airbench/airbench94_muon.py ] || { echo "airbench/airbench94_muon.py missing (fetch and carry it)" >&2; exit 2; }
     # an earlier attempt cut off by a timeout may have left its Python or torch.compile workers
@@ -121,6 +147,6 @@ esac
 last=${PIPESTATUS[0]}
 # the trainer's exit status (the runs and bench steps set it above: their last pipeline may be a
 # test, not the run)
-[ "$what" = runs ] || [ "$what" = bench ] || status=$last
+[ "$what" = runs ] || [ "$what" = bench ] || [ "$what" = ncu ] || status=$last
 echo "# exit status: $status" >> "$log"
 exit "$status"

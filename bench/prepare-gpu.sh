@@ -19,8 +19,11 @@
 #     (airbench first, on an idle machine; its warm-up, mostly torch.compile, took 169 s on the
 #     fresh H200 of 2026-11-26 and over 190 s on 2026-11-27's (cut at 200 s), 85 s once cached;
 #     25 runs add about 55 s: give it `timeout 400` and the call 600 s)
-#   call 3 if time is left: SPEEDRUN_BIN=target/base/release/speedrun bash $g bench
-#     (the baseline's per-kernel lines beside call 1's, same machine)
+#   call 3 if time is left: bash $g runs 25 --tta-frac 0.2; SPEEDRUN_BIN=target/base/release/speedrun bash $g bench
+#     (the TTA shortcut's time and paired accuracy cost; the baseline's per-kernel lines beside
+#     call 1's, same machine)
+#   call 4 if time is left: bash $g ncu (≈ 2 min: stall reasons of the kernels with the largest
+#     gaps, bench/NOTES.md "To measure")
 #   then here: python3 bench/compare.py <runs.json> <airbench log> (issue 4's side-by-side)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -72,6 +72,7 @@ environment
   SPEEDRUN_EPILOGUE_SUMS  0: the mma convs' BatchNorm sums as separate reductions (default 1)
   SPEEDRUN_SELFTEST_TIMES 1: `selftest` prints each check's time
   SPEEDRUN_SELFTEST_ONLY  a,b: `selftest` runs only the checks whose name contains a or b (PARTIAL)
+  SPEEDRUN_BENCH_ONLY     a,b: `bench` times only the lines whose name contains a or b (PARTIAL)
   at build time (cargo build): REQUIRE_CUDA_KERNELS=1 fails a build without the CUDA compiler;
   SPEEDRUN_WGMMA_NO_PROXY_FENCE=1 builds the wgmma convs without their proxy fence (timing only)
 

@@ -1321,12 +1321,82 @@ fn bench_line(out: &mut dyn Write, name: &str, shape: &str, ms: f64, flops: f64,
     .map_err(io)
 }
 
+/// The environment variable that runs only some of the bench's lines.
+pub const BENCH_ONLY_ENV: &str = "SPEEDRUN_BENCH_ONLY";
+
+/// Where the bench's lines go, and which of them run: every line, or with
+/// `SPEEDRUN_BENCH_ONLY=a,b` those whose name contains a or b (the others are neither timed nor
+/// printed; `bench/gpu-session.sh ncu` runs one line per profiled kernel so).
+pub struct Lines<'a> {
+    out: &'a mut dyn Write,
+    only: Vec<String>,
+    offered: Vec<String>, // every line's name, for the error when the filter names none
+    wanted: usize,
+}
+
+impl<'a> Lines<'a> {
+    pub fn new(out: &'a mut dyn Write, only: Vec<String>) -> Lines<'a> {
+        Lines { out, only, offered: Vec::new(), wanted: 0 }
+    }
+
+    /// Whether the line `name` runs (each line asks once).
+    fn wants(&mut self, name: &str) -> bool {
+        self.offered.push(name.to_string());
+        let w = self.only.is_empty() || self.only.iter().any(|o| name.contains(o.as_str()));
+        self.wanted += w as usize;
+        w
+    }
+
+    /// Times `f` and prints its line, if `name` runs.
+    fn time(
+        &mut self,
+        gpu: &mut Gpu,
+        name: &str,
+        shape: &str,
+        flops: f64,
+        bytes: f64,
+        f: &mut dyn FnMut(&mut Gpu) -> Result<()>,
+    ) -> Result<()> {
+        if self.wants(name) {
+            let ms = time_ms(gpu, f)?;
+            bench_line(self.out, name, shape, ms, flops, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// With a filter: a usage error if it named no line (a typo would otherwise time nothing),
+    /// listing them; else the note that the output is partial.
+    pub(crate) fn finish(self) -> Result<()> {
+        if self.only.is_empty() {
+            return Ok(());
+        }
+        let filter = self.only.join(",");
+        if self.wanted == 0 {
+            return Err(Error::Usage(format!(
+                "{BENCH_ONLY_ENV}={filter} is in no bench line's name; the lines: {}",
+                self.offered.join("; ")
+            )));
+        }
+        let left = self.offered.len() - self.wanted;
+        writeln!(self.out, "(PARTIAL: {left} lines left out by {BENCH_ONLY_ENV}={filter})").map_err(io)
+    }
+}
+
 /// Times every kernel family at the recipe's shapes for `batch` images and prints time,
 /// achieved TFLOP/s and GB/s, and the floor time at 800 TFLOP/s / 3.0 TB/s (H100 SXM).
 /// Inputs are random (fp16 activations, f32 parameters); nothing is validated here (`run` does).
+/// `SPEEDRUN_BENCH_ONLY` picks lines ([`Lines`]).
 pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
+    let only = only_filter(std::env::var(BENCH_ONLY_ENV).ok().as_deref());
+    let mut lines = Lines::new(out, only);
+    bench_lines(gpu, batch, &mut lines)?;
+    lines.finish()
+}
+
+/// The bench's lines for `batch` images into `lines` (which says which run).
+pub(crate) fn bench_lines(gpu: &mut Gpu, batch: usize, lines: &mut Lines) -> Result<()> {
     let n = batch;
-    writeln!(out, "kernel bench on {}: batch {n}, median of {REPS} after {WARMUP} warm-up runs", gpu.describe())
+    writeln!(lines.out, "kernel bench on {}: batch {n}, median of {REPS} after {WARMUP} warm-up runs", gpu.describe())
         .map_err(io)?;
     // stem
     let total = n.max(1);
@@ -1335,18 +1405,25 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
     let rec = gpu.upload_words(&Step { offset: 0, lr: [0.24, 0.01, 0.01, 0.01] }.record(0))?;
     let ww = gpu.upload(&rnd(WHITEN * 12, 3, 0.5, 0.0))?;
     let mut x0 = gpu.upload_f16(&vec![0.5; n * 961 * WHITEN])?;
-    let ms = time_ms(gpu, &mut |g| g.stem(&images, total, &wds, &rec, n, NORM, &ww, WHITEN, 32, &mut x0))?;
-    let flops = (n * 961 * WHITEN * 24) as f64;
-    bench_line(out, "stem", &format!("{n}x32x32x3->24"), ms, flops, (n * 3072 + n * 961 * WHITEN * 2) as f64)?;
+    let (flops, bytes_moved) = ((n * 961 * WHITEN * 24) as f64, (n * 3072 + n * 961 * WHITEN * 2) as f64);
+    lines.time(gpu, "stem", &format!("{n}x32x32x3->24"), flops, bytes_moved, &mut |g| {
+        g.stem(&images, total, &wds, &rec, n, NORM, &ww, WHITEN, 32, &mut x0)
+    })?;
     let nc = total.min(5000);
-    let ms = time_ms(gpu, &mut |g| g.patch_cov(&images, nc, NORM).map(|_| ()))?;
-    bench_line(out, "patch_cov", &format!("{nc} images"), ms, (nc * 961 * 144 * 2) as f64, (nc * 3072) as f64)?;
+    lines.time(
+        gpu,
+        "patch_cov",
+        &format!("{nc} images"),
+        (nc * 961 * 144 * 2) as f64,
+        (nc * 3072) as f64,
+        &mut |g| g.patch_cov(&images, nc, NORM).map(|_| ()),
+    )?;
 
     // every conv path but wgmma here; the wgmma lines come last (bench_step), so that a fault in
     // them (which loses the context) costs only their own lines
-    bench_convs(gpu, n, &[], &ConvPath::wgmma_last(gpu.info.cc).0, true, out)?;
+    bench_convs(gpu, n, &[], &ConvPath::wgmma_last(gpu.info.cc).0, true, lines)?;
 
-    // head, loss, optimizers
+    // head, loss, optimizers (each on the previous line's outputs, zeros where it did not run)
     let xs = Shape::new(n, 3, 3, 256);
     let x = gpu.upload_f16(&rnd(xs.len(), 70, 1.0, 0.0))?;
     let hw = gpu.upload(&rnd(CLASSES * 256, 71, 1.0, 0.0))?;
@@ -1355,24 +1432,21 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
     bnv.extend(vec![1.0; 256]);
     let bnb = gpu.upload(&bnv)?;
     let (mut feat, mut ham, mut logits) = (gpu.zeros(n * 256)?, gpu.byte_zeros(n * 256)?, gpu.zeros(n * CLASSES)?);
-    let ms = time_ms(gpu, &mut |g| {
+    let (flops, bytes_moved) = ((n * 256 * (9 * 20 + 20)) as f64, (xs.len() * 2 + n * 256 * 5) as f64);
+    lines.time(gpu, "head", &shape_str(xs), flops, bytes_moved, &mut |g| {
         g.head(&x, xs, Pre::Bn { bn: &bnb, beta: &beta }, &hw, CLASSES, 1.0 / 256.0, &mut feat, &mut ham, &mut logits)
     })?;
-    bench_line(out, "head", &shape_str(xs), ms, (n * 256 * (9 * 20 + 20)) as f64, (xs.len() * 2 + n * 256 * 5) as f64)?;
     let labels = gpu.upload_bytes(&bytes(total, 74, CLASSES as u32))?;
     let (mut dl, mut acc) = (gpu.zeros(n * CLASSES)?, gpu.zeros(2)?);
-    let ms = time_ms(gpu, &mut |g| g.xent(&logits, &labels, &wds, &rec, n, CLASSES, 0.2, &mut dl, &mut acc))?;
-    bench_line(out, "xent", &format!("{n}x{CLASSES}"), ms, (n * CLASSES * 30) as f64, (n * CLASSES * 8) as f64)?;
+    let (flops, bytes_moved) = ((n * CLASSES * 30) as f64, (n * CLASSES * 8) as f64);
+    lines.time(gpu, "xent", &format!("{n}x{CLASSES}"), flops, bytes_moved, &mut |g| {
+        g.xent(&logits, &labels, &wds, &rec, n, CLASSES, 0.2, &mut dl, &mut acc)
+    })?;
     let (mut dw, mut da) = (gpu.zeros(CLASSES * 256)?, gpu.zeros(xs.len())?);
-    let ms = time_ms(gpu, &mut |g| g.head_bwd(&dl, &feat, &ham, &hw, xs, CLASSES, 1.0 / 256.0, &mut dw, &mut da))?;
-    bench_line(
-        out,
-        "head_bwd",
-        &shape_str(xs),
-        ms,
-        (4 * n * 256 * CLASSES) as f64,
-        (xs.len() * 2 + n * 256 * 9) as f64,
-    )?;
+    let (flops, bytes_moved) = ((4 * n * 256 * CLASSES) as f64, (xs.len() * 2 + n * 256 * 9) as f64);
+    lines.time(gpu, "head_bwd", &shape_str(xs), flops, bytes_moved, &mut |g| {
+        g.head_bwd(&dl, &feat, &ham, &hw, xs, CLASSES, 1.0 / 256.0, &mut dw, &mut da)
+    })?;
 
     let sizes = [CLASSES * 256, 64, 64, 256, 256, 256, 256, WHITEN];
     let mut st: Vec<(GBuf, GBuf, GBuf)> = Vec::new();
@@ -1384,19 +1458,12 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
         ));
     }
     let total_sgd: usize = sizes.iter().sum();
-    let ms = time_ms(gpu, &mut |g| {
+    let (flops, bytes_moved) = ((6 * total_sgd) as f64, (5 * 4 * total_sgd) as f64);
+    lines.time(gpu, "sgd (8 tensors)", &format!("{total_sgd} values"), flops, bytes_moved, &mut |g| {
         let mut ps: Vec<SgdParam<Gpu>> =
             st.iter_mut().map(|(p, gr, m)| SgdParam { p, g: &*gr, m, lr_slot: 1, wd: 0.01 }).collect();
         g.sgd(&mut ps, &rec, 0.85)
     })?;
-    bench_line(
-        out,
-        "sgd (8 tensors)",
-        &format!("{total_sgd} values"),
-        ms,
-        (6 * total_sgd) as f64,
-        (5 * 4 * total_sgd) as f64,
-    )?;
     let mut mu: Vec<(GBuf, GBuf, GBuf, usize, usize)> = Vec::new();
     for (i, &(_, _, cin, cout, _)) in LAYERS.iter().enumerate() {
         let len = cout * 9 * cin;
@@ -1411,14 +1478,13 @@ pub fn bench(gpu: &mut Gpu, batch: usize, out: &mut dyn Write) -> Result<()> {
     let ns_flops: f64 =
         mu.iter().map(|&(_, _, _, r, c)| 3.0 * (4.0 * (r * r * c) as f64 + 2.0 * (r * r * r) as f64)).sum();
     let ns_bytes: f64 = mu.iter().map(|&(_, _, _, r, c)| (r * c * 4 * 20) as f64).sum();
-    let ms = time_ms(gpu, &mut |g| {
+    lines.time(gpu, "muon (6 convs, 3 NS)", "recipe weights", ns_flops, ns_bytes, &mut |g| {
         let mut ps: Vec<MuonParam<Gpu>> =
             mu.iter_mut().map(|(w, gr, m, r, c)| MuonParam { w, g: &*gr, m, rows: *r, cols: *c }).collect();
         g.muon(&mut ps, &rec, 0, 0.6, 3)
     })?;
-    bench_line(out, "muon (6 convs, 3 NS)", "recipe weights", ms, ns_flops, ns_bytes)?;
     drop((mu, st));
-    bench_step(gpu, n, ns_flops, out)
+    bench_step(gpu, n, ns_flops, lines)
 }
 
 /// The conv lines (forward, with BatchNorm statistics, weight and input gradients, with sums)
@@ -1429,7 +1495,7 @@ fn bench_convs(
     before: &[ConvPath],
     paths: &[ConvPath],
     bn_lines: bool,
-    out: &mut dyn Write,
+    lines: &mut Lines,
 ) -> Result<()> {
     for (l, &(h, w, cin, cout, pool)) in LAYERS.iter().enumerate() {
         let xs = Shape::new(n, h, w, cin);
@@ -1461,20 +1527,30 @@ fn bench_convs(
         let fresh = new_kernels(gpu, before, paths, xs, cout, pool);
         for (&path, &[fwd_new, wgrad_new, dgrad_new]) in paths.iter().zip(&fresh) {
             let p = path.name();
-            let bwd_new = wgrad_new || dgrad_new;
-            if !(fwd_new || bwd_new) {
+            let names = [
+                format!("conv3x3 fwd {p} [{l}]"),
+                format!("conv3x3 fwd+bn_stats {p} [{l}]"),
+                format!("conv3x3 wgrad {p} [{l}]"),
+                format!("conv3x3 wgrad+dgrad {p} [{l}]"),
+                format!("conv3x3 wgrad+dgrad+sums {p} [{l}]"),
+            ];
+            let offered = [fwd_new, fwd_new, wgrad_new, wgrad_new || dgrad_new, wgrad_new || dgrad_new];
+            let want: Vec<bool> = names.iter().zip(offered).map(|(name, o)| o && lines.wants(name)).collect();
+            if !want.contains(&true) {
                 continue;
             }
             gpu.with_conv_path(path, |gpu| -> Result<()> {
                 // as in training: the forward keeps its activated input, the backward reuses it
-                // (an untimed forward where its line is left out: the backward reads its argmax)
+                // (an untimed forward where its lines are left out: the backward reads its argmax)
                 let mut fwd =
                     |g: &mut Gpu| g.conv3x3(&x, xs, pre(l), &wt, cout, pool, &mut y, &mut am, Some(&mut keep), None);
-                if !fwd_new {
-                    fwd(gpu)?;
-                } else {
+                if want[0] {
                     let ms = time_ms(gpu, &mut fwd)?;
-                    bench_line(out, &format!("conv3x3 fwd {p} [{l}]"), &shape, ms, flops, bytes)?;
+                    bench_line(lines.out, &names[0], &shape, ms, flops, bytes)?;
+                } else if !want[1] {
+                    fwd(gpu)?;
+                }
+                if want[1] {
                     // the training forward: the conv also takes its output's BatchNorm statistics
                     // (mma: in its epilogue; wmma: conv, then bn_stats)
                     let ms = time_ms(gpu, &mut |g| {
@@ -1487,30 +1563,31 @@ fn bench_convs(
                         };
                         g.conv3x3(&x, xs, pre(l), &wt, cout, pool, &mut y, &mut am, Some(&mut keep), Some(st))
                     })?;
-                    bench_line(out, &format!("conv3x3 fwd+bn_stats {p} [{l}]"), &shape, ms, flops, bytes)?;
-                }
-                if !bwd_new {
-                    return Ok(());
+                    bench_line(lines.out, &names[1], &shape, ms, flops, bytes)?;
                 }
                 let k = Some(&keep);
-                if wgrad_new {
+                if want[2] {
                     let ms = time_ms(gpu, &mut |g| {
                         g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, None, None, k)
                     })?;
-                    bench_line(out, &format!("conv3x3 wgrad {p} [{l}]"), &shape, ms, full, wbytes)?;
+                    bench_line(lines.out, &names[2], &shape, ms, full, wbytes)?;
                 }
-                let ms = time_ms(gpu, &mut |g| {
-                    g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, Some(&mut da), None, k)
-                })?;
-                bench_line(out, &format!("conv3x3 wgrad+dgrad {p} [{l}]"), &shape, ms, 2.0 * full, 2.0 * wbytes)?;
-                // the training backward: the input gradient also takes pre_bwd's sums (mma: in its
-                // epilogue; wmma: one more reduction over da and x)
-                let ms = time_ms(gpu, &mut |g| {
-                    let (da, sums) = (Some(&mut da), Some(&mut gsum));
-                    g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, da, sums, k)
-                })?;
-                let what = format!("conv3x3 wgrad+dgrad+sums {p} [{l}]");
-                bench_line(out, &what, &shape, ms, 2.0 * full, 2.0 * wbytes + (xs.len() * 2) as f64)
+                if want[3] {
+                    let ms = time_ms(gpu, &mut |g| {
+                        g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, Some(&mut da), None, k)
+                    })?;
+                    bench_line(lines.out, &names[3], &shape, ms, 2.0 * full, 2.0 * wbytes)?;
+                }
+                if want[4] {
+                    // the training backward: the input gradient also takes pre_bwd's sums (mma: in
+                    // its epilogue; wmma: one more reduction over da and x)
+                    let ms = time_ms(gpu, &mut |g| {
+                        let (da, sums) = (Some(&mut da), Some(&mut gsum));
+                        g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, da, sums, k)
+                    })?;
+                    bench_line(lines.out, &names[4], &shape, ms, 2.0 * full, 2.0 * wbytes + (xs.len() * 2) as f64)?;
+                }
+                Ok(())
             })?;
         }
 
@@ -1518,29 +1595,17 @@ fn bench_convs(
             continue;
         }
         // BN statistics (by themselves) and pre_bwd of this conv's output
-        let ms = time_ms(gpu, &mut |g| g.bn_stats(&y, ys, 1e-12, 0.6, &mut rm, &mut rv, &mut bo))?;
-        bench_line(
-            out,
-            &format!("bn_stats [{l}]"),
-            &shape_str(ys),
-            ms,
-            3.0 * ys.len() as f64,
-            (2 * ys.len() * 2) as f64,
-        )?;
+        let (flops, moved) = (3.0 * ys.len() as f64, (2 * ys.len() * 2) as f64);
+        lines.time(gpu, &format!("bn_stats [{l}]"), &shape_str(ys), flops, moved, &mut |g| {
+            g.bn_stats(&y, ys, 1e-12, 0.6, &mut rm, &mut rv, &mut bo)
+        })?;
         let beta = gpu.upload(&rnd(cout, 60, 0.1, 0.0))?;
         let mut dshift = gpu.zeros(cout)?;
         let mut dx = gpu.zeros(ys.len())?;
-        let ms = time_ms(gpu, &mut |g| {
+        let (flops, moved) = (40.0 * ys.len() as f64, (5 * ys.len() * 2) as f64);
+        lines.time(gpu, &format!("pre_bwd [{l}]"), &shape_str(ys), flops, moved, &mut |g| {
             g.pre_bwd(&dy, &y, ys, Pre::Bn { bn: &bo, beta: &beta }, None, &mut dshift, Some(&mut dx))
         })?;
-        bench_line(
-            out,
-            &format!("pre_bwd [{l}]"),
-            &shape_str(ys),
-            ms,
-            40.0 * ys.len() as f64,
-            (5 * ys.len() * 2) as f64,
-        )?;
     }
     Ok(())
 }
@@ -1548,33 +1613,29 @@ fn bench_convs(
 /// The whole training step (what main.rs replays per step), op by op and as one CUDA graph:
 /// the difference is the launch overhead the graph removes. FLOPs: the six convs' forward,
 /// input and weight gradients plus Muon's Newton–Schulz GEMMs.
-fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, out: &mut dyn Write) -> Result<()> {
-    // A plan row for every step the lines below time (≈ 180; past the last row the rates are
-    // NaN and the data would turn NaN), all rates 0: the bench times the kernels, and the
-    // weights then stay as initialised (finite data in every line).
-    let steps = 16 * (WARMUP + REPS) + 16;
-    let mut cpu = Cpu::<f32>::with_threads(crate::cpu::par::default_threads());
-    let mut init = step_init_whitened(&mut cpu, n, steps, 960)?;
-    init.plan = plan_rows(n, steps, |_| 0.0);
+fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, lines: &mut Lines) -> Result<()> {
     let conv_flops: f64 =
         LAYERS.iter().map(|&(h, w, cin, cout, _)| 3.0 * 2.0 * (n * h * w * cout * 9 * cin) as f64).sum();
     let flops = conv_flops + ns_flops;
-    let mut st = StepState::new(gpu, &init, n)?;
-    let ms = time_ms(gpu, &mut |g| st.step(g))?;
-    bench_line(out, "train step, op by op", &format!("batch {n}"), ms, flops, 0.0)?;
-    let graph =
-        gpu.record(&mut |g| st.step(g))?.ok_or_else(|| Error::Gpu("the GPU backend recorded no graph".into()))?;
-    let ms = time_ms(gpu, &mut |g| g.replay(&graph))?;
-    bench_line(out, "train step, CUDA graph", &format!("batch {n}"), ms, flops, 0.0)?;
+    let batch = format!("batch {n}");
+    // the step's state, made for the first line that runs (a CPU reference step: seconds)
+    let mut state: Option<StepState<Gpu>> = None;
+    if lines.wants("train step, op by op") {
+        let st = step_state(&mut state, gpu, n)?;
+        let ms = time_ms(gpu, &mut |g| st.step(g))?;
+        bench_line(lines.out, "train step, op by op", &batch, ms, flops, 0.0)?;
+    }
+    if lines.wants("train step, CUDA graph") {
+        let st = step_state(&mut state, gpu, n)?;
+        st.step(gpu)?; // scratch sized outside the recording, which must not allocate
+        let graph =
+            gpu.record(&mut |g| st.step(g))?.ok_or_else(|| Error::Gpu("the GPU backend recorded no graph".into()))?;
+        let ms = time_ms(gpu, &mut |g| g.replay(&graph))?;
+        bench_line(lines.out, "train step, CUDA graph", &batch, ms, flops, 0.0)?;
+    }
     // The same step with one switch changed, recorded and replayed: each other sm_80+ conv path
     // (mma, mma128, wgmma), then the BatchNorm sums the other way (NOTES levers 2b, 2c). One
     // step op by op first: scratch sized outside the recording, which must not allocate.
-    let variant = |gpu: &mut Gpu, st: &mut StepState<Gpu>, out: &mut dyn Write, name: &str| -> Result<()> {
-        let graph = st.step(gpu).and_then(|_| gpu.record(&mut |g| st.step(g)));
-        let graph = graph?.ok_or_else(|| Error::Gpu("the GPU backend recorded no graph".into()))?;
-        let ms = time_ms(gpu, &mut |g| g.replay(&graph))?;
-        bench_line(out, name, &format!("batch {n}"), ms, flops, 0.0)
-    };
     // the other paths: where SPEEDRUN_CONV is a list (a way to leave out one that faults), the
     // families mixed chooses among, else every tunable path
     let tunable = if gpu.conv_tune.len() >= 2 { gpu.mixed_candidates() } else { ConvPath::tunable(gpu.info.cc) };
@@ -1582,17 +1643,17 @@ fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, out: &mut dyn Write) -> Re
         if gpu.conv_path.is_mma() { tunable.into_iter().filter(|&p| p != gpu.conv_path).collect() } else { Vec::new() };
     for &path in others.iter().filter(|&&p| !p.is_sm90()) {
         let name = format!("train step, graph, {} convs", path.name());
-        gpu.with_conv_path(path, |g| variant(g, &mut st, out, &name))?;
+        gpu.with_conv_path(path, |g| step_variant(g, lines, &mut state, n, flops, &name))?;
     }
     if gpu.conv_path.is_mma() {
         let sums = gpu.epilogue_sums;
         gpu.epilogue_sums = !sums;
         let name = if sums { "train step, graph, sums off" } else { "train step, graph, epilogue sums" };
-        let r = variant(gpu, &mut st, out, name);
+        let r = step_variant(gpu, lines, &mut state, n, flops, name);
         gpu.epilogue_sums = sums;
         r?;
     }
-    step_profile(gpu, &mut |g| st.step(g), out)?;
+    profile_line(gpu, lines, &mut state, n, None)?;
     // Last, where the GPU has them and they are not the default: the wgmma convs per layer, the
     // step on them, and its profile, then the same for tma (its multicast kernels' lines; a
     // fault in an sm_90a kernel loses the context: only the lines after it are then missing)
@@ -1600,24 +1661,87 @@ fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, out: &mut dyn Write) -> Re
     for (i, &path) in sm90.iter().enumerate().filter(|(_, p)| others.contains(p)) {
         // tma's and tma4's lines: their multicast kernels only (the others are wgmma's, timed
         // just above)
-        bench_convs(gpu, n, &sm90[..i], &[path], false, out)?;
+        bench_convs(gpu, n, &sm90[..i], &[path], false, lines)?;
         let name = format!("train step, graph, {} convs", path.name());
-        gpu.with_conv_path(path, |g| variant(g, &mut st, out, &name))?;
-        writeln!(out, "({} convs)", path.name()).map_err(io)?;
-        gpu.with_conv_path(path, |g| step_profile(g, &mut |g| st.step(g), out))?;
+        gpu.with_conv_path(path, |g| step_variant(g, lines, &mut state, n, flops, &name))?;
+        profile_line(gpu, lines, &mut state, n, Some(path))?;
     }
     // Then (it may take wgmma kernels) the mixed path: each GEMM's family chosen by timing the
     // candidates in the first op-by-op step, then the step recorded and replayed; its choices
     // and its profile.
     if gpu.conv_path.is_mma() && gpu.conv_path != ConvPath::Mixed && ConvPath::Mixed.runs_on(gpu.info.cc) {
-        gpu.with_conv_path(ConvPath::Mixed, |g| variant(g, &mut st, out, "train step, graph, mixed convs"))?;
-        for line in gpu.conv_picks_timed() {
-            writeln!(out, "  mixed {line}").map_err(io)?;
+        let name = "train step, graph, mixed convs";
+        if gpu.with_conv_path(ConvPath::Mixed, |g| step_variant(g, lines, &mut state, n, flops, name))? {
+            for line in gpu.conv_picks_timed() {
+                writeln!(lines.out, "  mixed {line}").map_err(io)?;
+            }
         }
-        writeln!(out, "(mixed convs)").map_err(io)?;
-        gpu.with_conv_path(ConvPath::Mixed, |g| step_profile(g, &mut |g| st.step(g), out))?;
+        profile_line(gpu, lines, &mut state, n, Some(ConvPath::Mixed))?;
     }
     Ok(())
+}
+
+/// The step with one switch changed (the caller's: a conv path, the sums), recorded and
+/// replayed, if the line `name` runs (true then). One step op by op first: scratch sized outside
+/// the recording, which must not allocate.
+fn step_variant(
+    gpu: &mut Gpu,
+    lines: &mut Lines,
+    state: &mut Option<StepState<Gpu>>,
+    n: usize,
+    flops: f64,
+    name: &str,
+) -> Result<bool> {
+    if !lines.wants(name) {
+        return Ok(false);
+    }
+    let st = step_state(state, gpu, n)?;
+    let graph = st.step(gpu).and_then(|_| gpu.record(&mut |g| st.step(g)));
+    let graph = graph?.ok_or_else(|| Error::Gpu("the GPU backend recorded no graph".into()))?;
+    let ms = time_ms(gpu, &mut |g| g.replay(&graph))?;
+    bench_line(lines.out, name, &format!("batch {n}"), ms, flops, 0.0)?;
+    Ok(true)
+}
+
+/// The step's per-kernel profile (`step_profile`) on the current conv path or on `path`, if its
+/// line runs ("train step profile", "train step profile (<path> convs)").
+fn profile_line(
+    gpu: &mut Gpu,
+    lines: &mut Lines,
+    state: &mut Option<StepState<Gpu>>,
+    n: usize,
+    path: Option<ConvPath>,
+) -> Result<()> {
+    let name = match path {
+        Some(p) => format!("train step profile ({} convs)", p.name()),
+        None => "train step profile".to_string(),
+    };
+    if !lines.wants(&name) {
+        return Ok(());
+    }
+    let st = step_state(state, gpu, n)?;
+    match path {
+        Some(p) => {
+            writeln!(lines.out, "({} convs)", p.name()).map_err(io)?;
+            gpu.with_conv_path(p, |g| step_profile(g, &mut |g| st.step(g), lines.out))
+        }
+        None => step_profile(gpu, &mut |g| st.step(g), lines.out),
+    }
+}
+
+/// The bench's training step state in `s`, made at the first call.
+fn step_state<'s>(s: &'s mut Option<StepState<Gpu>>, gpu: &mut Gpu, n: usize) -> Result<&'s mut StepState<Gpu>> {
+    if s.is_none() {
+        // A plan row for every step the lines below time (≈ 180; past the last row the rates are
+        // NaN and the data would turn NaN), all rates 0: the bench times the kernels, and the
+        // weights then stay as initialised (finite data in every line).
+        let steps = 16 * (WARMUP + REPS) + 16;
+        let mut cpu = Cpu::<f32>::with_threads(crate::cpu::par::default_threads());
+        let mut init = step_init_whitened(&mut cpu, n, steps, 960)?;
+        init.plan = plan_rows(n, steps, |_| 0.0);
+        *s = Some(StepState::new(gpu, &init, n)?);
+    }
+    Ok(s.as_mut().expect("made above"))
 }
 
 /// One step op by op with an event pair around every launch: time per kernel, largest first,
@@ -1658,6 +1782,34 @@ mod tests {
         assert_eq!(e.exit_code(), 2);
         let msg = e.to_string();
         assert!(msg.contains("\"layr 0\" is in no check's name") && msg.contains("conv layer 0; whole step"), "{msg}");
+    }
+
+    /// SPEEDRUN_BENCH_ONLY: a line runs if its name contains a part; a filter that names no
+    /// line is a usage error listing them; a partial bench says how many it left out.
+    #[test]
+    fn bench_lines_filter_and_report() {
+        let mut out = Vec::new();
+        let mut lines = Lines::new(&mut out, only_filter(Some("fwd img [0], pre_bwd")));
+        let got: Vec<bool> =
+            ["conv3x3 fwd img [0]", "conv3x3 fwd+bn_stats img [0]", "conv3x3 fwd img [1]", "pre_bwd [3]", "stem"]
+                .iter()
+                .map(|n| lines.wants(n))
+                .collect();
+        assert_eq!(got, [true, false, false, true, false]);
+        lines.finish().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text, "(PARTIAL: 3 lines left out by SPEEDRUN_BENCH_ONLY=fwd img [0],pre_bwd)\n");
+        let mut out = Vec::new();
+        let mut lines = Lines::new(&mut out, only_filter(Some("fwd imgg")));
+        assert!(!lines.wants("conv3x3 fwd img [0]") && !lines.wants("stem"));
+        let e = lines.finish().unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("is in no bench line's name; the lines: conv3x3 fwd img [0]; stem"), "{e}");
+        let mut out = Vec::new();
+        let mut lines = Lines::new(&mut out, Vec::new());
+        assert!(lines.wants("stem") && lines.wants("anything"));
+        lines.finish().unwrap();
+        assert!(out.is_empty(), "no filter, no note");
     }
 
     /// The whole self-test on the GPU (every op against the CPU reference, then one training

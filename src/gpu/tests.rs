@@ -767,3 +767,25 @@ fn mixed_path_times_each_gemm_once_and_leaves_one_calls_results() {
     assert!(graph.is_some());
     assert_eq!(gpu.conv_picks(), picks, "a recording times nothing");
 }
+
+/// `SPEEDRUN_BENCH_ONLY` (bench's `Lines`): on the device, a filtered bench times and prints
+/// exactly the lines it names (a conv line of the default path and a BatchNorm one here, at
+/// batch 2), made in bench order, and says how many it left out.
+#[test]
+#[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
+#[cfg_attr(
+    all(cuda_driver, not(kernels_built)),
+    ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
+)]
+fn bench_runs_only_the_lines_named() {
+    let _device = device_test_lock();
+    let Some(mut gpu) = open_mma() else { return };
+    let mut out = Vec::new();
+    let mut lines = crate::selftest::Lines::new(&mut out, vec!["pre_bwd [5]".into(), "fwd mma [1]".into()]);
+    crate::selftest::bench_lines(&mut gpu, 2, &mut lines).unwrap();
+    lines.finish().unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let timed: Vec<&str> = text.lines().filter(|l| l.contains(" us ")).map(|l| l.split("  ").next().unwrap()).collect();
+    assert_eq!(timed, ["conv3x3 fwd mma [1]", "pre_bwd [5]"], "{text}");
+    assert!(text.lines().last().unwrap().starts_with("(PARTIAL: "), "{text}");
+}
