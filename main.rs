@@ -125,8 +125,7 @@ fn derived(h: &Hyp) -> String {
     format!(
         "batch {} | {} steps/epoch x {} epochs = {} steps | Muon lr {:.5} (momentum {}) | SGD lr bias {} head {} \
          (momentum {}) | weight decay {:.6} | BN momentum {:.5} | whitening bias trains {} steps | \
-         progressive {:?} | TTA level {} on {:.0}% of the test images (the least confident under the first view) | \
-         eval every {} epochs on {} images",
+         progressive {:?} | TTA level {}{} | eval every {} epochs on {} images",
         h.batch_size,
         steps,
         h.epochs,
@@ -141,7 +140,11 @@ fn derived(h: &Hyp) -> String {
         bias_steps(h, steps),
         h.prog.phases(total),
         h.tta_level,
-        100.0 * h.tta_uncertain,
+        if h.tta_uncertain < 1.0 {
+            format!(", its other views for the {}% least confident images", 100.0 * h.tta_uncertain)
+        } else {
+            String::new()
+        },
         h.eval_every,
         h.eval_subset
     )

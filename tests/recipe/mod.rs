@@ -575,4 +575,10 @@ fn tta_on_the_least_confident_images_follows_the_rule() {
     assert_eq!(tiny_run(0, 2).full_tta_correct, None);
     let args = cli::parse(["--tta-frac".to_string(), "0.2".to_string()]).unwrap();
     assert_eq!((recipe(&args).unwrap().tta_uncertain, HYP.tta_uncertain), (0.2, 1.0));
+    assert!(
+        derived(&h).contains("TTA level 2, its other views for the 30% least confident images |"),
+        "{}",
+        derived(&h)
+    );
+    assert!(derived(&HYP).contains("TTA level 2 |"), "{}", derived(&HYP));
 }
