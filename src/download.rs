@@ -6,11 +6,14 @@
 //! `cifar-10-batches-bin/` renamed into place. A drop guard removes the hidden folder (and any
 //! parent folders this call created) on every path, so a failure leaves nothing behind.
 use std::fs::{self, File};
+#[cfg(feature = "download")]
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(feature = "download")]
 use std::time::Duration;
 
+#[cfg(feature = "download")]
 use md5::{Digest, Md5};
 
 use crate::data;
@@ -28,6 +31,7 @@ const ARCHIVE_DIR: &str = "cifar-10-batches-bin";
 /// Prefix of the hidden working folders.
 const TEMP_PREFIX: &str = ".cifar10-download-";
 /// Progress is redrawn after every this many bytes.
+#[cfg(feature = "download")]
 const PROGRESS_STEP: u64 = 4 << 20;
 
 /// `$CIFAR10_URL` when set and non-empty, else [`URL`].
@@ -179,11 +183,23 @@ fn remove_stale_temps(parent: &Path) {
     }
 }
 
+#[cfg(feature = "download")]
 fn fmt_mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
 
+/// A build without the `download` feature (`--no-default-features`: no HTTPS client, as the
+/// emulated-driver CI build) cannot fetch: the data must be on disk.
+#[cfg(not(feature = "download"))]
+fn fetch(url: &str, _dest: &Path, _md5: &str) -> Result<()> {
+    Err(Error::Data(format!(
+        "cannot download {url}: this build has no HTTPS client (built without the `download` feature); \
+         put CIFAR-10 in the data folder or pass --data-dir"
+    )))
+}
+
 /// Downloads `url` into `dest`, computing its MD5 on the way, and checks it against `md5`.
+#[cfg(feature = "download")]
 fn fetch(url: &str, dest: &Path, md5: &str) -> Result<()> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -328,4 +344,21 @@ fn install(extracted: &Path, dir: &Path) -> Result<()> {
         return Err(fail(e));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Without the `download` feature (the emulated-driver CI build): asking for the data is a
+    /// data error that says why, and nothing is left behind.
+    #[test]
+    #[cfg(not(feature = "download"))]
+    fn a_build_without_the_download_feature_says_so() {
+        let dir = std::env::temp_dir().join(format!("cifar-nodl-{}", std::process::id())).join("cifar-10-batches-bin");
+        match super::ensure(&dir, "https://example.invalid/c.tgz", super::MD5) {
+            Err(crate::error::Error::Data(m)) => assert!(m.contains("no HTTPS client"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!dir.exists(), "nothing left behind");
+        let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    }
 }

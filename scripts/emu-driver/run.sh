@@ -8,8 +8,8 @@
 #      vs op by op, bit for bit)
 #   3. selftest::tests::gpu_matches_cpu_reference (every kernel vs the CPU reference, a whole
 #      training step, and the recorded step)
-#   4. the binary: speedrun --smoke (1 epoch on 1,000 images, GPU path with graphs), if the
-#      dataset is in ../shared/cifar10 or $CIFAR10_DIR
+#   4. the binary: speedrun --smoke --epochs 0.5 (5 steps on 1,000 images, GPU path with
+#      graphs), if the dataset is in ../shared/cifar10 or $CIFAR10_DIR
 # The forward convs use the sm_80 kernel (the emulated GPU is sm_90) in steps 1-3, whose mma.sync
 # and ldmatrix the shim emulates lane by lane with the PTX ISA's layouts; step 4 uses wmma.
 # Not covered: wmma's real fragment layouts (the shim's wmma is whole-tile), timing, races
@@ -46,37 +46,42 @@ export LD_PRELOAD="$lib"
 EMU_REDZONE=1 "$root/target/emu-driver/selfcheck" "$lib" redzone 2>/dev/null
 export LD_LIBRARY_PATH="$root/target/emu-driver${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export CARGO_TARGET_DIR="$root/target/emu" REQUIRE_CUDA_KERNELS=1
-locked=()
-[[ -n "${EMU_LOCKED:-}" ]] && locked=(--locked)
+# --no-default-features: no dataset download (ureq, rustls: the longest chain of dependencies to
+# compile, ≈ 30 s of the 2-core build); the runs below read the data from disk (--no-download)
+flags=(--no-default-features)
+[[ -n "${EMU_LOCKED:-}" ]] && flags+=(--locked)
 
 t0=$SECONDS
-cargo build --release "${locked[@]}" --all-targets
+cargo build --release "${flags[@]}" --all-targets
 lap "cargo build (target/emu, cfg cuda_driver)"
 
-echo "== src/gpu tests (runtime, smoke kernels, events, graphs) on the emulated driver"
+echo "== src/gpu tests (runtime, smoke kernels, events, graphs) on the emulated driver, and the build without the download feature"
 t0=$SECONDS
-cargo test --release "${locked[@]}" --lib gpu:: -- --test-threads 1 2>&1 | tee "$CARGO_TARGET_DIR/emu-gpu-tests.log"
+cargo test --release "${flags[@]}" --lib -- --test-threads 1 gpu:: download:: 2>&1 | tee "$CARGO_TARGET_DIR/emu-gpu-tests.log"
 lap "src/gpu tests"
 
 echo "== tiny runs: recorded as CUDA graphs = op by op, and the warm-up's conv autotune keeps the chosen path's steps (bit for bit)"
 t0=$SECONDS
-cargo test --release "${locked[@]}" --bin speedrun recipe_tests::gpu_ -- --nocapture --test-threads 1
+cargo test --release "${flags[@]}" --bin speedrun recipe_tests::gpu_ -- --nocapture --test-threads 1
 lap "recorded vs op-by-op run, autotune"
 
 [[ "${1:-}" == "--quick" ]] && { echo "== emulated GPU (quick) green in $((SECONDS - start)) s"; exit 0; }
 
 echo "== the GPU self-test (every kernel vs the CPU reference, whole step, recorded step)"
 t0=$SECONDS
-SPEEDRUN_SELFTEST_TIMES=1 cargo test --release "${locked[@]}" --lib selftest::tests::gpu_matches_cpu_reference -- --exact --nocapture
+SPEEDRUN_SELFTEST_TIMES=1 cargo test --release "${flags[@]}" --lib selftest::tests::gpu_matches_cpu_reference -- --exact --nocapture
 lap "self-test"
 
 data="${CIFAR10_DIR:-$root/../shared/cifar10/cifar-10-batches-bin}"
 if [[ -f "$data/data_batch_1.bin" ]]; then
     # wmma convs here: the sm_80 kernel's lane-by-lane emulation (mma.sync, ldmatrix) costs ~7x
     # the whole-tile wmma shim, and the two steps above already run it through the host code.
-    echo "== speedrun --smoke on the emulated GPU (SPEEDRUN_CONV=wmma)"
+    # --epochs 0.5: 5 steps (the first op by op, then recorded and replayed) and the 6-view
+    # evaluation, before and after the warm-up run: the pipeline end to end at half the emulated
+    # time of the smoke's 10 steps
+    echo "== speedrun --smoke --epochs 0.5 on the emulated GPU (SPEEDRUN_CONV=wmma)"
     t0=$SECONDS
-    SPEEDRUN_CONV=wmma "$CARGO_TARGET_DIR/release/speedrun" --smoke --no-download --data-dir "$data"
+    SPEEDRUN_CONV=wmma "$CARGO_TARGET_DIR/release/speedrun" --smoke --epochs 0.5 --no-download --data-dir "$data"
     lap "speedrun --smoke"
 elif [[ "${CIFAR10_REQUIRED:-}" == 1 ]]; then
     echo "CIFAR10_REQUIRED=1 but there is no CIFAR-10 in $data" >&2
