@@ -395,7 +395,7 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     only_matches(&only, checks.iter().map(|(n, _)| n.as_str()))?;
     let mut left_out = 0;
     for (name, check) in &checks {
-        if !only.is_empty() && !only.iter().any(|o| name.contains(o.as_str())) {
+        if !only_wants(&only, name) {
             writeln!(r.out, "-- {name}: not run ({ONLY_ENV})").map_err(io)?;
             left_out += 1;
             continue;
@@ -423,9 +423,16 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
 /// The environment variable that runs only some of the self-test's checks.
 pub const ONLY_ENV: &str = "SPEEDRUN_SELFTEST_ONLY";
 
-/// `SPEEDRUN_SELFTEST_ONLY`'s comma-separated parts, blanks dropped (empty: every check runs).
+/// `SPEEDRUN_SELFTEST_ONLY`'s (and `SPEEDRUN_BENCH_ONLY`'s) comma-separated parts, blanks
+/// dropped (empty: everything runs).
 fn only_filter(v: Option<&str>) -> Vec<String> {
     v.unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+/// Whether the check or bench line `name` runs under the filter `only`: no filter, or a part in
+/// its name.
+fn only_wants(only: &[String], name: &str) -> bool {
+    only.is_empty() || only.iter().any(|o| name.contains(o.as_str()))
 }
 
 /// A part of the filter that names no check (a typo would otherwise run nothing and pass) is a
@@ -1342,7 +1349,7 @@ impl<'a> Lines<'a> {
     /// Whether the line `name` runs (each line asks once).
     fn wants(&mut self, name: &str) -> bool {
         self.offered.push(name.to_string());
-        let w = self.only.is_empty() || self.only.iter().any(|o| name.contains(o.as_str()));
+        let w = only_wants(&self.only, name);
         self.wanted += w as usize;
         w
     }
