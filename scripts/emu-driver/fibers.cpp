@@ -73,23 +73,57 @@ uintptr_t colour(int i) { return (uintptr_t)((33 * i) % 1024) * 64; }
 struct Barrier {
     int expected = 0, count = 0;
     uint64_t gen = 0;
+    int waiters = -1;  // the fibers waiting for this generation: a list through State::next
 };
 struct Fiber {
     void* sp = nullptr;
     void* stack = nullptr;
     dim3 tid, bid;
     int rank = 0;
-    // deferred: runnable, but run only when nothing else is: spinning in an mbarrier wait
-    // (emu_spin), or just past a cluster_arrive
-    bool done = false, waiting = false, deferred = false;
     bool arrived = false;  // a cluster_arrive not yet paired with its cluster_wait
     uint64_t arrived_gen = 0;  // the cluster barrier's generation it arrived in
-    Barrier* on = nullptr;
-    uint64_t gen = 0;
+};
+// A fiber's scheduling state. deferred: runnable, but run only when nothing else is: spinning
+// in an mbarrier wait (emu_spin), or just past a cluster_arrive.
+struct State {
+    Barrier* on = nullptr;  // the barrier it waits at (while `waiting`)
+    uint64_t gen = 0;       // and that barrier's generation it waits to complete
+    int next = -1;          // the next fiber waiting at `on`
+    bool done = false, waiting = false, deferred = false;
+};
+// A set of fibers, one bit each (nt ≤ 1024 threads per cluster). next_fiber finds the next one
+// to run in a few word operations instead of checking every fiber: with hundreds of fibers
+// waiting at a barrier or spinning in mbarrier waits, that scan was ≈ 20% of the self-test.
+struct Bits {
+    uint64_t w[16] = {};
+    void set(int i) { w[i >> 6] |= 1ull << (i & 63); }
+    void clear(int i) { w[i >> 6] &= ~(1ull << (i & 63)); }
+    // the first member in [a, b), or −1
+    int find(int a, int b) const {
+        while (a < b) {
+            const int k = a >> 6;
+            if (const uint64_t m = w[k] & (~0ull << (a & 63))) {
+                const int i = (k << 6) + __builtin_ctzll(m);
+                return i < b ? i : -1;
+            }
+            a = (k + 1) << 6;
+        }
+        return -1;
+    }
+    // the first member in [a, b), else in [c, d), or −1
+    int find2(int a, int b, int c, int d) const {
+        const int i = find(a, b);
+        return i >= 0 ? i : find(c, d);
+    }
 };
 struct Sched {
     void* main = nullptr;
     std::vector<Fiber*> fibers;
+    std::vector<State> st;  // per fiber, as fibers
+    // runnable(st[i]) for every fiber i (`live`), and of those the ones not deferred (`ready`),
+    // kept up to date at every change of state: a wait (wait_at), a release, a deferral
+    // (yield_deferred), an exit (trampoline)
+    Bits live, ready;
     int cur = 0, alive = 0, nt = 0;
     int cx = 1, block_threads = 0;  // CTAs per cluster, threads per CTA (nt = cx · block_threads)
     std::vector<Barrier> blocks;    // per CTA of the cluster
@@ -109,16 +143,30 @@ thread_local Sched S;
             threadIdx.x, what);
     abort();
 }
+bool runnable(const State& f) { return !f.done && !(f.waiting && f.on->gen == f.gen); }
 void release(Barrier& b) {
     b.count = 0;
     b.gen++;
     S.epoch++;
+    // its waiters can run (a waiting fiber is never deferred)
+    for (int i = b.waiters; i >= 0; i = S.st[i].next) {
+        S.live.set(i);
+        S.ready.set(i);
+    }
+    b.waiters = -1;
 }
-bool runnable(const Fiber& f) { return !f.done && !(f.waiting && f.on->gen == f.gen); }
+// The current fiber waits for barrier b's generation `gen` to complete.
+void wait_at(Barrier& b, uint64_t gen) {
+    const int i = S.cur;
+    S.st[i] = State{&b, gen, b.waiters, false, true, false};
+    b.waiters = i;
+    S.live.clear(i);
+    S.ready.clear(i);
+}
 // Resumes fiber i, saving the current stack pointer (a fiber's or the launcher's) in *save.
 void resume(int i, void** save) {
     Fiber& f = *S.fibers[i];
-    f.waiting = false;
+    S.st[i].waiting = false;
     S.cur = i;
     threadIdx = f.tid;
     blockIdx = f.bid;
@@ -133,15 +181,11 @@ void resume(int i, void** save) {
 // which makes the CTAs drift apart as far as their synchronisation lets them: a missing wait
 // between them then shows (a stage refilled while the peer still reads it gives NaN).
 int next_fiber() {
-    const int cur = S.cur, bt = S.block_threads, r0 = S.fibers[cur]->rank * bt;
-    auto ok = [](int i) { return runnable(*S.fibers[i]) && !S.fibers[i]->deferred; };
-    for (int k = 1; k <= bt; k++)
-        if (const int i = r0 + (cur - r0 + k) % bt; ok(i)) return i;
-    for (int k = 1; k <= S.nt; k++)
-        if (const int i = (cur + k) % S.nt; ok(i)) return i;
-    for (int k = 1; k <= S.nt; k++)
-        if (const int i = (cur + k) % S.nt; runnable(*S.fibers[i])) return i;
-    return -1;
+    const int cur = S.cur, bt = S.block_threads, r0 = S.fibers[cur]->rank * bt, nt = S.nt;
+    if (const int i = S.ready.find2(cur + 1, r0 + bt, r0, cur + 1); i >= 0) return i;
+    if (S.cx > 1)  // the other CTAs' (its own were all just checked)
+        if (const int i = S.ready.find2(cur + 1, nt, 0, cur + 1); i >= 0) return i;
+    return S.live.find2(cur + 1, nt, 0, cur + 1);
 }
 // Suspends fiber fb and resumes next_fiber() directly: one switch instead of two through the
 // launcher. With none runnable (all done, or a deadlock) it returns to the launcher, which
@@ -163,19 +207,20 @@ bool count_in(Barrier& b) {
 bool arrive(Barrier& b) {
     Fiber& fb = *S.fibers[S.cur];
     if (count_in(b)) return true;
-    fb.waiting = true;
-    fb.on = &b;
-    fb.gen = b.gen;
+    wait_at(b, b.gen);
     yield_from(fb);
     return false;
 }
 // Lets the other fibers run first while fb stays runnable (marked deferred until it runs again):
 // a fiber spinning in an mbarrier wait, or just past a cluster arrive.
 void yield_deferred(Fiber& fb) {
-    fb.deferred = true;
+    const int me = S.cur;
+    S.st[me].deferred = true;
+    S.ready.clear(me);
     const int i = next_fiber();
-    if (i >= 0 && i != S.cur) resume(i, &fb.sp);
-    fb.deferred = false;
+    if (i >= 0 && i != me) resume(i, &fb.sp);
+    S.st[me].deferred = false;
+    S.ready.set(me);
 }
 void leave(Barrier& b) {
     b.expected--;
@@ -185,7 +230,9 @@ void trampoline() {
     (*S.f)();
     Fiber& fb = *S.fibers[S.cur];
     if (fb.arrived) emu_cluster_fail("exits with a cluster_arrive that no cluster_wait paired");
-    fb.done = true;
+    S.st[S.cur].done = true;
+    S.live.clear(S.cur);
+    S.ready.clear(S.cur);
     S.alive--;
     S.epoch++;
     leave(S.blocks[fb.rank]);
@@ -237,8 +284,11 @@ bool run_block(unsigned bx, unsigned by, unsigned bz, int bt, int cx) {
         fb.tid.z = t / (blockDim.x * blockDim.y);
         fb.rank = i / bt;
         fb.bid = dim3{bx + (unsigned)fb.rank, by, bz};
-        fb.done = fb.waiting = fb.deferred = fb.arrived = false;
+        fb.arrived = false;
     }
+    S.st.assign(nt, State{});
+    S.live = S.ready = Bits{};
+    for (int i = 0; i < nt; i++) S.live.set(i), S.ready.set(i);
     S.bulk.clear();
     S.alive = nt;
     S.nt = nt;
@@ -247,7 +297,7 @@ bool run_block(unsigned bx, unsigned by, unsigned bz, int bt, int cx) {
     while (S.alive > 0) {
         bool progress = false;
         for (int i = 0; i < nt; i++) {
-            if (!runnable(*S.fibers[i])) continue;
+            if (!runnable(S.st[i])) continue;
             resume(i, &S.main);
             progress = true;
         }
@@ -367,9 +417,7 @@ void emu_cluster_wait() {
     if (!fb.arrived) emu_cluster_fail("cluster_wait with no cluster_arrive before it");
     fb.arrived = false;
     if (S.cluster.gen != fb.arrived_gen) return;  // its generation has completed
-    fb.waiting = true;
-    fb.on = &S.cluster;
-    fb.gen = fb.arrived_gen;
+    wait_at(S.cluster, fb.arrived_gen);
     yield_from(fb);
 }
 void emu_progress() { S.epoch++; }
@@ -404,6 +452,7 @@ std::string emu_launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsig
     if (cluster < 1 || gx % cluster != 0) return "grid x " + std::to_string(gx) + " is not a multiple of the cluster size " + std::to_string(cluster);
     if (cluster > 1 && (bt % 32 != 0 || bt * cluster > 1024))
         return "the emulated clusters need whole warps and at most 1024 threads per cluster";
+    if (bt < 1 || bt > 1024) return "a block of " + std::to_string(bt) + " threads (1 to 1024)";
     Job j;
     j.cx = cluster;
     j.gx = gx;
