@@ -7,7 +7,7 @@
 //! Records and how they are measured: README.md (H200, 2026-11-27: 94.09% mean in 1.446 s over
 //! 25 runs).
 use cifar::aug;
-use cifar::backend::{Backend, BnStats, MuonParam, Norm, Pre, SgdParam, Shape, Step, LRS, STEP_LEN};
+use cifar::backend::{Backend, BnStats, MuonParam, Norm, Pre, SgdParam, Shape, Step, Unpool, LRS, STEP_LEN};
 use cifar::cpu::Cpu;
 use cifar::data::Split;
 use cifar::replay::Replayer;
@@ -300,7 +300,7 @@ struct Acts<B: Backend> {
     keep: Vec<B::Buf>, // conv l's activated input, kept by the forward for the backward
     ga: Vec<B::Buf>,   // gradient w.r.t. GELU(pre(x[k]))
     gsum: Vec<B::Buf>, // [Σdu | Σdu·x̂] of ga[k], taken by the conv backward for pre_bwd (k < 6)
-    gx: Vec<B::Buf>,   // gradient w.r.t. x[k]
+    gx: Vec<B::Buf>,   // gradient w.r.t. x[k]; unpooled (conv k−1's output) where conv k−1 pools
     loss_acc: B::Buf,  // [loss sum, correct] since the last read
 }
 
@@ -322,9 +322,22 @@ fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize, res: usize, grads: bool) -> Re
         keep: if grads { s[..6].iter().map(|s| b.zeros(s.len())).collect::<Result<_>>()? } else { Vec::new() },
         ga: if grads { bufs(b)? } else { Vec::new() },
         gsum: if grads { s[..6].iter().map(|s| b.zeros(2 * s.c)).collect::<Result<_>>()? } else { Vec::new() },
-        gx: if grads { bufs(b)? } else { Vec::new() },
+        gx: if grads {
+            (0..7).map(|k| b.zeros(grad_shape(h, &s, k).len())).collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        },
         loss_acc: b.zeros(2)?,
     })
+}
+
+/// The shape of gx[k], the gradient `pre_bwd` writes for x[k]: x[k]'s, or where conv k − 1
+/// pools, its output's before the pool (`pre_bwd` unpools it on the way).
+fn grad_shape(h: &Hyp, s: &[Shape; 7], k: usize) -> Shape {
+    match k.checked_sub(1).map(|l| layers(h)[l]) {
+        Some((_, cout, true)) => s[k - 1].with_c(cout),
+        _ => s[k],
+    }
 }
 
 /// The map in front of x[k]'s GELU: the whitening bias for k = 0, BatchNorm after that.
@@ -394,15 +407,19 @@ fn backward<B: Backend>(
     for (l, (_, cout, pool)) in layers(h).into_iter().enumerate().rev() {
         let k = l + 1;
         let sums = a.gsum.get(k); // taken by conv k's backward (none for the head's input)
-        b.pre_bwd(&a.ga[k], &a.x[k], a.s[k], pre(&net.p, &a.bn, k), sums, &mut g.beta[l], Some(&mut a.gx[k]))?;
+                                  // where conv l pools, its output gradient unpooled on the way (the conv backward then
+                                  // has no pool to undo)
+        let unpool = pool.then(|| Unpool { argmax: &a.argmax[l], full: a.s[l].with_c(cout) });
+        let (dx, pre_k) = (Some(&mut a.gx[k]), pre(&net.p, &a.bn, k));
+        b.pre_bwd(&a.ga[k], &a.x[k], a.s[k], pre_k, sums, &mut g.beta[l], dx, unpool)?;
         let (da, da_sums) =
             if l > 0 || bias_trains { (Some(&mut a.ga[l]), Some(&mut a.gsum[l])) } else { (None, None) };
         let (w, gw, kept) = (&net.p.conv[l], &mut g.conv[l], a.keep.get(l));
         let (x, dy, argmax) = (&a.x[l], &a.gx[k], &a.argmax[l]);
-        b.conv3x3_bwd(x, a.s[l], pre(&net.p, &a.bn, l), w, cout, pool, argmax, dy, gw, da, da_sums, kept)?;
+        b.conv3x3_bwd(x, a.s[l], pre(&net.p, &a.bn, l), w, cout, false, argmax, dy, gw, da, da_sums, kept)?;
     }
     if bias_trains {
-        b.pre_bwd(&a.ga[0], &a.x[0], a.s[0], pre(&net.p, &a.bn, 0), Some(&a.gsum[0]), &mut g.whiten_b, None)?;
+        b.pre_bwd(&a.ga[0], &a.x[0], a.s[0], pre(&net.p, &a.bn, 0), Some(&a.gsum[0]), &mut g.whiten_b, None, None)?;
     }
     Ok(())
 }

@@ -407,6 +407,17 @@ union Half8 {
     uint4 u;
     half h[8];
 };
+// The 8 channels of a pooled gradient chunk d at window position want (dy·2 + dx): d's value
+// where the channel's argmax byte ab[j] names that position, 0 elsewhere.
+__device__ __forceinline__ uint4 route8(const Half8& d, const unsigned char* ab, unsigned char want) {
+    Half8 r;
+    r.u = make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+        if (ab[j] == want) r.h[j] = d.h[j];
+    return r.u;
+}
+
 // 2 halves <-> 4 bytes.
 union Half2 {
     unsigned u;

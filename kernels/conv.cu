@@ -104,17 +104,6 @@ __device__ __forceinline__ uint4 w8(const float* __restrict__ p, bool ok) {
     return r.u;
 }
 
-// The 8 channels of a pooled gradient chunk d at window position want (dy·2 + dx): d's value
-// where the channel's argmax byte ab[j] names that position, 0 elsewhere.
-__device__ __forceinline__ uint4 route8(const Half8& d, const unsigned char* ab, unsigned char want) {
-    Half8 r;
-    r.u = make_uint4(0u, 0u, 0u, 0u);
-#pragma unroll
-    for (int j = 0; j < 8; j++)
-        if (ab[j] == want) r.h[j] = d.h[j];
-    return r.u;
-}
-
 // Channels o..o+7 of the full-resolution output gradient at pixel (n, yy, xx): dy itself, or,
 // with pool, dy of the window routed to the argmax position (0 elsewhere and on a dropped odd
 // last row/column).

@@ -22,6 +22,10 @@
 //                     dx = invstd·(du − mean(du) − x̂·mean(du·x̂)) (BN) or du (bias). 8 channels
 //                     per chunk (C % 8 == 0, len/8 < 2^31), a thread's chunks in a stride that
 //                     keeps its channels; any grid with ≥ C threads (the host: ≈ 4 chunks each).
+//                     With am (x a max-pool's output, am its picks as conv3x3_fwd writes them):
+//                     dx unpooled, at the pool input's H × W (N·H·W·C values): each value at its
+//                     pick, zeros at the window's other three pixels and on the dropped odd last
+//                     row/column (unpool_f16's output, without the pooled dx in between).
 //   cast_f32_f16, cast_f16_f32  storage casts (a host upload is f32). 1 thread/element.
 #include "common.cuh"
 
@@ -150,13 +154,27 @@ pre_bwd_sums_f32(const float* __restrict__ part, int blocks, int C, float* __res
 extern "C" __global__ void pre_bwd_dx_f16(const half* __restrict__ da, const half* __restrict__ x, long long len, int C,
                                           const float* __restrict__ pmean, const float* __restrict__ pinv,
                                           const float* __restrict__ pshift, int bn, const float* __restrict__ sums,
-                                          long long count, float* __restrict__ dshift, half* __restrict__ dx) {
+                                          long long count, float* __restrict__ dshift, half* __restrict__ dx,
+                                          const unsigned char* __restrict__ am, int H, int W) {
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (dshift && t < C) dshift[t] = sums[t];
+    const int groups = C >> 3, threads = gridDim.x * blockDim.x, stride = threads - threads % groups;
+    const int PH = H >> 1, PW = W >> 1;
+    if (dx && am) {
+        // unpooled: the dropped odd last row (W pixels) and last column of the pooled rows of
+        // each image get zeros (the picks cover the other pixels' windows)
+        const int er = (H & 1) ? W : 0, e = er + ((W & 1) ? 2 * PH : 0);
+        const long long images = PH * PW > 0 ? len / ((long long)PH * PW * C) : 0;
+        for (long long i = t; i < images * e * groups; i += threads) {
+            const long long q = i / groups, n = q / e;
+            const int c = (int)(i - q * groups) * 8, k = (int)(q - n * e);
+            const int y = k < er ? H - 1 : k - er, xx = k < er ? k : W - 1;
+            *reinterpret_cast<uint4*>(dx + ((n * H + y) * W + xx) * C + c) = make_uint4(0u, 0u, 0u, 0u);
+        }
+    }
     // Thread t takes the 8-channel chunks t, t + stride, ... of dx: stride, a multiple of C/8,
     // keeps its channels c0..c0+7 fixed, so their parameters and the sums' means are loaded and
     // divided once per thread, not per value (the same operations: the same bits).
-    const int groups = C >> 3, threads = gridDim.x * blockDim.x, stride = threads - threads % groups;
     if (!dx || t >= stride) return;
     const int c0 = t % groups * 8;
     const float cnt = (float)count;
@@ -179,7 +197,20 @@ extern "C" __global__ void pre_bwd_dx_f16(const half* __restrict__ da, const hal
             const float g = bn ? inv[j] * (du - m0[j] - xhat * m1[j]) : du;
             o.h[j] = __float2half(g);
         }
-        *reinterpret_cast<uint4*>(dx + k * 8) = o.u;
+        if (!am) {
+            *reinterpret_cast<uint4*>(dx + k * 8) = o.u;
+            continue;
+        }
+        // pooled pixel q = (n, py, px): its window's four chunks, each value at its pick
+        const long long q = k / groups, n = q / (PH * PW);
+        const int r = (int)(q - n * (PH * PW)), py = r / PW, px = r - py * PW;
+        const uint2 pick = *reinterpret_cast<const uint2*>(am + k * 8);
+        const unsigned char* ab = reinterpret_cast<const unsigned char*>(&pick);
+#pragma unroll
+        for (int w = 0; w < 4; w++) {  // window position dy·2 + dx, the argmax byte's code
+            const long long pix = (n * H + 2 * py + (w >> 1)) * W + 2 * px + (w & 1);
+            *reinterpret_cast<uint4*>(dx + pix * C + c0) = route8(o, ab, (unsigned char)w);
+        }
     }
 }
 

@@ -64,6 +64,22 @@ impl<B: Backend + ?Sized> Clone for Pre<'_, B> {
 }
 impl<B: Backend + ?Sized> Copy for Pre<'_, B> {}
 
+/// Where `pre_bwd` writes `dx` unpooled: `x` is a max-pool's output, and `dx` the gradient
+/// w.r.t. the pool's input (shape `full`, whose odd last row/column the pool dropped): each
+/// value at its pick in `argmax` (as `conv3x3` wrote it), zeros elsewhere. The conv backward
+/// then takes it unpooled (`conv3x3_bwd` with `pool` false), with no pass of its own.
+pub struct Unpool<'a, B: Backend + ?Sized> {
+    pub argmax: &'a B::Bytes,
+    pub full: Shape,
+}
+
+impl<B: Backend + ?Sized> Clone for Unpool<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend + ?Sized> Copy for Unpool<'_, B> {}
+
 /// Image normalisation: `(pixel/255 − mean[c]) / std[c]`.
 #[derive(Clone, Copy, Debug)]
 pub struct Norm {
@@ -360,7 +376,7 @@ pub trait Backend: Record {
     /// gives `invstd·(du − mean(du) − x̂·mean(du·x̂))`, `x̂ = (x − mean)·invstd`.
     /// `sums`: the per-channel sums `[Σ du | Σ du·x̂]` (2·C values, `x̂ = x` for the bias) if the
     /// op that wrote `da` took them already (`conv3x3_bwd`'s `da_sums`); else they are computed
-    /// here.
+    /// here. `unpool` (needs `dx`): `dx` is written at the pool's input resolution (`Unpool`).
     #[allow(clippy::too_many_arguments)]
     fn pre_bwd(
         &mut self,
@@ -371,6 +387,7 @@ pub trait Backend: Record {
         sums: Option<&Self::Buf>,
         dshift: &mut Self::Buf,
         dx: Option<&mut Self::Buf>,
+        unpool: Option<Unpool<'_, Self>>,
     ) -> Result<()>;
 
     /// Backward of `conv3x3` given `dy` (the gradient w.r.t. its output `y`, pooled when

@@ -38,7 +38,9 @@
 //!   index must be within the conv tolerance of the window's maximum (ties and near-ties may
 //!   legitimately pick another position); the number of indices differing from the CPU's is
 //!   printed for information.
-use crate::backend::{Backend, BnStats, MuonParam, Norm, Pre, SgdParam, Shape, Step, LRS, STEP_LEN, STEP_WORDS};
+use crate::backend::{
+    Backend, BnStats, MuonParam, Norm, Pre, SgdParam, Shape, Step, Unpool, LRS, STEP_LEN, STEP_WORDS,
+};
 use crate::cpu::Cpu;
 use crate::error::{Error, Result};
 use crate::gpu::{ConvPath, GBuf, Gpu, Timer};
@@ -339,9 +341,26 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     .into_iter()
     .enumerate()
     {
-        let f =
-            move |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| check_pre_bwd(g, c, r, s, bn, dx, 400 + 10 * k as u64);
+        let f = move |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| {
+            check_pre_bwd(g, c, r, s, bn, dx, None, 400 + 10 * k as u64)
+        };
         checks.push((format!("pre_bwd {}", shape_str(s)), Box::new(f)));
+    }
+    // dx unpooled (the step's pooled layers: 31 → 15, 15 → 7, 7 → 3; odd and even odd shapes)
+    for (k, full) in [
+        Shape::new(BATCH, 31, 31, 64),
+        Shape::new(BATCH, 15, 15, 256),
+        Shape::new(BATCH, 7, 7, 256),
+        Shape::new(3, 7, 5, 40),
+        Shape::new(2, 6, 4, 16),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let f = move |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| {
+            check_pre_bwd(g, c, r, full.pooled(), true, true, Some(full), 470 + 10 * k as u64)
+        };
+        checks.push((format!("pre_bwd unpooled {}", shape_str(full)), Box::new(f)));
     }
     checks.push(("head".into(), Box::new(|g, c, r| check_head(g, c, r, Shape::new(BATCH, 3, 3, 256), 10, 500))));
     checks.push(("head odd shape".into(), Box::new(|g, c, r| check_head(g, c, r, Shape::new(7, 2, 3, 40), 3, 510))));
@@ -626,9 +645,9 @@ fn check_conv(
         // pre_bwd from the sums the input gradient took (da_sums), against the CPU's pre_bwd of
         // the same da (the training backward)
         let (mut gds, mut gdx) = (gpu.upload(&vec![POISON; cin])?, gpu.upload(&vec![POISON; xs.len()])?);
-        gpu.pre_bwd(&gda, &gx, xs, pre_of(&gs, &gb), Some(&gsum), &mut gds, Some(&mut gdx))?;
+        gpu.pre_bwd(&gda, &gx, xs, pre_of(&gs, &gb), Some(&gsum), &mut gds, Some(&mut gdx), None)?;
         let (mut cds, mut cdx) = (vec![f32::NAN; cin], vec![f32::NAN; xs.len()]);
-        cpu.pre_bwd(&got, &cx, xs, pre_of(&cs, &cb), None, &mut cds, Some(&mut cdx))?;
+        cpu.pre_bwd(&got, &cx, xs, pre_of(&cs, &cb), None, &mut cds, Some(&mut cdx), None)?;
         let got_ds = gpu.download(&gds)?;
         r.line(&label(&format!("da_sums: pre_bwd dshift ({path})")), &shape, &got_ds, &cds, TOL_F32 * 10.0)?;
         let got_dx = gpu.download(&gdx)?;
@@ -734,24 +753,33 @@ fn check_pre_bwd(
     xs: Shape,
     bn: bool,
     with_dx: bool,
+    unpooled: Option<Shape>,
     seed: u64,
 ) -> Result<()> {
     let c = xs.c;
     let hp = HostPre::new(c, bn, seed);
     let x = rnd(xs.len(), seed + 3, 1.0, 0.0);
     let da = rnd(xs.len(), seed + 4, 0.1, 0.0);
+    // unpooled: random picks (window positions 0..3), and dx at the pool input's shape
+    let picks = bytes(if unpooled.is_some() { xs.len() } else { 0 }, seed + 5, 4);
+    let dxs = unpooled.unwrap_or(xs);
     let (cs, cb) = up_pre(cpu, &hp)?;
-    let (cx, cda) = (cpu.upload(&x)?, cpu.upload(&da)?);
+    let (cx, cda, cam) = (cpu.upload(&x)?, cpu.upload(&da)?, cpu.upload_bytes(&picks)?);
     let mut cds = vec![f32::NAN; c];
-    let mut cdx = vec![f32::NAN; xs.len()];
-    cpu.pre_bwd(&cda, &cx, xs, pre_of(&cs, &cb), None, &mut cds, with_dx.then_some(&mut cdx))?;
+    let mut cdx = vec![f32::NAN; dxs.len()];
+    let unpool = unpooled.map(|full| Unpool { argmax: &cam, full });
+    cpu.pre_bwd(&cda, &cx, xs, pre_of(&cs, &cb), None, &mut cds, with_dx.then_some(&mut cdx), unpool)?;
     let (gs, gb) = up_pre(gpu, &hp)?;
     // da uploaded as f32: exercises the cast path
-    let (gx, gda) = (gpu.upload_f16(&x)?, gpu.upload(&da)?);
+    let (gx, gda, gam) = (gpu.upload_f16(&x)?, gpu.upload(&da)?, gpu.upload_bytes(&picks)?);
     let mut gds = gpu.upload(&vec![POISON; c])?;
-    let mut gdx = gpu.upload(&vec![POISON; xs.len()])?;
-    gpu.pre_bwd(&gda, &gx, xs, pre_of(&gs, &gb), None, &mut gds, with_dx.then_some(&mut gdx))?;
-    let s = shape_str(xs);
+    let mut gdx = gpu.upload(&vec![POISON; dxs.len()])?;
+    let unpool = unpooled.map(|full| Unpool { argmax: &gam, full });
+    gpu.pre_bwd(&gda, &gx, xs, pre_of(&gs, &gb), None, &mut gds, with_dx.then_some(&mut gdx), unpool)?;
+    let s = match unpooled {
+        Some(full) => format!("{} unpooled to {}", shape_str(xs), shape_str(full)),
+        None => shape_str(xs),
+    };
     let got = gpu.download(&gds)?;
     r.line(&format!("pre_bwd dshift [{}]", hp.label()), &s, &got, &cds, TOL_F32 * 10.0)?;
     if with_dx {
@@ -1059,7 +1087,13 @@ impl<B: Backend> StepState<B> {
             keep: acts(b)?,
             ga: acts(b)?,
             gsum: s[..6].iter().map(|s| b.zeros(2 * s.c)).collect::<Result<_>>()?,
-            gx: acts(b)?,
+            // unpooled where the conv before pools (pre_bwd unpools), as main.rs's
+            gx: (0..7usize)
+                .map(|k| match k.checked_sub(1).map(|l| STEP_LAYERS[l]) {
+                    Some((_, cout, true)) => b.zeros(s[k - 1].with_c(cout).len()),
+                    _ => b.zeros(s[k].len()),
+                })
+                .collect::<Result<_>>()?,
             am: (0..6)
                 .map(|l| b.byte_zeros(if STEP_LAYERS[l].2 { s[l + 1].len() } else { 0 }))
                 .collect::<Result<_>>()?,
@@ -1132,7 +1166,8 @@ impl<B: Backend> StepState<B> {
             let k = l + 1;
             let pre = Pre::Bn { bn: &self.bn[k], beta: &self.beta[l] };
             let sums = self.gsum.get(k); // from conv k's backward (none for the head's input), as main.rs does
-            b.pre_bwd(&self.ga[k], &self.x[k], s[k], pre, sums, &mut self.g_beta[l], Some(&mut self.gx[k]))?;
+            let unpool = pool.then(|| Unpool { argmax: &self.am[l], full: s[l].with_c(cout) });
+            b.pre_bwd(&self.ga[k], &self.x[k], s[k], pre, sums, &mut self.g_beta[l], Some(&mut self.gx[k]), unpool)?;
             let pre =
                 if l == 0 { Pre::Bias(&self.whiten_b) } else { Pre::Bn { bn: &self.bn[l], beta: &self.beta[l - 1] } };
             let (ga, gsum, gx) = (&mut self.ga[l], &mut self.gsum[l], &self.gx[k]);
@@ -1142,7 +1177,7 @@ impl<B: Backend> StepState<B> {
                 pre,
                 &self.conv[l],
                 cout,
-                pool,
+                false, // gx is unpooled already
                 &self.am[l],
                 gx,
                 &mut self.g_conv[l],
@@ -1152,7 +1187,7 @@ impl<B: Backend> StepState<B> {
             )?;
         }
         let sums = Some(&self.gsum[0]);
-        b.pre_bwd(&self.ga[0], &self.x[0], s[0], Pre::Bias(&self.whiten_b), sums, &mut self.g_wb, None)?;
+        b.pre_bwd(&self.ga[0], &self.x[0], s[0], Pre::Bias(&self.whiten_b), sums, &mut self.g_wb, None, None)?;
 
         let mut sgd = vec![SgdParam {
             p: &mut self.head,
@@ -1611,8 +1646,18 @@ fn bench_convs(
         let mut dx = gpu.zeros(ys.len())?;
         let (flops, moved) = (40.0 * ys.len() as f64, (5 * ys.len() * 2) as f64);
         lines.time(gpu, &format!("pre_bwd [{l}]"), &shape_str(ys), flops, moved, &mut |g| {
-            g.pre_bwd(&dy, &y, ys, Pre::Bn { bn: &bo, beta: &beta }, None, &mut dshift, Some(&mut dx))
+            g.pre_bwd(&dy, &y, ys, Pre::Bn { bn: &bo, beta: &beta }, None, &mut dshift, Some(&mut dx), None)
         })?;
+        if pool {
+            // as the step runs it: dx written unpooled, for the conv backward without a pool
+            let full = xs.with_c(cout);
+            let mut dxf = gpu.zeros(full.len())?;
+            let moved = (4 * ys.len() * 2 + ys.len() + full.len() * 2) as f64;
+            lines.time(gpu, &format!("pre_bwd unpooled [{l}]"), &shape_str(full), flops, moved, &mut |g| {
+                let unpool = Some(Unpool { argmax: &am, full });
+                g.pre_bwd(&dy, &y, ys, Pre::Bn { bn: &bo, beta: &beta }, None, &mut dshift, Some(&mut dxf), unpool)
+            })?;
+        }
     }
     Ok(())
 }

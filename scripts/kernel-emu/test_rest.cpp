@@ -62,7 +62,7 @@ static void test_pre_bwd(int N, int H, int W, int C, int bn) {
     launch(dim3{(unsigned)nb, (unsigned)((C + 31) / 32), 1}, dim3{32, 8, 1}, [&] { chan_reduce_f16(xh.data(), dah.data(), P, C, chunk, pm, pi, shift.data(), bn, part.data()); });
     launch(dim3{(unsigned)C, 1, 1}, dim3{CHAN_FIN_THREADS, 1, 1}, [&] { pre_bwd_sums_f32(part.data(), (int)nb, C, sums); });
     std::vector<half> dx(L, (half)NAN);
-    launch(dim3{blocks(std::max(L / 8, (long long)C)), 1, 1}, dim3{256, 1, 1}, [&] { pre_bwd_dx_f16(dah.data(), xh.data(), L, C, pm, pi, shift.data(), bn, sums, P, dshift.data(), dx.data()); });
+    launch(dim3{blocks(std::max(L / 8, (long long)C)), 1, 1}, dim3{256, 1, 1}, [&] { pre_bwd_dx_f16(dah.data(), xh.data(), L, C, pm, pi, shift.data(), bn, sums, P, dshift.data(), dx.data(), nullptr, 0, 0); });
     std::vector<float> dxf(L); for (long long i = 0; i < L; i++) dxf[i] = (float)dx[i];
     report(bn ? "pre_bwd dshift [bn]" : "pre_bwd dshift [bias]", relerr(dshift, s0), 1e-4);
     report(bn ? "pre_bwd dx [bn]" : "pre_bwd dx [bias]", relerr(dxf, dxw), 2e-3);
@@ -70,12 +70,36 @@ static void test_pre_bwd(int N, int H, int W, int C, int bn) {
     // strides over chunks of its own channels; the same bits as one chunk per thread
     for (long long threads : {std::max((L / 8 + 3) / 4, (long long)C), (long long)C}) {
         std::vector<half> dx2(L, (half)NAN);
-        launch(dim3{blocks(threads), 1, 1}, dim3{256, 1, 1}, [&] { pre_bwd_dx_f16(dah.data(), xh.data(), L, C, pm, pi, shift.data(), bn, sums, P, nullptr, dx2.data()); });
+        launch(dim3{blocks(threads), 1, 1}, dim3{256, 1, 1}, [&] { pre_bwd_dx_f16(dah.data(), xh.data(), L, C, pm, pi, shift.data(), bn, sums, P, nullptr, dx2.data(), nullptr, 0, 0); });
         long long diff = 0;
         for (long long i = 0; i < L; i++) diff += memcmp(&dx[i], &dx2[i], sizeof(half)) != 0;
         printf("  pre_bwd dx %s, %u blocks of 256 for %lld chunks: %lld values differ from one chunk per thread: %s\n",
                bn ? "[bn]" : "[bias]", blocks(threads), L / 8, diff, diff ? "FAIL" : "PASS");
         fails += diff != 0;
+    }
+    // unpooled: x as the max-pool output of an FH × FW input (an odd last row and column, or
+    // none), random picks; dx at the picks, zeros elsewhere, bit for bit against the dx above
+    // routed on the host; from the host's grid and from C threads
+    for (int odd : {1, 0}) {
+        const int FH = 2 * H + odd, FW = 2 * W + odd;
+        const long long FL = (long long)N * FH * FW * C;
+        std::vector<unsigned char> am(L);
+        for (long long i = 0; i < L; i++) am[i] = (unsigned char)((i * 2654435761ull >> 13) & 3);
+        std::vector<half> want(FL, (half)0.f);
+        for (long long i = 0; i < L; i++) {
+            const long long q = i / C, n = q / (H * W);
+            const int c = (int)(i % C), py = (int)(q % (H * W)) / W, px = (int)(q % W);
+            want[((n * FH + 2 * py + (am[i] >> 1)) * FW + 2 * px + (am[i] & 1)) * C + c] = dx[i];
+        }
+        for (long long threads : {std::max((L / 8 + 3) / 4, (long long)C), (long long)C}) {
+            std::vector<half> full(FL, (half)NAN);
+            launch(dim3{blocks(threads), 1, 1}, dim3{256, 1, 1}, [&] { pre_bwd_dx_f16(dah.data(), xh.data(), L, C, pm, pi, shift.data(), bn, sums, P, nullptr, full.data(), am.data(), FH, FW); });
+            long long diff = 0;
+            for (long long i = 0; i < FL; i++) diff += memcmp(&full[i], &want[i], sizeof(half)) != 0;
+            printf("  pre_bwd dx %s unpooled to %dx%d, %u blocks of 256: %lld of %lld values differ from dx routed to the picks: %s\n",
+                   bn ? "[bn]" : "[bias]", FH, FW, blocks(threads), diff, FL, diff ? "FAIL" : "PASS");
+            fails += diff != 0;
+        }
     }
 }
 

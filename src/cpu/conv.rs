@@ -141,6 +141,18 @@ fn unpool2<T: Real>(dy: &[T], argmax: &[u8], h: usize, w: usize, c: usize, full:
     }
 }
 
+/// `unpool2` of every image: `dy` (shape `full.pooled()`) into `out` (shape `full`).
+pub fn unpool<T: Real>(dy: &[T], argmax: &[u8], full: Shape, out: &mut [T]) {
+    let ps = full.pooled();
+    assert!(dy.len() == ps.len() && argmax.len() == ps.len(), "unpool: dy and argmax are {ps:?}");
+    assert_eq!(out.len(), full.len(), "unpool: the output is {full:?}");
+    let (per_p, per_f) = (ps.h * ps.w * ps.c, full.h * full.w * full.c);
+    for i in 0..full.n {
+        let (d, a) = (&dy[i * per_p..][..per_p], &argmax[i * per_p..][..per_p]);
+        unpool2(d, a, full.h, full.w, full.c, &mut out[i * per_f..][..per_f]);
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn conv3x3<T: Real>(
     x: &[T],

@@ -10,7 +10,7 @@ pub mod optim;
 pub mod par;
 pub mod real;
 
-use crate::backend::{Backend, BnStats, MuonParam, Norm, Pre, SgdParam, Shape, Step, STEP_LEN, STEP_WORDS};
+use crate::backend::{Backend, BnStats, MuonParam, Norm, Pre, SgdParam, Shape, Step, Unpool, STEP_LEN, STEP_WORDS};
 use crate::error::Result;
 use crate::replay::Record;
 use layers::Affine;
@@ -264,10 +264,23 @@ impl<T: Real> Backend for Cpu<T> {
         sums: Option<&Vec<T>>,
         dshift: &mut Vec<T>,
         dx: Option<&mut Vec<T>>,
+        unpool: Option<Unpool<'_, Self>>,
     ) -> Result<()> {
         let sums: Option<Vec<f64>> = sums.map(|s| s.iter().map(|v| v.f64()).collect());
-        let dx = dx.map(|v| v.as_mut_slice());
-        layers::pre_bwd(da, x, xs, &affine(pre), sums.as_deref(), dshift, dx, self.threads);
+        let (aff, threads) = (affine(pre), self.threads);
+        match (dx, unpool) {
+            (Some(dx), Some(u)) => {
+                assert_eq!(u.full.pooled(), xs.with_c(u.full.c), "pre_bwd: {xs:?} is not {:?} pooled", u.full);
+                let mut pooled = vec![T::ZERO; xs.len()];
+                layers::pre_bwd(da, x, xs, &aff, sums.as_deref(), dshift, Some(&mut pooled), threads);
+                conv::unpool(&pooled, u.argmax, u.full, dx);
+            }
+            (dx, u) => {
+                assert!(u.is_none(), "pre_bwd: unpool needs dx");
+                let dx = dx.map(|v| v.as_mut_slice());
+                layers::pre_bwd(da, x, xs, &aff, sums.as_deref(), dshift, dx, threads);
+            }
+        }
         Ok(())
     }
 

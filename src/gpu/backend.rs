@@ -12,7 +12,9 @@
 //! `download` converts whatever is stored to f32. An fp16 tensor occupies the first 2·len bytes,
 //! so a buffer poisoned with the f32 bit pattern 0x7FC0_7FC0 reads as NaN in both types.
 use super::{ConvPath, Gpu};
-use crate::backend::{Backend, BnStats, MuonParam, Norm, Pre, SgdParam, Shape, LRS, NS_COEFFS, STEP_LEN, STEP_WORDS};
+use crate::backend::{
+    Backend, BnStats, MuonParam, Norm, Pre, SgdParam, Shape, Unpool, LRS, NS_COEFFS, STEP_LEN, STEP_WORDS,
+};
 use crate::error::{Error, Result};
 use crate::replay::Record;
 use cudarc::driver::{
@@ -1617,10 +1619,22 @@ impl Backend for Gpu {
         sums: Option<&GBuf>,
         dshift: &mut GBuf,
         dx: Option<&mut GBuf>,
+        unpool: Option<Unpool<'_, Self>>,
     ) -> Result<()> {
         self.begin();
         let c = xs.c;
         check(c % 8 == 0, || format!("pre_bwd: {c} channels; a multiple of 8 is required (16-byte fp16 chunks)"))?;
+        // unpooled: dx at the pool input's shape, routed through the pool's picks
+        let (dxs, am, full_h, full_w) = match unpool {
+            Some(u) => {
+                check(dx.is_some(), || "pre_bwd: unpool needs dx".to_string())?;
+                let f = u.full;
+                check(f.pooled() == xs && f.h >= 2 && f.w >= 2, || format!("pre_bwd: {xs:?} is not {f:?} pooled"))?;
+                check_len(u.argmax.len, xs.len(), &format!("pre_bwd: argmax {xs:?}"))?;
+                (f, self.ptr(&u.argmax.mem), int(f.h, "height")?, int(f.w, "width")?)
+            }
+            None => (xs, 0, 0, 0),
+        };
         let dap = self.in_f16(da, xs.len(), &format!("pre_bwd: da {xs:?}"))?;
         let xp = self.in_f16(x, xs.len(), &format!("pre_bwd: x {xs:?}"))?;
         let pp = self.pre_ptrs(pre, c, "pre_bwd")?;
@@ -1630,7 +1644,7 @@ impl Backend for Gpu {
         };
         let dsp = self.out(dshift, c, Dtype::F32, "pre_bwd: dshift")?;
         let dxp = match dx {
-            Some(d) => Some(self.out(d, xs.len(), Dtype::F16, &format!("pre_bwd: dx {xs:?}"))?),
+            Some(d) => Some(self.out(d, dxs.len(), Dtype::F16, &format!("pre_bwd: dx {dxs:?}"))?),
             None => None,
         };
         if c == 0 {
@@ -1645,8 +1659,10 @@ impl Backend for Gpu {
         let len = if dxp.is_some() { xs.len() } else { 0 };
         let cc = int(c, "channels")?;
         check(len / 8 < 1 << 31, || format!("pre_bwd: {xs:?} is too large"))?;
+        check(dxs.len() / 8 < 1 << 31, || format!("pre_bwd: {dxs:?} is too large"))?;
+        let (count, dxp) = (long(xs.count()), dxp.unwrap_or(0));
         let args =
-            [dap, xp, long(len), cc, pp.mean, pp.inv, pp.shift, pp.bn, sums, long(xs.count()), dsp, dxp.unwrap_or(0)];
+            [dap, xp, long(len), cc, pp.mean, pp.inv, pp.shift, pp.bn, sums, count, dsp, dxp, am, full_h, full_w];
         // ≈ 4 chunks of 8 values per thread (each thread loads its channels' parameters once)
         self.launch1d("norm", "pre_bwd_dx_f16", (len / 8).div_ceil(4).max(c), &args)
     }
@@ -2113,7 +2129,7 @@ mod tests {
             ("norm", "bn_finalize_f32", "PIIPIIPPP"),
             ("norm", "bn_eval_f32", "PPIIP"),
             ("norm", "pre_bwd_sums_f32", "PIIP"),
-            ("norm", "pre_bwd_dx_f16", "PPPIPPPIPPPP"),
+            ("norm", "pre_bwd_dx_f16", "PPPIPPPIPPPPPII"),
             ("norm", "cast_f32_f16", "PPP"),
             ("norm", "cast_f16_f32", "PPP"),
             ("stem", "stem_fwd_f16", "PIPIPIIIIIIIPIP"),
