@@ -124,8 +124,8 @@ fn derived(h: &Hyp) -> String {
     let total = total_steps(h, steps);
     format!(
         "batch {} | {} steps/epoch x {} epochs = {} steps | Muon lr {:.5} (momentum {}) | SGD lr bias {} head {} \
-         (momentum {}) | weight decay {:.6} | BN momentum {:.5} | whitening bias trains {} steps | \
-         progressive {:?} | TTA level {}{} | eval every {} epochs on {} images",
+         (momentum {}) | weight decay {:.6} | BN momentum {:.5} | label smoothing {} | NS steps {} | shift ±{} px | \
+         whitening bias trains {} steps | progressive {:?} | TTA level {}{} | eval every {} epochs on {} images",
         h.batch_size,
         steps,
         h.epochs,
@@ -137,6 +137,9 @@ fn derived(h: &Hyp) -> String {
         h.sgd_momentum,
         h.weight_decay,
         h.bn_momentum,
+        h.label_smoothing,
+        h.ns_steps,
+        h.max_shift,
         bias_steps(h, steps),
         h.prog.phases(total),
         h.tta_level,
@@ -407,10 +410,10 @@ fn backward<B: Backend>(
     for (l, (_, cout, pool)) in layers(h).into_iter().enumerate().rev() {
         let k = l + 1;
         let sums = a.gsum.get(k); // taken by conv k's backward (none for the head's input)
-                                  // where conv l pools, its output gradient unpooled on the way (the conv backward then
-                                  // has no pool to undo)
-        let unpool = pool.then(|| Unpool { argmax: &a.argmax[l], full: a.s[l].with_c(cout) });
         let (dx, pre_k) = (Some(&mut a.gx[k]), pre(&net.p, &a.bn, k));
+        // where conv l pools, its output's gradient is unpooled on the way: the conv backward
+        // then has no pool to undo
+        let unpool = pool.then(|| Unpool { argmax: &a.argmax[l], full: a.s[l].with_c(cout) });
         b.pre_bwd(&a.ga[k], &a.x[k], a.s[k], pre_k, sums, &mut g.beta[l], dx, unpool)?;
         let (da, da_sums) =
             if l > 0 || bias_trains { (Some(&mut a.ga[l]), Some(&mut a.gsum[l])) } else { (None, None) };
@@ -950,8 +953,54 @@ fn recipe(args: &cli::Args) -> Result<Hyp> {
     if let Some(f) = args.tta_frac {
         h.tta_uncertain = f;
     }
+    for (name, v) in &args.set {
+        set(&mut h, name, *v)?;
+    }
     Ok(h)
 }
+
+/// `--set NAME=V`: one hyperparameter by its field name, checked against its range.
+fn set(h: &mut Hyp, name: &str, v: f64) -> Result<()> {
+    let bad = |range: &str| Err(Error::Usage(format!("--set {name}={v}: {name} must be {range}")));
+    let whole = |max: f64| v.fract() == 0.0 && (0.0..=max).contains(&v);
+    match name {
+        "label_smoothing" if (0.0..1.0).contains(&v) => h.label_smoothing = v as f32,
+        "sgd_momentum" if (0.0..1.0).contains(&v) => h.sgd_momentum = v as f32,
+        "muon_momentum" if (0.0..1.0).contains(&v) => h.muon_momentum = v as f32,
+        "bn_momentum" if (0.0..1.0).contains(&v) => h.bn_momentum = v as f32,
+        "bias_lr" if v >= 0.0 => h.bias_lr = v as f32,
+        "head_lr" if v >= 0.0 => h.head_lr = v as f32,
+        "weight_decay" if v >= 0.0 => h.weight_decay = v as f32,
+        "muon_lr" if v >= 0.0 => h.muon_lr = v as f32,
+        "ns_steps" if whole(10.0) && v >= 1.0 => h.ns_steps = v as usize,
+        "max_shift" if whole(4.0) => h.max_shift = v as i32,
+        "whiten_bias_epochs" if whole(1e6) => h.whiten_bias_epochs = (v as usize).min(h.epochs.ceil() as usize),
+        "label_smoothing" | "sgd_momentum" | "muon_momentum" | "bn_momentum" => return bad("in [0, 1)"),
+        "bias_lr" | "head_lr" | "weight_decay" | "muon_lr" => return bad("at least 0"),
+        "ns_steps" => return bad("a whole number in 1..=10"),
+        "max_shift" => return bad("a whole number in 0..=4"),
+        "whiten_bias_epochs" => return bad("a whole number, at least 0"),
+        _ => {
+            return Err(Error::Usage(format!("--set: no hyperparameter {name:?}; the names: {}", SET_NAMES.join(", "))))
+        }
+    }
+    Ok(())
+}
+
+/// The hyperparameters `--set` takes, as `set` matches them.
+const SET_NAMES: [&str; 11] = [
+    "label_smoothing",
+    "sgd_momentum",
+    "bias_lr",
+    "head_lr",
+    "weight_decay",
+    "muon_lr",
+    "muon_momentum",
+    "bn_momentum",
+    "ns_steps",
+    "max_shift",
+    "whiten_bias_epochs",
+];
 
 /// Loads the data, trains `--runs` seeded runs (or this process's share of them) and reports.
 /// With `warm_up` (the GPU), one untimed, discarded run comes first, as in airbench: it pays for

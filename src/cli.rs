@@ -51,6 +51,10 @@ recipe knobs (derived values are printed at start)
                       downscaled images, growing linearly in 4-px steps to 32 px (default 0: off)
   --prog-start S      starting resolution as a fraction of 32 px (default 0.75: 24 px)
   --prog-warmup W     after each resolution change, ramp the learning rates up over W steps (default 0)
+  --set NAME=V[,...]  set recipe hyperparameters by name, after --batch-size's rescaling (repeatable;
+                      the names: label_smoothing, sgd_momentum, bias_lr, head_lr, weight_decay,
+                      muon_lr, muon_momentum, bn_momentum, ns_steps, max_shift, whiten_bias_epochs);
+                      the derived line prints the values used. E.g. --set label_smoothing=0.1,muon_lr=0.2
 
 evaluation
   --eval-every K      every K epochs, evaluate on a subset (single view, cheap); its time is reported
@@ -109,6 +113,8 @@ pub struct Args {
     pub eval_subset: usize,
     pub no_tta: bool,
     pub tta_frac: Option<f64>,
+    /// `--set`: (name, value) in the order given; the recipe checks the names.
+    pub set: Vec<(String, f64)>,
     pub no_graph: bool,
     pub help: bool,
     /// Internal (fan-out child): the device this process uses.
@@ -143,6 +149,7 @@ impl Default for Args {
             eval_subset: 1000,
             no_tta: false,
             tta_frac: None,
+            set: Vec::new(),
             no_graph: false,
             help: false,
             device: 0,
@@ -201,6 +208,22 @@ fn list(flag: &str, v: Option<String>) -> Result<Vec<usize>> {
     Ok(out)
 }
 
+/// `NAME=V[,NAME=V...]`: names of letters, digits and `_`; finite values.
+fn assignments(flag: &str, v: Option<String>) -> Result<Vec<(String, f64)>> {
+    let v = v.ok_or_else(|| Error::Usage(format!("{flag} needs NAME=VALUE[,NAME=VALUE...]")))?;
+    v.split(',')
+        .map(|part| {
+            let bad = || Error::Usage(format!("{flag}: {part:?} is not NAME=VALUE with a finite number"));
+            let (name, value) = part.split_once('=').ok_or_else(bad)?;
+            let name_ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            match value.trim().parse::<f64>() {
+                Ok(x) if name_ok && x.is_finite() => Ok((name.to_string(), x)),
+                _ => Err(bad()),
+            }
+        })
+        .collect()
+}
+
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args> {
     let mut a = Args::default();
     let mut it = args.into_iter().peekable();
@@ -235,6 +258,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args> {
             "--eval-subset" => a.eval_subset = number(&flag, it.next(), 1)?,
             "--no-tta" => a.no_tta = true,
             "--tta-frac" => a.tta_frac = Some(fraction(&flag, it.next(), true)?),
+            "--set" => a.set.extend(assignments(&flag, it.next())?),
             "--no-graph" => a.no_graph = true,
             "--device" => a.device = number(&flag, it.next(), 0)?,
             "--only-runs" => a.only_runs = Some(list(&flag, it.next())?),
@@ -291,6 +315,10 @@ mod tests {
         assert_eq!(p("--cpu").unwrap().command, Command::Train);
         assert_eq!((p("--epochs 9").unwrap().epochs, d.epochs), (Some(9.0), None));
         assert_eq!(p("--epochs 8.4").unwrap().epochs, Some(8.4));
+        let s = p("--set muon_lr=0.2,label_smoothing=0.1 --set ns_steps=5").unwrap().set;
+        let want = [("muon_lr", 0.2), ("label_smoothing", 0.1), ("ns_steps", 5.0)];
+        assert_eq!(s, want.map(|(n, v)| (n.to_string(), v)));
+        assert!(d.set.is_empty());
         let c = p("--runs 4 --only-runs 1,3 --results r.txt --device 2").unwrap();
         assert_eq!((c.only_runs, c.results, c.device), (Some(vec![1, 3]), Some("r.txt".into()), 2));
     }
@@ -319,6 +347,13 @@ mod tests {
             ("--runs 2 --only-runs 2", "--runs is 2"),
             ("--cpu selftest", "unknown flag \"selftest\""),
             ("bench --gpus 0,1", "once per device"),
+            ("--set", "needs NAME=VALUE"),
+            ("--set muon_lr", "\"muon_lr\" is not NAME=VALUE"),
+            ("--set muon_lr=x", "\"muon_lr=x\" is not NAME=VALUE"),
+            ("--set muon_lr=inf", "with a finite number"),
+            ("--set =1", "\"=1\" is not"),
+            ("--set a-b=1", "\"a-b=1\" is not"),
+            ("--set muon_lr=0.2,", "\"\" is not"),
         ] {
             match p(line) {
                 Err(Error::Usage(m)) => assert!(m.contains(needle), "{line}: {m}"),

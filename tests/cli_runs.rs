@@ -117,6 +117,7 @@ fn bad_input_exits_with_a_message_and_no_panic() {
         (vec!["--bogus"], 2, "unknown flag"),
         (vec!["--cpu", "--prog-frac", "0.5", "--prog-start", "0.2"], 2, "at least 12 px"),
         (vec!["--cpu", "--batch-size", "20000"], 2, "exceeds the 10000 training images"),
+        (vec!["--cpu", "--set", "muon_lr=0.1,nope=2"], 2, "no hyperparameter \"nope\""),
         (vec!["--cpu", "--data-dir", missing.to_str().unwrap()], 3, "missing from"),
         (vec!["--cpu", "--smoke", "--gpus", "0,1", "--data-dir", missing.to_str().unwrap()], 3, "missing from"),
         (vec!["--gpus", "0,4096", "--data-dir", missing.to_str().unwrap()], 4, "--cpu"),

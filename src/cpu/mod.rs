@@ -270,7 +270,7 @@ impl<T: Real> Backend for Cpu<T> {
         let (aff, threads) = (affine(pre), self.threads);
         match (dx, unpool) {
             (Some(dx), Some(u)) => {
-                assert_eq!(u.full.pooled(), xs.with_c(u.full.c), "pre_bwd: {xs:?} is not {:?} pooled", u.full);
+                assert_eq!(u.full.pooled(), xs, "pre_bwd: {xs:?} is not {:?} pooled", u.full);
                 let mut pooled = vec![T::ZERO; xs.len()];
                 layers::pre_bwd(da, x, xs, &aff, sums.as_deref(), dshift, Some(&mut pooled), threads);
                 conv::unpool(&pooled, u.argmax, u.full, dx);

@@ -227,6 +227,51 @@ fn learns_real_cifar10_far_above_chance() {
     assert!(r.accuracy() > 0.30, "held-out accuracy {:.2}% is not far above chance (10%)", 100.0 * r.accuracy());
 }
 
+/// `--set` applies each named value after `--batch-size`'s rescaling, in the order given, and
+/// the derived line shows it; an unknown name or a value out of range is a usage error.
+#[test]
+fn set_overrides_named_hyperparameters_after_the_batch_rescaling() {
+    let args = cli::parse(
+        "--batch-size 1000 --epochs 2 --set muon_lr=0.3,label_smoothing=0.09 --set ns_steps=5,max_shift=1 \
+         --set sgd_momentum=0.825,muon_momentum=0.655,bn_momentum=0.5,bias_lr=0.06,head_lr=0.5,weight_decay=0.003 \
+         --set whiten_bias_epochs=7,muon_lr=0.205"
+            .split_whitespace()
+            .map(String::from),
+    )
+    .unwrap();
+    let h = recipe(&args).unwrap();
+    // the batch rescaling would give Muon 0.12: the last --set wins over it and over the first
+    assert_eq!((h.muon_lr, h.label_smoothing, h.ns_steps, h.max_shift), (0.205, 0.09, 5, 1));
+    assert_eq!((h.sgd_momentum, h.muon_momentum, h.bn_momentum), (0.825, 0.655, 0.5));
+    assert_eq!((h.bias_lr, h.head_lr, h.weight_decay), (0.06, 0.5, 0.003));
+    assert_eq!(h.whiten_bias_epochs, 2, "never past the last epoch");
+    let untouched = recipe(&cli::parse(["--batch-size".into(), "1000".into()]).unwrap()).unwrap();
+    assert_eq!((untouched.label_smoothing, untouched.ns_steps, untouched.max_shift), (0.2, 3, 2));
+    let d = derived(&h);
+    assert!(d.contains("Muon lr 0.20500 (momentum 0.655)") && d.contains("SGD lr bias 0.06 head 0.5"), "{d}");
+    assert!(d.contains("label smoothing 0.09 | NS steps 5 | shift ±1 px"), "{d}");
+    for (set, needle) in [
+        ("nope=1", "no hyperparameter \"nope\"; the names: label_smoothing, sgd_momentum"),
+        ("label_smoothing=1", "label_smoothing must be in [0, 1)"),
+        ("muon_momentum=-0.1", "must be in [0, 1)"),
+        ("head_lr=-1", "head_lr must be at least 0"),
+        ("ns_steps=0", "ns_steps must be a whole number in 1..=10"),
+        ("ns_steps=2.5", "a whole number"),
+        ("max_shift=5", "max_shift must be a whole number in 0..=4"),
+        ("whiten_bias_epochs=-1", "a whole number, at least 0"),
+    ] {
+        match recipe(&cli::parse(["--set".into(), set.into()]).unwrap()) {
+            Err(Error::Usage(m)) => assert!(m.contains(needle), "{set}: {m}"),
+            other => panic!("{set}: {other:?}"),
+        }
+    }
+    // every name the error lists is one `set` takes
+    for name in SET_NAMES {
+        let mut h = HYP;
+        set(&mut h, name, 0.5).or_else(|_| set(&mut h, name, 1.0)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
 #[test]
 fn batch_size_scaling_derives_rates_momenta_and_steps() {
     let h = scaled(&HYP, 1000).unwrap();
