@@ -7,7 +7,9 @@
 //! Records and how they are measured: README.md (H200, 2026-11-27: 94.09% mean in 1.446 s over
 //! 25 runs).
 use cifar::aug;
-use cifar::backend::{Backend, BnStats, MuonParam, Norm, Pre, SgdParam, Shape, Step, Unpool, LRS, STEP_LEN};
+use cifar::backend::{
+    Backend, BnStats, MuonParam, Norm, Ns, Pre, SgdParam, Shape, Step, Unpool, LRS, NS_COEFFS, STEP_LEN,
+};
 use cifar::cpu::Cpu;
 use cifar::data::Split;
 use cifar::replay::Replayer;
@@ -45,6 +47,7 @@ const HYP: Hyp = Hyp {
     muon_lr: 0.24,       // the six 3×3 convs
     muon_momentum: 0.6,  // Nesterov
     ns_steps: 3,
+    ns_coeffs: NS_COEFFS,   // the quintic's (a, b, c): airbench94_muon's
     max_shift: 2,           // translate by up to ±2 px (reflect padding); mirror alternates per epoch
     tta_level: 2,           // 6 views (0: one view, `--no-tta`)
     tta_uncertain: 1.0,     // the views past the first for every image (`--tta-frac F`: the least confident F)
@@ -124,7 +127,7 @@ fn derived(h: &Hyp) -> String {
     let total = total_steps(h, steps);
     format!(
         "batch {} | {} steps/epoch x {} epochs = {} steps | Muon lr {:.5} (momentum {}) | SGD lr bias {} head {} \
-         (momentum {}) | weight decay {:.6} | BN momentum {:.5} | label smoothing {} | NS steps {} | shift ±{} px | \
+         (momentum {}) | weight decay {:.6} | BN momentum {:.5} | label smoothing {} | NS steps {} {:?} | shift ±{} px | \
          whitening bias trains {} steps | progressive {:?} | TTA level {}{} | eval every {} epochs on {} images",
         h.batch_size,
         steps,
@@ -139,6 +142,7 @@ fn derived(h: &Hyp) -> String {
         h.bn_momentum,
         h.label_smoothing,
         h.ns_steps,
+        h.ns_coeffs,
         h.max_shift,
         bias_steps(h, steps),
         h.prog.phases(total),
@@ -176,6 +180,7 @@ struct Hyp {
     muon_lr: f32,
     muon_momentum: f32,
     ns_steps: usize,
+    ns_coeffs: (f32, f32, f32),
     max_shift: i32,
     tta_level: usize,
     tta_uncertain: f64, // fraction of the test images the views past the first are for, least confident first
@@ -494,7 +499,7 @@ fn train_step<B: Backend>(
         .zip(layers(h))
         .map(|(((w, g), m), (cin, cout, _))| MuonParam { w, g, m, rows: cout, cols: 9 * cin })
         .collect();
-    b.muon(&mut muon, step, LR_MUON, h.muon_momentum, h.ns_steps)
+    b.muon(&mut muon, step, LR_MUON, h.muon_momentum, Ns { steps: h.ns_steps, coeffs: h.ns_coeffs })
 }
 
 /// A kind of step: (resolution, whether the whitening bias trains). Steps of one kind are the
@@ -973,11 +978,15 @@ fn set(h: &mut Hyp, name: &str, v: f64) -> Result<()> {
         "weight_decay" if v >= 0.0 => h.weight_decay = v as f32,
         "muon_lr" if v >= 0.0 => h.muon_lr = v as f32,
         "ns_steps" if whole(10.0) && v >= 1.0 => h.ns_steps = v as usize,
+        "ns_a" if v.abs() <= 10.0 => h.ns_coeffs.0 = v as f32,
+        "ns_b" if v.abs() <= 10.0 => h.ns_coeffs.1 = v as f32,
+        "ns_c" if v.abs() <= 10.0 => h.ns_coeffs.2 = v as f32,
         "max_shift" if whole(4.0) => h.max_shift = v as i32,
         "whiten_bias_epochs" if whole(1e6) => h.whiten_bias_epochs = (v as usize).min(h.epochs.ceil() as usize),
         "label_smoothing" | "sgd_momentum" | "muon_momentum" | "bn_momentum" => return bad("in [0, 1)"),
         "bias_lr" | "head_lr" | "weight_decay" | "muon_lr" => return bad("at least 0"),
         "ns_steps" => return bad("a whole number in 1..=10"),
+        "ns_a" | "ns_b" | "ns_c" => return bad("in [-10, 10]"),
         "max_shift" => return bad("a whole number in 0..=4"),
         "whiten_bias_epochs" => return bad("a whole number, at least 0"),
         _ => {
@@ -988,7 +997,7 @@ fn set(h: &mut Hyp, name: &str, v: f64) -> Result<()> {
 }
 
 /// The hyperparameters `--set` takes, as `set` matches them.
-const SET_NAMES: [&str; 11] = [
+const SET_NAMES: [&str; 14] = [
     "label_smoothing",
     "sgd_momentum",
     "bias_lr",
@@ -998,6 +1007,9 @@ const SET_NAMES: [&str; 11] = [
     "muon_momentum",
     "bn_momentum",
     "ns_steps",
+    "ns_a",
+    "ns_b",
+    "ns_c",
     "max_shift",
     "whiten_bias_epochs",
 ];

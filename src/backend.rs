@@ -419,8 +419,8 @@ pub trait Backend: Record {
     fn sgd(&mut self, params: &mut [SgdParam<'_, Self>], step: &Self::Words, momentum: f32) -> Result<()>;
 
     /// Muon over several conv weights. Per tensor: `m ← μ·m + g`; `u = g + μ·m`;
-    /// `w ← w·√rows/‖w‖_F`; `X = u/(‖u‖_F + 1e-7)`, then `ns_steps` Newton–Schulz iterations
-    /// `A = X·Xᵀ; B = b·A + c·A·A; X ← a·X + B·X` with (a,b,c) = (3.4445, −4.7750, 2.0315);
+    /// `w ← w·√rows/‖w‖_F`; `X = u/(‖u‖_F + 1e-7)`, then `ns.steps` Newton–Schulz iterations
+    /// `A = X·Xᵀ; B = b·A + c·A·A; X ← a·X + B·X` with (a,b,c) = `ns.coeffs`;
     /// `w ← w − lr·X` with `lr` the step record's rate in slot `lr_slot`. Requires rows ≤ cols.
     fn muon(
         &mut self,
@@ -428,9 +428,24 @@ pub trait Backend: Record {
         step: &Self::Words,
         lr_slot: usize,
         momentum: f32,
-        ns_steps: usize,
+        ns: Ns,
     ) -> Result<()>;
 }
 
 /// Newton–Schulz quintic coefficients (a, b, c) of airbench94_muon.
 pub const NS_COEFFS: (f32, f32, f32) = (3.4445, -4.7750, 2.0315);
+
+/// The Newton–Schulz iteration Muon applies to its update: `steps` quintic iterations with the
+/// coefficients `(a, b, c)` (`Backend::muon`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ns {
+    pub steps: usize,
+    pub coeffs: (f32, f32, f32),
+}
+
+impl Ns {
+    /// `steps` iterations with airbench94_muon's coefficients.
+    pub const fn airbench(steps: usize) -> Ns {
+        Ns { steps, coeffs: NS_COEFFS }
+    }
+}

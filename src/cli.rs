@@ -53,7 +53,8 @@ recipe knobs (derived values are printed at start)
   --prog-warmup W     after each resolution change, ramp the learning rates up over W steps (default 0)
   --set NAME=V[,...]  set recipe hyperparameters by name, after --batch-size's rescaling (repeatable;
                       the names: label_smoothing, sgd_momentum, bias_lr, head_lr, weight_decay,
-                      muon_lr, muon_momentum, bn_momentum, ns_steps, max_shift, whiten_bias_epochs);
+                      muon_lr, muon_momentum, bn_momentum, ns_steps, ns_a, ns_b, ns_c (the Newton-Schulz
+                      quintic's coefficients), max_shift, whiten_bias_epochs);
                       the derived line prints the values used. E.g. --set label_smoothing=0.1,muon_lr=0.2
 
 evaluation

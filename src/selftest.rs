@@ -39,7 +39,7 @@
 //!   legitimately pick another position); the number of indices differing from the CPU's is
 //!   printed for information.
 use crate::backend::{
-    Backend, BnStats, MuonParam, Norm, Pre, SgdParam, Shape, Step, Unpool, LRS, STEP_LEN, STEP_WORDS,
+    Backend, BnStats, MuonParam, Norm, Ns, Pre, SgdParam, Shape, Step, Unpool, LRS, NS_COEFFS, STEP_LEN, STEP_WORDS,
 };
 use crate::cpu::Cpu;
 use crate::error::{Error, Result};
@@ -370,9 +370,12 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     // Muon, one call per list: the recipe's six conv weights (one batched launch per
     // Newton–Schulz GEMM), then nine odd shapes (more than one batch of 8)
     let recipe = [(64, 216), (64, 576), (256, 576), (256, 2304), (256, 2304), (256, 2304)];
-    checks.push(("muon, recipe weights".into(), Box::new(move |g, c, r| check_muon(g, c, r, &recipe, 800))));
+    let ns = Ns::airbench(3);
+    checks.push(("muon, recipe weights".into(), Box::new(move |g, c, r| check_muon(g, c, r, &recipe, ns, 800))));
     let odd = [(24, 72), (8, 200), (16, 16), (40, 360), (8, 8), (24, 216), (64, 64), (8, 72), (32, 288)];
-    checks.push(("muon, nine shapes".into(), Box::new(move |g, c, r| check_muon(g, c, r, &odd, 880))));
+    // with other coefficients (hiverge's, RECIPE.md §9.3): they reach the kernels as arguments
+    let ns = Ns { steps: 3, coeffs: (3.4576, -4.7391, 2.0843) };
+    checks.push(("muon, nine shapes".into(), Box::new(move |g, c, r| check_muon(g, c, r, &odd, ns, 880))));
     checks.push(("whole step".into(), Box::new(|g, c, r| check_step(g, c, r, BATCH, 900))));
     // the step again on the other tunable conv paths (mma128; wgmma's and tma's below) where the
     // GPU has them
@@ -901,8 +904,15 @@ fn check_sgd(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, seed: u64) -> Re
     r.line("sgd momentum", &s, &gm, &cm, TOL_F32)
 }
 
-fn check_muon(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, shapes: &[(usize, usize)], seed: u64) -> Result<()> {
-    let (lr, mom, steps) = (0.24f32, 0.6f32, 3);
+fn check_muon(
+    gpu: &mut Gpu,
+    cpu: &mut Cpu<f32>,
+    r: &mut Report,
+    shapes: &[(usize, usize)],
+    ns: Ns,
+    seed: u64,
+) -> Result<()> {
+    let (lr, mom) = (0.24f32, 0.6f32);
     let rec = Step { offset: 0, lr: [1.0, 2.0, lr, 4.0] }.record(0); // the rate in slot 2
     let (cst, gst) = (cpu.upload_words(&rec)?, gpu.upload_words(&rec)?);
     // per tensor: (w0, g, m0)
@@ -917,7 +927,7 @@ fn check_muon(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, shapes: &[(usiz
     let mut c: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = host.clone();
     let mut cp: Vec<MuonParam<Cpu<f32>>> =
         c.iter_mut().zip(shapes).map(|((w, g, m), &(rows, cols))| MuonParam { w, g: &*g, m, rows, cols }).collect();
-    cpu.muon(&mut cp, &cst, 2, mom, steps)?;
+    cpu.muon(&mut cp, &cst, 2, mom, ns)?;
     drop(cp);
     let mut g = Vec::new();
     for (w, gr, m) in &host {
@@ -925,12 +935,13 @@ fn check_muon(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, shapes: &[(usiz
     }
     let mut gp: Vec<MuonParam<Gpu>> =
         g.iter_mut().zip(shapes).map(|((w, gr, m), &(rows, cols))| MuonParam { w, g: &*gr, m, rows, cols }).collect();
-    gpu.muon(&mut gp, &gst, 2, mom, steps)?;
+    gpu.muon(&mut gp, &gst, 2, mom, ns)?;
     drop(gp);
     for (t, ((&(rows, cols), (gw, _, gm)), ((cw, _, cm), (w0, _, _)))) in
         shapes.iter().zip(&g).zip(c.iter().zip(&host)).enumerate()
     {
-        let s = format!("{rows}x{cols} ({} of {})", t + 1, shapes.len());
+        let coeffs = if ns.coeffs == NS_COEFFS { String::new() } else { format!(", NS {:?}", ns.coeffs) };
+        let s = format!("{rows}x{cols} ({} of {}){coeffs}", t + 1, shapes.len());
         let (gwv, gmv) = (gpu.download(gw)?, gpu.download(gm)?);
         r.line("muon momentum", &s, &gmv, cm, TOL_F32)?;
         r.line("muon weight", &s, &gwv, cw, TOL_MUON_W)?;
@@ -1210,7 +1221,7 @@ impl<B: Backend> StepState<B> {
             .zip(STEP_LAYERS)
             .map(|(((w, g), m), (cin, cout, _))| MuonParam { w, g, m, rows: cout, cols: 9 * cin })
             .collect();
-        b.muon(&mut muon, &self.step, LR_MUON, 0.6, 3)
+        b.muon(&mut muon, &self.step, LR_MUON, 0.6, Ns::airbench(3))
     }
 
     /// Everything the step produced, downloaded, with each output's tolerance class.
@@ -1523,7 +1534,7 @@ pub(crate) fn bench_lines(gpu: &mut Gpu, batch: usize, lines: &mut Lines) -> Res
     lines.time(gpu, "muon (6 convs, 3 NS)", "recipe weights", ns_flops, ns_bytes, &mut |g| {
         let mut ps: Vec<MuonParam<Gpu>> =
             mu.iter_mut().map(|(w, gr, m, r, c)| MuonParam { w, g: &*gr, m, rows: *r, cols: *c }).collect();
-        g.muon(&mut ps, &rec, 0, 0.6, 3)
+        g.muon(&mut ps, &rec, 0, 0.6, Ns::airbench(3))
     })?;
     drop((mu, st));
     bench_step(gpu, n, ns_flops, lines)

@@ -10,7 +10,7 @@ pub mod optim;
 pub mod par;
 pub mod real;
 
-use crate::backend::{Backend, BnStats, MuonParam, Norm, Pre, SgdParam, Shape, Step, Unpool, STEP_LEN, STEP_WORDS};
+use crate::backend::{Backend, BnStats, MuonParam, Norm, Ns, Pre, SgdParam, Shape, Step, Unpool, STEP_LEN, STEP_WORDS};
 use crate::error::Result;
 use crate::replay::Record;
 use layers::Affine;
@@ -326,11 +326,11 @@ impl<T: Real> Backend for Cpu<T> {
         step: &Vec<u32>,
         lr_slot: usize,
         momentum: f32,
-        ns_steps: usize,
+        ns: Ns,
     ) -> Result<()> {
         let lr = step_of(step).lr[lr_slot];
         for p in params.iter_mut() {
-            optim::muon(p.w, p.g, p.m, p.rows, p.cols, lr, momentum, ns_steps);
+            optim::muon(p.w, p.g, p.m, p.rows, p.cols, lr, momentum, ns);
         }
         Ok(())
     }

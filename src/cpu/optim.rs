@@ -1,6 +1,6 @@
 //! Nesterov SGD and Muon (momentum + Newton–Schulz orthogonalisation) on plain slices.
 use super::real::Real;
-use crate::backend::NS_COEFFS;
+use crate::backend::Ns;
 
 /// `g ← g + wd·p; m ← μ·m + g; p ← p − lr·(g + μ·m)` (PyTorch SGD, nesterov=True).
 pub fn sgd<T: Real>(p: &mut [T], g: &[T], m: &mut [T], lr: f32, wd: f32, momentum: f32) {
@@ -46,13 +46,13 @@ fn frobenius<T: Real>(x: &[T]) -> f64 {
 
 /// `steps` quintic Newton–Schulz iterations on `x / (‖x‖_F + 1e-7)` (rows ≤ cols): pushes every
 /// singular value of `x` towards 1 while keeping its singular vectors.
-pub fn newton_schulz<T: Real>(g: &[T], rows: usize, cols: usize, steps: usize) -> Vec<T> {
+pub fn newton_schulz<T: Real>(g: &[T], rows: usize, cols: usize, ns: Ns) -> Vec<T> {
     assert!(rows <= cols, "newton_schulz: needs rows ≤ cols");
     assert_eq!(g.len(), rows * cols);
-    let (a, b, c) = (T::of(NS_COEFFS.0 as f64), T::of(NS_COEFFS.1 as f64), T::of(NS_COEFFS.2 as f64));
+    let (a, b, c) = (T::of(ns.coeffs.0 as f64), T::of(ns.coeffs.1 as f64), T::of(ns.coeffs.2 as f64));
     let inv = T::of(1.0 / (frobenius(g) + 1e-7));
     let mut x: Vec<T> = g.iter().map(|&v| v * inv).collect();
-    for _ in 0..steps {
+    for _ in 0..ns.steps {
         let am = gram(&x, rows, cols);
         let aa = matmul(&am, &am, rows, rows, rows);
         let bm: Vec<T> = am.iter().zip(&aa).map(|(&p, &q)| b * p + c * q).collect();
@@ -66,16 +66,7 @@ pub fn newton_schulz<T: Real>(g: &[T], rows: usize, cols: usize, steps: usize) -
 
 /// One Muon step for one conv weight (`rows = cout`, `cols = 9·cin`); see `Backend::muon`.
 #[allow(clippy::too_many_arguments)]
-pub fn muon<T: Real>(
-    w: &mut [T],
-    g: &[T],
-    m: &mut [T],
-    rows: usize,
-    cols: usize,
-    lr: f32,
-    momentum: f32,
-    steps: usize,
-) {
+pub fn muon<T: Real>(w: &mut [T], g: &[T], m: &mut [T], rows: usize, cols: usize, lr: f32, momentum: f32, ns: Ns) {
     assert!(w.len() == rows * cols && g.len() == w.len() && m.len() == w.len(), "muon: length mismatch");
     let mu = T::of(momentum as f64);
     for (m, &g) in m.iter_mut().zip(g) {
@@ -83,7 +74,7 @@ pub fn muon<T: Real>(
     }
     let u: Vec<T> = g.iter().zip(m.iter()).map(|(&g, &m)| g + mu * m).collect();
     let renorm = T::of((rows as f64).sqrt() / frobenius(w));
-    let x = newton_schulz(&u, rows, cols, steps);
+    let x = newton_schulz(&u, rows, cols, ns);
     let lr = T::of(lr as f64);
     for (w, &x) in w.iter_mut().zip(&x) {
         *w = *w * renorm - lr * x;
@@ -107,12 +98,27 @@ mod tests {
         assert!((m[0] - 1.1172).abs() < 1e-7 && (p[0] - (0.772 - 0.2 * (0.5772 + 1.00548))).abs() < 1e-7);
     }
 
+    /// The coefficients are the ones given: with (a, 0, 0) each step only scales X by a.
+    #[test]
+    fn newton_schulz_takes_its_coefficients() {
+        let (r, c) = (3, 7);
+        let g = randn(r * c, 9);
+        let norm = frobenius(&g) + 1e-7;
+        for (a, steps) in [(1.0f32, 1), (2.0, 2), (0.5, 3)] {
+            let x = newton_schulz(&g, r, c, Ns { steps, coeffs: (a, 0.0, 0.0) });
+            let k = (a as f64).powi(steps as i32) / norm;
+            assert!(x.iter().zip(&g).all(|(x, g)| (x - k * g).abs() < 1e-12), "a = {a}, {steps} steps");
+        }
+        let other = newton_schulz(&g, r, c, Ns { steps: 3, coeffs: (3.4576, -4.7391, 2.0843) });
+        assert_ne!(other, newton_schulz(&g, r, c, Ns::airbench(3)));
+    }
+
     #[test]
     fn newton_schulz_orthogonalises() {
         // After enough iterations X·Xᵀ ≈ I (singular values in the quintic's band around 1).
         let (r, c) = (8, 20);
         let g = randn(r * c, 5);
-        let x = newton_schulz(&g, r, c, 10);
+        let x = newton_schulz(&g, r, c, Ns::airbench(10));
         // the quintic drives singular values into ≈[0.7, 1.2] (not exactly 1): the
         // eigenvalues σ² of X·Xᵀ land in [0.45, 1.5], while g's spread over orders of magnitude
         let (sig2, _) = crate::whiten::eigh(&gram(&x, r, c), r);
@@ -124,7 +130,7 @@ mod tests {
         for i in 0..r {
             d[i * c + i] = 1.0 + i as f64;
         }
-        let x = newton_schulz(&d, r, c, 10);
+        let x = newton_schulz(&d, r, c, Ns::airbench(10));
         for i in 0..r {
             for j in 0..c {
                 if i == j {
@@ -143,7 +149,7 @@ mod tests {
         let g = randn(r * c, 2);
         let mut m = vec![0.0; r * c];
         let w0 = w.clone();
-        muon(&mut w, &g, &mut m, r, c, 0.0, 0.6, 3);
+        muon(&mut w, &g, &mut m, r, c, 0.0, 0.6, Ns::airbench(3));
         // lr = 0: only the renormalisation to ‖w‖ = √rows happens
         assert!((frobenius(&w) - 2.0).abs() < 1e-12);
         let ratio = w[0] / w0[0];
@@ -152,9 +158,9 @@ mod tests {
         // with lr the step is −lr·NS(g + μ·m)
         let mut w2 = w0.clone();
         let mut m2 = vec![0.0; r * c];
-        muon(&mut w2, &g, &mut m2, r, c, 0.1, 0.6, 3);
+        muon(&mut w2, &g, &mut m2, r, c, 0.1, 0.6, Ns::airbench(3));
         let u: Vec<f64> = g.iter().map(|v| v * 1.6).collect();
-        let x = newton_schulz(&u, r, c, 3);
+        let x = newton_schulz(&u, r, c, Ns::airbench(3));
         for k in 0..r * c {
             assert!((w2[k] - (w[k] - 0.1f32 as f64 * x[k])).abs() < 1e-12);
         }

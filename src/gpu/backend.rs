@@ -12,9 +12,7 @@
 //! `download` converts whatever is stored to f32. An fp16 tensor occupies the first 2·len bytes,
 //! so a buffer poisoned with the f32 bit pattern 0x7FC0_7FC0 reads as NaN in both types.
 use super::{ConvPath, Gpu};
-use crate::backend::{
-    Backend, BnStats, MuonParam, Norm, Pre, SgdParam, Shape, Unpool, LRS, NS_COEFFS, STEP_LEN, STEP_WORDS,
-};
+use crate::backend::{Backend, BnStats, MuonParam, Norm, Ns, Pre, SgdParam, Shape, Unpool, LRS, STEP_LEN, STEP_WORDS};
 use crate::error::{Error, Result};
 use crate::replay::Record;
 use cudarc::driver::{
@@ -1887,14 +1885,14 @@ impl Backend for Gpu {
         step: &GWords,
         lr_slot: usize,
         momentum: f32,
-        ns_steps: usize,
+        ns: Ns,
     ) -> Result<()> {
         self.begin();
         check_len(step.len, STEP_LEN, "muon: the step record")?;
         check(lr_slot < LRS, || format!("muon: rate slot {lr_slot}, there are {LRS}"))?;
         let sp = self.ptr(&step.mem);
         for group in params.chunks_mut(GEMM_BATCH) {
-            self.muon_group(group, sp, lr_slot, momentum, ns_steps)?;
+            self.muon_group(group, sp, lr_slot, momentum, ns)?;
         }
         Ok(())
     }
@@ -1912,9 +1910,9 @@ impl Gpu {
         sp: Arg,
         lr_slot: usize,
         momentum: f32,
-        ns_steps: usize,
+        ns: Ns,
     ) -> Result<()> {
-        let (ca, cb, cc) = NS_COEFFS;
+        let (ca, cb, cc) = ns.coeffs;
         let region = |len: usize| len.div_ceil(64) * 64;
         // X·Xᵀ (K = cols) in split-K slices of ≈ 288 columns: the 256-row weights' K loop of 72
         // steps over 16 output tiles was the longest chain of the step (NOTES, Muon)
@@ -1967,7 +1965,7 @@ impl Gpu {
         self.launch_struct("optim", "muon_prep_f32", (max_nb, tensors, 1), (BLOCK, 1, 1), &mb)?;
         self.launch_struct("optim", "muon_norms_f64", (1, tensors, 1), (32, 1, 1), &mb)?;
         self.launch_struct("optim", "muon_scale_f32", wide, (BLOCK, 1, 1), &mb)?;
-        for _ in 0..ns_steps {
+        for _ in 0..ns.steps {
             // A = X·Xᵀ; B = b·A + c·A·A; X ← a·X + B·X
             // split-K: A lands in D (am), C is the slices' scratch
             let ab: Vec<_> = mats

@@ -234,7 +234,7 @@ fn set_overrides_named_hyperparameters_after_the_batch_rescaling() {
     let args = cli::parse(
         "--batch-size 1000 --epochs 2 --set muon_lr=0.3,label_smoothing=0.09 --set ns_steps=5,max_shift=1 \
          --set sgd_momentum=0.825,muon_momentum=0.655,bn_momentum=0.5,bias_lr=0.06,head_lr=0.5,weight_decay=0.003 \
-         --set whiten_bias_epochs=7,muon_lr=0.205"
+         --set whiten_bias_epochs=7,muon_lr=0.205,ns_a=3.4576,ns_b=-4.7391,ns_c=2.0843"
             .split_whitespace()
             .map(String::from),
     )
@@ -245,11 +245,13 @@ fn set_overrides_named_hyperparameters_after_the_batch_rescaling() {
     assert_eq!((h.sgd_momentum, h.muon_momentum, h.bn_momentum), (0.825, 0.655, 0.5));
     assert_eq!((h.bias_lr, h.head_lr, h.weight_decay), (0.06, 0.5, 0.003));
     assert_eq!(h.whiten_bias_epochs, 2, "never past the last epoch");
+    assert_eq!(h.ns_coeffs, (3.4576, -4.7391, 2.0843));
     let untouched = recipe(&cli::parse(["--batch-size".into(), "1000".into()]).unwrap()).unwrap();
     assert_eq!((untouched.label_smoothing, untouched.ns_steps, untouched.max_shift), (0.2, 3, 2));
+    assert_eq!(untouched.ns_coeffs, NS_COEFFS);
     let d = derived(&h);
     assert!(d.contains("Muon lr 0.20500 (momentum 0.655)") && d.contains("SGD lr bias 0.06 head 0.5"), "{d}");
-    assert!(d.contains("label smoothing 0.09 | NS steps 5 | shift ±1 px"), "{d}");
+    assert!(d.contains("label smoothing 0.09 | NS steps 5 (3.4576, -4.7391, 2.0843) | shift ±1 px"), "{d}");
     for (set, needle) in [
         ("nope=1", "no hyperparameter \"nope\"; the names: label_smoothing, sgd_momentum"),
         ("label_smoothing=1", "label_smoothing must be in [0, 1)"),
@@ -257,6 +259,7 @@ fn set_overrides_named_hyperparameters_after_the_batch_rescaling() {
         ("head_lr=-1", "head_lr must be at least 0"),
         ("ns_steps=0", "ns_steps must be a whole number in 1..=10"),
         ("ns_steps=2.5", "a whole number"),
+        ("ns_b=-11", "ns_b must be in [-10, 10]"),
         ("max_shift=5", "max_shift must be a whole number in 0..=4"),
         ("whiten_bias_epochs=-1", "a whole number, at least 0"),
     ] {
