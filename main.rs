@@ -981,13 +981,14 @@ fn set(h: &mut Hyp, name: &str, v: f64) -> Result<()> {
         "ns_a" if v.abs() <= 10.0 => h.ns_coeffs.0 = v as f32,
         "ns_b" if v.abs() <= 10.0 => h.ns_coeffs.1 = v as f32,
         "ns_c" if v.abs() <= 10.0 => h.ns_coeffs.2 = v as f32,
-        "max_shift" if whole(4.0) => h.max_shift = v as i32,
+        // the augmentation words hold shifts in −4..=3 (aug::pack)
+        "max_shift" if whole(3.0) => h.max_shift = v as i32,
         "whiten_bias_epochs" if whole(1e6) => h.whiten_bias_epochs = (v as usize).min(h.epochs.ceil() as usize),
         "label_smoothing" | "sgd_momentum" | "muon_momentum" | "bn_momentum" => return bad("in [0, 1)"),
         "bias_lr" | "head_lr" | "weight_decay" | "muon_lr" => return bad("at least 0"),
         "ns_steps" => return bad("a whole number in 1..=10"),
         "ns_a" | "ns_b" | "ns_c" => return bad("in [-10, 10]"),
-        "max_shift" => return bad("a whole number in 0..=4"),
+        "max_shift" => return bad("a whole number in 0..=3"),
         "whiten_bias_epochs" => return bad("a whole number, at least 0"),
         _ => {
             return Err(Error::Usage(format!("--set: no hyperparameter {name:?}; the names: {}", SET_NAMES.join(", "))))

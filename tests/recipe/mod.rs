@@ -260,7 +260,7 @@ fn set_overrides_named_hyperparameters_after_the_batch_rescaling() {
         ("ns_steps=0", "ns_steps must be a whole number in 1..=10"),
         ("ns_steps=2.5", "a whole number"),
         ("ns_b=-11", "ns_b must be in [-10, 10]"),
-        ("max_shift=5", "max_shift must be a whole number in 0..=4"),
+        ("max_shift=4", "max_shift must be a whole number in 0..=3"),
         ("whiten_bias_epochs=-1", "a whole number, at least 0"),
     ] {
         match recipe(&cli::parse(["--set".into(), set.into()]).unwrap()) {
@@ -268,6 +268,12 @@ fn set_overrides_named_hyperparameters_after_the_batch_rescaling() {
             other => panic!("{set}: {other:?}"),
         }
     }
+    // the largest shift `--set` takes fits the augmentation words (aug::pack asserts their range)
+    let mut h = HYP;
+    set(&mut h, "max_shift", 3.0).unwrap();
+    let mut rng = StdRng::seed_from_u64(1);
+    let words = aug::epoch_words(&mut rng, 0, &[false; 64], h.max_shift);
+    assert!(words.iter().any(|&w| aug::unpack(w).sy == -3) && words.iter().any(|&w| aug::unpack(w).sx == 3));
     // every name the error lists is one `set` takes
     for name in SET_NAMES {
         let mut h = HYP;
