@@ -73,7 +73,7 @@ uintptr_t colour(int i) { return (uintptr_t)((33 * i) % 1024) * 64; }
 struct Barrier {
     int expected = 0, count = 0;
     uint64_t gen = 0;
-    int waiters = -1;  // the fibers waiting for this generation: a list through State::next
+    int waiters = -1;  // the fibers waiting for this generation: a list through Sched::next
 };
 struct Fiber {
     void* sp = nullptr;
@@ -82,14 +82,6 @@ struct Fiber {
     int rank = 0;
     bool arrived = false;  // a cluster_arrive not yet paired with its cluster_wait
     uint64_t arrived_gen = 0;  // the cluster barrier's generation it arrived in
-};
-// A fiber's scheduling state. deferred: runnable, but run only when nothing else is: spinning
-// in an mbarrier wait (emu_spin), or just past a cluster_arrive.
-struct State {
-    Barrier* on = nullptr;  // the barrier it waits at (while `waiting`)
-    uint64_t gen = 0;       // and that barrier's generation it waits to complete
-    int next = -1;          // the next fiber waiting at `on`
-    bool done = false, waiting = false, deferred = false;
 };
 // A set of fibers, one bit each (nt ≤ 1024 threads per cluster). next_fiber finds the next one
 // to run in a few word operations instead of checking every fiber: with hundreds of fibers
@@ -110,6 +102,7 @@ struct Bits {
         }
         return -1;
     }
+    bool has(int i) const { return (w[i >> 6] >> (i & 63)) & 1; }
     // the first member in [a, b), else in [c, d), or −1
     int find2(int a, int b, int c, int d) const {
         const int i = find(a, b);
@@ -119,11 +112,13 @@ struct Bits {
 struct Sched {
     void* main = nullptr;
     std::vector<Fiber*> fibers;
-    std::vector<State> st;  // per fiber, as fibers
-    // runnable(st[i]) for every fiber i (`live`), and of those the ones not deferred (`ready`),
-    // kept up to date at every change of state: a wait (wait_at), a release, a deferral
-    // (yield_deferred), an exit (trampoline)
+    // The fibers that can run (`live`: not done, not waiting at a barrier whose generation has
+    // not completed), and of those the ones not deferred (`ready`: deferred ones are runnable
+    // but run only when nothing else is: spinning in an mbarrier wait (emu_spin), or just past a
+    // cluster_arrive). Kept up to date at every change: a wait (wait_at), a release, a
+    // deferral (yield_deferred), an exit (trampoline).
     Bits live, ready;
+    std::vector<int> next;  // per fiber: the next fiber waiting at the same barrier (Barrier::waiters)
     int cur = 0, alive = 0, nt = 0;
     int cx = 1, block_threads = 0;  // CTAs per cluster, threads per CTA (nt = cx · block_threads)
     std::vector<Barrier> blocks;    // per CTA of the cluster
@@ -143,22 +138,21 @@ thread_local Sched S;
             threadIdx.x, what);
     abort();
 }
-bool runnable(const State& f) { return !f.done && !(f.waiting && f.on->gen == f.gen); }
 void release(Barrier& b) {
     b.count = 0;
     b.gen++;
     S.epoch++;
     // its waiters can run (a waiting fiber is never deferred)
-    for (int i = b.waiters; i >= 0; i = S.st[i].next) {
+    for (int i = b.waiters; i >= 0; i = S.next[i]) {
         S.live.set(i);
         S.ready.set(i);
     }
     b.waiters = -1;
 }
-// The current fiber waits for barrier b's generation `gen` to complete.
-void wait_at(Barrier& b, uint64_t gen) {
+// The current fiber waits for barrier b's current generation to complete.
+void wait_at(Barrier& b) {
     const int i = S.cur;
-    S.st[i] = State{&b, gen, b.waiters, false, true, false};
+    S.next[i] = b.waiters;
     b.waiters = i;
     S.live.clear(i);
     S.ready.clear(i);
@@ -166,7 +160,6 @@ void wait_at(Barrier& b, uint64_t gen) {
 // Resumes fiber i, saving the current stack pointer (a fiber's or the launcher's) in *save.
 void resume(int i, void** save) {
     Fiber& f = *S.fibers[i];
-    S.st[i].waiting = false;
     S.cur = i;
     threadIdx = f.tid;
     blockIdx = f.bid;
@@ -207,7 +200,7 @@ bool count_in(Barrier& b) {
 bool arrive(Barrier& b) {
     Fiber& fb = *S.fibers[S.cur];
     if (count_in(b)) return true;
-    wait_at(b, b.gen);
+    wait_at(b);
     yield_from(fb);
     return false;
 }
@@ -215,11 +208,9 @@ bool arrive(Barrier& b) {
 // a fiber spinning in an mbarrier wait, or just past a cluster arrive.
 void yield_deferred(Fiber& fb) {
     const int me = S.cur;
-    S.st[me].deferred = true;
     S.ready.clear(me);
     const int i = next_fiber();
     if (i >= 0 && i != me) resume(i, &fb.sp);
-    S.st[me].deferred = false;
     S.ready.set(me);
 }
 void leave(Barrier& b) {
@@ -230,7 +221,6 @@ void trampoline() {
     (*S.f)();
     Fiber& fb = *S.fibers[S.cur];
     if (fb.arrived) emu_cluster_fail("exits with a cluster_arrive that no cluster_wait paired");
-    S.st[S.cur].done = true;
     S.live.clear(S.cur);
     S.ready.clear(S.cur);
     S.alive--;
@@ -286,7 +276,7 @@ bool run_block(unsigned bx, unsigned by, unsigned bz, int bt, int cx) {
         fb.bid = dim3{bx + (unsigned)fb.rank, by, bz};
         fb.arrived = false;
     }
-    S.st.assign(nt, State{});
+    S.next.assign(nt, -1);
     S.live = S.ready = Bits{};
     for (int i = 0; i < nt; i++) S.live.set(i), S.ready.set(i);
     S.bulk.clear();
@@ -297,7 +287,7 @@ bool run_block(unsigned bx, unsigned by, unsigned bz, int bt, int cx) {
     while (S.alive > 0) {
         bool progress = false;
         for (int i = 0; i < nt; i++) {
-            if (!runnable(S.st[i])) continue;
+            if (!S.live.has(i)) continue;
             resume(i, &S.main);
             progress = true;
         }
@@ -417,7 +407,7 @@ void emu_cluster_wait() {
     if (!fb.arrived) emu_cluster_fail("cluster_wait with no cluster_arrive before it");
     fb.arrived = false;
     if (S.cluster.gen != fb.arrived_gen) return;  // its generation has completed
-    wait_at(S.cluster, fb.arrived_gen);
+    wait_at(S.cluster);  // the generation it arrived in, still the current one
     yield_from(fb);
 }
 void emu_progress() { S.epoch++; }
