@@ -63,9 +63,9 @@ evaluation
   --eval-subset N     images of the test file used by --eval-every (default 1000)
   --no-tta            final evaluation with one view instead of the recipe's 6-view TTA
   --tta-frac F        the TTA's other views only for the fraction F (0 < F <= 1) of the test images
-                      least confident under the first (hiverge's record: 0.2); each run then also
+                      least confident under the first (as hiverge's record); each run then also
                       prints the full TTA's accuracy of the same net, evaluated after the timer
-                      (default 1: every view for every image, as airbench94_muon)
+                      (default 0.2; 1: every view for every image, as airbench94_muon)
 
   -h, --help          this text
 

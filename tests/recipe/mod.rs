@@ -625,14 +625,19 @@ fn tta_on_the_least_confident_images_follows_the_rule() {
     assert_eq!(eval(&all, 1.0), n);
     assert_eq!(eval(&single, 0.01), n, "⌊0.01 · 40⌋ = 0 images get the other views");
     assert_eq!(least_confident(&per_view[0], 0.3), (0..n).filter(|&i| chosen(i)).collect::<Vec<_>>());
-    // without --tta-frac nothing is paired, and --tta-frac reaches the recipe
-    assert_eq!(tiny_run(0, 2).full_tta_correct, None);
-    let args = cli::parse(["--tta-frac".to_string(), "0.2".to_string()]).unwrap();
-    assert_eq!((recipe(&args).unwrap().tta_uncertain, HYP.tta_uncertain), (0.2, 1.0));
+    // the recipe's default pairs; with every view for every image nothing is paired; --tta-frac
+    // reaches the recipe
+    assert_eq!(HYP.tta_uncertain, 0.2);
+    assert!(tiny_run(0, 2).full_tta_correct.is_some(), "the default (0.2) pairs");
+    assert_eq!(tiny_run_with(&Hyp { tta_uncertain: 1.0, ..TINY }, 0, 2).0.full_tta_correct, None);
+    let args = cli::parse(["--tta-frac".to_string(), "1".to_string()]).unwrap();
+    assert_eq!(recipe(&args).unwrap().tta_uncertain, 1.0);
     assert!(
         derived(&h).contains("TTA level 2, its other views for the 30% least confident images |"),
         "{}",
         derived(&h)
     );
-    assert!(derived(&HYP).contains("TTA level 2 |"), "{}", derived(&HYP));
+    assert!(derived(&HYP).contains("TTA level 2, its other views for the 20% least confident images |"), "{}", derived(&HYP));
+    let full = Hyp { tta_uncertain: 1.0, ..HYP };
+    assert!(derived(&full).contains("TTA level 2 |"), "{}", derived(&full));
 }
