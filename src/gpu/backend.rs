@@ -1740,13 +1740,8 @@ impl Backend for Gpu {
             let images = xs.n.div_ceil(2 * self.info.sms.max(1) as usize).max(1);
             (xs.n.div_ceil(images).max(1), images)
         } else {
-            // pixel slices for at most 4 blocks per SM: 4·SMs blocks are whole waves of the
-            // kernels that fit 1, 2 or 4 blocks on an SM, and rounding the slice count down keeps
-            // the grid inside them (rounding up launched 530–540 blocks for the wgmma weight
-            // gradients: a fifth wave of 2–12 blocks, one SM's whole block time, at 1 per SM)
             let tiles = k.div_ceil(k_tile) * cout.div_ceil(o_tile);
-            let target = 4 * self.info.sms.max(1) as usize;
-            let slices = (target / tiles).clamp(1, p.div_ceil(32).max(1)).min(65535);
+            let slices = wgrad_slices(mma, tiles, self.info.sms.max(1) as usize, p);
             let chunk = p.div_ceil(slices).div_ceil(32).max(1) * 32;
             (p.div_ceil(chunk).max(1), chunk)
         };
@@ -2050,6 +2045,21 @@ fn check_args(module: &str, name: &str, sizes: &[u8], args: &[Arg]) -> Result<()
     Ok(())
 }
 
+/// Split-K slices of a weight gradient over `pixels` for `tiles` output tiles on `sms` SMs: at
+/// most 4 blocks per SM for the mma kernels. 4·SMs blocks are whole waves of the kernels that fit
+/// 1, 2 or 4 blocks on an SM, and rounding the slice count down keeps the grid inside them
+/// (rounding up launched 530–540 blocks for the wgmma weight gradients: a fifth wave of 2–12
+/// blocks, one SM's whole block time, at 1 per SM). Not the wmma kernel (`mma` false): more of
+/// its blocks fit an SM than 4, so its grid is under a wave either way, and fewer slices only
+/// took parallelism away (rounding down, its 7×7×256 weight gradients took 1.79 and 2.45 ms
+/// instead of 1.51 and 1.98 on an H200, bench/logs/2026-11-27-h200-854d170-bench*.log,
+/// "conv3x3 wgrad wmma [3]" and "[4]"): rounded up. At least 32 pixels per slice.
+fn wgrad_slices(mma: bool, tiles: usize, sms: usize, pixels: usize) -> usize {
+    let target = 4 * sms;
+    let slices = if mma { target / tiles } else { target.div_ceil(tiles) };
+    slices.clamp(1, pixels.div_ceil(32).max(1)).min(65535)
+}
+
 fn blocks_of(n: usize, per: usize) -> Result<u32> {
     u32::try_from(n.div_ceil(per)).map_err(|_| Error::Gpu(format!("{n} rows is too many for one launch")))
 }
@@ -2070,6 +2080,25 @@ mod tests {
         let most = i32::MAX as usize / (31 * 31 * 24);
         assert!(check_pixels("conv3x3_bwd", at(most), 8).is_ok());
         assert!(check_pixels("conv3x3_bwd", at(most + 1), 8).is_err());
+    }
+
+    #[test]
+    fn weight_gradient_slices_fill_whole_waves_on_mma_and_round_up_on_wmma() {
+        let pixels = 2000 * 7 * 7;
+        // an H200's 132 SMs, 7×7×256: 144 wmma tiles (64×64 of 256 × 2304), 18 wgmma ones
+        // (128×256): 29 slices, 522 blocks, where rounding up launched 540
+        assert_eq!(wgrad_slices(false, 144, 132, pixels), 4);
+        assert_eq!(wgrad_slices(true, 144, 132, pixels), 3);
+        assert_eq!(wgrad_slices(true, 18, 132, pixels), 29);
+        for (tiles, sms) in [(18, 132), (144, 132), (4, 132), (18, 80), (144, 80), (600, 132)] {
+            let (m, w) = (wgrad_slices(true, tiles, sms, pixels), wgrad_slices(false, tiles, sms, pixels));
+            assert!(m == 1 || m * tiles <= 4 * sms, "mma {tiles} tiles on {sms} SMs: {m} slices, past 4 per SM");
+            assert!(w * tiles >= (4 * sms).min(tiles * pixels.div_ceil(32)), "wmma {tiles} tiles on {sms} SMs: {w} slices");
+            assert!(m <= w && w <= m + 1, "{tiles} tiles on {sms} SMs: mma {m}, wmma {w}");
+        }
+        // few pixels: at least 32 per slice, at least one slice
+        assert_eq!(wgrad_slices(false, 4, 132, 64), 2);
+        assert_eq!(wgrad_slices(true, 4, 132, 1), 1);
     }
 
     #[test]
