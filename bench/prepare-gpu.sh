@@ -4,7 +4,7 @@
 #   bash bench/prepare-gpu.sh            # BASE=<commit> to choose the baseline, BASE= for none
 # It builds
 #   target/release/speedrun       the default build (REQUIRE_CUDA_KERNELS=1)
-#   target/base/release/speedrun  the same at BASE (default eb5173b, the binary of the last GPU
+#   target/base/release/speedrun  the same at BASE (default 854d170, the binary of the last GPU
 #                                 logs), so that the changes since are measured against it on
 #                                 the same machine in the same session (a git worktree under
 #                                 target/, removed after the build)
@@ -17,13 +17,14 @@
 #   call 2, carry ["data/pk2", "airbench"] (./airbench/airbench94_muon.py, fetched, git-ignored):
 #     bash $g unpack data/pk2; bash $g airbench 25; bash $g runs 25
 #     (airbench first, on an idle machine; its warm-up, mostly torch.compile, took 169 s on the
-#     fresh H200 of 2026-11-26 and over 190 s on 2026-11-27's (cut at 200 s), 85 s once cached;
-#     25 runs add about 55 s: give it `timeout 400` and the call 600 s)
-#   call 3 if time is left: bash $g runs 25 --tta-frac 0.2; SPEEDRUN_BIN=target/base/release/speedrun bash $g bench
-#     (the TTA shortcut's time and paired accuracy cost; the baseline's per-kernel lines beside
-#     call 1's, same machine)
-#   call 4 if time is left: bash $g ncu (≈ 2 min: stall reasons of the kernels with the largest
-#     gaps, bench/NOTES.md "To measure")
+#     fresh H200 of 2026-11-26, over 190 s on 2026-11-27's (cut at 200 s), 156 s on the third;
+#     25 runs add about 40-55 s: give it `timeout 420` and the call 600 s. The third session's
+#     calls 1 and 2 took 63 and 284 s, and the machine's start about 40 s)
+#   call 3 if time is left: bash $g runs 25 --epochs 8.2; SPEEDRUN_BIN=target/base/release/speedrun bash $g bench
+#     (a recipe point with the TTA shortcut now the default; the baseline's per-kernel lines
+#     beside call 1's, same machine: together ≈ 70 s)
+#   call 4 if time is left: timeout 200 bash $g ncu (stall reasons of the kernels with the
+#     largest gaps, bench/NOTES.md "To measure"; ≈ 45 s per target: 4 of 7 in 200 s)
 #   then here: python3 bench/compare.py <runs.json> <airbench log> (issue 4's side-by-side)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +33,7 @@ src=${CIFAR10_DIR:-../shared/cifar10/cifar-10-batches-bin}
 [ -z "$(git status --porcelain --untracked-files=no)" ] || echo "warning: uncommitted changes; the binaries will say -dirty or an older commit" >&2
 [ -d .cuda-venv ] || bash scripts/install-cuda-toolchain.sh
 REQUIRE_CUDA_KERNELS=1 cargo build --release --locked
-base=${BASE-eb5173b}
+base=${BASE-854d170}
 if [ -n "$base" ]; then
     wt=target/base-src
     [ -e "$wt" ] && git worktree remove --force "$wt" 2>/dev/null; rm -rf "$wt"; git worktree prune
