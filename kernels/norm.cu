@@ -3,9 +3,9 @@
 // a = GELU(pre(x)) (`pre_bwd` in src/backend.rs). All reductions are two-stage and
 // deterministic: stage 1 writes per-block partial sums, stage 2 adds them in a fixed order in f64.
 //
-// Exported kernels. Stage 1 (grid (blocks, ceil(C/32)), block (32, 8)): thread (tx, ty) owns
-// channel blockIdx.y·32 + tx and every 8th pixel of the block's slice of `chunk` pixels. Every
-// part is channel-major, [2·C][blocks] (first-sum rows, then second-sum rows): the layout the
+// Exported kernels. Stage 1 (bn_reduce_f16: grid (blocks, ceil(C/32)), block (32, 8)): thread
+// (tx, ty) owns channel blockIdx.y·32 + tx and every 8th pixel of the block's slice of `chunk`
+// pixels (chan_reduce_f16: 8 channels per thread, below). Every part is channel-major, [2·C][blocks] (first-sum rows, then second-sum rows): the layout the
 // mma conv epilogues write too (conv.cu), so one stage 2 serves both. Stage 2 (grid C, block
 // CHAN_FIN_THREADS): block c adds row c and row C + c (coalesced) in f64 in a fixed order.
 //   bn_reduce_f16     stage 1 of the BatchNorm statistics in ONE read of y: Σy and Σy² in f64
@@ -15,7 +15,12 @@
 //                     with the unbiased var: running ← momentum·running + (1 − momentum)·batch.
 //   bn_eval_f32       bn = [running_mean | 1/√(running_var + eps)]. C threads.
 //   chan_reduce_f16   stage 1 of pre_bwd: Σdu and Σdu·x̂ (f32 per thread) with du = da·GELU′(pre(x)),
-//                     x̂ = (x − mean)·invstd (x for the bias).
+//                     x̂ = (x − mean)·invstd (x for the bias). Grid (blocks, 1), block
+//                     CHAN_REDUCE_THREADS, C % 8 == 0, C ≤ 8·CHAN_REDUCE_THREADS: thread t takes
+//                     channels g·8..g·8+7 (g = t mod C/8) of rows p0 + r, p0 + r + R, … of the
+//                     block's slice (r = t div C/8, R = CHAN_REDUCE_THREADS div C/8 rows at a time,
+//                     threads past that idle), in 16-byte loads of da and x; the block adds its R
+//                     row sums per channel in row order.
 //   pre_bwd_sums_f32  stage 2 of pre_bwd (from chan_reduce_f16 or the mma dgrad epilogue):
 //                     sums = [Σdu | Σdu·x̂] (2·C f32).
 //   pre_bwd_dx_f16    from sums: dshift[c] = Σdu (threads c < C, if dshift), and for i < len
@@ -30,6 +35,7 @@
 #include "common.cuh"
 
 #define CHAN_FIN_THREADS 256  // stage-2 block size (the host launches them so)
+#define CHAN_REDUCE_THREADS 256  // chan_reduce_f16's block size (the host launches it so)
 
 // Stage-1 epilogue of a (32, 8) block: thread (tx, ty) holds the sums a0, a1 of channel c over
 // its rows; the 8 rows are added in order and written to part[c][block] and part[C + c][block].
@@ -82,23 +88,51 @@ extern "C" __global__ void chan_reduce_f16(const half* __restrict__ x, const hal
                                            long long chunk, const float* __restrict__ pmean,
                                            const float* __restrict__ pinv, const float* __restrict__ pshift, int bn,
                                            float* __restrict__ part) {
-    const int tx = threadIdx.x, ty = threadIdx.y;
-    const int c = blockIdx.y * 32 + tx;
+    // [r][c] per row group r < R: R·C = (CHAN_REDUCE_THREADS / G)·8·G ≤ 8·CHAN_REDUCE_THREADS
+    __shared__ float s0[8 * CHAN_REDUCE_THREADS], s1[8 * CHAN_REDUCE_THREADS];
+    const int G = C >> 3, R = CHAN_REDUCE_THREADS / G, t = threadIdx.x, g = t % G, r = t / G;
     const long long p0 = (long long)blockIdx.x * chunk;
     const long long p1 = min(P, p0 + chunk);
-    float a0 = 0.f, a1 = 0.f;
-    if (c < C) {
-        const float mean = (bn && pmean) ? pmean[c] : 0.f;
-        const float inv = (bn && pinv) ? pinv[c] : 1.f;
-        const float shift = pshift ? pshift[c] : 0.f;
-        for (long long p = p0 + ty; p < p1; p += 8) {
-            float xhat;
-            const float du = pre_du(__half2float(da[p * C + c]), __half2float(x[p * C + c]), mean, inv, shift, bn, xhat);
-            a0 += du;
-            a1 += du * xhat;
+    if (r < R) {
+        float mean[8], inv[8], shift[8], a0[8], a1[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int c = g * 8 + j;
+            mean[j] = (bn && pmean) ? pmean[c] : 0.f;
+            inv[j] = (bn && pinv) ? pinv[c] : 1.f;
+            shift[j] = pshift ? pshift[c] : 0.f;
+            a0[j] = 0.f;
+            a1[j] = 0.f;
+        }
+#pragma unroll 4
+        for (long long p = p0 + r; p < p1; p += R) {
+            Half8 a, v;
+            a.u = *reinterpret_cast<const uint4*>(da + p * C + g * 8);
+            v.u = *reinterpret_cast<const uint4*>(x + p * C + g * 8);
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                float xhat;
+                const float du = pre_du(__half2float(a.h[j]), __half2float(v.h[j]), mean[j], inv[j], shift[j], bn, xhat);
+                a0[j] += du;
+                a1[j] += du * xhat;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            s0[r * C + g * 8 + j] = a0[j];
+            s1[r * C + g * 8 + j] = a1[j];
         }
     }
-    store_pair(a0, a1, C, c, part);
+    __syncthreads();
+    for (int c = t; c < C; c += CHAN_REDUCE_THREADS) {
+        float t0 = 0.f, t1 = 0.f;
+        for (int q = 0; q < R; q++) {
+            t0 += s0[q * C + c];
+            t1 += s1[q * C + c];
+        }
+        part[(long long)c * gridDim.x + blockIdx.x] = t0;
+        part[(long long)(C + c) * gridDim.x + blockIdx.x] = t1;
+    }
 }
 
 extern "C" __global__ void bn_reduce_f16(const half* __restrict__ y, long long P, int C, long long chunk,

@@ -59,7 +59,7 @@ static void test_pre_bwd(int N, int H, int W, int C, int bn) {
     std::vector<float> part(nb * 2 * C + 2 * C, NAN), dshift(C, NAN);
     float* sums = part.data() + nb * 2 * C;
     const float* pm = bn ? bnb.data() : nullptr; const float* pi = bn ? bnb.data() + C : nullptr;
-    launch(dim3{(unsigned)nb, (unsigned)((C + 31) / 32), 1}, dim3{32, 8, 1}, [&] { chan_reduce_f16(xh.data(), dah.data(), P, C, chunk, pm, pi, shift.data(), bn, part.data()); });
+    launch(dim3{(unsigned)nb, 1, 1}, dim3{CHAN_REDUCE_THREADS, 1, 1}, [&] { chan_reduce_f16(xh.data(), dah.data(), P, C, chunk, pm, pi, shift.data(), bn, part.data()); });
     launch(dim3{(unsigned)C, 1, 1}, dim3{CHAN_FIN_THREADS, 1, 1}, [&] { pre_bwd_sums_f32(part.data(), (int)nb, C, sums); });
     std::vector<half> dx(L, (half)NAN);
     launch(dim3{blocks(std::max(L / 8, (long long)C)), 1, 1}, dim3{256, 1, 1}, [&] { pre_bwd_dx_f16(dah.data(), xh.data(), L, C, pm, pi, shift.data(), bn, sums, P, dshift.data(), dx.data(), nullptr, 0, 0); });
@@ -450,6 +450,7 @@ int main() {
     test_bn(3, 5, 3, 24); test_bn(4, 15, 15, 64); test_bn(2, 7, 7, 256);
     test_bn(4, 15, 15, 64, 0.05f, 30.0f);  // mean² ≫ var: the one-pass E[y²] − mean² must not cancel
     test_pre_bwd(3, 15, 5, 40, 1); test_pre_bwd(4, 15, 15, 64, 1); test_pre_bwd(2, 31, 31, 24, 0);
+    test_pre_bwd(5, 7, 7, 256, 1);  // chan_reduce_f16: 32 channel groups, 8 rows at a time
     test_stem(); test_stem_res(24); test_stem_res(17); test_stem_res(2);
     test_head(5, 9, 256, 10); test_head(7, 6, 40, 3); test_head(300, 4, 64, 10);
     test_xent(64, 10); test_xent(300, 7);

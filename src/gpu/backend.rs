@@ -121,13 +121,15 @@ pub struct OpState {
     /// chosen, with the candidates' milliseconds per call.
     picks: Vec<Pick>,
     /// While `tune_gemm` times a candidate: the path that GEMM takes (the others: their picks),
-    /// and for a forward with BatchNorm statistics whether its epilogue takes them.
+    /// and for a forward with BatchNorm statistics (an input gradient with pre_bwd's sums)
+    /// whether its epilogue takes them.
     force: Option<(Gemm, ConvPath, bool)>,
 }
 
 /// `ConvPath::Mixed`'s choice for one GEMM, and the milliseconds per op call it was made from.
 /// `fused`: a forward with BatchNorm statistics takes them in its epilogue (else in a separate
-/// pass over y, `bn_from_y`); for the other GEMMs always true.
+/// pass over y, `bn_from_y`); an input gradient with pre_bwd's sums likewise (else
+/// `chan_reduce_f16` over da and x, `pre_sums`); for the weight gradient always true.
 struct Pick {
     key: GemmKey,
     path: ConvPath,
@@ -416,6 +418,9 @@ pub(super) const IMG_WG_K: usize = 224;
 const TUNE_REPS: usize = 3;
 /// Block size of the per-channel stage-2 reductions (`CHAN_FIN_THREADS` in kernels/norm.cu).
 const CHAN_FIN_THREADS: u32 = 256;
+/// Block size of `chan_reduce_f16` (`CHAN_REDUCE_THREADS` in kernels/norm.cu): 8 channels per
+/// thread, so at most 8 × this many channels.
+const CHAN_REDUCE_THREADS: u32 = 256;
 /// kernels/head.cu: examples per slice of the head's weight gradient, its largest class count,
 /// and the cross-entropy's examples per block (`HEAD_SLICE`, `HEAD_MAX_CLASSES`, `XENT_THREADS`).
 const HEAD_SLICE: usize = 128;
@@ -627,12 +632,15 @@ impl Gpu {
     /// then `pre_bwd_sums_f32`), into `out`, or into the workspace (returned) when None.
     fn pre_sums(&mut self, dap: Arg, xp: Arg, xs: Shape, pp: PrePtrs, out: Option<Arg>) -> Result<Arg> {
         let (c, p) = (xs.c, xs.count());
+        check(c % 8 == 0 && c > 0 && c <= 8 * CHAN_REDUCE_THREADS as usize, || {
+            format!("pre_bwd sums: {xs:?} has {c} channels; a positive multiple of 8, at most {}", 8 * CHAN_REDUCE_THREADS)
+        })?;
         let (nb, chunk) = stage1_split(p);
         let part = self.workspace(nb * 2 * c + 2 * c)?;
         let sums = out.unwrap_or(part + 4 * (nb * 2 * c) as u64);
         let cc = int(c, "channels")?;
         let args = [xp, dap, long(p), cc, long(chunk), pp.mean, pp.inv, pp.shift, pp.bn, part];
-        self.launch("norm", "chan_reduce_f16", (nb as u32, c.div_ceil(32) as u32, 1), (32, 8, 1), &args)?;
+        self.launch("norm", "chan_reduce_f16", (nb as u32, 1, 1), (CHAN_REDUCE_THREADS, 1, 1), &args)?;
         self.pre_sums_finalize(part, nb, c, sums)?;
         Ok(sums)
     }
@@ -683,9 +691,9 @@ impl Gpu {
         }
     }
 
-    /// Whether a training forward (`key.sums`) takes its BatchNorm statistics in its epilogue:
-    /// the candidate `tune_gemm` is timing, then `ConvPath::Mixed`'s pick; otherwise yes (with
-    /// `epilogue_sums`).
+    /// Whether a training forward (`key.sums`) takes its BatchNorm statistics in its epilogue, or
+    /// an input gradient pre_bwd's sums: the candidate `tune_gemm` is timing, then
+    /// `ConvPath::Mixed`'s pick; otherwise yes (with `epilogue_sums`).
     fn fused_stats(&self, key: &GemmKey) -> bool {
         match self.ops.force {
             Some((g, _, fused)) if g == key.gemm => return fused,
@@ -841,9 +849,12 @@ impl Gpu {
         let mut seen: Vec<&'static str> = Vec::new();
         let mut times: Vec<(ConvPath, bool, f32)> = Vec::new();
         // a training forward: the BatchNorm statistics in the epilogue, or in a pass over y (the
-        // H200 bench: the pooled layers 0 and 2 paid 66–128 µs in the epilogue, 32 for the pass)
+        // H200 bench: the pooled layers 0 and 2 paid 66–128 µs in the epilogue, 32 for the pass);
+        // an input gradient with pre_bwd's sums: in the epilogue, or in a pass over da and x (the
+        // 854d170 bench: the wgmma/tma epilogue's sums cost 184–217 µs at 7×7×256, where that
+        // pass reads 100 MB)
         let modes: &[bool] =
-            if key.gemm == Gemm::Fwd && key.sums && self.epilogue_sums { &[true, false] } else { &[true] };
+            if key.gemm != Gemm::Wgrad && key.sums && self.epilogue_sums { &[true, false] } else { &[true] };
         for p in self.mixed_candidates() {
             let name = self.mma_kernel_on(p, &key).name;
             if seen.contains(&name) {
@@ -870,7 +881,8 @@ impl Gpu {
     /// The same with each candidate's milliseconds per op call, e.g.
     /// "fwd 15x15x64->256 pool: wgmma (mma 0.750, mma128 0.610, wgmma 0.402 ms)".
     pub fn conv_picks_timed(&self) -> Vec<String> {
-        // "+pass": the forward's BatchNorm statistics in a separate pass
+        // "+pass": the forward's BatchNorm statistics (the input gradient's pre_bwd sums) in a
+        // separate pass
         let name = |c: ConvPath, fused: bool| format!("{}{}", c.name(), if fused { "" } else { "+pass" });
         let each = |p: &Pick| p.times.iter().map(|&(c, f, t)| format!("{} {t:.3}", name(c, f))).collect::<Vec<_>>();
         self.ops
@@ -1752,7 +1764,7 @@ impl Backend for Gpu {
         let full = if mma && pool { (p * cout).div_ceil(2).next_multiple_of(64) } else { 0 };
         let dgrad_kernel = self.mma_kernel(&key);
         let dgrad_blocks = dgrad_kernel.grid_rows(blocks_of(p.max(1), dgrad_kernel.tm)?) as usize;
-        let epilogue = mma && dap.is_some() && sums.is_some() && self.epilogue_sums;
+        let epilogue = mma && dap.is_some() && sums.is_some() && self.epilogue_sums && self.fused_stats(&key);
         let parts = (if slices > 1 { slices * len } else { 0 }).max(if epilogue { dgrad_blocks * 2 * cin } else { 0 });
         let wt = if mma && dap.is_some() { len.div_ceil(2).next_multiple_of(64) } else { 0 };
         let ws = if full + wt + parts > 0 { self.workspace(full + wt + parts)? } else { 0 };
@@ -2110,6 +2122,13 @@ mod tests {
             format!("#define XENT_THREADS {XENT_THREADS}\n"),
         ] {
             assert!(head.contains(&line), "kernels/head.cu lacks {line:?}");
+        }
+        let norm = include_str!("../../kernels/norm.cu");
+        for line in [
+            format!("#define CHAN_FIN_THREADS {CHAN_FIN_THREADS} "),
+            format!("#define CHAN_REDUCE_THREADS {CHAN_REDUCE_THREADS} "),
+        ] {
+            assert!(norm.contains(&line), "kernels/norm.cu lacks {line:?}");
         }
     }
 
