@@ -47,9 +47,9 @@ const HYP: Hyp = Hyp {
     muon_lr: 0.24,       // the six 3×3 convs
     muon_momentum: 0.6,  // Nesterov
     ns_steps: 3,
-    ns_coeffs: NS_COEFFS,   // the quintic's (a, b, c): airbench94_muon's
-    max_shift: 2,           // translate by up to ±2 px (reflect padding); mirror alternates per epoch
-    tta_level: 2,           // 6 views (0: one view, `--no-tta`)
+    ns_coeffs: NS_COEFFS, // the quintic's (a, b, c): airbench94_muon's
+    max_shift: 2,         // translate by up to ±2 px (reflect padding); mirror alternates per epoch
+    tta_level: 2,         // 6 views (0: one view, `--no-tta`)
     // The views past the first only for the 20% of test images least confident under the first:
     // on an H200 it cost -0.002 ± 0.012 points against the full TTA of the same nets, paired
     // over 25 runs, and saved 0.044 s per run (bench/logs/2026-11-27-h200-854d170-runs25*.log;

@@ -633,7 +633,10 @@ impl Gpu {
     fn pre_sums(&mut self, dap: Arg, xp: Arg, xs: Shape, pp: PrePtrs, out: Option<Arg>) -> Result<Arg> {
         let (c, p) = (xs.c, xs.count());
         check(c % 8 == 0 && c > 0 && c <= 8 * CHAN_REDUCE_THREADS as usize, || {
-            format!("pre_bwd sums: {xs:?} has {c} channels; a positive multiple of 8, at most {}", 8 * CHAN_REDUCE_THREADS)
+            format!(
+                "pre_bwd sums: {xs:?} has {c} channels; a positive multiple of 8, at most {}",
+                8 * CHAN_REDUCE_THREADS
+            )
         })?;
         let (nb, chunk) = stage1_split(p);
         let part = self.workspace(nb * 2 * c + 2 * c)?;
@@ -2105,7 +2108,10 @@ mod tests {
         for (tiles, sms) in [(18, 132), (144, 132), (4, 132), (18, 80), (144, 80), (600, 132)] {
             let (m, w) = (wgrad_slices(true, tiles, sms, pixels), wgrad_slices(false, tiles, sms, pixels));
             assert!(m == 1 || m * tiles <= 4 * sms, "mma {tiles} tiles on {sms} SMs: {m} slices, past 4 per SM");
-            assert!(w * tiles >= (4 * sms).min(tiles * pixels.div_ceil(32)), "wmma {tiles} tiles on {sms} SMs: {w} slices");
+            assert!(
+                w * tiles >= (4 * sms).min(tiles * pixels.div_ceil(32)),
+                "wmma {tiles} tiles on {sms} SMs: {w} slices"
+            );
             assert!(m <= w && w <= m + 1, "{tiles} tiles on {sms} SMs: mma {m}, wmma {w}");
         }
         // few pixels: at least 32 per slice, at least one slice

@@ -637,7 +637,11 @@ fn tta_on_the_least_confident_images_follows_the_rule() {
         "{}",
         derived(&h)
     );
-    assert!(derived(&HYP).contains("TTA level 2, its other views for the 20% least confident images |"), "{}", derived(&HYP));
+    assert!(
+        derived(&HYP).contains("TTA level 2, its other views for the 20% least confident images |"),
+        "{}",
+        derived(&HYP)
+    );
     let full = Hyp { tta_uncertain: 1.0, ..HYP };
     assert!(derived(&full).contains("TTA level 2 |"), "{}", derived(&full));
 }
