@@ -111,7 +111,8 @@ case "$what" in
            echo "# SPEEDRUN_CONV=wmma (the wmma convs on this GPU)"; SPEEDRUN_CONV=wmma $BIN --no-download; } 2>&1 | tee -a "$log" ;;
   ncu)
     # bench line | kernel (exact name, or regex:...): the largest gaps of the 2026-11-27 mixed
-    # step profile, and tma against wgmma at the same layer (bench/NOTES.md says why each)
+    # step profile, those the third H200 session's 200 s did not reach first (≈ 45 s each), then
+    # those it profiled (bench/logs/2026-11-27-h200-854d170-ncu.log; bench/NOTES.md says why each)
     command -v ncu > /dev/null || { echo "ncu is not on PATH" | tee -a "$log"; exit 2; }
     status=0
     while IFS='|' read -r line kern; do
@@ -122,13 +123,13 @@ case "$what" in
         "$BIN" bench 2>&1 | tee -a "$log"
       s=${PIPESTATUS[0]}; [ "$s" = 0 ] || { status=$s; echo "# exit status of this target: $s" | tee -a "$log"; }
     done <<'TARGETS'
+conv3x3 wgrad+dgrad+sums tma [3]|conv3x3_dgrad_wgmma_mc_f16
+pre_bwd [3]|chan_reduce_f16
+pre_bwd unpooled [0]|pre_bwd_dx_f16
+conv3x3 wgrad+dgrad+sums mma128 [0]|regex:conv3x3_dgrad
 conv3x3 fwd img [0]|conv3x3_fwd_img_f16
 conv3x3 fwd wgmma [2]|conv3x3_fwd_wgmma_f16
-conv3x3 fwd wgmma [3]|conv3x3_fwd_wgmma_f16
 conv3x3 fwd tma [3]|conv3x3_fwd_wgmma_mc_f16
-conv3x3 wgrad+dgrad+sums wgmma [3]|conv3x3_dgrad_wgmma_f16
-conv3x3 wgrad+dgrad+sums mma128 [0]|regex:conv3x3_dgrad
-pre_bwd [0]|pre_bwd_dx_f16
 TARGETS
     ;;
   airbench)
