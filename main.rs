@@ -736,6 +736,9 @@ fn trainer<B: Backend>(b: &mut B, h: &Hyp, train_n: usize, test_n: usize, record
     })
 }
 
+/// The seed of the warm-up runs (discarded: no paired full-TTA evaluation after their timer).
+const WARMUP_SEED: u64 = u64::MAX;
+
 /// Trains one network from `seed` and evaluates it. The timer covers the whitening init, every
 /// training step and the final evaluation; `epoch_line` gets the per-epoch numbers, and reading
 /// the loss, printing and the periodic `--eval-every` evaluations are timed separately.
@@ -836,8 +839,9 @@ fn run<B: Backend>(
     let final_eval_seconds = b.seconds(&clock, &end)?;
     timed += final_eval_seconds;
     // TTA on the least confident images only: the same net under every view of every image too,
-    // after the timer, so that the runs show what the shortcut costs in accuracy, paired
-    let full_tta_correct = if h.tta_uncertain < 1.0 && !final_views.picked.is_empty() {
+    // after the timer, so that the runs show what the shortcut costs in accuracy, paired (not
+    // for a warm-up run, which nothing reports)
+    let full_tta_correct = if h.tta_uncertain < 1.0 && !final_views.picked.is_empty() && seed != WARMUP_SEED {
         Some(evaluate(b, h, net, test, test_labels, final_views, 1.0, eval_bufs)?)
     } else {
         None
@@ -1046,7 +1050,7 @@ fn train<B: Backend>(b: &mut B, h: &Hyp, args: &cli::Args, what: &str, warm_up: 
         let labels = &test.labels[..dtest.n];
         match tune(b, h, &mut tr, &dtrain, &dtest, labels, !args.no_graph, fastest)? {
             Some(t) => println!("{}", t.line),
-            None => _ = run(b, h, &mut tr, &dtrain, &dtest, labels, u64::MAX, &mut |_| {})?,
+            None => _ = run(b, h, &mut tr, &dtrain, &dtest, labels, WARMUP_SEED, &mut |_| {})?,
         }
         println!("warm-up: {:.2} s (untimed, discarded)", started.elapsed().as_secs_f64());
     }
@@ -1107,10 +1111,10 @@ fn tune<B: Backend>(
             // first; then its steps are recorded again in the timed run, as every variant's are
             if settle {
                 tr.steps = Replayer::new(record);
-                run(b, h, tr, train, test, test_labels, u64::MAX, &mut |_| {})?;
+                run(b, h, tr, train, test, test_labels, WARMUP_SEED, &mut |_| {})?;
             }
             tr.steps = Replayer::new(record);
-            run(b, h, tr, train, test, test_labels, u64::MAX, &mut |_| {})
+            run(b, h, tr, train, test, test_labels, WARMUP_SEED, &mut |_| {})
         };
         let r = match warm_up() {
             Ok(r) => r,
@@ -1153,7 +1157,7 @@ fn tune<B: Backend>(
 }
 
 /// What the warm-up's autotune did: the line for the log, and each accepted variant's warm-up
-/// run (seed u64::MAX), in the order tried.
+/// run (seed `WARMUP_SEED`), in the order tried.
 struct Tuned {
     line: String,
     #[cfg_attr(not(test), allow(dead_code))] // read by the autotune test

@@ -506,7 +506,7 @@ fn gpu_tuned_trainer_replays_the_chosen_path() {
     assert_eq!(names, variants, "every variant accepted: {}", t.line);
     let (first, chosen) = (&t.warmups[0].1, &t.warmups[variants.len() - 1].1);
     assert_ne!(first.fingerprint, chosen.fingerprint, "{variants:?} train alike here: the test cannot tell them apart");
-    let again = run(&mut gpu, &h, &mut tr, &train, &test, &labels, u64::MAX, &mut |_| {}).unwrap(); // replays
+    let again = run(&mut gpu, &h, &mut tr, &train, &test, &labels, WARMUP_SEED, &mut |_| {}).unwrap(); // replays
     assert_eq!((again.fingerprint, again.correct), (chosen.fingerprint, chosen.correct));
 }
 
@@ -563,7 +563,7 @@ fn gpu_autotune_settles_the_mixed_path() {
     assert!(t.line.contains("dgrad ") && t.line.contains("wgrad "), "{}", t.line);
     assert_eq!(t.line.matches("untimed run").count(), 1, "only mixed settles: {}", t.line);
     let chosen = &t.warmups.last().expect("mixed accepted").1;
-    let again = run(&mut gpu, &h, &mut tr, &train, &test, &labels, u64::MAX, &mut |_| {}).unwrap(); // replays
+    let again = run(&mut gpu, &h, &mut tr, &train, &test, &labels, WARMUP_SEED, &mut |_| {}).unwrap(); // replays
     assert_eq!((again.fingerprint, again.correct), (chosen.fingerprint, chosen.correct));
 }
 
@@ -625,10 +625,11 @@ fn tta_on_the_least_confident_images_follows_the_rule() {
     assert_eq!(eval(&all, 1.0), n);
     assert_eq!(eval(&single, 0.01), n, "⌊0.01 · 40⌋ = 0 images get the other views");
     assert_eq!(least_confident(&per_view[0], 0.3), (0..n).filter(|&i| chosen(i)).collect::<Vec<_>>());
-    // the recipe's default pairs; with every view for every image nothing is paired; --tta-frac
-    // reaches the recipe
+    // the recipe's default pairs, but not in a warm-up run; with every view for every image
+    // nothing is paired; --tta-frac reaches the recipe
     assert_eq!(HYP.tta_uncertain, 0.2);
     assert!(tiny_run(0, 2).full_tta_correct.is_some(), "the default (0.2) pairs");
+    assert_eq!(tiny_run(WARMUP_SEED, 2).full_tta_correct, None, "a warm-up run does not pair");
     assert_eq!(tiny_run_with(&Hyp { tta_uncertain: 1.0, ..TINY }, 0, 2).0.full_tta_correct, None);
     let args = cli::parse(["--tta-frac".to_string(), "1".to_string()]).unwrap();
     assert_eq!(recipe(&args).unwrap().tta_uncertain, 1.0);
