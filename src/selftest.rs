@@ -1063,6 +1063,9 @@ struct StepState<B: Backend> {
     g_beta: Vec<B::Buf>,
     g_head: B::Buf,
     g_wb: B::Buf,
+    /// Whether the whitening bias trains (main.rs's `bias_trains`, the first
+    /// `whiten_bias_epochs`): if not, layer 0 has no input gradient and the bias no update.
+    bias_trains: bool,
     m_conv: Vec<B::Buf>,
     m_beta: Vec<B::Buf>,
     m_head: B::Buf,
@@ -1118,6 +1121,7 @@ impl<B: Backend> StepState<B> {
             g_beta: zeros(b, &init.beta)?,
             g_head: b.zeros(init.head.len())?,
             g_wb: b.zeros(WHITEN)?,
+            bias_trains: true,
             m_conv: zeros(b, &init.conv)?,
             m_beta: zeros(b, &init.beta)?,
             m_head: b.zeros(init.head.len())?,
@@ -1182,6 +1186,7 @@ impl<B: Backend> StepState<B> {
             let pre =
                 if l == 0 { Pre::Bias(&self.whiten_b) } else { Pre::Bn { bn: &self.bn[l], beta: &self.beta[l - 1] } };
             let (ga, gsum, gx) = (&mut self.ga[l], &mut self.gsum[l], &self.gx[k]);
+            let (da, da_sums) = if l > 0 || self.bias_trains { (Some(ga), Some(gsum)) } else { (None, None) };
             b.conv3x3_bwd(
                 &self.x[l],
                 s[l],
@@ -1192,13 +1197,15 @@ impl<B: Backend> StepState<B> {
                 &self.am[l],
                 gx,
                 &mut self.g_conv[l],
-                Some(ga),
-                Some(gsum),
+                da,
+                da_sums,
                 Some(&self.keep[l]),
             )?;
         }
-        let sums = Some(&self.gsum[0]);
-        b.pre_bwd(&self.ga[0], &self.x[0], s[0], Pre::Bias(&self.whiten_b), sums, &mut self.g_wb, None, None)?;
+        if self.bias_trains {
+            let sums = Some(&self.gsum[0]);
+            b.pre_bwd(&self.ga[0], &self.x[0], s[0], Pre::Bias(&self.whiten_b), sums, &mut self.g_wb, None, None)?;
+        }
 
         let mut sgd = vec![SgdParam {
             p: &mut self.head,
@@ -1210,8 +1217,10 @@ impl<B: Backend> StepState<B> {
         for ((p, g), m) in self.beta.iter_mut().zip(&self.g_beta).zip(&mut self.m_beta) {
             sgd.push(SgdParam { p, g, m, lr_slot: LR_BIAS, wd: 0.004 / 0.053 });
         }
-        let (p, g, m) = (&mut self.whiten_b, &self.g_wb, &mut self.m_wb);
-        sgd.push(SgdParam { p, g, m, lr_slot: LR_WHITEN, wd: 0.004 / 0.053 });
+        if self.bias_trains {
+            let (p, g, m) = (&mut self.whiten_b, &self.g_wb, &mut self.m_wb);
+            sgd.push(SgdParam { p, g, m, lr_slot: LR_WHITEN, wd: 0.004 / 0.053 });
+        }
         b.sgd(&mut sgd, &self.step, 0.85)?;
         let mut muon: Vec<MuonParam<B>> = self
             .conv
@@ -1740,6 +1749,19 @@ fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, lines: &mut Lines) -> Resu
             }
         }
         profile_line(gpu, lines, &mut state, n, Some(ConvPath::Mixed))?;
+        // the step once the whitening bias is frozen (main.rs: after `whiten_bias_epochs`, 135 of
+        // the recipe's 210 steps): no input gradient for layer 0, whose FLOPs it leaves out
+        let name = "train step, graph, mixed convs, bias frozen";
+        if lines.wants(name) {
+            let (h, w, cin, cout, _) = LAYERS[0];
+            let frozen = flops - 2.0 * (n * h * w * cout * 9 * cin) as f64;
+            step_state(&mut state, gpu, n)?.bias_trains = false;
+            let r = gpu.with_conv_path(ConvPath::Mixed, |g| step_variant(g, lines, &mut state, n, frozen, name));
+            if let Some(st) = state.as_mut() {
+                st.bias_trains = true;
+            }
+            r?;
+        }
     }
     Ok(())
 }
@@ -1795,10 +1817,10 @@ fn profile_line(
 /// The bench's training step state in `s`, made at the first call.
 fn step_state<'s>(s: &'s mut Option<StepState<Gpu>>, gpu: &mut Gpu, n: usize) -> Result<&'s mut StepState<Gpu>> {
     if s.is_none() {
-        // A plan row for every step the lines below time (≈ 180; past the last row the rates are
+        // A plan row for every step the lines below time (≈ 250; past the last row the rates are
         // NaN and the data would turn NaN), all rates 0: the bench times the kernels, and the
         // weights then stay as initialised (finite data in every line).
-        let steps = 16 * (WARMUP + REPS) + 16;
+        let steps = 20 * (WARMUP + REPS) + 16;
         let mut cpu = Cpu::<f32>::with_threads(crate::cpu::par::default_threads());
         let mut init = step_init_whitened(&mut cpu, n, steps, 960)?;
         init.plan = plan_rows(n, steps, |_| 0.0);
