@@ -8,7 +8,7 @@
 //! 25 runs).
 use cifar::aug;
 use cifar::backend::{
-    Backend, BnStats, MuonParam, Norm, Ns, Pre, SgdParam, Shape, Step, Unpool, LRS, NS_COEFFS, STEP_LEN,
+    grad_shape, Backend, BnStats, MuonParam, Norm, Ns, Pre, SgdParam, Shape, Step, Unpool, LRS, NS_COEFFS, STEP_LEN,
 };
 use cifar::cpu::Cpu;
 use cifar::data::Split;
@@ -335,21 +335,12 @@ fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize, res: usize, grads: bool) -> Re
         ga: if grads { bufs(b)? } else { Vec::new() },
         gsum: if grads { s[..6].iter().map(|s| b.zeros(2 * s.c)).collect::<Result<_>>()? } else { Vec::new() },
         gx: if grads {
-            (0..7).map(|k| b.zeros(grad_shape(h, &s, k).len())).collect::<Result<_>>()?
+            (0..7).map(|k| b.zeros(grad_shape(&s, &layers(h), k).len())).collect::<Result<_>>()?
         } else {
             Vec::new()
         },
         loss_acc: b.zeros(2)?,
     })
-}
-
-/// The shape of gx[k], the gradient `pre_bwd` writes for x[k]: x[k]'s, or where conv k − 1
-/// pools, its output's before the pool (`pre_bwd` unpools it on the way).
-fn grad_shape(h: &Hyp, s: &[Shape; 7], k: usize) -> Shape {
-    match k.checked_sub(1).map(|l| layers(h)[l]) {
-        Some((_, cout, true)) => s[k - 1].with_c(cout),
-        _ => s[k],
-    }
 }
 
 /// The map in front of x[k]'s GELU: the whitening bias for k = 0, BatchNorm after that.

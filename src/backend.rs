@@ -80,6 +80,16 @@ impl<B: Backend + ?Sized> Clone for Unpool<'_, B> {
 }
 impl<B: Backend + ?Sized> Copy for Unpool<'_, B> {}
 
+/// The shape `pre_bwd` writes the gradient of x[k] at, in a chain of 3×3 convs where conv l
+/// (`layers[l]` = (cin, cout, pool)) maps x[l] to x[l + 1] and `s[k]` is x[k]'s shape: x[k]'s
+/// own, or where conv k − 1 pools, its output's before the pool (`Unpool::full`).
+pub fn grad_shape(s: &[Shape], layers: &[(usize, usize, bool)], k: usize) -> Shape {
+    match k.checked_sub(1).map(|l| layers[l]) {
+        Some((_, cout, true)) => s[k - 1].with_c(cout),
+        _ => s[k],
+    }
+}
+
 /// Image normalisation: `(pixel/255 − mean[c]) / std[c]`.
 #[derive(Clone, Copy, Debug)]
 pub struct Norm {

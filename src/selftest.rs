@@ -39,7 +39,8 @@
 //!   legitimately pick another position); the number of indices differing from the CPU's is
 //!   printed for information.
 use crate::backend::{
-    Backend, BnStats, MuonParam, Norm, Ns, Pre, SgdParam, Shape, Step, Unpool, LRS, NS_COEFFS, STEP_LEN, STEP_WORDS,
+    grad_shape, Backend, BnStats, MuonParam, Norm, Ns, Pre, SgdParam, Shape, Step, Unpool, LRS, NS_COEFFS, STEP_LEN,
+    STEP_WORDS,
 };
 use crate::cpu::Cpu;
 use crate::error::{Error, Result};
@@ -1102,12 +1103,7 @@ impl<B: Backend> StepState<B> {
             ga: acts(b)?,
             gsum: s[..6].iter().map(|s| b.zeros(2 * s.c)).collect::<Result<_>>()?,
             // unpooled where the conv before pools (pre_bwd unpools), as main.rs's
-            gx: (0..7usize)
-                .map(|k| match k.checked_sub(1).map(|l| STEP_LAYERS[l]) {
-                    Some((_, cout, true)) => b.zeros(s[k - 1].with_c(cout).len()),
-                    _ => b.zeros(s[k].len()),
-                })
-                .collect::<Result<_>>()?,
+            gx: (0..7).map(|k| b.zeros(grad_shape(&s, &STEP_LAYERS, k).len())).collect::<Result<_>>()?,
             am: (0..6)
                 .map(|l| b.byte_zeros(if STEP_LAYERS[l].2 { s[l + 1].len() } else { 0 }))
                 .collect::<Result<_>>()?,
