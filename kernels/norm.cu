@@ -5,9 +5,10 @@
 //
 // Exported kernels. Stage 1 (bn_reduce_f16: grid (blocks, ceil(C/32)), block (32, 8)): thread
 // (tx, ty) owns channel blockIdx.y·32 + tx and every 8th pixel of the block's slice of `chunk`
-// pixels (chan_reduce_f16: 8 channels per thread, below). Every part is channel-major, [2·C][blocks] (first-sum rows, then second-sum rows): the layout the
-// mma conv epilogues write too (conv.cu), so one stage 2 serves both. Stage 2 (grid C, block
-// CHAN_FIN_THREADS): block c adds row c and row C + c (coalesced) in f64 in a fixed order.
+// pixels (chan_reduce_f16: 8 channels per thread, below). Every part is channel-major,
+// [2·C][blocks] (first-sum rows, then second-sum rows): the layout the mma conv epilogues write
+// too (conv.cu), so one stage 2 serves both. Stage 2 (grid C, block CHAN_FIN_THREADS): block c
+// adds row c and row C + c (coalesced) in f64 in a fixed order.
 //   bn_reduce_f16     stage 1 of the BatchNorm statistics in ONE read of y: Σy and Σy² in f64
 //                     (the fp16 values and their squares are exact in f64, so the sums are
 //                     exact to ~1e-16 relative and var = E[y²] − mean² loses nothing that matters).
