@@ -965,53 +965,74 @@ fn recipe(args: &cli::Args) -> Result<Hyp> {
 
 /// `--set NAME=V`: one hyperparameter by its field name, checked against its range.
 fn set(h: &mut Hyp, name: &str, v: f64) -> Result<()> {
-    let bad = |range: &str| Err(Error::Usage(format!("--set {name}={v}: {name} must be {range}")));
-    let whole = |max: f64| v.fract() == 0.0 && (0.0..=max).contains(&v);
-    match name {
-        "label_smoothing" if (0.0..1.0).contains(&v) => h.label_smoothing = v as f32,
-        "sgd_momentum" if (0.0..1.0).contains(&v) => h.sgd_momentum = v as f32,
-        "muon_momentum" if (0.0..1.0).contains(&v) => h.muon_momentum = v as f32,
-        "bn_momentum" if (0.0..1.0).contains(&v) => h.bn_momentum = v as f32,
-        "bias_lr" if v >= 0.0 => h.bias_lr = v as f32,
-        "head_lr" if v >= 0.0 => h.head_lr = v as f32,
-        "weight_decay" if v >= 0.0 => h.weight_decay = v as f32,
-        "muon_lr" if v >= 0.0 => h.muon_lr = v as f32,
-        "ns_steps" if whole(10.0) && v >= 1.0 => h.ns_steps = v as usize,
-        "ns_a" if v.abs() <= 10.0 => h.ns_coeffs.0 = v as f32,
-        "ns_b" if v.abs() <= 10.0 => h.ns_coeffs.1 = v as f32,
-        "ns_c" if v.abs() <= 10.0 => h.ns_coeffs.2 = v as f32,
-        // the augmentation words hold shifts in −4..=3 (aug::pack)
-        "max_shift" if whole(3.0) => h.max_shift = v as i32,
-        "whiten_bias_epochs" if whole(1e6) => h.whiten_bias_epochs = (v as usize).min(h.epochs.ceil() as usize),
-        "label_smoothing" | "sgd_momentum" | "muon_momentum" | "bn_momentum" => return bad("in [0, 1)"),
-        "bias_lr" | "head_lr" | "weight_decay" | "muon_lr" => return bad("at least 0"),
-        "ns_steps" => return bad("a whole number in 1..=10"),
-        "ns_a" | "ns_b" | "ns_c" => return bad("in [-10, 10]"),
-        "max_shift" => return bad("a whole number in 0..=3"),
-        "whiten_bias_epochs" => return bad("a whole number, at least 0"),
-        _ => {
-            return Err(Error::Usage(format!("--set: no hyperparameter {name:?}; the names: {}", SET_NAMES.join(", "))))
-        }
+    let Some(k) = KNOBS.iter().find(|k| k.name == name) else {
+        let names: Vec<&str> = KNOBS.iter().map(|k| k.name).collect();
+        return Err(Error::Usage(format!("--set: no hyperparameter {name:?}; the names: {}", names.join(", "))));
+    };
+    if !(k.ok)(v) {
+        return Err(Error::Usage(format!("--set {name}={v}: {name} must be {}", k.range)));
     }
+    (k.put)(h, v);
     Ok(())
 }
 
-/// The hyperparameters `--set` takes, as `set` matches them.
-const SET_NAMES: [&str; 14] = [
-    "label_smoothing",
-    "sgd_momentum",
-    "bias_lr",
-    "head_lr",
-    "weight_decay",
-    "muon_lr",
-    "muon_momentum",
-    "bn_momentum",
-    "ns_steps",
-    "ns_a",
-    "ns_b",
-    "ns_c",
-    "max_shift",
-    "whiten_bias_epochs",
+/// A hyperparameter `--set` takes: its field's name, its range (as the usage error words it)
+/// and the test of it, and how the value is stored.
+struct Knob {
+    name: &'static str,
+    range: &'static str,
+    ok: fn(f64) -> bool,
+    put: fn(&mut Hyp, f64),
+}
+
+const UNIT: &str = "in [0, 1)";
+const RATE: &str = "at least 0";
+const NS: &str = "in [-10, 10]";
+fn unit(v: f64) -> bool {
+    (0.0..1.0).contains(&v)
+}
+fn rate(v: f64) -> bool {
+    v >= 0.0
+}
+fn ns_coeff(v: f64) -> bool {
+    v.abs() <= 10.0
+}
+fn whole(v: f64, max: f64) -> bool {
+    v.fract() == 0.0 && (0.0..=max).contains(&v)
+}
+
+/// Every hyperparameter `--set` takes, in the order the usage error lists them.
+const KNOBS: [Knob; 14] = [
+    Knob { name: "label_smoothing", range: UNIT, ok: unit, put: |h, v| h.label_smoothing = v as f32 },
+    Knob { name: "sgd_momentum", range: UNIT, ok: unit, put: |h, v| h.sgd_momentum = v as f32 },
+    Knob { name: "bias_lr", range: RATE, ok: rate, put: |h, v| h.bias_lr = v as f32 },
+    Knob { name: "head_lr", range: RATE, ok: rate, put: |h, v| h.head_lr = v as f32 },
+    Knob { name: "weight_decay", range: RATE, ok: rate, put: |h, v| h.weight_decay = v as f32 },
+    Knob { name: "muon_lr", range: RATE, ok: rate, put: |h, v| h.muon_lr = v as f32 },
+    Knob { name: "muon_momentum", range: UNIT, ok: unit, put: |h, v| h.muon_momentum = v as f32 },
+    Knob { name: "bn_momentum", range: UNIT, ok: unit, put: |h, v| h.bn_momentum = v as f32 },
+    Knob {
+        name: "ns_steps",
+        range: "a whole number in 1..=10",
+        ok: |v| whole(v, 10.0) && v >= 1.0,
+        put: |h, v| h.ns_steps = v as usize,
+    },
+    Knob { name: "ns_a", range: NS, ok: ns_coeff, put: |h, v| h.ns_coeffs.0 = v as f32 },
+    Knob { name: "ns_b", range: NS, ok: ns_coeff, put: |h, v| h.ns_coeffs.1 = v as f32 },
+    Knob { name: "ns_c", range: NS, ok: ns_coeff, put: |h, v| h.ns_coeffs.2 = v as f32 },
+    // the augmentation words hold shifts in −4..=3 (aug::pack)
+    Knob {
+        name: "max_shift",
+        range: "a whole number in 0..=3",
+        ok: |v| whole(v, 3.0),
+        put: |h, v| h.max_shift = v as i32,
+    },
+    Knob {
+        name: "whiten_bias_epochs",
+        range: "a whole number, at least 0",
+        ok: |v| whole(v, 1e6),
+        put: |h, v| h.whiten_bias_epochs = (v as usize).min(h.epochs.ceil() as usize),
+    },
 ];
 
 /// Loads the data, trains `--runs` seeded runs (or this process's share of them) and reports.

@@ -274,8 +274,8 @@ fn set_overrides_named_hyperparameters_after_the_batch_rescaling() {
     let mut rng = StdRng::seed_from_u64(1);
     let words = aug::epoch_words(&mut rng, 0, &[false; 64], h.max_shift);
     assert!(words.iter().any(|&w| aug::unpack(w).sy == -3) && words.iter().any(|&w| aug::unpack(w).sx == 3));
-    // every name the error lists is one `set` takes
-    for name in SET_NAMES {
+    // every name the error lists is one `set` takes, with 0.5 or 1 in its range
+    for name in KNOBS.map(|k| k.name) {
         let mut h = HYP;
         set(&mut h, name, 0.5).or_else(|_| set(&mut h, name, 1.0)).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
