@@ -18,8 +18,8 @@
 #     bash $g unpack data/pk2; bash $g airbench 25; bash $g runs 25
 #     (airbench first, on an idle machine; its warm-up, mostly torch.compile, took 169 s on the
 #     fresh H200 of 2026-11-26, over 190 s on 2026-11-27's (cut at 200 s), 156 s on the third;
-#     25 runs add about 40-55 s: give it `timeout 420` and the call 600 s. The third session's
-#     calls 1 and 2 took 63 and 284 s, and the machine's start about 40 s)
+#     25 runs add about 40-55 s: give it `timeout 420` and the call 600 s. The device tool gave the third session's
+#     calls 1 and 2 as 63 and 284 s of wall time, and its lease put the start at about 40 s)
 #   call 3 if time is left: bash $g runs 25 --epochs 8.2; SPEEDRUN_BIN=target/base/release/speedrun bash $g bench
 #     (a recipe point with the TTA shortcut now the default; the baseline's per-kernel lines
 #     beside call 1's, same machine: together ≈ 70 s)
