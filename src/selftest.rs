@@ -379,10 +379,12 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     checks.push(("muon, nine shapes".into(), Box::new(move |g, c, r| check_muon(g, c, r, &odd, ns, 880))));
     checks.push(("whole step".into(), Box::new(|g, c, r| check_step(g, c, r, BATCH, 900))));
     // the step again on the other tunable conv paths (mma128; wgmma's and tma's below) where the
-    // GPU has them
+    // GPU has them, at a quarter of the batch: the conv checks hold each path's kernels at the full
+    // batch, and what these add (the path wired through a whole step) does not depend on it; at the
+    // full batch they were 80 s of the emulated CI run
     let step_on = |checks: &mut Vec<(String, Check)>, path: ConvPath| {
         let f = move |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| {
-            g.with_conv_path(path, |g| check_step(g, c, r, BATCH, 900))
+            g.with_conv_path(path, |g| check_step(g, c, r, BATCH / 4, 900))
         };
         checks.push((format!("whole step, {} convs", path.name()), Box::new(f)));
     };
@@ -1299,11 +1301,16 @@ fn check_step(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, n: usize, seed:
     g.backward(gpu)?;
     let want = c.outputs(cpu)?;
     let got = g.outputs(gpu)?;
+    // the logits' error, which the summed loss inherits: each image's loss moves by at most
+    // sum_j |p_j - q_j| * max|dz| <= 2 max|dz| (its gradient in the logits is p - q)
+    let dz = got.iter().zip(&want).find(|(g, _)| g.0 == "step logits").map_or(0.0, |(g, w)| rel_l2(&g.2, &w.2).0);
     for ((name, tol, g), (_, _, w)) in got.iter().zip(&want) {
         if name == "step loss/correct" && g.len() == 2 && w.len() == 2 {
-            // the loss to TOL_STEP_LOSS; the correct count may differ by one prediction whose
-            // two top logits are within the fp16 error of each other
-            r.line("step loss", &shape, &g[..1], &w[..1], *tol)?;
+            // the loss sum to TOL_STEP_LOSS, or to what the logits' error can move it by (at a
+            // small batch, a few images' errors need not cancel); the correct count may differ
+            // by one prediction whose two top logits are within the fp16 error of each other
+            let tol = tol.max(2.0 * n as f64 * dz / (w[0] as f64).abs().max(1e-30));
+            r.line("step loss", &shape, &g[..1], &w[..1], tol)?;
             r.line("step correct count (±1)", &shape, &g[1..], &w[1..], 1.0 / (w[1] as f64).max(1.0) + 1e-9)?;
         } else {
             r.line(name, &shape, g, w, *tol)?;
