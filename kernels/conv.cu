@@ -1608,30 +1608,37 @@ extern "C" __global__ void __launch_bounds__(IMG_THREADS, 2) conv3x3_wgrad_img_f
 // have both operands K-major (the forward's B is wf [cout][9·cin], the input gradient's is
 // wk [cin][9·cout] from conv_weights_f16 with kmajor = 1); the weight gradient both MN-major
 // (its pixel rows, as they lie in memory). K step WK = 64 (one 128-byte row),
-// WSTAGES stages, copies two steps ahead, one wgmma group in flight while the next step's copies
-// are issued. Warpgroup w computes rows 64w..64w+63 of the block tile. `WgTile<WG, TN>`:
-// WG warpgroups, TN columns. Launched only on compute capability 9.0 from the sm_90a cubin
-// (`ConvPath::Wgmma` in src/gpu/mod.rs), only with an activated input (bn = 2). Exported:
-// conv3x3_{fwd,dgrad,wgrad}_wgmma_f16 (128×256 tiles), conv3x3_{fwd,dgrad}_wgmma_tall_f16
-// (256×64), conv3x3_dgrad_wgmma_tall32_f16 (256×32), conv3x3_wgrad_wgmma_narrow_f16 (128×64);
-// same parameters as the mma kernels.
+// WSTAGES (4) stages, copies two steps ahead, one wgmma group in flight while the next step's
+// copies are issued. Warpgroup w computes rows 64w..64w+63 of the block tile. `WgTile<WG, TN,
+// STAGES>`: WG warpgroups, TN columns, STAGES stages (copies STAGES − 2 ahead). Launched only on
+// compute capability 9.0 from the sm_90a cubin (`ConvPath::Wgmma`, `Wgmma2` in src/gpu/mod.rs),
+// only with an activated input (bn = 2). Exported: conv3x3_{fwd,dgrad,wgrad}_wgmma_f16 (128×256
+// tiles), conv3x3_{fwd,dgrad}_wgmma_tall_f16 (256×64), conv3x3_dgrad_wgmma_tall32_f16 (256×32),
+// conv3x3_{fwd,dgrad,wgrad}_wgmma_narrow_f16 (128×64, 2 blocks per SM),
+// conv3x3_{fwd,dgrad,wgrad}_wgmma2_f16 (128×128 in 3 stages, 2 blocks per SM); same parameters
+// as the mma kernels.
 #define WK 64
-#define WSTAGES 4
+#define WSTAGES 4  // the default (and the multicast kernels') stage count
 // Bytes of dynamic shared memory (the host passes them: WG_WIDE_SMEM, WG_TALL_SMEM,
 // WG_TALL32_SMEM in src/gpu/backend.rs, checked against these lines by a test).
 #define WG_WIDE_SMEM 197632
 #define WG_TALL_SMEM 164864
 #define WG_TALL32_SMEM 148480
 #define WG_NARROW_SMEM 99328
+#define WG_WIDE2_SMEM 99328
 // the multicast kernels (128×256): WG_WIDE_SMEM and the stages' WSTAGES mbarriers
 #define WG_MC_SMEM 197696
 
-template <int WG_, int TN_> struct WgTile {
+template <int WG_, int TN_, int STAGES_ = WSTAGES> struct WgTile {
     static constexpr int WG = WG_, THREADS = 128 * WG_, TM = 64 * WG_, TN = TN_;
+    // STAGES stages, copies AHEAD = STAGES − 2 steps ahead (the stage a step refills must be one
+    // whose wgmma group every warpgroup has retired: at most one group is left in flight)
+    static constexpr int STAGES = STAGES_, AHEAD = STAGES_ - 2;
+    static_assert(STAGES_ >= 3, "at least one step of copies ahead");
     // the accumulators in mma_epilogue's terms: warp w holds rows 16w..16w+15, all TN columns
     static constexpr int WN = TN_, WGM = 4 * WG_, WGN = 1, NJ = TN_ / 8, MI = 1, WROWS = 16;
     static constexpr int A_BYTES = TM * 128, STAGE = A_BYTES + TN * 128;  // one stage: A rows, then B rows
-    static constexpr int SMEM = WSTAGES * STAGE + 1024;                   // + room to align to 1 KB
+    static constexpr int SMEM = STAGES * STAGE + 1024;                    // + room to align to 1 KB
     static constexpr int RSTEP = THREADS / 8;  // rows between one thread's copies (8 threads per row)
     static_assert(TN % 8 == 0 && TN <= 256 && TM % RSTEP == 0 && RSTEP % 8 == 0, "tile");
     static __device__ __forceinline__ int wm() { return threadIdx.x >> 5; }
@@ -1640,10 +1647,15 @@ template <int WG_, int TN_> struct WgTile {
 using WgWide = WgTile<2, 256>;  // 128×256 (cout or cin 256), WG_WIDE_SMEM
 using WgTall = WgTile<4, 64>;   // 256×64, WG_TALL_SMEM
 using WgTall32 = WgTile<4, 32>; // 256×32 (input gradients of ≤ 32 channels), WG_TALL32_SMEM
-using WgNarrow = WgTile<2, 64>; // 128×64 (weight gradients of 64 output channels), WG_NARROW_SMEM: 2 blocks per SM
+using WgNarrow = WgTile<2, 64>; // 128×64, WG_NARROW_SMEM: 2 blocks per SM (weight gradients of 64
+                                // output channels; wgmma2's forwards and input gradients of 64)
+// 128×128 in 3 stages (one step of copies ahead), WG_WIDE2_SMEM: 2 blocks per SM, so that one
+// block's epilogue (pooling, statistics, stores) overlaps the other's main loop (wgmma2)
+using WgWide2 = WgTile<2, 128, 3>;
 static_assert(WgWide::SMEM == WG_WIDE_SMEM && WgTall::SMEM == WG_TALL_SMEM && WgTall32::SMEM == WG_TALL32_SMEM &&
-                  WgNarrow::SMEM == WG_NARROW_SMEM,
+                  WgNarrow::SMEM == WG_NARROW_SMEM && WgWide2::SMEM == WG_WIDE2_SMEM,
               "WG_*_SMEM");
+static_assert(2 * (WG_WIDE2_SMEM + 1024) <= 233472, "two wgmma2 blocks fit an SM's 228 KB (1 KB reserved per block)");
 static_assert(WG_MC_SMEM >= WgWide::SMEM + 8 * WSTAGES, "WG_MC_SMEM: the stages, 1 KB to align them, the mbarriers");
 
 // The stages: the first 1024-byte aligned shared address in the dynamic buffer (the swizzle
@@ -1693,9 +1705,10 @@ struct WgCluster {
 };
 
 // The pipeline over nk K steps. issue(t, s): start copying step t into stage s. Step t lives in
-// stage t % WSTAGES; at step t the copies of step t + 2 go into the stage that held step t − 2,
-// whose wgmma group every warpgroup retired (wgmma_wait<1> after issuing step t − 1) before step
-// t's barrier. Each thread fences its landed copies for the async proxy before the barrier.
+// stage t % STAGES; at step t the copies of step t + AHEAD go into the stage that held step
+// t + AHEAD − STAGES = t − 2, whose wgmma group every warpgroup retired (wgmma_wait<1> after
+// issuing step t − 1) before step t's barrier. Each thread fences its landed copies for the
+// async proxy before the barrier. (4 stages: 2 ahead; 3 stages: 1 ahead.)
 // MN (the weight gradient): both operands MN-major, each stage's A (then B) as 1 KB atoms of
 // 8 k rows × 64 columns, atom (k group, column block) at (kg·(T/64) + cb)·1024 (T: TM or TN).
 template <class Tl, bool MN = false, class Issue, class Sync = WgCta>
@@ -1706,18 +1719,20 @@ __device__ __forceinline__ void wg_pipeline(float (&acc)[1][Tl::NJ][4], unsigned
     for (int i = 0; i < Tl::NJ * 4; i++) d[i] = 0.f;
     wgmma_fence_regs<Tl::NJ * 4>(d);
     sync.start();
-    issue(0, 0);
-    cp_async_commit();
-    if (nk > 1) issue(1, 1);
-    cp_async_commit();
+    constexpr int AH = Tl::AHEAD, NS = Tl::STAGES;
+#pragma unroll
+    for (int i = 0; i < AH; i++) {
+        if (i == 0 || i < nk) issue(i, i);
+        cp_async_commit();
+    }
     const unsigned a0 = smem_u32(st) + (threadIdx.x >> 7) * 64 * 128;  // this warpgroup's 64 A rows
     const unsigned b0 = smem_u32(st) + Tl::A_BYTES;
-    int s = 0, w = 2;  // stages of steps t and t + 2
+    int s = 0, w = AH;  // stages of steps t and t + AH
     for (int t = 0; t < nk; t++) {
-        cp_async_wait<1>();
+        cp_async_wait<AH - 1>();  // step t's copies landed (those of t + 1 .. t + AH − 1 may not)
         fence_proxy_async();
         sync.step();
-        if (t + 2 < nk) issue(t + 2, w);
+        if (t + AH < nk) issue(t + AH, w);
         cp_async_commit();
         sync.landed(t, s);
         wgmma_fence();
@@ -1737,8 +1752,8 @@ __device__ __forceinline__ void wg_pipeline(float (&acc)[1][Tl::NJ][4], unsigned
         wgmma_commit();
         wgmma_wait<1>();
         sync.retired();
-        s = s == WSTAGES - 1 ? 0 : s + 1;
-        w = w == WSTAGES - 1 ? 0 : w + 1;
+        s = s == NS - 1 ? 0 : s + 1;
+        w = w == NS - 1 ? 0 : w + 1;
     }
     wgmma_wait<0>();
     wgmma_fence_regs<Tl::NJ * 4>(d);
@@ -1746,11 +1761,12 @@ __device__ __forceinline__ void wg_pipeline(float (&acc)[1][Tl::NJ][4], unsigned
     sync.finish();
 }
 // Room for the epilogue's per-warp column sums once wg_pipeline has run nk steps: stage
-// (nk + 1) % WSTAGES last held step nk − 3 (or nothing), retired before the last step's barrier.
+// (nk − 3) mod STAGES last held step nk − 3 (or nothing), retired before the last step's
+// barrier, and no copy went into it after (the last, step nk − 1's, went into another stage).
 template <typename T, class Tl> __device__ __forceinline__ T (*wg_spare_stage(unsigned char* st, int nk))[Tl::TN][2] {
     static_assert(sizeof(T) * Tl::WGM * Tl::TN * 2 <= Tl::STAGE, "red fits a stage");
-    static_assert(WSTAGES == 4, "stage (nk + 1) % WSTAGES is free after the loop only with 4 stages, copies 2 ahead");
-    return reinterpret_cast<T (*)[Tl::TN][2]>(st + ((nk + 1) % WSTAGES) * Tl::STAGE);
+    static_assert(Tl::AHEAD == Tl::STAGES - 2, "the stage of step nk − 3 is free only when copies run STAGES − 2 ahead");
+    return reinterpret_cast<T (*)[Tl::TN][2]>(st + ((nk + Tl::STAGES - 3) % Tl::STAGES) * Tl::STAGE);
 }
 
 // B = wb [nb][K] (K-major), columns n0..n0+TN−1, by cp.async: this thread copies chunk tid % 8
@@ -1836,6 +1852,7 @@ __device__ __forceinline__ void wg_conv_gemm(float (&acc)[1][Tl::NJ][4], unsigne
                                              const half* __restrict__ wb, int nb, int n0) {
     const int K = 9 * C;
     if constexpr (CX > 1) {
+        static_assert(Tl::STAGES == WSTAGES, "WgCluster's phases and WG_MC_SMEM count WSTAGES stages");
         if (K % MC_WK != 0 || nb % MC_TN != 0 || gridDim.x % CX != 0 || blockDim.x != Tl::THREADS) __trap();
         const unsigned bars = smem_u32(st + WSTAGES * Tl::STAGE);  // after the stages (WG_MC_SMEM)
         wg_tap_gemm<Tl>(acc, st, src, C, W, rows, WgMulticastB<Tl, CX>(wb, K, bars), WgCluster{bars});
@@ -1877,7 +1894,7 @@ __device__ __forceinline__ void dgrad_stage_x(unsigned char* st, const half* __r
                                               long long M, int cin) {
     using S = DgradSharedX<Tl>;
     constexpr int CPR = Tl::TN / 8, CHUNKS = Tl::TM * CPR;  // 16-byte chunks per row, in the tile
-    static_assert(S::BYTES <= WSTAGES * Tl::STAGE, "the staged tile fits the pipeline's stages");
+    static_assert(S::BYTES <= Tl::STAGES * Tl::STAGE, "the staged tile fits the pipeline's stages");
     static_assert(CHUNKS % Tl::THREADS == 0 && S::ROW % 16 == 0 && Tl::TN <= Tl::THREADS,
                   "whole copy rounds, 16-byte aligned rows, one column's parameters per thread");
     __syncthreads();  // every warpgroup's wgmma groups retired: the stages are free
@@ -2086,6 +2103,47 @@ extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_wgrad_wgmma_narrow_
 #if ARCH_SM90A
     extern __shared__ half conv_smem[];
     conv_wgrad_wg<WgNarrow>(a, N, H, W, cin, g, cout, out, chunk, conv_smem);
+#else
+    __trap();
+#endif
+}
+// Two blocks per SM (wgmma2): 128×64 where n < 128, 128×128 in 3 stages where n ≥ 128
+extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_fwd_wgmma_narrow_f16(CONV_FWD_PARAMS) {
+#if ARCH_SM90A
+    extern __shared__ half conv_smem[];
+    conv_fwd_wg<WgNarrow>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_dgrad_wgmma_narrow_f16(CONV_DGRAD_PARAMS) {
+#if ARCH_SM90A
+    extern __shared__ half conv_smem[];
+    conv_dgrad_wg<WgNarrow>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_fwd_wgmma2_f16(CONV_FWD_PARAMS) {
+#if ARCH_SM90A
+    extern __shared__ half conv_smem[];
+    conv_fwd_wg<WgWide2>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_dgrad_wgmma2_f16(CONV_DGRAD_PARAMS) {
+#if ARCH_SM90A
+    extern __shared__ half conv_smem[];
+    conv_dgrad_wg<WgWide2>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem);
+#else
+    __trap();
+#endif
+}
+extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_wgrad_wgmma2_f16(CONV_WGRAD_PARAMS) {
+#if ARCH_SM90A
+    extern __shared__ half conv_smem[];
+    conv_wgrad_wg<WgWide2>(a, N, H, W, cin, g, cout, out, chunk, conv_smem);
 #else
     __trap();
 #endif

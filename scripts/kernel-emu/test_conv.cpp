@@ -174,6 +174,9 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         };
         wg_fwd(conv3x3_fwd_wgmma_f16, 128, 256, 256, "128x256");
         wg_fwd(conv3x3_fwd_wgmma_tall_f16, 256, 64, 512, "256x64");
+        // wgmma2's (two blocks per SM): 128×128 in 3 stages (copies one step ahead), 128×64
+        wg_fwd(conv3x3_fwd_wgmma2_f16, 128, 128, 256, "128x128, 3 stages");
+        wg_fwd(conv3x3_fwd_wgmma_narrow_f16, 128, 64, 256, "128x64");
         // the multicast kernel (2-CTA clusters, the weights by bulk copies into both CTAs, grid x
         // padded to even as the host pads it): y, argmax and the BN partials bit for bit with
         // the 128×256 wgmma kernel's (the padding block's partials are zeros)
@@ -314,7 +317,8 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         // for bit
         using Wgrad = void (*)(const half*, int, int, int, int, const half*, int, float*, int);
         for (auto [kernel, tn, tile] : {std::tuple<Wgrad, int, const char*>{conv3x3_wgrad_wgmma_f16, 256, "128x256"},
-                                        {conv3x3_wgrad_wgmma_narrow_f16, 64, "128x64"}}) {
+                                        {conv3x3_wgrad_wgmma_narrow_f16, 64, "128x64"},
+                                        {conv3x3_wgrad_wgmma2_f16, 128, "128x128, 3 stages"}}) {
             std::vector<float> out4(slices == 1 ? dw2.size() : part2.size(), NAN);
             dim3 gw{gm.x, (unsigned)((cout + tn - 1) / tn), (unsigned)slices};
             launch(gw, dim3{256, 1, 1}, [&] { kernel(ah.data(), N, H, W, cin, gfull.data(), cout, out4.data(), (int)chunk); });
@@ -417,6 +421,8 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         wg_dgrad(conv3x3_dgrad_wgmma_f16, 128, 256, 256, "128x256");
         wg_dgrad(conv3x3_dgrad_wgmma_tall_f16, 256, 64, 512, "256x64");
         wg_dgrad(conv3x3_dgrad_wgmma_tall32_f16, 256, 32, 512, "256x32");
+        wg_dgrad(conv3x3_dgrad_wgmma2_f16, 128, 128, 256, "128x128, 3 stages");
+        wg_dgrad(conv3x3_dgrad_wgmma_narrow_f16, 128, 64, 256, "128x64");
         // the multicast kernel (wk in the bulk-copy layout, grid x padded to even): da and the
         // sums' partials bit for bit with the 128×256 wgmma kernel's
         for (auto [kernel, cx] : {std::pair<Dgrad, unsigned>{conv3x3_dgrad_wgmma_mc_f16, 2}, {conv3x3_dgrad_wgmma_mc4_f16, 4}}) {

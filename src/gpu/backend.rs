@@ -342,11 +342,14 @@ pub(super) const TALL_SMEM: u32 = 76800;
 pub(super) const TALL32_SMEM: u32 = 69120;
 /// Dynamic shared memory of the wgmma convs (`WG_*_SMEM` in kernels/conv.cu: 4 stages of A and B
 /// rows of 128 bytes, + 1 KB to align them): 128×256 tiles (256 threads), 256×64 and 256×32
-/// (512 threads), 128×64 (256 threads, the weight gradient of 64 output channels).
+/// (512 threads), 128×64 (256 threads: the weight gradient of 64 output channels, `Wgmma2`'s
+/// forward and input gradient of 64; 2 blocks per SM), and `Wgmma2`'s 128×128 in 3 stages (256
+/// threads, 2 blocks per SM).
 pub(super) const WG_WIDE_SMEM: u32 = 197632;
 pub(super) const WG_TALL_SMEM: u32 = 164864;
 pub(super) const WG_TALL32_SMEM: u32 = 148480;
 pub(super) const WG_NARROW_SMEM: u32 = 99328;
+pub(super) const WG_WIDE2_SMEM: u32 = 99328;
 /// The multicast (`ConvPath::Tma`, `Tma4`) 128×256 kernels' (`WG_MC_SMEM`): [`WG_WIDE_SMEM`]
 /// and the stages' mbarriers.
 pub(super) const WG_MC_SMEM: u32 = 197696;
@@ -670,7 +673,10 @@ impl Gpu {
     /// wgmma kernels (`_wgmma_`: 128×256 where n ≥ 128, all three GEMMs; `_wgmma_tall_`: 256×64
     /// for the forward and input gradient with n < 128; `_wgmma_tall32_`: 256×32 for an input
     /// gradient with n ≤ 32; `_wgmma_narrow_`: 128×64 for a weight gradient with 32 < n < 128),
-    /// else `MmaWide`'s (a weight gradient of ≤ 32 output channels). On `ConvPath::Tma` (`Tma4`)
+    /// else `MmaWide`'s (a weight gradient of ≤ 32 output channels). On `ConvPath::Wgmma2` the
+    /// tiles of which 2 blocks fit an SM (`_wgmma2_`: 128×128 in 3 stages where n ≥ 128, all
+    /// three GEMMs; `_wgmma_narrow_`: 128×64 where 32 < n < 128), else `Wgmma`'s. On
+    /// `ConvPath::Tma` (`Tma4`)
     /// the multicast 128×256 kernels (`_wgmma_mc_`, `_wgmma_mc4_`, [`WG_MC_SMEM`]) for a forward
     /// or input gradient whose n is a multiple of 256 and whose K = 9·(channels gathered) a
     /// multiple of 64 (the bulk-copy layout's blocks), else `Wgmma`'s.
@@ -740,11 +746,12 @@ impl Gpu {
                 return MmaKernel { name, tm, tn, smem, threads, wgmma: false, per_image: true, cluster: 1 };
             }
         }
-        // Per GEMM: the 128×64 kernel, then the mma128 and the wgmma choices for n ≥ 128, for
-        // 32 < n < 128 and for n ≤ 32 (None: that path has no kernel of its own there; wgmma
-        // falls back to mma128's choice, mma128 to the 128×64 kernel).
+        // Per GEMM: the 128×64 kernel, then the mma128, the wgmma and the wgmma2 choices for
+        // n ≥ 128, for 32 < n < 128 and for n ≤ 32 (None: that path has no kernel of its own
+        // there; wgmma2 falls back to wgmma's choice, wgmma to mma128's, mma128 to the 128×64
+        // kernel).
         type Slots = [Option<MmaKernel>; 3];
-        const KERNELS: [(&str, Slots, Slots); 3] = [
+        const KERNELS: [(&str, Slots, Slots, Slots); 3] = [
             (
                 "conv3x3_fwd_mma_f16",
                 [
@@ -756,6 +763,11 @@ impl Gpu {
                     wg("conv3x3_fwd_wgmma_f16", 128, 256, WG_WIDE_SMEM, 256),
                     wg("conv3x3_fwd_wgmma_tall_f16", 256, 64, WG_TALL_SMEM, 512),
                     wg("conv3x3_fwd_wgmma_tall_f16", 256, 64, WG_TALL_SMEM, 512),
+                ],
+                [
+                    wg("conv3x3_fwd_wgmma2_f16", 128, 128, WG_WIDE2_SMEM, 256),
+                    wg("conv3x3_fwd_wgmma_narrow_f16", 128, 64, WG_NARROW_SMEM, 256),
+                    None,
                 ],
             ),
             (
@@ -770,6 +782,11 @@ impl Gpu {
                     wg("conv3x3_dgrad_wgmma_tall_f16", 256, 64, WG_TALL_SMEM, 512),
                     wg("conv3x3_dgrad_wgmma_tall32_f16", 256, 32, WG_TALL32_SMEM, 512),
                 ],
+                [
+                    wg("conv3x3_dgrad_wgmma2_f16", 128, 128, WG_WIDE2_SMEM, 256),
+                    wg("conv3x3_dgrad_wgmma_narrow_f16", 128, 64, WG_NARROW_SMEM, 256),
+                    None,
+                ],
             ),
             (
                 "conv3x3_wgrad_mma_f16",
@@ -779,9 +796,10 @@ impl Gpu {
                     wg("conv3x3_wgrad_wgmma_narrow_f16", 128, 64, WG_NARROW_SMEM, 256),
                     None,
                 ],
+                [wg("conv3x3_wgrad_wgmma2_f16", 128, 128, WG_WIDE2_SMEM, 256), None, None],
             ),
         ];
-        let (narrow, mma128, wgmma) = KERNELS.into_iter().find(|k| k.0 == base).expect("an mma conv kernel");
+        let (narrow, mma128, wgmma, wgmma2) = KERNELS.into_iter().find(|k| k.0 == base).expect("an mma conv kernel");
         let slot = if n >= 128 {
             0
         } else if n > 32 {
@@ -807,6 +825,7 @@ impl Gpu {
         }
         let chosen = match path {
             ConvPath::Wgmma | ConvPath::Tma | ConvPath::Tma4 => wgmma[slot].or(mma128[slot]),
+            ConvPath::Wgmma2 => wgmma2[slot].or(wgmma[slot]).or(mma128[slot]),
             ConvPath::MmaWide => mma128[slot],
             _ => None,
         };
@@ -2169,6 +2188,11 @@ mod tests {
             ("conv", "conv3x3_dgrad_wgmma_f16", "PIIIIIPPPPPPIP"),
             ("conv", "conv3x3_wgrad_wgmma_f16", "PIIIIPIPI"),
             ("conv", "conv3x3_wgrad_wgmma_narrow_f16", "PIIIIPIPI"),
+            ("conv", "conv3x3_fwd_wgmma_narrow_f16", "PIIIIPIIPPP"),
+            ("conv", "conv3x3_dgrad_wgmma_narrow_f16", "PIIIIIPPPPPPIP"),
+            ("conv", "conv3x3_fwd_wgmma2_f16", "PIIIIPIIPPP"),
+            ("conv", "conv3x3_dgrad_wgmma2_f16", "PIIIIIPPPPPPIP"),
+            ("conv", "conv3x3_wgrad_wgmma2_f16", "PIIIIPIPI"),
             ("conv", "unpool_f16", "PPIIIIP"),
             ("conv", "conv_weights_f16", "PIIPPI"),
             ("conv", "conv3x3_dgrad_f16", "PPIIIIIIPP"),

@@ -100,7 +100,10 @@ pub struct Gpu {
 /// read once instead of once per tap), `Wgmma` (compute capability 9.0, from the sm_90a cubin: the three GEMMs as warpgroup MMAs,
 /// wgmma, on 128-byte-swizzled shared-memory stages: 128×256 tiles where the GEMM's N is ≥ 128,
 /// 256×64 for the other forwards and input gradients, 256×32 for input gradients of ≤ 32
-/// channels, 128×64 for weight gradients of 64 channels), `Tma` (compute capability 9.0: as
+/// channels, 128×64 for weight gradients of 64 channels), `Wgmma2` (compute capability 9.0: the
+/// same instructions on tiles that let two blocks share an SM, so one block's epilogue overlaps
+/// the other's main loop: 128×128 in 3 stages where N ≥ 128, 128×64 where 32 < N < 128, else
+/// `Wgmma`'s), `Tma` (compute capability 9.0: as
 /// `Wgmma`, but the 128×256 forwards and input gradients of 256-channel weights run in 2-CTA
 /// clusters that share one bulk (TMA) copy of each weight tile, multicast into both CTAs' shared
 /// memory: half the weight traffic from L2 per CTA), `Tma4` (the same in 4-CTA clusters: a
@@ -110,7 +113,7 @@ pub struct Gpu {
 /// real operands the first time that GEMM runs outside a recording (src/gpu/backend.rs,
 /// `tune_gemm`). `Gpu::open` picks
 /// `Mma` where the GPU has it; the environment variable `SPEEDRUN_CONV=wmma` (or `mma`,
-/// `mma128`, `img`, `wgmma`, `tma`, `tma4`, `mixed`) overrides, and a comma list (`SPEEDRUN_CONV=mma,mma128`) is the
+/// `mma128`, `img`, `wgmma`, `wgmma2`, `tma`, `tma4`, `mixed`) overrides, and a comma list (`SPEEDRUN_CONV=mma,mma128`) is the
 /// set the warm-up's autotune chooses from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPath {
@@ -119,6 +122,7 @@ pub enum ConvPath {
     MmaWide,
     Img,
     Wgmma,
+    Wgmma2,
     Tma,
     Tma4,
     Mixed,
@@ -147,6 +151,7 @@ impl ConvPath {
             ConvPath::MmaWide => "mma128",
             ConvPath::Img => "img",
             ConvPath::Wgmma => "wgmma",
+            ConvPath::Wgmma2 => "wgmma2",
             ConvPath::Tma => "tma",
             ConvPath::Tma4 => "tma4",
             ConvPath::Mixed => "mixed",
@@ -160,7 +165,7 @@ impl ConvPath {
     /// Whether the path runs sm_90a kernels (wgmma; on `Tma` and `Tma4` also clusters and bulk
     /// copies).
     pub fn is_sm90(self) -> bool {
-        matches!(self, ConvPath::Wgmma | ConvPath::Tma | ConvPath::Tma4)
+        matches!(self, ConvPath::Wgmma | ConvPath::Wgmma2 | ConvPath::Tma | ConvPath::Tma4)
     }
     /// CTAs per cluster of the multicast kernels this path runs (1: none).
     pub fn cluster(self) -> u32 {
@@ -171,8 +176,8 @@ impl ConvPath {
         }
     }
     /// The paths a GPU of compute capability `cc` can run, best first (9.0 has every kernel
-    /// family). `Wgmma`, `Tma` and `Tma4` need exactly 9.0: their kernels are compiled for
-    /// sm_90a only (elsewhere they trap).
+    /// family). `Wgmma`, `Wgmma2`, `Tma` and `Tma4` need exactly 9.0: their kernels are compiled
+    /// for sm_90a only (elsewhere they trap).
     pub fn available(cc: (i32, i32)) -> &'static [ConvPath] {
         if cc == (9, 0) {
             &[
@@ -180,6 +185,7 @@ impl ConvPath {
                 ConvPath::MmaWide,
                 ConvPath::Img,
                 ConvPath::Wgmma,
+                ConvPath::Wgmma2,
                 ConvPath::Tma,
                 ConvPath::Tma4,
                 ConvPath::Wmma,
@@ -190,7 +196,7 @@ impl ConvPath {
             &[ConvPath::Wmma]
         }
     }
-    /// [`Self::available`] split into (every path but the sm_90a ones, wgmma, tma and tma4 if
+    /// [`Self::available`] split into (every path but the sm_90a ones, wgmma, wgmma2, tma and tma4 if
     /// `cc` has them): the self-test and the bench run the sm_90a kernels after everything
     /// else, since a fault in one loses the CUDA context and with it every later line.
     pub fn wgmma_last(cc: (i32, i32)) -> (Vec<ConvPath>, Vec<ConvPath>) {
@@ -201,7 +207,8 @@ impl ConvPath {
     pub fn tunable(cc: (i32, i32)) -> Vec<ConvPath> {
         Self::available(cc).iter().copied().filter(|p| p.is_mma()).collect()
     }
-    /// The path named `name` ("wmma", "mma", "mma128", "img", "wgmma", "tma", "tma4", "mixed").
+    /// The path named `name` ("wmma", "mma", "mma128", "img", "wgmma", "wgmma2", "tma", "tma4",
+    /// "mixed").
     pub fn named(name: &str) -> Option<ConvPath> {
         Self::available((9, 0)).iter().copied().chain([ConvPath::Mixed]).find(|p| p.name() == name)
     }
@@ -220,7 +227,7 @@ impl ConvPath {
         let Some(v) = env.map(str::trim).filter(|v| !v.is_empty()) else { return Ok(have[0]) };
         let Some(want) = Self::named(v) else {
             return Err(Error::Gpu(format!(
-                "{CONV_ENV}={v:?}: expected \"wmma\", \"mma\", \"mma128\", \"img\", \"wgmma\", \"tma\", \"tma4\" or \"mixed\""
+                "{CONV_ENV}={v:?}: expected \"wmma\", \"mma\", \"mma128\", \"img\", \"wgmma\", \"wgmma2\", \"tma\", \"tma4\" or \"mixed\""
             )));
         };
         if !want.runs_on(cc) {

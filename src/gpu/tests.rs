@@ -248,7 +248,7 @@ fn open_without_driver() {
 /// clear errors for an unknown name or a path the GPU lacks.
 #[test]
 fn conv_path_choice() {
-    use super::ConvPath::{Img, Mixed, Mma, MmaWide, Tma, Tma4, Wgmma, Wmma};
+    use super::ConvPath::{Img, Mixed, Mma, MmaWide, Tma, Tma4, Wgmma, Wgmma2, Wmma};
     use super::{ConvPath, CONV_ENV};
     assert_eq!(ConvPath::choose((9, 0), None).unwrap(), Mma);
     assert_eq!(ConvPath::choose((8, 0), Some("")).unwrap(), Mma);
@@ -261,10 +261,10 @@ fn conv_path_choice() {
     let e = ConvPath::choose((9, 0), Some("cutlass")).unwrap_err().to_string();
     assert!(e.contains("cutlass") && e.contains("wmma"), "{e}");
     assert_eq!(ConvPath::available((7, 0)), &[Wmma]);
-    assert_eq!(ConvPath::available((9, 0)), &[Mma, MmaWide, Img, Wgmma, Tma, Tma4, Wmma]);
+    assert_eq!(ConvPath::available((9, 0)), &[Mma, MmaWide, Img, Wgmma, Wgmma2, Tma, Tma4, Wmma]);
     assert_eq!(ConvPath::available((8, 9)), &[Mma, MmaWide, Img, Wmma]);
-    assert_eq!(ConvPath::tunable((9, 0)), [Mma, MmaWide, Img, Wgmma, Tma, Tma4]);
-    assert_eq!(ConvPath::wgmma_last((9, 0)), (vec![Mma, MmaWide, Img, Wmma], vec![Wgmma, Tma, Tma4]));
+    assert_eq!(ConvPath::tunable((9, 0)), [Mma, MmaWide, Img, Wgmma, Wgmma2, Tma, Tma4]);
+    assert_eq!(ConvPath::wgmma_last((9, 0)), (vec![Mma, MmaWide, Img, Wmma], vec![Wgmma, Wgmma2, Tma, Tma4]));
     assert_eq!(ConvPath::wgmma_last((8, 6)), (vec![Mma, MmaWide, Img, Wmma], vec![]));
     assert_eq!(ConvPath::choose((9, 0), Some("wgmma")).unwrap(), Wgmma);
     assert_eq!(ConvPath::named("wgmma"), Some(Wgmma));
@@ -272,14 +272,18 @@ fn conv_path_choice() {
     assert_eq!(ConvPath::choose((9, 0), Some("tma")).unwrap(), Tma);
     assert_eq!(ConvPath::named("tma"), Some(Tma));
     assert_eq!(ConvPath::choose((9, 0), Some("tma4")).unwrap(), Tma4);
+    assert_eq!(ConvPath::choose((9, 0), Some("wgmma2")).unwrap(), Wgmma2);
     for cc in [(8, 9), (10, 0)] {
-        for name in ["wgmma", "tma", "tma4"] {
+        for name in ["wgmma", "wgmma2", "tma", "tma4"] {
             let e = ConvPath::choose(cc, Some(name)).unwrap_err().to_string();
             assert!(e.contains(name) && e.contains("9.0"), "{e}");
         }
     }
-    assert!(Wgmma.is_sm90() && Tma.is_sm90() && Tma4.is_sm90() && !Mma.is_sm90() && !Mixed.is_sm90() && Tma.is_mma());
-    assert_eq!([Wgmma, Tma, Tma4, Mixed].map(|p| p.cluster()), [1, 2, 4, 1]);
+    assert!(
+        Wgmma.is_sm90() && Wgmma2.is_sm90() && Tma.is_sm90() && Tma4.is_sm90() && !Mma.is_sm90() && !Mixed.is_sm90()
+    );
+    assert!(Tma.is_mma() && Wgmma2.is_mma());
+    assert_eq!([Wgmma, Wgmma2, Tma, Tma4, Mixed].map(|p| p.cluster()), [1, 1, 2, 4, 1]);
     assert_eq!(ConvPath::choose((8, 0), Some("mma128")).unwrap(), MmaWide);
     let e = ConvPath::choose((7, 5), Some("mma128")).unwrap_err().to_string();
     assert!(e.contains("mma128") && e.contains("8.0") && e.contains("sm_75"), "{e}");
@@ -297,7 +301,7 @@ fn conv_path_choice() {
     assert!(e.contains("mixed") && e.contains("8.0") && e.contains("sm_75"), "{e}");
     // the list form: unset, every tunable path and mixed (the one available without mma); one
     // name, pinned; a comma list, those paths in its order; each checked like one name
-    assert_eq!(ConvPath::choose_list((9, 0), None).unwrap(), [Mma, MmaWide, Img, Wgmma, Tma, Tma4, Mixed]);
+    assert_eq!(ConvPath::choose_list((9, 0), None).unwrap(), [Mma, MmaWide, Img, Wgmma, Wgmma2, Tma, Tma4, Mixed]);
     assert_eq!(ConvPath::choose_list((8, 6), Some(" ")).unwrap(), [Mma, MmaWide, Img, Mixed]);
     assert_eq!(ConvPath::choose_list((9, 0), Some("mma,mma128,mixed")).unwrap(), [Mma, MmaWide, Mixed]);
     assert_eq!(ConvPath::choose_list((7, 5), None).unwrap(), [Wmma]);
@@ -323,6 +327,7 @@ fn wide_conv_smem_matches_kernels() {
         format!("#define WG_TALL_SMEM {}\n", super::backend::WG_TALL_SMEM),
         format!("#define WG_TALL32_SMEM {}\n", super::backend::WG_TALL32_SMEM),
         format!("#define WG_NARROW_SMEM {}\n", super::backend::WG_NARROW_SMEM),
+        format!("#define WG_WIDE2_SMEM {}\n", super::backend::WG_WIDE2_SMEM),
         format!("#define WG_MC_SMEM {}\n", super::backend::WG_MC_SMEM),
     ] {
         assert!(src.contains(&line), "kernels/conv.cu lacks {line:?}");
@@ -472,7 +477,8 @@ fn conv_layer_outputs(
 /// `wgmma` path (compute capability 9.0; the emulated driver reports 9.0, and the emulated wgmma
 /// sums each output's k16 steps in the same order), the same for its kernels: 128×256 tiles
 /// where N ≥ 128 (the weight gradient's too: its slices, fewer tiles, may differ, but 72 pixels
-/// still clamp to 3), 256×64 (256×32) elsewhere, the weight gradient with N < 128 as on mma128.
+/// still clamp to 3), 256×64 (256×32) elsewhere, the weight gradient with N < 128 as on mma128;
+/// and `wgmma2`'s: 128×128 in 3 stages where N ≥ 128, 128×64 where 32 < N < 128, else wgmma's.
 #[test]
 #[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
 fn wide_convs_equal_narrow_ones() {
@@ -505,9 +511,16 @@ fn wide_convs_equal_narrow_ones() {
             136 => &["conv3x3_dgrad_wgmma_f16", "conv3x3_fwd_wgmma_tall_f16", "conv3x3_wgrad_mma_f16"],
             _ => &["conv3x3_dgrad_wgmma_tall_f16", "conv3x3_fwd_wgmma_tall_f16", "conv3x3_wgrad_wgmma_narrow_f16"],
         };
+        // wgmma2 (two blocks per SM): 128×128 where N ≥ 128, 128×64 where 32 < N < 128
+        let want_wg2: &[&str] = match cin {
+            32 => &["conv3x3_dgrad_wgmma_tall32_f16", "conv3x3_fwd_wgmma2_f16", "conv3x3_wgrad_wgmma2_f16"],
+            136 => &["conv3x3_dgrad_wgmma2_f16", "conv3x3_fwd_wgmma_tall_f16", "conv3x3_wgrad_mma_f16"],
+            _ => &["conv3x3_dgrad_wgmma_narrow_f16", "conv3x3_fwd_wgmma_narrow_f16", "conv3x3_wgrad_wgmma_narrow_f16"],
+        };
         let mut paths = vec![(ConvPath::MmaWide, want)];
         if ConvPath::available(gpu.info.cc).contains(&ConvPath::Wgmma) {
             paths.push((ConvPath::Wgmma, want_wg));
+            paths.push((ConvPath::Wgmma2, want_wg2));
         }
         for (path, want) in paths {
             let (wide, am1, names1) = gpu.with_conv_path(path, |g| run(g));
@@ -517,7 +530,7 @@ fn wide_convs_equal_narrow_ones() {
             // the tiles). wgmma's HGMMA need not add a k16 step's products as HMMA does (the
             // emulator makes them equal, and holds them to it; a GPU may differ by an fp16 ulp):
             // close, argmax picks equal but for near-ties, the backward compared if they agree.
-            let hw = path == ConvPath::Wgmma && !gpu.info.name.starts_with("Emulated");
+            let hw = path.is_sm90() && !gpu.info.name.starts_with("Emulated");
             let differ = am0.iter().zip(&am1).filter(|(a, b)| a != b).count();
             if hw {
                 assert!(differ * 100 <= am0.len(), "{cin}->{cout}: {differ} of {} argmax picks ({p})", am0.len());

@@ -293,7 +293,7 @@ template <int R> inline void wgmma_fence_regs(float*) {}
 inline void emu_wg_landed(unsigned long long da, unsigned long long db, int n, int ta, int tb);
 template <int N, int TA = 0, int TB = 0>
 inline void wgmma_f16(float* d, unsigned long long da, unsigned long long db, int scale_d) {
-    static_assert(N == 32 || N == 64 || N == 256, "wgmma_f16: N is 32, 64 or 256");
+    static_assert(N == 32 || N == 64 || N == 128 || N == 256, "wgmma_f16: N is 32, 64, 128 or 256");
     auto& s = emu_wg_state();
     assert(s.fenced && "wgmma without a wgmma_fence before it");
     assert(blockDim.x % 128 == 0 && blockDim.y == 1 && blockDim.z == 1 && "wgmma: whole warpgroups");
@@ -434,8 +434,9 @@ inline void emu_wgmma_run(const EmuWgmma& op) {
     switch (op.n) {
         case 32: return emu_wgmma_cols<8>(op);
         case 64: return emu_wgmma_cols<16>(op);
+        case 128: return emu_wgmma_cols<32>(op);
         case 256: return emu_wgmma_cols<64>(op);
-        default: assert(!"emulated wgmma: N is 32, 64 or 256");
+        default: assert(!"emulated wgmma: N is 32, 64, 128 or 256");
     }
 }
 // At issue (by the warpgroup's first thread): a wgmma reads its operands when the hardware gets
