@@ -313,10 +313,12 @@ struct Acts<B: Backend> {
     ga: Vec<B::Buf>,   // gradient w.r.t. GELU(pre(x[k]))
     gsum: Vec<B::Buf>, // [Σdu | Σdu·x̂] of ga[k], taken by the conv backward for pre_bwd (k < 6)
     gx: Vec<B::Buf>,   // gradient w.r.t. x[k]; unpooled (conv k−1's output) where conv k−1 pools
+    gw0: B::Buf,       // scratch of conv 0's weight size (the whitening bias's gradient)
     loss_acc: B::Buf,  // [loss sum, correct] since the last read
 }
 
-/// With `grads` false (evaluation), the gradient buffers `ga`, `gsum`, `gx` and `keep` stay empty.
+/// With `grads` false (evaluation), the gradient buffers `ga`, `gsum`, `gx`, `keep` and `gw0` stay
+/// empty.
 fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize, res: usize, grads: bool) -> Result<Acts<B>> {
     let s = shapes(h, n, res);
     let c = h.widths[2];
@@ -339,6 +341,7 @@ fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize, res: usize, grads: bool) -> Re
         } else {
             Vec::new()
         },
+        gw0: b.zeros(if grads { layers(h)[0].1 * 9 * s[0].c } else { 0 })?,
         loss_acc: b.zeros(2)?,
     })
 }
@@ -415,14 +418,27 @@ fn backward<B: Backend>(
         // then has no pool to undo
         let unpool = pool.then(|| Unpool { argmax: &a.argmax[l], full: a.s[l].with_c(cout) });
         b.pre_bwd(&a.ga[k], &a.x[k], a.s[k], pre_k, sums, &mut g.beta[l], dx, unpool)?;
-        let (da, da_sums) =
-            if l > 0 || bias_trains { (Some(&mut a.ga[l]), Some(&mut a.gsum[l])) } else { (None, None) };
+        let (da, da_sums) = if l > 0 { (Some(&mut a.ga[l]), Some(&mut a.gsum[l])) } else { (None, None) };
         let (w, gw, kept) = (&net.p.conv[l], &mut g.conv[l], a.keep.get(l));
         let (x, dy, argmax) = (&a.x[l], &a.gx[k], &a.argmax[l]);
         b.conv3x3_bwd(x, a.s[l], pre(&net.p, &a.bn, l), w, cout, false, argmax, dy, gw, da, da_sums, kept)?;
     }
     if bias_trains {
-        b.pre_bwd(&a.ga[0], &a.x[0], a.s[0], pre(&net.p, &a.bn, 0), Some(&a.gsum[0]), &mut g.whiten_b, None, None)?;
+        // the whitening bias's gradient through conv 0, without conv 0's input gradient
+        let (w, cout) = (&net.p.conv[0], layers(h)[0].1);
+        let (x, dy, scratch) = (&a.x[0], &a.gx[1], (&mut a.ga[0], &mut a.gw0));
+        b.conv3x3_shift_grad(
+            x,
+            a.s[0],
+            &net.p.whiten_b,
+            w,
+            cout,
+            &a.argmax[0],
+            dy,
+            scratch.0,
+            scratch.1,
+            &mut g.whiten_b,
+        )?;
     }
     Ok(())
 }

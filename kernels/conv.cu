@@ -40,6 +40,10 @@
 //                       to conv3x3_fwd_f16 / conv3x3_wgrad_f16, instead of recomputing pre + GELU
 //                       for every tap and column tile (9·ceil(cout/64) times per element); the
 //                       values fed to the MMA are bit-identical either way.
+//   act_grad_f16        GELU′(pre(x)) the same way, and shift_from_wgrad_f32 (grid cin, block
+//                       256): dshift[c] = Σ w·gw over the weights of input channel c, gw a
+//                       weight gradient against act_grad_f16's output: the whitening bias's
+//                       gradient without the first conv's input gradient.
 #include <mma.h>
 #include "common.cuh"
 
@@ -465,9 +469,12 @@ conv3x3_wgrad_f16(const half* __restrict__ x, int N, int H, int W, int cin, cons
     }
 }
 
-extern "C" __global__ void act_f16(const half* __restrict__ x, long long len8, int C, const float* __restrict__ pmean,
-                                   const float* __restrict__ pinv, const float* __restrict__ pshift, int bn,
-                                   half* __restrict__ a) {
+// a = GELU(pre(x)) (act_f16), or its derivative GELU′(pre(x)) (act_grad_f16: the whitening
+// bias's gradient through a weight-gradient GEMM, conv3x3_shift_grad in src/gpu/backend.rs)
+template <bool GRAD>
+__device__ __forceinline__ void act_body(const half* __restrict__ x, long long len8, int C, const float* __restrict__ pmean,
+                                         const float* __restrict__ pinv, const float* __restrict__ pshift, int bn,
+                                         half* __restrict__ a) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= len8) return;
     // (8·i) mod C, in 32 bits where i fits (every recipe shape)
@@ -493,8 +500,38 @@ extern "C" __global__ void act_f16(const half* __restrict__ x, long long len8, i
     Half8 v, r;
     v.u = reinterpret_cast<const uint4*>(x)[i];
 #pragma unroll
-    for (int j = 0; j < 8; j++) r.h[j] = __float2half(gelu_f(pre_u(__half2float(v.h[j]), mean[j], inv[j], sh[j], bn)));
+    for (int j = 0; j < 8; j++) {
+        const float u = pre_u(__half2float(v.h[j]), mean[j], inv[j], sh[j], bn);
+        r.h[j] = __float2half(GRAD ? gelu_grad_f(u) : gelu_f(u));
+    }
     reinterpret_cast<uint4*>(a)[i] = r.u;
+}
+extern "C" __global__ void act_f16(const half* __restrict__ x, long long len8, int C, const float* __restrict__ pmean,
+                                   const float* __restrict__ pinv, const float* __restrict__ pshift, int bn,
+                                   half* __restrict__ a) {
+    act_body<false>(x, len8, C, pmean, pinv, pshift, bn, a);
+}
+extern "C" __global__ void act_grad_f16(const half* __restrict__ x, long long len8, int C,
+                                        const float* __restrict__ pmean, const float* __restrict__ pinv,
+                                        const float* __restrict__ pshift, int bn, half* __restrict__ a) {
+    act_body<true>(x, len8, C, pmean, pinv, pshift, bn, a);
+}
+
+// dshift[c] = Σ_{j < rows} w[j·cin + c] · gw[j·cin + c] (rows = cout·9: w and gw [cout][3·3][cin],
+// gw the weight gradient of the output gradient against GELU′(pre(x))): the shift's gradient
+// without the input gradient (Σ_q GELU′(u_q)·da_q regrouped). Grid cin, block 256; f64 sums in
+// a fixed order.
+extern "C" __global__ void shift_from_wgrad_f32(const float* __restrict__ w, const float* __restrict__ gw, int rows,
+                                                int cin, float* __restrict__ dshift) {
+    __shared__ double scratch[32];
+    const int c = blockIdx.x;
+    double s = 0.0;
+    for (int j = threadIdx.x; j < rows; j += blockDim.x) {
+        const long long k = (long long)j * cin + c;
+        s += (double)w[k] * (double)gw[k];
+    }
+    s = block_sum_d(s, scratch);
+    if (threadIdx.x == 0) dshift[c] = (float)s;
 }
 
 // The bulk-copy layout of a K-major B matrix [rows][K] for the multicast kernels

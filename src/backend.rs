@@ -424,6 +424,34 @@ pub trait Backend: Record {
         kept: Option<&Self::Buf>,
     ) -> Result<()>;
 
+    /// The gradient of the shift of `Pre::Bias(shift)` (the whitening bias) through `conv3x3` of
+    /// `a = GELU(x + shift)`, from `dy` (the gradient w.r.t. its output, unpooled), without the
+    /// input gradient: `dshift[c] = Σ_q GELU′(u_q)·da_q`, `da` the input gradient
+    /// `conv3x3_bwd` gives. This default is that composition (`conv3x3_bwd` into `g`, then
+    /// `pre_bwd`; `gw` takes the weight gradient), the reference. `g` (x's length) and `gw` (the
+    /// weight's) are scratch. A GPU regroups the same sum: `g = GELU′(u)` in place of the
+    /// conv's input, `gw` its weight gradient against `dy`, and `dshift[c] =
+    /// Σ_{o,tap} w[o][tap][c]·gw[o][tap][c]`: a weight-gradient GEMM over the pixels instead of
+    /// an input gradient and a pass over it.
+    #[allow(clippy::too_many_arguments)]
+    fn conv3x3_shift_grad(
+        &mut self,
+        x: &Self::Buf,
+        xs: Shape,
+        shift: &Self::Buf,
+        w: &Self::Buf,
+        cout: usize,
+        argmax: &Self::Bytes,
+        dy: &Self::Buf,
+        g: &mut Self::Buf,
+        gw: &mut Self::Buf,
+        dshift: &mut Self::Buf,
+    ) -> Result<()> {
+        let pre = Pre::Bias(shift);
+        self.conv3x3_bwd(x, xs, pre, w, cout, false, argmax, dy, gw, Some(&mut *g), None, None)?;
+        self.pre_bwd(g, x, xs, pre, None, dshift, None, None)
+    }
+
     // ---- optimisers ----------------------------------------------------------------------
     /// Nesterov SGD over several tensors (one multi-tensor launch on a GPU), rates from `step`.
     fn sgd(&mut self, params: &mut [SgdParam<'_, Self>], step: &Self::Words, momentum: f32) -> Result<()>;

@@ -363,6 +363,14 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
         };
         checks.push((format!("pre_bwd unpooled {}", shape_str(full)), Box::new(f)));
     }
+    checks.push((
+        "shift_grad".into(),
+        Box::new(|g, c, r| check_shift_grad(g, c, r, Shape::new(BATCH, 31, 31, 24), 64, 490)),
+    ));
+    checks.push((
+        "shift_grad odd shape".into(),
+        Box::new(|g, c, r| check_shift_grad(g, c, r, Shape::new(3, 7, 5, 40), 16, 495)),
+    ));
     checks.push(("head".into(), Box::new(|g, c, r| check_head(g, c, r, Shape::new(BATCH, 3, 3, 256), 10, 500))));
     checks.push(("head odd shape".into(), Box::new(|g, c, r| check_head(g, c, r, Shape::new(7, 2, 3, 40), 3, 510))));
     checks.push(("xent".into(), Box::new(|g, c, r| check_xent(g, c, r, BATCH, 10, 600))));
@@ -796,6 +804,34 @@ fn check_pre_bwd(
     Ok(())
 }
 
+/// `conv3x3_shift_grad` (the whitening bias's gradient through conv 0): the GPU's regrouped sum
+/// (a weight gradient against GELU′(x + shift), then Σ w·gw per input channel) against the CPU's
+/// input gradient and `pre_bwd`, on the same fp16-valued x and dy.
+fn check_shift_grad(
+    gpu: &mut Gpu,
+    cpu: &mut Cpu<f32>,
+    r: &mut Report,
+    xs: Shape,
+    cout: usize,
+    seed: u64,
+) -> Result<()> {
+    let c = xs.c;
+    let x = rnd(xs.len(), seed + 1, 1.0, 0.0); // fp16 values (rnd), as the GPU holds them
+    let shift = rnd(c, seed + 2, 0.3, 0.0);
+    let w = rnd(cout * 9 * c, seed + 3, (1.0 / (9 * c) as f64).sqrt(), 0.0);
+    let dy = rnd(xs.len() / c * cout, seed + 4, 0.1, 0.0);
+    let (cx, cs, cw, cdy, cam) = (cpu.upload(&x)?, cpu.upload(&shift)?, cpu.upload(&w)?, cpu.upload(&dy)?, vec![]);
+    let (mut cg, mut cgw, mut cds) = (vec![f32::NAN; xs.len()], vec![f32::NAN; w.len()], vec![f32::NAN; c]);
+    cpu.conv3x3_shift_grad(&cx, xs, &cs, &cw, cout, &cam, &cdy, &mut cg, &mut cgw, &mut cds)?;
+    let (gx, gs, gw, gdy) = (gpu.upload_f16(&x)?, gpu.upload(&shift)?, gpu.upload(&w)?, gpu.upload_f16(&dy)?);
+    let gam = gpu.upload_bytes(&[])?;
+    let (mut gg, mut ggw) = (gpu.upload(&vec![POISON; xs.len()])?, gpu.upload(&vec![POISON; w.len()])?);
+    let mut gds = gpu.upload(&vec![POISON; c])?;
+    gpu.conv3x3_shift_grad(&gx, xs, &gs, &gw, cout, &gam, &gdy, &mut gg, &mut ggw, &mut gds)?;
+    let got = gpu.download(&gds)?;
+    r.line("conv3x3_shift_grad dshift", &format!("{}->{cout}", shape_str(xs)), &got, &cds, TOL_F16_OUT)
+}
+
 fn check_head(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report, xs: Shape, classes: usize, seed: u64) -> Result<()> {
     let (n, c, hw) = (xs.n, xs.c, xs.h * xs.w);
     let hp = HostPre::new(c, true, seed);
@@ -1067,6 +1103,7 @@ struct StepState<B: Backend> {
     g_beta: Vec<B::Buf>,
     g_head: B::Buf,
     g_wb: B::Buf,
+    gw0: B::Buf, // scratch of conv 0's weight size (conv3x3_shift_grad), as main.rs's
     /// Whether the whitening bias trains (main.rs's `bias_trains`, the first
     /// `whiten_bias_epochs`): if not, layer 0 has no input gradient and the bias no update.
     bias_trains: bool,
@@ -1120,6 +1157,7 @@ impl<B: Backend> StepState<B> {
             g_beta: zeros(b, &init.beta)?,
             g_head: b.zeros(init.head.len())?,
             g_wb: b.zeros(WHITEN)?,
+            gw0: b.zeros(init.conv[0].len())?,
             bias_trains: true,
             m_conv: zeros(b, &init.conv)?,
             m_beta: zeros(b, &init.beta)?,
@@ -1185,7 +1223,7 @@ impl<B: Backend> StepState<B> {
             let pre =
                 if l == 0 { Pre::Bias(&self.whiten_b) } else { Pre::Bn { bn: &self.bn[l], beta: &self.beta[l - 1] } };
             let (ga, gsum, gx) = (&mut self.ga[l], &mut self.gsum[l], &self.gx[k]);
-            let (da, da_sums) = if l > 0 || self.bias_trains { (Some(ga), Some(gsum)) } else { (None, None) };
+            let (da, da_sums) = if l > 0 { (Some(ga), Some(gsum)) } else { (None, None) };
             b.conv3x3_bwd(
                 &self.x[l],
                 s[l],
@@ -1202,8 +1240,21 @@ impl<B: Backend> StepState<B> {
             )?;
         }
         if self.bias_trains {
-            let sums = Some(&self.gsum[0]);
-            b.pre_bwd(&self.ga[0], &self.x[0], s[0], Pre::Bias(&self.whiten_b), sums, &mut self.g_wb, None, None)?;
+            // through conv 0 without its input gradient, as main.rs
+            let (x, wb, w, dy) = (&self.x[0], &self.whiten_b, &self.conv[0], &self.gx[1]);
+            let cout = STEP_LAYERS[0].1;
+            b.conv3x3_shift_grad(
+                x,
+                s[0],
+                wb,
+                w,
+                cout,
+                &self.am[0],
+                dy,
+                &mut self.ga[0],
+                &mut self.gw0,
+                &mut self.g_wb,
+            )?;
         }
 
         let mut sgd = vec![SgdParam {
@@ -1484,6 +1535,25 @@ pub(crate) fn bench_lines(gpu: &mut Gpu, batch: usize, lines: &mut Lines) -> Res
         (nc * 3072) as f64,
         &mut |g| g.patch_cov(&images, nc, NORM).map(|_| ()),
     )?;
+
+    // the whitening bias's gradient through conv 0 (the first whiten_bias_epochs' steps), on the
+    // default path: against "wgrad+dgrad+sums [0]" − "wgrad [0]", which it replaced
+    {
+        let xs = Shape::new(n, 31, 31, WHITEN);
+        let cout = LAYERS[0].3;
+        let x = gpu.upload_f16(&rnd(xs.len(), 60, 1.0, 0.0))?;
+        let shift = gpu.upload(&rnd(WHITEN, 61, 0.3, 0.0))?;
+        let w = gpu.upload(&rnd(cout * 9 * WHITEN, 62, 0.1, 0.0))?;
+        let dy = gpu.upload_f16(&rnd(n * 961 * cout, 63, 0.1, 0.0))?;
+        let am = gpu.upload_bytes(&[])?;
+        let (mut g0, mut gw, mut ds) = (gpu.zeros(xs.len())?, gpu.zeros(cout * 9 * WHITEN)?, gpu.zeros(WHITEN)?);
+        let flops = 2.0 * (n * 961 * cout * 9 * WHITEN) as f64;
+        let bytes_moved = (xs.len() * 2 * 3 + n * 961 * cout * 2) as f64;
+        let shape = format!("{}->{cout}", shape_str(xs));
+        lines.time(gpu, "conv3x3_shift_grad [0]", &shape, flops, bytes_moved, &mut |g| {
+            g.conv3x3_shift_grad(&x, xs, &shift, &w, cout, &am, &dy, &mut g0, &mut gw, &mut ds)
+        })?;
+    }
 
     // every conv path but wgmma here; the wgmma lines come last (bench_step), so that a fault in
     // them (which loses the context) costs only their own lines

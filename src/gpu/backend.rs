@@ -1874,6 +1874,40 @@ impl Backend for Gpu {
         Ok(())
     }
 
+    fn conv3x3_shift_grad(
+        &mut self,
+        x: &GBuf,
+        xs: Shape,
+        shift: &GBuf,
+        w: &GBuf,
+        cout: usize,
+        argmax: &GBytes,
+        dy: &GBuf,
+        g: &mut GBuf,
+        gw: &mut GBuf,
+        dshift: &mut GBuf,
+    ) -> Result<()> {
+        self.begin();
+        let cin = xs.c;
+        check_channels("conv3x3_shift_grad", cin, cout)?;
+        let xp = self.in_f16(x, xs.len(), &format!("conv3x3_shift_grad: x {xs:?}"))?;
+        let pp = self.pre_ptrs(Pre::Bias(shift), cin, "conv3x3_shift_grad")?;
+        let gp = self.out(g, xs.len(), Dtype::F16, &format!("conv3x3_shift_grad: g {xs:?}"))?;
+        let dsp = self.out(dshift, cin, Dtype::F32, "conv3x3_shift_grad: dshift")?;
+        // g = GELU′(x + shift), fp16 as the conv's activated input is
+        if xs.len() > 0 {
+            let args = [xp, long(xs.len() / 8), int(cin, "channels")?, pp.mean, pp.inv, pp.shift, pp.bn, gp];
+            self.launch1d("conv", "act_grad_f16", xs.len() / 8, &args)?;
+        }
+        // gw = the weight gradient of dy against g (g given as the kept activated input), on the
+        // kernel the conv's own weight gradient at this shape takes
+        self.conv3x3_bwd(x, xs, Pre::Bias(shift), w, cout, false, argmax, dy, gw, None, None, Some(&*g))?;
+        let wp = self.in_f32(w, cout * 9 * cin, &format!("conv3x3_shift_grad: weight {cout}×3×3×{cin}"))?;
+        let gwp = self.ptr(&gw.mem);
+        let args = [wp, gwp, int(9 * cout, "weight rows")?, int(cin, "channels")?, dsp];
+        self.launch("conv", "shift_from_wgrad_f32", (cin as u32, 1, 1), (256, 1, 1), &args)
+    }
+
     fn sgd(&mut self, params: &mut [SgdParam<'_, Self>], step: &GWords, momentum: f32) -> Result<()> {
         self.begin();
         check_len(step.len, STEP_LEN, "sgd: the step record")?;
@@ -2199,6 +2233,8 @@ mod tests {
             ("conv", "conv3x3_wgrad_f16", "PIIIIPPPIPPIIPI"),
             ("conv", "wgrad_reduce_f32", "PIPP"),
             ("conv", "act_f16", "PPIPPPIP"),
+            ("conv", "act_grad_f16", "PPIPPPIP"),
+            ("conv", "shift_from_wgrad_f32", "PPIIP"),
             ("norm", "chan_reduce_f16", "PPPIPPPPIP"),
             ("norm", "bn_reduce_f16", "PPIPP"),
             ("norm", "bn_finalize_f32", "PIIPIIPPP"),
