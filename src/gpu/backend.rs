@@ -1895,7 +1895,7 @@ impl Backend for Gpu {
         let gp = self.out(g, xs.len(), Dtype::F16, &format!("conv3x3_shift_grad: g {xs:?}"))?;
         let dsp = self.out(dshift, cin, Dtype::F32, "conv3x3_shift_grad: dshift")?;
         // g = GELU′(x + shift), fp16 as the conv's activated input is
-        if xs.len() > 0 {
+        if !xs.is_empty() {
             let args = [xp, long(xs.len() / 8), int(cin, "channels")?, pp.mean, pp.inv, pp.shift, pp.bn, gp];
             self.launch1d("conv", "act_grad_f16", xs.len() / 8, &args)?;
         }
