@@ -112,7 +112,8 @@ case "$what" in
   ncu)
     # bench line | kernel (exact name, or regex:...): the largest gaps of the 2026-11-27 mixed
     # step profile, those the third H200 session's 200 s did not reach first (≈ 45 s each), then
-    # those it profiled (bench/logs/2026-11-27-h200-854d170-ncu.log; bench/NOTES.md says why each)
+    # those it profiled (bench/logs/2026-11-27-h200-854d170-ncu.log; bench/NOTES.md says why each);
+    # the wgmma2 forward at layer 2 beside wgmma's: does a second block per SM fill the issue slots?
     command -v ncu > /dev/null || { echo "ncu is not on PATH" | tee -a "$log"; exit 2; }
     status=0
     while IFS='|' read -r line kern; do
@@ -127,6 +128,7 @@ conv3x3 wgrad+dgrad+sums tma [3]|conv3x3_dgrad_wgmma_mc_f16
 pre_bwd [3]|chan_reduce_f16
 pre_bwd unpooled [0]|pre_bwd_dx_f16
 conv3x3 wgrad+dgrad+sums mma128 [0]|regex:conv3x3_dgrad
+conv3x3 fwd wgmma2 [2]|conv3x3_fwd_wgmma2_f16
 conv3x3 fwd img [0]|conv3x3_fwd_img_f16
 conv3x3 fwd wgmma [2]|conv3x3_fwd_wgmma_f16
 conv3x3 fwd tma [3]|conv3x3_fwd_wgmma_mc_f16
