@@ -367,15 +367,55 @@ __device__ __forceinline__ float warp_max(float v) {
 
 // ---- shared by the training kernels (conv, norm, stem, head, optim) ---------------------------
 
-// Exact GELU 0.5·u·(1 + erf(u/√2)) and its derivative Φ(u) + u·φ(u), in f32 like the CPU
-// reference (erff differs from libm's by at most a couple of ulp).
+// GELU u·Φ(u) and its derivative Φ(u) + u·φ(u) (Φ, φ: the standard normal's CDF and density),
+// the CPU reference's exact GELU to within 2.5e-7 (Φ, GELU′) and 4e-7 (GELU) absolute in f32,
+// far below the fp16 rounding of every output (relative 4.9e-4): Φ from Abramowitz–Stegun
+// 7.1.26, erfc(x) ≈ t·(a1 + t·(a2 + … + t·a5))·e^(−x²), t = 1/(1 + p·x), x = |u|/√2 (|error| ≤
+// 1.5e-7), whose e^(−x²) = e^(−u²/2) is also φ's. 2 MUFU and ~12 other instructions, against
+// ~45 for erff and expf (whose two branches the compiler evaluates and selects between): the
+// element-wise passes that apply them (act_f16, pre_bwd_dx_f16, chan_reduce_f16) issued ~80–120
+// instructions per element and reached half the memory bandwidth (bench/NOTES.md, fifteenth
+// session). In the tails the tail's own value is kept (Φ(u) = r/2 for u < 0, no 1 − (1 − r)).
+// 2^x and 1/x by the SFU alone (ex2.approx.ftz, rcp.approx.ftz: relative error ≤ 2^−22, a
+// subnormal argument or result flushed to 0), without the subnormal scaling that __expf and
+// __fdividef add around them when the file is not compiled with -ftz.
+__device__ __forceinline__ float ex2_fast(float x) {
+#if defined(EMU_KERNELS)
+    return exp2f(x);
+#else
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+#endif
+}
+__device__ __forceinline__ float rcp_fast(float x) {
+#if defined(EMU_KERNELS)
+    return 1.0f / x;
+#else
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+#endif
+}
+__device__ __forceinline__ void normal_cdf_pdf(float u, float& cdf, float& pdf) {
+    const float x = fabsf(u) * 0.70710678118654752f;
+    const float e = ex2_fast(-1.4426950408889634f * x * x);  // e^(−x²); 0 once it would be subnormal
+    const float t = rcp_fast(fmaf(0.3275911f, x, 1.0f));
+    const float q = t * fmaf(t, fmaf(t, fmaf(t, fmaf(t, 1.061405429f, -1.453152027f), 1.421413741f), -0.284496736f),
+                             0.254829592f);
+    const float half_tail = 0.5f * q * e;  // Φ(−|u|) = erfc(|u|/√2)/2
+    cdf = u >= 0.0f ? 1.0f - half_tail : half_tail;
+    pdf = 0.3989422804014327f * e;
+}
 __device__ __forceinline__ float gelu_f(float u) {
-    return 0.5f * u * (1.0f + erff(u * 0.70710678118654752f));
+    float cdf, pdf;
+    normal_cdf_pdf(u, cdf, pdf);
+    return u * cdf;
 }
 __device__ __forceinline__ float gelu_grad_f(float u) {
-    const float cdf = 0.5f * (1.0f + erff(u * 0.70710678118654752f));
-    const float pdf = 0.3989422804014327f * expf(-0.5f * u * u);
-    return cdf + u * pdf;
+    float cdf, pdf;
+    normal_cdf_pdf(u, cdf, pdf);
+    return fmaf(u, pdf, cdf);
 }
 
 // The per-channel map in front of every GELU (`Pre` in src/backend.rs):
