@@ -76,6 +76,7 @@ environment
                           every mma path the GPU has, and mixed)
   SPEEDRUN_EPILOGUE_SUMS  0: the mma convs' BatchNorm sums as separate reductions (default 1)
   SPEEDRUN_SELFTEST_TIMES 1: `selftest` prints each check's time
+  SPEEDRUN_SELFTEST_BATCH N: `selftest` checks at batch N (a multiple of 8; default 64)
   SPEEDRUN_SELFTEST_ONLY  a,b: `selftest` runs only the checks whose name contains a or b (PARTIAL)
   SPEEDRUN_BENCH_ONLY     a,b: `bench` times only the lines whose name contains a or b (PARTIAL)
   at build time (cargo build): REQUIRE_CUDA_KERNELS=1 fails a build without the CUDA compiler;

@@ -63,7 +63,23 @@ const TOL_STEP_GRAD: f64 = 2e-2;
 const TOL_STEP_PARAM: f64 = 4e-3;
 
 /// The batch of the per-op checks (the recipe trains with 2000; 64 keeps the CPU reference fast).
+/// The checks' batch (conv layers, BatchNorm, pre_bwd, head, loss, the whole step): 64, or
+/// [`BATCH_ENV`] (a multiple of 8: the recorded step runs an eighth of it).
 const BATCH: usize = 64;
+/// Environment variable that sets the checks' batch (the emulated CI run: 32, half the time).
+pub const BATCH_ENV: &str = "SPEEDRUN_SELFTEST_BATCH";
+
+/// [`BATCH_ENV`]'s value (None or blank: [`BATCH`]); anything but a positive multiple of 8 is a
+/// usage error.
+fn batch_from(v: Option<&str>) -> Result<usize> {
+    match v.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(BATCH),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 && n % 8 == 0 => Ok(n),
+            _ => Err(Error::Usage(format!("{BATCH_ENV}={v:?}: expected a positive multiple of 8"))),
+        },
+    }
+}
 const NORM: Norm = Norm { mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616] };
 /// The recipe's six 3×3 convs: (input shape per image h, w, cin; cout; pool).
 const LAYERS: [(usize, usize, usize, usize, bool); 6] = [
@@ -286,6 +302,10 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     let threads = crate::cpu::par::default_threads();
     let mut cpu = Cpu::<f32>::with_threads(threads);
     writeln!(out, "self-test: {} vs {}", gpu.describe(), cpu.describe()).map_err(io)?;
+    let batch = batch_from(std::env::var(BATCH_ENV).ok().as_deref())?;
+    if batch != BATCH {
+        writeln!(out, "batch {batch} ({BATCH_ENV}; the checks' default is {BATCH})").map_err(io)?;
+    }
     let mut r = Report { out, ok: true, lines: 0, failed: 0 };
 
     // Every check by name; one that stops with an error (a failed launch, say) is a FAIL line
@@ -298,7 +318,7 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     // before: paths whose kernels an earlier group checks (their lines say so instead)
     let conv_checks = |checks: &mut Vec<(String, Check)>, before: &[ConvPath], paths: &[ConvPath], suffix: &str| {
         for (i, &(h, w, cin, cout, pool)) in LAYERS.iter().enumerate() {
-            let s = Shape::new(BATCH, h, w, cin);
+            let s = Shape::new(batch, h, w, cin);
             let (bs, ps) = (before.to_vec(), paths.to_vec());
             let f = move |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| {
                 check_conv(g, c, r, s, cout, pool, i > 0, 100 + 10 * i as u64, &bs, &ps)
@@ -325,7 +345,7 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     };
     conv_checks(&mut checks, &[], &others, "");
     for (k, &(h, w, _, cout, pool)) in LAYERS.iter().enumerate() {
-        let s = if pool { Shape::new(BATCH, h / 2, w / 2, cout) } else { Shape::new(BATCH, h, w, cout) };
+        let s = if pool { Shape::new(batch, h / 2, w / 2, cout) } else { Shape::new(batch, h, w, cout) };
         checks.push((
             format!("bn_stats {}", shape_str(s)),
             Box::new(move |g, c, r| check_bn(g, c, r, s, 300 + k as u64)),
@@ -333,11 +353,11 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     }
     checks.push(("bn_stats odd shape".into(), Box::new(|g, c, r| check_bn(g, c, r, Shape::new(3, 5, 3, 24), 310))));
     for (k, (s, bn, dx)) in [
-        (Shape::new(BATCH, 31, 31, 24), false, false),
-        (Shape::new(BATCH, 31, 31, 24), false, true),
-        (Shape::new(BATCH, 15, 15, 64), true, true),
-        (Shape::new(BATCH, 7, 7, 256), true, true),
-        (Shape::new(BATCH, 3, 3, 256), true, true),
+        (Shape::new(batch, 31, 31, 24), false, false),
+        (Shape::new(batch, 31, 31, 24), false, true),
+        (Shape::new(batch, 15, 15, 64), true, true),
+        (Shape::new(batch, 7, 7, 256), true, true),
+        (Shape::new(batch, 3, 3, 256), true, true),
         (Shape::new(3, 5, 3, 40), true, true),
     ]
     .into_iter()
@@ -350,9 +370,9 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     }
     // dx unpooled (the step's pooled layers: 31 → 15, 15 → 7, 7 → 3; odd and even odd shapes)
     for (k, full) in [
-        Shape::new(BATCH, 31, 31, 64),
-        Shape::new(BATCH, 15, 15, 256),
-        Shape::new(BATCH, 7, 7, 256),
+        Shape::new(batch, 31, 31, 64),
+        Shape::new(batch, 15, 15, 256),
+        Shape::new(batch, 7, 7, 256),
         Shape::new(3, 7, 5, 40),
         Shape::new(2, 6, 4, 16),
     ]
@@ -366,15 +386,15 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     }
     checks.push((
         "shift_grad".into(),
-        Box::new(|g, c, r| check_shift_grad(g, c, r, Shape::new(BATCH, 31, 31, 24), 64, 490)),
+        Box::new(move |g, c, r| check_shift_grad(g, c, r, Shape::new(batch, 31, 31, 24), 64, 490)),
     ));
     checks.push((
         "shift_grad odd shape".into(),
         Box::new(|g, c, r| check_shift_grad(g, c, r, Shape::new(3, 7, 5, 40), 16, 495)),
     ));
-    checks.push(("head".into(), Box::new(|g, c, r| check_head(g, c, r, Shape::new(BATCH, 3, 3, 256), 10, 500))));
+    checks.push(("head".into(), Box::new(move |g, c, r| check_head(g, c, r, Shape::new(batch, 3, 3, 256), 10, 500))));
     checks.push(("head odd shape".into(), Box::new(|g, c, r| check_head(g, c, r, Shape::new(7, 2, 3, 40), 3, 510))));
-    checks.push(("xent".into(), Box::new(|g, c, r| check_xent(g, c, r, BATCH, 10, 600))));
+    checks.push(("xent".into(), Box::new(move |g, c, r| check_xent(g, c, r, batch, 10, 600))));
     checks.push(("xent odd shape".into(), Box::new(|g, c, r| check_xent(g, c, r, 300, 7, 610))));
     checks.push(("sgd".into(), Box::new(|g, c, r| check_sgd(g, c, r, 700))));
     // Muon, one call per list: the recipe's six conv weights (one batched launch per
@@ -386,14 +406,14 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     // with other coefficients (hiverge's, RECIPE.md §9.3): they reach the kernels as arguments
     let ns = Ns { steps: 3, coeffs: (3.4576, -4.7391, 2.0843) };
     checks.push(("muon, nine shapes".into(), Box::new(move |g, c, r| check_muon(g, c, r, &odd, ns, 880))));
-    checks.push(("whole step".into(), Box::new(|g, c, r| check_step(g, c, r, BATCH, 900))));
+    checks.push(("whole step".into(), Box::new(move |g, c, r| check_step(g, c, r, batch, 900))));
     // the step again on the other tunable conv paths (mma128; wgmma's and tma's below) where the
     // GPU has them, at a quarter of the batch: the conv checks hold each path's kernels at the full
     // batch, and what these add (the path wired through a whole step) does not depend on it; at the
     // full batch they were 80 s of the emulated CI run
     let step_on = |checks: &mut Vec<(String, Check)>, path: ConvPath| {
         let f = move |g: &mut Gpu, c: &mut Cpu<f32>, r: &mut Report| {
-            g.with_conv_path(path, |g| check_step(g, c, r, BATCH / 4, 900))
+            g.with_conv_path(path, |g| check_step(g, c, r, batch / 4, 900))
         };
         checks.push((format!("whole step, {} convs", path.name()), Box::new(f)));
     };
@@ -403,7 +423,7 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     // at an eighth of the batch: what it checks (replays equal op by op, bit for bit, each step
     // reading its own plan row) does not depend on the batch, and its six steps were 40% of the
     // emulated run at the full batch
-    checks.push(("recorded step".into(), Box::new(|g, c, r| check_graph(g, c, r, BATCH / 8, 950))));
+    checks.push(("recorded step".into(), Box::new(move |g, c, r| check_graph(g, c, r, batch / 8, 950))));
     // wgmma (its layers and the whole step); then wgmma2, tma and tma4 in one group: their
     // kernels are wgmma's but for their own (wgmma2's tiles of which two blocks fit an SM, the
     // multicast ones), so only those run, against one CPU reference per layer. No whole step on
@@ -1931,6 +1951,20 @@ mod tests {
         assert!(only_filter(None).is_empty());
         assert!(only_filter(Some(" , ")).is_empty());
         assert_eq!(only_filter(Some("conv layer 1, whole step,")), ["conv layer 1", "whole step"]);
+    }
+
+    /// SPEEDRUN_SELFTEST_BATCH: unset or blank, 64; a positive multiple of 8; anything else a
+    /// usage error that names the variable.
+    #[test]
+    fn selftest_batch_is_64_or_a_multiple_of_8() {
+        assert_eq!(batch_from(None).unwrap(), 64);
+        assert_eq!(batch_from(Some(" ")).unwrap(), 64);
+        assert_eq!(batch_from(Some("32")).unwrap(), 32);
+        assert_eq!(batch_from(Some(" 8 ")).unwrap(), 8);
+        for bad in ["0", "12", "-8", "x", "4"] {
+            let e = batch_from(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains(BATCH_ENV) && e.contains("multiple of 8"), "{bad}: {e}");
+        }
     }
 
     /// Every part of the filter must be in some check's name; the error lists the checks.

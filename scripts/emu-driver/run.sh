@@ -7,7 +7,7 @@
 #   2. recipe_tests::gpu_recorded_run_equals_op_by_op_run (a tiny run recorded as CUDA graphs
 #      vs op by op, bit for bit)
 #   3. selftest::tests::gpu_matches_cpu_reference (every kernel vs the CPU reference, a whole
-#      training step, and the recorded step)
+#      training step, and the recorded step), at batch 32 (SPEEDRUN_SELFTEST_BATCH)
 #   4. the binary: speedrun --smoke --epochs 0.5 (5 steps on 1,000 images, GPU path with
 #      graphs), if the dataset is in ../shared/cifar10 or $CIFAR10_DIR
 # The forward convs use the sm_80 kernel (the emulated GPU is sm_90) in steps 1-3, whose mma.sync
@@ -69,7 +69,9 @@ lap "recorded vs op-by-op run, autotune"
 
 echo "== the GPU self-test (every kernel vs the CPU reference, whole step, recorded step)"
 t0=$SECONDS
-SPEEDRUN_SELFTEST_TIMES=1 cargo test --release "${flags[@]}" --lib selftest::tests::gpu_matches_cpu_reference -- --exact --nocapture
+# at batch 32 (the GPU's self-test: 64): the same kernels, paths and host code at half the
+# emulated work (the conv checks were most of this step's ≈ 6 minutes on CI's 2 cores)
+SPEEDRUN_SELFTEST_BATCH=32 SPEEDRUN_SELFTEST_TIMES=1 cargo test --release "${flags[@]}" --lib selftest::tests::gpu_matches_cpu_reference -- --exact --nocapture
 lap "self-test"
 
 data="${CIFAR10_DIR:-$root/../shared/cifar10/cifar-10-batches-bin}"
