@@ -2052,136 +2052,68 @@ __device__ __forceinline__ void conv_wgrad_wg(const half* __restrict__ a, int N,
     conv_wgrad_epilogue<Tl>(acc, m0, o0, K, cout, out);
 }
 
-extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_fwd_wgmma_f16(CONV_FWD_PARAMS) {
+// The body of an exported sm_90a kernel: the call on the launch's dynamic shared memory
+// (conv_smem) where the file is compiled for sm_90a, a trap elsewhere (the host launches these
+// kernels on compute capability 9.0 only).
 #if ARCH_SM90A
-    extern __shared__ half conv_smem[];
-    conv_fwd_wg<WgWide>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem);
+#define SM90A_BODY(...)                    \
+    do {                                   \
+        extern __shared__ half conv_smem[]; \
+        __VA_ARGS__;                       \
+    } while (0)
 #else
-    __trap();
+#define SM90A_BODY(...) __trap()
 #endif
+extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_fwd_wgmma_f16(CONV_FWD_PARAMS) {
+    SM90A_BODY(conv_fwd_wg<WgWide>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem));
 }
 // The 128×256 forward and input gradient with the weights multicast in clusters of 2 (_mc_) or
 // 4 (_mc4_) CTAs (B from conv_weights_f16's layout 2), WG_MC_SMEM bytes: the grid's x padded to
 // whole clusters (an extra block's rows are past M: it only copies its part of the weights and
 // writes zero partials).
 extern "C" __global__ void CLUSTER_X2 __launch_bounds__(256, 1) conv3x3_fwd_wgmma_mc_f16(CONV_FWD_PARAMS) {
-#if ARCH_SM90A
-    extern __shared__ half conv_smem[];
-    conv_fwd_wg<WgWide, 2>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem);
-#else
-    __trap();
-#endif
+    SM90A_BODY(conv_fwd_wg<WgWide, 2>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem));
 }
 extern "C" __global__ void CLUSTER_X2 __launch_bounds__(256, 1) conv3x3_dgrad_wgmma_mc_f16(CONV_DGRAD_PARAMS) {
-#if ARCH_SM90A
-    extern __shared__ half conv_smem[];
-    conv_dgrad_wg<WgWide, 2>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem);
-#else
-    __trap();
-#endif
+    SM90A_BODY(conv_dgrad_wg<WgWide, 2>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem));
 }
 extern "C" __global__ void CLUSTER_X4 __launch_bounds__(256, 1) conv3x3_fwd_wgmma_mc4_f16(CONV_FWD_PARAMS) {
-#if ARCH_SM90A
-    extern __shared__ half conv_smem[];
-    conv_fwd_wg<WgWide, 4>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem);
-#else
-    __trap();
-#endif
+    SM90A_BODY(conv_fwd_wg<WgWide, 4>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem));
 }
 extern "C" __global__ void CLUSTER_X4 __launch_bounds__(256, 1) conv3x3_dgrad_wgmma_mc4_f16(CONV_DGRAD_PARAMS) {
-#if ARCH_SM90A
-    extern __shared__ half conv_smem[];
-    conv_dgrad_wg<WgWide, 4>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem);
-#else
-    __trap();
-#endif
+    SM90A_BODY(conv_dgrad_wg<WgWide, 4>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(512, 1) conv3x3_fwd_wgmma_tall_f16(CONV_FWD_PARAMS) {
-#if ARCH_SM90A
-    extern __shared__ half conv_smem[];
-    conv_fwd_wg<WgTall>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem);
-#else
-    __trap();
-#endif
+    SM90A_BODY(conv_fwd_wg<WgTall>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_dgrad_wgmma_f16(CONV_DGRAD_PARAMS) {
-#if ARCH_SM90A
-    extern __shared__ half conv_smem[];
-    conv_dgrad_wg<WgWide>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem);
-#else
-    __trap();
-#endif
+    SM90A_BODY(conv_dgrad_wg<WgWide>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(512, 1) conv3x3_dgrad_wgmma_tall_f16(CONV_DGRAD_PARAMS) {
-#if ARCH_SM90A
-    extern __shared__ half conv_smem[];
-    conv_dgrad_wg<WgTall>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem);
-#else
-    __trap();
-#endif
+    SM90A_BODY(conv_dgrad_wg<WgTall>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(512, 1) conv3x3_dgrad_wgmma_tall32_f16(CONV_DGRAD_PARAMS) {
-#if ARCH_SM90A
-    extern __shared__ half conv_smem[];
-    conv_dgrad_wg<WgTall32>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem);
-#else
-    __trap();
-#endif
+    SM90A_BODY(conv_dgrad_wg<WgTall32>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_wgrad_wgmma_f16(CONV_WGRAD_PARAMS) {
-#if ARCH_SM90A
-    extern __shared__ half conv_smem[];
-    conv_wgrad_wg<WgWide>(a, N, H, W, cin, g, cout, out, chunk, conv_smem);
-#else
-    __trap();
-#endif
+    SM90A_BODY(conv_wgrad_wg<WgWide>(a, N, H, W, cin, g, cout, out, chunk, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_wgrad_wgmma_narrow_f16(CONV_WGRAD_PARAMS) {
-#if ARCH_SM90A
-    extern __shared__ half conv_smem[];
-    conv_wgrad_wg<WgNarrow>(a, N, H, W, cin, g, cout, out, chunk, conv_smem);
-#else
-    __trap();
-#endif
+    SM90A_BODY(conv_wgrad_wg<WgNarrow>(a, N, H, W, cin, g, cout, out, chunk, conv_smem));
 }
 // Two blocks per SM (wgmma2): 128×64 where n < 128, 128×128 in 3 stages where n ≥ 128
 extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_fwd_wgmma_narrow_f16(CONV_FWD_PARAMS) {
-#if ARCH_SM90A
-    extern __shared__ half conv_smem[];
-    conv_fwd_wg<WgNarrow>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem);
-#else
-    __trap();
-#endif
+    SM90A_BODY(conv_fwd_wg<WgNarrow>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_dgrad_wgmma_narrow_f16(CONV_DGRAD_PARAMS) {
-#if ARCH_SM90A
-    extern __shared__ half conv_smem[];
-    conv_dgrad_wg<WgNarrow>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem);
-#else
-    __trap();
-#endif
+    SM90A_BODY(conv_dgrad_wg<WgNarrow>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_fwd_wgmma2_f16(CONV_FWD_PARAMS) {
-#if ARCH_SM90A
-    extern __shared__ half conv_smem[];
-    conv_fwd_wg<WgWide2>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem);
-#else
-    __trap();
-#endif
+    SM90A_BODY(conv_fwd_wg<WgWide2>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_dgrad_wgmma2_f16(CONV_DGRAD_PARAMS) {
-#if ARCH_SM90A
-    extern __shared__ half conv_smem[];
-    conv_dgrad_wg<WgWide2>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem);
-#else
-    __trap();
-#endif
+    SM90A_BODY(conv_dgrad_wg<WgWide2>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_wgrad_wgmma2_f16(CONV_WGRAD_PARAMS) {
-#if ARCH_SM90A
-    extern __shared__ half conv_smem[];
-    conv_wgrad_wg<WgWide2>(a, N, H, W, cin, g, cout, out, chunk, conv_smem);
-#else
-    __trap();
-#endif
+    SM90A_BODY(conv_wgrad_wg<WgWide2>(a, N, H, W, cin, g, cout, out, chunk, conv_smem));
 }
