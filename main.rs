@@ -426,19 +426,9 @@ fn backward<B: Backend>(
     if bias_trains {
         // the whitening bias's gradient through conv 0, without conv 0's input gradient
         let (w, cout) = (&net.p.conv[0], layers(h)[0].1);
-        let (x, dy, scratch) = (&a.x[0], &a.gx[1], (&mut a.ga[0], &mut a.gw0));
-        b.conv3x3_shift_grad(
-            x,
-            a.s[0],
-            &net.p.whiten_b,
-            w,
-            cout,
-            &a.argmax[0],
-            dy,
-            scratch.0,
-            scratch.1,
-            &mut g.whiten_b,
-        )?;
+        let (x, dy, am) = (&a.x[0], &a.gx[1], &a.argmax[0]);
+        let (g0, gw0) = (&mut a.ga[0], &mut a.gw0); // scratch
+        b.conv3x3_shift_grad(x, a.s[0], &net.p.whiten_b, w, cout, am, dy, g0, gw0, &mut g.whiten_b)?;
     }
     Ok(())
 }
