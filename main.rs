@@ -310,8 +310,8 @@ struct Acts<B: Backend> {
     logits: B::Buf,
     dlogits: B::Buf,
     keep: Vec<B::Buf>, // conv l's activated input, kept by the forward for the backward
-    ga: Vec<B::Buf>,   // gradient w.r.t. GELU(pre(x[k]))
-    gsum: Vec<B::Buf>, // [Σdu | Σdu·x̂] of ga[k], taken by the conv backward for pre_bwd (k < 6)
+    ga: Vec<B::Buf>,   // gradient w.r.t. GELU(pre(x[k])) (k ≥ 1; ga[0]: the bias gradient's scratch)
+    gsum: Vec<B::Buf>, // [Σdu | Σdu·x̂] of ga[k], taken by the conv backward for pre_bwd (0 < k < 6)
     gx: Vec<B::Buf>,   // gradient w.r.t. x[k]; unpooled (conv k−1's output) where conv k−1 pools
     gw0: B::Buf,       // scratch of conv 0's weight size (the whitening bias's gradient)
     loss_acc: B::Buf,  // [loss sum, correct] since the last read
@@ -335,7 +335,12 @@ fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize, res: usize, grads: bool) -> Re
         dlogits: b.zeros(n * CLASSES)?,
         keep: if grads { s[..6].iter().map(|s| b.zeros(s.len())).collect::<Result<_>>()? } else { Vec::new() },
         ga: if grads { bufs(b)? } else { Vec::new() },
-        gsum: if grads { s[..6].iter().map(|s| b.zeros(2 * s.c)).collect::<Result<_>>()? } else { Vec::new() },
+        gsum: if grads {
+            // none for conv 0: it takes no input gradient (conv3x3_shift_grad gives the bias's)
+            (0..6).map(|k| b.zeros(if k > 0 { 2 * s[k].c } else { 0 })).collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        },
         gx: if grads {
             (0..7).map(|k| b.zeros(grad_shape(&s, &layers(h), k).len())).collect::<Result<_>>()?
         } else {

@@ -62,9 +62,9 @@ const TOL_STEP_ACT: f64 = 1e-2;
 const TOL_STEP_GRAD: f64 = 2e-2;
 const TOL_STEP_PARAM: f64 = 4e-3;
 
-/// The batch of the per-op checks (the recipe trains with 2000; 64 keeps the CPU reference fast).
-/// The checks' batch (conv layers, BatchNorm, pre_bwd, head, loss, the whole step): 64, or
-/// [`BATCH_ENV`] (a multiple of 8: the recorded step runs an eighth of it).
+/// The checks' batch (conv layers, BatchNorm, pre_bwd, head, loss, the whole step; the recipe
+/// trains with 2000, 64 keeps the CPU reference fast), or [`BATCH_ENV`]'s (a multiple of 8: the
+/// recorded step runs an eighth of it).
 const BATCH: usize = 64;
 /// Environment variable that sets the checks' batch (the emulated CI run: 32, half the time).
 pub const BATCH_ENV: &str = "SPEEDRUN_SELFTEST_BATCH";
@@ -1162,7 +1162,8 @@ impl<B: Backend> StepState<B> {
             x: acts(b)?,
             keep: acts(b)?,
             ga: acts(b)?,
-            gsum: s[..6].iter().map(|s| b.zeros(2 * s.c)).collect::<Result<_>>()?,
+            // none for conv 0, which takes no input gradient (as main.rs's)
+            gsum: (0..6).map(|k| b.zeros(if k > 0 { 2 * s[k].c } else { 0 })).collect::<Result<_>>()?,
             // unpooled where the conv before pools (pre_bwd unpools), as main.rs's
             gx: (0..7).map(|k| b.zeros(grad_shape(&s, &STEP_LAYERS, k).len())).collect::<Result<_>>()?,
             am: (0..6)
@@ -1262,20 +1263,9 @@ impl<B: Backend> StepState<B> {
         }
         if self.bias_trains {
             // through conv 0 without its input gradient, as main.rs
-            let (x, wb, w, dy) = (&self.x[0], &self.whiten_b, &self.conv[0], &self.gx[1]);
-            let cout = STEP_LAYERS[0].1;
-            b.conv3x3_shift_grad(
-                x,
-                s[0],
-                wb,
-                w,
-                cout,
-                &self.am[0],
-                dy,
-                &mut self.ga[0],
-                &mut self.gw0,
-                &mut self.g_wb,
-            )?;
+            let (x, wb, w, dy, am) = (&self.x[0], &self.whiten_b, &self.conv[0], &self.gx[1], &self.am[0]);
+            let (cout, g0, gw0) = (STEP_LAYERS[0].1, &mut self.ga[0], &mut self.gw0); // scratch
+            b.conv3x3_shift_grad(x, s[0], wb, w, cout, am, dy, g0, gw0, &mut self.g_wb)?;
         }
 
         let mut sgd = vec![SgdParam {

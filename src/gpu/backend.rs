@@ -578,11 +578,18 @@ impl Gpu {
                 ap
             }
         };
-        if len > 0 {
-            let args = [xp, long(len / 8), int(xs.c, "channels")?, pp.mean, pp.inv, pp.shift, pp.bn, ap];
-            self.launch1d("conv", "act_f16", len / 8, &args)?;
-        }
+        self.act_pass("act_f16", xp, xs, pp, ap)?;
         Ok((ap, PrePtrs { bn: 2, mean: 0, inv: 0, shift: 0 }))
+    }
+
+    /// One element-wise pass of `kernel` over x (shape `xs`, fp16) into `ap` (fp16): `act_f16`,
+    /// a = GELU(pre(x)), or `act_grad_f16`, GELU′(pre(x)).
+    fn act_pass(&mut self, kernel: &'static str, xp: Arg, xs: Shape, pp: &PrePtrs, ap: Arg) -> Result<()> {
+        if xs.is_empty() {
+            return Ok(());
+        }
+        let args = [xp, long(xs.len() / 8), int(xs.c, "channels")?, pp.mean, pp.inv, pp.shift, pp.bn, ap];
+        self.launch1d("conv", kernel, xs.len() / 8, &args)
     }
 
     /// Checks and pointers of the BatchNorm statistics outputs of `ys` ([running mean, running
@@ -1895,10 +1902,7 @@ impl Backend for Gpu {
         let gp = self.out(g, xs.len(), Dtype::F16, &format!("conv3x3_shift_grad: g {xs:?}"))?;
         let dsp = self.out(dshift, cin, Dtype::F32, "conv3x3_shift_grad: dshift")?;
         // g = GELU′(x + shift), fp16 as the conv's activated input is
-        if !xs.is_empty() {
-            let args = [xp, long(xs.len() / 8), int(cin, "channels")?, pp.mean, pp.inv, pp.shift, pp.bn, gp];
-            self.launch1d("conv", "act_grad_f16", xs.len() / 8, &args)?;
-        }
+        self.act_pass("act_grad_f16", xp, xs, &pp, gp)?;
         // gw = the weight gradient of dy against g (g given as the kept activated input), on the
         // kernel the conv's own weight gradient at this shape takes
         self.conv3x3_bwd(x, xs, Pre::Bias(shift), w, cout, false, argmax, dy, gw, None, None, Some(&*g))?;
