@@ -368,14 +368,15 @@ __device__ __forceinline__ float warp_max(float v) {
 // ---- shared by the training kernels (conv, norm, stem, head, optim) ---------------------------
 
 // GELU u·Φ(u) and its derivative Φ(u) + u·φ(u) (Φ, φ: the standard normal's CDF and density),
-// the CPU reference's exact GELU to within 2.5e-7 (Φ, GELU′) and 4e-7 (GELU) absolute in f32,
-// far below the fp16 rounding of every output (relative 4.9e-4): Φ from Abramowitz–Stegun
-// 7.1.26, erfc(x) ≈ t·(a1 + t·(a2 + … + t·a5))·e^(−x²), t = 1/(1 + p·x), x = |u|/√2 (|error| ≤
-// 1.5e-7), whose e^(−x²) = e^(−u²/2) is also φ's. 2 MUFU and ~12 other instructions, against
-// ~45 for erff and expf (whose two branches the compiler evaluates and selects between): the
-// element-wise passes that apply them (act_f16, pre_bwd_dx_f16, chan_reduce_f16) issued ~80–120
-// instructions per element and reached half the memory bandwidth (bench/NOTES.md, fifteenth
-// session). In the tails the tail's own value is kept (Φ(u) = r/2 for u < 0, no 1 − (1 − r)).
+// the CPU reference's exact GELU to within 2.6e-7 (Φ), 2.8e-7 (GELU′) and 4.2e-7 (GELU)
+// absolute in f32 (bench/gelu_error.py, bench/logs/2026-11-27-gelu-error.log), far below the
+// fp16 rounding of every output (relative 4.9e-4): Φ from Abramowitz–Stegun 7.1.26, erfc(x) ≈
+// t·(a1 + t·(a2 + … + t·a5))·e^(−x²), t = 1/(1 + p·x), x = |u|/√2 (|error| ≤ 1.5e-7), whose
+// e^(−x²) = e^(−u²/2) is also φ's: 2 MUFU per value, against erff and expf (whose two branches
+// the compiler evaluates and selects between). The element-wise passes that apply them
+// (act_f16, pre_bwd_dx_f16, chan_reduce_f16) were ALU-bound at about half the memory
+// bandwidth; bench/logs/2026-11-27-sass-gelu.log has their instruction counts before and after.
+// In the tails the tail's own value is kept (Φ(u) = r/2 for u < 0, no 1 − (1 − r)).
 // 2^x and 1/x by the SFU alone (ex2.approx.ftz, rcp.approx.ftz: relative error ≤ 2^−22, a
 // subnormal argument or result flushed to 0), without the subnormal scaling that __expf and
 // __fdividef add around them when the file is not compiled with -ftz.
