@@ -1680,8 +1680,13 @@ fn bench_convs(
                 format!("conv3x3 wgrad {p} [{l}]"),
                 format!("conv3x3 wgrad+dgrad {p} [{l}]"),
                 format!("conv3x3 wgrad+dgrad+sums {p} [{l}]"),
+                // the same kernels with null outputs: their main loops without epilogues
+                // (Gpu::mainloop_only); against the lines above, what the epilogues cost
+                format!("conv3x3 fwd main loop {p} [{l}]"),
+                format!("conv3x3 wgrad+dgrad main loop {p} [{l}]"),
             ];
-            let offered = [fwd_new, fwd_new, wgrad_new, wgrad_new || dgrad_new, wgrad_new || dgrad_new];
+            let (mma, bwd_new) = (path.is_mma(), wgrad_new || dgrad_new);
+            let offered = [fwd_new, fwd_new, wgrad_new, bwd_new, bwd_new, fwd_new && mma, bwd_new && mma];
             let want: Vec<bool> = names.iter().zip(offered).map(|(name, o)| o && lines.wants(name)).collect();
             if !want.contains(&true) {
                 continue;
@@ -1733,6 +1738,25 @@ fn bench_convs(
                         g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, da, sums, k)
                     })?;
                     bench_line(lines.out, &names[4], &shape, ms, 2.0 * full, 2.0 * wbytes + (xs.len() * 2) as f64)?;
+                }
+                let main_loop = |g: &mut Gpu, f: &mut dyn FnMut(&mut Gpu) -> Result<()>| {
+                    g.mainloop_only = true;
+                    let ms = time_ms(g, f);
+                    g.mainloop_only = false;
+                    ms
+                };
+                if want[5] {
+                    let ms = main_loop(gpu, &mut |g| {
+                        g.conv3x3(&x, xs, pre(l), &wt, cout, pool, &mut y, &mut am, Some(&mut keep), None)
+                    })?;
+                    bench_line(lines.out, &names[5], &shape, ms, flops, 0.0)?;
+                }
+                if want[6] {
+                    let ms = main_loop(gpu, &mut |g| {
+                        let k = Some(&keep);
+                        g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, Some(&mut da), None, k)
+                    })?;
+                    bench_line(lines.out, &names[6], &shape, ms, 2.0 * full, 0.0)?;
                 }
                 Ok(())
             })?;

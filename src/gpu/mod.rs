@@ -81,6 +81,10 @@ pub struct Gpu {
     /// cost 0.85 ms per step with the register-staged kernels (bench-pass2) and save 0.44 ms with
     /// the all-cp.async ones (bench/logs/2026-11-26-h200-bench-pass3.log).
     pub epilogue_sums: bool,
+    /// A diagnostic for the bench's "main loop" lines (false otherwise): the mma-family conv
+    /// kernels get null outputs and skip their epilogues (stores, pooling, the fused sums), so
+    /// a line with it against one without is what the epilogue costs. Outputs are not written.
+    pub mainloop_only: bool,
     /// The conv paths the warm-up's autotune chooses from (`Backend::variants`): the tunable ones,
     /// or those [`CONV_ENV`] lists (one name pins it: no choice).
     pub conv_tune: Vec<ConvPath>,
@@ -453,7 +457,7 @@ impl Gpu {
         let conv_path = conv_tune[0];
         let epilogue_sums = epilogue_sums(std::env::var(SUMS_ENV).ok().as_deref())?;
         let ops = backend::OpState::default();
-        Ok(Gpu { ctx, stream, info, modules, conv_path, epilogue_sums, conv_tune, ops })
+        Ok(Gpu { ctx, stream, info, modules, conv_path, epilogue_sums, mainloop_only: false, conv_tune, ops })
     }
 
     /// Runs `f` with the convolution kernels set to `path`, then restores the current choice.

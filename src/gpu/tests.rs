@@ -806,3 +806,51 @@ fn bench_runs_only_the_lines_named() {
     assert_eq!(timed, ["conv3x3 fwd mma [1]", "pre_bwd [5]"], "{text}");
     assert!(text.lines().last().unwrap().starts_with("(PARTIAL: "), "{text}");
 }
+
+/// `Gpu::mainloop_only` (the bench's "main loop" lines): on every mma-family path, the conv
+/// kernels given null outputs run without writing y or da (their NaN poison stays), and the
+/// same calls without it write both (finite), so the diagnostic leaves out exactly the
+/// epilogues' stores and the "main loop" lines time the same launches otherwise.
+#[test]
+#[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
+#[cfg_attr(
+    all(cuda_driver, not(kernels_built)),
+    ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
+)]
+fn mainloop_only_skips_the_epilogues() {
+    use crate::backend::{Backend, Pre, Shape};
+    let _device = device_test_lock();
+    let Some(mut gpu) = open_mma() else { return };
+    let (xs, cout) = (Shape::new(4, 6, 6, 64), 256);
+    let ys = xs.with_c(cout).pooled();
+    let (x, w, shift) = (
+        gpu.upload(&floats(xs.len(), 1)).unwrap(),
+        gpu.upload(&floats(cout * 9 * xs.c, 2)).unwrap(),
+        gpu.upload(&floats(xs.c, 3)).unwrap(),
+    );
+    let dy = gpu.upload(&floats(ys.len(), 4)).unwrap();
+    let paths = ConvPath::available(gpu.info.cc).iter().filter(|p| p.is_mma() && **p != ConvPath::Mixed);
+    for &path in paths {
+        for only in [true, false] {
+            let mut y = gpu.upload_f16(&vec![f32::NAN; ys.len()]).unwrap();
+            let mut da = gpu.upload_f16(&vec![f32::NAN; xs.len()]).unwrap();
+            let (mut am, mut dw) = (gpu.byte_zeros(ys.len()).unwrap(), gpu.zeros(cout * 9 * xs.c).unwrap());
+            gpu.mainloop_only = only;
+            let r = gpu.with_conv_path(path, |g| {
+                g.conv3x3(&x, xs, Pre::Bias(&shift), &w, cout, true, &mut y, &mut am, None, None)?;
+                let da = Some(&mut da);
+                g.conv3x3_bwd(&x, xs, Pre::Bias(&shift), &w, cout, true, &am, &dy, &mut dw, da, None, None)
+            });
+            gpu.mainloop_only = false;
+            r.unwrap();
+            let p = path.name();
+            for (what, v) in [("y", gpu.download(&y).unwrap()), ("da", gpu.download(&da).unwrap())] {
+                if only {
+                    assert!(v.iter().all(|v| v.is_nan()), "{p}: main loop only, but {what} was written");
+                } else {
+                    assert!(v.iter().all(|v| v.is_finite()), "{p}: {what} not (all) written");
+                }
+            }
+        }
+    }
+}
