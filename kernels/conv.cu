@@ -601,13 +601,41 @@ extern "C" __global__ void unpool_f16(const half* __restrict__ dy, const unsigne
     }
 }
 
-extern "C" __global__ void wgrad_reduce_f32(const float* __restrict__ part, int slices, long long len,
-                                            float* __restrict__ dw) {
-    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= len) return;
+// dw[i] = Σ_z part[z·len + i], the split-K slices of a weight gradient (or the head's) added
+// in a fixed order: a block of WR_THREADS for 32 consecutive i (grid ⌈len/32⌉), warp w adding
+// slices w, w + WR_WARPS, … in order with four loads in flight, then warp 0 the WR_WARPS
+// warps' sums in order. Deterministic. One thread per i adding every slice in turn was a
+// chain of dependent loads where a small layer has many slices (264 at the recipe's layer 0:
+// 13 824 values × 264 slices in 54 blocks), latency-bound.
+#define WR_THREADS 256  // src/gpu/backend.rs launches WR_THREADS, checked against this line by a test
+#define WR_WARPS (WR_THREADS / 32)
+extern "C" __global__ void __launch_bounds__(WR_THREADS) wgrad_reduce_f32(const float* __restrict__ part, int slices,
+                                                                         long long len, float* __restrict__ dw) {
+    if (blockDim.x != WR_THREADS) __trap();
+    __shared__ float red[WR_WARPS][32];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const long long i = (long long)blockIdx.x * 32 + lane;
     float s = 0.f;
-    for (int z = 0; z < slices; z++) s += part[(long long)z * len + i];
-    dw[i] = s;
+    if (i < len) {
+        const float* p = part + i;
+        int z = w;
+        for (; z + 3 * WR_WARPS < slices; z += 4 * WR_WARPS) {
+            float v[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) v[u] = p[(long long)(z + u * WR_WARPS) * len];
+#pragma unroll
+            for (int u = 0; u < 4; u++) s += v[u];
+        }
+        for (; z < slices; z += WR_WARPS) s += p[(long long)z * len];
+    }
+    red[w][lane] = s;
+    __syncthreads();
+    if (w == 0 && i < len) {
+        float t = red[0][lane];
+#pragma unroll
+        for (int k = 1; k < WR_WARPS; k++) t += red[k][lane];
+        dw[i] = t;
+    }
 }
 
 // =============================================================================================
@@ -1453,7 +1481,10 @@ __device__ __forceinline__ void img_kloop(float (&acc)[4][4][4], const half* im,
 }
 
 // Same contract as conv_fwd_mma (part per block: [2·cout][gridDim.x = N]); grid (N, ceil(cout/64)),
-// block IMG_THREADS, ImgLayout(H, W, cin).bytes of dynamic shared memory at smem.
+// block IMG_THREADS, ImgLayout(H, W, cin).bytes of dynamic shared memory at smem. STORE false:
+// no epilogue (null y, the bench's main-loop-only lines), a separate instance so that the
+// training one has no check per row group (one cost it 16 more bytes of spill loads on sm_90).
+template <bool STORE>
 __device__ __forceinline__ void conv_fwd_img(const half* __restrict__ a, int N, int H, int W, int cin,
                                              const half* __restrict__ wf, int cout, int pool, half* __restrict__ y,
                                              unsigned char* __restrict__ argmax, double* __restrict__ part,
@@ -1512,15 +1543,20 @@ __device__ __forceinline__ void conv_fwd_img(const half* __restrict__ a, int N, 
         else
             img_kloop<false>(acc, im, zrow, bs, pu, mask, live, L, nks, lane);
         // mma_epilogue puts warp row wm at rows wm·64..: m0 = this group's first row − wm·64
-        if (y) conv_fwd_tile<Tl, true>(acc, mbase + r0 - wm * 64, n0, mend, cout, pool, y, argmax, part != nullptr, red);
+        if constexpr (STORE)
+            conv_fwd_tile<Tl, true>(acc, mbase + r0 - wm * 64, n0, mend, cout, pool, y, argmax, part != nullptr, red);
     }
-    if (part && y) mma_col_partials<double, Tl>(red, n0, cout, part);
+    if (STORE && part) mma_col_partials<double, Tl>(red, n0, cout, part);
 }
 
 extern "C" __global__ void __launch_bounds__(IMG_THREADS, 2) conv3x3_fwd_img_f16(CONV_FWD_PARAMS) {
 #if ARCH_SM80
     extern __shared__ half conv_smem[];
-    conv_fwd_img(a, N, H, W, cin, wf, cout, pool, y, argmax, part, reinterpret_cast<unsigned char*>(conv_smem));
+    unsigned char* smem = reinterpret_cast<unsigned char*>(conv_smem);
+    if (y)
+        conv_fwd_img<true>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, smem);
+    else
+        conv_fwd_img<false>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, smem);
 #else
     __trap();
 #endif

@@ -284,7 +284,7 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
             launch(gw, block, [&] { conv3x3_wgrad_f16(ah.data(), N, H, W, cin, nullptr, nullptr, nullptr, 2, dyh.data(), amu.data(), cout, pool, part.data(), (int)chunk); });
         if (slices > 1) {
             long long len = (long long)cout * K;
-            launch(dim3{(unsigned)((len + 255) / 256), 1, 1}, dim3{256, 1, 1}, [&] { wgrad_reduce_f32(part.data(), slices, len, dw.data()); });
+            launch(dim3{(unsigned)((len + 31) / 32), 1, 1}, dim3{256, 1, 1}, [&] { wgrad_reduce_f32(part.data(), slices, len, dw.data()); });
         }
         std::vector<double> dwg(dw.begin(), dw.end());
         char name[64]; snprintf(name, sizeof name, "wgrad (%d slices)", slices);
@@ -296,7 +296,7 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         launch(gm, block, [&] { conv3x3_wgrad_mma_f16(ah.data(), N, H, W, cin, gfull.data(), cout, dst, (int)chunk); });
         if (slices > 1) {
             long long len = (long long)cout * K;
-            launch(dim3{(unsigned)((len + 255) / 256), 1, 1}, dim3{256, 1, 1}, [&] { wgrad_reduce_f32(part2.data(), slices, len, dw2.data()); });
+            launch(dim3{(unsigned)((len + 31) / 32), 1, 1}, dim3{256, 1, 1}, [&] { wgrad_reduce_f32(part2.data(), slices, len, dw2.data()); });
         }
         std::vector<double> dwg2(dw2.begin(), dw2.end());
         snprintf(name, sizeof name, "wgrad mma (%d slices)", slices);
@@ -337,7 +337,7 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
             launch(dim3{1, (unsigned)((cout + 63) / 64), (unsigned)islices}, dim3{IMG_THREADS, 1, 1}, [&] { conv3x3_wgrad_img_f16(ah.data(), N, H, W, cin, gfull.data(), cout, d5, ichunk); });
             if (islices > 1) {
                 long long len = (long long)cout * K;
-                launch(dim3{(unsigned)((len + 255) / 256), 1, 1}, dim3{256, 1, 1}, [&] { wgrad_reduce_f32(part5.data(), islices, len, dw5.data()); });
+                launch(dim3{(unsigned)((len + 31) / 32), 1, 1}, dim3{256, 1, 1}, [&] { wgrad_reduce_f32(part5.data(), islices, len, dw5.data()); });
             }
             if (slices_target == 1) printf("  wgrad img: %d B of shared memory\n", img_wgrad_smem(H, W, cin));
             snprintf(name, sizeof name, "wgrad img (%d slices)", islices);

@@ -211,7 +211,7 @@ static void test_head(int N, int HW, int C, int classes) {
     int slices = std::max(1, (N + HEAD_SLICE - 1) / HEAD_SLICE);
     std::vector<float> part((size_t)slices * classes * C, NAN);
     launch(dim3{(unsigned)((C + 31) / 32), (unsigned)slices, 1}, dim3{32, 8, 1}, [&] { head_bwd_dw_part_f32(dl.data(), feat.data(), N, C, classes, scale, part.data()); });
-    launch(dim3{blocks(classes * C), 1, 1}, dim3{256, 1, 1}, [&] { wgrad_reduce_f32(part.data(), slices, (long long)classes * C, dw.data()); });
+    launch(dim3{(unsigned)((classes * C + 31) / 32), 1, 1}, dim3{256, 1, 1}, [&] { wgrad_reduce_f32(part.data(), slices, (long long)classes * C, dw.data()); });
     launch(dim3{blocks(N * C), 1, 1}, dim3{256, 1, 1}, [&] { head_bwd_da_f16(dl.data(), am.data(), w.data(), N, HW, C, classes, scale, da.data()); });
     std::vector<double> dww(classes * C, 0), daw(da.size(), 0);
     for (int k = 0; k < classes; k++) for (int c = 0; c < C; c++) for (int n = 0; n < N; n++) dww[k * C + c] += scale * dl[n * classes + k] * feat[n * C + c];
@@ -445,6 +445,23 @@ static void test_fastdiv() {
     report("PixGrid.at vs division (mismatches)", (double)badp, 0.5);
 }
 
+// conv.cu's wgrad_reduce_f32 (split-K slices added in a fixed order: warp w the slices w, w + 8,
+// … with four loads in flight, then the warps in order) against f64 sums, for slice counts below,
+// at and well past the warps' unrolled loop (264: the recipe's layer 0), len not a multiple of 32;
+// outputs NaN-poisoned, and the same inputs twice give the same bits.
+static void test_wgrad_reduce(int slices, long long len) {
+    auto part = rndv((size_t)slices * len, 1.0f);
+    std::vector<float> dw(len, NAN), dw2(len, NAN);
+    const dim3 grid{(unsigned)((len + 31) / 32), 1, 1};
+    launch(grid, dim3{256, 1, 1}, [&] { wgrad_reduce_f32(part.data(), slices, len, dw.data()); });
+    launch(grid, dim3{256, 1, 1}, [&] { wgrad_reduce_f32(part.data(), slices, len, dw2.data()); });
+    std::vector<double> want(len, 0.0);
+    for (int z = 0; z < slices; z++) for (long long i = 0; i < len; i++) want[i] += part[(size_t)z * len + i];
+    char name[64]; snprintf(name, sizeof name, "wgrad_reduce (%d slices of %lld)", slices, len);
+    report(name, relerr(dw, want), 1e-6);
+    if (memcmp(dw.data(), dw2.data(), len * sizeof(float)) != 0) { printf("FAIL %s: not deterministic\n", name); fails++; }
+}
+
 int main() {
     test_fastdiv();
     test_bn(3, 5, 3, 24); test_bn(4, 15, 15, 64); test_bn(2, 7, 7, 256);
@@ -459,6 +476,7 @@ int main() {
     test_gemm(true, {{64, 64, 2304}, {70, 70, 200}, {8, 8, 8}}, 8);  // split-K: uneven and empty slices
     test_gemm(false, {{64, 130, 100}}, 3);
     test_sgd(); test_step_next();
+    test_wgrad_reduce(2, 45); test_wgrad_reduce(7, 1000); test_wgrad_reduce(33, 200); test_wgrad_reduce(264, 77);
     test_muon({{24, 72}, {64, 216}, {8, 200}});  // one batch of three shapes
     test_muon({{128, 576}});                     // n > 256·256: 256 partial blocks, grid-stride
     test_muon({{64, 2304}, {24, 72}});           // X·Xᵀ split 8 ways (some slices of the small one empty)

@@ -353,6 +353,8 @@ pub(super) const WG_WIDE2_SMEM: u32 = 99328;
 /// The multicast (`ConvPath::Tma`, `Tma4`) 128×256 kernels' (`WG_MC_SMEM`): [`WG_WIDE_SMEM`]
 /// and the stages' mbarriers.
 pub(super) const WG_MC_SMEM: u32 = 197696;
+/// Threads per block of `wgrad_reduce_f32` (`WR_THREADS` in kernels/conv.cu): 32 values each.
+pub(super) const WR_THREADS: u32 = 256;
 
 /// An sm_80+ conv kernel as `Gpu::mma_kernel` picks it: name, block tile (rows × columns),
 /// dynamic shared memory, threads per block, and whether it is a wgmma kernel (its input
@@ -526,6 +528,14 @@ impl Gpu {
 
     fn launch1d(&mut self, module: &'static str, name: &'static str, len: usize, args: &[Arg]) -> Result<()> {
         self.launch(module, name, (blocks(len)?, 1, 1), (BLOCK, 1, 1), args)
+    }
+
+    /// dw = the sum of `slices` slices of `len` floats at `part`, in slice order
+    /// (`wgrad_reduce_f32`: a block of WR_THREADS per 32 values).
+    fn reduce_slices(&mut self, part: Arg, slices: usize, len: usize, dw: Arg) -> Result<()> {
+        let grid = (int(len.div_ceil(32).max(1), "reduction blocks")? as u32, 1, 1);
+        let args = [part, int(slices, "slices")?, long(len), dw];
+        self.launch("conv", "wgrad_reduce_f32", grid, (WR_THREADS, 1, 1), &args)
     }
 
     fn ptr<T>(&self, s: &CudaSlice<T>) -> Arg {
@@ -1641,8 +1651,7 @@ impl Backend for Gpu {
             let (len, part) = (classes * c, self.workspace(slices * classes * c)?);
             let grid = (int(c.div_ceil(32), "channel blocks")? as u32, int(slices, "slices")? as u32, 1);
             self.launch("head", "head_bwd_dw_part_f32", grid, (32, 8, 1), &[dl, fp, ni, ci, ki, flt(scale), part])?;
-            let args = [part, int(slices, "slices")?, long(len), dwp];
-            self.launch1d("conv", "wgrad_reduce_f32", len, &args)?;
+            self.reduce_slices(part, slices, len, dwp)?;
         }
         if n * c > 0 {
             let args = [dl, self.ptr(&argmax.mem), wp, ni, int(hw, "positions")?, ci, ki, flt(scale), dap];
@@ -1849,7 +1858,7 @@ impl Backend for Gpu {
             self.launch("conv", "conv3x3_wgrad_f16", grid, (128, 1, 1), &args)?;
         }
         if slices > 1 {
-            self.launch1d("conv", "wgrad_reduce_f32", len, &[out, slices as u64, long(len), dwp])?;
+            self.reduce_slices(out, slices, len, dwp)?;
         }
 
         // Input gradient; with da_sums, pre_bwd's sums too (mma: partials in its epilogue).

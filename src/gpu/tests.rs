@@ -329,6 +329,7 @@ fn wide_conv_smem_matches_kernels() {
         format!("#define WG_NARROW_SMEM {}\n", super::backend::WG_NARROW_SMEM),
         format!("#define WG_WIDE2_SMEM {}\n", super::backend::WG_WIDE2_SMEM),
         format!("#define WG_MC_SMEM {}\n", super::backend::WG_MC_SMEM),
+        format!("#define WR_THREADS {} ", super::backend::WR_THREADS),
     ] {
         assert!(src.contains(&line), "kernels/conv.cu lacks {line:?}");
     }
