@@ -114,23 +114,33 @@ case "$what" in
     # step profile, those the third H200 session's 200 s did not reach first (≈ 45 s each), then
     # those it profiled (bench/logs/2026-11-27-h200-854d170-ncu.log; bench/NOTES.md says why each);
     # the wgmma2 forward at layer 2 beside wgmma's: does a second block per SM fill the issue slots?
+    # First (sixteenth session): the 128×256 wgmma forward at layer 2 with and without its
+    # epilogue (the bench's "main loop" line): ≈ 20 µs per tile outside the K loop by the bench
+    # lines' arithmetic (bench/NOTES.md); the stall reasons and the tensor pipe's busy share say
+    # where (the metrics by name: the WarpStateStats section prints no breakdown in text).
     command -v ncu > /dev/null || { echo "ncu is not on PATH" | tee -a "$log"; exit 2; }
     status=0
+    stalls=sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active
+    for r in long_scoreboard barrier wait math_pipe_throttle short_scoreboard mio_throttle lg_throttle not_selected; do
+      stalls="$stalls,smsp__average_warps_issue_stalled_${r}_per_issue_active.ratio"
+    done
     while IFS='|' read -r line kern; do
       echo "## bench line \"$line\", kernel $kern" | tee -a "$log"
       SPEEDRUN_BENCH_ONLY="$line" timeout 240 ncu --target-processes all -k "$kern" --launch-count 1 \
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
         --section SchedulerStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+        --metrics "$stalls" \
         "$BIN" bench 2>&1 | tee -a "$log"
       s=${PIPESTATUS[0]}; [ "$s" = 0 ] || { status=$s; echo "# exit status of this target: $s" | tee -a "$log"; }
     done <<'TARGETS'
+conv3x3 fwd wgmma [2]|conv3x3_fwd_wgmma_f16
+conv3x3 fwd main loop wgmma [2]|conv3x3_fwd_wgmma_f16
 conv3x3 wgrad+dgrad+sums tma [3]|conv3x3_dgrad_wgmma_mc_f16
 pre_bwd [3]|chan_reduce_f16
 pre_bwd unpooled [0]|pre_bwd_dx_f16
 conv3x3 wgrad+dgrad+sums mma128 [0]|regex:conv3x3_dgrad
 conv3x3 fwd wgmma2 [2]|conv3x3_fwd_wgmma2_f16
 conv3x3 fwd img [0]|conv3x3_fwd_img_f16
-conv3x3 fwd wgmma [2]|conv3x3_fwd_wgmma_f16
 conv3x3 fwd tma [3]|conv3x3_fwd_wgmma_mc_f16
 TARGETS
     ;;
