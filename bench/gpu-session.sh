@@ -12,12 +12,12 @@
 #   SPEEDRUN_CONV=mma128 bash bench/gpu-session.sh runs 25   # pinned to the 64×64-warp-tile convs
 #                                           # (SPEEDRUN_CONV=mma,mma128: tuned over those two only)
 #                                           # (unpinned, the warm-up times mma, mma128, img, on
-#                                           # an H100/H200 wgmma, wgmma2, tma and tma4, and mixed (each GEMM's
+#                                           # an H100/H200 wgmma, wgmma2, wgmmap, tma and tma4, and mixed (each GEMM's
 #                                           # fastest of those), and keeps the fastest whose
 #                                           # accuracy agrees; pin SPEEDRUN_CONV=mma if the
 #                                           # selftest shows "(mma128)" or "(wgmma)" FAIL lines,
 #                                           # list SPEEDRUN_CONV=mma,mma128,img,wgmma,mixed if
-#                                           # only "(wgmma2)" / "(tma)" / "(tma4)" lines fail)
+#                                           # only "(wgmma2)" / "(wgmmap)" / "(tma)" / "(tma4)" lines fail)
 #   bash bench/gpu-session.sh first         # selftest, bench, one run, one --no-graph, one with the
 #                                           # epilogue sums off, one with wmma convs
 #   bash bench/gpu-session.sh airbench 25   # the anchor, same GPU, same images (see below)
@@ -75,10 +75,10 @@ case "$what" in
   selftest) $BIN selftest 2>&1 | tee -a "$log" ;;
   bench) $BIN bench 2>&1 | tee -a "$log"
          status=${PIPESTATUS[0]}
-         # a fault in a wgmma2, tma or tma4 kernel (the newest) loses the context and every line
+         # a fault in a wgmma2, wgmmap, tma or tma4 kernel (the newest) loses the context and every line
          # after it (theirs and mixed's): once more without them
          if [ "$status" != 0 ] && [ -z "${SPEEDRUN_CONV-}" ]; then
-           echo "# bench failed: again with SPEEDRUN_CONV=mma,mma128,img,wgmma,mixed (no wgmma2, tma, tma4)" | tee -a "$log"
+           echo "# bench failed: again with SPEEDRUN_CONV=mma,mma128,img,wgmma,mixed (no wgmma2, wgmmap, tma, tma4)" | tee -a "$log"
            SPEEDRUN_CONV=mma,mma128,img,wgmma,mixed $BIN bench 2>&1 | tee -a "$log"
            status=${PIPESTATUS[0]}
          fi ;;
@@ -90,7 +90,7 @@ case "$what" in
         $BIN --no-download --runs "${2:-25}" "${@:3}" --json "$json" 2>&1 | tee -a "$log"
         status=${PIPESTATUS[0]}
         # a failure while tuning over every path (a fault in an sm_90a kernel loses the
-        # context): once more without wgmma2, tma and tma4, then without wgmma too, rather than losing
+        # context): once more without wgmma2, wgmmap, tma and tma4, then without wgmma too, rather than losing
         # the call
         for paths in mma,mma128,img,wgmma,mixed mma,mma128,mixed; do
           if [ "$status" != 0 ] && [ -z "${SPEEDRUN_CONV-}" ] && ! grep -q "^kernel autotune" "$log"; then

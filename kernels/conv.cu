@@ -930,7 +930,8 @@ __device__ __forceinline__ void mma_col_sums(int j, T (&a)[2], T (&b)[2], T (*re
     }
 }
 template <typename T, class Tl>
-__device__ __forceinline__ void mma_col_partials(const T (*red)[Tl::TN][2], int n0, int C, T* __restrict__ part) {
+__device__ __forceinline__ void mma_col_partials(const T (*red)[Tl::TN][2], int n0, int C, T* __restrict__ part,
+                                                 int row, int rows) {
     static_assert(Tl::TN <= Tl::THREADS, "one column per thread");
     __syncthreads();
     const int col = threadIdx.x, c = n0 + col;
@@ -941,9 +942,14 @@ __device__ __forceinline__ void mma_col_partials(const T (*red)[Tl::TN][2], int 
             a += red[r][col][0];
             b += red[r][col][1];
         }
-        part[(long long)c * gridDim.x + blockIdx.x] = a;
-        part[(long long)(C + c) * gridDim.x + blockIdx.x] = b;
+        part[(long long)c * rows + row] = a;
+        part[(long long)(C + c) * rows + row] = b;
     }
+}
+// The partials of block row blockIdx.x of gridDim.x (a tile per block).
+template <typename T, class Tl>
+__device__ __forceinline__ void mma_col_partials(const T (*red)[Tl::TN][2], int n0, int C, T* __restrict__ part) {
+    mma_col_partials<T, Tl>(red, n0, C, part, blockIdx.x, gridDim.x);
 }
 // Room for red (≤ 8 KB) once mma_pipeline has run nk steps: the A stage it left free. The last
 // step (nk − 1) used stage (nk − 1) % 3; stage (nk + 1) % 3 last held step nk − 2 (or nothing),
@@ -1015,14 +1021,23 @@ __device__ __forceinline__ void conv_fwd_tile(const float (&acc)[Tl::MI][Tl::NJ]
 // The forward's epilogue of one tile: conv_fwd_tile, then, when part is set, the BatchNorm
 // partial sums of the stored y (mma_col_partials). red: WGM × TN × 2 doubles of shared memory
 // no warp still reads.
+// prow, prows: the tile's column of part and their count (a persistent block's tile), or by
+// default blockIdx.x of gridDim.x.
+template <class Tl>
+__device__ __forceinline__ void conv_fwd_epilogue(const float (&acc)[Tl::MI][Tl::NJ][4], long long m0, int n0, long long M,
+                                                  int cout, int pool, half* __restrict__ y,
+                                                  unsigned char* __restrict__ argmax, double* __restrict__ part,
+                                                  double (*red)[Tl::TN][2], int prow, int prows) {
+    if (!y) return;  // the bench's main-loop-only lines (null outputs): no epilogue
+    conv_fwd_tile<Tl, false>(acc, m0, n0, M, cout, pool, y, argmax, part != nullptr, red);
+    if (part) mma_col_partials<double, Tl>(red, n0, cout, part, prow, prows);
+}
 template <class Tl>
 __device__ __forceinline__ void conv_fwd_epilogue(const float (&acc)[Tl::MI][Tl::NJ][4], long long m0, int n0, long long M,
                                                   int cout, int pool, half* __restrict__ y,
                                                   unsigned char* __restrict__ argmax, double* __restrict__ part,
                                                   double (*red)[Tl::TN][2]) {
-    if (!y) return;  // the bench's main-loop-only lines (null outputs): no epilogue
-    conv_fwd_tile<Tl, false>(acc, m0, n0, M, cout, pool, y, argmax, part != nullptr, red);
-    if (part) mma_col_partials<double, Tl>(red, n0, cout, part);
+    conv_fwd_epilogue<Tl>(acc, m0, n0, M, cout, pool, y, argmax, part, red, blockIdx.x, gridDim.x);
 }
 
 // Same contract as conv3x3_fwd_f16 with bn = 2, but the weights as fp16 (wf, conv_weights_f16).
@@ -1781,6 +1796,26 @@ struct WgCluster {
     __device__ __forceinline__ void finish() const { cluster_wait(); }
 };
 
+// One K step's MMAs (WK / 16 wgmmas) on stage s, accumulating into d: K-major operands (A's
+// rows, this warpgroup's 64 of them, then B's in the stage), or with MN both MN-major (below).
+template <class Tl, bool MN>
+__device__ __forceinline__ void wg_step_mmas(float* d, unsigned char* st, int s) {
+    const unsigned a0 = smem_u32(st) + (threadIdx.x >> 7) * 64 * 128;  // this warpgroup's 64 A rows
+    const unsigned b0 = smem_u32(st) + Tl::A_BYTES;
+#pragma unroll
+    for (int kk = 0; kk < WK / 16; kk++) {
+        if constexpr (!MN) {
+            wgmma_f16<Tl::TN>(d, wgmma_desc(a0 + s * Tl::STAGE + 32 * kk), wgmma_desc(b0 + s * Tl::STAGE + 32 * kk), 1);
+        } else {  // k16 step kk = k groups 2kk, 2kk + 1; this warpgroup's 64 rows = column block w of A
+            static_assert(Tl::TN % 64 == 0, "MN-major B: whole 64-column blocks");
+            constexpr unsigned AB = Tl::TM / 64, BB = Tl::TN / 64;
+            const unsigned sa = smem_u32(st) + s * Tl::STAGE + (2 * kk * AB + (threadIdx.x >> 7)) * 1024;
+            const unsigned sb = smem_u32(st) + s * Tl::STAGE + Tl::A_BYTES + 2 * kk * BB * 1024;
+            wgmma_f16<Tl::TN, 1, 1>(d, wgmma_desc(sa, 1024, AB * 1024), wgmma_desc(sb, 1024, BB * 1024), 1);
+        }
+    }
+}
+
 // The pipeline over nk K steps. issue(t, s): start copying step t into stage s. Step t lives in
 // stage t % STAGES; at step t the copies of step t + AHEAD go into the stage that held step
 // t + AHEAD − STAGES = t − 2, whose wgmma group every warpgroup retired (wgmma_wait<1> after
@@ -1802,8 +1837,6 @@ __device__ __forceinline__ void wg_pipeline(float (&acc)[1][Tl::NJ][4], unsigned
         if (i == 0 || i < nk) issue(i, i);
         cp_async_commit();
     }
-    const unsigned a0 = smem_u32(st) + (threadIdx.x >> 7) * 64 * 128;  // this warpgroup's 64 A rows
-    const unsigned b0 = smem_u32(st) + Tl::A_BYTES;
     int s = 0, w = AH;  // stages of steps t and t + AH
     for (int t = 0; t < nk; t++) {
         cp_async_wait<AH - 1>();  // step t's copies landed (those of t + 1 .. t + AH − 1 may not)
@@ -1813,19 +1846,7 @@ __device__ __forceinline__ void wg_pipeline(float (&acc)[1][Tl::NJ][4], unsigned
         cp_async_commit();
         sync.landed(t, s);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < WK / 16; kk++) {
-            if constexpr (!MN) {
-                wgmma_f16<Tl::TN>(d, wgmma_desc(a0 + s * Tl::STAGE + 32 * kk), wgmma_desc(b0 + s * Tl::STAGE + 32 * kk),
-                                  1);
-            } else {  // k16 step kk = k groups 2kk, 2kk + 1; this warpgroup's 64 rows = column block w of A
-                static_assert(Tl::TN % 64 == 0, "MN-major B: whole 64-column blocks");
-                constexpr unsigned AB = Tl::TM / 64, BB = Tl::TN / 64;
-                const unsigned sa = smem_u32(st) + s * Tl::STAGE + (2 * kk * AB + (threadIdx.x >> 7)) * 1024;
-                const unsigned sb = smem_u32(st) + s * Tl::STAGE + Tl::A_BYTES + 2 * kk * BB * 1024;
-                wgmma_f16<Tl::TN, 1, 1>(d, wgmma_desc(sa, 1024, AB * 1024), wgmma_desc(sb, 1024, BB * 1024), 1);
-            }
-        }
+        wg_step_mmas<Tl, MN>(d, st, s);
         wgmma_commit();
         wgmma_wait<1>();
         sync.retired();
@@ -1844,6 +1865,64 @@ template <typename T, class Tl> __device__ __forceinline__ T (*wg_spare_stage(un
     static_assert(sizeof(T) * Tl::WGM * Tl::TN * 2 <= Tl::STAGE, "red fits a stage");
     static_assert(Tl::AHEAD == Tl::STAGES - 2, "the stage of step nk − 3 is free only when copies run STAGES − 2 ahead");
     return reinterpret_cast<T (*)[Tl::TN][2]>(st + ((nk + Tl::STAGES - 3) % Tl::STAGES) * Tl::STAGE);
+}
+
+// wg_pipeline over several tiles in a row (a persistent block's): `tiles` tiles of nk K steps
+// each, one pipeline through all tiles·nk steps, so the copies of a tile's first AHEAD steps are
+// in flight while the previous tile's epilogue runs. issue(j, t, s): start copying step t of
+// tile j into stage s (in (j, t) order, each once). After a tile's last step (global step g,
+// stage s): every wgmma retired (wgmma_wait<0> and a barrier), then epi(j, acc, spare) with acc
+// the tile's D and spare stage s's bytes (step g's; refilled only by step g + STAGES's copies,
+// issued after the barriers of the next steps); acc is zeroed for the next tile. K-major only.
+template <class Tl, class Issue, class Epi>
+__device__ __forceinline__ void wg_pipeline_tiles(float (&acc)[1][Tl::NJ][4], unsigned char* st, int nk, int tiles,
+                                                  Issue issue, Epi epi) {
+    static_assert(Tl::STAGE >= Tl::WGM * Tl::TN * 2 * (int)sizeof(double), "the epilogue's red fits a stage");
+    float* d = &acc[0][0][0];
+    constexpr int AH = Tl::AHEAD, NS = Tl::STAGES;
+    const int total = nk * tiles;
+    int ij = 0, it = 0;  // the tile and step of the next copy
+    auto issue_next = [&](int s) {
+        issue(ij, it, s);
+        if (++it == nk) {
+            it = 0;
+            ij++;
+        }
+    };
+#pragma unroll
+    for (int i = 0; i < Tl::NJ * 4; i++) d[i] = 0.f;
+    wgmma_fence_regs<Tl::NJ * 4>(d);
+#pragma unroll
+    for (int i = 0; i < AH; i++) {
+        if (i < total) issue_next(i);
+        cp_async_commit();
+    }
+    int s = 0, w = AH, t = 0, j = 0;  // stages of steps g and g + AH; step t of tile j
+    for (int g = 0; g < total; g++) {
+        cp_async_wait<AH - 1>();
+        fence_proxy_async();
+        __syncthreads();
+        if (g + AH < total) issue_next(w);
+        cp_async_commit();
+        wgmma_fence();
+        wg_step_mmas<Tl, false>(d, st, s);
+        wgmma_commit();
+        wgmma_wait<1>();
+        if (++t == nk) {
+            wgmma_wait<0>();
+            wgmma_fence_regs<Tl::NJ * 4>(d);
+            __syncthreads();  // every warpgroup's steps g − 1 and g retired: stage s is free
+            epi(j, acc, st + s * Tl::STAGE);
+#pragma unroll
+            for (int i = 0; i < Tl::NJ * 4; i++) d[i] = 0.f;
+            wgmma_fence_regs<Tl::NJ * 4>(d);
+            t = 0;
+            j++;
+        }
+        s = s == NS - 1 ? 0 : s + 1;
+        w = w == NS - 1 ? 0 : w + 1;
+    }
+    cp_async_wait<0>();
 }
 
 // B = wb [nb][K] (K-major), columns n0..n0+TN−1, by cp.async: this thread copies chunk tid % 8
@@ -1957,6 +2036,46 @@ __device__ __forceinline__ void conv_fwd_wg(const half* __restrict__ a, int N, i
     wg_conv_gemm<Tl, CX>(acc, st, a, cin, W, rows, wf, cout, n0);
     conv_fwd_epilogue<Tl>(acc, m0, n0, M, cout, pool, y, argmax, part,
                           wg_spare_stage<double, Tl>(st, CEIL_DIV(9 * cin, WK)));
+}
+
+// conv_fwd_wg's contract (CX = 1) in a persistent block: grid (G, ceil(cout/TN)) with G ≤ the
+// ⌈M/TM⌉ row tiles (the host: one block per SM); block x computes tiles x, x + G, … through one
+// wg_pipeline_tiles, the first copies of each tile in flight during the previous tile's
+// epilogue, and no block launch or pipeline fill per tile. part: [2·cout][⌈M/TM⌉] (the tile's
+// column, as conv_fwd_wg's with one block per tile).
+template <class Tl>
+__device__ __forceinline__ void conv_fwd_wg_persistent(const half* __restrict__ a, int N, int H, int W, int cin,
+                                                       const half* __restrict__ wf, int cout, int pool,
+                                                       half* __restrict__ y, unsigned char* __restrict__ argmax,
+                                                       double* __restrict__ part, half* smem) {
+    constexpr int RS = Tl::RSTEP;
+    unsigned char* st = wg_stages(smem);
+    const long long M = fwd_gemm_rows(N, H, W, pool);
+    const int tiles = (int)CEIL_DIV(M, (long long)Tl::TM), bx = blockIdx.x, gx = gridDim.x;
+    const int mine = bx < tiles ? CEIL_DIV(tiles - bx, gx) : 0;
+    const int tid = threadIdx.x, r0 = tid >> 3, kc = (tid & 7) * 8, n0 = blockIdx.y * Tl::TN;
+    const int dst = r0 * 64 + (((tid & 7) ^ (r0 & 7)) * 8);  // halves into a stage's A (or B) rows
+    TapRows<Tl::TM / RS> rows;
+    KCursor kq(kc, cin);
+    const WgRowsB<Tl> b(wf, cout, n0, 9 * cin);
+    auto issue = [&](int j, int t, int s) {
+        if (t == 0) {  // tile j's rows (every copy of the tile before it was issued already)
+            fwd_tap_rows(rows, (long long)(bx + j * gx) * Tl::TM + r0, RS, M, H, W, pool, cin);
+            kq = KCursor(kc, cin);
+        }
+        half* as = reinterpret_cast<half*>(st + s * Tl::STAGE);
+        half* bs = reinterpret_cast<half*>(st + s * Tl::STAGE + Tl::A_BYTES);
+        rows.template copy<RS * 64>(as + dst, a, kq.tap, kq.c, cin, W);
+        b.copy(t, s, bs, dst);
+        kq.template advance<WK>(cin);
+    };
+    auto epi = [&](int j, const float (&acc)[1][Tl::NJ][4], unsigned char* spare) {
+        const int tile = bx + j * gx;
+        conv_fwd_epilogue<Tl>(acc, (long long)tile * Tl::TM, n0, M, cout, pool, y, argmax, part,
+                              reinterpret_cast<double (*)[Tl::TN][2]>(spare), tile, tiles);
+    };
+    float acc[1][Tl::NJ][4];
+    wg_pipeline_tiles<Tl>(acc, st, CEIL_DIV(9 * cin, WK), mine, issue, epi);
 }
 
 // The input gradient's epilogue inputs into shared memory (DgradSharedX's layout at st), once
@@ -2147,6 +2266,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_fwd_wgmma_narrow_f1
 }
 extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_dgrad_wgmma_narrow_f16(CONV_DGRAD_PARAMS) {
     SM90A_BODY(conv_dgrad_wg<WgNarrow>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem));
+}
+// Persistent (wgmmap): the 128×256 forward, one block per SM looping over the row tiles
+extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_fwd_wgmma_p_f16(CONV_FWD_PARAMS) {
+    SM90A_BODY(conv_fwd_wg_persistent<WgWide>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_fwd_wgmma2_f16(CONV_FWD_PARAMS) {
     SM90A_BODY(conv_fwd_wg<WgWide2>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem));

@@ -70,7 +70,7 @@ evaluation
   -h, --help          this text
 
 environment
-  SPEEDRUN_CONV           conv kernels: wmma, mma, mma128, img, wgmma, wgmma2, tma, tma4 (H100/H200) or mixed (per GEMM,
+  SPEEDRUN_CONV           conv kernels: wmma, mma, mma128, img, wgmma, wgmma2, wgmmap, tma, tma4 (H100/H200) or mixed (per GEMM,
                           the fastest mma family at its shape) pins one; a comma list (e.g.
                           mma,mma128) is the set the warm-up's autotune chooses from (default:
                           every mma path the GPU has, and mixed)

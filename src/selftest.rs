@@ -424,12 +424,13 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     // reading its own plan row) does not depend on the batch, and its six steps were 40% of the
     // emulated run at the full batch
     checks.push(("recorded step".into(), Box::new(move |g, c, r| check_graph(g, c, r, batch / 8, 950))));
-    // wgmma (its layers and the whole step); then wgmma2, tma and tma4 in one group: their
-    // kernels are wgmma's but for their own (wgmma2's tiles of which two blocks fit an SM, the
-    // multicast ones), so only those run, against one CPU reference per layer. No whole step on
-    // them here (it took a minute of the emulated CI run): the GPU test tma_convs_equal_wgmma_ones
-    // holds tma's forward and backward, statistics and sums included, to the wgmma path's bit for
-    // bit, wide_convs_equal_narrow_ones wgmma2's to mma's, and the bench times the step on them.
+    // wgmma (its layers and the whole step); then wgmma2, wgmmap, tma and tma4 in one group:
+    // their kernels are wgmma's but for their own (wgmma2's tiles of which two blocks fit an SM,
+    // wgmmap's persistent forward, the multicast ones), so only those run, against one CPU
+    // reference per layer. No whole step on them here (it took a minute of the emulated CI run):
+    // the GPU test tma_convs_equal_wgmma_ones holds tma's forward and backward, statistics and
+    // sums included, to the wgmma path's bit for bit, persistent_forward_equals_wgmma wgmmap's,
+    // wide_convs_equal_narrow_ones wgmma2's to mma's, and the bench times the step on them.
     let (wg, mc): (Vec<ConvPath>, Vec<ConvPath>) = wgmma.iter().partition(|&&p| p == ConvPath::Wgmma);
     if !wg.is_empty() {
         conv_checks(&mut checks, &[], &wg, ", wgmma");
@@ -1838,12 +1839,12 @@ fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, lines: &mut Lines) -> Resu
     }
     profile_line(gpu, lines, &mut state, n, None)?;
     // Last, where the GPU has them and they are not the default: the wgmma convs per layer, the
-    // step on them, and its profile, then the same for wgmma2, tma and tma4 (their own kernels'
+    // step on them, and its profile, then the same for wgmma2, wgmmap, tma and tma4 (their own kernels'
     // lines; a fault in an sm_90a kernel loses the context: only the lines after it are then
     // missing)
-    let sm90 = [ConvPath::Wgmma, ConvPath::Wgmma2, ConvPath::Tma, ConvPath::Tma4];
+    let sm90 = [ConvPath::Wgmma, ConvPath::Wgmma2, ConvPath::WgmmaP, ConvPath::Tma, ConvPath::Tma4];
     for (i, &path) in sm90.iter().enumerate().filter(|(_, p)| others.contains(p)) {
-        // wgmma2's, tma's and tma4's lines: their own kernels only (the others are wgmma's,
+        // wgmma2's, wgmmap's, tma's and tma4's lines: their own kernels only (the others are wgmma's,
         // timed just above)
         bench_convs(gpu, n, &sm90[..i], &[path], false, lines)?;
         let name = format!("train step, graph, {} convs", path.name());

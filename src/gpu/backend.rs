@@ -374,12 +374,24 @@ struct MmaKernel {
     /// `_wgmma_mc_` / `_wgmma_mc4_`, its grid padded to whole clusters and its weights in
     /// `conv_weights_f16`'s bulk-copy layout, layout 2).
     cluster: u32,
+    /// A persistent kernel (`_wgmma_p_`): at most one block per SM along the grid's x, each
+    /// looping over the row tiles x, x + blocks, …; its BatchNorm partials still one row per tile.
+    persistent: bool,
 }
 
 impl MmaKernel {
     /// Grid rows for `rows` tiles: whole clusters.
     fn grid_rows(&self, rows: u32) -> u32 {
         rows.next_multiple_of(self.cluster)
+    }
+    /// Blocks along the grid's x for `rows` row tiles on a GPU of `sms` SMs: [`Self::grid_rows`],
+    /// or for a persistent kernel one per SM at most (one per tile where there are fewer).
+    fn launch_rows(&self, rows: u32, sms: u32) -> u32 {
+        if self.persistent {
+            rows.min(sms.max(1))
+        } else {
+            self.grid_rows(rows)
+        }
     }
     /// `conv_weights_f16`'s layout for this kernel's B: 2 (bulk-copy blocks) for a multicast
     /// kernel, else 1 (K-major) for a wgmma input gradient's wt, 0 otherwise.
@@ -693,7 +705,8 @@ impl Gpu {
     /// else `MmaWide`'s (a weight gradient of ≤ 32 output channels). On `ConvPath::Wgmma2` the
     /// tiles of which 2 blocks fit an SM (`_wgmma2_`: 128×128 in 3 stages where n ≥ 128, all
     /// three GEMMs; `_wgmma_narrow_`: 128×64 where 32 < n < 128), else `Wgmma`'s. On
-    /// `ConvPath::Tma` (`Tma4`)
+    /// `ConvPath::WgmmaP` the persistent 128×256 forward (`_wgmma_p_`) where n ≥ 128, else
+    /// `Wgmma`'s. On `ConvPath::Tma` (`Tma4`)
     /// the multicast 128×256 kernels (`_wgmma_mc_`, `_wgmma_mc4_`, [`WG_MC_SMEM`]) for a forward
     /// or input gradient whose n is a multiple of 256 and whose K = 9·(channels gathered) a
     /// multiple of 64 (the bulk-copy layout's blocks), else `Wgmma`'s.
@@ -743,10 +756,30 @@ impl Gpu {
     fn mma_kernel_on(&self, path: ConvPath, key: &GemmKey) -> MmaKernel {
         let (base, n) = key.base();
         const fn mma(name: &'static str, tm: usize, tn: usize, smem: u32) -> Option<MmaKernel> {
-            Some(MmaKernel { name, tm, tn, smem, threads: 128, wgmma: false, per_image: false, cluster: 1 })
+            Some(MmaKernel {
+                name,
+                tm,
+                tn,
+                smem,
+                threads: 128,
+                wgmma: false,
+                per_image: false,
+                cluster: 1,
+                persistent: false,
+            })
         }
         const fn wg(name: &'static str, tm: usize, tn: usize, smem: u32, threads: u32) -> Option<MmaKernel> {
-            Some(MmaKernel { name, tm, tn, smem, threads, wgmma: true, per_image: false, cluster: 1 })
+            Some(MmaKernel {
+                name,
+                tm,
+                tn,
+                smem,
+                threads,
+                wgmma: true,
+                per_image: false,
+                cluster: 1,
+                persistent: false,
+            })
         }
         // ConvPath::Img: the image-resident forward where the image and 64 filters fit the
         // shared memory (layers 0–2 of the recipe), the image-resident weight gradient where
@@ -760,7 +793,18 @@ impl Gpu {
             };
             if let Some((name, smem)) = img.filter(|&(_, smem)| smem <= self.info.smem_optin.max(0) as usize) {
                 let (tm, tn, threads, smem) = (0, 64, IMG_THREADS, smem as u32);
-                return MmaKernel { name, tm, tn, smem, threads, wgmma: false, per_image: true, cluster: 1 };
+                let persistent = false;
+                return MmaKernel {
+                    name,
+                    tm,
+                    tn,
+                    smem,
+                    threads,
+                    wgmma: false,
+                    per_image: true,
+                    cluster: 1,
+                    persistent,
+                };
             }
         }
         // Per GEMM: the 128×64 kernel, then the mma128, the wgmma and the wgmma2 choices for
@@ -837,11 +881,26 @@ impl Gpu {
             };
             if let Some(name) = mc {
                 let (tm, tn, smem, threads) = (128, 256, WG_MC_SMEM, 256);
-                return MmaKernel { name, tm, tn, smem, threads, wgmma: true, per_image: false, cluster };
+                let persistent = false;
+                return MmaKernel { name, tm, tn, smem, threads, wgmma: true, per_image: false, cluster, persistent };
             }
         }
+        if path == ConvPath::WgmmaP && key.gemm == Gemm::Fwd && slot == 0 {
+            let (name, tm, tn, smem, threads) = ("conv3x3_fwd_wgmma_p_f16", 128, 256, WG_WIDE_SMEM, 256);
+            return MmaKernel {
+                name,
+                tm,
+                tn,
+                smem,
+                threads,
+                wgmma: true,
+                per_image: false,
+                cluster: 1,
+                persistent: true,
+            };
+        }
         let chosen = match path {
-            ConvPath::Wgmma | ConvPath::Tma | ConvPath::Tma4 => wgmma[slot].or(mma128[slot]),
+            ConvPath::Wgmma | ConvPath::WgmmaP | ConvPath::Tma | ConvPath::Tma4 => wgmma[slot].or(mma128[slot]),
             ConvPath::Wgmma2 => wgmma2[slot].or(wgmma[slot]).or(mma128[slot]),
             ConvPath::MmaWide => mma128[slot],
             _ => None,
@@ -1447,14 +1506,15 @@ impl Backend for Gpu {
         }
         let (xp, pp) = self.activate(xp, xs, &pp, keep)?;
         if self.mma_path("conv3x3")? {
-            // with stats: the epilogue writes the BatchNorm partials, [2·cout][blocks] f64
+            // with stats: the epilogue writes the BatchNorm partials, [2·cout][row tiles] f64
             let kn = self.mma_kernel(&key);
             let rows = if kn.per_image { blocks_of(xs.n, 1)? } else { blocks_of(m, kn.tm)? };
-            let grid = (kn.grid_rows(rows), cout.div_ceil(kn.tn) as u32, 1);
+            let tiles = kn.grid_rows(rows);
+            let grid = (kn.launch_rows(rows, self.info.sms.max(1) as u32), cout.div_ceil(kn.tn) as u32, 1);
             // one workspace: the fp16 weights (conv_weights_f16), then the BatchNorm partials
             let wf = (cout * 9 * cin).div_ceil(2).next_multiple_of(64);
             let fused = bn.is_some() && self.epilogue_sums && self.fused_stats(&key);
-            let part_len = if fused { grid.0 as usize * 4 * cout } else { 0 };
+            let part_len = if fused { tiles as usize * 4 * cout } else { 0 };
             let ws = self.workspace(wf + part_len)?;
             let part = if part_len > 0 { ws + 4 * wf as u64 } else { 0 };
             let (ni, hi, wi) = (int(xs.n, "batch")?, int(xs.h, "height")?, int(xs.w, "width")?);
@@ -1468,7 +1528,7 @@ impl Backend for Gpu {
             let args = [xp, ni, hi, wi, ci, ws, co, pool as u64, yk, ap, part];
             self.launch_smem("conv", kn.name, grid, (kn.threads, 1, 1), kn.smem, &args)?;
             return match bn {
-                Some((o, eps, mom)) if part != 0 => self.bn_finalize(part, grid.0 as usize, ys, eps, mom, o),
+                Some((o, eps, mom)) if part != 0 => self.bn_finalize(part, tiles as usize, ys, eps, mom, o),
                 Some((o, eps, mom)) => self.bn_from_y(yp, ys, eps, mom, o),
                 None => Ok(()),
             };
@@ -2244,6 +2304,7 @@ mod tests {
             ("conv", "conv3x3_fwd_wgmma_narrow_f16", "PIIIIPIIPPP"),
             ("conv", "conv3x3_dgrad_wgmma_narrow_f16", "PIIIIIPPPPPPIP"),
             ("conv", "conv3x3_fwd_wgmma2_f16", "PIIIIPIIPPP"),
+            ("conv", "conv3x3_fwd_wgmma_p_f16", "PIIIIPIIPPP"),
             ("conv", "conv3x3_dgrad_wgmma2_f16", "PIIIIIPPPPPPIP"),
             ("conv", "conv3x3_wgrad_wgmma2_f16", "PIIIIPIPI"),
             ("conv", "unpool_f16", "PPIIIIP"),

@@ -107,7 +107,9 @@ pub struct Gpu {
 /// channels, 128×64 for weight gradients of 64 channels), `Wgmma2` (compute capability 9.0: the
 /// same instructions on tiles that let two blocks share an SM, so one block's epilogue overlaps
 /// the other's main loop: 128×128 in 3 stages where N ≥ 128, 128×64 where 32 < N < 128, else
-/// `Wgmma`'s), `Tma` (compute capability 9.0: as
+/// `Wgmma`'s), `WgmmaP` (compute capability 9.0: `Wgmma`, but the 128×256 forwards in
+/// persistent blocks, one per SM, that loop over the row tiles with one pipeline, so a tile's
+/// first copies are in flight during the previous tile's epilogue), `Tma` (compute capability 9.0: as
 /// `Wgmma`, but the 128×256 forwards and input gradients of 256-channel weights run in 2-CTA
 /// clusters that share one bulk (TMA) copy of each weight tile, multicast into both CTAs' shared
 /// memory: half the weight traffic from L2 per CTA), `Tma4` (the same in 4-CTA clusters: a
@@ -117,7 +119,7 @@ pub struct Gpu {
 /// real operands the first time that GEMM runs outside a recording (src/gpu/backend.rs,
 /// `tune_gemm`). `Gpu::open` picks
 /// `Mma` where the GPU has it; the environment variable `SPEEDRUN_CONV=wmma` (or `mma`,
-/// `mma128`, `img`, `wgmma`, `wgmma2`, `tma`, `tma4`, `mixed`) overrides, and a comma list (`SPEEDRUN_CONV=mma,mma128`) is the
+/// `mma128`, `img`, `wgmma`, `wgmma2`, `wgmmap`, `tma`, `tma4`, `mixed`) overrides, and a comma list (`SPEEDRUN_CONV=mma,mma128`) is the
 /// set the warm-up's autotune chooses from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPath {
@@ -127,6 +129,7 @@ pub enum ConvPath {
     Img,
     Wgmma,
     Wgmma2,
+    WgmmaP,
     Tma,
     Tma4,
     Mixed,
@@ -156,6 +159,7 @@ impl ConvPath {
             ConvPath::Img => "img",
             ConvPath::Wgmma => "wgmma",
             ConvPath::Wgmma2 => "wgmma2",
+            ConvPath::WgmmaP => "wgmmap",
             ConvPath::Tma => "tma",
             ConvPath::Tma4 => "tma4",
             ConvPath::Mixed => "mixed",
@@ -169,7 +173,7 @@ impl ConvPath {
     /// Whether the path runs sm_90a kernels (wgmma; on `Tma` and `Tma4` also clusters and bulk
     /// copies).
     pub fn is_sm90(self) -> bool {
-        matches!(self, ConvPath::Wgmma | ConvPath::Wgmma2 | ConvPath::Tma | ConvPath::Tma4)
+        matches!(self, ConvPath::Wgmma | ConvPath::Wgmma2 | ConvPath::WgmmaP | ConvPath::Tma | ConvPath::Tma4)
     }
     /// CTAs per cluster of the multicast kernels this path runs (1: none).
     pub fn cluster(self) -> u32 {
@@ -180,7 +184,7 @@ impl ConvPath {
         }
     }
     /// The paths a GPU of compute capability `cc` can run, best first (9.0 has every kernel
-    /// family). `Wgmma`, `Wgmma2`, `Tma` and `Tma4` need exactly 9.0: their kernels are compiled
+    /// family). `Wgmma`, `Wgmma2`, `WgmmaP`, `Tma` and `Tma4` need exactly 9.0: their kernels are compiled
     /// for sm_90a only (elsewhere they trap).
     pub fn available(cc: (i32, i32)) -> &'static [ConvPath] {
         if cc == (9, 0) {
@@ -190,6 +194,7 @@ impl ConvPath {
                 ConvPath::Img,
                 ConvPath::Wgmma,
                 ConvPath::Wgmma2,
+                ConvPath::WgmmaP,
                 ConvPath::Tma,
                 ConvPath::Tma4,
                 ConvPath::Wmma,
@@ -200,7 +205,7 @@ impl ConvPath {
             &[ConvPath::Wmma]
         }
     }
-    /// [`Self::available`] split into (every path but the sm_90a ones, wgmma, wgmma2, tma and tma4 if
+    /// [`Self::available`] split into (every path but the sm_90a ones, wgmma, wgmma2, wgmmap, tma and tma4 if
     /// `cc` has them): the self-test and the bench run the sm_90a kernels after everything
     /// else, since a fault in one loses the CUDA context and with it every later line.
     pub fn wgmma_last(cc: (i32, i32)) -> (Vec<ConvPath>, Vec<ConvPath>) {
@@ -211,7 +216,7 @@ impl ConvPath {
     pub fn tunable(cc: (i32, i32)) -> Vec<ConvPath> {
         Self::available(cc).iter().copied().filter(|p| p.is_mma()).collect()
     }
-    /// The path named `name` ("wmma", "mma", "mma128", "img", "wgmma", "wgmma2", "tma", "tma4",
+    /// The path named `name` ("wmma", "mma", "mma128", "img", "wgmma", "wgmma2", "wgmmap", "tma", "tma4",
     /// "mixed").
     pub fn named(name: &str) -> Option<ConvPath> {
         Self::available((9, 0)).iter().copied().chain([ConvPath::Mixed]).find(|p| p.name() == name)
@@ -231,7 +236,7 @@ impl ConvPath {
         let Some(v) = env.map(str::trim).filter(|v| !v.is_empty()) else { return Ok(have[0]) };
         let Some(want) = Self::named(v) else {
             return Err(Error::Gpu(format!(
-                "{CONV_ENV}={v:?}: expected \"wmma\", \"mma\", \"mma128\", \"img\", \"wgmma\", \"wgmma2\", \"tma\", \"tma4\" or \"mixed\""
+                "{CONV_ENV}={v:?}: expected \"wmma\", \"mma\", \"mma128\", \"img\", \"wgmma\", \"wgmma2\", \"wgmmap\", \"tma\", \"tma4\" or \"mixed\""
             )));
         };
         if !want.runs_on(cc) {

@@ -248,7 +248,7 @@ fn open_without_driver() {
 /// clear errors for an unknown name or a path the GPU lacks.
 #[test]
 fn conv_path_choice() {
-    use super::ConvPath::{Img, Mixed, Mma, MmaWide, Tma, Tma4, Wgmma, Wgmma2, Wmma};
+    use super::ConvPath::{Img, Mixed, Mma, MmaWide, Tma, Tma4, Wgmma, Wgmma2, WgmmaP, Wmma};
     use super::{ConvPath, CONV_ENV};
     assert_eq!(ConvPath::choose((9, 0), None).unwrap(), Mma);
     assert_eq!(ConvPath::choose((8, 0), Some("")).unwrap(), Mma);
@@ -261,10 +261,10 @@ fn conv_path_choice() {
     let e = ConvPath::choose((9, 0), Some("cutlass")).unwrap_err().to_string();
     assert!(e.contains("cutlass") && e.contains("wmma"), "{e}");
     assert_eq!(ConvPath::available((7, 0)), &[Wmma]);
-    assert_eq!(ConvPath::available((9, 0)), &[Mma, MmaWide, Img, Wgmma, Wgmma2, Tma, Tma4, Wmma]);
+    assert_eq!(ConvPath::available((9, 0)), &[Mma, MmaWide, Img, Wgmma, Wgmma2, WgmmaP, Tma, Tma4, Wmma]);
     assert_eq!(ConvPath::available((8, 9)), &[Mma, MmaWide, Img, Wmma]);
-    assert_eq!(ConvPath::tunable((9, 0)), [Mma, MmaWide, Img, Wgmma, Wgmma2, Tma, Tma4]);
-    assert_eq!(ConvPath::wgmma_last((9, 0)), (vec![Mma, MmaWide, Img, Wmma], vec![Wgmma, Wgmma2, Tma, Tma4]));
+    assert_eq!(ConvPath::tunable((9, 0)), [Mma, MmaWide, Img, Wgmma, Wgmma2, WgmmaP, Tma, Tma4]);
+    assert_eq!(ConvPath::wgmma_last((9, 0)), (vec![Mma, MmaWide, Img, Wmma], vec![Wgmma, Wgmma2, WgmmaP, Tma, Tma4]));
     assert_eq!(ConvPath::wgmma_last((8, 6)), (vec![Mma, MmaWide, Img, Wmma], vec![]));
     assert_eq!(ConvPath::choose((9, 0), Some("wgmma")).unwrap(), Wgmma);
     assert_eq!(ConvPath::named("wgmma"), Some(Wgmma));
@@ -273,17 +273,19 @@ fn conv_path_choice() {
     assert_eq!(ConvPath::named("tma"), Some(Tma));
     assert_eq!(ConvPath::choose((9, 0), Some("tma4")).unwrap(), Tma4);
     assert_eq!(ConvPath::choose((9, 0), Some("wgmma2")).unwrap(), Wgmma2);
+    assert_eq!(ConvPath::choose((9, 0), Some("wgmmap")).unwrap(), WgmmaP);
     for cc in [(8, 9), (10, 0)] {
-        for name in ["wgmma", "wgmma2", "tma", "tma4"] {
+        for name in ["wgmma", "wgmma2", "wgmmap", "tma", "tma4"] {
             let e = ConvPath::choose(cc, Some(name)).unwrap_err().to_string();
             assert!(e.contains(name) && e.contains("9.0"), "{e}");
         }
     }
     assert!(
-        Wgmma.is_sm90() && Wgmma2.is_sm90() && Tma.is_sm90() && Tma4.is_sm90() && !Mma.is_sm90() && !Mixed.is_sm90()
+        [Wgmma, Wgmma2, WgmmaP, Tma, Tma4].iter().all(|p| p.is_sm90() && p.is_mma())
+            && !Mma.is_sm90()
+            && !Mixed.is_sm90()
     );
-    assert!(Tma.is_mma() && Wgmma2.is_mma());
-    assert_eq!([Wgmma, Wgmma2, Tma, Tma4, Mixed].map(|p| p.cluster()), [1, 1, 2, 4, 1]);
+    assert_eq!([Wgmma, Wgmma2, WgmmaP, Tma, Tma4, Mixed].map(|p| p.cluster()), [1, 1, 1, 2, 4, 1]);
     assert_eq!(ConvPath::choose((8, 0), Some("mma128")).unwrap(), MmaWide);
     let e = ConvPath::choose((7, 5), Some("mma128")).unwrap_err().to_string();
     assert!(e.contains("mma128") && e.contains("8.0") && e.contains("sm_75"), "{e}");
@@ -301,7 +303,10 @@ fn conv_path_choice() {
     assert!(e.contains("mixed") && e.contains("8.0") && e.contains("sm_75"), "{e}");
     // the list form: unset, every tunable path and mixed (the one available without mma); one
     // name, pinned; a comma list, those paths in its order; each checked like one name
-    assert_eq!(ConvPath::choose_list((9, 0), None).unwrap(), [Mma, MmaWide, Img, Wgmma, Wgmma2, Tma, Tma4, Mixed]);
+    assert_eq!(
+        ConvPath::choose_list((9, 0), None).unwrap(),
+        [Mma, MmaWide, Img, Wgmma, Wgmma2, WgmmaP, Tma, Tma4, Mixed]
+    );
     assert_eq!(ConvPath::choose_list((8, 6), Some(" ")).unwrap(), [Mma, MmaWide, Img, Mixed]);
     assert_eq!(ConvPath::choose_list((9, 0), Some("mma,mma128,mixed")).unwrap(), [Mma, MmaWide, Mixed]);
     assert_eq!(ConvPath::choose_list((7, 5), None).unwrap(), [Wmma]);
@@ -852,6 +857,57 @@ fn mainloop_only_skips_the_epilogues() {
                     assert!(v.iter().all(|v| v.is_finite()), "{p}: {what} not (all) written");
                 }
             }
+        }
+    }
+}
+
+/// `wgmmap`'s persistent forward (`conv3x3_fwd_wgmma_p_f16`: one block per SM at most, each
+/// looping over row tiles x, x + blocks, … in one pipeline) gives the wgmma path's outputs bit for
+/// bit: y, argmax and, from its per-tile partials, the BatchNorm statistics (the backward is
+/// wgmma's own kernels on both). The emulated GPU has 8 SMs, so the shapes give blocks 2 to 3
+/// tiles each: 2304 pooled rows in 18 tiles of 5 K steps (32 channels), 1152 rows in 9 tiles of
+/// 2 K steps (8 channels: a tile shorter than the copies run ahead), 1960 rows in 16 tiles of 36.
+#[test]
+#[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
+#[cfg_attr(
+    all(cuda_driver, not(kernels_built)),
+    ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
+)]
+fn persistent_forward_equals_wgmma() {
+    use crate::backend::{Backend, Shape};
+    let _device = device_test_lock();
+    let Some(mut gpu) = open_mma() else { return };
+    if !ConvPath::available(gpu.info.cc).contains(&ConvPath::WgmmaP) {
+        eprintln!("skipped: {} has no wgmma convs", gpu.info);
+        return;
+    }
+    for (xs, cout, pool) in [
+        (Shape::new(16, 12, 12, 32), 256, true),
+        (Shape::new(8, 12, 12, 8), 128, false),
+        (Shape::new(40, 7, 7, 256), 256, false),
+    ] {
+        let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
+        let (x, w, shift) = (
+            gpu.upload(&floats(xs.len(), 5)).unwrap(),
+            gpu.upload(&floats(cout * 9 * xs.c, 6)).unwrap(),
+            gpu.upload(&floats(xs.c, 7)).unwrap(),
+        );
+        let dy = gpu.upload(&floats(ys.len(), 8)).unwrap();
+        let tiles = (if pool { ys.count() * 4 } else { xs.count() }).div_ceil(128);
+        assert!(tiles > gpu.info.sms as usize, "{xs:?}: {tiles} tiles, so that blocks take several");
+        let run =
+            |g: &mut Gpu, p| g.with_conv_path(p, |g| conv_layer_outputs(g, xs, cout, pool, [&x, &w, &shift, &dy]));
+        let (want, am0, names0) = run(&mut gpu, ConvPath::Wgmma);
+        let (got, am1, names1) = run(&mut gpu, ConvPath::WgmmaP);
+        assert!(names0.contains(&"conv3x3_fwd_wgmma_f16"), "{xs:?}: {names0:?}");
+        let fwd: Vec<_> =
+            names0.iter().map(|n| if *n == "conv3x3_fwd_wgmma_f16" { "conv3x3_fwd_wgmma_p_f16" } else { n }).collect();
+        assert_eq!(names1, fwd, "{xs:?}: the persistent forward, wgmma's backward");
+        assert_eq!(am0, am1, "{xs:?}: argmax");
+        let outs = ["y", "bn", "running mean", "running var", "dw", "da", "da sums"];
+        for (k, (a, b)) in outs.iter().zip(want.iter().zip(&got)) {
+            assert!(a.iter().all(|v| v.is_finite()), "{xs:?} {k}: not finite");
+            assert!(a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits()), "{xs:?} {k}: differs from wgmma's");
         }
     }
 }
