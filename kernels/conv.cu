@@ -1131,10 +1131,12 @@ template <class Tl> struct DgradSharedX {
 // The input gradient's epilogue from the accumulators: da and, when part is set, pre_bwd's
 // partial sums (mma_col_partials), with x and the parameters read through xs (DgradGlobalX or
 // DgradSharedX). red: WGM × TN × 2 floats of shared memory no warp still reads.
+// prow, prows: as conv_fwd_epilogue's.
 template <class Tl, class XS>
 __device__ __forceinline__ void conv_dgrad_epilogue(const float (&acc)[Tl::MI][Tl::NJ][4], long long m0, int n0,
                                                     long long M, int cin, half* __restrict__ da, const XS& xs,
-                                                    float* __restrict__ part, float (*red)[Tl::TN][2]) {
+                                                    float* __restrict__ part, float (*red)[Tl::TN][2], int prow,
+                                                    int prows) {
     if (!da) return;  // the bench's main-loop-only lines (null outputs): no epilogue
     if (!part) {
         mma_epilogue<Tl>(acc, [&](int row, int col, float v0, float v1) {
@@ -1166,7 +1168,13 @@ __device__ __forceinline__ void conv_dgrad_epilogue(const float (&acc)[Tl::MI][T
             sx[e] += du * xhat;
         }
     }, cols_done, cols_begin);
-    mma_col_partials<float, Tl>(red, n0, cin, part);
+    mma_col_partials<float, Tl>(red, n0, cin, part, prow, prows);
+}
+template <class Tl, class XS>
+__device__ __forceinline__ void conv_dgrad_epilogue(const float (&acc)[Tl::MI][Tl::NJ][4], long long m0, int n0,
+                                                    long long M, int cin, half* __restrict__ da, const XS& xs,
+                                                    float* __restrict__ part, float (*red)[Tl::TN][2]) {
+    conv_dgrad_epilogue<Tl>(acc, m0, n0, M, cin, da, xs, part, red, blockIdx.x, gridDim.x);
 }
 
 // Same contract as conv3x3_dgrad_f16, but from the full-resolution output gradient g (NHWC,
@@ -2038,44 +2046,83 @@ __device__ __forceinline__ void conv_fwd_wg(const half* __restrict__ a, int N, i
                           wg_spare_stage<double, Tl>(st, CEIL_DIV(9 * cin, WK)));
 }
 
-// conv_fwd_wg's contract (CX = 1) in a persistent block: grid (G, ceil(cout/TN)) with G ≤ the
-// ⌈M/TM⌉ row tiles (the host: one block per SM); block x computes tiles x, x + G, … through one
-// wg_pipeline_tiles, the first copies of each tile in flight during the previous tile's
-// epilogue, and no block launch or pipeline fill per tile. part: [2·cout][⌈M/TM⌉] (the tile's
-// column, as conv_fwd_wg's with one block per tile).
-template <class Tl>
-__device__ __forceinline__ void conv_fwd_wg_persistent(const half* __restrict__ a, int N, int H, int W, int cin,
-                                                       const half* __restrict__ wf, int cout, int pool,
-                                                       half* __restrict__ y, unsigned char* __restrict__ argmax,
-                                                       double* __restrict__ part, half* smem) {
+// The implicit GEMM of wg_tap_gemm (A = the 3×3 tap gather of src, C channels; B = wb [nb][9·C]
+// K-major, columns n0 = blockIdx.y·TN..) in a persistent block: grid (G, ceil(nb/TN)) with G ≤
+// the ⌈M/TM⌉ row tiles (the host: one block per SM); block x computes tiles x, x + G, … through
+// one wg_pipeline_tiles, so each tile's first copies are in flight during the previous tile's
+// epilogue, and no tile pays a block launch or a pipeline fill. set_rows(rows, first): the
+// TapRows of GEMM rows first + RSTEP·i; epi(tile, tiles, acc, spare): tile's epilogue (its
+// first row tile·TM; spare: a free stage).
+template <class Tl, class SetRows, class Epi>
+__device__ __forceinline__ void wg_persistent_gemm(unsigned char* st, const half* __restrict__ src, int C, int W,
+                                                   long long M, const half* __restrict__ wb, int nb, SetRows set_rows,
+                                                   Epi epi) {
     constexpr int RS = Tl::RSTEP;
-    unsigned char* st = wg_stages(smem);
-    const long long M = fwd_gemm_rows(N, H, W, pool);
     const int tiles = (int)CEIL_DIV(M, (long long)Tl::TM), bx = blockIdx.x, gx = gridDim.x;
     const int mine = bx < tiles ? CEIL_DIV(tiles - bx, gx) : 0;
     const int tid = threadIdx.x, r0 = tid >> 3, kc = (tid & 7) * 8, n0 = blockIdx.y * Tl::TN;
     const int dst = r0 * 64 + (((tid & 7) ^ (r0 & 7)) * 8);  // halves into a stage's A (or B) rows
     TapRows<Tl::TM / RS> rows;
-    KCursor kq(kc, cin);
-    const WgRowsB<Tl> b(wf, cout, n0, 9 * cin);
+    KCursor kq(kc, C);
+    const WgRowsB<Tl> b(wb, nb, n0, 9 * C);
     auto issue = [&](int j, int t, int s) {
         if (t == 0) {  // tile j's rows (every copy of the tile before it was issued already)
-            fwd_tap_rows(rows, (long long)(bx + j * gx) * Tl::TM + r0, RS, M, H, W, pool, cin);
-            kq = KCursor(kc, cin);
+            set_rows(rows, (long long)(bx + j * gx) * Tl::TM + r0);
+            kq = KCursor(kc, C);
         }
         half* as = reinterpret_cast<half*>(st + s * Tl::STAGE);
         half* bs = reinterpret_cast<half*>(st + s * Tl::STAGE + Tl::A_BYTES);
-        rows.template copy<RS * 64>(as + dst, a, kq.tap, kq.c, cin, W);
+        rows.template copy<RS * 64>(as + dst, src, kq.tap, kq.c, C, W);
         b.copy(t, s, bs, dst);
-        kq.template advance<WK>(cin);
-    };
-    auto epi = [&](int j, const float (&acc)[1][Tl::NJ][4], unsigned char* spare) {
-        const int tile = bx + j * gx;
-        conv_fwd_epilogue<Tl>(acc, (long long)tile * Tl::TM, n0, M, cout, pool, y, argmax, part,
-                              reinterpret_cast<double (*)[Tl::TN][2]>(spare), tile, tiles);
+        kq.template advance<WK>(C);
     };
     float acc[1][Tl::NJ][4];
-    wg_pipeline_tiles<Tl>(acc, st, CEIL_DIV(9 * cin, WK), mine, issue, epi);
+    wg_pipeline_tiles<Tl>(acc, st, CEIL_DIV(9 * C, WK), mine, issue,
+                          [&](int j, const float (&d)[1][Tl::NJ][4], unsigned char* spare) {
+                              epi(bx + j * gx, tiles, d, spare);
+                          });
+}
+
+// conv_fwd_wg's contract (CX = 1) in persistent blocks (wg_persistent_gemm). part: [2·cout]
+// [⌈M/TM⌉] (the tile's column, as conv_fwd_wg's with one block per tile).
+template <class Tl>
+__device__ __forceinline__ void conv_fwd_wg_persistent(const half* __restrict__ a, int N, int H, int W, int cin,
+                                                       const half* __restrict__ wf, int cout, int pool,
+                                                       half* __restrict__ y, unsigned char* __restrict__ argmax,
+                                                       double* __restrict__ part, half* smem) {
+    const long long M = fwd_gemm_rows(N, H, W, pool);
+    auto set_rows = [&](TapRows<Tl::TM / Tl::RSTEP>& rows, long long first) {
+        fwd_tap_rows(rows, first, Tl::RSTEP, M, H, W, pool, cin);
+    };
+    auto epi = [&](int tile, int tiles, const float (&acc)[1][Tl::NJ][4], unsigned char* spare) {
+        conv_fwd_epilogue<Tl>(acc, (long long)tile * Tl::TM, blockIdx.y * Tl::TN, M, cout, pool, y, argmax, part,
+                              reinterpret_cast<double (*)[Tl::TN][2]>(spare), tile, tiles);
+    };
+    wg_persistent_gemm<Tl>(wg_stages(smem), a, cin, W, M, wf, cout, set_rows, epi);
+}
+
+// conv_dgrad_wg's contract (CX = 1) in persistent blocks (wg_persistent_gemm). The epilogue's
+// sums read x and the parameters from global memory (DgradGlobalX: the stages still hold the
+// next tile's copies, so there is no room to stage x as conv_dgrad_wg does). part: [2·cin]
+// [⌈P/TM⌉].
+template <class Tl>
+__device__ __forceinline__ void conv_dgrad_wg_persistent(const half* __restrict__ g, int N, int H, int W, int cin,
+                                                         int cout, const half* __restrict__ wk, half* __restrict__ da,
+                                                         const half* __restrict__ x, const float* __restrict__ pmean,
+                                                         const float* __restrict__ pinv,
+                                                         const float* __restrict__ pshift, int bn,
+                                                         float* __restrict__ part, half* smem) {
+    const long long M = (long long)N * H * W;
+    auto set_rows = [&](TapRows<Tl::TM / Tl::RSTEP>& rows, long long first) {
+        pixel_tap_rows(rows, first, Tl::RSTEP, M, H, W, cout);
+    };
+    auto epi = [&](int tile, int tiles, const float (&acc)[1][Tl::NJ][4], unsigned char* spare) {
+        const long long m0 = (long long)tile * Tl::TM;
+        const int n0 = blockIdx.y * Tl::TN;
+        conv_dgrad_epilogue<Tl>(acc, m0, n0, M, cin, da, DgradGlobalX{x, pmean, pinv, pshift, bn, cin, n0, m0}, part,
+                                reinterpret_cast<float (*)[Tl::TN][2]>(spare), tile, tiles);
+    };
+    wg_persistent_gemm<Tl>(wg_stages(smem), g, cout, W, M, wk, cin, set_rows, epi);
 }
 
 // The input gradient's epilogue inputs into shared memory (DgradSharedX's layout at st), once
@@ -2267,9 +2314,21 @@ extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_fwd_wgmma_narrow_f1
 extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_dgrad_wgmma_narrow_f16(CONV_DGRAD_PARAMS) {
     SM90A_BODY(conv_dgrad_wg<WgNarrow>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem));
 }
-// Persistent (wgmmap): the 128×256 forward, one block per SM looping over the row tiles
+// Persistent (wgmmap): the 128×256 and 256×64 forwards and input gradients, one block per SM
+// looping over the row tiles
 extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_fwd_wgmma_p_f16(CONV_FWD_PARAMS) {
     SM90A_BODY(conv_fwd_wg_persistent<WgWide>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem));
+}
+extern "C" __global__ void __launch_bounds__(512, 1) conv3x3_fwd_wgmma_p_tall_f16(CONV_FWD_PARAMS) {
+    SM90A_BODY(conv_fwd_wg_persistent<WgTall>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem));
+}
+extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_dgrad_wgmma_p_f16(CONV_DGRAD_PARAMS) {
+    SM90A_BODY(conv_dgrad_wg_persistent<WgWide>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part,
+                                                conv_smem));
+}
+extern "C" __global__ void __launch_bounds__(512, 1) conv3x3_dgrad_wgmma_p_tall_f16(CONV_DGRAD_PARAMS) {
+    SM90A_BODY(conv_dgrad_wg_persistent<WgTall>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part,
+                                                conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_fwd_wgmma2_f16(CONV_FWD_PARAMS) {
     SM90A_BODY(conv_fwd_wg<WgWide2>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem));

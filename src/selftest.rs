@@ -429,7 +429,7 @@ pub fn run(gpu: &mut Gpu, out: &mut dyn Write) -> Result<bool> {
     // wgmmap's persistent forward, the multicast ones), so only those run, against one CPU
     // reference per layer. No whole step on them here (it took a minute of the emulated CI run):
     // the GPU test tma_convs_equal_wgmma_ones holds tma's forward and backward, statistics and
-    // sums included, to the wgmma path's bit for bit, persistent_forward_equals_wgmma wgmmap's,
+    // sums included, to the wgmma path's bit for bit, persistent_convs_equal_wgmma_ones wgmmap's,
     // wide_convs_equal_narrow_ones wgmma2's to mma's, and the bench times the step on them.
     let (wg, mc): (Vec<ConvPath>, Vec<ConvPath>) = wgmma.iter().partition(|&&p| p == ConvPath::Wgmma);
     if !wg.is_empty() {

@@ -705,8 +705,9 @@ impl Gpu {
     /// else `MmaWide`'s (a weight gradient of ≤ 32 output channels). On `ConvPath::Wgmma2` the
     /// tiles of which 2 blocks fit an SM (`_wgmma2_`: 128×128 in 3 stages where n ≥ 128, all
     /// three GEMMs; `_wgmma_narrow_`: 128×64 where 32 < n < 128), else `Wgmma`'s. On
-    /// `ConvPath::WgmmaP` the persistent 128×256 forward (`_wgmma_p_`) where n ≥ 128, else
-    /// `Wgmma`'s. On `ConvPath::Tma` (`Tma4`)
+    /// `ConvPath::WgmmaP` the persistent kernels on wgmma's tiles for the forward and the input
+    /// gradient (`_wgmma_p_`: 128×256 where n ≥ 128; `_wgmma_p_tall_`: 256×64 below, but for an
+    /// input gradient with n ≤ 32), else `Wgmma`'s. On `ConvPath::Tma` (`Tma4`)
     /// the multicast 128×256 kernels (`_wgmma_mc_`, `_wgmma_mc4_`, [`WG_MC_SMEM`]) for a forward
     /// or input gradient whose n is a multiple of 256 and whose K = 9·(channels gathered) a
     /// multiple of 64 (the bulk-copy layout's blocks), else `Wgmma`'s.
@@ -885,8 +886,15 @@ impl Gpu {
                 return MmaKernel { name, tm, tn, smem, threads, wgmma: true, per_image: false, cluster, persistent };
             }
         }
-        if path == ConvPath::WgmmaP && key.gemm == Gemm::Fwd && slot == 0 {
-            let (name, tm, tn, smem, threads) = ("conv3x3_fwd_wgmma_p_f16", 128, 256, WG_WIDE_SMEM, 256);
+        // the persistent kernels: wgmma's 128×256 and 256×64 tiles for the forward and input gradient
+        let persistent = match (key.gemm, slot) {
+            (Gemm::Fwd, 0) => Some(("conv3x3_fwd_wgmma_p_f16", 128, 256, WG_WIDE_SMEM, 256)),
+            (Gemm::Fwd, _) => Some(("conv3x3_fwd_wgmma_p_tall_f16", 256, 64, WG_TALL_SMEM, 512)),
+            (Gemm::Dgrad, 0) => Some(("conv3x3_dgrad_wgmma_p_f16", 128, 256, WG_WIDE_SMEM, 256)),
+            (Gemm::Dgrad, 1) => Some(("conv3x3_dgrad_wgmma_p_tall_f16", 256, 64, WG_TALL_SMEM, 512)),
+            _ => None,
+        };
+        if let Some((name, tm, tn, smem, threads)) = persistent.filter(|_| path == ConvPath::WgmmaP) {
             return MmaKernel {
                 name,
                 tm,
@@ -1862,9 +1870,12 @@ impl Backend for Gpu {
         // dgrad runs) or the dgrad's epilogue partials.
         let full = if mma && pool { (p * cout).div_ceil(2).next_multiple_of(64) } else { 0 };
         let dgrad_kernel = self.mma_kernel(&key);
-        let dgrad_blocks = dgrad_kernel.grid_rows(blocks_of(p.max(1), dgrad_kernel.tm)?) as usize;
+        // the input gradient's row tiles (its sums' partials: one row each) and its grid's x
+        let dgrad_tiles = dgrad_kernel.grid_rows(blocks_of(p.max(1), dgrad_kernel.tm)?);
+        let dgrad_blocks = dgrad_kernel.launch_rows(dgrad_tiles, self.info.sms.max(1) as u32);
+        let dgrad_tiles = dgrad_tiles as usize;
         let epilogue = mma && dap.is_some() && sums.is_some() && self.epilogue_sums && self.fused_stats(&key);
-        let parts = (if slices > 1 { slices * len } else { 0 }).max(if epilogue { dgrad_blocks * 2 * cin } else { 0 });
+        let parts = (if slices > 1 { slices * len } else { 0 }).max(if epilogue { dgrad_tiles * 2 * cin } else { 0 });
         let wt = if mma && dap.is_some() { len.div_ceil(2).next_multiple_of(64) } else { 0 };
         let ws = if full + wt + parts > 0 { self.workspace(full + wt + parts)? } else { 0 };
         let (ws_wt, ws_parts) = (ws + 4 * full as u64, ws + 4 * (full + wt) as u64);
@@ -1926,7 +1937,7 @@ impl Backend for Gpu {
             if p > 0 {
                 if mma {
                     let kn = dgrad_kernel;
-                    let grid = (dgrad_blocks as u32, cin.div_ceil(kn.tn) as u32, 1);
+                    let grid = (dgrad_blocks, cin.div_ceil(kn.tn) as u32, 1);
                     let part = if epilogue { ws_parts } else { 0 };
                     let pr = pre_raw;
                     // the wgmma kernels read the weights K-major: [cin][9·cout] (the multicast
@@ -1938,7 +1949,7 @@ impl Backend for Gpu {
                     let args = [gp, ni, hi, wi, ci, co, ws_wt, dk, x_raw, pr.mean, pr.inv, pr.shift, pr.bn, part];
                     self.launch_smem("conv", kn.name, grid, (kn.threads, 1, 1), kn.smem, &args)?;
                     match sums {
-                        Some(sp) if part != 0 => self.pre_sums_finalize(part, grid.0 as usize, cin, sp)?,
+                        Some(sp) if part != 0 => self.pre_sums_finalize(part, dgrad_tiles, cin, sp)?,
                         Some(sp) => _ = self.pre_sums(dap, x_raw, xs, pre_raw, Some(sp))?,
                         None => {}
                     }
@@ -2305,6 +2316,9 @@ mod tests {
             ("conv", "conv3x3_dgrad_wgmma_narrow_f16", "PIIIIIPPPPPPIP"),
             ("conv", "conv3x3_fwd_wgmma2_f16", "PIIIIPIIPPP"),
             ("conv", "conv3x3_fwd_wgmma_p_f16", "PIIIIPIIPPP"),
+            ("conv", "conv3x3_fwd_wgmma_p_tall_f16", "PIIIIPIIPPP"),
+            ("conv", "conv3x3_dgrad_wgmma_p_f16", "PIIIIIPPPPPPIP"),
+            ("conv", "conv3x3_dgrad_wgmma_p_tall_f16", "PIIIIIPPPPPPIP"),
             ("conv", "conv3x3_dgrad_wgmma2_f16", "PIIIIIPPPPPPIP"),
             ("conv", "conv3x3_wgrad_wgmma2_f16", "PIIIIPIPI"),
             ("conv", "unpool_f16", "PPIIIIP"),

@@ -107,9 +107,10 @@ pub struct Gpu {
 /// channels, 128×64 for weight gradients of 64 channels), `Wgmma2` (compute capability 9.0: the
 /// same instructions on tiles that let two blocks share an SM, so one block's epilogue overlaps
 /// the other's main loop: 128×128 in 3 stages where N ≥ 128, 128×64 where 32 < N < 128, else
-/// `Wgmma`'s), `WgmmaP` (compute capability 9.0: `Wgmma`, but the 128×256 forwards in
-/// persistent blocks, one per SM, that loop over the row tiles with one pipeline, so a tile's
-/// first copies are in flight during the previous tile's epilogue), `Tma` (compute capability 9.0: as
+/// `Wgmma`'s), `WgmmaP` (compute capability 9.0: `Wgmma`, but the forwards and input gradients
+/// on its 128×256 and 256×64 tiles in persistent blocks, one per SM, that loop over the row
+/// tiles with one pipeline, so a tile's first copies are in flight during the previous tile's
+/// epilogue), `Tma` (compute capability 9.0: as
 /// `Wgmma`, but the 128×256 forwards and input gradients of 256-channel weights run in 2-CTA
 /// clusters that share one bulk (TMA) copy of each weight tile, multicast into both CTAs' shared
 /// memory: half the weight traffic from L2 per CTA), `Tma4` (the same in 4-CTA clusters: a

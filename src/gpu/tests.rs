@@ -861,19 +861,22 @@ fn mainloop_only_skips_the_epilogues() {
     }
 }
 
-/// `wgmmap`'s persistent forward (`conv3x3_fwd_wgmma_p_f16`: one block per SM at most, each
-/// looping over row tiles x, x + blocks, … in one pipeline) gives the wgmma path's outputs bit for
-/// bit: y, argmax and, from its per-tile partials, the BatchNorm statistics (the backward is
-/// wgmma's own kernels on both). The emulated GPU has 8 SMs, so the shapes give blocks 2 to 3
-/// tiles each: 2304 pooled rows in 18 tiles of 5 K steps (32 channels), 1152 rows in 9 tiles of
-/// 2 K steps (8 channels: a tile shorter than the copies run ahead), 1960 rows in 16 tiles of 36.
+/// `wgmmap`'s persistent kernels (`_wgmma_p_`, `_wgmma_p_tall_`: one block per SM at most, each
+/// looping over row tiles x, x + blocks, … in one pipeline) give the wgmma path's outputs bit for
+/// bit: y, argmax and, from their per-tile partials, the BatchNorm statistics and the input
+/// gradient's sums (read from global memory here, from shared memory on wgmma). The emulated GPU
+/// has 8 SMs, so the shapes give blocks 2 to 3 tiles each: the 128×256 forward over 2304 pooled
+/// rows in 18 tiles of 5 K steps (32 channels) and over 1152 rows in 9 tiles of 2 K steps (8
+/// channels: a tile shorter than the copies run ahead), the 256×64 forward and input gradient
+/// over 2304 rows in 9 tiles, the 128×256 forward and input gradient over 1960 rows in 16 tiles
+/// of 36 K steps.
 #[test]
 #[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
 #[cfg_attr(
     all(cuda_driver, not(kernels_built)),
     ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
 )]
-fn persistent_forward_equals_wgmma() {
+fn persistent_convs_equal_wgmma_ones() {
     use crate::backend::{Backend, Shape};
     let _device = device_test_lock();
     let Some(mut gpu) = open_mma() else { return };
@@ -881,11 +884,14 @@ fn persistent_forward_equals_wgmma() {
         eprintln!("skipped: {} has no wgmma convs", gpu.info);
         return;
     }
-    for (xs, cout, pool) in [
+    let shapes = [
         (Shape::new(16, 12, 12, 32), 256, true),
         (Shape::new(8, 12, 12, 8), 128, false),
+        (Shape::new(16, 12, 12, 64), 64, false),
         (Shape::new(40, 7, 7, 256), 256, false),
-    ] {
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for (xs, cout, pool) in shapes {
         let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
         let (x, w, shift) = (
             gpu.upload(&floats(xs.len(), 5)).unwrap(),
@@ -893,16 +899,27 @@ fn persistent_forward_equals_wgmma() {
             gpu.upload(&floats(xs.c, 7)).unwrap(),
         );
         let dy = gpu.upload(&floats(ys.len(), 8)).unwrap();
-        let tiles = (if pool { ys.count() * 4 } else { xs.count() }).div_ceil(128);
+        let tm = if cout < 128 { 256 } else { 128 };
+        let tiles = (if pool { ys.count() * 4 } else { xs.count() }).div_ceil(tm);
         assert!(tiles > gpu.info.sms as usize, "{xs:?}: {tiles} tiles, so that blocks take several");
         let run =
             |g: &mut Gpu, p| g.with_conv_path(p, |g| conv_layer_outputs(g, xs, cout, pool, [&x, &w, &shift, &dy]));
         let (want, am0, names0) = run(&mut gpu, ConvPath::Wgmma);
         let (got, am1, names1) = run(&mut gpu, ConvPath::WgmmaP);
-        assert!(names0.contains(&"conv3x3_fwd_wgmma_f16"), "{xs:?}: {names0:?}");
-        let fwd: Vec<_> =
-            names0.iter().map(|n| if *n == "conv3x3_fwd_wgmma_f16" { "conv3x3_fwd_wgmma_p_f16" } else { n }).collect();
-        assert_eq!(names1, fwd, "{xs:?}: the persistent forward, wgmma's backward");
+        // wgmma's kernels, the forward and input gradient on 128×256 and 256×64 tiles persistent
+        let persistent = |n: &&'static str| -> &'static str {
+            match *n {
+                "conv3x3_fwd_wgmma_f16" => "conv3x3_fwd_wgmma_p_f16",
+                "conv3x3_fwd_wgmma_tall_f16" => "conv3x3_fwd_wgmma_p_tall_f16",
+                "conv3x3_dgrad_wgmma_f16" => "conv3x3_dgrad_wgmma_p_f16",
+                "conv3x3_dgrad_wgmma_tall_f16" => "conv3x3_dgrad_wgmma_p_tall_f16",
+                other => other,
+            }
+        };
+        let mut want_names: Vec<_> = names0.iter().map(persistent).collect();
+        want_names.sort();
+        assert_eq!(names1, want_names, "{xs:?}: wgmmap's kernels");
+        seen.extend(names1.iter().filter(|n| n.contains("_p_")).copied());
         assert_eq!(am0, am1, "{xs:?}: argmax");
         let outs = ["y", "bn", "running mean", "running var", "dw", "da", "da sums"];
         for (k, (a, b)) in outs.iter().zip(want.iter().zip(&got)) {
@@ -910,4 +927,11 @@ fn persistent_forward_equals_wgmma() {
             assert!(a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits()), "{xs:?} {k}: differs from wgmma's");
         }
     }
+    let all = [
+        "conv3x3_dgrad_wgmma_p_f16",
+        "conv3x3_dgrad_wgmma_p_tall_f16",
+        "conv3x3_fwd_wgmma_p_f16",
+        "conv3x3_fwd_wgmma_p_tall_f16",
+    ];
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), all, "every persistent kernel ran");
 }
