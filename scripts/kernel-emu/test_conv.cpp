@@ -158,12 +158,15 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         // argmax bit for bit (each output the same k16 chain), the statistics after
         // bn_finalize_f32 (partials per tile of TM rows)
         using Fwd = void (*)(const half*, int, int, int, int, const half*, int, int, half*, unsigned char*, double*);
-        auto wg_fwd = [&](Fwd kernel, int tm, int tn, int threads, const char* tile) {
+        // blocks > 0: a persistent kernel (wgmmap) on that many blocks at most, each looping over
+        // its row tiles; its partials still one row per tile
+        auto wg_fwd = [&](Fwd kernel, int tm, int tn, int threads, const char* tile, unsigned blocks = 0) {
             std::vector<half> yh7(ylen, (half)NAN);
             std::vector<unsigned char> am7(pool ? ylen : 8, 0xEE);
             dim3 gt{(unsigned)((M + tm - 1) / tm), (unsigned)((cout + tn - 1) / tn), 1};
             std::vector<double> part7((size_t)2 * cout * gt.x, NAN);
-            launch(gt, dim3{(unsigned)threads, 1, 1}, [&] { kernel(ah.data(), N, H, W, cin, wf.data(), cout, pool, yh7.data(), am7.data(), part7.data()); });
+            const dim3 gl{blocks ? std::min(blocks, gt.x) : gt.x, gt.y, 1};
+            launch(gl, dim3{(unsigned)threads, 1, 1}, [&] { kernel(ah.data(), N, H, W, cin, wf.data(), cout, pool, yh7.data(), am7.data(), part7.data()); });
             int same7 = memcmp(yh4.data(), yh7.data(), ylen * 2) == 0 && am4 == am7;
             printf("  fwd wgmma (%s tiles): y and argmax bit-identical: %s\n", tile, same7 ? "PASS" : "FAIL");
             fails += !same7;
@@ -177,6 +180,8 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         // wgmma2's (two blocks per SM): 128×128 in 3 stages (copies one step ahead), 128×64
         wg_fwd(conv3x3_fwd_wgmma2_f16, 128, 128, 256, "128x128, 3 stages");
         wg_fwd(conv3x3_fwd_wgmma_narrow_f16, 128, 64, 256, "128x64");
+        wg_fwd(conv3x3_fwd_wgmma_p_f16, 128, 256, 256, "128x256, persistent on 2 blocks", 2);
+        wg_fwd(conv3x3_fwd_wgmma_p_tall_f16, 256, 64, 512, "256x64, persistent on 2 blocks", 2);
         // the multicast kernel (2-CTA clusters, the weights by bulk copies into both CTAs, grid x
         // padded to even as the host pads it): y, argmax and the BN partials bit for bit with
         // the 128×256 wgmma kernel's (the padding block's partials are zeros)
@@ -406,11 +411,12 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         tall(conv3x3_dgrad_mma_tall_f16, 64, "tall", "256x64");
         tall(conv3x3_dgrad_mma_tall32_f16, 32, "tall32", "256x32");
         // the sm_90a kernels, B = wk (K-major): da bit for bit, the sums to f32 rounding
-        auto wg_dgrad = [&](Dgrad kernel, int tm, int tn, int threads, const char* tile) {
+        auto wg_dgrad = [&](Dgrad kernel, int tm, int tn, int threads, const char* tile, unsigned blocks = 0) {
             std::vector<half> da6(x.size(), (half)NAN);
             dim3 gt{(unsigned)((P + tm - 1) / tm), (unsigned)((cin + tn - 1) / tn), 1};
             std::vector<float> part6((size_t)2 * cin * gt.x, NAN), sums6(2 * cin, NAN);
-            launch(gt, dim3{(unsigned)threads, 1, 1}, [&] { kernel(gfull.data(), N, H, W, cin, cout, wk.data(), da6.data(), xh.data(), pm, pi, shift.data(), bn, part6.data()); });
+            const dim3 gl{blocks ? std::min(blocks, gt.x) : gt.x, gt.y, 1};  // as wg_fwd's
+            launch(gl, dim3{(unsigned)threads, 1, 1}, [&] { kernel(gfull.data(), N, H, W, cin, cout, wk.data(), da6.data(), xh.data(), pm, pi, shift.data(), bn, part6.data()); });
             launch(dim3{(unsigned)cin, 1, 1}, dim3{CHAN_FIN_THREADS, 1, 1}, [&] { pre_bwd_sums_f32(part6.data(), (int)gt.x, cin, sums6.data()); });
             int same6 = memcmp(da3.data(), da6.data(), da.size() * 2) == 0;
             printf("  dgrad wgmma (%s tiles): da bit-identical: %s\n", tile, same6 ? "PASS" : "FAIL");
@@ -423,6 +429,8 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
         wg_dgrad(conv3x3_dgrad_wgmma_tall32_f16, 256, 32, 512, "256x32");
         wg_dgrad(conv3x3_dgrad_wgmma2_f16, 128, 128, 256, "128x128, 3 stages");
         wg_dgrad(conv3x3_dgrad_wgmma_narrow_f16, 128, 64, 256, "128x64");
+        wg_dgrad(conv3x3_dgrad_wgmma_p_f16, 128, 256, 256, "128x256, persistent on 2 blocks", 2);
+        wg_dgrad(conv3x3_dgrad_wgmma_p_tall_f16, 256, 64, 512, "256x64, persistent on 2 blocks", 2);
         // the multicast kernel (wk in the bulk-copy layout, grid x padded to even): da and the
         // sums' partials bit for bit with the 128×256 wgmma kernel's
         for (auto [kernel, cx] : {std::pair<Dgrad, unsigned>{conv3x3_dgrad_wgmma_mc_f16, 2}, {conv3x3_dgrad_wgmma_mc4_f16, 4}}) {
