@@ -353,6 +353,13 @@ pub(super) const WG_WIDE2_SMEM: u32 = 99328;
 /// The multicast (`ConvPath::Tma`, `Tma4`) 128×256 kernels' (`WG_MC_SMEM`): [`WG_WIDE_SMEM`]
 /// and the stages' mbarriers.
 pub(super) const WG_MC_SMEM: u32 = 197696;
+/// The wgmma weight-gradient kernels as `Gpu::conv_kernels` names them on `ConvPath::WgmmaP`
+/// (one wave of split-K slices).
+const ONE_WAVE: [(&str, &str); 3] = [
+    ("conv3x3_wgrad_wgmma_f16", "conv3x3_wgrad_wgmma_f16, one wave"),
+    ("conv3x3_wgrad_wgmma_narrow_f16", "conv3x3_wgrad_wgmma_narrow_f16, one wave"),
+    ("conv3x3_wgrad_wgmma2_f16", "conv3x3_wgrad_wgmma2_f16, one wave"),
+];
 /// Threads per block of `wgrad_reduce_f32` (`WR_THREADS` in kernels/conv.cu): 32 values each.
 pub(super) const WR_THREADS: u32 = 256;
 
@@ -919,10 +926,18 @@ impl Gpu {
     /// The (forward, weight gradient, input gradient) kernels `path` runs for a conv of input `xs`
     /// to `cout` channels, by name (`path`'s own name for the paths that are not one mma kernel
     /// family: wmma, mixed). The bench leaves out the lines of kernels an earlier path timed.
+    /// wgmmap's weight gradients are wgmma's kernels in one wave of slices (other sums): named
+    /// apart, so that the bench times them and the self-test checks them.
     pub fn conv_kernels(&self, path: ConvPath, xs: Shape, cout: usize, pool: bool) -> [&'static str; 3] {
         [Gemm::Fwd, Gemm::Wgrad, Gemm::Dgrad].map(|gemm| {
             if path.is_mma() && path != ConvPath::Mixed {
-                self.mma_kernel_on(path, &GemmKey { gemm, xs, cout, pool, sums: true }).name
+                let kn = self.mma_kernel_on(path, &GemmKey { gemm, xs, cout, pool, sums: true });
+                match (path, gemm, kn.wgmma) {
+                    (ConvPath::WgmmaP, Gemm::Wgrad, true) => {
+                        ONE_WAVE.iter().find(|(k, _)| *k == kn.name).map_or(kn.name, |&(_, one_wave)| one_wave)
+                    }
+                    _ => kn.name,
+                }
             } else {
                 path.name()
             }
@@ -1860,7 +1875,14 @@ impl Backend for Gpu {
             (xs.n.div_ceil(images).max(1), images)
         } else {
             let tiles = k.div_ceil(k_tile) * cout.div_ceil(o_tile);
-            let slices = wgrad_slices(mma, tiles, self.info.sms.max(1) as usize, p);
+            let sms = self.info.sms.max(1) as usize;
+            // blocks per SM: 4, or on wgmmap those of its wgmma kernel that fit an SM at once
+            let per_sm = if self.gemm_path(&wkey) == ConvPath::WgmmaP && wgrad_kernel.wgmma {
+                (233_472 / (wgrad_kernel.smem as usize + 1024)).clamp(1, 4)
+            } else {
+                4
+            };
+            let slices = wgrad_slices(mma, tiles, per_sm * sms, p);
             let chunk = p.div_ceil(slices).div_ceil(32).max(1) * 32;
             (p.div_ceil(chunk).max(1), chunk)
         };
@@ -2202,8 +2224,10 @@ fn check_args(module: &str, name: &str, sizes: &[u8], args: &[Arg]) -> Result<()
     Ok(())
 }
 
-/// Split-K slices of a weight gradient over `pixels` for `tiles` output tiles on `sms` SMs: at
-/// most 4 blocks per SM for the mma kernels. 4·SMs blocks are whole waves of the kernels that fit
+/// Split-K slices of a weight gradient over `pixels` for `tiles` output tiles, for a grid of about
+/// `blocks` blocks: 4·SMs (at most 4 blocks per SM for the mma kernels), or on `ConvPath::WgmmaP`
+/// one wave, the blocks that fit the SMs at once (fewer, longer blocks: each pays its pipeline
+/// fill and launch once, and the reduction reads fewer slices). 4·SMs blocks are whole waves of the kernels that fit
 /// 1, 2 or 4 blocks on an SM, and rounding the slice count down keeps the grid inside them
 /// (rounding up launched 530–540 blocks for the wgmma weight gradients: a fifth wave of 2–12
 /// blocks, one SM's whole block time, at 1 per SM). Not the wmma kernel (`mma` false): more of
@@ -2211,8 +2235,8 @@ fn check_args(module: &str, name: &str, sizes: &[u8], args: &[Arg]) -> Result<()
 /// took parallelism away (rounding down, its 7×7×256 weight gradients took 1.79 and 2.45 ms
 /// instead of 1.51 and 1.98 on an H200, bench/logs/2026-11-27-h200-854d170-bench*.log,
 /// "conv3x3 wgrad wmma [3]" and "[4]"): rounded up. At least 32 pixels per slice.
-fn wgrad_slices(mma: bool, tiles: usize, sms: usize, pixels: usize) -> usize {
-    let target = 4 * sms;
+fn wgrad_slices(mma: bool, tiles: usize, blocks: usize, pixels: usize) -> usize {
+    let target = blocks;
     let slices = if mma { target / tiles } else { target.div_ceil(tiles) };
     slices.clamp(1, pixels.div_ceil(32).max(1)).min(65535)
 }
@@ -2244,11 +2268,13 @@ mod tests {
         let pixels = 2000 * 7 * 7;
         // an H200's 132 SMs, 7×7×256: 144 wmma tiles (64×64 of 256 × 2304), 18 wgmma ones
         // (128×256): 29 slices, 522 blocks, where rounding up launched 540
-        assert_eq!(wgrad_slices(false, 144, 132, pixels), 4);
-        assert_eq!(wgrad_slices(true, 144, 132, pixels), 3);
-        assert_eq!(wgrad_slices(true, 18, 132, pixels), 29);
+        assert_eq!(wgrad_slices(false, 144, 4 * 132, pixels), 4);
+        assert_eq!(wgrad_slices(true, 144, 4 * 132, pixels), 3);
+        assert_eq!(wgrad_slices(true, 18, 4 * 132, pixels), 29);
+        // wgmmap: one wave of the 128×256 kernel (1 block per SM): 7 slices, 126 blocks
+        assert_eq!(wgrad_slices(true, 18, 132, pixels), 7);
         for (tiles, sms) in [(18, 132), (144, 132), (4, 132), (18, 80), (144, 80), (600, 132)] {
-            let (m, w) = (wgrad_slices(true, tiles, sms, pixels), wgrad_slices(false, tiles, sms, pixels));
+            let (m, w) = (wgrad_slices(true, tiles, 4 * sms, pixels), wgrad_slices(false, tiles, 4 * sms, pixels));
             assert!(m == 1 || m * tiles <= 4 * sms, "mma {tiles} tiles on {sms} SMs: {m} slices, past 4 per SM");
             assert!(
                 w * tiles >= (4 * sms).min(tiles * pixels.div_ceil(32)),
@@ -2257,8 +2283,8 @@ mod tests {
             assert!(m <= w && w <= m + 1, "{tiles} tiles on {sms} SMs: mma {m}, wmma {w}");
         }
         // few pixels: at least 32 per slice, at least one slice
-        assert_eq!(wgrad_slices(false, 4, 132, 64), 2);
-        assert_eq!(wgrad_slices(true, 4, 132, 1), 1);
+        assert_eq!(wgrad_slices(false, 4, 4 * 132, 64), 2);
+        assert_eq!(wgrad_slices(true, 4, 4 * 132, 1), 1);
     }
 
     #[test]

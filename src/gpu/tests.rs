@@ -864,7 +864,8 @@ fn mainloop_only_skips_the_epilogues() {
 /// `wgmmap`'s persistent kernels (`_wgmma_p_`, `_wgmma_p_tall_`: one block per SM at most, each
 /// looping over row tiles x, x + blocks, … in one pipeline) give the wgmma path's outputs bit for
 /// bit: y, argmax and, from their per-tile partials, the BatchNorm statistics and the input
-/// gradient's sums (read from global memory here, from shared memory on wgmma). The emulated GPU
+/// gradient's sums (read from global memory here, from shared memory on wgmma); its weight
+/// gradient (wgmma's kernel in one wave of split-K slices) to 1e-6. The emulated GPU
 /// has 8 SMs, so the shapes give blocks 2 to 3 tiles each: the 128×256 forward over 2304 pooled
 /// rows in 18 tiles of 5 K steps (32 channels) and over 1152 rows in 9 tiles of 2 K steps (8
 /// channels: a tile shorter than the copies run ahead), the 256×64 forward and input gradient
@@ -924,6 +925,17 @@ fn persistent_convs_equal_wgmma_ones() {
         let outs = ["y", "bn", "running mean", "running var", "dw", "da", "da sums"];
         for (k, (a, b)) in outs.iter().zip(want.iter().zip(&got)) {
             assert!(a.iter().all(|v| v.is_finite()), "{xs:?} {k}: not finite");
+            if *k == "dw" {
+                // wgmmap splits the weight gradient into one wave of slices (fewer than wgmma's
+                // 4 blocks per SM where the tiles are few): the same products, summed in other
+                // groups
+                let (num, den) = a
+                    .iter()
+                    .zip(b)
+                    .fold((0.0, 0.0), |(n, d), (u, v)| (n + f64::from(u - v).powi(2), d + f64::from(*u).powi(2)));
+                assert!((num / den).sqrt() < 1e-6, "{xs:?} dw: relL2 {} against wgmma's", (num / den).sqrt());
+                continue;
+            }
             assert!(a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits()), "{xs:?} {k}: differs from wgmma's");
         }
     }
