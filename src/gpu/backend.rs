@@ -902,17 +902,8 @@ impl Gpu {
             _ => None,
         };
         if let Some((name, tm, tn, smem, threads)) = persistent.filter(|_| path == ConvPath::WgmmaP) {
-            return MmaKernel {
-                name,
-                tm,
-                tn,
-                smem,
-                threads,
-                wgmma: true,
-                per_image: false,
-                cluster: 1,
-                persistent: true,
-            };
+            let kernel = wg(name, tm, tn, smem, threads).expect("a wgmma kernel");
+            return MmaKernel { persistent: true, ..kernel };
         }
         let chosen = match path {
             ConvPath::Wgmma | ConvPath::WgmmaP | ConvPath::Tma | ConvPath::Tma4 => wgmma[slot].or(mma128[slot]),
