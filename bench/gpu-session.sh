@@ -121,7 +121,10 @@ case "$what" in
     command -v ncu > /dev/null || { echo "ncu is not on PATH" | tee -a "$log"; exit 2; }
     status=0
     stalls=sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active
-    for r in long_scoreboard barrier wait math_pipe_throttle short_scoreboard mio_throttle lg_throttle not_selected; do
+    # no_instruction: the instruction cache (the 128×256 forwards are 132 KB of SASS, their
+    # epilogue unrolled: bench/logs/2026-11-27-sass-sizes.log); membar: fence_proxy_async
+    for r in long_scoreboard barrier wait math_pipe_throttle short_scoreboard mio_throttle lg_throttle not_selected \
+             no_instruction membar dispatch_stall; do
       stalls="$stalls,smsp__average_warps_issue_stalled_${r}_per_issue_active.ratio"
     done
     while IFS='|' read -r line kern; do
