@@ -2029,11 +2029,127 @@ __device__ __forceinline__ void wg_conv_gemm(float (&acc)[1][Tl::NJ][4], unsigne
 // grid (ceil(M/TM), ceil(cout/TN)), block THREADS, Tl::SMEM bytes of dynamic shared memory.
 // CX > 1: the multicast kernels' B (wf in mc_tiled_index's layout, clusters of CX CTAs,
 // WG_MC_SMEM).
+// The forward's epilogue of a wgmma tile as a loop over shared memory, once the main loop is
+// done (for a multicast kernel: past its last cluster wait, so no copy is in flight into any
+// stage): the accumulators go to the stages as fp32 rows (TN + 8 floats apart), then each
+// thread takes one 8-channel chunk of every RG-th row (pooled: of every RG-th 2×2 window, the
+// four rows in window order, the first maximum winning as in conv_fwd_tile), stores 8 halves
+// (and 8 argmax bytes) in one 16-byte (8-byte) store, and sums its channels' statistics in
+// double; the RG row groups' sums are then added in order per channel into part's column
+// prow. y and argmax equal conv_fwd_epilogue's bit for bit (the same fp32 values compared and
+// rounded); the statistics sum the same fp16 values in another order. Its code is one loop,
+// where conv_fwd_epilogue's is unrolled over the tile's column pairs (the 128×256 forward: 8464
+// instructions, 132 KB, which a tile's epilogue walks through after every main loop: the
+// instruction cache's share of each tile's fixed cost, bench/NOTES.md).
+template <class Tl>
+__device__ __forceinline__ void conv_fwd_epilogue_smem(const float (&acc)[1][Tl::NJ][4], unsigned char* st,
+                                                       long long m0, int n0, long long M, int cout, int pool,
+                                                       half* __restrict__ y, unsigned char* __restrict__ argmax,
+                                                       double* __restrict__ part, int prow, int prows) {
+    constexpr int LD = Tl::TN + 8, CC = Tl::TN / 8, RG = Tl::THREADS / CC;
+    static_assert(Tl::THREADS % CC == 0 && Tl::TM % (4 * RG) == 0, "whole row groups");
+    static_assert(Tl::TM * LD * 4 <= Tl::STAGES * Tl::STAGE && RG * Tl::TN * 16 <= Tl::STAGES * Tl::STAGE,
+                  "the staged tile and the sums fit the stages");
+    if (!y) return;  // the bench's main-loop-only lines (null outputs): no epilogue
+    float* cs = reinterpret_cast<float*>(st);
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, q = lane & 3;
+    __syncthreads();  // every warpgroup's last wgmma retired: the stages are free
+#pragma unroll
+    for (int j = 0; j < Tl::NJ; j++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            *reinterpret_cast<float2*>(cs + (16 * w + g + 8 * h) * LD + 8 * j + 2 * q) =
+                make_float2(acc[0][j][2 * h], acc[0][j][2 * h + 1]);
+    __syncthreads();
+    const int cc = tid % CC, rg = tid / CC, co = n0 + 8 * cc;
+    double sum[8], sq[8];
+#pragma unroll
+    for (int c = 0; c < 8; c++) sum[c] = sq[c] = 0.0;
+    auto stat = [&](const Half8& h) {
+#pragma unroll
+        for (int c = 0; c < 8; c++) {
+            const double d = (double)__half2float(h.h[c]);
+            sum[c] += d;
+            sq[c] += d * d;
+        }
+    };
+    auto row8 = [&](int r, float (&v)[8]) {
+        const float4* p = reinterpret_cast<const float4*>(cs + r * LD + 8 * cc);
+        const float4 a0 = p[0], a1 = p[1];
+        v[0] = a0.x, v[1] = a0.y, v[2] = a0.z, v[3] = a0.w, v[4] = a1.x, v[5] = a1.y, v[6] = a1.z, v[7] = a1.w;
+    };
+    if (co < cout) {
+        if (pool) {
+#pragma unroll 1
+            for (int pr = rg; pr < Tl::TM / 4 && m0 + 4 * pr < M; pr += RG) {
+                float v[4][8];
+#pragma unroll
+                for (int p = 0; p < 4; p++) row8(4 * pr + p, v[p]);
+                Half8 h;
+                unsigned char k[8];
+#pragma unroll
+                for (int c = 0; c < 8; c++) {
+                    float b = v[0][c];
+                    k[c] = 0;
+#pragma unroll
+                    for (int p = 1; p < 4; p++)  // strict: the first maximum wins
+                        if (v[p][c] > b) {
+                            b = v[p][c];
+                            k[c] = (unsigned char)p;
+                        }
+                    h.h[c] = __float2half(b);
+                }
+                const long long o = ((m0 >> 2) + pr) * cout + co;
+                *reinterpret_cast<uint4*>(y + o) = h.u;
+                uint2 kb;
+                kb.x = k[0] | (k[1] << 8) | (k[2] << 16) | ((unsigned)k[3] << 24);
+                kb.y = k[4] | (k[5] << 8) | (k[6] << 16) | ((unsigned)k[7] << 24);
+                *reinterpret_cast<uint2*>(argmax + o) = kb;
+                if (part) stat(h);
+            }
+        } else {
+#pragma unroll 1
+            for (int r = rg; r < Tl::TM && m0 + r < M; r += RG) {
+                float v[8];
+                row8(r, v);
+                Half8 h;
+#pragma unroll
+                for (int c = 0; c < 8; c++) h.h[c] = __float2half(v[c]);
+                *reinterpret_cast<uint4*>(y + (m0 + r) * cout + co) = h.u;
+                if (part) stat(h);
+            }
+        }
+    }
+    if (!part) return;
+    __syncthreads();  // the staged tile is read: its bytes take the row groups' sums
+    double (*red)[Tl::TN][2] = reinterpret_cast<double (*)[Tl::TN][2]>(st);
+#pragma unroll
+    for (int c = 0; c < 8; c++) {
+        red[rg][8 * cc + c][0] = sum[c];
+        red[rg][8 * cc + c][1] = sq[c];
+    }
+    __syncthreads();
+    for (int col = tid; col < Tl::TN; col += Tl::THREADS) {
+        const int c = n0 + col;
+        if (c >= cout) continue;
+        double a = red[0][col][0], b = red[0][col][1];
+        for (int r = 1; r < RG; r++) {
+            a += red[r][col][0];
+            b += red[r][col][1];
+        }
+        part[(long long)c * prows + prow] = a;
+        part[(long long)(cout + c) * prows + prow] = b;
+    }
+}
+
+// pool & 2 (the bench's "register epilogue" lines): conv_fwd_epilogue instead of
+// conv_fwd_epilogue_smem, to time the two side by side.
 template <class Tl, int CX = 1>
 __device__ __forceinline__ void conv_fwd_wg(const half* __restrict__ a, int N, int H, int W, int cin,
-                                            const half* __restrict__ wf, int cout, int pool, half* __restrict__ y,
+                                            const half* __restrict__ wf, int cout, int pool_arg, half* __restrict__ y,
                                             unsigned char* __restrict__ argmax, double* __restrict__ part, half* smem) {
     constexpr int RS = Tl::RSTEP;
+    const int pool = pool_arg & 1;
     unsigned char* st = wg_stages(smem);
     const long long M = fwd_gemm_rows(N, H, W, pool);
     const long long m0 = (long long)blockIdx.x * Tl::TM;
@@ -2042,8 +2158,11 @@ __device__ __forceinline__ void conv_fwd_wg(const half* __restrict__ a, int N, i
     fwd_tap_rows(rows, m0 + r0, RS, M, H, W, pool, cin);
     float acc[1][Tl::NJ][4];
     wg_conv_gemm<Tl, CX>(acc, st, a, cin, W, rows, wf, cout, n0);
-    conv_fwd_epilogue<Tl>(acc, m0, n0, M, cout, pool, y, argmax, part,
-                          wg_spare_stage<double, Tl>(st, CEIL_DIV(9 * cin, WK)));
+    if (pool_arg & 2)
+        conv_fwd_epilogue<Tl>(acc, m0, n0, M, cout, pool, y, argmax, part,
+                              wg_spare_stage<double, Tl>(st, CEIL_DIV(9 * cin, WK)));
+    else
+        conv_fwd_epilogue_smem<Tl>(acc, st, m0, n0, M, cout, pool, y, argmax, part, blockIdx.x, gridDim.x);
 }
 
 // The implicit GEMM of wg_tap_gemm (A = the 3×3 tap gather of src, C channels; B = wb [nb][9·C]

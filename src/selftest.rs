@@ -1685,9 +1685,13 @@ fn bench_convs(
                 // (Gpu::mainloop_only); against the lines above, what the epilogues cost
                 format!("conv3x3 fwd main loop {p} [{l}]"),
                 format!("conv3x3 wgrad+dgrad main loop {p} [{l}]"),
+                // the wgmma forwards' former epilogue (Gpu::register_epilogue), against the
+                // shared-memory loop of the plain line
+                format!("conv3x3 fwd register epilogue {p} [{l}]"),
             ];
             let (mma, bwd_new) = (path.is_mma(), wgrad_new || dgrad_new);
-            let offered = [fwd_new, fwd_new, wgrad_new, bwd_new, bwd_new, fwd_new && mma, bwd_new && mma];
+            let regs = fwd_new && path.is_sm90() && path != ConvPath::WgmmaP;
+            let offered = [fwd_new, fwd_new, wgrad_new, bwd_new, bwd_new, fwd_new && mma, bwd_new && mma, regs];
             let want: Vec<bool> = names.iter().zip(offered).map(|(name, o)| o && lines.wants(name)).collect();
             if !want.contains(&true) {
                 continue;
@@ -1760,6 +1764,14 @@ fn bench_convs(
                         g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, Some(&mut da), None, k)
                     })?;
                     bench_line(lines.out, &names[6], &shape, ms, 2.0 * full, 2.0 * wbytes)?;
+                }
+                if want[7] {
+                    gpu.register_epilogue = true;
+                    let ms = time_ms(gpu, &mut |g| {
+                        g.conv3x3(&x, xs, pre(l), &wt, cout, pool, &mut y, &mut am, Some(&mut keep), None)
+                    });
+                    gpu.register_epilogue = false;
+                    bench_line(lines.out, &names[7], &shape, ms?, flops, bytes)?;
                 }
                 Ok(())
             })?;

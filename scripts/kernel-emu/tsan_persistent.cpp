@@ -1,7 +1,9 @@
 // ThreadSanitizer run of wgmmap's four persistent kernels alone (every CUDA thread an OS thread,
 // __syncthreads a std::barrier): each on one block that takes three row tiles of three K steps,
 // so the pipeline runs across tile boundaries and each tile's epilogue (pooling or stores, and the
-// sums in the step's stage) overlaps the next tile's copies in flight. A shared-memory write and
+// sums in the step's stage) overlaps the next tile's copies in flight. The one-tile-per-block
+// kernels they are compared with run under it too: the wgmma forwards' epilogue through shared
+// memory (conv_fwd_epilogue_smem) among them. A shared-memory write and
 // another thread's access with no barrier between them is reported (halt_on_error=1), as far as
 // ThreadSanitizer's access history reaches; then each output is compared bit for bit with the
 // one-tile-per-block wgmma kernel's. A few minutes instead of run.sh --tsan's hour:

@@ -1537,9 +1537,12 @@ impl Backend for Gpu {
             // layout 1 only changes wt, which is not written here)
             let layout = kn.weight_layout();
             self.launch1d("conv", "conv_weights_f16", cout * 9 * cin, &[wp, co, ci, ws, 0, layout])?;
-            // null y: the kernel skips its epilogue (the bench's main-loop-only lines)
+            // null y: the kernel skips its epilogue (the bench's main-loop-only lines); pool | 2:
+            // a wgmma forward's register epilogue instead of its shared-memory loop (the bench's
+            // "register epilogue" lines; the persistent kernels have only the former)
             let yk = if self.mainloop_only { 0 } else { yp };
-            let args = [xp, ni, hi, wi, ci, ws, co, pool as u64, yk, ap, part];
+            let regs = self.register_epilogue && kn.wgmma && !kn.persistent;
+            let args = [xp, ni, hi, wi, ci, ws, co, pool as u64 | if regs { 2 } else { 0 }, yk, ap, part];
             self.launch_smem("conv", kn.name, grid, (kn.threads, 1, 1), kn.smem, &args)?;
             return match bn {
                 Some((o, eps, mom)) if part != 0 => self.bn_finalize(part, tiles as usize, ys, eps, mom, o),

@@ -85,6 +85,11 @@ pub struct Gpu {
     /// kernels get null outputs and skip their epilogues (stores, pooling, the fused sums), so
     /// a line with it against one without is what the epilogue costs. Outputs are not written.
     pub mainloop_only: bool,
+    /// A diagnostic for the bench's "register epilogue" lines (false otherwise): the wgmma
+    /// forwards (not the persistent ones) take their former epilogue, unrolled over the tile's
+    /// column pairs from the accumulators, instead of the loop over shared memory; the outputs
+    /// are the same (y and argmax bit for bit, the statistics to rounding).
+    pub register_epilogue: bool,
     /// The conv paths the warm-up's autotune chooses from (`Backend::variants`): the tunable ones,
     /// or those [`CONV_ENV`] lists (one name pins it: no choice).
     pub conv_tune: Vec<ConvPath>,
@@ -463,7 +468,18 @@ impl Gpu {
         let conv_path = conv_tune[0];
         let epilogue_sums = epilogue_sums(std::env::var(SUMS_ENV).ok().as_deref())?;
         let ops = backend::OpState::default();
-        Ok(Gpu { ctx, stream, info, modules, conv_path, epilogue_sums, mainloop_only: false, conv_tune, ops })
+        Ok(Gpu {
+            ctx,
+            stream,
+            info,
+            modules,
+            conv_path,
+            epilogue_sums,
+            mainloop_only: false,
+            register_epilogue: false,
+            conv_tune,
+            ops,
+        })
     }
 
     /// Runs `f` with the convolution kernels set to `path`, then restores the current choice.
