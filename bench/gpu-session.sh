@@ -114,8 +114,9 @@ case "$what" in
     # step profile, those the third H200 session's 200 s did not reach first (≈ 45 s each), then
     # those it profiled (bench/logs/2026-11-27-h200-854d170-ncu.log; bench/NOTES.md says why each);
     # the wgmma2 forward at layer 2 beside wgmma's: does a second block per SM fill the issue slots?
-    # First (sixteenth session): the 128×256 wgmma forward at layer 2 with and without its
-    # epilogue (the bench's "main loop" line): ≈ 20 µs per tile outside the K loop by the bench
+    # First (sixteenth session): the 128×256 wgmma forward at layer 2 with its epilogue (the
+    # shared-memory loop), without it (the bench's "main loop" line) and with the former register
+    # epilogue, unrolled (132 KB of code): ≈ 20 µs per tile outside the K loop by the bench
     # lines' arithmetic (bench/NOTES.md); the stall reasons and the tensor pipe's busy share say
     # where (the metrics by name: the WarpStateStats section prints no breakdown in text).
     command -v ncu > /dev/null || { echo "ncu is not on PATH" | tee -a "$log"; exit 2; }
@@ -138,6 +139,7 @@ case "$what" in
     done <<'TARGETS'
 conv3x3 fwd wgmma [2]|conv3x3_fwd_wgmma_f16
 conv3x3 fwd main loop wgmma [2]|conv3x3_fwd_wgmma_f16
+conv3x3 fwd register epilogue wgmma [2]|conv3x3_fwd_wgmma_f16
 conv3x3 wgrad+dgrad+sums tma [3]|conv3x3_dgrad_wgmma_mc_f16
 pre_bwd [3]|chan_reduce_f16
 pre_bwd unpooled [0]|pre_bwd_dx_f16
