@@ -2277,6 +2277,78 @@ __device__ __forceinline__ void dgrad_stage_x(unsigned char* st, const half* __r
     __syncthreads();
 }
 
+// The input gradient's epilogue with pre_bwd's sums as a loop over shared memory (after
+// dgrad_stage_x, whose staged x and parameters it reads; conv_fwd_epilogue_smem's scheme): da
+// goes to the stages as fp16 rows (the sums read the rounded da, as conv_dgrad_epilogue's do),
+// then each thread takes one 8-channel chunk of every RG-th row, stores it (16 bytes) and adds
+// du and du·x̂ per channel in f32; the row groups' sums are added in order per channel into part.
+// da equals conv_dgrad_epilogue's bit for bit, the sums to f32 rounding (another order).
+template <class Tl>
+__device__ __forceinline__ void conv_dgrad_sums_smem(const float (&acc)[1][Tl::NJ][4], unsigned char* st,
+                                                     long long m0, int n0, long long M, int cin,
+                                                     half* __restrict__ da, float* __restrict__ part) {
+    using S = DgradSharedX<Tl>;
+    constexpr int LD = Tl::TN + 8, CC = Tl::TN / 8, RG = Tl::THREADS / CC;
+    constexpr int DA = S::BYTES, RED = DA + Tl::TM * LD * 2;
+    static_assert(Tl::THREADS % CC == 0 && DA % 16 == 0 && RED % 16 == 0, "whole row groups, aligned regions");
+    static_assert(RED + RG * Tl::TN * 8 <= Tl::STAGES * Tl::STAGE, "x, da and the sums fit the stages");
+    half* ds = reinterpret_cast<half*>(st + DA);
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, q = lane & 3;
+#pragma unroll
+    for (int j = 0; j < Tl::NJ; j++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            *reinterpret_cast<unsigned*>(ds + (16 * w + g + 8 * h) * LD + 8 * j + 2 * q) =
+                pack_half2(__float2half(acc[0][j][2 * h]), __float2half(acc[0][j][2 * h + 1]));
+    __syncthreads();
+    const int cc = tid % CC, rg = tid / CC, c0 = n0 + 8 * cc;
+    float su[8], sx[8];
+#pragma unroll
+    for (int c = 0; c < 8; c++) su[c] = sx[c] = 0.f;
+    if (c0 < cin) {
+        const float* par = reinterpret_cast<const float*>(st + S::PAR);
+        float mean[8], inv[8], shift[8];
+#pragma unroll
+        for (int c = 0; c < 8; c++) {
+            mean[c] = par[8 * cc + c];
+            inv[c] = par[Tl::TN + 8 * cc + c];
+            shift[c] = par[2 * Tl::TN + 8 * cc + c];
+        }
+#pragma unroll 1
+        for (int r = rg; r < Tl::TM && m0 + r < M; r += RG) {
+            Half8 dv, xv;
+            dv.u = *reinterpret_cast<const uint4*>(ds + r * LD + 8 * cc);
+            xv.u = *reinterpret_cast<const uint4*>(st + r * S::ROW + cc * 16);
+            *reinterpret_cast<uint4*>(da + (m0 + r) * cin + c0) = dv.u;
+#pragma unroll
+            for (int c = 0; c < 8; c++) {
+                float xhat;
+                const float du = pre_du(__half2float(dv.h[c]), __half2float(xv.h[c]), mean[c], inv[c], shift[c], 1, xhat);
+                su[c] += du;
+                sx[c] += du * xhat;
+            }
+        }
+    }
+    float (*red)[Tl::TN][2] = reinterpret_cast<float (*)[Tl::TN][2]>(st + RED);
+#pragma unroll
+    for (int c = 0; c < 8; c++) {
+        red[rg][8 * cc + c][0] = su[c];
+        red[rg][8 * cc + c][1] = sx[c];
+    }
+    __syncthreads();
+    for (int col = tid; col < Tl::TN; col += Tl::THREADS) {
+        const int c = n0 + col;
+        if (c >= cin) continue;
+        float a = red[0][col][0], b = red[0][col][1];
+        for (int r = 1; r < RG; r++) {
+            a += red[r][col][0];
+            b += red[r][col][1];
+        }
+        part[(long long)c * gridDim.x + blockIdx.x] = a;
+        part[(long long)(cin + c) * gridDim.x + blockIdx.x] = b;
+    }
+}
+
 // conv_dgrad_mma's contract on wgmma, with B = wk [cin][9·cout] (conv_weights_f16, kmajor = 1:
 // wk[ci][(8 − tap)·cout + o] = w[o][tap][ci]). grid (ceil(P/TM), ceil(cin/TN)), block THREADS.
 // CX: as conv_fwd_wg's (wk in mc_tiled_index's layout).
@@ -2299,9 +2371,13 @@ __device__ __forceinline__ void conv_dgrad_wg(const half* __restrict__ g, int N,
         conv_dgrad_epilogue<Tl>(acc, m0, n0, M, cin, da, DgradGlobalX{}, nullptr, nullptr);
         return;
     }
+    // bn & 4 (the bench's "register epilogue" lines): conv_dgrad_epilogue instead of the loop
     const DgradSharedX<Tl> xs{st};
-    dgrad_stage_x<Tl>(st, x, pmean, pinv, pshift, bn, m0, n0, M, cin);
-    conv_dgrad_epilogue<Tl>(acc, m0, n0, M, cin, da, xs, part, xs.red());
+    dgrad_stage_x<Tl>(st, x, pmean, pinv, pshift, bn & 3, m0, n0, M, cin);
+    if (bn & 4)
+        conv_dgrad_epilogue<Tl>(acc, m0, n0, M, cin, da, xs, part, xs.red());
+    else
+        conv_dgrad_sums_smem<Tl>(acc, st, m0, n0, M, cin, da, part);
 }
 
 // conv_wgrad_mma's contract (out [slices][cout][9·cin], slice z the pixels [z·chunk, ...),

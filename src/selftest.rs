@@ -1685,13 +1685,15 @@ fn bench_convs(
                 // (Gpu::mainloop_only); against the lines above, what the epilogues cost
                 format!("conv3x3 fwd main loop {p} [{l}]"),
                 format!("conv3x3 wgrad+dgrad main loop {p} [{l}]"),
-                // the wgmma forwards' former epilogue (Gpu::register_epilogue), against the
-                // shared-memory loop of the plain line
+                // the wgmma forwards' and input gradients' former epilogues
+                // (Gpu::register_epilogue), against the shared-memory loops of the plain lines
                 format!("conv3x3 fwd register epilogue {p} [{l}]"),
+                format!("conv3x3 wgrad+dgrad+sums register epilogue {p} [{l}]"),
             ];
             let (mma, bwd_new) = (path.is_mma(), wgrad_new || dgrad_new);
             let regs = fwd_new && path.is_sm90() && path != ConvPath::WgmmaP;
-            let offered = [fwd_new, fwd_new, wgrad_new, bwd_new, bwd_new, fwd_new && mma, bwd_new && mma, regs];
+            let dregs = bwd_new && path.is_sm90() && path != ConvPath::WgmmaP;
+            let offered = [fwd_new, fwd_new, wgrad_new, bwd_new, bwd_new, fwd_new && mma, bwd_new && mma, regs, dregs];
             let want: Vec<bool> = names.iter().zip(offered).map(|(name, o)| o && lines.wants(name)).collect();
             if !want.contains(&true) {
                 continue;
@@ -1704,7 +1706,7 @@ fn bench_convs(
                 if want[0] {
                     let ms = time_ms(gpu, &mut fwd)?;
                     bench_line(lines.out, &names[0], &shape, ms, flops, bytes)?;
-                } else if !want[1] && (want[2] || want[3] || want[4] || want[6]) {
+                } else if !want[1] && (want[2] || want[3] || want[4] || want[6] || want[8]) {
                     // (not before a main-loop line alone: ncu's first launch is then the timed one)
                     fwd(gpu)?;
                 }
@@ -1772,6 +1774,15 @@ fn bench_convs(
                     });
                     gpu.register_epilogue = false;
                     bench_line(lines.out, &names[7], &shape, ms?, flops, bytes)?;
+                }
+                if want[8] {
+                    gpu.register_epilogue = true;
+                    let ms = time_ms(gpu, &mut |g| {
+                        let (da, sums, k) = (Some(&mut da), Some(&mut gsum), Some(&keep));
+                        g.conv3x3_bwd(&x, xs, pre(l), &wt, cout, pool, &am, &dy, &mut dw, da, sums, k)
+                    });
+                    gpu.register_epilogue = false;
+                    bench_line(lines.out, &names[8], &shape, ms?, 2.0 * full, 2.0 * wbytes + (xs.len() * 2) as f64)?;
                 }
                 Ok(())
             })?;

@@ -5,8 +5,9 @@
 // kernels they are compared with run under it too: the wgmma forwards' epilogue through shared
 // memory (conv_fwd_epilogue_smem) among them. A shared-memory write and
 // another thread's access with no barrier between them is reported (halt_on_error=1), as far as
-// ThreadSanitizer's access history reaches; then each output is compared bit for bit with the
-// one-tile-per-block wgmma kernel's. A few minutes instead of run.sh --tsan's hour:
+// ThreadSanitizer's access history reaches; then each output is compared with the
+// one-tile-per-block wgmma kernel's: bit for bit, but the input gradient's sums to f32 rounding.
+// A few minutes instead of run.sh --tsan's hour:
 //   out=/tmp/tsan-p; mkdir -p $out/kernels
 //   for f in kernels/*.cu kernels/*.cuh; do sed -E 's/extern __shared__ (\w+) (\w+)\[\];/\1* \2 = reinterpret_cast<\1*>(emu_dyn_smem());/' $f > $out/kernels/$(basename $f); done
 //   g++ scripts/kernel-emu/emu.cpp scripts/kernel-emu/tsan_persistent.cpp -o $out/t -std=c++20 -g -O1 -fsanitize=thread \
@@ -62,8 +63,12 @@ static void dgrad(Dgrad persistent, Dgrad plain, int tm, int tn, int threads, in
     };
     run(plain, tiles, d0, p0);
     run(persistent, 1, d1, p1);
-    const bool same = memcmp(d0.data(), d1.data(), d0.size() * 2) == 0 && memcmp(p0.data(), p1.data(), p0.size() * 4) == 0;
-    printf("%s, %u tiles on one block: no race reported, da, sums' partials bit-identical: %s\n", what, tiles, same ? "PASS" : "FAIL");
+    // the one-tile-per-block kernel sums through its shared-memory loop, the persistent one
+    // through its register epilogue: the same values in another order
+    const double e = relerr(p1, std::vector<double>(p0.begin(), p0.end()));
+    const bool same = memcmp(d0.data(), d1.data(), d0.size() * 2) == 0 && e < 1e-5;
+    printf("%s, %u tiles on one block: no race reported, da bit-identical, sums' partials relL2 %.1e: %s\n", what, tiles, e,
+           same ? "PASS" : "FAIL");
     fails += !same;
 }
 

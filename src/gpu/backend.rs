@@ -1960,9 +1960,13 @@ impl Backend for Gpu {
                     // ones in the bulk-copy layout)
                     let layout = kn.weight_layout();
                     self.launch1d("conv", "conv_weights_f16", len, &[wp, co, ci, 0, ws_wt, layout])?;
-                    // null da: the kernel skips its epilogue (the bench's main-loop-only lines)
+                    // null da: the kernel skips its epilogue (the bench's main-loop-only lines);
+                    // bn | 4: a wgmma input gradient's register epilogue for its sums instead of
+                    // the shared-memory loop (the bench's "register epilogue" lines)
                     let dk = if self.mainloop_only { 0 } else { dap };
-                    let args = [gp, ni, hi, wi, ci, co, ws_wt, dk, x_raw, pr.mean, pr.inv, pr.shift, pr.bn, part];
+                    let regs = self.register_epilogue && kn.wgmma && !kn.persistent;
+                    let bn = pr.bn | if regs { 4 } else { 0 };
+                    let args = [gp, ni, hi, wi, ci, co, ws_wt, dk, x_raw, pr.mean, pr.inv, pr.shift, bn, part];
                     self.launch_smem("conv", kn.name, grid, (kn.threads, 1, 1), kn.smem, &args)?;
                     match sums {
                         Some(sp) if part != 0 => self.pre_sums_finalize(part, dgrad_tiles, cin, sp)?,

@@ -86,9 +86,10 @@ pub struct Gpu {
     /// a line with it against one without is what the epilogue costs. Outputs are not written.
     pub mainloop_only: bool,
     /// A diagnostic for the bench's "register epilogue" lines (false otherwise): the wgmma
-    /// forwards (not the persistent ones) take their former epilogue, unrolled over the tile's
-    /// column pairs from the accumulators, instead of the loop over shared memory; the outputs
-    /// are the same (y and argmax bit for bit, the statistics to rounding).
+    /// forwards and input gradients with sums (not the persistent ones) take their former
+    /// epilogue, unrolled over the tile's column pairs from the accumulators, instead of the loop
+    /// over shared memory; the outputs are the same (y, argmax and da bit for bit, the
+    /// statistics and sums to rounding).
     pub register_epilogue: bool,
     /// The conv paths the warm-up's autotune chooses from (`Backend::variants`): the tunable ones,
     /// or those [`CONV_ENV`] lists (one name pins it: no choice).

@@ -868,19 +868,19 @@ fn mainloop_only_skips_the_epilogues() {
     }
 }
 
-/// The wgmma forwards' two epilogues (`Gpu::register_epilogue`: the former one, unrolled over
-/// the tile's column pairs from the accumulators; by default a loop over the tile staged in
-/// shared memory) give y and argmax bit for bit and the BatchNorm statistics to rounding (the
-/// same fp16 values summed in another order), on each wgmma path with forwards of its own, at
-/// pooled and plain shapes of 128×256, 128×128, 256×64 and 128×64 tiles; the backward, which
-/// reads the argmax, bit for bit too.
+/// The wgmma forwards' and input gradients' two epilogues (`Gpu::register_epilogue`: the former
+/// ones, unrolled over the tile's column pairs from the accumulators; by default loops over the
+/// tile staged in shared memory) give y, argmax, dw and da bit for bit and the BatchNorm
+/// statistics and the input gradient's sums to rounding (the same values summed in another
+/// order), on each wgmma path with kernels of its own, at pooled and plain shapes of 128×256,
+/// 128×128, 256×64 and 128×64 tiles.
 #[test]
 #[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
 #[cfg_attr(
     all(cuda_driver, not(kernels_built)),
     ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
 )]
-fn wgmma_forward_epilogues_agree() {
+fn wgmma_epilogues_agree() {
     use crate::backend::{Backend, Shape};
     let _device = device_test_lock();
     let Some(mut gpu) = open_mma() else { return };
@@ -917,9 +917,9 @@ fn wgmma_forward_epilogues_agree() {
             let outs = ["y", "bn", "running mean", "running var", "dw", "da", "da sums"];
             for (k, (a, b)) in outs.iter().zip(loop_outs.iter().zip(&regs_outs)) {
                 assert!(a.iter().all(|v| v.is_finite()), "{xs:?} {p} {k}: not finite");
-                if matches!(*k, "bn" | "running mean" | "running var") {
+                if matches!(*k, "bn" | "running mean" | "running var" | "da sums") {
                     let e = rel_l2(a, b);
-                    assert!(e < 1e-6, "{xs:?} {p} {k}: relL2 {e} between the epilogues");
+                    assert!(e < 1e-5, "{xs:?} {p} {k}: relL2 {e} between the epilogues");
                 } else {
                     assert!(a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits()), "{xs:?} {p} {k}: differ");
                 }
@@ -992,14 +992,14 @@ fn persistent_convs_equal_wgmma_ones() {
         let outs = ["y", "bn", "running mean", "running var", "dw", "da", "da sums"];
         for (k, (a, b)) in outs.iter().zip(want.iter().zip(&got)) {
             assert!(a.iter().all(|v| v.is_finite()), "{xs:?} {k}: not finite");
-            if matches!(*k, "dw" | "bn" | "running mean" | "running var") {
+            if matches!(*k, "dw" | "bn" | "running mean" | "running var" | "da sums") {
                 // wgmmap splits the weight gradient into one wave of slices (fewer than wgmma's
                 // 4 blocks per SM where the tiles are few): the same products, summed in other
                 // groups; and its persistent forward keeps the register epilogue, whose
                 // statistics add the same fp16 values as wgmma's shared-memory loop in
                 // another order
                 let e = rel_l2(a, b);
-                assert!(e < 1e-6, "{xs:?} {k}: relL2 {e} against wgmma's");
+                assert!(e < 1e-5, "{xs:?} {k}: relL2 {e} against wgmma's");
                 continue;
             }
             assert!(a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits()), "{xs:?} {k}: differs from wgmma's");
