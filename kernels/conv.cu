@@ -2029,6 +2029,32 @@ __device__ __forceinline__ void wg_conv_gemm(float (&acc)[1][Tl::NJ][4], unsigne
 // grid (ceil(M/TM), ceil(cout/TN)), block THREADS, Tl::SMEM bytes of dynamic shared memory.
 // CX > 1: the multicast kernels' B (wf in mc_tiled_index's layout, clusters of CX CTAs,
 // WG_MC_SMEM).
+// The loop epilogues' sums (below): this thread's a[c], b[c] of channels n0 + 8·cc + c over its
+// row group rg go to red[rg] (RG × TN × 2 T of shared memory no thread still reads), then the
+// groups are added in order per channel and written to part's row prow of prows ([2·C][prows],
+// mma_col_partials's layout). Deterministic.
+template <typename T, class Tl, int RG>
+__device__ __forceinline__ void row_group_partials(T (*red)[Tl::TN][2], const T (&a)[8], const T (&b)[8], int cc, int rg,
+                                                   int n0, int C, T* __restrict__ part, int prow, int prows) {
+#pragma unroll
+    for (int c = 0; c < 8; c++) {
+        red[rg][8 * cc + c][0] = a[c];
+        red[rg][8 * cc + c][1] = b[c];
+    }
+    __syncthreads();
+    for (int col = threadIdx.x; col < Tl::TN; col += Tl::THREADS) {
+        const int c = n0 + col;
+        if (c >= C) continue;
+        T s = red[0][col][0], t = red[0][col][1];
+        for (int r = 1; r < RG; r++) {
+            s += red[r][col][0];
+            t += red[r][col][1];
+        }
+        part[(long long)c * prows + prow] = s;
+        part[(long long)(C + c) * prows + prow] = t;
+    }
+}
+
 // The forward's epilogue of a wgmma tile as a loop over shared memory, once the main loop is
 // done (for a multicast kernel: past its last cluster wait, so no copy is in flight into any
 // stage): the accumulators go to the stages as fp32 rows (TN + 8 floats apart), then each
@@ -2122,24 +2148,8 @@ __device__ __forceinline__ void conv_fwd_epilogue_smem(const float (&acc)[1][Tl:
     }
     if (!part) return;
     __syncthreads();  // the staged tile is read: its bytes take the row groups' sums
-    double (*red)[Tl::TN][2] = reinterpret_cast<double (*)[Tl::TN][2]>(st);
-#pragma unroll
-    for (int c = 0; c < 8; c++) {
-        red[rg][8 * cc + c][0] = sum[c];
-        red[rg][8 * cc + c][1] = sq[c];
-    }
-    __syncthreads();
-    for (int col = tid; col < Tl::TN; col += Tl::THREADS) {
-        const int c = n0 + col;
-        if (c >= cout) continue;
-        double a = red[0][col][0], b = red[0][col][1];
-        for (int r = 1; r < RG; r++) {
-            a += red[r][col][0];
-            b += red[r][col][1];
-        }
-        part[(long long)c * prows + prow] = a;
-        part[(long long)(cout + c) * prows + prow] = b;
-    }
+    row_group_partials<double, Tl, RG>(reinterpret_cast<double (*)[Tl::TN][2]>(st), sum, sq, cc, rg, n0, cout, part,
+                                       prow, prows);
 }
 
 // pool & 2 (the bench's "register epilogue" lines): conv_fwd_epilogue instead of
@@ -2329,24 +2339,8 @@ __device__ __forceinline__ void conv_dgrad_sums_smem(const float (&acc)[1][Tl::N
             }
         }
     }
-    float (*red)[Tl::TN][2] = reinterpret_cast<float (*)[Tl::TN][2]>(st + RED);
-#pragma unroll
-    for (int c = 0; c < 8; c++) {
-        red[rg][8 * cc + c][0] = su[c];
-        red[rg][8 * cc + c][1] = sx[c];
-    }
-    __syncthreads();
-    for (int col = tid; col < Tl::TN; col += Tl::THREADS) {
-        const int c = n0 + col;
-        if (c >= cin) continue;
-        float a = red[0][col][0], b = red[0][col][1];
-        for (int r = 1; r < RG; r++) {
-            a += red[r][col][0];
-            b += red[r][col][1];
-        }
-        part[(long long)c * gridDim.x + blockIdx.x] = a;
-        part[(long long)(cin + c) * gridDim.x + blockIdx.x] = b;
-    }
+    row_group_partials<float, Tl, RG>(reinterpret_cast<float (*)[Tl::TN][2]>(st + RED), su, sx, cc, rg, n0, cin, part,
+                                      blockIdx.x, gridDim.x);
 }
 
 // conv_dgrad_mma's contract on wgmma, with B = wk [cin][9·cout] (conv_weights_f16, kmajor = 1:
