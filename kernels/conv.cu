@@ -929,22 +929,30 @@ __device__ __forceinline__ void mma_col_sums(int j, T (&a)[2], T (&b)[2], T (*re
         a[e] = b[e] = T(0);
     }
 }
-template <typename T, class Tl>
-__device__ __forceinline__ void mma_col_partials(const T (*red)[Tl::TN][2], int n0, int C, T* __restrict__ part,
-                                                 int row, int rows) {
-    static_assert(Tl::TN <= Tl::THREADS, "one column per thread");
-    __syncthreads();
+// part[c][row] and part[C + c][row] (of rows) = red[0][c − n0][0 | 1] + red[1][…] + … over
+// red's first R rows in order, for the columns c = n0.. < C of a TN-wide tile, thread t taking
+// column t.
+template <typename T, int TN, int R, int THREADS>
+__device__ __forceinline__ void col_partials(const T (*red)[TN][2], int n0, int C, T* __restrict__ part, int row,
+                                             int rows) {
+    static_assert(R >= 2 && TN <= THREADS, "at least two rows, one column per thread");
     const int col = threadIdx.x, c = n0 + col;
-    if (col < Tl::TN && c < C) {
+    if (col < TN && c < C) {
         T a = red[0][col][0] + red[1][col][0], b = red[0][col][1] + red[1][col][1];
 #pragma unroll
-        for (int r = 2; r < Tl::WGM; r++) {
+        for (int r = 2; r < R; r++) {
             a += red[r][col][0];
             b += red[r][col][1];
         }
         part[(long long)c * rows + row] = a;
         part[(long long)(C + c) * rows + row] = b;
     }
+}
+template <typename T, class Tl>
+__device__ __forceinline__ void mma_col_partials(const T (*red)[Tl::TN][2], int n0, int C, T* __restrict__ part,
+                                                 int row, int rows) {
+    __syncthreads();
+    col_partials<T, Tl::TN, Tl::WGM, Tl::THREADS>(red, n0, C, part, row, rows);
 }
 // The partials of block row blockIdx.x of gridDim.x (a tile per block).
 template <typename T, class Tl>
@@ -2025,14 +2033,10 @@ __device__ __forceinline__ void wg_conv_gemm(float (&acc)[1][Tl::NJ][4], unsigne
     }
 }
 
-// conv_fwd_mma's contract (the epilogue is the same function) on wgmma.
-// grid (ceil(M/TM), ceil(cout/TN)), block THREADS, Tl::SMEM bytes of dynamic shared memory.
-// CX > 1: the multicast kernels' B (wf in mc_tiled_index's layout, clusters of CX CTAs,
-// WG_MC_SMEM).
 // The loop epilogues' sums (below): this thread's a[c], b[c] of channels n0 + 8·cc + c over its
 // row group rg go to red[rg] (RG × TN × 2 T of shared memory no thread still reads), then the
-// groups are added in order per channel and written to part's row prow of prows ([2·C][prows],
-// mma_col_partials's layout). Deterministic.
+// groups are added in order per channel into part's row prow of prows (col_partials).
+// Deterministic.
 template <typename T, class Tl, int RG>
 __device__ __forceinline__ void row_group_partials(T (*red)[Tl::TN][2], const T (&a)[8], const T (&b)[8], int cc, int rg,
                                                    int n0, int C, T* __restrict__ part, int prow, int prows) {
@@ -2042,17 +2046,7 @@ __device__ __forceinline__ void row_group_partials(T (*red)[Tl::TN][2], const T 
         red[rg][8 * cc + c][1] = b[c];
     }
     __syncthreads();
-    for (int col = threadIdx.x; col < Tl::TN; col += Tl::THREADS) {
-        const int c = n0 + col;
-        if (c >= C) continue;
-        T s = red[0][col][0], t = red[0][col][1];
-        for (int r = 1; r < RG; r++) {
-            s += red[r][col][0];
-            t += red[r][col][1];
-        }
-        part[(long long)c * prows + prow] = s;
-        part[(long long)(C + c) * prows + prow] = t;
-    }
+    col_partials<T, Tl::TN, RG, Tl::THREADS>(red, n0, C, part, prow, prows);
 }
 
 // The forward's epilogue of a wgmma tile as a loop over shared memory, once the main loop is
@@ -2078,14 +2072,11 @@ __device__ __forceinline__ void conv_fwd_epilogue_smem(const float (&acc)[1][Tl:
                   "the staged tile and the sums fit the stages");
     if (!y) return;  // the bench's main-loop-only lines (null outputs): no epilogue
     float* cs = reinterpret_cast<float*>(st);
-    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, q = lane & 3;
+    const int tid = threadIdx.x;
     __syncthreads();  // every warpgroup's last wgmma retired: the stages are free
-#pragma unroll
-    for (int j = 0; j < Tl::NJ; j++)
-#pragma unroll
-        for (int h = 0; h < 2; h++)
-            *reinterpret_cast<float2*>(cs + (16 * w + g + 8 * h) * LD + 8 * j + 2 * q) =
-                make_float2(acc[0][j][2 * h], acc[0][j][2 * h + 1]);
+    mma_epilogue<Tl>(acc, [&](int row, int col, float v0, float v1) {
+        *reinterpret_cast<float2*>(cs + row * LD + col) = make_float2(v0, v1);
+    });
     __syncthreads();
     const int cc = tid % CC, rg = tid / CC, co = n0 + 8 * cc;
     double sum[8], sq[8];
@@ -2152,8 +2143,11 @@ __device__ __forceinline__ void conv_fwd_epilogue_smem(const float (&acc)[1][Tl:
                                        prow, prows);
 }
 
-// pool & 2 (the bench's "register epilogue" lines): conv_fwd_epilogue instead of
-// conv_fwd_epilogue_smem, to time the two side by side.
+// conv_fwd_mma's contract on wgmma, the epilogue conv_fwd_epilogue_smem (pool & 2, the bench's
+// "register epilogue" lines: conv_fwd_epilogue, the mma kernels' own, to time the two side by
+// side). grid (ceil(M/TM), ceil(cout/TN)), block THREADS, Tl::SMEM bytes of dynamic shared
+// memory. CX > 1: the multicast kernels' B (wf in mc_tiled_index's layout, clusters of CX CTAs,
+// WG_MC_SMEM).
 template <class Tl, int CX = 1>
 __device__ __forceinline__ void conv_fwd_wg(const half* __restrict__ a, int N, int H, int W, int cin,
                                             const half* __restrict__ wf, int cout, int pool_arg, half* __restrict__ y,
@@ -2303,13 +2297,10 @@ __device__ __forceinline__ void conv_dgrad_sums_smem(const float (&acc)[1][Tl::N
     static_assert(Tl::THREADS % CC == 0 && DA % 16 == 0 && RED % 16 == 0, "whole row groups, aligned regions");
     static_assert(RED + RG * Tl::TN * 8 <= Tl::STAGES * Tl::STAGE, "x, da and the sums fit the stages");
     half* ds = reinterpret_cast<half*>(st + DA);
-    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, q = lane & 3;
-#pragma unroll
-    for (int j = 0; j < Tl::NJ; j++)
-#pragma unroll
-        for (int h = 0; h < 2; h++)
-            *reinterpret_cast<unsigned*>(ds + (16 * w + g + 8 * h) * LD + 8 * j + 2 * q) =
-                pack_half2(__float2half(acc[0][j][2 * h]), __float2half(acc[0][j][2 * h + 1]));
+    const int tid = threadIdx.x;
+    mma_epilogue<Tl>(acc, [&](int row, int col, float v0, float v1) {
+        *reinterpret_cast<unsigned*>(ds + row * LD + col) = pack_half2(__float2half(v0), __float2half(v1));
+    });
     __syncthreads();
     const int cc = tid % CC, rg = tid / CC, c0 = n0 + 8 * cc;
     float su[8], sx[8];

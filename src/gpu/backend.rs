@@ -355,11 +355,15 @@ pub(super) const WG_WIDE2_SMEM: u32 = 99328;
 pub(super) const WG_MC_SMEM: u32 = 197696;
 /// The wgmma weight-gradient kernels as `Gpu::conv_kernels` names them on `ConvPath::WgmmaP`
 /// (one wave of split-K slices).
-const ONE_WAVE: [(&str, &str); 3] = [
+const ONE_WAVE: [(&str, &str); 2] = [
     ("conv3x3_wgrad_wgmma_f16", "conv3x3_wgrad_wgmma_f16, one wave"),
     ("conv3x3_wgrad_wgmma_narrow_f16", "conv3x3_wgrad_wgmma_narrow_f16, one wave"),
-    ("conv3x3_wgrad_wgmma2_f16", "conv3x3_wgrad_wgmma2_f16, one wave"),
 ];
+/// Shared memory of an sm_90 SM (228 KB), and what the driver reserves per block (1 KB): the
+/// blocks of a kernel with `smem` bytes that fit an SM at once are `SM90_SMEM / (smem +
+/// BLOCK_SMEM_RESERVED)` (conv.cu's static_assert on two wgmma2 blocks per SM uses the same).
+const SM90_SMEM: usize = 233_472;
+const BLOCK_SMEM_RESERVED: usize = 1024;
 /// Threads per block of `wgrad_reduce_f32` (`WR_THREADS` in kernels/conv.cu): 32 values each.
 pub(super) const WR_THREADS: u32 = 256;
 
@@ -1872,7 +1876,7 @@ impl Backend for Gpu {
             let sms = self.info.sms.max(1) as usize;
             // blocks per SM: 4, or on wgmmap those of its wgmma kernel that fit an SM at once
             let per_sm = if self.gemm_path(&wkey) == ConvPath::WgmmaP && wgrad_kernel.wgmma {
-                (233_472 / (wgrad_kernel.smem as usize + 1024)).clamp(1, 4)
+                (SM90_SMEM / (wgrad_kernel.smem as usize + BLOCK_SMEM_RESERVED)).clamp(1, 4)
             } else {
                 4
             };
@@ -2234,8 +2238,7 @@ fn check_args(module: &str, name: &str, sizes: &[u8], args: &[Arg]) -> Result<()
 /// instead of 1.51 and 1.98 on an H200, bench/logs/2026-11-27-h200-854d170-bench*.log,
 /// "conv3x3 wgrad wmma [3]" and "[4]"): rounded up. At least 32 pixels per slice.
 fn wgrad_slices(mma: bool, tiles: usize, blocks: usize, pixels: usize) -> usize {
-    let target = blocks;
-    let slices = if mma { target / tiles } else { target.div_ceil(tiles) };
+    let slices = if mma { blocks / tiles } else { blocks.div_ceil(tiles) };
     slices.clamp(1, pixels.div_ceil(32).max(1)).min(65535)
 }
 
