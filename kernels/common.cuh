@@ -18,6 +18,25 @@
 #define ARCH_SM80 0
 #endif
 
+// Programmatic dependent launch (compute capability 9.0+; the host launches with it where the
+// GPU and driver have it, src/gpu/backend.rs `launch_kernel`): the next kernel of the stream
+// may be scheduled before this one ends, so every kernel's first statement is pdl_entry().
+// griddepcontrol.wait returns once the previous kernel has completed and its writes are
+// visible (at once when not launched that way); launch_dependents then lets the next kernel's
+// blocks be scheduled as soon as every block of this grid has passed here, so they wait
+// resident on the SMs this grid's tail leaves idle instead of being launched after it. Nothing
+// before the wait may touch global memory. A test (src/kernels.rs) holds every __global__ to
+// it; the emulation (scripts/kernel-emu/inc/sm80.h) counts the threads that pass here, and the
+// emulated driver fails a programmatic launch in which one did not.
+#if !defined(EMU_KERNELS)
+__device__ __forceinline__ void pdl_entry() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+#endif
+
 // Two fp16 values <-> one 32-bit register (low half = lower address, as mma.sync expects).
 __device__ __forceinline__ unsigned pack_half2(half lo, half hi) {
     __half2 h = __halves2half2(lo, hi);

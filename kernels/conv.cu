@@ -158,6 +158,7 @@ conv3x3_fwd_f16(const half* __restrict__ x, int N, int H, int W, int cin, const 
                 const float* __restrict__ pinv, const float* __restrict__ pshift, int bn,
                 const float* __restrict__ w, int cout, int pool, half* __restrict__ y,
                 unsigned char* __restrict__ argmax) {
+    pdl_entry();
     __shared__ __align__(128) unsigned char raw[RAW_BYTES];
     __shared__ float s_mean[MAXC], s_inv[MAXC], s_shift[MAXC];
     half* As = reinterpret_cast<half*>(raw);  // [2][BM][LDA]
@@ -276,6 +277,7 @@ conv3x3_fwd_f16(const half* __restrict__ x, int N, int H, int W, int cin, const 
 extern "C" __global__ void __launch_bounds__(NT)
 conv3x3_dgrad_f16(const half* __restrict__ dy, const unsigned char* __restrict__ am, int N, int H, int W, int cin,
                   int cout, int pool, const float* __restrict__ w, half* __restrict__ da) {
+    pdl_entry();
     __shared__ __align__(128) unsigned char raw[RAW_BYTES];
     half* As = reinterpret_cast<half*>(raw);  // [2][BM][LDA]  (pixels × k)
     half* Bs = As + 2 * BM * LDA;             // [2][BK][LDB]  (k × cin, row_major B)
@@ -381,6 +383,7 @@ conv3x3_wgrad_f16(const half* __restrict__ x, int N, int H, int W, int cin, cons
                   const float* __restrict__ pinv, const float* __restrict__ pshift, int bn,
                   const half* __restrict__ dy, const unsigned char* __restrict__ am, int cout, int pool,
                   float* __restrict__ out, int chunk) {
+    pdl_entry();
     __shared__ __align__(128) unsigned char raw[RAW_BYTES];
     __shared__ float s_mean[MAXC], s_inv[MAXC], s_shift[MAXC];
     half* As = reinterpret_cast<half*>(raw);  // [2][BK][LDB]  (pixels × cout: col_major A)
@@ -509,11 +512,13 @@ __device__ __forceinline__ void act_body(const half* __restrict__ x, long long l
 extern "C" __global__ void act_f16(const half* __restrict__ x, long long len8, int C, const float* __restrict__ pmean,
                                    const float* __restrict__ pinv, const float* __restrict__ pshift, int bn,
                                    half* __restrict__ a) {
+    pdl_entry();
     act_body<false>(x, len8, C, pmean, pinv, pshift, bn, a);
 }
 extern "C" __global__ void act_grad_f16(const half* __restrict__ x, long long len8, int C,
                                         const float* __restrict__ pmean, const float* __restrict__ pinv,
                                         const float* __restrict__ pshift, int bn, half* __restrict__ a) {
+    pdl_entry();
     act_body<true>(x, len8, C, pmean, pinv, pshift, bn, a);
 }
 
@@ -523,6 +528,7 @@ extern "C" __global__ void act_grad_f16(const half* __restrict__ x, long long le
 // a fixed order.
 extern "C" __global__ void shift_from_wgrad_f32(const float* __restrict__ w, const float* __restrict__ gw, int rows,
                                                 int cin, float* __restrict__ dshift) {
+    pdl_entry();
     __shared__ double scratch[32];
     const int c = blockIdx.x;
     double s = 0.0;
@@ -556,6 +562,7 @@ __device__ __forceinline__ int mc_tiled_index(int n, int k, int K) {
 // cout·9·cin < 2^31; grid-stride.
 extern "C" __global__ void conv_weights_f16(const float* __restrict__ w, int cout, int cin, half* __restrict__ wf,
                                             half* __restrict__ wt, int layout) {
+    pdl_entry();
     const int k = 9 * cin, n = cout * k;
     if (layout == 2 && ((wf && (cout % MC_TN || k % MC_WK)) || (wt && (cin % MC_TN || 9 * cout % MC_WK)))) __trap();
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
@@ -577,6 +584,7 @@ extern "C" __global__ void conv_weights_f16(const float* __restrict__ w, int cou
 // plain cp.async gathers, the argmax select done once instead of per tap.
 extern "C" __global__ void unpool_f16(const half* __restrict__ dy, const unsigned char* __restrict__ am, int N, int H,
                                       int W, int C, half* __restrict__ g) {
+    pdl_entry();
     const int c8 = C >> 3, PH = H >> 1, PW = W >> 1, stride = gridDim.x * blockDim.x;
     const int pooled = N * PH * PW * c8;  // < 2^31: the host checks N·H·W·C/8
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < pooled; i += stride) {
@@ -611,6 +619,7 @@ extern "C" __global__ void unpool_f16(const half* __restrict__ dy, const unsigne
 #define WR_WARPS (WR_THREADS / 32)
 extern "C" __global__ void __launch_bounds__(WR_THREADS) wgrad_reduce_f32(const float* __restrict__ part, int slices,
                                                                          long long len, float* __restrict__ dw) {
+    pdl_entry();
     if (blockDim.x != WR_THREADS) __trap();
     __shared__ float red[WR_WARPS][32];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
@@ -1327,6 +1336,7 @@ __device__ __forceinline__ void conv_wgrad_mma(const half* __restrict__ a, int N
         float *__restrict__ out, int chunk
 
 extern "C" __global__ void __launch_bounds__(128, 4) conv3x3_fwd_mma_f16(CONV_FWD_PARAMS) {
+    pdl_entry();
 #if ARCH_SM80
     __shared__ __align__(128) half As[MSTAGES * Narrow::A_STAGE];
     __shared__ __align__(128) half Bs[MSTAGES * Narrow::B_STAGE];
@@ -1336,6 +1346,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) conv3x3_fwd_mma_f16(CONV_FW
 #endif
 }
 extern "C" __global__ void __launch_bounds__(128, 4) conv3x3_dgrad_mma_f16(CONV_DGRAD_PARAMS) {
+    pdl_entry();
 #if ARCH_SM80
     __shared__ __align__(128) half As[MSTAGES * Narrow::A_STAGE];
     __shared__ __align__(128) half Bs[MSTAGES * Narrow::B_STAGE];
@@ -1345,6 +1356,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) conv3x3_dgrad_mma_f16(CONV_
 #endif
 }
 extern "C" __global__ void __launch_bounds__(128, 4) conv3x3_wgrad_mma_f16(CONV_WGRAD_PARAMS) {
+    pdl_entry();
 #if ARCH_SM80
     __shared__ __align__(128) half As[MSTAGES * Narrow::A_STAGE];
     __shared__ __align__(128) half Bs[MSTAGES * Narrow::B_STAGE];
@@ -1354,6 +1366,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) conv3x3_wgrad_mma_f16(CONV_
 #endif
 }
 extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_fwd_mma_wide_f16(CONV_FWD_PARAMS) {
+    pdl_entry();
 #if ARCH_SM80
     extern __shared__ half conv_smem[];
     conv_fwd_mma<Wide>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem,
@@ -1363,6 +1376,7 @@ extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_fwd_mma_wide_f16(CO
 #endif
 }
 extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_dgrad_mma_wide_f16(CONV_DGRAD_PARAMS) {
+    pdl_entry();
 #if ARCH_SM80
     extern __shared__ half conv_smem[];
     conv_dgrad_mma<Wide>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem,
@@ -1372,6 +1386,7 @@ extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_dgrad_mma_wide_f16(
 #endif
 }
 extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_wgrad_mma_wide_f16(CONV_WGRAD_PARAMS) {
+    pdl_entry();
 #if ARCH_SM80
     extern __shared__ half conv_smem[];
     conv_wgrad_mma<Wide>(a, N, H, W, cin, g, cout, out, chunk, conv_smem, conv_smem + MSTAGES * Wide::A_STAGE);
@@ -1380,6 +1395,7 @@ extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_wgrad_mma_wide_f16(
 #endif
 }
 extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_fwd_mma_tall_f16(CONV_FWD_PARAMS) {
+    pdl_entry();
 #if ARCH_SM80
     extern __shared__ half conv_smem[];
     conv_fwd_mma<Tall>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem, conv_smem + MSTAGES * Tall::A_STAGE);
@@ -1388,6 +1404,7 @@ extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_fwd_mma_tall_f16(CO
 #endif
 }
 extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_dgrad_mma_tall_f16(CONV_DGRAD_PARAMS) {
+    pdl_entry();
 #if ARCH_SM80
     extern __shared__ half conv_smem[];
     conv_dgrad_mma<Tall>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem,
@@ -1399,6 +1416,7 @@ extern "C" __global__ void __launch_bounds__(128, 2) conv3x3_dgrad_mma_tall_f16(
 // (128, 3): three blocks per SM as its 69 KB of shared memory allow on sm_80/sm_90; the compiler
 // would otherwise take 197 registers (two blocks).
 extern "C" __global__ void __launch_bounds__(128, 3) conv3x3_dgrad_mma_tall32_f16(CONV_DGRAD_PARAMS) {
+    pdl_entry();
 #if ARCH_SM80
     extern __shared__ half conv_smem[];
     conv_dgrad_mma<Tall32>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem,
@@ -1581,6 +1599,7 @@ __device__ __forceinline__ void conv_fwd_img(const half* __restrict__ a, int N, 
 }
 
 extern "C" __global__ void __launch_bounds__(IMG_THREADS, 2) conv3x3_fwd_img_f16(CONV_FWD_PARAMS) {
+    pdl_entry();
 #if ARCH_SM80
     extern __shared__ half conv_smem[];
     unsigned char* smem = reinterpret_cast<unsigned char*>(conv_smem);
@@ -1702,6 +1721,7 @@ __device__ __forceinline__ void conv_wgrad_img(const half* __restrict__ a, int N
 }
 
 extern "C" __global__ void __launch_bounds__(IMG_THREADS, 2) conv3x3_wgrad_img_f16(CONV_WGRAD_PARAMS) {
+    pdl_entry();
 #if ARCH_SM80
     extern __shared__ half conv_smem[];
     conv_wgrad_img(a, N, H, W, cin, g, cout, out, chunk, reinterpret_cast<unsigned char*>(conv_smem));
@@ -2451,6 +2471,7 @@ __device__ __forceinline__ void conv_wgrad_wg(const half* __restrict__ a, int N,
 #define SM90A_BODY(...) __trap()
 #endif
 extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_fwd_wgmma_f16(CONV_FWD_PARAMS) {
+    pdl_entry();
     SM90A_BODY(conv_fwd_wg<WgWide>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem));
 }
 // The 128×256 forward and input gradient with the weights multicast in clusters of 2 (_mc_) or
@@ -2458,64 +2479,83 @@ extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_fwd_wgmma_f16(CONV_
 // whole clusters (an extra block's rows are past M: it only copies its part of the weights and
 // writes zero partials).
 extern "C" __global__ void CLUSTER_X2 __launch_bounds__(256, 1) conv3x3_fwd_wgmma_mc_f16(CONV_FWD_PARAMS) {
+    pdl_entry();
     SM90A_BODY(conv_fwd_wg<WgWide, 2>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem));
 }
 extern "C" __global__ void CLUSTER_X2 __launch_bounds__(256, 1) conv3x3_dgrad_wgmma_mc_f16(CONV_DGRAD_PARAMS) {
+    pdl_entry();
     SM90A_BODY(conv_dgrad_wg<WgWide, 2>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem));
 }
 extern "C" __global__ void CLUSTER_X4 __launch_bounds__(256, 1) conv3x3_fwd_wgmma_mc4_f16(CONV_FWD_PARAMS) {
+    pdl_entry();
     SM90A_BODY(conv_fwd_wg<WgWide, 4>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem));
 }
 extern "C" __global__ void CLUSTER_X4 __launch_bounds__(256, 1) conv3x3_dgrad_wgmma_mc4_f16(CONV_DGRAD_PARAMS) {
+    pdl_entry();
     SM90A_BODY(conv_dgrad_wg<WgWide, 4>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(512, 1) conv3x3_fwd_wgmma_tall_f16(CONV_FWD_PARAMS) {
+    pdl_entry();
     SM90A_BODY(conv_fwd_wg<WgTall>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_dgrad_wgmma_f16(CONV_DGRAD_PARAMS) {
+    pdl_entry();
     SM90A_BODY(conv_dgrad_wg<WgWide>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(512, 1) conv3x3_dgrad_wgmma_tall_f16(CONV_DGRAD_PARAMS) {
+    pdl_entry();
     SM90A_BODY(conv_dgrad_wg<WgTall>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(512, 1) conv3x3_dgrad_wgmma_tall32_f16(CONV_DGRAD_PARAMS) {
+    pdl_entry();
     SM90A_BODY(conv_dgrad_wg<WgTall32>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_wgrad_wgmma_f16(CONV_WGRAD_PARAMS) {
+    pdl_entry();
     SM90A_BODY(conv_wgrad_wg<WgWide>(a, N, H, W, cin, g, cout, out, chunk, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_wgrad_wgmma_narrow_f16(CONV_WGRAD_PARAMS) {
+    pdl_entry();
     SM90A_BODY(conv_wgrad_wg<WgNarrow>(a, N, H, W, cin, g, cout, out, chunk, conv_smem));
 }
 // Two blocks per SM (wgmma2): 128×64 where n < 128, 128×128 in 3 stages where n ≥ 128
 extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_fwd_wgmma_narrow_f16(CONV_FWD_PARAMS) {
+    pdl_entry();
     SM90A_BODY(conv_fwd_wg<WgNarrow>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_dgrad_wgmma_narrow_f16(CONV_DGRAD_PARAMS) {
+    pdl_entry();
     SM90A_BODY(conv_dgrad_wg<WgNarrow>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem));
 }
 // Persistent (wgmmap): the 128×256 and 256×64 forwards and input gradients, one block per SM
 // looping over the row tiles
 extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_fwd_wgmma_p_f16(CONV_FWD_PARAMS) {
+    pdl_entry();
     SM90A_BODY(conv_fwd_wg_persistent<WgWide>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(512, 1) conv3x3_fwd_wgmma_p_tall_f16(CONV_FWD_PARAMS) {
+    pdl_entry();
     SM90A_BODY(conv_fwd_wg_persistent<WgTall>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(256, 1) conv3x3_dgrad_wgmma_p_f16(CONV_DGRAD_PARAMS) {
+    pdl_entry();
     SM90A_BODY(conv_dgrad_wg_persistent<WgWide>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part,
                                                 conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(512, 1) conv3x3_dgrad_wgmma_p_tall_f16(CONV_DGRAD_PARAMS) {
+    pdl_entry();
     SM90A_BODY(conv_dgrad_wg_persistent<WgTall>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part,
                                                 conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_fwd_wgmma2_f16(CONV_FWD_PARAMS) {
+    pdl_entry();
     SM90A_BODY(conv_fwd_wg<WgWide2>(a, N, H, W, cin, wf, cout, pool, y, argmax, part, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_dgrad_wgmma2_f16(CONV_DGRAD_PARAMS) {
+    pdl_entry();
     SM90A_BODY(conv_dgrad_wg<WgWide2>(g, N, H, W, cin, cout, wt, da, x, pmean, pinv, pshift, bn, part, conv_smem));
 }
 extern "C" __global__ void __launch_bounds__(256, 2) conv3x3_wgrad_wgmma2_f16(CONV_WGRAD_PARAMS) {
+    pdl_entry();
     SM90A_BODY(conv_wgrad_wg<WgWide2>(a, N, H, W, cin, g, cout, out, chunk, conv_smem));
 }

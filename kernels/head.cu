@@ -28,6 +28,7 @@ extern "C" __global__ void head_fwd_f16(const half* __restrict__ x, int HW, int 
                                         const float* __restrict__ w, int classes, float scale,
                                         float* __restrict__ feat, unsigned char* __restrict__ argmax,
                                         float* __restrict__ logits) {
+    pdl_entry();
     __shared__ float sf[1024];
     const int n = blockIdx.x;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
@@ -65,6 +66,7 @@ extern "C" __global__ void head_fwd_f16(const half* __restrict__ x, int HW, int 
 extern "C" __global__ void __launch_bounds__(256)
 head_bwd_dw_part_f32(const float* __restrict__ dlogits, const float* __restrict__ feat, int N, int C, int classes,
                      float scale, float* __restrict__ part) {
+    pdl_entry();
     __shared__ float red[8][HEAD_MAX_CLASSES][32];
     const int lane = threadIdx.x, wq = threadIdx.y, c = blockIdx.x * 32 + lane, s = blockIdx.y;
     const int n0 = s * HEAD_SLICE, n1 = min(N, n0 + HEAD_SLICE);
@@ -95,6 +97,7 @@ head_bwd_dw_part_f32(const float* __restrict__ dlogits, const float* __restrict_
 extern "C" __global__ void head_bwd_da_f16(const float* __restrict__ dlogits, const unsigned char* __restrict__ argmax,
                                            const float* __restrict__ w, int N, int HW, int C, int classes,
                                            float scale, half* __restrict__ da) {
+    pdl_entry();
     const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= (long long)N * C) return;
     const int n = (int)(t / C), c = (int)(t % C);
@@ -109,6 +112,7 @@ extern "C" __global__ void __launch_bounds__(XENT_THREADS)
 xent_fwd_bwd_f32(const float* __restrict__ logits, const unsigned char* __restrict__ labels,
                  const unsigned int* __restrict__ aug, int aug_len, const unsigned int* __restrict__ step, int n,
                  int nlabels, int classes, float smoothing, float* __restrict__ dlogits, double* __restrict__ part) {
+    pdl_entry();
     __shared__ double scratch[32];
     double loss = 0.0, correct = 0.0;
     const double s = (double)smoothing;
@@ -151,6 +155,7 @@ xent_fwd_bwd_f32(const float* __restrict__ logits, const unsigned char* __restri
 }
 
 extern "C" __global__ void xent_acc_f64(const double* __restrict__ part, int blocks, float* __restrict__ acc) {
+    pdl_entry();
     if (threadIdx.x != 0) return;
     double L = 0.0, Cn = 0.0;
     for (int b = 0; b < blocks; b++) {
@@ -162,6 +167,7 @@ extern "C" __global__ void xent_acc_f64(const double* __restrict__ part, int blo
 }
 
 extern "C" __global__ void axpy_f32(float* __restrict__ acc, const float* __restrict__ x, long long len, float weight) {
+    pdl_entry();
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < len) acc[i] += weight * x[i];
 }

@@ -89,6 +89,7 @@ extern "C" __global__ void chan_reduce_f16(const half* __restrict__ x, const hal
                                            long long chunk, const float* __restrict__ pmean,
                                            const float* __restrict__ pinv, const float* __restrict__ pshift, int bn,
                                            float* __restrict__ part) {
+    pdl_entry();
     // [r][c] per row group r < R: R·C = (CHAN_REDUCE_THREADS / G)·8·G ≤ 8·CHAN_REDUCE_THREADS
     __shared__ float s0[8 * CHAN_REDUCE_THREADS], s1[8 * CHAN_REDUCE_THREADS];
     const int G = C >> 3, R = CHAN_REDUCE_THREADS / G, t = threadIdx.x, g = t % G, r = t / G;
@@ -138,6 +139,7 @@ extern "C" __global__ void chan_reduce_f16(const half* __restrict__ x, const hal
 
 extern "C" __global__ void bn_reduce_f16(const half* __restrict__ y, long long P, int C, long long chunk,
                                          double* __restrict__ part) {
+    pdl_entry();
     const int tx = threadIdx.x, ty = threadIdx.y;
     const int c = blockIdx.y * 32 + tx;
     const long long p0 = (long long)blockIdx.x * chunk;
@@ -155,6 +157,7 @@ extern "C" __global__ void bn_reduce_f16(const half* __restrict__ y, long long P
 extern "C" __global__ void __launch_bounds__(CHAN_FIN_THREADS)
 bn_finalize_f32(const double* __restrict__ part, int blocks, int C, long long count, float eps, float momentum,
                 float* __restrict__ running_mean, float* __restrict__ running_var, float* __restrict__ bn) {
+    pdl_entry();
     double s, q;
     chan_block_sums(part, blocks, C, s, q);
     const int c = blockIdx.x;
@@ -170,6 +173,7 @@ bn_finalize_f32(const double* __restrict__ part, int blocks, int C, long long co
 
 extern "C" __global__ void bn_eval_f32(const float* __restrict__ running_mean, const float* __restrict__ running_var,
                                        int C, float eps, float* __restrict__ bn) {
+    pdl_entry();
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
     bn[c] = running_mean[c];
@@ -178,6 +182,7 @@ extern "C" __global__ void bn_eval_f32(const float* __restrict__ running_mean, c
 
 extern "C" __global__ void __launch_bounds__(CHAN_FIN_THREADS)
 pre_bwd_sums_f32(const float* __restrict__ part, int blocks, int C, float* __restrict__ sums) {
+    pdl_entry();
     double s, q;
     chan_block_sums(part, blocks, C, s, q);
     const int c = blockIdx.x;
@@ -191,6 +196,7 @@ extern "C" __global__ void pre_bwd_dx_f16(const half* __restrict__ da, const hal
                                           const float* __restrict__ pshift, int bn, const float* __restrict__ sums,
                                           long long count, float* __restrict__ dshift, half* __restrict__ dx,
                                           const unsigned char* __restrict__ am, int H, int W) {
+    pdl_entry();
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (dshift && t < C) dshift[t] = sums[t];
     const int groups = C >> 3, threads = gridDim.x * blockDim.x, stride = threads - threads % groups;
@@ -252,10 +258,12 @@ extern "C" __global__ void pre_bwd_dx_f16(const half* __restrict__ da, const hal
 // dtype casts, used when a tensor arrives in the other storage type (e.g. a host upload, which is
 // f32, fed to a kernel that reads fp16). 1 thread/element.
 extern "C" __global__ void cast_f32_f16(const float* __restrict__ a, long long len, half* __restrict__ b) {
+    pdl_entry();
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < len) b[i] = __float2half(a[i]);
 }
 extern "C" __global__ void cast_f16_f32(const half* __restrict__ a, long long len, float* __restrict__ b) {
+    pdl_entry();
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < len) b[i] = __half2float(a[i]);
 }

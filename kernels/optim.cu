@@ -44,6 +44,7 @@ struct SgdArgs {
 };
 
 extern "C" __global__ void sgd_nesterov_f32(SgdArgs a) {
+    pdl_entry();
     const int t = blockIdx.y;
     if (t >= a.count) return;
     float* p = a.p[t];
@@ -61,6 +62,7 @@ extern "C" __global__ void sgd_nesterov_f32(SgdArgs a) {
 }
 
 extern "C" __global__ void step_next(const unsigned int* __restrict__ plan, int rows, unsigned int* __restrict__ step) {
+    pdl_entry();
     const unsigned int row = step[STEP_WORDS];
     __syncthreads();  // every thread has read the cursor before thread 0 moves it
     const int k = threadIdx.x;
@@ -91,6 +93,7 @@ struct MuonBatch {
 };
 
 extern "C" __global__ void muon_prep_f32(MuonBatch a) {
+    pdl_entry();
     __shared__ double scratch[32];
     const int t = blockIdx.y;
     if (t >= a.count || (int)blockIdx.x >= a.nb[t]) return;  // uniform per block
@@ -118,6 +121,7 @@ extern "C" __global__ void muon_prep_f32(MuonBatch a) {
 }
 
 extern "C" __global__ void muon_norms_f64(MuonBatch a) {
+    pdl_entry();
     const int t = blockIdx.y;
     if (t >= a.count || threadIdx.x != 0 || blockIdx.x != 0) return;
     double* sc = a.scal[t];
@@ -130,6 +134,7 @@ extern "C" __global__ void muon_norms_f64(MuonBatch a) {
 }
 
 extern "C" __global__ void muon_scale_f32(MuonBatch a) {
+    pdl_entry();
     const int t = blockIdx.y;
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= a.count || i >= a.n[t]) return;
@@ -138,6 +143,7 @@ extern "C" __global__ void muon_scale_f32(MuonBatch a) {
 }
 
 extern "C" __global__ void muon_apply_f32(MuonBatch a) {
+    pdl_entry();
     const int t = blockIdx.y;
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= a.count || i >= a.n[t]) return;
@@ -321,10 +327,17 @@ __device__ __forceinline__ void gemm_batch(const GemmBatch& g) {
     gemm_body<TRANS_B>(g.a[z], g.b[z], D, C, M, N, K, kbeg, kend, g.alpha, S == 1 ? g.beta : 0.f);
 }
 
-extern "C" __global__ void __launch_bounds__(128) gemm_nt_f32(GemmBatch g) { gemm_batch<true>(g); }
-extern "C" __global__ void __launch_bounds__(128) gemm_nn_f32(GemmBatch g) { gemm_batch<false>(g); }
+extern "C" __global__ void __launch_bounds__(128) gemm_nt_f32(GemmBatch g) {
+    pdl_entry();
+    gemm_batch<true>(g);
+}
+extern "C" __global__ void __launch_bounds__(128) gemm_nn_f32(GemmBatch g) {
+    pdl_entry();
+    gemm_batch<false>(g);
+}
 // d[z][i] = Σ_s c[z][s·M·N + i] in slice order, for a split-K batch; grid (·, count), grid-stride.
 extern "C" __global__ void gemm_splitk_sum_f32(GemmBatch g) {
+    pdl_entry();
     const int z = blockIdx.y;
     if (z >= g.count) return;
     const int len = g.m[z] * g.n[z], S = g.splits;

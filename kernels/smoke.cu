@@ -26,11 +26,13 @@ __device__ __forceinline__ void wmma_16x16x16(const half* a, const half* b, floa
 
 extern "C" __global__ void smoke_wmma_f16(const half* __restrict__ a, const half* __restrict__ b,
                                           float* __restrict__ c) {
+    pdl_entry();
     wmma_16x16x16(a, b, c);
 }
 
 extern "C" __global__ void smoke_mma_f16(const half* __restrict__ a, const half* __restrict__ b,
                                          float* __restrict__ c) {
+    pdl_entry();
 #if ARCH_SM80
     // Fragment layout of mma.m16n8k16: see mma_16816 in common.cuh.
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -54,6 +56,7 @@ extern "C" __global__ void smoke_mma_f16(const half* __restrict__ a, const half*
 }
 
 extern "C" __global__ void smoke_scale_f16(half* __restrict__ x, float s, int n, int smem_bytes) {
+    pdl_entry();
     extern __shared__ half stage[];
     const int per_block = smem_bytes / (int)sizeof(half);
     const int base = blockIdx.x * per_block;

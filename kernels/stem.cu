@@ -86,6 +86,7 @@ extern "C" __global__ void __launch_bounds__(256)
 stem_fwd_f16(const unsigned char* __restrict__ images, int total, const unsigned int* __restrict__ aug, int aug_len,
              const unsigned int* __restrict__ step, int n, float m0, float m1, float m2, float s0, float s1, float s2,
              const float* __restrict__ w, int cw, half* __restrict__ out) {
+    pdl_entry();
     __shared__ float sw[64 * 12];
     __shared__ float nm[6];
     __shared__ float lut[3 * 256];            // lut[c·256 + p] = norm_px(p, c)
@@ -142,6 +143,7 @@ extern "C" __global__ void stem_res_fwd_f16(const unsigned char* __restrict__ im
                                         const unsigned int* __restrict__ step, int n, float m0, float m1, float m2,
                                             float s0, float s1, float s2, const float* __restrict__ w, int cw, int res,
                                             half* __restrict__ out) {
+    pdl_entry();
     __shared__ float sw[64 * 12];
     __shared__ float nm[6];
     stem_stage(w, cw, m0, m1, m2, s0, s1, s2, sw, nm);
@@ -189,6 +191,7 @@ extern "C" __global__ void stem_res_fwd_f16(const unsigned char* __restrict__ im
 
 extern "C" __global__ void patch_cov_f32(const unsigned char* __restrict__ images, int n, float m0, float m1,
                                          float m2, float s0, float s1, float s2, double* __restrict__ partial) {
+    pdl_entry();
     __shared__ float img[32 * 32 * 3];
     __shared__ float nm[6];
     if (threadIdx.x == 0) {

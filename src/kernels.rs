@@ -209,4 +209,82 @@ mod tests {
             assert!(module(s).is_some());
         }
     }
+
+    /// The `__global__` functions of a .cu source whose body does not begin with
+    /// `pdl_entry();` (comments and blank lines before it allowed), by name.
+    fn without_pdl_entry(src: &str) -> Vec<String> {
+        let code: String = src.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+        let mut missing = Vec::new();
+        let mut at = 0;
+        while let Some(i) = code[at..].find("__global__") {
+            let start = at + i + "__global__".len();
+            let open = start + code[start..].find('{').expect("a __global__ function without a body");
+            let header = &code[start..open];
+            // the function's name: the first identifier before a '(' that is not an attribute
+            // (__launch_bounds__(...))
+            let name = header
+                .split('(')
+                .filter_map(|part| part.rsplit(|c: char| !(c.is_alphanumeric() || c == '_')).next())
+                .find(|id| !id.is_empty() && !id.starts_with("__"))
+                .unwrap_or("?")
+                .to_string();
+            if !code[open + 1..].trim_start().starts_with("pdl_entry();") {
+                missing.push(name);
+            }
+            at = open;
+        }
+        missing
+    }
+
+    #[test]
+    fn the_scan_finds_a_kernel_without_pdl_entry() {
+        let src = "extern \"C\" __global__ void __launch_bounds__(128, 2) good(int a) {\n    // why\n    pdl_entry();\n}\n\
+                   extern \"C\" __global__ void CLUSTER_X2 bad(const float* x) {\n    if (x) return;\n    pdl_entry();\n}\n\
+                   // __global__ in a comment {\n\
+                   extern \"C\" __global__ void late(int n) { int i = n; pdl_entry(); }\n";
+        assert_eq!(without_pdl_entry(src), ["bad", "late"]);
+    }
+
+    /// Every kernel may be launched with programmatic dependent launch (src/gpu/backend.rs
+    /// `launch_kernel`): the next kernel then starts while this one finishes, so each one's first
+    /// statement must be `pdl_entry()` (griddepcontrol.wait, kernels/common.cuh), before any
+    /// read or write of memory.
+    #[test]
+    fn every_kernel_waits_for_the_previous_one_first() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+        let mut kernels = 0;
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|x| x != "cu") {
+                continue;
+            }
+            let src = std::fs::read_to_string(&path).unwrap();
+            kernels += src.matches("__global__").count();
+            let missing = without_pdl_entry(&src);
+            assert!(missing.is_empty(), "{}: kernels not starting with pdl_entry(): {missing:?}", path.display());
+        }
+        assert!(kernels >= 60, "only {kernels} kernels found in {}", dir.display());
+    }
+
+    /// The same in what was compiled: every kernel of the embedded compute_90 PTX waits
+    /// (griddepcontrol.wait) and then lets the next kernel be scheduled.
+    #[test]
+    #[cfg_attr(
+        not(kernels_built),
+        ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
+    )]
+    fn every_compiled_kernel_has_the_grid_dependency_wait() {
+        for m in MODULES {
+            let entries: Vec<&str> = m.ptx.split(".entry ").skip(1).collect();
+            assert!(!entries.is_empty(), "module {}: no .entry in its PTX", m.name);
+            for body in entries {
+                let name = body.split('(').next().unwrap_or("?").trim();
+                let wait = body
+                    .find("griddepcontrol.wait")
+                    .unwrap_or_else(|| panic!("{}::{name}: no griddepcontrol.wait", m.name));
+                let launch = body.find("griddepcontrol.launch_dependents");
+                assert!(launch.is_some_and(|l| l > wait), "{}::{name}: no launch_dependents after the wait", m.name);
+            }
+        }
+    }
 }

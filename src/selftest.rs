@@ -1887,19 +1887,42 @@ fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, lines: &mut Lines) -> Resu
         profile_line(gpu, lines, &mut state, n, Some(ConvPath::Mixed))?;
         // the step once the whitening bias is frozen (main.rs: after `whiten_bias_epochs`, 135 of
         // the recipe's 210 steps): no input gradient for layer 0, whose FLOPs it leaves out
-        let name = "train step, graph, mixed convs, bias frozen";
-        if lines.wants(name) {
-            let (h, w, cin, cout, _) = LAYERS[0];
-            let frozen = flops - 2.0 * (n * h * w * cout * 9 * cin) as f64;
-            step_state(&mut state, gpu, n)?.bias_trains = false;
-            let r = gpu.with_conv_path(ConvPath::Mixed, |g| step_variant(g, lines, &mut state, n, frozen, name));
-            if let Some(st) = state.as_mut() {
-                st.bias_trains = true;
-            }
+        let (h, w, cin, cout, _) = LAYERS[0];
+        let frozen = flops - 2.0 * (n * h * w * cout * 9 * cin) as f64;
+        frozen_step(gpu, lines, &mut state, n, frozen, "train step, graph, mixed convs, bias frozen")?;
+        // both again launched one after another, where programmatic dependent launch is on: the
+        // launch latency between kernels that it hides
+        if gpu.pdl {
+            gpu.pdl = false;
+            let name = "train step, graph, mixed convs, no PDL";
+            let r = gpu.with_conv_path(ConvPath::Mixed, |g| step_variant(g, lines, &mut state, n, flops, name));
+            let name = "train step, graph, mixed convs, bias frozen, no PDL";
+            let r = r.and_then(|_| frozen_step(gpu, lines, &mut state, n, frozen, name));
+            gpu.pdl = true;
             r?;
         }
     }
     Ok(())
+}
+
+/// The mixed path's step with the whitening bias frozen, as line `name` (if it runs).
+fn frozen_step(
+    gpu: &mut Gpu,
+    lines: &mut Lines,
+    state: &mut Option<StepState<Gpu>>,
+    n: usize,
+    flops: f64,
+    name: &str,
+) -> Result<()> {
+    if !lines.wants(name) {
+        return Ok(());
+    }
+    step_state(state, gpu, n)?.bias_trains = false;
+    let r = gpu.with_conv_path(ConvPath::Mixed, |g| step_variant(g, lines, state, n, flops, name));
+    if let Some(st) = state.as_mut() {
+        st.bias_trains = true;
+    }
+    r.map(|_| ())
 }
 
 /// The step with one switch changed (the caller's: a conv path, the sums), recorded and

@@ -216,6 +216,7 @@ struct Op {
     Function* f = nullptr;
     unsigned g[3], b[3];
     unsigned smem = 0;
+    bool pdl = false;  // cuLaunchKernelEx with programmatic stream serialization
     std::vector<uint64_t> storage;  // parameter bytes, 8-aligned per parameter
     std::vector<size_t> offsets;
     // memset / copy
@@ -265,8 +266,19 @@ static CUresult run_launch(const Op& op) {
     if (trace())
         fprintf(stderr, "emu-driver: launch %s grid (%u,%u,%u) block (%u,%u,%u)\n", k.name, op.g[0], op.g[1], op.g[2],
                 op.b[0], op.b[1], op.b[2]);
+    // A programmatic launch may start while the previous kernel still runs: every thread must pass
+    // pdl_entry() (griddepcontrol.wait) before it touches memory. Counted here; EMU_PDL_SKIP=name
+    // ignores that kernel's threads (fault injection: selfcheck's "pdl" mode shows the check).
+    const char* skip = getenv("EMU_PDL_SKIP");
+    if (op.pdl) emu_pdl_reset(skip && strcmp(skip, k.name) == 0);
     std::string err = emu_launch(op.g[0], op.g[1], op.g[2], op.b[0], op.b[1], op.b[2], op.smem,
                                  [&] { k.invoke(k.fn, params.data()); }, k.cluster);
+    const unsigned long long threads = (unsigned long long)op.g[0] * op.g[1] * op.g[2] * op.b[0] * op.b[1] * op.b[2];
+    if (err.empty() && op.pdl && emu_pdl_entries() != threads)
+        err = "launched with programmatic stream serialization, but " + std::to_string(emu_pdl_entries()) + " of its " +
+              std::to_string(threads) +
+              " threads passed pdl_entry() (griddepcontrol.wait): the others could touch memory while the previous "
+              "kernel still runs";
     if (!err.empty()) {
         complain("%s::%s: %s", k.module, k.name, err.c_str());
         sticky = LAUNCH_FAILED;
@@ -520,9 +532,8 @@ API CUresult cuFuncSetCacheConfig(void*, int) {
     return SUCCESS;
 }
 
-API CUresult cuLaunchKernel(void* fh, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                            unsigned smem, void* stream, void** params, void** extra) {
-    INIT;
+static CUresult launch(void* fh, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                       unsigned smem, void* stream, void** params, void** extra, bool pdl) {
     Function* f = (Function*)fh;
     if (!f) return INVALID_HANDLE;
     const KernelEntry& k = *f->k;
@@ -551,6 +562,7 @@ API CUresult cuLaunchKernel(void* fh, unsigned gx, unsigned gy, unsigned gz, uns
     op.g[0] = gx, op.g[1] = gy, op.g[2] = gz;
     op.b[0] = bx, op.b[1] = by, op.b[2] = bz;
     op.smem = smem;
+    op.pdl = pdl;
     size_t words = 0;
     for (size_t i = 0; i < k.sizes.size(); i++) {
         op.offsets.push_back(words * 8);
@@ -562,6 +574,42 @@ API CUresult cuLaunchKernel(void* fh, unsigned gx, unsigned gy, unsigned gz, uns
         memcpy((char*)op.storage.data() + op.offsets[i], params[i], k.sizes[i]);
     }
     return submit(S(stream), std::move(op));
+}
+API CUresult cuLaunchKernel(void* fh, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                            unsigned smem, void* stream, void** params, void** extra) {
+    INIT;
+    return launch(fh, gx, gy, gz, bx, by, bz, smem, stream, params, extra, false);
+}
+// cuLaunchKernelEx: the same launch; of the attributes only programmatic stream serialization
+// (id 6, CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION) is emulated, as a check that
+// every thread passes pdl_entry() (run_launch); any other attribute is refused.
+struct LaunchAttr {
+    int id;
+    char pad[4];
+    union {
+        char bytes[64];
+        int value;
+    };
+};
+struct LaunchConfig {
+    unsigned gx, gy, gz, bx, by, bz, smem;
+    void* stream;
+    LaunchAttr* attrs;
+    unsigned n_attrs;
+};
+static_assert(sizeof(LaunchAttr) == 72, "CUlaunchAttribute is 72 bytes");
+API CUresult cuLaunchKernelEx(const LaunchConfig* c, void* fh, void** params, void** extra) {
+    INIT;
+    if (!c || (c->n_attrs && !c->attrs)) return INVALID_VALUE;
+    bool pdl = false;
+    for (unsigned i = 0; i < c->n_attrs; i++) {
+        if (c->attrs[i].id != 6) {
+            complain("cuLaunchKernelEx: launch attribute %d is not emulated", c->attrs[i].id);
+            return NOT_SUPPORTED;
+        }
+        pdl = c->attrs[i].value != 0;
+    }
+    return launch(fh, c->gx, c->gy, c->gz, c->bx, c->by, c->bz, c->smem, c->stream, params, extra, pdl);
 }
 
 // streams

@@ -60,6 +60,12 @@ unsigned char* emu_dyn_smem();
 // Its size: the launch's dynamic shared memory bytes.
 size_t emu_dyn_smem_bytes();
 
+// Programmatic dependent launch (fibers.cpp): emu_pdl_reset before a launch (ignore: count
+// nothing, the driver's fault injection EMU_PDL_SKIP), emu_pdl_entries after it: the threads
+// that passed pdl_entry().
+void emu_pdl_reset(bool ignore);
+unsigned long long emu_pdl_entries();
+
 void register_conv(std::vector<KernelEntry>&);
 void register_norm(std::vector<KernelEntry>&);
 void register_stem(std::vector<KernelEntry>&);

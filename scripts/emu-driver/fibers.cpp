@@ -428,6 +428,18 @@ void emu_spin(unsigned long long& seen, int& idle, const char* what) {
     }
     yield_deferred(*S.fibers[S.cur]);
 }
+// pdl_entry: threads that passed it since the last emu_pdl_reset (every launch's threads, on
+// every OS thread of the pool), unless the driver's fault injection asked to ignore them.
+static std::atomic<unsigned long long> g_pdl_entries{0};
+static std::atomic<bool> g_pdl_ignore{false};
+void emu_pdl_entry() {
+    if (!g_pdl_ignore.load(std::memory_order_relaxed)) g_pdl_entries.fetch_add(1, std::memory_order_relaxed);
+}
+void emu_pdl_reset(bool ignore) {
+    g_pdl_entries.store(0);
+    g_pdl_ignore.store(ignore);
+}
+unsigned long long emu_pdl_entries() { return g_pdl_entries.load(); }
 size_t emu_dyn_smem_bytes() { return S.dyn_bytes; }
 unsigned long long emu_block_serial() { return S.blocks_run; }
 

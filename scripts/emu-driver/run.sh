@@ -43,6 +43,7 @@ g++ -std=c++20 -O1 "$here/selfcheck.cpp" -o "$root/target/emu-driver/selfcheck" 
 export LD_PRELOAD="$lib"
 "$root/target/emu-driver/selfcheck" "$lib" basic 2>/dev/null
 "$root/target/emu-driver/selfcheck" "$lib" uaf 2>/dev/null
+"$root/target/emu-driver/selfcheck" "$lib" pdl 2>/dev/null
 EMU_REDZONE=1 "$root/target/emu-driver/selfcheck" "$lib" redzone 2>/dev/null
 export LD_LIBRARY_PATH="$root/target/emu-driver${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export CARGO_TARGET_DIR="$root/target/emu" REQUIRE_CUDA_KERNELS=1

@@ -3,6 +3,8 @@
 //   basic     lookups, a launch, capture/replay, capture errors, events
 //   uaf       a graph replayed after one of its buffers was freed -> CUDA_ERROR_ILLEGAL_ADDRESS
 //   redzone   (EMU_REDZONE=1) a launch writing past its buffer -> CUDA_ERROR_ILLEGAL_ADDRESS
+//   pdl       cuLaunchKernelEx with programmatic stream serialization, direct and captured; a kernel
+//             whose threads do not all pass pdl_entry() (EMU_PDL_SKIP) -> CUDA_ERROR_LAUNCH_FAILED
 #include <dlfcn.h>
 #include <cmath>
 #include <cstdio>
@@ -55,6 +57,22 @@ int main(int argc, char** argv) {
     auto cuEventRecord = sym<R (*)(void*, void*)>("cuEventRecord");
     auto cuEventElapsedTime = sym<R (*)(float*, void*, void*)>("cuEventElapsedTime");
     auto cuGetErrorName = sym<R (*)(R, const char**)>("cuGetErrorName");
+    // CUlaunchAttribute (id, padding, a 64-byte value) and CUlaunchConfig, as cuda.h lays them out
+    struct Attr {
+        int id;
+        char pad[4];
+        union {
+            char bytes[64];
+            int value;
+        };
+    };
+    struct Config {
+        unsigned gx, gy, gz, bx, by, bz, smem;
+        void* stream;
+        Attr* attrs;
+        unsigned n;
+    };
+    auto cuLaunchKernelEx = sym<R (*)(const Config*, void*, void**, void**)>("cuLaunchKernelEx");
 
     cuInit(0);
     // a "module": PTX text naming the kernels it has
@@ -146,6 +164,35 @@ int main(int argc, char** argv) {
         void* args[] = {&b, &a, &too_long, &wgt};
         expect(cuLaunchKernel(axpy, 5, 1, 1, 256, 1, 1, 0, st, args, nullptr) == 700,
                "a launch writing 32 bytes past its buffer: ILLEGAL_ADDRESS");
+    } else if (!strcmp(mode, "pdl")) {
+        printf("emu-driver selfcheck: programmatic dependent launch\n");
+        std::vector<float> got(n, -1.f);
+        Attr pdl{};
+        pdl.id = 6;  // CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+        pdl.value = 1;
+        Config cfg{4, 1, 1, 256, 1, 1, 0, st, &pdl, 1};
+        cuMemsetD8Async(b, 0, n * 4, st);
+        expect(cuLaunchKernelEx(&cfg, axpy, axpy_args, nullptr) == 0, "a programmatic launch");
+        cuMemcpyDtoHAsync(got.data(), b, n * 4, st);
+        expect(got[3] == 1.5f && got[n - 1] == 2.0f * h[n - 1], "its result");
+        void *g, *ge;
+        cuBegin(st, 1);
+        cuLaunchKernelEx(&cfg, axpy, axpy_args, nullptr);
+        expect(cuEnd(st, &g) == 0 && g, "one captured");
+        cuInstantiate(&ge, g, 0);
+        expect(cuGraphLaunch(ge, st) == 0, "and replayed");
+        cuMemcpyDtoHAsync(got.data(), b, n * 4, st);
+        expect(got[3] == 3.0f, "its result");
+        Attr other{};
+        other.id = 4;  // CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION: not emulated
+        Config bad{4, 1, 1, 256, 1, 1, 0, st, &other, 1};
+        expect(cuLaunchKernelEx(&bad, axpy, axpy_args, nullptr) == 801, "another launch attribute: NOT_SUPPORTED");
+        setenv("EMU_PDL_SKIP", "axpy_f32", 1);
+        Config plain{4, 1, 1, 256, 1, 1, 0, st, nullptr, 0};
+        expect(cuLaunchKernelEx(&plain, axpy, axpy_args, nullptr) == 0,
+               "a kernel not passing pdl_entry, launched without the attribute");
+        expect(cuLaunchKernelEx(&cfg, axpy, axpy_args, nullptr) == 719,
+               "... and with it: LAUNCH_FAILED");
     } else {
         return 2;
     }

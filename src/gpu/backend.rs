@@ -16,11 +16,12 @@ use crate::backend::{Backend, BnStats, MuonParam, Norm, Ns, Pre, SgdParam, Shape
 use crate::error::{Error, Result};
 use crate::replay::Record;
 use cudarc::driver::{
-    sys, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
-    PushKernelArg,
+    result, sys, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
+    DriverError, LaunchConfig,
 };
 use half::f16;
 use std::collections::HashMap;
+use std::ffi::c_void;
 
 /// How a [`GBuf`]'s bytes are to be read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -522,15 +523,70 @@ impl Gpu {
             self.ops.smem_opted.insert((module, name), smem);
         }
         let start = self.profile_mark()?;
-        let mut b = self.stream.launch_builder(&f);
-        for a in args {
-            b.arg(a);
-        }
+        let mut params: Vec<*mut c_void> = args.iter().map(|a| a as *const Arg as *mut c_void).collect();
         let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: smem };
         // SAFETY: argument lists match the kernels' signatures (see kernels/*.cu headers), and
         // every pointer refers to a live allocation whose length the caller checked.
-        unsafe { b.launch(cfg) }.map_err(|e| Gpu::err(&format!("launching {module}::{name}"), e))?;
+        unsafe { self.launch_kernel(&f, cfg, &mut params) }
+            .map_err(|e| Gpu::err(&format!("launching {module}::{name}"), e))?;
         self.profile_done(name, start)
+    }
+
+    /// Programmatic dependent launch tried once ([`Gpu::open`], where [`Gpu::pdl`] is on):
+    /// two launches and a third recorded into a graph and replayed, each adding x to a sum; an
+    /// error or a wrong sum is returned.
+    pub(super) fn probe_pdl(&mut self) -> Result<()> {
+        let x: Vec<f32> = (0..1000).map(|i| 0.5 + i as f32).collect();
+        let xb = self.upload(&x)?;
+        let mut acc = self.zeros(x.len())?;
+        self.axpy(&mut acc, &xb, 1.0)?;
+        self.axpy(&mut acc, &xb, 1.0)?;
+        if let Some(graph) = self.record(&mut |g| g.axpy(&mut acc, &xb, 1.0))? {
+            self.replay(&graph)?;
+        }
+        let got = self.download(&acc)?;
+        match got.iter().zip(&x).position(|(g, x)| *g != 3.0 * x) {
+            None => Ok(()),
+            Some(i) => Err(Error::Gpu(format!("its sum {} at {i} should be {}", got[i], 3.0 * x[i]))),
+        }
+    }
+
+    /// Launches `f` on the stream, `params` pointing at each parameter's bytes: with
+    /// programmatic stream serialization where [`Gpu::pdl`] is on (cuLaunchKernelEx: the kernel
+    /// may be scheduled while the previous one finishes, and waits in `pdl_entry`, its first
+    /// statement, kernels/common.cuh), else a plain cuLaunchKernel.
+    ///
+    /// # Safety
+    /// `params` must match `f`'s parameter list and stay valid for the call; every pointer among
+    /// them must refer to a live allocation large enough for the launch.
+    unsafe fn launch_kernel(
+        &self,
+        f: &CudaFunction,
+        cfg: LaunchConfig,
+        params: &mut [*mut c_void],
+    ) -> std::result::Result<(), DriverError> {
+        self.ctx.bind_to_thread()?;
+        let (g, b) = (cfg.grid_dim, cfg.block_dim);
+        if !self.pdl {
+            return result::launch_kernel(f.cu_function(), g, b, cfg.shared_mem_bytes, self.stream.cu_stream(), params);
+        }
+        // SAFETY: an all-zero attribute is a valid value of the plain-data union
+        let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: g.0,
+            gridDimY: g.1,
+            gridDimZ: g.2,
+            blockDimX: b.0,
+            blockDimY: b.1,
+            blockDimZ: b.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        sys::cuLaunchKernelEx(&config, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()).result()
     }
 
     /// With [`Gpu::profile`] on (and not recording): an event before a launch.
@@ -1136,12 +1192,12 @@ impl Gpu {
         check_grid(name, grid)?;
         let f = self.func(module, name)?;
         let start = self.profile_mark()?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(arg);
+        let mut params = [arg as *const T as *mut c_void];
         let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: 0 };
         // SAFETY: `T` mirrors the kernel's by-value struct (sizes checked by a test against the
         // PTX); its pointers were checked by the caller.
-        unsafe { b.launch(cfg) }.map_err(|e| Gpu::err(&format!("launching {module}::{name}"), e))?;
+        unsafe { self.launch_kernel(&f, cfg, &mut params) }
+            .map_err(|e| Gpu::err(&format!("launching {module}::{name}"), e))?;
         self.profile_done(name, start)
     }
 }
@@ -1287,7 +1343,12 @@ impl Backend for Gpu {
         let img = self.image("conv").map(|i| i.to_string()).unwrap_or_else(|| "no conv image".into());
         let sums = if self.conv_path.is_mma() && !self.epilogue_sums { " (epilogue sums off)" } else { "" };
         let convs = self.conv_path.name();
-        format!("GPU {} ({img}, {convs} convs{sums}, fp16 activations, fp32 accumulation)", self.info)
+        let pdl = match (&self.pdl_off, self.pdl) {
+            (Some(why), _) => format!(", programmatic dependent launch off: {why}"),
+            (None, true) => ", programmatic dependent launch".into(),
+            (None, false) => String::new(),
+        };
+        format!("GPU {} ({img}, {convs} convs{sums}{pdl}, fp16 activations, fp32 accumulation)", self.info)
     }
 
     fn zeros(&mut self, n: usize) -> Result<GBuf> {

@@ -91,6 +91,16 @@ pub struct Gpu {
     /// over shared memory; the outputs are the same (y, argmax and da bit for bit, the
     /// statistics and sums to rounding).
     pub register_epilogue: bool,
+    /// Every kernel launched with programmatic stream serialization (cuLaunchKernelEx; [`pdl`]
+    /// decides, [`PDL_ENV`] overrides): on sm_90 the next kernel's blocks are scheduled while
+    /// the previous kernel's last wave runs, onto the SMs its tail leaves idle, and wait at their
+    /// first statement (`pdl_entry`: griddepcontrol.wait, kernels/common.cuh) until it has
+    /// completed; the launch latency between the step's kernels is hidden instead of paid. The
+    /// results are the same either way.
+    pub pdl: bool,
+    /// Why [`Gpu::pdl`] is off though the GPU and driver should have it: its probe at open
+    /// failed (the error), so the kernels are launched plainly.
+    pub pdl_off: Option<String>,
     /// The conv paths the warm-up's autotune chooses from (`Backend::variants`): the tunable ones,
     /// or those [`CONV_ENV`] lists (one name pins it: no choice).
     pub conv_tune: Vec<ConvPath>,
@@ -150,10 +160,55 @@ pub const SUMS_ENV: &str = "SPEEDRUN_EPILOGUE_SUMS";
 
 /// [`SUMS_ENV`]'s value (None: unset) as a switch; anything but 0 or 1 is an error.
 pub fn epilogue_sums(env: Option<&str>) -> Result<bool> {
+    switch(SUMS_ENV, env, true)
+}
+
+/// Set to 0, the kernels are launched one after another as before (cuLaunchKernel) instead of
+/// with programmatic dependent launch; see [`Gpu::pdl`].
+pub const PDL_ENV: &str = "SPEEDRUN_PDL";
+
+/// Whether the kernels are launched with programmatic dependent launch: where the GPU has it
+/// (compute capability 9.0 and newer) and the driver captures it into graphs (CUDA 12.3 and
+/// newer), unless [`PDL_ENV`] is 0; [`PDL_ENV`]=1 where they lack it is an error naming why.
+pub fn pdl(info: &DeviceInfo, env: Option<&str>) -> Result<bool> {
+    let driver = info.driver_version.split_once('.').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+    let why_not = if info.cc.0 < 9 {
+        Some(format!("{} is sm_{}{}; it needs compute capability 9.0", info.name, info.cc.0, info.cc.1))
+    } else if driver.is_none_or(|v: (u32, u32)| v < (12, 3)) {
+        Some(format!("the driver supports CUDA {}; graphs take it from CUDA 12.3", info.driver_version))
+    } else {
+        None
+    };
+    let on = switch(PDL_ENV, env, why_not.is_none())?;
+    match why_not {
+        Some(why) if on => {
+            Err(Error::Gpu(format!("{PDL_ENV}=1: programmatic dependent launch is not available: {why}")))
+        }
+        _ => Ok(on),
+    }
+}
+
+/// What [`Gpu::open`] makes of programmatic dependent launch's probe (`probe`, with [`PDL_ENV`]
+/// = `env`): None, it stays on; Some(why), it is switched off; an error where it was asked for
+/// by name (`1`).
+fn pdl_after_probe(probe: Result<()>, env: Option<&str>) -> Result<Option<String>> {
+    match probe {
+        Ok(()) => Ok(None),
+        Err(e) if env.map(str::trim) == Some("1") => {
+            Err(Error::Gpu(format!("{PDL_ENV}=1: programmatic dependent launch failed its probe: {e}")))
+        }
+        Err(e) => Ok(Some(format!("its probe failed ({e})"))),
+    }
+}
+
+/// An environment switch `name` (value `env`, None: unset): 0 or 1, `default` when unset or
+/// empty; anything else is an error.
+fn switch(name: &str, env: Option<&str>, default: bool) -> Result<bool> {
     match env.map(str::trim).filter(|v| !v.is_empty()) {
-        None | Some("1") => Ok(true),
+        None => Ok(default),
+        Some("1") => Ok(true),
         Some("0") => Ok(false),
-        Some(v) => Err(Error::Gpu(format!("{SUMS_ENV}={v:?}: expected 0 or 1"))),
+        Some(v) => Err(Error::Gpu(format!("{name}={v:?}: expected 0 or 1"))),
     }
 }
 
@@ -313,6 +368,7 @@ const SYMBOLS_USED: &[&str] = &[
     "cuFuncGetAttribute",
     "cuFuncSetAttribute",
     "cuLaunchKernel",
+    "cuLaunchKernelEx",
     "cuStreamCreate",
     "cuStreamDestroy_v2",
     "cuStreamSynchronize",
@@ -468,8 +524,10 @@ impl Gpu {
         let conv_tune = ConvPath::choose_list(info.cc, std::env::var(CONV_ENV).ok().as_deref())?;
         let conv_path = conv_tune[0];
         let epilogue_sums = epilogue_sums(std::env::var(SUMS_ENV).ok().as_deref())?;
+        let pdl_env = std::env::var(PDL_ENV).ok();
+        let pdl = pdl(&info, pdl_env.as_deref())?;
         let ops = backend::OpState::default();
-        Ok(Gpu {
+        let mut gpu = Gpu {
             ctx,
             stream,
             info,
@@ -478,9 +536,23 @@ impl Gpu {
             epilogue_sums,
             mainloop_only: false,
             register_epilogue: false,
+            pdl,
+            pdl_off: None,
             conv_tune,
             ops,
-        })
+        };
+        // 6. Programmatic dependent launch, tried once before anything relies on it: where a
+        // driver refuses it (a launch attribute, its capture into a graph), the kernels are
+        // launched plainly and the run says why, unless it was asked for by name.
+        if gpu.pdl {
+            let probe = gpu.probe_pdl();
+            if let Some(why) = pdl_after_probe(probe, pdl_env.as_deref())? {
+                gpu.sync().map_err(|s| Error::Gpu(format!("{why}; after it the GPU fails: {s}")))?;
+                gpu.pdl = false;
+                gpu.pdl_off = Some(why);
+            }
+        }
+        Ok(gpu)
     }
 
     /// Runs `f` with the convolution kernels set to `path`, then restores the current choice.

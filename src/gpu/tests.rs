@@ -390,6 +390,59 @@ fn epilogue_sums_switch() {
     assert!(e.contains(SUMS_ENV) && e.contains("\"off\"") && e.contains("0 or 1"), "{e}");
 }
 
+#[test]
+fn pdl_where_the_gpu_and_driver_have_it() {
+    let info = |cc, driver: &str| DeviceInfo {
+        ordinal: 0,
+        name: "GPU".into(),
+        cc,
+        sms: 132,
+        mem_bytes: 1 << 30,
+        driver_version: driver.into(),
+        smem_optin: 232_448,
+    };
+    assert!(pdl(&info((9, 0), "13.0"), None).unwrap());
+    assert!(pdl(&info((9, 0), "12.3"), Some("1")).unwrap());
+    assert!(pdl(&info((10, 0), "12.9"), Some("")).unwrap());
+    assert!(!pdl(&info((9, 0), "13.0"), Some("0")).unwrap());
+    // off by default where it is missing, and asking for it there says why
+    for (cc, driver, why) in [((8, 0), "13.0", "sm_80"), ((9, 0), "12.2", "CUDA 12.2"), ((9, 0), "odd", "CUDA odd")] {
+        assert!(!pdl(&info(cc, driver), None).unwrap());
+        assert!(!pdl(&info(cc, driver), Some("0")).unwrap());
+        let e = pdl(&info(cc, driver), Some("1")).unwrap_err().to_string();
+        assert!(e.contains(PDL_ENV) && e.contains(why), "{e}");
+    }
+    let e = pdl(&info((9, 0), "13.0"), Some("yes")).unwrap_err().to_string();
+    assert!(e.contains(PDL_ENV) && e.contains("\"yes\"") && e.contains("0 or 1"), "{e}");
+}
+
+#[test]
+fn pdl_probe_failure_switches_it_off_unless_asked_for() {
+    assert_eq!(pdl_after_probe(Ok(()), None).unwrap(), None);
+    assert_eq!(pdl_after_probe(Ok(()), Some("1")).unwrap(), None);
+    let failed = || Err(Error::Gpu("launching head::axpy_f32: CUDA_ERROR_NOT_SUPPORTED".into()));
+    let why = pdl_after_probe(failed(), None).unwrap().expect("switched off");
+    assert!(why.contains("probe failed") && why.contains("CUDA_ERROR_NOT_SUPPORTED"), "{why}");
+    let e = pdl_after_probe(failed(), Some(" 1")).unwrap_err().to_string();
+    assert!(e.contains(PDL_ENV) && e.contains("CUDA_ERROR_NOT_SUPPORTED"), "{e}");
+}
+
+/// A GPU opened with programmatic dependent launch where it has it (the emulated driver: sm_90,
+/// CUDA 12.9) passed its probe, and says so in its description.
+#[test]
+#[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
+#[cfg_attr(
+    all(cuda_driver, not(kernels_built)),
+    ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
+)]
+fn pdl_is_on_where_the_gpu_has_it() {
+    use crate::backend::Backend;
+    let gpu = Gpu::open(0).unwrap();
+    let expected = pdl(&gpu.info, std::env::var(PDL_ENV).ok().as_deref()).unwrap();
+    assert_eq!((gpu.pdl, &gpu.pdl_off), (expected, &None), "{}", gpu.describe());
+    assert_eq!(gpu.describe().contains("programmatic dependent launch"), gpu.pdl, "{}", gpu.describe());
+}
+
 /// The mma convs with their epilogue sums switched off (separate reductions, for measuring)
 /// give the same outputs and the same statistics up to summation order.
 #[test]

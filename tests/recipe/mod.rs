@@ -442,7 +442,7 @@ fn a_reused_trainer_starts_every_run_afresh() {
 }
 
 /// On a GPU: a run whose steps are recorded as CUDA graphs and replayed equals the same run op
-/// by op, bit for bit (no kernel uses atomics). Two resolution phases and the whitening bias on
+/// by op without programmatic dependent launch, bit for bit (no kernel uses atomics). Two resolution phases and the whitening bias on
 /// and off give several kinds of step; the evaluation between epochs runs at full resolution,
 /// so scratch buffers grow while graphs exist.
 #[test]
@@ -462,8 +462,14 @@ fn gpu_recorded_run_equals_op_by_op_run() {
     let mut tr = trainer(&mut gpu, &h, train.n, test.n, true).unwrap();
     let first = run(&mut gpu, &h, &mut tr, &train, &test, &labels, 3, &mut |_| {}).unwrap();
     let replayed = run(&mut gpu, &h, &mut tr, &train, &test, &labels, 3, &mut |_| {}).unwrap(); // every step a replay
+                                                                                                // the reference run also without programmatic dependent launch (where the GPU has it, the
+                                                                                                // runs above use it: each kernel may start while the previous one ends), one kernel after
+                                                                                                // another as plain launches
+    let pdl = std::mem::replace(&mut gpu.pdl, false);
     let mut eager = trainer(&mut gpu, &h, train.n, test.n, false).unwrap();
-    let op_by_op = run(&mut gpu, &h, &mut eager, &train, &test, &labels, 3, &mut |_| {}).unwrap();
+    let op_by_op = run(&mut gpu, &h, &mut eager, &train, &test, &labels, 3, &mut |_| {});
+    gpu.pdl = pdl;
+    let op_by_op = op_by_op.unwrap();
     assert_eq!((first.fingerprint, first.correct), (op_by_op.fingerprint, op_by_op.correct));
     assert_eq!((replayed.fingerprint, replayed.correct), (op_by_op.fingerprint, op_by_op.correct));
 }

@@ -50,6 +50,7 @@ void emu_progress();                        // an mbarrier changed (for emu_spin
 void emu_spin(unsigned long long& seen, int& idle, const char* what);
 void emu_bulk_defer(std::function<void()> op);  // a bulk copy in flight, done at emu_bulk_drain
 void emu_bulk_drain();
+void emu_pdl_entry();  // a thread passed pdl_entry (counted per launch for the emulated driver)
 #else
 extern std::barrier<>* g_block_barrier;
 inline void __syncthreads() { g_block_barrier->arrive_and_wait(); }

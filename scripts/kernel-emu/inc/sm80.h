@@ -589,3 +589,13 @@ inline void mbar_arrive_expect_tx(unsigned, unsigned) { emu_no_clusters(); }
 inline void mbar_wait(unsigned, unsigned) { emu_no_clusters(); }
 inline void bulk_copy_multicast(unsigned, const void*, unsigned, unsigned, unsigned short) { emu_no_clusters(); }
 #endif
+
+// ---- griddepcontrol (kernels/common.cuh's pdl_entry). A launch runs here only after the
+// previous one has ended, so there is nothing to wait for; with EMU_FIBERS every thread that
+// passes is counted (fibers.cpp), and the emulated driver fails a launch made with programmatic
+// stream serialization in which not every thread did (scripts/emu-driver/README.md).
+#ifdef EMU_FIBERS
+inline void pdl_entry() { emu_pdl_entry(); }
+#else
+inline void pdl_entry() {}
+#endif
