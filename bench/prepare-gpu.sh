@@ -25,7 +25,9 @@
 #     beside call 1's, same machine: together ≈ 70 s)
 #   call 4 if time is left: timeout 200 bash $g ncu (stall reasons of the kernels with the
 #     largest gaps, bench/NOTES.md "To measure"; ≈ 45 s per target: 4 of 7 in 200 s)
-#   then here: python3 bench/compare.py <runs.json> <airbench log> (issue 4's side-by-side)
+#   then here: python3 bench/compare.py <runs.json> <airbench log> (issue 4's side-by-side), and
+#   python3 bench/levers.py <bench log> <base bench log> (each lever since the last GPU session:
+#   predicted against measured, for bench/NOTES.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=${CIFAR10_DIR:-../shared/cifar10/cifar-10-batches-bin}

@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Each lever built since the last GPU session, its predicted gain beside the one measured, from
+the bench logs of one GPU session (bench/NOTES.md's rule: predicted before, measured after).
+
+    python3 bench/levers.py NEW_BENCH_LOG [BASE_BENCH_LOG]
+
+NEW_BENCH_LOG is `speedrun bench` of this commit's binary; BASE_BENCH_LOG the same of
+bench/prepare-gpu.sh's baseline (BASE, 854d170 by default) on the same machine in the same
+session (`SPEEDRUN_BIN=target/base/release/speedrun bash bench/gpu-session.sh bench`). Levers
+that need the baseline are left out without it. Every figure is read from the logs; a line a
+log lacks is reported as missing, never filled in. Gains are per training step, in ms,
+negative where the step gets faster.
+
+The autotune's counterfactuals (wgmma2, wgmmap, the input gradients' "+pass"): for each GEMM
+of the mixed path's autotune line, the best time of every candidate against the best without
+that family, times the GEMM's launches per step (the recipe's layers below), summed over the
+GEMMs: what the family saves mixed, by the autotune's own timings.
+"""
+import re
+import sys
+
+# The recipe's conv layers (main.rs LAYERS): (H, W, Cin, Cout, pooled). A backward GEMM is named
+# by its layer's input shape without the pool (the pooled layers' gradient arrives unpooled),
+# so layers 3 and 4 share "7x7x256->256"; layer 0's input gradient runs only while the
+# whitening bias trains (75 of 210 steps), in place of it now the shift gradient.
+LAYERS = [(31, 31, 24, 64, True), (15, 15, 64, 64, False), (15, 15, 64, 256, True), (7, 7, 256, 256, False),
+          (7, 7, 256, 256, True), (3, 3, 256, 256, False)]
+
+# (name, session, predicted low, predicted high): ms per step (low = the larger saving).
+PREDICTED = {
+    "pdl": ("programmatic dependent launch", "17th", -0.25, -0.05),
+    "pdl_frozen": ("programmatic dependent launch, bias frozen", "17th", -0.25, -0.05),
+    "gelu": ("GELU/GELU' without erff/expf (pre_bwd_dx_f16 + act_f16)", "15th", -0.35, -0.2),
+    "reduce": ("split-K slice sums by warps (wgrad_reduce_f32)", "16th", -0.05, -0.02),
+    "shift": ("whitening bias gradient without layer 0's input gradient, per bias step", "15th", -0.4, -0.25),
+    "wgmma2": ("wgmma2 as a mixed candidate", "15th", -0.4, -0.1),
+    "wgmmap": ("wgmmap (persistent) as a mixed candidate", "16th", -0.6, -0.05),
+    "dpass": ("input gradients' sums in a separate pass (+pass) as a mixed candidate", "14th", -0.3, -0.15),
+    "loop_epilogue": ("wgmma forwards' loop epilogue, at mixed's picks", "16th", -0.55, -0.3),
+}
+
+STEP = re.compile(r"^(train step[^\n]*?)\s+batch \d+\s+([\d.]+) us\s")
+BRACKET = re.compile(r"^(\S.*?\])\s+\S.*?\s([\d.]+) us\s")
+PICK = re.compile(r"^  mixed (fwd|wgrad|dgrad) (\d+x\d+x\d+->\d+)( pool)?: (\S+) \((.*) ms\)\s*$")
+PROFILE_ROW = re.compile(r"^  (\w+)\s+(\d+) x\s+([\d.]+) us\s")
+
+
+def read(text):
+    """The lines of a bench log: {name: µs} for the step and bracketed lines, the mixed path's
+    picks {(gemm, shape, pooled): (pick, {candidate: ms})} and the profiles
+    {path or None: {kernel: µs}} (None: the default path's, first)."""
+    lines, picks, profiles = {}, {}, {}
+    profile, header = None, None
+    for line in text.splitlines():
+        m = STEP.match(line) or BRACKET.match(line)
+        if m:
+            lines.setdefault(m.group(1), float(m.group(2)))
+        m = PICK.match(line)
+        if m:
+            gemm, shape, pool, pick, cands = m.groups()
+            times = {}
+            for c in cands.split(", "):
+                name, _, t = c.rpartition(" ")
+                times[name] = float(t)
+            picks[(gemm, shape, pool is not None)] = (pick, times)
+        if re.match(r"^\((\w+) convs\)$", line):
+            header = line[1:].split()[0]
+            continue
+        if line.startswith("train step profile:"):
+            profile = profiles.setdefault(header, {})
+            header = None
+            continue
+        m = PROFILE_ROW.match(line)
+        if m and profile is not None:
+            profile[m.group(1)] = float(m.group(3))
+            continue
+        if not line.startswith("  "):
+            profile = None
+    return lines, picks, profiles
+
+
+def launches(gemm, shape, pooled):
+    """The GEMM's launches per step (bias-training steps for layer 0's input gradient)."""
+    n = 0
+    for h, w, cin, cout, pool in LAYERS:
+        if f"{h}x{w}x{cin}->{cout}" != shape:
+            continue
+        if gemm == "fwd" and pool != pooled:
+            continue
+        n += 1
+    return n
+
+
+def family_saving(picks, member):
+    """Σ launches × (best candidate − best candidate not `member`(name)) over the GEMMs where
+    the family has a candidate, in ms; None if it has none."""
+    total, seen = 0.0, False
+    for (gemm, shape, pooled), (_, times) in picks.items():
+        inside = {c: t for c, t in times.items() if member(gemm, c)}
+        outside = [t for c, t in times.items() if not member(gemm, c)]
+        if not inside or not outside:
+            continue
+        seen = True
+        total += launches(gemm, shape, pooled) * (min(times.values()) - min(outside))
+    return total if seen else None
+
+
+def measured(new, base):
+    """{lever: (ms, how)} for every lever whose lines the logs hold."""
+    lines, picks, profiles = new
+    out = {}
+    step = "train step, graph, mixed convs"
+    for key, name in [("pdl", step), ("pdl_frozen", step + ", bias frozen")]:
+        if name in lines and name + ", no PDL" in lines:
+            ms = (lines[name] - lines[name + ", no PDL"]) / 1000
+            out[key] = (ms, f'"{name}" − "…, no PDL"')
+    mixed = profiles.get("mixed")
+    if base is not None:
+        b_lines, b_picks, b_profiles = base
+        b_mixed = b_profiles.get("mixed")
+        if mixed and b_mixed:
+            ks = ["pre_bwd_dx_f16", "act_f16"]
+            if all(k in mixed and k in b_mixed for k in ks):
+                out["gelu"] = (sum(mixed[k] - b_mixed[k] for k in ks) / 1000, "mixed profile, new − base: " + " + ".join(ks))
+            k = "wgrad_reduce_f32"
+            if k in mixed and k in b_mixed:
+                out["reduce"] = ((mixed[k] - b_mixed[k]) / 1000, f"mixed profile, new − base: {k}")
+        old_dgrad = b_picks.get(("dgrad", "31x31x24->64", False))
+        old_wgrad = b_picks.get(("wgrad", "31x31x24->64", False))
+        if "conv3x3_shift_grad [0]" in lines and old_dgrad and old_wgrad:
+            # the autotune times an input gradient as the whole op, its weight gradient included
+            old = old_dgrad[1][old_dgrad[0]] - old_wgrad[1][old_wgrad[0]]
+            out["shift"] = (
+                lines["conv3x3_shift_grad [0]"] / 1000 - old,
+                f'"conv3x3_shift_grad [0]" − base\'s picked layer-0 input gradient ({old:.3f} ms: dgrad − wgrad pick)',
+            )
+    fams = {
+        "wgmma2": lambda g, c: c.split("+")[0] == "wgmma2",
+        "wgmmap": lambda g, c: c.split("+")[0] == "wgmmap",
+        "dpass": lambda g, c: g == "dgrad" and c.endswith("+pass"),
+    }
+    for key, member in fams.items():
+        s = family_saving(picks, member)
+        if s is not None:
+            out[key] = (s, "mixed autotune: best − best without it, × launches per step")
+    diffs = []
+    for layer, (h, w, cin, cout, pool) in enumerate(LAYERS):
+        pick = picks.get(("fwd", f"{h}x{w}x{cin}->{cout}", pool))
+        if not pick:
+            continue
+        path = pick[0].split("+")[0]
+        plain, reg = f"conv3x3 fwd {path} [{layer}]", f"conv3x3 fwd register epilogue {path} [{layer}]"
+        if plain in lines and reg in lines:
+            diffs.append((lines[plain] - lines[reg]) / 1000)
+    if diffs:
+        out["loop_epilogue"] = (sum(diffs), f'Σ "conv3x3 fwd P [l]" − "…register epilogue P [l]" over {len(diffs)} layers')
+    return out
+
+
+def verdict(ms, low, high):
+    if ms <= high:
+        return "hit" if ms >= low else "beyond the range"
+    return "less than predicted" if ms < 0 else "no gain"
+
+
+def report(new_text, base_text=None):
+    new = read(new_text)
+    base = read(base_text) if base_text is not None else None
+    got = measured(new, base)
+    out = [f"{'lever':74} {'session':7} {'predicted ms':>14} {'measured':>9}  verdict"]
+    for key, (name, session, low, high) in PREDICTED.items():
+        rng = f"{low:+.2f}..{high:+.2f}"
+        if key in got:
+            ms, how = got[key]
+            out.append(f"{name:74} {session:7} {rng:>14} {ms:+9.3f}  {verdict(ms, low, high)}")
+            out.append(f"{'':74}   from {how}")
+        else:
+            why = "needs the base log" if base is None and key in ("gelu", "reduce", "shift") else "lines missing"
+            out.append(f"{name:74} {session:7} {rng:>14} {'-':>9}  ({why})")
+    lines = new[0]
+    step = "train step, graph, mixed convs"
+    if base is not None and step in lines and step in base[0]:
+        out.append(f"whole step on mixed, new − base: {(lines[step] - base[0][step]) / 1000:+.3f} ms "
+                   f"({base[0][step]:.1f} → {lines[step]:.1f} µs)")
+    return "\n".join(out)
+
+
+def main(argv):
+    if len(argv) not in (2, 3):
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    texts = []
+    for path in argv[1:]:
+        try:
+            with open(path) as f:
+                texts.append(f.read())
+        except OSError as e:
+            print(f"levers.py: {e}", file=sys.stderr)
+            return 1
+    if not read(texts[0])[0]:
+        print(f"levers.py: no bench lines in {argv[1]}", file=sys.stderr)
+        return 1
+    print(report(*texts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
