@@ -63,7 +63,7 @@ log="$OUT/$(date -u +%Y%m%d-%H%M%S)-$what.log"
 {
   echo "# command: bench/gpu-session.sh $*"
   echo "# date: $(date -u)"
-  echo "# env: SPEEDRUN_CONV=${SPEEDRUN_CONV-} SPEEDRUN_EPILOGUE_SUMS=${SPEEDRUN_EPILOGUE_SUMS-} SPEEDRUN_PDL=${SPEEDRUN_PDL-} (unset: the defaults); binary $BIN"
+  echo "# env: SPEEDRUN_CONV=${SPEEDRUN_CONV-} SPEEDRUN_EPILOGUE_SUMS=${SPEEDRUN_EPILOGUE_SUMS-} SPEEDRUN_PDL=${SPEEDRUN_PDL-} SPEEDRUN_OVERLAP=${SPEEDRUN_OVERLAP-} (unset: the defaults); binary $BIN"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || echo "# nvidia-smi unavailable"
   # what else loads the machine (airbench launches from Python, so a busy CPU slows it; its
   # 2026-11-27 timings ran 1.5x slower than the day before with nothing here to say why)
@@ -73,12 +73,13 @@ log="$OUT/$(date -u +%Y%m%d-%H%M%S)-$what.log"
 } > "$log"
 case "$what" in
   selftest) $BIN selftest 2>&1 | tee -a "$log"
-            # a failure with programmatic dependent launch (the default on sm_90 since the
-            # seventeenth session): once more without it, which tells a kernel touching memory
-            # before its griddepcontrol.wait from a kernel that is wrong either way
-            if [ "${PIPESTATUS[0]}" != 0 ] && [ -z "${SPEEDRUN_PDL-}" ] && grep -q "programmatic dependent launch," "$log"; then
-              echo "# selftest failed: again with SPEEDRUN_PDL=0" | tee -a "$log"
-              SPEEDRUN_PDL=0 $BIN selftest 2>&1 | tee -a "$log"
+            # a failure with programmatic dependent launch or the weight gradients on a second
+            # stream (the defaults since the seventeenth session): once more without both, which
+            # tells a missing wait or event (then train with both off) from a kernel that is
+            # wrong either way
+            if [ "${PIPESTATUS[0]}" != 0 ] && [ -z "${SPEEDRUN_PDL-}${SPEEDRUN_OVERLAP-}" ]; then
+              echo "# selftest failed: again with SPEEDRUN_PDL=0 SPEEDRUN_OVERLAP=0" | tee -a "$log"
+              SPEEDRUN_PDL=0 SPEEDRUN_OVERLAP=0 $BIN selftest 2>&1 | tee -a "$log"
             fi ;;
   bench) $BIN bench 2>&1 | tee -a "$log"
          status=${PIPESTATUS[0]}

@@ -30,6 +30,8 @@ LAYERS = [(31, 31, 24, 64, True), (15, 15, 64, 64, False), (15, 15, 64, 256, Tru
 PREDICTED = {
     "pdl": ("programmatic dependent launch", "17th", -0.25, -0.05),
     "pdl_frozen": ("programmatic dependent launch, bias frozen", "17th", -0.25, -0.05),
+    "overlap": ("weight gradients on a second stream", "17th", -0.4, -0.1),
+    "overlap_frozen": ("weight gradients on a second stream, bias frozen", "17th", -0.4, -0.1),
     "gelu": ("GELU/GELU' without erff/expf (pre_bwd_dx_f16 + act_f16)", "15th", -0.35, -0.2),
     "reduce": ("split-K slice sums by warps (wgrad_reduce_f32)", "16th", -0.05, -0.02),
     "shift": ("whitening bias gradient without layer 0's input gradient, per bias step", "15th", -0.4, -0.25),
@@ -110,10 +112,10 @@ def measured(new, base):
     lines, picks, profiles = new
     out = {}
     step = "train step, graph, mixed convs"
-    for key, name in [("pdl", step), ("pdl_frozen", step + ", bias frozen")]:
-        if name in lines and name + ", no PDL" in lines:
-            ms = (lines[name] - lines[name + ", no PDL"]) / 1000
-            out[key] = (ms, f'"{name}" − "…, no PDL"')
+    for key, off in [("pdl", "no PDL"), ("overlap", "no overlap")]:
+        for k, name in [(key, step), (key + "_frozen", step + ", bias frozen")]:
+            if name in lines and f"{name}, {off}" in lines:
+                out[k] = ((lines[name] - lines[f"{name}, {off}"]) / 1000, f'"{name}" − "…, {off}"')
     mixed = profiles.get("mixed")
     if base is not None:
         b_lines, b_picks, b_profiles = base

@@ -37,6 +37,7 @@ NEW = "\n".join([
     step("train step, graph, mixed convs, bias frozen", 4700.0),
     step("train step, graph, mixed convs, no PDL", 5150.0),
     step("train step, graph, mixed convs, bias frozen, no PDL", 4720.0),
+    step("train step, graph, mixed convs, no overlap", 5300.0),
     "",
 ])
 
@@ -75,6 +76,8 @@ class Levers(unittest.TestCase):
         got = levers.measured(levers.read(NEW), levers.read(BASE))
         self.assertAlmostEqual(got["pdl"][0], -0.150)
         self.assertAlmostEqual(got["pdl_frozen"][0], -0.020)
+        self.assertAlmostEqual(got["overlap"][0], -0.300)
+        self.assertNotIn("overlap_frozen", got)  # its "no overlap" line is missing
         self.assertAlmostEqual(got["gelu"][0], (300 + 200 - 489 - 284) / 1000)
         self.assertAlmostEqual(got["reduce"][0], -0.036)
         self.assertAlmostEqual(got["shift"][0], 0.300 - (0.862 - 0.234))

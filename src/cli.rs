@@ -77,6 +77,8 @@ environment
   SPEEDRUN_EPILOGUE_SUMS  0: the mma convs' BatchNorm sums as separate reductions (default 1)
   SPEEDRUN_PDL            0: kernels launched one after another, without programmatic dependent
                           launch (default 1 on sm_90+ with a CUDA 12.3+ driver)
+  SPEEDRUN_OVERLAP        0: a recorded step's weight gradients on the main stream instead of a
+                          second one beside the input-gradient chain (default 1)
   SPEEDRUN_SELFTEST_TIMES 1: `selftest` prints each check's time
   SPEEDRUN_SELFTEST_BATCH N: `selftest` checks at batch N (a multiple of 8; default 64)
   SPEEDRUN_SELFTEST_ONLY  a,b: `selftest` runs only the checks whose name contains a or b (PARTIAL)

@@ -1890,15 +1890,21 @@ fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, lines: &mut Lines) -> Resu
         let (h, w, cin, cout, _) = LAYERS[0];
         let frozen = flops - 2.0 * (n * h * w * cout * 9 * cin) as f64;
         frozen_step(gpu, lines, &mut state, n, frozen, "train step, graph, mixed convs, bias frozen")?;
-        // both again launched one after another, where programmatic dependent launch is on: the
-        // launch latency between kernels that it hides
-        if gpu.pdl {
-            gpu.pdl = false;
-            let name = "train step, graph, mixed convs, no PDL";
-            let r = gpu.with_conv_path(ConvPath::Mixed, |g| step_variant(g, lines, &mut state, n, flops, name));
-            let name = "train step, graph, mixed convs, bias frozen, no PDL";
-            let r = r.and_then(|_| frozen_step(gpu, lines, &mut state, n, frozen, name));
-            gpu.pdl = true;
+        // both again with one switch off where it is on: the weight gradients on the main stream
+        // (what overlapping them with the input-gradient chain hides), then every kernel launched
+        // plainly (what programmatic dependent launch hides)
+        type Switch = fn(&mut Gpu) -> &mut bool;
+        let switches: [(&str, Switch); 2] = [("no overlap", |g| &mut g.overlap), ("no PDL", |g| &mut g.pdl)];
+        for (off, switch) in switches {
+            if !*switch(gpu) {
+                continue;
+            }
+            *switch(gpu) = false;
+            let name = format!("train step, graph, mixed convs, {off}");
+            let r = gpu.with_conv_path(ConvPath::Mixed, |g| step_variant(g, lines, &mut state, n, flops, &name));
+            let name = format!("train step, graph, mixed convs, bias frozen, {off}");
+            let r = r.and_then(|_| frozen_step(gpu, lines, &mut state, n, frozen, &name));
+            *switch(gpu) = true;
             r?;
         }
     }

@@ -44,6 +44,9 @@ export LD_PRELOAD="$lib"
 "$root/target/emu-driver/selfcheck" "$lib" basic 2>/dev/null
 "$root/target/emu-driver/selfcheck" "$lib" uaf 2>/dev/null
 "$root/target/emu-driver/selfcheck" "$lib" pdl 2>/dev/null
+"$root/target/emu-driver/selfcheck" "$lib" streams 2>/dev/null
+EMU_STREAM_ORDER=side-late "$root/target/emu-driver/selfcheck" "$lib" side-late 2>/dev/null
+EMU_STREAM_ORDER=main-late "$root/target/emu-driver/selfcheck" "$lib" main-late 2>/dev/null
 EMU_REDZONE=1 "$root/target/emu-driver/selfcheck" "$lib" redzone 2>/dev/null
 export LD_LIBRARY_PATH="$root/target/emu-driver${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export CARGO_TARGET_DIR="$root/target/emu" REQUIRE_CUDA_KERNELS=1
@@ -65,6 +68,17 @@ echo "== tiny runs: recorded as CUDA graphs = op by op, and the warm-up's conv a
 t0=$SECONDS
 cargo test --release "${flags[@]}" --bin speedrun recipe_tests::gpu_ -- --nocapture --test-threads 1
 lap "recorded vs op-by-op run, autotune"
+
+# the recorded step's weight gradients run on a second stream (Gpu::overlap): the same two
+# checks with the streams' work reordered as the GPU could (README.md, "Stream order"), where a
+# missing fork or join changes the numbers
+echo "== the overlapped weight gradients with the streams reordered (EMU_STREAM_ORDER)"
+t0=$SECONDS
+for order in side-late main-late; do
+    EMU_STREAM_ORDER=$order cargo test --release "${flags[@]}" --lib -- --test-threads 1 gpu::tests::overlapped
+    EMU_STREAM_ORDER=$order cargo test --release "${flags[@]}" --bin speedrun recipe_tests::gpu_recorded_run_equals_op_by_op_run -- --test-threads 1
+done
+lap "stream orders"
 
 [[ "${1:-}" == "--quick" ]] && { echo "== emulated GPU (quick) green in $((SECONDS - start)) s"; exit 0; }
 

@@ -3,6 +3,10 @@
 //   basic     lookups, a launch, capture/replay, capture errors, events
 //   uaf       a graph replayed after one of its buffers was freed -> CUDA_ERROR_ILLEGAL_ADDRESS
 //   redzone   (EMU_REDZONE=1) a launch writing past its buffer -> CUDA_ERROR_ILLEGAL_ADDRESS
+//   streams   a fork/join capture (a second stream joins it through an event) and its replay; a
+//             fork never joined back -> CUDA_ERROR_STREAM_CAPTURE_UNJOINED
+//   side-late (EMU_STREAM_ORDER=side-late) a second stream's work runs only when waited for
+//   main-late (EMU_STREAM_ORDER=main-late) the first stream's work runs only when waited for
 //   pdl       cuLaunchKernelEx with programmatic stream serialization, direct and captured; a kernel
 //             whose threads do not all pass pdl_entry() (EMU_PDL_SKIP) -> CUDA_ERROR_LAUNCH_FAILED
 #include <dlfcn.h>
@@ -56,6 +60,8 @@ int main(int argc, char** argv) {
     auto cuEventCreate = sym<R (*)(void**, unsigned)>("cuEventCreate");
     auto cuEventRecord = sym<R (*)(void*, void*)>("cuEventRecord");
     auto cuEventElapsedTime = sym<R (*)(float*, void*, void*)>("cuEventElapsedTime");
+    auto cuStreamWaitEvent = sym<R (*)(void*, void*, unsigned)>("cuStreamWaitEvent");
+    auto cuStreamSynchronize = sym<R (*)(void*)>("cuStreamSynchronize");
     auto cuGetErrorName = sym<R (*)(R, const char**)>("cuGetErrorName");
     // CUlaunchAttribute (id, padding, a 64-byte value) and CUlaunchConfig, as cuda.h lays them out
     struct Attr {
@@ -164,6 +170,62 @@ int main(int argc, char** argv) {
         void* args[] = {&b, &a, &too_long, &wgt};
         expect(cuLaunchKernel(axpy, 5, 1, 1, 256, 1, 1, 0, st, args, nullptr) == 700,
                "a launch writing 32 bytes past its buffer: ILLEGAL_ADDRESS");
+    } else if (!strcmp(mode, "streams") || !strcmp(mode, "side-late") || !strcmp(mode, "main-late")) {
+        printf("emu-driver selfcheck: %s\n", mode);
+        void *side, *fork, *join, *g, *ge;
+        cuStreamCreate(&side, 1);
+        cuEventCreate(&fork, 2);
+        cuEventCreate(&join, 2);
+        P c;
+        cuMemAllocAsync(&c, n * 4, st);
+        std::vector<float> got(n, -1.f), got_c(n, -1.f);
+        void* side_args[] = {&c, &a, &len, &wgt};  // c += weight * a
+        wgt = 1.0f;
+        cuMemsetD8Async(b, 0, n * 4, st);
+        cuMemsetD8Async(c, 0, n * 4, st);
+        cuStreamSynchronize(st);
+        if (!strcmp(mode, "streams")) {
+            // b += a on the first stream; c += a on the second, forked after it and joined back
+            expect(cuBegin(st, 1) == 0, "begin capture");
+            cuLaunchKernel(axpy, 4, 1, 1, 256, 1, 1, 0, st, axpy_args, nullptr);
+            cuEventRecord(fork, st);
+            expect(cuStreamWaitEvent(side, fork, 0) == 0, "a second stream joins the capture");
+            int cap = 0;
+            cuIsCapturing(side, &cap);
+            expect(cap == 1, "... and reports capturing");
+            cuLaunchKernel(axpy, 4, 1, 1, 256, 1, 1, 0, side, side_args, nullptr);
+            cuEventRecord(join, side);
+            cuStreamWaitEvent(st, join, 0);
+            expect(cuEnd(st, &g) == 0 && g, "end capture after the join");
+            cuIsCapturing(side, &cap);
+            expect(cap == 0, "the second stream left the capture");
+            cuInstantiate(&ge, g, 0);
+            expect(cuGraphLaunch(ge, st) == 0 && cuGraphLaunch(ge, st) == 0, "two replays");
+            cuMemcpyDtoHAsync(got.data(), b, n * 4, st);
+            cuMemcpyDtoHAsync(got_c.data(), c, n * 4, st);
+            expect(got[5] == 2 * h[5] && got_c[5] == 2 * h[5], "both branches ran twice");
+            cuBegin(st, 1);
+            cuEventRecord(fork, st);
+            cuStreamWaitEvent(side, fork, 0);
+            cuLaunchKernel(axpy, 4, 1, 1, 256, 1, 1, 0, side, side_args, nullptr);
+            expect(cuEnd(st, &g) == 904, "a fork not joined back: STREAM_CAPTURE_UNJOINED");
+            cuIsCapturing(side, &cap);
+            expect(cap == 0, "... and the second stream left the capture");
+        } else {
+            // side-late: a launch on the second stream runs only once the first one needs it;
+            // main-late: a launch on the first stream only once the second one does
+            const bool side_late = !strcmp(mode, "side-late");
+            void* late = side_late ? side : st;
+            void* other = side_late ? st : side;
+            P buf = side_late ? c : b;
+            cuLaunchKernel(axpy, 4, 1, 1, 256, 1, 1, 0, late, side_late ? side_args : axpy_args, nullptr);
+            cuMemcpyDtoHAsync(got.data(), buf, n * 4, other);
+            expect(got[5] == 0.f, "a launch on the late stream has not run for the other stream's copy");
+            cuEventRecord(join, late);
+            cuStreamWaitEvent(other, join, 0);
+            cuMemcpyDtoHAsync(got.data(), buf, n * 4, other);
+            expect(got[5] == h[5], "it has once the other stream waits for it");
+        }
     } else if (!strcmp(mode, "pdl")) {
         printf("emu-driver selfcheck: programmatic dependent launch\n");
         std::vector<float> got(n, -1.f);

@@ -108,6 +108,15 @@ pub struct OpState {
     ws: Option<CudaSlice<f32>>,
     /// a = GELU(pre(x)) in fp16 for the conv being computed (grow-only).
     act: Option<CudaSlice<f32>>,
+    /// The weight gradients' split-K slices when they run on the side stream ([`Gpu::overlap`]):
+    /// apart from `ws`, which the input gradient uses meanwhile (grow-only).
+    side_ws: Option<CudaSlice<f32>>,
+    /// Launches go to the side stream (while a weight gradient is issued there).
+    on_side: bool,
+    /// Work is on the side stream that the main stream has not waited for yet.
+    side_pending: bool,
+    /// The fork (main → side) and join (side → main) events, made at first use.
+    fork_join: Option<(CudaEvent, CudaEvent)>,
     tmp: Vec<CudaSlice<f32>>,
     /// A graph is being recorded: no allocation allowed.
     recording: bool,
@@ -272,25 +281,41 @@ struct PrePtrs {
 /// `stream`; the old allocation is freed, or kept in `retired` once a graph may refer to it
 /// (see [`OpState`]). SAFETY of the uninitialised allocation: every scratch user (workspace
 /// reductions, split-K partials, Muon's matrices, `act_f16`) writes the values it reads first.
+/// The grow-only scratch buffers of [`OpState`].
+#[derive(Clone, Copy)]
+enum Scratch {
+    Ws,
+    Act,
+    SideWs,
+}
+
 fn grow(
     stream: &std::sync::Arc<CudaStream>,
     ops: &mut OpState,
-    act: bool,
+    which: Scratch,
     n: usize,
     what: &dyn Fn() -> String,
 ) -> Result<()> {
-    let slot = if act { &mut ops.act } else { &mut ops.ws };
-    if slot.as_ref().is_some_and(|w| w.len() >= n) {
+    if scratch(ops, which).as_ref().is_some_and(|w| w.len() >= n) {
         return Ok(());
     }
     check(!ops.recording, || format!("{} during a CUDA graph recording: run the step once unrecorded first", what()))?;
-    match slot.take() {
-        Some(old) if std::rc::Rc::strong_count(&ops.graphs) > 1 => ops.retired.push(old),
-        _ => {} // freed here, before the new one is allocated: it may need the room
+    if let Some(old) = scratch(ops, which).take() {
+        if std::rc::Rc::strong_count(&ops.graphs) > 1 {
+            ops.retired.push(old);
+        } // else freed here, before the new one is allocated: it may need the room
     }
     let w = unsafe { stream.alloc::<f32>(n.max(1 << 16)) }.map_err(|e| Gpu::err(&what(), e))?;
-    *if act { &mut ops.act } else { &mut ops.ws } = Some(w);
+    *scratch(ops, which) = Some(w);
     Ok(())
+}
+
+fn scratch(ops: &mut OpState, which: Scratch) -> &mut Option<CudaSlice<f32>> {
+    match which {
+        Scratch::Ws => &mut ops.ws,
+        Scratch::Act => &mut ops.act,
+        Scratch::SideWs => &mut ops.side_ws,
+    }
 }
 
 fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
@@ -567,8 +592,12 @@ impl Gpu {
     ) -> std::result::Result<(), DriverError> {
         self.ctx.bind_to_thread()?;
         let (g, b) = (cfg.grid_dim, cfg.block_dim);
+        let stream = match (&self.side, self.ops.on_side) {
+            (Some(side), true) => side.cu_stream(),
+            _ => self.stream.cu_stream(),
+        };
         if !self.pdl {
-            return result::launch_kernel(f.cu_function(), g, b, cfg.shared_mem_bytes, self.stream.cu_stream(), params);
+            return result::launch_kernel(f.cu_function(), g, b, cfg.shared_mem_bytes, stream, params);
         }
         // SAFETY: an all-zero attribute is a valid value of the plain-data union
         let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
@@ -582,7 +611,7 @@ impl Gpu {
             blockDimY: b.1,
             blockDimZ: b.2,
             sharedMemBytes: cfg.shared_mem_bytes,
-            hStream: self.stream.cu_stream(),
+            hStream: stream,
             attrs: &mut attr,
             numAttrs: 1,
         };
@@ -643,10 +672,20 @@ impl Gpu {
 
     /// The shared workspace with room for at least `n` f32 values.
     fn workspace(&mut self, n: usize) -> Result<Arg> {
-        grow(&self.stream, &mut self.ops, false, n, &|| format!("allocating a {n}-float workspace"))?;
-        let mut w = self.ops.ws.take().expect("allocated above");
+        self.scratch_ptr(Scratch::Ws, n, &|| format!("allocating a {n}-float workspace"))
+    }
+
+    /// The side stream's workspace for the weight gradients' slices ([`Gpu::overlap`]).
+    fn side_workspace(&mut self, n: usize) -> Result<Arg> {
+        self.scratch_ptr(Scratch::SideWs, n, &|| format!("allocating a {n}-float workspace for the side stream"))
+    }
+
+    /// A scratch buffer of at least `n` floats (grown, outside recordings), as a pointer.
+    fn scratch_ptr(&mut self, which: Scratch, n: usize, what: &dyn Fn() -> String) -> Result<Arg> {
+        grow(&self.stream, &mut self.ops, which, n, what)?;
+        let mut w = scratch(&mut self.ops, which).take().expect("allocated above");
         let p = self.ptr_mut(&mut w);
-        self.ops.ws = Some(w);
+        *scratch(&mut self.ops, which) = Some(w);
         Ok(p)
     }
 
@@ -659,12 +698,9 @@ impl Gpu {
             Some(p) => p,
             None => {
                 let slots = len.div_ceil(2);
-                let what = || format!("allocating the activation scratch ({len} fp16 values)");
-                grow(&self.stream, &mut self.ops, true, slots, &what)?;
-                let mut a = self.ops.act.take().expect("allocated above");
-                let ap = self.ptr_mut(&mut a);
-                self.ops.act = Some(a);
-                ap
+                self.scratch_ptr(Scratch::Act, slots, &|| {
+                    format!("allocating the activation scratch ({len} fp16 values)")
+                })?
             }
         };
         self.act_pass("act_f16", xp, xs, pp, ap)?;
@@ -1066,7 +1102,64 @@ impl Gpu {
 
     /// Start of an op: the previous op's temporaries are freed (stream-ordered), and so is the
     /// retired scratch once no graph that may use it is left.
-    fn begin(&mut self) {
+    /// The start of an op: work left on the side stream joined back first ([`Gpu::overlap`]),
+    /// then [`Self::begin_chain`].
+    fn begin(&mut self) -> Result<()> {
+        self.join_side()?;
+        self.begin_chain();
+        Ok(())
+    }
+
+    /// Test helpers: every byte of `b` set to `byte` on the main stream (0xFF: NaN), and the
+    /// side stream's workspace size in floats.
+    #[cfg(test)]
+    pub(super) fn fill_bytes(&mut self, b: &mut GBuf, byte: u8) -> Result<()> {
+        let p = self.ptr_mut(&mut b.mem);
+        let bytes = b.mem.len() * std::mem::size_of::<f32>();
+        // SAFETY: the whole allocation of a live buffer, on the stream that owns it
+        unsafe { sys::cuMemsetD8Async(p, byte, bytes, self.stream.cu_stream()) }
+            .result()
+            .map_err(|e| Gpu::err("poisoning a buffer", e))
+    }
+    #[cfg(test)]
+    pub(super) fn side_workspace_floats(&self) -> usize {
+        self.ops.side_ws.as_ref().map_or(0, |w| w.len())
+    }
+
+    /// The fork and join events of [`Gpu::overlap`], made before any recording (Gpu::open).
+    pub(super) fn prepare_overlap(&mut self) -> Result<()> {
+        let ev = |g: &Gpu| g.ctx.new_event(None).map_err(|e| Gpu::err("creating a CUDA event", e));
+        self.ops.fork_join = Some((ev(self)?, ev(self)?));
+        Ok(())
+    }
+
+    /// Main → side: the side stream's next launches wait for all work issued on the main stream.
+    fn fork(&mut self) -> Result<()> {
+        let (Some(side), Some((fork, _))) = (&self.side, &self.ops.fork_join) else {
+            return Err(Error::Gpu("overlapping the weight gradients without a second stream".into()));
+        };
+        fork.record(&self.stream).map_err(|e| Gpu::err("recording the fork event", e))?;
+        side.wait(fork).map_err(|e| Gpu::err("the second stream waiting for the main one", e))
+    }
+
+    /// Side → main, if the side stream has work the main stream has not waited for.
+    fn join_side(&mut self) -> Result<()> {
+        if !self.ops.side_pending {
+            return Ok(());
+        }
+        self.ops.side_pending = false;
+        let (Some(side), Some((_, join))) = (&self.side, &self.ops.fork_join) else {
+            return Err(Error::Gpu("work on a second stream that does not exist".into()));
+        };
+        join.record(side).map_err(|e| Gpu::err("recording the join event", e))?;
+        self.stream.wait(join).map_err(|e| Gpu::err("the main stream waiting for the second one", e))
+    }
+
+    /// The start of an op of the backward chain (the input gradients and BatchNorm/GELU
+    /// backward passes, which the side stream's weight gradients may overlap): the last op's
+    /// temporaries are freed.
+    fn begin_chain(&mut self) {
+        self.ops.on_side = false;
         self.ops.tmp.clear();
         if !self.ops.retired.is_empty() && std::rc::Rc::strong_count(&self.ops.graphs) == 1 {
             self.ops.retired.clear();
@@ -1285,18 +1378,20 @@ impl Record for Gpu {
     type Graph = GpuGraph;
 
     fn record(&mut self, body: &mut dyn FnMut(&mut Self) -> Result<()>) -> Result<Option<GpuGraph>> {
-        self.begin(); // free the last op's temporaries outside the recording
+        self.begin()?; // free the last op's temporaries outside the recording
         let (ctx, stream) = (self.ctx.clone(), self.stream.clone());
         // counted as live from here: a scratch buffer must not be freed under a half-made graph
         let live = self.ops.graphs.clone();
         self.ops.recording = true;
-        let g = super::capture(&ctx, &stream, |_| body(self));
+        // the side stream joined back before the capture ends (it must be: a fork left open
+        // invalidates the capture)
+        let g = super::capture(&ctx, &stream, |_| body(self).and_then(|_| self.join_side()));
         self.ops.recording = false;
         Ok(Some(GpuGraph { graph: g?, _live: live }))
     }
 
     fn replay(&mut self, graph: &GpuGraph) -> Result<()> {
-        self.begin();
+        self.begin()?;
         graph.graph.launch().map_err(|e| Gpu::err("replaying a recorded training step (CUDA graph)", e))
     }
 }
@@ -1348,7 +1443,8 @@ impl Backend for Gpu {
             (None, true) => ", programmatic dependent launch".into(),
             (None, false) => String::new(),
         };
-        format!("GPU {} ({img}, {convs} convs{sums}{pdl}, fp16 activations, fp32 accumulation)", self.info)
+        let overlap = if self.overlap { ", weight gradients on a second stream" } else { "" };
+        format!("GPU {} ({img}, {convs} convs{sums}{pdl}{overlap}, fp16 activations, fp32 accumulation)", self.info)
     }
 
     fn zeros(&mut self, n: usize) -> Result<GBuf> {
@@ -1429,7 +1525,7 @@ impl Backend for Gpu {
     }
 
     fn next_step(&mut self, plan: &GWords, step: &mut GWords) -> Result<()> {
-        self.begin();
+        self.begin()?;
         check(plan.len % STEP_WORDS == 0, || {
             format!("next_step: a plan of {} words is not rows of {STEP_WORDS}", plan.len)
         })?;
@@ -1439,7 +1535,7 @@ impl Backend for Gpu {
     }
 
     fn patch_cov(&mut self, images: &GBytes, n: usize, norm: Norm) -> Result<Vec<f64>> {
-        self.begin();
+        self.begin()?;
         check(n > 0 && images.len >= n * 3072, || {
             format!(
                 "patch_cov: {n} images asked for, the tensor holds {} bytes ({} images)",
@@ -1484,7 +1580,7 @@ impl Backend for Gpu {
         res: usize,
         out: &mut GBuf,
     ) -> Result<()> {
-        self.begin();
+        self.begin()?;
         check((2..=32).contains(&res), || format!("stem: resolution {res} outside 2..=32"))?;
         check_len(images.len, total * 3072, &format!("stem: images ({total}×32×32×3)"))?;
         check_len(step.len, STEP_LEN, "stem: the step record")?;
@@ -1530,7 +1626,7 @@ impl Backend for Gpu {
         mut keep: Option<&mut GBuf>,
         mut stats: Option<BnStats<'_, Self>>,
     ) -> Result<()> {
-        self.begin();
+        self.begin()?;
         let key = GemmKey { gemm: Gemm::Fwd, xs, cout, pool, sums: stats.is_some() };
         if self.must_tune(&key) {
             // each call updates the running statistics once: put them back afterwards
@@ -1552,7 +1648,7 @@ impl Backend for Gpu {
                 self.write(s.running_mean, &m)?;
                 self.write(s.running_var, &v)?;
             }
-            self.begin();
+            self.begin()?;
         }
         let cin = xs.c;
         check_channels("conv3x3", cin, cout)?;
@@ -1650,14 +1746,14 @@ impl Backend for Gpu {
         running_var: &mut GBuf,
         bn: &mut GBuf,
     ) -> Result<()> {
-        self.begin();
+        self.begin()?;
         let yp = self.in_f16(y, ys.len(), &format!("bn_stats: y {ys:?}"))?;
         let out = self.bn_outputs("", ys, running_mean, running_var, bn)?;
         self.bn_from_y(yp, ys, eps, momentum, out)
     }
 
     fn bn_eval(&mut self, running_mean: &GBuf, running_var: &GBuf, eps: f32, bn: &mut GBuf) -> Result<()> {
-        self.begin();
+        self.begin()?;
         let c = running_mean.len;
         let rm = self.in_f32(running_mean, c, "bn_eval: running mean")?;
         let rv = self.in_f32(running_var, c, "bn_eval: running var")?;
@@ -1680,7 +1776,7 @@ impl Backend for Gpu {
         argmax: &mut GBytes,
         logits: &mut GBuf,
     ) -> Result<()> {
-        self.begin();
+        self.begin()?;
         let (n, c, hw) = (xs.n, xs.c, xs.h * xs.w);
         check((1..=256).contains(&hw), || format!("head: argmax is a byte, so 1..=256 positions, got {xs:?}"))?;
         check(c <= 1024, || format!("head: at most 1024 channels, got {c}"))?;
@@ -1724,7 +1820,7 @@ impl Backend for Gpu {
         dlogits: &mut GBuf,
         acc: &mut GBuf,
     ) -> Result<()> {
-        self.begin();
+        self.begin()?;
         check(classes >= 1, || "xent: no classes".into())?;
         check_len(step.len, STEP_LEN, "xent: the step record")?;
         let lp = self.in_f32(logits, n * classes, "xent: logits")?;
@@ -1754,7 +1850,7 @@ impl Backend for Gpu {
     }
 
     fn axpy(&mut self, acc: &mut GBuf, x: &GBuf, weight: f32) -> Result<()> {
-        self.begin();
+        self.begin()?;
         let n = acc.len;
         let xp = self.in_f32(x, n, "axpy: x")?;
         let ap = self.inout_f32(acc, n, "axpy: acc")?;
@@ -1776,7 +1872,7 @@ impl Backend for Gpu {
         dw: &mut GBuf,
         da: &mut GBuf,
     ) -> Result<()> {
-        self.begin();
+        self.begin()?;
         let (n, c, hw) = (xs.n, xs.c, xs.h * xs.w);
         check(classes <= HEAD_MAX_CLASSES, || format!("head_bwd: {classes} classes; at most {HEAD_MAX_CLASSES}"))?;
         let dl = self.in_f32(dlogits, n * classes, "head_bwd: dlogits")?;
@@ -1813,7 +1909,7 @@ impl Backend for Gpu {
         dx: Option<&mut GBuf>,
         unpool: Option<Unpool<'_, Self>>,
     ) -> Result<()> {
-        self.begin();
+        self.begin_chain();
         let c = xs.c;
         check(c % 8 == 0, || format!("pre_bwd: {c} channels; a multiple of 8 is required (16-byte fp16 chunks)"))?;
         // unpooled: dx at the pool input's shape, routed through the pool's picks
@@ -1873,21 +1969,21 @@ impl Backend for Gpu {
         mut da_sums: Option<&mut GBuf>,
         kept: Option<&GBuf>,
     ) -> Result<()> {
-        self.begin();
+        self.begin_chain();
         // ConvPath::Mixed: the weight gradient timed alone (no da), then the input gradient
         // with the weight gradient's pick
         let key = GemmKey { gemm: Gemm::Dgrad, xs, cout, pool, sums: da_sums.is_some() };
         let wkey = GemmKey { gemm: Gemm::Wgrad, sums: false, ..key };
         if self.must_tune(&wkey) {
             self.tune_gemm(wkey, &mut |g| g.conv3x3_bwd(x, xs, pre, w, cout, pool, argmax, dy, dw, None, None, kept))?;
-            self.begin();
+            self.begin()?;
         }
         if da.is_some() && self.must_tune(&key) {
             self.tune_gemm(key, &mut |g| {
                 let (d, s) = (da.as_deref_mut(), da_sums.as_deref_mut());
                 g.conv3x3_bwd(x, xs, pre, w, cout, pool, argmax, dy, dw, d, s, kept)
             })?;
-            self.begin();
+            self.begin()?;
         }
         let cin = xs.c;
         check_channels("conv3x3_bwd", cin, cout)?;
@@ -1956,7 +2052,21 @@ impl Backend for Gpu {
         let dgrad_blocks = dgrad_kernel.launch_rows(dgrad_tiles, self.info.sms.max(1) as u32);
         let dgrad_tiles = dgrad_tiles as usize;
         let epilogue = mma && dap.is_some() && sums.is_some() && self.epilogue_sums && self.fused_stats(&key);
-        let parts = (if slices > 1 { slices * len } else { 0 }).max(if epilogue { dgrad_tiles * 2 * cin } else { 0 });
+        // Gpu::overlap: in a recording, the weight gradient and its slices' sum on the side
+        // stream, the slices in its own workspace (sized here op by op, as recordings must not
+        // allocate). Only with the kept input (nothing the chain rewrites) and an input gradient
+        // to overlap, not where the output gradient is unpooled into the shared workspace.
+        let side_capable = self.overlap
+            && kept.is_some()
+            && dap.is_some()
+            && full == 0
+            && p > 0
+            && self.ops.force.is_none()
+            && !self.mainloop_only;
+        let side = side_capable && self.ops.recording;
+        let side_ws = if side_capable && slices > 1 { self.side_workspace(slices * len)? } else { 0 };
+        let wgrad_parts = if slices > 1 && !side { slices * len } else { 0 };
+        let parts = wgrad_parts.max(if epilogue { dgrad_tiles * 2 * cin } else { 0 });
         let wt = if mma && dap.is_some() { len.div_ceil(2).next_multiple_of(64) } else { 0 };
         let ws = if full + wt + parts > 0 { self.workspace(full + wt + parts)? } else { 0 };
         let (ws_wt, ws_parts) = (ws + 4 * full as u64, ws + 4 * (full + wt) as u64);
@@ -1970,7 +2080,11 @@ impl Backend for Gpu {
         } else {
             dyp
         };
-        let out = if slices == 1 { dwp } else { ws_parts };
+        let out = match (slices, side) {
+            (1, _) => dwp,
+            (_, true) => side_ws,
+            _ => ws_parts,
+        };
         let (xp, pp) = match kept {
             Some(a) => {
                 let what = format!("conv3x3_bwd: kept activation {xs:?}");
@@ -1982,6 +2096,10 @@ impl Backend for Gpu {
         };
         let k_blocks = if per_image { 1 } else { k.div_ceil(k_tile) as u32 };
         let grid = (k_blocks, cout.div_ceil(o_tile) as u32, slices as u32);
+        if side {
+            self.fork()?;
+            self.ops.on_side = true; // until the slices' sum is issued (or the next op begins)
+        }
         if mma {
             // chunk: pixels per slice, or for the image-resident kernel images per slice
             // null out: the kernel skips its epilogue (the bench's main-loop-only lines)
@@ -2011,6 +2129,10 @@ impl Backend for Gpu {
         }
         if slices > 1 {
             self.reduce_slices(out, slices, len, dwp)?;
+        }
+        if side {
+            self.ops.on_side = false;
+            self.ops.side_pending = true;
         }
 
         // Input gradient; with da_sums, pre_bwd's sums too (mma: partials in its epilogue).
@@ -2065,7 +2187,7 @@ impl Backend for Gpu {
         gw: &mut GBuf,
         dshift: &mut GBuf,
     ) -> Result<()> {
-        self.begin();
+        self.begin()?;
         let cin = xs.c;
         check_channels("conv3x3_shift_grad", cin, cout)?;
         let xp = self.in_f16(x, xs.len(), &format!("conv3x3_shift_grad: x {xs:?}"))?;
@@ -2084,7 +2206,7 @@ impl Backend for Gpu {
     }
 
     fn sgd(&mut self, params: &mut [SgdParam<'_, Self>], step: &GWords, momentum: f32) -> Result<()> {
-        self.begin();
+        self.begin()?;
         check_len(step.len, STEP_LEN, "sgd: the step record")?;
         for group in params.chunks_mut(SGD_MAX) {
             let mut a = SgdArgs {
@@ -2124,7 +2246,7 @@ impl Backend for Gpu {
         momentum: f32,
         ns: Ns,
     ) -> Result<()> {
-        self.begin();
+        self.begin()?;
         check_len(step.len, STEP_LEN, "muon: the step record")?;
         check(lr_slot < LRS, || format!("muon: rate slot {lr_slot}, there are {LRS}"))?;
         let sp = self.ptr(&step.mem);

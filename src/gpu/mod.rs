@@ -98,6 +98,18 @@ pub struct Gpu {
     /// completed; the launch latency between the step's kernels is hidden instead of paid. The
     /// results are the same either way.
     pub pdl: bool,
+    /// In a recorded step (CUDA graph), each layer's weight gradient (with its slices' sum)
+    /// runs on a second stream, forked from the main one once the layer's output gradient is
+    /// ready and joined back before the next op that is not part of the backward chain: the
+    /// weight gradients, bound by the tensor cores, overlap the input-gradient chain (the input
+    /// gradients and the BatchNorm/GELU backward passes, bound by latency and bandwidth). They
+    /// need each layer's output gradient and kept input only, which nothing in the chain
+    /// rewrites, and their slices go to a workspace of their own. Op by op (the first step, the
+    /// autotune, the bench's op lines) everything stays on the main stream. [`OVERLAP_ENV`]=0
+    /// turns it off; the results are the same either way.
+    pub overlap: bool,
+    /// The second stream of [`Gpu::overlap`].
+    side: Option<Arc<CudaStream>>,
     /// Why [`Gpu::pdl`] is off though the GPU and driver should have it: its probe at open
     /// failed (the error), so the kernels are launched plainly.
     pub pdl_off: Option<String>,
@@ -200,6 +212,9 @@ fn pdl_after_probe(probe: Result<()>, env: Option<&str>) -> Result<Option<String
         Err(e) => Ok(Some(format!("its probe failed ({e})"))),
     }
 }
+
+/// Set to 0, a recorded step runs every kernel on the one stream; see [`Gpu::overlap`].
+pub const OVERLAP_ENV: &str = "SPEEDRUN_OVERLAP";
 
 /// An environment switch `name` (value `env`, None: unset): 0 or 1, `default` when unset or
 /// empty; anything else is an error.
@@ -524,6 +539,8 @@ impl Gpu {
         let conv_tune = ConvPath::choose_list(info.cc, std::env::var(CONV_ENV).ok().as_deref())?;
         let conv_path = conv_tune[0];
         let epilogue_sums = epilogue_sums(std::env::var(SUMS_ENV).ok().as_deref())?;
+        let overlap = switch(OVERLAP_ENV, std::env::var(OVERLAP_ENV).ok().as_deref(), true)?;
+        let side = if overlap { Some(guarded("creating a second CUDA stream", || ctx.new_stream())?) } else { None };
         let pdl_env = std::env::var(PDL_ENV).ok();
         let pdl = pdl(&info, pdl_env.as_deref())?;
         let ops = backend::OpState::default();
@@ -537,10 +554,15 @@ impl Gpu {
             mainloop_only: false,
             register_epilogue: false,
             pdl,
+            overlap,
+            side,
             pdl_off: None,
             conv_tune,
             ops,
         };
+        if gpu.overlap {
+            gpu.prepare_overlap()?;
+        }
         // 6. Programmatic dependent launch, tried once before anything relies on it: where a
         // driver refuses it (a launch attribute, its capture into a graph), the kernels are
         // launched plainly and the run says why, unless it was asked for by name.

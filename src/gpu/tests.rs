@@ -1066,3 +1066,81 @@ fn persistent_convs_equal_wgmma_ones() {
     ];
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), all, "every persistent kernel ran");
 }
+
+/// [`Gpu::overlap`]: a recorded backward chain with the weight gradients on the second stream
+/// (two layers' input and weight gradients, the second layer's output gradient the first's
+/// input gradient, then an op that reads a weight gradient) equals, bit for bit, the same ops
+/// run one after another on the main stream. The outputs are NaN-poisoned before the replay, so
+/// a value read before it was written shows. On the emulated driver this is run again with its
+/// streams reordered (`EMU_STREAM_ORDER=side-late`: the second stream's work as late as the
+/// joins allow; `main-late`: as early as the forks allow; scripts/emu-driver/run.sh), where a
+/// missing fork or join gives other numbers.
+#[test]
+fn overlapped_weight_gradients_equal_one_stream_ones() {
+    use crate::backend::{Backend, Pre, Shape};
+    use crate::replay::Record;
+    let _device = device_test_lock();
+    let Some(mut gpu) = open_mma() else { return };
+    if !gpu.overlap {
+        eprintln!("skipped: {OVERLAP_ENV}=0");
+        return;
+    }
+    let (xs, cout) = (Shape::new(16, 12, 12, 64), 64);
+    // fp16 activations and gradients, as in training (an f32 one takes a cast into a temporary,
+    // which a recording may not allocate)
+    let up = |g: &mut Gpu, n: usize, seed: u32| g.upload(&floats(n, seed)).unwrap();
+    let up16 = |g: &mut Gpu, n: usize, seed: u32| g.upload_f16(&floats(n, seed)).unwrap();
+    let (x0, x1, w0, w1, s0, s1) = (
+        up16(&mut gpu, xs.len(), 1),
+        up16(&mut gpu, xs.len(), 2),
+        up(&mut gpu, cout * 9 * xs.c, 3),
+        up(&mut gpu, cout * 9 * xs.c, 4),
+        up(&mut gpu, xs.c, 5),
+        up(&mut gpu, xs.c, 6),
+    );
+    let dy = up16(&mut gpu, xs.len(), 7);
+    let am = gpu.byte_zeros(xs.len()).unwrap();
+    // the kept activated inputs, as the forward writes them
+    let mut kept = Vec::new();
+    for (x, w, s) in [(&x0, &w0, &s0), (&x1, &w1, &s1)] {
+        let (mut y, mut a, mut k) =
+            (gpu.zeros(xs.len()).unwrap(), gpu.byte_zeros(xs.len()).unwrap(), gpu.zeros(xs.len()).unwrap());
+        gpu.conv3x3(x, xs, Pre::Bias(s), w, cout, false, &mut y, &mut a, Some(&mut k), None).unwrap();
+        kept.push(k);
+    }
+    let (k0, k1) = (&kept[0], &kept[1]);
+    let fresh = |g: &mut Gpu| -> Vec<super::backend::GBuf> {
+        [xs.len(), xs.len(), cout * 9 * xs.c, cout * 9 * xs.c, 2 * xs.c, 2 * xs.c, cout * 9 * xs.c]
+            .iter()
+            .map(|&n| g.zeros(n).unwrap())
+            .collect()
+    };
+    // da1, da0, dw1, dw0, sums1, sums0, acc
+    let chain = |g: &mut Gpu, o: &mut [super::backend::GBuf]| -> crate::error::Result<()> {
+        let [da1, da0, dw1, dw0, sums1, sums0, acc] = o else { unreachable!() };
+        let (p1, p0) = (Pre::Bias(&s1), Pre::Bias(&s0));
+        g.conv3x3_bwd(&x1, xs, p1, &w1, cout, false, &am, &dy, dw1, Some(&mut *da1), Some(sums1), Some(k1))?;
+        g.conv3x3_bwd(&x0, xs, p0, &w0, cout, false, &am, da1, dw0, Some(da0), Some(sums0), Some(k0))?;
+        g.axpy(acc, dw1, 1.0)
+    };
+    gpu.overlap = false;
+    let mut want = fresh(&mut gpu);
+    chain(&mut gpu, &mut want).unwrap();
+    let want: Vec<Vec<f32>> = want.iter().map(|b| gpu.download(b).unwrap()).collect();
+    gpu.overlap = true;
+    let mut got = fresh(&mut gpu);
+    chain(&mut gpu, &mut got).unwrap(); // op by op: sizes the side stream's workspace
+    assert!(gpu.side_workspace_floats() > 0, "the weight gradients here split into slices");
+    let graph = gpu.record(&mut |g| chain(g, &mut got)).unwrap().expect("a graph");
+    let acc = got.len() - 1;
+    for (i, b) in got.iter_mut().enumerate() {
+        gpu.fill_bytes(b, if i == acc { 0 } else { 0xFF }).unwrap();
+    }
+    gpu.replay(&graph).unwrap();
+    let names = ["da1", "da0", "dw1", "dw0", "sums1", "sums0", "acc = dw1"];
+    for ((name, w), b) in names.iter().zip(&want).zip(&got) {
+        let g = gpu.download(b).unwrap();
+        assert!(w.iter().all(|v| v.is_finite()), "{name}: not finite op by op");
+        assert!(w.iter().zip(&g).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: the recorded overlap differs");
+    }
+}
