@@ -766,6 +766,11 @@ API CUresult cuStreamWaitEvent(void* sh, void* eh, unsigned) {
             return CAPTURE_ISOLATION;
         }
         if (!s->capturing) {
+            if (getenv("EMU_FAIL_CAPTURE_FORK")) {  // fault injection: a driver refusing forks
+                complain("EMU_FAIL_CAPTURE_FORK: a second stream joining a capture is refused");
+                origin->invalidated = true;
+                return CAPTURE_UNSUPPORTED;
+            }
             if (!sh || s->submitted > s->done) {
                 complain("a stream joining a capture must be a created stream with no pending work");
                 origin->invalidated = true;

@@ -115,8 +115,10 @@ pub struct OpState {
     on_side: bool,
     /// Work is on the side stream that the main stream has not waited for yet.
     side_pending: bool,
-    /// The fork (main → side) and join (side → main) events, made at first use.
+    /// The fork (main → side) and join (side → main) events (Gpu::open).
     fork_join: Option<(CudaEvent, CudaEvent)>,
+    /// The recording in progress forked work onto the side stream.
+    forked: bool,
     tmp: Vec<CudaSlice<f32>>,
     /// A graph is being recorded: no allocation allowed.
     recording: bool,
@@ -1138,6 +1140,7 @@ impl Gpu {
         let (Some(side), Some((fork, _))) = (&self.side, &self.ops.fork_join) else {
             return Err(Error::Gpu("overlapping the weight gradients without a second stream".into()));
         };
+        self.ops.forked = true;
         fork.record(&self.stream).map_err(|e| Gpu::err("recording the fork event", e))?;
         side.wait(fork).map_err(|e| Gpu::err("the second stream waiting for the main one", e))
     }
@@ -1383,9 +1386,18 @@ impl Record for Gpu {
         // counted as live from here: a scratch buffer must not be freed under a half-made graph
         let live = self.ops.graphs.clone();
         self.ops.recording = true;
+        self.ops.forked = false;
         // the side stream joined back before the capture ends (it must be: a fork left open
         // invalidates the capture)
-        let g = super::capture(&ctx, &stream, |_| body(self).and_then(|_| self.join_side()));
+        let mut g = super::capture(&ctx, &stream, |_| body(self).and_then(|_| self.join_side()));
+        if let (Err(e), true) = (&g, self.ops.forked) {
+            // a driver that refuses the fork into a second stream in a capture: once more with
+            // every kernel on the main stream, Gpu::overlap off from here and the reason kept
+            self.overlap_off = Some(format!("recording with a second stream failed ({e})"));
+            self.overlap = false;
+            (self.ops.side_pending, self.ops.on_side) = (false, false);
+            g = super::capture(&ctx, &stream, |_| body(self).and_then(|_| self.join_side()));
+        }
         self.ops.recording = false;
         Ok(Some(GpuGraph { graph: g?, _live: live }))
     }
@@ -1443,7 +1455,11 @@ impl Backend for Gpu {
             (None, true) => ", programmatic dependent launch".into(),
             (None, false) => String::new(),
         };
-        let overlap = if self.overlap { ", weight gradients on a second stream" } else { "" };
+        let overlap = match (&self.overlap_off, self.overlap) {
+            (Some(why), _) => format!(", weight gradients on one stream: {why}"),
+            (None, true) => ", weight gradients on a second stream".into(),
+            (None, false) => String::new(),
+        };
         format!("GPU {} ({img}, {convs} convs{sums}{pdl}{overlap}, fp16 activations, fp32 accumulation)", self.info)
     }
 

@@ -110,6 +110,9 @@ pub struct Gpu {
     pub overlap: bool,
     /// The second stream of [`Gpu::overlap`].
     side: Option<Arc<CudaStream>>,
+    /// Why [`Gpu::overlap`] was switched off: a recording with it failed (the error), and
+    /// succeeded without it.
+    pub overlap_off: Option<String>,
     /// Why [`Gpu::pdl`] is off though the GPU and driver should have it: its probe at open
     /// failed (the error), so the kernels are launched plainly.
     pub pdl_off: Option<String>,
@@ -556,6 +559,7 @@ impl Gpu {
             pdl,
             overlap,
             side,
+            overlap_off: None,
             pdl_off: None,
             conv_tune,
             ops,

@@ -1144,3 +1144,52 @@ fn overlapped_weight_gradients_equal_one_stream_ones() {
         assert!(w.iter().zip(&g).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: the recorded overlap differs");
     }
 }
+
+/// [`Gpu::overlap`] where the driver refuses a second stream in a capture (the emulated driver's
+/// fault injection `EMU_FAIL_CAPTURE_FORK`): the recording is made again on the main stream,
+/// the overlap is off from then on with the reason in the GPU's description, and the replay
+/// gives what the ops give run one by one.
+#[test]
+#[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
+#[cfg_attr(
+    all(cuda_driver, not(kernels_built)),
+    ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
+)]
+fn overlap_falls_back_to_one_stream_when_a_capture_refuses_the_fork() {
+    use crate::backend::{Backend, Pre, Shape};
+    use crate::replay::Record;
+    let _device = device_test_lock();
+    let mut gpu = open();
+    if gpu.info.name != "Emulated GPU (host CPU)" || !gpu.overlap {
+        eprintln!("skipped: needs the emulated driver's fault injection, with {OVERLAP_ENV} on ({})", gpu.info);
+        return;
+    }
+    let (xs, cout) = (Shape::new(4, 6, 6, 16), 16);
+    let (x, w, s, dy) = (
+        gpu.upload_f16(&floats(xs.len(), 1)).unwrap(),
+        gpu.upload(&floats(cout * 9 * xs.c, 2)).unwrap(),
+        gpu.upload(&floats(xs.c, 3)).unwrap(),
+        gpu.upload_f16(&floats(xs.len(), 4)).unwrap(),
+    );
+    let am = gpu.byte_zeros(xs.len()).unwrap();
+    let (mut y, mut a, mut kept) =
+        (gpu.zeros(xs.len()).unwrap(), gpu.byte_zeros(xs.len()).unwrap(), gpu.zeros(xs.len()).unwrap());
+    gpu.conv3x3(&x, xs, Pre::Bias(&s), &w, cout, false, &mut y, &mut a, Some(&mut kept), None).unwrap();
+    let mut out = [gpu.zeros(cout * 9 * xs.c).unwrap(), gpu.zeros(xs.len()).unwrap()];
+    let bwd = |g: &mut Gpu, [dw, da]: &mut [super::backend::GBuf; 2]| {
+        g.conv3x3_bwd(&x, xs, Pre::Bias(&s), &w, cout, false, &am, &dy, dw, Some(da), None, Some(&kept))
+    };
+    bwd(&mut gpu, &mut out).unwrap();
+    let want = gpu.download(&out[0]).unwrap();
+    std::env::set_var("EMU_FAIL_CAPTURE_FORK", "1");
+    let graph = gpu.record(&mut |g| bwd(g, &mut out));
+    std::env::remove_var("EMU_FAIL_CAPTURE_FORK");
+    let graph = graph.unwrap().expect("a graph");
+    gpu.fill_bytes(&mut out[0], 0xFF).unwrap();
+    assert!(!gpu.overlap, "the overlap is off after the refused recording");
+    let why = gpu.overlap_off.clone().expect("the reason kept");
+    assert!(why.contains("second stream failed"), "{why}");
+    assert!(gpu.describe().contains("weight gradients on one stream"), "{}", gpu.describe());
+    gpu.replay(&graph).unwrap();
+    assert_eq!(gpu.download(&out[0]).unwrap(), want);
+}
