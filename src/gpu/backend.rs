@@ -1102,14 +1102,24 @@ impl Gpu {
             .collect()
     }
 
-    /// Start of an op: the previous op's temporaries are freed (stream-ordered), and so is the
-    /// retired scratch once no graph that may use it is left.
-    /// The start of an op: work left on the side stream joined back first ([`Gpu::overlap`]),
-    /// then [`Self::begin_chain`].
+    /// Start of an op: work left on the side stream joined back first ([`Gpu::overlap`]), then
+    /// [`Self::begin_chain`].
     fn begin(&mut self) -> Result<()> {
         self.join_side()?;
         self.begin_chain();
         Ok(())
+    }
+
+    /// Start of an op of the backward chain (the input gradients and BatchNorm/GELU backward
+    /// passes, which the side stream's weight gradients may overlap): launches go to the main
+    /// stream, the previous op's temporaries are freed (stream-ordered), and so is the retired
+    /// scratch once no graph that may use it is left.
+    fn begin_chain(&mut self) {
+        self.ops.on_side = false;
+        self.ops.tmp.clear();
+        if !self.ops.retired.is_empty() && std::rc::Rc::strong_count(&self.ops.graphs) == 1 {
+            self.ops.retired.clear();
+        }
     }
 
     /// Test helpers: every byte of `b` set to `byte` on the main stream (0xFF: NaN), and the
@@ -1156,17 +1166,6 @@ impl Gpu {
         };
         join.record(side).map_err(|e| Gpu::err("recording the join event", e))?;
         self.stream.wait(join).map_err(|e| Gpu::err("the main stream waiting for the second one", e))
-    }
-
-    /// The start of an op of the backward chain (the input gradients and BatchNorm/GELU
-    /// backward passes, which the side stream's weight gradients may overlap): the last op's
-    /// temporaries are freed.
-    fn begin_chain(&mut self) {
-        self.ops.on_side = false;
-        self.ops.tmp.clear();
-        if !self.ops.retired.is_empty() && std::rc::Rc::strong_count(&self.ops.graphs) == 1 {
-            self.ops.retired.clear();
-        }
     }
 
     /// Device pointer of `b` as fp16 (cast into a temporary when it holds f32).
