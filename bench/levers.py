@@ -30,8 +30,8 @@ LAYERS = [(31, 31, 24, 64, True), (15, 15, 64, 64, False), (15, 15, 64, 256, Tru
 PREDICTED = {
     "pdl": ("programmatic dependent launch", "17th", -0.25, -0.05),
     "pdl_frozen": ("programmatic dependent launch, bias frozen", "17th", -0.25, -0.05),
-    "overlap": ("weight gradients on a second stream", "17th", -0.4, -0.1),
-    "overlap_frozen": ("weight gradients on a second stream, bias frozen", "17th", -0.4, -0.1),
+    "overlap": ("weight gradients on a second stream", "17th", -0.3, -0.05),
+    "overlap_frozen": ("weight gradients on a second stream, bias frozen", "17th", -0.3, -0.05),
     "gelu": ("GELU/GELU' without erff/expf (pre_bwd_dx_f16 + act_f16)", "15th", -0.35, -0.2),
     "reduce": ("split-K slice sums by warps (wgrad_reduce_f32)", "16th", -0.05, -0.02),
     "shift": ("whitening bias gradient without layer 0's input gradient, per bias step", "15th", -0.4, -0.25),

@@ -101,8 +101,8 @@ pub struct Gpu {
     /// In a recorded step (CUDA graph), each layer's weight gradient (with its slices' sum)
     /// runs on a second stream, forked from the main one once the layer's output gradient is
     /// ready and joined back before the next op that is not part of the backward chain: the
-    /// weight gradients, bound by the tensor cores, overlap the input-gradient chain (the input
-    /// gradients and the BatchNorm/GELU backward passes, bound by latency and bandwidth). They
+    /// weight gradients' blocks take the SMs the input-gradient chain leaves idle (its input
+    /// gradients' last waves, its small finalisation kernels). They
     /// need each layer's output gradient and kept input only, which nothing in the chain
     /// rewrites, and their slices go to a workspace of their own. Op by op (the first step, the
     /// autotune, the bench's op lines) everything stays on the main stream. [`OVERLAP_ENV`]=0
