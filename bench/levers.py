@@ -32,6 +32,7 @@ PREDICTED = {
     "pdl_frozen": ("programmatic dependent launch, bias frozen", "17th", -0.25, -0.05),
     "overlap": ("weight gradients on a second stream", "17th", -0.3, -0.05),
     "overlap_frozen": ("weight gradients on a second stream, bias frozen", "17th", -0.3, -0.05),
+    "priority": ("the chain at the greatest priority, with the overlap", "17th", -0.1, 0.0),
     "gelu": ("GELU/GELU' without erff/expf (pre_bwd_dx_f16 + act_f16)", "15th", -0.35, -0.2),
     "reduce": ("split-K slice sums by warps (wgrad_reduce_f32)", "16th", -0.05, -0.02),
     "shift": ("whitening bias gradient without layer 0's input gradient, per bias step", "15th", -0.4, -0.25),
@@ -112,7 +113,7 @@ def measured(new, base):
     lines, picks, profiles = new
     out = {}
     step = "train step, graph, mixed convs"
-    for key, off in [("pdl", "no PDL"), ("overlap", "no overlap")]:
+    for key, off in [("pdl", "no PDL"), ("overlap", "no overlap"), ("priority", "overlap without priority")]:
         for k, name in [(key, step), (key + "_frozen", step + ", bias frozen")]:
             if name in lines and f"{name}, {off}" in lines:
                 out[k] = ((lines[name] - lines[f"{name}, {off}"]) / 1000, f'"{name}" − "…, {off}"')

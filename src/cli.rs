@@ -79,6 +79,8 @@ environment
                           launch (default 1 on sm_90+ with a CUDA 12.3+ driver)
   SPEEDRUN_OVERLAP        0: a recorded step's weight gradients on the main stream instead of a
                           second one beside the input-gradient chain (default 1)
+  SPEEDRUN_CHAIN_PRIORITY 0: with the overlap, the chain's kernels at the default priority instead
+                          of the greatest (default 1)
   SPEEDRUN_SELFTEST_TIMES 1: `selftest` prints each check's time
   SPEEDRUN_SELFTEST_BATCH N: `selftest` checks at batch N (a multiple of 8; default 64)
   SPEEDRUN_SELFTEST_ONLY  a,b: `selftest` runs only the checks whose name contains a or b (PARTIAL)

@@ -1891,10 +1891,15 @@ fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, lines: &mut Lines) -> Resu
         let frozen = flops - 2.0 * (n * h * w * cout * 9 * cin) as f64;
         frozen_step(gpu, lines, &mut state, n, frozen, "train step, graph, mixed convs, bias frozen")?;
         // both again with one switch off where it is on: the weight gradients on the main stream
-        // (what overlapping them with the input-gradient chain hides), then every kernel launched
-        // plainly (what programmatic dependent launch hides)
+        // (what overlapping them with the input-gradient chain hides), the chain at the default
+        // priority (what giving it the SMs first does), then every kernel launched plainly (what
+        // programmatic dependent launch hides)
         type Switch = fn(&mut Gpu) -> &mut bool;
-        let switches: [(&str, Switch); 2] = [("no overlap", |g| &mut g.overlap), ("no PDL", |g| &mut g.pdl)];
+        let switches: [(&str, Switch); 3] = [
+            ("no overlap", |g| &mut g.overlap),
+            ("overlap without priority", |g| &mut g.chain_priority),
+            ("no PDL", |g| &mut g.pdl),
+        ];
         for (off, switch) in switches {
             if !*switch(gpu) {
                 continue;

@@ -99,7 +99,7 @@ int cuStreamDestroy_v2(void *s) { (void)s; return 0; }
 int cuModuleLoadData(void **m, const void *image) { (void)m; (void)image; return 209; }
 #define UNUSED(f) int f(void) { return 999; }
 UNUSED(cuCtxSynchronize) UNUSED(cuModuleUnload) UNUSED(cuModuleGetFunction) UNUSED(cuFuncGetAttribute)
-UNUSED(cuFuncSetAttribute) UNUSED(cuLaunchKernel) UNUSED(cuLaunchKernelEx) UNUSED(cuStreamSynchronize) UNUSED(cuStreamWaitEvent)
+UNUSED(cuFuncSetAttribute) UNUSED(cuLaunchKernel) UNUSED(cuLaunchKernelEx) UNUSED(cuCtxGetStreamPriorityRange) UNUSED(cuStreamSynchronize) UNUSED(cuStreamWaitEvent)
 UNUSED(cuStreamBeginCapture_v2) UNUSED(cuStreamEndCapture) UNUSED(cuGraphInstantiateWithFlags)
 UNUSED(cuGraphLaunch) UNUSED(cuGraphExecDestroy) UNUSED(cuGraphDestroy) UNUSED(cuEventCreate)
 UNUSED(cuEventRecord) UNUSED(cuEventSynchronize) UNUSED(cuEventElapsedTime) UNUSED(cuEventQuery)

@@ -66,6 +66,9 @@ enum : int {
     UNKNOWN = 999,
 };
 
+// cuCtxGetStreamPriorityRange: the H100's range (0 the default and least, -5 the greatest)
+static constexpr int PRIORITY_LEAST = 0, PRIORITY_GREATEST = -5;
+
 static const struct {
     int code;
     const char *name, *text;
@@ -262,6 +265,7 @@ struct Stream {
     bool lazy = false;
     std::deque<Op> queue;       // submitted, not yet run: op numbers done + 1 ...
     uint64_t submitted = 0, done = 0;
+    unsigned long long ex_launches[2] = {0, 0};  // cuLaunchKernelEx calls on it: with a priority, without
 };
 struct Event {
     unsigned flags = 0;
@@ -516,6 +520,12 @@ API CUresult cuCtxGetCurrent(void** ctx) {
     *ctx = t_current;
     return SUCCESS;
 }
+API CUresult cuCtxGetStreamPriorityRange(int* least, int* greatest) {
+    INIT;
+    if (least) *least = PRIORITY_LEAST;
+    if (greatest) *greatest = PRIORITY_GREATEST;
+    return SUCCESS;
+}
 API CUresult cuCtxSynchronize() {
     INIT;
     if (any_capturing()) {
@@ -666,9 +676,12 @@ API CUresult cuLaunchKernel(void* fh, unsigned gx, unsigned gy, unsigned gz, uns
     INIT;
     return launch(fh, gx, gy, gz, bx, by, bz, smem, stream, params, extra, false);
 }
-// cuLaunchKernelEx: the same launch; of the attributes only programmatic stream serialization
-// (id 6, CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION) is emulated, as a check that
-// every thread passes pdl_entry() (run_launch); any other attribute is refused.
+// cuLaunchKernelEx: the same launch. Of the attributes, programmatic stream serialization (id 6,
+// CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION) is emulated as a check that every
+// thread passes pdl_entry() (run_launch), and a priority (id 8) is checked against the range
+// cuCtxGetStreamPriorityRange gives and counted per stream (emuLaunchPriorities: a test's view
+// of which launches asked for one); any other attribute is refused.
+
 struct LaunchAttr {
     int id;
     char pad[4];
@@ -687,14 +700,23 @@ static_assert(sizeof(LaunchAttr) == 72, "CUlaunchAttribute is 72 bytes");
 API CUresult cuLaunchKernelEx(const LaunchConfig* c, void* fh, void** params, void** extra) {
     INIT;
     if (!c || (c->n_attrs && !c->attrs)) return INVALID_VALUE;
-    bool pdl = false;
+    bool pdl = false, prio = false;
     for (unsigned i = 0; i < c->n_attrs; i++) {
-        if (c->attrs[i].id != 6) {
-            complain("cuLaunchKernelEx: launch attribute %d is not emulated", c->attrs[i].id);
+        const LaunchAttr& a = c->attrs[i];
+        if (a.id == 6) {
+            pdl = a.value != 0;
+        } else if (a.id == 8) {
+            if (a.value < PRIORITY_GREATEST || a.value > PRIORITY_LEAST) {
+                complain("cuLaunchKernelEx: priority %d outside %d..%d", a.value, PRIORITY_GREATEST, PRIORITY_LEAST);
+                return INVALID_VALUE;
+            }
+            prio = true;
+        } else {
+            complain("cuLaunchKernelEx: launch attribute %d is not emulated", a.id);
             return NOT_SUPPORTED;
         }
-        pdl = c->attrs[i].value != 0;
     }
+    S(c->stream)->ex_launches[prio ? 0 : 1]++;
     return launch(fh, c->gx, c->gy, c->gz, c->bx, c->by, c->bz, c->smem, c->stream, params, extra, pdl);
 }
 
@@ -1130,4 +1152,11 @@ API CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, size_t n) { return 
 API CUresult cuGetExportTable(const void** table, const void*) {
     if (table) *table = nullptr;
     return NOT_SUPPORTED;
+}
+
+// For tests (found with dlsym in the preloaded library): the cuLaunchKernelEx calls so far on
+// `stream`, with a priority attribute and without.
+extern "C" __attribute__((visibility("default"))) void emuLaunchPriorities(void* stream, unsigned long long out[2]) {
+    out[0] = S(stream)->ex_launches[0];
+    out[1] = S(stream)->ex_launches[1];
 }

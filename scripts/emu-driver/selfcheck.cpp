@@ -245,6 +245,13 @@ int main(int argc, char** argv) {
         expect(cuGraphLaunch(ge, st) == 0, "and replayed");
         cuMemcpyDtoHAsync(got.data(), b, n * 4, st);
         expect(got[3] == 3.0f, "its result");
+        Attr both[2] = {pdl, {}};
+        both[1].id = 8;  // CU_LAUNCH_ATTRIBUTE_PRIORITY, in cuCtxGetStreamPriorityRange's 0..-5
+        both[1].value = -5;
+        Config prio{4, 1, 1, 256, 1, 1, 0, st, both, 2};
+        expect(cuLaunchKernelEx(&prio, axpy, axpy_args, nullptr) == 0, "with a priority too");
+        both[1].value = -6;
+        expect(cuLaunchKernelEx(&prio, axpy, axpy_args, nullptr) == 1, "a priority out of range: INVALID_VALUE");
         Attr other{};
         other.id = 4;  // CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION: not emulated
         Config bad{4, 1, 1, 256, 1, 1, 0, st, &other, 1};

@@ -578,10 +578,11 @@ impl Gpu {
         }
     }
 
-    /// Launches `f` on the stream, `params` pointing at each parameter's bytes: with
-    /// programmatic stream serialization where [`Gpu::pdl`] is on (cuLaunchKernelEx: the kernel
-    /// may be scheduled while the previous one finishes, and waits in `pdl_entry`, its first
-    /// statement, kernels/common.cuh), else a plain cuLaunchKernel.
+    /// Launches `f` on the stream (the side stream while a weight gradient is issued there),
+    /// `params` pointing at each parameter's bytes: with programmatic stream serialization where
+    /// [`Gpu::pdl`] is on (cuLaunchKernelEx: the kernel may be scheduled while the previous one
+    /// finishes, and waits in `pdl_entry`, its first statement, kernels/common.cuh), at the
+    /// greatest priority where [`Gpu::chain_priority`] asks for it, else a plain cuLaunchKernel.
     ///
     /// # Safety
     /// `params` must match `f`'s parameter list and stay valid for the call; every pointer among
@@ -598,13 +599,22 @@ impl Gpu {
             (Some(side), true) => side.cu_stream(),
             _ => self.stream.cu_stream(),
         };
-        if !self.pdl {
+        // SAFETY: an all-zero attribute is a valid value of the plain-data union
+        let mut attrs: [sys::CUlaunchAttribute; 2] = std::mem::zeroed();
+        let mut n = 0;
+        if self.pdl {
+            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attrs[n].value.programmaticStreamSerializationAllowed = 1;
+            n += 1;
+        }
+        if self.chain_priority && self.overlap && self.ops.recording && !self.ops.on_side {
+            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PRIORITY;
+            attrs[n].value.priority = self.priority_high;
+            n += 1;
+        }
+        if n == 0 {
             return result::launch_kernel(f.cu_function(), g, b, cfg.shared_mem_bytes, stream, params);
         }
-        // SAFETY: an all-zero attribute is a valid value of the plain-data union
-        let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attr.value.programmaticStreamSerializationAllowed = 1;
         let config = sys::CUlaunchConfig {
             gridDimX: g.0,
             gridDimY: g.1,
@@ -614,8 +624,8 @@ impl Gpu {
             blockDimZ: b.2,
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: stream,
-            attrs: &mut attr,
-            numAttrs: 1,
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: n as u32,
         };
         sys::cuLaunchKernelEx(&config, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()).result()
     }
@@ -1456,6 +1466,9 @@ impl Backend for Gpu {
         };
         let overlap = match (&self.overlap_off, self.overlap) {
             (Some(why), _) => format!(", weight gradients on one stream: {why}"),
+            (None, true) if self.chain_priority => {
+                format!(", weight gradients on a second stream (the chain at priority {})", self.priority_high)
+            }
             (None, true) => ", weight gradients on a second stream".into(),
             (None, false) => String::new(),
         };

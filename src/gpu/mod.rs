@@ -110,6 +110,14 @@ pub struct Gpu {
     pub overlap: bool,
     /// The second stream of [`Gpu::overlap`].
     side: Option<Arc<CudaStream>>,
+    /// With [`Gpu::overlap`], a recorded step's main-stream launches (the input-gradient chain,
+    /// the step's critical path) carry the context's greatest scheduling priority
+    /// (`CU_LAUNCH_ATTRIBUTE_PRIORITY`) and the second stream's the default, least one: when an
+    /// SM frees up, the chain's waiting blocks take it before a weight gradient's. Off where the
+    /// context has one priority only, or with [`PRIORITY_ENV`]=0.
+    pub chain_priority: bool,
+    /// The greatest priority (cuCtxGetStreamPriorityRange), numerically the smallest.
+    priority_high: i32,
     /// Why [`Gpu::overlap`] was switched off: a recording with it failed (the error), and
     /// succeeded without it.
     pub overlap_off: Option<String>,
@@ -218,6 +226,10 @@ fn pdl_after_probe(probe: Result<()>, env: Option<&str>) -> Result<Option<String
 
 /// Set to 0, a recorded step runs every kernel on the one stream; see [`Gpu::overlap`].
 pub const OVERLAP_ENV: &str = "SPEEDRUN_OVERLAP";
+
+/// Set to 0, the overlapped step's main-stream kernels keep the default priority; see
+/// [`Gpu::chain_priority`].
+pub const PRIORITY_ENV: &str = "SPEEDRUN_CHAIN_PRIORITY";
 
 /// An environment switch `name` (value `env`, None: unset): 0 or 1, `default` when unset or
 /// empty; anything else is an error.
@@ -380,6 +392,7 @@ const SYMBOLS_USED: &[&str] = &[
     "cuCtxSetCurrent",
     "cuCtxGetCurrent",
     "cuCtxSynchronize",
+    "cuCtxGetStreamPriorityRange",
     "cuModuleLoadData",
     "cuModuleUnload",
     "cuModuleGetFunction",
@@ -543,6 +556,13 @@ impl Gpu {
         let conv_path = conv_tune[0];
         let epilogue_sums = epilogue_sums(std::env::var(SUMS_ENV).ok().as_deref())?;
         let overlap = switch(OVERLAP_ENV, std::env::var(OVERLAP_ENV).ok().as_deref(), true)?;
+        let (mut least, mut greatest) = (0, 0);
+        guarded("querying the stream priority range", || {
+            // SAFETY: two out-pointers to live integers, the context current (CudaContext::new)
+            unsafe { sys::cuCtxGetStreamPriorityRange(&mut least, &mut greatest) }.result()
+        })?;
+        let chain_priority =
+            overlap && greatest < least && switch(PRIORITY_ENV, std::env::var(PRIORITY_ENV).ok().as_deref(), true)?;
         let side = if overlap { Some(guarded("creating a second CUDA stream", || ctx.new_stream())?) } else { None };
         let pdl_env = std::env::var(PDL_ENV).ok();
         let pdl = pdl(&info, pdl_env.as_deref())?;
@@ -559,6 +579,8 @@ impl Gpu {
             pdl,
             overlap,
             side,
+            chain_priority,
+            priority_high: greatest,
             overlap_off: None,
             pdl_off: None,
             conv_tune,

@@ -1136,7 +1136,18 @@ fn overlapped_weight_gradients_equal_one_stream_ones() {
     let mut got = fresh(&mut gpu);
     chain(&mut gpu, &mut got).unwrap(); // op by op: sizes the side stream's workspace
     assert!(gpu.side_workspace_floats() > 0, "the weight gradients here split into slices");
+    let streams = [gpu.stream.cu_stream(), gpu.side.as_ref().expect("overlap on").cu_stream()];
+    let before = streams.map(emu_launch_priorities);
     let graph = gpu.record(&mut |g| chain(g, &mut got)).unwrap().expect("a graph");
+    let after = streams.map(emu_launch_priorities);
+    if let ([Some(m0), Some(s0)], [Some(m1), Some(s1)]) = (before, after) {
+        // the emulated driver's count of cuLaunchKernelEx calls (with a priority, without): the
+        // recording's main-stream launches (the chain) at a priority, the second stream's at none
+        let (main, side) = ([m1[0] - m0[0], m1[1] - m0[1]], [s1[0] - s0[0], s1[1] - s0[1]]);
+        let pdl = gpu.pdl;
+        assert_eq!((main[0] > 0, main[1] > 0), (gpu.chain_priority, !gpu.chain_priority && pdl), "main {main:?}");
+        assert_eq!((side[0], side[1] > 0), (0, pdl), "second stream {side:?}");
+    }
     let acc = got.len() - 1;
     for (i, b) in got.iter_mut().enumerate() {
         gpu.fill_bytes(b, if i == acc { 0 } else { 0xFF }).unwrap();
@@ -1148,6 +1159,18 @@ fn overlapped_weight_gradients_equal_one_stream_ones() {
         assert!(w.iter().all(|v| v.is_finite()), "{name}: not finite op by op");
         assert!(w.iter().zip(&g).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: the recorded overlap differs");
     }
+}
+
+/// Under the emulated driver: its count of cuLaunchKernelEx calls so far on `stream`, with a
+/// priority attribute and without (`emuLaunchPriorities`); None on a real driver.
+fn emu_launch_priorities(stream: sys::CUstream) -> Option<[u64; 2]> {
+    let this = libloading::os::unix::Library::this();
+    // SAFETY: the emulated driver's function of this signature (scripts/emu-driver/driver.cpp)
+    let f = unsafe { this.get::<unsafe extern "C" fn(sys::CUstream, *mut u64)>(b"emuLaunchPriorities") }.ok()?;
+    let mut out = [0u64; 2];
+    // SAFETY: a stream handle of this context, two u64 to write
+    unsafe { f(stream, out.as_mut_ptr()) };
+    Some(out)
 }
 
 /// [`Gpu::overlap`] where the driver refuses a second stream in a capture (the emulated driver's
