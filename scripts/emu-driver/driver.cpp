@@ -329,7 +329,7 @@ static CUresult flush(Stream* s, uint64_t upto);
 static CUresult run_op(const Op& op) {
     switch (op.kind) {
     case Op::LAUNCH: return run_launch(op);
-    case Op::WAIT: return flush(op.wait_s, op.wait_seq);
+    case Op::WAIT: return op.wait_s ? flush(op.wait_s, op.wait_seq) : sticky;  // null: its stream is gone
     case Op::FREE: return do_free(op.dst);
     case Op::MARK: return SUCCESS;
     case Op::WAITMARK: return UNKNOWN;  // replaced by a WAIT when its graph is launched
@@ -371,6 +371,18 @@ static CUresult flush(Stream* s, uint64_t upto) {
     return first ? first : sticky;
 }
 static std::vector<Stream*> g_streams;
+// A stream about to be deleted (its work already run): waits on it that other streams still
+// hold are satisfied, and events last recorded on it count as complete.
+static std::vector<Event*> g_events;
+static void forget_stream(Stream* gone) {
+    for (Event* e : g_events)
+        if (e->rec_s == gone) e->rec_s = nullptr;
+    for (Stream* t : g_streams)
+        for (Op& op : t->queue)
+            if (op.kind == Op::WAIT && op.wait_s == gone) op.wait_s = nullptr;
+    for (Op& op : g_null_stream.queue)
+        if (op.kind == Op::WAIT && op.wait_s == gone) op.wait_s = nullptr;
+}
 static CUresult flush_all() {
     CUresult first = flush(&g_null_stream, g_null_stream.submitted);
     for (size_t i = 0; i < g_streams.size(); i++)  // a flush may not create streams, but index anyway
@@ -747,6 +759,7 @@ API CUresult cuStreamDestroy_v2(void* s) {
     if ((*it)->capturing) complain("a stream destroyed while capturing");
     flush(*it, (*it)->submitted);  // its work still runs, as on a GPU
     g_streams.erase(it);
+    forget_stream((Stream*)s);
     delete (Stream*)s;
     return SUCCESS;
 }
@@ -966,6 +979,7 @@ API CUresult cuGraphExecDestroy(void* exec) {
     for (Stream* b : x->branch_streams) {
         flush(b, b->submitted);
         g_streams.erase(std::find(g_streams.begin(), g_streams.end(), b));
+        forget_stream(b);
         delete b;
     }
     delete x;
@@ -980,7 +994,9 @@ API CUresult cuGraphDestroy(void* g) {
 // events
 API CUresult cuEventCreate(void** e, unsigned flags) {
     INIT;
-    *e = new Event{flags};
+    Event* ev = new Event{flags};
+    g_events.push_back(ev);
+    *e = ev;
     return SUCCESS;
 }
 API CUresult cuEventRecord(void* eh, void* sh) {
@@ -1037,6 +1053,9 @@ API CUresult cuEventElapsedTime(float* ms, void* a, void* b) {
 API CUresult cuEventElapsedTime_v2(float* ms, void* a, void* b) { return cuEventElapsedTime(ms, a, b); }
 API CUresult cuEventDestroy_v2(void* e) {
     INIT;
+    auto it = std::find(g_events.begin(), g_events.end(), (Event*)e);
+    if (it == g_events.end()) return INVALID_HANDLE;
+    g_events.erase(it);
     delete (Event*)e;
     return SUCCESS;
 }
