@@ -1,7 +1,9 @@
 //! `impl Backend for Gpu`: every op of the recipe as launches of the hand-written kernels in
 //! `kernels/` (conv, norm, stem, head, optim). Host code here only checks shapes (each
 //! violated assumption is one `Error::Gpu` sentence, never mis-indexing), picks grids and
-//! workspaces, and launches; all work goes to [`Gpu::stream`] in order.
+//! workspaces, and launches; all work goes to [`Gpu::stream`] in order, but for a recorded
+//! step's weight gradients, which go to a second stream between a fork and a join event
+//! ([`Gpu::overlap`]).
 //!
 //! Storage: a [`GBuf`] always owns room for `len` f32 values and records how its contents are
 //! stored. Activations and their gradients (stem output, conv outputs, `da`, `dx`) are written

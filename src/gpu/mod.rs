@@ -21,7 +21,9 @@
 //!
 //! All work runs on the one stream [`Gpu::stream`], so cudarc's cross-stream event tracking is
 //! switched off at open (it would record events around every launch and break graph capture).
-//! Code that adds a second stream must synchronise by hand.
+//! The one exception synchronises by hand: a recorded step's weight gradients on a second
+//! stream, forked and joined by events ([`Gpu::overlap`], src/gpu/backend.rs `fork`,
+//! `join_side`).
 use crate::error::{Error, Result};
 use crate::kernels::{self, Image};
 use cudarc::driver::{
@@ -517,8 +519,9 @@ impl Gpu {
             )));
         }
 
-        // One stream for everything; single-stream code needs no per-buffer events.
-        // SAFETY: all work is issued on `stream` (see the module docs).
+        // One stream for everything (but the overlapped weight gradients, synchronised by hand);
+        // such code needs no per-buffer events.
+        // SAFETY: all work is issued on `stream` or ordered against it by events (module docs).
         unsafe { ctx.disable_event_tracking() };
         let stream = guarded("creating a CUDA stream", || ctx.new_stream())?;
 
@@ -741,7 +744,7 @@ pub fn capture<F>(ctx: &Arc<CudaContext>, stream: &Arc<CudaStream>, body: F) -> 
 where
     F: FnOnce(&Arc<CudaStream>) -> Result<()>,
 {
-    // SAFETY: single-stream use (see the module docs).
+    // SAFETY: work synchronised by hand (see the module docs).
     unsafe { ctx.disable_event_tracking() };
     stream
         .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
