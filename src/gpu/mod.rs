@@ -104,11 +104,11 @@ pub struct Gpu {
     /// runs on a second stream, forked from the main one once the layer's output gradient is
     /// ready and joined back before the next op that is not part of the backward chain: the
     /// weight gradients' blocks take the SMs the input-gradient chain leaves idle (its input
-    /// gradients' last waves, its small finalisation kernels). They
-    /// need each layer's output gradient and kept input only, which nothing in the chain
-    /// rewrites, and their slices go to a workspace of their own. Op by op (the first step, the
-    /// autotune, the bench's op lines) everything stays on the main stream. [`OVERLAP_ENV`]=0
-    /// turns it off; the results are the same either way.
+    /// gradients' last waves, its small finalisation kernels). They need each layer's output
+    /// gradient and kept input only, which nothing in the chain rewrites, and their slices go
+    /// to a workspace of their own. Op by op (the first step, the autotune, the bench's op
+    /// lines) everything stays on the main stream. [`OVERLAP_ENV`]=0 turns it off; the results
+    /// are the same either way.
     pub overlap: bool,
     /// The second stream of [`Gpu::overlap`].
     side: Option<Arc<CudaStream>>,
