@@ -1157,6 +1157,12 @@ impl Gpu {
         Ok(())
     }
 
+    /// Whether the overlap may be on: asked for ([`super::OVERLAP_ENV`]) and not switched off by
+    /// a failed recording.
+    fn overlap_allowed(&self) -> bool {
+        self.overlap_wanted && self.overlap_off.is_none()
+    }
+
     /// Main → side: the side stream's next launches wait for all work issued on the main stream.
     fn fork(&mut self) -> Result<()> {
         let (Some(side), Some((fork, _))) = (&self.side, &self.ops.fork_join) else {
@@ -1433,26 +1439,39 @@ impl Backend for Gpu {
         if let Some(i) = names.iter().position(|&n| n == self.conv_path.name()) {
             names[..=i].rotate_right(1); // the current one first
         }
+        // mixed once more without the overlap, after mixed (whose first run made its picks)
+        if self.overlap_allowed() && names.contains(&ConvPath::Mixed.name()) {
+            names.push(super::MIXED_ONE_STREAM);
+        }
         names
     }
 
     fn set_variant(&mut self, name: &str) -> Result<()> {
-        match ConvPath::named(name) {
+        let one_stream = name == super::MIXED_ONE_STREAM && self.overlap_allowed();
+        let path = if one_stream { Some(ConvPath::Mixed) } else { ConvPath::named(name) };
+        match path {
             Some(p) if p.runs_on(self.info.cc) => {
                 self.conv_path = p;
+                self.one_stream_variant = one_stream;
+                self.overlap = self.overlap_allowed() && !one_stream;
                 Ok(())
             }
             _ => Err(Error::Usage(format!("{}: no conv path {name:?} on this GPU", self.info))),
         }
     }
 
+    /// Mixed's own variant settles its picks in an untimed first run; mixed on one stream reuses
+    /// them (it is timed after mixed).
     fn variant_settles(&self) -> bool {
-        self.conv_path == ConvPath::Mixed
+        self.conv_path == ConvPath::Mixed && !self.one_stream_variant
     }
 
     fn variant_note(&self) -> String {
         if self.conv_path != ConvPath::Mixed {
             return String::new();
+        }
+        if self.one_stream_variant {
+            return "mixed's picks, every kernel on the main stream".into();
         }
         self.conv_picks_timed().join("; ")
     }

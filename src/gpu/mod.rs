@@ -112,6 +112,11 @@ pub struct Gpu {
     pub overlap: bool,
     /// The second stream of [`Gpu::overlap`].
     side: Option<Arc<CudaStream>>,
+    /// [`OVERLAP_ENV`]'s choice: the warm-up's autotune times the mixed path both with the
+    /// overlap and without it ([`MIXED_ONE_STREAM`]) and keeps the faster.
+    overlap_wanted: bool,
+    /// The autotune's current variant is [`MIXED_ONE_STREAM`].
+    one_stream_variant: bool,
     /// With [`Gpu::overlap`], a recorded step's main-stream launches (the input-gradient chain,
     /// the step's critical path) carry the context's greatest scheduling priority
     /// (`CU_LAUNCH_ATTRIBUTE_PRIORITY`) and the second stream's the default, least one: when an
@@ -228,6 +233,11 @@ fn pdl_after_probe(probe: Result<()>, env: Option<&str>) -> Result<Option<String
 
 /// Set to 0, a recorded step runs every kernel on the one stream; see [`Gpu::overlap`].
 pub const OVERLAP_ENV: &str = "SPEEDRUN_OVERLAP";
+
+/// The autotune variant (`Backend::variants`): the mixed path with a recorded step's weight
+/// gradients on the main stream ([`Gpu::overlap`] off), timed beside `mixed` where the overlap
+/// is on, so that a GPU on which the overlap loses trains without it.
+pub const MIXED_ONE_STREAM: &str = "mixed/one-stream";
 
 /// Set to 0, the overlapped step's main-stream kernels keep the default priority; see
 /// [`Gpu::chain_priority`].
@@ -582,6 +592,8 @@ impl Gpu {
             pdl,
             overlap,
             side,
+            overlap_wanted: overlap,
+            one_stream_variant: false,
             chain_priority,
             priority_high: greatest,
             overlap_off: None,

@@ -1221,3 +1221,36 @@ fn overlap_falls_back_to_one_stream_when_a_capture_refuses_the_fork() {
     gpu.replay(&graph).unwrap();
     assert_eq!(gpu.download(&out[0]).unwrap(), want);
 }
+
+/// The warm-up's autotune times the mixed path also without [`Gpu::overlap`]
+/// ([`MIXED_ONE_STREAM`], after mixed, reusing its picks instead of settling them again), so a
+/// GPU on which the overlap loses trains without it; the other variants keep the overlap.
+#[test]
+#[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
+#[cfg_attr(
+    all(cuda_driver, not(kernels_built)),
+    ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
+)]
+fn the_autotune_times_mixed_without_the_overlap_too() {
+    use crate::backend::Backend;
+    let _device = device_test_lock();
+    let mut gpu = open();
+    if !ConvPath::Mixed.runs_on(gpu.info.cc) || !gpu.overlap {
+        eprintln!("skipped: {} has no mixed path, or {OVERLAP_ENV}=0", gpu.info);
+        return;
+    }
+    gpu.conv_tune = vec![ConvPath::Mma, ConvPath::Mixed];
+    assert_eq!(gpu.variants(), ["mma", "mixed", MIXED_ONE_STREAM]);
+    gpu.set_variant(MIXED_ONE_STREAM).unwrap();
+    assert!(gpu.conv_path == ConvPath::Mixed && !gpu.overlap && !gpu.variant_settles());
+    gpu.set_variant("mixed").unwrap();
+    assert!(gpu.conv_path == ConvPath::Mixed && gpu.overlap && gpu.variant_settles());
+    gpu.set_variant(MIXED_ONE_STREAM).unwrap();
+    gpu.set_variant("mma").unwrap();
+    assert!(gpu.conv_path == ConvPath::Mma && gpu.overlap);
+    gpu.conv_tune = vec![ConvPath::Mma, ConvPath::MmaWide];
+    assert_eq!(gpu.variants(), ["mma", "mma128"], "no mixed, no one-stream variant");
+    gpu.overlap_wanted = false;
+    gpu.conv_tune = vec![ConvPath::Mma, ConvPath::Mixed];
+    assert_eq!(gpu.variants(), ["mma", "mixed"], "{OVERLAP_ENV}=0: nothing to compare");
+}
