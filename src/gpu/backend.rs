@@ -1163,6 +1163,12 @@ impl Gpu {
         self.overlap_wanted && self.overlap_off.is_none()
     }
 
+    /// The autotune's current variant is [`super::MIXED_ONE_STREAM`]: mixed, with the overlap
+    /// allowed but off.
+    fn one_stream_variant(&self) -> bool {
+        self.conv_path == ConvPath::Mixed && self.overlap_allowed() && !self.overlap
+    }
+
     /// Main → side: the side stream's next launches wait for all work issued on the main stream.
     fn fork(&mut self) -> Result<()> {
         let (Some(side), Some((fork, _))) = (&self.side, &self.ops.fork_join) else {
@@ -1406,14 +1412,15 @@ impl Record for Gpu {
         self.ops.forked = false;
         // the side stream joined back before the capture ends (it must be: a fork left open
         // invalidates the capture)
-        let mut g = super::capture(&ctx, &stream, |_| body(self).and_then(|_| self.join_side()));
+        let mut capture = |g: &mut Self| super::capture(&ctx, &stream, |_| body(g).and_then(|_| g.join_side()));
+        let mut g = capture(self);
         if let (Err(e), true) = (&g, self.ops.forked) {
             // a driver that refuses the fork into a second stream in a capture: once more with
             // every kernel on the main stream, Gpu::overlap off from here and the reason kept
             self.overlap_off = Some(format!("recording with a second stream failed ({e})"));
             self.overlap = false;
             (self.ops.side_pending, self.ops.on_side) = (false, false);
-            g = super::capture(&ctx, &stream, |_| body(self).and_then(|_| self.join_side()));
+            g = capture(self);
         }
         self.ops.recording = false;
         Ok(Some(GpuGraph { graph: g?, _live: live }))
@@ -1452,7 +1459,6 @@ impl Backend for Gpu {
         match path {
             Some(p) if p.runs_on(self.info.cc) => {
                 self.conv_path = p;
-                self.one_stream_variant = one_stream;
                 self.overlap = self.overlap_allowed() && !one_stream;
                 Ok(())
             }
@@ -1463,14 +1469,14 @@ impl Backend for Gpu {
     /// Mixed's own variant settles its picks in an untimed first run; mixed on one stream reuses
     /// them (it is timed after mixed).
     fn variant_settles(&self) -> bool {
-        self.conv_path == ConvPath::Mixed && !self.one_stream_variant
+        self.conv_path == ConvPath::Mixed && !self.one_stream_variant()
     }
 
     fn variant_note(&self) -> String {
         if self.conv_path != ConvPath::Mixed {
             return String::new();
         }
-        if self.one_stream_variant {
+        if self.one_stream_variant() {
             return "mixed's picks, every kernel on the main stream".into();
         }
         self.conv_picks_timed().join("; ")

@@ -115,8 +115,6 @@ pub struct Gpu {
     /// [`OVERLAP_ENV`]'s choice: the warm-up's autotune times the mixed path both with the
     /// overlap and without it ([`MIXED_ONE_STREAM`]) and keeps the faster.
     overlap_wanted: bool,
-    /// The autotune's current variant is [`MIXED_ONE_STREAM`].
-    one_stream_variant: bool,
     /// With [`Gpu::overlap`], a recorded step's main-stream launches (the input-gradient chain,
     /// the step's critical path) carry the context's greatest scheduling priority
     /// (`CU_LAUNCH_ATTRIBUTE_PRIORITY`) and the second stream's the default, least one: when an
@@ -593,7 +591,6 @@ impl Gpu {
             overlap,
             side,
             overlap_wanted: overlap,
-            one_stream_variant: false,
             chain_priority,
             priority_high: greatest,
             overlap_off: None,
