@@ -40,6 +40,7 @@ PREDICTED = {
     "wgmmap": ("wgmmap (persistent) as a mixed candidate", "16th", -0.6, -0.05),
     "dpass": ("input gradients' sums in a separate pass (+pass) as a mixed candidate", "14th", -0.3, -0.15),
     "loop_epilogue": ("wgmma forwards' loop epilogue, at mixed's picks", "16th", -0.55, -0.3),
+    "img_pool": ("img forward (layer 0) pools in registers, no shuffles", "18th", -0.2, -0.1),
 }
 
 STEP = re.compile(r"^(train step[^\n]*?)\s+batch \d+\s+([\d.]+) us\s")
@@ -128,6 +129,9 @@ def measured(new, base):
             k = "wgrad_reduce_f32"
             if k in mixed and k in b_mixed:
                 out["reduce"] = ((mixed[k] - b_mixed[k]) / 1000, f"mixed profile, new − base: {k}")
+        k = "conv3x3 fwd img [0]"  # the same calls in both binaries; mixed takes img (+pass) there
+        if k in lines and k in b_lines:
+            out["img_pool"] = ((lines[k] - b_lines[k]) / 1000, f'"{k}", new − base')
         old_dgrad = b_picks.get(("dgrad", "31x31x24->64", False))
         old_wgrad = b_picks.get(("wgrad", "31x31x24->64", False))
         if "conv3x3_shift_grad [0]" in lines and old_dgrad and old_wgrad:
@@ -178,7 +182,7 @@ def report(new_text, base_text=None):
             out.append(f"{name:74} {session:7} {rng:>14} {ms:+9.3f}  {verdict(ms, low, high)}")
             out.append(f"{'':74}   from {how}")
         else:
-            why = "needs the base log" if base is None and key in ("gelu", "reduce", "shift") else "lines missing"
+            why = "needs the base log" if base is None and key in ("gelu", "reduce", "shift", "img_pool") else "lines missing"
             out.append(f"{name:74} {session:7} {rng:>14} {'-':>9}  ({why})")
     lines = new[0]
     step = "train step, graph, mixed convs"

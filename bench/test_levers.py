@@ -19,6 +19,7 @@ NEW = "\n".join([
     "conv3x3 fwd register epilogue wgmma [1] 2000x15x15x64->64              250.0 us    130.0 TFLOP/s    568.6 GB/s  floor     41.5 us ( 16.6% of floor)",
     "conv3x3 fwd register epilogue wgmma [3] 2000x7x7x256->256              999.0 us    130.0 TFLOP/s    568.6 GB/s  floor     41.5 us ( 16.6% of floor)",
     "conv3x3_shift_grad [0]             2000x31x31x24->64 pool         300.0 us    100.0 TFLOP/s    500.0 GB/s  floor     66.4 us ( 22.1% of floor)",
+    "conv3x3 fwd img [0]                2000x31x31x24->64 pool         320.0 us    155.5 TFLOP/s    558.5 GB/s  floor     62.2 us ( 19.4% of floor)",
     step("train step, graph, wgmma convs", 6600.0),
     "(wgmma convs)",
     "train step profile: 88 launches, 6922.7 us inside them (events around each)",
@@ -43,6 +44,7 @@ NEW = "\n".join([
 
 BASE = "\n".join([
     "kernel bench on GPU Made-up, sm_90: batch 2000",
+    "conv3x3 fwd img [0]                2000x31x31x24->64 pool         510.0 us     97.6 TFLOP/s    350.4 GB/s  floor     62.2 us ( 12.2% of floor)",
     step("train step, graph, mixed convs", 5960.0),
     "  mixed wgrad 31x31x24->64: wgmma (mma 0.272, wgmma 0.234 ms)",
     "  mixed dgrad 31x31x24->64: mma128 (mma 1.105, mma128 0.862, wgmma 0.868 ms)",
@@ -81,6 +83,7 @@ class Levers(unittest.TestCase):
         self.assertAlmostEqual(got["gelu"][0], (300 + 200 - 489 - 284) / 1000)
         self.assertAlmostEqual(got["reduce"][0], -0.036)
         self.assertAlmostEqual(got["shift"][0], 0.300 - (0.862 - 0.234))
+        self.assertAlmostEqual(got["img_pool"][0], 0.320 - 0.510)
         # wgmma2: nowhere the best (0 saved); wgmmap: fwd 7x7 0.250 vs 0.290, wgrad 7x7 (×2)
         # 0.150 vs 0.173; the dgrad's best without it is tma+pass anyway
         self.assertAlmostEqual(got["wgmma2"][0], 0.0)
@@ -94,6 +97,7 @@ class Levers(unittest.TestCase):
         got = levers.measured(levers.read(NEW), None)
         self.assertNotIn("gelu", got)
         self.assertNotIn("shift", got)
+        self.assertNotIn("img_pool", got)
         self.assertIn("pdl", got)
         text = levers.report(NEW)
         self.assertIn("(needs the base log)", text)

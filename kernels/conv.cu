@@ -1438,10 +1438,10 @@ extern "C" __global__ void __launch_bounds__(128, 3) conv3x3_dgrad_mma_tall32_f1
 // whose image and filters fit the shared memory; the host checks the fit (img_smem).
 //
 // 8 warps: 4 warp rows × 2 warp columns (32 channels each). The image's GEMM rows (fwd_row_pixel
-// order: with pool, 4 rows a 2×2 window) go in groups of 64; warp row wm takes groups wm, wm + 4,
-// …, each as 4 m16 tiles × 4 n8 tiles over K in k16 steps (the same k16 order as mma_kstep, so
-// y, argmax equal the 128×64 kernel's bit for bit on the emulator), m16 tiles past the image's
-// rows skipped. Its BatchNorm column sums add up in red[wm] over its groups in order, and the
+// order unpooled; pooled, 16 windows per group in img_pool_tile's row order, so that a lane holds
+// whole windows) go in groups of 64; warp row wm takes groups wm, wm + 4, …, each as 4 m16
+// tiles × 4 n8 tiles over K in k16 steps (the same k16 order as mma_kstep, so y, argmax equal
+// the 128×64 kernel's bit for bit on the emulator), m16 tiles past the image's rows skipped. Its BatchNorm column sums add up in red[wm] over its groups in order, and the
 // block writes one partial per channel ([2·cout][N], mma_col_partials): deterministic.
 //
 // Shared memory (ImgLayout; src/gpu/backend.rs `img_smem` mirrors it, and the kernel traps if
@@ -1529,6 +1529,52 @@ __device__ __forceinline__ void img_kloop(float (&acc)[4][4][4], const half* im,
     }
 }
 
+// The pooled image-resident forward's epilogue, and its row order: in a group of 64 GEMM rows (16
+// windows), rows 16i + g + 8h (an m16 tile i, its mma accumulator rows g and g + 8) are member
+// 2(i & 1) + h (window order: dy·2 + dx) of window 8(i >> 1) + g. So each lane's accumulators
+// hold all four members of its windows (tiles 2a and 2a + 1, rows g and g + 8) and the pooling
+// is in registers: no shuffles, every lane storing (conv_fwd_tile gathers a window from 4 lanes
+// with 8 shuffles per value pair and stores from one lane in 4). Outputs: y[w][c] the window's
+// first maximum, argmax[w][c] its member, for windows w0 + wl, wl < wleft, c < cout; with stats
+// the BatchNorm sums of the stored values added to red (mma_col_sums, in window order per lane).
+__device__ __forceinline__ void img_pool_tile(const float (&acc)[4][4][4], long long w0, int wleft, int n0, int cout,
+                                              half* __restrict__ y, unsigned char* __restrict__ argmax, bool stats,
+                                              double (*red)[ImgTile::TN][2]) {
+    using Tl = ImgTile;
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    double sum[2] = {0.0, 0.0}, sq[2] = {0.0, 0.0};  // this lane's, of its current column pair
+#pragma unroll
+    for (int j = 0; j < Tl::NJ; j++) {
+        const int co = n0 + Tl::wn() * Tl::WN + j * 8 + 2 * q;
+#pragma unroll
+        for (int a = 0; a < 2; a++) {
+            const int wl = 8 * a + g;
+            if (wl < wleft && co < cout) {
+                float b0 = acc[2 * a][j][0], b1 = acc[2 * a][j][1];
+                unsigned k0 = 0, k1 = 0;
+#pragma unroll
+                for (int p = 1; p < 4; p++) {  // strict: the first maximum wins
+                    const float v0 = acc[2 * a + (p >> 1)][j][2 * (p & 1)], v1 = acc[2 * a + (p >> 1)][j][2 * (p & 1) + 1];
+                    if (v0 > b0) { b0 = v0; k0 = p; }
+                    if (v1 > b1) { b1 = v1; k1 = p; }
+                }
+                const long long o = (w0 + wl) * cout + co;
+                const half h0 = __float2half(b0), h1 = __float2half(b1);
+                *reinterpret_cast<unsigned*>(y + o) = pack_half2(h0, h1);
+                *reinterpret_cast<unsigned short*>(argmax + o) = (unsigned short)(k0 | (k1 << 8));
+                if (stats) {
+                    const double d0 = (double)__half2float(h0), d1 = (double)__half2float(h1);
+                    sum[0] += d0;
+                    sum[1] += d1;
+                    sq[0] += d0 * d0;
+                    sq[1] += d1 * d1;
+                }
+            }
+        }
+        if (stats) mma_col_sums<double, Tl, true>(j, sum, sq, red);
+    }
+}
+
 // Same contract as conv_fwd_mma (part per block: [2·cout][gridDim.x = N]); grid (N, ceil(cout/64)),
 // block IMG_THREADS, ImgLayout(H, W, cin).bytes of dynamic shared memory at smem. STORE false:
 // no epilogue (null y, the bench's main-loop-only lines), a separate instance so that the
@@ -1563,11 +1609,12 @@ __device__ __forceinline__ void conv_fwd_img(const half* __restrict__ a, int N, 
 
     const int Mi = pool ? (H >> 1) * (W >> 1) * 4 : HW;  // the image's GEMM rows
     const long long mbase = (long long)img * Mi, mend = mbase + Mi;
-    const int PW = W >> 1, nks = (K + 15) >> 4;
+    const int PW = W >> 1, Wn = Mi >> 2, nks = (K + 15) >> 4;  // Wn: the pooled image's windows
     // this lane's B ldmatrix row (mma_kstep's non-transposed B addressing)
     const half* bs = ws + (wn * 32 + (lane & 7) + (lane >> 4) * 8) * L.ldw + ((lane >> 3) & 1) * 8;
     for (int r0 = wm * 64; r0 < Mi; r0 += Tl::WGM * 64) {
-        const int live = min(4, (Mi - r0 + 15) >> 4);  // m16 tiles with a row < Mi
+        // m16 tiles with a row < Mi (pooled: a pair of tiles per 8 windows, img_pool_tile)
+        const int live = pool ? (Wn - (r0 >> 2) > 8 ? 4 : 2) : min(4, (Mi - r0 + 15) >> 4);
         // this lane's ldmatrix row of each m16 tile: its pixel (units) and the taps inside the image
         int pu[4];
         unsigned mask[4];
@@ -1575,16 +1622,20 @@ __device__ __forceinline__ void conv_fwd_img(const half* __restrict__ a, int N, 
         for (int i = 0; i < 4; i++) {
             const int r = r0 + 16 * i + (lane & 15);
             int yy, xx;
-            if (pool) {
-                const int w = r >> 2, wy = w / PW;
-                yy = 2 * wy + ((r >> 1) & 1);
-                xx = 2 * (w - wy * PW) + (r & 1);
+            bool in;
+            if (pool) {  // img_pool_tile's order: member 2(i & 1) + h of window 8(i >> 1) + g, h = row / 8
+                const int w = (r0 >> 2) + 8 * (i >> 1) + (lane & 7), p = 2 * (i & 1) + ((lane >> 3) & 1);
+                const int wy = w / PW;
+                yy = 2 * wy + (p >> 1);
+                xx = 2 * (w - wy * PW) + (p & 1);
+                in = w < Wn;
             } else {
                 yy = r / W;
                 xx = r - yy * W;
+                in = r < Mi;
             }
-            mask[i] = r < Mi ? tap_mask(yy, xx, H, W) : 0u;
-            pu[i] = r < Mi ? L.pixel(yy, xx) : 0;
+            mask[i] = in ? tap_mask(yy, xx, H, W) : 0u;
+            pu[i] = in ? L.pixel(yy, xx) : 0;
         }
         float acc[4][4][4];
         if (live == 4)
@@ -1592,8 +1643,13 @@ __device__ __forceinline__ void conv_fwd_img(const half* __restrict__ a, int N, 
         else
             img_kloop<false>(acc, im, zrow, bs, pu, mask, live, L, nks, lane);
         // mma_epilogue puts warp row wm at rows wm·64..: m0 = this group's first row − wm·64
-        if constexpr (STORE)
-            conv_fwd_tile<Tl, true>(acc, mbase + r0 - wm * 64, n0, mend, cout, pool, y, argmax, part != nullptr, red);
+        if constexpr (STORE) {
+            if (pool)
+                img_pool_tile(acc, (mbase + r0) >> 2, Wn - (r0 >> 2), n0, cout, y, argmax, part != nullptr, red);
+            else
+                conv_fwd_tile<Tl, true>(acc, mbase + r0 - wm * 64, n0, mend, cout, pool, y, argmax, part != nullptr,
+                                        red);
+        }
     }
     if (STORE && part) mma_col_partials<double, Tl>(red, n0, cout, part);
 }
