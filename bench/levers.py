@@ -41,6 +41,7 @@ PREDICTED = {
     "dpass": ("input gradients' sums in a separate pass (+pass) as a mixed candidate", "14th", -0.3, -0.15),
     "loop_epilogue": ("wgmma forwards' loop epilogue, at mixed's picks", "16th", -0.55, -0.3),
     "img_pool": ("img forward (layer 0) pools in registers, no shuffles", "18th", -0.2, -0.1),
+    "mma_pool": ("mma/mma128 pooled forwards pool in registers (pays if mixed picks them)", "18th", -0.1, 0.0),
 }
 
 STEP = re.compile(r"^(train step[^\n]*?)\s+batch \d+\s+([\d.]+) us\s")
@@ -95,11 +96,14 @@ def launches(gemm, shape, pooled):
     return n
 
 
-def family_saving(picks, member):
+def family_saving(picks, member, pooled_only=False):
     """Σ launches × (best candidate − best candidate not `member`(name)) over the GEMMs where
-    the family has a candidate, in ms; None if it has none."""
+    the family has a candidate (pooled_only: the pooled forwards only), in ms; None if it has
+    none."""
     total, seen = 0.0, False
     for (gemm, shape, pooled), (_, times) in picks.items():
+        if pooled_only and not pooled:
+            continue
         inside = {c: t for c, t in times.items() if member(gemm, c)}
         outside = [t for c, t in times.items() if not member(gemm, c)]
         if not inside or not outside:
@@ -150,6 +154,10 @@ def measured(new, base):
         s = family_saving(picks, member)
         if s is not None:
             out[key] = (s, "mixed autotune: best − best without it, × launches per step")
+    # the mma forwards' in-register pooling can only pay on mixed where they become its pick
+    s = family_saving(picks, lambda g, c: g == "fwd" and c.split("+")[0] in ("mma", "mma128"), pooled_only=True)
+    if s is not None:
+        out["mma_pool"] = (s, "mixed autotune, pooled forwards: best − best without mma/mma128, × launches")
     diffs = []
     for layer, (h, w, cin, cout, pool) in enumerate(LAYERS):
         pick = picks.get(("fwd", f"{h}x{w}x{cin}->{cout}", pool))

@@ -25,7 +25,8 @@ NEW = "\n".join([
     "train step profile: 88 launches, 6922.7 us inside them (events around each)",
     "  pre_bwd_dx_f16                      7 x      999.0 us    7.1%",
     step("train step, graph, mixed convs", 5000.0),
-    "  mixed fwd 15x15x64->256 pool: tma (wgmma 0.700, wgmma2 0.650, tma 0.580, wgmmap 0.600 ms)",
+    "  mixed fwd 15x15x64->256 pool: tma (wgmma 0.700, wgmma2 0.650, tma 0.580, wgmmap 0.600, mma128 0.610 ms)",
+    "  mixed fwd 7x7x256->256 pool: mma128 (tma4 0.280, mma128 0.260 ms)",
     "  mixed fwd 15x15x64->64: wgmma (wgmma 0.200, wgmma2 0.210 ms)",
     "  mixed fwd 7x7x256->256: wgmmap (wgmma 0.330, tma 0.290, wgmmap 0.250 ms)",
     "  mixed dgrad 7x7x256->256: tma+pass (wgmma 0.656, tma 0.562, tma+pass 0.450, wgmmap 0.500 ms)",
@@ -84,6 +85,9 @@ class Levers(unittest.TestCase):
         self.assertAlmostEqual(got["reduce"][0], -0.036)
         self.assertAlmostEqual(got["shift"][0], 0.300 - (0.862 - 0.234))
         self.assertAlmostEqual(got["img_pool"][0], 0.320 - 0.510)
+        # mma128 the pick at the pooled layer 4 (0.260 against tma4's 0.280), not at layer 2
+        # (0.610 against tma's 0.580: nothing saved there)
+        self.assertAlmostEqual(got["mma_pool"][0], 0.260 - 0.280)
         # wgmma2: nowhere the best (0 saved); wgmmap: fwd 7x7 0.250 vs 0.290, wgrad 7x7 (×2)
         # 0.150 vs 0.173; the dgrad's best without it is tma+pass anyway
         self.assertAlmostEqual(got["wgmma2"][0], 0.0)

@@ -151,6 +151,14 @@ __device__ __forceinline__ void fwd_row_pixel(int m, int M, const PixGrid& g, in
     yy = 2 * wy + ((m >> 1) & 1);
     xx = 2 * wx + (m & 1);
 }
+// The pooled forward's GEMM rows in lane order (pool_tile_inlane): within each aligned group of
+// 64 rows (16 windows), row 16i + g + 8h (m16 tile i of a warp's 64 rows, accumulator row g or
+// g + 8) computes fwd_row_pixel's row 4·(8(i >> 1) + g) + 2(i & 1) + h: member 2(i & 1) + h of
+// window 8(i >> 1) + g. A permutation of each group, so every window is computed once.
+__device__ __forceinline__ int lane_pool_row(int m) {
+    const int r = m & 63, w = ((r >> 5) << 3) | (r & 7), p = (((r >> 4) & 1) << 1) | ((r >> 3) & 1);
+    return (m & ~63) | (w << 2) | p;
+}
 
 // ---------------------------------------------------------------------------------------------
 extern "C" __global__ void __launch_bounds__(NT)
@@ -756,7 +764,9 @@ template <int R> struct TapRows {
 
 // The TapRows of block rows first + step·i (i < R) of the forward's GEMM (fwd_row_pixel: every
 // output pixel, or with pool the pixels of complete 2×2 windows), gathering cin channels.
-template <int R>
+// LANE_POOL: pooled rows in lane_pool_row's order (the mma kernels, whose epilogue pools in
+// registers).
+template <int R, bool LANE_POOL = false>
 __device__ __forceinline__ void fwd_tap_rows(TapRows<R>& rows, long long first, int step, long long M, int H, int W,
                                              int pool, int cin) {
     const PixGrid g = fwd_row_grid(H, W, pool);
@@ -764,7 +774,8 @@ __device__ __forceinline__ void fwd_tap_rows(TapRows<R>& rows, long long first, 
     for (int i = 0; i < R; i++) {
         int n, yy, xx;
         bool ok;
-        fwd_row_pixel((int)(first + step * i), (int)M, g, pool, n, yy, xx, ok);
+        const int m = (int)(first + step * i);
+        fwd_row_pixel(LANE_POOL && pool ? lane_pool_row(m) : m, (int)M, g, pool, n, yy, xx, ok);
         rows.set(i, (n * H + yy) * W + xx, yy, xx, ok, cin, H, W);
     }
 }
@@ -1035,26 +1046,83 @@ __device__ __forceinline__ void conv_fwd_tile(const float (&acc)[Tl::MI][Tl::NJ]
         }
     }, cols_done);
 }
+// The pooled forward's epilogue from a warp's 64 rows in lane_pool_row's order (the mma kernels,
+// the image-resident one): a lane's accumulators for m16 tiles 2a and 2a + 1, rows g and
+// g + 8, hold all four members of window 8a + g, so the pooling is in registers: no shuffles,
+// every lane storing (conv_fwd_tile gathers a window from 4 lanes with 8 shuffles per value
+// pair and stores from one lane in 4). y[w][c] the window's first maximum, argmax[w][c] its
+// member, for windows w0 + wl, wl < wleft (w0: the warp's first), c < cout; with stats the
+// BatchNorm sums of the stored values into red (mma_col_sums; ADD: added to what it holds).
+template <class Tl, bool ADD>
+__device__ __forceinline__ void pool_tile_inlane(const float (&acc)[Tl::MI][Tl::NJ][4], long long w0, long long wleft,
+                                                 int n0, int cout, half* __restrict__ y,
+                                                 unsigned char* __restrict__ argmax, bool stats,
+                                                 double (*red)[Tl::TN][2]) {
+    static_assert(Tl::MI == 4 && Tl::WROWS == 64, "a warp's rows: one group of 16 windows");
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    double sum[2] = {0.0, 0.0}, sq[2] = {0.0, 0.0};  // this lane's, of its current column pair
+#pragma unroll
+    for (int j = 0; j < Tl::NJ; j++) {
+        const int co = n0 + Tl::wn() * Tl::WN + j * 8 + 2 * q;
+#pragma unroll
+        for (int a = 0; a < 2; a++) {
+            const int wl = 8 * a + g;
+            if (wl < wleft && co < cout) {
+                float b0 = acc[2 * a][j][0], b1 = acc[2 * a][j][1];
+                unsigned k0 = 0, k1 = 0;
+#pragma unroll
+                for (int p = 1; p < 4; p++) {  // strict: the first maximum wins
+                    const float v0 = acc[2 * a + (p >> 1)][j][2 * (p & 1)];
+                    const float v1 = acc[2 * a + (p >> 1)][j][2 * (p & 1) + 1];
+                    if (v0 > b0) { b0 = v0; k0 = p; }
+                    if (v1 > b1) { b1 = v1; k1 = p; }
+                }
+                const long long o = (w0 + wl) * cout + co;
+                const half h0 = __float2half(b0), h1 = __float2half(b1);
+                *reinterpret_cast<unsigned*>(y + o) = pack_half2(h0, h1);
+                *reinterpret_cast<unsigned short*>(argmax + o) = (unsigned short)(k0 | (k1 << 8));
+                if (stats) {
+                    const double d0 = (double)__half2float(h0), d1 = (double)__half2float(h1);
+                    sum[0] += d0;
+                    sum[1] += d1;
+                    sq[0] += d0 * d0;
+                    sq[1] += d1 * d1;
+                }
+            }
+        }
+        if (stats) mma_col_sums<double, Tl, ADD>(j, sum, sq, red);
+    }
+}
 // The forward's epilogue of one tile: conv_fwd_tile, then, when part is set, the BatchNorm
 // partial sums of the stored y (mma_col_partials). red: WGM × TN × 2 doubles of shared memory
 // no warp still reads.
 // prow, prows: the tile's column of part and their count (a persistent block's tile), or by
 // default blockIdx.x of gridDim.x.
-template <class Tl>
+// LANE_POOL: the tile's pooled rows are in lane_pool_row's order, pooled by pool_tile_inlane.
+template <class Tl, bool LANE_POOL = false>
 __device__ __forceinline__ void conv_fwd_epilogue(const float (&acc)[Tl::MI][Tl::NJ][4], long long m0, int n0, long long M,
                                                   int cout, int pool, half* __restrict__ y,
                                                   unsigned char* __restrict__ argmax, double* __restrict__ part,
                                                   double (*red)[Tl::TN][2], int prow, int prows) {
     if (!y) return;  // the bench's main-loop-only lines (null outputs): no epilogue
-    conv_fwd_tile<Tl, false>(acc, m0, n0, M, cout, pool, y, argmax, part != nullptr, red);
+    if constexpr (LANE_POOL) {
+        if (pool) {
+            const long long w0 = (m0 >> 2) + Tl::wm() * (Tl::WROWS >> 2);
+            pool_tile_inlane<Tl, false>(acc, w0, (M >> 2) - w0, n0, cout, y, argmax, part != nullptr, red);
+        } else {
+            conv_fwd_tile<Tl, false>(acc, m0, n0, M, cout, pool, y, argmax, part != nullptr, red);
+        }
+    } else {
+        conv_fwd_tile<Tl, false>(acc, m0, n0, M, cout, pool, y, argmax, part != nullptr, red);
+    }
     if (part) mma_col_partials<double, Tl>(red, n0, cout, part, prow, prows);
 }
-template <class Tl>
+template <class Tl, bool LANE_POOL = false>
 __device__ __forceinline__ void conv_fwd_epilogue(const float (&acc)[Tl::MI][Tl::NJ][4], long long m0, int n0, long long M,
                                                   int cout, int pool, half* __restrict__ y,
                                                   unsigned char* __restrict__ argmax, double* __restrict__ part,
                                                   double (*red)[Tl::TN][2]) {
-    conv_fwd_epilogue<Tl>(acc, m0, n0, M, cout, pool, y, argmax, part, red, blockIdx.x, gridDim.x);
+    conv_fwd_epilogue<Tl, LANE_POOL>(acc, m0, n0, M, cout, pool, y, argmax, part, red, blockIdx.x, gridDim.x);
 }
 
 // Same contract as conv3x3_fwd_f16 with bn = 2, but the weights as fp16 (wf, conv_weights_f16).
@@ -1078,7 +1146,7 @@ __device__ __forceinline__ void conv_fwd_mma(const half* __restrict__ a, int N, 
     // Staging: this thread copies A rows r0 + 32i (i < TM/32) and B rows r0 + 32i (i < TN/32), 8 k at kc.
     const int r0 = tid >> 2, kc = (tid & 3) * 8;
     TapRows<TM / 32> rows;
-    fwd_tap_rows(rows, m0 + r0, 32, M, H, W, pool, cin);
+    fwd_tap_rows<TM / 32, true>(rows, m0 + r0, 32, M, H, W, pool, cin);
     int boff[TN / 32];  // B rows' offsets co·K + kc in wf, 0 for co ≥ cout (masked below)
     unsigned bmask = 0u;
 #pragma unroll
@@ -1102,8 +1170,8 @@ __device__ __forceinline__ void conv_fwd_mma(const half* __restrict__ a, int N, 
     float acc[4][Tl::NJ][4];
     mma_pipeline<false, false, Tl>(acc, As, Bs, CEIL_DIV(K, MK), issue);
 
-    conv_fwd_epilogue<Tl>(acc, m0, n0, M, cout, pool, y, argmax, part,
-                          mma_spare_stage<double, Tl>(As, CEIL_DIV(K, MK)));
+    conv_fwd_epilogue<Tl, true>(acc, m0, n0, M, cout, pool, y, argmax, part,
+                                mma_spare_stage<double, Tl>(As, CEIL_DIV(K, MK)));
 }
 
 // Where the input gradient's epilogue reads the layer input x (both channels of a value pair in
@@ -1438,7 +1506,7 @@ extern "C" __global__ void __launch_bounds__(128, 3) conv3x3_dgrad_mma_tall32_f1
 // whose image and filters fit the shared memory; the host checks the fit (img_smem).
 //
 // 8 warps: 4 warp rows × 2 warp columns (32 channels each). The image's GEMM rows (fwd_row_pixel
-// order unpooled; pooled, 16 windows per group in img_pool_tile's row order, so that a lane holds
+// order unpooled; pooled, 16 windows per group in lane_pool_row's order, so that a lane holds
 // whole windows) go in groups of 64; warp row wm takes groups wm, wm + 4, …, each as 4 m16
 // tiles × 4 n8 tiles over K in k16 steps (the same k16 order as mma_kstep, so y, argmax equal
 // the 128×64 kernel's bit for bit on the emulator), m16 tiles past the image's rows skipped. Its BatchNorm column sums add up in red[wm] over its groups in order, and the
@@ -1529,52 +1597,6 @@ __device__ __forceinline__ void img_kloop(float (&acc)[4][4][4], const half* im,
     }
 }
 
-// The pooled image-resident forward's epilogue, and its row order: in a group of 64 GEMM rows (16
-// windows), rows 16i + g + 8h (an m16 tile i, its mma accumulator rows g and g + 8) are member
-// 2(i & 1) + h (window order: dy·2 + dx) of window 8(i >> 1) + g. So each lane's accumulators
-// hold all four members of its windows (tiles 2a and 2a + 1, rows g and g + 8) and the pooling
-// is in registers: no shuffles, every lane storing (conv_fwd_tile gathers a window from 4 lanes
-// with 8 shuffles per value pair and stores from one lane in 4). Outputs: y[w][c] the window's
-// first maximum, argmax[w][c] its member, for windows w0 + wl, wl < wleft, c < cout; with stats
-// the BatchNorm sums of the stored values added to red (mma_col_sums, in window order per lane).
-__device__ __forceinline__ void img_pool_tile(const float (&acc)[4][4][4], long long w0, int wleft, int n0, int cout,
-                                              half* __restrict__ y, unsigned char* __restrict__ argmax, bool stats,
-                                              double (*red)[ImgTile::TN][2]) {
-    using Tl = ImgTile;
-    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-    double sum[2] = {0.0, 0.0}, sq[2] = {0.0, 0.0};  // this lane's, of its current column pair
-#pragma unroll
-    for (int j = 0; j < Tl::NJ; j++) {
-        const int co = n0 + Tl::wn() * Tl::WN + j * 8 + 2 * q;
-#pragma unroll
-        for (int a = 0; a < 2; a++) {
-            const int wl = 8 * a + g;
-            if (wl < wleft && co < cout) {
-                float b0 = acc[2 * a][j][0], b1 = acc[2 * a][j][1];
-                unsigned k0 = 0, k1 = 0;
-#pragma unroll
-                for (int p = 1; p < 4; p++) {  // strict: the first maximum wins
-                    const float v0 = acc[2 * a + (p >> 1)][j][2 * (p & 1)], v1 = acc[2 * a + (p >> 1)][j][2 * (p & 1) + 1];
-                    if (v0 > b0) { b0 = v0; k0 = p; }
-                    if (v1 > b1) { b1 = v1; k1 = p; }
-                }
-                const long long o = (w0 + wl) * cout + co;
-                const half h0 = __float2half(b0), h1 = __float2half(b1);
-                *reinterpret_cast<unsigned*>(y + o) = pack_half2(h0, h1);
-                *reinterpret_cast<unsigned short*>(argmax + o) = (unsigned short)(k0 | (k1 << 8));
-                if (stats) {
-                    const double d0 = (double)__half2float(h0), d1 = (double)__half2float(h1);
-                    sum[0] += d0;
-                    sum[1] += d1;
-                    sq[0] += d0 * d0;
-                    sq[1] += d1 * d1;
-                }
-            }
-        }
-        if (stats) mma_col_sums<double, Tl, true>(j, sum, sq, red);
-    }
-}
-
 // Same contract as conv_fwd_mma (part per block: [2·cout][gridDim.x = N]); grid (N, ceil(cout/64)),
 // block IMG_THREADS, ImgLayout(H, W, cin).bytes of dynamic shared memory at smem. STORE false:
 // no epilogue (null y, the bench's main-loop-only lines), a separate instance so that the
@@ -1613,7 +1635,7 @@ __device__ __forceinline__ void conv_fwd_img(const half* __restrict__ a, int N, 
     // this lane's B ldmatrix row (mma_kstep's non-transposed B addressing)
     const half* bs = ws + (wn * 32 + (lane & 7) + (lane >> 4) * 8) * L.ldw + ((lane >> 3) & 1) * 8;
     for (int r0 = wm * 64; r0 < Mi; r0 += Tl::WGM * 64) {
-        // m16 tiles with a row < Mi (pooled: a pair of tiles per 8 windows, img_pool_tile)
+        // m16 tiles with a row < Mi (pooled: a pair of tiles per 8 windows, lane_pool_row)
         const int live = pool ? (Wn - (r0 >> 2) > 8 ? 4 : 2) : min(4, (Mi - r0 + 15) >> 4);
         // this lane's ldmatrix row of each m16 tile: its pixel (units) and the taps inside the image
         int pu[4];
@@ -1623,8 +1645,8 @@ __device__ __forceinline__ void conv_fwd_img(const half* __restrict__ a, int N, 
             const int r = r0 + 16 * i + (lane & 15);
             int yy, xx;
             bool in;
-            if (pool) {  // img_pool_tile's order: member 2(i & 1) + h of window 8(i >> 1) + g, h = row / 8
-                const int w = (r0 >> 2) + 8 * (i >> 1) + (lane & 7), p = 2 * (i & 1) + ((lane >> 3) & 1);
+            if (pool) {  // lane_pool_row's order (r0 is a multiple of 64)
+                const int pr = lane_pool_row(r), w = pr >> 2, p = pr & 3;
                 const int wy = w / PW;
                 yy = 2 * wy + (p >> 1);
                 xx = 2 * (w - wy * PW) + (p & 1);
@@ -1645,7 +1667,8 @@ __device__ __forceinline__ void conv_fwd_img(const half* __restrict__ a, int N, 
         // mma_epilogue puts warp row wm at rows wm·64..: m0 = this group's first row − wm·64
         if constexpr (STORE) {
             if (pool)
-                img_pool_tile(acc, (mbase + r0) >> 2, Wn - (r0 >> 2), n0, cout, y, argmax, part != nullptr, red);
+                pool_tile_inlane<Tl, true>(acc, (mbase + r0) >> 2, Wn - (r0 >> 2), n0, cout, y, argmax,
+                                           part != nullptr, red);
             else
                 conv_fwd_tile<Tl, true>(acc, mbase + r0 - wm * 64, n0, mend, cout, pool, y, argmax, part != nullptr,
                                         red);
