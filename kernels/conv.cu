@@ -151,13 +151,20 @@ __device__ __forceinline__ void fwd_row_pixel(int m, int M, const PixGrid& g, in
     yy = 2 * wy + ((m >> 1) & 1);
     xx = 2 * wx + (m & 1);
 }
-// The pooled forward's GEMM rows in lane order (pool_tile_inlane): within each aligned group of
-// 64 rows (16 windows), row 16i + g + 8h (m16 tile i of a warp's 64 rows, accumulator row g or
-// g + 8) computes fwd_row_pixel's row 4·(8(i >> 1) + g) + 2(i & 1) + h: member 2(i & 1) + h of
-// window 8(i >> 1) + g. A permutation of each group, so every window is computed once.
-__device__ __forceinline__ int lane_pool_row(int m) {
-    const int r = m & 63, w = ((r >> 5) << 3) | (r & 7), p = (((r >> 4) & 1) << 1) | ((r >> 3) & 1);
-    return (m & ~63) | (w << 2) | p;
+// The pooled forward's GEMM rows in lane order, a permutation of each aligned group of G rows
+// (G / 4 windows), so every window is computed once. Row g + 8h of an m16 tile is accumulator
+// row g or g + 8 of lane 4g + q.
+// G = 64 (pool_tile_inlane, a warp on 4 m16 tiles): row 16i + g + 8h is member 2(i & 1) + h of
+//   window 8(i >> 1) + g: a lane holds all four members of its windows.
+// G = 16 (pool_tile_pairs, a warp on one m16 tile): row g + 8h is member 2(g & 1) + h of window
+//   g >> 1: a lane holds two members, lane ^ 4 the other two.
+// Returns fwd_row_pixel's row for m: 4·window + member.
+template <int G> __device__ __forceinline__ int lane_pool_row(int m) {
+    static_assert(G == 64 || G == 16, "a warp's rows: 4 m16 tiles or one");
+    const int r = m & (G - 1);
+    const int w = G == 64 ? ((r >> 5) << 3) | (r & 7) : (r & 7) >> 1;
+    const int p = G == 64 ? (((r >> 4) & 1) << 1) | ((r >> 3) & 1) : ((r & 1) << 1) | (r >> 3);
+    return (m & ~(G - 1)) | (w << 2) | p;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -764,9 +771,9 @@ template <int R> struct TapRows {
 
 // The TapRows of block rows first + step·i (i < R) of the forward's GEMM (fwd_row_pixel: every
 // output pixel, or with pool the pixels of complete 2×2 windows), gathering cin channels.
-// LANE_POOL: pooled rows in lane_pool_row's order (the mma kernels, whose epilogue pools in
-// registers).
-template <int R, bool LANE_POOL = false>
+// LANE_POOL (0: none): pooled rows in lane_pool_row<LANE_POOL>'s order (the kernels whose
+// epilogue pools in registers: the mma ones, 64; the persistent wgmma ones, 16).
+template <int R, int LANE_POOL = 0>
 __device__ __forceinline__ void fwd_tap_rows(TapRows<R>& rows, long long first, int step, long long M, int H, int W,
                                              int pool, int cin) {
     const PixGrid g = fwd_row_grid(H, W, pool);
@@ -775,7 +782,9 @@ __device__ __forceinline__ void fwd_tap_rows(TapRows<R>& rows, long long first, 
         int n, yy, xx;
         bool ok;
         const int m = (int)(first + step * i);
-        fwd_row_pixel(LANE_POOL && pool ? lane_pool_row(m) : m, (int)M, g, pool, n, yy, xx, ok);
+        int mr = m;
+        if constexpr (LANE_POOL != 0) mr = pool ? lane_pool_row<LANE_POOL>(m) : m;
+        fwd_row_pixel(mr, (int)M, g, pool, n, yy, xx, ok);
         rows.set(i, (n * H + yy) * W + xx, yy, xx, ok, cin, H, W);
     }
 }
@@ -1046,7 +1055,7 @@ __device__ __forceinline__ void conv_fwd_tile(const float (&acc)[Tl::MI][Tl::NJ]
         }
     }, cols_done);
 }
-// The pooled forward's epilogue from a warp's 64 rows in lane_pool_row's order (the mma kernels,
+// The pooled forward's epilogue from a warp's 64 rows in lane_pool_row<64>'s order (the mma kernels,
 // the image-resident one): a lane's accumulators for m16 tiles 2a and 2a + 1, rows g and
 // g + 8, hold all four members of window 8a + g, so the pooling is in registers: no shuffles,
 // every lane storing (conv_fwd_tile gathers a window from 4 lanes with 8 shuffles per value
@@ -1093,12 +1102,85 @@ __device__ __forceinline__ void pool_tile_inlane(const float (&acc)[Tl::MI][Tl::
         if (stats) mma_col_sums<double, Tl, ADD>(j, sum, sq, red);
     }
 }
+// The same from a warp's 16 rows in lane_pool_row<16>'s order (the wgmma tiles, MI = 1): a lane
+// holds members 2(g & 1) + h of window g >> 1 and lane ^ 4 the other two. Per pair of column
+// groups j0 = 2t, j1 = 2t + 1, the lane with even g finalises j0 and the odd one j1: each sends
+// its partner the four values of the group the partner finalises (4 shuffles per 4 value pairs,
+// where conv_fwd_tile takes 8 per pair), and every lane stores.
+template <class Tl>
+__device__ __forceinline__ void pool_tile_pairs(const float (&acc)[Tl::MI][Tl::NJ][4], long long w0, long long wleft,
+                                                int n0, int cout, half* __restrict__ y,
+                                                unsigned char* __restrict__ argmax, bool stats,
+                                                double (*red)[Tl::TN][2]) {
+    static_assert(Tl::MI == 1 && Tl::WROWS == 16 && Tl::NJ % 2 == 0, "a warp's rows: one m16 tile");
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const bool odd = (g & 1) != 0, live = (g >> 1) < wleft;
+    const long long o0 = (w0 + (g >> 1)) * cout;
+#pragma unroll
+    for (int t = 0; t < Tl::NJ / 2; t++) {
+        const int co = n0 + Tl::wn() * Tl::WN + (2 * t + odd) * 8 + 2 * q;  // the group this lane finalises
+        // mine: this lane's members (2·odd + h, h = e >> 1) of its group; theirs: the partner's
+        float mine[4], theirs[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float keep = odd ? acc[0][2 * t + 1][e] : acc[0][2 * t][e];
+            const float send = odd ? acc[0][2 * t][e] : acc[0][2 * t + 1][e];
+            mine[e] = keep;
+            theirs[e] = __shfl_xor_sync(0xffffffffu, send, 4);
+        }
+        double sum[2] = {0.0, 0.0}, sq[2] = {0.0, 0.0};
+        if (live && co < cout) {
+            float b[2];
+            unsigned k[2];
+#pragma unroll
+            for (int c = 0; c < 2; c++) {  // members 0, 1 are the even lane's (h = 0, 1); 2, 3 the odd one's
+                const float m0 = odd ? theirs[c] : mine[c], m1 = odd ? theirs[2 + c] : mine[2 + c];
+                const float m2 = odd ? mine[c] : theirs[c], m3 = odd ? mine[2 + c] : theirs[2 + c];
+                b[c] = m0;
+                k[c] = 0;
+                if (m1 > b[c]) { b[c] = m1; k[c] = 1; }  // strict: the first maximum wins
+                if (m2 > b[c]) { b[c] = m2; k[c] = 2; }
+                if (m3 > b[c]) { b[c] = m3; k[c] = 3; }
+            }
+            const long long o = o0 + co;
+            const half h0 = __float2half(b[0]), h1 = __float2half(b[1]);
+            *reinterpret_cast<unsigned*>(y + o) = pack_half2(h0, h1);
+            *reinterpret_cast<unsigned short*>(argmax + o) = (unsigned short)(k[0] | (k[1] << 8));
+            if (stats) {
+                const double d0 = (double)__half2float(h0), d1 = (double)__half2float(h1);
+                sum[0] = d0;
+                sum[1] = d1;
+                sq[0] = d0 * d0;
+                sq[1] = d1 * d1;
+            }
+        }
+        if (stats) {
+            // group j0's sums are the even lanes', j1's the odd ones': added over the four lanes
+            // of a parity and a q (xor 8, 16), they land in lanes g = 0 (j0) and g = 1 (j1)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                double a = sum[e], b = sq[e];
+#pragma unroll
+                for (int o = 8; o < 32; o <<= 1) {
+                    a += __shfl_xor_sync(0xffffffffu, a, o);
+                    b += __shfl_xor_sync(0xffffffffu, b, o);
+                }
+                if (lane < 8) {
+                    double* r = red[Tl::wm()][Tl::wn() * Tl::WN + (2 * t + odd) * 8 + 2 * q + e];
+                    r[0] = a;
+                    r[1] = b;
+                }
+            }
+        }
+    }
+}
 // The forward's epilogue of one tile: conv_fwd_tile, then, when part is set, the BatchNorm
 // partial sums of the stored y (mma_col_partials). red: WGM × TN × 2 doubles of shared memory
 // no warp still reads.
 // prow, prows: the tile's column of part and their count (a persistent block's tile), or by
 // default blockIdx.x of gridDim.x.
-// LANE_POOL: the tile's pooled rows are in lane_pool_row's order, pooled by pool_tile_inlane.
+// LANE_POOL: the tile's pooled rows are in lane_pool_row's order (64 rows a group for the
+// 4-tile warps, 16 for the wgmma ones), pooled by pool_tile_inlane or pool_tile_pairs.
 template <class Tl, bool LANE_POOL = false>
 __device__ __forceinline__ void conv_fwd_epilogue(const float (&acc)[Tl::MI][Tl::NJ][4], long long m0, int n0, long long M,
                                                   int cout, int pool, half* __restrict__ y,
@@ -1108,7 +1190,10 @@ __device__ __forceinline__ void conv_fwd_epilogue(const float (&acc)[Tl::MI][Tl:
     if constexpr (LANE_POOL) {
         if (pool) {
             const long long w0 = (m0 >> 2) + Tl::wm() * (Tl::WROWS >> 2);
-            pool_tile_inlane<Tl, false>(acc, w0, (M >> 2) - w0, n0, cout, y, argmax, part != nullptr, red);
+            if constexpr (Tl::MI == 1)
+                pool_tile_pairs<Tl>(acc, w0, (M >> 2) - w0, n0, cout, y, argmax, part != nullptr, red);
+            else
+                pool_tile_inlane<Tl, false>(acc, w0, (M >> 2) - w0, n0, cout, y, argmax, part != nullptr, red);
         } else {
             conv_fwd_tile<Tl, false>(acc, m0, n0, M, cout, pool, y, argmax, part != nullptr, red);
         }
@@ -1146,7 +1231,7 @@ __device__ __forceinline__ void conv_fwd_mma(const half* __restrict__ a, int N, 
     // Staging: this thread copies A rows r0 + 32i (i < TM/32) and B rows r0 + 32i (i < TN/32), 8 k at kc.
     const int r0 = tid >> 2, kc = (tid & 3) * 8;
     TapRows<TM / 32> rows;
-    fwd_tap_rows<TM / 32, true>(rows, m0 + r0, 32, M, H, W, pool, cin);
+    fwd_tap_rows<TM / 32, 64>(rows, m0 + r0, 32, M, H, W, pool, cin);
     int boff[TN / 32];  // B rows' offsets co·K + kc in wf, 0 for co ≥ cout (masked below)
     unsigned bmask = 0u;
 #pragma unroll
@@ -1646,7 +1731,7 @@ __device__ __forceinline__ void conv_fwd_img(const half* __restrict__ a, int N, 
             int yy, xx;
             bool in;
             if (pool) {  // lane_pool_row's order (r0 is a multiple of 64)
-                const int pr = lane_pool_row(r), w = pr >> 2, p = pr & 3;
+                const int pr = lane_pool_row<64>(r), w = pr >> 2, p = pr & 3;
                 const int wy = w / PW;
                 yy = 2 * wy + (p >> 1);
                 xx = 2 * (w - wy * PW) + (p & 1);
@@ -2313,12 +2398,13 @@ __device__ __forceinline__ void conv_fwd_wg_persistent(const half* __restrict__ 
                                                        half* __restrict__ y, unsigned char* __restrict__ argmax,
                                                        double* __restrict__ part, half* smem) {
     const long long M = fwd_gemm_rows(N, H, W, pool);
+    // the register epilogue (the stages hold the next tile's copies): rows in lane_pool_row<16>'s order
     auto set_rows = [&](TapRows<Tl::TM / Tl::RSTEP>& rows, long long first) {
-        fwd_tap_rows(rows, first, Tl::RSTEP, M, H, W, pool, cin);
+        fwd_tap_rows<Tl::TM / Tl::RSTEP, 16>(rows, first, Tl::RSTEP, M, H, W, pool, cin);
     };
     auto epi = [&](int tile, int tiles, const float (&acc)[1][Tl::NJ][4], unsigned char* spare) {
-        conv_fwd_epilogue<Tl>(acc, (long long)tile * Tl::TM, blockIdx.y * Tl::TN, M, cout, pool, y, argmax, part,
-                              reinterpret_cast<double (*)[Tl::TN][2]>(spare), tile, tiles);
+        conv_fwd_epilogue<Tl, true>(acc, (long long)tile * Tl::TM, blockIdx.y * Tl::TN, M, cout, pool, y, argmax,
+                                    part, reinterpret_cast<double (*)[Tl::TN][2]>(spare), tile, tiles);
     };
     wg_persistent_gemm<Tl>(wg_stages(smem), a, cin, W, M, wf, cout, set_rows, epi);
 }
