@@ -475,6 +475,8 @@ int main() {
     test_gemm(true, {{24, 24, 72}, {70, 70, 200}, {8, 8, 8}}); test_gemm(false, {{8, 200, 8}, {64, 130, 70}, {24, 72, 24}});
     test_gemm(true, {{64, 64, 2304}, {70, 70, 200}, {8, 8, 8}}, 8);  // split-K: uneven and empty slices
     test_gemm(false, {{64, 130, 100}}, 3);
+    test_gemm(true, {{256, 256, 2304}}, 8); test_gemm(false, {{256, 2304, 256}});  // the recipe's largest
+    test_gemm(true, {{33, 45, 77}}); test_gemm(true, {{70, 66, 203}}, 3);  // rows not 16-byte aligned (nt)
     test_sgd(); test_step_next();
     test_wgrad_reduce(2, 45); test_wgrad_reduce(7, 1000); test_wgrad_reduce(33, 200); test_wgrad_reduce(264, 77);
     test_muon({{24, 72}, {64, 216}, {8, 200}});  // one batch of three shapes
