@@ -127,6 +127,9 @@ case "$what" in
     # epilogue, unrolled (132 KB of code): ≈ 20 µs per tile outside the K loop by the bench
     # lines' arithmetic (bench/NOTES.md); the stall reasons and the tensor pipe's busy share say
     # where (the metrics by name: the WarpStateStats section prints no breakdown in text).
+    # Then (eighteenth session) the pooled forwards that now pool in registers: img at layer 0
+    # (issue-bound at 56.5% in the fourteenth session's ncu; now tensor-bound?) and wgmmap at
+    # layer 2 (its register epilogue, one shuffle per value pair).
     command -v ncu > /dev/null || { echo "ncu is not on PATH" | tee -a "$log"; exit 2; }
     status=0
     stalls=sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active
@@ -147,13 +150,14 @@ case "$what" in
     done <<'TARGETS'
 conv3x3 fwd wgmma [2]|conv3x3_fwd_wgmma_f16
 conv3x3 fwd main loop wgmma [2]|conv3x3_fwd_wgmma_f16
+conv3x3 fwd img [0]|conv3x3_fwd_img_f16
+conv3x3 fwd wgmmap [2]|conv3x3_fwd_wgmma_p_f16
 conv3x3 fwd register epilogue wgmma [2]|conv3x3_fwd_wgmma_f16
 conv3x3 wgrad+dgrad+sums tma [3]|conv3x3_dgrad_wgmma_mc_f16
 pre_bwd [3]|chan_reduce_f16
 pre_bwd unpooled [0]|pre_bwd_dx_f16
 conv3x3 wgrad+dgrad+sums mma128 [0]|regex:conv3x3_dgrad
 conv3x3 fwd wgmma2 [2]|conv3x3_fwd_wgmma2_f16
-conv3x3 fwd img [0]|conv3x3_fwd_img_f16
 conv3x3 fwd tma [3]|conv3x3_fwd_wgmma_mc_f16
 TARGETS
     ;;
