@@ -42,6 +42,7 @@ PREDICTED = {
     "loop_epilogue": ("wgmma forwards' loop epilogue, at mixed's picks", "16th", -0.55, -0.3),
     "img_pool": ("img forward (layer 0) pools in registers, no shuffles", "18th", -0.2, -0.1),
     "mma_pool": ("mma/mma128 pooled forwards pool in registers (pays if mixed picks them)", "18th", -0.1, 0.0),
+    "norms": ("Muon's norms by a block (muon_norms_f64)", "18th", -0.017, -0.01),
 }
 
 STEP = re.compile(r"^(train step[^\n]*?)\s+batch \d+\s+([\d.]+) us\s")
@@ -130,9 +131,9 @@ def measured(new, base):
             ks = ["pre_bwd_dx_f16", "act_f16"]
             if all(k in mixed and k in b_mixed for k in ks):
                 out["gelu"] = (sum(mixed[k] - b_mixed[k] for k in ks) / 1000, "mixed profile, new − base: " + " + ".join(ks))
-            k = "wgrad_reduce_f32"
-            if k in mixed and k in b_mixed:
-                out["reduce"] = ((mixed[k] - b_mixed[k]) / 1000, f"mixed profile, new − base: {k}")
+            for key, k in [("reduce", "wgrad_reduce_f32"), ("norms", "muon_norms_f64")]:
+                if k in mixed and k in b_mixed:
+                    out[key] = ((mixed[k] - b_mixed[k]) / 1000, f"mixed profile, new − base: {k}")
         k = "conv3x3 fwd img [0]"  # the same calls in both binaries; mixed takes img (+pass) there
         if k in lines and k in b_lines:
             out["img_pool"] = ((lines[k] - b_lines[k]) / 1000, f'"{k}", new − base')
@@ -184,13 +185,14 @@ def report(new_text, base_text=None):
     got = measured(new, base)
     out = [f"{'lever':74} {'session':7} {'predicted ms':>14} {'measured':>9}  verdict"]
     for key, (name, session, low, high) in PREDICTED.items():
-        rng = f"{low:+.2f}..{high:+.2f}"
+        rng = f"{low:+.3f}..{high:+.3f}"
         if key in got:
             ms, how = got[key]
             out.append(f"{name:74} {session:7} {rng:>14} {ms:+9.3f}  {verdict(ms, low, high)}")
             out.append(f"{'':74}   from {how}")
         else:
-            why = "needs the base log" if base is None and key in ("gelu", "reduce", "shift", "img_pool") else "lines missing"
+            needs_base = ("gelu", "reduce", "shift", "img_pool", "norms")
+            why = "needs the base log" if base is None and key in needs_base else "lines missing"
             out.append(f"{name:74} {session:7} {rng:>14} {'-':>9}  ({why})")
     lines = new[0]
     step = "train step, graph, mixed convs"

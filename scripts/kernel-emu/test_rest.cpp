@@ -361,7 +361,7 @@ static void test_muon(std::vector<std::pair<int, int>> shapes) {
     mb.step = st.data(); mb.count = (int)ts.size(); mb.mu = 0.6f; mb.lr_slot = 2;
     const unsigned nt = (unsigned)ts.size();
     launch(dim3{max_nb, nt, 1}, dim3{256, 1, 1}, [&] { muon_prep_f32(mb); });
-    launch(dim3{1, nt, 1}, dim3{32, 1, 1}, [&] { muon_norms_f64(mb); });
+    launch(dim3{1, nt, 1}, dim3{256, 1, 1}, [&] { muon_norms_f64(mb); });
     launch(dim3{blocks(max_n), nt, 1}, dim3{256, 1, 1}, [&] { muon_scale_f32(mb); });
     std::vector<float*> cur(nt), nxt(nt);
     for (unsigned k = 0; k < nt; k++) { cur[k] = ts[k].x1.data(); nxt[k] = ts[k].x2.data(); }

@@ -2377,7 +2377,7 @@ impl Gpu {
         let tensors = group.len() as u32;
         let wide = (blocks(max_n)?, tensors, 1);
         self.launch_struct("optim", "muon_prep_f32", (max_nb, tensors, 1), (BLOCK, 1, 1), &mb)?;
-        self.launch_struct("optim", "muon_norms_f64", (1, tensors, 1), (32, 1, 1), &mb)?;
+        self.launch_struct("optim", "muon_norms_f64", (1, tensors, 1), (BLOCK, 1, 1), &mb)?;
         self.launch_struct("optim", "muon_scale_f32", wide, (BLOCK, 1, 1), &mb)?;
         for _ in 0..ns.steps {
             // A = X·Xᵀ; B = b·A + c·A·A; X ← a·X + B·X
