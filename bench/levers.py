@@ -43,6 +43,7 @@ PREDICTED = {
     "img_pool": ("img forward (layer 0) pools in registers, no shuffles", "18th", -0.2, -0.1),
     "mma_pool": ("mma/mma128 pooled forwards pool in registers (pays if mixed picks them)", "18th", -0.1, 0.0),
     "norms": ("Muon's norms by a block (muon_norms_f64)", "18th", -0.017, -0.01),
+    "stem": ("the stem at 8 blocks per SM on sm_90 (stem_fwd_f16)", "18th", -0.05, -0.02),
 }
 
 STEP = re.compile(r"^(train step[^\n]*?)\s+batch \d+\s+([\d.]+) us\s")
@@ -131,7 +132,7 @@ def measured(new, base):
             ks = ["pre_bwd_dx_f16", "act_f16"]
             if all(k in mixed and k in b_mixed for k in ks):
                 out["gelu"] = (sum(mixed[k] - b_mixed[k] for k in ks) / 1000, "mixed profile, new − base: " + " + ".join(ks))
-            for key, k in [("reduce", "wgrad_reduce_f32"), ("norms", "muon_norms_f64")]:
+            for key, k in [("reduce", "wgrad_reduce_f32"), ("norms", "muon_norms_f64"), ("stem", "stem_fwd_f16")]:
                 if k in mixed and k in b_mixed:
                     out[key] = ((mixed[k] - b_mixed[k]) / 1000, f"mixed profile, new − base: {k}")
         k = "conv3x3 fwd img [0]"  # the same calls in both binaries; mixed takes img (+pass) there
@@ -191,7 +192,7 @@ def report(new_text, base_text=None):
             out.append(f"{name:74} {session:7} {rng:>14} {ms:+9.3f}  {verdict(ms, low, high)}")
             out.append(f"{'':74}   from {how}")
         else:
-            needs_base = ("gelu", "reduce", "shift", "img_pool", "norms")
+            needs_base = ("gelu", "reduce", "shift", "img_pool", "norms", "stem")
             why = "needs the base log" if base is None and key in needs_base else "lines missing"
             out.append(f"{name:74} {session:7} {rng:>14} {'-':>9}  ({why})")
     lines = new[0]

@@ -37,6 +37,7 @@ NEW = "\n".join([
     "  act_f16                             6 x      200.0 us    4.1%",
     "  wgrad_reduce_f32                    7 x       80.0 us    1.7%",
     "  muon_norms_f64                      1 x        3.0 us    0.1%",
+    "  stem_fwd_f16                        1 x       60.0 us    1.2%",
     step("train step, graph, mixed convs, bias frozen", 4700.0),
     step("train step, graph, mixed convs, no PDL", 5150.0),
     step("train step, graph, mixed convs, bias frozen, no PDL", 4720.0),
@@ -56,6 +57,7 @@ BASE = "\n".join([
     "  act_f16                             6 x      284.0 us    4.1%",
     "  wgrad_reduce_f32                    7 x      116.0 us    1.7%",
     "  muon_norms_f64                      1 x       19.3 us    0.3%",
+    "  stem_fwd_f16                        1 x      100.2 us    1.6%",
     "",
 ])
 
@@ -86,6 +88,7 @@ class Levers(unittest.TestCase):
         self.assertAlmostEqual(got["gelu"][0], (300 + 200 - 489 - 284) / 1000)
         self.assertAlmostEqual(got["reduce"][0], -0.036)
         self.assertAlmostEqual(got["norms"][0], -0.0163)
+        self.assertAlmostEqual(got["stem"][0], -0.0402)
         self.assertAlmostEqual(got["shift"][0], 0.300 - (0.862 - 0.234))
         self.assertAlmostEqual(got["img_pool"][0], 0.320 - 0.510)
         # mma128 the pick at the pooled layer 4 (0.260 against tma4's 0.280), not at layer 2
