@@ -44,6 +44,7 @@ PREDICTED = {
     "mma_pool": ("mma/mma128 pooled forwards pool in registers (pays if mixed picks them)", "18th", -0.1, 0.0),
     "norms": ("Muon's norms by a block (muon_norms_f64)", "18th", -0.017, -0.01),
     "stem": ("the stem at 8 blocks per SM on sm_90 (stem_fwd_f16)", "18th", -0.05, -0.02),
+    "unpool_idx": ("pre_bwd_dx_f16's unpooling without 64-bit divisions", "18th", -0.06, -0.02),
 }
 
 STEP = re.compile(r"^(train step[^\n]*?)\s+batch \d+\s+([\d.]+) us\s")
@@ -138,6 +139,15 @@ def measured(new, base):
         k = "conv3x3 fwd img [0]"  # the same calls in both binaries; mixed takes img (+pass) there
         if k in lines and k in b_lines:
             out["img_pool"] = ((lines[k] - b_lines[k]) / 1000, f'"{k}", new − base')
+        # the unpooling's own cost ("pre_bwd unpooled [l]" − "pre_bwd [l]", the pooled layers),
+        # new against base: what the GELU approximation does to both lines cancels
+        diffs = []
+        for layer in (0, 2, 4):
+            u, p = f"pre_bwd unpooled [{layer}]", f"pre_bwd [{layer}]"
+            if all(k in lines and k in b_lines for k in (u, p)):
+                diffs.append((lines[u] - lines[p]) - (b_lines[u] - b_lines[p]))
+        if diffs:
+            out["unpool_idx"] = (sum(diffs) / 1000, f'Σ ("pre_bwd unpooled [l]" − "pre_bwd [l]"), new − base, {len(diffs)} layers')
         old_dgrad = b_picks.get(("dgrad", "31x31x24->64", False))
         old_wgrad = b_picks.get(("wgrad", "31x31x24->64", False))
         if "conv3x3_shift_grad [0]" in lines and old_dgrad and old_wgrad:
@@ -192,7 +202,7 @@ def report(new_text, base_text=None):
             out.append(f"{name:74} {session:7} {rng:>14} {ms:+9.3f}  {verdict(ms, low, high)}")
             out.append(f"{'':74}   from {how}")
         else:
-            needs_base = ("gelu", "reduce", "shift", "img_pool", "norms", "stem")
+            needs_base = ("gelu", "reduce", "shift", "img_pool", "norms", "stem", "unpool_idx")
             why = "needs the base log" if base is None and key in needs_base else "lines missing"
             out.append(f"{name:74} {session:7} {rng:>14} {'-':>9}  ({why})")
     lines = new[0]

@@ -20,6 +20,8 @@ NEW = "\n".join([
     "conv3x3 fwd register epilogue wgmma [3] 2000x7x7x256->256              999.0 us    130.0 TFLOP/s    568.6 GB/s  floor     41.5 us ( 16.6% of floor)",
     "conv3x3_shift_grad [0]             2000x31x31x24->64 pool         300.0 us    100.0 TFLOP/s    500.0 GB/s  floor     66.4 us ( 22.1% of floor)",
     "conv3x3 fwd img [0]                2000x31x31x24->64 pool         320.0 us    155.5 TFLOP/s    558.5 GB/s  floor     62.2 us ( 19.4% of floor)",
+    "pre_bwd [0]                        2000x15x15x64                  150.0 us      5.0 TFLOP/s   1257.2 GB/s  floor     96.0 us ( 41.9% of floor)",
+    "pre_bwd unpooled [0]               2000x31x31x64                  180.0 us      4.0 TFLOP/s   1763.4 GB/s  floor    168.4 us ( 58.8% of floor)",
     step("train step, graph, wgmma convs", 6600.0),
     "(wgmma convs)",
     "train step profile: 88 launches, 6922.7 us inside them (events around each)",
@@ -48,6 +50,8 @@ NEW = "\n".join([
 BASE = "\n".join([
     "kernel bench on GPU Made-up, sm_90: batch 2000",
     "conv3x3 fwd img [0]                2000x31x31x24->64 pool         510.0 us     97.6 TFLOP/s    350.4 GB/s  floor     62.2 us ( 12.2% of floor)",
+    "pre_bwd [0]                        2000x15x15x64                  229.1 us      5.0 TFLOP/s   1257.2 GB/s  floor     96.0 us ( 41.9% of floor)",
+    "pre_bwd unpooled [0]               2000x31x31x64                  286.5 us      4.0 TFLOP/s   1763.4 GB/s  floor    168.4 us ( 58.8% of floor)",
     step("train step, graph, mixed convs", 5960.0),
     "  mixed wgrad 31x31x24->64: wgmma (mma 0.272, wgmma 0.234 ms)",
     "  mixed dgrad 31x31x24->64: mma128 (mma 1.105, mma128 0.862, wgmma 0.868 ms)",
@@ -89,6 +93,8 @@ class Levers(unittest.TestCase):
         self.assertAlmostEqual(got["reduce"][0], -0.036)
         self.assertAlmostEqual(got["norms"][0], -0.0163)
         self.assertAlmostEqual(got["stem"][0], -0.0402)
+        # the unpooling's cost 30 µs (180 − 150) against 57.4 (286.5 − 229.1); layers 2, 4 absent
+        self.assertAlmostEqual(got["unpool_idx"][0], (30.0 - 57.4) / 1000)
         self.assertAlmostEqual(got["shift"][0], 0.300 - (0.862 - 0.234))
         self.assertAlmostEqual(got["img_pool"][0], 0.320 - 0.510)
         # mma128 the pick at the pooled layer 4 (0.260 against tma4's 0.280), not at layer 2

@@ -201,16 +201,21 @@ extern "C" __global__ void pre_bwd_dx_f16(const half* __restrict__ da, const hal
     if (dshift && t < C) dshift[t] = sums[t];
     const int groups = C >> 3, threads = gridDim.x * blockDim.x, stride = threads - threads % groups;
     const int PH = H >> 1, PW = W >> 1;
+    // unpooled, pixel indices in 32 bits with multiply-high divisions (the host bounds the full
+    // resolution's pixels below 2^31; 64-bit divisions by runtime values were a subroutine call
+    // and about as many instructions as the chunk's arithmetic)
+    const FastDiv div_groups(groups);
     if (dx && am) {
-        // unpooled: the dropped odd last row (W pixels) and last column of the pooled rows of
-        // each image get zeros (the picks cover the other pixels' windows)
+        // the dropped odd last row (W pixels) and last column of the pooled rows of each image
+        // get zeros (the picks cover the other pixels' windows)
         const int er = (H & 1) ? W : 0, e = er + ((W & 1) ? 2 * PH : 0);
-        const long long images = PH * PW > 0 ? len / ((long long)PH * PW * C) : 0;
-        for (long long i = t; i < images * e * groups; i += threads) {
-            const long long q = i / groups, n = q / e;
-            const int c = (int)(i - q * groups) * 8, k = (int)(q - n * e);
+        const int images = PH * PW > 0 ? (int)(len / ((long long)PH * PW * C)) : 0;
+        const FastDiv div_e(e);
+        for (int i = t; i < images * e * groups; i += threads) {
+            const int q = div_groups.div(i), n = div_e.div(q);
+            const int c = (i - q * groups) * 8, k = q - n * e;
             const int y = k < er ? H - 1 : k - er, xx = k < er ? k : W - 1;
-            *reinterpret_cast<uint4*>(dx + ((n * H + y) * W + xx) * C + c) = make_uint4(0u, 0u, 0u, 0u);
+            *reinterpret_cast<uint4*>(dx + ((long long)(n * H + y) * W + xx) * C + c) = make_uint4(0u, 0u, 0u, 0u);
         }
     }
     // Thread t takes the 8-channel chunks t, t + stride, ... of dx: stride, a multiple of C/8,
@@ -227,7 +232,12 @@ extern "C" __global__ void pre_bwd_dx_f16(const half* __restrict__ da, const hal
         m0[j] = sums[c] / cnt;
         m1[j] = sums[C + c] / cnt;
     }
-    for (long long k = t; k * 8 < len; k += stride) {
+    // chunk k is pooled pixel q = k / groups (unpooled: its window's four pixels); stride is a
+    // multiple of groups, so q advances by stride / groups with k
+    const int sq = stride / groups, PHW = PH * PW;
+    const FastDiv div_phw(PHW), div_pw(PW);
+    int q = div_groups.div(t);
+    for (long long k = t; k * 8 < len; k += stride, q += sq) {
         Half8 a, v, o;
         a.u = *reinterpret_cast<const uint4*>(da + k * 8);
         v.u = *reinterpret_cast<const uint4*>(x + k * 8);
@@ -243,14 +253,14 @@ extern "C" __global__ void pre_bwd_dx_f16(const half* __restrict__ da, const hal
             continue;
         }
         // pooled pixel q = (n, py, px): its window's four chunks, each value at its pick
-        const long long q = k / groups, n = q / (PH * PW);
-        const int r = (int)(q - n * (PH * PW)), py = r / PW, px = r - py * PW;
+        const int n = div_phw.div(q), r = q - n * PHW, py = div_pw.div(r), px = r - py * PW;
         const uint2 pick = *reinterpret_cast<const uint2*>(am + k * 8);
         const unsigned char* ab = reinterpret_cast<const unsigned char*>(&pick);
+        const int pix0 = (n * H + 2 * py) * W + 2 * px;  // the window's first pixel
 #pragma unroll
         for (int w = 0; w < 4; w++) {  // window position dy·2 + dx, the argmax byte's code
-            const long long pix = (n * H + 2 * py + (w >> 1)) * W + 2 * px + (w & 1);
-            *reinterpret_cast<uint4*>(dx + pix * C + c0) = route8(o, ab, (unsigned char)w);
+            const int pix = pix0 + (w >> 1) * W + (w & 1);
+            *reinterpret_cast<uint4*>(dx + (long long)pix * C + c0) = route8(o, ab, (unsigned char)w);
         }
     }
 }

@@ -1973,6 +1973,10 @@ impl Backend for Gpu {
                 check(dx.is_some(), || "pre_bwd: unpool needs dx".to_string())?;
                 let f = u.full;
                 check(f.pooled() == xs && f.h >= 2 && f.w >= 2, || format!("pre_bwd: {xs:?} is not {f:?} pooled"))?;
+                // the kernel indexes the unpooled pixels and chunks in 32 bits
+                check(f.len() <= i32::MAX as usize, || {
+                    format!("pre_bwd: unpooled gradient {f:?} has more than 2^31 − 1 values (use a smaller batch)")
+                })?;
                 check_len(u.argmax.len, xs.len(), &format!("pre_bwd: argmax {xs:?}"))?;
                 (f, self.ptr(&u.argmax.mem), int(f.h, "height")?, int(f.w, "width")?)
             }

@@ -1254,3 +1254,34 @@ fn the_autotune_times_mixed_without_the_overlap_too() {
     gpu.conv_tune = vec![ConvPath::Mma, ConvPath::Mixed];
     assert_eq!(gpu.variants(), ["mma", "mixed"], "{OVERLAP_ENV}=0: nothing to compare");
 }
+
+/// `pre_bwd` indexes the unpooled gradient in 32 bits: a shape past 2^31 − 1 values is refused
+/// with the reason before any buffer is read (the buffers here are far smaller than the shape).
+#[test]
+#[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
+#[cfg_attr(
+    all(cuda_driver, not(kernels_built)),
+    ignore = "CUDA kernels not built (no NVRTC/nvcc at build time): run scripts/install-cuda-toolchain.sh"
+)]
+fn pre_bwd_refuses_an_unpooled_gradient_past_32_bit_indices() {
+    use crate::backend::{Backend, Pre, Shape, Unpool};
+    let _device = device_test_lock();
+    let mut gpu = open();
+    let full = Shape::new(40_000, 128, 128, 64); // 41.9·10⁹ values
+    let xs = full.pooled();
+    let (da, x) = (gpu.upload(&floats(64, 1)).unwrap(), gpu.upload(&floats(64, 2)).unwrap());
+    let (bn, beta) = (gpu.upload(&floats(128, 3)).unwrap(), gpu.upload(&floats(64, 4)).unwrap());
+    let am = gpu.upload_bytes(&[0u8; 64]).unwrap();
+    let (mut dshift, mut dx) = (gpu.zeros(64).unwrap(), gpu.zeros(64).unwrap());
+    let unpool = Some(Unpool { argmax: &am, full });
+    let e = gpu.pre_bwd(&da, &x, xs, Pre::Bn { bn: &bn, beta: &beta }, None, &mut dshift, Some(&mut dx), unpool);
+    let msg = e.expect_err("a shape past 32-bit indices must be refused").to_string();
+    assert!(msg.contains("more than 2^31 − 1 values") && msg.contains("smaller batch"), "{msg}");
+    // one that fits passes this check and meets the next: the argmax buffer's length
+    let full = Shape::new(2, 8, 8, 64);
+    let unpool = Some(Unpool { argmax: &am, full });
+    let e =
+        gpu.pre_bwd(&da, &x, full.pooled(), Pre::Bn { bn: &bn, beta: &beta }, None, &mut dshift, Some(&mut dx), unpool);
+    let msg = e.expect_err("the argmax buffer is too short").to_string();
+    assert!(msg.contains("argmax"), "{msg}");
+}
