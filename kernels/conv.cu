@@ -1001,6 +1001,23 @@ __device__ __forceinline__ void store_f16_pair(half* out, long long m, long long
     if (m < M && c < C) *reinterpret_cast<unsigned*>(out + m * C + c) = pack_half2(__float2half(v0), __float2half(v1));
 }
 
+// A pooled output pair: y[o], y[o + 1] = b0, b1 as halves, their window members k0, k1 as the
+// argmax bytes, and (stats) the stored halves added to this lane's sums.
+__device__ __forceinline__ void store_pooled_pair(half* __restrict__ y, unsigned char* __restrict__ argmax,
+                                                  long long o, float b0, float b1, unsigned k0, unsigned k1,
+                                                  bool stats, double (&sum)[2], double (&sq)[2]) {
+    const half h0 = __float2half(b0), h1 = __float2half(b1);
+    *reinterpret_cast<unsigned*>(y + o) = pack_half2(h0, h1);
+    *reinterpret_cast<unsigned short*>(argmax + o) = (unsigned short)(k0 | (k1 << 8));
+    if (stats) {
+        const double d0 = (double)__half2float(h0), d1 = (double)__half2float(h1);
+        sum[0] += d0;
+        sum[1] += d1;
+        sq[0] += d0 * d0;
+        sq[1] += d1 * d1;
+    }
+}
+
 // The three kernels' bodies, for either tile width; As, Bs: MSTAGES stages each
 // (MmaTile<WN>::A_STAGE, B_STAGE halves), 16-byte aligned. The exported kernels follow them.
 
@@ -1047,11 +1064,7 @@ __device__ __forceinline__ void conv_fwd_tile(const float (&acc)[Tl::MI][Tl::NJ]
                 if (w0[p] > b0) { b0 = w0[p]; k0 = (unsigned char)p; }
                 if (w1[p] > b1) { b1 = w1[p]; k1 = (unsigned char)p; }
             }
-            const long long o = (m >> 2) * cout + co;
-            const half h0 = __float2half(b0), h1 = __float2half(b1);
-            *reinterpret_cast<unsigned*>(y + o) = pack_half2(h0, h1);
-            *reinterpret_cast<unsigned short*>(argmax + o) = (unsigned short)(k0 | (k1 << 8));
-            if (stats) stat(h0, h1);
+            store_pooled_pair(y, argmax, (m >> 2) * cout + co, b0, b1, k0, k1, stats, sum, sq);
         }
     }, cols_done);
 }
@@ -1086,17 +1099,7 @@ __device__ __forceinline__ void pool_tile_inlane(const float (&acc)[Tl::MI][Tl::
                     if (v0 > b0) { b0 = v0; k0 = p; }
                     if (v1 > b1) { b1 = v1; k1 = p; }
                 }
-                const long long o = (w0 + wl) * cout + co;
-                const half h0 = __float2half(b0), h1 = __float2half(b1);
-                *reinterpret_cast<unsigned*>(y + o) = pack_half2(h0, h1);
-                *reinterpret_cast<unsigned short*>(argmax + o) = (unsigned short)(k0 | (k1 << 8));
-                if (stats) {
-                    const double d0 = (double)__half2float(h0), d1 = (double)__half2float(h1);
-                    sum[0] += d0;
-                    sum[1] += d1;
-                    sq[0] += d0 * d0;
-                    sq[1] += d1 * d1;
-                }
+                store_pooled_pair(y, argmax, (w0 + wl) * cout + co, b0, b1, k0, k1, stats, sum, sq);
             }
         }
         if (stats) mma_col_sums<double, Tl, ADD>(j, sum, sq, red);
@@ -1142,17 +1145,7 @@ __device__ __forceinline__ void pool_tile_pairs(const float (&acc)[Tl::MI][Tl::N
                 if (m2 > b[c]) { b[c] = m2; k[c] = 2; }
                 if (m3 > b[c]) { b[c] = m3; k[c] = 3; }
             }
-            const long long o = o0 + co;
-            const half h0 = __float2half(b[0]), h1 = __float2half(b[1]);
-            *reinterpret_cast<unsigned*>(y + o) = pack_half2(h0, h1);
-            *reinterpret_cast<unsigned short*>(argmax + o) = (unsigned short)(k[0] | (k[1] << 8));
-            if (stats) {
-                const double d0 = (double)__half2float(h0), d1 = (double)__half2float(h1);
-                sum[0] = d0;
-                sum[1] = d1;
-                sq[0] = d0 * d0;
-                sq[1] = d1 * d1;
-            }
+            store_pooled_pair(y, argmax, o0 + co, b[0], b[1], k[0], k[1], stats, sum, sq);
         }
         if (stats) {
             // group j0's sums are the even lanes', j1's the odd ones': added over the four lanes
