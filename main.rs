@@ -298,18 +298,19 @@ fn init_net<B: Backend>(b: &mut B, h: &Hyp, net: &mut Net<B>, rng: &mut StdRng) 
 // One training step
 
 /// Activations and their gradients for a batch of `n`. `bn[k]` is `[mean | invstd]` of x[k]
-/// (k = 1..=6; bn[0] is unused: x[0] is followed by the whitening bias, not a BatchNorm).
+/// (k = 1..=6; bn[0] is unused: x[0] is the stem's output after its bias and GELU).
 struct Acts<B: Backend> {
     n: usize,
     s: [Shape; 7],
     x: Vec<B::Buf>,
+    x0_raw: B::Buf, // the stem's output before its bias and GELU, while the whitening bias trains
     argmax: Vec<B::Bytes>,
     bn: Vec<B::Buf>,
     feat: B::Buf,
     head_argmax: B::Bytes,
     logits: B::Buf,
     dlogits: B::Buf,
-    keep: Vec<B::Buf>, // conv l's activated input, kept by the forward for the backward
+    keep: Vec<B::Buf>, // conv l's activated input, kept by the forward for the backward (l ≥ 1)
     ga: Vec<B::Buf>,   // gradient w.r.t. GELU(pre(x[k])) (k ≥ 1; ga[0]: the bias gradient's scratch)
     gsum: Vec<B::Buf>, // [Σdu | Σdu·x̂] of ga[k], taken by the conv backward for pre_bwd (0 < k < 6)
     gx: Vec<B::Buf>,   // gradient w.r.t. x[k]; unpooled (conv k−1's output) where conv k−1 pools
@@ -317,8 +318,8 @@ struct Acts<B: Backend> {
     loss_acc: B::Buf,  // [loss sum, correct] since the last read
 }
 
-/// With `grads` false (evaluation), the gradient buffers `ga`, `gsum`, `gx`, `keep` and `gw0` stay
-/// empty.
+/// With `grads` false (evaluation), the gradient buffers `x0_raw`, `ga`, `gsum`, `gx`, `keep` and
+/// `gw0` stay empty.
 fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize, res: usize, grads: bool) -> Result<Acts<B>> {
     let s = shapes(h, n, res);
     let c = h.widths[2];
@@ -327,13 +328,19 @@ fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize, res: usize, grads: bool) -> Re
         n,
         s,
         x: bufs(b)?,
+        x0_raw: b.zeros(if grads { s[0].len() } else { 0 })?,
         argmax: (0..6).map(|l| b.byte_zeros(if layers(h)[l].2 { s[l + 1].len() } else { 0 })).collect::<Result<_>>()?,
         bn: s.iter().map(|s| b.zeros(2 * s.c)).collect::<Result<_>>()?,
         feat: b.zeros(n * c)?,
         head_argmax: b.byte_zeros(n * c)?,
         logits: b.zeros(n * CLASSES)?,
         dlogits: b.zeros(n * CLASSES)?,
-        keep: if grads { s[..6].iter().map(|s| b.zeros(s.len())).collect::<Result<_>>()? } else { Vec::new() },
+        // none for conv 0: its input, the stem's output, is activated already
+        keep: if grads {
+            (0..6).map(|l| b.zeros(if l > 0 { s[l].len() } else { 0 })).collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        },
         ga: if grads { bufs(b)? } else { Vec::new() },
         gsum: if grads {
             // none for conv 0: it takes no input gradient (conv3x3_shift_grad gives the bias's)
@@ -351,10 +358,11 @@ fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize, res: usize, grads: bool) -> Re
     })
 }
 
-/// The map in front of x[k]'s GELU: the whitening bias for k = 0, BatchNorm after that.
+/// The map in front of x[k]'s GELU: BatchNorm, but for x[0], which the stem activated itself
+/// (its whitening bias and GELU).
 fn pre<'a, B: Backend>(p: &'a Params<B>, bn: &'a [B::Buf], k: usize) -> Pre<'a, B> {
     if k == 0 {
-        Pre::Bias(&p.whiten_b)
+        Pre::Activated
     } else {
         Pre::Bn { bn: &bn[k], beta: &p.beta[k - 1] }
     }
@@ -370,7 +378,7 @@ struct DevData<B: Backend> {
 /// Forward pass on `n = a.n` examples given by `words[offset..]`, the offset read from the step
 /// record `step` on the device. Training mode takes BatchNorm statistics from the batch (and
 /// updates the running ones); eval mode expects `a.bn` to hold the running statistics already
-/// (`bn_eval`).
+/// (`bn_eval`). While the whitening bias trains, the stem also keeps its raw output.
 #[allow(clippy::too_many_arguments)]
 fn forward<B: Backend>(
     b: &mut B,
@@ -381,13 +389,15 @@ fn forward<B: Backend>(
     words: &B::Words,
     step: &B::Words,
     train: bool,
+    bias_trains: bool,
 ) -> Result<()> {
     let res = a.s[0].h + 1;
-    b.stem(&d.images, d.n, words, step, a.n, NORM, &net.whiten_w, WHITEN, res, &mut a.x[0])?;
+    let (wb, raw) = (&net.p.whiten_b, bias_trains.then_some(&mut a.x0_raw));
+    b.stem(&d.images, d.n, words, step, a.n, NORM, &net.whiten_w, wb, WHITEN, res, &mut a.x[0], raw)?;
     for (l, (_, cout, pool)) in layers(h).into_iter().enumerate() {
         let (x_in, x_out) = a.x.split_at_mut(l + 1);
         let (bn_in, bn_out) = a.bn.split_at_mut(l + 1);
-        let (w, keep) = (&net.p.conv[l], a.keep.get_mut(l));
+        let (w, keep) = (&net.p.conv[l], a.keep.get_mut(l).filter(|_| l > 0));
         // training: the conv also takes its output's BatchNorm statistics (eval: `bn_eval`)
         let stats = train.then(|| BnStats {
             eps: h.bn_eps,
@@ -424,14 +434,14 @@ fn backward<B: Backend>(
         let unpool = pool.then(|| Unpool { argmax: &a.argmax[l], full: a.s[l].with_c(cout) });
         b.pre_bwd(&a.ga[k], &a.x[k], a.s[k], pre_k, sums, &mut g.beta[l], dx, unpool)?;
         let (da, da_sums) = if l > 0 { (Some(&mut a.ga[l]), Some(&mut a.gsum[l])) } else { (None, None) };
-        let (w, gw, kept) = (&net.p.conv[l], &mut g.conv[l], a.keep.get(l));
+        let (w, gw, kept) = (&net.p.conv[l], &mut g.conv[l], a.keep.get(l).filter(|_| l > 0));
         let (x, dy, argmax) = (&a.x[l], &a.gx[k], &a.argmax[l]);
         b.conv3x3_bwd(x, a.s[l], pre(&net.p, &a.bn, l), w, cout, false, argmax, dy, gw, da, da_sums, kept)?;
     }
     if bias_trains {
         // the whitening bias's gradient through conv 0, without conv 0's input gradient
         let (w, cout) = (&net.p.conv[0], layers(h)[0].1);
-        let (x, dy, am) = (&a.x[0], &a.gx[1], &a.argmax[0]);
+        let (x, dy, am) = (&a.x0_raw, &a.gx[1], &a.argmax[0]);
         let (g0, gw0) = (&mut a.ga[0], &mut a.gw0); // scratch
         b.conv3x3_shift_grad(x, a.s[0], &net.p.whiten_b, w, cout, am, dy, g0, gw0, &mut g.whiten_b)?;
     }
@@ -481,7 +491,7 @@ fn train_step<B: Backend>(
 ) -> Result<()> {
     b.next_step(&sched.plan, &mut sched.step)?;
     let step = &sched.step;
-    forward(b, h, net, a, d, words, step, true)?;
+    forward(b, h, net, a, d, words, step, true, bias_trains)?;
     b.xent(&a.logits, &d.labels, words, step, a.n, CLASSES, h.label_smoothing, &mut a.dlogits, &mut a.loss_acc)?;
     let (g, m) = opt;
     backward(b, h, net, a, g, bias_trains)?;
@@ -653,7 +663,7 @@ fn view_logits<B: Backend>(
         b.write_words(&mut e.step, &Step { offset: start as u32, lr: [0.0; LRS] }.record(0))?;
         b.write(&mut e.sum, &vec![0.0; m * CLASSES])?;
         for &(words, weight) in views {
-            forward(b, h, net, &mut e.a, test, words, &e.step, false)?;
+            forward(b, h, net, &mut e.a, test, words, &e.step, false, false)?;
             b.axpy(&mut e.sum, &e.a.logits, weight)?;
         }
         each(start, &b.download(&e.sum)?);

@@ -22,6 +22,7 @@ NEW = "\n".join([
     "conv3x3 fwd img [0]                2000x31x31x24->64 pool         320.0 us    155.5 TFLOP/s    558.5 GB/s  floor     62.2 us ( 19.4% of floor)",
     "pre_bwd [0]                        2000x15x15x64                  150.0 us      5.0 TFLOP/s   1257.2 GB/s  floor     96.0 us ( 41.9% of floor)",
     "pre_bwd unpooled [0]               2000x31x31x64                  180.0 us      4.0 TFLOP/s   1763.4 GB/s  floor    168.4 us ( 58.8% of floor)",
+    "act [0]                            2000x31x31x24                   70.0 us      5.0 TFLOP/s   2627.0 GB/s  floor     38.4 us ( 54.9% of floor)",
     step("train step, graph, wgmma convs", 6600.0),
     "(wgmma convs)",
     "train step profile: 88 launches, 6922.7 us inside them (events around each)",
@@ -89,10 +90,12 @@ class Levers(unittest.TestCase):
         self.assertAlmostEqual(got["pdl_frozen"][0], -0.020)
         self.assertAlmostEqual(got["overlap"][0], -0.300)
         self.assertNotIn("overlap_frozen", got)  # its "no overlap" line is missing
-        self.assertAlmostEqual(got["gelu"][0], (300 + 200 - 489 - 284) / 1000)
+        # the new profile's act_f16 lacks layer 0's launch (the stem's now): "act [0]" added back
+        self.assertAlmostEqual(got["gelu"][0], (300 + 200 + 70 - 489 - 284) / 1000)
         self.assertAlmostEqual(got["reduce"][0], -0.036)
         self.assertAlmostEqual(got["norms"][0], -0.0163)
-        self.assertAlmostEqual(got["stem"][0], -0.0402)
+        # the new stem against the base's stem plus the act_f16 pass it took over
+        self.assertAlmostEqual(got["stem"][0], (60.0 - 100.2 - 70.0) / 1000)
         # the unpooling's cost 30 µs (180 − 150) against 57.4 (286.5 − 229.1); layers 2, 4 absent
         self.assertAlmostEqual(got["unpool_idx"][0], (30.0 - 57.4) / 1000)
         self.assertAlmostEqual(got["shift"][0], 0.300 - (0.862 - 0.234))
@@ -108,6 +111,12 @@ class Levers(unittest.TestCase):
         # mixed's picks with register-epilogue lines: tma at layer 2 (−0.2); wgmma at layer 1
         # (−0.05); layer 3's pick is wgmmap, which has none
         self.assertAlmostEqual(got["loop_epilogue"][0], -0.250)
+
+    def test_without_the_act_line_the_profiles_compare_as_they_are(self):
+        new = "\n".join(l for l in NEW.splitlines() if not l.startswith("act [0]"))
+        got = levers.measured(levers.read(new), levers.read(BASE))
+        self.assertAlmostEqual(got["gelu"][0], (300 + 200 - 489 - 284) / 1000)
+        self.assertAlmostEqual(got["stem"][0], -0.0402)
 
     def test_without_base_those_levers_are_left_out(self):
         got = levers.measured(levers.read(NEW), None)

@@ -6,17 +6,20 @@
 // record (common.cuh); words past aug_len, like image indices past `total`, give NaN outputs.
 //
 // Exported kernels:
-//   stem_fwd_f16      out[n][y][x][f] = Σ_{dy,dx,c} view[y+dy][x+dx][c]·w[f][dy][dx][c] (2×2, no
-//                     padding, 31×31×cw fp16). One block per example (grid n, block 256): the
-//                     source image (3 KB), w (cw ≤ 64) and a 3×256 table of the normalised byte
-//                     values (the same f32 operations as norm_px, so the same bits) are staged in
-//                     shared memory; then one thread per output pixel computes its 2×2×3 patch
-//                     once and all cw/8 groups of 8 filters. The host asserts cw % 8 == 0.
+//   stem_fwd_f16      raw[n][y][x][f] = Σ_{dy,dx,c} view[y+dy][x+dx][c]·w[f][dy][dx][c] (2×2, no
+//                     padding, 31×31×cw fp16) and out = GELU(raw + bias[f]) (fp16, from the fp16
+//                     raw value: the bits act_f16 gave for the first conv's input); raw may be
+//                     null (stored only while the whitening bias trains: its gradient needs it).
+//                     One block per example (grid n, block 256): the source image (3 KB), w
+//                     (cw ≤ 64), the bias and a 3×256 table of the normalised byte values (the
+//                     same f32 operations as norm_px, so the same bits) are staged in shared
+//                     memory; then one thread per output pixel computes its 2×2×3 patch once
+//                     and all cw/8 groups of 8 filters. The host asserts cw % 8 == 0.
 //   stem_res_fwd_f16  the same at resolution res (2..=32, progressive resizing): the 32×32 view is
 //                     downscaled bilinearly (PyTorch align_corners=False, no antialias: source
 //                     coordinate (i + ½)·32/res − ½ clamped to [0, 31]; `cpu::layers::resize_bilinear`)
 //                     before the conv; out is (res−1)×(res−1)×cw. Same launch shape with 961 →
-//                     (res−1)².
+//                     (res−1)². Both outputs as stem_fwd_f16's.
 //   patch_cov_f32     partial[b][r·12 + s] = Σ over the images b, b + gridDim.x, ... and their
 //                     31·31 2×2 patches of v[r]·v[s], v ordered (dy, dx, c) (no augmentation).
 //                     grid ≤ 256 blocks, block 160 (threads 0..143 own one (r, s) each); one image
@@ -29,11 +32,13 @@ __device__ __forceinline__ float norm_px(unsigned char p, int c, const float* nm
     return ((float)p / 255.0f - nm[c]) / nm[3 + c];
 }
 
-// Shared by both stem kernels: the weights and normalisation staged in shared memory (the caller
-// synchronises), the augmentation word decoded, and an 8-filter output group written.
-__device__ __forceinline__ void stem_stage(const float* __restrict__ w, int cw, float m0, float m1, float m2, float s0,
-                                           float s1, float s2, float* sw, float* nm) {
+// Shared by both stem kernels: the weights, bias and normalisation staged in shared memory (the
+// caller synchronises), the augmentation word decoded, and an 8-filter output group written.
+__device__ __forceinline__ void stem_stage(const float* __restrict__ w, const float* __restrict__ bias, int cw,
+                                           float m0, float m1, float m2, float s0, float s1, float s2, float* sw,
+                                           float* sb, float* nm) {
     for (int i = threadIdx.x; i < cw * 12; i += blockDim.x) sw[i] = w[i];
+    for (int i = threadIdx.x; i < cw; i += blockDim.x) sb[i] = bias[i];
     if (threadIdx.x == 0) {
         nm[0] = m0; nm[1] = m1; nm[2] = m2;
         nm[3] = s0; nm[4] = s1; nm[5] = s2;
@@ -60,17 +65,22 @@ __device__ __forceinline__ bool stem_lookup(const unsigned int* aug, int aug_len
     return a.index < total;
 }
 
-// The reference asserts on an image index past the dataset; a device cannot: the output is NaN.
-__device__ __forceinline__ void stem_store_nan(half* dst) {
+// The reference asserts on an image index past the dataset; a device cannot: the outputs (out,
+// and raw where given) are NaN.
+__device__ __forceinline__ void stem_store_nan(half* out, half* raw) {
     Half8 o;
 #pragma unroll
     for (int j = 0; j < 8; j++) o.h[j] = __float2half(__int_as_float(0x7fc00000));
-    *reinterpret_cast<uint4*>(dst) = o.u;
+    *reinterpret_cast<uint4*>(out) = o.u;
+    if (raw) *reinterpret_cast<uint4*>(raw) = o.u;
 }
 
-// Filters g·8 .. g·8+7 applied to the 2×2×3 patch v (order (dy, dx, c)), stored as 8 halves.
-__device__ __forceinline__ void stem_store_dot(const float* v, const float* sw, int g, half* dst) {
-    Half8 o;
+// Filters g·8 .. g·8+7 applied to the 2×2×3 patch v (order (dy, dx, c)): the dot rounded to
+// fp16 (into raw, where given), then GELU(that + bias) into out. act_f16's operations on the
+// same halves (pre_u with bn = 0, gelu_f), so the same bits.
+__device__ __forceinline__ void stem_store_dot(const float* v, const float* sw, const float* sb, int g, half* out,
+                                               half* raw) {
+    Half8 o, a;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
         const float* wf = sw + (g * 8 + j) * 12;
@@ -79,14 +89,19 @@ __device__ __forceinline__ void stem_store_dot(const float* v, const float* sw, 
         for (int k = 0; k < 12; k++) acc += v[k] * wf[k];
         o.h[j] = __float2half(acc);
     }
-    *reinterpret_cast<uint4*>(dst) = o.u;
+    if (raw) *reinterpret_cast<uint4*>(raw) = o.u;
+#pragma unroll
+    for (int j = 0; j < 8; j++) a.h[j] = __float2half(gelu_f(pre_u(__half2float(o.h[j]), 0.f, 1.f, sb[g * 8 + j], 0)));
+    *reinterpret_cast<uint4*>(out) = a.u;
 }
 
-// Blocks per SM for stem_fwd_f16's register budget. On sm_90, 8 (32 registers, no spill; it had
-// 44 and 5 blocks): the grid of one block per image then runs in 2 rounds of blocks instead of 4
-// (2000 images, 132 SMs), with 64 warps per SM to hide the image loads and the stores. sm_80–89:
-// 5, the occupancy they had (48 registers where they had 42–43, no spill; 6 or 8 would spill).
-// sm_70: 6 (40 registers, no spill; it had 48 and 5 blocks).
+// Blocks per SM for stem_fwd_f16's register budget. On sm_90, 8 (32 registers; it had 44 and 5
+// blocks): the grid of one block per image then runs in 2 rounds of blocks instead of 4 (2000
+// images, 132 SMs), with 64 warps per SM to hide the image loads and the stores. Since the stem
+// applies the bias and GELU, 32 registers spill a little (ptxas: 68 bytes stored, 84 loaded; 8
+// local accesses in a group's 301 instructions, L1-resident); 7 blocks gets the same 32
+// registers, 6 (40, no spill) would take 3 rounds. sm_80–89: 5, the occupancy they had (48
+// registers, no spill). sm_70: 6 (40 registers, no spill; it had 48 and 5 blocks).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define STEM_MIN_BLOCKS 8
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -97,21 +112,24 @@ __device__ __forceinline__ void stem_store_dot(const float* v, const float* sw, 
 extern "C" __global__ void __launch_bounds__(256, STEM_MIN_BLOCKS)
 stem_fwd_f16(const unsigned char* __restrict__ images, int total, const unsigned int* __restrict__ aug, int aug_len,
              const unsigned int* __restrict__ step, int n, float m0, float m1, float m2, float s0, float s1, float s2,
-             const float* __restrict__ w, int cw, half* __restrict__ out) {
+             const float* __restrict__ w, int cw, const float* __restrict__ bias, half* __restrict__ out,
+             half* __restrict__ raw) {
     pdl_entry();
     __shared__ float sw[64 * 12];
+    __shared__ float sb[64];
     __shared__ float nm[6];
     __shared__ float lut[3 * 256];            // lut[c·256 + p] = norm_px(p, c)
     __shared__ __align__(16) unsigned char im[3072];
-    stem_stage(w, cw, m0, m1, m2, s0, s1, s2, sw, nm);
+    stem_stage(w, bias, cw, m0, m1, m2, s0, s1, s2, sw, sb, nm);
     __syncthreads();
     for (int k = threadIdx.x; k < 3 * 256; k += blockDim.x) lut[k] = norm_px((unsigned char)(k & 255), k >> 8, nm);
     const int i = blockIdx.x, groups = cw / 8;
-    half* dst = out + (long long)i * 961 * cw;
+    const long long base = (long long)i * 961 * cw;
     StemAug a;
     // uniform per block: the whole example is NaN, and no barrier follows the early return
     if (!stem_lookup(aug, aug_len, step, n, i, total, a)) {
-        for (int q = threadIdx.x; q < 961 * groups; q += blockDim.x) stem_store_nan(dst + q * 8);
+        for (int q = threadIdx.x; q < 961 * groups; q += blockDim.x)
+            stem_store_nan(out + base + q * 8, raw ? raw + base + q * 8 : nullptr);
         return;
     }
     const unsigned char* src = images + (long long)a.index * 3072;
@@ -136,7 +154,10 @@ stem_fwd_f16(const unsigned char* __restrict__ images, int total, const unsigned
 #pragma unroll
                 for (int c = 0; c < 3; c++) v[(dy * 2 + dx) * 3 + c] = lut[c * 256 + p[c]];
             }
-        for (int g = 0; g < groups; g++) stem_store_dot(v, sw, g, dst + r * cw + g * 8);
+        for (int g = 0; g < groups; g++) {
+            const long long q = base + r * cw + g * 8;
+            stem_store_dot(v, sw, sb, g, out + q, raw ? raw + q : nullptr);
+        }
     }
 }
 
@@ -154,11 +175,13 @@ extern "C" __global__ void stem_res_fwd_f16(const unsigned char* __restrict__ im
                                             const unsigned int* __restrict__ aug, int aug_len,
                                         const unsigned int* __restrict__ step, int n, float m0, float m1, float m2,
                                             float s0, float s1, float s2, const float* __restrict__ w, int cw, int res,
-                                            half* __restrict__ out) {
+                                            const float* __restrict__ bias, half* __restrict__ out,
+                                            half* __restrict__ raw) {
     pdl_entry();
     __shared__ float sw[64 * 12];
+    __shared__ float sb[64];
     __shared__ float nm[6];
-    stem_stage(w, cw, m0, m1, m2, s0, s1, s2, sw, nm);
+    stem_stage(w, bias, cw, m0, m1, m2, s0, s1, s2, sw, sb, nm);
     __syncthreads();
     const int groups = cw / 8, o = res - 1, per = o * o;
     const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -169,7 +192,8 @@ extern "C" __global__ void stem_res_fwd_f16(const unsigned char* __restrict__ im
     const int i = (int)(pix / per), r = (int)(pix % per);
     const int y = r / o, x = r % o;
     StemAug a;
-    if (!stem_lookup(aug, aug_len, step, n, i, total, a)) return stem_store_nan(out + pix * cw + g * 8);
+    const long long q = pix * cw + g * 8;
+    if (!stem_lookup(aug, aug_len, step, n, i, total, a)) return stem_store_nan(out + q, raw ? raw + q : nullptr);
     const int sy = a.sy, sx = a.sx;
     const bool flip = a.flip;
     const unsigned char* img = images + (long long)a.index * 3072;
@@ -198,7 +222,7 @@ extern "C" __global__ void stem_res_fwd_f16(const unsigned char* __restrict__ im
             }
         }
     }
-    stem_store_dot(v, sw, g, out + pix * cw + g * 8);
+    stem_store_dot(v, sw, sb, g, out + q, raw ? raw + q : nullptr);
 }
 
 extern "C" __global__ void patch_cov_f32(const unsigned char* __restrict__ images, int n, float m0, float m1,

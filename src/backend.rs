@@ -52,6 +52,9 @@ impl Shape {
 pub enum Pre<'a, B: Backend + ?Sized> {
     /// `u = x + bias[c]`: the whitening conv's output and its trainable bias.
     Bias(&'a B::Buf),
+    /// `x` holds `a` already (the stem's output, through its bias and GELU): no map, no GELU.
+    /// No gradient goes through it: `pre_bwd` and an input gradient (`da`) refuse it.
+    Activated,
     /// `u = (x − mean[c])·invstd[c] + beta[c]`: BatchNorm with scale fixed at 1.
     /// `bn` is `[mean(c) | invstd(c)]` as written by `bn_stats` or `bn_eval`.
     Bn { bn: &'a B::Buf, beta: &'a B::Buf },
@@ -258,7 +261,9 @@ pub trait Backend: Record {
     /// mirror: `aug::unpack`), build the augmented, normalised 32×32×3 view (reflect-indexed
     /// shift, then mirror); below full resolution (`res` < 32, progressive resolution) resize it
     /// to `res`×`res` by bilinear interpolation (`cpu::layers::resize_bilinear`); then apply the
-    /// 2×2 whitening conv `w` (`cw × 2×2×3`, OHWI, no bias): `out` is
+    /// 2×2 whitening conv `w` (`cw × 2×2×3`, OHWI): `raw`, if given, receives it, and `out` its
+    /// GELU after the bias, `GELU(raw + bias[c])` (the first conv's input, `Pre::Activated`;
+    /// `raw` is what the bias's gradient needs, `conv3x3_shift_grad`). Both are
     /// `Shape(n, res − 1, res − 1, cw)`. `images` holds `total` images of 32×32×3 u8, NHWC.
     /// Words past the end of `aug` (or an image index past `total`) give NaN outputs.
     #[allow(clippy::too_many_arguments)]
@@ -271,9 +276,11 @@ pub trait Backend: Record {
         n: usize,
         norm: Norm,
         w: &Self::Buf,
+        bias: &Self::Buf,
         cw: usize,
         res: usize,
         out: &mut Self::Buf,
+        raw: Option<&mut Self::Buf>,
     ) -> Result<()>;
 
     /// 3×3 "same" conv (pad 1, stride 1, no bias) of `a = GELU(pre(x))` with OHWI weights

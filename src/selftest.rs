@@ -512,6 +512,7 @@ fn check_stem(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report) -> Result<()> {
     let (n, cw) = (BATCH, 24);
     let wds = words(n + 5, total, 12);
     let w = rnd(cw * 12, 13, 0.5, 0.0);
+    let bias = rnd(cw, 14, 0.3, 0.0);
     // patch covariance (first 100 images)
     let ci = cpu.upload_bytes(&images)?;
     let gi = gpu.upload_bytes(&images)?;
@@ -523,29 +524,36 @@ fn check_stem(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report) -> Result<()> {
     let (cst, gst) = (cpu.upload_words(&rec)?, gpu.upload_words(&rec)?);
     let (cwd, gwd) = (cpu.upload_words(&wds)?, gpu.upload_words(&wds)?);
     let (cw_, gw_) = (cpu.upload(&w)?, gpu.upload(&w)?);
-    let len = n * 31 * 31 * cw;
-    let mut cy = vec![f32::NAN; len];
-    cpu.stem(&ci, total, &cwd, &cst, n, NORM, &cw_, cw, 32, &mut cy)?;
-    let mut gy = gpu.upload(&vec![POISON; len])?;
-    gpu.stem(&gi, total, &gwd, &gst, n, NORM, &gw_, cw, 32, &mut gy)?;
-    let got = gpu.download(&gy)?;
-    r.line("stem", &shape_str(Shape::new(n, 31, 31, cw)), &got, &cy, TOL_F16_OUT)?;
-    // progressive-resolution stems (bilinear downscale of the view first)
-    for res in [24usize, 17] {
+    let (cb, gb) = (cpu.upload(&bias)?, gpu.upload(&bias)?);
+    // the full-resolution kernel, then the progressive-resolution one (bilinear downscale of the
+    // view first): the activated output GELU(raw + bias) and the raw one
+    for res in [32usize, 24, 17] {
         let len = n * (res - 1) * (res - 1) * cw;
-        let mut cy = vec![f32::NAN; len];
-        cpu.stem(&ci, total, &cwd, &cst, n, NORM, &cw_, cw, res, &mut cy)?;
-        let mut gy = gpu.upload(&vec![POISON; len])?;
-        gpu.stem(&gi, total, &gwd, &gst, n, NORM, &gw_, cw, res, &mut gy)?;
-        let got = gpu.download(&gy)?;
-        r.line(&format!("stem_res {res}px"), &shape_str(Shape::new(n, res - 1, res - 1, cw)), &got, &cy, TOL_F16_OUT)?;
+        let (mut cy, mut craw) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+        cpu.stem(&ci, total, &cwd, &cst, n, NORM, &cw_, &cb, cw, res, &mut cy, Some(&mut craw))?;
+        let (mut gy, mut graw) = (gpu.upload(&vec![POISON; len])?, gpu.upload(&vec![POISON; len])?);
+        gpu.stem(&gi, total, &gwd, &gst, n, NORM, &gw_, &gb, cw, res, &mut gy, Some(&mut graw))?;
+        let (got, got_raw) = (gpu.download(&gy)?, gpu.download(&graw)?);
+        let (name, shape) = match res {
+            32 => ("stem".to_string(), shape_str(Shape::new(n, 31, 31, cw))),
+            _ => (format!("stem_res {res}px"), shape_str(Shape::new(n, res - 1, res - 1, cw))),
+        };
+        r.line(&name, &shape, &got, &cy, TOL_F16_OUT)?;
+        r.line(&format!("{name} raw"), &shape, &got_raw, &craw, TOL_F16_OUT)?;
+        // without raw: the same activated output, bit for bit
+        let mut alone = gpu.upload(&vec![POISON; len])?;
+        gpu.stem(&gi, total, &gwd, &gst, n, NORM, &gw_, &gb, cw, res, &mut alone, None)?;
+        let same = gpu.download(&alone)?.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
+        r.flag(&format!("{name}: the same output without raw"), &format!("{len} values"), same)?;
     }
     // words past the end (offset 6 + n > n + 5): every output NaN, nothing read out of bounds
+    let len = n * 31 * 31 * cw;
     let past = gpu.upload_words(&Step { offset: 6, lr: [0.0; LRS] }.record(0))?;
-    let mut gy = gpu.upload(&vec![0.25; len])?;
-    gpu.stem(&gi, total, &gwd, &past, n, NORM, &gw_, cw, 32, &mut gy)?;
-    let nan = gpu.download(&gy)?.iter().filter(|v| v.is_nan()).count();
-    r.flag("stem: words past the end give NaN", &format!("{nan} of {len} NaN"), nan == len)?;
+    let (mut gy, mut graw) = (gpu.upload(&vec![0.25; len])?, gpu.upload(&vec![0.25; len])?);
+    gpu.stem(&gi, total, &gwd, &past, n, NORM, &gw_, &gb, cw, 32, &mut gy, Some(&mut graw))?;
+    let (out, raw) = (gpu.download(&gy)?, gpu.download(&graw)?);
+    let nan = out.iter().chain(&raw).filter(|v| v.is_nan()).count();
+    r.flag("stem: words past the end give NaN", &format!("{nan} of {} NaN", 2 * len), nan == 2 * len)?;
     check_next_step(gpu, cpu, r)
 }
 
@@ -1110,6 +1118,7 @@ struct StepState<B: Backend> {
     run_var: Vec<B::Buf>,
     s: [Shape; 7],
     x: Vec<B::Buf>,
+    x0_raw: B::Buf,
     keep: Vec<B::Buf>,
     ga: Vec<B::Buf>,
     gsum: Vec<B::Buf>,
@@ -1161,7 +1170,9 @@ impl<B: Backend> StepState<B> {
             run_mean: STEP_LAYERS.iter().map(|&(_, co, _)| b.zeros(co)).collect::<Result<_>>()?,
             run_var: STEP_LAYERS.iter().map(|&(_, co, _)| b.upload(&vec![1.0; co])).collect::<Result<_>>()?,
             x: acts(b)?,
-            keep: acts(b)?,
+            x0_raw: b.zeros(s[0].len())?,
+            // none for conv 0, whose input the stem activated (as main.rs's)
+            keep: (0..6).map(|l| b.zeros(if l > 0 { s[l].len() } else { 0 })).collect::<Result<_>>()?,
             ga: acts(b)?,
             // none for conv 0, which takes no input gradient (as main.rs's)
             gsum: (0..6).map(|k| b.zeros(if k > 0 { 2 * s[k].c } else { 0 })).collect::<Result<_>>()?,
@@ -1202,12 +1213,13 @@ impl<B: Backend> StepState<B> {
         let (n, s) = (self.n, self.s);
         let scale = 1.0 / s[6].c as f32;
         b.next_step(&self.plan, &mut self.step)?;
-        b.stem(&self.images, self.total, &self.words, &self.step, n, NORM, &self.whiten_w, WHITEN, 32, &mut self.x[0])?;
+        let (ww, wb, raw) = (&self.whiten_w, &self.whiten_b, self.bias_trains.then_some(&mut self.x0_raw));
+        b.stem(&self.images, self.total, &self.words, &self.step, n, NORM, ww, wb, WHITEN, 32, &mut self.x[0], raw)?;
         for (l, &(_, cout, pool)) in STEP_LAYERS.iter().enumerate() {
             let (xi, xo) = self.x.split_at_mut(l + 1);
             let (bi, bo) = self.bn.split_at_mut(l + 1);
-            let pre = if l == 0 { Pre::Bias(&self.whiten_b) } else { Pre::Bn { bn: &bi[l], beta: &self.beta[l - 1] } };
-            let keep = Some(&mut self.keep[l]);
+            let pre = if l == 0 { Pre::Activated } else { Pre::Bn { bn: &bi[l], beta: &self.beta[l - 1] } };
+            let keep = Some(&mut self.keep[l]).filter(|_| l > 0);
             let stats = BnStats {
                 eps: 1e-12,
                 momentum: 0.6,
@@ -1243,8 +1255,7 @@ impl<B: Backend> StepState<B> {
             let sums = self.gsum.get(k); // from conv k's backward (none for the head's input), as main.rs does
             let unpool = pool.then(|| Unpool { argmax: &self.am[l], full: s[l].with_c(cout) });
             b.pre_bwd(&self.ga[k], &self.x[k], s[k], pre, sums, &mut self.g_beta[l], Some(&mut self.gx[k]), unpool)?;
-            let pre =
-                if l == 0 { Pre::Bias(&self.whiten_b) } else { Pre::Bn { bn: &self.bn[l], beta: &self.beta[l - 1] } };
+            let pre = if l == 0 { Pre::Activated } else { Pre::Bn { bn: &self.bn[l], beta: &self.beta[l - 1] } };
             let (ga, gsum, gx) = (&mut self.ga[l], &mut self.gsum[l], &self.gx[k]);
             let (da, da_sums) = if l > 0 { (Some(ga), Some(gsum)) } else { (None, None) };
             b.conv3x3_bwd(
@@ -1259,12 +1270,12 @@ impl<B: Backend> StepState<B> {
                 &mut self.g_conv[l],
                 da,
                 da_sums,
-                Some(&self.keep[l]),
+                Some(&self.keep[l]).filter(|_| l > 0),
             )?;
         }
         if self.bias_trains {
             // through conv 0 without its input gradient, as main.rs
-            let (x, wb, w, dy, am) = (&self.x[0], &self.whiten_b, &self.conv[0], &self.gx[1], &self.am[0]);
+            let (x, wb, w, dy, am) = (&self.x0_raw, &self.whiten_b, &self.conv[0], &self.gx[1], &self.am[0]);
             let (cout, g0, gw0) = (STEP_LAYERS[0].1, &mut self.ga[0], &mut self.gw0); // scratch
             b.conv3x3_shift_grad(x, s[0], wb, w, cout, am, dy, g0, gw0, &mut self.g_wb)?;
         }
@@ -1533,10 +1544,18 @@ pub(crate) fn bench_lines(gpu: &mut Gpu, batch: usize, lines: &mut Lines) -> Res
     let wds = gpu.upload_words(&words(n, total, 2))?;
     let rec = gpu.upload_words(&Step { offset: 0, lr: [0.24, 0.01, 0.01, 0.01] }.record(0))?;
     let ww = gpu.upload(&rnd(WHITEN * 12, 3, 0.5, 0.0))?;
+    let wb = gpu.upload(&rnd(WHITEN, 4, 0.3, 0.0))?;
     let mut x0 = gpu.upload_f16(&vec![0.5; n * 961 * WHITEN])?;
+    let mut raw = gpu.upload_f16(&vec![0.5; n * 961 * WHITEN])?;
+    // the stem with its bias and GELU (conv 0's activated input); "+raw": also its raw output,
+    // as while the whitening bias trains
     let (flops, bytes_moved) = ((n * 961 * WHITEN * 24) as f64, (n * 3072 + n * 961 * WHITEN * 2) as f64);
     lines.time(gpu, "stem", &format!("{n}x32x32x3->24"), flops, bytes_moved, &mut |g| {
-        g.stem(&images, total, &wds, &rec, n, NORM, &ww, WHITEN, 32, &mut x0)
+        g.stem(&images, total, &wds, &rec, n, NORM, &ww, &wb, WHITEN, 32, &mut x0, None)
+    })?;
+    let bytes_raw = bytes_moved + (n * 961 * WHITEN * 2) as f64;
+    lines.time(gpu, "stem+raw", &format!("{n}x32x32x3->24"), flops, bytes_raw, &mut |g| {
+        g.stem(&images, total, &wds, &rec, n, NORM, &ww, &wb, WHITEN, 32, &mut x0, Some(&mut raw))
     })?;
     let nc = total.min(5000);
     lines.time(
@@ -1791,6 +1810,17 @@ fn bench_convs(
         if !bn_lines {
             continue;
         }
+        // act_f16 over this conv's input by itself (inside every "conv3x3 fwd" line above; layer
+        // 0's input now comes activated from the stem, the "stem" line)
+        let mut a = gpu.zeros(xs.len())?;
+        lines.time(
+            gpu,
+            &format!("act [{l}]"),
+            &shape_str(xs),
+            20.0 * xs.len() as f64,
+            (4 * xs.len()) as f64,
+            &mut |g| g.act_only(&x, xs, pre(l), &mut a),
+        )?;
         // BN statistics (by themselves) and pre_bwd of this conv's output
         let (flops, moved) = (3.0 * ys.len() as f64, (2 * ys.len() * 2) as f64);
         lines.time(gpu, &format!("bn_stats [{l}]"), &shape_str(ys), flops, moved, &mut |g| {

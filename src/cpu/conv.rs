@@ -4,10 +4,11 @@
 //! accumulation. `tests` checks all of it against a naive seven-loop convolution.
 use super::layers::Affine;
 use super::par;
-use super::real::{gelu, Real};
+use super::real::Real;
 use crate::backend::Shape;
 
-/// `apad` ← zero-bordered `(h+2)×(w+2)×c` copy of `GELU(pre(x))` for one image.
+/// `apad` ← zero-bordered `(h+2)×(w+2)×c` copy of `GELU(pre(x))` (x itself where it is
+/// activated already) for one image.
 pub fn activate_padded<T: Real>(x: &[T], h: usize, w: usize, c: usize, aff: &Affine<T>, apad: &mut [T]) {
     apad.fill(T::ZERO);
     for y in 0..h {
@@ -15,7 +16,7 @@ pub fn activate_padded<T: Real>(x: &[T], h: usize, w: usize, c: usize, aff: &Aff
             let src = &x[(y * w + xx) * c..][..c];
             let dst = &mut apad[((y + 1) * (w + 2) + xx + 1) * c..][..c];
             for ch in 0..c {
-                dst[ch] = gelu(aff.u(src[ch], ch));
+                dst[ch] = aff.a(src[ch], ch);
             }
         }
     }
@@ -321,7 +322,7 @@ mod tests {
     }
 
     fn act(x: &[f64], s: Shape, aff: &Affine<f64>) -> Vec<f64> {
-        x.iter().enumerate().map(|(k, &v)| gelu(aff.u(v, k % s.c))).collect()
+        x.iter().enumerate().map(|(k, &v)| aff.a(v, k % s.c)).collect()
     }
 
     #[test]

@@ -16,15 +16,22 @@ pub struct Affine<T> {
     pub shift: Vec<T>,
     /// True for BatchNorm (`x̂ = (x − mean)·invstd` is a function of the batch).
     pub bn: bool,
+    /// True where x holds the activation already (`Pre::Activated`): no map, no GELU, and no
+    /// channels (the gradients through a map refuse it).
+    pub activated: bool,
 }
 
 impl<T: Real> Affine<T> {
     pub fn bias(bias: &[T]) -> Self {
-        Affine { mean: vec![T::ZERO; bias.len()], invstd: vec![T::ONE; bias.len()], shift: bias.to_vec(), bn: false }
+        let c = bias.len();
+        Affine { mean: vec![T::ZERO; c], invstd: vec![T::ONE; c], shift: bias.to_vec(), bn: false, activated: false }
+    }
+    pub fn activated() -> Self {
+        Affine { mean: Vec::new(), invstd: Vec::new(), shift: Vec::new(), bn: false, activated: true }
     }
     pub fn bn_from(mean: &[T], invstd: &[T], beta: &[T]) -> Self {
         assert!(mean.len() == invstd.len() && mean.len() == beta.len());
-        Affine { mean: mean.to_vec(), invstd: invstd.to_vec(), shift: beta.to_vec(), bn: true }
+        Affine { mean: mean.to_vec(), invstd: invstd.to_vec(), shift: beta.to_vec(), bn: true, activated: false }
     }
     /// From a `[mean | invstd]` buffer as written by `bn_stats`/`bn_eval`.
     pub fn from_bn_buf(bn: &[T], beta: &[T]) -> Self {
@@ -42,6 +49,15 @@ impl<T: Real> Affine<T> {
     #[inline(always)]
     pub fn u(&self, x: T, c: usize) -> T {
         self.xhat(x, c) + self.shift[c]
+    }
+    /// The activation `a = GELU(u)` of x in channel c (x itself where it holds `a` already).
+    #[inline(always)]
+    pub fn a(&self, x: T, c: usize) -> T {
+        if self.activated {
+            x
+        } else {
+            gelu(self.u(x, c))
+        }
     }
 }
 
@@ -172,10 +188,10 @@ pub fn head<T: Real>(
     assert!(feat.len() == n * c && argmax.len() == n * c && logits.len() == n * classes);
     for i in 0..n {
         for ch in 0..c {
-            let mut best = gelu(aff.u(x[i * hw * c + ch], ch));
+            let mut best = aff.a(x[i * hw * c + ch], ch);
             let mut arg = 0;
             for p in 1..hw {
-                let v = gelu(aff.u(x[(i * hw + p) * c + ch], ch));
+                let v = aff.a(x[(i * hw + p) * c + ch], ch);
                 if v > best {
                     best = v;
                     arg = p;

@@ -42,6 +42,7 @@ fn affine<T: Real>(pre: Pre<'_, Cpu<T>>) -> Affine<T> {
     match pre {
         Pre::Bias(b) => Affine::bias(b),
         Pre::Bn { bn, beta } => Affine::from_bn_buf(bn, beta),
+        Pre::Activated => Affine::activated(),
     }
 }
 
@@ -143,14 +144,29 @@ impl<T: Real> Backend for Cpu<T> {
         n: usize,
         norm: Norm,
         w: &Vec<T>,
+        bias: &Vec<T>,
         cw: usize,
         res: usize,
         out: &mut Vec<T>,
+        raw: Option<&mut Vec<T>>,
     ) -> Result<()> {
+        assert_eq!(bias.len(), cw, "stem: bias is not {cw} values");
+        let mut scratch = Vec::new();
+        let raw = match raw {
+            Some(r) => r,
+            None => {
+                scratch.resize(out.len(), T::ZERO);
+                &mut scratch
+            }
+        };
         match step_words(aug, step, n) {
-            Some(words) => layers::stem(images, total, words, n, norm, w, cw, res, out, self.threads),
-            None => out.fill(T::of(f64::NAN)),
+            Some(words) => layers::stem(images, total, words, n, norm, w, cw, res, raw, self.threads),
+            None => raw.fill(T::of(f64::NAN)),
         }
+        // the first conv's input: GELU(raw + bias), as conv3x3 with Pre::Bias would take it
+        assert_eq!(out.len(), raw.len(), "stem: out and raw differ in length");
+        let aff = Affine::bias(bias);
+        out.iter_mut().zip(raw.iter()).enumerate().for_each(|(k, (o, &r))| *o = aff.a(r, k % cw));
         Ok(())
     }
 
@@ -266,6 +282,7 @@ impl<T: Real> Backend for Cpu<T> {
         dx: Option<&mut Vec<T>>,
         unpool: Option<Unpool<'_, Self>>,
     ) -> Result<()> {
+        assert!(!matches!(pre, Pre::Activated), "pre_bwd: no gradient through an activated input");
         let sums: Option<Vec<f64>> = sums.map(|s| s.iter().map(|v| v.f64()).collect());
         let (aff, threads) = (affine(pre), self.threads);
         match (dx, unpool) {
@@ -300,6 +317,8 @@ impl<T: Real> Backend for Cpu<T> {
         _kept: Option<&Vec<T>>,
     ) -> Result<()> {
         assert!(da.is_some() || da_sums.is_none(), "conv3x3_bwd: da_sums needs da");
+        let activated = matches!(pre, Pre::Activated);
+        assert!(!(activated && da.is_some()), "conv3x3_bwd: no input gradient through an activated input");
         let aff = affine(pre);
         let mut da = da.map(|v| v.as_mut_slice());
         conv::conv3x3_bwd(x, xs, &aff, w, cout, pool, argmax, dy, dw, da.as_deref_mut(), self.threads);
@@ -361,14 +380,20 @@ mod tests {
         let images: Vec<u8> = (0..3 * 3072).map(|i| (i * 7 % 251) as u8).collect();
         let words = vec![0u32, 1, 2, 0, 1, 2];
         let norm = Norm { mean: [0.5; 3], std: [0.25; 3] };
-        let w = vec![0.1f32; 8 * 12];
+        let (w, bias) = (vec![0.1f32; 8 * 12], vec![-0.25f32; 8]);
         let (mut out, n) = (vec![0.0f32; 4 * 31 * 31 * 8], 4);
+        let mut raw = out.clone();
         let fits = Step { offset: 2, lr: [0.0; LRS] }.record(0).to_vec();
         let past = Step { offset: 3, lr: [0.0; LRS] }.record(0).to_vec();
-        cpu.stem(&images, 3, &words, &fits, n, norm, &w, 8, 32, &mut out).unwrap();
-        assert!(out.iter().all(|v| v.is_finite()));
-        cpu.stem(&images, 3, &words, &past, n, norm, &w, 8, 32, &mut out).unwrap();
-        assert!(out.iter().all(|v| v.is_nan()));
+        cpu.stem(&images, 3, &words, &fits, n, norm, &w, &bias, 8, 32, &mut out, Some(&mut raw)).unwrap();
+        assert!(raw.iter().all(|v| v.is_finite()));
+        // out is GELU(raw + bias), and the same without raw
+        assert!(out.iter().zip(&raw).all(|(&o, &r)| o == crate::cpu::real::gelu(r - 0.25)));
+        let mut alone = vec![f32::NAN; out.len()];
+        cpu.stem(&images, 3, &words, &fits, n, norm, &w, &bias, 8, 32, &mut alone, None).unwrap();
+        assert_eq!(alone, out);
+        cpu.stem(&images, 3, &words, &past, n, norm, &w, &bias, 8, 32, &mut out, Some(&mut raw)).unwrap();
+        assert!(out.iter().chain(&raw).all(|v| v.is_nan()));
         let (logits, labels) = (vec![0.5f32; n * 10], vec![1u8, 2, 3]);
         let (mut dl, mut acc) = (vec![0.0f32; n * 10], vec![0.0f32; 2]);
         cpu.xent(&logits, &labels, &words, &fits, n, 10, 0.2, &mut dl, &mut acc).unwrap();

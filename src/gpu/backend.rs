@@ -707,6 +707,13 @@ impl Gpu {
     /// pointers that tell the conv kernels their input is already activated (bn = 2).
     /// `into`: a caller's buffer (the conv's `keep`) instead of the scratch.
     fn activate(&mut self, xp: Arg, xs: Shape, pp: &PrePtrs, into: Option<Arg>) -> Result<(Arg, PrePtrs)> {
+        if pp.bn == 2 {
+            // x is a already (Pre::Activated): nothing to pass over, nothing to keep
+            check(into.is_none(), || {
+                "conv3x3: an activated input (Pre::Activated) has no activation to keep: pass no keep".to_string()
+            })?;
+            return Ok((xp, *pp));
+        }
         let len = xs.len();
         let ap = match into {
             Some(p) => p,
@@ -719,6 +726,17 @@ impl Gpu {
         };
         self.act_pass("act_f16", xp, xs, pp, ap)?;
         Ok((ap, PrePtrs { bn: 2, mean: 0, inv: 0, shift: 0 }))
+    }
+
+    /// `act_f16` by itself, `a = GELU(pre(x))`: the pass `conv3x3` runs over its input first
+    /// (the bench's "act [l]" lines; layer 0's input comes activated from the stem instead).
+    pub(crate) fn act_only(&mut self, x: &GBuf, xs: Shape, pre: Pre<'_, Gpu>, a: &mut GBuf) -> Result<()> {
+        self.begin()?;
+        check(!matches!(pre, Pre::Activated), || "act: the input is activated already".to_string())?;
+        let xp = self.in_f16(x, xs.len(), &format!("act: x {xs:?}"))?;
+        let pp = self.pre_ptrs(pre, xs.c, "act")?;
+        let ap = self.out(a, xs.len(), Dtype::F16, &format!("act: a {xs:?}"))?;
+        self.act_pass("act_f16", xp, xs, &pp, ap)
     }
 
     /// One element-wise pass of `kernel` over x (shape `xs`, fp16) into `ap` (fp16): `act_f16`,
@@ -1247,6 +1265,9 @@ impl Gpu {
                 let shift = self.in_f32(beta, c, &format!("{what}: BN beta"))?;
                 PrePtrs { bn: 1, mean: p, inv: p + 4 * c as u64, shift }
             }
+            // the kernels' "input is already a" (the conv kernels take it; head and pre_bwd
+            // refuse it first)
+            Pre::Activated => PrePtrs { bn: 2, mean: 0, inv: 0, shift: 0 },
         })
     }
 
@@ -1631,9 +1652,11 @@ impl Backend for Gpu {
         n: usize,
         norm: Norm,
         w: &GBuf,
+        bias: &GBuf,
         cw: usize,
         res: usize,
         out: &mut GBuf,
+        raw: Option<&mut GBuf>,
     ) -> Result<()> {
         self.begin()?;
         check((2..=32).contains(&res), || format!("stem: resolution {res} outside 2..=32"))?;
@@ -1644,10 +1667,16 @@ impl Backend for Gpu {
         })?;
         let per = (res - 1) * (res - 1);
         if n == 0 {
-            return check_len(out.len, 0, "stem: out");
+            check_len(out.len, 0, "stem: out")?;
+            return raw.map_or(Ok(()), |r| check_len(r.len, 0, "stem: raw"));
         }
         let wp = self.in_f32(w, cw * 12, "stem: weights")?;
+        let bp = self.in_f32(bias, cw, "stem: bias")?;
         let o = self.out(out, n * per * cw, Dtype::F16, "stem: out")?;
+        let r = match raw {
+            Some(r) => self.out(r, n * per * cw, Dtype::F16, "stem: raw")?,
+            None => 0,
+        };
         let mut args = vec![
             self.ptr(&images.mem),
             int(total, "images")?,
@@ -1660,10 +1689,10 @@ impl Backend for Gpu {
         // Full resolution has its own kernel (no resize, one block per example); below it, the
         // bilinear one.
         if res == 32 {
-            args.extend([wp, int(cw, "filters")?, o]);
+            args.extend([wp, int(cw, "filters")?, bp, o, r]);
             self.launch("stem", "stem_fwd_f16", (int(n, "batch")? as u32, 1, 1), (256, 1, 1), &args)
         } else {
-            args.extend([wp, int(cw, "filters")?, int(res, "resolution")?, o]);
+            args.extend([wp, int(cw, "filters")?, int(res, "resolution")?, bp, o, r]);
             self.launch1d("stem", "stem_res_fwd_f16", n * per * cw / 8, &args)
         }
     }
@@ -1833,6 +1862,7 @@ impl Backend for Gpu {
     ) -> Result<()> {
         self.begin()?;
         let (n, c, hw) = (xs.n, xs.c, xs.h * xs.w);
+        check(!matches!(pre, Pre::Activated), || "head: its input must have a map (bias or BatchNorm)".to_string())?;
         check((1..=256).contains(&hw), || format!("head: argmax is a byte, so 1..=256 positions, got {xs:?}"))?;
         check(c <= 1024, || format!("head: at most 1024 channels, got {c}"))?;
         let xp = self.in_f16(x, xs.len(), &format!("head: x {xs:?}"))?;
@@ -1984,6 +2014,7 @@ impl Backend for Gpu {
         };
         let dap = self.in_f16(da, xs.len(), &format!("pre_bwd: da {xs:?}"))?;
         let xp = self.in_f16(x, xs.len(), &format!("pre_bwd: x {xs:?}"))?;
+        check(!matches!(pre, Pre::Activated), || "pre_bwd: no gradient through an activated input".to_string())?;
         let pp = self.pre_ptrs(pre, c, "pre_bwd")?;
         let sums = match sums {
             Some(s) => Some(self.in_f32(s, 2 * c, "pre_bwd: sums [Σdu | Σdu·x̂]")?),
@@ -2048,6 +2079,9 @@ impl Backend for Gpu {
         check_channels("conv3x3_bwd", cin, cout)?;
         check_pixels("conv3x3_bwd", xs, cout)?;
         check(da.is_some() || da_sums.is_none(), || "conv3x3_bwd: da_sums needs da".to_string())?;
+        check(da.is_none() || !matches!(pre, Pre::Activated), || {
+            "conv3x3_bwd: no input gradient through an activated input (its map is the stem's)".to_string()
+        })?;
         let ys = if pool { xs.with_c(cout).pooled() } else { xs.with_c(cout) };
         let k = 9 * cin;
         let xp = self.in_f16(x, xs.len(), &format!("conv3x3_bwd: x {xs:?}"))?;
@@ -2606,8 +2640,8 @@ mod tests {
             ("norm", "pre_bwd_dx_f16", "PPPIPPPIPPPPPII"),
             ("norm", "cast_f32_f16", "PPP"),
             ("norm", "cast_f16_f32", "PPP"),
-            ("stem", "stem_fwd_f16", "PIPIPIIIIIIIPIP"),
-            ("stem", "stem_res_fwd_f16", "PIPIPIIIIIIIPIIP"),
+            ("stem", "stem_fwd_f16", "PIPIPIIIIIIIPIPPP"),
+            ("stem", "stem_res_fwd_f16", "PIPIPIIIIIIIPIIPPP"),
             ("stem", "patch_cov_f32", "PIIIIIIIP"),
             ("head", "head_fwd_f16", "PIIPPPIPIIPPP"),
             ("head", "head_bwd_dw_part_f32", "PPIIIIP"),

@@ -93,7 +93,7 @@ fn whole_network_gradients_match_finite_differences() {
     let step = Step { offset: 1, lr: [0.0; LRS] }.record(0).to_vec();
     let loss = |b: &mut Cpu<f64>, net: &mut Net<Cpu<f64>>, a: &mut Acts<Cpu<f64>>| {
         a.loss_acc = vec![0.0; 2];
-        forward(b, &h, net, a, &d, &words, &step, true).unwrap();
+        forward(b, &h, net, a, &d, &words, &step, true, true).unwrap();
         b.xent(&a.logits, &d.labels, &words, &step, a.n, CLASSES, h.label_smoothing, &mut a.dlogits, &mut a.loss_acc)
             .unwrap();
         a.loss_acc[0]
