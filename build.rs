@@ -10,7 +10,8 @@
 //!   newer GPUs) per `.cu` file, written to OUT_DIR and listed in OUT_DIR/kernels.rs, which
 //!   `src/kernels.rs` includes. Options: `-std=c++17 -lineinfo --ptxas-options=-v -I kernels/`.
 //! - Registers and spills: every kernel x arch goes into OUT_DIR/ptxas-report.txt, copied to
-//!   `<target dir>/ptxas-report.txt`; a kernel that spills gets one cargo warning per arch.
+//!   `<target dir>/ptxas-report.txt`; a kernel that spills gets one cargo warning per arch,
+//!   unless `SPILLS_ACCEPTED` lists it with a budget its spill stays within.
 //! - No compiler found: the build still succeeds with a warning, `kernels::MODULES` is empty and
 //!   the GPU path says so at run time. `REQUIRE_CUDA_KERNELS=1` makes that a build error (CI,
 //!   release builds). A kernel that fails to compile is always a build error, with the NVRTC log.
@@ -260,7 +261,7 @@ fn compile_all(nvrtc: &Nvrtc, tc: &Toolchain, kdir: &Path, cus: &[&PathBuf], all
             shown = t.join("ptxas-report.txt");
         }
     }
-    for u in parse_ptxas(&report).iter().filter(|u| u.spill_st + u.spill_ld > 0) {
+    for u in parse_ptxas(&report).iter().filter(|u| u.spill_st + u.spill_ld > 0 && !spill_accepted(u)) {
         println!(
             "cargo::warning=kernel {} ({}, {}) spills registers: {} bytes spill stores, {} bytes spill loads, {} registers (see {})",
             u.kernel, u.file, u.arch, u.spill_st, u.spill_ld, u.regs, shown.display()
@@ -304,6 +305,15 @@ struct Usage {
 }
 
 /// Parses the `=== <file> <arch>` blocks of ptxas -v output in the report.
+/// Kernels whose spill was read in the SASS and kept, with the bytes (stored or loaded, per
+/// thread) up to which it stays accepted: the stem's, a few loop-carried values in L1 around
+/// its group loop (kernels/stem.cu, STEM_MIN_BLOCKS). Past the budget, the usual warning.
+const SPILLS_ACCEPTED: &[(&str, u64)] = &[("stem_fwd_f16", 96), ("stem_fwd_grad_f16", 96)];
+
+fn spill_accepted(u: &Usage) -> bool {
+    SPILLS_ACCEPTED.iter().any(|&(k, bytes)| k == u.kernel && u.spill_st.max(u.spill_ld) <= bytes)
+}
+
 fn parse_ptxas(report: &str) -> Vec<Usage> {
     let (mut file, mut arch) = (String::new(), String::new());
     let mut rows: Vec<Usage> = Vec::new();

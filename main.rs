@@ -303,7 +303,7 @@ struct Acts<B: Backend> {
     n: usize,
     s: [Shape; 7],
     x: Vec<B::Buf>,
-    x0_raw: B::Buf, // the stem's output before its bias and GELU, while the whitening bias trains
+    x0_grad: B::Buf, // GELU′ of the stem's output plus its bias, while the whitening bias trains
     argmax: Vec<B::Bytes>,
     bn: Vec<B::Buf>,
     feat: B::Buf,
@@ -318,7 +318,7 @@ struct Acts<B: Backend> {
     loss_acc: B::Buf,  // [loss sum, correct] since the last read
 }
 
-/// With `grads` false (evaluation), the gradient buffers `x0_raw`, `ga`, `gsum`, `gx`, `keep` and
+/// With `grads` false (evaluation), the gradient buffers `x0_grad`, `ga`, `gsum`, `gx`, `keep` and
 /// `gw0` stay empty.
 fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize, res: usize, grads: bool) -> Result<Acts<B>> {
     let s = shapes(h, n, res);
@@ -328,7 +328,7 @@ fn acts<B: Backend>(b: &mut B, h: &Hyp, n: usize, res: usize, grads: bool) -> Re
         n,
         s,
         x: bufs(b)?,
-        x0_raw: b.zeros(if grads { s[0].len() } else { 0 })?,
+        x0_grad: b.zeros(if grads { s[0].len() } else { 0 })?,
         argmax: (0..6).map(|l| b.byte_zeros(if layers(h)[l].2 { s[l + 1].len() } else { 0 })).collect::<Result<_>>()?,
         bn: s.iter().map(|s| b.zeros(2 * s.c)).collect::<Result<_>>()?,
         feat: b.zeros(n * c)?,
@@ -378,7 +378,7 @@ struct DevData<B: Backend> {
 /// Forward pass on `n = a.n` examples given by `words[offset..]`, the offset read from the step
 /// record `step` on the device. Training mode takes BatchNorm statistics from the batch (and
 /// updates the running ones); eval mode expects `a.bn` to hold the running statistics already
-/// (`bn_eval`). While the whitening bias trains, the stem also keeps its raw output.
+/// (`bn_eval`). While the whitening bias trains, the stem also gives the GELU′ its gradient needs.
 #[allow(clippy::too_many_arguments)]
 fn forward<B: Backend>(
     b: &mut B,
@@ -392,8 +392,8 @@ fn forward<B: Backend>(
     bias_trains: bool,
 ) -> Result<()> {
     let res = a.s[0].h + 1;
-    let (wb, raw) = (&net.p.whiten_b, bias_trains.then_some(&mut a.x0_raw));
-    b.stem(&d.images, d.n, words, step, a.n, NORM, &net.whiten_w, wb, WHITEN, res, &mut a.x[0], raw)?;
+    let (wb, grad) = (&net.p.whiten_b, bias_trains.then_some(&mut a.x0_grad));
+    b.stem(&d.images, d.n, words, step, a.n, NORM, &net.whiten_w, wb, WHITEN, res, &mut a.x[0], grad)?;
     for (l, (_, cout, pool)) in layers(h).into_iter().enumerate() {
         let (x_in, x_out) = a.x.split_at_mut(l + 1);
         let (bn_in, bn_out) = a.bn.split_at_mut(l + 1);
@@ -441,9 +441,9 @@ fn backward<B: Backend>(
     if bias_trains {
         // the whitening bias's gradient through conv 0, without conv 0's input gradient
         let (w, cout) = (&net.p.conv[0], layers(h)[0].1);
-        let (x, dy, am) = (&a.x0_raw, &a.gx[1], &a.argmax[0]);
+        let (gelu_grad, dy, am) = (&a.x0_grad, &a.gx[1], &a.argmax[0]);
         let (g0, gw0) = (&mut a.ga[0], &mut a.gw0); // scratch
-        b.conv3x3_shift_grad(x, a.s[0], &net.p.whiten_b, w, cout, am, dy, g0, gw0, &mut g.whiten_b)?;
+        b.conv3x3_shift_grad(gelu_grad, a.s[0], w, cout, am, dy, g0, gw0, &mut g.whiten_b)?;
     }
     Ok(())
 }

@@ -35,7 +35,8 @@ PREDICTED = {
     "priority": ("the chain at the greatest priority, with the overlap", "17th", -0.1, 0.0),
     "gelu": ("GELU/GELU' without erff/expf (pre_bwd_dx_f16 + act_f16)", "15th", -0.35, -0.2),
     "reduce": ("split-K slice sums by warps (wgrad_reduce_f32)", "16th", -0.05, -0.02),
-    "shift": ("whitening bias gradient without layer 0's input gradient, per bias step", "15th", -0.4, -0.25),
+    "shift": ("whitening bias gradient without layer 0's input gradient (15th), GELU′ by the stem (19th), "
+              "per bias step", "15-19th", -0.48, -0.29),
     "wgmma2": ("wgmma2 as a mixed candidate", "15th", -0.4, -0.1),
     "wgmmap": ("wgmmap (persistent) as a mixed candidate", "16th", -0.6, -0.05),
     "dpass": ("input gradients' sums in a separate pass (+pass) as a mixed candidate", "14th", -0.3, -0.15),
@@ -50,6 +51,7 @@ PREDICTED = {
 
 STEP = re.compile(r"^(train step[^\n]*?)\s+batch \d+\s+([\d.]+) us\s")
 BRACKET = re.compile(r"^(\S.*?\])\s+\S.*?\s([\d.]+) us\s")
+STEM = re.compile(r"^(stem(?:\+GELU')?)\s+\S+\s+([\d.]+) us\s")
 PICK = re.compile(r"^  mixed (fwd|wgrad|dgrad) (\d+x\d+x\d+->\d+)( pool)?: (\S+) \((.*) ms\)\s*$")
 PROFILE_ROW = re.compile(r"^  (\w+)\s+(\d+) x\s+([\d.]+) us\s")
 
@@ -61,7 +63,7 @@ def read(text):
     lines, picks, profiles = {}, {}, {}
     profile, header = None, None
     for line in text.splitlines():
-        m = STEP.match(line) or BRACKET.match(line)
+        m = STEP.match(line) or BRACKET.match(line) or STEM.match(line)
         if m:
             lines.setdefault(m.group(1), float(m.group(2)))
         m = PICK.match(line)
@@ -142,13 +144,16 @@ def measured(new, base):
             for key, k in [("reduce", "wgrad_reduce_f32"), ("norms", "muon_norms_f64")]:
                 if k in mixed and k in b_mixed:
                     out[key] = ((mixed[k] - b_mixed[k]) / 1000, f"mixed profile, new − base: {k}")
+            # the profiled step trains the whitening bias: since the 19th session its stem is
+            # stem_fwd_grad_f16 (GELU′ too, where the base wrote the raw output)
             k = "stem_fwd_f16"
-            if k in mixed and k in b_mixed:
+            new_k = next((n for n in ("stem_fwd_grad_f16", k) if n in mixed), None)
+            if new_k and k in b_mixed:
                 if act0 is not None:
-                    how = f'mixed profile, new {k} − (base {k} + new "act [0]")'
-                    out["stem"] = ((mixed[k] - b_mixed[k] - act0) / 1000, how)
+                    how = f'mixed profile, new {new_k} − (base {k} + new "act [0]")'
+                    out["stem"] = ((mixed[new_k] - b_mixed[k] - act0) / 1000, how)
                 else:
-                    out["stem"] = ((mixed[k] - b_mixed[k]) / 1000, f"mixed profile, new − base: {k}")
+                    out["stem"] = ((mixed[new_k] - b_mixed[k]) / 1000, f"mixed profile, new {new_k} − base {k}")
         k = "conv3x3 fwd img [0]"  # the same calls in both binaries; mixed takes img (+pass) there
         if k in lines and k in b_lines:
             out["img_pool"] = ((lines[k] - b_lines[k]) / 1000, f'"{k}", new − base')
@@ -166,9 +171,14 @@ def measured(new, base):
         if "conv3x3_shift_grad [0]" in lines and old_dgrad and old_wgrad:
             # the autotune times an input gradient as the whole op, its weight gradient included
             old = old_dgrad[1][old_dgrad[0]] - old_wgrad[1][old_wgrad[0]]
+            # since the 19th session the stem gives GELU′ (the shift gradient's pass before):
+            # its cost, "stem+GELU'" − "stem", is counted with the shift gradient
+            extra, note = 0.0, ""
+            if "stem+GELU'" in lines and "stem" in lines:
+                extra, note = (lines["stem+GELU'"] - lines["stem"]) / 1000, ' + ("stem+GELU\'" − "stem")'
             out["shift"] = (
-                lines["conv3x3_shift_grad [0]"] / 1000 - old,
-                f'"conv3x3_shift_grad [0]" − base\'s picked layer-0 input gradient ({old:.3f} ms: dgrad − wgrad pick)',
+                lines["conv3x3_shift_grad [0]"] / 1000 + extra - old,
+                f'"conv3x3_shift_grad [0]"{note} − base\'s picked layer-0 input gradient ({old:.3f} ms: dgrad − wgrad pick)',
             )
     fams = {
         "wgmma2": lambda g, c: c.split("+")[0] == "wgmma2",

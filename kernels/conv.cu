@@ -40,10 +40,9 @@
 //                       to conv3x3_fwd_f16 / conv3x3_wgrad_f16, instead of recomputing pre + GELU
 //                       for every tap and column tile (9·ceil(cout/64) times per element); the
 //                       values fed to the MMA are bit-identical either way.
-//   act_grad_f16        GELU′(pre(x)) the same way, and shift_from_wgrad_f32 (grid cin, block
-//                       256): dshift[c] = Σ w·gw over the weights of input channel c, gw a
-//                       weight gradient against act_grad_f16's output: the whitening bias's
-//                       gradient without the first conv's input gradient.
+//   shift_from_wgrad_f32 (grid cin, block 256): dshift[c] = Σ w·gw over the weights of input
+//                       channel c, gw a weight gradient against GELU′(u) (the stem's grad): the
+//                       whitening bias's gradient without the first conv's input gradient.
 #include <mma.h>
 #include "common.cuh"
 
@@ -487,9 +486,7 @@ conv3x3_wgrad_f16(const half* __restrict__ x, int N, int H, int W, int cin, cons
     }
 }
 
-// a = GELU(pre(x)) (act_f16), or its derivative GELU′(pre(x)) (act_grad_f16: the whitening
-// bias's gradient through a weight-gradient GEMM, conv3x3_shift_grad in src/gpu/backend.rs)
-template <bool GRAD>
+// a = GELU(pre(x)) (act_f16)
 __device__ __forceinline__ void act_body(const half* __restrict__ x, long long len8, int C, const float* __restrict__ pmean,
                                          const float* __restrict__ pinv, const float* __restrict__ pshift, int bn,
                                          half* __restrict__ a) {
@@ -520,7 +517,7 @@ __device__ __forceinline__ void act_body(const half* __restrict__ x, long long l
 #pragma unroll
     for (int j = 0; j < 8; j++) {
         const float u = pre_u(__half2float(v.h[j]), mean[j], inv[j], sh[j], bn);
-        r.h[j] = __float2half(GRAD ? gelu_grad_f(u) : gelu_f(u));
+        r.h[j] = __float2half(gelu_f(u));
     }
     reinterpret_cast<uint4*>(a)[i] = r.u;
 }
@@ -528,13 +525,7 @@ extern "C" __global__ void act_f16(const half* __restrict__ x, long long len8, i
                                    const float* __restrict__ pinv, const float* __restrict__ pshift, int bn,
                                    half* __restrict__ a) {
     pdl_entry();
-    act_body<false>(x, len8, C, pmean, pinv, pshift, bn, a);
-}
-extern "C" __global__ void act_grad_f16(const half* __restrict__ x, long long len8, int C,
-                                        const float* __restrict__ pmean, const float* __restrict__ pinv,
-                                        const float* __restrict__ pshift, int bn, half* __restrict__ a) {
-    pdl_entry();
-    act_body<true>(x, len8, C, pmean, pinv, pshift, bn, a);
+    act_body(x, len8, C, pmean, pinv, pshift, bn, a);
 }
 
 // dshift[c] = Σ_{j < rows} w[j·cin + c] · gw[j·cin + c] (rows = cout·9: w and gw [cout][3·3][cin],

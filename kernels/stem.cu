@@ -7,9 +7,12 @@
 //
 // Exported kernels:
 //   stem_fwd_f16      raw[n][y][x][f] = Σ_{dy,dx,c} view[y+dy][x+dx][c]·w[f][dy][dx][c] (2×2, no
-//                     padding, 31×31×cw fp16) and out = GELU(raw + bias[f]) (fp16, from the fp16
-//                     raw value: the bits act_f16 gave for the first conv's input); raw may be
-//                     null (stored only while the whitening bias trains: its gradient needs it).
+//                     padding, 31×31×cw), rounded to fp16, then out = GELU(raw + bias[f]) and,
+//                     where grad is not null, grad = GELU′(raw + bias[f]) (fp16: the bits act_f16
+//                     and act_grad_f16 gave from the fp16 raw value; grad is what the whitening
+//                     bias's gradient needs while it trains; stem_fwd_f16 has no grad argument).
+//   stem_fwd_grad_f16 the same, grad written: a kernel of its own, so that stem_fwd_f16 (most
+//                     steps) keeps its register allocation.
 //                     One block per example (grid n, block 256): the source image (3 KB), w
 //                     (cw ≤ 64), the bias and a 3×256 table of the normalised byte values (the
 //                     same f32 operations as norm_px, so the same bits) are staged in shared
@@ -66,20 +69,22 @@ __device__ __forceinline__ bool stem_lookup(const unsigned int* aug, int aug_len
 }
 
 // The reference asserts on an image index past the dataset; a device cannot: the outputs (out,
-// and raw where given) are NaN.
-__device__ __forceinline__ void stem_store_nan(half* out, half* raw) {
+// and grad where given) are NaN.
+__device__ __forceinline__ void stem_store_nan(half* out, half* grad) {
     Half8 o;
 #pragma unroll
     for (int j = 0; j < 8; j++) o.h[j] = __float2half(__int_as_float(0x7fc00000));
     *reinterpret_cast<uint4*>(out) = o.u;
-    if (raw) *reinterpret_cast<uint4*>(raw) = o.u;
+    if (grad) *reinterpret_cast<uint4*>(grad) = o.u;
 }
 
 // Filters g·8 .. g·8+7 applied to the 2×2×3 patch v (order (dy, dx, c)): the dot rounded to
-// fp16 (into raw, where given), then GELU(that + bias) into out. act_f16's operations on the
-// same halves (pre_u with bn = 0, gelu_f), so the same bits.
+// fp16, u = that + bias, then GELU(u) into out and GELU′(u) into grad where given. act_f16's
+// and act_grad_f16's operations on the same halves (pre_u with bn = 0, gelu_f, gelu_grad_f),
+// so the same bits.
+template <bool GRAD>
 __device__ __forceinline__ void stem_store_dot(const float* v, const float* sw, const float* sb, int g, half* out,
-                                               half* raw) {
+                                               half* grad) {
     Half8 o, a;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
@@ -89,19 +94,32 @@ __device__ __forceinline__ void stem_store_dot(const float* v, const float* sw, 
         for (int k = 0; k < 12; k++) acc += v[k] * wf[k];
         o.h[j] = __float2half(acc);
     }
-    if (raw) *reinterpret_cast<uint4*>(raw) = o.u;
+    if (GRAD) {
+        Half8 d;
 #pragma unroll
-    for (int j = 0; j < 8; j++) a.h[j] = __float2half(gelu_f(pre_u(__half2float(o.h[j]), 0.f, 1.f, sb[g * 8 + j], 0)));
+        for (int j = 0; j < 8; j++) {
+            const float u = pre_u(__half2float(o.h[j]), 0.f, 1.f, sb[g * 8 + j], 0);
+            a.h[j] = __float2half(gelu_f(u));
+            d.h[j] = __float2half(gelu_grad_f(u));
+        }
+        *reinterpret_cast<uint4*>(grad) = d.u;
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; j++) a.h[j] = __float2half(gelu_f(pre_u(__half2float(o.h[j]), 0.f, 1.f, sb[g * 8 + j], 0)));
+    }
     *reinterpret_cast<uint4*>(out) = a.u;
 }
 
 // Blocks per SM for stem_fwd_f16's register budget. On sm_90, 8 (32 registers; it had 44 and 5
 // blocks): the grid of one block per image then runs in 2 rounds of blocks instead of 4 (2000
-// images, 132 SMs), with 64 warps per SM to hide the image loads and the stores. Since the stem
-// applies the bias and GELU, 32 registers spill a little (ptxas: 68 bytes stored, 84 loaded; 8
-// local accesses in a group's 301 instructions, L1-resident); 7 blocks gets the same 32
-// registers, 6 (40, no spill) would take 3 rounds. sm_80–89: 5, the occupancy they had (48
-// registers, no spill). sm_70: 6 (40 registers, no spill; it had 48 and 5 blocks).
+// images, 132 SMs), with 64 warps per SM to hide the image loads and the stores. sm_80–89: 5,
+// the occupancy they had (48 registers). sm_70: 6 (40 registers; it had 48 and 5 blocks).
+// Since the stem applies the bias and GELU, these budgets spill a little (ptxas, stem_fwd_f16:
+// sm_90 48 bytes stored, 60 loaded; sm_80–89 20 and 48; sm_70 none; stem_fwd_grad_f16 up to
+// 76): in sm_90's SASS, 4 STL and 5 LDL of loop-carried values (L1) per 291-instruction group
+// of 8 filters. 7 blocks gets the same 32 registers; 6 (40) would take 3 rounds. Two other
+// arrangements (pointers per pixel; the patch re-read from shared memory per group) spilled
+// as much or more. build.rs accepts these spills up to 96 bytes (SPILLS_ACCEPTED).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define STEM_MIN_BLOCKS 8
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -109,12 +127,15 @@ __device__ __forceinline__ void stem_store_dot(const float* v, const float* sw, 
 #else
 #define STEM_MIN_BLOCKS 6
 #endif
-extern "C" __global__ void __launch_bounds__(256, STEM_MIN_BLOCKS)
-stem_fwd_f16(const unsigned char* __restrict__ images, int total, const unsigned int* __restrict__ aug, int aug_len,
-             const unsigned int* __restrict__ step, int n, float m0, float m1, float m2, float s0, float s1, float s2,
-             const float* __restrict__ w, int cw, const float* __restrict__ bias, half* __restrict__ out,
-             half* __restrict__ raw) {
-    pdl_entry();
+// The body of stem_fwd_f16 (GRAD false: grad is not written) and stem_fwd_grad_f16 (true): two
+// kernels, so that the one most steps run keeps its own register allocation.
+template <bool GRAD>
+__device__ __forceinline__ void stem_full(const unsigned char* __restrict__ images, int total,
+                                          const unsigned int* __restrict__ aug, int aug_len,
+                                          const unsigned int* __restrict__ step, int n, float m0, float m1, float m2,
+                                          float s0, float s1, float s2, const float* __restrict__ w, int cw,
+                                          const float* __restrict__ bias, half* __restrict__ out,
+                                          half* __restrict__ grad) {
     __shared__ float sw[64 * 12];
     __shared__ float sb[64];
     __shared__ float nm[6];
@@ -129,7 +150,7 @@ stem_fwd_f16(const unsigned char* __restrict__ images, int total, const unsigned
     // uniform per block: the whole example is NaN, and no barrier follows the early return
     if (!stem_lookup(aug, aug_len, step, n, i, total, a)) {
         for (int q = threadIdx.x; q < 961 * groups; q += blockDim.x)
-            stem_store_nan(out + base + q * 8, raw ? raw + base + q * 8 : nullptr);
+            stem_store_nan(out + base + q * 8, GRAD ? grad + base + q * 8 : nullptr);
         return;
     }
     const unsigned char* src = images + (long long)a.index * 3072;
@@ -156,10 +177,26 @@ stem_fwd_f16(const unsigned char* __restrict__ images, int total, const unsigned
             }
         for (int g = 0; g < groups; g++) {
             const long long q = base + r * cw + g * 8;
-            stem_store_dot(v, sw, sb, g, out + q, raw ? raw + q : nullptr);
+            stem_store_dot<GRAD>(v, sw, sb, g, out + q, GRAD ? grad + q : nullptr);
         }
     }
 }
+extern "C" __global__ void __launch_bounds__(256, STEM_MIN_BLOCKS)
+stem_fwd_f16(const unsigned char* __restrict__ images, int total, const unsigned int* __restrict__ aug, int aug_len,
+             const unsigned int* __restrict__ step, int n, float m0, float m1, float m2, float s0, float s1, float s2,
+             const float* __restrict__ w, int cw, const float* __restrict__ bias, half* __restrict__ out) {
+    pdl_entry();
+    stem_full<false>(images, total, aug, aug_len, step, n, m0, m1, m2, s0, s1, s2, w, cw, bias, out, nullptr);
+}
+extern "C" __global__ void __launch_bounds__(256, STEM_MIN_BLOCKS)
+stem_fwd_grad_f16(const unsigned char* __restrict__ images, int total, const unsigned int* __restrict__ aug,
+                  int aug_len, const unsigned int* __restrict__ step, int n, float m0, float m1, float m2, float s0,
+                  float s1, float s2, const float* __restrict__ w, int cw, const float* __restrict__ bias,
+                  half* __restrict__ out, half* __restrict__ grad) {
+    pdl_entry();
+    stem_full<true>(images, total, aug, aug_len, step, n, m0, m1, m2, s0, s1, s2, w, cw, bias, out, grad);
+}
+
 
 // Bilinear taps of output index i at resolution res: (lo, hi, fraction), computed in f64 like
 // the reference, the fraction rounded to f32.
@@ -176,7 +213,7 @@ extern "C" __global__ void stem_res_fwd_f16(const unsigned char* __restrict__ im
                                         const unsigned int* __restrict__ step, int n, float m0, float m1, float m2,
                                             float s0, float s1, float s2, const float* __restrict__ w, int cw, int res,
                                             const float* __restrict__ bias, half* __restrict__ out,
-                                            half* __restrict__ raw) {
+                                            half* __restrict__ grad) {
     pdl_entry();
     __shared__ float sw[64 * 12];
     __shared__ float sb[64];
@@ -193,7 +230,7 @@ extern "C" __global__ void stem_res_fwd_f16(const unsigned char* __restrict__ im
     const int y = r / o, x = r % o;
     StemAug a;
     const long long q = pix * cw + g * 8;
-    if (!stem_lookup(aug, aug_len, step, n, i, total, a)) return stem_store_nan(out + q, raw ? raw + q : nullptr);
+    if (!stem_lookup(aug, aug_len, step, n, i, total, a)) return stem_store_nan(out + q, grad ? grad + q : nullptr);
     const int sy = a.sy, sx = a.sx;
     const bool flip = a.flip;
     const unsigned char* img = images + (long long)a.index * 3072;
@@ -222,7 +259,8 @@ extern "C" __global__ void stem_res_fwd_f16(const unsigned char* __restrict__ im
             }
         }
     }
-    stem_store_dot(v, sw, sb, g, out + q, raw ? raw + q : nullptr);
+    if (grad) stem_store_dot<true>(v, sw, sb, g, out + q, grad + q);
+    else stem_store_dot<false>(v, sw, sb, g, out + q, nullptr);
 }
 
 extern "C" __global__ void patch_cov_f32(const unsigned char* __restrict__ images, int n, float m0, float m1,

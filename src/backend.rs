@@ -261,10 +261,10 @@ pub trait Backend: Record {
     /// mirror: `aug::unpack`), build the augmented, normalised 32×32×3 view (reflect-indexed
     /// shift, then mirror); below full resolution (`res` < 32, progressive resolution) resize it
     /// to `res`×`res` by bilinear interpolation (`cpu::layers::resize_bilinear`); then apply the
-    /// 2×2 whitening conv `w` (`cw × 2×2×3`, OHWI): `raw`, if given, receives it, and `out` its
-    /// GELU after the bias, `GELU(raw + bias[c])` (the first conv's input, `Pre::Activated`;
-    /// `raw` is what the bias's gradient needs, `conv3x3_shift_grad`). Both are
-    /// `Shape(n, res − 1, res − 1, cw)`. `images` holds `total` images of 32×32×3 u8, NHWC.
+    /// 2×2 whitening conv `w` (`cw × 2×2×3`, OHWI) and its bias, `u = whiten(view) + bias[c]`:
+    /// `out` receives `GELU(u)` (the first conv's input, `Pre::Activated`) and `grad`, if given,
+    /// `GELU′(u)` (what the bias's gradient needs while it trains, `conv3x3_shift_grad`). Both
+    /// are `Shape(n, res − 1, res − 1, cw)`. `images` holds `total` images of 32×32×3 u8, NHWC.
     /// Words past the end of `aug` (or an image index past `total`) give NaN outputs.
     #[allow(clippy::too_many_arguments)]
     fn stem(
@@ -280,7 +280,7 @@ pub trait Backend: Record {
         cw: usize,
         res: usize,
         out: &mut Self::Buf,
-        raw: Option<&mut Self::Buf>,
+        grad: Option<&mut Self::Buf>,
     ) -> Result<()>;
 
     /// 3×3 "same" conv (pad 1, stride 1, no bias) of `a = GELU(pre(x))` with OHWI weights
@@ -431,33 +431,27 @@ pub trait Backend: Record {
         kept: Option<&Self::Buf>,
     ) -> Result<()>;
 
-    /// The gradient of the shift of `Pre::Bias(shift)` (the whitening bias) through `conv3x3` of
-    /// `a = GELU(x + shift)`, from `dy` (the gradient w.r.t. its output, unpooled), without the
-    /// input gradient: `dshift[c] = Σ_q GELU′(u_q)·da_q`, `da` the input gradient
-    /// `conv3x3_bwd` gives. This default is that composition (`conv3x3_bwd` into `g`, then
-    /// `pre_bwd`; `gw` takes the weight gradient), the reference. `g` (x's length) and `gw` (the
-    /// weight's) are scratch. A GPU regroups the same sum: `g = GELU′(u)` in place of the
-    /// conv's input, `gw` its weight gradient against `dy`, and `dshift[c] =
-    /// Σ_{o,tap} w[o][tap][c]·gw[o][tap][c]`: a weight-gradient GEMM over the pixels instead of
-    /// an input gradient and a pass over it.
+    /// The gradient of the whitening bias through conv 0 (whose input is `a = GELU(u)`, `u` the
+    /// stem's output plus the bias), from `dy` (the gradient w.r.t. conv 0's output, unpooled),
+    /// without an input gradient of its own: `dshift[c] = Σ_q g_q·da_q` over channel c's values,
+    /// `g = GELU′(u)` (the stem's `grad`) and `da` the input gradient `conv3x3_bwd` gives for
+    /// `dy`. `da` (`xs.len()`) and `gw` (the weight's length) are scratch. The CPU reference
+    /// computes `da` and that sum; a GPU regroups it: `gw` the weight gradient of `dy` against
+    /// `g` in place of the conv's input, and `dshift[c] = Σ_{o,tap} w[o][tap][c]·gw[o][tap][c]`,
+    /// a weight-gradient GEMM over the pixels instead of an input gradient and a pass over it.
     #[allow(clippy::too_many_arguments)]
     fn conv3x3_shift_grad(
         &mut self,
-        x: &Self::Buf,
+        g: &Self::Buf,
         xs: Shape,
-        shift: &Self::Buf,
         w: &Self::Buf,
         cout: usize,
         argmax: &Self::Bytes,
         dy: &Self::Buf,
-        g: &mut Self::Buf,
+        da: &mut Self::Buf,
         gw: &mut Self::Buf,
         dshift: &mut Self::Buf,
-    ) -> Result<()> {
-        let pre = Pre::Bias(shift);
-        self.conv3x3_bwd(x, xs, pre, w, cout, false, argmax, dy, gw, Some(&mut *g), None, None)?;
-        self.pre_bwd(g, x, xs, pre, None, dshift, None, None)
-    }
+    ) -> Result<()>;
 
     // ---- optimisers ----------------------------------------------------------------------
     /// Nesterov SGD over several tensors (one multi-tensor launch on a GPU), rates from `step`.

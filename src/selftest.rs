@@ -525,35 +525,39 @@ fn check_stem(gpu: &mut Gpu, cpu: &mut Cpu<f32>, r: &mut Report) -> Result<()> {
     let (cwd, gwd) = (cpu.upload_words(&wds)?, gpu.upload_words(&wds)?);
     let (cw_, gw_) = (cpu.upload(&w)?, gpu.upload(&w)?);
     let (cb, gb) = (cpu.upload(&bias)?, gpu.upload(&bias)?);
-    // the full-resolution kernel, then the progressive-resolution one (bilinear downscale of the
-    // view first): the activated output GELU(raw + bias) and the raw one
+    // the full-resolution kernels, then the progressive-resolution one (bilinear downscale of
+    // the view first): the activated output GELU(u), u = whiten(view) + bias, and GELU′(u)
     for res in [32usize, 24, 17] {
         let len = n * (res - 1) * (res - 1) * cw;
-        let (mut cy, mut craw) = (vec![f32::NAN; len], vec![f32::NAN; len]);
-        cpu.stem(&ci, total, &cwd, &cst, n, NORM, &cw_, &cb, cw, res, &mut cy, Some(&mut craw))?;
-        let (mut gy, mut graw) = (gpu.upload(&vec![POISON; len])?, gpu.upload(&vec![POISON; len])?);
-        gpu.stem(&gi, total, &gwd, &gst, n, NORM, &gw_, &gb, cw, res, &mut gy, Some(&mut graw))?;
-        let (got, got_raw) = (gpu.download(&gy)?, gpu.download(&graw)?);
+        let (mut cy, mut cgrad) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+        cpu.stem(&ci, total, &cwd, &cst, n, NORM, &cw_, &cb, cw, res, &mut cy, Some(&mut cgrad))?;
+        let (mut gy, mut ggrad) = (gpu.upload(&vec![POISON; len])?, gpu.upload(&vec![POISON; len])?);
+        gpu.stem(&gi, total, &gwd, &gst, n, NORM, &gw_, &gb, cw, res, &mut gy, Some(&mut ggrad))?;
+        let (got, got_grad) = (gpu.download(&gy)?, gpu.download(&ggrad)?);
         let (name, shape) = match res {
             32 => ("stem".to_string(), shape_str(Shape::new(n, 31, 31, cw))),
             _ => (format!("stem_res {res}px"), shape_str(Shape::new(n, res - 1, res - 1, cw))),
         };
         r.line(&name, &shape, &got, &cy, TOL_F16_OUT)?;
-        r.line(&format!("{name} raw"), &shape, &got_raw, &craw, TOL_F16_OUT)?;
-        // without raw: the same activated output, bit for bit
+        r.line(&format!("{name} GELU'"), &shape, &got_grad, &cgrad, TOL_F16_OUT)?;
+        // without grad (its own kernel at full resolution): the same activated output, bit for bit
         let mut alone = gpu.upload(&vec![POISON; len])?;
         gpu.stem(&gi, total, &gwd, &gst, n, NORM, &gw_, &gb, cw, res, &mut alone, None)?;
         let same = gpu.download(&alone)?.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
-        r.flag(&format!("{name}: the same output without raw"), &format!("{len} values"), same)?;
+        r.flag(&format!("{name}: the same output without GELU'"), &format!("{len} values"), same)?;
     }
     // words past the end (offset 6 + n > n + 5): every output NaN, nothing read out of bounds
     let len = n * 31 * 31 * cw;
     let past = gpu.upload_words(&Step { offset: 6, lr: [0.0; LRS] }.record(0))?;
-    let (mut gy, mut graw) = (gpu.upload(&vec![0.25; len])?, gpu.upload(&vec![0.25; len])?);
-    gpu.stem(&gi, total, &gwd, &past, n, NORM, &gw_, &gb, cw, 32, &mut gy, Some(&mut graw))?;
-    let (out, raw) = (gpu.download(&gy)?, gpu.download(&graw)?);
-    let nan = out.iter().chain(&raw).filter(|v| v.is_nan()).count();
+    let (mut gy, mut ggrad) = (gpu.upload(&vec![0.25; len])?, gpu.upload(&vec![0.25; len])?);
+    gpu.stem(&gi, total, &gwd, &past, n, NORM, &gw_, &gb, cw, 32, &mut gy, Some(&mut ggrad))?;
+    let (out, grad) = (gpu.download(&gy)?, gpu.download(&ggrad)?);
+    let nan = out.iter().chain(&grad).filter(|v| v.is_nan()).count();
     r.flag("stem: words past the end give NaN", &format!("{nan} of {} NaN", 2 * len), nan == 2 * len)?;
+    let mut gy = gpu.upload(&vec![0.25; len])?;
+    gpu.stem(&gi, total, &gwd, &past, n, NORM, &gw_, &gb, cw, 32, &mut gy, None)?;
+    let nan = gpu.download(&gy)?.iter().filter(|v| v.is_nan()).count();
+    r.flag("stem without GELU': words past the end give NaN", &format!("{nan} of {len} NaN"), nan == len)?;
     check_next_step(gpu, cpu, r)
 }
 
@@ -835,8 +839,8 @@ fn check_pre_bwd(
 }
 
 /// `conv3x3_shift_grad` (the whitening bias's gradient through conv 0): the GPU's regrouped sum
-/// (a weight gradient against GELU′(x + shift), then Σ w·gw per input channel) against the CPU's
-/// input gradient and `pre_bwd`, on the same fp16-valued x and dy.
+/// (a weight gradient against g = GELU′(u), then Σ w·gw per input channel) against the CPU's
+/// input gradient and Σ g·da, on the same fp16-valued g and dy.
 fn check_shift_grad(
     gpu: &mut Gpu,
     cpu: &mut Cpu<f32>,
@@ -846,18 +850,18 @@ fn check_shift_grad(
     seed: u64,
 ) -> Result<()> {
     let c = xs.c;
-    let x = rnd(xs.len(), seed + 1, 1.0, 0.0); // fp16 values (rnd), as the GPU holds them
-    let shift = rnd(c, seed + 2, 0.3, 0.0);
+    // GELU′ takes values in about [−0.17, 1.13]; fp16 values (rnd), as the GPU holds them
+    let g = rnd(xs.len(), seed + 1, 0.6, 0.5);
     let w = rnd(cout * 9 * c, seed + 3, (1.0 / (9 * c) as f64).sqrt(), 0.0);
     let dy = rnd(xs.len() / c * cout, seed + 4, 0.1, 0.0);
-    let (cx, cs, cw, cdy, cam) = (cpu.upload(&x)?, cpu.upload(&shift)?, cpu.upload(&w)?, cpu.upload(&dy)?, vec![]);
-    let (mut cg, mut cgw, mut cds) = (vec![f32::NAN; xs.len()], vec![f32::NAN; w.len()], vec![f32::NAN; c]);
-    cpu.conv3x3_shift_grad(&cx, xs, &cs, &cw, cout, &cam, &cdy, &mut cg, &mut cgw, &mut cds)?;
-    let (gx, gs, gw, gdy) = (gpu.upload_f16(&x)?, gpu.upload(&shift)?, gpu.upload(&w)?, gpu.upload_f16(&dy)?);
+    let (cg, cw, cdy, cam) = (cpu.upload(&g)?, cpu.upload(&w)?, cpu.upload(&dy)?, vec![]);
+    let (mut cda, mut cgw, mut cds) = (vec![f32::NAN; xs.len()], vec![f32::NAN; w.len()], vec![f32::NAN; c]);
+    cpu.conv3x3_shift_grad(&cg, xs, &cw, cout, &cam, &cdy, &mut cda, &mut cgw, &mut cds)?;
+    let (gg, gw, gdy) = (gpu.upload_f16(&g)?, gpu.upload(&w)?, gpu.upload_f16(&dy)?);
     let gam = gpu.upload_bytes(&[])?;
-    let (mut gg, mut ggw) = (gpu.upload(&vec![POISON; xs.len()])?, gpu.upload(&vec![POISON; w.len()])?);
+    let (mut gda, mut ggw) = (gpu.upload(&vec![POISON; xs.len()])?, gpu.upload(&vec![POISON; w.len()])?);
     let mut gds = gpu.upload(&vec![POISON; c])?;
-    gpu.conv3x3_shift_grad(&gx, xs, &gs, &gw, cout, &gam, &gdy, &mut gg, &mut ggw, &mut gds)?;
+    gpu.conv3x3_shift_grad(&gg, xs, &gw, cout, &gam, &gdy, &mut gda, &mut ggw, &mut gds)?;
     let got = gpu.download(&gds)?;
     r.line("conv3x3_shift_grad dshift", &format!("{}->{cout}", shape_str(xs)), &got, &cds, TOL_F16_OUT)
 }
@@ -1118,7 +1122,7 @@ struct StepState<B: Backend> {
     run_var: Vec<B::Buf>,
     s: [Shape; 7],
     x: Vec<B::Buf>,
-    x0_raw: B::Buf,
+    x0_grad: B::Buf,
     keep: Vec<B::Buf>,
     ga: Vec<B::Buf>,
     gsum: Vec<B::Buf>,
@@ -1170,7 +1174,7 @@ impl<B: Backend> StepState<B> {
             run_mean: STEP_LAYERS.iter().map(|&(_, co, _)| b.zeros(co)).collect::<Result<_>>()?,
             run_var: STEP_LAYERS.iter().map(|&(_, co, _)| b.upload(&vec![1.0; co])).collect::<Result<_>>()?,
             x: acts(b)?,
-            x0_raw: b.zeros(s[0].len())?,
+            x0_grad: b.zeros(s[0].len())?,
             // none for conv 0, whose input the stem activated (as main.rs's)
             keep: (0..6).map(|l| b.zeros(if l > 0 { s[l].len() } else { 0 })).collect::<Result<_>>()?,
             ga: acts(b)?,
@@ -1213,8 +1217,8 @@ impl<B: Backend> StepState<B> {
         let (n, s) = (self.n, self.s);
         let scale = 1.0 / s[6].c as f32;
         b.next_step(&self.plan, &mut self.step)?;
-        let (ww, wb, raw) = (&self.whiten_w, &self.whiten_b, self.bias_trains.then_some(&mut self.x0_raw));
-        b.stem(&self.images, self.total, &self.words, &self.step, n, NORM, ww, wb, WHITEN, 32, &mut self.x[0], raw)?;
+        let (ww, wb, grad) = (&self.whiten_w, &self.whiten_b, self.bias_trains.then_some(&mut self.x0_grad));
+        b.stem(&self.images, self.total, &self.words, &self.step, n, NORM, ww, wb, WHITEN, 32, &mut self.x[0], grad)?;
         for (l, &(_, cout, pool)) in STEP_LAYERS.iter().enumerate() {
             let (xi, xo) = self.x.split_at_mut(l + 1);
             let (bi, bo) = self.bn.split_at_mut(l + 1);
@@ -1275,9 +1279,9 @@ impl<B: Backend> StepState<B> {
         }
         if self.bias_trains {
             // through conv 0 without its input gradient, as main.rs
-            let (x, wb, w, dy, am) = (&self.x0_raw, &self.whiten_b, &self.conv[0], &self.gx[1], &self.am[0]);
+            let (gelu_grad, w, dy, am) = (&self.x0_grad, &self.conv[0], &self.gx[1], &self.am[0]);
             let (cout, g0, gw0) = (STEP_LAYERS[0].1, &mut self.ga[0], &mut self.gw0); // scratch
-            b.conv3x3_shift_grad(x, s[0], wb, w, cout, am, dy, g0, gw0, &mut self.g_wb)?;
+            b.conv3x3_shift_grad(gelu_grad, s[0], w, cout, am, dy, g0, gw0, &mut self.g_wb)?;
         }
 
         let mut sgd = vec![SgdParam {
@@ -1546,16 +1550,16 @@ pub(crate) fn bench_lines(gpu: &mut Gpu, batch: usize, lines: &mut Lines) -> Res
     let ww = gpu.upload(&rnd(WHITEN * 12, 3, 0.5, 0.0))?;
     let wb = gpu.upload(&rnd(WHITEN, 4, 0.3, 0.0))?;
     let mut x0 = gpu.upload_f16(&vec![0.5; n * 961 * WHITEN])?;
-    let mut raw = gpu.upload_f16(&vec![0.5; n * 961 * WHITEN])?;
-    // the stem with its bias and GELU (conv 0's activated input); "+raw": also its raw output,
-    // as while the whitening bias trains
+    let mut grad = gpu.upload_f16(&vec![0.5; n * 961 * WHITEN])?;
+    // the stem with its bias and GELU (conv 0's activated input); "+GELU'": also GELU′, as
+    // while the whitening bias trains
     let (flops, bytes_moved) = ((n * 961 * WHITEN * 24) as f64, (n * 3072 + n * 961 * WHITEN * 2) as f64);
     lines.time(gpu, "stem", &format!("{n}x32x32x3->24"), flops, bytes_moved, &mut |g| {
         g.stem(&images, total, &wds, &rec, n, NORM, &ww, &wb, WHITEN, 32, &mut x0, None)
     })?;
-    let bytes_raw = bytes_moved + (n * 961 * WHITEN * 2) as f64;
-    lines.time(gpu, "stem+raw", &format!("{n}x32x32x3->24"), flops, bytes_raw, &mut |g| {
-        g.stem(&images, total, &wds, &rec, n, NORM, &ww, &wb, WHITEN, 32, &mut x0, Some(&mut raw))
+    let bytes_grad = bytes_moved + (n * 961 * WHITEN * 2) as f64;
+    lines.time(gpu, "stem+GELU'", &format!("{n}x32x32x3->24"), flops, bytes_grad, &mut |g| {
+        g.stem(&images, total, &wds, &rec, n, NORM, &ww, &wb, WHITEN, 32, &mut x0, Some(&mut grad))
     })?;
     let nc = total.min(5000);
     lines.time(
@@ -1572,17 +1576,16 @@ pub(crate) fn bench_lines(gpu: &mut Gpu, batch: usize, lines: &mut Lines) -> Res
     {
         let xs = Shape::new(n, 31, 31, WHITEN);
         let cout = LAYERS[0].3;
-        let x = gpu.upload_f16(&rnd(xs.len(), 60, 1.0, 0.0))?;
-        let shift = gpu.upload(&rnd(WHITEN, 61, 0.3, 0.0))?;
+        let gelu_grad = gpu.upload_f16(&rnd(xs.len(), 60, 1.0, 0.0))?;
         let w = gpu.upload(&rnd(cout * 9 * WHITEN, 62, 0.1, 0.0))?;
         let dy = gpu.upload_f16(&rnd(n * 961 * cout, 63, 0.1, 0.0))?;
         let am = gpu.upload_bytes(&[])?;
         let (mut g0, mut gw, mut ds) = (gpu.zeros(xs.len())?, gpu.zeros(cout * 9 * WHITEN)?, gpu.zeros(WHITEN)?);
         let flops = 2.0 * (n * 961 * cout * 9 * WHITEN) as f64;
-        let bytes_moved = (xs.len() * 2 * 3 + n * 961 * cout * 2) as f64;
+        let bytes_moved = (xs.len() * 2 + n * 961 * cout * 2) as f64;
         let shape = format!("{}->{cout}", shape_str(xs));
         lines.time(gpu, "conv3x3_shift_grad [0]", &shape, flops, bytes_moved, &mut |g| {
-            g.conv3x3_shift_grad(&x, xs, &shift, &w, cout, &am, &dy, &mut g0, &mut gw, &mut ds)
+            g.conv3x3_shift_grad(&gelu_grad, xs, &w, cout, &am, &dy, &mut g0, &mut gw, &mut ds)
         })?;
     }
 

@@ -104,20 +104,27 @@ static void test_pre_bwd(int N, int H, int W, int C, int bn) {
 }
 
 static int refl(int i) { return i < 0 ? -i : (i >= 32 ? 62 - i : i); }
-// The stems' activated output against act_f16 (conv.cu) on their raw output with the same bias:
-// bit for bit, the first conv's input as it was made before the stem took the activation over.
-// Then the same launch without raw: the same output bits. Returns the count of differing values
-// outside [skip, skip + skip_len) (an example whose outputs are NaN).
-static size_t stem_act_mismatch(const std::vector<half>& raw, const std::vector<half>& out, const std::vector<float>& bias,
-                                int cw, size_t skip = 0, size_t skip_len = 0) {
-    std::vector<half> want(raw.size(), (half)NAN);
-    std::vector<float> zero(cw, 0.f), one(cw, 1.f);
-    long long len8 = (long long)raw.size() / 8;
-    launch(dim3{blocks(len8), 1, 1}, dim3{256, 1, 1}, [&] { act_f16(raw.data(), len8, cw, zero.data(), one.data(), bias.data(), 0, want.data()); });
-    size_t bad = 0;
-    for (size_t k = 0; k < raw.size(); k++)
-        if (k < skip || k >= skip + skip_len) bad += memcmp(&want[k], &out[k], sizeof(half)) != 0;
-    return bad;
+static double gelu_d(double u) { return 0.5 * u * erfc(-u / sqrt(2.0)); }
+static double gelu_grad_d(double u) { return 0.5 * erfc(-u / sqrt(2.0)) + u * exp(-0.5 * u * u) / sqrt(2.0 * M_PI); }
+// A stem's outputs against f64: act = GELU(u) and grad = GELU′(u), u = raw + bias (raw the f64
+// whitening conv), over the values outside [skip, skip + skip_len) (an example whose outputs
+// are NaN); and `alone` (the launch without grad) equal to act bit for bit.
+static void stem_report(const std::string& name, const std::vector<half>& act, const std::vector<half>& grad,
+                        const std::vector<half>& alone, const std::vector<double>& raw, const std::vector<float>& bias,
+                        int cw, size_t skip = 0, size_t skip_len = 0) {
+    std::vector<float> ga, gg;
+    std::vector<double> wa, wg;
+    size_t differ = 0;
+    for (size_t k = 0; k < raw.size(); k++) {
+        if (k >= skip && k < skip + skip_len) continue;
+        const double u = raw[k] + bias[k % cw];
+        ga.push_back((float)act[k]); wa.push_back(gelu_d(u));
+        gg.push_back((float)grad[k]); wg.push_back(gelu_grad_d(u));
+        differ += memcmp(&act[k], &alone[k], sizeof(half)) != 0;
+    }
+    report((name + " GELU(u)").c_str(), relerr(ga, wa), 2e-3);
+    report((name + " GELU'(u)").c_str(), relerr(gg, wg), 2e-3);
+    report((name + " without grad: the same output").c_str(), (double)differ, 0.5);
 }
 static void test_stem() {
     int total = 20, n = 12, cw = 24;
@@ -129,19 +136,17 @@ static void test_stem() {
     // example 3 names an image past the dataset: its outputs are NaN, the others unaffected
     const int bad = 3;
     words[2 + bad] = (words[2 + bad] & ~0xFFFFFu) | (unsigned)(total + 3);
-    std::vector<half> out((size_t)n * 961 * cw, (half)NAN), act(out.size(), (half)NAN), alone(out.size(), (half)NAN);
+    std::vector<half> act((size_t)n * 961 * cw, (half)NAN), grad(act.size(), (half)NAN), alone(act.size(), (half)NAN);
     auto st = step_rec(2);
-    launch(dim3{(unsigned)n, 1, 1}, dim3{256, 1, 1}, [&] { stem_fwd_f16(img.data(), total, words.data(), n + 2, st.data(), n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, bias.data(), act.data(), out.data()); });
-    launch(dim3{(unsigned)n, 1, 1}, dim3{256, 1, 1}, [&] { stem_fwd_f16(img.data(), total, words.data(), n + 2, st.data(), n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, bias.data(), alone.data(), nullptr); });
-    std::vector<double> ref(out.size());
+    launch(dim3{(unsigned)n, 1, 1}, dim3{256, 1, 1}, [&] { stem_fwd_grad_f16(img.data(), total, words.data(), n + 2, st.data(), n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, bias.data(), act.data(), grad.data()); });
+    launch(dim3{(unsigned)n, 1, 1}, dim3{256, 1, 1}, [&] { stem_fwd_f16(img.data(), total, words.data(), n + 2, st.data(), n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, bias.data(), alone.data()); });
+    std::vector<double> ref(act.size());
     size_t bad_nan = 0, per = (size_t)961 * cw;
-    for (size_t k = 0; k < per; k++) bad_nan += std::isnan((float)out[bad * per + k]) + std::isnan((float)act[bad * per + k]);
-    report("stem image index past the dataset -> NaN", bad_nan == 2 * per ? 0.0 : 1.0, 0.5);
-    report("stem GELU(raw + bias) = act_f16's bits", (double)stem_act_mismatch(out, act, bias, cw, bad * per, per), 0.5);
-    report("stem without raw: the same output", (double)stem_act_mismatch(out, alone, bias, cw, bad * per, per), 0.5);
-    for (size_t k = 0; k < per; k++) out[bad * per + k] = (half)0.f;
+    for (size_t k = 0; k < per; k++)
+        bad_nan += std::isnan((float)act[bad * per + k]) + std::isnan((float)grad[bad * per + k]) + std::isnan((float)alone[bad * per + k]);
+    report("stem image index past the dataset -> NaN", bad_nan == 3 * per ? 0.0 : 1.0, 0.5);
     for (int i = 0; i < n; i++) {
-        if (i == bad) continue; // its reference stays 0
+        if (i == bad) continue;
         unsigned wd = words[i + 2]; int idx = wd & 0xFFFFF, sy = ((wd >> 20) & 7) - 4, sx = ((wd >> 23) & 7) - 4; bool fl = (wd >> 26) & 1;
         auto v = [&](int y, int x, int c) { int xx = fl ? 31 - x : x; int p = img[idx * 3072 + (refl(y + sy) * 32 + refl(xx + sx)) * 3 + c]; return ((double)p / 255 - mn[c]) / sd[c]; };
         for (int y = 0; y < 31; y++) for (int x = 0; x < 31; x++) for (int f = 0; f < cw; f++) {
@@ -150,14 +155,15 @@ static void test_stem() {
             ref[(((size_t)i * 31 + y) * 31 + x) * cw + f] = s;
         }
     }
-    std::vector<float> o(out.size()); for (size_t i = 0; i < o.size(); i++) o[i] = (float)out[i];
-    report("stem", relerr(o, ref), 2e-3);
+    stem_report("stem", act, grad, alone, ref, bias, cw, bad * per, per);
     // the step names words past the end: every output NaN, nothing read out of bounds
     auto past = step_rec(3);
-    std::vector<half> out2(out.size(), (half)0.5f), act2(out.size(), (half)0.5f);
-    launch(dim3{(unsigned)n, 1, 1}, dim3{256, 1, 1}, [&] { stem_fwd_f16(img.data(), total, words.data(), n + 2, past.data(), n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, bias.data(), act2.data(), out2.data()); });
-    size_t nan = 0; for (size_t k = 0; k < out2.size(); k++) nan += std::isnan((float)out2[k]) + std::isnan((float)act2[k]);
-    report("stem words past the end -> NaN", nan == 2 * out2.size() ? 0.0 : 1.0, 0.5);
+    std::vector<half> out2(act.size(), (half)0.5f), grad2(act.size(), (half)0.5f), alone2(act.size(), (half)0.5f);
+    launch(dim3{(unsigned)n, 1, 1}, dim3{256, 1, 1}, [&] { stem_fwd_grad_f16(img.data(), total, words.data(), n + 2, past.data(), n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, bias.data(), out2.data(), grad2.data()); });
+    launch(dim3{(unsigned)n, 1, 1}, dim3{256, 1, 1}, [&] { stem_fwd_f16(img.data(), total, words.data(), n + 2, past.data(), n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, bias.data(), alone2.data()); });
+    size_t nan = 0;
+    for (size_t k = 0; k < out2.size(); k++) nan += std::isnan((float)out2[k]) + std::isnan((float)grad2[k]) + std::isnan((float)alone2[k]);
+    report("stem words past the end -> NaN", nan == 3 * out2.size() ? 0.0 : 1.0, 0.5);
     // patch covariance of the first 7 images
     int nc = 7;
     std::vector<double> partial(nc * 144, NAN);
@@ -180,12 +186,12 @@ static void test_stem_res(int res) {
     for (auto& w : words) { int idx = rng() % total, sy = rng() % 5 - 2, sx = rng() % 5 - 2, fl = rng() & 1; w = idx | ((sy + 4) << 20) | ((sx + 4) << 23) | (fl << 26); }
     auto w = rndv(cw * 12, 0.5f), bias = rndv(cw, 0.3f);
     float mn[3] = {0.4914f, 0.4822f, 0.4465f}, sd[3] = {0.2470f, 0.2435f, 0.2616f};
-    std::vector<half> out((size_t)n * o * o * cw, (half)NAN), act(out.size(), (half)NAN), alone(out.size(), (half)NAN);
+    std::vector<half> act((size_t)n * o * o * cw, (half)NAN), grad(act.size(), (half)NAN), alone(act.size(), (half)NAN);
     long long len = (long long)n * o * o * cw / 8;
     auto st = step_rec(0);
-    launch(dim3{blocks(len), 1, 1}, dim3{256, 1, 1}, [&] { stem_res_fwd_f16(img.data(), total, words.data(), n, st.data(), n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, res, bias.data(), act.data(), out.data()); });
+    launch(dim3{blocks(len), 1, 1}, dim3{256, 1, 1}, [&] { stem_res_fwd_f16(img.data(), total, words.data(), n, st.data(), n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, res, bias.data(), act.data(), grad.data()); });
     launch(dim3{blocks(len), 1, 1}, dim3{256, 1, 1}, [&] { stem_res_fwd_f16(img.data(), total, words.data(), n, st.data(), n, mn[0], mn[1], mn[2], sd[0], sd[1], sd[2], w.data(), cw, res, bias.data(), alone.data(), nullptr); });
-    std::vector<double> ref(out.size());
+    std::vector<double> ref(act.size());
     for (int i = 0; i < n; i++) {
         unsigned wd = words[i]; int idx = wd & 0xFFFFF, sy = ((wd >> 20) & 7) - 4, sx = ((wd >> 23) & 7) - 4; bool fl = (wd >> 26) & 1;
         auto v = [&](int y, int x, int c) { int xx = fl ? 31 - x : x; int p = img[idx * 3072 + (refl(y + sy) * 32 + refl(xx + sx)) * 3 + c]; return ((double)p / 255 - mn[c]) / sd[c]; };
@@ -198,13 +204,8 @@ static void test_stem_res(int res) {
             ref[(((size_t)i * o + y) * o + x) * cw + f] = s;
         }
     }
-    std::vector<float> of(out.size()); for (size_t i = 0; i < of.size(); i++) of[i] = (float)out[i];
     char name[64]; snprintf(name, sizeof name, "stem_res %d", res);
-    report(name, relerr(of, ref), 2e-3);
-    snprintf(name, sizeof name, "stem_res %d GELU(raw + bias) = act_f16's bits", res);
-    report(name, (double)stem_act_mismatch(out, act, bias, cw), 0.5);
-    snprintf(name, sizeof name, "stem_res %d without raw: the same output", res);
-    report(name, (double)stem_act_mismatch(out, alone, bias, cw), 0.5);
+    stem_report(name, act, grad, alone, ref, bias, cw);
 }
 
 static void test_head(int N, int HW, int C, int classes) {

@@ -123,6 +123,20 @@ pub fn pre_bwd_sums<T: Real>(da: &[T], x: &[T], xs: Shape, aff: &Affine<T>, thre
     })
 }
 
+/// `Σ da·g` per channel (f64): the whitening bias's gradient from conv 0's input gradient `da`
+/// and `g = GELU′(u)` (`Backend::conv3x3_shift_grad`); the products and their order are
+/// `pre_bwd_sums`'s `Σ du` with `du = da·GELU′(u)`.
+pub fn shift_sums<T: Real>(da: &[T], g: &[T], xs: Shape, threads: usize) -> Vec<f64> {
+    let c = xs.c;
+    assert!(da.len() == xs.len() && g.len() == xs.len());
+    let per = xs.h * xs.w * c;
+    par::reduce(xs.n, c, threads, |imgs, acc| {
+        for k in imgs.start * per..imgs.end * per {
+            acc[k % c] += (da[k] * g[k]).f64();
+        }
+    })
+}
+
 /// Backward of `a = GELU(pre(x))`, `Backend::pre_bwd`; `sums` as `pre_bwd_sums` gives them (computed here when None).
 #[allow(clippy::too_many_arguments)]
 pub fn pre_bwd<T: Real>(

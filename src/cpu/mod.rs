@@ -14,7 +14,7 @@ use crate::backend::{Backend, BnStats, MuonParam, Norm, Ns, Pre, SgdParam, Shape
 use crate::error::Result;
 use crate::replay::Record;
 use layers::Affine;
-use real::Real;
+use real::{gelu_grad, Real};
 use std::marker::PhantomData;
 
 /// The CPU backend. `Buf` is a `Vec<T>`, so tests may read and perturb tensors directly.
@@ -148,25 +148,22 @@ impl<T: Real> Backend for Cpu<T> {
         cw: usize,
         res: usize,
         out: &mut Vec<T>,
-        raw: Option<&mut Vec<T>>,
+        grad: Option<&mut Vec<T>>,
     ) -> Result<()> {
         assert_eq!(bias.len(), cw, "stem: bias is not {cw} values");
-        let mut scratch = Vec::new();
-        let raw = match raw {
-            Some(r) => r,
-            None => {
-                scratch.resize(out.len(), T::ZERO);
-                &mut scratch
-            }
-        };
+        let mut raw = vec![T::ZERO; out.len()];
         match step_words(aug, step, n) {
-            Some(words) => layers::stem(images, total, words, n, norm, w, cw, res, raw, self.threads),
+            Some(words) => layers::stem(images, total, words, n, norm, w, cw, res, &mut raw, self.threads),
             None => raw.fill(T::of(f64::NAN)),
         }
-        // the first conv's input: GELU(raw + bias), as conv3x3 with Pre::Bias would take it
-        assert_eq!(out.len(), raw.len(), "stem: out and raw differ in length");
+        // u = raw + bias: the first conv's input GELU(u), as conv3x3 with Pre::Bias would take
+        // it, and GELU′(u), as pre_bwd would
         let aff = Affine::bias(bias);
-        out.iter_mut().zip(raw.iter()).enumerate().for_each(|(k, (o, &r))| *o = aff.a(r, k % cw));
+        out.iter_mut().zip(&raw).enumerate().for_each(|(k, (o, &r))| *o = aff.a(r, k % cw));
+        if let Some(grad) = grad {
+            assert_eq!(grad.len(), raw.len(), "stem: grad and out differ in length");
+            grad.iter_mut().zip(&raw).enumerate().for_each(|(k, (d, &r))| *d = gelu_grad(aff.u(r, k % cw)));
+        }
         Ok(())
     }
 
@@ -301,6 +298,27 @@ impl<T: Real> Backend for Cpu<T> {
         Ok(())
     }
 
+    fn conv3x3_shift_grad(
+        &mut self,
+        g: &Vec<T>,
+        xs: Shape,
+        w: &Vec<T>,
+        cout: usize,
+        argmax: &Vec<u8>,
+        dy: &Vec<T>,
+        da: &mut Vec<T>,
+        gw: &mut Vec<T>,
+        dshift: &mut Vec<T>,
+    ) -> Result<()> {
+        // da from dy alone; gw (scratch) of dy against g, which the reference does not use
+        let aff = Affine::activated();
+        conv::conv3x3_bwd(g, xs, &aff, w, cout, false, argmax, dy, gw, Some(da.as_mut_slice()), self.threads);
+        let sums = layers::shift_sums(da, g, xs, self.threads);
+        assert_eq!(dshift.len(), xs.c, "conv3x3_shift_grad: dshift is not {} values", xs.c);
+        dshift.iter_mut().zip(sums).for_each(|(d, s)| *d = T::of(s));
+        Ok(())
+    }
+
     fn conv3x3_bwd(
         &mut self,
         x: &Vec<T>,
@@ -382,18 +400,21 @@ mod tests {
         let norm = Norm { mean: [0.5; 3], std: [0.25; 3] };
         let (w, bias) = (vec![0.1f32; 8 * 12], vec![-0.25f32; 8]);
         let (mut out, n) = (vec![0.0f32; 4 * 31 * 31 * 8], 4);
-        let mut raw = out.clone();
+        let mut grad = out.clone();
         let fits = Step { offset: 2, lr: [0.0; LRS] }.record(0).to_vec();
         let past = Step { offset: 3, lr: [0.0; LRS] }.record(0).to_vec();
-        cpu.stem(&images, 3, &words, &fits, n, norm, &w, &bias, 8, 32, &mut out, Some(&mut raw)).unwrap();
+        cpu.stem(&images, 3, &words, &fits, n, norm, &w, &bias, 8, 32, &mut out, Some(&mut grad)).unwrap();
+        // out is GELU(u) and grad GELU′(u) of the same u = raw − 0.25, raw the whitening conv
+        let mut raw = vec![0.0f32; out.len()];
+        layers::stem(&images, 3, &words[2..6], n, norm, &w, 8, 32, &mut raw, 1);
         assert!(raw.iter().all(|v| v.is_finite()));
-        // out is GELU(raw + bias), and the same without raw
-        assert!(out.iter().zip(&raw).all(|(&o, &r)| o == crate::cpu::real::gelu(r - 0.25)));
+        assert!(out.iter().zip(&raw).all(|(&o, &r)| o == real::gelu(r - 0.25)));
+        assert!(grad.iter().zip(&raw).all(|(&d, &r)| d == gelu_grad(r - 0.25)));
         let mut alone = vec![f32::NAN; out.len()];
         cpu.stem(&images, 3, &words, &fits, n, norm, &w, &bias, 8, 32, &mut alone, None).unwrap();
         assert_eq!(alone, out);
-        cpu.stem(&images, 3, &words, &past, n, norm, &w, &bias, 8, 32, &mut out, Some(&mut raw)).unwrap();
-        assert!(out.iter().chain(&raw).all(|v| v.is_nan()));
+        cpu.stem(&images, 3, &words, &past, n, norm, &w, &bias, 8, 32, &mut out, Some(&mut grad)).unwrap();
+        assert!(out.iter().chain(&grad).all(|v| v.is_nan()));
         let (logits, labels) = (vec![0.5f32; n * 10], vec![1u8, 2, 3]);
         let (mut dl, mut acc) = (vec![0.0f32; n * 10], vec![0.0f32; 2]);
         cpu.xent(&logits, &labels, &words, &fits, n, 10, 0.2, &mut dl, &mut acc).unwrap();
@@ -410,5 +431,32 @@ mod tests {
         ];
         cpu.sgd(&mut params, &rec, 0.0).unwrap();
         assert_eq!((p0[0], p1[0]), (1.0 - 1.0 * 0.5, 1.0 - 4.0 * 0.5));
+    }
+
+    /// The whitening bias's gradient from the stem's GELU′(u) (`conv3x3_shift_grad`) is, bit
+    /// for bit, what conv 0's input gradient and `pre_bwd` give from the raw stem output and
+    /// `Pre::Bias`: the composition it replaced.
+    #[test]
+    fn shift_grad_equals_input_gradient_then_pre_bwd() {
+        use crate::testing::randn;
+        let mut cpu = Cpu::<f32>::with_threads(2);
+        let (xs, cout) = (Shape::new(3, 7, 5, 8), 16);
+        let f = |n: usize, seed: u64, k: f64| randn(n, seed).iter().map(|v| (v * k) as f32).collect::<Vec<f32>>();
+        let (raw, bias, w, dy) =
+            (f(xs.len(), 1, 1.0), f(8, 2, 0.3), f(cout * 9 * 8, 3, 0.1), f(xs.count() * cout, 4, 0.1));
+        // the old composition
+        let (mut gw, mut da, mut want) = (vec![0.0; w.len()], vec![0.0; xs.len()], vec![0.0; 8]);
+        cpu.conv3x3_bwd(&raw, xs, Pre::Bias(&bias), &w, cout, false, &vec![], &dy, &mut gw, Some(&mut da), None, None)
+            .unwrap();
+        cpu.pre_bwd(&da, &raw, xs, Pre::Bias(&bias), None, &mut want, None, None).unwrap();
+        // from g = GELU′(raw + bias), as the stem gives it
+        let g: Vec<f32> = raw.iter().enumerate().map(|(k, &r)| gelu_grad(r + bias[k % 8])).collect();
+        let (mut scratch, mut got) = (vec![f32::NAN; xs.len()], vec![f32::NAN; 8]);
+        cpu.conv3x3_shift_grad(&g, xs, &w, cout, &vec![], &dy, &mut scratch, &mut gw, &mut got).unwrap();
+        assert!(want.iter().all(|v| v.is_finite() && *v != 0.0), "{want:?}");
+        assert_eq!(
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
     }
 }

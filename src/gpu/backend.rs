@@ -724,7 +724,7 @@ impl Gpu {
                 })?
             }
         };
-        self.act_pass("act_f16", xp, xs, pp, ap)?;
+        self.act_pass(xp, xs, pp, ap)?;
         Ok((ap, PrePtrs { bn: 2, mean: 0, inv: 0, shift: 0 }))
     }
 
@@ -736,17 +736,16 @@ impl Gpu {
         let xp = self.in_f16(x, xs.len(), &format!("act: x {xs:?}"))?;
         let pp = self.pre_ptrs(pre, xs.c, "act")?;
         let ap = self.out(a, xs.len(), Dtype::F16, &format!("act: a {xs:?}"))?;
-        self.act_pass("act_f16", xp, xs, &pp, ap)
+        self.act_pass(xp, xs, &pp, ap)
     }
 
-    /// One element-wise pass of `kernel` over x (shape `xs`, fp16) into `ap` (fp16): `act_f16`,
-    /// a = GELU(pre(x)), or `act_grad_f16`, GELU′(pre(x)).
-    fn act_pass(&mut self, kernel: &'static str, xp: Arg, xs: Shape, pp: &PrePtrs, ap: Arg) -> Result<()> {
+    /// `act_f16` over x (shape `xs`, fp16) into `ap` (fp16): a = GELU(pre(x)).
+    fn act_pass(&mut self, xp: Arg, xs: Shape, pp: &PrePtrs, ap: Arg) -> Result<()> {
         if xs.is_empty() {
             return Ok(());
         }
         let args = [xp, long(xs.len() / 8), int(xs.c, "channels")?, pp.mean, pp.inv, pp.shift, pp.bn, ap];
-        self.launch1d("conv", kernel, xs.len() / 8, &args)
+        self.launch1d("conv", "act_f16", xs.len() / 8, &args)
     }
 
     /// Checks and pointers of the BatchNorm statistics outputs of `ys` ([running mean, running
@@ -1656,7 +1655,7 @@ impl Backend for Gpu {
         cw: usize,
         res: usize,
         out: &mut GBuf,
-        raw: Option<&mut GBuf>,
+        grad: Option<&mut GBuf>,
     ) -> Result<()> {
         self.begin()?;
         check((2..=32).contains(&res), || format!("stem: resolution {res} outside 2..=32"))?;
@@ -1668,14 +1667,14 @@ impl Backend for Gpu {
         let per = (res - 1) * (res - 1);
         if n == 0 {
             check_len(out.len, 0, "stem: out")?;
-            return raw.map_or(Ok(()), |r| check_len(r.len, 0, "stem: raw"));
+            return grad.map_or(Ok(()), |g| check_len(g.len, 0, "stem: grad"));
         }
         let wp = self.in_f32(w, cw * 12, "stem: weights")?;
         let bp = self.in_f32(bias, cw, "stem: bias")?;
         let o = self.out(out, n * per * cw, Dtype::F16, "stem: out")?;
-        let r = match raw {
-            Some(r) => self.out(r, n * per * cw, Dtype::F16, "stem: raw")?,
-            None => 0,
+        let gp = match grad {
+            Some(g) => Some(self.out(g, n * per * cw, Dtype::F16, "stem: grad")?),
+            None => None,
         };
         let mut args = vec![
             self.ptr(&images.mem),
@@ -1686,13 +1685,20 @@ impl Backend for Gpu {
             int(n, "batch")?,
         ];
         args.extend(norm_args(norm));
-        // Full resolution has its own kernel (no resize, one block per example); below it, the
-        // bilinear one.
+        // Full resolution has its own kernels (no resize, one block per example; with grad, its
+        // own kernel); below it, the bilinear one.
         if res == 32 {
-            args.extend([wp, int(cw, "filters")?, bp, o, r]);
-            self.launch("stem", "stem_fwd_f16", (int(n, "batch")? as u32, 1, 1), (256, 1, 1), &args)
+            args.extend([wp, int(cw, "filters")?, bp, o]);
+            let name = match gp {
+                Some(g) => {
+                    args.push(g);
+                    "stem_fwd_grad_f16"
+                }
+                None => "stem_fwd_f16",
+            };
+            self.launch("stem", name, (int(n, "batch")? as u32, 1, 1), (256, 1, 1), &args)
         } else {
-            args.extend([wp, int(cw, "filters")?, int(res, "resolution")?, bp, o, r]);
+            args.extend([wp, int(cw, "filters")?, int(res, "resolution")?, bp, o, gp.unwrap_or(0)]);
             self.launch1d("stem", "stem_res_fwd_f16", n * per * cw / 8, &args)
         }
     }
@@ -2269,29 +2275,25 @@ impl Backend for Gpu {
 
     fn conv3x3_shift_grad(
         &mut self,
-        x: &GBuf,
+        g: &GBuf,
         xs: Shape,
-        shift: &GBuf,
         w: &GBuf,
         cout: usize,
         argmax: &GBytes,
         dy: &GBuf,
-        g: &mut GBuf,
+        _da: &mut GBuf,
         gw: &mut GBuf,
         dshift: &mut GBuf,
     ) -> Result<()> {
         self.begin()?;
         let cin = xs.c;
         check_channels("conv3x3_shift_grad", cin, cout)?;
-        let xp = self.in_f16(x, xs.len(), &format!("conv3x3_shift_grad: x {xs:?}"))?;
-        let pp = self.pre_ptrs(Pre::Bias(shift), cin, "conv3x3_shift_grad")?;
-        let gp = self.out(g, xs.len(), Dtype::F16, &format!("conv3x3_shift_grad: g {xs:?}"))?;
+        check_len(g.len, xs.len(), &format!("conv3x3_shift_grad: g {xs:?}"))?;
         let dsp = self.out(dshift, cin, Dtype::F32, "conv3x3_shift_grad: dshift")?;
-        // g = GELU′(x + shift), fp16 as the conv's activated input is
-        self.act_pass("act_grad_f16", xp, xs, &pp, gp)?;
-        // gw = the weight gradient of dy against g (g given as the kept activated input), on the
-        // kernel the conv's own weight gradient at this shape takes
-        self.conv3x3_bwd(x, xs, Pre::Bias(shift), w, cout, false, argmax, dy, gw, None, None, Some(&*g))?;
+        // gw = the weight gradient of dy against g = GELU′(u) (the stem's grad) as the conv's
+        // activated input, on the kernel the conv's own weight gradient at this shape takes;
+        // no input gradient (da is the reference's scratch)
+        self.conv3x3_bwd(g, xs, Pre::Activated, w, cout, false, argmax, dy, gw, None, None, None)?;
         let wp = self.in_f32(w, cout * 9 * cin, &format!("conv3x3_shift_grad: weight {cout}×3×3×{cin}"))?;
         let gwp = self.ptr(&gw.mem);
         let args = [wp, gwp, int(9 * cout, "weight rows")?, int(cin, "channels")?, dsp];
@@ -2630,7 +2632,6 @@ mod tests {
             ("conv", "conv3x3_wgrad_f16", "PIIIIPPPIPPIIPI"),
             ("conv", "wgrad_reduce_f32", "PIPP"),
             ("conv", "act_f16", "PPIPPPIP"),
-            ("conv", "act_grad_f16", "PPIPPPIP"),
             ("conv", "shift_from_wgrad_f32", "PPIIP"),
             ("norm", "chan_reduce_f16", "PPPIPPPPIP"),
             ("norm", "bn_reduce_f16", "PPIPP"),
@@ -2640,7 +2641,8 @@ mod tests {
             ("norm", "pre_bwd_dx_f16", "PPPIPPPIPPPPPII"),
             ("norm", "cast_f32_f16", "PPP"),
             ("norm", "cast_f16_f32", "PPP"),
-            ("stem", "stem_fwd_f16", "PIPIPIIIIIIIPIPPP"),
+            ("stem", "stem_fwd_f16", "PIPIPIIIIIIIPIPP"),
+            ("stem", "stem_fwd_grad_f16", "PIPIPIIIIIIIPIPPP"),
             ("stem", "stem_res_fwd_f16", "PIPIPIIIIIIIPIIPPP"),
             ("stem", "patch_cov_f32", "PIIIIIIIP"),
             ("head", "head_fwd_f16", "PIIPPPIPIIPPP"),
