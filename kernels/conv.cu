@@ -35,7 +35,8 @@
 //                       gridDim.z slices of `chunk` pixels (a multiple of 32).
 //                       grid (ceil(9·cin/64), ceil(cout/64), slices); out is [slices][cout][9·cin].
 //   wgrad_reduce_f32    dw[i] = Σ_s part[s][i] in slice order (deterministic); 1 thread/element.
-//   act_f16             a = GELU(pre(x)) rounded to fp16, 8 elements per thread (C % 8 == 0).
+//   act_f16             a = GELU(pre(x)) rounded to fp16, chunks of 8 channels (C % 8 == 0),
+//                       grid-stride with each thread's channels fixed (act_body).
 //                       The host runs it once per conv and passes bn = 2 ("input is already a")
 //                       to conv3x3_fwd_f16 / conv3x3_wgrad_f16, instead of recomputing pre + GELU
 //                       for every tap and column tile (9·ceil(cout/64) times per element); the
@@ -486,15 +487,20 @@ conv3x3_wgrad_f16(const half* __restrict__ x, int N, int H, int W, int cin, cons
     }
 }
 
-// a = GELU(pre(x)) (act_f16)
+// a = GELU(pre(x)) (act_f16). Thread t takes the 8-channel chunks t, t + stride, ...: stride,
+// the grid's threads rounded down to a multiple of C/8, keeps its channels c0..c0+7 fixed, so
+// their parameters are loaded once per thread, not per chunk (6 float4 loads of parameters per
+// 16-byte chunk were 6 times the chunk's own L1 traffic); 4 chunks' loads in flight at once.
+// Any grid (the host gives about 4 chunks per thread); the same operations per value as one
+// chunk per thread, so the same bits.
 __device__ __forceinline__ void act_body(const half* __restrict__ x, long long len8, int C, const float* __restrict__ pmean,
                                          const float* __restrict__ pinv, const float* __restrict__ pshift, int bn,
                                          half* __restrict__ a) {
-    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= len8) return;
-    // (8·i) mod C, in 32 bits where i fits (every recipe shape)
     const int c8 = C >> 3;
-    const int c0 = 8 * (i < (1LL << 31) ? (int)((unsigned)i % (unsigned)c8) : (int)(i % c8));
+    const long long threads = (long long)gridDim.x * blockDim.x, stride = threads - threads % c8;
+    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= stride) return;
+    const int c0 = 8 * (int)(t % c8);
     // the 8 channels' parameters as float4 pairs (c0·4 bytes is a multiple of 32; the host's
     // parameter pointers are buffer starts or start + 4·C bytes)
     float mean[8], inv[8], sh[8];
@@ -512,14 +518,25 @@ __device__ __forceinline__ void act_body(const half* __restrict__ x, long long l
             inv[j] = 1.f;
         }
     }
-    Half8 v, r;
-    v.u = reinterpret_cast<const uint4*>(x)[i];
+    const uint4* x4 = reinterpret_cast<const uint4*>(x);
+    uint4* a4 = reinterpret_cast<uint4*>(a);
+    for (long long i = t; i < len8; i += 4 * stride) {
+        Half8 v[4];
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
-        const float u = pre_u(__half2float(v.h[j]), mean[j], inv[j], sh[j], bn);
-        r.h[j] = __float2half(gelu_f(u));
+        for (int u = 0; u < 4; u++)
+            if (i + u * stride < len8) v[u].u = x4[i + u * stride];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            if (i + u * stride >= len8) break;
+            Half8 r;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const float uu = pre_u(__half2float(v[u].h[j]), mean[j], inv[j], sh[j], bn);
+                r.h[j] = __float2half(gelu_f(uu));
+            }
+            a4[i + u * stride] = r.u;
+        }
     }
-    reinterpret_cast<uint4*>(a)[i] = r.u;
 }
 extern "C" __global__ void act_f16(const half* __restrict__ x, long long len8, int C, const float* __restrict__ pmean,
                                    const float* __restrict__ pinv, const float* __restrict__ pshift, int bn,

@@ -89,6 +89,15 @@ static void test(int N, int H, int W, int cin, int cout, int pool, int bn) {
     launch(grid, block, [&] { conv3x3_fwd_f16(ah.data(), N, H, W, cin, nullptr, nullptr, nullptr, 2, w.data(), cout, pool, yh.data(), am.data()); });
     std::vector<double> yg(ylen); for (size_t i = 0; i < ylen; i++) yg[i] = (double)(float)yh[i];
     report("fwd (act_f16 + conv)", N, H, W, cin, cout, pool, bn, relerr(yg, yref), 1e-2);
+    // act_f16 on a small grid (several chunks per thread, each thread's channels fixed; a grid
+    // whose threads are no multiple of cin/8 idles the rest) gives the one-chunk-per-thread bits
+    for (unsigned g : {1u, 3u}) {
+        std::vector<half> ah2(x.size(), (half)NAN);
+        launch(dim3{g, 1, 1}, dim3{96, 1, 1}, [&] { act_f16(xh.data(), len8, cin, bnbuf.data(), bnbuf.data() + cin, shift.data(), bn, ah2.data()); });
+        int same = memcmp(ah.data(), ah2.data(), x.size() * 2) == 0;
+        printf("  act_f16 on %u block(s) of 96 (%lld chunks of %d channels): bit-identical: %s\n", g, len8, cin / 8 * 8, same ? "PASS" : "FAIL");
+        fails += !same;
+    }
     // the fused prologue must give bit-identical results
     launch(grid, block, [&] { conv3x3_fwd_f16(xh.data(), N, H, W, cin, bnbuf.data(), bnbuf.data() + cin, shift.data(), bn, w.data(), cout, pool, yh2.data(), am2.data()); });
     int same = memcmp(yh.data(), yh2.data(), ylen * 2) == 0 && am == am2;

@@ -745,7 +745,8 @@ impl Gpu {
             return Ok(());
         }
         let args = [xp, long(xs.len() / 8), int(xs.c, "channels")?, pp.mean, pp.inv, pp.shift, pp.bn, ap];
-        self.launch1d("conv", "act_f16", xs.len() / 8, &args)
+        // ≈ 4 chunks of 8 values per thread (each thread loads its channels' parameters once)
+        self.launch1d("conv", "act_f16", (xs.len() / 8).div_ceil(4).max(xs.c / 8), &args)
     }
 
     /// Checks and pointers of the BatchNorm statistics outputs of `ys` ([running mean, running
