@@ -33,7 +33,8 @@ PREDICTED = {
     "overlap": ("weight gradients on a second stream", "17th", -0.3, -0.05),
     "overlap_frozen": ("weight gradients on a second stream, bias frozen", "17th", -0.3, -0.05),
     "priority": ("the chain at the greatest priority, with the overlap", "17th", -0.1, 0.0),
-    "gelu": ("GELU/GELU' without erff/expf (pre_bwd_dx_f16 + act_f16)", "15th", -0.35, -0.2),
+    "gelu": ("GELU/GELU' without erff/expf (15th); act_f16's parameters once per thread (19th)", "15-19th",
+             -0.44, -0.215),
     "reduce": ("split-K slice sums by warps (wgrad_reduce_f32)", "16th", -0.05, -0.02),
     "shift": ("whitening bias gradient without layer 0's input gradient (15th), GELU′ by the stem (19th), "
               "per bias step", "15-19th", -0.48, -0.29),
