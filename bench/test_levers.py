@@ -42,6 +42,7 @@ NEW = "\n".join([
     "  act_f16                             6 x      200.0 us    4.1%",
     "  wgrad_reduce_f32                    7 x       80.0 us    1.7%",
     "  muon_norms_f64                      1 x        3.0 us    0.1%",
+    "  bn_reduce8_f16                      3 x       35.0 us    0.7%",
     "  stem_fwd_grad_f16                   1 x       60.0 us    1.2%",
     step("train step, graph, mixed convs, bias frozen", 4700.0),
     step("train step, graph, mixed convs, no PDL", 5150.0),
@@ -63,6 +64,7 @@ BASE = "\n".join([
     "  pre_bwd_dx_f16                      7 x      489.0 us    7.8%",
     "  act_f16                             6 x      284.0 us    4.1%",
     "  wgrad_reduce_f32                    7 x      116.0 us    1.7%",
+    "  bn_reduce_f16                       3 x       62.2 us    1.0%",
     "  muon_norms_f64                      1 x       19.3 us    0.3%",
     "  stem_fwd_f16                        1 x      100.2 us    1.6%",
     "",
@@ -97,6 +99,7 @@ class Levers(unittest.TestCase):
         self.assertAlmostEqual(got["gelu"][0], (300 + 200 + 70 - 489 - 284) / 1000)
         self.assertAlmostEqual(got["reduce"][0], -0.036)
         self.assertAlmostEqual(got["norms"][0], -0.0163)
+        self.assertAlmostEqual(got["bn_reduce8"][0], (35.0 - 62.2) / 1000)
         # the new stem (stem_fwd_grad_f16 in a bias-training step) against the base's stem plus
         # the act_f16 pass it took over
         self.assertAlmostEqual(got["stem"][0], (60.0 - 100.2 - 70.0) / 1000)

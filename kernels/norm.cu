@@ -12,6 +12,9 @@
 //   bn_reduce_f16     stage 1 of the BatchNorm statistics in ONE read of y: Σy and Σy² in f64
 //                     (the fp16 values and their squares are exact in f64, so the sums are
 //                     exact to ~1e-16 relative and var = E[y²] − mean² loses nothing that matters).
+//   bn_reduce8_f16    the same partials, bit for bit, in 16-byte loads: block (C/8, 8), thread
+//                     (g, ty) takes channels 8g..8g+7 of bn_reduce_f16's ty rows (C % 8 == 0,
+//                     C ≤ 256; the host takes bn_reduce_f16 elsewhere).
 //   bn_finalize_f32   stage 2: bn = [mean | 1/√(var + eps)] (biased var), running stats blended
 //                     with the unbiased var: running ← momentum·running + (1 − momentum)·batch.
 //   bn_eval_f32       bn = [running_mean | 1/√(running_var + eps)]. C threads.
@@ -152,6 +155,59 @@ extern "C" __global__ void bn_reduce_f16(const half* __restrict__ y, long long P
             a1 += v * v;
         }
     store_pair(a0, a1, C, c, part);
+}
+
+// bn_reduce_f16's partials with 8 channels per thread: the same rows per ty in the same order
+// (p0 + ty, p0 + ty + 8, …), the same f64 operations, the 8 row phases added in the same order,
+// so the same bits; a warp now loads 512 bytes per row step instead of 64 (2-byte loads
+// 32 channels to a warp were latency-bound: ≈ 1.9 TB/s on the H200), and 4 row steps' loads are
+// in flight at once.
+extern "C" __global__ void bn_reduce8_f16(const half* __restrict__ y, long long P, int C, long long chunk,
+                                          double* __restrict__ part) {
+    pdl_entry();
+    __shared__ double s0[8][256], s1[8][256];
+    const int g = threadIdx.x, ty = threadIdx.y, c0 = 8 * g;
+    if (C % 8 || C > 256 || (int)blockDim.x * 8 != C || blockDim.y != 8) __trap();
+    const long long p0 = (long long)blockIdx.x * chunk;
+    const long long p1 = min(P, p0 + chunk);
+    double a0[8], a1[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) a0[j] = a1[j] = 0.0;
+    for (long long p = p0 + ty; p < p1; p += 32) {
+        Half8 v[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            if (p + 8 * u < p1) v[u].u = *reinterpret_cast<const uint4*>(y + (p + 8 * u) * C + c0);
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            if (p + 8 * u >= p1) break;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const double d = (double)__half2float(v[u].h[j]);
+                a0[j] += d;
+                a1[j] += d * d;
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        s0[ty][c0 + j] = a0[j];
+        s1[ty][c0 + j] = a1[j];
+    }
+    __syncthreads();
+    if (ty == 0) {
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            double t0 = 0, t1 = 0;
+#pragma unroll
+            for (int r = 0; r < 8; r++) {
+                t0 += s0[r][c0 + j];
+                t1 += s1[r][c0 + j];
+            }
+            part[(long long)(c0 + j) * gridDim.x + blockIdx.x] = t0;
+            part[(long long)(C + c0 + j) * gridDim.x + blockIdx.x] = t1;
+        }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(CHAN_FIN_THREADS)

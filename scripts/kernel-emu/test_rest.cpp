@@ -35,6 +35,15 @@ static void test_bn(int N, int H, int W, int C, float scale = 2.0f, float offset
     long long nb = std::min((P + 63) / 64, 512LL), chunk = (P + nb - 1) / nb; nb = (P + chunk - 1) / chunk;
     std::vector<double> part(nb * 2 * C, NAN);
     launch(dim3{(unsigned)nb, (unsigned)((C + 31) / 32), 1}, dim3{32, 8, 1}, [&] { bn_reduce_f16(yh.data(), P, C, chunk, part.data()); });
+    if (C % 8 == 0 && C <= 256) {
+        // 8 channels per thread in 16-byte loads: the same partials, bit for bit
+        std::vector<double> part8(part.size(), NAN);
+        launch(dim3{(unsigned)nb, 1, 1}, dim3{(unsigned)(C / 8), 8, 1}, [&] { bn_reduce8_f16(yh.data(), P, C, chunk, part8.data()); });
+        size_t differ = 0;
+        for (size_t i = 0; i < part.size(); i++) differ += memcmp(&part[i], &part8[i], sizeof(double)) != 0;
+        char name[96]; snprintf(name, sizeof name, "bn_reduce8 partials = bn_reduce's (%lld px, C %d, chunk %lld)", P, C, chunk);
+        report(name, (double)differ, 0.5);
+    }
     launch(dim3{(unsigned)C, 1, 1}, dim3{CHAN_FIN_THREADS, 1, 1}, [&] { bn_finalize_f32(part.data(), (int)nb, C, P, 1e-12f, 0.6f, rm.data(), rv.data(), bn.data()); });
     std::vector<double> want(2 * C), wrm(C), wrv(C);
     for (int c = 0; c < C; c++) { want[c] = mean[c]; want[C + c] = 1 / sqrt(var[c] + 1e-12); wrm[c] = 0.6 * 0.1 + 0.4 * mean[c]; wrv[c] = 0.6 * 0.9 + 0.4 * var[c] * P / (P - 1); }

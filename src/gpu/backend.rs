@@ -773,8 +773,13 @@ impl Gpu {
         let (c, p) = (ys.c, ys.count());
         let (nb, chunk) = stage1_split(p);
         let part = self.workspace(nb * 4 * c)?;
-        let grid = (nb as u32, c.div_ceil(32) as u32, 1);
-        self.launch("norm", "bn_reduce_f16", grid, (32, 8, 1), &[yp, long(p), int(c, "channels")?, long(chunk), part])?;
+        let args = [yp, long(p), int(c, "channels")?, long(chunk), part];
+        if c % 8 == 0 && c <= 256 {
+            // the same partials, bit for bit, 8 channels per thread in 16-byte loads
+            self.launch("norm", "bn_reduce8_f16", (nb as u32, 1, 1), ((c / 8) as u32, 8, 1), &args)?;
+        } else {
+            self.launch("norm", "bn_reduce_f16", (nb as u32, c.div_ceil(32) as u32, 1), (32, 8, 1), &args)?;
+        }
         self.bn_finalize(part, nb, ys, eps, momentum, out)
     }
 
@@ -2636,6 +2641,7 @@ mod tests {
             ("conv", "shift_from_wgrad_f32", "PPIIP"),
             ("norm", "chan_reduce_f16", "PPPIPPPPIP"),
             ("norm", "bn_reduce_f16", "PPIPP"),
+            ("norm", "bn_reduce8_f16", "PPIPP"),
             ("norm", "bn_finalize_f32", "PIIPIIPPP"),
             ("norm", "bn_eval_f32", "PPIIP"),
             ("norm", "pre_bwd_sums_f32", "PIIP"),
