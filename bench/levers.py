@@ -35,7 +35,7 @@ PREDICTED = {
     "priority": ("the chain at the greatest priority, with the overlap", "17th", -0.1, 0.0),
     "gelu": ("GELU/GELU' without erff/expf (15th); act_f16's parameters once per thread (19th)", "15-19th",
              -0.44, -0.215),
-    "reduce": ("split-K slice sums by warps (wgrad_reduce_f32)", "16th", -0.05, -0.02),
+    "reduce": ("split-K slice sums by warps (16th), in float4 loads (wgrad_reduce4_f32, 19th)", "16-19th", -0.1, -0.03),
     "shift": ("whitening bias gradient without layer 0's input gradient (15th), GELU′ by the stem (19th), "
               "per bias step", "15-19th", -0.48, -0.29),
     "wgmma2": ("wgmma2 as a mixed candidate", "15th", -0.4, -0.1),
@@ -143,9 +143,14 @@ def measured(new, base):
                 d = sum(mixed[k] - b_mixed[k] for k in ks) + (act0 or 0.0)
                 how = "mixed profile, new − base: " + " + ".join(ks) + (' (new: + "act [0]")' if act0 else "")
                 out["gelu"] = (d / 1000, how)
-            for key, k in [("reduce", "wgrad_reduce_f32"), ("norms", "muon_norms_f64")]:
-                if k in mixed and k in b_mixed:
-                    out[key] = ((mixed[k] - b_mixed[k]) / 1000, f"mixed profile, new − base: {k}")
+            k = "muon_norms_f64"
+            if k in mixed and k in b_mixed:
+                out["norms"] = ((mixed[k] - b_mixed[k]) / 1000, f"mixed profile, new − base: {k}")
+            # since the 19th session the slices' sums are wgrad_reduce4_f32 where len % 4 == 0
+            k = "wgrad_reduce_f32"
+            if k in b_mixed and (k in mixed or "wgrad_reduce4_f32" in mixed):
+                d = mixed.get(k, 0.0) + mixed.get("wgrad_reduce4_f32", 0.0) - b_mixed[k]
+                out["reduce"] = (d / 1000, f"mixed profile: new {k} + wgrad_reduce4_f32 − base {k}")
             # the statistics' extra pass: a new kernel name where the base has the old one; only
             # where both profiles have such a pass (mixed picks "+pass" forwards in both)
             if "bn_reduce8_f16" in mixed and "bn_reduce_f16" in b_mixed:

@@ -40,7 +40,8 @@ NEW = "\n".join([
     "train step profile: 90 launches, 5600.0 us inside them (events around each)",
     "  pre_bwd_dx_f16                      7 x      300.0 us    7.8%",
     "  act_f16                             6 x      200.0 us    4.1%",
-    "  wgrad_reduce_f32                    7 x       80.0 us    1.7%",
+    "  wgrad_reduce4_f32                   6 x       60.0 us    1.2%",
+    "  wgrad_reduce_f32                    1 x       20.0 us    0.4%",
     "  muon_norms_f64                      1 x        3.0 us    0.1%",
     "  bn_reduce8_f16                      3 x       35.0 us    0.7%",
     "  stem_fwd_grad_f16                   1 x       60.0 us    1.2%",
@@ -97,7 +98,7 @@ class Levers(unittest.TestCase):
         self.assertNotIn("overlap_frozen", got)  # its "no overlap" line is missing
         # the new profile's act_f16 lacks layer 0's launch (the stem's now): "act [0]" added back
         self.assertAlmostEqual(got["gelu"][0], (300 + 200 + 70 - 489 - 284) / 1000)
-        self.assertAlmostEqual(got["reduce"][0], -0.036)
+        self.assertAlmostEqual(got["reduce"][0], (60.0 + 20.0 - 116.0) / 1000)  # wgrad_reduce4 + the scalar one
         self.assertAlmostEqual(got["norms"][0], -0.0163)
         self.assertAlmostEqual(got["bn_reduce8"][0], (35.0 - 62.2) / 1000)
         # the new stem (stem_fwd_grad_f16 in a bias-training step) against the base's stem plus

@@ -493,6 +493,13 @@ static void test_wgrad_reduce(int slices, long long len) {
     char name[64]; snprintf(name, sizeof name, "wgrad_reduce (%d slices of %lld)", slices, len);
     report(name, relerr(dw, want), 1e-6);
     if (memcmp(dw.data(), dw2.data(), len * sizeof(float)) != 0) { printf("FAIL %s: not deterministic\n", name); fails++; }
+    if (len % 4 == 0) {
+        // 4 values per lane in float4 loads: the same bits
+        std::vector<float> dw4(len, NAN);
+        launch(dim3{(unsigned)((len + 127) / 128), 1, 1}, dim3{256, 1, 1}, [&] { wgrad_reduce4_f32(part.data(), slices, len, dw4.data()); });
+        snprintf(name, sizeof name, "wgrad_reduce4 (%d slices of %lld) = wgrad_reduce's bits", slices, len);
+        report(name, memcmp(dw.data(), dw4.data(), len * sizeof(float)) != 0 ? 1.0 : 0.0, 0.5);
+    }
 }
 
 int main() {
@@ -512,6 +519,7 @@ int main() {
     test_gemm(true, {{33, 45, 77}}); test_gemm(true, {{70, 66, 203}}, 3);  // rows not 16-byte aligned (nt)
     test_sgd(); test_step_next();
     test_wgrad_reduce(2, 45); test_wgrad_reduce(7, 1000); test_wgrad_reduce(33, 200); test_wgrad_reduce(264, 77);
+    test_wgrad_reduce(264, 13824); test_wgrad_reduce(5, 36868); test_wgrad_reduce(31, 2564);
     test_muon({{24, 72}, {64, 216}, {8, 200}});  // one batch of three shapes
     test_muon({{128, 576}});                     // n > 256·256: 256 partial blocks, grid-stride
     test_muon({{64, 2304}, {24, 72}});           // X·Xᵀ split 8 ways (some slices of the small one empty)

@@ -653,10 +653,16 @@ impl Gpu {
     }
 
     /// dw = the sum of `slices` slices of `len` floats at `part`, in slice order
-    /// (`wgrad_reduce_f32`: a block of WR_THREADS per 32 values).
+    /// (`wgrad_reduce4_f32`: a block of WR_THREADS per 128 values where len % 4 == 0, else
+    /// `wgrad_reduce_f32`: per 32 values; the same bits).
     fn reduce_slices(&mut self, part: Arg, slices: usize, len: usize, dw: Arg) -> Result<()> {
-        let grid = (int(len.div_ceil(32).max(1), "reduction blocks")? as u32, 1, 1);
         let args = [part, int(slices, "slices")?, long(len), dw];
+        if len % 4 == 0 && part % 16 == 0 && dw % 16 == 0 {
+            // 4 values per lane in float4 loads (every recipe weight): the same bits
+            let grid = (int(len.div_ceil(128).max(1), "reduction blocks")? as u32, 1, 1);
+            return self.launch("conv", "wgrad_reduce4_f32", grid, (WR_THREADS, 1, 1), &args);
+        }
+        let grid = (int(len.div_ceil(32).max(1), "reduction blocks")? as u32, 1, 1);
         self.launch("conv", "wgrad_reduce_f32", grid, (WR_THREADS, 1, 1), &args)
     }
 
@@ -2637,6 +2643,7 @@ mod tests {
             ("conv", "conv3x3_dgrad_f16", "PPIIIIIIPP"),
             ("conv", "conv3x3_wgrad_f16", "PIIIIPPPIPPIIPI"),
             ("conv", "wgrad_reduce_f32", "PIPP"),
+            ("conv", "wgrad_reduce4_f32", "PIPP"),
             ("conv", "act_f16", "PPIPPPIP"),
             ("conv", "shift_from_wgrad_f32", "PPIIP"),
             ("norm", "chan_reduce_f16", "PPPIPPPPIP"),
