@@ -17,6 +17,7 @@ use cifar::schedule::Progressive;
 use cifar::{cli, data, download, fanout, output, report, whiten, Error, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::ops::Range;
 use std::time::Instant;
 
 // ---------------------------------------------------------------------------------------------
@@ -414,7 +415,9 @@ fn forward<B: Backend>(
     b.head(&a.x[6], a.s[6], pre6, &net.p.head, CLASSES, scale, &mut a.feat, &mut a.head_argmax, &mut a.logits)
 }
 
-/// Backward pass from `a.dlogits` into `g`; the whitening bias only while it trains.
+/// Backward pass from `a.dlogits` into `g`, for the conv layers in `convs` (from the top: the
+/// head's first where they end at the last layer, the whitening bias after conv 0 while it
+/// trains); a whole backward is `0..6`.
 fn backward<B: Backend>(
     b: &mut B,
     h: &Hyp,
@@ -422,10 +425,14 @@ fn backward<B: Backend>(
     a: &mut Acts<B>,
     g: &mut Params<B>,
     bias_trains: bool,
+    convs: Range<usize>,
 ) -> Result<()> {
     let scale = 1.0 / h.widths[2] as f32;
-    b.head_bwd(&a.dlogits, &a.feat, &a.head_argmax, &net.p.head, a.s[6], CLASSES, scale, &mut g.head, &mut a.ga[6])?;
-    for (l, (_, cout, pool)) in layers(h).into_iter().enumerate().rev() {
+    if convs.end == 6 {
+        let (dl, feat, am) = (&a.dlogits, &a.feat, &a.head_argmax);
+        b.head_bwd(dl, feat, am, &net.p.head, a.s[6], CLASSES, scale, &mut g.head, &mut a.ga[6])?;
+    }
+    for (l, (_, cout, pool)) in layers(h).into_iter().enumerate().rev().filter(|(l, _)| convs.contains(l)) {
         let k = l + 1;
         let sums = a.gsum.get(k); // taken by conv k's backward (none for the head's input)
         let (dx, pre_k) = (Some(&mut a.gx[k]), pre(&net.p, &a.bn, k));
@@ -438,7 +445,7 @@ fn backward<B: Backend>(
         let (x, dy, argmax) = (&a.x[l], &a.gx[k], &a.argmax[l]);
         b.conv3x3_bwd(x, a.s[l], pre(&net.p, &a.bn, l), w, cout, false, argmax, dy, gw, da, da_sums, kept)?;
     }
-    if bias_trains {
+    if bias_trains && convs.start == 0 {
         // the whitening bias's gradient through conv 0, without conv 0's input gradient
         let (w, cout) = (&net.p.conv[0], layers(h)[0].1);
         let (gelu_grad, dy, am) = (&a.x0_grad, &a.gx[1], &a.argmax[0]);
@@ -474,9 +481,17 @@ fn plan_row(h: &Hyp, t: usize, total: usize, bias_steps: usize, steps_per_epoch:
     Step { offset: ((t % steps_per_epoch) * h.batch_size) as u32, lr }
 }
 
-/// One training step: the next plan row, forward, loss, backward, then Nesterov SGD for the
-/// biases and the head and Muon for the convs. The whitening bias is updated only while it
-/// trains (`bias_trains`, the first `whiten_bias_epochs`).
+/// Conv layers from this one up take their Muon update as soon as their weight gradients are
+/// issued, before the shallower layers' backward (which reads none of their weights): a GPU
+/// runs it beside that backward on its second stream (`Gpu::muon_side`). The same update. From
+/// layer 2 up: nearly all of Muon's work (the 256-row weights), leaving the two 64-row ones to
+/// the end of the step.
+const MUON_EARLY: usize = 2;
+
+/// One training step: the next plan row, forward, loss, backward, Nesterov SGD for the biases
+/// and the head, Muon for the convs (the deep ones' in the middle of the backward,
+/// `MUON_EARLY`). The whitening bias is updated only while it trains (`bias_trains`, the first
+/// `whiten_bias_epochs`).
 #[allow(clippy::too_many_arguments)]
 fn train_step<B: Backend>(
     b: &mut B,
@@ -494,7 +509,9 @@ fn train_step<B: Backend>(
     forward(b, h, net, a, d, words, step, true, bias_trains)?;
     b.xent(&a.logits, &d.labels, words, step, a.n, CLASSES, h.label_smoothing, &mut a.dlogits, &mut a.loss_acc)?;
     let (g, m) = opt;
-    backward(b, h, net, a, g, bias_trains)?;
+    backward(b, h, net, a, g, bias_trains, MUON_EARLY..6)?;
+    muon(b, h, &mut net.p, g, m, step, MUON_EARLY..6)?;
+    backward(b, h, net, a, g, bias_trains, 0..MUON_EARLY)?;
 
     let wd = |lr0: f32| h.weight_decay / lr0;
     let p = &mut net.p;
@@ -507,13 +524,25 @@ fn train_step<B: Backend>(
         sgd.push(SgdParam { p, g, m, lr_slot: LR_WHITEN_BIAS, wd: wd(h.bias_lr) });
     }
     b.sgd(&mut sgd, step, h.sgd_momentum)?;
-    let mut muon: Vec<MuonParam<B>> = p
-        .conv
+    muon(b, h, p, g, m, step, 0..MUON_EARLY)
+}
+
+/// Muon for the conv weights `convs` (their gradients in `g`, momentum in `m`).
+fn muon<B: Backend>(
+    b: &mut B,
+    h: &Hyp,
+    p: &mut Params<B>,
+    g: &Params<B>,
+    m: &mut Params<B>,
+    step: &B::Words,
+    convs: Range<usize>,
+) -> Result<()> {
+    let mut muon: Vec<MuonParam<B>> = p.conv[convs.clone()]
         .iter_mut()
-        .zip(&g.conv)
-        .zip(&mut m.conv)
-        .zip(layers(h))
-        .map(|(((w, g), m), (cin, cout, _))| MuonParam { w, g, m, rows: cout, cols: 9 * cin })
+        .zip(&g.conv[convs.clone()])
+        .zip(&mut m.conv[convs.clone()])
+        .zip(&layers(h)[convs])
+        .map(|(((w, g), m), &(cin, cout, _))| MuonParam { w, g, m, rows: cout, cols: 9 * cin })
         .collect();
     b.muon(&mut muon, step, LR_MUON, h.muon_momentum, Ns { steps: h.ns_steps, coeffs: h.ns_coeffs })
 }

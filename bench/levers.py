@@ -33,6 +33,8 @@ PREDICTED = {
     "overlap": ("weight gradients on a second stream", "17th", -0.3, -0.05),
     "overlap_frozen": ("weight gradients on a second stream, bias frozen", "17th", -0.3, -0.05),
     "priority": ("the chain at the greatest priority, with the overlap", "17th", -0.1, 0.0),
+    "muon_side": ("Muon for layers 2-5 on the second stream mid-backward", "19th", -0.15, -0.05),
+    "muon_side_frozen": ("Muon for layers 2-5 on the second stream, bias frozen", "19th", -0.15, -0.05),
     "gelu": ("GELU/GELU' without erff/expf (15th); act_f16's parameters once per thread (19th)", "15-19th",
              -0.44, -0.215),
     "reduce": ("split-K slice sums by warps (16th), in float4 loads (wgrad_reduce4_f32, 19th)", "16-19th", -0.1, -0.03),
@@ -126,7 +128,8 @@ def measured(new, base):
     lines, picks, profiles = new
     out = {}
     step = "train step, graph, mixed convs"
-    for key, off in [("pdl", "no PDL"), ("overlap", "no overlap"), ("priority", "overlap without priority")]:
+    for key, off in [("pdl", "no PDL"), ("overlap", "no overlap"), ("priority", "overlap without priority"),
+                     ("muon_side", "Muon on the main stream")]:
         for k, name in [(key, step), (key + "_frozen", step + ", bias frozen")]:
             if name in lines and f"{name}, {off}" in lines:
                 out[k] = ((lines[name] - lines[f"{name}, {off}"]) / 1000, f'"{name}" − "…, {off}"')

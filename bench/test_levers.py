@@ -49,6 +49,7 @@ NEW = "\n".join([
     step("train step, graph, mixed convs, no PDL", 5150.0),
     step("train step, graph, mixed convs, bias frozen, no PDL", 4720.0),
     step("train step, graph, mixed convs, no overlap", 5300.0),
+    step("train step, graph, mixed convs, Muon on the main stream", 5080.0),
     "",
 ])
 
@@ -96,6 +97,7 @@ class Levers(unittest.TestCase):
         self.assertAlmostEqual(got["pdl_frozen"][0], -0.020)
         self.assertAlmostEqual(got["overlap"][0], -0.300)
         self.assertNotIn("overlap_frozen", got)  # its "no overlap" line is missing
+        self.assertAlmostEqual(got["muon_side"][0], -0.080)
         # the new profile's act_f16 lacks layer 0's launch (the stem's now): "act [0]" added back
         self.assertAlmostEqual(got["gelu"][0], (300 + 200 + 70 - 489 - 284) / 1000)
         self.assertAlmostEqual(got["reduce"][0], (60.0 + 20.0 - 116.0) / 1000)  # wgrad_reduce4 + the scalar one

@@ -81,6 +81,8 @@ environment
                           second one beside the input-gradient chain (default 1)
   SPEEDRUN_CHAIN_PRIORITY 0: with the overlap, the chain's kernels at the default priority instead
                           of the greatest (default 1)
+  SPEEDRUN_MUON_SIDE      0: with the overlap, a recorded step's Muon on the main stream instead of
+                          the second one beside the shallow layers' backward (default 1)
   SPEEDRUN_SELFTEST_TIMES 1: `selftest` prints each check's time
   SPEEDRUN_SELFTEST_BATCH N: `selftest` checks at batch N (a multiple of 8; default 64)
   SPEEDRUN_SELFTEST_ONLY  a,b: `selftest` runs only the checks whose name contains a or b (PARTIAL)

@@ -1035,6 +1035,8 @@ const WHITEN: usize = 24;
 const CLASSES: usize = 10;
 const STEP_LAYERS: [(usize, usize, bool); 6] =
     [(24, 64, true), (64, 64, false), (64, 256, true), (256, 256, false), (256, 256, true), (256, 256, false)];
+/// main.rs's `MUON_EARLY`: the conv layers whose Muon runs in the middle of the backward.
+const MUON_EARLY: usize = 2;
 
 /// Host copies of everything a step starts from.
 struct StepInit {
@@ -1253,7 +1255,34 @@ impl<B: Backend> StepState<B> {
             &mut self.g_head,
             &mut self.ga[6],
         )?;
-        for (l, &(_, cout, pool)) in STEP_LAYERS.iter().enumerate().rev() {
+        // as main.rs: the deep layers' Muon as soon as their weight gradients are issued
+        self.backward_convs(b, MUON_EARLY..6)?;
+        self.muon(b, MUON_EARLY..6)?;
+        self.backward_convs(b, 0..MUON_EARLY)?;
+
+        let mut sgd = vec![SgdParam {
+            p: &mut self.head,
+            g: &self.g_head,
+            m: &mut self.m_head,
+            lr_slot: LR_HEAD,
+            wd: 0.004 / 0.67,
+        }];
+        for ((p, g), m) in self.beta.iter_mut().zip(&self.g_beta).zip(&mut self.m_beta) {
+            sgd.push(SgdParam { p, g, m, lr_slot: LR_BIAS, wd: 0.004 / 0.053 });
+        }
+        if self.bias_trains {
+            let (p, g, m) = (&mut self.whiten_b, &self.g_wb, &mut self.m_wb);
+            sgd.push(SgdParam { p, g, m, lr_slot: LR_WHITEN, wd: 0.004 / 0.053 });
+        }
+        b.sgd(&mut sgd, &self.step, 0.85)?;
+        self.muon(b, 0..MUON_EARLY)
+    }
+
+    /// The backward of the conv layers `convs`, from the top (the whitening bias's gradient
+    /// after conv 0 while it trains), as main.rs's `backward`.
+    fn backward_convs(&mut self, b: &mut B, convs: std::ops::Range<usize>) -> Result<()> {
+        let s = self.s;
+        for (l, &(_, cout, pool)) in STEP_LAYERS.iter().enumerate().rev().filter(|(l, _)| convs.contains(l)) {
             let k = l + 1;
             let pre = Pre::Bn { bn: &self.bn[k], beta: &self.beta[l] };
             let sums = self.gsum.get(k); // from conv k's backward (none for the head's input), as main.rs does
@@ -1277,35 +1306,23 @@ impl<B: Backend> StepState<B> {
                 Some(&self.keep[l]).filter(|_| l > 0),
             )?;
         }
-        if self.bias_trains {
+        if self.bias_trains && convs.start == 0 {
             // through conv 0 without its input gradient, as main.rs
             let (gelu_grad, w, dy, am) = (&self.x0_grad, &self.conv[0], &self.gx[1], &self.am[0]);
             let (cout, g0, gw0) = (STEP_LAYERS[0].1, &mut self.ga[0], &mut self.gw0); // scratch
             b.conv3x3_shift_grad(gelu_grad, s[0], w, cout, am, dy, g0, gw0, &mut self.g_wb)?;
         }
+        Ok(())
+    }
 
-        let mut sgd = vec![SgdParam {
-            p: &mut self.head,
-            g: &self.g_head,
-            m: &mut self.m_head,
-            lr_slot: LR_HEAD,
-            wd: 0.004 / 0.67,
-        }];
-        for ((p, g), m) in self.beta.iter_mut().zip(&self.g_beta).zip(&mut self.m_beta) {
-            sgd.push(SgdParam { p, g, m, lr_slot: LR_BIAS, wd: 0.004 / 0.053 });
-        }
-        if self.bias_trains {
-            let (p, g, m) = (&mut self.whiten_b, &self.g_wb, &mut self.m_wb);
-            sgd.push(SgdParam { p, g, m, lr_slot: LR_WHITEN, wd: 0.004 / 0.053 });
-        }
-        b.sgd(&mut sgd, &self.step, 0.85)?;
-        let mut muon: Vec<MuonParam<B>> = self
-            .conv
+    /// Muon for the conv weights `convs`, as main.rs's `muon`.
+    fn muon(&mut self, b: &mut B, convs: std::ops::Range<usize>) -> Result<()> {
+        let mut muon: Vec<MuonParam<B>> = self.conv[convs.clone()]
             .iter_mut()
-            .zip(&self.g_conv)
-            .zip(&mut self.m_conv)
-            .zip(STEP_LAYERS)
-            .map(|(((w, g), m), (cin, cout, _))| MuonParam { w, g, m, rows: cout, cols: 9 * cin })
+            .zip(&self.g_conv[convs.clone()])
+            .zip(&mut self.m_conv[convs.clone()])
+            .zip(&STEP_LAYERS[convs])
+            .map(|(((w, g), m), &(cin, cout, _))| MuonParam { w, g, m, rows: cout, cols: 9 * cin })
             .collect();
         b.muon(&mut muon, &self.step, LR_MUON, 0.6, Ns::airbench(3))
     }
@@ -1925,12 +1942,14 @@ fn bench_step(gpu: &mut Gpu, n: usize, ns_flops: f64, lines: &mut Lines) -> Resu
         frozen_step(gpu, lines, &mut state, n, frozen, "train step, graph, mixed convs, bias frozen")?;
         // both again with one switch off where it is on: the weight gradients on the main stream
         // (what overlapping them with the input-gradient chain hides), the chain at the default
-        // priority (what giving it the SMs first does), then every kernel launched plainly (what
-        // programmatic dependent launch hides)
+        // priority (what giving it the SMs first does), Muon on the main stream (what running
+        // the deep layers' beside the shallow layers' backward hides), then every kernel
+        // launched plainly (what programmatic dependent launch hides)
         type Switch = fn(&mut Gpu) -> &mut bool;
-        let switches: [(&str, Switch); 3] = [
+        let switches: [(&str, Switch); 4] = [
             ("no overlap", |g| &mut g.overlap),
             ("overlap without priority", |g| &mut g.chain_priority),
+            ("Muon on the main stream", |g| &mut g.muon_side),
             ("no PDL", |g| &mut g.pdl),
         ];
         for (off, switch) in switches {

@@ -113,7 +113,10 @@ pub struct OpState {
     /// The weight gradients' split-K slices when they run on the side stream ([`Gpu::overlap`]):
     /// apart from `ws`, which the input gradient uses meanwhile (grow-only).
     side_ws: Option<CudaSlice<f32>>,
-    /// Launches go to the side stream (while a weight gradient is issued there).
+    /// Muon's scratch where it may run on the side stream ([`Gpu::muon_side`]): apart from `ws`
+    /// (the chain's) and `side_ws` (the weight gradients' issued after it there).
+    muon_ws: Option<CudaSlice<f32>>,
+    /// Launches go to the side stream (while a weight gradient or Muon is issued there).
     on_side: bool,
     /// Work is on the side stream that the main stream has not waited for yet.
     side_pending: bool,
@@ -291,6 +294,7 @@ enum Scratch {
     Ws,
     Act,
     SideWs,
+    MuonWs,
 }
 
 fn grow(
@@ -319,6 +323,7 @@ fn scratch(ops: &mut OpState, which: Scratch) -> &mut Option<CudaSlice<f32>> {
         Scratch::Ws => &mut ops.ws,
         Scratch::Act => &mut ops.act,
         Scratch::SideWs => &mut ops.side_ws,
+        Scratch::MuonWs => &mut ops.muon_ws,
     }
 }
 
@@ -1198,6 +1203,12 @@ impl Gpu {
         self.conv_path == ConvPath::Mixed && self.overlap_allowed() && !self.overlap
     }
 
+    /// The autotune's current variant is [`super::MIXED_MUON_MAIN`]: mixed, with the overlap on
+    /// and Muon on the main stream though it may go to the second one.
+    fn muon_main_variant(&self) -> bool {
+        self.conv_path == ConvPath::Mixed && self.overlap && self.muon_side_wanted && !self.muon_side
+    }
+
     /// Main → side: the side stream's next launches wait for all work issued on the main stream.
     fn fork(&mut self) -> Result<()> {
         let (Some(side), Some((fork, _))) = (&self.side, &self.ops.fork_join) else {
@@ -1478,30 +1489,36 @@ impl Backend for Gpu {
         if let Some(i) = names.iter().position(|&n| n == self.conv_path.name()) {
             names[..=i].rotate_right(1); // the current one first
         }
-        // mixed once more without the overlap, after mixed (whose first run made its picks)
+        // mixed once more without the overlap, after mixed (whose first run made its picks), and
+        // with the overlap but Muon on the main stream
         if self.overlap_allowed() && names.contains(&ConvPath::Mixed.name()) {
             names.push(super::MIXED_ONE_STREAM);
+            if self.muon_side_wanted {
+                names.push(super::MIXED_MUON_MAIN);
+            }
         }
         names
     }
 
     fn set_variant(&mut self, name: &str) -> Result<()> {
         let one_stream = name == super::MIXED_ONE_STREAM && self.overlap_allowed();
-        let path = if one_stream { Some(ConvPath::Mixed) } else { ConvPath::named(name) };
+        let muon_main = name == super::MIXED_MUON_MAIN && self.overlap_allowed() && self.muon_side_wanted;
+        let path = if one_stream || muon_main { Some(ConvPath::Mixed) } else { ConvPath::named(name) };
         match path {
             Some(p) if p.runs_on(self.info.cc) => {
                 self.conv_path = p;
                 self.overlap = self.overlap_allowed() && !one_stream;
+                self.muon_side = self.overlap && self.muon_side_wanted && !muon_main;
                 Ok(())
             }
             _ => Err(Error::Usage(format!("{}: no conv path {name:?} on this GPU", self.info))),
         }
     }
 
-    /// Mixed's own variant settles its picks in an untimed first run; mixed on one stream reuses
-    /// them (it is timed after mixed).
+    /// Mixed's own variant settles its picks in an untimed first run; mixed on one stream and
+    /// with Muon on the main stream reuse them (they are timed after mixed).
     fn variant_settles(&self) -> bool {
-        self.conv_path == ConvPath::Mixed && !self.one_stream_variant()
+        self.conv_path == ConvPath::Mixed && !self.one_stream_variant() && !self.muon_main_variant()
     }
 
     fn variant_note(&self) -> String {
@@ -1510,6 +1527,9 @@ impl Backend for Gpu {
         }
         if self.one_stream_variant() {
             return "mixed's picks, every kernel on the main stream".into();
+        }
+        if self.muon_main_variant() {
+            return "mixed's picks, Muon on the main stream".into();
         }
         self.conv_picks_timed().join("; ")
     }
@@ -1531,6 +1551,7 @@ impl Backend for Gpu {
             (None, true) => ", weight gradients on a second stream".into(),
             (None, false) => String::new(),
         };
+        let overlap = if self.overlap && self.muon_side { format!("{overlap}, Muon there too") } else { overlap };
         format!("GPU {} ({img}, {convs} convs{sums}{pdl}{overlap}, fp16 activations, fp32 accumulation)", self.info)
     }
 
@@ -2297,7 +2318,8 @@ impl Backend for Gpu {
         gw: &mut GBuf,
         dshift: &mut GBuf,
     ) -> Result<()> {
-        self.begin()?;
+        // part of the backward chain: the side stream's weight gradients and Muon go on beside it
+        self.begin_chain();
         let cin = xs.c;
         check_channels("conv3x3_shift_grad", cin, cout)?;
         check_len(g.len, xs.len(), &format!("conv3x3_shift_grad: g {xs:?}"))?;
@@ -2353,14 +2375,33 @@ impl Backend for Gpu {
         momentum: f32,
         ns: Ns,
     ) -> Result<()> {
-        self.begin()?;
+        // Gpu::muon_side: its own scratch (sized op by op too, as recordings must not allocate);
+        // in a recording, its launches on the side stream after a fork (a conv weight gradient
+        // may have run on the main stream: layer 0's), joined by the next op that is not part
+        // of the backward chain
+        let side_capable = self.overlap && self.muon_side && self.ops.force.is_none() && !self.mainloop_only;
+        let side = side_capable && self.ops.recording;
+        if side {
+            self.begin_chain();
+        } else {
+            self.begin()?;
+        }
         check_len(step.len, STEP_LEN, "muon: the step record")?;
         check(lr_slot < LRS, || format!("muon: rate slot {lr_slot}, there are {LRS}"))?;
         let sp = self.ptr(&step.mem);
-        for group in params.chunks_mut(GEMM_BATCH) {
-            self.muon_group(group, sp, lr_slot, momentum, ns)?;
+        let scratch = if side_capable { Scratch::MuonWs } else { Scratch::Ws };
+        if side {
+            self.fork()?;
+            self.ops.on_side = true;
         }
-        Ok(())
+        let r = params
+            .chunks_mut(GEMM_BATCH)
+            .try_for_each(|group| self.muon_group(group, sp, lr_slot, momentum, ns, scratch));
+        if side {
+            self.ops.on_side = false;
+            self.ops.side_pending = true;
+        }
+        r
     }
 }
 
@@ -2377,6 +2418,7 @@ impl Gpu {
         lr_slot: usize,
         momentum: f32,
         ns: Ns,
+        scratch: Scratch,
     ) -> Result<()> {
         let (ca, cb, cc) = ns.coeffs;
         let region = |len: usize| len.div_ceil(64) * 64;
@@ -2387,7 +2429,7 @@ impl Gpu {
             3 * region(rows * cols) + 2 * region(rows * rows) + region(2 * 514) + region(splits * rows * rows)
         };
         let total: usize = group.iter().map(|q| need(q.rows, q.cols)).sum();
-        let ws = self.workspace(total)?;
+        let ws = self.scratch_ptr(scratch, total, &|| format!("allocating Muon's {total}-float workspace"))?;
         let mut mb = MuonBatch {
             w: [0; GEMM_BATCH],
             g: [0; GEMM_BATCH],

@@ -110,6 +110,15 @@ pub struct Gpu {
     /// lines) everything stays on the main stream. [`OVERLAP_ENV`]=0 turns it off; the results
     /// are the same either way.
     pub overlap: bool,
+    /// With [`Gpu::overlap`], a recorded step's Muon too goes to the second stream (after the
+    /// weight gradients issued there before it, in their order), in a workspace of its own: the
+    /// recipe calls Muon for the deep layers (2–5) as soon as their weight gradients are issued,
+    /// so its small Newton–Schulz launches overlap the shallow layers' backward instead of
+    /// following it. [`MUON_SIDE_ENV`]=0 keeps Muon on the main stream; the autotune also times
+    /// that ([`MIXED_MUON_MAIN`]). The results are the same either way.
+    pub muon_side: bool,
+    /// [`MUON_SIDE_ENV`]'s choice.
+    muon_side_wanted: bool,
     /// The second stream of [`Gpu::overlap`].
     side: Option<Arc<CudaStream>>,
     /// [`OVERLAP_ENV`]'s choice: the warm-up's autotune times the mixed path both with the
@@ -236,6 +245,13 @@ pub const OVERLAP_ENV: &str = "SPEEDRUN_OVERLAP";
 /// gradients on the main stream ([`Gpu::overlap`] off), timed beside `mixed` where the overlap
 /// is on, so that a GPU on which the overlap loses trains without it.
 pub const MIXED_ONE_STREAM: &str = "mixed/one-stream";
+
+/// Set to 0, a recorded step's Muon stays on the main stream; see [`Gpu::muon_side`].
+pub const MUON_SIDE_ENV: &str = "SPEEDRUN_MUON_SIDE";
+
+/// The autotune variant: the mixed path with the overlap but Muon on the main stream
+/// ([`Gpu::muon_side`] off), timed beside `mixed` where both are on.
+pub const MIXED_MUON_MAIN: &str = "mixed/muon-main";
 
 /// Set to 0, the overlapped step's main-stream kernels keep the default priority; see
 /// [`Gpu::chain_priority`].
@@ -575,6 +591,7 @@ impl Gpu {
         let chain_priority =
             overlap && greatest < least && switch(PRIORITY_ENV, std::env::var(PRIORITY_ENV).ok().as_deref(), true)?;
         let side = if overlap { Some(guarded("creating a second CUDA stream", || ctx.new_stream())?) } else { None };
+        let muon_side = overlap && switch(MUON_SIDE_ENV, std::env::var(MUON_SIDE_ENV).ok().as_deref(), true)?;
         let pdl_env = std::env::var(PDL_ENV).ok();
         let pdl = pdl(&info, pdl_env.as_deref())?;
         let ops = backend::OpState::default();
@@ -589,6 +606,8 @@ impl Gpu {
             register_epilogue: false,
             pdl,
             overlap,
+            muon_side,
+            muon_side_wanted: muon_side,
             side,
             overlap_wanted: overlap,
             chain_priority,

@@ -1291,7 +1291,8 @@ fn overlap_falls_back_to_one_stream_when_a_capture_refuses_the_fork() {
 
 /// The warm-up's autotune times the mixed path also without [`Gpu::overlap`]
 /// ([`MIXED_ONE_STREAM`], after mixed, reusing its picks instead of settling them again), so a
-/// GPU on which the overlap loses trains without it; the other variants keep the overlap.
+/// GPU on which the overlap loses trains without it, and with the overlap but Muon on the main
+/// stream ([`MIXED_MUON_MAIN`]); the other variants keep both.
 #[test]
 #[cfg_attr(not(cuda_driver), ignore = "no NVIDIA driver (libcuda.so.1) on this machine: GPU checks skipped")]
 #[cfg_attr(
@@ -1307,16 +1308,26 @@ fn the_autotune_times_mixed_without_the_overlap_too() {
         return;
     }
     gpu.conv_tune = vec![ConvPath::Mma, ConvPath::Mixed];
-    assert_eq!(gpu.variants(), ["mma", "mixed", MIXED_ONE_STREAM]);
+    assert!(gpu.muon_side, "{MUON_SIDE_ENV} on by default with the overlap");
+    assert_eq!(gpu.variants(), ["mma", "mixed", MIXED_ONE_STREAM, MIXED_MUON_MAIN]);
     gpu.set_variant(MIXED_ONE_STREAM).unwrap();
-    assert!(gpu.conv_path == ConvPath::Mixed && !gpu.overlap && !gpu.variant_settles());
+    assert!(gpu.conv_path == ConvPath::Mixed && !gpu.overlap && !gpu.muon_side && !gpu.variant_settles());
     gpu.set_variant("mixed").unwrap();
-    assert!(gpu.conv_path == ConvPath::Mixed && gpu.overlap && gpu.variant_settles());
+    assert!(gpu.conv_path == ConvPath::Mixed && gpu.overlap && gpu.muon_side && gpu.variant_settles());
+    gpu.set_variant(MIXED_MUON_MAIN).unwrap();
+    assert!(gpu.conv_path == ConvPath::Mixed && gpu.overlap && !gpu.muon_side && !gpu.variant_settles());
+    assert_eq!(gpu.variant_note(), "mixed's picks, Muon on the main stream");
     gpu.set_variant(MIXED_ONE_STREAM).unwrap();
     gpu.set_variant("mma").unwrap();
-    assert!(gpu.conv_path == ConvPath::Mma && gpu.overlap);
+    assert!(gpu.conv_path == ConvPath::Mma && gpu.overlap && gpu.muon_side);
     gpu.conv_tune = vec![ConvPath::Mma, ConvPath::MmaWide];
     assert_eq!(gpu.variants(), ["mma", "mma128"], "no mixed, no one-stream variant");
+    gpu.muon_side_wanted = false;
+    gpu.conv_tune = vec![ConvPath::Mma, ConvPath::Mixed];
+    assert_eq!(gpu.variants(), ["mma", "mixed", MIXED_ONE_STREAM], "{MUON_SIDE_ENV}=0: no Muon variant");
+    gpu.set_variant("mixed").unwrap();
+    assert!(gpu.overlap && !gpu.muon_side);
+    gpu.set_variant("mma").unwrap();
     gpu.overlap_wanted = false;
     gpu.conv_tune = vec![ConvPath::Mma, ConvPath::Mixed];
     assert_eq!(gpu.variants(), ["mma", "mixed"], "{OVERLAP_ENV}=0: nothing to compare");
