@@ -641,85 +641,60 @@ extern "C" __global__ void unpool_f16(const half* __restrict__ dy, const unsigne
 // 13 824 values × 264 slices in 54 blocks), latency-bound.
 #define WR_THREADS 256  // src/gpu/backend.rs launches WR_THREADS, checked against this line by a test
 #define WR_WARPS (WR_THREADS / 32)
-extern "C" __global__ void __launch_bounds__(WR_THREADS) wgrad_reduce_f32(const float* __restrict__ part, int slices,
-                                                                         long long len, float* __restrict__ dw) {
-    pdl_entry();
+// v added into s: a float, or a float4 component by component (each component the float's
+// operations in the same order: wgrad_reduce4_f32 gives wgrad_reduce_f32's bits)
+__device__ __forceinline__ void wr_add(float& s, float v) { s += v; }
+__device__ __forceinline__ void wr_add(float4& s, const float4& v) {
+    s.x += v.x;
+    s.y += v.y;
+    s.z += v.z;
+    s.w += v.w;
+}
+// The body of both: T = float (one value a lane, len values) or float4 (four, len / 4 of them).
+template <typename T>
+__device__ __forceinline__ void wgrad_reduce_body(const T* __restrict__ part, int slices, long long len,
+                                                  T* __restrict__ dw) {
     if (blockDim.x != WR_THREADS) __trap();
-    __shared__ float red[WR_WARPS][32];
+    __shared__ T red[WR_WARPS][32];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const long long i = (long long)blockIdx.x * 32 + lane;
-    float s = 0.f;
+    T s{};
     if (i < len) {
-        const float* p = part + i;
+        const T* p = part + i;
         int z = w;
         for (; z + 3 * WR_WARPS < slices; z += 4 * WR_WARPS) {
-            float v[4];
+            T v[4];
 #pragma unroll
             for (int u = 0; u < 4; u++) v[u] = p[(long long)(z + u * WR_WARPS) * len];
 #pragma unroll
-            for (int u = 0; u < 4; u++) s += v[u];
+            for (int u = 0; u < 4; u++) wr_add(s, v[u]);
         }
-        for (; z < slices; z += WR_WARPS) s += p[(long long)z * len];
+        for (; z < slices; z += WR_WARPS) wr_add(s, p[(long long)z * len]);
     }
     red[w][lane] = s;
     __syncthreads();
     if (w == 0 && i < len) {
-        float t = red[0][lane];
+        T t = red[0][lane];
 #pragma unroll
-        for (int k = 1; k < WR_WARPS; k++) t += red[k][lane];
+        for (int k = 1; k < WR_WARPS; k++) wr_add(t, red[k][lane]);
         dw[i] = t;
     }
+}
+extern "C" __global__ void __launch_bounds__(WR_THREADS) wgrad_reduce_f32(const float* __restrict__ part, int slices,
+                                                                         long long len, float* __restrict__ dw) {
+    pdl_entry();
+    wgrad_reduce_body(part, slices, len, dw);
 }
 
 // The same sums with 4 consecutive values per lane, float4 loads (len % 4 == 0; part and dw
 // 16-byte aligned, as the host's workspaces and parameters are): a block of WR_THREADS for 128
-// consecutive i (grid ⌈len/128⌉), warp w adding slices w, w + WR_WARPS, … per value in
-// wgrad_reduce_f32's order with four loads in flight, then warp 0 the warps' sums in order: the
-// same bits, with a warp's load 512 bytes instead of 128.
+// consecutive i (grid ⌈len/128⌉), the same order per value, so the same bits, with a warp's
+// load 512 bytes instead of 128.
 extern "C" __global__ void __launch_bounds__(WR_THREADS) wgrad_reduce4_f32(const float* __restrict__ part, int slices,
                                                                           long long len, float* __restrict__ dw) {
     pdl_entry();
-    if (blockDim.x != WR_THREADS || (len & 3)) __trap();
-    __shared__ float4 red[WR_WARPS][32];
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    const long long len4 = len >> 2, i = (long long)blockIdx.x * 32 + lane;
-    float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (i < len4) {
-        const float4* p = reinterpret_cast<const float4*>(part) + i;
-        int z = w;
-        for (; z + 3 * WR_WARPS < slices; z += 4 * WR_WARPS) {
-            float4 v[4];
-#pragma unroll
-            for (int u = 0; u < 4; u++) v[u] = p[(long long)(z + u * WR_WARPS) * len4];
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                s.x += v[u].x;
-                s.y += v[u].y;
-                s.z += v[u].z;
-                s.w += v[u].w;
-            }
-        }
-        for (; z < slices; z += WR_WARPS) {
-            const float4 v = p[(long long)z * len4];
-            s.x += v.x;
-            s.y += v.y;
-            s.z += v.z;
-            s.w += v.w;
-        }
-    }
-    red[w][lane] = s;
-    __syncthreads();
-    if (w == 0 && i < len4) {
-        float4 t = red[0][lane];
-#pragma unroll
-        for (int k = 1; k < WR_WARPS; k++) {
-            t.x += red[k][lane].x;
-            t.y += red[k][lane].y;
-            t.z += red[k][lane].z;
-            t.w += red[k][lane].w;
-        }
-        reinterpret_cast<float4*>(dw)[i] = t;
-    }
+    if (len & 3) __trap();
+    wgrad_reduce_body(reinterpret_cast<const float4*>(part), slices, len >> 2, reinterpret_cast<float4*>(dw));
 }
 
 
