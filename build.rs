@@ -304,7 +304,6 @@ struct Usage {
     spill_ld: u64,
 }
 
-/// Parses the `=== <file> <arch>` blocks of ptxas -v output in the report.
 /// Kernels whose spill was read in the SASS and kept, with the bytes (stored or loaded, per
 /// thread) up to which it stays accepted: the stem's, a few loop-carried values in L1 around
 /// its group loop (kernels/stem.cu, STEM_MIN_BLOCKS). Past the budget, the usual warning.
@@ -314,6 +313,7 @@ fn spill_accepted(u: &Usage) -> bool {
     SPILLS_ACCEPTED.iter().any(|&(k, bytes)| k == u.kernel && u.spill_st.max(u.spill_ld) <= bytes)
 }
 
+/// Parses the `=== <file> <arch>` blocks of ptxas -v output in the report.
 fn parse_ptxas(report: &str) -> Vec<Usage> {
     let (mut file, mut arch) = (String::new(), String::new());
     let mut rows: Vec<Usage> = Vec::new();

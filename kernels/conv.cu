@@ -697,7 +697,6 @@ extern "C" __global__ void __launch_bounds__(WR_THREADS) wgrad_reduce4_f32(const
     wgrad_reduce_body(reinterpret_cast<const float4*>(part), slices, len >> 2, reinterpret_cast<float4*>(dw));
 }
 
-
 // =============================================================================================
 // sm_80+ kernels: mma.sync m16n8k16 + ldmatrix + a 3-stage cp.async pipeline, K step 32, 4
 // warps of 64×WN each, epilogues from registers; the block tile is MmaTile<WN, WGM> (below).

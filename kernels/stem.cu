@@ -8,9 +8,10 @@
 // Exported kernels:
 //   stem_fwd_f16      raw[n][y][x][f] = Σ_{dy,dx,c} view[y+dy][x+dx][c]·w[f][dy][dx][c] (2×2, no
 //                     padding, 31×31×cw), rounded to fp16, then out = GELU(raw + bias[f]) and,
-//                     where grad is not null, grad = GELU′(raw + bias[f]) (fp16: the bits act_f16
-//                     and act_grad_f16 gave from the fp16 raw value; grad is what the whitening
-//                     bias's gradient needs while it trains; stem_fwd_f16 has no grad argument).
+//                     where grad is not null, grad = GELU′(raw + bias[f]) (fp16, from the fp16 raw
+//                     value with act_f16's operations, so act_f16's bits for out; grad is what
+//                     the whitening bias's gradient needs while it trains; stem_fwd_f16 has no
+//                     grad argument).
 //   stem_fwd_grad_f16 the same, grad written: a kernel of its own, so that stem_fwd_f16 (most
 //                     steps) keeps its register allocation.
 //                     One block per example (grid n, block 256): the source image (3 KB), w
@@ -79,9 +80,9 @@ __device__ __forceinline__ void stem_store_nan(half* out, half* grad) {
 }
 
 // Filters g·8 .. g·8+7 applied to the 2×2×3 patch v (order (dy, dx, c)): the dot rounded to
-// fp16, u = that + bias, then GELU(u) into out and GELU′(u) into grad where given. act_f16's
-// and act_grad_f16's operations on the same halves (pre_u with bn = 0, gelu_f, gelu_grad_f),
-// so the same bits.
+// fp16, u = that + bias, then GELU(u) into out and GELU′(u) into grad (GRAD). act_f16's
+// operations on the same halves (pre_u with bn = 0, gelu_f; gelu_grad_f for GELU′), so the
+// same bits.
 template <bool GRAD>
 __device__ __forceinline__ void stem_store_dot(const float* v, const float* sw, const float* sb, int g, half* out,
                                                half* grad) {
@@ -94,19 +95,14 @@ __device__ __forceinline__ void stem_store_dot(const float* v, const float* sw, 
         for (int k = 0; k < 12; k++) acc += v[k] * wf[k];
         o.h[j] = __float2half(acc);
     }
-    if (GRAD) {
-        Half8 d;
+    Half8 d;
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const float u = pre_u(__half2float(o.h[j]), 0.f, 1.f, sb[g * 8 + j], 0);
-            a.h[j] = __float2half(gelu_f(u));
-            d.h[j] = __float2half(gelu_grad_f(u));
-        }
-        *reinterpret_cast<uint4*>(grad) = d.u;
-    } else {
-#pragma unroll
-        for (int j = 0; j < 8; j++) a.h[j] = __float2half(gelu_f(pre_u(__half2float(o.h[j]), 0.f, 1.f, sb[g * 8 + j], 0)));
+    for (int j = 0; j < 8; j++) {
+        const float u = pre_u(__half2float(o.h[j]), 0.f, 1.f, sb[g * 8 + j], 0);
+        a.h[j] = __float2half(gelu_f(u));
+        if (GRAD) d.h[j] = __float2half(gelu_grad_f(u));
     }
+    if (GRAD) *reinterpret_cast<uint4*>(grad) = d.u;
     *reinterpret_cast<uint4*>(out) = a.u;
 }
 
@@ -196,7 +192,6 @@ stem_fwd_grad_f16(const unsigned char* __restrict__ images, int total, const uns
     pdl_entry();
     stem_full<true>(images, total, aug, aug_len, step, n, m0, m1, m2, s0, s1, s2, w, cw, bias, out, grad);
 }
-
 
 // Bilinear taps of output index i at resolution res: (lo, hi, fraction), computed in f64 like
 // the reference, the fraction rounded to f32.

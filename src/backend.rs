@@ -53,7 +53,8 @@ pub enum Pre<'a, B: Backend + ?Sized> {
     /// `u = x + bias[c]`: the whitening conv's output and its trainable bias.
     Bias(&'a B::Buf),
     /// `x` holds `a` already (the stem's output, through its bias and GELU): no map, no GELU.
-    /// No gradient goes through it: `pre_bwd` and an input gradient (`da`) refuse it.
+    /// No gradient goes through it: `pre_bwd` and an input gradient (`da`) refuse it (and the
+    /// GPU's `head`, which has no kernel for it).
     Activated,
     /// `u = (x − mean[c])·invstd[c] + beta[c]`: BatchNorm with scale fixed at 1.
     /// `bn` is `[mean(c) | invstd(c)]` as written by `bn_stats` or `bn_eval`.
