@@ -1219,6 +1219,20 @@ impl Gpu {
         side.wait(fork).map_err(|e| Gpu::err("the second stream waiting for the main one", e))
     }
 
+    /// `issue`'s launches on the side stream after a fork where `side` (the next op that is not
+    /// part of the backward chain joins them back: `side_pending`), on the main stream otherwise.
+    fn on_side_if<R>(&mut self, side: bool, issue: impl FnOnce(&mut Self) -> Result<R>) -> Result<R> {
+        if !side {
+            return issue(self);
+        }
+        self.fork()?;
+        self.ops.on_side = true;
+        let r = issue(self);
+        self.ops.on_side = false;
+        self.ops.side_pending = true;
+        r
+    }
+
     /// Side → main, if the side stream has work the main stream has not waited for.
     fn join_side(&mut self) -> Result<()> {
         if !self.ops.side_pending {
@@ -2228,44 +2242,40 @@ impl Backend for Gpu {
         };
         let k_blocks = if per_image { 1 } else { k.div_ceil(k_tile) as u32 };
         let grid = (k_blocks, cout.div_ceil(o_tile) as u32, slices as u32);
-        if side {
-            self.fork()?;
-            self.ops.on_side = true; // until the slices' sum is issued (or the next op begins)
-        }
-        if mma {
-            // chunk: pixels per slice, or for the image-resident kernel images per slice
-            // null out: the kernel skips its epilogue (the bench's main-loop-only lines)
-            let ok = if self.mainloop_only { 0 } else { out };
-            let args = [xp, ni, hi, wi, ci, gp, co, ok, int(chunk, "pixel chunk")?];
-            let kn = wgrad_kernel;
-            self.launch_smem("conv", kn.name, grid, (kn.threads, 1, 1), kn.smem, &args)?;
-        } else {
-            let args = [
-                xp,
-                ni,
-                hi,
-                wi,
-                ci,
-                pp.mean,
-                pp.inv,
-                pp.shift,
-                pp.bn,
-                dyp,
-                ap,
-                co,
-                pool as u64,
-                out,
-                int(chunk, "pixel chunk")?,
-            ];
-            self.launch("conv", "conv3x3_wgrad_f16", grid, (128, 1, 1), &args)?;
-        }
-        if slices > 1 {
-            self.reduce_slices(out, slices, len, dwp)?;
-        }
-        if side {
-            self.ops.on_side = false;
-            self.ops.side_pending = true;
-        }
+        // on the side stream until the slices' sum is issued
+        self.on_side_if(side, |g| {
+            if mma {
+                // chunk: pixels per slice, or for the image-resident kernel images per slice
+                // null out: the kernel skips its epilogue (the bench's main-loop-only lines)
+                let ok = if g.mainloop_only { 0 } else { out };
+                let args = [xp, ni, hi, wi, ci, gp, co, ok, int(chunk, "pixel chunk")?];
+                let kn = wgrad_kernel;
+                g.launch_smem("conv", kn.name, grid, (kn.threads, 1, 1), kn.smem, &args)?;
+            } else {
+                let args = [
+                    xp,
+                    ni,
+                    hi,
+                    wi,
+                    ci,
+                    pp.mean,
+                    pp.inv,
+                    pp.shift,
+                    pp.bn,
+                    dyp,
+                    ap,
+                    co,
+                    pool as u64,
+                    out,
+                    int(chunk, "pixel chunk")?,
+                ];
+                g.launch("conv", "conv3x3_wgrad_f16", grid, (128, 1, 1), &args)?;
+            }
+            if slices > 1 {
+                g.reduce_slices(out, slices, len, dwp)?;
+            }
+            Ok(())
+        })?;
 
         // Input gradient; with da_sums, pre_bwd's sums too (mma: partials in its epilogue).
         if let Some(dap) = dap {
@@ -2390,18 +2400,9 @@ impl Backend for Gpu {
         check(lr_slot < LRS, || format!("muon: rate slot {lr_slot}, there are {LRS}"))?;
         let sp = self.ptr(&step.mem);
         let scratch = if side_capable { Scratch::MuonWs } else { Scratch::Ws };
-        if side {
-            self.fork()?;
-            self.ops.on_side = true;
-        }
-        let r = params
-            .chunks_mut(GEMM_BATCH)
-            .try_for_each(|group| self.muon_group(group, sp, lr_slot, momentum, ns, scratch));
-        if side {
-            self.ops.on_side = false;
-            self.ops.side_pending = true;
-        }
-        r
+        self.on_side_if(side, |g| {
+            params.chunks_mut(GEMM_BATCH).try_for_each(|group| g.muon_group(group, sp, lr_slot, momentum, ns, scratch))
+        })
     }
 }
 
